@@ -1,0 +1,18 @@
+"""Shared pytest fixtures: paths to the repository and to ../shared/fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``../shared/fixtures`` beside the checkout (CI places ``shared/`` there too)."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.fail(f"shared fixtures not found at {SHARED_FIXTURES}; clone the project with ../shared beside it")
+    return SHARED_FIXTURES

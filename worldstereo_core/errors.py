@@ -1,0 +1,44 @@
+"""Errors users can act on.
+
+Every problem with user input raises a subclass of :class:`WorldStereoError` whose message
+says what was wrong and what to do about it. They derive from ``ValueError`` so generic
+callers that catch bad-argument errors keep working.
+"""
+
+from __future__ import annotations
+
+
+class WorldStereoError(ValueError):
+    """Base class of every error raised for bad input or unusable files."""
+
+
+class InvalidCameraError(WorldStereoError):
+    """Intrinsics or extrinsics that cannot describe a camera (zero focal, non-rigid pose, …)."""
+
+
+class InvalidDepthError(WorldStereoError):
+    """Depth maps with NaN/inf/negative values or a size that does not match the image."""
+
+
+class InvalidImageError(WorldStereoError):
+    """Images of the wrong shape, range or aspect (e.g. a panorama that is not 2:1)."""
+
+
+class InvalidPointCloudError(WorldStereoError):
+    """Empty clouds, mismatched point/colour counts, non-finite coordinates."""
+
+
+class InvalidTrajectoryError(WorldStereoError):
+    """Trajectories of zero frames, unknown presets, bad keyframes."""
+
+
+class CameraJsonError(WorldStereoError):
+    """A camera.json that does not follow the upstream format."""
+
+
+class MemoryBankError(WorldStereoError):
+    """A memory bank or 3D cache that cannot be built, updated, saved or loaded."""
+
+
+class CheckpointError(WorldStereoError):
+    """A weights file or config that does not match what the model expects."""
