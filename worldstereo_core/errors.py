@@ -42,3 +42,7 @@ class MemoryBankError(WorldStereoError):
 
 class CheckpointError(WorldStereoError):
     """A weights file or config that does not match what the model expects."""
+
+
+class ExportError(WorldStereoError):
+    """An export (PLY, GLB, COLMAP, transforms.json, MP4) asked with inputs it cannot write."""

@@ -1,0 +1,375 @@
+"""Exports read back by independent readers (open3d, plyfile, trimesh, imageio, hand parsers)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldstereo_core.cameras import Cameras
+from worldstereo_core.errors import ExportError, InvalidImageError, WorldStereoError
+from worldstereo_core.export import (
+    GLB_FROM_OPENCV,
+    rotmat_to_quat,
+    save_cameras_glb,
+    save_colmap_text,
+    save_pointcloud_ply,
+    save_transforms_json,
+    save_video_mp4,
+)
+from worldstereo_core.pointcloud import PointCloud
+
+
+def _rot(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues formula, independent of the code under test."""
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    Kx = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * Kx + (1 - np.cos(angle)) * Kx @ Kx
+
+
+def _cameras(n: int = 5, seed: int = 0, shared_K: bool = True, H: int = 48, W: int = 64) -> Cameras:
+    rng = np.random.default_rng(seed)
+    w2c = np.tile(np.eye(4), (n, 1, 1))
+    for i in range(n):
+        # include a 180° rotation to exercise the quaternion branch away from w
+        ang = np.pi if i == 1 else rng.uniform(-3, 3)
+        w2c[i, :3, :3] = _rot(rng.normal(size=3), ang)
+        w2c[i, :3, 3] = rng.normal(size=3)
+    K = np.tile(np.array([[50.0, 0, W / 2], [0, 55.0, H / 2], [0, 0, 1]]), (n, 1, 1))
+    if not shared_K:
+        K[:, 0, 0] += np.arange(n)
+    return Cameras(torch.from_numpy(w2c), torch.from_numpy(K), H, W)
+
+
+def _cloud(n: int = 300, normals: bool = True, seed: int = 1) -> PointCloud:
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    # colours on the 8-bit grid so the round trip is exact
+    cols = torch.randint(0, 256, (n, 3), generator=g).double() / 255.0
+    nrm = torch.nn.functional.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1) if normals else None
+    return PointCloud(pts, cols, nrm)
+
+
+# ---------------------------------------------------------------------------------------- PLY
+
+
+@pytest.mark.parametrize("with_normals", [True, False])
+def test_ply_read_by_open3d_and_plyfile(tmp_path: Path, with_normals: bool) -> None:
+    import open3d as o3d
+    from plyfile import PlyData
+
+    cloud = _cloud(normals=with_normals)
+    path = save_pointcloud_ply(tmp_path / "sub" / "cloud.ply", cloud)
+    assert path.exists() and not list(path.parent.glob(".*tmp*"))
+
+    pc = o3d.io.read_point_cloud(str(path))
+    assert len(pc.points) == len(cloud)
+    np.testing.assert_allclose(np.asarray(pc.points), cloud.points.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pc.colors), cloud.colors.numpy(), atol=1e-9)
+    assert pc.has_normals() == with_normals
+    if with_normals:
+        np.testing.assert_allclose(np.asarray(pc.normals), cloud.normals.numpy(), atol=1e-6)
+
+    ply = PlyData.read(str(path))
+    v = ply["vertex"]
+    assert v.count == len(cloud)
+    assert ply.byte_order == "<" and not ply.text
+    rgb = np.stack([v["red"], v["green"], v["blue"]], 1)
+    assert rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, np.round(cloud.colors.numpy() * 255).astype(np.uint8))
+    names = {p.name for p in v.properties}
+    assert ({"nx", "ny", "nz"} <= names) == with_normals
+
+
+def test_ply_rejects_bad_input(tmp_path: Path) -> None:
+    empty = PointCloud(torch.zeros(0, 3), torch.zeros(0, 3))
+    with pytest.raises(ExportError, match="empty"):
+        save_pointcloud_ply(tmp_path / "a.ply", empty)
+    bright = PointCloud(torch.zeros(2, 3), torch.full((2, 3), 200.0))
+    with pytest.raises(ExportError, match=r"\[0, 1\]"):
+        save_pointcloud_ply(tmp_path / "b.ply", bright)
+    with pytest.raises(ExportError, match="PointCloud"):
+        save_pointcloud_ply(tmp_path / "c.ply", np.zeros((3, 3)))  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match="folder"):
+        save_pointcloud_ply(tmp_path, _cloud())
+    assert issubclass(ExportError, WorldStereoError)
+
+
+def test_failed_write_leaves_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "c.ply"
+    target.write_bytes(b"old")
+    bright = PointCloud(torch.zeros(2, 3), torch.full((2, 3), 2.0))
+    with pytest.raises(ExportError):
+        save_pointcloud_ply(target, bright)
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+# ---------------------------------------------------------------------------------------- GLB
+
+
+def _glb_json(path: Path) -> dict:
+    data = path.read_bytes()
+    magic, version, total = struct.unpack("<4sII", data[:12])
+    assert magic == b"glTF" and version == 2 and total == len(data)
+    n, kind = struct.unpack("<I4s", data[12:20])
+    assert kind == b"JSON" and n % 4 == 0
+    return json.loads(data[20 : 20 + n])
+
+
+def test_glb_points_and_frustums(tmp_path: Path) -> None:
+    import trimesh
+
+    cloud = _cloud(n=500, normals=False)
+    cams_a = _cameras(4, seed=2)
+    cams_b = _cameras(3, seed=3)
+    path = save_cameras_glb(tmp_path / "scene.glb", cloud, [("orbit", cams_a), ("up", cams_b)], frustum_depth=0.5)
+
+    scene = trimesh.load(str(path), force="scene")
+    geoms = {name: scene.geometry[name] for name in scene.geometry}
+    pcs = [g for g in geoms.values() if isinstance(g, trimesh.PointCloud)]
+    assert len(pcs) == 1 and len(pcs[0].vertices) == 500
+    S = GLB_FROM_OPENCV
+    # undo the documented axis change: p_cv = S p_glb (S is its own inverse)
+    back = np.asarray(pcs[0].vertices) @ S.T
+    np.testing.assert_allclose(np.sort(back, axis=0), np.sort(cloud.points.numpy(), axis=0), atol=1e-5)
+    got_rgb = np.asarray(pcs[0].colors)[:, :3]
+    assert got_rgb.shape == (500, 3)
+    # colours travel with their points: compare as sorted rows keyed by position
+    order_file = np.lexsort(back.T)
+    order_in = np.lexsort(cloud.points.numpy().T)
+    np.testing.assert_array_equal(got_rgb[order_file], np.round(cloud.colors.numpy() * 255)[order_in])
+
+    doc = _glb_json(path)
+    line_meshes = {m["name"]: m for m in doc["meshes"] if m["primitives"][0]["mode"] == 1}
+    assert set(line_meshes) == {"orbit", "up"}
+    mats = [doc["materials"][line_meshes[n]["primitives"][0]["material"]]["pbrMetallicRoughness"]["baseColorFactor"] for n in ("orbit", "up")]
+    assert mats[0] != mats[1]
+
+    for name, cams in (("orbit", cams_a), ("up", cams_b)):
+        path3d = geoms[name]
+        verts = np.asarray(path3d.vertices) @ S.T
+        # camera centre = -Rᵀ t, from the input w2c
+        w2c = cams.w2c.numpy()
+        centers = -np.einsum("fji,fj->fi", w2c[:, :3, :3], w2c[:, :3, 3])
+        for c in centers:
+            assert np.min(np.linalg.norm(verts - c, axis=1)) < 1e-5
+        # each far corner sits at z-depth 0.5 in its camera and projects onto an image corner
+        for f in range(len(cams)):
+            cam_pts = (w2c[f, :3, :3] @ verts.T).T + w2c[f, :3, 3]
+            z_ok = np.abs(cam_pts[:, 2] - 0.5) < 1e-5
+            uv = (cams.K.numpy()[f] @ cam_pts[z_ok].T).T
+            uv = uv[:, :2] / uv[:, 2:]
+            for corner in ([0, 0], [64, 0], [64, 48], [0, 48]):
+                assert np.min(np.linalg.norm(uv - corner, axis=1)) < 1e-3
+        # 10 segments per camera
+        n_idx = doc["accessors"][line_meshes[name]["primitives"][0]["indices"]]["count"]
+        assert n_idx == 20 * len(cams)
+
+
+def test_glb_axis_convention_first_camera_looks_down_minus_z(tmp_path: Path) -> None:
+    import trimesh
+
+    cams = Cameras(torch.eye(4)[None], torch.tensor([[[10.0, 0, 8], [0, 10.0, 6], [0, 0, 1]]]), 12, 16)
+    path = save_cameras_glb(tmp_path / "c.glb", None, [("t", cams)], frustum_depth=1.0)
+    scene = trimesh.load(str(path), force="scene")
+    verts = np.asarray(next(iter(scene.geometry.values())).vertices)
+    # identity OpenCV camera: image plane in front (z = +1 in OpenCV) is at −Z in glTF,
+    # and the top of the image (v = 0, y = −0.6 in OpenCV) is at +Y in glTF.
+    far = verts[np.abs(verts[:, 2] + 1.0) < 1e-6]
+    assert len(far) == 5  # 4 corners + up marker
+    assert far[:, 1].max() > 0.6 - 1e-6 and np.isclose(far[:, 1].min(), -0.6, atol=1e-6)
+
+
+def test_glb_max_points_and_errors(tmp_path: Path) -> None:
+    import trimesh
+
+    cloud = _cloud(n=1000, normals=False)
+    path = save_cameras_glb(tmp_path / "p.glb", cloud, [], max_points=100)
+    scene = trimesh.load(str(path), force="scene")
+    pc = next(iter(scene.geometry.values()))
+    assert len(pc.vertices) == 100
+    # the subset consists of input points
+    src = {tuple(np.round(p, 4)) for p in cloud.points.numpy()}
+    assert all(tuple(np.round(p, 4)) in src for p in np.asarray(pc.vertices) @ GLB_FROM_OPENCV.T)
+
+    with pytest.raises(ExportError, match="nothing to export"):
+        save_cameras_glb(tmp_path / "x.glb", None, [])
+    with pytest.raises(ExportError, match="pair"):
+        save_cameras_glb(tmp_path / "x.glb", None, [_cameras(2)])  # type: ignore[list-item]
+    with pytest.raises(ExportError, match="frustum depth"):
+        save_cameras_glb(tmp_path / "x.glb", None, [("a", _cameras(2))], frustum_depth=-1.0)
+    with pytest.raises(ExportError, match="colours"):
+        save_cameras_glb(tmp_path / "x.glb", None, [("a", _cameras(2)), ("b", _cameras(2))], colors=[(1, 0, 0)])
+    assert not (tmp_path / "x.glb").exists()
+
+
+# ---------------------------------------------------------------------------------------- COLMAP
+
+
+def _quat_to_R(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
+    """Hamilton quaternion → rotation (the formula COLMAP documents)."""
+    return np.array(
+        [
+            [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)],
+            [2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)],
+            [2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)],
+        ]
+    )
+
+
+def _parse_colmap(folder: Path) -> tuple[dict, dict, np.ndarray]:
+    def data_lines(name: str) -> list[str]:
+        return [ln for ln in (folder / name).read_text().splitlines() if ln and not ln.startswith("#")]
+
+    cams = {}
+    for ln in data_lines("cameras.txt"):
+        tok = ln.split()
+        assert tok[1] == "PINHOLE"
+        cams[int(tok[0])] = (int(tok[2]), int(tok[3]), *map(float, tok[4:8]))
+    images = {}
+    raw = [ln for ln in (folder / "images.txt").read_text().splitlines() if not ln.startswith("#")]
+    for first, second in zip(raw[0::2], raw[1::2]):
+        tok = first.split()
+        assert second.strip() == ""
+        q = np.array(tok[1:5], float)
+        t = np.array(tok[5:8], float)
+        T = np.eye(4)
+        T[:3, :3] = _quat_to_R(*q)
+        T[:3, 3] = t
+        images[tok[9]] = (int(tok[0]), int(tok[8]), T, q)
+    pts = [ln.split() for ln in data_lines("points3D.txt")]
+    return cams, images, np.array(pts, dtype=object) if pts else np.zeros((0, 8))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_colmap_round_trip(tmp_path: Path, shared: bool) -> None:
+    cams = _cameras(6, seed=4, shared_K=shared)
+    names = [f"frame_{i:04d}.png" for i in range(6)]
+    cloud = _cloud(n=50, normals=False)
+    folder = save_colmap_text(tmp_path / "sparse" / "0", cams, names, cloud)
+    colmap_cams, images, pts = _parse_colmap(folder)
+    assert len(colmap_cams) == (1 if shared else 6)
+    assert list(images) == names
+    for i, name in enumerate(names):
+        img_id, cam_id, T, q = images[name]
+        assert img_id == i + 1 and q[0] >= 0
+        np.testing.assert_allclose(T, cams.w2c.numpy()[i], atol=1e-12)
+        W, H, fx, fy, cx, cy = colmap_cams[cam_id]
+        K = cams.K.numpy()[i]
+        assert (W, H) == (64, 48)
+        np.testing.assert_allclose([fx, fy, cx, cy], [K[0, 0], K[1, 1], K[0, 2], K[1, 2]])
+    assert len(pts) == 50
+    xyz = pts[:, 1:4].astype(float)
+    rgb = pts[:, 4:7].astype(int)
+    np.testing.assert_allclose(xyz, cloud.points.numpy(), rtol=1e-7, atol=1e-8)
+    np.testing.assert_array_equal(rgb, np.round(cloud.colors.numpy() * 255).astype(int))
+    assert [int(p) for p in pts[:, 0]] == list(range(1, 51))
+
+
+def test_colmap_without_cloud_and_errors(tmp_path: Path) -> None:
+    cams = _cameras(2)
+    folder = save_colmap_text(tmp_path / "m", cams, ["a.png", "b.png"])
+    assert _parse_colmap(folder)[2].shape[0] == 0
+    with pytest.raises(ExportError, match="one per camera"):
+        save_colmap_text(tmp_path / "m", cams, ["a.png"])
+    with pytest.raises(ExportError, match="spaces"):
+        save_colmap_text(tmp_path / "m", cams, ["a b.png", "c.png"])
+    with pytest.raises(ExportError, match="unique"):
+        save_colmap_text(tmp_path / "m", cams, ["a.png", "a.png"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="not a folder"):
+        save_colmap_text(tmp_path / "file", cams, ["a.png", "b.png"])
+    with pytest.raises(ExportError, match="Cameras"):
+        save_colmap_text(tmp_path / "m", cams.w2c, ["a.png", "b.png"])  # type: ignore[arg-type]
+
+
+def test_rotmat_to_quat_matches_scipy() -> None:
+    from scipy.spatial.transform import Rotation
+
+    Rs = Rotation.random(200, random_state=0).as_matrix()
+    Rs[0] = _rot([1, 0, 0], np.pi)
+    Rs[1] = _rot([0, 1, 1], np.pi)
+    Rs[2] = np.eye(3)
+    q = rotmat_to_quat(Rs)
+    ref = Rotation.from_matrix(Rs).as_quat()[:, [3, 0, 1, 2]]
+    ref[ref[:, 0] < 0] *= -1
+    # 180° rotations have w = 0 and a sign ambiguity: compare up to sign
+    sign = np.sign(np.sum(q * ref, axis=1, keepdims=True))
+    np.testing.assert_allclose(q, ref * sign, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- nerfstudio
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_transforms_json(tmp_path: Path, shared: bool) -> None:
+    cams = _cameras(4, seed=5, shared_K=shared)
+    paths = [f"images/frame_{i:05d}.png" for i in range(4)]
+    out = save_transforms_json(tmp_path / "transforms.json", cams, paths, ply_file_path="cloud.ply")
+    doc = json.loads(out.read_text())
+    assert [f["file_path"] for f in doc["frames"]] == paths
+    assert doc["ply_file_path"] == "cloud.ply"
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    for i, fr in enumerate(doc["frames"]):
+        c2w_gl = np.array(fr["transform_matrix"])
+        np.testing.assert_allclose(c2w_gl, np.linalg.inv(cams.w2c.numpy()[i]) @ flip, atol=1e-12)
+        src = doc if shared else fr
+        K = cams.K.numpy()[i]
+        assert (src["fl_x"], src["fl_y"], src["cx"], src["cy"]) == (K[0, 0], K[1, 1], K[0, 2], K[1, 2])
+        assert (src["w"], src["h"]) == (64, 48)
+    assert ("fl_x" in doc) == shared
+    with pytest.raises(ExportError, match="one per camera"):
+        save_transforms_json(tmp_path / "t.json", cams, paths[:2])
+
+
+# ---------------------------------------------------------------------------------------- video
+
+
+def test_mp4_round_trip(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    F, H, W = 5, 32, 48
+    t = torch.linspace(0, 1, F)[:, None, None, None]
+    frames = (torch.ones(F, H, W, 3) * t).float()
+    path = save_video_mp4(tmp_path / "v" / "render.mp4", frames, fps=16)
+    video = iio.imread(path, plugin="pyav") if _has_pyav() else np.stack(list(iio.imiter(path)))
+    assert video.shape == (F, H, W, 3)
+    means = video.reshape(F, -1).mean(1) / 255.0
+    np.testing.assert_allclose(means, t.flatten().numpy(), atol=0.03)
+    assert not list(path.parent.glob(".*tmp*"))
+
+
+def test_mp4_odd_size_padded_and_numpy_input(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    frames = np.full((2, 15, 21, 3), 0.5, dtype=np.float32)
+    path = save_video_mp4(tmp_path / "odd.mp4", frames)
+    video = np.stack(list(iio.imiter(path)))
+    assert video.shape == (2, 16, 22, 3)
+
+
+def test_mp4_errors(tmp_path: Path) -> None:
+    with pytest.raises(InvalidImageError, match=r"\[F, H, W, 3\]"):
+        save_video_mp4(tmp_path / "a.mp4", torch.zeros(4, 8, 8))
+    with pytest.raises(InvalidImageError, match="at least one"):
+        save_video_mp4(tmp_path / "a.mp4", torch.zeros(0, 8, 8, 3))
+    with pytest.raises(InvalidImageError, match=r"\(x \+ 1\) / 2"):
+        save_video_mp4(tmp_path / "a.mp4", -torch.ones(2, 8, 8, 3))
+    with pytest.raises(InvalidImageError, match="NaN"):
+        save_video_mp4(tmp_path / "a.mp4", torch.full((2, 8, 8, 3), float("nan")))
+    with pytest.raises(ExportError, match="fps"):
+        save_video_mp4(tmp_path / "a.mp4", torch.zeros(2, 8, 8, 3), fps=0)
+    assert not list(tmp_path.iterdir())
+
+
+def _has_pyav() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
