@@ -44,5 +44,13 @@ class CheckpointError(WorldStereoError):
     """A weights file or config that does not match what the model expects."""
 
 
+class AlignmentError(WorldStereoError):
+    """Point sets or depth maps that cannot be aligned (too few points, degenerate geometry)."""
+
+
 class ExportError(WorldStereoError):
     """An export (PLY, GLB, COLMAP, transforms.json, MP4) asked with inputs it cannot write."""
+
+
+class SyntheticSceneError(WorldStereoError):
+    """Unknown synthetic scene names or bad parameters for synthetic rendering / corruption."""
