@@ -195,3 +195,201 @@ def intrinsics_from_fov(fov_x_deg: float, height: int, width: int, fov_y_deg: fl
     fx = width / (2 * np.tan(np.radians(fov_x_deg) / 2))
     fy = fx if fov_y_deg is None else height / (2 * np.tan(np.radians(fov_y_deg) / 2))
     return torch.tensor([[fx, 0, width / 2], [0, fy, height / 2], [0, 0, 1]], dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quaternions (real part first: w, x, y, z)
+# ---------------------------------------------------------------------------------------------
+
+
+def _standardize_quaternion(q: torch.Tensor) -> torch.Tensor:
+    # q and -q are the same rotation; keep the one with w >= 0 as the release does.
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def matrix_to_quaternion(R: ArrayLike) -> ArrayLike:
+    """Unit quaternions ``[..., 4]`` in **(w, x, y, z)** order (w ≥ 0) of rotations ``[..., 3, 3]``.
+
+    Shepperd's method: of the four algebraically equal candidates, the one with the largest
+    denominator is used, so the result is accurate for every rotation (also near 180°).
+    """
+    Rt = as_tensor(R)
+    if Rt.shape[-2:] != (3, 3):
+        raise InvalidCameraError(f"rotation matrices must have shape [..., 3, 3], got {tuple(Rt.shape)}")
+    if not Rt.is_floating_point():
+        Rt = Rt.double()
+    m = Rt.reshape(*Rt.shape[:-2], 9).unbind(-1)
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m
+    # |2·q_i| for i = w, x, y, z (clamped at 0 against rounding)
+    four_sq = torch.stack(
+        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1
+    )
+    two_abs = torch.where(four_sq > 0, four_sq.clamp_min(0).sqrt(), torch.zeros_like(four_sq))
+    diag = two_abs**2
+    # Row i holds 4·q_i·q for the candidate built from component i; same arithmetic as the
+    # release so camera_qt matches it bit for bit in float32.
+    rows = torch.stack(
+        [
+            torch.stack([diag[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
+            torch.stack([m21 - m12, diag[..., 1], m10 + m01, m02 + m20], -1),
+            torch.stack([m02 - m20, m10 + m01, diag[..., 2], m12 + m21], -1),
+            torch.stack([m10 - m01, m20 + m02, m21 + m12, diag[..., 3]], -1),
+        ],
+        -2,
+    )
+    # Denominators below 0.1 belong to candidates that are never picked; the floor avoids 0/0.
+    cand = rows / (2.0 * two_abs[..., None].clamp_min(0.1))
+    best = two_abs.argmax(-1)
+    q = torch.gather(cand, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    return like_input(_standardize_quaternion(q), R)
+
+
+def quaternion_to_matrix(q: ArrayLike) -> ArrayLike:
+    """Rotation matrices ``[..., 3, 3]`` of quaternions ``[..., 4]`` in **(w, x, y, z)** order.
+
+    The quaternion is normalised first, so any non-zero 4-vector is accepted.
+    """
+    qt = as_tensor(q)
+    if qt.shape[-1] != 4:
+        raise InvalidCameraError(f"quaternions must have shape [..., 4] (w, x, y, z), got {tuple(qt.shape)}")
+    if not qt.is_floating_point():
+        qt = qt.double()
+    norm = qt.norm(dim=-1, keepdim=True)
+    if (norm < 1e-12).any() or not torch.isfinite(qt).all():
+        raise InvalidCameraError("quaternions must be finite and non-zero")
+    w, x, y, z = (qt / norm).unbind(-1)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).reshape(*qt.shape[:-1], 3, 3)
+    return like_input(R, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# SEVA-style normalisation, Plücker rays and camera_qt (what the released weights were fed)
+# ---------------------------------------------------------------------------------------------
+
+
+def _checked_w2c(w2c: ArrayLike, name: str = "w2c") -> torch.Tensor:
+    t = as_tensor(w2c)
+    if not t.is_floating_point():
+        t = t.float()
+    validate_w2c(t, name)
+    return t
+
+
+def _center_and_scale(w2c: torch.Tensor, num_stats: int, camera_scale: float) -> torch.Tensor:
+    """Centre ``w2c [N, 4, 4]`` on the robust mean of the first ``num_stats`` centres, then scale.
+
+    The release's recipe (SEVA): distances of the camera centres to their (lower) median, keep
+    those within 10× the 97 % quantile of these distances (capped at 1e6), subtract the mean of
+    the kept centres, then scale all translations so camera 0 lies at ``camera_scale`` from the
+    origin (or by ``camera_scale`` itself when camera 0 already sits at the origin).
+    """
+    c2w = torch.linalg.inv(w2c)
+    centers = c2w[:num_stats, :3, 3]
+    dist = torch.norm(centers - centers.median(0, keepdim=True).values, dim=-1)
+    keep = dist <= torch.clamp(torch.quantile(dist, 0.97) * 10, max=1e6)
+    c2w[:, :3, 3] -= centers[keep].mean(0, keepdim=True)
+    w2c = torch.linalg.inv(c2w)
+    norm0 = torch.norm(c2w[0, :3, 3])
+    # Same test as the release: |c0| within 1e-5 of zero means "no scale information".
+    scale = camera_scale if bool(norm0.abs() <= 1e-5) else camera_scale / norm0
+    w2c[:, :3, 3] *= scale
+    return w2c
+
+
+def normalize_cameras(w2c: ArrayLike, camera_scale: float = 2.0) -> ArrayLike:
+    """SEVA-style normalisation of a camera sequence, as the released WorldStereo applies it.
+
+    1. Re-express every pose in camera 0's frame: ``w2c_i ← w2c_i · w2c_0⁻¹`` (camera 0 becomes
+       the identity; this is the release's ``is_w2c=True`` path, the one its data loaders use).
+    2. Centre: subtract the robust mean of the camera centres (see :func:`_center_and_scale`).
+    3. Scale translations so camera 0 sits at distance ``camera_scale`` (2.0) from the origin.
+
+    Args:
+        w2c: ``[F, 4, 4]`` world-to-camera poses.
+    Returns:
+        ``[F, 4, 4]`` normalised world-to-camera poses, same kind and dtype as the input. Camera 0
+        has rotation I; its centre is at distance 2.0 unless it coincides with the robust mean.
+    """
+    t = _checked_w2c(w2c)
+    t = t @ torch.linalg.inv(t[:1])
+    return like_input(_center_and_scale(t, t.shape[0], camera_scale), w2c)
+
+
+def plucker_embedding(
+    w2c: ArrayLike, K: ArrayLike, height: int, width: int, normalize: bool = True
+) -> ArrayLike:
+    """Plücker ray maps ``[F, 6, H, W]`` exactly as the released model was fed them.
+
+    Channels are ``[d, o × d]`` (unit world direction first, then the moment), the order of the
+    release (ComfyUI core / FunCamera use the opposite). With ``normalize`` the poses first go
+    through :func:`normalize_cameras`. The release samples pixel ``(i, j)`` (column, row) at image
+    point ``x = i − 0.5, y = j + 0.5`` — not the pixel centre ``(i + 0.5, j + 0.5)`` of DESIGN §3;
+    we reproduce that offset because it is what the weights saw.
+
+    Args:
+        w2c: ``[F, 4, 4]`` world-to-camera poses.
+        K: ``[F, 3, 3]`` (or ``[3, 3]``) intrinsics in pixels of a ``height × width`` image.
+    Returns:
+        ``[F, 6, height, width]``, same kind as ``w2c``.
+    """
+    t = _checked_w2c(w2c)
+    Kt = as_tensor(K).to(device=t.device, dtype=t.dtype)
+    if Kt.ndim == 2:
+        Kt = Kt.expand(t.shape[0], 3, 3)
+    validate_K(Kt)
+    if Kt.shape[0] != t.shape[0]:
+        raise InvalidCameraError(f"got {t.shape[0]} poses but {Kt.shape[0]} intrinsics; give one K per pose")
+    if int(height) <= 0 or int(width) <= 0:
+        raise InvalidCameraError(f"image size must be positive, got {height}×{width}")
+    if normalize:
+        t = normalize_cameras(t)
+    c2w = torch.linalg.inv(t)
+    x = torch.arange(width, device=t.device, dtype=t.dtype) - 0.5
+    y = torch.arange(height, device=t.device, dtype=t.dtype) + 0.5
+    yy, xx = torch.meshgrid(y, x, indexing="ij")  # [H, W]
+    pix = torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(1, -1, 3)  # [1, HW, 3]
+    dirs_cam = pix @ torch.linalg.inv(Kt).transpose(-1, -2)  # depth-1 points in camera frame
+    d = torch.nn.functional.normalize(dirs_cam @ c2w[:, :3, :3].transpose(-1, -2), dim=-1)  # [F, HW, 3]
+    o = c2w[:, None, :3, 3].expand_as(d)
+    emb = torch.cat([d, torch.cross(o, d, dim=-1)], -1)  # [F, HW, 6]
+    emb = emb.reshape(t.shape[0], height, width, 6).permute(0, 3, 1, 2).contiguous()
+    return like_input(emb, w2c)
+
+
+def normalize_cameras_joint(
+    w2c: ArrayLike, w2c_ref: ArrayLike, camera_scale: float = 2.0
+) -> tuple[ArrayLike, ArrayLike]:
+    """The release's joint normalisation of target ``[F, 4, 4]`` and reference ``[R, 4, 4]`` poses.
+
+    Both sets are re-expressed in the first *target* camera's frame; the centring offset and the
+    scale come from the targets only and are applied to all, so references stay consistent.
+    Returns ``(w2c_norm [F, 4, 4], w2c_ref_norm [R, 4, 4])``.
+    """
+    t = _checked_w2c(w2c)
+    r = _checked_w2c(w2c_ref, "w2c_ref").to(device=t.device, dtype=t.dtype)
+    both = torch.cat([t, r]) @ torch.linalg.inv(t[:1])
+    both = _center_and_scale(both, t.shape[0], camera_scale)
+    return like_input(both[: t.shape[0]], w2c), like_input(both[t.shape[0]:], w2c_ref)
+
+
+def camera_qt(w2c: ArrayLike, w2c_ref: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
+    """``(quaternion, translation)`` codes of target and reference cameras for the SSM branch.
+
+    After :func:`normalize_cameras_joint`, each w2c becomes ``[w, x, y, z, tx, ty, tz]``: the
+    quaternion (w ≥ 0) of its rotation and its translation column. For a single-view input the
+    release uses the first target camera as the only reference (``w2c_ref = w2c[:1]``).
+
+    Returns:
+        ``([F, 7], [R, 7])``, same kind as the inputs.
+    """
+    tn, rn = normalize_cameras_joint(as_tensor(w2c), as_tensor(w2c_ref))
+    qt = torch.cat([matrix_to_quaternion(tn[:, :3, :3]), tn[:, :3, 3]], -1)
+    qr = torch.cat([matrix_to_quaternion(rn[:, :3, :3]), rn[:, :3, 3]], -1)
+    return like_input(qt, w2c), like_input(qr, w2c_ref)
