@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from .cameras import as_tensor
-from .errors import InvalidPointCloudError
+from .cameras import ArrayLike, as_tensor, like_input, validate_K, validate_w2c
+from .errors import InvalidCameraError, InvalidDepthError, InvalidImageError, InvalidPointCloudError
 
 
 @dataclass(frozen=True)
@@ -78,3 +83,383 @@ class PointCloud:
         if all(c.normals is not None for c in items):
             normals = torch.cat([c.normals for c in items])
         return PointCloud(torch.cat([c.points for c in items]), torch.cat([c.colors for c in items]), normals)
+
+
+# --------------------------------------------------------------------------------------------
+# Building clouds from depth
+# --------------------------------------------------------------------------------------------
+
+#: The release compresses depth beyond this multiple of the median depth (``contract=8.0``).
+RELEASE_FAR_CONTRACT = 8.0
+#: The release drops pixels whose edge score ``exp(-10·|∇disp|)`` is below this (0.35).
+RELEASE_EDGE_THRESHOLD = 0.35
+#: Sharpness of the release's edge score ``exp(-beta·|∇disp|)``.
+RELEASE_EDGE_BETA = 10.0
+
+
+def validate_depth(depth: torch.Tensor, name: str = "depth") -> None:
+    """Raise :class:`InvalidDepthError` for NaN, inf or negative depth values (0 = invalid is fine)."""
+    nan = int(torch.isnan(depth).sum())
+    inf = int(torch.isinf(depth).sum())
+    if nan or inf:
+        raise InvalidDepthError(
+            f"{name} has {nan} NaN and {inf} inf pixels; replace them with 0 (= no depth) or mask them "
+            "before building a point cloud"
+        )
+    neg = int((depth < 0).sum())
+    if neg:
+        raise InvalidDepthError(
+            f"{name} has {neg} negative pixels (min {float(depth.min()):.4g}); depth must be z-depth ≥ 0 "
+            "(0 = no depth). Is this a disparity or an inverted depth map?"
+        )
+
+
+def _depth_2d(depth: ArrayLike, name: str = "depth") -> torch.Tensor:
+    d = as_tensor(depth)
+    if d.ndim == 3 and d.shape[-1] == 1:
+        d = d[..., 0]
+    if d.ndim != 2:
+        raise InvalidDepthError(f"{name} must have shape [H, W] (or [H, W, 1]), got {tuple(d.shape)}")
+    if not d.is_floating_point():
+        d = d.float()
+    return d
+
+
+def compress_far_depth(depth: ArrayLike, contract: float = RELEASE_FAR_CONTRACT) -> ArrayLike:
+    """The release's far-depth compression of a depth map ``[..., H, W]``.
+
+    With ``m = contract · median(depth > 0)`` (``torch.median``: the lower middle value), every
+    depth ``d > m`` becomes ``2m − m²/d``; nearer depths are unchanged. The map is continuous
+    and monotonic at ``m`` and bounds all depth below ``2m``, so sky and far background stay
+    in front of a finite shell instead of exploding the cloud. (The release adds 1e-6 to ``d``
+    in the denominator; the difference is below float32 resolution for real depths.)
+    The median is taken over the whole map, also for batched input.
+    """
+    d = as_tensor(depth)
+    if not d.is_floating_point():
+        d = d.float()
+    validate_depth(d)
+    positive = d[d > 0]
+    if positive.numel() == 0:
+        raise InvalidDepthError("depth map has no positive pixel; cannot compute its median")
+    m = torch.median(positive) * contract
+    far = d > m
+    out = torch.where(far, 2 * m - m * m / torch.where(far, d, torch.ones_like(d)), d)
+    return like_input(out, depth)
+
+
+def depth_edge_mask(
+    depth: ArrayLike,
+    threshold: float = RELEASE_EDGE_THRESHOLD,
+    beta: float = RELEASE_EDGE_BETA,
+) -> ArrayLike:
+    """Pixels on depth discontinuities, the release's rule. ``[H, W]`` → bool ``[H, W]`` (True = edge).
+
+    Disparity ``1/d`` is min–max normalised to [0, 1] over the valid (``d > 0``) pixels, its
+    Sobel gradient (kornia ``spatial_gradient``, unnormalised 3×3 kernels, replicate padding)
+    gives a magnitude ``g``, and a pixel is an edge where ``exp(−beta·g) < threshold`` (i.e.
+    ``g > −ln(threshold)/beta`` ≈ 0.105 for the defaults). Invalid pixels (``d = 0``) get
+    disparity 0 — as if infinitely far — so their borders count as edges. (The release
+    normalises over all pixels with ``1/(d + 1e-7)``; the two agree when every pixel is valid.)
+    """
+    import kornia  # lazy: keeps `import worldstereo_core` light
+
+    d = _depth_2d(depth)
+    validate_depth(d)
+    valid = d > 0
+    disp = torch.where(valid, 1.0 / torch.where(valid, d, torch.ones_like(d)), torch.zeros_like(d))
+    if valid.any():
+        lo = disp[valid].min()
+        hi = disp[valid].max()
+        disp = torch.where(valid, (disp - lo) / (hi - lo + 1e-6), torch.zeros_like(disp))
+    grad = kornia.filters.spatial_gradient(disp[None, None], mode="sobel", normalized=False)[0, 0]
+    mag = torch.sqrt(grad[0] ** 2 + grad[1] ** 2)
+    edges = torch.exp(-beta * mag) < threshold
+    return like_input(edges, depth)
+
+
+def pixel_centers(height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``[H, W, 2]`` pixel-centre coordinates ``(u + 0.5, v + 0.5)`` (x first)."""
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=dtype, device=device) + 0.5,
+        torch.arange(width, dtype=dtype, device=device) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack([u, v], dim=-1)
+
+
+def _check_image(image: torch.Tensor, hw: tuple[int, int], what: str) -> torch.Tensor:
+    if image.ndim != len(hw) + 1 or image.shape[-1] != 3:
+        want = "[H, W, 3]" if len(hw) == 2 else "[F, H, W, 3]"
+        raise InvalidImageError(f"{what} must have shape {want} (RGB, channels last), got {tuple(image.shape)}")
+    if tuple(image.shape[:-1]) != tuple(hw):
+        raise InvalidDepthError(
+            f"{what} is {tuple(image.shape[:-1])} but depth is {tuple(hw)}; resize the depth to the image "
+            "(or the image to the depth) and rescale K with it"
+        )
+    if not image.is_floating_point():
+        image = image.float() / 255.0
+    return image
+
+
+def unproject_depths(
+    depth: ArrayLike,
+    K: ArrayLike,
+    c2w: ArrayLike,
+    images: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    far_contract: float | None = None,
+    edge_threshold: float | None = None,
+) -> PointCloud:
+    """Lift depth maps of ``F`` frames into one world point cloud.
+
+    Args:
+        depth: ``[F, H, W]`` z-depth; 0 marks pixels without depth (dropped).
+        K: ``[F, 3, 3]`` or ``[3, 3]`` intrinsics in pixels of the depth map.
+        c2w: ``[F, 4, 4]`` or ``[4, 4]`` camera-to-world (OpenCV) transforms.
+        images: optional ``[F, H, W, 3]`` colours (float in [0, 1] or uint8); grey 0.5 if absent.
+        mask: optional ``[F, H, W]`` bool, True = keep (e.g. not sky, valid prediction).
+        far_contract: if set, apply :func:`compress_far_depth` per frame with this factor
+            (release: 8.0) before unprojecting and before the edge test.
+        edge_threshold: if set, drop :func:`depth_edge_mask` pixels per frame (release: 0.35).
+
+    Pixel (u, v) is lifted through its centre ``(u + 0.5, v + 0.5)``:
+    ``X = c2w · [d · K⁻¹ (u + 0.5, v + 0.5, 1), 1]``. Points come out frame by frame in
+    row-major pixel order. Raises :class:`InvalidDepthError` for bad depth values or sizes and
+    :class:`InvalidPointCloudError` when nothing survives the masks.
+    """
+    d = as_tensor(depth)
+    if d.ndim == 4 and d.shape[-1] == 1:
+        d = d[..., 0]
+    if d.ndim != 3:
+        raise InvalidDepthError(f"depth must have shape [F, H, W], got {tuple(d.shape)}")
+    if not d.is_floating_point():
+        d = d.float()
+    validate_depth(d)
+    F, H, W = d.shape
+    dtype, device = d.dtype, d.device
+    Kt = as_tensor(K).to(device=device, dtype=dtype)
+    T = as_tensor(c2w).to(device=device, dtype=dtype)
+    Kt = Kt.expand(F, 3, 3) if Kt.ndim == 2 else Kt
+    T = T.expand(F, 4, 4) if T.ndim == 2 else T
+    validate_K(Kt)
+    validate_w2c(T, name="c2w")  # rigidity is the same test for either direction
+    if Kt.shape[0] != F or T.shape[0] != F:
+        raise InvalidCameraError(f"got {F} depth maps but {Kt.shape[0]} K and {T.shape[0]} c2w; give one per frame")
+
+    if far_contract is not None:
+        d = torch.stack([as_tensor(compress_far_depth(x, far_contract)) for x in d])
+    keep = d > 0
+    if mask is not None:
+        m = as_tensor(mask).to(device)
+        if m.ndim == 4 and m.shape[-1] == 1:
+            m = m[..., 0]
+        if tuple(m.shape) != (F, H, W):
+            raise InvalidDepthError(f"mask is {tuple(m.shape)} but depth is {(F, H, W)}; give one [H, W] mask per frame")
+        keep = keep & (m > 0.5 if m.is_floating_point() else m.bool())
+    if edge_threshold is not None:
+        keep = keep & ~torch.stack([as_tensor(depth_edge_mask(x, edge_threshold)) for x in d])
+
+    if images is None:
+        colors = torch.full((F, H, W, 3), 0.5, dtype=dtype, device=device)
+    else:
+        colors = _check_image(as_tensor(images).to(device), (F, H, W), "images").to(dtype)
+
+    pix = pixel_centers(H, W, dtype=dtype, device=device)  # [H, W, 2]
+    ones = torch.ones(H, W, 1, dtype=dtype, device=device)
+    rays = torch.einsum("fij,hwj->fhwi", torch.linalg.inv(Kt), torch.cat([pix, ones], -1))  # z = 1
+    cam = rays * d[..., None]
+    world = torch.einsum("fij,fhwj->fhwi", T[:, :3, :3], cam) + T[:, None, None, :3, 3]
+    if not bool(keep.any()):
+        raise InvalidPointCloudError(
+            "no pixel survived (all depth 0 or masked out); check the depth map, the mask polarity "
+            "(True = keep) and the edge threshold"
+        )
+    return PointCloud(world[keep], colors[keep])
+
+
+def unproject_depth(
+    depth: ArrayLike,
+    K: ArrayLike,
+    c2w: ArrayLike,
+    image: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    *,
+    far_contract: float | None = None,
+    edge_threshold: float | None = None,
+) -> PointCloud:
+    """Lift one depth map ``[H, W]`` with ``K [3, 3]`` and ``c2w [4, 4]`` into a world point cloud.
+
+    ``image [H, W, 3]`` gives colours, ``mask [H, W]`` (True = keep) drops pixels; see
+    :func:`unproject_depths` for the options and errors. For the release's recipe pass
+    ``far_contract=RELEASE_FAR_CONTRACT, edge_threshold=RELEASE_EDGE_THRESHOLD``
+    (or call :func:`unproject_depth_release`).
+    """
+    d = _depth_2d(depth)
+    img = None
+    if image is not None:
+        img = _check_image(as_tensor(image), tuple(d.shape), "image")[None]
+    m = None if mask is None else as_tensor(mask)[None]
+    if m is not None and m.ndim == 4 and m.shape[-1] == 1:
+        m = m[..., 0]
+    Kt = as_tensor(K)
+    T = as_tensor(c2w)
+    return unproject_depths(
+        d[None], Kt if Kt.ndim == 3 else Kt[None], T if T.ndim == 3 else T[None], img, m,
+        far_contract=far_contract, edge_threshold=edge_threshold,
+    )
+
+
+def unproject_depth_release(
+    depth: ArrayLike, K: ArrayLike, c2w: ArrayLike, image: ArrayLike | None = None, mask: ArrayLike | None = None
+) -> PointCloud:
+    """The release's depth → cache recipe: far compression (8× median) and edge removal (0.35)."""
+    return unproject_depth(
+        depth, K, c2w, image, mask, far_contract=RELEASE_FAR_CONTRACT, edge_threshold=RELEASE_EDGE_THRESHOLD
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cleaning
+# --------------------------------------------------------------------------------------------
+
+
+def voxel_downsample(cloud: PointCloud, voxel_size: float, max_points: int | None = None) -> PointCloud:
+    """Average the points (colours, normals) falling in each cubic voxel of side ``voxel_size``.
+
+    Voxels are the cells ``floor(p / voxel_size)`` of a grid anchored at the world origin, so
+    merging clouds never shifts the grid. Pure torch (same device and dtype out); averaged
+    normals are renormalised. Output is ordered by voxel key, hence deterministic.
+
+    ``max_points`` caps the output: while there are too many voxels the voxel grows by
+    ``sqrt(n / max_points)`` (surface-like clouds shrink with the square of the voxel), up to
+    4 times; if still above the cap, evenly spaced voxels (``linspace`` over the sorted
+    output) are kept, so the cap is always met exactly and deterministically.
+    """
+    cloud.require_nonempty("point cloud to downsample")
+    if not (voxel_size > 0) or not math.isfinite(voxel_size):
+        raise InvalidPointCloudError(f"voxel_size must be a positive length, got {voxel_size}")
+    if max_points is not None and max_points < 1:
+        raise InvalidPointCloudError(f"max_points must be ≥ 1 (or None for no cap), got {max_points}")
+    size = float(voxel_size)
+    out = _voxel_average(cloud, size)
+    tries = 0
+    while max_points is not None and len(out) > max_points and tries < 4:
+        size *= max(math.sqrt(len(out) / max_points), 1.05)
+        out = _voxel_average(cloud, size)
+        tries += 1
+    if max_points is not None and len(out) > max_points:
+        idx = torch.linspace(0, len(out) - 1, max_points, device=out.device).round().long()
+        out = out.select(idx)
+    return out
+
+
+def _voxel_average(cloud: PointCloud, voxel_size: float) -> PointCloud:
+    pts = cloud.points
+    cell = torch.floor(pts.double() / voxel_size).long()
+    cell = cell - cell.min(0).values  # non-negative for packing
+    dims = cell.max(0).values + 1
+    if float(dims.double().prod()) < 2**62:
+        key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+        _, inverse = torch.unique(key, return_inverse=True)
+    else:  # astronomically wide extent: fall back to row-unique
+        _, inverse = torch.unique(cell, dim=0, return_inverse=True)
+    n = int(inverse.max()) + 1
+    count = torch.zeros(n, dtype=pts.dtype, device=pts.device).index_add_(
+        0, inverse, torch.ones_like(pts[:, 0])
+    )[:, None]
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, 3, dtype=x.dtype, device=x.device).index_add_(0, inverse, x) / count
+
+    normals = None
+    if cloud.normals is not None:
+        normals = torch.nn.functional.normalize(mean(cloud.normals), dim=-1)
+    return PointCloud(mean(pts), mean(cloud.colors), normals)
+
+
+def remove_outliers(cloud: PointCloud, nb_neighbors: int = 20, std_ratio: float = 2.0) -> PointCloud:
+    """Statistical outlier removal (open3d): drop points whose mean distance to their
+    ``nb_neighbors`` nearest neighbours exceeds the global mean by ``std_ratio`` standard
+    deviations. Returns a new cloud on the input's device and dtype, order preserved."""
+    import open3d as o3d  # lazy: heavy import
+
+    cloud.require_nonempty("point cloud to clean")
+    if nb_neighbors < 1 or not (std_ratio > 0):
+        raise InvalidPointCloudError(
+            f"nb_neighbors must be ≥ 1 and std_ratio > 0, got {nb_neighbors} and {std_ratio}"
+        )
+    if len(cloud) <= nb_neighbors:
+        return cloud  # too few points for meaningful statistics; nothing to remove
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.points.detach().double().cpu().numpy()))
+    _, kept = pcd.remove_statistical_outlier(nb_neighbors=int(nb_neighbors), std_ratio=float(std_ratio))
+    idx = torch.as_tensor(np.sort(np.asarray(kept, dtype=np.int64)), device=cloud.device)
+    return cloud.select(idx)
+
+
+# --------------------------------------------------------------------------------------------
+# PLY files
+# --------------------------------------------------------------------------------------------
+
+
+def save_ply(path: str | os.PathLike, cloud: PointCloud) -> None:
+    """Write a binary little-endian PLY: float32 ``x y z`` (+ ``nx ny nz``), uint8 ``red green blue``.
+
+    Colours are rounded from [0, 1] to 0..255. The file is written under a temporary name in the
+    same folder and renamed into place, so readers never see a half-written file.
+    """
+    from plyfile import PlyData, PlyElement
+
+    cloud.require_nonempty("point cloud to save")
+    path = Path(path)
+    pts = cloud.points.detach().cpu().numpy().astype(np.float32)
+    rgb = np.clip(np.round(cloud.colors.detach().cpu().double().numpy() * 255.0), 0, 255).astype(np.uint8)
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if cloud.normals is not None:
+        fields += [("nx", "f4"), ("ny", "f4"), ("nz", "f4")]
+    fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    rec = np.empty(len(pts), dtype=fields)
+    rec["x"], rec["y"], rec["z"] = pts.T
+    if cloud.normals is not None:
+        nrm = cloud.normals.detach().cpu().numpy().astype(np.float32)
+        rec["nx"], rec["ny"], rec["nz"] = nrm.T
+    rec["red"], rec["green"], rec["blue"] = rgb.T
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            PlyData([PlyElement.describe(rec, "vertex")], text=False).write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_ply(path: str | os.PathLike) -> PointCloud:
+    """Read a PLY point cloud (any of float/double coordinates, uint8 or float colours, optional
+    normals; ascii or binary). Missing colours become grey 0.5. Returns float32 tensors."""
+    from plyfile import PlyData
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidPointCloudError(f"PLY file not found: {path}")
+    try:
+        ply = PlyData.read(str(path))
+        v = ply["vertex"].data
+    except Exception as e:  # plyfile raises several types for corrupt files
+        raise InvalidPointCloudError(f"cannot read {path} as a PLY point cloud ({e}); is it a PLY with a 'vertex' element?") from e
+    names = v.dtype.names or ()
+    if not all(k in names for k in ("x", "y", "z")):
+        raise InvalidPointCloudError(f"{path} has no x/y/z vertex properties (found {names})")
+    pts = np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float32)
+    if all(k in names for k in ("red", "green", "blue")):
+        rgb = np.stack([v["red"], v["green"], v["blue"]], -1)
+        rgb = rgb.astype(np.float32) / 255.0 if rgb.dtype.kind in "ui" else rgb.astype(np.float32)
+    else:
+        rgb = np.full_like(pts, 0.5)
+    normals = None
+    if all(k in names for k in ("nx", "ny", "nz")):
+        normals = torch.from_numpy(np.stack([v["nx"], v["ny"], v["nz"]], -1).astype(np.float32))
+    return PointCloud(torch.from_numpy(pts), torch.from_numpy(rgb), normals)
