@@ -54,3 +54,7 @@ class ExportError(WorldStereoError):
 
 class SyntheticSceneError(WorldStereoError):
     """Unknown synthetic scene names or bad parameters for synthetic rendering / corruption."""
+
+
+class ModelInputError(WorldStereoError):
+    """Tensors handed to the video model with the wrong shape, count or range (frames vs cameras, >8 references, …)."""
