@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from testsupport import SHARED_FIXTURES  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,19 @@
+"""ComfyUI adapters over worldstereo_core, grouped by stage. No algorithm lives here."""
+
+from __future__ import annotations
+
+from typing_extensions import override
+
+from comfy_api.v0_0_2 import ComfyExtension, io
+
+from . import export, scene
+
+
+class WorldStereoExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*scene.NODES, *export.NODES]
+
+
+async def comfy_entrypoint() -> WorldStereoExtension:
+    return WorldStereoExtension()

@@ -1,0 +1,160 @@
+"""Export nodes: point clouds, scenes with camera frustums, camera.json and videos."""
+
+from __future__ import annotations
+
+import json
+
+from comfy_api.v0_0_2 import io
+
+from worldstereo_core import export, trajectory as traj_lib
+
+from .common import CATEGORY, PointCloud, Trajectory, relative_output_path, save_path, saved, trajectories_of
+
+SUB = f"{CATEGORY}/export"
+
+
+class SavePointCloud(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSavePointCloud",
+            display_name="Save Point Cloud PLY (WorldStereo)",
+            category=SUB,
+            description="Writes a point cloud as a binary PLY (positions, colours, normals) in the "
+            "output folder. Its model_file output feeds ComfyUI's Preview 3D node.",
+            is_output_node=True,
+            inputs=[
+                PointCloud.Input("cloud", tooltip="The point cloud to save (e.g. the merged 3D cache)."),
+                io.String.Input("filename_prefix", default="worldstereo/cloud",
+                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+            ],
+            outputs=[io.String.Output(display_name="model_file", tooltip="Path relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, cloud, filename_prefix) -> io.NodeOutput:
+        info = save_path(filename_prefix, "ply")
+        export.save_pointcloud_ply(info[0], cloud.require_nonempty())
+        return io.NodeOutput(relative_output_path(info), ui={"3d": [saved(info)]})
+
+
+class SaveSceneGLB(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveSceneGLB",
+            display_name="Save Scene GLB (WorldStereo)",
+            category=SUB,
+            description="Writes a GLB holding the point cloud and every trajectory as camera "
+            "frustums (one colour each). Opens in Preview 3D and Blender.",
+            is_output_node=True,
+            inputs=[
+                PointCloud.Input("cloud", tooltip="Point cloud to include (downsampled to max_points)."),
+                io.String.Input("filename_prefix", default="worldstereo/scene",
+                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+                io.Int.Input("max_points", default=500_000, min=1_000, max=20_000_000, step=1_000,
+                             tooltip="Keep at most this many points in the GLB (a deterministic subset)."),
+                Trajectory.Input("trajectory_1", optional=True, tooltip="A trajectory drawn as frustums."),
+                Trajectory.Input("trajectory_2", optional=True, tooltip="A trajectory drawn as frustums."),
+                Trajectory.Input("trajectory_3", optional=True, tooltip="A trajectory drawn as frustums."),
+                Trajectory.Input("trajectory_4", optional=True, tooltip="A trajectory drawn as frustums."),
+            ],
+            outputs=[io.String.Output(display_name="model_file", tooltip="Path relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, cloud, filename_prefix, max_points, trajectory_1=None, trajectory_2=None,
+                trajectory_3=None, trajectory_4=None) -> io.NodeOutput:
+        trajs = []
+        for i, t in enumerate((trajectory_1, trajectory_2, trajectory_3, trajectory_4)):
+            if t is None:
+                continue
+            for j, tr in enumerate(trajectories_of(t)):
+                trajs.append((tr.name or f"trajectory_{i + 1}_{j}", tr.cameras))
+        info = save_path(filename_prefix, "glb")
+        export.save_cameras_glb(info[0], cloud.require_nonempty(), trajs, max_points=max_points)
+        return io.NodeOutput(relative_output_path(info), ui={"3d": [saved(info)]})
+
+
+class SaveCameraJson(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveCameraJson",
+            display_name="Save camera.json (WorldStereo)",
+            category=SUB,
+            description="Writes a trajectory as camera.json in the upstream WorldStereo format "
+            "(w2c extrinsics, intrinsics in pixels, motion list).",
+            is_output_node=True,
+            inputs=[
+                Trajectory.Input("trajectory", tooltip="The trajectory to save."),
+                io.String.Input("filename_prefix", default="worldstereo/camera",
+                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="Path relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, trajectory, filename_prefix) -> io.NodeOutput:
+        info = save_path(filename_prefix, "json")
+        trajs = trajectories_of(trajectory)
+        if len(trajs) != 1:
+            raise ValueError(f"camera.json holds one trajectory; got {len(trajs)} — pick one first")
+        traj_lib.save_camera_json(info[0], trajs[0])
+        return io.NodeOutput(relative_output_path(info), ui={"text": [relative_output_path(info)]})
+
+
+class SaveVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveVideo",
+            display_name="Save MP4 (WorldStereo)",
+            category=SUB,
+            description="Encodes frames (renders, hole masks, generated keyframes) as an H.264 MP4 "
+            "in the output folder.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("frames", tooltip="Frames to encode, in order."),
+                io.String.Input("filename_prefix", default="worldstereo/video",
+                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+                io.Float.Input("fps", default=8.0, min=0.5, max=60.0, step=0.5,
+                               tooltip="Frames per second of the video (21 keyframes at 8 fps ≈ 2.6 s)."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="Path relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, frames, filename_prefix, fps) -> io.NodeOutput:
+        info = save_path(filename_prefix, "mp4")
+        export.save_video_mp4(info[0], frames, fps=fps)
+        return io.NodeOutput(relative_output_path(info), ui={"images": [saved(info)], "animated": (True,)})
+
+
+class SaveReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveReport",
+            display_name="Save Metrics Report (WorldStereo)",
+            category=SUB,
+            description="Saves a metrics report (JSON text from the scene loop or Evaluate) to the "
+            "output folder and shows it on the node.",
+            is_output_node=True,
+            inputs=[
+                io.String.Input("report", force_input=True, tooltip="A JSON metrics report."),
+                io.String.Input("filename_prefix", default="worldstereo/metrics",
+                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, report, filename_prefix) -> io.NodeOutput:
+        data = json.loads(report)
+        info = save_path(filename_prefix, "json")
+        export.write_text_atomic(info[0], json.dumps(data, indent=2))  # atomic: temp file + rename
+        return io.NodeOutput(ui={"text": [json.dumps(data, indent=2)], "files": [saved(info)]})
+
+
+NODES = [SavePointCloud, SaveSceneGLB, SaveCameraJson, SaveVideo, SaveReport]

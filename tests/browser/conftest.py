@@ -1,0 +1,99 @@
+"""Fixtures that drive the real ComfyUI frontend in headless Chromium (Debian's build)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from testsupport import require_comfyui
+
+
+CHROMIUM = os.environ.get("WORLDSTEREO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+
+def frontends() -> list[tuple[str, Path | None]]:
+    """(label, front-end root) pairs: the one ComfyUI 0.3.75 serves, and the newest package."""
+    out: list[tuple[str, Path | None]] = [("1.32.9", None)]
+    new = os.environ.get("WORLDSTEREO_FRONTEND_NEW")
+    if new:
+        out.append(("1.58.1", Path(new)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def browser():
+    require_comfyui()
+    if not Path(CHROMIUM).exists():
+        msg = f"Chromium not found at {CHROMIUM}; run scripts/setup_env.sh"
+        if os.environ.get("WORLDSTEREO_REQUIRE_COMFY") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="session", params=frontends(), ids=lambda p: f"frontend-{p[0]}")
+def ui_server(request):
+    """A ComfyUI server serving one frontend version, with the pack installed."""
+    from comfy_server import ComfyServer
+
+    label, root = request.param
+    server = ComfyServer(front_end_root=root).start()
+    server.frontend_label = label
+    r = server.post("/api/settings", json={"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True})
+    assert r.ok, r.text
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class AppPage:
+    """The ComfyUI app open in a browser page, with the page errors it raised."""
+
+    def __init__(self, page, server):
+        self.page = page
+        self.server = server
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def open(self) -> "AppPage":
+        self.page.goto(self.server.url, wait_until="domcontentloaded")
+        self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        self.page.wait_for_timeout(500)
+        return self
+
+    def load_workflow(self, workflow: dict) -> None:
+        self.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+        self.page.wait_for_timeout(1000)
+
+    def body_text(self) -> str:
+        return self.page.evaluate("() => document.body.innerText")
+
+    def api_graph(self) -> dict:
+        return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+
+    def registered_types(self) -> set[str]:
+        return set(self.page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)"))
+
+
+@pytest.fixture()
+def app_page(browser, ui_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    try:
+        yield AppPage(page, ui_server).open()
+    finally:
+        context.close()

@@ -1,0 +1,36 @@
+"""The pack in the real frontend: clean load, example workflows load, convert and execute."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from testsupport import WORKFLOWS
+
+
+def test_frontend_loads_without_page_errors(app_page):
+    assert app_page.errors == []
+    ours = {t for t in app_page.registered_types() if t.startswith("WorldStereo")}
+    assert ours, "the frontend lists no WorldStereo node"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_loads_converts_and_executes(app_page, path):
+    from workflow_api import ui_to_api
+
+    workflow = json.loads(path.read_text())
+    missing = {n["type"] for n in workflow["nodes"]} - app_page.registered_types() - {"Note", "Reroute", "MarkdownNote"}
+    assert not missing, f"node types unknown to the frontend: {missing}"
+    app_page.load_workflow(workflow)
+    text = app_page.body_text()
+    assert "Invalid workflow" not in text
+    assert "missing" not in text.lower() or "Missing Node" not in text, text[:2000]
+    assert app_page.errors == []
+
+    api_from_page = app_page.api_graph()
+    server = app_page.server
+    # Our headless converter (used by the main job) must agree with the frontend's.
+    assert ui_to_api(workflow, server.object_info()) == api_from_page
+    result = server.run(api_from_page, timeout=900, workflow=workflow)
+    assert result.status == "success", (result.error, server.log()[-3000:])

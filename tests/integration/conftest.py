@@ -1,0 +1,36 @@
+"""Fixtures that run a real ComfyUI server with the pack installed."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from testsupport import require_comfyui
+
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """A ComfyUI 0.3.75 server (CPU, loopback, free port) with this pack in custom_nodes."""
+    require_comfyui()
+    from comfy_server import ComfyServer
+
+    server = ComfyServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server) -> dict:
+    return comfy_server.object_info()
+
+
+@pytest.fixture(scope="session")
+def our_nodes(comfy_server, object_info) -> dict:
+    """``/object_info`` entries of this pack's nodes."""
+    nodes = {k: v for k, v in object_info.items() if "worldstereo" in v.get("python_module", "").lower()}
+    assert nodes, "no WorldStereo nodes registered; server log:\n" + comfy_server.log()[-4000:]
+    return nodes
