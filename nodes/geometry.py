@@ -1,0 +1,209 @@
+"""Geometry nodes: point clouds from depth, trajectories, and the GGM render of the 3D cache."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from worldstereo_core import cameras as cam_lib
+from worldstereo_core import pointcloud as pc_lib
+from worldstereo_core import render as render_lib
+from worldstereo_core import trajectory as traj_lib
+from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError
+
+from .common import CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, image_to_hwc, trajectories_of
+
+SUB = f"{CATEGORY}/geometry"
+
+
+def _median_depth(depth: torch.Tensor) -> float:
+    valid = depth[depth > 0]
+    if valid.numel() == 0:
+        raise InvalidTrajectoryError("the depth map has no valid pixel, so the scene's median depth is unknown")
+    return float(valid.double().median())
+
+
+class BuildPointCloud(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoBuildPointCloud",
+            display_name="Build Point Cloud (WorldStereo)",
+            category=SUB,
+            description="Lifts an image and its z-depth into a coloured world point cloud (the first "
+            "3D cache), the way the release does: unprojection at pixel centres, far-depth "
+            "compression beyond 8x the median, and removal of points on depth edges.",
+            inputs=[
+                io.Image.Input("image", tooltip="The input view (first image of the batch is used)."),
+                Depth.Input("depth", tooltip="Its z-depth in world units, same size as the image."),
+                Cameras.Input("camera", optional=True,
+                              tooltip="The view's camera (w2c, K). Without it: identity pose and fov_degrees."),
+                io.Float.Input("fov_degrees", default=60.0, min=1.0, max=179.0, step=0.5,
+                               tooltip="Horizontal field of view, used only when no camera is connected."),
+                io.Boolean.Input("remove_depth_edges", default=True,
+                                 tooltip="Drop points on depth discontinuities (Sobel on normalised disparity), "
+                                 "which would otherwise smear between foreground and background."),
+                io.Boolean.Input("compress_far_depth", default=True,
+                                 tooltip="Compress depth beyond 8x the median (2m − m²/d), as the release does, "
+                                 "so the far background stays near the scene."),
+                io.Int.Input("max_points", default=0, min=0, max=50_000_000, step=10_000,
+                             tooltip="Voxel-downsample to at most this many points (0 = keep all)."),
+            ],
+            outputs=[
+                PointCloud.Output(display_name="cloud", tooltip="World point cloud with colours."),
+                Cameras.Output(display_name="camera", tooltip="The camera used (connected or made from the FoV)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, depth, fov_degrees, remove_depth_edges, compress_far_depth, max_points,
+                camera=None) -> io.NodeOutput:
+        img = image_to_hwc(image)
+        d = depth[0] if depth.ndim == 3 else depth
+        H, W = d.shape[-2:]
+        if img.shape[:2] != (H, W):
+            raise InvalidDepthError(
+                f"image is {img.shape[0]}×{img.shape[1]} but depth is {H}×{W}; resize one to match the other"
+            )
+        if camera is None:
+            K = cam_lib.intrinsics_from_fov(fov_degrees, H, W).float()[None]
+            camera = cam_lib.Cameras(torch.eye(4)[None], K, H, W)
+        elif (camera.height, camera.width) != (H, W):
+            camera = camera.resized(H, W)
+        cloud = pc_lib.unproject_depth(
+            d, camera.K[0], camera.c2w[0], img,
+            far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
+            edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
+        )
+        if max_points > 0 and len(cloud) > max_points:
+            # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
+            diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
+            cloud = pc_lib.voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
+        return io.NodeOutput(cloud, camera[:1])
+
+
+class TrajectoryBuilder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoTrajectoryBuilder",
+            display_name="Trajectory Builder (WorldStereo)",
+            category=SUB,
+            description="Plans a camera trajectory from the input camera: a preset (orbit, up, left, "
+            "right, aerial, …) scaled by the scene's median depth, or a camera.json / keyframe list. "
+            "With a cache connected, moves that would pass through geometry are shortened (halved) "
+            "as the release does.",
+            inputs=[
+                Cameras.Input("camera", tooltip="The start camera (the input view's)."),
+                io.Combo.Input("preset", options=[*traj_lib.PRESETS.keys(), "camera_json", "keyframes"],
+                               default="orbit",
+                               tooltip="A preset motion, or camera_json (load a file) or keyframes (the JSON below)."),
+                io.Float.Input("median_depth", default=0.0, min=0.0, max=1e6, step=0.01,
+                               tooltip="The scene's median depth seen from the camera (world units). "
+                               "0 = take it from the depth input."),
+                io.Float.Input("angle", default=0.0, min=0.0, max=360.0, step=1.0,
+                               tooltip="Rotation angle in degrees for up/down/left/right/pan (0 = preset default: "
+                               "45° up, 90° left/right)."),
+                io.Float.Input("extent", default=0.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="Radius (orbit/eloop) or distance (forward/backward) as a fraction of "
+                               "the median depth (0 = preset default, e.g. orbit 0.3)."),
+                io.Int.Input("num_frames", default=81, min=2, max=1024,
+                             tooltip="Number of poses (the released model uses 81; it works on 21 keyframes)."),
+                io.String.Input("camera_json", default="", multiline=False,
+                                tooltip="Path of a camera.json (upstream format) for preset = camera_json."),
+                io.String.Input("keyframes", default="", multiline=True,
+                                tooltip='JSON list of keyframes for preset = keyframes: each {"position": [x,y,z], '
+                                '"look_at": [x,y,z]} or {"w2c": 4×4}; interpolated smoothly (slerp).'),
+                Depth.Input("depth", optional=True, tooltip="Depth of the start view, for the median depth."),
+                PointCloud.Input("cache", optional=True,
+                                 tooltip="The current 3D cache: moves through its geometry are shortened."),
+            ],
+            outputs=[Trajectory.Output(display_name="trajectory", tooltip="The planned camera path.")],
+        )
+
+    @classmethod
+    def execute(cls, camera, preset, median_depth, angle, extent, num_frames, camera_json, keyframes,
+                depth=None, cache=None) -> io.NodeOutput:
+        first = camera[:1]
+        if preset == "camera_json":
+            if not camera_json.strip():
+                raise InvalidTrajectoryError("preset is camera_json but no camera_json path was given")
+            traj = traj_lib.load_camera_json(camera_json.strip(), height=first.height, width=first.width)
+            return io.NodeOutput(traj)
+        if preset == "keyframes":
+            try:
+                kfs = json.loads(keyframes)
+            except ValueError as e:
+                raise InvalidTrajectoryError(f"keyframes is not valid JSON: {e}") from None
+            traj = traj_lib.from_keyframes(kfs, first.K[0], first.height, first.width, num_frames=num_frames)
+            return io.NodeOutput(traj)
+        m = median_depth if median_depth > 0 else (_median_depth(depth) if depth is not None else None)
+        if m is None:
+            raise InvalidTrajectoryError("set median_depth or connect the depth of the start view")
+        params = {}
+        defaults = traj_lib.PRESETS[preset]
+        if angle > 0 and "angle" in defaults:
+            params["angle"] = angle
+        if extent > 0:
+            for key in ("radius_x", "radius_y", "distance"):
+                if key in defaults:
+                    params[key] = extent
+        traj = traj_lib.make_preset(preset, first, m, num_frames=num_frames, **params)
+        if cache is not None and len(cache) > 0:
+            traj, _ = traj_lib.shorten_against_cloud(traj, cache.points, median_depth=m)
+        return io.NodeOutput(traj)
+
+
+class RenderCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoRenderCache",
+            display_name="GGM Render Cache (WorldStereo)",
+            category=SUB,
+            description="Renders the 3D cache along a trajectory: the Global-Geometric Memory (GGM) "
+            "condition of the video model — colour render, hole mask (1 = hole) and z-depth, with "
+            "the release's splatting (radius 0.008 NDC, nearest surface wins).",
+            inputs=[
+                PointCloud.Input("cache", tooltip="The 3D cache (point cloud) to render."),
+                Trajectory.Input("trajectory", tooltip="Camera path to render along."),
+                io.Boolean.Input("keyframes_only", default=True,
+                                 tooltip="Render only the 21 keyframes the model works on (else every pose)."),
+                io.Float.Input("radius", default=render_lib.RELEASE_RADIUS, min=0.0005, max=0.1, step=0.0005,
+                               tooltip="Splat radius in NDC units (release: 0.008)."),
+                io.Image.Input("first_frame", optional=True,
+                               tooltip="Replaces the first render (the release puts the input image there)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="render", tooltip="Rendered colours [F, H, W, 3]."),
+                io.Mask.Output(display_name="hole_mask", tooltip="1 where nothing was rendered (hole), 0 covered."),
+                Depth.Output(display_name="depth", tooltip="Rendered z-depth (0 in holes)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, cache, trajectory, keyframes_only, radius, first_frame=None) -> io.NodeOutput:
+        trajs = trajectories_of(trajectory)
+        progress = Progress(len(trajs))
+        rgb, mask, depth = [], [], []
+        for i, traj in enumerate(trajs):
+            cams = traj.keyframes() if keyframes_only else traj.cameras
+            first = None
+            if first_frame is not None:
+                first = image_to_hwc(first_frame)
+                if first.shape[:2] != (cams.height, cams.width):
+                    raise InvalidCameraError(
+                        f"first_frame is {first.shape[0]}×{first.shape[1]} but the trajectory renders "
+                        f"{cams.height}×{cams.width}; resize the image or the trajectory"
+                    )
+            out = render_lib.render_point_cloud(cache.require_nonempty("3D cache"), cams, radius=radius, first_frame=first)
+            rgb.append(out.rgb)
+            mask.append(out.mask)
+            depth.append(out.depth)
+            progress(i + 1)
+        return io.NodeOutput(torch.cat(rgb).float(), torch.cat(mask).float(), torch.cat(depth).float())
+
+
+NODES = [BuildPointCloud, TrajectoryBuilder, RenderCache]
