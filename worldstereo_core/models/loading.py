@@ -234,6 +234,13 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
             "the file has camera_embedding.*: it is a worldstereo-memory(-dmd) checkpoint — load it with "
             "variant='memory' (or 'dmd' for the distilled weights)"
         )
+    if missing and groups_missing <= {"blocks", "controlnet"} and not unexpected and (
+        any(k.startswith("blocks.") for k in missing) and any(k.startswith("controlnet.") for k in missing)
+    ):
+        return (
+            "the file has fewer blocks than the config describes — its config.json does not belong to these "
+            "weights (e.g. a tiny test file read with the full-size config)"
+        )
     if missing and groups_missing == {"controlnet"}:
         return "the file has no controlnet.*: it is a plain Wan2.1 transformer, not a WorldStereo checkpoint"
     if "blocks" in groups_missing and not any(k.startswith("blocks.") for k in unexpected) and not any(

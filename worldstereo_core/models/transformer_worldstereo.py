@@ -527,6 +527,14 @@ class WorldStereoTransformer(WanTransformer3DModel):
             )
         ppf, pph, ppw = F_ // p_t, H // p_h, W // p_w
         tokens_per_frame = pph * ppw
+        # callers may keep latents in fp32 (the sampler does); compute in the weights' dtype
+        dtype = self.patch_embedding.weight.dtype
+        hidden_states = hidden_states.to(dtype)
+        encoder_hidden_states = encoder_hidden_states.to(self.condition_embedder.text_embedder.linear_1.weight.dtype)
+        if encoder_hidden_states_image is not None and self.condition_embedder.image_embedder is not None:
+            encoder_hidden_states_image = encoder_hidden_states_image.to(
+                self.condition_embedder.image_embedder.ff.net[0].proj.weight.dtype
+            )
 
         # --- GGM control tokens
         control = None
@@ -596,16 +604,19 @@ class WorldStereoTransformer(WanTransformer3DModel):
         cfg = self.controlnet_config
         if render_mask is None:
             raise ModelInputError("render_latent was given without render_mask; pass the hole mask [B, 1, F, 8h, 8w]")
-        parts = [render_mask] if plucker is None else [render_mask, plucker.to(render_mask.dtype)]
-        add = torch.cat(parts, dim=1)
+        parts = [render_mask] if plucker is None else [render_mask, plucker]
         # with a temporal downsample ds, (F-1)*ds + 1 frames are padded in front to F*ds
-        expected = (B, cfg.add_channels, (F_ - 1) * cfg.mask_downsample + 1, H * 8, W * 8)
-        if tuple(add.shape) != expected:
+        frames = (F_ - 1) * cfg.mask_downsample + 1
+        channels = sum(p.shape[1] if p.ndim == 5 else -1 for p in parts)
+        if channels != cfg.add_channels or any(
+            p.ndim != 5 or (p.shape[0], p.shape[2], p.shape[3], p.shape[4]) != (B, frames, H * 8, W * 8) for p in parts
+        ):
             raise ModelInputError(
-                f"render_mask + plucker give {tuple(add.shape)}; expected {expected} "
-                f"(mask 1 channel + Plücker 6 channels, one frame per latent frame, at 8x the latent size)"
+                f"render_mask {tuple(render_mask.shape)} / plucker {None if plucker is None else tuple(plucker.shape)} "
+                f"must be [B={B}, 1 | 6, {frames}, {H * 8}, {W * 8}] (mask + Plücker = {cfg.add_channels} channels, "
+                "one frame per latent frame, at 8x the latent size)"
             )
-        return add
+        return torch.cat([p.to(self.patch_embedding.weight.dtype) for p in parts], dim=1)
 
     def _embed_references(
         self,

@@ -1,0 +1,241 @@
+"""WorldStereo transformer: checkpoint schema at full size (meta), tiny forward passes, design invariants."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformer3DModel
+
+from worldstereo_core.errors import CheckpointError, ModelInputError, WorldStereoError
+from worldstereo_core.models import (
+    MAX_REFERENCES,
+    build_transformer,
+    count_parameters,
+    load_worldstereo,
+    save_worldstereo,
+)
+from worldstereo_core.models.transformer_worldstereo import (
+    TINY_TRANSFORMER_CONFIG,
+    RefJointAttnProcessor,
+    rope_at,
+)
+
+B, F, H, W = 1, 3, 4, 6  # latent frames and grid of the tiny tests
+TEXT_DIM, IMAGE_DIM = TINY_TRANSFORMER_CONFIG["text_dim"], TINY_TRANSFORMER_CONFIG["image_dim"]
+
+
+def _schema(fixtures_dir):
+    return json.loads((fixtures_dir / "checkpoints" / "worldstereo_state_dict_schema.json").read_text())
+
+
+@pytest.mark.parametrize("variant,name", [("camera", "worldstereo-camera"), ("memory", "worldstereo-memory"), ("dmd", "worldstereo-memory")])
+def test_full_config_matches_release_schema(fixtures_dir, variant, name):
+    schema = _schema(fixtures_dir)["variants"][name]
+    with torch.device("meta"):
+        model = build_transformer(variant)
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    want = {k: v["shape"] for k, v in schema.items()}
+    assert sorted(set(got) - set(want)) == []
+    assert sorted(set(want) - set(got)) == []
+    assert {k: got[k] for k in want if got[k] != want[k]} == {}
+
+
+def test_full_parameter_totals_match_published(fixtures_dir):
+    with torch.device("meta"):
+        memory = build_transformer("memory")
+        camera = build_transformer("camera")
+    # README of the schema fixture: 17.432 B total; blocks 16.1535 B, controlnet 0.9975 B,
+    # condition_embedder 0.2403 B, camera_embedding 0.0394 B
+    assert round(count_parameters(memory) / 1e9, 3) == 17.432
+    assert round(count_parameters(memory.blocks) / 1e9, 4) == 16.1535
+    assert round(count_parameters(memory.controlnet) / 1e9, 4) == 0.9975
+    assert round(count_parameters(memory.condition_embedder) / 1e9, 4) == 0.2403
+    assert round(count_parameters(memory.camera_embedding) / 1e9, 4) == 0.0394
+    assert camera.camera_embedding is None
+    assert count_parameters(memory) - count_parameters(camera) == count_parameters(memory.camera_embedding)
+    # the config the schema records is the one we build
+    base = _schema(fixtures_dir)["base_transformer_config"]
+    for k, v in base.items():
+        assert (list(memory.config[k]) if isinstance(v, list) else memory.config[k]) == v, k
+    cn = _schema(fixtures_dir)["controlnet_cfg"]
+    for k, v in cn.items():
+        assert getattr(memory.controlnet_config, k) == v, k
+
+
+def _inputs(variant, n_ref=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    kw = dict(
+        encoder_hidden_states=r(B, 512, TEXT_DIM),
+        encoder_hidden_states_image=r(B, 257, IMAGE_DIM),
+        render_latent=r(B, 16, F, H, W),
+        render_mask=(torch.rand(B, 1, F, 8 * H, 8 * W, generator=g) > 0.5).float(),
+        plucker=r(B, 6, F, 8 * H, 8 * W),
+    )
+    if variant != "camera":
+        kw.update(
+            reference_latent=r(B, 36, n_ref, H, W),
+            ref_index=torch.arange(n_ref) % (F - 1),
+            camera_qt=r(B, F, 7),
+            camera_qt_ref=r(B, n_ref, 7),
+        )
+    return r(B, 36, F, H, W), torch.tensor([700.0]), kw
+
+
+def _randomize_zero_inits(model, seed=1):
+    """Give the zero-initialised output layers non-zero weights (as trained weights have)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("variant", ["camera", "memory", "dmd"])
+def test_tiny_forward_through_safetensors_file(tmp_path, variant):
+    torch.manual_seed(0)
+    model = _randomize_zero_inits(build_transformer(variant, tiny=True))
+    x, t, kw = _inputs(variant)
+    with torch.no_grad():
+        out = model(x, t, **kw)
+    assert out.shape == (B, 16, F, H, W) and torch.isfinite(out).all()
+
+    save_worldstereo(model, tmp_path / variant)
+    loaded = load_worldstereo(tmp_path / variant, dtype=torch.float32)
+    assert loaded.variant == variant and loaded.ws_config.variant == variant
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, **kw), out, rtol=0, atol=0)
+    # bf16 load: the listed modulation tensors stay fp32, the rest follow dtype
+    half = load_worldstereo(tmp_path / variant, dtype=torch.bfloat16)
+    assert half.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert half.blocks[0].scale_shift_table.dtype == torch.float32
+    assert half.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    with torch.no_grad():
+        out_half = half(x, t, **kw)
+    assert torch.isfinite(out_half).all()
+    assert (out_half.float() - out).abs().max() < 0.1 * out.abs().max() + 0.1
+
+
+@pytest.mark.parametrize("variant", ["camera", "memory"])
+def test_zero_init_controlnet_leaves_base_wan_unchanged(variant):
+    """A fresh branch (zero-init proj_out / mask_zero_proj / camera MLP) must not change Wan's output."""
+    torch.manual_seed(0)
+    model = build_transformer(variant, tiny=True)
+    stock = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
+    base_keys = stock.state_dict().keys()
+    stock.load_state_dict({k: v for k, v in model.state_dict().items() if k in base_keys}, strict=True)
+    x, t, kw = _inputs("camera")
+    qt = {"camera_qt": torch.randn(B, F, 7)} if variant == "memory" else {}
+    with torch.no_grad():
+        want = stock(x, t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"], return_dict=False)[0]
+        got = model(x, t, **kw, **qt)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # ...and once the branch is trained (non-zero outputs) it does change it
+    _randomize_zero_inits(model)
+    with torch.no_grad():
+        assert (model(x, t, **kw) - want).abs().max() > 1e-3
+
+
+def _upstream_style_ref_rope(rope, ref_index, f, h, w):
+    """The release's way: RoPE of a latent twice as wide, references take the right half of frame idx+1."""
+    cos, sin = rope(torch.zeros(1, 1, f, 2 * h, 4 * w))  # patch (1,2,2) → grid f × h × 2w
+    pick = lambda t: t.reshape(f, h, 2 * w, -1)[ref_index + 1, :, w:].reshape(1, -1, 1, t.shape[-1])  # noqa: E731
+    return pick(cos), pick(sin)
+
+
+def test_reference_rope_positions_match_release_layout():
+    model = build_transformer("memory", tiny=True)
+    ref_index = torch.tensor([4, 0, 7])
+    got = rope_at(model.rope, ref_index + 1, 3, 5, w_offset=5)
+    want = _upstream_style_ref_rope(model.rope, ref_index, 9, 3, 5)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+    # targets: offset 0 and frames 0..F-1 give diffusers' own table
+    got_t = rope_at(model.rope, torch.arange(9), 3, 5)
+    torch.testing.assert_close(got_t[0], model.rope(torch.zeros(1, 1, 9, 6, 10))[0], rtol=0, atol=0)
+
+
+def test_joint_attention_equals_full_attention_over_concatenated_tokens():
+    """Targets attending to [refs, targets] = a plain Wan self-attention over the concatenation (target rows)."""
+    torch.manual_seed(0)
+    model = build_transformer("memory", tiny=True)
+    attn = model.blocks[0].attn1
+    n_t, n_r, dim = F * H * W, 2 * H * W, model.inner_dim
+    tokens, refs = torch.randn(1, n_t, dim), torch.randn(1, n_r, dim)
+    rope_t = model.rope(torch.zeros(1, 1, F, 2 * H, 2 * W))
+    rope_r = rope_at(model.rope, torch.tensor([1, 2]), H, W, w_offset=W)
+    with torch.no_grad():
+        got = RefJointAttnProcessor()(attn, tokens, rotary_emb=rope_t, ref_hidden_states=refs, ref_rotary_emb=rope_r)
+        joint_rope = tuple(torch.cat([a, b], dim=1) for a, b in zip(rope_r, rope_t))
+        full = WanAttnProcessor()(attn, torch.cat([refs, tokens], dim=1), rotary_emb=joint_rope)
+    torch.testing.assert_close(got, full[:, n_r:], rtol=1e-5, atol=1e-5)
+
+
+def test_references_and_camera_embedding_change_the_output():
+    torch.manual_seed(0)
+    model = build_transformer("memory", tiny=True)
+    x, t, kw = _inputs("memory")
+    no_refs = {k: v for k, v in kw.items() if k not in ("reference_latent", "ref_index", "camera_qt_ref")}
+    with torch.no_grad():
+        with_refs = model(x, t, **kw)
+        without = model(x, t, **no_refs)
+        moved = model(x, t, **{**kw, "ref_index": torch.tensor([1, 1])})
+        other_qt = model(x, t, **{**kw, "camera_qt": kw["camera_qt"] + 1.0})
+    assert (with_refs - without).abs().max() > 1e-4  # references are attended to
+    assert (with_refs - moved).abs().max() > 1e-6  # and their RoPE slot matters
+    torch.testing.assert_close(other_qt, with_refs)  # zero-init camera MLP: no effect yet
+    with torch.no_grad():
+        model.camera_embedding[4].weight.normal_(0, 0.05)
+        assert (model(x, t, **{**kw, "camera_qt": kw["camera_qt"] + 1.0}) - model(x, t, **kw)).abs().max() > 1e-4
+
+
+def test_inputs_are_not_mutated():
+    model = build_transformer("memory", tiny=True)
+    x, t, kw = _inputs("memory")
+    before = {k: v.clone() for k, v in kw.items()}
+    x0 = x.clone()
+    with torch.no_grad():
+        model(x, t, **kw)
+    assert torch.equal(x, x0) and all(torch.equal(kw[k], before[k]) for k in kw)
+
+
+def test_bad_model_inputs_raise_model_input_error():
+    model = build_transformer("memory", tiny=True)
+    camera = build_transformer("camera", tiny=True)
+    x, t, kw = _inputs("memory")
+    cases = [
+        (model, x[:, :20], {}),  # wrong channel count
+        (model, x[..., :5], {}),  # odd latent width (image not a multiple of 16)
+        (model, x, {"render_mask": kw["render_mask"][:, :, :2]}),  # frames vs mask mismatch
+        (model, x, {"render_mask": None}),
+        (model, x, {"camera_qt": kw["camera_qt"][:, :2]}),  # cameras count mismatch
+        (model, x, {"ref_index": torch.tensor([0])}),  # one slot for two references
+        (model, x, {"ref_index": torch.tensor([0, F - 1])}),  # slot beyond the last keyframe
+        (model, x, {"reference_latent": torch.randn(B, 36, MAX_REFERENCES + 1, H, W),
+                    "ref_index": torch.zeros(MAX_REFERENCES + 1, dtype=torch.long),
+                    "camera_qt_ref": torch.randn(B, MAX_REFERENCES + 1, 7)}),  # > 8 references
+        (model, x, {"reference_latent": kw["reference_latent"][..., :2]}),  # reference size ≠ target size
+        (camera, x, {}),  # references given to the camera variant
+    ]
+    for net, xx, override in cases:
+        with pytest.raises(ModelInputError), torch.no_grad():
+            net(xx, t, **{**kw, **override})
+    with pytest.raises(ModelInputError), torch.no_grad():
+        model(x, torch.tensor([1.0, 2.0]), **kw)
+    assert issubclass(ModelInputError, WorldStereoError)
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(CheckpointError, match="variant"):
+        build_transformer("uni3c", tiny=True)
+
+
+def test_meta_build_allocates_nothing():
+    with torch.device("meta"):
+        model = build_transformer("dmd")
+    assert all(p.is_meta for p in model.parameters())
+    assert math.isclose(count_parameters(model) / 1e9, 17.4318, rel_tol=1e-4)
