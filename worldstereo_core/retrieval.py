@@ -1,0 +1,442 @@
+"""Frustum-overlap scoring of memory-bank views and selection of SSM references.
+
+For every target keyframe the model gets the bank view whose camera frustum overlaps its own
+the most; at most 8 distinct views enter the model, each stitched beside the target keyframe
+that first chose it (``ref_index``).
+
+Two scoring modes:
+
+* ``"aabb"`` — the release's score, reproduced exactly: each frustum is summarised by its 8
+  corners — the rays through the image corners (pixel coordinates (0, 0), (W, 0), (W, H),
+  (0, H), i.e. the outer edges of the border pixels), **normalised to unit length** and
+  scaled to ``near`` and ``far`` (so the "planes" are spherical caps of radius near/far, not
+  z-planes) — and the score is the IoU of the two corner sets' axis-aligned world boxes (0
+  unless the boxes overlap with positive extent along all three axes; ``+1e-8`` in the
+  union), times the angle penalty ``clip(exp((90 − θ)/180 · 5), 0, 1)`` with θ the angle in
+  degrees between the cameras' +z (viewing) axes. Defaults near 0.1, far 10.0.
+* ``"volume"`` — the paper's true volumetric overlap: IoU of the frustum volumes
+  ``{near ≤ z ≤ far, 0 ≤ u ≤ W, 0 ≤ v ≤ H}`` (z-depth planes). Frustum volumes are exact
+  (``W·H/(fx·fy) · (far³ − near³)/3``); the intersection is estimated with ``num_samples``
+  quasi-random points (unscrambled Sobol sequence, so results are deterministic) mapped
+  uniformly by volume into each *target* frustum and projected into each bank camera. With
+  the default 8192 samples the IoU was within ±0.0015 of the exact polyhedral value
+  (scipy half-space intersection) on 19 test configurations (random poses and forward
+  shifts), ±0.003 with 4096; the tests assert ±0.005. (A regular grid of 16³ or 24³ points
+  was 0.04 off for boundaries parallel to its layers, hence Sobol.) Identical frustums give
+  1 and disjoint ones 0 up to that accuracy. The score is asymmetric at that accuracy (only
+  the target is sampled). No angle penalty by default (the volume already separates cameras
+  looking apart).
+
+Bank views may have image sizes of their own (``bank_sizes``); by default every bank camera
+uses the targets' ``width × height``, as the release does (one image size per scene).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .cameras import ArrayLike, as_tensor, like_input, validate_K, validate_w2c
+from .errors import InvalidCameraError, InvalidTrajectoryError
+
+__all__ = [
+    "RELEASE_NEAR",
+    "RELEASE_FAR",
+    "frustum_corners",
+    "aabb_iou",
+    "view_angles",
+    "angle_penalty",
+    "frustum_volume_iou",
+    "score_bank",
+    "Retrieval",
+    "select_references",
+    "retrieve",
+]
+
+RELEASE_NEAR = 0.1
+RELEASE_FAR = 10.0
+
+
+def _cams(w2c: ArrayLike, K: ArrayLike, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    w = as_tensor(w2c).detach().to(dtype=torch.float64)
+    k = as_tensor(K).detach().to(dtype=torch.float64, device=w.device)
+    if w.ndim == 2:
+        w = w[None]
+    if k.ndim == 2:
+        k = k.expand(w.shape[0], 3, 3)
+    validate_w2c(w, f"{name}_w2c")
+    validate_K(k, f"{name}_K")
+    if k.shape[0] != w.shape[0]:
+        raise InvalidCameraError(f"{name}: {w.shape[0]} extrinsics but {k.shape[0]} intrinsics; give one K per camera")
+    return w, k
+
+
+def _sizes(n: int, width: int, height: int, bank_sizes, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n]`` widths and heights (float64)."""
+    if bank_sizes is None:
+        hw = torch.tensor([[height, width]], dtype=torch.float64, device=device).expand(n, 2)
+    else:
+        hw = as_tensor(bank_sizes).to(dtype=torch.float64, device=device)
+        if hw.shape != (n, 2):
+            raise InvalidCameraError(f"bank_sizes must be [N, 2] (height, width) per bank camera, got {tuple(hw.shape)} for N = {n}")
+    if (hw <= 0).any() or not torch.isfinite(hw).all():
+        raise InvalidCameraError("image sizes must be positive")
+    return hw[:, 1], hw[:, 0]
+
+
+def _check_range(near: float, far: float) -> None:
+    if not (0 < near < far):
+        raise InvalidCameraError(f"need 0 < near < far, got near={near}, far={far}")
+
+
+def frustum_corners(
+    w2c: ArrayLike,
+    K: ArrayLike,
+    width: float | ArrayLike,
+    height: float | ArrayLike,
+    near: float = RELEASE_NEAR,
+    far: float = RELEASE_FAR,
+) -> ArrayLike:
+    """World positions ``[N, 8, 3]`` of the release's frustum corners (see module doc).
+
+    Order: near (0,0), (W,0), (W,H), (0,H), then the same four at far. ``width``/``height``
+    are scalars or ``[N]``.
+    """
+    _check_range(near, far)
+    w, k = _cams(w2c, K, "camera")
+    n = w.shape[0]
+    W = as_tensor(width).to(dtype=torch.float64, device=w.device).expand(n)
+    H = as_tensor(height).to(dtype=torch.float64, device=w.device).expand(n)
+    zero, one = torch.zeros_like(W), torch.ones_like(W)
+    px = torch.stack(
+        [torch.stack([zero, zero, one], -1), torch.stack([W, zero, one], -1),
+         torch.stack([W, H, one], -1), torch.stack([zero, H, one], -1)], 1
+    )  # [N, 4, 3]
+    rays = px @ torch.linalg.inv(k).transpose(1, 2)
+    rays = rays / rays.norm(dim=-1, keepdim=True)
+    c2w = torch.linalg.inv(w)
+    R, c = c2w[:, :3, :3], c2w[:, :3, 3]
+    cam = torch.cat([rays * near, rays * far], 1)  # [N, 8, 3]
+    out = cam @ R.transpose(1, 2) + c[:, None]
+    return like_input(out, w2c)
+
+
+def aabb_iou(corners_a: ArrayLike, corners_b: ArrayLike) -> ArrayLike:
+    """``[T, N]`` IoU of the axis-aligned boxes of corner sets ``[T, 8, 3]`` and ``[N, 8, 3]``."""
+    a, b = as_tensor(corners_a).to(torch.float64), as_tensor(corners_b).to(dtype=torch.float64)
+    b = b.to(a.device)
+    lo_a, hi_a = a.amin(1)[:, None], a.amax(1)[:, None]  # [T, 1, 3]
+    lo_b, hi_b = b.amin(1)[None], b.amax(1)[None]  # [1, N, 3]
+    lo, hi = torch.maximum(lo_a, lo_b), torch.minimum(hi_a, hi_b)
+    valid = (hi > lo).all(-1)
+    inter = (hi - lo).clamp_min(0).prod(-1)
+    union = (hi_a - lo_a).prod(-1) + (hi_b - lo_b).prod(-1) - inter
+    iou = torch.where(valid, inter / (union + 1e-8), torch.zeros_like(inter))
+    return like_input(iou, corners_a)
+
+
+def view_angles(w2c_a: ArrayLike, w2c_b: ArrayLike) -> ArrayLike:
+    """``[T, N]`` angle in degrees between the +z axes of two camera batches."""
+    a = torch.linalg.inv(as_tensor(w2c_a).to(torch.float64))[:, :3, 2]
+    b = torch.linalg.inv(as_tensor(w2c_b).to(dtype=torch.float64, device=a.device))[:, :3, 2]
+    cos = (a @ b.T).clamp(-1.0, 1.0)
+    return like_input(torch.rad2deg(torch.arccos(cos)), w2c_a)
+
+
+def angle_penalty(angle_deg: ArrayLike) -> ArrayLike:
+    """The release's penalty ``clip(exp((90 − θ)/180 · 5), 0, 1)``: 1 up to 90°, e^-2.5 at 180°."""
+    a = as_tensor(angle_deg).to(torch.float64)
+    return like_input(torch.exp((90.0 - a) / 180.0 * 5.0).clamp(0.0, 1.0), angle_deg)
+
+
+def _frustum_volumes(K: torch.Tensor, W: torch.Tensor, H: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    return W * H / torch.linalg.det(K).abs() * (far**3 - near**3) / 3.0
+
+
+def frustum_volume_iou(
+    target_w2c: torch.Tensor,
+    target_K: torch.Tensor,
+    bank_w2c: torch.Tensor,
+    bank_K: torch.Tensor,
+    target_wh: tuple[torch.Tensor, torch.Tensor],
+    bank_wh: tuple[torch.Tensor, torch.Tensor],
+    near: float = RELEASE_NEAR,
+    far: float = RELEASE_FAR,
+    num_samples: int = 8192,
+    chunk: int = 16,
+) -> torch.Tensor:
+    """``[T, N]`` volumetric IoU of z-depth frustums (float64 inputs; see module doc)."""
+    P = int(num_samples)
+    dev = target_w2c.device
+    # Skip the Sobol sequence's first point (the origin, a corner of the frustum).
+    g = torch.quasirandom.SobolEngine(3, scramble=False).draw(P + 1, dtype=torch.float64)[1:].to(dev)
+    # Uniform in volume: u, v uniform over the image; z with density ∝ z² on [near, far].
+    z = (near**3 + g[:, 2] * (far**3 - near**3)) ** (1.0 / 3.0)  # [P]
+    Wt, Ht = target_wh
+    pix = torch.stack(
+        [g[None, :, 0] * Wt[:, None], g[None, :, 1] * Ht[:, None], torch.ones(Wt.shape[0], P, dtype=torch.float64, device=dev)],
+        -1,
+    )  # [T, P, 3]
+    cam = (pix @ torch.linalg.inv(target_K).transpose(1, 2)) * z[None, :, None]
+    c2w = torch.linalg.inv(target_w2c)
+    world = cam @ c2w[:, :3, :3].transpose(1, 2) + c2w[:, None, :3, 3]  # [T, P, 3]
+    world = world.reshape(-1, 3)
+    Wb, Hb = bank_wh
+    frac = []
+    for i in range(0, bank_w2c.shape[0], chunk):
+        xc = torch.einsum("cij,pj->cpi", bank_w2c[i : i + chunk, :3, :3], world) + bank_w2c[i : i + chunk, None, :3, 3]
+        zc = xc[..., 2]
+        uvw = torch.einsum("cij,cpj->cpi", bank_K[i : i + chunk], xc)
+        zs = torch.where(zc > 0, zc, torch.ones_like(zc))
+        u, v = uvw[..., 0] / zs, uvw[..., 1] / zs
+        inside = (zc >= near) & (zc <= far) & (u >= 0) & (v >= 0)
+        inside &= (u <= Wb[i : i + chunk, None]) & (v <= Hb[i : i + chunk, None])
+        frac.append(inside.reshape(inside.shape[0], -1, P).double().mean(-1).T)  # [T, C]
+    f = torch.cat(frac, 1)
+    vt = _frustum_volumes(target_K, Wt, Ht, near, far)[:, None]
+    vb = _frustum_volumes(bank_K, Wb, Hb, near, far)[None]
+    inter = f * vt
+    return inter / (vt + vb - inter)
+
+
+def score_bank(
+    target_w2c: ArrayLike,
+    target_K: ArrayLike,
+    bank_w2c: ArrayLike,
+    bank_K: ArrayLike,
+    width: int,
+    height: int,
+    mode: str = "aabb",
+    near: float = RELEASE_NEAR,
+    far: float = RELEASE_FAR,
+    use_angle_penalty: bool | None = None,
+    bank_sizes: ArrayLike | Sequence[tuple[int, int]] | None = None,
+    num_samples: int = 8192,
+) -> ArrayLike:
+    """Overlap score ``[T, N]`` of every target camera with every bank camera.
+
+    Args:
+        target_w2c: ``[T, 4, 4]``; target_K: ``[T, 3, 3]`` in pixels of ``width × height``.
+        bank_w2c: ``[N, 4, 4]``; bank_K: ``[N, 3, 3]``, each in pixels of its own image.
+        mode: ``"aabb"`` (release) or ``"volume"`` (paper); see the module doc.
+        use_angle_penalty: multiply by the release's angle penalty; default on for ``aabb``,
+            off for ``volume``.
+        bank_sizes: optional ``[N, 2]`` (height, width) of each bank image; default: every
+            bank image is ``height × width``.
+
+    Returns:
+        ``[T, N]`` scores (float64), kind of ``target_w2c``. Higher is more overlap.
+    """
+    if mode not in ("aabb", "volume"):
+        raise InvalidCameraError(f"unknown retrieval mode {mode!r}; use 'aabb' (release) or 'volume' (paper)")
+    _check_range(near, far)
+    tw, tk = _cams(target_w2c, target_K, "target")
+    bw, bk = _cams(bank_w2c, bank_K, "bank")
+    bw, bk = bw.to(tw.device), bk.to(tw.device)
+    if int(width) <= 0 or int(height) <= 0:
+        raise InvalidCameraError(f"image size must be positive, got {height}×{width}")
+    Wt, Ht = _sizes(tw.shape[0], int(width), int(height), None, tw.device)
+    Wb, Hb = _sizes(bw.shape[0], int(width), int(height), bank_sizes, tw.device)
+    if mode == "aabb":
+        scores = aabb_iou(frustum_corners(tw, tk, Wt, Ht, near, far), frustum_corners(bw, bk, Wb, Hb, near, far))
+    else:
+        if num_samples < 64:
+            raise InvalidCameraError(f"num_samples must be ≥ 64, got {num_samples}")
+        scores = frustum_volume_iou(tw, tk, bw, bk, (Wt, Ht), (Wb, Hb), near, far, num_samples)
+    if use_angle_penalty is None:
+        use_angle_penalty = mode == "aabb"
+    if use_angle_penalty:
+        scores = scores * angle_penalty(view_angles(tw, bw))
+    return like_input(scores, target_w2c)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """References chosen for one trajectory.
+
+    Attributes:
+        indices: ``[R]`` bank indices of the references, ordered by ``ref_index``.
+        ref_index: ``[R]`` the release's ``ref_index``: position, among the target keyframes
+            1..20, of the first keyframe that chose the reference (``slot − 1``); the model
+            places the reference at latent frame ``ref_index + 1``.
+        ref_slot: ``[R]`` keyframe number of that first keyframe (``ref_index + 1`` with the
+            default slots).
+        scores: ``[R]`` score of each reference for the keyframe that first chose it.
+        assignment: ``[T]`` bank index used by each target row (after any reduction).
+        slots: ``[T]`` keyframe number of each target row.
+    """
+
+    indices: torch.Tensor
+    ref_index: torch.Tensor
+    ref_slot: torch.Tensor
+    scores: torch.Tensor
+    assignment: torch.Tensor
+    slots: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+def _first_choice(assign: np.ndarray) -> list[int]:
+    """Unique values of ``assign`` in order of first appearance."""
+    seen: dict[int, None] = {}
+    for a in assign.tolist():
+        seen.setdefault(int(a), None)
+    return list(seen)
+
+
+def _assign(sc: np.ndarray, allowed: list[int]) -> np.ndarray:
+    cols = np.asarray(sorted(allowed))
+    # np.argmax returns the first maximum: ties go to the lowest bank index.
+    return cols[np.argmax(sc[:, cols], axis=1)]
+
+
+def _camera_features(w2c: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    R = w2c[:, :3, :3]
+    centres = -np.einsum("nji,nj->ni", R, w2c[:, :3, 3])
+    q = Rotation.from_matrix(R).as_quat()  # x, y, z, w
+    q = np.where(q[:, 3:] < 0, -q, q)
+    f = np.concatenate([centres, q], 1)
+    return (f - f.mean(0)) / (f.std(0) + 1e-8)
+
+
+def _reduce(sc: np.ndarray, cands: list[int], max_refs: int, rule: str, bank_w2c) -> list[int]:
+    if rule == "spread":
+        # Candidates in trajectory order (first keyframe choosing them); keep evenly spaced ones.
+        pos = np.floor(np.linspace(0, len(cands) - 1, max_refs) + 0.5).astype(int)
+        return [cands[p] for p in pos]
+    if rule == "coverage":
+        # Greedy facility location: add the view that most raises Σ_t max_selected score.
+        chosen: list[int] = []
+        best = np.full(sc.shape[0], -np.inf)
+        for _ in range(max_refs):
+            gains = [np.maximum(best, sc[:, c]).sum() if c not in chosen else -np.inf for c in cands]
+            c = cands[int(np.argmax(gains))]  # ties: earliest in trajectory order
+            chosen.append(c)
+            best = np.maximum(best, sc[:, c])
+        return chosen
+    if rule == "fps":
+        if bank_w2c is None:
+            raise InvalidCameraError("reduce='fps' needs bank_w2c (the bank cameras) to compare poses")
+        w = as_tensor(bank_w2c).detach().to(dtype=torch.float64).cpu().numpy()
+        feats = _camera_features(w[cands])
+        # Farthest-point sampling from the candidate nearest the centroid (the release's
+        # selector without its DINOv2 image features and image-quality bias).
+        cur = int(np.argmin(np.linalg.norm(feats - feats.mean(0), axis=1)))
+        sel = [cur]
+        dist = np.full(len(cands), np.inf)
+        for _ in range(max_refs - 1):
+            dist = np.minimum(dist, np.linalg.norm(feats - feats[cur], axis=1))
+            d = dist.copy()
+            d[sel] = -np.inf
+            cur = int(np.argmax(d))
+            sel.append(cur)
+        return [cands[i] for i in sel]
+    raise InvalidCameraError(f"unknown reduce rule {rule!r}; use 'spread', 'coverage' or 'fps'")
+
+
+def select_references(
+    scores: ArrayLike,
+    keyframe_slots: Sequence[int] | ArrayLike | None = None,
+    max_refs: int = 8,
+    reduce: str = "spread",
+    bank_w2c: ArrayLike | None = None,
+) -> Retrieval:
+    """Per-keyframe argmax over the bank, then at most ``max_refs`` distinct references.
+
+    Each target row picks its best bank view (ties: lowest bank index). If more than
+    ``max_refs`` distinct views are picked, ``max_refs`` of them are kept by ``reduce``:
+
+    * ``"spread"`` (default): order the distinct views by the first keyframe that picked
+      them and keep those at positions ``floor(linspace(0, U − 1, max_refs) + 0.5)`` — evenly
+      spread over the trajectory, always including the first and the last.
+    * ``"coverage"``: greedily keep the view that most increases ``Σ_t max_kept score[t]``
+      (ties: earliest in trajectory order).
+    * ``"fps"``: farthest-point sampling on standardised camera features (centre +
+      quaternion) — the release's selector without its DINOv2 image term (needs ``bank_w2c``).
+
+    As in the release, every keyframe is then re-assigned to its best *kept* view and
+    ``ref_index`` recomputed; a kept view that no keyframe prefers any more is dropped.
+
+    Args:
+        scores: ``[T, N]`` from :func:`score_bank`.
+        keyframe_slots: keyframe number of each row (strictly increasing, ≥ 1); default
+            ``1..T`` (the release's targets are keyframes 1..20 of 21).
+    """
+    sc_t = as_tensor(scores)
+    sc = sc_t.detach().to(dtype=torch.float64).cpu().numpy()
+    if sc.ndim != 2 or sc.shape[0] == 0 or sc.shape[1] == 0:
+        raise InvalidTrajectoryError(f"scores must be a non-empty [T, N] matrix, got shape {sc.shape}")
+    if not np.isfinite(sc).all():
+        raise InvalidTrajectoryError("scores contain NaN/inf; check the cameras that produced them")
+    if int(max_refs) < 1:
+        raise InvalidTrajectoryError(f"max_refs must be ≥ 1, got {max_refs}")
+    if keyframe_slots is None:
+        slots = np.arange(1, sc.shape[0] + 1)
+    else:
+        if isinstance(keyframe_slots, torch.Tensor):
+            keyframe_slots = keyframe_slots.cpu().numpy()
+        slots = np.asarray(keyframe_slots).astype(np.int64).reshape(-1)
+        if slots.shape[0] != sc.shape[0]:
+            raise InvalidTrajectoryError(f"{slots.shape[0]} keyframe slots for {sc.shape[0]} score rows; give one slot per row")
+        if (slots < 1).any() or (np.diff(slots) <= 0).any():
+            raise InvalidTrajectoryError(
+                "keyframe_slots must be strictly increasing keyframe numbers ≥ 1 (keyframe 0 is the input frame, never a target)"
+            )
+    assign = np.argmax(sc, axis=1)
+    cands = _first_choice(assign)
+    if len(cands) > max_refs:
+        kept = _reduce(sc, cands, int(max_refs), reduce, bank_w2c)
+        assign = _assign(sc, kept)
+    elif reduce not in ("spread", "coverage", "fps"):
+        raise InvalidCameraError(f"unknown reduce rule {reduce!r}; use 'spread', 'coverage' or 'fps'")
+    refs = _first_choice(assign)
+    first_row = [int(np.nonzero(assign == r)[0][0]) for r in refs]
+    ref_slot = slots[first_row]
+    out = Retrieval(
+        indices=torch.tensor(refs, dtype=torch.long),
+        ref_index=torch.tensor(ref_slot - 1, dtype=torch.long),
+        ref_slot=torch.tensor(ref_slot, dtype=torch.long),
+        scores=torch.tensor(sc[first_row, refs], dtype=torch.float64),
+        assignment=torch.tensor(assign, dtype=torch.long),
+        slots=torch.tensor(slots, dtype=torch.long),
+    )
+    return out
+
+
+def retrieve(
+    target_w2c: ArrayLike,
+    target_K: ArrayLike,
+    bank_w2c: ArrayLike,
+    bank_K: ArrayLike,
+    width: int,
+    height: int,
+    mode: str = "aabb",
+    max_refs: int = 8,
+    reduce: str = "spread",
+    bank_sizes: ArrayLike | None = None,
+    num_keyframes: int = 21,
+) -> Retrieval:
+    """The release's retrieval for one trajectory.
+
+    A trajectory longer than ``num_keyframes`` poses is subsampled every 4th pose (81 → 21,
+    as the release does); keyframes 1.. are scored against the bank and references selected
+    with :func:`select_references`.
+    """
+    tw = as_tensor(target_w2c)
+    tk = as_tensor(target_K)
+    if tw.ndim != 3 or tw.shape[0] < 2:
+        raise InvalidTrajectoryError(
+            f"target trajectory must be [F, 4, 4] with at least 2 poses (keyframe 0 is the input view), got {tuple(tw.shape)}"
+        )
+    if tk.ndim == 2:
+        tk = tk.expand(tw.shape[0], 3, 3)
+    if tw.shape[0] > num_keyframes:
+        tw, tk = tw[0::4], tk[0::4]
+    scores = score_bank(tw[1:], tk[1:], bank_w2c, bank_K, width, height, mode=mode, bank_sizes=bank_sizes)
+    return select_references(scores, np.arange(1, tw.shape[0]), max_refs, reduce, bank_w2c)
