@@ -145,6 +145,14 @@ class Trajectory:
         c = self.cameras
         return Cameras(c.w2c[idx], c.K[idx], c.height, c.width)
 
+    def resized(self, height: int, width: int) -> "Trajectory":
+        """The same trajectory for images of ``height × width`` (K rescaled with the image).
+
+        camera.json intrinsics are in pixels of the *original* image; call this to use a file's
+        trajectory at the model's resolution.
+        """
+        return self.with_cameras(self.cameras.resized(height, width))
+
     def with_cameras(self, cameras: Cameras, **changes) -> "Trajectory":
         """A copy with other poses (``view_ids`` dropped when the count changes)."""
         view_ids = self.view_ids if self.view_ids is not None and len(cameras) == len(self) else None
@@ -200,7 +208,9 @@ def _level_axes(c2w0: np.ndarray, world_up: Sequence[float] | None) -> tuple[np.
     y = -up / np.linalg.norm(up)
     z = c2w0[:3, 2] - np.dot(c2w0[:3, 2], y) * y
     if np.linalg.norm(z) < 1e-6:
-        raise InvalidTrajectoryError("the first camera looks straight along world_up; levelled presets need a horizontal view")
+        raise InvalidTrajectoryError(
+            "the first camera looks straight along world_up; levelled presets need a horizontal view"
+        )
     z = z / np.linalg.norm(z)
     return np.cross(y, z), y, z
 
@@ -529,7 +539,9 @@ def _as_matrix_stack(value: Any, key: str, size: int, path: str) -> np.ndarray:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1:] != (size, size):
         want = f"F × {size} × {size}"
-        raise CameraJsonError(f"{path}: '{key}' must be a list of {size}×{size} matrices ({want}), got shape {arr.shape}")
+        raise CameraJsonError(
+            f"{path}: '{key}' must be a list of {size}×{size} matrices ({want}), got shape {arr.shape}"
+        )
     return arr
 
 
@@ -570,7 +582,9 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
     except json.JSONDecodeError as e:
         raise CameraJsonError(f"{path} is not valid JSON ({e}); it must be an upstream camera.json") from e
     if not isinstance(data, dict):
-        raise CameraJsonError(f"{path}: expected a JSON object with 'extrinsic' and 'intrinsic', got {type(data).__name__}")
+        raise CameraJsonError(
+            f"{path}: expected a JSON object with 'extrinsic' and 'intrinsic', got {type(data).__name__}"
+        )
 
     view_ids = None
     if "extrinsic" not in data and "intrinsic" not in data and data and all(

@@ -12,7 +12,6 @@ from scipy.spatial.transform import Rotation
 from worldstereo_core.cameras import (
     Cameras,
     camera_qt,
-    invert_rigid,
     matrix_to_quaternion,
     normalize_cameras,
     normalize_cameras_joint,
@@ -82,7 +81,8 @@ def test_normalize_cameras_identity_rotation_and_distance_two():
     # centred: with no outliers the mean of the centres is the origin
     np.testing.assert_allclose(centers_of(n).mean(0), 0.0, atol=1e-12)
     # relative poses are preserved up to the global scale
-    s = 2.0 / np.linalg.norm(centers_of(w2c @ np.linalg.inv(w2c[0]))[0] - centers_of(w2c @ np.linalg.inv(w2c[0])).mean(0))
+    moved = centers_of(w2c @ np.linalg.inv(w2c[0]))
+    s = 2.0 / np.linalg.norm(moved[0] - moved.mean(0))
     rel_in = w2c[5] @ np.linalg.inv(w2c[9])
     rel_out = n[5] @ np.linalg.inv(n[9])
     np.testing.assert_allclose(rel_out[:3, :3], rel_in[:3, :3], atol=1e-10)

@@ -170,8 +170,8 @@ def test_presets_reproduce_release_reconstruction_trajectories(fixtures_dir, sce
     m = float(rel[0, 3]) / 0.3  # the ellipse's x radius at a = π/2 is 0.3·m
     first = eloop.cameras[0]
     # the release turns about the gravity axis of its world frame: world_up = −y there
-    for name, kw in [("eloop", {}), ("up", {"world_up": (0, -1, 0)}),
-                     ("left", {"angle": 180, "world_up": (0, -1, 0)}), ("right", {"angle": 180, "world_up": (0, -1, 0)})]:
+    up = {"world_up": (0, -1, 0)}
+    for name, kw in [("eloop", {}), ("up", up), ("left", {"angle": 180, **up}), ("right", {"angle": 180, **up})]:
         ref = load_camera_json(base / f"traj_{name}" / "camera.json")
         ours = make_preset(name, first, m, len(ref), **kw)
         assert torch.allclose(ours.w2c, ref.w2c, atol=1e-5), name
@@ -352,6 +352,10 @@ def test_image_camera_json_size_inferred_from_principal_point(fixtures_dir):
     assert t.motion_list[0].startswith("rotation_right")
     t2 = load_camera_json(f, height=384, width=512)
     assert (t2.cameras.height, t2.cameras.width) == (384, 512)
+    assert torch.equal(t2.K, t.K)  # explicit size says which image K belongs to; K untouched
+    half = t.resized(384, 512)
+    assert torch.allclose(half.K[0], t.K[0] * torch.tensor([[0.5], [0.5], [1.0]], dtype=torch.float64))
+    assert torch.equal(half.w2c, t.w2c) and half.motion_list == t.motion_list
 
 
 def test_save_and_load_preset(tmp_path):
