@@ -130,8 +130,9 @@ class TrajectoryBuilder(io.ComfyNode):
         if preset == "camera_json":
             if not camera_json.strip():
                 raise InvalidTrajectoryError("preset is camera_json but no camera_json path was given")
-            traj = traj_lib.load_camera_json(camera_json.strip(), height=first.height, width=first.width)
-            return io.NodeOutput(traj)
+            # camera.json K is in pixels of the file's own image; rescale it to the start view
+            traj = traj_lib.load_camera_json(camera_json.strip())
+            return io.NodeOutput(traj.resized(first.height, first.width))
         if preset == "keyframes":
             try:
                 kfs = json.loads(keyframes)
