@@ -165,7 +165,9 @@ def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
 
 
 def _frame(x: ArrayLike, what: str) -> torch.Tensor:
-    f = as_tensor(x).detach()
+    f = as_tensor(x)
+    if f.requires_grad:
+        f = f.detach()
     if f.ndim == 4 and f.shape[0] == 1:
         f = f[0]
     if f.ndim != 3 or f.shape[-1] != 3:
