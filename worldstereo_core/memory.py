@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from .cameras import ArrayLike, Cameras, as_tensor, validate_K, validate_w2c
