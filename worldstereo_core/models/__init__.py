@@ -17,6 +17,14 @@ from .loading import (
     read_safetensors_header,
     save_worldstereo,
 )
+from .sampling import (
+    SamplingInterrupted,
+    WorldStereoDenoiser,
+    dmd_timesteps,
+    initial_noise,
+    sample_dmd,
+    sample_unipc,
+)
 from .transformer_worldstereo import (
     MAX_REFERENCES,
     VARIANTS,
@@ -31,6 +39,12 @@ __all__ = [
     "VARIANTS",
     "ControlNetConfig",
     "DMDSettings",
+    "SamplingInterrupted",
+    "WorldStereoDenoiser",
+    "dmd_timesteps",
+    "initial_noise",
+    "sample_dmd",
+    "sample_unipc",
     "WorldStereoConfig",
     "WorldStereoInputs",
     "WorldStereoTransformer",
