@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from comfy_api.v0_0_2 import io
@@ -15,6 +17,15 @@ MemoryBank = io.Custom("WS_MEMORY_BANK")
 Retrieval = io.Custom("WS_RETRIEVAL")
 Scene = io.Custom("WS_SCENE")
 Cameras = io.Custom("WS_CAMERAS")
+
+
+@dataclass(frozen=True)
+class RetrievedReferences:
+    """What travels on a WS_RETRIEVAL socket: the retrieval, the chosen views, the trajectory."""
+
+    retrieval: object  # worldstereo_core.retrieval.Retrieval
+    references: object  # worldstereo_core.memory.MemoryBank of the chosen views, in ref order
+    trajectory: object  # worldstereo_core.trajectory.Trajectory
 
 
 class Progress:

@@ -1,0 +1,206 @@
+"""Memory nodes: the SSM memory bank, frustum-overlap retrieval, and alignment + merge."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from worldstereo_core import memory as mem_lib
+from worldstereo_core import retrieval as ret_lib
+from worldstereo_core.errors import MemoryBankError
+
+from .common import (CATEGORY, Cameras, MemoryBank, Retrieval, RetrievedReferences, Trajectory, output_dir,
+                     trajectories_of)
+
+SUB = f"{CATEGORY}/memory"
+
+
+def _frames_cameras(frames: torch.Tensor, trajectory):
+    """The cameras of a batch of generated frames: the trajectory's keyframes when the batch
+    holds 21 frames of an 81-pose trajectory, else its poses one to one."""
+    trajs = trajectories_of(trajectory)
+    if len(trajs) != 1:
+        raise MemoryBankError(f"connect one trajectory (got {len(trajs)}); each clip updates the bank on its own")
+    traj = trajs[0]
+    if frames.shape[0] == len(traj):
+        cams = traj.cameras
+    elif frames.shape[0] == len(traj.keyframe_indices()):
+        cams = traj.keyframes()
+    else:
+        raise MemoryBankError(
+            f"{frames.shape[0]} frames for a trajectory of {len(traj)} poses ({len(traj.keyframe_indices())} "
+            "keyframes); give one frame per pose or per keyframe"
+        )
+    if (cams.height, cams.width) != tuple(frames.shape[1:3]):
+        cams = cams.resized(frames.shape[1], frames.shape[2])
+    return traj, cams
+
+
+def _bank_folder(name: str) -> str:
+    """A bank folder under ComfyUI's output folder; names never leave it."""
+    base = os.path.realpath(output_dir())
+    path = os.path.realpath(os.path.join(base, name.strip()))
+    if not name.strip() or os.path.commonpath([base, path]) != base:
+        raise MemoryBankError(f"bank folder {name!r} must be a relative path inside ComfyUI's output folder")
+    return path
+
+
+class MemoryBankCreate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoMemoryBankCreate",
+            display_name="Memory Bank Create (WorldStereo)",
+            category=SUB,
+            description="Starts the Spatial-Stereo Memory (SSM) bank: the views the model may retrieve as "
+            "references — the input image, or a panorama's perspective views — with their cameras.",
+            inputs=[
+                io.Image.Input("images", tooltip="The starting views (one input image, or N panorama views)."),
+                Cameras.Input("cameras", tooltip="One camera per view (w2c, K)."),
+                io.String.Input("label", default="input", tooltip="Source label of these views in the bank."),
+            ],
+            outputs=[MemoryBank.Output(display_name="bank", tooltip="The memory bank.")],
+        )
+
+    @classmethod
+    def execute(cls, images, cameras, label) -> io.NodeOutput:
+        if images.shape[0] != len(cameras):
+            raise MemoryBankError(f"{images.shape[0]} images but {len(cameras)} cameras; give one camera per view")
+        if (cameras.height, cameras.width) != tuple(images.shape[1:3]):
+            cameras = cameras.resized(images.shape[1], images.shape[2])
+        labels = [label] if len(cameras) == 1 else [f"{label}:{i:02d}" for i in range(len(cameras))]
+        return io.NodeOutput(mem_lib.MemoryBank.from_views(images[..., :3].float(), cameras, labels))
+
+
+class MemoryBankUpdate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoMemoryBankUpdate",
+            display_name="Memory Bank Update (WorldStereo)",
+            category=SUB,
+            description="Adds a generated clip to the memory bank as the release does: 8 keyframes chosen "
+            "uniformly (the first, the input view, skipped) join with their cameras. Returns a new bank; "
+            "the input bank is unchanged.",
+            inputs=[
+                MemoryBank.Input("bank", tooltip="The bank to extend."),
+                io.Image.Input("frames", tooltip="Generated frames (21 keyframes or every pose)."),
+                Trajectory.Input("trajectory", tooltip="The trajectory the frames were generated along."),
+                io.Int.Input("num_frames_added", default=8, min=1, max=80,
+                             tooltip="How many frames of the clip join the bank (release: 8)."),
+                io.String.Input("label", default="traj", tooltip="Source label of the clip's entries."),
+            ],
+            outputs=[MemoryBank.Output(display_name="bank", tooltip="The extended bank.")],
+        )
+
+    @classmethod
+    def execute(cls, bank, frames, trajectory, num_frames_added, label) -> io.NodeOutput:
+        _, cams = _frames_cameras(frames, trajectory)
+        return io.NodeOutput(bank.update(frames[..., :3].float(), cams, label, num=num_frames_added))
+
+
+class MemoryBankSave(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoMemoryBankSave",
+            display_name="Memory Bank Save (WorldStereo)",
+            category=SUB,
+            description="Saves the bank to a folder in the output folder, atomically: a crash never leaves "
+            "a half-written bank, and an existing bank is replaced only once the new one is complete.",
+            is_output_node=True,
+            inputs=[
+                MemoryBank.Input("bank", tooltip="The bank to save."),
+                io.String.Input("folder", default="worldstereo/memory_bank",
+                                tooltip="Folder relative to ComfyUI's output folder."),
+            ],
+            outputs=[io.String.Output(display_name="folder", tooltip="The folder written (relative).")],
+        )
+
+    @classmethod
+    def execute(cls, bank, folder) -> io.NodeOutput:
+        bank.save(_bank_folder(folder))
+        return io.NodeOutput(folder, ui={"text": [f"saved {len(bank)} views to {folder}"]})
+
+
+class MemoryBankLoad(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoMemoryBankLoad",
+            display_name="Memory Bank Load (WorldStereo)",
+            category=SUB,
+            description="Loads a bank saved by Memory Bank Save from the output folder.",
+            inputs=[
+                io.String.Input("folder", default="worldstereo/memory_bank",
+                                tooltip="Folder relative to ComfyUI's output folder."),
+            ],
+            outputs=[MemoryBank.Output(display_name="bank", tooltip="The loaded bank.")],
+        )
+
+    @classmethod
+    def execute(cls, folder) -> io.NodeOutput:
+        return io.NodeOutput(mem_lib.MemoryBank.load(_bank_folder(folder)))
+
+    @classmethod
+    def fingerprint_inputs(cls, folder):
+        manifest = os.path.join(_bank_folder(folder), "manifest.json")
+        return os.path.getmtime(manifest) if os.path.exists(manifest) else float("nan")
+
+
+def _resize_hwc(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if tuple(img.shape[:2]) == (h, w):
+        return img
+    x = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0)
+
+
+class Retrieve3DFOV(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoRetrieve3DFOV",
+            display_name="Retrieve 3D FOV (WorldStereo)",
+            category=SUB,
+            description="Retrieves the memory-bank views that overlap the trajectory most (SSM references): "
+            "every keyframe 1..20 scores every bank camera by frustum overlap and takes its best; at most "
+            "8 distinct references are kept, spread over the trajectory.",
+            inputs=[
+                Trajectory.Input("trajectory", tooltip="The target trajectory."),
+                MemoryBank.Input("bank", tooltip="The memory bank to retrieve from."),
+                io.Combo.Input("mode", options=["aabb", "volume"], default="aabb",
+                               tooltip="aabb: the release (IoU of the frustums' bounding boxes × angle penalty); "
+                               "volume: the paper's true frustum-volume overlap."),
+                io.Int.Input("max_references", default=8, min=1, max=8,
+                             tooltip="At most this many references (the released model takes up to 8)."),
+            ],
+            outputs=[
+                Retrieval.Output(display_name="retrieval", tooltip="References, their ref_index and scores."),
+                io.Image.Output(display_name="references",
+                                tooltip="The reference views, resized to the trajectory's resolution."),
+                io.String.Output(display_name="summary", tooltip="JSON: bank index, source, ref_index, score."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, trajectory, bank, mode, max_references) -> io.NodeOutput:
+        trajs = trajectories_of(trajectory)
+        if len(trajs) != 1:
+            raise MemoryBankError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
+        traj = trajs[0]
+        cams = traj.cameras
+        result = ret_lib.retrieve(cams.w2c, cams.K, bank.w2c, bank.K, cams.width, cams.height, mode=mode,
+                                  max_refs=max_references, bank_sizes=bank.sizes)
+        refs = bank.subset(result.indices)
+        images = torch.stack([_resize_hwc(f.float(), cams.height, cams.width) for f in refs.frames])
+        summary = [
+            {"bank_index": int(i), "source": bank.sources[int(i)], "ref_index": int(r), "score": float(s)}
+            for i, r, s in zip(result.indices, result.ref_index, result.scores)
+        ]
+        return io.NodeOutput(RetrievedReferences(result, refs, traj), images, json.dumps(summary, indent=1))
+
+
+NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, Retrieve3DFOV]
