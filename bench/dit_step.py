@@ -1,0 +1,155 @@
+"""Time one denoising step of the WorldStereo memory transformer against diffusers' stock Wan.
+
+Full size (the release): 480×832, 21 latent frames + 8 references = 29 × 30 × 52 = 45 240 tokens.
+The stock ``WanTransformer3DModel`` runs on the same token count (29 latent frames) in the same
+process, so the ratio compares like with like. Random bf16 weights are created directly on the GPU.
+
+    python bench/dit_step.py                       # H100/H200, full size
+    python bench/dit_step.py --attention-backend flash   # any diffusers attention backend
+    python bench/dit_step.py --tiny --device cpu   # seconds, smoke test
+
+Prints both times, the ratio, achieved TFLOP/s (analytic matmul FLOPs) and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel  # noqa: E402
+
+from worldstereo_core.models import build_transformer, init_random_weights  # noqa: E402
+from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
+    FULL_TRANSFORMER_CONFIG,
+    TINY_TRANSFORMER_CONFIG,
+)
+
+TEXT_TOKENS, IMAGE_TOKENS = 512, 257
+
+
+def matmul_flops(cfg: dict, n_tokens: int, n_ref_tokens: int = 0, control: tuple[int, int, int, int] | None = None) -> float:
+    """Multiply-add FLOPs (×2) of one forward: projections, attention, FFN; control = (layers, dim, ffn, main_dim)."""
+    c = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    ctx = TEXT_TOKENS + IMAGE_TOKENS
+    per_layer = (
+        2 * 4 * n_tokens * c * c  # q, k, v, o of self-attention
+        + 2 * 2 * n_ref_tokens * c * c  # reference k, v
+        + 2 * 2 * n_tokens * (n_tokens + n_ref_tokens) * c  # QKᵀ and AV
+        + 2 * 2 * n_tokens * c * c + 2 * 2 * ctx * c * c + 2 * 2 * IMAGE_TOKENS * c * c  # cross-attn q,o + text/image k,v
+        + 2 * 2 * n_tokens * ctx * c  # cross-attention scores and values
+        + 2 * 2 * n_tokens * c * cfg["ffn_dim"]  # FFN
+    )
+    total = cfg["num_layers"] * per_layer
+    if control is not None:
+        layers, d, f, main = control
+        total += layers * (2 * 4 * n_tokens * d * d + 2 * 2 * n_tokens * n_tokens * d + 2 * 2 * n_tokens * d * f
+                           + 2 * n_tokens * d * main)
+    return float(total)
+
+
+def time_call(fn, device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--frames", type=int, default=21, help="latent frames (keyframes)")
+    p.add_argument("--refs", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--attention-backend", default=None, help="diffusers attention backend, e.g. flash, _native_cudnn")
+    p.add_argument("--skip-stock", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke test)")
+    args = p.parse_args()
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if args.tiny:
+        args.height, args.width = min(args.height, 64), min(args.width, 96)
+        args.frames, args.refs = min(args.frames, 3), min(args.refs, 2)
+    if args.height % 16 or args.width % 16:
+        raise SystemExit("height and width must be multiples of 16")
+    base_cfg = dict(TINY_TRANSFORMER_CONFIG if args.tiny else FULL_TRANSFORMER_CONFIG)
+    h, w, f, r = args.height // 8, args.width // 8, args.frames, args.refs
+    tokens_per_frame = (h // 2) * (w // 2)
+    n_t, n_r = f * tokens_per_frame, r * tokens_per_frame
+    print(f"device={device} dtype={dtype} {args.height}x{args.width} frames={f} refs={r} "
+          f"tokens: targets {n_t} + refs {n_r} = {n_t + n_r}")
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    text, image = rand(1, TEXT_TOKENS, base_cfg["text_dim"]), rand(1, IMAGE_TOKENS, base_cfg["image_dim"])
+    t = torch.full((1,), 900.0, device=device)
+
+    # ---- WorldStereo memory model
+    with torch.device("meta"):
+        model = build_transformer("memory", tiny=args.tiny)
+    init_random_weights(model, device, dtype)
+    if args.attention_backend:
+        model.set_attention_backend(args.attention_backend)
+    cn = model.controlnet_config
+    inputs = dict(
+        encoder_hidden_states=text, encoder_hidden_states_image=image,
+        render_latent=rand(1, 16, f, h, w), render_mask=(torch.rand(1, 1, f, 8 * h, 8 * w, device=device) > 0.5).to(dtype),
+        plucker=rand(1, 6, f, 8 * h, 8 * w), reference_latent=rand(1, 36, r, h, w),
+        ref_index=torch.arange(r, device=device) % max(f - 1, 1), camera_qt=rand(1, f, 7), camera_qt_ref=rand(1, r, 7),
+    )
+    x = rand(1, 36, f, h, w)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        ours = time_call(lambda: model(x, t, **inputs), device, args.warmup, args.iters)
+    ours_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    ours_flops = matmul_flops(base_cfg, n_t, n_r, (cn.num_layers, cn.dim, cn.ffn_dim, model.inner_dim))
+    print(f"worldstereo-memory: {ours * 1e3:9.1f} ms  {ours_flops / ours / 1e12:7.1f} TFLOP/s  peak {ours_peak:6.1f} GiB")
+    del model, inputs, x
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if args.skip_stock:
+        return
+
+    # ---- stock diffusers Wan at the same token count (targets + references as frames)
+    with torch.device("meta"):
+        stock = WanTransformer3DModel(**base_cfg).eval()
+    init_random_weights(stock, device, dtype)
+    with torch.device(device):  # RoPE tables were built on meta
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+        stock.rope = WanRotaryPosEmbed(base_cfg["attention_head_dim"], base_cfg["patch_size"], base_cfg["rope_max_seq_len"])
+    if args.attention_backend:
+        stock.set_attention_backend(args.attention_backend)
+    xs = rand(1, 36, f + r, h, w)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        base = time_call(lambda: stock(xs, t, text, image, return_dict=False), device, args.warmup, args.iters)
+    base_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    base_flops = matmul_flops(base_cfg, n_t + n_r)
+    print(f"stock diffusers Wan: {base * 1e3:9.1f} ms  {base_flops / base / 1e12:7.1f} TFLOP/s  peak {base_peak:6.1f} GiB")
+    print(f"ratio worldstereo / stock = {ours / base:.3f} (< 1 is faster)")
+
+
+if __name__ == "__main__":
+    main()
