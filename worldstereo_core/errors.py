@@ -58,3 +58,11 @@ class SyntheticSceneError(WorldStereoError):
 
 class ModelInputError(WorldStereoError):
     """Tensors handed to the video model with the wrong shape, count or range (frames vs cameras, >8 references, …)."""
+
+
+class ReconstructionError(WorldStereoError):
+    """Reconstruction settings or model outputs that cannot give a cloud (bad quantile, missing heads, …)."""
+
+
+class EvaluationError(WorldStereoError):
+    """Benchmark inputs that cannot be evaluated (unknown trajectory, missing ground truth, bad threshold, …)."""
