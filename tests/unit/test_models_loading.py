@@ -213,3 +213,17 @@ def test_init_random_weights_materialises_a_meta_model():
     assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
     assert torch.all(model.blocks[0].attn1.norm_q.weight == 1) and torch.all(model.proj_out.bias == 0)
     assert model.blocks[0].attn1.to_q.weight.detach().std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_bf16_file_roundtrip_and_dtype_policy(tmp_path):
+    torch.manual_seed(0)
+    model = build_transformer("memory", tiny=True)
+    folder = save_worldstereo(model, tmp_path / "bf16", dtype=torch.bfloat16)
+    raw = load_file(str(folder / "model.safetensors"))
+    assert all(v.dtype == torch.bfloat16 for v in raw.values())
+    kept = load_worldstereo(folder, dtype=None)  # the file's dtype
+    for k, v in kept.state_dict().items():
+        assert torch.equal(v, raw[k]), k
+    up = load_worldstereo(folder, dtype=torch.float32)
+    assert all(v.dtype == torch.float32 for v in up.state_dict().values())
+    torch.testing.assert_close(up.proj_out.weight, raw["proj_out.weight"].float(), rtol=0, atol=0)

@@ -298,6 +298,36 @@ def _target_dtype(key: str, file_dtype: torch.dtype, dtype: torch.dtype | None) 
     return torch.float32 if keep and dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+_ST_DTYPES: Mapping[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _read_tensor(f, info: Mapping[str, Any], data_start: int, path: Path, key: str) -> torch.Tensor:
+    """Read one tensor of a safetensors file into a fresh host buffer (``[*shape]``)."""
+    try:
+        dtype = _ST_DTYPES[info["dtype"]]
+        begin, end = (int(v) for v in info["data_offsets"])
+        shape = [int(v) for v in info["shape"]]
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: tensor {key} has an unsupported or corrupt entry {info}") from None
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = 1
+    for d in shape:
+        numel *= d
+    if end - begin != numel * itemsize:
+        raise CheckpointError(f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt")
+    buf = bytearray(end - begin)
+    f.seek(data_start + begin)
+    if f.readinto(buf) != len(buf):
+        raise CheckpointError(f"{path} ended inside tensor {key}: the file is truncated — download it again")
+    if not buf:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
 def load_worldstereo(
     path: str | os.PathLike,
     variant: str | None = None,
@@ -311,8 +341,6 @@ def load_worldstereo(
     modulation/norm tensors stay float32 as in diffusers). Keys are checked strictly: a mismatch
     raises :class:`CheckpointError` naming the key groups and the likely cause.
     """
-    from safetensors import SafetensorError, safe_open
-
     weights, config_path = resolve_checkpoint(path)
     header = read_safetensors_header(weights)
     metadata = header.get("__metadata__") or {}
@@ -338,15 +366,14 @@ def load_worldstereo(
     mapping = _check_keys(header, expected, cfg.variant, weights)
 
     state: dict[str, torch.Tensor] = {}
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as f:
-            for key, file_key in mapping.items():
-                tensor = f.get_tensor(file_key)
-                # one tensor at a time: at most one transient host copy alive
-                state[key] = tensor.to(device=device, dtype=_target_dtype(key, tensor.dtype, dtype))
-                del tensor
-    except SafetensorError as exc:
-        raise CheckpointError(f"{weights} could not be read ({exc}); the file is corrupt — download it again") from None
+    data_start = 8 + int.from_bytes(weights.open("rb").read(8), "little")
+    # Plain reads, not mmap: touched mmap pages would count as host memory until the file is closed.
+    with open(weights, "rb") as f:
+        for key, file_key in sorted(mapping.items(), key=lambda kv: header[kv[1]]["data_offsets"][0]):
+            tensor = _read_tensor(f, header[file_key], data_start, weights, file_key)
+            # one tensor at a time: at most one transient host copy alive
+            state[key] = tensor.to(device=device, dtype=_target_dtype(key, tensor.dtype, dtype))
+            del tensor
     model.load_state_dict(state, strict=True, assign=True)
     del state
     model.rebuild_buffers(device)
