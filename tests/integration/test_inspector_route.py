@@ -1,0 +1,333 @@
+"""The inspector's data path: blob encoding, the token registry, and the route on a real server.
+
+The first half runs in-process (``nodes/inspector.py`` loaded by path, aiohttp handlers on a
+test server); the second half queues a graph on a real ComfyUI with the pack installed and
+fetches what the nodes published. Set ``WORLDSTEREO_PACK_SOURCE`` to test another checkout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from testsupport import REPO_ROOT, require_comfyui
+from worldstereo_core import cameras as cam_lib
+from worldstereo_core import trajectory as traj_lib
+from worldstereo_core.errors import InvalidCameraError, InvalidPointCloudError, InvalidTrajectoryError, WorldStereoError
+from worldstereo_core.pointcloud import PointCloud
+
+
+def _load_inspector():
+    name = "worldstereo_test_inspector"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "nodes" / "inspector.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+insp = _load_inspector()
+
+
+def _cloud(n: int = 1000, seed: int = 0) -> PointCloud:
+    g = torch.Generator().manual_seed(seed)
+    return PointCloud(torch.rand(n, 3, generator=g) * torch.tensor([4.0, 2.0, 6.0]) - 1.0,
+                      torch.rand(n, 3, generator=g))
+
+
+def _camera(h: int = 48, w: int = 64) -> cam_lib.Cameras:
+    return cam_lib.Cameras(torch.eye(4)[None], cam_lib.intrinsics_from_fov(60.0, h, w)[None], h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+# ---------------------------------------------------------------------------------------------
+
+
+def test_blob_round_trip_points_cameras_keyframes():
+    cloud = _cloud(1000)
+    traj = traj_lib.make_preset("orbit", _camera(), 2.0)
+    data, shown = insp.encode(cloud, [traj], max_points=5000)
+    assert shown is cloud  # under budget: nothing dropped
+    h = insp.decode(data)
+    assert data[:4] == b"WSI1" and len(data) % 4 == 0
+    p = h["points"]
+    assert p["count"] == p["total"] == 1000
+    span = np.array(p["bbox_max"]) - np.array(p["bbox_min"])
+    np.testing.assert_allclose(span, (cloud.points.max(0).values - cloud.points.min(0).values).double().numpy(), rtol=1e-6)
+    # quantisation error at most half a step of the box
+    err = np.abs(h["points_xyz"] - cloud.points.double().numpy())
+    assert (err <= span / 65535 / 2 + 1e-6).all()
+    assert np.abs(h["points_rgb"].astype(int) - np.rint(cloud.colors.numpy() * 255)).max() == 0
+    t = h["trajectories"][0]
+    assert (t["first"], t["count"], t["height"], t["width"]) == (0, 81, 48, 64)
+    assert t["keyframes"] == list(range(0, 81, 4))
+    np.testing.assert_allclose(h["cameras_w2c"], traj.w2c.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(h["cameras_K"], traj.K.double().numpy(), rtol=1e-6)
+    # nine bytes per point plus a small header and the cameras
+    assert len(data) - 9 * 1000 - 81 * 25 * 4 < 1024
+
+
+def test_budget_subsamples_deterministically_without_duplicates():
+    cloud = _cloud(5000)
+    d1, s1 = insp.encode(cloud, max_points=700)
+    d2, _ = insp.encode(cloud, max_points=700)
+    assert d1 == d2 and len(s1) == 700
+    h = insp.decode(d1)
+    assert h["points"]["count"] == 700 and h["points"]["total"] == 5000
+    # every shown point is an original point (exact subset, no averaging)
+    orig = {tuple(r) for r in np.round(cloud.points.numpy(), 5).tolist()}
+    assert all(tuple(r) in orig for r in np.round(s1.points.numpy(), 5).tolist())
+    assert len({tuple(r) for r in s1.points.numpy().tolist()}) == 700
+
+
+def test_memory_and_retrieval_links():
+    from worldstereo_core import retrieval as ret_lib
+
+    cam = _camera()
+    traj = traj_lib.make_preset("left", cam, 2.0)
+    bank = cam_lib.Cameras.cat([cam, traj.keyframes()[10:11], traj.keyframes()[20:21]])
+    r = ret_lib.Retrieval(indices=torch.tensor([0, 2]), ref_index=torch.tensor([0, 11]), ref_slot=torch.tensor([1, 12]),
+                          scores=torch.tensor([0.9, 0.5]), assignment=torch.tensor([0] * 11 + [2] * 9),
+                          slots=torch.arange(1, 21))
+    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r])[0])
+    assert h["points"] is None
+    m = h["memory"]
+    assert (m["first"], m["count"]) == (81, 3) and m["sizes"] == [[48, 64]] * 3
+    np.testing.assert_allclose(h["cameras_w2c"][81 + 1], traj.keyframes().w2c[10].numpy(), atol=1e-6)
+    links = h["retrieval"][0]["links"]
+    assert len(links) == 20
+    assert links[0] == {"slot": 1, "pose": 4, "ref": 0, "score": pytest.approx(0.9)}
+    assert links[11]["pose"] == 48 and links[11]["ref"] == 2 and links[11]["score"] == pytest.approx(0.5)
+    assert links[12]["score"] is None  # only the first keyframe choosing a reference has its score
+
+
+@pytest.mark.parametrize("bad", [0, -5, insp.HARD_MAX_POINTS + 1, True, 2.5, "100"])
+def test_bad_budget_raises(bad):
+    with pytest.raises(InvalidPointCloudError, match="max_points"):
+        insp.encode(_cloud(10), max_points=bad)
+
+
+def test_bad_inputs_raise_actionable_errors():
+    with pytest.raises(InvalidPointCloudError, match="PointCloud"):
+        insp.encode(torch.zeros(5, 3))
+    with pytest.raises(InvalidTrajectoryError, match="Trajectory or a Cameras"):
+        insp.encode(None, [torch.eye(4)])
+    with pytest.raises(InvalidCameraError, match="MemoryBank or a Cameras"):
+        insp.encode(None, [], memory=[1, 2])
+    traj = traj_lib.make_preset("up", _camera(), 1.0, num_frames=5)
+    with pytest.raises(InvalidTrajectoryError, match="at most"):
+        insp.encode(None, [traj] * (insp.MAX_POSES // 5 + 1))
+    from worldstereo_core import retrieval as ret_lib
+
+    r = ret_lib.Retrieval(indices=torch.tensor([3]), ref_index=torch.tensor([0]), ref_slot=torch.tensor([1]),
+                          scores=torch.tensor([1.0]), assignment=torch.tensor([3]), slots=torch.tensor([1]))
+    with pytest.raises(InvalidCameraError, match="memory bank the retrieval"):
+        insp.encode(None, [traj], memory=_camera(), retrieval=r)
+    with pytest.raises(InvalidTrajectoryError, match="one trajectory per retrieval"):
+        insp.encode(None, [], memory=_camera(), retrieval=[r])
+    assert issubclass(InvalidPointCloudError, WorldStereoError)
+
+
+def test_publish_returns_ui_entry_and_registers():
+    reg = insp.Registry()
+    ui = insp.publish(cloud=_cloud(300), trajectories=[_camera()], max_points=100, registry=reg)
+    (entry,) = ui[insp.UI_KEY]
+    assert set(ui) == {"worldstereo_inspector"}
+    assert insp.TOKEN_RE.match(entry["token"])
+    assert (entry["points"], entry["total_points"], entry["trajectories"]) == (100, 300, 1)
+    assert reg.get(entry["token"]).data[:4] == b"WSI1" and entry["bytes"] == len(reg.get(entry["token"]).data)
+    json.dumps(ui)  # travels in the executed message and the history
+
+
+def test_registry_is_bounded_lru():
+    reg = insp.Registry(max_entries=3, max_bytes=1000)
+    a, b, c = (reg.put(bytes(100)) for _ in range(3))
+    assert reg.get(a) is not None  # a becomes most recent
+    d = reg.put(bytes(100))
+    assert reg.get(b) is None and all(reg.get(t) is not None for t in (a, c, d)) and len(reg) == 3
+    e = reg.put(bytes(950))  # over the byte budget: oldest dropped until it fits
+    assert reg.get(e) is not None and reg.total_bytes <= 1000 and len(reg) == 1
+    big = reg.put(bytes(5000))  # the newest is kept even if alone too big
+    assert reg.get(big) is not None and len(reg) == 1
+    for bad in ("", "../" * 5, "A" * 32, big.upper(), big + "0", None, 5):
+        assert reg.get(bad) is None
+
+
+def test_render_request_validation():
+    cam, r = insp.parse_render_request({"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1],
+                                         "height": 48, "width": 64})
+    assert (cam.height, cam.width, r) == (48, 64, 0.008)
+    bad = [None, [], {"w2c": [1] * 16}, {"w2c": [1] * 15, "K": [1] * 9, "height": 48, "width": 64},
+           {"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 5000, "width": 5000},
+           {"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 48, "width": 64,
+            "radius": 1.0},
+           {"w2c": [float("nan")] * 16, "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 48, "width": 64}]
+    for body in bad:
+        with pytest.raises(InvalidCameraError):
+            insp.parse_render_request(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# handlers in-process (aiohttp test server)
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_app(reg, fn):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def main():
+        get_blob, post_render = insp.make_handlers(reg)
+        app = web.Application()
+        app.router.add_get(insp.ROUTE + "/{token}", get_blob)
+        app.router.add_post(insp.ROUTE + "/{token}/render", post_render)
+        async with TestClient(TestServer(app)) as client:
+            return await fn(client)
+
+    return asyncio.run(main())
+
+
+def test_handler_serves_known_tokens_only():
+    reg = insp.Registry()
+    ui = insp.publish(cloud=_cloud(200), trajectories=[_camera()], registry=reg)
+    token = ui[insp.UI_KEY][0]["token"]
+    other = insp.Registry().put(b"WSI1xxxx")  # a token of another registry is unknown here
+
+    async def run(client):
+        out = {}
+        r = await client.get(f"{insp.ROUTE}/{token}")
+        out["ok"] = (r.status, r.headers["Content-Type"], await r.read())
+        for name, path in {"other": f"{insp.ROUTE}/{other}", "short": f"{insp.ROUTE}/abc",
+                           "upper": f"{insp.ROUTE}/{token.upper()}",
+                           "encoded_traversal": f"{insp.ROUTE}/..%2F..%2Fetc%2Fpasswd",
+                           "dotdot": f"{insp.ROUTE}/{'.' * 2}", "sub": f"{insp.ROUTE}/{token}/x"}.items():
+            out[name] = (await client.get(path)).status
+        return out
+
+    out = _with_app(reg, run)
+    assert out["ok"][0] == 200 and out["ok"][1] == "application/octet-stream"
+    assert out["ok"][2] == reg.get(token).data
+    for name in ("other", "short", "upper", "encoded_traversal", "dotdot", "sub"):
+        assert out[name] in (404, 405), (name, out[name])
+
+
+def test_render_handler_png_and_refusals():
+    from PIL import Image
+
+    reg = insp.Registry()
+    # a wall of red points 2 units in front of an identity camera fills the view
+    u, v = torch.meshgrid(torch.linspace(-2, 2, 120), torch.linspace(-2, 2, 120), indexing="xy")
+    pts = torch.stack([u.ravel(), v.ravel(), torch.full((u.numel(),), 2.0)], 1)
+    cols = torch.tensor([[1.0, 0.0, 0.0]]).expand(len(pts), 3).clone()
+    token = insp.publish(cloud=PointCloud(pts, cols), registry=reg)[insp.UI_KEY][0]["token"]
+    empty = insp.publish(trajectories=[_camera()], registry=reg)[insp.UI_KEY][0]["token"]
+    body = {"w2c": np.eye(4).ravel().tolist(), "K": _camera().K[0].ravel().tolist(), "height": 48, "width": 64,
+            "radius": 0.05}
+
+    async def run(client):
+        r = await client.post(f"{insp.ROUTE}/{token}/render", json=body)
+        png = await r.read()
+        bad = await client.post(f"{insp.ROUTE}/{token}/render", json={"w2c": 3})
+        unknown = await client.post(f"{insp.ROUTE}/{'0' * 32}/render", json=body)
+        nocloud = await client.post(f"{insp.ROUTE}/{empty}/render", json=body)
+        return r.status, png, bad.status, unknown.status, nocloud.status
+
+    status, png, bad, unknown, nocloud = _with_app(reg, run)
+    assert status == 200
+    img = np.asarray(Image.open(io.BytesIO(png)))
+    assert img.shape == (48, 64, 3)
+    assert (img[20:28, 28:36, 0] > 200).all() and (img[20:28, 28:36, 1:] < 30).all()
+    assert (bad, unknown, nocloud) == (400, 404, 404)
+
+
+# ---------------------------------------------------------------------------------------------
+# real ComfyUI server
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server():
+    require_comfyui()
+    from comfy_server import ComfyServer
+
+    source = Path(os.environ.get("WORLDSTEREO_PACK_SOURCE", REPO_ROOT))
+    s = ComfyServer(pack_source=source).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _preview_graph(max_points: int = 0) -> dict:
+    return {
+        "1": {"class_type": "WorldStereoSyntheticScene", "inputs": {"scene": "room", "seed": 0, "width": 96, "height": 64}},
+        "2": {"class_type": "WorldStereoBuildPointCloud",
+              "inputs": {"image": ["1", 0], "depth": ["1", 1], "camera": ["1", 2], "fov_degrees": 60.0,
+                         "remove_depth_edges": True, "compress_far_depth": True, "max_points": max_points}},
+        "3": {"class_type": "WorldStereoSavePointCloud", "inputs": {"cloud": ["2", 0], "filename_prefix": "t/cloud"}},
+    }
+
+
+def test_route_serves_node_outputs_and_refuses_everything_else(server):
+    from worldstereo_core.pointcloud import load_ply
+
+    result = server.run(_preview_graph(), timeout=300)
+    assert result.status == "success", (result.error, server.log()[-3000:])
+    entries = result.outputs["2"][insp.UI_KEY]
+    token = entries[0]["token"]
+    r = server.get(f"/worldstereo/inspector/{token}")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/octet-stream"
+    assert server.get(f"/api/worldstereo/inspector/{token}").content == r.content
+    h = insp.decode(r.content)
+    assert h["points"]["count"] == entries[0]["points"] > 1000
+    assert len(h["trajectories"]) == 1 and h["trajectories"][0]["count"] == 1
+    # the blob carries the very cloud the node produced (compare with its PLY, to quantisation)
+    (ply,) = [p for p in server.output_files(result) if p.suffix == ".ply"]
+    cloud = load_ply(ply)
+    assert len(cloud) == h["points"]["total"]
+    span = np.array(h["points"]["bbox_max"]) - np.array(h["points"]["bbox_min"])
+    np.testing.assert_allclose(np.array(h["points"]["bbox_min"]), cloud.points.min(0).values.double().numpy(), atol=1e-5)
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(cloud.points.double().numpy()).query(h["points_xyz"])
+    assert dist.max() <= np.linalg.norm(span) / 65535 + 1e-5
+
+    refused = [f"/worldstereo/inspector/{'0' * 32}", "/worldstereo/inspector/..%2F..%2Fcomfyui.log",
+               "/worldstereo/inspector/%2e%2e/%2e%2e/comfyui.log", "/worldstereo/inspector/" + token[:-1],
+               "/worldstereo/inspector/" + "a" * 4096, "/worldstereo/inspector/", "/worldstereo/inspector/user"]
+    for path in refused:
+        resp = server.get(path)
+        assert resp.status_code in (404, 405), (path, resp.status_code)
+        assert b"WSI1" not in resp.content[:8]
+
+
+def test_route_respects_budget_and_renders(server):
+    graph = _preview_graph()
+    graph["4"] = {"class_type": "WorldStereoTrajectoryBuilder",
+                  "inputs": {"camera": ["1", 2], "preset": "orbit", "median_depth": 0.0, "angle": 0.0, "extent": 0.0,
+                             "num_frames": 9, "camera_json": "", "keyframes": "", "depth": ["1", 1], "cache": ["2", 0]}}
+    graph["5"] = {"class_type": "WorldStereoSaveCameraJson", "inputs": {"trajectory": ["4", 0], "filename_prefix": "t/cam"}}
+    result = server.run(graph, timeout=300)
+    assert result.status == "success", (result.error, server.log()[-3000:])
+    entry = result.outputs["4"][insp.UI_KEY][0]
+    h = insp.decode(server.get(f"/worldstereo/inspector/{entry['token']}").content)
+    assert h["trajectories"][0]["count"] == 9 and h["points"]["count"] > 0
+    saved = traj_lib.load_camera_json(server.base_dir / "output" / result.outputs["5"]["text"][0])
+    np.testing.assert_allclose(h["cameras_w2c"], saved.w2c.double().numpy(), atol=1e-5)
+    body = {"w2c": h["cameras_w2c"][4].ravel().tolist(), "K": h["cameras_K"][4].ravel().tolist(), "height": 64, "width": 96}
+    r = server.post(f"/worldstereo/inspector/{entry['token']}/render", json=body)
+    assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert server.post(f"/worldstereo/inspector/{'f' * 32}/render", json=body).status_code == 404
