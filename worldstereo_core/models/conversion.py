@@ -51,14 +51,23 @@ class ConversionPlan:
     ignored: tuple[str, ...] = ()
     extras: Mapping[str, str] = field(default_factory=dict)
 
+    def source_key(self, target: str) -> str:
+        """The source key a target is read from (first one, for split / scaled tensors)."""
+        return getattr(self.targets[target], "source", target)
+
     def materialize(self, source: TensorSource | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run every recipe (tests and small models; loaders stream instead)."""
         get = source.__getitem__ if isinstance(source, Mapping) else source
         return {k: r(get) for k, r in self.targets.items()}
 
 
+def _tag(recipe: Recipe, source: str) -> Recipe:
+    recipe.source = source  # type: ignore[attr-defined]  # lets loaders read shapes from headers
+    return recipe
+
+
 def _take(key: str) -> Recipe:
-    return lambda get: get(key)
+    return _tag(lambda get: get(key), key)
 
 
 def _find_prefix(keys: Collection[str], anchors: tuple[str, ...]) -> tuple[str, str] | None:
@@ -175,7 +184,7 @@ _OPENCLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj"
 
 
 def _chunk(key: str, i: int, n: int = 3) -> Recipe:
-    return lambda get: get(key).chunk(n, dim=0)[i]
+    return _tag(lambda get: get(key).chunk(n, dim=0)[i], key)
 
 
 def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
@@ -250,7 +259,7 @@ def _dequant(weight_key: str, scale_key: str) -> Recipe:
                 "are supported — use umt5_xxl_fp16.safetensors or umt5_xxl_fp8_e4m3fn_scaled.safetensors"
             )
         return w.to(torch.float32) * s.to(torch.float32)
-    return recipe
+    return _tag(recipe, weight_key)
 
 
 def plan_umt5(keys: Collection[str]) -> ConversionPlan:
@@ -380,14 +389,21 @@ def safetensors_files(path: str | os.PathLike[str], what: str) -> list[Path]:
 
 @contextmanager
 def open_tensor_source(files: list[Path]) -> Iterator[tuple[list[str], TensorSource]]:
-    """``(keys, source)`` over one or more safetensors files, reading tensors lazily (memory-mapped)."""
+    """``(keys, source)`` over one or more safetensors files, reading tensors lazily (memory-mapped).
+
+    ``source.shape(key)`` gives a tensor's shape from the header without reading it.
+    """
     with ExitStack() as stack:
         owner: dict[str, object] = {}
         for f in files:
             handle = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
             for k in handle.keys():
                 owner[k] = handle
-        yield list(owner), lambda k: owner[k].get_tensor(k)  # type: ignore[attr-defined]
+        def get(k: str) -> torch.Tensor:
+            return owner[k].get_tensor(k)  # type: ignore[attr-defined]
+
+        get.shape = lambda k: tuple(owner[k].get_slice(k).get_shape())  # type: ignore[attr-defined]
+        yield list(owner), get
 
 
 def read_extra_bytes(files: list[Path], key: str) -> bytes:

@@ -323,9 +323,8 @@ def load_wan_vae(
     cfg = dict(config) if config is not None else _vae_config_for(path, files)
     with open_tensor_source(files) as (keys, get):
         plan = plan_wan_vae(keys, num_res_blocks=int(cfg.get("num_res_blocks", 2)))
-        z_key = next((k for k in ("decoder.conv_in.weight",) if k in plan.targets), None)
-        if z_key is not None:
-            z_in = plan.targets[z_key](get).shape[1]
+        if "decoder.conv_in.weight" in plan.targets:
+            z_in = get.shape(plan.source_key("decoder.conv_in.weight"))[1]  # type: ignore[attr-defined]
             if z_in != cfg.get("z_dim", 16):
                 raise CheckpointError(
                     f"this VAE has {z_in} latent channels; WorldStereo runs on the Wan2.1 VAE (16 channels). "
