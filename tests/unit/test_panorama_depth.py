@@ -135,6 +135,11 @@ def test_merge_recovers_room_up_to_one_scale(size):
     # …which is the views' typical scale (metric MoGe views keep their metres)
     assert log_ratio.median().item() == pytest.approx(scales.log().mean().item(), abs=0.25)
     assert scales.log().std() > 0.2  # the views really disagree (up to ×2.7 apart)
+    # points lie on the room's walls (after removing the global scale)
+    pts = result.points().double() / log_ratio.median().exp()
+    lo, hi = OFF - HALF, OFF + HALF
+    wall_gap = torch.minimum((pts - lo).abs(), (pts - hi).abs()).min(dim=-1).values
+    assert wall_gap.max() < 0.1 and wall_gap.median() < 5e-3
 
 
 def test_merge_without_scale_errors_is_exact_scale():

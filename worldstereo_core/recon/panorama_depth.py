@@ -318,6 +318,12 @@ class PanoramaDepth:
     view_depths: ArrayLike
     view_masks: ArrayLike
 
+    def points(self) -> ArrayLike:
+        """``[H, W, 3]`` points in the panorama frame (distance × pixel-centre direction)."""
+        dist = as_tensor(self.distance)
+        dirs = equirect_directions(dist.shape[0], dist.shape[1]).to(dist.dtype)
+        return like_input(dist[..., None] * dirs, self.distance)
+
 
 def moge_view_predictor(model, resolution_level: int = 9, use_fp16: bool = True, batch_size: int = 4) -> ViewPredictor:
     """A :data:`ViewPredictor` running MoGe-2 with each view's known horizontal FoV."""
