@@ -36,11 +36,10 @@ command in :data:`CONVERT_HINT` (it also writes ``config.json``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
