@@ -183,7 +183,9 @@ def test_fast_agrees_with_exact_reference_on_a_surface_scene():
     g = torch.Generator().manual_seed(3)
     d = torch.nn.functional.normalize(torch.randn(60_000, 3, generator=g, dtype=torch.float64), dim=-1)
     sphere = PointCloud(torch.tensor([0.3, 0.2, 2.5], dtype=torch.float64) + 0.5 * d, torch.rand(60_000, 3, generator=g, dtype=torch.float64))
-    cloud = PointCloud.cat([plane, sphere])
+    pts = torch.cat([plane.points, sphere.points])
+    # Smooth colours (a function of position): blending order then hardly matters.
+    cloud = PointCloud(pts, 0.5 + 0.5 * torch.sin(2.0 * pts + torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)))
     cams = _cams(_yaw(0.0), _yaw(10.0, (0.2, 0, 0)))
     fast = render_point_cloud(cloud, cams, radius=RADIUS)
     exact = render_point_cloud(cloud, cams, radius=RADIUS, mode="exact")
@@ -197,7 +199,7 @@ def test_fast_agrees_with_exact_reference_on_a_surface_scene():
     assert mask_agree > 0.995
     assert depth_agree > 0.95
     assert other_surface < 0.02  # measured 1.2 %: silhouette pixels of a 66-points-per-pixel sphere
-    assert (fast.rgb - exact.rgb).abs().mean() < 0.08  # random colours: blending order differs
+    assert (fast.rgb - exact.rgb).abs().mean() < 0.05  # measured 0.034 (dense, 66 points per pixel)
 
 
 def test_release_radius_in_pixels():
