@@ -167,14 +167,16 @@ def test_merge_resizes_to_panorama_and_warm_start():
     scales = torch.ones(12, dtype=torch.float64)
     result = predict_panorama_depth(torch.rand(40, 80, 3), make_oracle(scales), merge_size=(20, 40), split_resolution=32)
     assert result.distance.shape == (40, 80) and result.mask.shape == (40, 80)
-    # warm start from a coarse solve (coarse_limit below the size) gives the same answer
+    # the direct solve, plain lsmr and lsmr warm-started from a coarse solve agree
     cams = panorama_split_cameras(32)
     z, m = make_oracle(scales)(torch.zeros(12, 32, 32, 3), cams)
     rays, _ = view_rays_world(cams)
     dist = z * rays.norm(dim=-1)
     a, _ = merge_panorama_distance(dist, m, cams, 24, 48)
-    b, _ = merge_panorama_distance(dist, m, cams, 24, 48, coarse_limit=16)
+    b, _ = merge_panorama_distance(dist, m, cams, 24, 48, direct_limit=0)
+    c, _ = merge_panorama_distance(dist, m, cams, 24, 48, coarse_limit=16, direct_limit=0)
     torch.testing.assert_close(a, b, rtol=5e-3, atol=0)
+    torch.testing.assert_close(a, c, rtol=5e-3, atol=0)
 
 
 def test_moge_predictor_runs_end_to_end():

@@ -9,7 +9,8 @@ Per-view predictions disagree by a scale (and have small errors), so the merge w
 **log-distance gradients**: each view is warped into the panorama, its horizontal and
 vertical log-distance differences and 5-point Laplacian are averaged over the views that
 see both pixels, and the log-distance map is the least-squares solution of those
-constraints (``scipy.sparse.linalg.lsmr``, warm-started from a half-resolution solve). Scale
+constraints (sparse LU of the normal equations up to 512×1024, beyond that
+``scipy.sparse.linalg.lsmr`` warm-started from a half-resolution solve, as upstream). Scale
 offsets between views cancel in the differences. The constant left free by the gradients is
 fixed so that the result matches the views' mean log distance (median over the panorama);
 this keeps the metric scale of MoGe-2's predictions (upstream leaves it arbitrary).
@@ -201,7 +202,9 @@ def _warp_views(
     return torch.where(valid, warped.double(), torch.zeros_like(z)), valid
 
 
-def _solve(height: int, width: int, log_maps: torch.Tensor, valid: torch.Tensor, x0: np.ndarray | None) -> np.ndarray:
+def _solve(
+    height: int, width: int, log_maps: torch.Tensor, valid: torch.Tensor, x0: np.ndarray | None, direct: bool
+) -> np.ndarray:
     """Least-squares log-distance from averaged view gradients and Laplacians."""
     from scipy.sparse import coo_matrix, vstack
     from scipy.sparse.linalg import lsmr
@@ -240,8 +243,16 @@ def _solve(height: int, width: int, log_maps: torch.Tensor, valid: torch.Tensor,
     A_lap = coo_matrix((vals, (rows, cols)), shape=(n_l, H * W))
     A = vstack([A_grad, A_lap]).tocsr()
     b = np.concatenate([grad_b[grad_keep], lap_mean[lap_keep]])
-    x = lsmr(A, b, atol=1e-6, btol=1e-6, maxiter=max(2000, 4 * (H + W)), x0=x0)[0]
-    return x
+    if direct:
+        # normal equations with a tiny Tikhonov pull to x0 (removes the free constant): a sparse
+        # LU solve is several times faster than lsmr's iterations on grids of this size
+        from scipy.sparse import identity
+        from scipy.sparse.linalg import spsolve
+
+        eps = 1e-8
+        rhs = A.T @ b + (eps * x0 if x0 is not None else 0.0)
+        return spsolve((A.T @ A + eps * identity(H * W)).tocsc(), rhs)
+    return lsmr(A, b, atol=1e-6, btol=1e-6, maxiter=max(2000, 4 * (H + W)), x0=x0)[0]
 
 
 def merge_panorama_distance(
@@ -251,6 +262,7 @@ def merge_panorama_distance(
     height: int,
     width: int,
     coarse_limit: int = 256,
+    direct_limit: int = 512 * 1024,
 ) -> tuple[ArrayLike, ArrayLike]:
     """Merge per-view distance maps into an equirect distance map (gradient-domain, log space).
 
@@ -259,7 +271,10 @@ def merge_panorama_distance(
         masks: ``[V, h, w]`` True where a view's prediction is valid.
         cameras: the views (rotation-only ``w2c`` in the panorama frame, ``K``, ``h × w``).
         height, width: equirect size of the result.
-        coarse_limit: above this size a half-resolution solve warm-starts the solver.
+        coarse_limit: above this size (longest side) a half-resolution solve warm-starts lsmr.
+        direct_limit: up to this many pixels the least squares is solved directly (sparse LU
+            of the normal equations); larger maps use ``lsmr`` warm-started from the coarse
+            level, as upstream.
 
     Returns:
         ``(distance [H, W], mask [H, W])``; the mask is True where any view saw valid geometry.
@@ -280,11 +295,12 @@ def merge_panorama_distance(
         raise InvalidDepthError("no view has a valid positive distance; nothing to merge (all masks empty?)")
     log_maps, valid = _warp_views(torch.where(usable, d, torch.ones_like(d)), usable, cameras, height, width)
     x0 = None
-    if max(height, width) > coarse_limit:
-        coarse, _ = merge_panorama_distance(d, usable, cameras, height // 2, width // 2, coarse_limit)
+    direct = height * width <= direct_limit
+    if max(height, width) > coarse_limit and not direct:
+        coarse, _ = merge_panorama_distance(d, usable, cameras, height // 2, width // 2, coarse_limit, direct_limit)
         x0 = F.interpolate(coarse.log()[None, None], (height, width), mode="bilinear", align_corners=False)[0, 0]
         x0 = x0.reshape(-1).numpy()
-    x = torch.from_numpy(_solve(height, width, log_maps, valid, x0)).reshape(height, width)
+    x = torch.from_numpy(_solve(height, width, log_maps, valid, x0, direct)).reshape(height, width)
     # fix the constant the gradients leave free: match the views' mean log distance
     mean_log = (log_maps * valid).sum(0) / valid.sum(0).clamp_min(1)
     seen = valid.any(0)
