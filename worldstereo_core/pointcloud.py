@@ -1,4 +1,11 @@
-"""Point clouds: the 3D cache's raw material."""
+"""Point clouds: the 3D cache's raw material.
+
+``PointCloud`` (points, colours, optional normals); depth → cloud at pixel centres
+(:func:`unproject_depth`, :func:`unproject_depths`, the release's recipe
+:func:`unproject_depth_release` = :func:`compress_far_depth` + :func:`depth_edge_mask`);
+cleaning (:func:`voxel_downsample` with a point cap, :func:`remove_outliers`); PLY I/O
+(:func:`save_ply` atomic, :func:`load_ply`).
+"""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def test_fixture_bank_images_restitch_consistently(fixtures_dir):
     folder = next((fixtures_dir / "upstream_examples" / "examples" / "panorama").glob("*/pano_bank"))
     cams = panorama_bank_cameras().resized(120, 208)
     imgs = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(folder / "images" / f"{i:04d}.png").convert("RGB").resize((208, 120), Image.BILINEAR))).float() / 255
+        torch.from_numpy(np.array(Image.open(folder / "images" / f"{i:04d}.png").convert("RGB").resize((208, 120), Image.BILINEAR))).float() / 255
         for i in range(27)
     ])
     pano, weight = perspective_to_equirect(imgs[1:], cams.w2c[1:], cams.K[1:], 256, 512)  # without view 0
