@@ -25,6 +25,15 @@ from worldstereo_core.models.vae import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny convolutions: thread start-up dominates, and the test machine's cores are shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def vae() -> AutoencoderKLWan:
     torch.manual_seed(0)

@@ -194,6 +194,10 @@ def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
     the penultimate hidden states, not the projected embedding.
     """
     found = _find_prefix(keys, (_CLIP_HF_ANCHOR, _CLIP_OPENCLIP_ANCHOR))
+    if found is not None and found[1] == _CLIP_OPENCLIP_ANCHOR:
+        # a full open_clip model has a text tower at the root; the vision tower sits under "visual."
+        visual = _find_prefix([k for k in keys if "visual." in k], (_CLIP_OPENCLIP_ANCHOR,))
+        found = visual or found
     if found is None:
         bare = _find_prefix(keys, (_CLIP_HF_BARE_ANCHOR,))
         if bare is not None and any(k.startswith(bare[0] + "encoder.layers.") for k in keys):

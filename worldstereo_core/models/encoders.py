@@ -88,7 +88,7 @@ _CLIP_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
 def tiny_umt5_config() -> dict[str, Any]:
     """A 2-layer UMT5 for tests (vocab 128, width 32, 4 heads)."""
     return {**UMT5_XXL_CONFIG, "vocab_size": 128, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
-            "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16}
+            "num_heads": 4, "relative_attention_num_buckets": 8}
 
 
 def tiny_clip_vision_config() -> dict[str, Any]:
