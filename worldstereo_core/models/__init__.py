@@ -6,6 +6,8 @@ Public API::
     load_worldstereo(path, variant=None, device=..., dtype=...)   # released folder / file
     save_worldstereo(model, folder)                 # config.json + model.safetensors
     sample_unipc(...), sample_dmd(...)              # samplers (see sampling.py)
+    load_models(...), generate_keyframes(...)       # the one call (generate.py; imported lazily)
+    write_tiny_models(models_dir)                   # tiny random weights in the real layouts (tiny.py)
 """
 
 from .loading import (
@@ -34,7 +36,29 @@ from .transformer_worldstereo import (
     count_parameters,
 )
 
+# generate.py / tiny.py pull in transformers (UMT5, CLIP); import them only when asked for.
+_LAZY = {
+    "ModelOutOfMemoryError": "generate",
+    "WorldStereoFrameGenerator": "generate",
+    "WorldStereoModels": "generate",
+    "generate_keyframes": "generate",
+    "load_models": "generate",
+    "SAMPLERS": "generate",
+    "OFFLOAD_MODES": "offload",
+    "write_tiny_models": "tiny",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "MAX_REFERENCES",
     "VARIANTS",
     "ControlNetConfig",

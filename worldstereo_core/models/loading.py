@@ -61,6 +61,10 @@ class WorldStereoConfig:
     transformer: Mapping[str, Any]
     controlnet: ControlNetConfig
     dmd: DMDSettings = field(default_factory=DMDSettings)
+    negative_prompt: str = ""
+    """The release config's ``negative_prompt`` (its runner passes it to every pipeline call)."""
+    latent_cond_mode: str = "full_vae"
+    """How the I2V condition is encoded (``full_vae`` / ``first_frame_only``; see ``vae.encode_condition``)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """A ``config.json`` in the release's layout, plus our ``transformer`` sizes."""
@@ -74,6 +78,8 @@ class WorldStereoConfig:
             "dmd_end_steps": self.dmd.end,
             "gen_shift": self.dmd.shift,
             "dmd_steps": self.dmd.steps,
+            "negative_prompt": self.negative_prompt,
+            "latent_cond_mode": self.latent_cond_mode,
         }
 
 
@@ -126,7 +132,13 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
         )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: DMD settings must be numbers ({exc})") from None
-    return WorldStereoConfig(variant, transformer, controlnet, dmd)
+    negative_prompt = cfg.get("negative_prompt", "")
+    latent_cond_mode = cfg.get("latent_cond_mode", "full_vae")
+    if not isinstance(negative_prompt, str):
+        raise CheckpointError(f"{where}: 'negative_prompt' must be a string")
+    if latent_cond_mode not in ("full_vae", "first_frame_only"):
+        raise CheckpointError(f"{where}: 'latent_cond_mode' must be 'full_vae' or 'first_frame_only', got {latent_cond_mode!r}")
+    return WorldStereoConfig(variant, transformer, controlnet, dmd, negative_prompt, latent_cond_mode)
 
 
 def _read_json(path: Path) -> Any:

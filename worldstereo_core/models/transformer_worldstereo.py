@@ -74,11 +74,11 @@ TINY_TRANSFORMER_CONFIG: Mapping[str, Any] = {
     **FULL_TRANSFORMER_CONFIG,
     "num_attention_heads": 2,
     "attention_head_dim": 16,
-    "text_dim": 24,
+    "text_dim": 32,
     "freq_dim": 32,
     "ffn_dim": 64,
     "num_layers": 3,
-    "image_dim": 20,
+    "image_dim": 32,
     "added_kv_proj_dim": 32,
 }
 

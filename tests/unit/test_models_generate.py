@@ -1,0 +1,213 @@
+"""generate_keyframes end to end with tiny random models written as real files (ComfyUI layouts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+from worldstereo_core.errors import CheckpointError, ModelInputError, WorldStereoError
+from worldstereo_core.models.generate import (
+    ModelOutOfMemoryError,
+    WorldStereoFrameGenerator,
+    generate_keyframes,
+    load_models,
+)
+from worldstereo_core.models.offload import _BlockSwapper, enable_sequential_offload, transformer_blocks
+from worldstereo_core.models.sampling import SamplingInterrupted
+from worldstereo_core.models.tiny import RELEASE_FOLDERS, embedded_config, write_tiny_models
+from worldstereo_core.pipeline import FrameGenerator, References
+
+H, W, F = 16, 16, 3  # the smallest legal frames and 3 keyframes keep the VAE cheap on CPU
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy") / "models"
+    paths = write_tiny_models(root)
+    return root, paths
+
+
+def _load(paths, variant):
+    return load_models(
+        paths[RELEASE_FOLDERS[variant]],
+        text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"], vae=paths["vae"],
+        device="cpu", dtype=torch.float32,
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dir):
+    _, paths = tiny_dir
+    return {v: _load(paths, v) for v in ("camera", "memory", "dmd")}
+
+
+def _scene(n=F, h=H, w=W, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w2c = torch.eye(4).repeat(n, 1, 1)
+    w2c[:, 0, 3] = torch.linspace(0.0, 0.4, n)
+    K = intrinsics_from_fov(60.0, h, w).float().expand(n, 3, 3).clone()
+    cams = Cameras(w2c, K, h, w)
+    image = torch.rand(h, w, 3, generator=g)
+    render = torch.rand(n, h, w, 3, generator=g)
+    mask = (torch.rand(n, h, w, generator=g) > 0.5).float()
+    return image, cams, render, mask
+
+
+def _refs(n_refs=2, size=(24, 20), n_frames=F, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    w2c = torch.eye(4).repeat(n_refs, 1, 1)
+    w2c[:, 1, 3] = torch.linspace(0.0, 0.2, n_refs)
+    K = intrinsics_from_fov(60.0, *size).float().expand(n_refs, 3, 3).clone()
+    return References(
+        images=tuple(torch.rand(*size, 3, generator=g) for _ in range(n_refs)),
+        w2c=w2c, K=K,
+        ref_index=torch.arange(n_refs) % (n_frames - 1),
+        bank_indices=torch.arange(n_refs),
+        sources=tuple(f"ref{i}" for i in range(n_refs)),
+    )
+
+
+def test_tiny_files_use_the_real_layouts(tiny_dir):
+    root, paths = tiny_dir
+    for folder in RELEASE_FOLDERS.values():
+        assert (root / "worldstereo" / folder / "config.json").exists()
+        assert (root / "worldstereo" / folder / "model.safetensors").exists()
+    cfg = json.loads((root / "worldstereo" / "worldstereo-memory-dmd" / "config.json").read_text())
+    assert cfg["model_type"] == "worldstereo-memory-dmd"
+    from safetensors import safe_open
+
+    with safe_open(str(paths["text_encoder"]), "pt") as f:
+        keys = set(f.keys())
+    assert "spiece_model" in keys and "encoder.block.0.layer.0.SelfAttention.q.weight" in keys
+    with safe_open(str(paths["image_encoder"]), "pt") as f:
+        assert all(k.startswith("vision_model.") for k in f.keys())
+    assert embedded_config(paths["vae"])["base_dim"] == 8
+    assert embedded_config(root / "worldstereo") is None  # folders carry config.json instead
+
+
+@pytest.mark.parametrize("variant,sampler,steps", [("camera", "unipc", 2), ("memory", "unipc", 2), ("dmd", None, None)])
+def test_generate_runs_for_every_variant(models, variant, sampler, steps):
+    m = models[variant]
+    image, cams, render, mask = _scene()
+    seen = []
+    out = generate_keyframes(m, image, "a kitchen with wooden chairs", "blurry", cams, render, mask,
+                             sampler=sampler, steps=steps, seed=1, on_step=lambda i, n: seen.append((i, n)))
+    assert out.shape == (F, H, W, 3) and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    total = steps if steps is not None else m.transformer.ws_config.dmd.steps
+    assert seen == [(i, total) for i in range(total)]
+    assert m.default_sampler == ("dmd" if variant == "dmd" else "unipc")
+
+
+def test_generate_is_deterministic_for_a_seed(models):
+    m = models["dmd"]
+    image, cams, render, mask = _scene()
+    refs = _refs()
+    a = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, seed=7)
+    b = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, seed=7)
+    c = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_references_and_prompt_reach_the_model(models):
+    m = models["memory"]
+    image, cams, render, mask = _scene()
+    kw = dict(sampler="unipc", steps=1, guidance_scale=1.0, seed=2)
+    base = generate_keyframes(m, image, "a river", None, cams, render, mask, _refs(seed=3), **kw)
+    other_refs = generate_keyframes(m, image, "a river", None, cams, render, mask, _refs(seed=4), **kw)
+    other_prompt = generate_keyframes(m, image, "a dog", None, cams, render, mask, _refs(seed=3), **kw)
+    single_view = generate_keyframes(m, image, "a river", None, cams, render, mask, None, **kw)
+    assert not torch.allclose(base, other_refs)
+    assert not torch.allclose(base, other_prompt)
+    assert not torch.allclose(base, single_view)
+
+
+def test_frame_generator_adapter(models):
+    m = models["memory"]
+    gen = WorldStereoFrameGenerator(m, "a room", sampler="unipc", steps=1, guidance_scale=1.0, seed=5)
+    assert isinstance(gen, FrameGenerator)
+    image, cams, render, mask = _scene()
+    first = gen(image[None], cams, render, mask, _refs())
+    second = gen(image[None], cams, render, mask, _refs())
+    assert first.shape == (F, H, W, 3)
+    assert not torch.allclose(first, second)  # call i uses seed + i
+    # the camera variant has no memory branch: the loop's references are dropped, not an error
+    cam_gen = WorldStereoFrameGenerator(models["camera"], "a room", steps=1, guidance_scale=1.0)
+    assert cam_gen(image[None], cams, render, mask, _refs()).shape == (F, H, W, 3)
+
+
+def test_bad_inputs_raise_actionable_errors(models):
+    m = models["memory"]
+    image, cams, render, mask = _scene()
+    with pytest.raises(ModelInputError, match="one camera per keyframe"):
+        generate_keyframes(m, image, "x", None, cams, render[:2], mask[:2])
+    with pytest.raises(ModelInputError, match="one camera per keyframe"):
+        generate_keyframes(m, image, "x", None, cams[0:2], render, mask)
+    img2, cams2, render2, mask2 = _scene(h=24, w=24)
+    with pytest.raises(ModelInputError, match="multiples of 16"):
+        generate_keyframes(m, img2, "x", None, cams2, render2, mask2)
+    with pytest.raises(ModelInputError, match="at most 8"):
+        generate_keyframes(m, image, "x", None, cams, render, mask, _refs(n_refs=9))
+    bad = _refs()
+    bad = References(bad.images, bad.w2c, bad.K, torch.tensor([0, F - 1]), bad.bank_indices, bad.sources)
+    with pytest.raises(ModelInputError, match="ref_index"):
+        generate_keyframes(m, image, "x", None, cams, render, mask, bad)
+    with pytest.raises(ModelInputError, match="no memory branch"):
+        generate_keyframes(models["camera"], image, "x", None, cams, render, mask, _refs())
+    with pytest.raises(ModelInputError, match="sampler"):
+        generate_keyframes(m, image, "x", None, cams, render, mask, sampler="euler")
+    with pytest.raises(ModelInputError, match="required"):
+        generate_keyframes(m, image, "x")
+
+
+def test_interrupt_stops_sampling(models):
+    image, cams, render, mask = _scene()
+    with pytest.raises(SamplingInterrupted):
+        generate_keyframes(models["dmd"], image, "x", None, cams, render, mask, interrupt=lambda: True)
+
+
+def test_out_of_memory_becomes_advice(models, monkeypatch):
+    m = models["dmd"]
+    image, cams, render, mask = _scene()
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(m.transformer, "forward", boom)
+    with pytest.raises(ModelOutOfMemoryError, match="offload='sequential'") as info:
+        generate_keyframes(m, image, "x", None, cams, render, mask)
+    assert isinstance(info.value, WorldStereoError)
+    assert "16×16" in str(info.value)
+
+
+def test_load_models_errors(tiny_dir, tmp_path):
+    _, paths = tiny_dir
+    with pytest.raises(ModelInputError, match="no source for"):
+        load_models(paths["worldstereo-memory"], device="cpu")
+    with pytest.raises(ModelInputError, match="offload"):
+        load_models(paths["worldstereo-memory"], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
+                    vae=paths["vae"], device="cpu", offload="disk")
+    pickle = tmp_path / "umt5.pt"
+    pickle.write_bytes(b"\x80\x02}q\x00.")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_models(paths["worldstereo-memory"], text_encoder=pickle, image_encoder=paths["image_encoder"],
+                    vae=paths["vae"], device="cpu", dtype=torch.float32)
+
+
+def test_block_swapper_keeps_outputs_and_host_weights(models):
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    want = block(x)
+    swapper = _BlockSwapper(block, torch.device("cpu"))
+    host = [slot[2] for slot in swapper.slots]
+    assert torch.equal(block(x), want)
+    assert all(p is h or p.data_ptr() == h.data_ptr() for p, h in zip(block.parameters(), host))
+    swapper.remove()
+    # on a CPU run sequential offload is a no-op
+    assert enable_sequential_offload(models["camera"].transformer, "cpu", transformer_blocks(models["camera"].transformer)) == []
+    assert len(transformer_blocks(models["memory"].transformer)) == 3 + 2

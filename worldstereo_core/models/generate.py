@@ -1,0 +1,487 @@
+"""The one call: image + prompt + keyframe cameras + GGM render (+ SSM references) → decoded keyframes.
+
+:func:`generate_keyframes` is what the release's keyframe pipelines do for one trajectory, in order:
+
+1. text: UMT5 embeddings of the prompt (and of the negative prompt when CFG is on);
+2. image: CLIP penultimate-layer tokens of the input image;
+3. VAE: the I2V condition (mask + first-frame latent, 20 channels), the render keyframes encoded one
+   by one (frame 0 replaced by the input image, as the release does), the references encoded one by
+   one and laid out as ``concat[ref, ones(4), ref]``;
+4. cameras: Plücker rays ``[d, o×d]`` at pixel resolution (SEVA-normalised cameras), the hole mask
+   binarised at 0.5, and for the memory variants ``camera_qt`` of targets and references after a joint
+   normalisation — with no retrieved references the input image at keyframe 0 is the single reference
+   (the release's single-view mode);
+5. sampling: DMD Euler (``dmd``) or UniPC with CFG (``unipc``), seeded;
+6. decoding: each latent frame decoded alone → ``[F, H, W, 3]`` in [0, 1].
+
+:class:`WorldStereoModels` bundles the networks; :func:`load_models` loads them from local files
+(WorldStereo folder + Wan encoders/VAE as a diffusers folder or ComfyUI single files).
+:class:`WorldStereoFrameGenerator` adapts the call to :class:`worldstereo_core.pipeline.FrameGenerator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..cameras import Cameras, camera_qt, plucker_embedding
+from ..errors import ModelInputError, WorldStereoError
+from .encoders import CLIPImageEncoder, PromptTokenizer, UMT5TextEncoder, load_image_encoder, load_text_encoder
+from .loading import DMDSettings, load_worldstereo
+from .tiny import embedded_config
+from .offload import OFFLOAD_MODES, enable_sequential_offload, on_device, transformer_blocks
+from .sampling import (
+    DEFAULT_FLOW_SHIFT,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_UNIPC_STEPS,
+    WorldStereoDenoiser,
+    initial_noise,
+    sample_dmd,
+    sample_unipc,
+)
+from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldStereoTransformer
+from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
+
+if TYPE_CHECKING:
+    from ..pipeline import References
+
+SAMPLERS = ("dmd", "unipc")
+"""``dmd``: 4 Euler steps, no CFG (the distilled variant); ``unipc``: 40 UniPC steps with CFG 5.0."""
+
+
+class ModelOutOfMemoryError(WorldStereoError):
+    """The device ran out of memory while generating; the message says what to lower or offload."""
+
+
+@dataclass(frozen=True)
+class WorldStereoModels:
+    """Everything :func:`generate_keyframes` needs, loaded and placed.
+
+    Attributes:
+        transformer: the WorldStereo video transformer (``variant``).
+        vae: the Wan2.1 VAE in keyframe mode.
+        text_encoder: UMT5-XXL with its tokenizer (``tokenizer`` is the same object's).
+        image_encoder: CLIP ViT-H vision tower.
+        variant: ``camera``, ``memory`` or ``dmd``.
+        device: where the computation runs.
+        offload: ``none`` / ``encoders`` / ``sequential`` (see :mod:`.offload`).
+    """
+
+    transformer: WorldStereoTransformer
+    vae: WanKeyframeVAE
+    text_encoder: UMT5TextEncoder
+    tokenizer: PromptTokenizer
+    image_encoder: CLIPImageEncoder
+    variant: str
+    device: torch.device = torch.device("cpu")
+    offload: str = "none"
+
+    @property
+    def uses_references(self) -> bool:
+        return self.variant in ("memory", "dmd")
+
+    @property
+    def default_sampler(self) -> str:
+        return "dmd" if self.variant == "dmd" else "unipc"
+
+    @property
+    def negative_prompt(self) -> str:
+        cfg = getattr(self.transformer, "ws_config", None)
+        return cfg.negative_prompt if cfg is not None else ""
+
+    @property
+    def latent_cond_mode(self) -> str:
+        cfg = getattr(self.transformer, "ws_config", None)
+        return cfg.latent_cond_mode if cfg is not None else "full_vae"
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_models(
+    worldstereo: str | os.PathLike,
+    wan: str | os.PathLike | None = None,
+    *,
+    text_encoder: str | os.PathLike | None = None,
+    image_encoder: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    variant: str | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    encoder_dtype: torch.dtype | None = None,
+    offload: str = "none",
+    attention_backend: str | None = None,
+    clip_pixel_scale: str = "release",
+) -> WorldStereoModels:
+    """Load a WorldStereo checkpoint and the Wan2.1-I2V encoders and VAE from local files.
+
+    Args:
+        worldstereo: a ``worldstereo-camera`` / ``-memory`` / ``-memory-dmd`` folder (or its
+            ``model.safetensors``).
+        wan: a diffusers Wan2.1-I2V-14B-480P folder; fills whichever of ``text_encoder``,
+            ``image_encoder``, ``vae``, ``tokenizer`` is not given.
+        text_encoder / image_encoder / vae: single files (ComfyUI's ``umt5_xxl_*``, ``clip_vision_h``,
+            ``wan_2.1_vae``) or diffusers subfolders.
+        tokenizer: the UMT5 tokenizer folder / ``spiece.model`` (ComfyUI's umt5 files embed one).
+        variant: overrides the checkpoint's ``model_type``.
+        device: execution device (default: CUDA if available).
+        dtype: transformer and VAE dtype; ``encoder_dtype`` (default ``dtype``) for UMT5 and CLIP.
+        offload: ``none``, ``encoders`` or ``sequential``.
+        attention_backend: a diffusers attention backend name (``flash``, ``_native_cudnn`` …).
+    """
+    if offload not in OFFLOAD_MODES:
+        raise ModelInputError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    device = default_device() if device is None else torch.device(device)
+    encoder_dtype = dtype if encoder_dtype is None else encoder_dtype
+    text_encoder = text_encoder if text_encoder is not None else wan
+    image_encoder = image_encoder if image_encoder is not None else wan
+    vae = vae if vae is not None else wan
+    missing = [n for n, v in (("text_encoder", text_encoder), ("image_encoder", image_encoder), ("vae", vae)) if v is None]
+    if missing:
+        raise ModelInputError(
+            f"no source for {', '.join(missing)}: pass wan=<a diffusers Wan2.1-I2V-14B-480P folder> or the single "
+            "files (umt5_xxl_*.safetensors, clip_vision_h.safetensors, wan_2.1_vae.safetensors)"
+        )
+    if tokenizer is None and wan is not None and os.path.isdir(os.path.join(wan, "tokenizer")):
+        tokenizer = os.path.join(wan, "tokenizer")
+
+    host = torch.device("cpu")
+    enc_device = host if offload != "none" else device
+    transformer = load_worldstereo(worldstereo, variant, device=host if offload == "sequential" else device, dtype=dtype)
+    if offload == "sequential":
+        enable_sequential_offload(transformer, device, transformer_blocks(transformer))
+    if attention_backend:
+        try:
+            transformer.set_attention_backend(attention_backend)
+        except (ValueError, RuntimeError, ImportError) as exc:
+            raise ModelInputError(
+                f"attention backend {attention_backend!r} is not usable here ({exc}); leave it empty for PyTorch SDPA"
+            ) from None
+    # single files may carry their architecture in metadata (the tiny test files do); real ones use the release's
+    te = load_text_encoder(text_encoder, tokenizer=tokenizer, device=enc_device, dtype=encoder_dtype,
+                           config=embedded_config(text_encoder))
+    ie = load_image_encoder(image_encoder, device=enc_device, dtype=encoder_dtype, pixel_scale=clip_pixel_scale,
+                            config=embedded_config(image_encoder))
+    v = load_wan_vae(vae, device=device, dtype=dtype, config=embedded_config(vae))
+    return WorldStereoModels(transformer, v, te, te.tokenizer, ie, transformer.variant, device, offload)
+
+
+# --------------------------------------------------------------------------------- input checks
+
+def _as_image(image: torch.Tensor) -> torch.Tensor:
+    img = torch.as_tensor(image)
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise ModelInputError(f"image must be [H, W, 3] (or a batch of one) in [0, 1], got {tuple(img.shape)}")
+    return img[..., :3].float()
+
+
+def _check_inputs(
+    image: torch.Tensor, cameras: Cameras, render: torch.Tensor, render_mask: torch.Tensor
+) -> tuple[torch.Tensor, Cameras, torch.Tensor, torch.Tensor]:
+    img = _as_image(image)
+    H, W = img.shape[:2]
+    check_spatial_size(H, W, "the input image and keyframes")
+    if not isinstance(cameras, Cameras):
+        raise ModelInputError(f"keyframe_cameras must be a Cameras batch, got {type(cameras).__name__}")
+    n = len(cameras)
+    if n < 2:
+        raise ModelInputError(f"need at least 2 keyframe cameras (the release uses 21), got {n}")
+    render = torch.as_tensor(render).float()
+    if render.ndim == 3:
+        render = render[None]
+    if render.ndim != 4 or render.shape[-1] not in (3, 4):
+        raise ModelInputError(f"render must be [F, H, W, 3] in [0, 1], got {tuple(render.shape)}")
+    render = render[..., :3]
+    mask = torch.as_tensor(render_mask).float()
+    if mask.ndim == 4 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 3:
+        raise ModelInputError(f"render_mask must be [F, H, W] (1 = hole), got {tuple(mask.shape)}")
+    if render.shape[0] != n or mask.shape[0] != n:
+        raise ModelInputError(
+            f"{render.shape[0]} render frames and {mask.shape[0]} mask frames for {n} keyframe cameras; give one "
+            "render frame, one mask frame and one camera per keyframe (the release: 21)"
+        )
+    if tuple(render.shape[1:3]) != (H, W) or tuple(mask.shape[1:]) != (H, W):
+        raise ModelInputError(
+            f"render {tuple(render.shape[1:3])} / mask {tuple(mask.shape[1:])} must have the image's size {(H, W)}; "
+            "render the cache at the image resolution"
+        )
+    if (cameras.height, cameras.width) != (H, W):
+        cameras = cameras.resized(H, W)  # K is in pixels of its image: rescale with it
+    return img, cameras, render, mask
+
+
+def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(video [1, 3, R, H, W] in [-1, 1], w2c [R, 4, 4], ref_index [R] long)`` from retrieved references."""
+    n = len(references)
+    if n == 0:
+        raise ModelInputError("references is empty; pass None to use the input image as the only reference")
+    if n > MAX_REFERENCES:
+        raise ModelInputError(
+            f"{n} references given; the memory model takes at most {MAX_REFERENCES} — retrieve fewer "
+            "(select_references(..., max_references=8))"
+        )
+    ref_index = torch.as_tensor(references.ref_index).long().reshape(-1).cpu()
+    if ref_index.shape[0] != n:
+        raise ModelInputError(f"{n} reference images but {ref_index.shape[0]} ref_index values")
+    if bool(((ref_index < 0) | (ref_index > n_frames - 2)).any()):
+        raise ModelInputError(
+            f"ref_index values must be in [0, {n_frames - 2}] (keyframe slot − 1), got {ref_index.tolist()}"
+        )
+    frames = []
+    for i, im in enumerate(references.images):
+        t = torch.as_tensor(im).float()
+        if t.ndim != 3 or t.shape[-1] not in (3, 4):
+            raise ModelInputError(f"reference image {i} must be [H, W, 3] in [0, 1], got {tuple(t.shape)}")
+        t = t[..., :3].permute(2, 0, 1)[None]
+        if tuple(t.shape[-2:]) != (H, W):
+            # the release resizes references to the target size with bicubic interpolation
+            t = F.interpolate(t, size=(H, W), mode="bicubic", align_corners=False)
+        frames.append(t[0])
+    video = torch.stack(frames, dim=1)[None] * 2.0 - 1.0  # [1, 3, R, H, W]
+    return video, torch.as_tensor(references.w2c).float().reshape(n, 4, 4), ref_index
+
+
+def _oom_types() -> tuple[type[BaseException], ...]:
+    return tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+
+
+def _is_cpu_oom(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+# --------------------------------------------------------------------------------- the one call
+
+def generate_keyframes(
+    models: WorldStereoModels,
+    image: torch.Tensor,
+    prompt: str,
+    negative_prompt: str | None = None,
+    keyframe_cameras: Cameras | None = None,
+    render: torch.Tensor | None = None,
+    render_mask: torch.Tensor | None = None,
+    references: "References | None" = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    shift: float | None = None,
+    seed: int = 0,
+    on_step: Callable[[int, int], None] | None = None,
+    interrupt: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Generate the keyframes of one trajectory.
+
+    Args:
+        models: the loaded bundle (:func:`load_models`).
+        image: ``[H, W, 3]`` in [0, 1], the first frame; H and W multiples of 16.
+        prompt / negative_prompt: text; the negative prompt (default: the checkpoint config's) is used
+            only with CFG (``unipc`` and ``guidance_scale > 1``).
+        keyframe_cameras: the ``F`` keyframe cameras (release: 21), keyframe 0 = the input camera.
+        render: ``[F, H, W, 3]`` the 3D cache rendered at them (frame 0 is replaced by ``image``).
+        render_mask: ``[F, H, W]``, 1 = hole.
+        references: retrieved memory views (memory/dmd variants; ``None``: the input image is the single
+            reference, as the release's single-view mode). The camera variant takes none.
+        sampler: ``dmd`` or ``unipc`` (default: ``dmd`` for the dmd variant, else ``unipc``).
+        steps: sampler steps (default: the checkpoint's DMD steps, or 40 for UniPC).
+        guidance_scale: CFG scale for UniPC (≤ 1 disables CFG); ignored by DMD.
+        shift: timestep shift (default: the checkpoint's ``gen_shift`` for DMD, 3.0 for UniPC).
+        seed: noise seed (same seed + device → same frames).
+        on_step: ``on_step(i, total)`` after each sampler step; interrupt: returns True to stop
+            (:class:`~.sampling.SamplingInterrupted`) — or raises its own exception.
+    Returns:
+        ``[F, H, W, 3]`` float32 frames in [0, 1] on the CPU.
+    """
+    if keyframe_cameras is None or render is None or render_mask is None:
+        raise ModelInputError("keyframe_cameras, render and render_mask are required (the GGM condition)")
+    try:
+        return _generate(
+            models, image, prompt, negative_prompt, keyframe_cameras, render, render_mask, references,
+            sampler, steps, guidance_scale, shift, seed, on_step, interrupt,
+        )
+    except BaseException as exc:
+        # Free what the unwound frames still reference (activations, latents), so an error or an
+        # interrupt never leaves memory held on the GPU.
+        traceback.clear_frames(exc.__traceback__)
+        oom = isinstance(exc, _oom_types()) or _is_cpu_oom(exc)
+        if oom:
+            gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if not oom:
+            raise
+        H, W = _as_image(image).shape[:2]
+        advice = (
+            "load the model with offload='encoders' (encoders visit the GPU only to encode) or "
+            "offload='sequential' (transformer blocks visit one at a time), use a smaller resolution "
+            "(the released buckets are about 480×768) or fewer references"
+            if models.offload != "sequential"
+            else "use a smaller resolution (the released buckets are about 480×768) or fewer references"
+        )
+        raise ModelOutOfMemoryError(
+            f"{models.device.type.upper()} out of memory generating {len(keyframe_cameras)} keyframes at {H}×{W} "
+            f"(offload={models.offload!r}): {advice}"
+        ) from None
+
+
+def _generate(
+    models: WorldStereoModels,
+    image: torch.Tensor,
+    prompt: str,
+    negative_prompt: str | None,
+    keyframe_cameras: Cameras,
+    render: torch.Tensor,
+    render_mask: torch.Tensor,
+    references: "References | None",
+    sampler: str | None,
+    steps: int | None,
+    guidance_scale: float,
+    shift: float | None,
+    seed: int,
+    on_step: Callable[[int, int], None] | None,
+    interrupt: Callable[[], bool] | None,
+) -> torch.Tensor:
+    sampler = sampler or models.default_sampler
+    if sampler not in SAMPLERS:
+        raise ModelInputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not isinstance(prompt, str):
+        raise ModelInputError(f"prompt must be a string, got {type(prompt).__name__}")
+    img, cams, rend, mask = _check_inputs(image, keyframe_cameras, render, render_mask)
+    H, W = img.shape[:2]
+    n = len(cams)
+    if references is not None and not models.uses_references:
+        raise ModelInputError(
+            f"the {models.variant!r} checkpoint has no memory branch and takes no references; load "
+            "worldstereo-memory(-dmd) for SSM, or leave the references unconnected"
+        )
+    ref = _reference_inputs(references, n, H, W) if references is not None else None
+    dev = models.device
+    swap = models.offload != "none"
+    use_cfg = sampler == "unipc" and guidance_scale > 1.0
+    if negative_prompt is None:
+        negative_prompt = models.negative_prompt
+
+    # 1-2. text and image conditioning
+    with on_device(models.text_encoder.model, dev, enabled=swap):
+        text = models.text_encoder.encode([prompt] + ([negative_prompt] if use_cfg else [])).to(dev)
+    first = images_to_video(img[None])[:, :, 0]  # [1, 3, H, W] in [-1, 1]
+    with on_device(models.image_encoder.model, dev, enabled=swap):
+        clip = models.image_encoder.encode(first).to(dev)
+
+    # 3. VAE: I2V condition, render keyframes (frame 0 = the input image), references
+    vae = models.vae
+    condition = vae.encode_condition(first, n, mode=models.latent_cond_mode).to(dev)  # [1, 20, F, h, w]
+    render_video = images_to_video(torch.cat([img[None], rend[1:]]).clamp(0, 1))  # [1, 3, F, H, W]
+    render_latent = vae.encode_keyframes(render_video).to(dev)  # [1, 16, F, h, w]
+    kwargs: dict = {}
+    if models.uses_references:
+        if ref is None:  # single-view mode: the input image at keyframe 0 is the reference
+            ref_video, ref_w2c, ref_index = first[:, :, None], cams.w2c[:1], torch.zeros(1, dtype=torch.long)
+        else:
+            ref_video, ref_w2c, ref_index = ref
+        z = vae.encode_keyframes(ref_video).to(dev)  # [1, 16, R, h, w]
+        kwargs["reference_latent"] = torch.cat([z, torch.ones_like(z[:, :4]), z], dim=1)
+        kwargs["ref_index"] = ref_index.to(dev)
+        qt, qt_ref = camera_qt(cams.w2c.float(), ref_w2c.to(cams.w2c.device).float())
+        kwargs["camera_qt"] = qt[None].to(dev)
+        kwargs["camera_qt_ref"] = qt_ref[None].to(dev)
+
+    # 4. GGM camera inputs at pixel resolution
+    plucker = plucker_embedding(cams.w2c.float(), cams.K.float(), H, W)  # [F, 6, H, W]
+    kwargs["plucker"] = plucker.permute(1, 0, 2, 3)[None].to(dev)
+    kwargs["render_mask"] = (mask >= 0.5).float()[None, None].to(dev)  # binarised as the release
+    kwargs["render_latent"] = render_latent
+    positive = WorldStereoInputs(text[:1], clip, **kwargs)
+    negative = WorldStereoInputs(text[1:2], clip, **kwargs) if use_cfg else None
+    denoiser = WorldStereoDenoiser(models.transformer, condition, positive, negative)
+
+    # 5. sampling
+    noise = initial_noise((1, vae.z_dim, n, H // 8, W // 8), seed, device=dev)
+    if sampler == "dmd":
+        cfg = getattr(models.transformer, "ws_config", None)
+        settings = cfg.dmd if cfg is not None else DMDSettings()
+        if steps is not None:
+            settings = dataclasses.replace(settings, steps=int(steps))
+        if shift is not None:
+            settings = dataclasses.replace(settings, shift=float(shift))
+        latents = sample_dmd(denoiser, noise, settings, on_step=on_step, interrupt=interrupt)
+    else:
+        latents = sample_unipc(
+            denoiser, noise,
+            steps=DEFAULT_UNIPC_STEPS if steps is None else int(steps),
+            guidance_scale=guidance_scale,
+            flow_shift=DEFAULT_FLOW_SHIFT if shift is None else float(shift),
+            on_step=on_step, interrupt=interrupt,
+        )
+    del denoiser, positive, negative, kwargs, noise
+
+    # 6. decode each keyframe alone
+    video = vae.decode_keyframes(latents)  # [1, 3, F, H, W]
+    return video_to_images(video).cpu()
+
+
+class WorldStereoFrameGenerator:
+    """The real video model as a :class:`worldstereo_core.pipeline.FrameGenerator`.
+
+    Call ``i`` (one per trajectory, in the loop's order) uses seed ``seed + i``, so a run is reproducible
+    while clips get different noise (the release draws every clip's noise from one generator).
+    The camera variant ignores the loop's references (it has no memory branch).
+    """
+
+    def __init__(
+        self,
+        models: WorldStereoModels,
+        prompt: str,
+        negative_prompt: str | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        shift: float | None = None,
+        seed: int = 0,
+        on_step: Callable[[int, int], None] | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> None:
+        self.models = models
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.sampler = sampler
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.shift = shift
+        self.seed = int(seed)
+        self.on_step = on_step
+        self.interrupt = interrupt
+        self.calls = 0
+
+    def __call__(self, image, cameras, render, mask, references) -> torch.Tensor:
+        refs = references if self.models.uses_references and references is not None and len(references) else None
+        seed = self.seed + self.calls
+        self.calls += 1
+        return generate_keyframes(
+            self.models, image, self.prompt, self.negative_prompt, cameras, render, mask, refs,
+            sampler=self.sampler, steps=self.steps, guidance_scale=self.guidance_scale, shift=self.shift,
+            seed=seed, on_step=self.on_step, interrupt=self.interrupt,
+        )
+
+
+__all__ = [
+    "SAMPLERS",
+    "ModelOutOfMemoryError",
+    "WorldStereoFrameGenerator",
+    "WorldStereoModels",
+    "default_device",
+    "generate_keyframes",
+    "load_models",
+]

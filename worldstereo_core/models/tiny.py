@@ -1,0 +1,171 @@
+"""Tiny random weights in the real file layouts, for tests, CI workflows and demos without downloads.
+
+:func:`write_tiny_models` fills a ComfyUI-style ``models/`` folder exactly where users put the real
+files, with the same formats the loaders read:
+
+* ``worldstereo/worldstereo-camera``, ``-memory``, ``-memory-dmd``: ``config.json`` + ``model.safetensors``
+  (the release's layout, tiny sizes);
+* ``text_encoders/umt5_xxl_tiny.safetensors``: transformers UMT5 keys plus an embedded SentencePiece
+  model under ``spiece_model`` (ComfyUI's umt5 files carry their tokenizer the same way), trained here on
+  a few sentences — nothing is downloaded;
+* ``clip_vision/clip_vision_h_tiny.safetensors``: transformers ``vision_model.*`` keys (clip_vision_h's);
+* ``vae/wan_2.1_vae_tiny.safetensors``: the diffusers ``AutoencoderKLWan`` layout.
+
+Single files carry no architecture, so each tiny encoder/VAE file stores its config as JSON under the
+safetensors metadata key ``"config"``; :func:`embedded_config` reads it back and
+:func:`~.generate.load_models` passes it to the loaders (real files have no such key and use the
+released architectures).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import CheckpointError
+from .loading import build_transformer, init_random_weights, read_safetensors_header, save_worldstereo
+
+CONFIG_METADATA_KEY = "config"
+
+RELEASE_FOLDERS: Mapping[str, str] = {
+    "camera": "worldstereo-camera",
+    "memory": "worldstereo-memory",
+    "dmd": "worldstereo-memory-dmd",
+}
+"""Folder names of the released checkpoints (Hugging Face ``hanshanxue/WorldStereo`` subfolders)."""
+
+TINY_FILES: Mapping[str, str] = {
+    "text_encoders": "umt5_xxl_tiny.safetensors",
+    "clip_vision": "clip_vision_h_tiny.safetensors",
+    "vae": "wan_2.1_vae_tiny.safetensors",
+}
+
+_CORPUS = (
+    "a camera moves slowly through a bright kitchen with wooden chairs and a table",
+    "the quick brown fox jumps over the lazy dog near the old stone wall",
+    "a stone bridge over a calm river at sunset, photorealistic, high detail",
+    "aerial view of a green valley with small houses, trees and a winding road",
+    "a cozy living room with a sofa, a lamp, books on shelves and a large window",
+)
+
+
+def embedded_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The architecture config stored in a single safetensors file's metadata (``None`` if absent or a folder)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".safetensors":
+        return None
+    meta = read_safetensors_header(path).get("__metadata__") or {}
+    if CONFIG_METADATA_KEY not in meta:
+        return None
+    try:
+        cfg = json.loads(meta[CONFIG_METADATA_KEY])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: the embedded '{CONFIG_METADATA_KEY}' metadata is not valid JSON") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: the embedded '{CONFIG_METADATA_KEY}' metadata must be a JSON object")
+    return cfg
+
+
+def _save(state: Mapping[str, torch.Tensor], path: Path, config: Mapping[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}  # unties shared tensors
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(dict(config))})
+    os.replace(tmp, path)
+    return path
+
+
+def tiny_sentencepiece(corpus: Sequence[str] = _CORPUS, vocab_size: int = 96) -> bytes:
+    """A small SentencePiece unigram model (UMT5's ids: pad 0, eos 1, unk 2) trained in-process."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(corpus) * 8), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def write_tiny_text_encoder(path: Path, seed: int = 0) -> Path:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .encoders import tiny_umt5_config
+
+    cfg = tiny_umt5_config()
+    torch.manual_seed(seed)
+    model = UMT5EncoderModel(UMT5Config(**cfg))
+    state = dict(model.state_dict())
+    proto = tiny_sentencepiece(vocab_size=min(96, int(cfg["vocab_size"])))
+    state["spiece_model"] = torch.frombuffer(bytearray(proto), dtype=torch.uint8)
+    return _save(state, path, cfg)
+
+
+def write_tiny_image_encoder(path: Path, seed: int = 0) -> Path:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from .encoders import tiny_clip_vision_config
+
+    cfg = tiny_clip_vision_config()
+    torch.manual_seed(seed + 1)
+    model = CLIPVisionModel(CLIPVisionConfig(**cfg))
+    state = {(k if k.startswith("vision_model.") else "vision_model." + k): v for k, v in model.state_dict().items()}
+    return _save(state, path, cfg)
+
+
+def write_tiny_vae(path: Path, seed: int = 0) -> Path:
+    from diffusers import AutoencoderKLWan
+
+    from .vae import tiny_vae_config
+
+    cfg = tiny_vae_config()
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLWan.from_config(cfg)
+    return _save(vae.state_dict(), path, cfg)
+
+
+def write_tiny_worldstereo(folder: Path, variant: str, seed: int = 0, std: float = 0.05) -> Path:
+    """A tiny ``variant`` checkpoint folder with random weights (control/camera branches non-zero)."""
+    model = build_transformer(variant, tiny=True)
+    init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 3)
+    return save_worldstereo(model, folder)
+
+
+def write_tiny_models(
+    models_dir: str | os.PathLike, variants: Sequence[str] = ("camera", "memory", "dmd"), seed: int = 0
+) -> dict[str, Path]:
+    """Write tiny weights into a ComfyUI ``models/`` folder; returns ``{name: path}`` of what was written.
+
+    Names: ``worldstereo-camera`` … (checkpoint folders), ``text_encoder``, ``image_encoder``, ``vae``.
+    """
+    root = Path(models_dir)
+    out: dict[str, Path] = {}
+    for v in variants:
+        if v not in RELEASE_FOLDERS:
+            raise CheckpointError(f"unknown variant {v!r}; use {sorted(RELEASE_FOLDERS)}")
+        out[RELEASE_FOLDERS[v]] = write_tiny_worldstereo(root / "worldstereo" / RELEASE_FOLDERS[v], v, seed)
+    out["text_encoder"] = write_tiny_text_encoder(root / "text_encoders" / TINY_FILES["text_encoders"], seed)
+    out["image_encoder"] = write_tiny_image_encoder(root / "clip_vision" / TINY_FILES["clip_vision"], seed)
+    out["vae"] = write_tiny_vae(root / "vae" / TINY_FILES["vae"], seed)
+    return out
+
+
+__all__ = [
+    "CONFIG_METADATA_KEY",
+    "RELEASE_FOLDERS",
+    "TINY_FILES",
+    "embedded_config",
+    "tiny_sentencepiece",
+    "write_tiny_image_encoder",
+    "write_tiny_models",
+    "write_tiny_text_encoder",
+    "write_tiny_vae",
+    "write_tiny_worldstereo",
+]
