@@ -211,3 +211,24 @@ def test_block_swapper_keeps_outputs_and_host_weights(models):
     # on a CPU run sequential offload is a no-op
     assert enable_sequential_offload(models["camera"].transformer, "cpu", transformer_blocks(models["camera"].transformer)) == []
     assert len(transformer_blocks(models["memory"].transformer)) == 3 + 2
+
+
+def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
+    """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT path: same frames as encoding here, even with no encoders."""
+    _, paths = tiny_dir
+    full = models["dmd"]
+    bare = load_models(paths["worldstereo-memory-dmd"], vae=paths["vae"], device="cpu", dtype=torch.float32,
+                       with_text_encoder=False, with_image_encoder=False)
+    assert bare.text_encoder is None and bare.image_encoder is None
+    image, cams, render, mask = _scene()
+    text = full.text_encoder.encode(["a red house"])
+    n = int((text[0].abs().sum(-1) > 0).sum())  # tokens of the prompt; the rest is Wan's zero padding
+    clip = full.image_encoder.encode(image.permute(2, 0, 1)[None] * 2 - 1)
+    want = generate_keyframes(full, image, "a red house", None, cams, render, mask, seed=3)
+    got = generate_keyframes(bare, image, "", None, cams, render, mask, seed=3,
+                             prompt_embeds=text[:, :n], image_embeds=clip)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelInputError, match="no text encoder"):
+        generate_keyframes(bare, image, "x", None, cams, render, mask, image_embeds=clip)
+    with pytest.raises(ModelInputError, match="prompt_embeds must be"):
+        generate_keyframes(bare, image, "x", None, cams, render, mask, prompt_embeds=text[..., :5], image_embeds=clip)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras, camera_qt, plucker_embedding
 from ..errors import ModelInputError, WorldStereoError
-from .encoders import CLIPImageEncoder, PromptTokenizer, UMT5TextEncoder, load_image_encoder, load_text_encoder
+from .encoders import TEXT_MAX_LENGTH, CLIPImageEncoder, PromptTokenizer, UMT5TextEncoder, load_image_encoder, load_text_encoder
 from .loading import DMDSettings, load_worldstereo
 from .tiny import embedded_config
 from .offload import OFFLOAD_MODES, enable_sequential_offload, on_device, transformer_blocks
@@ -67,8 +67,9 @@ class WorldStereoModels:
     Attributes:
         transformer: the WorldStereo video transformer (``variant``).
         vae: the Wan2.1 VAE in keyframe mode.
-        text_encoder: UMT5-XXL with its tokenizer (``tokenizer`` is the same object's).
-        image_encoder: CLIP ViT-H vision tower.
+        text_encoder: UMT5-XXL with its tokenizer (``tokenizer`` is the same object's); None when the
+            caller always passes precomputed text embeddings (e.g. ComfyUI's own UMT5 node).
+        image_encoder: CLIP ViT-H vision tower; None when image embeddings are always passed.
         variant: ``camera``, ``memory`` or ``dmd``.
         device: where the computation runs.
         offload: ``none`` / ``encoders`` / ``sequential`` (see :mod:`.offload`).
@@ -76,9 +77,9 @@ class WorldStereoModels:
 
     transformer: WorldStereoTransformer
     vae: WanKeyframeVAE
-    text_encoder: UMT5TextEncoder
-    tokenizer: PromptTokenizer
-    image_encoder: CLIPImageEncoder
+    text_encoder: UMT5TextEncoder | None
+    tokenizer: PromptTokenizer | None
+    image_encoder: CLIPImageEncoder | None
     variant: str
     device: torch.device = torch.device("cpu")
     offload: str = "none"
@@ -122,6 +123,8 @@ def load_models(
     offload: str = "none",
     attention_backend: str | None = None,
     clip_pixel_scale: str = "release",
+    with_text_encoder: bool = True,
+    with_image_encoder: bool = True,
 ) -> WorldStereoModels:
     """Load a WorldStereo checkpoint and the Wan2.1-I2V encoders and VAE from local files.
 
@@ -138,6 +141,8 @@ def load_models(
         dtype: transformer and VAE dtype; ``encoder_dtype`` (default ``dtype``) for UMT5 and CLIP.
         offload: ``none``, ``encoders`` or ``sequential``.
         attention_backend: a diffusers attention backend name (``flash``, ``_native_cudnn`` …).
+        with_text_encoder / with_image_encoder: False skips that encoder (the caller will pass
+            precomputed embeddings to :func:`generate_keyframes`, e.g. from ComfyUI's own encoders).
     """
     if offload not in OFFLOAD_MODES:
         raise ModelInputError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
@@ -146,7 +151,10 @@ def load_models(
     text_encoder = text_encoder if text_encoder is not None else wan
     image_encoder = image_encoder if image_encoder is not None else wan
     vae = vae if vae is not None else wan
-    missing = [n for n, v in (("text_encoder", text_encoder), ("image_encoder", image_encoder), ("vae", vae)) if v is None]
+    wanted = [("vae", vae)]
+    wanted += [("text_encoder", text_encoder)] if with_text_encoder else []
+    wanted += [("image_encoder", image_encoder)] if with_image_encoder else []
+    missing = [n for n, v in wanted if v is None]
     if missing:
         raise ModelInputError(
             f"no source for {', '.join(missing)}: pass wan=<a diffusers Wan2.1-I2V-14B-480P folder> or the single "
@@ -168,12 +176,16 @@ def load_models(
                 f"attention backend {attention_backend!r} is not usable here ({exc}); leave it empty for PyTorch SDPA"
             ) from None
     # single files may carry their architecture in metadata (the tiny test files do); real ones use the release's
-    te = load_text_encoder(text_encoder, tokenizer=tokenizer, device=enc_device, dtype=encoder_dtype,
-                           config=embedded_config(text_encoder))
-    ie = load_image_encoder(image_encoder, device=enc_device, dtype=encoder_dtype, pixel_scale=clip_pixel_scale,
-                            config=embedded_config(image_encoder))
+    te = ie = None
+    if with_text_encoder:
+        te = load_text_encoder(text_encoder, tokenizer=tokenizer, device=enc_device, dtype=encoder_dtype,
+                               config=embedded_config(text_encoder))
+    if with_image_encoder:
+        ie = load_image_encoder(image_encoder, device=enc_device, dtype=encoder_dtype, pixel_scale=clip_pixel_scale,
+                                config=embedded_config(image_encoder))
     v = load_wan_vae(vae, device=device, dtype=dtype, config=embedded_config(vae))
-    return WorldStereoModels(transformer, v, te, te.tokenizer, ie, transformer.variant, device, offload)
+    tok = te.tokenizer if te is not None else None
+    return WorldStereoModels(transformer, v, te, tok, ie, transformer.variant, device, offload)
 
 
 # --------------------------------------------------------------------------------- input checks
@@ -255,6 +267,20 @@ def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -
     return video, torch.as_tensor(references.w2c).float().reshape(n, 4, 4), ref_index
 
 
+def _text_embeds(t: torch.Tensor | None, what: str, dim: int, dev: torch.device) -> torch.Tensor | None:
+    """``[1, L, dim]`` → ``[1, 512, dim]`` zero-padded (Wan zeroes every position past the prompt)."""
+    if t is None:
+        return None
+    t = torch.as_tensor(t)
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != dim or t.shape[1] > TEXT_MAX_LENGTH:
+        raise ModelInputError(
+            f"{what} must be [1, L ≤ {TEXT_MAX_LENGTH}, {dim}] (UMT5-XXL hidden states), got {tuple(t.shape)}"
+        )
+    return F.pad(t.to(dev), (0, 0, 0, TEXT_MAX_LENGTH - t.shape[1]))
+
+
 def _oom_types() -> tuple[type[BaseException], ...]:
     return tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
 
@@ -281,6 +307,9 @@ def generate_keyframes(
     seed: int = 0,
     on_step: Callable[[int, int], None] | None = None,
     interrupt: Callable[[], bool] | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate the keyframes of one trajectory.
 
@@ -301,6 +330,11 @@ def generate_keyframes(
         seed: noise seed (same seed + device → same frames).
         on_step: ``on_step(i, total)`` after each sampler step; interrupt: returns True to stop
             (:class:`~.sampling.SamplingInterrupted`) — or raises its own exception.
+        prompt_embeds / negative_prompt_embeds: ``[1, L ≤ 512, text_dim]`` precomputed UMT5 embeddings
+            (e.g. ComfyUI's CONDITIONING); they replace ``prompt`` / ``negative_prompt`` and are zero-padded
+            to 512 tokens, as Wan pads.
+        image_embeds: ``[1, 257, image_dim]`` precomputed CLIP penultimate tokens (ComfyUI's
+            ``CLIP_VISION_OUTPUT.penultimate_hidden_states``); replaces the CLIP encode.
     Returns:
         ``[F, H, W, 3]`` float32 frames in [0, 1] on the CPU.
     """
@@ -310,6 +344,7 @@ def generate_keyframes(
         return _generate(
             models, image, prompt, negative_prompt, keyframe_cameras, render, render_mask, references,
             sampler, steps, guidance_scale, shift, seed, on_step, interrupt,
+            prompt_embeds, negative_prompt_embeds, image_embeds,
         )
     except BaseException as exc:
         # Free what the unwound frames still reference (activations, latents), so an error or an
@@ -352,6 +387,9 @@ def _generate(
     seed: int,
     on_step: Callable[[int, int], None] | None,
     interrupt: Callable[[], bool] | None,
+    prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     sampler = sampler or models.default_sampler
     if sampler not in SAMPLERS:
@@ -374,11 +412,40 @@ def _generate(
         negative_prompt = models.negative_prompt
 
     # 1-2. text and image conditioning
-    with on_device(models.text_encoder.model, dev, enabled=swap):
-        text = models.text_encoder.encode([prompt] + ([negative_prompt] if use_cfg else [])).to(dev)
+    text_dim = models.transformer.config.text_dim
+    pos = _text_embeds(prompt_embeds, "prompt_embeds", text_dim, dev)
+    neg = _text_embeds(negative_prompt_embeds, "negative_prompt_embeds", text_dim, dev) if use_cfg else None
+    todo = ([prompt] if pos is None else []) + ([negative_prompt] if use_cfg and neg is None else [])
+    if todo:
+        if models.text_encoder is None:
+            raise ModelInputError(
+                "no text encoder is loaded: connect text conditioning (prompt/negative embeddings) or load the "
+                "model with a UMT5 text encoder"
+            )
+        with on_device(models.text_encoder.model, dev, enabled=swap):
+            encoded = models.text_encoder.encode(todo).to(dev)
+        if pos is None:
+            pos, encoded = encoded[:1], encoded[1:]
+        if use_cfg and neg is None:
+            neg = encoded[:1]
+    text = torch.cat([pos, neg]) if use_cfg else pos
     first = images_to_video(img[None])[:, :, 0]  # [1, 3, H, W] in [-1, 1]
-    with on_device(models.image_encoder.model, dev, enabled=swap):
-        clip = models.image_encoder.encode(first).to(dev)
+    if image_embeds is not None:
+        clip = torch.as_tensor(image_embeds).to(dev)
+        if clip.ndim == 2:
+            clip = clip[None]
+        if clip.ndim != 3 or clip.shape[0] != 1 or clip.shape[2] != models.transformer.config.image_dim:
+            raise ModelInputError(
+                f"image_embeds must be [1, 257, {models.transformer.config.image_dim}] (CLIP ViT-H penultimate "
+                f"layer), got {tuple(clip.shape)}"
+            )
+    else:
+        if models.image_encoder is None:
+            raise ModelInputError(
+                "no image encoder is loaded: connect a CLIP vision output (clip_vision_h) or load the model with one"
+            )
+        with on_device(models.image_encoder.model, dev, enabled=swap):
+            clip = models.image_encoder.encode(first).to(dev)
 
     # 3. VAE: I2V condition, render keyframes (frame 0 = the input image), references
     vae = models.vae
