@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldstereo_core.errors import CheckpointError, InvalidCameraError, InvalidImageError
+from worldstereo_core.errors import CheckpointError, InvalidCameraError, InvalidImageError, ReconstructionError
 from worldstereo_core.recon.moge import (
     MOGE_VARIANTS,
     MoGeModel,
@@ -240,6 +240,25 @@ def test_predict_depth_recovers_metric_depth_and_K(known_fov):
     torch.testing.assert_close(pred.depth[valid], torch.from_numpy(P[..., 2] * scale).float()[valid], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(pred.points[valid], torch.from_numpy(P * scale).float()[valid], rtol=2e-3, atol=2e-3)
     assert pred.normals is None and float(pred.metric_scale) == pytest.approx(scale)
+
+
+def test_recover_focal_shift_skips_zero_depth_samples():
+    """z = 0 (fp underflow of a degenerate prediction) would divide by zero; such samples are skipped."""
+    _, A = _affine_scene(shift=0.3)
+    ref_f, ref_s = recover_focal_shift(torch.from_numpy(A))
+    bad = torch.from_numpy(A).clone()
+    bad[:4] = 0.0  # unmasked, finite, but z = 0
+    f, s = recover_focal_shift(bad)
+    assert float(f) == pytest.approx(float(ref_f), rel=1e-5) and float(s) == pytest.approx(float(ref_s), abs=1e-5)
+
+
+def test_predict_depth_refuses_a_degenerate_point_map():
+    """A mirrored point map fits only a negative focal: a clear error instead of an invalid K."""
+    _, A = _affine_scene(48, 64, 52.0, 0.7)
+    mirrored = torch.from_numpy(A).clone()
+    mirrored[..., :2] *= -1
+    with pytest.raises(ReconstructionError, match="degenerate.*fov_x"):
+        predict_depth(_OracleMoGe(mirrored, 1.0), torch.rand(48, 64, 3))
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cameras import ArrayLike, as_tensor, like_input
-from ..errors import CheckpointError, InvalidCameraError, InvalidImageError
+from ..errors import CheckpointError, InvalidCameraError, InvalidImageError, ReconstructionError
 
 __all__ = [
     "CONVERT_HINT",
@@ -935,7 +935,8 @@ def recover_focal_shift(
     pts_np, uv_np, m_np = pts_lr.detach().cpu().numpy(), uv_lr.cpu().numpy(), m_lr.cpu().numpy()
     focals, shifts = [], []
     for i in range(flat.shape[0]):
-        sel = m_np[i] & np.isfinite(pts_np[i]).all(-1)
+        # z = 0 (fp underflow of a degenerate prediction) would divide by zero at the start shift 0
+        sel = m_np[i] & np.isfinite(pts_np[i]).all(-1) & (pts_np[i][..., 2] != 0)
         if sel.sum() < 2:
             focals.append(1.0 if focal is None else float(f_in[i]))
             shifts.append(0.0)
@@ -1065,9 +1066,14 @@ def predict_depth(
         focal = a / math.sqrt(1 + a * a) / torch.tan(torch.deg2rad(fov) / 2)
         _, shift = recover_focal_shift(points, valid, focal=focal)
     focal, shift = focal.to(device), shift.to(device)
+    if not (torch.isfinite(focal) & (focal > 0)).all():
+        raise ReconstructionError(
+            f"MoGe's point map is degenerate (recovered focal {focal.tolist()} is not positive); the weights "
+            "do not fit the config (check the variant / config.json), or give the image's fov_x"
+        )
     K = focal_to_K(focal, H, W)
     depth = points[..., 2] + shift[:, None, None]
-    valid = valid & (depth > 0)
+    valid = valid & (depth > 0) & torch.isfinite(depth)
     if force_projection:
         u = torch.arange(W, device=device, dtype=depth.dtype) + 0.5
         v = torch.arange(H, device=device, dtype=depth.dtype) + 0.5
