@@ -1,0 +1,356 @@
+"""Model nodes: load WorldStereo + Wan encoders/VAE, build the GGM / SSM conditions, sample keyframes.
+
+Weights come from ComfyUI's model folders: WorldStereo checkpoints from ``models/worldstereo/<name>/``
+(``config.json`` + ``model.safetensors``, as released), the Wan2.1 encoders and VAE from the standard
+``text_encoders``, ``clip_vision`` and ``vae`` folders — or from a diffusers Wan2.1-I2V-14B-480P folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from worldstereo_core.errors import CheckpointError, InvalidTrajectoryError, ModelInputError
+from worldstereo_core.pipeline import References
+
+from .common import CATEGORY, Progress, Retrieval, Trajectory, image_to_hwc, trajectories_of
+
+SUB = f"{CATEGORY}/model"
+FOLDER = "worldstereo"
+
+WSModel = io.Custom("WS_MODEL")
+GGMControl = io.Custom("WS_GGM")
+SSMControl = io.Custom("WS_SSM")
+
+FROM_WAN = "from wan_folder"
+SKIP_TEXT = "none (connect CONDITIONING)"
+SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ATTENTION_BACKENDS = ["default", "flash", "_native_flash", "_native_cudnn", "_native_efficient", "sage", "xformers"]
+SAMPLER_CHOICES = {"auto": None, "dmd-4": "dmd", "unipc-40": "unipc"}
+
+
+def register_model_folder() -> None:
+    """Register ``models/worldstereo`` with ComfyUI, keeping paths that extra_model_paths.yaml added."""
+    import folder_paths
+
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(FOLDER, default, is_default=True)
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], {".safetensors", ".json"})
+
+
+register_model_folder()
+
+
+def list_checkpoints() -> list[str]:
+    """Sub-folders of the ``worldstereo`` model folders that hold a ``config.json`` (relative names)."""
+    import folder_paths
+
+    found: set[str] = set()
+    for base in folder_paths.get_folder_paths(FOLDER):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            if "config.json" in files and any(f.endswith(".safetensors") for f in files):
+                found.add(os.path.relpath(root, base).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def _checkpoint_path(name: str) -> str:
+    import folder_paths
+
+    for base in folder_paths.get_folder_paths(FOLDER):
+        path = os.path.join(base, name)
+        if os.path.isfile(os.path.join(path, "config.json")):
+            return path
+    raise CheckpointError(
+        f"WorldStereo checkpoint {name!r} not found in {folder_paths.get_folder_paths(FOLDER)}; put the released "
+        "worldstereo-camera / worldstereo-memory / worldstereo-memory-dmd folders (config.json + model.safetensors) "
+        "into ComfyUI/models/worldstereo/"
+    )
+
+
+def _files(folder: str) -> list[str]:
+    import folder_paths
+
+    try:
+        return [f for f in folder_paths.get_filename_list(folder) if f.endswith(".safetensors")]
+    except KeyError:
+        return []
+
+
+def _prefer(options: list[str], *words: str) -> str:
+    for w in words:
+        for o in options:
+            if w in o.lower():
+                return o
+    return options[0]
+
+
+def _wan_path(wan_folder: str) -> str | None:
+    wan_folder = wan_folder.strip()
+    if not wan_folder:
+        return None
+    if not os.path.isabs(wan_folder):
+        import folder_paths
+
+        candidate = os.path.join(folder_paths.models_dir, wan_folder)
+        wan_folder = candidate if os.path.exists(candidate) else wan_folder
+    if not os.path.isdir(wan_folder):
+        raise CheckpointError(
+            f"wan_folder {wan_folder!r} is not a folder; give a diffusers Wan2.1-I2V-14B-480P folder (absolute, or "
+            "relative to ComfyUI/models) or leave it empty and pick the single files"
+        )
+    return wan_folder
+
+
+def _component(choice: str, folder: str, wan: str | None, what: str) -> str | None:
+    if choice in (SKIP_TEXT, SKIP_CLIP):
+        return None
+    if choice == FROM_WAN:
+        if wan is None:
+            raise CheckpointError(f"{what} is set to '{FROM_WAN}' but wan_folder is empty; pick a file or set wan_folder")
+        return wan
+    import folder_paths
+
+    return folder_paths.get_full_path_or_raise(folder, choice)
+
+
+@dataclass(frozen=True)
+class GGMCondition:
+    """What travels on WS_GGM: the 21 keyframe renders, hole masks and cameras of one trajectory."""
+
+    render: torch.Tensor  # [F, H, W, 3] in [0, 1]
+    mask: torch.Tensor  # [F, H, W], 1 = hole
+    cameras: object  # worldstereo_core.cameras.Cameras of the F keyframes
+    trajectory: object  # worldstereo_core.trajectory.Trajectory
+
+
+@dataclass(frozen=True)
+class SSMCondition:
+    """What travels on WS_SSM: the retrieved references as the video model takes them."""
+
+    references: References
+
+
+class WorldStereoLoadModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        te_files, cv_files, vae_files = _files("text_encoders"), _files("clip_vision"), _files("vae")
+        te_opts = [*te_files, FROM_WAN, SKIP_TEXT]
+        cv_opts = [*cv_files, FROM_WAN, SKIP_CLIP]
+        vae_opts = [*vae_files, FROM_WAN]
+        ckpts = list_checkpoints()
+        return io.Schema(
+            node_id="WorldStereoLoadModel",
+            display_name="Load WorldStereo Model",
+            category=SUB,
+            description="Loads a WorldStereo 2.0 checkpoint (camera, memory or the 4-step memory-dmd) with the "
+            "Wan2.1-I2V-14B encoders and VAE it runs on. Weights stream from safetensors straight to the GPU; "
+            "ComfyUI's loaded models are unloaded first to make room. Everything is read from local files.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=ckpts, default=_prefer(ckpts, "dmd", "memory") if ckpts else None,
+                               tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
+                               "(worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd)."),
+                io.Combo.Input("variant", options=["auto", "camera", "memory", "dmd"], default="auto",
+                               tooltip="auto: read it from the checkpoint's config.json (model_type)."),
+                io.Combo.Input("text_encoder", options=te_opts, default=_prefer(te_opts, "umt5"),
+                               tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
+                               "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead."),
+                io.Combo.Input("clip_vision", options=cv_opts, default=_prefer(cv_opts, "clip_vision_h", "vit-h", "clip")),
+                io.Combo.Input("vae", options=vae_opts, default=_prefer(vae_opts, "wan_2.1", "wan2.1", "wan")),
+                io.String.Input("wan_folder", default="",
+                                tooltip="Optional diffusers Wan2.1-I2V-14B-480P folder (absolute or relative to "
+                                "ComfyUI/models) for components set to 'from wan_folder'; its tokenizer/ is used too."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="bf16",
+                               tooltip="Weights dtype (the release runs bf16). fp8 text encoders are dequantised."),
+                io.Combo.Input("offload", options=["none", "encoders", "sequential"], default="none",
+                               tooltip="none: all on the GPU (~80 GB for full DMD runs); encoders: UMT5/CLIP stay on "
+                               "the CPU between uses; sequential: also swap transformer blocks in one at a time "
+                               "(slow, fits small GPUs; needs ~40 GB of RAM)."),
+                io.Combo.Input("attention_backend", options=ATTENTION_BACKENDS, default="default",
+                               tooltip="diffusers attention backend; default = PyTorch SDPA. Others need their "
+                               "package (flash-attn, sageattention, xformers)."),
+            ],
+            outputs=[WSModel.Output(display_name="model", tooltip="The loaded WorldStereo model bundle.")],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint, variant, text_encoder, clip_vision, vae, wan_folder, dtype, offload,
+                attention_backend) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from worldstereo_core.models.generate import load_models
+
+        wan = _wan_path(wan_folder)
+        te = _component(text_encoder, "text_encoders", wan, "text_encoder")
+        cv = _component(clip_vision, "clip_vision", wan, "clip_vision")
+        va = _component(vae, "vae", wan, "vae")
+        mm.unload_all_models()  # free what ComfyUI holds before streaming ~35 GB in
+        mm.soft_empty_cache()
+        models = load_models(
+            _checkpoint_path(checkpoint), wan,
+            text_encoder=te, image_encoder=cv, vae=va,
+            variant=None if variant == "auto" else variant,
+            device=mm.get_torch_device(), dtype=DTYPES[dtype], offload=offload,
+            attention_backend=None if attention_backend == "default" else attention_backend,
+            with_text_encoder=te is not None, with_image_encoder=cv is not None,
+        )
+        return io.NodeOutput(models)
+
+
+class WorldStereoGGMControl(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoGGMControl",
+            display_name="GGM Control (WorldStereo)",
+            category=SUB,
+            description="Global-Geometric Memory condition: the 3D cache rendered along the trajectory, its hole "
+            "mask and the keyframe cameras (whose Plücker rays the ControlNet branch also sees).",
+            inputs=[
+                io.Image.Input("render", tooltip="Cache renders: 21 keyframes (or one per pose; keyframes are picked)."),
+                io.Mask.Input("hole_mask", tooltip="1 where the render has a hole, 0 where the cache covers it."),
+                Trajectory.Input("trajectory", tooltip="The trajectory the render was made along."),
+            ],
+            outputs=[GGMControl.Output(display_name="ggm", tooltip="The GGM condition for the sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, render, hole_mask, trajectory) -> io.NodeOutput:
+        trajs = trajectories_of(trajectory)
+        if len(trajs) != 1:
+            raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}); each clip is sampled on its own")
+        traj = trajs[0]
+        idx = traj.keyframe_indices()
+        mask = hole_mask if hole_mask.ndim == 3 else hole_mask[None]
+        if len(traj) != len(idx):  # one render per pose: keep the keyframes
+            sel = torch.as_tensor(idx, dtype=torch.long)
+            render = render[sel] if render.shape[0] == len(traj) else render
+            mask = mask[sel] if mask.shape[0] == len(traj) else mask
+        if render.shape[0] != len(idx) or mask.shape[0] != len(idx):
+            raise ModelInputError(
+                f"render has {render.shape[0]} frames and hole_mask {mask.shape[0]} for a trajectory of {len(traj)} "
+                f"poses; give {len(idx)} keyframes (RenderCache with keyframes_only) or one per pose"
+            )
+        H, W = render.shape[1:3]
+        if tuple(mask.shape[1:]) != (H, W):
+            raise ModelInputError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
+        cams = traj.keyframes()
+        if (cams.height, cams.width) != (H, W):
+            cams = cams.resized(H, W)
+        return io.NodeOutput(GGMCondition(render[..., :3].float(), mask.float(), cams, traj))
+
+
+class WorldStereoSSMControl(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSSMControl",
+            display_name="SSM Control (WorldStereo)",
+            category=SUB,
+            description="Spatial-Stereo Memory condition: the retrieved memory views, their ref_index (the keyframe "
+            "each is stitched beside) and cameras. Only the memory and memory-dmd checkpoints use it; without "
+            "it they take the input image as the single reference, as the release does for one view.",
+            inputs=[Retrieval.Input("retrieval", tooltip="Output of Retrieve 3D FOV.")],
+            outputs=[SSMControl.Output(display_name="ssm", tooltip="The reference condition for the sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, retrieval) -> io.NodeOutput:
+        result, refs = retrieval.retrieval, retrieval.references
+        if len(refs) == 0:
+            raise ModelInputError("the retrieval holds no reference; leave SSM unconnected to use the input image")
+        value = References(tuple(refs.frames), refs.w2c, refs.K, result.ref_index, result.indices, tuple(refs.sources))
+        return io.NodeOutput(SSMCondition(value))
+
+
+class WorldStereoSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSampler",
+            display_name="WorldStereo Sampler",
+            category=SUB,
+            description="Generates the 21 keyframes of one trajectory: DMD (4 steps, no CFG; the memory-dmd "
+            "checkpoint) or UniPC (40 steps, CFG 5.0; camera/memory checkpoints). Each keyframe is decoded on "
+            "its own. Outputs the frames and the trajectory they follow.",
+            inputs=[
+                WSModel.Input("model", tooltip="From Load WorldStereo Model."),
+                io.Image.Input("image", tooltip="The input view (first frame); resized to the render's size if needed."),
+                GGMControl.Input("ggm", tooltip="From GGM Control."),
+                io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
+                io.String.Input("negative_prompt", default="", multiline=True,
+                                tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
+                io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default="auto",
+                               tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40."),
+                io.Int.Input("steps", default=0, min=0, max=200, tooltip="0 = the sampler's default (4 / 40)."),
+                io.Float.Input("cfg", default=5.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; the same seed on the same device gives the same frames."),
+                SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory checkpoints)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="ComfyUI UMT5 text conditioning; replaces the prompt text."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="ComfyUI UMT5 negative conditioning; replaces negative_prompt."),
+                io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                          tooltip="ComfyUI CLIP vision output of the image (clip_vision_h); "
+                                          "replaces the built-in CLIP encode."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="keyframes", tooltip="The generated keyframes [21, H, W, 3]."),
+                Trajectory.Output(display_name="trajectory", tooltip="The trajectory the keyframes follow."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, image, ggm, prompt, negative_prompt, sampler, steps, cfg, shift, seed,
+                ssm=None, positive=None, negative=None, clip_vision_output=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from worldstereo_core.models.generate import generate_keyframes
+
+        img = image_to_hwc(image)
+        H, W = ggm.render.shape[1:3]
+        if tuple(img.shape[:2]) != (H, W):
+            x = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(H, W), mode="bicubic",
+                                                antialias=True, align_corners=False)
+            img = x[0].permute(1, 2, 0).clamp(0, 1)
+        choice = SAMPLER_CHOICES[sampler]
+        total = steps or (model.transformer.ws_config.dmd.steps if (choice or model.default_sampler) == "dmd" else 40)
+        progress = Progress(total)
+
+        def interrupt() -> bool:
+            mm.throw_exception_if_processing_interrupted()  # raises ComfyUI's own interruption
+            return False
+
+        frames = generate_keyframes(
+            model, img, prompt, negative_prompt or None, ggm.cameras, ggm.render, ggm.mask,
+            ssm.references if ssm is not None else None,  # the camera variant raises: it has no SSM
+            sampler=choice, steps=steps or None, guidance_scale=cfg, shift=shift or None, seed=seed,
+            on_step=lambda i, n: progress(i + 1, n), interrupt=interrupt,
+            prompt_embeds=_cond_tensor(positive), negative_prompt_embeds=_cond_tensor(negative),
+            image_embeds=None if clip_vision_output is None else clip_vision_output.penultimate_hidden_states[:1],
+        )
+        return io.NodeOutput(frames, ggm.trajectory)
+
+
+def _cond_tensor(conditioning) -> torch.Tensor | None:
+    """The UMT5 embedding ``[1, L ≤ 512, 4096]`` of a ComfyUI CONDITIONING (first entry), as Wan truncates."""
+    if conditioning is None:
+        return None
+    if not conditioning or not torch.is_tensor(conditioning[0][0]):
+        raise ModelInputError("CONDITIONING input is empty; connect a CLIP Text Encode (UMT5) output")
+    return conditioning[0][0][:1, :512].float()
+
+
+NODES = [WorldStereoLoadModel, WorldStereoGGMControl, WorldStereoSSMControl, WorldStereoSampler]
