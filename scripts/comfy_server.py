@@ -208,7 +208,13 @@ class ComfyServer:
                 status = "error"
             elif kind == "execution_interrupted":
                 status = "interrupted"
-        history = self.get(f"/history/{prompt_id}").json().get(prompt_id, {})
+        # ComfyUI writes /history just after it sends the final event: poll briefly for it.
+        history: dict = {}
+        for _ in range(100):
+            history = self.get(f"/history/{prompt_id}").json().get(prompt_id, {})
+            if history.get("status", {}).get("completed") is not None or history.get("outputs"):
+                break
+            time.sleep(0.05)
         return ExecutionResult(prompt_id, status, events, history)
 
     def interrupt(self) -> None:

@@ -60,6 +60,10 @@ class ModelInputError(WorldStereoError):
     """Tensors handed to the video model with the wrong shape, count or range (frames vs cameras, >8 references, …)."""
 
 
+class RenderError(WorldStereoError):
+    """Renderer settings that cannot work (non-positive splat radius, unknown mode, …)."""
+
+
 class ReconstructionError(WorldStereoError):
     """Reconstruction settings or model outputs that cannot give a cloud (bad quantile, missing heads, …)."""
 
