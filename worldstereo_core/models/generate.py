@@ -33,9 +33,15 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras, camera_qt, plucker_embedding
 from ..errors import ModelInputError, WorldStereoError
-from .encoders import TEXT_MAX_LENGTH, CLIPImageEncoder, PromptTokenizer, UMT5TextEncoder, load_image_encoder, load_text_encoder
+from .encoders import (
+    TEXT_MAX_LENGTH,
+    CLIPImageEncoder,
+    PromptTokenizer,
+    UMT5TextEncoder,
+    load_image_encoder,
+    load_text_encoder,
+)
 from .loading import DMDSettings, load_worldstereo
-from .tiny import embedded_config
 from .offload import OFFLOAD_MODES, enable_sequential_offload, on_device, transformer_blocks
 from .sampling import (
     DEFAULT_FLOW_SHIFT,
@@ -46,6 +52,7 @@ from .sampling import (
     sample_dmd,
     sample_unipc,
 )
+from .tiny import embedded_config
 from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldStereoTransformer
 from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
 
