@@ -51,6 +51,20 @@ def _camera(h: int = 48, w: int = 64) -> cam_lib.Cameras:
     return cam_lib.Cameras(torch.eye(4)[None], cam_lib.intrinsics_from_fov(60.0, h, w)[None], h, w)
 
 
+def node_outputs(server, result, node_id: str, timeout: float = 20.0) -> dict:
+    """A node's UI outputs from the history. ComfyUI sends execution_success before it stores
+    the history entry, so the harness's snapshot can be empty: poll until it is there."""
+    import time
+
+    deadline = time.time() + timeout
+    outputs = result.outputs
+    while node_id not in outputs and time.time() < deadline:
+        time.sleep(0.2)
+        outputs = server.get(f"/history/{result.prompt_id}").json().get(result.prompt_id, {}).get("outputs", {})
+    assert node_id in outputs, (node_id, outputs)
+    return outputs[node_id]
+
+
 # ---------------------------------------------------------------------------------------------
 # encoding
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +300,7 @@ def test_route_serves_node_outputs_and_refuses_everything_else(server):
 
     result = server.run(_preview_graph(), timeout=300)
     assert result.status == "success", (result.error, server.log()[-3000:])
-    entries = result.outputs["2"][insp.UI_KEY]
+    entries = node_outputs(server, result, "2")[insp.UI_KEY]
     token = entries[0]["token"]
     r = server.get(f"/worldstereo/inspector/{token}")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/octet-stream"
@@ -295,7 +309,7 @@ def test_route_serves_node_outputs_and_refuses_everything_else(server):
     assert h["points"]["count"] == entries[0]["points"] > 1000
     assert len(h["trajectories"]) == 1 and h["trajectories"][0]["count"] == 1
     # the blob carries the very cloud the node produced (compare with its PLY, to quantisation)
-    (ply,) = [p for p in server.output_files(result) if p.suffix == ".ply"]
+    (ply,) = [server.base_dir / "output" / f["subfolder"] / f["filename"] for f in node_outputs(server, result, "3")["3d"]]
     cloud = load_ply(ply)
     assert len(cloud) == h["points"]["total"]
     span = np.array(h["points"]["bbox_max"]) - np.array(h["points"]["bbox_min"])
@@ -322,10 +336,10 @@ def test_route_respects_budget_and_renders(server):
     graph["5"] = {"class_type": "WorldStereoSaveCameraJson", "inputs": {"trajectory": ["4", 0], "filename_prefix": "t/cam"}}
     result = server.run(graph, timeout=300)
     assert result.status == "success", (result.error, server.log()[-3000:])
-    entry = result.outputs["4"][insp.UI_KEY][0]
+    entry = node_outputs(server, result, "4")[insp.UI_KEY][0]
     h = insp.decode(server.get(f"/worldstereo/inspector/{entry['token']}").content)
     assert h["trajectories"][0]["count"] == 9 and h["points"]["count"] > 0
-    saved = traj_lib.load_camera_json(server.base_dir / "output" / result.outputs["5"]["text"][0])
+    saved = traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, "5")["text"][0])
     np.testing.assert_allclose(h["cameras_w2c"], saved.w2c.double().numpy(), atol=1e-5)
     body = {"w2c": h["cameras_w2c"][4].ravel().tolist(), "K": h["cameras_K"][4].ravel().tolist(), "height": 64, "width": 96}
     r = server.post(f"/worldstereo/inspector/{entry['token']}/render", json=body)
