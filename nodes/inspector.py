@@ -215,11 +215,24 @@ def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[di
             raise InvalidTrajectoryError(
                 f"{len(items)} retrieval results but {len(trajs)} trajectories; give one trajectory per retrieval"
             )
-        kf = _keyframe_indices(trajs[ti])
-        assign = [int(a) for a in torch.as_tensor(r.assignment).tolist()]
-        slots = [int(s) for s in torch.as_tensor(r.slots).tolist()]
-        ref_score = {(int(i), int(s)): float(sc) for i, s, sc in zip(
-            torch.as_tensor(r.indices).tolist(), torch.as_tensor(r.ref_slot).tolist(), torch.as_tensor(r.scores).tolist())}
+        # retrieval scores poses 0::4 of trajectories longer than 21 poses (the release's
+        # keyframes of an 81-pose clip), else every pose; a slot counts those poses
+        n_poses = len(getattr(trajs[ti], "cameras", trajs[ti]))
+        kf = list(range(0, n_poses, 4)) if n_poses > 21 else list(range(n_poses))
+        if hasattr(r, "assignment"):  # a Retrieval: every keyframe's choice
+            assign = [int(a) for a in torch.as_tensor(r.assignment).tolist()]
+            slots = [int(s) for s in torch.as_tensor(r.slots).tolist()]
+            refs = [int(i) for i in torch.as_tensor(r.indices).tolist()]
+            ref_score = {(int(i), int(s)): float(sc) for i, s, sc in zip(
+                refs, torch.as_tensor(r.ref_slot).tolist(), torch.as_tensor(r.scores).tolist())}
+        elif hasattr(r, "bank_indices") and hasattr(r, "ref_index"):  # the loop's References: first choices
+            refs = [int(i) for i in torch.as_tensor(r.bank_indices).tolist()]
+            slots = [int(i) + 1 for i in torch.as_tensor(r.ref_index).tolist()]
+            assign, ref_score = refs, {}
+        else:
+            raise InvalidTrajectoryError(
+                f"inspector retrieval must be a Retrieval or References, got {type(r).__name__}"
+            )
         links = []
         for slot, ref in zip(slots, assign):
             if not 0 <= ref < n_memory:
@@ -229,8 +242,7 @@ def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[di
                 )
             pose = kf[slot] if 0 <= slot < len(kf) else None
             links.append({"slot": slot, "pose": pose, "ref": ref, "score": ref_score.get((ref, slot))})
-        out.append({"trajectory": ti, "references": [int(i) for i in torch.as_tensor(r.indices).tolist()],
-                    "links": links})
+        out.append({"trajectory": ti, "references": refs, "links": links})
     return out
 
 
@@ -250,8 +262,9 @@ def encode(
         trajectories: a Trajectory / Cameras, or a sequence of them; each is drawn as frustums
             in its own colour, its 21 keyframes marked.
         memory: a MemoryBank or Cameras: the memory-bank views, drawn in grey.
-        retrieval: a Retrieval, or one per trajectory (None to skip): links from each target
-            keyframe to the memory view it retrieved.
+        retrieval: a Retrieval (or the scene loop's References), or one per trajectory (None to
+            skip): links from each target keyframe to the memory view it retrieved. References
+            carry only each reference's first keyframe, and no score.
     """
     max_points = _check_budget(max_points)
     trajs = _as_trajectory_list(trajectories)

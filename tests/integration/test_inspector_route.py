@@ -126,6 +126,15 @@ def test_memory_and_retrieval_links():
     assert links[0] == {"slot": 1, "pose": 4, "ref": 0, "score": pytest.approx(0.9)}
     assert links[11]["pose"] == 48 and links[11]["ref"] == 2 and links[11]["score"] == pytest.approx(0.5)
     assert links[12]["score"] is None  # only the first keyframe choosing a reference has its score
+    # the scene loop's References: first choices only, no scores
+    from types import SimpleNamespace
+
+    refs = SimpleNamespace(bank_indices=torch.tensor([0, 2]), ref_index=torch.tensor([0, 11]))
+    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[refs])[0])
+    assert h["retrieval"][0]["links"] == [{"slot": 1, "pose": 4, "ref": 0, "score": None},
+                                          {"slot": 12, "pose": 48, "ref": 2, "score": None}]
+    with pytest.raises(InvalidTrajectoryError, match="Retrieval or References"):
+        insp.encode(None, [traj], memory=bank, retrieval=[object()])
 
 
 @pytest.mark.parametrize("bad", [0, -5, insp.HARD_MAX_POINTS + 1, True, 2.5, "100"])
@@ -345,3 +354,62 @@ def test_route_respects_budget_and_renders(server):
     r = server.post(f"/worldstereo/inspector/{entry['token']}/render", json=body)
     assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert server.post(f"/worldstereo/inspector/{'f' * 32}/render", json=body).status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# help pages: web/docs/<NodeId>.md for every node the server registers
+# ---------------------------------------------------------------------------------------------
+
+DOCS = REPO_ROOT / "web" / "docs"
+
+
+def _input_specs(info: dict) -> list[tuple[str, str, dict, bool]]:
+    out = []
+    for group, optional in (("required", False), ("optional", True)):
+        for name, spec in (info.get("input", {}).get(group) or {}).items():
+            kind = spec[0] if isinstance(spec[0], str) else "COMBO"
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            out.append((name, kind, opts, optional))
+    return out
+
+
+def doc_page(node_id: str, info: dict) -> str:
+    """A help page skeleton from ``/object_info`` (description, inputs, outputs and tooltips).
+
+    ``WORLDSTEREO_WRITE_DOCS=1`` writes it for nodes that have no page yet; hand-written notes
+    are added below the generated part and never overwritten.
+    """
+    lines = [f"# {info.get('display_name') or node_id}", "", info.get("description", "").strip(), "", "## Inputs", ""]
+    lines += ["| name | type | notes |", "| --- | --- | --- |"]
+    for name, kind, opts, optional in _input_specs(info):
+        tip = (opts.get("tooltip") or "").replace("|", "\\|").replace("\n", " ")
+        default = f" Default `{opts['default']}`." if "default" in opts and opts["default"] != "" else ""
+        lines.append(f"| `{name}`{' (optional)' if optional else ''} | {kind} | {tip}{default} |")
+    lines += ["", "## Outputs", "", "| name | type | notes |", "| --- | --- | --- |"]
+    names = info.get("output_name") or info.get("output") or []
+    for i, kind in enumerate(info.get("output") or []):
+        tips = info.get("output_tooltips") or []
+        tip = (tips[i] if i < len(tips) and tips[i] else "").replace("|", "\\|")
+        lines.append(f"| `{names[i]}` | {kind} | {tip} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_every_node_has_a_help_page(server):
+    info = {k: v for k, v in server.object_info().items() if k.startswith("WorldStereo")}
+    assert info
+    missing = [k for k in info if not (DOCS / f"{k}.md").exists()]
+    if missing and os.environ.get("WORLDSTEREO_WRITE_DOCS") == "1":
+        for k in missing:
+            (DOCS / f"{k}.md").write_text(doc_page(k, info[k]))
+        missing = []
+    assert not missing, f"no help page for {missing}; run with WORLDSTEREO_WRITE_DOCS=1 to write skeletons"
+    for k, v in info.items():
+        text = (DOCS / f"{k}.md").read_text()
+        names = [n for n, *_ in _input_specs(v)] + list(v.get("output_name") or [])
+        absent = [n for n in names if f"`{n}`" not in text]
+        assert not absent, f"{k}.md does not describe {absent}; update the page"
+        for img in __import__("re").findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            assert (DOCS / img).exists(), f"{k}.md shows {img}, which is not in web/docs"
+    # the frontend serves them where its help panel looks: /extensions/<pack>/docs/<Node>.md
+    r = server.get(f"/extensions/worldstereo/docs/{next(iter(info))}.md")
+    assert r.status_code == 200 and r.text.startswith("# ")
