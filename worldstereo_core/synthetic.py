@@ -149,15 +149,16 @@ def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, -1.0, 0.0))
 
 # ---------------------------------------------------------------------------------------------
 # Ray casting against each primitive kind. Rays: origins [R, 3], directions [R, 3] (float64).
-# Each returns the ray parameter of the first hit beyond _EPS_T (inf for a miss) and a unit
-# normal [R, 3] at that hit (orientation arbitrary; shading uses |n · l|).
+# Each ``_hit_*`` returns the ray parameter of the first hit beyond _EPS_T (inf for a miss);
+# each ``_normal_*`` the unit normal at given surface points (orientation arbitrary; shading
+# uses |n · l|). Normals are computed once, for the winning primitive only.
 # ---------------------------------------------------------------------------------------------
 
 
 def _first_positive(t_near: torch.Tensor, t_far: torch.Tensor) -> torch.Tensor:
     """Nearest root in front of the eye for a two-sided closed surface (inf if none)."""
     t = torch.where(t_near > _EPS_T, t_near, t_far)
-    return torch.where(t > _EPS_T, t, torch.full_like(t, _INF))
+    return t.masked_fill_(~(t > _EPS_T), _INF)
 
 
 def _yaw_matrix(yaw_deg: float, dtype, device) -> torch.Tensor:
@@ -167,50 +168,61 @@ def _yaw_matrix(yaw_deg: float, dtype, device) -> torch.Tensor:
     return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=dtype, device=device)
 
 
-def _hit_plane(p: Plane, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = torch.tensor(p.normal, dtype=o.dtype, device=o.device)
-    scale = n.norm()
-    n, off = n / scale, p.offset / float(scale)
+def _plane_normal(p: Plane, dtype, device) -> tuple[torch.Tensor, float]:
+    n = torch.tensor(p.normal, dtype=dtype, device=device)
+    scale = float(n.norm())
+    return n / scale, p.offset / scale
+
+
+def _hit_plane(p: Plane, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    n, off = _plane_normal(p, o.dtype, o.device)
     nd = d @ n
-    no = o @ n
-    safe = torch.where(nd.abs() < 1e-12, torch.full_like(nd, 1e-12), nd)
-    t = (off - no) / safe
-    t = torch.where((nd.abs() >= 1e-12) & (t > _EPS_T), t, torch.full_like(t, _INF))
-    return t, n.expand_as(o)
+    parallel = nd.abs() < 1e-12
+    t = (off - o @ n) / nd.masked_fill(parallel, 1.0)
+    return t.masked_fill_(parallel | ~(t > _EPS_T), _INF)
 
 
-def _hit_sphere(s: Sphere, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    c = torch.tensor(s.center, dtype=o.dtype, device=o.device)
-    oc = o - c
+def _hit_sphere(s: Sphere, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    # Stable form (Ray Tracing Gems, ch. 7): measure the miss distance from the closest
+    # approach instead of b² − 4ac, which cancels badly in float32 near silhouettes.
+    oc = o - torch.tensor(s.center, dtype=o.dtype, device=o.device)
     a = (d * d).sum(-1)
-    half_b = (d * oc).sum(-1)
-    cc = (oc * oc).sum(-1) - s.radius**2
-    disc = half_b * half_b - a * cc
-    root = disc.clamp_min(0).sqrt()
-    t = _first_positive((-half_b - root) / a, (-half_b + root) / a)
-    t = torch.where(disc >= 0, t, torch.full_like(t, _INF))
-    hit = o + torch.nan_to_num(t, posinf=0.0)[:, None] * d
-    return t, (hit - c) / s.radius
+    t_c = -(d * oc).sum(-1) / a
+    perp = oc + t_c[:, None] * d
+    h2 = (s.radius**2 - (perp * perp).sum(-1)) / a
+    root = h2.clamp_min(0).sqrt()
+    t = _first_positive(t_c - root, t_c + root)
+    return t.masked_fill_(h2 < 0, _INF)
 
 
-def _hit_box(b: Box, o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _hit_box(b: Box, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     R = _yaw_matrix(b.yaw_deg, o.dtype, o.device)
-    c = torch.tensor(b.center, dtype=o.dtype, device=o.device)
-    h = torch.tensor(b.half_size, dtype=o.dtype, device=o.device)
-    ol = (o - c) @ R  # world → local is Rᵀ, i.e. row-vector @ R
+    ol = (o - torch.tensor(b.center, dtype=o.dtype, device=o.device)) @ R  # world → local: Rᵀ x
     dl = d @ R
-    dl = torch.where(dl.abs() < 1e-12, torch.full_like(dl, 1e-12), dl)
-    t1 = (-h - ol) / dl
-    t2 = (h - ol) / dl
+    inv = 1.0 / torch.where(dl.abs() < 1e-12, torch.full_like(dl, 1e-12), dl)
+    h = torch.tensor(b.half_size, dtype=o.dtype, device=o.device)
+    t1 = (-h - ol) * inv
+    t2 = (h - ol) * inv
     t_near = torch.minimum(t1, t2).amax(-1)
     t_far = torch.maximum(t1, t2).amin(-1)
-    t = _first_positive(t_near, t_far)
-    t = torch.where(t_near <= t_far, t, torch.full_like(t, _INF))
-    # Normal: the local axis along which the hit point touches the box surface.
-    hit_l = ol + torch.nan_to_num(t, posinf=0.0)[:, None] * dl
-    axis = ((hit_l.abs() - h).abs()).argmin(-1)
-    n_l = torch.nn.functional.one_hot(axis, 3).to(o.dtype)
-    return t, n_l @ R.T
+    return _first_positive(t_near, t_far).masked_fill_(t_near > t_far, _INF)
+
+
+def _normal_plane(p: Plane, x: torch.Tensor) -> torch.Tensor:
+    return _plane_normal(p, x.dtype, x.device)[0].expand_as(x)
+
+
+def _normal_sphere(s: Sphere, x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(s.center, dtype=x.dtype, device=x.device)) / s.radius
+
+
+def _normal_box(b: Box, x: torch.Tensor) -> torch.Tensor:
+    # The local axis along which the point touches the box surface.
+    R = _yaw_matrix(b.yaw_deg, x.dtype, x.device)
+    h = torch.tensor(b.half_size, dtype=x.dtype, device=x.device)
+    xl = (x - torch.tensor(b.center, dtype=x.dtype, device=x.device)) @ R
+    axis = (xl.abs() - h).abs().argmin(-1)
+    return torch.nn.functional.one_hot(axis, 3).to(x.dtype) @ R.T
 
 
 def _dist_plane(p: Plane, x: torch.Tensor) -> torch.Tensor:
@@ -234,6 +246,7 @@ def _dist_box(b: Box, x: torch.Tensor) -> torch.Tensor:
 
 
 _HIT = {Plane: _hit_plane, Sphere: _hit_sphere, Box: _hit_box}
+_NORMAL = {Plane: _normal_plane, Sphere: _normal_sphere, Box: _normal_box}
 _DIST = {Plane: _dist_plane, Sphere: _dist_sphere, Box: _dist_box}
 
 
@@ -290,23 +303,30 @@ class SyntheticScene:
         """First hit of each ray.
 
         Args:
-            origins, directions: ``[R, 3]`` (directions need not be unit).
+            origins, directions: ``[R, 3]`` (directions need not be unit); computed in the
+                directions' float dtype (float32 or float64).
         Returns:
             ``t [R]`` ray parameter of the hit (inf for a miss), ``prim [R]`` long primitive id
             (-1 for a miss), ``normal [R, 3]`` unit normal at the hit.
         """
-        o = origins.to(torch.float64)
-        d = directions.to(torch.float64)
-        best_t = torch.full(o.shape[:1], _INF, dtype=torch.float64, device=o.device)
+        dt = directions.dtype if directions.dtype in (torch.float32, torch.float64) else torch.float64
+        o = origins.to(dt)
+        d = directions.to(dt)
+        best_t = torch.full(o.shape[:1], _INF, dtype=dt, device=o.device)
         best_id = torch.full(o.shape[:1], -1, dtype=torch.long, device=o.device)
-        best_n = torch.zeros_like(o)
         for i, prim in enumerate(self.primitives):
-            t, n = _HIT[type(prim)](prim, o, d)
+            t = _HIT[type(prim)](prim, o, d)
             closer = t < best_t
             best_t = torch.where(closer, t, best_t)
-            best_id = torch.where(closer, torch.full_like(best_id, i), best_id)
-            best_n = torch.where(closer[:, None], n, best_n)
-        return best_t, best_id, best_n
+            best_id = best_id.masked_fill_(closer, i)
+        hit = torch.isfinite(best_t)
+        pts = o + best_t.masked_fill(~hit, 0.0)[:, None] * d
+        normal = torch.zeros_like(o)
+        for i, prim in enumerate(self.primitives):
+            sel = best_id == i
+            if bool(sel.any()):
+                normal[sel] = _NORMAL[type(prim)](prim, pts[sel])
+        return best_t, best_id, normal
 
     def distance_to_surface(self, points: ArrayLike) -> ArrayLike:
         """``[N]`` unsigned distance from ``points [N, 3]`` to the nearest primitive surface."""
@@ -322,78 +342,140 @@ class SyntheticScene:
     # -- appearance -----------------------------------------------------------------------
 
     def _shade(self, points: torch.Tensor, prim: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        """``[R, 3]`` colours of hit points: checker × noise × Lambert-like shading."""
-        rgb = torch.zeros_like(points)
-        noise_w = self._noise.to(points.device)
-        wave = torch.sin(points @ noise_w[:, :3].T + noise_w[:, 3]).mean(-1)  # [R] in [-1, 1]
-        light = torch.tensor(self.light, dtype=points.dtype, device=points.device)
-        light = light / light.norm()
-        shade = 0.55 + 0.45 * (normals @ light).abs()
-        for i, p in enumerate(self.primitives):
-            sel = prim == i
-            if not bool(sel.any()):
-                continue
-            m = p.material
-            c1 = torch.tensor(m.color, dtype=points.dtype, device=points.device)
-            c = c1.expand(int(sel.sum()), 3)
-            if m.checker > 0 and m.color2 is not None:
-                # A quarter-cell offset keeps axis-aligned surfaces off the cell boundaries.
-                cells = torch.floor(points[sel] / m.checker + 0.25).sum(-1)
-                odd = (cells.remainder(2) > 0.5)[:, None]
-                c2 = torch.tensor(m.color2, dtype=points.dtype, device=points.device)
-                c = torch.where(odd, c2, c1)
-            rgb[sel] = c * (1 + m.noise * wave[sel, None]) * shade[sel, None]
-        return rgb.clamp(0, 1)
+        """``[R, 3]`` colours of hit points (``prim >= 0``): checker × noise × Lambert-like shading."""
+        dt, dev = points.dtype, points.device
+        mats = [p.material for p in self.primitives]
+        c1 = torch.tensor([m.color for m in mats], dtype=dt, device=dev)[prim]
+        c2 = torch.tensor([m.color if m.color2 is None else m.color2 for m in mats], dtype=dt, device=dev)[prim]
+        cell = torch.tensor([m.checker if m.checker > 0 else 1.0 for m in mats], dtype=dt, device=dev)[prim]
+        use_checker = torch.tensor([m.checker > 0 for m in mats], device=dev)[prim]
+        amp = torch.tensor([m.noise for m in mats], dtype=dt, device=dev)[prim]
+        # A quarter-cell offset keeps axis-aligned surfaces off the cell boundaries.
+        parity = torch.floor(points / cell[:, None] + 0.25).sum(-1).remainder(2) > 0.5
+        c = torch.where((parity & use_checker)[:, None], c2, c1)
+        w = self._noise.to(device=dev, dtype=dt)
+        wave = torch.sin(points @ w[:, :3].T + w[:, 3]).mean(-1)  # smooth noise in [-1, 1]
+        light = torch.tensor(self.light, dtype=dt, device=dev)
+        shade = 0.55 + 0.45 * (normals @ (light / light.norm())).abs()
+        return (c * ((1 + amp * wave) * shade)[:, None]).clamp(0, 1)
 
     # -- rendering ------------------------------------------------------------------------
 
-    def _rays(self, cameras: Cameras, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Origins and directions ``[H·W, 3]`` (float64) of camera ``index``; z_cam(d) = 1."""
+    def _rays(self, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+        """Origins and directions ``[F, H·W, 3]`` (float64) of all cameras; z_cam(d) = 1."""
         H, W = cameras.height, cameras.width
-        K = cameras.K[index].to(torch.float64)
-        w2c = cameras.w2c[index].to(torch.float64)
+        K = cameras.K.to(torch.float64)
+        w2c = cameras.w2c.to(torch.float64)
         dev = w2c.device
         v, u = torch.meshgrid(
             torch.arange(H, dtype=torch.float64, device=dev) + 0.5,
             torch.arange(W, dtype=torch.float64, device=dev) + 0.5,
             indexing="ij",
         )
-        pix = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)
-        d_cam = pix @ torch.linalg.inv(K).T  # third component exactly 1 for a pinhole K
-        d_cam = d_cam / d_cam[:, 2:3]
-        R, t = w2c[:3, :3], w2c[:3, 3]
+        pix = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(1, -1, 3)
+        d_cam = pix @ torch.linalg.inv(K).transpose(-1, -2)  # [F, HW, 3]
+        d_cam = d_cam / d_cam[..., 2:3]  # exactly 1 along the optical axis: t is z-depth
+        R, t = w2c[:, :3, :3], w2c[:, :3, 3]
         d_world = d_cam @ R  # Rᵀ d for row vectors
-        origin = -(R.T @ t)
-        return origin.expand_as(d_world), d_world
+        origin = -(R.transpose(-1, -2) @ t[..., None])[..., 0]  # [F, 3]
+        return origin[:, None, :].expand_as(d_world), d_world
 
-    def render(self, cameras: Cameras, chunk: int = 1 << 18) -> SceneRender:
+    def _bounding_spheres(self) -> list[tuple[tuple[float, float, float], float] | None]:
+        out: list[tuple[tuple[float, float, float], float] | None] = []
+        for p in self.primitives:
+            if isinstance(p, Sphere):
+                out.append((p.center, p.radius))
+            elif isinstance(p, Box):
+                out.append((p.center, float(np.linalg.norm(p.half_size))))
+            else:
+                out.append(None)
+        return out
+
+    def _cast_frames(self, cameras: Cameras, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Ray-cast all pixels of all cameras: ``t, prim [F, H, W]``, ``normal, points [F, H, W, 3]``.
+
+        Each bounded primitive is only tested on the pixel rectangle its bounding sphere can
+        project to (a conservative bound), which makes small objects nearly free.
+        """
+        F, H, W = len(cameras), cameras.height, cameras.width
+        o, d = self._rays(cameras)
+        origin = o[:, 0]  # [F, 3] float64
+        d = d.reshape(F, H, W, 3).to(dtype)
+        og = origin.to(dtype)
+        best_t = torch.full((F, H, W), _INF, dtype=dtype, device=d.device)
+        best_id = torch.full((F, H, W), -1, dtype=torch.long, device=d.device)
+        w2c = cameras.w2c.double().cpu().numpy()
+        K = cameras.K.double().cpu().numpy()
+
+        def update(i: int, prim: Primitive, frames: slice | torch.Tensor, rows: slice, cols: slice) -> None:
+            dd = d[frames, rows, cols]  # [n, h, w, 3]
+            oo = og[frames][:, None, None, :].expand_as(dd)
+            t = _HIT[type(prim)](prim, oo.reshape(-1, 3), dd.reshape(-1, 3)).reshape(dd.shape[:-1])
+            cur = best_t[frames, rows, cols]
+            closer = t < cur
+            best_t[frames, rows, cols] = torch.where(closer, t, cur)
+            best_id[frames, rows, cols] = best_id[frames, rows, cols].masked_fill(closer, i)
+
+        for i, (prim, bs) in enumerate(zip(self.primitives, self._bounding_spheres())):
+            if bs is None:
+                update(i, prim, slice(None), slice(None), slice(None))
+                continue
+            c, r = np.asarray(bs[0], float), bs[1]
+            pc = np.einsum("fij,j->fi", w2c[:, :3, :3], c) + w2c[:, :3, 3]  # centre in camera frames
+            full = []
+            for f in range(F):
+                x, y, z = pc[f]
+                if z - r <= 1e-6:  # the sphere reaches behind the eye: no finite bound
+                    full.append(f)
+                    continue
+                lo_z, hi_z = z - r, z + r
+                # x'/z' is monotone in x' and z' for z' > 0: extremes at box corners.
+                ux = [(x - r) / lo_z, (x - r) / hi_z, (x + r) / lo_z, (x + r) / hi_z]
+                vy = [(y - r) / lo_z, (y - r) / hi_z, (y + r) / lo_z, (y + r) / hi_z]
+                u0 = K[f, 0, 0] * min(ux) + K[f, 0, 2]
+                u1 = K[f, 0, 0] * max(ux) + K[f, 0, 2]
+                v0 = K[f, 1, 1] * min(vy) + K[f, 1, 2]
+                v1 = K[f, 1, 1] * max(vy) + K[f, 1, 2]
+                # pixel i is tested iff its centre i + 0.5 lies in [u0, u1] (one pixel of slack)
+                c0, c1 = max(int(math.floor(u0 - 0.5)) - 1, 0), min(int(math.ceil(u1 - 0.5)) + 2, W)
+                r0, r1 = max(int(math.floor(v0 - 0.5)) - 1, 0), min(int(math.ceil(v1 - 0.5)) + 2, H)
+                if c0 < c1 and r0 < r1:
+                    update(i, prim, slice(f, f + 1), slice(r0, r1), slice(c0, c1))
+            if full:
+                update(i, prim, torch.tensor(full, device=d.device), slice(None), slice(None))
+
+        hit = torch.isfinite(best_t)
+        pts = og[:, None, None, :] + best_t.masked_fill(~hit, 0.0)[..., None] * d
+        normal = torch.zeros_like(pts)
+        for i, prim in enumerate(self.primitives):
+            sel = best_id == i
+            if bool(sel.any()):
+                normal[sel] = _NORMAL[type(prim)](prim, pts[sel])
+        return best_t, best_id, normal, pts
+
+    def render(self, cameras: Cameras, chunk_frames: int = 16, dtype: torch.dtype = torch.float32) -> SceneRender:
         """Ray-cast every pixel centre of every camera (the oracle generator).
 
         Args:
             cameras: ``F`` cameras of ``H × W``.
-            chunk: rays per batch (bounds memory; results do not depend on it).
+            chunk_frames: frames cast together (bounds memory; results do not depend on it).
+            dtype: precision of the per-ray arithmetic (float32: depth exact to ~1e-6
+                relative; float64 for analytic checks).
         Returns:
             :class:`SceneRender` with ``rgb [F, H, W, 3]``, ``depth [F, H, W]`` (exact
             z-depth), ``valid [F, H, W]`` — float32 / bool on the cameras' device.
         """
         if not isinstance(cameras, Cameras):
             raise SyntheticSceneError(f"render expects a Cameras batch, got {type(cameras).__name__}")
-        F, H, W = len(cameras), cameras.height, cameras.width
-        rgb = torch.zeros(F, H * W, 3, dtype=torch.float32, device=cameras.device)
-        depth = torch.zeros(F, H * W, dtype=torch.float32, device=cameras.device)
-        valid = torch.zeros(F, H * W, dtype=torch.bool, device=cameras.device)
-        for f in range(F):
-            o, d = self._rays(cameras, f)
-            for s in range(0, H * W, chunk):
-                oo, dd = o[s : s + chunk], d[s : s + chunk]
-                t, prim, n = self.cast_rays(oo, dd)
-                hit = torch.isfinite(t)
-                pts = oo + torch.where(hit, t, torch.zeros_like(t))[:, None] * dd
-                col = self._shade(pts, prim, n)
-                rgb[f, s : s + chunk] = torch.where(hit[:, None], col, torch.zeros_like(col)).float()
-                depth[f, s : s + chunk] = torch.where(hit, t, torch.zeros_like(t)).float()
-                valid[f, s : s + chunk] = hit
-        return SceneRender(rgb.reshape(F, H, W, 3), depth.reshape(F, H, W), valid.reshape(F, H, W))
+        rgbs, depths, valids = [], [], []
+        for f0 in range(0, len(cameras), max(1, int(chunk_frames))):
+            t, prim, n, pts = self._cast_frames(cameras[f0 : f0 + max(1, int(chunk_frames))], dtype)
+            hit = torch.isfinite(t)
+            col = self._shade(pts.reshape(-1, 3), prim.reshape(-1), n.reshape(-1, 3)).reshape(pts.shape)
+            rgbs.append(col.masked_fill(~hit[..., None], 0.0).float())
+            depths.append(t.masked_fill(~hit, 0.0).float())
+            valids.append(hit)
+        return SceneRender(torch.cat(rgbs), torch.cat(depths), torch.cat(valids))
 
     def default_cameras(self, height: int, width: int) -> Cameras:
         """The default input camera at ``height × width`` (centred pinhole, ``fov_x_deg``)."""
@@ -410,7 +492,7 @@ class SyntheticScene:
         return SyntheticView(out.rgb, cams, out.depth, out.valid)
 
     def surface_points(
-        self, cameras: Cameras, voxel_size: float | None = None, chunk_frames: int = 8
+        self, cameras: Cameras, voxel_size: float | None = None, chunk_frames: int = 16, dtype: torch.dtype = torch.float32
     ) -> PointCloud:
         """Ground-truth cloud: surface points seen by at least one of ``cameras``.
 
@@ -424,15 +506,11 @@ class SyntheticScene:
             raise SyntheticSceneError(f"voxel_size must be positive, got {voxel_size}")
         pts, cols, nrms = [], [], []
         for s in range(0, len(cameras), chunk_frames):
-            cams = cameras[s : s + chunk_frames]
-            for f in range(len(cams)):
-                o, d = self._rays(cams, f)
-                t, prim, n = self.cast_rays(o, d)
-                hit = torch.isfinite(t)
-                p = o[hit] + t[hit, None] * d[hit]
-                pts.append(p)
-                nrms.append(n[hit])
-                cols.append(self._shade(p, prim[hit], n[hit]))
+            t, prim, n, p = self._cast_frames(cameras[s : s + chunk_frames], dtype)
+            hit = torch.isfinite(t)
+            pts.append(p[hit].double())
+            nrms.append(n[hit])
+            cols.append(self._shade(p[hit], prim[hit], n[hit]))
         P, C, N = torch.cat(pts), torch.cat(cols), torch.cat(nrms)
         if P.shape[0] == 0:
             return PointCloud(P.float(), C.float(), N.float())
@@ -442,8 +520,11 @@ class SyntheticScene:
 
 def _first_per_voxel(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
     """Indices ``[M]`` (sorted) of the first point falling in each occupied voxel."""
-    keys = torch.floor(points / voxel_size).long()
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    cell = torch.floor(points / voxel_size).long()
+    cell = cell - cell.amin(0)
+    dims = cell.amax(0) + 1
+    key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]  # one int64 per voxel
+    _, inverse = torch.unique(key, return_inverse=True)
     idx = torch.arange(points.shape[0], device=points.device)
     first = torch.full((int(inverse.max()) + 1,), points.shape[0], dtype=torch.long, device=points.device)
     first = first.scatter_reduce(0, inverse, idx, reduce="amin")

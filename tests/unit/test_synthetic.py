@@ -52,7 +52,7 @@ def test_plane_depth_matches_camera_height_formula():
     h_cam, H, W = 1.5, 31, 40
     scene = SyntheticScene("plane", (Plane((0, 1, 0), h_cam, MAT),), ((-10, -10, -10), (10, 10, 10)))
     K = intrinsics_from_fov(60, H, W).numpy()
-    out = scene.render(_cams(np.eye(4), K, H, W))
+    out = scene.render(_cams(np.eye(4), K, H, W), dtype=torch.float64)
     rows = np.arange(H) + 0.5 - K[1, 2]
     expect = np.where(rows > 0, h_cam * K[1, 1] / np.where(rows > 0, rows, 1), 0.0)
     np.testing.assert_allclose(out.depth[0].numpy(), np.broadcast_to(expect[:, None], (H, W)), rtol=1e-6)
@@ -71,7 +71,7 @@ def test_plane_depth_from_moved_turned_camera():
     w2c = np.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, -R @ c
     K = intrinsics_from_fov(50, H, W).numpy()
-    out = scene.render(_cams(w2c, K, H, W))
+    out = scene.render(_cams(w2c, K, H, W), dtype=torch.float64)
     d_world = _pixel_rays(K, H, W) @ R  # Rᵀ r
     expect = (6.0 - c[2]) / d_world[..., 2]
     np.testing.assert_allclose(out.depth[0].numpy(), expect, rtol=1e-6)
@@ -84,7 +84,7 @@ def test_sphere_hit_distance_centre_and_edges():
     centre, r = np.array([0.0, 0.0, 5.0]), 1.0
     scene = SyntheticScene("ball", (Sphere(tuple(centre), r, MAT),), ((-1, -1, 4), (1, 1, 6)))
     K = intrinsics_from_fov(40, H, W).numpy()
-    out = scene.render(_cams(np.eye(4), K, H, W))
+    out = scene.render(_cams(np.eye(4), K, H, W), dtype=torch.float64)
     assert out.depth[0, 16, 16].item() == pytest.approx(4.0, abs=1e-6)
     d = _pixel_rays(K, H, W)
     a = (d * d).sum(-1)
@@ -104,7 +104,7 @@ def test_dome_from_inside_has_constant_ray_length():
     scene = SyntheticScene("dome", (Sphere((0.0, 0.0, 0.0), R, MAT),), ((-R,) * 3, (R,) * 3))
     w2c = look_at((0, 0, 0), (1, -0.3, 1)).numpy()
     K = intrinsics_from_fov(90, H, W).numpy()
-    out = scene.render(_cams(w2c, K, H, W))
+    out = scene.render(_cams(w2c, K, H, W), dtype=torch.float64)
     expect = R / np.linalg.norm(_pixel_rays(K, H, W), axis=-1)
     np.testing.assert_allclose(out.depth[0].numpy(), expect, rtol=1e-6)
 
@@ -113,7 +113,7 @@ def test_box_front_face_and_turned_box_surface():
     H, W = 25, 25
     K = intrinsics_from_fov(50, H, W).numpy()
     box = Box((0.0, 0.0, 4.0), (1.0, 1.0, 0.5), MAT)
-    out = SyntheticScene("box", (box,), ((-1, -1, 3.5), (1, 1, 4.5))).render(_cams(np.eye(4), K, H, W))
+    out = SyntheticScene("box", (box,), ((-1, -1, 3.5), (1, 1, 4.5))).render(_cams(np.eye(4), K, H, W), dtype=torch.float64)
     # Front face z = 3.5 covers every pixel whose ray at z = 3.5 is inside |x|, |y| ≤ 1.
     d = _pixel_rays(K, H, W)
     inside = (np.abs(d[..., 0] * 3.5) <= 1) & (np.abs(d[..., 1] * 3.5) <= 1)
