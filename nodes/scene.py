@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import torch
 from comfy_api.v0_0_2 import io
 
-from worldstereo_core import synthetic
+from worldstereo_core import pipeline, synthetic
 
-from .common import CATEGORY, Cameras, Depth, Scene
+from .common import CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Progress, Scene, Trajectory, trajectories_of
 
 SUB = f"{CATEGORY}/scene"
 
@@ -47,4 +50,103 @@ class SyntheticScene(io.ComfyNode):
         return io.NodeOutput(view.image, view.depth, view.cameras, s)
 
 
-NODES = [SyntheticScene]
+
+class OracleGenerate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoOracleGenerate",
+            display_name="Oracle Generate (WorldStereo)",
+            category=SUB,
+            description="Stands in for the video model on a synthetic scene: renders the scene exactly at "
+            "the trajectory's keyframes (frames and true depth). Use it to test a pipeline without weights.",
+            inputs=[
+                Scene.Input("scene", tooltip="The synthetic scene to render."),
+                Trajectory.Input("trajectory", tooltip="The camera path."),
+                io.Boolean.Input("keyframes_only", default=True,
+                                 tooltip="Render the 21 keyframes (what the model generates) or every pose."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="frames", tooltip="Rendered frames [F, H, W, 3]."),
+                Depth.Output(display_name="depth", tooltip="Their exact z-depth (0 where nothing was hit)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, scene, trajectory, keyframes_only) -> io.NodeOutput:
+        trajs = trajectories_of(trajectory)
+        progress = Progress(len(trajs))
+        frames, depth = [], []
+        for i, traj in enumerate(trajs):
+            out = scene.render(traj.keyframes() if keyframes_only else traj.cameras)
+            frames.append(out.rgb)
+            depth.append(out.depth)
+            progress(i + 1)
+        return io.NodeOutput(torch.cat(frames).float(), torch.cat(depth).float())
+
+
+class OracleSceneLoop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoOracleSceneLoop",
+            display_name="Oracle Scene Loop (WorldStereo)",
+            category=SUB,
+            description="The whole WorldStereo loop on a synthetic scene, with the oracle generator in place "
+            "of the video model: input view → 3D cache → for each trajectory (orbit → up → right → left): "
+            "GGM render, SSM retrieval from the memory bank, generated keyframes, depth aligned to the "
+            "cache, merge, memory update. Reports precision / recall / F-score of the merged cloud.",
+            inputs=[
+                Scene.Input("scene", tooltip="The synthetic scene (generator, depth oracle and ground truth)."),
+                io.Image.Input("image", tooltip="The input view."),
+                Depth.Input("depth", tooltip="The input view's z-depth."),
+                Cameras.Input("camera", tooltip="The input view's camera; it defines the world frame."),
+                io.String.Input("trajectories", default="orbit,up,right,left",
+                                tooltip="Comma-separated presets, in order (paper: orbit,up,right,left)."),
+                io.Combo.Input("clip_depth", options=["exact", "corrupted"], default="exact",
+                               tooltip="Depth of the generated frames: exact, or corrupted by a per-frame random "
+                               "scale/shift (±20 %) and 1 % noise, as a real reconstruction would be."),
+                io.Combo.Input("retrieval_mode", options=["aabb", "volume"], default="aabb",
+                               tooltip="Frustum-overlap scoring: aabb (release) or volume (paper)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the depth corruption and the robust fits."),
+            ],
+            outputs=[
+                PointCloud.Output(display_name="cloud", tooltip="The merged 3D cache."),
+                Trajectory.Output(display_name="trajectories", tooltip="The trajectories, in order."),
+                MemoryBank.Output(display_name="bank", tooltip="The final memory bank."),
+                io.Image.Output(display_name="renders", tooltip="GGM renders of every trajectory's keyframes."),
+                io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
+                io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
+                io.String.Output(display_name="report", tooltip="JSON metrics report."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, scene, image, depth, camera, trajectories, clip_depth, retrieval_mode, seed) -> io.NodeOutput:
+        names = [t.strip() for t in trajectories.split(",") if t.strip()]
+        steps = 1 + 5 * len(names)
+        progress = Progress(steps)
+        cam = camera[:1]
+        d = depth[:1].float()
+        view = synthetic.SyntheticView(image[:1, ..., :3].float(), cam, d, d > 0)
+        result = pipeline.run_oracle_loop(
+            scene, names, depth_corruption=pipeline.DepthCorruption() if clip_depth == "corrupted" else None,
+            seed=seed, progress=progress, view=view,
+            config=pipeline.default_config(cam.height, cam.width, retrieval_mode=retrieval_mode),
+        )
+        loop = result.loop
+        report = pipeline.loop_report(result)
+        return io.NodeOutput(
+            loop.cloud,
+            tuple(s.trajectory for s in loop.steps),
+            loop.bank,
+            torch.cat([s.render.rgb for s in loop.steps]).float(),
+            torch.cat([s.render.mask for s in loop.steps]).float(),
+            torch.cat([s.frames for s in loop.steps]).float(),
+            json.dumps(report, indent=2),
+            ui={"text": [f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}"]},
+        )
+
+
+NODES = [SyntheticScene, OracleGenerate, OracleSceneLoop]

@@ -100,6 +100,14 @@ def main() -> int:
             graph = page.evaluate(BUILD_JS, spec)
             (out_dir / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n")
             print(f"wrote workflows/{name}.json ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
+            # a picture of the graph for the README
+            page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.8; c.ds.offset = [20, 40]; "
+                          "window.app.graph.setDirtyCanvas(true, true); }")
+            page.wait_for_timeout(500)
+            shot = REPO_ROOT / "docs" / f"{name}.png"
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot))
+            print(f"wrote docs/{name}.png")
         browser.close()
     return 0
 

@@ -226,6 +226,8 @@ class LoopConfig:
             0.91 with it, 1.00 without); flying pixels are already dropped by the edge test.
         align_depth_window: frames are aligned to :func:`cache_surface_depth` of the cache,
             which averages the points within this relative depth of each pixel's nearest.
+        align_context_frames: how many of the clip's latest aligned frames join the cache in
+            the alignment target of the next frame.
         max_fit_pixels: pixels (a seeded random subset of the covered ones) per depth fit.
     """
 
@@ -243,6 +245,7 @@ class LoopConfig:
     min_covered_fraction: float = 0.02
     outlier_removal: bool = False
     align_depth_window: float = 0.05
+    align_context_frames: int = 4
     max_fit_pixels: int = 4096
 
     def params_for(self, name: str) -> dict:
@@ -400,37 +403,50 @@ def _check_inputs(image: torch.Tensor, cameras: Cameras, depth: torch.Tensor) ->
     return img.float(), d.float()
 
 
-def cache_surface_depth(cloud: PointCloud, cameras: Cameras, window: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unbiased depth of the cache's front surface at every pixel: ``(depth, covered) [F, H, W]``.
+def cache_surface_depth(
+    cloud: PointCloud | torch.Tensor | Sequence[torch.Tensor], cameras: Cameras, window: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unbiased depth of a point cloud's front surface at every pixel: ``(depth, covered) [F, H, W]``.
 
-    Each point falls in the pixel cell containing its projection; per cell the points within
-    ``window`` (relative z) of the nearest one are averaged. A splat renderer's z-buffer
-    reports the *nearest* point instead, which is biased towards the camera wherever the
-    surface is slanted or the cache is noisy (each merge would then shrink the scene by a
-    few per cent — measured: −2 … −4 % per trajectory with 1 % depth noise). Cells no point
-    falls in are not covered (depth 0).
+    ``cloud`` is a :class:`PointCloud`, points ``[N, 3]`` or a list of such tensors (taken
+    as their union, without concatenating them). Each point falls in the pixel cell
+    containing its projection; per cell the points within ``window`` (relative z) of the
+    nearest one are averaged. A splat renderer's z-buffer reports the *nearest* point
+    instead, which is biased towards the camera wherever the surface is slanted or the cache
+    is noisy (each merge would then shrink the scene by a few per cent — measured: −2 … −4 %
+    per trajectory with 1 % depth noise). Cells no point falls in are not covered (depth 0).
     """
+    if isinstance(cloud, PointCloud):
+        parts = [cloud.points]
+    elif isinstance(cloud, torch.Tensor):
+        parts = [cloud]
+    else:
+        parts = list(cloud)
     F, H, W = len(cameras), cameras.height, cameras.width
-    pts = cloud.points.to(torch.float32)
-    w2c = cameras.w2c.to(device=pts.device, dtype=torch.float32)
-    K = cameras.K.to(device=pts.device, dtype=torch.float32)
-    depth = torch.zeros(F, H * W, dtype=torch.float32, device=pts.device)
+    dev = parts[0].device if parts else cameras.device
+    w2c = cameras.w2c.to(device=dev, dtype=torch.float32)
+    K = cameras.K.to(device=dev, dtype=torch.float32)
+    P = K @ w2c[:, :3, :]  # [F, 3, 4]: pixel-homogeneous projection
+    depth = torch.zeros(F, H * W, dtype=torch.float32, device=dev)
     for f in range(F):
-        pc = pts @ w2c[f, :3, :3].T + w2c[f, :3, 3]
-        z = pc[:, 2]
-        front = z > 1e-6
-        uv = pc[front] @ K[f].T
-        zf = z[front]
-        u = torch.floor(uv[:, 0] / zf).long()
-        v = torch.floor(uv[:, 1] / zf).long()
-        inb = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        if not bool(inb.any()):
+        pix_all, z_all = [], []
+        for pts in parts:
+            hom = pts.to(torch.float32) @ P[f, :, :3].T + P[f, :, 3]
+            z = hom[:, 2]
+            front = z > 1e-6
+            hom, z = hom[front], z[front]
+            u = torch.floor(hom[:, 0] / z).long()
+            v = torch.floor(hom[:, 1] / z).long()
+            inb = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            pix_all.append(v[inb] * W + u[inb])
+            z_all.append(z[inb])
+        pix, zf = torch.cat(pix_all), torch.cat(z_all)
+        if pix.numel() == 0:
             continue
-        pix, zf = v[inb] * W + u[inb], zf[inb]
-        zmin = torch.full((H * W,), float("inf"), device=pts.device).scatter_reduce(0, pix, zf, reduce="amin")
+        zmin = torch.full((H * W,), float("inf"), device=dev).scatter_reduce(0, pix, zf, reduce="amin")
         near = zf <= zmin[pix] * (1 + window)
-        total = torch.zeros(H * W, device=pts.device).index_add_(0, pix[near], zf[near])
-        count = torch.zeros(H * W, device=pts.device).index_add_(0, pix[near], torch.ones_like(zf[near]))
+        total = torch.zeros(H * W, device=dev).index_add_(0, pix[near], zf[near])
+        count = torch.zeros(H * W, device=dev).index_add_(0, pix[near], torch.ones_like(zf[near]))
         depth[f] = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
     depth = depth.reshape(F, H, W)
     return depth, depth > 0
@@ -578,9 +594,10 @@ def run_scene_loop(
         inliers = torch.zeros(F, dtype=torch.long)
         status = ["input"] + ["skipped"] * (F - 1)
         min_px = max(16, int(config.min_covered_fraction * H * W))
-        context = cache.cloud
         new_clouds: list[PointCloud] = []
         for f in range(1, F):
+            # the cache and the last few aligned frames of this clip (nearest to frame f)
+            context = [cache.cloud.points] + [c.points for c in new_clouds[-config.align_context_frames :]]
             td, tc = cache_surface_depth(context, kf[f], config.align_depth_window)
             usable = tc[0] & fv[f]
             covered[f] = int(usable.sum())
@@ -595,7 +612,6 @@ def run_scene_loop(
             pts = _lift(aligned, fv[f][None] & (aligned > 0), frames[f][None], kf[f], config.edge_threshold)
             if pts is not None:
                 new_clouds.append(pts)
-                context = PointCloud.cat([context, pts])
         if new_clouds:
             cache = cache.merge(PointCloud.cat(new_clouds), remove_outliers=config.outlier_removal)
         bank = bank.update(frames, kf, label=f"traj{ti}:{name}", num=min(config.bank_update, F - 1))
@@ -618,6 +634,12 @@ def run_scene_loop(
     return SceneLoopResult(cache, bank, tuple(steps), median_depth, input_cloud)
 
 
+def default_config(height: int, width: int, **changes) -> LoopConfig:
+    """Release settings, with the splat radius scaled so the release's 1.92 px at 480 rows
+    holds at a smaller ``height × width`` (else small test renders are mostly holes)."""
+    return LoopConfig(radius=RELEASE_RADIUS * max(1.0, 480.0 / min(height, width)), **changes)
+
+
 def run_oracle_loop(
     scene: SyntheticScene,
     trajectories: Sequence[str] = DEFAULT_TRAJECTORIES,
@@ -628,6 +650,7 @@ def run_oracle_loop(
     progress: ProgressFn | None = None,
     config: LoopConfig | None = None,
     threshold_fraction: float = 0.01,
+    view: SyntheticView | None = None,
 ) -> OracleLoopResult:
     """The scene loop on a synthetic scene with the oracle generator, scored against the truth.
 
@@ -642,12 +665,16 @@ def run_oracle_loop(
         height, width: render size of every view.
         config: loop settings (default :class:`LoopConfig` with the splat radius scaled so the
             release's 1.92 px at 480 rows holds at ``height``).
+        view: the input view to start from (default: ``scene.default_view(height, width)``;
+            when given, ``height`` and ``width`` are the view's).
     """
     if not isinstance(scene, SyntheticScene):
         raise InvalidTrajectoryError(f"run_oracle_loop needs a SyntheticScene, got {type(scene).__name__}")
+    if view is None:
+        view = scene.default_view(height, width)
+    height, width = view.cameras.height, view.cameras.width
     if config is None:
-        config = LoopConfig(radius=RELEASE_RADIUS * max(1.0, 480.0 / min(height, width)))
-    view = scene.default_view(height, width)
+        config = default_config(height, width)
     depth_fn = OracleDepth(scene, depth_corruption, seed)
     loop = run_scene_loop(
         view.image,
@@ -667,3 +694,33 @@ def run_oracle_loop(
     p, r, f = pointcloud_prf(loop.cloud.points, gt.points, threshold)
     scores = LoopScores(p, r, f, threshold, scene.extent, len(loop.cloud), len(gt))
     return OracleLoopResult(loop, view, gt, scores, tuple(depth_fn.applied))
+
+
+def loop_report(result: OracleLoopResult) -> dict:
+    """A JSON-ready summary of an oracle run: scores, then per trajectory what the loop did
+    (references chosen, how the frames' depth was aligned, the cache size after the merge)."""
+    steps = []
+    for s in result.steps:
+        a = s.alignment
+        steps.append({
+            "name": s.name,
+            "poses": len(s.trajectory),
+            "keyframes": len(s.keyframes),
+            "hole_fraction": float(s.render.mask[1:].float().mean()) if len(s.keyframes) > 1 else 0.0,
+            "references": [
+                {"bank_index": int(i), "source": src, "ref_index": int(r)}
+                for i, src, r in zip(s.references.bank_indices, s.references.sources, s.references.ref_index)
+            ],
+            "aligned_frames": sum(st in ("cache", "clip") for st in a.status),
+            "alignment_status": list(a.status),
+            "depth_scale": [float(x) for x in a.scale],
+            "depth_shift": [float(x) for x in a.shift],
+            "cache_points": int(s.cache_points),
+        })
+    return {
+        "view": {"height": result.view.cameras.height, "width": result.view.cameras.width},
+        "scores": result.scores.as_dict(),
+        "median_depth": float(result.loop.median_depth),
+        "memory_bank_views": len(result.loop.bank),
+        "trajectories": steps,
+    }

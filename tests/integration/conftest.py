@@ -16,7 +16,12 @@ def comfy_server():
     require_comfyui()
     from comfy_server import ComfyServer
 
-    server = ComfyServer().start()
+    from worldstereo_core.models.tiny import write_tiny_models
+
+    server = ComfyServer()
+    # tiny random weights in the real file layouts, where users put the real ones
+    write_tiny_models(server.base_dir / "models")
+    server.start()
     try:
         yield server
     finally:
