@@ -51,7 +51,7 @@ from .pointcloud import (
 from .render import RELEASE_RADIUS, RenderResult, render_point_cloud
 from .retrieval import Retrieval, score_bank, select_references
 from .synthetic import SyntheticScene, SyntheticView, corrupt_depth
-from .trajectory import DEFAULT_NUM_FRAMES, DEFAULT_NUM_KEYFRAMES, Trajectory, make_preset
+from .trajectory import DEFAULT_NUM_FRAMES, DEFAULT_NUM_KEYFRAMES, PRESETS, Trajectory, make_preset
 
 __all__ = [
     "DEFAULT_TRAJECTORIES",
@@ -485,13 +485,13 @@ def _lift(
     unscaled test flags ~40 % of a smooth floor).
     """
     keep = valid & (depth > 0)
+    d = torch.where(keep, depth, torch.zeros_like(depth))  # 0 = no depth (holes, invalid)
     if edge_threshold is not None:
         beta = RELEASE_EDGE_BETA * min(cameras.height, cameras.width) / 480.0
-        edges = torch.stack([torch.as_tensor(depth_edge_mask(d, edge_threshold, beta)) for d in depth])
+        edges = torch.stack([torch.as_tensor(depth_edge_mask(x, edge_threshold, beta)) for x in d])
         keep = keep & ~edges
     if not bool(keep.any()):
         return None
-    d = torch.where(keep, depth, torch.zeros_like(depth))
     return unproject_depths(d, cameras.K, cameras.c2w, frames.clamp(0, 1), keep)
 
 
@@ -525,6 +525,9 @@ def run_scene_loop(
     """
     if len(trajectories) == 0:
         raise InvalidTrajectoryError("no trajectories given; pass at least one preset name (e.g. 'orbit')")
+    unknown = [t for t in trajectories if t not in PRESETS]
+    if unknown:
+        raise InvalidTrajectoryError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
     img, d0 = _check_inputs(image, cameras, depth)
     H, W = cameras.height, cameras.width
     total = 1 + 5 * len(trajectories)
