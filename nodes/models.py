@@ -163,8 +163,12 @@ class WorldStereoLoadModel(io.ComfyNode):
                 io.Combo.Input("text_encoder", options=te_opts, default=_prefer(te_opts, "umt5"),
                                tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
                                "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead."),
-                io.Combo.Input("clip_vision", options=cv_opts, default=_prefer(cv_opts, "clip_vision_h", "vit-h", "clip")),
-                io.Combo.Input("vae", options=vae_opts, default=_prefer(vae_opts, "wan_2.1", "wan2.1", "wan")),
+                io.Combo.Input("clip_vision", options=cv_opts, default=_prefer(cv_opts, "clip_vision_h", "vit-h", "clip"),
+                               tooltip="CLIP ViT-H image encoder (models/clip_vision, e.g. clip_vision_h.safetensors), "
+                               "the diffusers wan_folder, or none to connect a CLIP_VISION_OUTPUT to the sampler."),
+                io.Combo.Input("vae", options=vae_opts, default=_prefer(vae_opts, "wan_2.1", "wan2.1", "wan"),
+                               tooltip="Wan 2.1 VAE (models/vae, e.g. wan_2.1_vae.safetensors) or the diffusers "
+                               "wan_folder; it encodes and decodes each of the 21 keyframes independently."),
                 io.String.Input("wan_folder", default="",
                                 tooltip="Optional diffusers Wan2.1-I2V-14B-480P folder (absolute or relative to "
                                 "ComfyUI/models) for components set to 'from wan_folder'; its tokenizer/ is used too."),

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 WORKFLOWS: dict[str, dict] = {
     "preview_synthetic": {
         "nodes": {
-            "scene": ("WorldStereoSyntheticScene", [40, 80], {"scene": "room", "width": 416, "height": 240}, None),
+            "scene": ("WorldStereoSyntheticScene", [40, 80], {"scene": "room", "width": 288, "height": 160}, None),
             "loop": ("WorldStereoOracleSceneLoop", [420, 80], {"trajectories": "orbit,up,right,left"}, None),
             "ply": ("WorldStereoSavePointCloud", [880, 40], {"filename_prefix": "worldstereo/preview_cloud"}, None),
             "glb": ("WorldStereoSaveSceneGLB", [880, 200], {"filename_prefix": "worldstereo/preview_scene"}, None),
@@ -101,8 +101,17 @@ def main() -> int:
             (out_dir / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n")
             print(f"wrote workflows/{name}.json ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")
             # a picture of the graph for the README
-            page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.8; c.ds.offset = [20, 40]; "
-                          "window.app.graph.setDirtyCanvas(true, true); }")
+            # frame the graph: its top-left node near the canvas' top-left corner
+            page.evaluate("""() => {
+              const c = window.app.canvas, nodes = window.app.graph._nodes, s = 0.85;
+              const minX = Math.min(...nodes.map(n => n.pos[0])), minY = Math.min(...nodes.map(n => n.pos[1]));
+              c.ds.scale = s; c.ds.offset = [110 / s - minX, 150 / s - minY];
+              window.app.graph.setDirtyCanvas(true, true);
+            }""")
+            for label in ("Close", "Dismiss"):  # announcement banners of newer frontends
+                button = page.get_by_role("button", name=label)
+                if button.count():
+                    button.first.click()
             page.wait_for_timeout(500)
             shot = REPO_ROOT / "docs" / f"{name}.png"
             shot.parent.mkdir(exist_ok=True)

@@ -170,7 +170,11 @@ class ComfyServer:
         r = self.post("/prompt", json=body)
         if r.status_code != 200:
             raise PromptRejected(r.status_code, r.text)
-        return r.json()["prompt_id"]
+        body = r.json()
+        if body.get("node_errors"):
+            # ComfyUI queues the valid outputs and silently drops the others: treat as refused
+            raise PromptRejected(400, json.dumps(body))
+        return body["prompt_id"]
 
     def run(self, api_graph: dict, timeout: float = 600.0, workflow: dict | None = None,
             on_event=None) -> ExecutionResult:

@@ -11,6 +11,9 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 def _is_widget(spec: list) -> bool:
     kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if opts.get("forceInput") or opts.get("force_input"):
+        return False  # a socket only, no widget (and no widgets_values entry)
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 

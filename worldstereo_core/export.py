@@ -45,6 +45,7 @@ __all__ = [
     "save_colmap_text",
     "save_transforms_json",
     "save_video_mp4",
+    "write_text_atomic",
     "frustum_lines",
     "rotmat_to_quat",
 ]
@@ -90,6 +91,11 @@ def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write a UTF-8 text file (a JSON report, say) atomically; returns the path."""
+    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _np64(x: ArrayLike) -> np.ndarray:
