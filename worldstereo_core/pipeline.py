@@ -142,14 +142,39 @@ class DepthEstimator(Protocol):
     def __call__(self, frames: torch.Tensor, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-@dataclass(frozen=True)
+class _LastRender:
+    """``scene.render`` remembering its last call, so the oracle's frames and depth for the
+    same keyframes cost one ray cast (the two are asked for one after the other)."""
+
+    def __init__(self, scene: SyntheticScene) -> None:
+        self.scene = scene
+        self._key: tuple | None = None
+        self._out = None
+
+    def __call__(self, cameras: Cameras):
+        key = (cameras.height, cameras.width, cameras.w2c.detach().cpu().clone(), cameras.K.detach().cpu().clone())
+        if (
+            self._key is not None
+            and key[:2] == self._key[:2]
+            and key[2].shape == self._key[2].shape
+            and torch.equal(key[2], self._key[2])
+            and torch.equal(key[3], self._key[3])
+        ):
+            return self._out
+        self._out = self.scene.render(cameras)
+        self._key = key
+        return self._out
+
+
 class OracleGenerator:
     """The synthetic scene's exact renders at the requested cameras (ignores the conditions)."""
 
-    scene: SyntheticScene
+    def __init__(self, scene: SyntheticScene, renderer: Callable[[Cameras], object] | None = None) -> None:
+        self.scene = scene
+        self._render = renderer or scene.render
 
     def __call__(self, image, cameras, render, mask, references) -> torch.Tensor:
-        return self.scene.render(cameras).rgb
+        return self._render(cameras).rgb.clone()
 
 
 @dataclass(frozen=True)
@@ -175,17 +200,24 @@ class OracleDepth:
     can compare them with what the loop recovered.
     """
 
-    def __init__(self, scene: SyntheticScene, corruption: DepthCorruption | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        scene: SyntheticScene,
+        corruption: DepthCorruption | None = None,
+        seed: int = 0,
+        renderer: Callable[[Cameras], object] | None = None,
+    ) -> None:
         self.scene = scene
+        self._render = renderer or scene.render
         self.corruption = corruption
         self.seed = int(seed)
         self.applied: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, frames: torch.Tensor, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.scene.render(cameras)
+        out = self._render(cameras)
         if self.corruption is None:
             self.applied.append((torch.ones(len(cameras)), torch.zeros(len(cameras))))
-            return out.depth, out.valid
+            return out.depth.clone(), out.valid.clone()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + len(self.applied))
         c = self.corruption
         cd = corrupt_depth(out.depth, c.scale_range, c.noise, c.hole_fraction, generator=g, valid=out.valid)
