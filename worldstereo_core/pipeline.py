@@ -710,12 +710,13 @@ def run_oracle_loop(
     height, width = view.cameras.height, view.cameras.width
     if config is None:
         config = default_config(height, width)
-    depth_fn = OracleDepth(scene, depth_corruption, seed)
+    shared = _LastRender(scene)  # frames and depth of a clip: one ray cast
+    depth_fn = OracleDepth(scene, depth_corruption, seed, renderer=shared)
     loop = run_scene_loop(
         view.image,
         view.cameras,
         view.depth,
-        OracleGenerator(scene),
+        OracleGenerator(scene, renderer=shared),
         depth_fn,
         trajectories,
         config,
@@ -746,7 +747,7 @@ def loop_report(result: OracleLoopResult) -> dict:
                 {"bank_index": int(i), "source": src, "ref_index": int(r)}
                 for i, src, r in zip(s.references.bank_indices, s.references.sources, s.references.ref_index)
             ],
-            "aligned_frames": sum(st in ("cache", "clip") for st in a.status),
+            "aligned_frames": sum(st == "aligned" for st in a.status),
             "alignment_status": list(a.status),
             "depth_scale": [float(x) for x in a.scale],
             "depth_shift": [float(x) for x in a.shift],

@@ -8,7 +8,8 @@ run. The runs are real (4 trajectories × 21 keyframes) at a small resolution.
 
 from __future__ import annotations
 
-import numpy as np
+import json
+
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ from worldstereo_core.pipeline import (
     OracleGenerator,
     References,
     cache_surface_depth,
+    loop_report,
     run_oracle_loop,
     run_scene_loop,
 )
@@ -129,6 +131,11 @@ def test_loop_structure_ggm_ssm_and_memory(runs):
     # progress: 1 + 5 stages per trajectory, in order, ending at the total
     total = 1 + 5 * len(DEFAULT_TRAJECTORIES)
     assert calls == [(k, total) for k in range(1, total + 1)]
+    # the JSON report says the same
+    rep = json.loads(json.dumps(loop_report(res)))
+    assert rep["scores"]["fscore"] == pytest.approx(res.scores.fscore)
+    assert [t["aligned_frames"] for t in rep["trajectories"]] == [KEYFRAMES - 1] * len(DEFAULT_TRAJECTORIES)
+    assert rep["memory_bank_views"] == len(loop.bank)
     # the merged cloud lies on the true surfaces
     dist = make_scene("room").distance_to_surface(res.cloud.points)
     assert float(torch.quantile(dist.double(), 0.99)) < 0.01 * make_scene("room").extent
