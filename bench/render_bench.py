@@ -6,19 +6,29 @@ measured in the same run: the projection-only cost (one batched K·[R|t] transfo
 point into every frame, the floor any splatting renderer pays). With ``--exact-frames N`` it
 also times the exact all-pairs reference rasteriser on N frames and extrapolates to all frames.
 
-    python bench/render_bench.py --points 1000000 --frames 21 --height 480 --width 832 --device cpu
+On CPU it also prints the process CPU time per render and the load average: on a shared
+machine the wall time of a multi-threaded run mostly measures the other tenants (an OpenMP
+thread that is descheduled stalls every parallel region of its partner; ``--omp-passive``
+sets ``OMP_WAIT_POLICY=PASSIVE`` so waiting threads sleep instead of spinning). A
+``--threads 1`` run's CPU time is the robust figure there.
+
+    python bench/render_bench.py --points 1000000 --frames 21 --height 480 --width 832 --device cpu --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+if __name__ == "__main__" and "--omp-passive" in sys.argv:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # must precede OpenMP's start (importing torch)
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,17 +57,26 @@ def make_scene(n: int, frames: int, height: int, width: int, device: str, seed: 
     return cloud, Cameras(w2c, K.expand(frames, 3, 3), height, width).to(device)
 
 
-def timed(fn, repeats: int, device: str) -> float:
-    times = []
+def timed(fn, repeats: int, device: str) -> tuple[float, float]:
+    """Median wall time and median process CPU time of ``fn`` (seconds)."""
+    times, cpu = [], []
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        cpu.append(time.process_time() - c)
+    return statistics.median(times), statistics.median(cpu)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
@@ -70,6 +89,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--exact-frames", type=int, default=0, help="also time the exact reference on this many frames")
+    ap.add_argument("--omp-passive", action="store_true", help="OMP_WAIT_POLICY=PASSIVE (shared machines)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,23 +97,28 @@ def main() -> None:
     cloud, cams = make_scene(args.points, args.frames, args.height, args.width, args.device)
     render = lambda: render_point_cloud(cloud, cams)  # noqa: E731
     res = render()  # warm-up (allocator, CUDA context, kernels)
-    t_render = timed(render, args.repeats, args.device)
+    load_before = load_average()
+    t_render, c_render = timed(render, args.repeats, args.device)
 
     pts_t = cloud.points.t().contiguous()
     project = lambda: _project(pts_t, cams.w2c.to(cloud.points.dtype), cams.K.to(cloud.points.dtype))  # noqa: E731
     project()
-    t_proj = timed(project, args.repeats, args.device)
+    t_proj, c_proj = timed(project, args.repeats, args.device)
 
     print(f"device={args.device} threads={torch.get_num_threads()} points={args.points} frames={args.frames} "
-          f"size={args.height}x{args.width} repeats={args.repeats}")
+          f"size={args.height}x{args.width} repeats={args.repeats} omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     print(f"render_point_cloud (fast): median {t_render * 1e3:.1f} ms  ({t_render / args.frames * 1e3:.2f} ms/frame); "
           f"coverage {1 - float(res.mask.mean()):.3f}")
     print(f"baseline projection-only : median {t_proj * 1e3:.1f} ms  -> render / projection = {t_render / t_proj:.2f}x")
+    if not args.device.startswith("cuda"):
+        print(f"process CPU time: render {c_render * 1e3:.0f} ms, projection {c_proj * 1e3:.0f} ms "
+              f"(ratio {c_render / c_proj:.2f}x); load average {load_before} before, {load_average()} after "
+              f"on {os.cpu_count()} CPUs")
     if args.exact_frames > 0:
         n = min(args.exact_frames, args.frames)
         sub = cams[0:n] if n > 1 else cams[0]
         exact = lambda: render_point_cloud(cloud, sub, mode="exact")  # noqa: E731
-        t_exact = timed(exact, 1, args.device) * args.frames / n
+        t_exact = timed(exact, 1, args.device)[0] * args.frames / n
         print(f"exact reference (extrapolated from {n} frames): {t_exact * 1e3:.0f} ms -> exact / fast = {t_exact / t_render:.1f}x")
 
 

@@ -22,9 +22,10 @@ the release. It needs memory for all pairs; use it for small renders and validat
 
 1. *Cell z-buffer.* All points of a chunk of frames are projected at once; each lands in the
    pixel cell that contains its projected centre (a grid padded by ``ceil(r)`` cells so points
-   just outside the image still cover its border). ``scatter_reduce(amin)`` over int64 keys
-   ``(float32 bits of z) << 32 | point index`` keeps the nearest point per cell (ties: lowest
-   index, so the result is deterministic on every device).
+   just outside the image still cover its border, plus a one-cell dump border collecting the
+   points outside it or behind the camera, which the stencil never reads). ``scatter_reduce(amin)``
+   over int64 keys ``(float32 bits of z) << 32 | point index`` keeps the nearest point per cell
+   (ties: lowest index, so the result is deterministic on every device).
 2. *Stencil gather.* Each output pixel looks at the cells of its disc neighbourhood (the 21
    offsets of a 5×5 stencil that can reach it for r = 1.92 px) and tests the exact distance
    from its centre to each cell's winner: the nearest covering winner gives the depth.
@@ -44,6 +45,22 @@ each winner as many times as its cell holds points, ``1 − Π(1 − αₖ)^{n�
 the hidden points the release would also composite (exact when every cell holds ≤ 1 point). Coverage
 (the hole mask) and the front depth are exact wherever (a) does not apply; the colour of a
 surface seen alone is exact up to (c). The unit tests measure the agreement.
+
+Speed. Steps 2–3 are written as plain arithmetic over whole frames (no boolean masks,
+``where`` or ``masked_fill``, which on CPU cost 5–15× a fused multiply-add over the same
+pixels): coverage is ``a = relu(r² − d²)``, the front is ``min z / sign(a)`` (``z / 0 = inf``),
+the depth test is ``sign(nextafter(limit) − z)``; squared distances are split per stencil row
+and column so an offset costs one subtraction. That is 5 + 9 tensor ops per stencil offset,
+~300 per frame over 0.4 Mpx, plus ~30 over the points (projection, keys, one scatter, one
+bincount, two gathers). Measured for 1 M points × 21 frames at 480×832 (``bench/render_bench.py``),
+on a shared 2-core VM (load average 3–6): 2.3–2.6 s process CPU time with one thread (about
+110 ms per frame: ~35 ms point stage, ~25 ms step 2, ~45 ms step 3), i.e. within the 4 s
+target on one core; the previous masked version took 4.3 s (same run). Two threads on such a
+loaded machine are slower than one (each OpenMP region waits for a descheduled partner;
+``OMP_WAIT_POLICY=PASSIVE`` halves the damage), so the 2-thread figure must be taken on an idle
+machine. Banding the per-pixel steps into L2-sized row strips and batching several frames per
+chunk on CPU were both measured and gave nothing (single frame buffers are ~40 MB and the ops
+run near L3 bandwidth), so neither is done.
 """
 
 from __future__ import annotations
@@ -61,8 +78,8 @@ from .pointcloud import PointCloud
 RELEASE_RADIUS = 0.008
 RELEASE_POINTS_PER_PIXEL = 20
 
-_INT64_MAX = torch.iinfo(torch.int64).max
-_FAR = 1.0e4  # sub-pixel offset given to empty cells: their distance test always fails
+_SENTINEL_KEY = 0x7F800000 << 32  # float32 bits of +inf in the depth half of a cell key
+_FAR = 1.0e8  # pixel coordinate of the sentinel point of empty cells: it covers no pixel
 
 
 @dataclass(frozen=True)
@@ -139,8 +156,8 @@ def render_point_cloud(
         mode: ``"fast"`` (default) or ``"exact"``; see the module docstring.
         depth_window: ``fast`` blends covering points with ``z ≤ z_front · (1 + depth_window)``.
         near: points with camera z ≤ near are not drawn.
-        frames_per_chunk: frames rasterised together (default: 1 on CPU, where one frame's
-            buffers stay in cache, and as many as fit ~2²⁵ point-frames on GPU).
+        frames_per_chunk: frames rasterised together (default: 1 on CPU — measured fastest —
+            and on GPU as many as keep ~2²⁵ point-frames and ~2²⁸ coverage values per chunk).
 
     Returns:
         :class:`RenderResult` on the cloud's device, in the cloud's float dtype.
@@ -168,24 +185,25 @@ def render_point_cloud(
     r_px = ndc_radius_to_pixels(radius, H, W)
     bg = _background(background, dtype, device)
 
-    if frames_per_chunk is None:
-        frames_per_chunk = 1 if device.type == "cpu" else max(1, min(F, 2**25 // max(len(cloud), 1)))
-    chunk = max(1, int(frames_per_chunk))
-
-    rgbs, depths, masks = [], [], []
     pts_t = cloud.points.t().contiguous()  # [3, N]
     cols_t = cloud.colors.t().contiguous()  # [3, N]
+    if frames_per_chunk is None:
+        n_offsets = len(stencil_offsets(r_px)) if mode == "fast" else 1
+        frames_per_chunk = _fast_chunk_frames(len(cloud), H * W, n_offsets, device)
+    chunk = max(1, int(frames_per_chunk))
+
+    rgb = torch.empty((F, H, W, 3), dtype=dtype, device=device)
+    depth = torch.empty((F, H, W), dtype=dtype, device=device)
+    mask = torch.empty((F, H, W), dtype=dtype, device=device)
+    if mode == "fast":
+        cols_ext = torch.cat([cols_t, torch.zeros_like(cols_t[:, :1])], 1)  # + black sentinel
+        point_ids = torch.arange(len(cloud), device=device)
     for s in range(0, F, chunk):
+        e = min(F, s + chunk)
         if mode == "fast":
-            rgb, depth, mask = _render_fast(pts_t, cols_t, w2c[s : s + chunk], K[s : s + chunk], H, W, r_px, depth_window, near, bg)
+            _render_fast(pts_t, cols_ext, point_ids, w2c[s:e], K[s:e], H, W, r_px, depth_window, near, bg, rgb[s:e], depth[s:e], mask[s:e])
         else:
-            rgb, depth, mask = _render_exact(pts_t, cols_t, w2c[s : s + chunk], K[s : s + chunk], H, W, r_px, int(points_per_pixel), near, bg)
-        rgbs.append(rgb)
-        depths.append(depth)
-        masks.append(mask)
-    rgb = torch.cat(rgbs)
-    depth = torch.cat(depths)
-    mask = torch.cat(masks)
+            rgb[s:e], depth[s:e], mask[s:e] = _render_exact(pts_t, cols_t, w2c[s:e], K[s:e], H, W, r_px, int(points_per_pixel), near, bg)
 
     if first_frame is not None:
         img = as_tensor(first_frame).to(device)
@@ -197,8 +215,8 @@ def render_point_cloud(
                 "resize it (and K) to the render resolution"
             )
         img = img.to(dtype) / 255.0 if not img.is_floating_point() else img.to(dtype)
-        rgb = torch.cat([img[None], rgb[1:]])
-        mask = torch.cat([torch.zeros_like(mask[:1]), mask[1:]])
+        rgb[0] = img  # rgb and mask are this call's own buffers: no input is modified
+        mask[0] = 0.0
     return RenderResult(rgb=rgb, depth=depth, mask=mask)
 
 
@@ -211,106 +229,156 @@ def _project(pts_t: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor):
     return hom[:, 0] * inv, hom[:, 1] * inv, z
 
 
-def _render_fast(pts_t, cols_t, w2c, K, H, W, r_px, depth_window, near, bg):
-    # Written with out= / in-place ops on a few reused buffers: on CPU, allocating fresh
-    # megabyte tensors (page faults) costs more than the arithmetic itself.
+def _fast_chunk_frames(n_points: int, n_pixels: int, n_offsets: int, device: torch.device) -> int:
+    """Default frames per chunk of ``mode="fast"``.
+
+    CPU: one frame — measured fastest (2.5 s against 3.6–4.2 s with 3–7 frames per chunk for
+    1 M points × 21 frames, one thread); the point-wise work is already vectorised over all
+    points and smaller buffers are kinder to the caches. GPU: as many
+    frames as keep the point-frame work under 2²⁵ elements and the per-offset coverage buffer
+    under 2²⁸ values (1 GiB of float32), so a 21-frame clip of 1 M points is one batch.
+    """
+    if device.type == "cpu":
+        return 1
+    return max(1, min(2**25 // max(n_points, 1), 2**28 // max(n_pixels * n_offsets, 1)))
+
+
+def _render_fast(pts_t, cols_ext, point_ids, w2c, K, H, W, r_px, depth_window, near, bg, rgb_out, depth_out, mask_out):
+    """Rasterise one chunk of frames into ``rgb_out [Fc, H, W, 3]``, ``depth_out`` and ``mask_out [Fc, H, W]``.
+
+    ``cols_ext`` is ``[3, N + 1]``: the colours plus a black sentinel point ``N`` that empty
+    cells point at; ``point_ids`` is ``arange(N)`` (int64), shared by all chunks. Every
+    per-pixel step is plain arithmetic (no boolean masks, no ``where``/``masked_fill``): on
+    CPU those are several times slower than a fused multiply-add over the same pixels.
+    """
     Fc, N = w2c.shape[0], pts_t.shape[1]
     device, dtype = pts_t.device, pts_t.dtype
     pad = math.ceil(r_px)
-    Hp, Wp = H + 2 * pad, W + 2 * pad
+    # Cell grid: the image padded by ``pad`` cells (points just outside still cover its border)
+    # plus a one-cell dump border that collects every point outside it or behind the camera;
+    # the stencil never reads the dump border, so no validity mask is needed.
+    Hb, Wb = H + 2 * pad + 2, W + 2 * pad + 2
+    n_cells = Hb * Wb
     r2 = r_px * r_px
-    u, v, z = _project(pts_t, w2c, K)
 
-    # 1. nearest point per (padded) pixel cell.
-    f1 = torch.empty_like(u)
-    cx = torch.empty(u.shape, dtype=torch.int64, device=device)
-    cy = torch.empty_like(cx)
-    cx.copy_(torch.floor(torch.clamp(u, -pad - 1.0, W + pad, out=f1), out=f1)).add_(pad)
-    cy.copy_(torch.floor(torch.clamp(v, -pad - 1.0, H + pad, out=f1), out=f1)).add_(pad)
-    valid = torch.gt(z, near)
-    b1 = torch.empty_like(valid)
-    valid &= torch.ge(cx, 0, out=b1)
-    valid &= torch.lt(cx, Wp, out=b1)
-    valid &= torch.ge(cy, 0, out=b1)
-    valid &= torch.lt(cy, Hp, out=b1)
+    # Projection into [3, Fc, N + 1] planes (u, v, z) with the sentinel in column N.
+    P = K @ w2c[:, :3, :]  # [Fc, 3, 4]
+    hom = torch.baddbmm(P[:, :, 3:], P[:, :, :3], pts_t.expand(Fc, 3, N))
+    z = hom[:, 2]
+    uvz = torch.empty((3, Fc, N + 1), dtype=dtype, device=device)
+    u, v = uvz[0, :, :N], uvz[1, :, :N]
+    inv = torch.clamp(z, min=near).reciprocal_()  # behind-camera points get finite coordinates
+    torch.mul(hom[:, 0], inv, out=u)
+    torch.mul(hom[:, 1], inv, out=v)
+    uvz[2, :, :N] = z
+    uvz[0:2, :, N] = _FAR  # the sentinel: far from every pixel, infinitely deep
+    uvz[2, :, N] = math.inf
+
+    # 1. nearest point per cell. Points with z ≤ near are pushed far left, into the dump column
+    # (1 − sign(z − near) is 0 exactly when z > near).
+    cxf = torch.sub(z, near).sign_().neg_().add_(1.0)
+    torch.add(u, cxf, alpha=-1.0e30, out=cxf).clamp_(-pad - 1.0, W + pad).floor_()
+    cyf = torch.clamp(v, -pad - 1.0, H + pad).floor_()
     if r2 < 0.5:
         # Small discs do not always cover their own cell's centre: only points that do compete
         # for the cell, so the cell's own pixel gets the exact nearest covering point.
-        f2 = torch.empty_like(u)
-        torch.sub(u, cx.to(dtype), out=f1).add_(pad - 0.5)
-        torch.sub(v, cy.to(dtype), out=f2).add_(pad - 0.5)
-        f1.mul_(f1).addcmul_(f2, f2)
-        valid &= torch.lt(f1, r2, out=b1)
-    cell = cy.mul_(Wp).add_(cx)  # reuse cy's storage
+        ok = (u - cxf - 0.5).square_().add_((v - cyf - 0.5).square_()) < r2
+        cxf = torch.where(ok, cxf, -pad - 1.0)
+    exact_in_float = n_cells < (2**24 if dtype == torch.float32 else 2**53)
+    if exact_in_float:
+        cell = torch.add(cxf, cyf, alpha=Wb).add_((pad + 1) * Wb + pad + 1).to(torch.int64)
+    else:
+        cell = cyf.to(torch.int64).add_(pad + 1).mul_(Wb).add_(cxf.to(torch.int64)).add_(pad + 1)
+    del cxf, cyf
     if Fc > 1:
-        cell += torch.arange(Fc, device=device)[:, None] * (Hp * Wp)
-    cell.masked_fill_(torch.logical_not(valid, out=b1), Fc * Hp * Wp)  # invalid → dump slot
-    key = cx  # reuse cx's storage: (float32 bits of z) << 32 | point index
-    key.copy_((z if z.dtype == torch.float32 else z.to(torch.float32)).view(torch.int32))
-    key.bitwise_left_shift_(32).bitwise_or_(torch.arange(N, device=device))
-    buf = torch.full((Fc * Hp * Wp + 1,), _INT64_MAX, dtype=torch.int64, device=device)
-    buf.scatter_reduce_(0, cell.view(-1), key.view(-1), reduce="amin", include_self=True)
+        cell += torch.arange(0, Fc * n_cells, n_cells, device=device)[:, None]
+    cell = cell.view(-1)
+    # Keys (float32 bits of z) << 32 | point index order by depth (z > 0 in every cell the
+    # stencil reads), ties by index: deterministic on every device.
+    z32 = z if dtype == torch.float32 else z.to(torch.float32)
+    key = z32.view(torch.int32).to(torch.int64).bitwise_left_shift_(32)
+    key.bitwise_or_(point_ids)
+    buf = torch.full((Fc * n_cells,), _SENTINEL_KEY | N, dtype=torch.int64, device=device)
+    buf.scatter_reduce_(0, cell, key.view(-1), reduce="amin", include_self=True)
+    del key
     # Points per cell: a winner stands in for the points hidden behind it in its cell when
     # the opacity is composited (see step 3).
-    count = torch.bincount(cell.view(-1), minlength=Fc * Hp * Wp + 1)[:-1].to(dtype).view(Fc, Hp, Wp)
-    del cell, key, cx, cy, f1, b1, valid
-    buf = buf[:-1].view(Fc, Hp * Wp)
-    empty = buf == _INT64_MAX
-    idx = buf.bitwise_and_(0xFFFFFFFF).masked_fill_(empty, 0)
+    count = torch.bincount(cell, minlength=Fc * n_cells).to(dtype).view(Fc, Hb, Wb)
+    del cell, hom, z, inv
+    idx = buf.bitwise_and_(0xFFFFFFFF)  # winner per cell, N (the sentinel) for empty cells
+    # Channel 0 = 1: Σ a and Σ a·rgb accumulate in one multiply-add per offset.
+    weights_colors = torch.empty((4, Fc * n_cells), dtype=dtype, device=device)
+    weights_colors[0] = 1.0
+    torch.index_select(cols_ext, 1, idx, out=weights_colors[1:])
+    weights_colors = weights_colors.view(4, Fc, Hb, Wb)
+    if Fc > 1:
+        idx.view(Fc, n_cells).add_(torch.arange(0, Fc * (N + 1), N + 1, device=device)[:, None])
+    grid = uvz.view(3, Fc * (N + 1)).index_select(1, idx).view(3, Fc, Hb, Wb)
+    del uvz, idx, buf
+    # Winner's sub-pixel offset from its cell centre (bordered column j is pixel j − pad − 1).
+    fu = grid[0].sub_(torch.arange(Wb, device=device, dtype=dtype) - (pad + 0.5))
+    fv = grid[1].sub_(torch.arange(Hb, device=device, dtype=dtype)[:, None] - (pad + 0.5))
+    zc = grid[2]
 
-    # Winner attributes on the padded grid; sub-pixel offsets from the cell centre.
-    empty3 = empty.view(Fc, Hp, Wp)
-    zc = z.gather(1, idx).view(Fc, Hp, Wp).masked_fill_(empty3, math.inf)
-    col_grid = torch.arange(Wp, device=device, dtype=dtype) - pad + 0.5
-    row_grid = torch.arange(Hp, device=device, dtype=dtype)[:, None] - pad + 0.5
-    fu = u.gather(1, idx).view(Fc, Hp, Wp).sub_(col_grid).masked_fill_(empty3, _FAR)
-    fv = v.gather(1, idx).view(Fc, Hp, Wp).sub_(row_grid).masked_fill_(empty3, _FAR)
-    colors = cols_t.index_select(1, idx.view(-1)).view(3, Fc, Hp, Wp)
-    del u, v, z, idx, empty
+    _composite(fu, fv, zc, weights_colors, count, pad, r2, depth_window, bg, rgb_out, depth_out, mask_out)
 
-    offsets = stencil_offsets(r_px)
 
-    def window(grid: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-        return grid[..., pad + dy : pad + dy + H, pad + dx : pad + dx + W]
+def _composite(fu, fv, zc, weights_colors, count, pad, r2, depth_window, bg, rgb_out, depth_out, mask_out):
+    """Steps 2 and 3 of ``mode="fast"``: front surface and soft compositing per pixel.
 
-    shape = (Fc, H, W)
-    ex = torch.empty(shape, dtype=dtype, device=device)
-    ey = torch.empty_like(ex)
-    tmp = torch.empty_like(ex)
-    mb = torch.empty(shape, dtype=torch.bool, device=device)
+    The cell grids are ``[Fc, H + 2·pad + 2, W + 2·pad + 2]`` (colours ``[4, …]`` with channel
+    0 = 1); outputs are ``[Fc, H, W(, 3)]``. Per offset, step 2 costs 5 and step 3 9 tensor ops.
+    """
+    Fc, h, W = depth_out.shape
+    device, dtype = fu.device, fu.dtype
+    offsets = stencil_offsets(math.sqrt(r2))
 
-    def dist2(dy: int, dx: int) -> torch.Tensor:  # into ex
-        torch.add(window(fu, dy, dx), dx, out=ex)
-        torch.add(window(fv, dy, dx), dy, out=ey)
-        return ex.mul_(ex).addcmul_(ey, ey)
+    def window(g: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        return g[..., 1 + pad + dy : 1 + pad + dy + h, 1 + pad + dx : 1 + pad + dx + W]
 
-    # 2. front surface: nearest winner whose disc covers the pixel centre.
+    # Squared distances split by axis: gx[dx] = r² − (fu + dx)² and gy[dy] = (fv + dy)², once
+    # per stencil column / row, so that each offset costs one subtraction.
+    r2_t = torch.tensor(r2, dtype=dtype, device=device)
+    gx = {}
+    for dx in sorted({dx for _, dx in offsets}):
+        g = torch.add(fu, dx)
+        gx[dx] = torch.addcmul(r2_t, g, g, value=-1.0, out=g)
+    gy = {dy: torch.add(fv, dy).square_() for dy in sorted({dy for dy, _ in offsets})}
+
+    shape = (Fc, h, W)
+    tmp = torch.empty(shape, dtype=dtype, device=device)
+
+    # 2. coverage a = r² − d² (> 0 iff the winner's disc covers the pixel centre; α = a / r²),
+    # kept per offset for step 3, and the front surface: the nearest covering winner.
+    cover = torch.empty((len(offsets),) + shape, dtype=dtype, device=device)
     front = torch.full(shape, math.inf, dtype=dtype, device=device)
-    for dy, dx in offsets:
-        d2 = dist2(dy, dx)
-        tmp.copy_(window(zc, dy, dx)).masked_fill_(torch.ge(d2, r2, out=mb), math.inf)
+    for a, (dy, dx) in zip(cover, offsets):
+        torch.sub(window(gx[dx], dy, dx), window(gy[dy], dy, dx), out=a).relu_()
+        # z / sign(a): z where covered, z / 0 = inf where not (z > 0; empty cells hold inf).
+        torch.div(window(zc, dy, dx), torch.sign(a, out=tmp), out=tmp)
         torch.minimum(front, tmp, out=front)
-    covered = torch.isfinite(front)
+    depth = torch.nan_to_num(front, posinf=0.0, out=depth_out)  # 0 in holes
+    del front, gx, gy
 
     # 3. soft compositing of the covering winners near the front surface.
-    limit = front * (1.0 + depth_window)
-    acc_w = torch.zeros(shape, dtype=dtype, device=device)
-    acc_c = torch.zeros((3,) + shape, dtype=dtype, device=device)
+    # z ≤ limit ⇔ z < nextafter(limit): sign(limit⁺ − z) is then 1 to keep, 0 or −1 to drop.
+    limit = torch.nextafter(depth * (1.0 + depth_window), torch.tensor(math.inf, dtype=dtype, device=device))
+    acc = torch.zeros((4,) + shape, dtype=dtype, device=device)  # Σ a, Σ a·rgb
     log_transmit = torch.zeros(shape, dtype=dtype, device=device)
-    for dy, dx in offsets:
-        alpha = dist2(dy, dx).mul_(-1.0 / r2).add_(1.0).clamp_(min=0.0)
-        alpha.masked_fill_(torch.gt(window(zc, dy, dx), limit, out=mb), 0.0)
-        acc_w += alpha
-        for c in range(3):
-            acc_c[c].addcmul_(window(colors[c], dy, dx), alpha)
+    one_t = torch.tensor(1.0, dtype=dtype, device=device)
+    for a, (dy, dx) in zip(cover, offsets):
+        a.mul_(torch.sub(limit, window(zc, dy, dx), out=tmp).sign_()).relu_()  # holes: limit⁺ ≈ 0 < z
+        acc.addcmul_(window(weights_colors, dy, dx), a)
         # (1 − α)^n: the n points of the cell are assumed to sit where its winner does.
-        log_transmit.addcmul_(torch.log1p(torch.neg(alpha, out=tmp), out=tmp), window(count, dy, dx))
-    # colour = (1 − Π(1 − α)) · Σ α c / Σ α ; holes get the background.
+        # (clamped: a / r² may round a hair above 1 at a pixel centre; log 0 = −inf is right)
+        torch.add(one_t, a, alpha=-1.0 / r2, out=tmp).clamp_(min=0.0).log_()
+        log_transmit.addcmul_(tmp, window(count, dy, dx))
+    # colour = (1 − Π(1 − α)) · Σ α c / Σ α (a = α r² in both sums); holes get the background.
+    acc_w, acc_c = acc[0], acc[1:]
     scale = torch.exp(log_transmit, out=log_transmit).neg_().add_(1.0).div_(acc_w.clamp_(min=torch.finfo(dtype).tiny))
-    acc_c.mul_(scale)
-    rgb = torch.where(covered, acc_c, bg[:, None, None, None])
-    depth = front.masked_fill_(~covered, 0.0)
-    return rgb.permute(1, 2, 3, 0), depth, (~covered).to(dtype)
+    hole = torch.sign(depth, out=mask_out).neg_().add_(1.0)
+    acc_c.mul_(scale).addcmul_(bg[:, None, None, None], hole)
+    rgb_out.copy_(acc_c.permute(1, 2, 3, 0))
 
 
 def _render_exact(pts_t, cols_t, w2c, K, H, W, r_px, k_max, near, bg):
