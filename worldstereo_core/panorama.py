@@ -70,9 +70,11 @@ def directions_to_equirect(directions: torch.Tensor, height: int, width: int) ->
     return torch.remainder(x, width), y
 
 
-def _sample_equirect(pano: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples ``[..., C]`` of ``pano [H, W, C]`` at continuous pixel coords, wrapping
-    longitude (one column of the opposite side padded on each edge) and clamping latitude."""
+def sample_equirect(pano: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples ``[..., C]`` of ``pano [H, W, C]`` (float tensor, any size) at continuous
+    pixel coordinates ``x, y [...]`` (centres at ``i + 0.5``, as :func:`directions_to_equirect`
+    gives), wrapping longitude (one column of the opposite side padded on each edge) and
+    clamping latitude."""
     H, W, C = pano.shape
     img = pano.permute(2, 0, 1)[None]  # [1, C, H, W]
     img = torch.cat([img[..., -1:], img, img[..., :1]], dim=-1)  # wrap columns
@@ -104,7 +106,7 @@ def equirect_to_perspective(pano: ArrayLike, w2c: ArrayLike, K: ArrayLike, heigh
     rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(Kt).T
     world = rays @ T[:3, :3]  # Rᵀ · ray, row-vector form
     x, y = directions_to_equirect(world, p.shape[0], p.shape[1])
-    out = _sample_equirect(p.to(dtype), x.to(dtype), y.to(dtype))
+    out = sample_equirect(p.to(dtype), x.to(dtype), y.to(dtype))
     if squeeze:
         out = out[..., 0]
     return like_input(out, pano)
@@ -160,12 +162,15 @@ def perspective_to_equirect(
     return like_input(pano.to(imgs.dtype), images), like_input(wsum.to(imgs.dtype), images)
 
 
-def _look_rotation(forward: torch.Tensor) -> torch.Tensor:
-    """w2c rotation ``[3, 3]`` (rows: right, down, forward) of a level camera (world z up, no roll)."""
-    up = torch.tensor([0.0, 0.0, 1.0], dtype=forward.dtype)
-    right = Fnn.normalize(torch.linalg.cross(forward, up), dim=0)
-    down = torch.linalg.cross(forward, right)
-    return torch.stack([right, down, forward])
+def level_look_rotation(forward: torch.Tensor) -> torch.Tensor:
+    """w2c rotations ``[..., 3, 3]`` (rows: right, down, forward) of level OpenCV cameras looking
+    along ``forward [..., 3]`` (any length; world z up, no roll: the camera x axis stays
+    horizontal). Undefined for a forward along ±z."""
+    f = Fnn.normalize(forward, dim=-1)
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=f.dtype, device=f.device).expand_as(f)
+    right = Fnn.normalize(torch.linalg.cross(f, up, dim=-1), dim=-1)
+    down = torch.linalg.cross(f, right, dim=-1)
+    return torch.stack([right, down, f], dim=-2)
 
 
 def panorama_bank_cameras(dtype: torch.dtype = torch.float64) -> Cameras:
@@ -189,7 +194,7 @@ def panorama_bank_cameras(dtype: torch.dtype = torch.float64) -> Cameras:
         order += [(a, s) for a in BANK_AZIMUTHS_DEG[1:]]
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(order), 1, 1)
     for i, (a, s) in enumerate(order):
-        w2c[i, :3, :3] = _look_rotation(fwd(a, s))
+        w2c[i, :3, :3] = level_look_rotation(fwd(a, s))
     fx = BANK_WIDTH / 2 / math.tan(math.radians(BANK_FOV_X_DEG / 2))
     fy = BANK_HEIGHT / 2 / math.tan(math.radians(BANK_FOV_Y_DEG / 2))
     K = torch.tensor([[fx, 0, BANK_WIDTH / 2], [0, fy, BANK_HEIGHT / 2], [0, 0, 1]], dtype=torch.float64)

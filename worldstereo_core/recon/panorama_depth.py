@@ -19,7 +19,9 @@ Panorama frame (the release's and MoGe's): equirect pixel ``(u, v)`` centre has
 ``θ = (1 − (u+0.5)/W)·2π``, ``φ = (v+0.5)/H·π`` and direction
 ``(sin φ cos θ, sin φ sin θ, cos φ)`` — z up, the image centre looks along −x. The release's
 ``pano_bank/cameras.json`` lives in this frame (its first view's ``w2c`` rotation is
-``[[0,1,0],[0,0,−1],[−1,0,0]]``, the camera at the panorama centre).
+``[[0,1,0],[0,0,−1],[−1,0,0]]``, the camera at the panorama centre). The equirect geometry
+(directions, pixel mapping, wrapped bilinear sampling, level camera rotations) is
+:mod:`worldstereo_core.panorama`'s, which documents the same frame.
 
 The per-view predictor is a callable, so tests use an oracle and users may plug other
 monocular models: ``predictor(images [V, h, w, 3], cameras) -> (depth [V, h, w], mask [V, h, w])``
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 
 from ..cameras import ArrayLike, Cameras, as_tensor, like_input
 from ..errors import InvalidDepthError, InvalidImageError
+from ..panorama import directions_to_equirect, equirect_directions, level_look_rotation, sample_equirect
 
 __all__ = [
     "ViewPredictor",
@@ -58,23 +61,9 @@ ViewPredictor = Callable[[torch.Tensor, Cameras], tuple[torch.Tensor, torch.Tens
 # geometry of the split
 
 
-def equirect_directions(height: int, width: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Unit ray directions ``[H, W, 3]`` of equirect pixel centres (panorama frame, z up)."""
-    u = (torch.arange(width, dtype=dtype) + 0.5) / width
-    v = (torch.arange(height, dtype=dtype) + 0.5) / height
-    theta = (1 - u) * 2 * math.pi
-    phi = v * math.pi
-    st, ct = torch.sin(theta)[None, :], torch.cos(theta)[None, :]
-    sp, cp = torch.sin(phi)[:, None], torch.cos(phi)[:, None]
-    return torch.stack([sp * ct, sp * st, cp.expand(height, width)], dim=-1)
-
-
 def directions_to_equirect_pixels(dirs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Continuous equirect pixel coordinates ``[..., 2]`` (x, y; pixel centres at +0.5)."""
-    d = F.normalize(dirs, dim=-1)
-    u = (1 - torch.atan2(d[..., 1], d[..., 0]) / (2 * math.pi)) % 1.0
-    v = torch.arccos(d[..., 2].clamp(-1, 1)) / math.pi
-    return torch.stack([u * width, v * height], dim=-1)
+    return torch.stack(directions_to_equirect(dirs, height, width), dim=-1)
 
 
 def icosahedron_directions() -> torch.Tensor:
@@ -87,25 +76,14 @@ def icosahedron_directions() -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def _look_from_origin(forward: torch.Tensor, up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> torch.Tensor:
-    """Rotation-only ``w2c [V, 4, 4]`` of OpenCV cameras at the origin looking along ``forward``."""
-    z = F.normalize(forward, dim=-1)
-    down = -torch.tensor(up, dtype=z.dtype).expand_as(z)
-    y = F.normalize(down - (down * z).sum(-1, keepdim=True) * z, dim=-1)
-    x = torch.cross(y, z, dim=-1)
-    w2c = torch.zeros(z.shape[0], 4, 4, dtype=z.dtype)
-    w2c[:, :3, :3] = torch.stack([x, y, z], dim=1)  # rows = camera axes in world
-    w2c[:, 3, 3] = 1
-    return w2c
-
-
 def panorama_split_cameras(resolution: int = 512, fov_deg: float = 90.0) -> Cameras:
     """MoGe's panorama split: 12 square views at the icosahedron vertices, up = +z."""
     if resolution < 2:
         raise InvalidImageError(f"split resolution must be at least 2 pixels, got {resolution}")
     if not 0 < fov_deg < 180:
         raise InvalidImageError(f"split field of view must be in (0, 180) degrees, got {fov_deg}")
-    w2c = _look_from_origin(icosahedron_directions())
+    w2c = torch.eye(4, dtype=torch.float64).repeat(12, 1, 1)
+    w2c[:, :3, :3] = level_look_rotation(icosahedron_directions())  # up = +z
     f = resolution / (2 * math.tan(math.radians(fov_deg) / 2))
     K = torch.tensor([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1]], dtype=torch.float64)
     return Cameras(w2c=w2c, K=K.expand(12, 3, 3).clone(), height=resolution, width=resolution)
@@ -122,18 +100,6 @@ def _view_rays(cameras: Cameras) -> torch.Tensor:
     return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
-def _sample_equirect(pano: torch.Tensor, pixels: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Sample ``pano [H, W, C]`` at continuous pixels ``[..., 2]`` with longitude wrap-around."""
-    H, W, C = pano.shape
-    # one wrapped column each side so bilinear taps across the seam stay continuous
-    padded = torch.cat([pano[:, -1:], pano, pano[:, :1]], dim=1).permute(2, 0, 1)[None]
-    gx = (pixels[..., 0] + 1) / (W + 2) * 2 - 1
-    gy = pixels[..., 1] / H * 2 - 1
-    grid = torch.stack([gx, gy], dim=-1).reshape(1, -1, 1, 2).to(padded.dtype)
-    out = F.grid_sample(padded, grid, mode=mode, padding_mode="border", align_corners=False)
-    return out[0, :, :, 0].T.reshape(*pixels.shape[:-1], C)
-
-
 def split_panorama(pano: ArrayLike, cameras: Cameras | None = None) -> ArrayLike:
     """Perspective views ``[V, h, w, 3]`` of an equirect image ``[H, W, 3]`` (bilinear)."""
     img = as_tensor(pano)
@@ -142,9 +108,9 @@ def split_panorama(pano: ArrayLike, cameras: Cameras | None = None) -> ArrayLike
     cameras = cameras or panorama_split_cameras()
     rays = _view_rays(cameras)
     world = torch.einsum("vij,vhwj->vhwi", cameras.w2c[:, :3, :3].double().transpose(1, 2), rays)
-    pix = directions_to_equirect_pixels(world, img.shape[0], img.shape[1])
+    x, y = directions_to_equirect(world, img.shape[0], img.shape[1])
     src = img.float() if img.dtype == torch.uint8 else img
-    out = _sample_equirect(src, pix).to(img.dtype if img.is_floating_point() else torch.float32)
+    out = sample_equirect(src, x, y).to(img.dtype if img.is_floating_point() else torch.float32)
     return like_input(out, pano)
 
 
