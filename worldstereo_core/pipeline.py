@@ -35,9 +35,9 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from .align import fit_depth_scale_shift
+from .align import Similarity, fit_depth_scale_shift, robust_umeyama, umeyama
 from .cameras import Cameras
-from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError
+from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError, MemoryBankError
 from .memory import Cache3D, MemoryBank
 from .metrics import pointcloud_prf
 from .pointcloud import (
@@ -67,8 +67,12 @@ __all__ = [
     "SceneLoopResult",
     "LoopScores",
     "OracleLoopResult",
+    "CloudAlignment",
+    "ClipMerge",
     "run_scene_loop",
     "run_oracle_loop",
+    "merge_clip",
+    "align_cloud_to_cache",
     "cache_surface_depth",
 ]
 
@@ -261,6 +265,8 @@ class LoopConfig:
         align_context_frames: how many of the clip's latest aligned frames join the cache in
             the alignment target of the next frame.
         max_fit_pixels: pixels (a seeded random subset of the covered ones) per depth fit.
+        clip_alignment: how each clip is aligned to the cache (:func:`merge_clip`): ``"depth"``
+            (per-frame scale/shift) or ``"umeyama"`` (one similarity per clip).
     """
 
     num_frames: int = DEFAULT_NUM_FRAMES
@@ -279,6 +285,7 @@ class LoopConfig:
     align_depth_window: float = 0.05
     align_context_frames: int = 4
     max_fit_pixels: int = 4096
+    clip_alignment: str = "depth"
 
     def params_for(self, name: str) -> dict:
         for n, p in self.preset_params:
@@ -298,6 +305,8 @@ class FrameAlignment:
         inliers: pixels the robust fit kept.
         status: per frame ``"input"``, ``"aligned"`` or ``"skipped"`` (too few covered
             pixels or a failed fit; its points are not merged).
+        rmse: ``[F]`` residual of the aligned frame against the cache over its inlier pixels
+            (depth units; NaN where not aligned). None in results made before it existed.
     """
 
     scale: torch.Tensor
@@ -305,6 +314,7 @@ class FrameAlignment:
     covered: torch.Tensor
     inliers: torch.Tensor
     status: tuple[str, ...]
+    rmse: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -344,7 +354,7 @@ class SceneLoopResult:
         bank: the final memory bank.
         steps: one :class:`TrajectoryStep` per trajectory, in order.
         median_depth: the input view's median depth (what the presets were scaled by).
-        input_cloud: the first cache (input view only).
+        input_cloud: the first cache (the input view's cloud, or the cache the loop was given).
     """
 
     cache: Cache3D
@@ -414,12 +424,23 @@ class OracleLoopResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_inputs(image: torch.Tensor, cameras: Cameras, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_inputs(
+    image: torch.Tensor, cameras: Cameras, depth: torch.Tensor | None, allow_no_depth: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not isinstance(cameras, Cameras) or len(cameras) != 1:
         raise InvalidTrajectoryError("the scene loop needs the input camera as a Cameras batch of exactly 1 pose")
     img = image[None] if image.ndim == 3 else image
     if img.ndim != 4 or img.shape[0] != 1 or img.shape[-1] != 3:
         raise InvalidImageError(f"input image must be [1, H, W, 3] or [H, W, 3], got {tuple(image.shape)}")
+    if depth is None:
+        if not allow_no_depth:
+            raise InvalidDepthError("no input depth given; pass the input view's depth, or a starting cache")
+        if tuple(img.shape[1:3]) != (cameras.height, cameras.width):
+            raise InvalidImageError(
+                f"input image {tuple(img.shape[1:3])} and camera {(cameras.height, cameras.width)} sizes differ; "
+                "resize the image (or rescale K with Cameras.resized)"
+            )
+        return img.float(), None
     d = depth[None] if depth.ndim == 2 else depth
     if d.ndim != 3 or d.shape[0] != 1:
         raise InvalidDepthError(f"input depth must be [1, H, W] or [H, W], got {tuple(depth.shape)}")
@@ -484,6 +505,23 @@ def cache_surface_depth(
     return depth, depth > 0
 
 
+def _median_depth_in_view(points: torch.Tensor, cameras: Cameras) -> float:
+    """Median z of the points that project into the (first) camera's image."""
+    w2c, K = cameras.w2c[0].to(torch.float64), cameras.K[0].to(torch.float64)
+    cam = points.to(torch.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    front = z > 1e-9
+    u = K[0, 0] * cam[front, 0] / z[front] + K[0, 2]
+    v = K[1, 1] * cam[front, 1] / z[front] + K[1, 2]
+    inside = (u >= 0) & (u < cameras.width) & (v >= 0) & (v < cameras.height)
+    if not bool(inside.any()):
+        raise InvalidDepthError(
+            "no point of the given cache is in view of the input camera, so the trajectories cannot be "
+            "scaled; pass the input depth too, or check that the cache and camera share one world"
+        )
+    return float(z[front][inside].median())
+
+
 def _fit(
     pred: torch.Tensor, target: torch.Tensor, usable: torch.Tensor, seed: int, max_pixels: int
 ) -> tuple[float, float, int] | None:
@@ -527,6 +565,301 @@ def _lift(
     return unproject_depths(d, cameras.K, cameras.c2w, frames.clamp(0, 1), keep)
 
 
+# ---------------------------------------------------------------------------------------------
+# One clip onto the cache: alignment + lift + merge
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CloudAlignment:
+    """One similarity taking a clip's reconstruction onto the cache (:func:`align_cloud_to_cache`).
+
+    Attributes:
+        similarity: reconstruction frame → cache world (``x ↦ s·R·x + t``).
+        rmse: root-mean-square 3D distance of the inlier pairs after alignment (world units).
+        num_pairs: correspondences found (pixels with both a reconstruction point and cache surface).
+        num_inliers: pairs the robust fit kept.
+        covered: ``[F]`` correspondences per frame; inliers: ``[F]`` inliers per frame.
+        cloud: the aligned reconstruction (valid pixels of the merged frames, depth edges dropped).
+    """
+
+    similarity: Similarity
+    rmse: float
+    num_pairs: int
+    num_inliers: int
+    covered: torch.Tensor
+    inliers: torch.Tensor
+    cloud: PointCloud
+
+
+@dataclass(frozen=True)
+class ClipMerge:
+    """Output of :func:`merge_clip`.
+
+    Attributes:
+        cache: the new cache (the input cache is unchanged).
+        alignment: per-frame scale/shift (``"umeyama"``: the similarity's scale on every frame,
+            shift 0) with covered/inlier counts and status.
+        cloud_added: the aligned points that were merged (before voxel merging).
+        similarity: the clip's similarity (``"umeyama"`` mode only, else None).
+        rmse: alignment residual: ``"depth"`` — RMS depth residual of the inlier pixels over
+            all aligned frames; ``"umeyama"`` — RMS 3D distance of the inlier pairs. NaN when no
+            frame was aligned.
+    """
+
+    cache: Cache3D
+    alignment: FrameAlignment
+    cloud_added: PointCloud
+    similarity: Similarity | None = None
+    rmse: float = float("nan")
+
+
+def _empty_cloud() -> PointCloud:
+    z = torch.zeros(0, 3)
+    return PointCloud(z, z.clone())
+
+
+def _point_map(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """World points ``[F, H, W, 3]`` of z-depth ``[F, H, W]`` through pixel centres."""
+    F, H, W = depth.shape
+    K = cameras.K.to(torch.float64)
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+    x = (u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    cam = torch.stack([x, y, torch.ones_like(x)], -1) * depth.to(torch.float64)[..., None]
+    c2w = cameras.c2w.to(torch.float64)
+    return torch.einsum("fij,fhwj->fhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+
+
+def _not_edges(z: torch.Tensor, cameras: Cameras, edge_threshold: float | None) -> torch.Tensor:
+    """``[F, H, W]`` True where a pixel of z-depth ``z`` (0 = none) is not on a depth edge
+    (same resolution-scaled rule as :func:`_lift`)."""
+    if edge_threshold is None:
+        return torch.ones_like(z, dtype=torch.bool)
+    beta = RELEASE_EDGE_BETA * min(cameras.height, cameras.width) / 480.0
+    return ~torch.stack([torch.as_tensor(depth_edge_mask(x, edge_threshold, beta)) for x in z.float()])
+
+
+def _clip_inputs(frames, depth, valid, cameras: Cameras, allow_points: bool):
+    if not isinstance(cameras, Cameras):
+        raise InvalidTrajectoryError(f"cameras must be a Cameras batch, got {type(cameras).__name__}")
+    F, H, W = len(cameras), cameras.height, cameras.width
+    d = torch.as_tensor(depth)
+    is_points = d.ndim == 4 and d.shape[-1] == 3
+    if is_points and not allow_points:
+        raise InvalidDepthError("a point map [F, H, W, 3] needs alignment='umeyama'; 'depth' aligns z-depth [F, H, W]")
+    if tuple(d.shape[:3]) != (F, H, W) or not (is_points or d.ndim == 3):
+        want = f"[{F}, {H}, {W}]" + (f" or a point map [{F}, {H}, {W}, 3]" if allow_points else "")
+        raise InvalidDepthError(
+            f"clip depth is {tuple(d.shape)} but the {F} cameras are {H}×{W}; give {want} (one map per camera)"
+        )
+    d = d.detach().float() if not is_points else d.detach().to(torch.float64)
+    # a model's NaN/inf pixels are unusable, not an error; negative values may be legitimate
+    # (affine-invariant depth before its shift is fitted), so only ``valid`` decides
+    finite = torch.isfinite(d) if not is_points else torch.isfinite(d).all(-1)
+    if valid is None:
+        v = finite if is_points else finite & (d > 0)
+    else:
+        v = torch.as_tensor(valid).bool()
+        if tuple(v.shape) != (F, H, W):
+            raise InvalidDepthError(f"valid mask is {tuple(v.shape)}; expected [{F}, {H}, {W}]")
+        v = v & finite
+    d = torch.where(finite[..., None] if is_points else finite, d, torch.zeros_like(d))
+    img = None
+    if frames is not None:
+        img = torch.as_tensor(frames).detach().float()
+        if tuple(img.shape) != (F, H, W, 3):
+            raise InvalidImageError(f"clip frames are {tuple(img.shape)}; expected [{F}, {H}, {W}, 3] (one per camera)")
+    return img, d, v, is_points
+
+
+def align_cloud_to_cache(
+    reconstruction: torch.Tensor,
+    cameras: Cameras,
+    cache: Cache3D | PointCloud,
+    valid: torch.Tensor | None = None,
+    colors: torch.Tensor | None = None,
+    source_cameras: Cameras | None = None,
+    config: LoopConfig = LoopConfig(),
+    seed: int = 0,
+    skip_first: bool = False,
+) -> CloudAlignment:
+    """One robust similarity bringing a clip's reconstruction onto the cache (WorldMirror-style
+    output, with its own cloud in its own frame and scale).
+
+    Correspondences are pixels: at pixel ``(f, u, v)`` the reconstruction's point is paired
+    with the cache's surface point on that pixel's ray (:func:`cache_surface_depth` at the
+    known camera ``f``, lifted through the pixel centre). :func:`align.robust_umeyama` (LMedS)
+    fits the similarity on a seeded subset of ``config.max_fit_pixels`` pairs; it is then
+    refitted by least squares on every pair within 2.5 robust σ (twice).
+
+    Args:
+        reconstruction: a point map ``[F, H, W, 3]`` in the reconstruction's frame, or z-depth
+            ``[F, H, W]`` lifted with ``source_cameras`` (the reconstruction's own cameras) or,
+            without them, with ``cameras`` (then the similarity corrects one global error of the
+            whole clip; a per-frame scale error is :func:`merge_clip`'s ``"depth"`` mode's job).
+        cameras: the ``F`` known cameras of the frames, in the cache's world.
+        cache: the 3D cache (or its cloud).
+        valid: ``[F, H, W]`` usable reconstruction pixels (default: depth > 0 / all points).
+        colors: ``[F, H, W, 3]`` colours of the points (default grey).
+        config: ``align_depth_window``, ``max_fit_pixels`` and ``edge_threshold`` are used.
+        skip_first: leave frame 0 out of the returned cloud (it still gives correspondences:
+            in a generated clip it is the input view, whose points the cache already holds).
+    Raises:
+        AlignmentError: fewer than ``max(16, min_covered_fraction × H × W)`` correspondences
+            (the clip does not overlap the cache) or a degenerate fit.
+    """
+    img, rec, v, is_points = _clip_inputs(colors, reconstruction, valid, cameras, allow_points=True)
+    F, H, W = len(cameras), cameras.height, cameras.width
+    if is_points:
+        src = rec
+    else:
+        sc = cameras if source_cameras is None else source_cameras
+        if not isinstance(sc, Cameras) or len(sc) != F or (sc.height, sc.width) != (H, W):
+            raise InvalidTrajectoryError(f"source_cameras must be {F} cameras of {H}×{W}, like the known cameras")
+        src = _point_map(rec, sc)
+    cloud = cache.cloud if isinstance(cache, Cache3D) else cache
+    if not isinstance(cloud, PointCloud):
+        raise MemoryBankError(f"cache must be a Cache3D or PointCloud, got {type(cache).__name__}")
+    if len(cloud) == 0:
+        raise AlignmentError("the cache is empty; there is nothing to align the reconstruction to")
+    td, tc = cache_surface_depth(cloud, cameras, config.align_depth_window)
+    pair = v & tc
+    n = int(pair.sum())
+    need = max(16, int(config.min_covered_fraction * H * W))
+    if n < need:
+        raise AlignmentError(
+            f"only {n} pixels have both a reconstruction point and cache surface (need ≥ {need}); "
+            "the clip does not overlap the cache — check that the cameras match the frames"
+        )
+    dst = _point_map(td, cameras)[pair]
+    srcp = src[pair]
+    g = torch.Generator().manual_seed(int(seed))
+    pick = torch.randperm(n, generator=g)[: config.max_fit_pixels]
+    s, R, t, _ = robust_umeyama(srcp[pick], dst[pick], seed=int(seed))
+    sim = Similarity(s, R, t)
+    floor = 1e-9 * float((dst.max(0).values - dst.min(0).values).norm().clamp_min(1e-12))
+    inl = torch.ones(n, dtype=torch.bool)
+    for _ in range(2):  # least squares on all pairs within 2.5 robust σ of the current fit
+        res = (sim.apply(srcp) - dst).norm(dim=-1)
+        inl = res < max(2.5 * 1.4826 * float(res.median()), floor)
+        if int(inl.sum()) < 3:
+            break
+        s, R, t = umeyama(srcp[inl], dst[inl])
+        sim = Similarity(s, R, t)
+    res = (sim.apply(srcp) - dst).norm(dim=-1)
+    inl = res < max(2.5 * 1.4826 * float(res.median()), floor)
+    rmse = float(res[inl].pow(2).mean().sqrt()) if bool(inl.any()) else float("nan")
+    frame_of = torch.arange(F)[:, None, None].expand(F, H, W)[pair]
+    covered = torch.bincount(frame_of, minlength=F)
+    inliers = torch.bincount(frame_of[inl], minlength=F)
+
+    # the aligned cloud: valid pixels, depth edges (of the aligned z in the known cameras) dropped
+    world = sim.apply(src.reshape(-1, 3)).reshape(F, H, W, 3)
+    w2c = cameras.w2c.to(torch.float64)
+    z = torch.einsum("fj,fhwj->fhw", w2c[:, 2, :3], world) + w2c[:, 2, 3, None, None]
+    keep = v & (z > 0)
+    keep = keep & _not_edges(torch.where(keep, z, torch.zeros_like(z)), cameras, config.edge_threshold)
+    if skip_first:
+        keep[0] = False
+    rgb = img if img is not None else torch.full((F, H, W, 3), 0.5)
+    out = PointCloud(world[keep].float(), rgb[keep].clamp(0, 1)) if bool(keep.any()) else _empty_cloud()
+    return CloudAlignment(sim, rmse, n, int(inl.sum()), covered, inliers, out)
+
+
+def merge_clip(
+    cache: Cache3D,
+    frames: torch.Tensor,
+    depth: torch.Tensor,
+    valid: torch.Tensor | None,
+    cameras: Cameras,
+    config: LoopConfig = LoopConfig(),
+    seed: int = 0,
+    skip_first: bool = True,
+    alignment: str = "depth",
+    source_cameras: Cameras | None = None,
+) -> ClipMerge:
+    """Align one clip's depth to the cache, lift it with the known cameras and merge it.
+
+    ``alignment="depth"`` (the loop's default): frames are aligned in order, each by a robust
+    per-frame ``scale · depth + shift`` fit to :func:`cache_surface_depth` over the pixels it
+    shares with the cache (≥ ``config.min_covered_fraction`` of the image, else the frame is
+    skipped), and each aligned frame joins the next frames' target (the latest
+    ``config.align_context_frames`` of them): new foreground the cache never saw then
+    occludes the cached background behind it instead of outvoting the true surface.
+
+    ``alignment="umeyama"``: one similarity for the whole clip (:func:`align_cloud_to_cache`);
+    ``depth`` may then also be a point map ``[F, H, W, 3]`` in the reconstruction's frame, and
+    ``source_cameras`` the reconstruction's own cameras for its depth.
+
+    Args:
+        cache: the current cache (its voxel size / point cap govern the merge); unchanged.
+        frames: ``[F, H, W, 3]`` colours in [0, 1].
+        depth: ``[F, H, W]`` z-depth (0 = none), up to per-frame scale/shift.
+        valid: ``[F, H, W]`` usable depth (None: depth > 0).
+        cameras: the frames' ``F`` cameras (``H × W``) in the cache's world.
+        config: loop settings used here (alignment, edges, outlier removal).
+        seed: seeds the robust fits (frame ``f`` of ``"depth"`` uses ``seed + f``).
+        skip_first: frame 0 is the input view (already in the cache): not aligned, not merged.
+    Returns:
+        :class:`ClipMerge`.
+    """
+    if alignment not in ("depth", "umeyama"):
+        raise AlignmentError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
+    if not isinstance(cache, Cache3D):
+        raise MemoryBankError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")
+    img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=alignment == "umeyama")
+    F, H, W = len(cameras), cameras.height, cameras.width
+    first = 1 if skip_first else 0
+    scale = torch.ones(F, dtype=torch.float64)
+    shift = torch.zeros(F, dtype=torch.float64)
+    covered = torch.zeros(F, dtype=torch.long)
+    inliers = torch.zeros(F, dtype=torch.long)
+    rmse_f = torch.full((F,), float("nan"), dtype=torch.float64)
+
+    if alignment == "umeyama":
+        ca = align_cloud_to_cache(d, cameras, cache, v, img, source_cameras, config, seed, skip_first)
+        scale[first:] = ca.similarity.s
+        status = ("input",) * first + ("aligned",) * (F - first)
+        rmse_f[first:] = ca.rmse
+        al = FrameAlignment(scale, shift, ca.covered, ca.inliers, status, rmse_f)
+        new = cache.merge(ca.cloud, remove_outliers=config.outlier_removal) if len(ca.cloud) else cache
+        return ClipMerge(new, al, ca.cloud, ca.similarity, ca.rmse)
+
+    status = ["input"] * first + ["skipped"] * (F - first)
+    min_px = max(16, int(config.min_covered_fraction * H * W))
+    new_clouds: list[PointCloud] = []
+    sq_sum, sq_n = 0.0, 0
+    for f in range(first, F):
+        # the cache and the last few aligned frames of this clip (nearest to frame f)
+        context = [cache.cloud.points] + [c.points for c in new_clouds[-config.align_context_frames :]]
+        td, tc = cache_surface_depth(context, cameras[f], config.align_depth_window)
+        usable = tc[0] & v[f]
+        covered[f] = int(usable.sum())
+        fit = None
+        if covered[f] >= min_px:
+            fit = _fit(d[f], td[0], usable, seed + f, config.max_fit_pixels)
+        if fit is None:
+            continue
+        scale[f], shift[f], inliers[f] = fit
+        status[f] = "aligned"
+        aligned = (fit[0] * d[f].double() + fit[1]).float()[None]
+        res = (aligned[0] - td[0])[usable].abs()
+        gate = max(2.5 * 1.4826 * float(res.median()), 1e-9 * float(td[0].max()))
+        r_in = res[res < gate].double()
+        if r_in.numel():
+            rmse_f[f] = float(r_in.pow(2).mean().sqrt())
+            sq_sum, sq_n = sq_sum + float(r_in.pow(2).sum()), sq_n + r_in.numel()
+        rgb = img[f][None] if img is not None else torch.full((1, H, W, 3), 0.5)
+        pts = _lift(aligned, v[f][None] & (aligned > 0), rgb, cameras[f], config.edge_threshold)
+        if pts is not None:
+            new_clouds.append(pts)
+    added = PointCloud.cat(new_clouds) if new_clouds else _empty_cloud()
+    new = cache.merge(added, remove_outliers=config.outlier_removal) if new_clouds else cache
+    al = FrameAlignment(scale, shift, covered, inliers, tuple(status), rmse_f)
+    return ClipMerge(new, al, added, None, math.sqrt(sq_sum / sq_n) if sq_n else float("nan"))
+
+
 def run_scene_loop(
     image: torch.Tensor,
     cameras: Cameras,
@@ -538,13 +871,16 @@ def run_scene_loop(
     valid: torch.Tensor | None = None,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    bank: MemoryBank | None = None,
+    cache: Cache3D | None = None,
 ) -> SceneLoopResult:
     """Run the paper's loop from one input view (see the module doc).
 
     Args:
         image: ``[1, H, W, 3]`` input image in [0, 1].
         cameras: the input camera (one pose of ``H × W``); it defines the world frame.
-        depth: ``[1, H, W]`` z-depth of the input view in the cameras' units (0 = none).
+        depth: ``[1, H, W]`` z-depth of the input view in the cameras' units (0 = none). May
+            be None when ``cache`` is given (the median depth then comes from the cache).
         generator: makes each clip's keyframes (:class:`FrameGenerator`).
         depth_estimator: gives their depth (:class:`DepthEstimator`).
         trajectories: preset names, in order.
@@ -552,6 +888,11 @@ def run_scene_loop(
         valid: optional ``[1, H, W]`` mask of usable input depth (True = keep).
         seed: makes the robust fits reproducible.
         progress: ``progress(step, total)`` after each stage (5 per trajectory + 1).
+        bank: start from this memory bank instead of the input image alone (e.g. a
+            panorama's 27 views); the input image still opens every clip.
+        cache: start from this 3D cache instead of the input depth's cloud (e.g. a
+            panorama's cloud, in the input camera's world). Without a voxel size of its own
+            it gets ``config.voxel_fraction ×`` the median depth (and ``config.max_points``).
     Returns:
         :class:`SceneLoopResult`.
     """
@@ -560,7 +901,9 @@ def run_scene_loop(
     unknown = [t for t in trajectories if t not in PRESETS]
     if unknown:
         raise InvalidTrajectoryError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
-    img, d0 = _check_inputs(image, cameras, depth)
+    if config.clip_alignment not in ("depth", "umeyama"):
+        raise AlignmentError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
+    img, d0 = _check_inputs(image, cameras, depth, allow_no_depth=cache is not None)
     H, W = cameras.height, cameras.width
     total = 1 + 5 * len(trajectories)
     step = 0
@@ -571,20 +914,35 @@ def run_scene_loop(
         if progress is not None:
             progress(step, total)
 
-    # 1. input view → first cache and memory bank
-    keep0 = (d0 > 0) if valid is None else (torch.as_tensor(valid).reshape(d0.shape).bool() & (d0 > 0))
-    median_depth = float(d0[keep0].double().median())
-    d_in = d0
-    if config.far_contract is not None:
-        from .pointcloud import compress_far_depth
-
-        d_in = torch.as_tensor(compress_far_depth(d0, config.far_contract))
-    input_cloud = _lift(d_in, keep0, img, cameras, config.edge_threshold)
-    if input_cloud is None:
-        raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
+    # 1. input view → first cache and memory bank (or the given ones)
+    if bank is not None and not isinstance(bank, MemoryBank):
+        raise MemoryBankError(f"bank must be a MemoryBank, got {type(bank).__name__}")
+    if cache is not None and (not isinstance(cache, Cache3D) or len(cache) == 0):
+        raise MemoryBankError("cache must be a non-empty Cache3D (e.g. Cache3D(cloud)); or pass None to start from the depth")
+    if d0 is not None:
+        keep0 = (d0 > 0) if valid is None else (torch.as_tensor(valid).reshape(d0.shape).bool() & (d0 > 0))
+        if not bool(keep0.any()):
+            raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
+        median_depth = float(d0[keep0].double().median())
+    else:
+        median_depth = _median_depth_in_view(cache.cloud.points, cameras)
     voxel = config.voxel_fraction * median_depth
-    cache = Cache3D.empty(voxel, config.max_points).merge(input_cloud, remove_outliers=config.outlier_removal)
-    bank = MemoryBank.from_image(img[0], cameras.w2c[0], cameras.K[0], label="input")
+    if cache is None:
+        d_in = d0
+        if config.far_contract is not None:
+            from .pointcloud import compress_far_depth
+
+            d_in = torch.as_tensor(compress_far_depth(d0, config.far_contract))
+        input_cloud = _lift(d_in, keep0, img, cameras, config.edge_threshold)
+        if input_cloud is None:
+            raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
+        cache = Cache3D.empty(voxel, config.max_points).merge(input_cloud, remove_outliers=config.outlier_removal)
+    else:
+        input_cloud = cache.cloud
+        if cache.voxel_size is None:
+            cache = Cache3D(cache.cloud, voxel, cache.max_points if cache.max_points is not None else config.max_points)
+    if bank is None:
+        bank = MemoryBank.from_image(img[0], cameras.w2c[0], cameras.K[0], label="input")
     tick()
 
     steps: list[TrajectoryStep] = []
@@ -618,37 +976,9 @@ def run_scene_loop(
         tick()
 
         # 2e. align each frame's depth to the surface depth of the cache, lift, merge.
-        # Frames are aligned in order and each joins the alignment target as soon as it is
-        # aligned: new foreground (the side of a house the cache never saw) then occludes
-        # the cached background behind it in the next frame's target, instead of letting
-        # that background leak through and outvote the true surface in the robust fit.
+        clip = merge_clip(cache, frames, fd, fv, kf, config, seed=seed * 7919 + ti * 101, alignment=config.clip_alignment)
+        cache = clip.cache
         F = len(kf)
-        scale = torch.ones(F, dtype=torch.float64)
-        shift = torch.zeros(F, dtype=torch.float64)
-        covered = torch.zeros(F, dtype=torch.long)
-        inliers = torch.zeros(F, dtype=torch.long)
-        status = ["input"] + ["skipped"] * (F - 1)
-        min_px = max(16, int(config.min_covered_fraction * H * W))
-        new_clouds: list[PointCloud] = []
-        for f in range(1, F):
-            # the cache and the last few aligned frames of this clip (nearest to frame f)
-            context = [cache.cloud.points] + [c.points for c in new_clouds[-config.align_context_frames :]]
-            td, tc = cache_surface_depth(context, kf[f], config.align_depth_window)
-            usable = tc[0] & fv[f]
-            covered[f] = int(usable.sum())
-            fit = None
-            if covered[f] >= min_px:
-                fit = _fit(fd[f], td[0], usable, seed * 7919 + ti * 101 + f, config.max_fit_pixels)
-            if fit is None:
-                continue
-            scale[f], shift[f], inliers[f] = fit
-            status[f] = "aligned"
-            aligned = (fit[0] * fd[f].double() + fit[1]).float()[None]
-            pts = _lift(aligned, fv[f][None] & (aligned > 0), frames[f][None], kf[f], config.edge_threshold)
-            if pts is not None:
-                new_clouds.append(pts)
-        if new_clouds:
-            cache = cache.merge(PointCloud.cat(new_clouds), remove_outliers=config.outlier_removal)
         bank = bank.update(frames, kf, label=f"traj{ti}:{name}", num=min(config.bank_update, F - 1))
         steps.append(
             TrajectoryStep(
@@ -660,7 +990,7 @@ def run_scene_loop(
                 frames=frames,
                 depth=fd,
                 valid=fv,
-                alignment=FrameAlignment(scale, shift, covered, inliers, tuple(status)),
+                alignment=clip.alignment,
                 cache_points=len(cache),
             )
         )
