@@ -276,3 +276,24 @@ def test_load_rejects_wrong_files(tmp_path: Path) -> None:
     save_file({"blocks.0.attn1.to_q.weight": torch.zeros(4, 4)}, str(other))
     with pytest.raises(CheckpointError, match=r"missing keys under .*unexpected keys under blocks\.0"):
         load_worldmirror(other, WorldMirrorConfig.tiny())
+
+
+def test_save_worldmirror_round_trip_needs_no_config(tmp_path: Path, tiny: WorldMirror) -> None:
+    from worldstereo_core.recon.worldmirror import CONFIG_FORMAT, config_from_dict, save_worldmirror
+
+    path = save_worldmirror(tiny, tmp_path / "tiny")
+    assert path.name == "model.safetensors" and (tmp_path / "tiny" / "config.json").is_file()
+    loaded = load_worldmirror(path)  # config.json beside the weights (our format)
+    assert loaded.config == tiny.config
+    images = torch.rand(1, 2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(tiny(images, None).depth, loaded(images, None).depth)
+    # without config.json the file's metadata holds the config
+    (tmp_path / "tiny" / "config.json").unlink()
+    assert load_worldmirror(path).config == tiny.config
+    # our JSON round-trips; upstream JSON (no format tag) still goes through from_upstream
+    d = config_to_dict(tiny.config)
+    assert d["format"] == CONFIG_FORMAT and config_from_dict(json.loads(json.dumps(d))) == tiny.config
+    assert config_from_dict({"model_size": "small"}).embed_dim == 384
+    with pytest.raises(CheckpointError, match="unknown WorldMirror config keys"):
+        config_from_dict({**d, "wings": 2})

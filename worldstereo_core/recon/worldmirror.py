@@ -47,6 +47,8 @@ __all__ = [
     "WorldMirrorOutput",
     "WorldMirror",
     "load_worldmirror",
+    "save_worldmirror",
+    "config_from_dict",
     "normalize_prior_poses",
     "normalize_prior_depth",
     "encode_prior_poses",
@@ -56,6 +58,10 @@ __all__ = [
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``format`` tag of our own config JSON (any sizes); upstream's config.json has none.
+CONFIG_FORMAT = "worldstereo.WorldMirrorConfig/1"
+#: safetensors metadata key holding that JSON in files written by :func:`save_worldmirror`.
+CONFIG_METADATA_KEY = "worldmirror_config"
 # Spherical-harmonics band-0 constant, RGB ↔ SH DC coefficient.
 _SH_C0 = 0.28209479177387814
 
@@ -946,8 +952,8 @@ def load_worldmirror(
     """Build WorldMirror and load a ``.safetensors`` state dict with ``strict=True``.
 
     ``config`` may be a :class:`WorldMirrorConfig`, an upstream config dict, a path to the
-    upstream ``config.json``, or None (looks for ``config.json`` beside the weights, else the
-    default layout). Mismatching files raise :class:`CheckpointError` naming the key groups.
+    upstream ``config.json`` (or ours, :func:`config_to_dict`), or None (``config.json`` beside
+    the weights, else the file's ``worldmirror_config`` metadata, else the default layout). Mismatching files raise :class:`CheckpointError` naming the key groups.
     """
     from safetensors.torch import load_file
 
@@ -963,8 +969,18 @@ def load_worldmirror(
             config = json.loads(Path(config).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read WorldMirror config {config}: {e}") from e
+    if config is None:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        if CONFIG_METADATA_KEY in meta:
+            try:
+                config = json.loads(meta[CONFIG_METADATA_KEY])
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{weights.name}: metadata {CONFIG_METADATA_KEY!r} is not JSON ({e})") from e
     if isinstance(config, dict):
-        config = WorldMirrorConfig.from_upstream(config)
+        config = config_from_dict(config)
     cfg = config or WorldMirrorConfig()
 
     state = load_file(str(weights), device="cpu")
@@ -1002,6 +1018,44 @@ def load_worldmirror(
 
 
 def config_to_dict(cfg: WorldMirrorConfig) -> dict:
-    """Plain-JSON form of a config (tuples as lists)."""
-    return {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v) for f in fields(cfg)}
+    """Plain-JSON form of a config (tuples as lists), tagged with :data:`CONFIG_FORMAT` so
+    :func:`config_from_dict` tells it from an upstream ``config.json``."""
+    d = {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v) for f in fields(cfg)}
+    d["format"] = CONFIG_FORMAT
+    return d
+
+
+def config_from_dict(d: dict) -> WorldMirrorConfig:
+    """A config from JSON: ours (:func:`config_to_dict`, any sizes, e.g. the tiny test model)
+    or upstream's ``config.json`` (:meth:`WorldMirrorConfig.from_upstream`)."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"WorldMirror config must be a JSON object, got {type(d).__name__}")
+    if d.get("format") != CONFIG_FORMAT:
+        return WorldMirrorConfig.from_upstream(d)
+    names = {f.name for f in fields(WorldMirrorConfig)}
+    unknown = sorted(set(d) - names - {"format"})
+    if unknown:
+        raise CheckpointError(f"unknown WorldMirror config keys {unknown}; was the file written by a newer version?")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    try:
+        return WorldMirrorConfig(**kw)
+    except TypeError as e:
+        raise CheckpointError(f"bad WorldMirror config: {e}") from e
+
+
+def save_worldmirror(model: WorldMirror, folder: str | Path) -> Path:
+    """Write ``folder/model.safetensors`` (config in its metadata) and ``folder/config.json``
+    (:func:`config_to_dict`), which :func:`load_worldmirror` reads back with no other argument.
+    Returns the weights' path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = json.dumps(config_to_dict(model.config))
+    # clone: the shared RoPE buffer appears under every block, safetensors refuses shared storage
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    path = folder / "model.safetensors"
+    save_file(state, str(path), metadata={CONFIG_METADATA_KEY: cfg})
+    (folder / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=1))
+    return path
 
