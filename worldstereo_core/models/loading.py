@@ -26,6 +26,12 @@ from .transformer_worldstereo import (
     WorldStereoTransformer,
     transformer_configs,
 )
+from .uni3c import (
+    UNI3C_CONFIG_METADATA_KEY,
+    Uni3CControlNet,
+    uni3c_config_from_shapes,
+    uni3c_model_key,
+)
 
 MODEL_TYPES: Mapping[str, str] = {
     "worldstereo-camera": "camera",
@@ -237,7 +243,8 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
     if any(k.startswith(("controlnet_patch_embedding.", "controlnet_mask_embedding.")) for k in unexpected):
         return (
             "this looks like a Uni3C ControlNet file (top-level controlnet_patch_embedding.*); WorldStereo "
-            "checkpoints hold the whole transformer — load the worldstereo-camera/-memory folder instead"
+            "checkpoints hold the whole transformer — load the worldstereo-camera/-memory folder instead, or "
+            "load this file with load_uni3c(path) and put it on a base transformer with attach_uni3c(...)"
         )
     if missing and all(k.startswith("camera_embedding.") for k in missing) and not unexpected:
         return "the file has no camera_embedding.*: it is a worldstereo-camera checkpoint — load it with variant='camera'"
@@ -414,6 +421,114 @@ def save_worldstereo(model: WorldStereoTransformer, folder: str | os.PathLike, d
     save_file(state, str(folder / "model.safetensors"), metadata={CONFIG_METADATA_KEY: json.dumps(cfg_json)})
     (folder / "config.json").write_text(json.dumps(cfg_json, indent=2), encoding="utf-8")
     return folder
+
+
+def _uni3c_config(header: Mapping[str, Any], mapping: Mapping[str, str], path: Path) -> tuple[ControlNetConfig, int, tuple[int, int, int]]:
+    """The branch config of a Uni3C file: our embedded metadata if present, else inferred from shapes."""
+    metadata = header.get("__metadata__") or {}
+    shapes = {k: header[f]["shape"] for k, f in mapping.items()}
+    if UNI3C_CONFIG_METADATA_KEY in metadata:
+        try:
+            raw = json.loads(metadata[UNI3C_CONFIG_METADATA_KEY])
+            in_channels, patch = int(raw.pop("in_channels")), tuple(int(v) for v in raw.pop("patch_size"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise CheckpointError(f"{path}: the embedded {UNI3C_CONFIG_METADATA_KEY} metadata is corrupt") from None
+        cfg = ControlNetConfig.from_dict(raw, where=f"{path.name} {UNI3C_CONFIG_METADATA_KEY}")
+        return cfg, in_channels, patch
+    # the released file records nothing: read the sizes off the tensors (head count: released width 64)
+    return uni3c_config_from_shapes(shapes, where=str(path))
+
+
+def load_uni3c(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = torch.bfloat16,
+) -> Uni3CControlNet:
+    """Load a Uni3C camera ControlNet (``.safetensors`` file, or a folder holding one) on ``device`` in ``dtype``.
+
+    Accepts the released layout (top-level ``controlnet_patch_embedding.*`` … ``proj_out.N.*``, e.g.
+    ``Wan21_Uni3C_controlnet_fp16.safetensors``) and the original ``controlnet.pth`` key nesting once
+    converted to safetensors. Keys are checked strictly; tensors stream one at a time from the file
+    to ``device`` (``dtype=None`` keeps the file's; the AdaLN LayerNorm affines stay float32). Put the
+    result on a base transformer with :func:`worldstereo_core.models.uni3c.attach_uni3c`.
+    """
+    weights, _ = resolve_checkpoint(path)
+    header = read_safetensors_header(weights)
+    file_keys = [k for k in header if k != "__metadata__"]
+    if any(k.split("blocks.")[0] in ("", "model.diffusion_model.", "diffusion_model.", "model.") for k in file_keys if "blocks." in k):
+        kind = "a WorldStereo checkpoint" if any("controlnet.controlnet_blocks." in k for k in file_keys) else "a Wan transformer"
+        raise CheckpointError(
+            f"{weights} is {kind} (it has blocks.*), not a Uni3C ControlNet; load it with load_worldstereo "
+            "(WorldStereo) or as the base transformer, and pass the Uni3C file (controlnet_patch_embedding.* … "
+            "proj_out.N.*) to load_uni3c"
+        )
+    mapping: dict[str, str] = {}
+    for k in file_keys:
+        model_key = uni3c_model_key(k)
+        if model_key in mapping:
+            raise CheckpointError(f"{weights} holds both {mapping[model_key]} and {k} (the same Uni3C tensor); keep one layout")
+        mapping[model_key] = k
+    if "controlnet_patch_embedding.weight" not in mapping:
+        raise CheckpointError(
+            f"{weights} is not a Uni3C ControlNet: it has no controlnet_patch_embedding.weight "
+            f"(found {_describe(file_keys) or 'no tensors'}); use the Uni3C controlnet safetensors"
+        )
+    cfg, in_channels, patch = _uni3c_config(header, mapping, weights)
+
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = Uni3CControlNet(cfg, in_channels, patch)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing, unexpected = set(expected) - set(mapping), set(mapping) - set(expected)
+    if missing or unexpected:
+        parts = [f"{weights} does not match the Uni3C ControlNet layout:"]
+        if missing:
+            parts.append(f"missing {len(missing)} keys under {_describe(missing)};")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys under {_describe(unexpected)};")
+        parts.append("the file is incomplete or not a Uni3C camera ControlNet — download the Uni3C controlnet again")
+        raise CheckpointError(" ".join(parts))
+    bad = [(k, header[mapping[k]]["shape"], list(s)) for k, s in expected.items() if list(header[mapping[k]]["shape"]) != list(s)]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(
+            f"{weights}: {len(bad)} tensors have the wrong shape, e.g. {k} is {got} in the file but {want} is "
+            "expected from the file's other tensors / embedded config; the file is corrupt or mixed from two models"
+        )
+
+    state: dict[str, torch.Tensor] = {}
+    data_start = 8 + int.from_bytes(weights.open("rb").read(8), "little")
+    with open(weights, "rb") as f:
+        for key, file_key in sorted(mapping.items(), key=lambda kv: header[kv[1]]["data_offsets"][0]):
+            tensor = _read_tensor(f, header[file_key], data_start, weights, file_key)
+            keep = key.split(".")[-2:-1] == ["norm"] and dtype in (torch.float16, torch.bfloat16)
+            target = tensor.dtype if dtype is None or not tensor.dtype.is_floating_point else (torch.float32 if keep else dtype)
+            state[key] = tensor.to(device=device, dtype=target)
+            del tensor
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
+    model.rebuild_buffers(device)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def save_uni3c(model: Uni3CControlNet, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write a Uni3C branch as one safetensors file in the released (top-level) layout; returns the path.
+
+    The config is embedded in the metadata (``uni3c_config``) so non-released sizes (tiny test
+    weights) load back exactly; released-size files load without it.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = {**model.cfg.to_dict(), "in_channels": model.in_channels, "patch_size": list(model.patch_size)}
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    save_file(state, str(path), metadata={UNI3C_CONFIG_METADATA_KEY: json.dumps(cfg)})
+    return path
 
 
 @torch.no_grad()
