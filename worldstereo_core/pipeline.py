@@ -505,21 +505,16 @@ def cache_surface_depth(
     return depth, depth > 0
 
 
-def _median_depth_in_view(points: torch.Tensor, cameras: Cameras) -> float:
-    """Median z of the points that project into the (first) camera's image."""
-    w2c, K = cameras.w2c[0].to(torch.float64), cameras.K[0].to(torch.float64)
-    cam = points.to(torch.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
-    front = z > 1e-9
-    u = K[0, 0] * cam[front, 0] / z[front] + K[0, 2]
-    v = K[1, 1] * cam[front, 1] / z[front] + K[1, 2]
-    inside = (u >= 0) & (u < cameras.width) & (v >= 0) & (v < cameras.height)
-    if not bool(inside.any()):
+def _median_depth_in_view(cloud: PointCloud, cameras: Cameras) -> float:
+    """Median depth of the cloud's front surface seen by the (first) camera, per pixel (a plain
+    median over points would count hidden points and weigh dense regions more)."""
+    d, covered = cache_surface_depth(cloud, cameras[:1])
+    if not bool(covered.any()):
         raise InvalidDepthError(
             "no point of the given cache is in view of the input camera, so the trajectories cannot be "
             "scaled; pass the input depth too, or check that the cache and camera share one world"
         )
-    return float(z[front][inside].median())
+    return float(d[covered].double().median())
 
 
 def _fit(
@@ -925,7 +920,7 @@ def run_scene_loop(
             raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
         median_depth = float(d0[keep0].double().median())
     else:
-        median_depth = _median_depth_in_view(cache.cloud.points, cameras)
+        median_depth = _median_depth_in_view(cache.cloud, cameras)
     voxel = config.voxel_fraction * median_depth
     if cache is None:
         d_in = d0

@@ -244,3 +244,182 @@ def test_bad_inputs_raise_clear_errors():
         run_oracle_loop("room")
     for cls in (InvalidDepthError, InvalidImageError, InvalidTrajectoryError):
         assert issubclass(cls, WorldStereoError)
+
+
+# ---------------------------------------------------------------------------------------------
+# merge_clip / align_cloud_to_cache / starting from a given bank and cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _first_cache(scene, h, w):
+    """The loop's first cache: the input view's exact depth lifted, voxel 1 % of its median."""
+    from worldstereo_core.memory import Cache3D
+    from worldstereo_core.pipeline import _lift, default_config
+
+    view = scene.default_view(h, w)
+    cfg = default_config(h, w)
+    med = float(view.depth[view.valid].median())
+    cloud = _lift(view.depth, view.valid, view.image, view.cameras, cfg.edge_threshold)
+    return view, cfg, med, Cache3D.empty(0.01 * med, None).merge(cloud, remove_outliers=False)
+
+
+def _rot_z(a: float) -> torch.Tensor:
+    import math
+
+    c, s = math.cos(a), math.sin(a)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def test_umeyama_merge_recovers_a_known_similarity():
+    """A reconstruction in its own frame (true points mapped by s = 1.3, a 0.1 rad rotation and
+    a shift) is brought back exactly, and the merged cache matches the truth."""
+    from worldstereo_core.align import Similarity
+    from worldstereo_core.cameras import invert_rigid
+    from worldstereo_core.metrics import pointcloud_prf
+    from worldstereo_core.pipeline import _point_map, align_cloud_to_cache, merge_clip
+    from worldstereo_core.trajectory import make_preset
+
+    scene = make_scene("room")
+    view, cfg, med, cache = _first_cache(scene, 96, 160)
+    kf = make_preset("orbit", view.cameras, med).keyframes()
+    out = scene.render(kf)
+    T = Similarity(1.3, _rot_z(0.1), torch.tensor([0.2, -0.1, 0.3], dtype=torch.float64))  # world → reconstruction
+    truth = T.inverse()
+    recon = T.apply(_point_map(out.depth, kf))  # [F, H, W, 3] point map in the reconstruction's frame
+
+    clip = merge_clip(cache, out.rgb, recon, out.valid, kf, cfg, alignment="umeyama")
+    S = clip.similarity
+    assert S.s == pytest.approx(truth.s, abs=1e-3)
+    assert (S.R - truth.R).abs().max() < 1e-3 and (S.t - truth.t).abs().max() < 1e-3
+    assert clip.rmse < 0.002 * scene.extent
+    al = clip.alignment
+    assert al.status[0] == "input" and set(al.status[1:]) == {"aligned"}
+    assert (al.scale[1:] == S.s).all() and int(al.covered.sum()) > 1000
+    # the merged cloud lies on the scene: F ≥ 0.98 against the surfaces the clip's cameras see
+    gt = scene.surface_points(kf)
+    p, r, f = pointcloud_prf(clip.cache.cloud.points, gt.points, 0.01 * scene.extent)
+    assert f >= 0.98, (p, r, f)
+    assert len(clip.cache) > len(cache) and len(clip.cloud_added) > 0
+
+    # the same reconstruction given as depth (× 1.3) + its own cameras (in its own frame)
+    c2w = kf.c2w.to(torch.float64)
+    own = c2w.clone()
+    own[:, :3, :3] = T.R @ c2w[:, :3, :3]
+    own[:, :3, 3] = T.apply(c2w[:, :3, 3])
+    own_cams = Cameras(invert_rigid(own).float(), kf.K, kf.height, kf.width)
+    ca = align_cloud_to_cache(out.depth * 1.3, kf, cache, out.valid, out.rgb, source_cameras=own_cams, config=cfg)
+    assert ca.similarity.s == pytest.approx(truth.s, abs=1e-3)
+    assert (ca.similarity.t - truth.t).abs().max() < 1e-3
+    assert ca.num_inliers > 0.8 * ca.num_pairs
+
+    # negative control: a wrong rotation of the known cameras cannot be explained away
+    wrong = T.apply(_point_map(out.depth, kf)) + torch.randn(recon.shape, generator=torch.Generator().manual_seed(0),
+                                                             dtype=torch.float64) * 0.05 * med
+    noisy = merge_clip(cache, out.rgb, wrong, out.valid, kf, cfg, alignment="umeyama")
+    assert noisy.rmse > 5 * clip.rmse
+
+
+def test_merge_clip_depth_mode_undoes_per_frame_scale_and_shift():
+    from worldstereo_core.pipeline import merge_clip
+    from worldstereo_core.synthetic import corrupt_depth
+    from worldstereo_core.trajectory import make_preset
+
+    scene = make_scene("outdoor")
+    view, cfg, med, cache = _first_cache(scene, 64, 112)
+    kf = make_preset("right", view.cameras, med).keyframes()
+    out = scene.render(kf)
+    cd = corrupt_depth(out.depth, 0.2, 0.0, generator=torch.Generator().manual_seed(1), valid=out.valid)
+    clip = merge_clip(cache, out.rgb, cd.depth, cd.valid, kf, cfg, seed=5)
+    al = clip.alignment
+    ok = torch.tensor([s == "aligned" for s in al.status])
+    assert al.status[0] == "input" and ok[1:].float().mean() > 0.9
+    assert (al.scale[ok] * cd.scale[ok].double() - 1).abs().max() < 0.01
+    assert clip.similarity is None and clip.rmse < 0.01 * med
+    assert torch.isnan(al.rmse[0]) and (al.rmse[ok] < 0.01 * med).all()
+    # inputs are not mutated, the result is a new cache, the call is deterministic
+    again = merge_clip(cache, out.rgb, cd.depth, cd.valid, kf, cfg, seed=5)
+    assert torch.equal(again.cache.cloud.points, clip.cache.cloud.points)
+    # skip_first=False aligns frame 0 too (it is the input view: scale ≈ its corruption's inverse)
+    all_frames = merge_clip(cache, out.rgb, cd.depth, cd.valid, kf, cfg, seed=5, skip_first=False)
+    assert all_frames.alignment.status[0] == "aligned"
+    assert float(all_frames.alignment.scale[0] * cd.scale[0]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_merge_clip_bad_inputs():
+    from worldstereo_core.errors import AlignmentError, MemoryBankError
+    from worldstereo_core.memory import Cache3D
+    from worldstereo_core.pipeline import align_cloud_to_cache, merge_clip
+    from worldstereo_core.trajectory import make_preset
+
+    scene = make_scene("room")
+    view, cfg, med, cache = _first_cache(scene, 32, 48)
+    kf = make_preset("orbit", view.cameras, med).keyframes()
+    out = scene.render(kf)
+    with pytest.raises(AlignmentError, match="'depth' or 'umeyama'"):
+        merge_clip(cache, out.rgb, out.depth, out.valid, kf, cfg, alignment="icp")
+    with pytest.raises(InvalidDepthError, match="point map"):
+        merge_clip(cache, out.rgb, torch.zeros(len(kf), 32, 48, 3), None, kf, cfg)
+    with pytest.raises(InvalidDepthError, match="one map per camera"):
+        merge_clip(cache, out.rgb, out.depth[:5], None, kf, cfg)
+    with pytest.raises(InvalidImageError, match="clip frames"):
+        merge_clip(cache, out.rgb[..., :1], out.depth, None, kf, cfg)
+    with pytest.raises(MemoryBankError, match="Cache3D"):
+        merge_clip(cache.cloud, out.rgb, out.depth, None, kf, cfg)
+    with pytest.raises(AlignmentError, match="empty"):
+        align_cloud_to_cache(out.depth, kf, Cache3D.empty(), config=cfg)
+    # cameras looking away from the cache: no correspondences
+    flip = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0]))
+    away = Cameras(flip @ kf.w2c, kf.K, kf.height, kf.width)
+    with pytest.raises(AlignmentError, match="does not overlap"):
+        merge_clip(cache, out.rgb, out.depth, out.valid, away, cfg, alignment="umeyama")
+
+
+def test_loop_starts_from_a_given_bank_and_cache():
+    """The panorama case: the loop starts from several views and a cloud, not one image."""
+    from worldstereo_core.memory import Cache3D, MemoryBank
+    from worldstereo_core.trajectory import make_preset
+
+    scene = make_scene("room")
+    h, w = 48, 80
+    view = scene.default_view(h, w)
+    med = float(view.depth[view.valid].median())
+    around = Cameras.cat([make_preset(p, view.cameras, med).cameras[-1:] for p in ("left", "right", "up")])
+    start_views = Cameras.cat([view.cameras, around])
+    bank = MemoryBank.from_views(scene.render(start_views).rgb, start_views, ["pano:00", "pano:01", "pano:02", "pano:03"])
+    cache = Cache3D(scene.surface_points(start_views))
+    cfg = LoopConfig(radius=0.08)
+    res = run_scene_loop(
+        view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg,
+        bank=bank, cache=cache,
+    )
+    assert res.input_cloud is cache.cloud
+    assert len(res.bank) == len(bank) + 8
+    assert set(res.steps[0].references.sources) <= set(bank.sources)
+    assert res.steps[0].keyframes.w2c[0].equal(view.cameras.w2c[0].to(res.steps[0].keyframes.w2c.dtype))
+    # the median depth comes from the cache seen by the input camera (≈ the depth's median)
+    assert res.median_depth == pytest.approx(med, rel=0.05)
+    assert all(s == "aligned" for s in res.steps[0].alignment.status[1:])
+    from worldstereo_core.metrics import pointcloud_prf
+
+    gt = scene.surface_points(Cameras.cat([start_views, res.cameras]))
+    assert pointcloud_prf(res.cloud.points, gt.points, 0.01 * scene.extent)[2] >= 0.95
+    # with depth too, the depth sets the median, the cache still replaces the input cloud
+    res2 = run_scene_loop(
+        view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
+        LoopConfig(radius=0.08, clip_alignment="umeyama"), valid=view.valid, bank=bank, cache=cache,
+    )
+    assert res2.median_depth == pytest.approx(med) and res2.input_cloud is cache.cloud
+    assert res2.steps[0].alignment.scale[1:].sub(1).abs().max() < 0.01
+    with pytest.raises(InvalidDepthError, match="starting cache"):
+        run_scene_loop(view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg)
+    with pytest.raises(WorldStereoError, match="non-empty Cache3D"):
+        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
+                       cfg, cache=Cache3D.empty())
+    behind = Cache3D(PointCloud(view.cameras.centers[0] - torch.tensor([[0.0, 0.0, 1.0]]) @ view.cameras.c2w[0, :3, :3].T,
+                                torch.zeros(1, 3)))
+    with pytest.raises(InvalidDepthError, match="in view of the input camera"):
+        run_scene_loop(view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg,
+                       cache=behind)
+    with pytest.raises(WorldStereoError, match="clip_alignment"):
+        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
+                       LoopConfig(clip_alignment="icp"))
