@@ -55,10 +55,10 @@ and column so an offset costs one subtraction. That is 5 + 9 tensor ops per sten
 bincount, two gathers). Measured for 1 M points × 21 frames at 480×832 (``bench/render_bench.py``),
 on a shared 2-core VM (load average 3–6): 2.3–2.6 s process CPU time with one thread (about
 110 ms per frame: ~35 ms point stage, ~25 ms step 2, ~45 ms step 3), i.e. within the 4 s
-target on one core; the previous masked version took 4.3 s (same run). Two threads on such a
-loaded machine are slower than one (each OpenMP region waits for a descheduled partner;
-``OMP_WAIT_POLICY=PASSIVE`` halves the damage), so the 2-thread figure must be taken on an idle
-machine. Banding the per-pixel steps into L2-sized row strips and batching several frames per
+target on one core; the previous masked version took 4.3 s (same run). With two threads at
+load 0.8: 1.83 s wall (3.2 s CPU). Two threads on a loaded machine are slower than one (each
+OpenMP region waits for a descheduled partner: 9–30 s at load 4–6; ``OMP_WAIT_POLICY=PASSIVE``
+brings the CPU time back to ~3.3 s), so the 2-thread figure must be taken on an idle machine. Banding the per-pixel steps into L2-sized row strips and batching several frames per
 chunk on CPU were both measured and gave nothing (single frame buffers are ~40 MB and the ops
 run near L3 bandwidth), so neither is done.
 """
