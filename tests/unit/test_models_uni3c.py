@@ -322,3 +322,18 @@ def test_attach_errors():
     t2v = WanTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, "in_channels": 16, "image_dim": None, "added_kv_proj_dim": None})
     with pytest.raises(CheckpointError, match="36.*I2V"):
         attach_uni3c(t2v, Uni3CControlNet(UNI3C_TINY_CONFIG))
+
+
+def test_shape_inference_errors(tmp_path):
+    layout = _release_layout()
+    with pytest.raises(CheckpointError, match="proj_out maps to 4096"):
+        uni3c_config_from_shapes({**layout, "proj_out.0.weight": (4096, 1024)})
+    with pytest.raises(CheckpointError, match="temporal kernel"):
+        uni3c_config_from_shapes({**layout, "controlnet_mask_embedding.mask_proj.0.weight": (256, 7, 1, 8, 8)})
+    with pytest.raises(CheckpointError, match="no controlnet_blocks.0.ffn.0.weight"):
+        uni3c_config_from_shapes({k: v for k, v in layout.items() if not k.startswith("controlnet_blocks.0.ffn")})
+    # a plain Wan transformer file is named as such
+    stock = _stock()
+    save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "wan.safetensors"))
+    with pytest.raises(CheckpointError, match="a Wan transformer"):
+        load_uni3c(tmp_path / "wan.safetensors")

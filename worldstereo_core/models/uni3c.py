@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformer3DModel
 
 from ..errors import CheckpointError
 from .transformer_worldstereo import (
@@ -105,8 +105,6 @@ class Uni3CControlNet(WorldStereoControlNet):
 
     def rebuild_buffers(self, device: torch.device | str | None = None) -> None:
         """Recompute the non-persistent RoPE tables on ``device`` (needed after a ``meta`` build)."""
-        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-
         device = torch.device(device) if device is not None else self.proj_out[0].weight.device
         with torch.device(device):
             self.rope = WanRotaryPosEmbed(self.cfg.dim // self.cfg.num_heads, self.patch_size, self.rope_max_seq_len)
