@@ -9,11 +9,12 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from worldstereo_core import memory as mem_lib
+from worldstereo_core import pipeline as pipe_lib
 from worldstereo_core import retrieval as ret_lib
 from worldstereo_core.errors import MemoryBankError
 
-from .common import (CATEGORY, Cameras, MemoryBank, Retrieval, RetrievedReferences, Trajectory, output_dir,
-                     trajectories_of)
+from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Retrieval, RetrievedReferences, Trajectory,
+                     output_dir, trajectories_of)
 
 SUB = f"{CATEGORY}/memory"
 
@@ -203,4 +204,91 @@ class Retrieve3DFOV(io.ComfyNode):
         return io.NodeOutput(RetrievedReferences(result, refs, traj), images, json.dumps(summary, indent=1))
 
 
-NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, Retrieve3DFOV]
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: unknown values are null."""
+    return float(x) if x == x and abs(float(x)) != float("inf") else None
+
+
+class UmeyamaMerge(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoUmeyamaMerge",
+            display_name="Umeyama Merge (WorldStereo)",
+            category=SUB,
+            description="Brings a reconstructed clip onto the 3D cache and merges it: depth mode fits each "
+            "frame's depth to the depth of the cache's surface (robust scale/shift, frame by frame); umeyama "
+            "mode fits one robust similarity (scale, rotation, shift) from pixel correspondences between the "
+            "clip's lifted depth and the cache's surface. Reports the scale and the residual (RMSE).",
+            inputs=[
+                PointCloud.Input("cache", tooltip="The current 3D cache (world point cloud)."),
+                io.Image.Input("frames", tooltip="The clip's frames (21 keyframes or every pose); they colour the points."),
+                Depth.Input("depth", tooltip="The frames' reconstructed / estimated z-depth, same size as the frames "
+                            "(0 = unknown); its scale may be off — that is what is fitted."),
+                Trajectory.Input("trajectory", tooltip="The trajectory the frames were generated along (known cameras)."),
+                io.Combo.Input("mode", options=["depth", "umeyama"], default="depth",
+                               tooltip="depth: per-frame scale/shift (corrects per-frame scale drift); umeyama: one "
+                               "similarity for the whole clip (corrects a global scale/pose error)."),
+                io.Float.Input("voxel_size_fraction", default=0.01, min=0.0005, max=0.2, step=0.0005,
+                               tooltip="Merge voxel size as a fraction of the cache's median depth seen from the "
+                               "trajectory's first camera (the loop uses 0.01)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the robust fits (same seed, same result)."),
+                io.Boolean.Input("skip_first_frame", default=True, optional=True,
+                                 tooltip="Frame 0 is the input view, already in the cache: do not merge it again."),
+            ],
+            outputs=[
+                PointCloud.Output(display_name="cache", tooltip="The merged cache (the input cache is unchanged)."),
+                PointCloud.Output(display_name="clip_cloud", tooltip="The clip's aligned points that were merged."),
+                io.String.Output(display_name="report", tooltip="JSON: scale(s)/shift(s) or the similarity, RMSE, "
+                                 "points added."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, cache, frames, depth, trajectory, mode, voxel_size_fraction, seed,
+                skip_first_frame=True) -> io.NodeOutput:
+        if len(cache) == 0:
+            raise MemoryBankError("the cache is empty; build it first (Build Point Cloud) and connect it")
+        _, cams = _frames_cameras(frames, trajectory)
+        img = frames[..., :3].float()
+        d = depth.float()
+        if tuple(d.shape) != tuple(img.shape[:3]):
+            raise MemoryBankError(
+                f"depth is {tuple(d.shape)} but frames are {tuple(img.shape[:3])}; give one depth map per frame, "
+                "at the frames' size"
+            )
+        median = pipe_lib.median_depth_in_view(cache, cams[:1])
+        voxel = voxel_size_fraction * median
+        config = pipe_lib.default_config(cams.height, cams.width)
+        clip = pipe_lib.merge_clip(mem_lib.Cache3D(cache, voxel), img, d, d > 0, cams, config, seed=seed,
+                                   skip_first=skip_first_frame, alignment=mode)
+        al = clip.alignment
+        aligned = [i for i, st in enumerate(al.status) if st == "aligned"]
+        report = {
+            "mode": mode,
+            "scale": _finite(clip.similarity.s) if clip.similarity is not None else
+            (_finite(al.scale[aligned].median()) if aligned else None),
+            "rmse": _finite(clip.rmse),
+            "points_added": len(clip.cloud_added),
+            "cache_points_before": len(cache),
+            "cache_points_after": len(clip.cache),
+            "voxel_size": voxel,
+            "median_depth": median,
+            "aligned_frames": len(aligned),
+            "frames": [
+                {"index": i, "status": st, "scale": _finite(al.scale[i]), "shift": _finite(al.shift[i]),
+                 "covered": int(al.covered[i]), "inliers": int(al.inliers[i]),
+                 "rmse": _finite(al.rmse[i]) if al.rmse is not None else None}
+                for i, st in enumerate(al.status)
+            ],
+        }
+        if clip.similarity is not None:
+            sim = clip.similarity
+            report["similarity"] = {"scale": sim.s, "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
+                                    "matrix": sim.matrix().tolist()}
+        text = f"{mode}: scale {report['scale']}, RMSE {report['rmse']}, +{report['points_added']} points"
+        return io.NodeOutput(clip.cache.cloud, clip.cloud_added, json.dumps(report, indent=1), ui={"text": [text]})
+
+
+NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, Retrieve3DFOV, UmeyamaMerge]

@@ -74,6 +74,7 @@ __all__ = [
     "merge_clip",
     "align_cloud_to_cache",
     "cache_surface_depth",
+    "median_depth_in_view",
 ]
 
 #: The paper's order of trajectories (appendix): orbit → up → right → left.
@@ -505,14 +506,14 @@ def cache_surface_depth(
     return depth, depth > 0
 
 
-def _median_depth_in_view(cloud: PointCloud, cameras: Cameras) -> float:
+def median_depth_in_view(cloud: PointCloud, cameras: Cameras) -> float:
     """Median depth of the cloud's front surface seen by the (first) camera, per pixel (a plain
     median over points would count hidden points and weigh dense regions more)."""
     d, covered = cache_surface_depth(cloud, cameras[:1])
     if not bool(covered.any()):
         raise InvalidDepthError(
-            "no point of the given cache is in view of the input camera, so the trajectories cannot be "
-            "scaled; pass the input depth too, or check that the cache and camera share one world"
+            "no point of the given cache is in view of the input camera, so its median depth is unknown; "
+            "pass the input depth too, or check that the cache and camera share one world"
         )
     return float(d[covered].double().median())
 
@@ -920,7 +921,7 @@ def run_scene_loop(
             raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
         median_depth = float(d0[keep0].double().median())
     else:
-        median_depth = _median_depth_in_view(cache.cloud, cameras)
+        median_depth = median_depth_in_view(cache.cloud, cameras)
     voxel = config.voxel_fraction * median_depth
     if cache is None:
         d_in = d0
