@@ -322,3 +322,53 @@ def test_align_prediction_errors_and_forced_umeyama() -> None:
     assert how == "poses" and sim.s == pytest.approx(1.0)
     with pytest.raises(InvalidCameraError, match=r"\[F, 4, 4\]"):
         align_prediction(line[:2], line)
+
+
+# ------------------------------------------------------------------------------------ clips
+
+
+def test_clip_cameras_keyframes_poses_and_resize() -> None:
+    from worldstereo_core.recon.reconstruct import clip_cameras
+    from worldstereo_core.trajectory import Trajectory
+
+    a = Trajectory(_cams(ARC * 7)[:41], name="a")  # 41 poses
+    b = Trajectory(_cams(list(reversed(ARC)) * 7)[:41], name="b")
+    # 2 × 21 frames: each trajectory's keyframes, in order
+    clips = clip_cameras([a, b], 42, H, W)
+    assert [len(c) for c in clips] == [21, 21]
+    assert torch.equal(clips[0].w2c, a.keyframes(21).w2c) and torch.equal(clips[1].w2c, b.keyframes(21).w2c)
+    # every pose
+    clips = clip_cameras([a, b], 82, H, W)
+    assert torch.equal(clips[1].w2c, b.cameras.w2c)
+    # frames at twice the size: K doubles
+    big = clip_cameras([a], 21, 2 * H, 2 * W)[0]
+    assert (big.height, big.width) == (2 * H, 2 * W) and torch.allclose(big.K[:, :2], 2 * a.keyframes(21).K[:, :2])
+    with pytest.raises(InvalidCameraError, match="got 30 frames"):
+        clip_cameras([a, b], 30, H, W)
+    with pytest.raises(InvalidCameraError, match="aspect"):
+        clip_cameras([a], 21, H, 2 * W)
+    with pytest.raises(InvalidCameraError, match="no trajectory"):
+        clip_cameras([], 21, H, W)
+
+
+def test_reconstruct_clips_one_call_per_clip(scene) -> None:
+    from worldstereo_core.recon.reconstruct import reconstruct_clips
+
+    c1, c2 = _cams(ARC[:3]), _cams(ARC[3:])
+    f1, f2 = FakeMirror(scene, c1), FakeMirror(scene, c2)
+    calls = []
+
+    def model(images, priors, frames_chunk_size=8):
+        calls.append(images.shape[1])
+        return (f1 if len(calls) == 1 else f2)(images, priors, frames_chunk_size)
+
+    frames = torch.cat([f1.render.rgb, f2.render.rgb])
+    steps = []
+    recs = reconstruct_clips(model, frames, [c1, c2], target_size=84, conf_quantile=None, edge_threshold=None,
+                             progress=lambda s, t: steps.append((s, t)))
+    assert calls == [3, 3] and steps == [(i, 8) for i in range(1, 9)]
+    for rec, f in zip(recs, (f1, f2)):
+        truth = f.render.depth
+        assert torch.allclose(rec.depth[truth > 0], truth[truth > 0], rtol=1e-4)
+    with pytest.raises(InvalidCameraError, match="5 frames but the clips hold 6"):
+        reconstruct_clips(model, frames[:5], [c1, c2])

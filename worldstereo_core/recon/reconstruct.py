@@ -79,6 +79,8 @@ __all__ = [
     "align_prediction",
     "reconstruction_masks",
     "reconstruct_with_worldmirror",
+    "clip_cameras",
+    "reconstruct_clips",
 ]
 
 #: WorldStereo's README runs WorldMirror with ``--target_size 832``.
@@ -509,3 +511,91 @@ def reconstruct_with_worldmirror(
         alignment=how,
         prediction=pred,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Several clips
+# ---------------------------------------------------------------------------------------------
+
+
+def clip_cameras(
+    trajectories: Sequence,
+    num_frames: int,
+    height: int,
+    width: int,
+    num_keyframes: int = 21,
+) -> list[Cameras]:
+    """The cameras of each clip of a frame batch generated along ``trajectories``, in order.
+
+    ``trajectories`` are :class:`~worldstereo_core.trajectory.Trajectory` objects (or bare
+    :class:`Cameras`, used as they are); the frames are their clips concatenated. When
+    ``num_frames`` equals the total number of poses, every pose is a frame; else, when it
+    equals ``len(trajectories) × num_keyframes``, each trajectory contributes its keyframes
+    (what the model generates). The cameras are rescaled to ``height × width`` (K with the
+    image) when the frames are another size — the aspect ratio must match within 2 %.
+    """
+    from ..trajectory import Trajectory
+
+    trajs = list(trajectories)
+    if not trajs:
+        raise InvalidCameraError("no trajectory given; connect the trajectory the frames were generated along")
+    poses, kfs = [], []
+    for t in trajs:
+        if isinstance(t, Trajectory):
+            poses.append(t.cameras)
+            kfs.append(t.keyframes(num_keyframes) if len(t.cameras) >= num_keyframes else None)
+        elif isinstance(t, Cameras):
+            poses.append(t)
+            kfs.append(None)
+        else:
+            raise InvalidCameraError(f"expected Trajectory or Cameras, got {type(t).__name__}")
+    n_poses = sum(len(c) for c in poses)
+    if num_frames == n_poses:
+        clips = poses
+    elif all(k is not None for k in kfs) and num_frames == len(trajs) * num_keyframes:
+        clips = kfs
+    else:
+        raise InvalidCameraError(
+            f"got {num_frames} frames but the {len(trajs)} trajectory(ies) have {n_poses} poses"
+            + (f" ({len(trajs) * num_keyframes} keyframes)" if all(k is not None for k in kfs) else "")
+            + "; give the frames generated along exactly these trajectories, in order"
+        )
+    out = []
+    for c in clips:
+        if (c.height, c.width) != (height, width):
+            if abs(c.width / c.height - width / height) > 0.02 * (width / height):
+                raise InvalidCameraError(
+                    f"the frames are {height}×{width} but the trajectory is for {c.height}×{c.width} images "
+                    "(another aspect ratio); generate or crop the frames at the trajectory's aspect"
+                )
+            c = c.resized(height, width)
+        out.append(c)
+    return out
+
+
+def reconstruct_clips(
+    model: Callable[..., WorldMirrorOutput],
+    frames: ArrayLike,
+    clips: Sequence[Cameras],
+    *,
+    progress: ProgressFn | None = None,
+    **kwargs,
+) -> list[Reconstruction]:
+    """:func:`reconstruct_with_worldmirror` on each clip of ``frames`` (one network call per
+    clip, as WorldStereo reconstructs each generated video); ``clips`` from :func:`clip_cameras`.
+    ``progress(done, total)`` counts 4 stages per clip. Other keyword arguments go to
+    :func:`reconstruct_with_worldmirror`."""
+    x = _frames(frames)
+    sizes = [len(c) for c in clips]
+    if sum(sizes) != x.shape[0]:
+        raise InvalidCameraError(f"got {x.shape[0]} frames but the clips hold {sum(sizes)} cameras")
+    out: list[Reconstruction] = []
+    start, total = 0, 4 * len(clips)
+    for i, cams in enumerate(clips):
+        def sub(step: int, _t: int, base: int = 4 * i) -> None:
+            if progress is not None:
+                progress(base + step, total)
+
+        out.append(reconstruct_with_worldmirror(model, x[start:start + len(cams)], cams, progress=sub, **kwargs))
+        start += len(cams)
+    return out
