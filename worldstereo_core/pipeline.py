@@ -19,7 +19,10 @@ This is the paper's multi-trajectory loop (DESIGN §1):
       cache; 8 keyframes join the memory bank;
 3. the merged cloud is the result.
 
-:func:`run_scene_loop` is the generic loop; :func:`run_oracle_loop` runs it on a
+:func:`merge_clip` is step 2e on its own (one clip onto a cache: per-frame depth scale/shift,
+or one robust similarity per clip with :func:`align_cloud_to_cache` for reconstructions that
+bring their own cloud). :func:`run_scene_loop` is the generic loop (it may start from a given
+memory bank and cache, e.g. a panorama's); :func:`run_oracle_loop` runs it on a
 :class:`~worldstereo_core.synthetic.SyntheticScene` with the oracle and scores the merged cloud
 against the scene's true surfaces (precision / recall / F-score at 1 % of the scene extent).
 
