@@ -45,6 +45,7 @@ __all__ = [
     "save_colmap_text",
     "save_transforms_json",
     "save_video_mp4",
+    "save_images_png",
     "write_text_atomic",
     "frustum_lines",
     "rotmat_to_quat",
@@ -543,6 +544,34 @@ def save_transforms_json(
         doc["ply_file_path"] = str(ply_file_path)
     text = json.dumps(doc, indent=2)
     return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def save_images_png(folder: PathLike, frames: ArrayLike, prefix: str = "frame") -> list[str]:
+    """Write ``frames [F, H, W, 3]`` in [0, 1] as 8-bit RGB PNGs ``<prefix>_00000.png``… into
+    ``folder`` (atomically, one file at a time); returns the file names in order (the
+    ``image_names`` / ``image_paths`` of the COLMAP and nerfstudio writers)."""
+    from PIL import Image
+
+    x = as_tensor(frames).detach()
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] == 0:
+        raise InvalidImageError(f"frames must have shape [F, H, W, 3] (a ComfyUI IMAGE) with F ≥ 1, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InvalidImageError("frames contain NaN or inf values")
+    if not prefix or any(c in prefix for c in "/\\") or prefix.startswith("."):
+        raise ExportError(f"prefix must be a plain file-name stem, got {prefix!r}")
+    u8 = (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, img in enumerate(u8):
+        name = f"{prefix}_{i:05d}.png"
+        _atomic_write(folder / name, lambda tmp, img=img: Image.fromarray(img, "RGB").save(tmp, format="PNG"))
+        names.append(name)
+    return names
 
 
 # --------------------------------------------------------------------------------------------

@@ -373,3 +373,23 @@ def _has_pyav() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_save_images_png_round_trip(tmp_path) -> None:
+    from PIL import Image
+
+    from worldstereo_core.export import save_images_png
+
+    frames = torch.rand(3, 10, 14, 3, generator=torch.Generator().manual_seed(0))
+    names = save_images_png(tmp_path / "images", frames)
+    assert names == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == names  # no temp files left
+    for i, n in enumerate(names):
+        with Image.open(tmp_path / "images" / n) as im:
+            assert im.mode == "RGB" and im.size == (14, 10)
+            back = torch.from_numpy(np.asarray(im).copy()).float() / 255
+        assert (back - frames[i]).abs().max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(InvalidImageError, match=r"\[F, H, W, 3\]"):
+        save_images_png(tmp_path, frames[0])
+    with pytest.raises(ExportError, match="prefix"):
+        save_images_png(tmp_path, frames, prefix="../x")
