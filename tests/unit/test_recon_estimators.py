@@ -4,7 +4,6 @@ and WorldMirror's depth in our units checked against a synthetic scene's exact d
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,0 +1,339 @@
+"""Reconstruction nodes: WorldMirror 2.0, depth fusion, COLMAP / nerfstudio exports, the §4.3 benchmark."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.v0_0_2 import io
+
+from worldstereo_core import evaluate as eval_lib
+from worldstereo_core import export
+from worldstereo_core.cameras import Cameras
+from worldstereo_core.errors import CheckpointError, ReconstructionError
+from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud as PointCloudValue
+from worldstereo_core.recon import reconstruct as rec_lib
+from worldstereo_core.recon import worldmirror as wm_lib
+from worldstereo_core.recon.estimators import MoGeDepthEstimator
+from worldstereo_core.recon.fusion import fuse_depth_to_cache
+
+from .common import (
+    CATEGORY,
+    Cameras as CamerasSocket,
+    Depth,
+    PointCloud,
+    Progress,
+    Scene,
+    Trajectory,
+    trajectories_of,
+)
+from .depth import MoGe, _depth_preview
+
+SUB_RECON = f"{CATEGORY}/reconstruction"
+SUB_EXPORT = f"{CATEGORY}/export"
+
+# A loaded worldstereo_core.recon.worldmirror.WorldMirror (eval mode, on ComfyUI's torch device).
+WorldMirror = io.Custom("WS_WORLDMIRROR")
+
+MODEL_FOLDER = "worldmirror"
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _register_model_folder() -> None:
+    """``models/worldmirror/``: loose ``.safetensors`` files or one subfolder per model
+    (``model.safetensors`` + ``config.json``, as HY-World-2.0 ships it)."""
+    import folder_paths
+
+    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, MODEL_FOLDER)], {".safetensors"}
+        )
+
+
+_register_model_folder()
+
+
+def _worldmirror_files() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_filename_list(MODEL_FOLDER)
+
+
+def _export_folder(filename_prefix: str) -> tuple[str, str]:
+    """``(full_path, relative_path)`` of a fresh output folder ``<prefix>_00001_`` (ComfyUI's
+    counter counts folders like files)."""
+    import folder_paths
+
+    out = folder_paths.get_output_directory()
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out)
+    leaf = f"{name}_{counter:05}_"
+    full = os.path.join(folder, leaf)
+    os.makedirs(full, exist_ok=False)
+    return full, (f"{subfolder}/{leaf}" if subfolder else leaf)
+
+
+class LoadWorldMirror(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoLoadWorldMirror",
+            display_name="Load WorldMirror 2.0 (WorldStereo)",
+            category=SUB_RECON,
+            description="Loads WorldMirror 2.0 (HY-World-2.0 worldrecon), the feed-forward reconstruction model "
+            "WorldStereo runs on its generated frames, from models/worldmirror/: a subfolder holding "
+            "model.safetensors + config.json (as released), or a loose .safetensors file (default layout, or "
+            "a file written by save_worldmirror with its config inside).",
+            inputs=[
+                io.Combo.Input("model_name", options=_worldmirror_files(),
+                               tooltip="Weights under models/worldmirror/ (e.g. HY-WorldMirror-2.0/model.safetensors)."),
+                io.Combo.Input("dtype", options=list(_DTYPES), default="fp32",
+                               tooltip="Weight precision. fp16/bf16 halve the memory on a GPU; use fp32 on CPU."),
+            ],
+            outputs=[WorldMirror.Output(display_name="worldmirror", tooltip="The loaded WorldMirror model.")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, dtype) -> io.NodeOutput:
+        import comfy.model_management
+        import folder_paths
+
+        path = folder_paths.get_full_path(MODEL_FOLDER, model_name)
+        if path is None:
+            raise CheckpointError(
+                f"WorldMirror weights {model_name!r} not found under models/{MODEL_FOLDER}/; put model.safetensors "
+                f"(+ config.json) in a subfolder there and refresh the node list"
+            )
+        model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(), dtype=_DTYPES[dtype])
+        return io.NodeOutput(model)
+
+
+class WorldMirrorRecon(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoWorldMirrorRecon",
+            display_name="Reconstruct Frames (WorldStereo)",
+            category=SUB_RECON,
+            description="Reconstructs generated frames taken along known trajectories into the scene's world "
+            "frame. backend worldmirror (the release): WorldMirror 2.0 per clip with the known cameras as "
+            "priors, frames resized to multiples of 14 (long side target_size), low-confidence and depth-edge "
+            "pixels dropped, the network's frame mapped onto ours by Umeyama on the camera centres. backend "
+            "depth_fusion: MoGe-2 depth per frame (at the known field of view), each frame's scale and shift "
+            "fitted to the 3D cache's surface depth, lifted with the known cameras.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."),
+                Trajectory.Input("trajectory",
+                                 tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
+                                 "frames per trajectory are its keyframes, otherwise one frame per pose."),
+                io.Combo.Input("backend", options=["worldmirror", "depth_fusion"], default="worldmirror",
+                               tooltip="worldmirror: feed-forward reconstruction (needs a WorldMirror model). "
+                               "depth_fusion: MoGe-2 depth aligned to the cache (needs a MoGe model and the cache)."),
+                io.Boolean.Input("use_priors", default=True,
+                                 tooltip="worldmirror: give the known cameras (pose + intrinsics) to the network, "
+                                 "as WorldStereo does."),
+                io.Int.Input("target_size", default=rec_lib.RELEASE_TARGET_SIZE, min=28, max=2048, step=14,
+                             tooltip="worldmirror: the network's long side before rounding down to a multiple of 14 "
+                             "(release 832 → 826); frames are never upsampled."),
+                io.Float.Input("conf_quantile", default=rec_lib.RELEASE_CONF_QUANTILE, min=0.0, max=0.95, step=0.01,
+                               tooltip="worldmirror: drop each frame's least confident pixels below this quantile "
+                               "(release 0.15 = 15 %; 0 keeps all)."),
+                io.Boolean.Input("remove_depth_edges", default=True,
+                                 tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
+                                 "between foreground and background."),
+                io.Combo.Input("camera_source", options=["known", "predicted"], default="known",
+                               tooltip="worldmirror: lift the depth with the known cameras (the trajectory; exact "
+                               "in WorldStereo) or with WorldMirror's own cameras moved into our frame (upstream)."),
+                WorldMirror.Input("worldmirror", optional=True, tooltip="From Load WorldMirror 2.0 (backend worldmirror)."),
+                MoGe.Input("moge", optional=True, tooltip="From Load MoGe-2 (backend depth_fusion)."),
+                PointCloud.Input("cache", optional=True,
+                                 tooltip="The current 3D cache, in the trajectories' world (backend depth_fusion)."),
+            ],
+            outputs=[
+                Depth.Output(display_name="depth",
+                             tooltip="Z-depth of every frame at the frames' size in world units; 0 where dropped "
+                             "(confidence, edges, not aligned)."),
+                PointCloud.Output(display_name="cloud", tooltip="The frames' points in the world frame (not merged "
+                                  "into the cache)."),
+                CamerasSocket.Output(display_name="cameras",
+                                     tooltip="The cameras the depth is expressed with, one per frame, at the frames' size."),
+                io.Image.Output(display_name="depth_preview",
+                                tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, frames, trajectory, backend, use_priors, target_size, conf_quantile, remove_depth_edges,
+                camera_source, worldmirror=None, moge=None, cache=None) -> io.NodeOutput:
+        if frames.ndim != 4:
+            raise ReconstructionError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
+        x = frames[..., :3].float().cpu()
+        F_, H, W = x.shape[:3]
+        clips = rec_lib.clip_cameras(trajectories_of(trajectory), F_, H, W)
+        edges = RELEASE_EDGE_THRESHOLD if remove_depth_edges else None
+        if backend == "worldmirror":
+            if worldmirror is None:
+                raise ReconstructionError("backend worldmirror needs a model: connect Load WorldMirror 2.0 to worldmirror")
+            progress = Progress(4 * len(clips))
+            recs = rec_lib.reconstruct_clips(
+                worldmirror, x, clips, target_size=target_size, use_priors=use_priors,
+                conf_quantile=conf_quantile if conf_quantile > 0 else None, edge_threshold=edges,
+                camera_source=camera_source, progress=progress,
+            )
+            depth = torch.cat([torch.where(r.mask, r.depth, torch.zeros(())) for r in recs]).float()
+            cloud = PointCloudValue.cat([r.cloud for r in recs])
+            cams = Cameras.cat([r.cameras for r in recs])
+        else:
+            if moge is None:
+                raise ReconstructionError("backend depth_fusion needs a depth model: connect Load MoGe-2 to moge")
+            if cache is None:
+                raise ReconstructionError("backend depth_fusion aligns the frames to the 3D cache: connect the cache")
+            cams = Cameras.cat(clips)
+            progress = Progress(2 * F_)
+            est = MoGeDepthEstimator(moge, progress=lambda done, _t: progress(done, 2 * F_))
+            mono, valid = est(x, cams)
+            fused = fuse_depth_to_cache(cache.require_nonempty("3D cache"), x, mono, cams, valid, edge_threshold=edges,
+                                        progress=lambda done, _t: progress(F_ + done, 2 * F_))
+            if len(fused.cloud) == 0:
+                raise ReconstructionError(
+                    "no frame overlapped the 3D cache enough to align its depth; check that the cache and the "
+                    "trajectory are in the same world (the cache built from the trajectory's start view)"
+                )
+            depth = torch.where(fused.valid, fused.depth, torch.zeros(())).float()
+            cloud = fused.cloud
+        return io.NodeOutput(depth, cloud, cams, _depth_preview(depth))
+
+
+class SaveColmap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveColmap",
+            display_name="Save COLMAP Model (WorldStereo)",
+            category=SUB_EXPORT,
+            description="Writes the frames and their cameras as a COLMAP text model in a new output folder: "
+            "images/frame_00000.png…, sparse/0/cameras.txt (PINHOLE), images.txt (world-to-camera, OpenCV — "
+            "COLMAP's own convention) and points3D.txt (the cloud, if connected). Gaussian-splatting and NeRF "
+            "tools read this layout.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
+                CamerasSocket.Input("cameras", tooltip="Their cameras (e.g. Reconstruct Frames' cameras); K is "
+                                    "rescaled if the frames are another size of the same aspect."),
+                io.String.Input("filename_prefix", default="worldstereo/colmap",
+                                tooltip="Output folder prefix, relative to ComfyUI's output folder."),
+                io.Int.Input("max_points", default=1_000_000, min=0, max=50_000_000, step=10_000,
+                             tooltip="Keep at most this many points in points3D.txt (a deterministic subset; 0 = all)."),
+                PointCloud.Input("cloud", optional=True, tooltip="Initial points for points3D.txt."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The model folder, relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, frames, cameras, filename_prefix, max_points, cloud=None) -> io.NodeOutput:
+        x = frames[..., :3].float().cpu()
+        (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
+        full, rel = _export_folder(filename_prefix)
+        names = export.save_images_png(os.path.join(full, "images"), x)
+        export.save_colmap_text(os.path.join(full, "sparse", "0"), cams, names,
+                                cloud.require_nonempty() if cloud is not None else None,
+                                max_points=max_points if max_points > 0 else None)
+        return io.NodeOutput(rel, ui={"text": [rel]})
+
+
+class SaveTransformsJson(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveTransformsJson",
+            display_name="Save transforms.json (WorldStereo)",
+            category=SUB_EXPORT,
+            description="Writes the frames and their cameras for nerfstudio in a new output folder: "
+            "images/frame_00000.png… and transforms.json (camera-to-world in OpenGL axes, fl_x/fl_y/cx/cy/w/h), "
+            "plus sparse_pc.ply named as ply_file_path when a cloud is connected (splatfacto's initialisation).",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
+                CamerasSocket.Input("cameras", tooltip="Their cameras (e.g. Reconstruct Frames' cameras); K is "
+                                    "rescaled if the frames are another size of the same aspect."),
+                io.String.Input("filename_prefix", default="worldstereo/nerfstudio",
+                                tooltip="Output folder prefix, relative to ComfyUI's output folder."),
+                PointCloud.Input("cloud", optional=True, tooltip="Initial points, written as sparse_pc.ply."),
+            ],
+            outputs=[io.String.Output(display_name="path",
+                                      tooltip="transforms.json, relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, frames, cameras, filename_prefix, cloud=None) -> io.NodeOutput:
+        x = frames[..., :3].float().cpu()
+        (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
+        full, rel = _export_folder(filename_prefix)
+        names = export.save_images_png(os.path.join(full, "images"), x)
+        ply = None
+        if cloud is not None:
+            export.save_pointcloud_ply(os.path.join(full, "sparse_pc.ply"), cloud.require_nonempty())
+            ply = "sparse_pc.ply"
+        export.save_transforms_json(os.path.join(full, "transforms.json"), cams, [f"images/{n}" for n in names],
+                                    ply_file_path=ply)
+        path = f"{rel}/transforms.json"
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+class Evaluate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoEvaluate",
+            display_name="Evaluate Reconstruction Benchmark (WorldStereo)",
+            category=SUB_RECON,
+            description="The paper's §4.3 protocol on a synthetic scene: from the scene's default view, each "
+            "benchmark trajectory (eloop, up, left, right) is generated by the oracle (exact renders), "
+            "reconstructed (an oracle with exact depth and optional pose noise, or WorldMirror without camera "
+            "priors), aligned to the ground truth (camera anchors or first camera + ICP) and scored: "
+            "precision / recall / F-score at 1 % of the scene size, AUC, RotErr / TransErr / ATE.",
+            is_output_node=True,
+            inputs=[
+                Scene.Input("scene", tooltip="The synthetic scene (Synthetic Scene's scene output)."),
+                io.String.Input("trajectories", default=",".join(eval_lib.BENCHMARK_TRAJECTORIES),
+                                tooltip="Comma-separated presets to evaluate (benchmark: eloop,up,left,right)."),
+                io.Int.Input("width", default=392, min=28, max=2048, step=14,
+                             tooltip="Frame width (a multiple of 14 for the oracle reconstructor)."),
+                io.Int.Input("height", default=224, min=28, max=2048, step=14,
+                             tooltip="Frame height (a multiple of 14 for the oracle reconstructor)."),
+                io.Int.Input("num_keyframes", default=21, min=2, max=81,
+                             tooltip="Frames generated per trajectory (the released model: 21 of 81 poses)."),
+                io.Combo.Input("alignment", options=["anchors", "icp"], default="anchors",
+                               tooltip="anchors: the reconstruction's Umeyama on camera centres; icp: first camera "
+                               "+ scaled ICP against the ground truth."),
+                io.Float.Input("pose_noise_deg", default=0.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Oracle reconstructor: rotate each predicted camera by this angle about a "
+                               "random axis (camera 0 untouched), like a real reconstructor's error."),
+                io.Float.Input("threshold_fraction", default=0.01, min=0.0001, max=0.2, step=0.001,
+                               tooltip="F-score distance as a fraction of the ground truth's bounding-box diagonal."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip="Seed of the pose noise."),
+                WorldMirror.Input("worldmirror", optional=True,
+                                  tooltip="Reconstruct with this WorldMirror (no camera priors) instead of the oracle."),
+            ],
+            outputs=[io.String.Output(display_name="report", tooltip="JSON report (per trajectory and overall).")],
+        )
+
+    @classmethod
+    def execute(cls, scene, trajectories, width, height, num_keyframes, alignment, pose_noise_deg,
+                threshold_fraction, seed, worldmirror=None) -> io.NodeOutput:
+        names = [t.strip() for t in trajectories.split(",") if t.strip()]
+        if worldmirror is not None:
+            reconstructor = eval_lib.WorldMirrorReconstructor(worldmirror, target_size=max(width, height))
+        else:
+            reconstructor = eval_lib.OracleReconstructor(scene, pose_noise_deg=pose_noise_deg, seed=seed)
+        progress = Progress(max(1, len(names)))
+        result = eval_lib.evaluate_synthetic(
+            scene, height=height, width=width, names=names, reconstructor=reconstructor,
+            num_keyframes=num_keyframes, alignment=alignment, threshold_fraction=threshold_fraction,
+            progress=progress,
+        )
+        report = result.report
+        return io.NodeOutput(report.to_json(), ui={"text": [report.summary()]})
+
+
+NODES = [LoadWorldMirror, WorldMirrorRecon, SaveColmap, SaveTransformsJson, Evaluate]
