@@ -91,3 +91,22 @@ def test_bad_inputs(setup) -> None:
         fuse_depth_to_cache(cache, r.rgb, -r.depth, cams)
     with pytest.raises(AlignmentError, match="min_covered_fraction"):
         fuse_depth_to_cache(cache, r.rgb, r.depth, cams, min_covered_fraction=1.5)
+
+
+def test_same_alignment_as_the_scene_loops_merge_clip(setup) -> None:
+    """The node's depth fusion and the loop's merge_clip (depth mode) agree frame for frame."""
+    from worldstereo_core.memory import Cache3D
+    from worldstereo_core.pipeline import LoopConfig, merge_clip
+
+    _, cams, r, cache = setup
+    g = torch.Generator().manual_seed(3)
+    s = 0.8 + 0.4 * torch.rand(4, generator=g)
+    noisy = torch.where(r.depth > 0, r.depth * s[:, None, None] * (1 + 0.01 * torch.randn(r.depth.shape, generator=g)),
+                        torch.zeros(()))
+    ours = fuse_depth_to_cache(cache, r.rgb, noisy, cams, seed=5)
+    loop = merge_clip(Cache3D(cache), r.rgb, noisy, None, cams, LoopConfig(), seed=5, skip_first=False)
+    assert ours.status == loop.alignment.status
+    assert torch.allclose(ours.scale, loop.alignment.scale, rtol=1e-6)
+    assert torch.allclose(ours.shift, loop.alignment.shift, rtol=1e-6, atol=1e-9)
+    assert len(ours.cloud) == len(loop.cloud_added)
+    assert torch.allclose(ours.cloud.points, loop.cloud_added.points, atol=1e-5)

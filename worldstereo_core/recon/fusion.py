@@ -17,7 +17,10 @@ cache already holds. So, frame by frame, in order:
    saw is aligned against its neighbours instead of against the background behind it.
 
 The result is in the cache's world frame and units. It does not merge into the cache —
-that is the caller's choice (a Cache3D merge, or the scene loop's ``merge_clip``).
+that is the caller's choice (a Cache3D merge). The alignment is the scene loop's
+(:func:`~worldstereo_core.pipeline.merge_clip`, ``alignment="depth"``, ``skip_first=False``,
+same defaults): the tests hold the two to the same scales, shifts and points; this function
+adds the per-pixel aligned depth and mask, and per-frame progress.
 """
 
 from __future__ import annotations
