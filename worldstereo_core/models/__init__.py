@@ -8,6 +8,8 @@ Public API::
     sample_unipc(...), sample_dmd(...)              # samplers (see sampling.py)
     load_models(...), generate_keyframes(...)       # the one call (generate.py; imported lazily)
     write_tiny_models(models_dir)                   # tiny random weights in the real layouts (tiny.py)
+    load_wan_vae / load_text_encoder / load_image_encoder   # Wan VAE (keyframe mode), UMT5, CLIP ViT-H
+    load_uni3c(path), attach_uni3c(transformer, uni3c)      # Uni3C camera-control branch
 """
 
 from .loading import (
@@ -46,6 +48,24 @@ _LAZY = {
     "SAMPLERS": "generate",
     "OFFLOAD_MODES": "offload",
     "write_tiny_models": "tiny",
+    # keyframe VAE and encoders (vae.py, encoders.py)
+    "WanKeyframeVAE": "vae",
+    "load_wan_vae": "vae",
+    "i2v_condition": "vae",
+    "i2v_mask": "vae",
+    "images_to_video": "vae",
+    "video_to_images": "vae",
+    "check_spatial_size": "vae",
+    "UMT5TextEncoder": "encoders",
+    "CLIPImageEncoder": "encoders",
+    "load_text_encoder": "encoders",
+    "load_image_encoder": "encoders",
+    "load_tokenizer": "encoders",
+    # the open-source Uni3C camera-control branch (uni3c.py)
+    "Uni3CControlNet": "uni3c",
+    "attach_uni3c": "uni3c",
+    "load_uni3c": "loading",
+    "save_uni3c": "loading",
 }
 
 
