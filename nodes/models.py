@@ -16,7 +16,19 @@ from comfy_api.v0_0_2 import io
 from worldstereo_core.errors import CheckpointError, InvalidTrajectoryError, ModelInputError
 from worldstereo_core.pipeline import References
 
-from .common import CATEGORY, Progress, Retrieval, Trajectory, image_to_hwc, trajectories_of
+from .common import (
+    CATEGORY,
+    Cameras,
+    Depth,
+    MemoryBank,
+    PointCloud,
+    Progress,
+    Retrieval,
+    Trajectory,
+    image_to_hwc,
+    trajectories_of,
+)
+from .depth import MoGe
 
 SUB = f"{CATEGORY}/model"
 FOLDER = "worldstereo"
@@ -357,4 +369,169 @@ def _cond_tensor(conditioning) -> torch.Tensor | None:
     return conditioning[0][0][:1, :512].float()
 
 
-NODES = [WorldStereoLoadModel, WorldStereoGGMControl, WorldStereoSSMControl, WorldStereoSampler]
+class WorldStereoSceneLoop(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSceneLoop",
+            display_name="WorldStereo Scene Loop",
+            category=SUB,
+            description="The whole WorldStereo loop with the video model: input view → 3D cache → for each "
+            "trajectory (paper order orbit → up → right → left): GGM render of the cache, SSM retrieval from "
+            "the memory bank, 21 generated keyframes, their depth (MoGe-2 at the known field of view) aligned "
+            "to the cache, merge, memory update. Start from the input view's depth, or from a given cache and "
+            "bank (a panorama's point cloud and 27 views). The image size sets the generation size (multiples "
+            "of 16; the release runs 480×832-class buckets).",
+            inputs=[
+                WSModel.Input("model", tooltip="From Load WorldStereo Model (memory or memory-dmd use the bank)."),
+                io.Image.Input("image", tooltip="The input view; it opens every clip. Its size is the "
+                               "generation size (multiples of 16, e.g. 480×832)."),
+                Cameras.Input("camera", tooltip="The input view's camera (Depth Estimate's, or a panorama "
+                              "view's); it defines the world frame. K is rescaled to the image if sizes differ."),
+                io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
+                io.String.Input("negative_prompt", default="", multiline=True,
+                                tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
+                io.String.Input("trajectories", default="orbit,up,right,left",
+                                tooltip="Comma-separated presets, in order (paper: orbit,up,right,left)."),
+                io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default="auto",
+                               tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40."),
+                io.Int.Input("steps", default=0, min=0, max=200, tooltip="0 = the sampler's default (4 / 40)."),
+                io.Float.Input("cfg", default=5.0, min=1.0, max=20.0, step=0.1,
+                               tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
+                               tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed of the first clip (clip i uses seed + i) and of the robust fits."),
+                io.Combo.Input("retrieval_mode", options=["aabb", "volume"], default="aabb",
+                               tooltip="Frustum-overlap scoring: aabb (release) or volume (paper)."),
+                io.Int.Input("depth_resolution_level", default=9, min=0, max=9,
+                             tooltip="MoGe's token budget for the generated frames: 0 = fastest, 9 = upstream."),
+                MoGe.Input("moge", optional=True,
+                           tooltip="From Load MoGe-2: gives the depth of the generated frames (at their known "
+                           "field of view). Required today; WorldMirror will plug in here too."),
+                Depth.Input("depth", optional=True,
+                            tooltip="The input view's z-depth (e.g. Depth Estimate). Not needed with a cache."),
+                MemoryBank.Input("bank", optional=True,
+                                 tooltip="Start from this memory bank (e.g. the panorama's 27 views) instead "
+                                 "of the input image alone."),
+                PointCloud.Input("cache", optional=True,
+                                 tooltip="Start from this 3D cache (e.g. Panorama Point Cloud, in the camera's "
+                                 "world) instead of lifting the input depth."),
+            ],
+            outputs=[
+                PointCloud.Output(display_name="cloud", tooltip="The merged 3D cache."),
+                Trajectory.Output(display_name="trajectories", tooltip="The trajectories, in order."),
+                MemoryBank.Output(display_name="bank", tooltip="The final memory bank."),
+                io.Image.Output(display_name="renders", tooltip="GGM renders of every trajectory's keyframes."),
+                io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
+                io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
+                io.String.Output(display_name="report", tooltip="JSON report of what the loop did."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, image, camera, prompt, negative_prompt, trajectories, sampler, steps, cfg, shift, seed,
+                retrieval_mode, depth_resolution_level, moge=None, depth=None, bank=None, cache=None) -> io.NodeOutput:
+        import json
+
+        import comfy.model_management as mm
+
+        from worldstereo_core import pipeline
+        from worldstereo_core.memory import Cache3D
+        from worldstereo_core.models.generate import WorldStereoFrameGenerator
+        from worldstereo_core.models.vae import check_spatial_size
+        from worldstereo_core.recon.estimators import MoGeDepthEstimator
+
+        if moge is None:
+            raise ModelInputError(
+                "connect a MoGe-2 model (Load MoGe-2) to 'moge': the loop needs the depth of the generated frames"
+            )
+        names = [t.strip() for t in trajectories.split(",") if t.strip()]
+        img = image_to_hwc(image)[None]
+        H, W = img.shape[1:3]
+        check_spatial_size(H, W, "the input image")  # before minutes of work, not inside the first clip
+        cam = camera[:1]
+        if (cam.height, cam.width) != (H, W):
+            cam = cam.resized(H, W)
+        choice = SAMPLER_CHOICES[sampler]
+        kind = choice or model.default_sampler
+        per_clip = steps or (model.transformer.ws_config.dmd.steps if kind == "dmd" else 40)
+        stages = 1 + 5 * len(names)
+        progress = Progress(stages + per_clip * len(names))
+        done = {"stages": 0, "samples": 0}
+
+        def on_stage(step: int, total: int) -> None:
+            done["stages"] = step
+            progress(done["stages"] + done["samples"])
+
+        def on_step(i: int, n: int) -> None:
+            done["samples"] = (generator.calls - 1) * per_clip + min(i + 1, per_clip)
+            progress(done["stages"] + done["samples"])
+
+        def interrupt() -> bool:
+            mm.throw_exception_if_processing_interrupted()  # raises ComfyUI's own interruption
+            return False
+
+        generator = WorldStereoFrameGenerator(
+            model, prompt, negative_prompt or None, sampler=choice, steps=steps or None, guidance_scale=cfg,
+            shift=shift or None, seed=seed, on_step=on_step, interrupt=interrupt,
+        )
+        estimator = MoGeDepthEstimator(moge, resolution_level=depth_resolution_level)
+        result = pipeline.run_scene_loop(
+            img, cam, None if depth is None else depth[:1].float(), generator, estimator, names,
+            pipeline.default_config(H, W, retrieval_mode=retrieval_mode), seed=seed % 2**31, progress=on_stage,
+            bank=bank, cache=None if cache is None else Cache3D(cache),
+        )
+        report = _loop_report(result, model, kind, per_clip, cfg, seed, bank is not None, cache is not None)
+        return io.NodeOutput(
+            result.cloud,
+            tuple(s.trajectory for s in result.steps),
+            result.bank,
+            torch.cat([s.render.rgb for s in result.steps]).float(),
+            torch.cat([s.render.mask for s in result.steps]).float(),
+            torch.cat([s.frames for s in result.steps]).float(),
+            json.dumps(report, indent=2),
+            ui={"text": [f"{len(result.steps)} trajectories, {len(result.cloud)} points, "
+                         f"{len(result.bank)} memory views"]},
+        )
+
+
+def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, given_bank: bool,
+                 given_cache: bool) -> dict:
+    """What a real-model run did (no ground truth, so no scores): settings, then per trajectory the
+    references chosen, how the frames' depth was aligned and the cache size — the fields of
+    :func:`worldstereo_core.pipeline.loop_report`."""
+    trajs = []
+    for s in result.steps:
+        a = s.alignment
+        trajs.append({
+            "name": s.name,
+            "poses": len(s.trajectory),
+            "keyframes": len(s.keyframes),
+            "hole_fraction": float(s.render.mask[1:].float().mean()) if len(s.keyframes) > 1 else 0.0,
+            "references": [
+                {"bank_index": int(i), "source": src, "ref_index": int(r)}
+                for i, src, r in zip(s.references.bank_indices, s.references.sources, s.references.ref_index)
+            ],
+            "aligned_frames": sum(st == "aligned" for st in a.status),
+            "alignment_status": list(a.status),
+            "depth_scale": [float(x) for x in a.scale],
+            "depth_shift": [float(x) for x in a.shift],
+            "cache_points": int(s.cache_points),
+        })
+    cams = result.cameras
+    return {
+        "view": {"height": cams.height, "width": cams.width},
+        "model": {"variant": model.variant, "sampler": sampler, "steps": steps,
+                  "guidance_scale": cfg if sampler == "unipc" else None, "seed": int(seed)},
+        "depth_source": "moge",
+        "start": {"bank": "given" if given_bank else "input image", "cache": "given" if given_cache else "input depth"},
+        "median_depth": float(result.median_depth),
+        "input_points": len(result.input_cloud),
+        "memory_bank_views": len(result.bank),
+        "cache_points": len(result.cloud),
+        "trajectories": trajs,
+    }
+
+
+NODES = [WorldStereoLoadModel, WorldStereoGGMControl, WorldStereoSSMControl, WorldStereoSampler, WorldStereoSceneLoop]

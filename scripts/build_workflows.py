@@ -48,6 +48,103 @@ WORKFLOWS: dict[str, dict] = {
             ("glb", "model_file", "preview", "model_file"),
         ],
     },
+    "single_view": {
+        "nodes": {
+            "image": ("WorldStereoSyntheticScene", [40, 80], {"scene": "room", "width": 96, "height": 64},
+                      "Input view (CI stand-in 96×64: use Load Image, e.g. 832×480)"),
+            "moge": ("WorldStereoLoadMoGe", [40, 380], {"model_name": "moge-2-tiny/model.safetensors", "dtype": "fp32"},
+                     "Load MoGe-2 (CI: tiny weights; use moge-2-vitl-normal)"),
+            "depth": ("WorldStereoDepthEstimate", [420, 300], {"mode": "perspective", "resolution_level": 0},
+                      "Depth Estimate MoGe-2 (CI: resolution_level 0; use 9)"),
+            "model": ("WorldStereoLoadModel", [40, 560],
+                      {"checkpoint": "worldstereo-memory-dmd", "text_encoder": "umt5_xxl_tiny.safetensors",
+                       "clip_vision": "clip_vision_h_tiny.safetensors", "vae": "wan_2.1_vae_tiny.safetensors",
+                       "dtype": "fp32"},
+                      "Load WorldStereo Model (CI: tiny weights, fp32; use the released files, bf16)"),
+            "loop": ("WorldStereoSceneLoop", [820, 80],
+                     {"prompt": "a cozy living room with a sofa, a lamp and books on shelves",
+                      "trajectories": "orbit,up", "sampler": "auto", "depth_resolution_level": 0,
+                      "control_after_generate": "fixed"},
+                     "WorldStereo Scene Loop (CI: 2 trajectories; paper: orbit,up,right,left)"),
+            "ply": ("WorldStereoSavePointCloud", [1280, 40], {"filename_prefix": "worldstereo/single_view_cloud"}, None),
+            "glb": ("WorldStereoSaveSceneGLB", [1280, 200], {"filename_prefix": "worldstereo/single_view_scene"}, None),
+            "frames": ("WorldStereoSaveVideo", [1280, 420], {"filename_prefix": "worldstereo/single_view_frames"}, None),
+            "renders": ("WorldStereoSaveVideo", [1280, 580], {"filename_prefix": "worldstereo/single_view_ggm"}, None),
+            "report": ("WorldStereoSaveReport", [1280, 740], {"filename_prefix": "worldstereo/single_view_report"}, None),
+            "preview": ("Preview3D", [1680, 40], {}, None),
+        },
+        "links": [
+            ("image", "image", "depth", "image"),
+            ("moge", "moge", "depth", "moge"),
+            ("model", "model", "loop", "model"),
+            ("image", "image", "loop", "image"),
+            ("depth", "camera", "loop", "camera"),
+            ("depth", "depth", "loop", "depth"),
+            ("moge", "moge", "loop", "moge"),
+            ("loop", "cloud", "ply", "cloud"),
+            ("loop", "cloud", "glb", "cloud"),
+            ("loop", "trajectories", "glb", "trajectory_1"),
+            ("loop", "frames", "frames", "frames"),
+            ("loop", "renders", "renders", "frames"),
+            ("loop", "report", "report", "report"),
+            ("glb", "model_file", "preview", "model_file"),
+        ],
+    },
+    "panorama": {
+        "nodes": {
+            "pano": ("WorldStereoSyntheticScene", [40, 80], {"scene": "outdoor", "width": 128, "height": 64},
+                     "Panorama (CI stand-in 128×64: use Load Image of a 2:1 equirectangular panorama)"),
+            "moge": ("WorldStereoLoadMoGe", [40, 380], {"model_name": "moge-2-tiny/model.safetensors", "dtype": "fp32"},
+                     "Load MoGe-2 (CI: tiny weights; use moge-2-vitl-normal)"),
+            "depth": ("WorldStereoDepthEstimate", [420, 380], {"mode": "panorama", "resolution_level": 0},
+                      "Panorama depth (CI: resolution_level 0; use 9)"),
+            "views": ("WorldStereoPanoramaViews", [420, 80], {}, None),
+            "bank": ("WorldStereoMemoryBankCreate", [780, 40], {"label": "panorama"}, None),
+            "cloud": ("WorldStereoPanoramaPointCloud", [780, 220], {"remove_depth_edges": False},
+                      "Panorama Point Cloud (CI: edges kept, tiny MoGe depth is noise; use on)"),
+            "first": ("ImageFromBatch", [780, 480], {"batch_index": 0, "length": 1}, "Centre view (bank view 0)"),
+            "size": ("ImageScale", [780, 620], {"upscale_method": "area", "width": 160, "height": 96, "crop": "disabled"},
+                     "Generation size (CI 160×96; use 832×480)"),
+            "model": ("WorldStereoLoadModel", [40, 620],
+                      {"checkpoint": "worldstereo-memory-dmd", "text_encoder": "umt5_xxl_tiny.safetensors",
+                       "clip_vision": "clip_vision_h_tiny.safetensors", "vae": "wan_2.1_vae_tiny.safetensors",
+                       "dtype": "fp32"},
+                      "Load WorldStereo Model (CI: tiny weights, fp32; use the released files, bf16)"),
+            "loop": ("WorldStereoSceneLoop", [1160, 80],
+                     {"prompt": "a sunny park with trees, benches and a stone path",
+                      "trajectories": "orbit,right", "sampler": "auto", "depth_resolution_level": 0,
+                      "control_after_generate": "fixed"},
+                     "WorldStereo Scene Loop (CI: 2 trajectories; paper: orbit,up,right,left)"),
+            "ply": ("WorldStereoSavePointCloud", [1620, 40], {"filename_prefix": "worldstereo/panorama_cloud"}, None),
+            "glb": ("WorldStereoSaveSceneGLB", [1620, 200], {"filename_prefix": "worldstereo/panorama_scene"}, None),
+            "frames": ("WorldStereoSaveVideo", [1620, 420], {"filename_prefix": "worldstereo/panorama_frames"}, None),
+            "report": ("WorldStereoSaveReport", [1620, 580], {"filename_prefix": "worldstereo/panorama_report"}, None),
+            "preview": ("Preview3D", [2020, 40], {}, None),
+        },
+        "links": [
+            ("pano", "image", "views", "panorama"),
+            ("pano", "image", "depth", "image"),
+            ("moge", "moge", "depth", "moge"),
+            ("views", "views", "bank", "images"),
+            ("views", "cameras", "bank", "cameras"),
+            ("pano", "image", "cloud", "panorama"),
+            ("depth", "depth", "cloud", "distance"),
+            ("views", "views", "first", "image"),
+            ("first", "IMAGE", "size", "image"),
+            ("model", "model", "loop", "model"),
+            ("size", "IMAGE", "loop", "image"),
+            ("depth", "camera", "loop", "camera"),
+            ("moge", "moge", "loop", "moge"),
+            ("bank", "bank", "loop", "bank"),
+            ("cloud", "cloud", "loop", "cache"),
+            ("loop", "cloud", "ply", "cloud"),
+            ("loop", "cloud", "glb", "cloud"),
+            ("loop", "trajectories", "glb", "trajectory_1"),
+            ("loop", "frames", "frames", "frames"),
+            ("loop", "report", "report", "report"),
+            ("glb", "model_file", "preview", "model_file"),
+        ],
+    },
 }
 
 BUILD_JS = """
@@ -90,7 +187,13 @@ def main() -> int:
 
     out_dir = REPO_ROOT / "workflows"
     out_dir.mkdir(exist_ok=True)
-    with ComfyServer() as server, sync_playwright() as pw:
+    sys.path.insert(0, str(REPO_ROOT))
+    from worldstereo_core.models.tiny import write_tiny_models
+
+    server = ComfyServer()
+    # tiny weights where users put the real ones, so the model combos hold the values the graphs use
+    write_tiny_models(server.base_dir / "models")
+    with server, sync_playwright() as pw:
         server.post("/api/settings", json={"Comfy.TutorialCompleted": True})
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})

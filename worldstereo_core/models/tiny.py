@@ -4,12 +4,13 @@
 files, with the same formats the loaders read:
 
 * ``worldstereo/worldstereo-camera``, ``-memory``, ``-memory-dmd``: ``config.json`` + ``model.safetensors``
-  (the release's layout, tiny sizes);
+  (the release's layout, tiny sizes; I2V condition ``first_frame_only`` for speed);
 * ``text_encoders/umt5_xxl_tiny.safetensors``: transformers UMT5 keys plus an embedded SentencePiece
   model under ``spiece_model`` (ComfyUI's umt5 files carry their tokenizer the same way), trained here on
   a few sentences — nothing is downloaded;
 * ``clip_vision/clip_vision_h_tiny.safetensors``: transformers ``vision_model.*`` keys (clip_vision_h's);
-* ``vae/wan_2.1_vae_tiny.safetensors``: the diffusers ``AutoencoderKLWan`` layout.
+* ``vae/wan_2.1_vae_tiny.safetensors``: the diffusers ``AutoencoderKLWan`` layout;
+* ``moge/moge-2-tiny/``: MoGe-2 ``model.safetensors`` + ``config.json`` (for Load MoGe-2).
 
 Single files carry no architecture, so each tiny encoder/VAE file stores its config as JSON under the
 safetensors metadata key ``"config"``; :func:`embedded_config` reads it back and
@@ -131,19 +132,58 @@ def write_tiny_vae(path: Path, seed: int = 0) -> Path:
     return _save(vae.state_dict(), path, cfg)
 
 
-def write_tiny_worldstereo(folder: Path, variant: str, seed: int = 0, std: float = 0.05) -> Path:
+TINY_LATENT_COND_MODE = "first_frame_only"
+"""I2V condition mode of the tiny checkpoints. The release's ``full_vae`` runs the causal VAE over
+81 frames, ~30 s per clip on two CPU cores even at 64×96 with the tiny VAE; ``first_frame_only`` (the
+other mode the release config accepts) encodes two frames, so CI workflows stay within their budget."""
+
+
+def write_tiny_worldstereo(
+    folder: Path, variant: str, seed: int = 0, std: float = 0.05, latent_cond_mode: str = TINY_LATENT_COND_MODE
+) -> Path:
     """A tiny ``variant`` checkpoint folder with random weights (control/camera branches non-zero)."""
+    import dataclasses
+
     model = build_transformer(variant, tiny=True)
     init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 3)
+    model.ws_config = dataclasses.replace(model.ws_config, latent_cond_mode=latent_cond_mode)
     return save_worldstereo(model, folder)
 
 
+TINY_MOGE_FOLDER = "moge-2-tiny"
+"""Folder of the tiny MoGe-2 weights under ``models/moge/`` (combo value ``moge-2-tiny/model.safetensors``)."""
+
+
+def write_tiny_moge(folder: Path, seed: int = 4) -> Path:
+    """Tiny MoGe-2 weights (``model.safetensors`` + ``config.json``) that give usable depth.
+
+    Random weights give random point maps; seed 4's fits a positive focal on the synthetic views
+    and the mask head's last bias makes every pixel valid (sigmoid(8) ≈ 1). Depth workflows should
+    still pass a field of view, since a random model's focal means nothing.
+    """
+    from ..recon.moge import MoGeModel, moge_config, save_moge
+
+    model = MoGeModel(moge_config("tiny"))
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
+        for k, v in model.state_dict().items()
+    }
+    state["mask_head.output_blocks.3.bias"] = torch.full((1,), 8.0)
+    model.load_state_dict(state)
+    return save_moge(model, folder)
+
+
 def write_tiny_models(
-    models_dir: str | os.PathLike, variants: Sequence[str] = ("camera", "memory", "dmd"), seed: int = 0
+    models_dir: str | os.PathLike,
+    variants: Sequence[str] = ("camera", "memory", "dmd"),
+    seed: int = 0,
+    moge: bool = True,
 ) -> dict[str, Path]:
     """Write tiny weights into a ComfyUI ``models/`` folder; returns ``{name: path}`` of what was written.
 
-    Names: ``worldstereo-camera`` … (checkpoint folders), ``text_encoder``, ``image_encoder``, ``vae``.
+    Names: ``worldstereo-camera`` … (checkpoint folders), ``text_encoder``, ``image_encoder``, ``vae``
+    and, with ``moge``, ``moge`` (``models/moge/moge-2-tiny/``, see :func:`write_tiny_moge`).
     """
     root = Path(models_dir)
     out: dict[str, Path] = {}
@@ -154,6 +194,8 @@ def write_tiny_models(
     out["text_encoder"] = write_tiny_text_encoder(root / "text_encoders" / TINY_FILES["text_encoders"], seed)
     out["image_encoder"] = write_tiny_image_encoder(root / "clip_vision" / TINY_FILES["clip_vision"], seed)
     out["vae"] = write_tiny_vae(root / "vae" / TINY_FILES["vae"], seed)
+    if moge:
+        out["moge"] = write_tiny_moge(root / "moge" / TINY_MOGE_FOLDER)
     return out
 
 
@@ -161,10 +203,13 @@ __all__ = [
     "CONFIG_METADATA_KEY",
     "RELEASE_FOLDERS",
     "TINY_FILES",
+    "TINY_LATENT_COND_MODE",
+    "TINY_MOGE_FOLDER",
     "embedded_config",
     "tiny_sentencepiece",
     "write_tiny_image_encoder",
     "write_tiny_models",
+    "write_tiny_moge",
     "write_tiny_text_encoder",
     "write_tiny_vae",
     "write_tiny_worldstereo",
