@@ -6,13 +6,13 @@ from typing_extensions import override
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import depth, export, geometry, memory, models, scene
+from . import depth, export, geometry, memory, models, recon, scene
 
 
 class WorldStereoExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*scene.NODES, *geometry.NODES, *depth.NODES, *memory.NODES, *models.NODES, *export.NODES]
+        return [*scene.NODES, *geometry.NODES, *depth.NODES, *memory.NODES, *models.NODES, *recon.NODES, *export.NODES]
 
 
 async def comfy_entrypoint() -> WorldStereoExtension:
