@@ -492,8 +492,23 @@ class WorldStereoSceneLoop(io.ComfyNode):
             torch.cat([s.frames for s in result.steps]).float(),
             json.dumps(report, indent=2),
             ui={"text": [f"{len(result.steps)} trajectories, {len(result.cloud)} points, "
-                         f"{len(result.bank)} memory views"]},
+                         f"{len(result.bank)} memory views"]} | _inspector_ui(result),
         )
+
+
+def _inspector_ui(result) -> dict:
+    """The scene inspector's entry (cloud, trajectories, memory bank, retrieval links); empty if the
+    scene cannot be shown (e.g. more poses than the inspector takes) — never fail a finished run for it."""
+    import logging
+
+    from .inspector import publish
+
+    try:
+        return publish(cloud=result.cloud, trajectories=[s.trajectory for s in result.steps], memory=result.bank,
+                       retrieval=[s.references for s in result.steps], title="WorldStereo scene")
+    except Exception as exc:  # noqa: BLE001 - the preview is optional
+        logging.getLogger("worldstereo").warning("scene inspector preview skipped: %s", exc)
+        return {}
 
 
 def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, given_bank: bool,
