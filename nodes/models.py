@@ -449,7 +449,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
         names = [t.strip() for t in trajectories.split(",") if t.strip()]
         img = image_to_hwc(image)[None]
         H, W = img.shape[1:3]
-        check_spatial_size(H, W, "the input image")  # before minutes of work, not inside the first clip
+        check_spatial_size(H, W, "the input image's sides")  # before minutes of work, not inside the first clip
         cam = camera[:1]
         if (cam.height, cam.width) != (H, W):
             cam = cam.resized(H, W)
