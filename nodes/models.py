@@ -29,6 +29,7 @@ from .common import (
     trajectories_of,
 )
 from .depth import MoGe
+from .recon import WorldMirror
 
 SUB = f"{CATEGORY}/model"
 FOLDER = "worldstereo"
@@ -378,7 +379,8 @@ class WorldStereoSceneLoop(io.ComfyNode):
             category=SUB,
             description="The whole WorldStereo loop with the video model: input view → 3D cache → for each "
             "trajectory (paper order orbit → up → right → left): GGM render of the cache, SSM retrieval from "
-            "the memory bank, 21 generated keyframes, their depth (MoGe-2 at the known field of view) aligned "
+            "the memory bank, 21 generated keyframes, their depth (WorldMirror 2.0 or MoGe-2, at the "
+            "known cameras) aligned "
             "to the cache, merge, memory update. Start from the input view's depth, or from a given cache and "
             "bank (a panorama's point cloud and 27 views). The image size sets the generation size (multiples "
             "of 16; the release runs 480×832-class buckets).",
@@ -405,10 +407,15 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 io.Combo.Input("retrieval_mode", options=["aabb", "volume"], default="aabb",
                                tooltip="Frustum-overlap scoring: aabb (release) or volume (paper)."),
                 io.Int.Input("depth_resolution_level", default=9, min=0, max=9,
-                             tooltip="MoGe's token budget for the generated frames: 0 = fastest, 9 = upstream."),
+                             tooltip="MoGe's token budget for the generated frames: 0 = fastest, 9 = upstream "
+                             "(WorldMirror ignores it)."),
                 MoGe.Input("moge", optional=True,
-                           tooltip="From Load MoGe-2: gives the depth of the generated frames (at their known "
-                           "field of view). Required today; WorldMirror will plug in here too."),
+                           tooltip="From Load MoGe-2: the depth of the generated frames, at their known field "
+                           "of view. Connect this or worldmirror."),
+                WorldMirror.Input("worldmirror", optional=True,
+                                  tooltip="From Load WorldMirror 2.0 (the release's reconstruction): the depth of "
+                                  "each clip with the known cameras as priors. Used instead of moge if both are "
+                                  "connected."),
                 Depth.Input("depth", optional=True,
                             tooltip="The input view's z-depth (e.g. Depth Estimate). Not needed with a cache."),
                 MemoryBank.Input("bank", optional=True,
@@ -431,7 +438,8 @@ class WorldStereoSceneLoop(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, camera, prompt, negative_prompt, trajectories, sampler, steps, cfg, shift, seed,
-                retrieval_mode, depth_resolution_level, moge=None, depth=None, bank=None, cache=None) -> io.NodeOutput:
+                retrieval_mode, depth_resolution_level, moge=None, worldmirror=None, depth=None, bank=None,
+                cache=None) -> io.NodeOutput:
         import json
 
         import comfy.model_management as mm
@@ -440,11 +448,12 @@ class WorldStereoSceneLoop(io.ComfyNode):
         from worldstereo_core.memory import Cache3D
         from worldstereo_core.models.generate import WorldStereoFrameGenerator
         from worldstereo_core.models.vae import check_spatial_size
-        from worldstereo_core.recon.estimators import MoGeDepthEstimator
+        from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator
 
-        if moge is None:
+        if moge is None and worldmirror is None:
             raise ModelInputError(
-                "connect a MoGe-2 model (Load MoGe-2) to 'moge': the loop needs the depth of the generated frames"
+                "connect a depth model: Load MoGe-2 to 'moge' or Load WorldMirror 2.0 to 'worldmirror'; the loop "
+                "needs the depth of the generated frames"
             )
         names = [t.strip() for t in trajectories.split(",") if t.strip()]
         img = image_to_hwc(image)[None]
@@ -476,13 +485,17 @@ class WorldStereoSceneLoop(io.ComfyNode):
             model, prompt, negative_prompt or None, sampler=choice, steps=steps or None, guidance_scale=cfg,
             shift=shift or None, seed=seed, on_step=on_step, interrupt=interrupt,
         )
-        estimator = MoGeDepthEstimator(moge, resolution_level=depth_resolution_level)
+        if worldmirror is not None:
+            estimator, depth_source = WorldMirrorDepthEstimator(worldmirror), "worldmirror"
+        else:
+            estimator, depth_source = MoGeDepthEstimator(moge, resolution_level=depth_resolution_level), "moge"
         result = pipeline.run_scene_loop(
             img, cam, None if depth is None else depth[:1].float(), generator, estimator, names,
             pipeline.default_config(H, W, retrieval_mode=retrieval_mode), seed=seed % 2**31, progress=on_stage,
             bank=bank, cache=None if cache is None else Cache3D(cache),
         )
-        report = _loop_report(result, model, kind, per_clip, cfg, seed, bank is not None, cache is not None)
+        report = _loop_report(result, model, kind, per_clip, cfg, seed, depth_source, bank is not None,
+                              cache is not None)
         return io.NodeOutput(
             result.cloud,
             tuple(s.trajectory for s in result.steps),
@@ -511,8 +524,8 @@ def _inspector_ui(result) -> dict:
         return {}
 
 
-def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, given_bank: bool,
-                 given_cache: bool) -> dict:
+def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, depth_source: str,
+                 given_bank: bool, given_cache: bool) -> dict:
     """What a real-model run did (no ground truth, so no scores): settings, then per trajectory the
     references chosen, how the frames' depth was aligned and the cache size — the fields of
     :func:`worldstereo_core.pipeline.loop_report`."""
@@ -539,7 +552,7 @@ def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int,
         "view": {"height": cams.height, "width": cams.width},
         "model": {"variant": model.variant, "sampler": sampler, "steps": steps,
                   "guidance_scale": cfg if sampler == "unipc" else None, "seed": int(seed)},
-        "depth_source": "moge",
+        "depth_source": depth_source,
         "start": {"bank": "given" if given_bank else "input image", "cache": "given" if given_cache else "input depth"},
         "median_depth": float(result.median_depth),
         "input_points": len(result.input_cloud),
