@@ -211,10 +211,17 @@ def main() -> int:
               c.ds.scale = s; c.ds.offset = [110 / s - minX, 150 / s - minY];
               window.app.graph.setDirtyCanvas(true, true);
             }""")
-            for label in ("Close", "Dismiss"):  # announcement banners of newer frontends
-                button = page.get_by_role("button", name=label)
-                if button.count():
-                    button.first.click()
+            # hide announcement banners (e.g. "Introducing Nodes 2.0") from the picture
+            page.evaluate("""() => {
+              for (const el of document.querySelectorAll('body *')) {
+                if (el.children.length === 0 && /^Introducing /.test(el.textContent.trim())) {
+                  let box = el;
+                  while (box.parentElement && box.parentElement.getBoundingClientRect().height < 80) box = box.parentElement;
+                  box.style.display = 'none';
+                }
+              }
+            }""")
+            page.wait_for_timeout(300)
             page.wait_for_timeout(500)
             shot = REPO_ROOT / "docs" / f"{name}.png"
             shot.parent.mkdir(exist_ok=True)
