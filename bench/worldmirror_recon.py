@@ -1,0 +1,76 @@
+"""Time and peak GPU memory of WorldMirror 2.0 at full size reconstructing one clip.
+
+The default architecture (1.26 B parameters, random weights, bf16) reconstructs 32 frames that
+come in at 480×832 (run at 476×826, as upstream sizes WorldStereo's call with target 832),
+with camera and intrinsics priors, as WorldStereo calls it after each generated clip.
+
+    python bench/worldmirror_recon.py                  # H100/H200
+    python bench/worldmirror_recon.py --tiny --device cpu --frames 4   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worldstereo_core.cameras import Cameras, intrinsics_from_fov  # noqa: E402
+from worldstereo_core.recon.reconstruct import predict_worldmirror  # noqa: E402
+from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig  # noqa: E402
+from worldstereo_core.trajectory import make_preset  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--target-size", type=int, default=832)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tiny", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    H, W = (56, 84) if args.tiny else (args.height, args.width)
+    cfg = WorldMirrorConfig.tiny() if args.tiny else WorldMirrorConfig()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WorldMirror(cfg)
+    model = model.to(dtype).eval()
+    params = sum(p.numel() for p in model.parameters())
+
+    first = Cameras(torch.eye(4)[None], intrinsics_from_fov(70.0, H, W)[None].float(), H, W)
+    traj = make_preset("orbit", first, 2.0, num_frames=args.frames)
+    frames = torch.rand(args.frames, H, W, 3, generator=torch.Generator().manual_seed(1))
+
+    def run() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            pred = predict_worldmirror(model, frames, traj.cameras, target_size=args.target_size, use_priors=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        assert pred.depth.shape[-2:] == (H, W)
+        return time.perf_counter() - start
+
+    run()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = sorted(run() for _ in range(args.repeats))
+    print(f"device={device} dtype={dtype} WorldMirror params={params / 1e9:.3f} B frames={args.frames} input {H}x{W} "
+          f"target {args.target_size} with camera+intrinsics priors")
+    print(f"reconstruction       median {times[len(times) // 2]:.3f} s  (min {times[0]:.3f}, max {times[-1]:.3f})")
+    if device.type == "cuda":
+        print(f"peak GPU allocated   {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
