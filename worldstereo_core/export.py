@@ -8,6 +8,10 @@ Conventions at the edges (DESIGN §3 inside, each format's own convention outsid
 
 * **PLY**: world coordinates unchanged (x, y, z float32; red, green, blue uchar; optional
   nx, ny, nz float32), binary little-endian.
+* **Gaussian-splat PLY** (the INRIA 3DGS layout read by its viewers, SuperSplat, gsplat,
+  nerfstudio): world coordinates unchanged; quaternions ``rot_0..3`` = (w, x, y, z); scales
+  stored as natural logs, opacity as a logit, colour as real SH coefficients (``f_dc`` =
+  band 0, ``f_rest`` channel-major), all float32, binary little-endian.
 * **GLB** (glTF 2.0 is +Y up, cameras look down −Z): a world point ``p`` (OpenCV world,
   y down, z forward) is stored as ``S p`` with ``S = diag(1, −1, −1)``, a 180° rotation about
   x. A scene whose first camera is the identity therefore opens upright, seen from the front,
@@ -49,9 +53,15 @@ __all__ = [
     "write_text_atomic",
     "frustum_lines",
     "rotmat_to_quat",
+    "save_gaussian_ply",
+    "gaussians_from_worldmirror",
+    "SH_C0",
 ]
 
 PathLike = str | os.PathLike
+
+#: Real spherical-harmonics band-0 constant: colour = 0.5 + SH_C0 · f_dc (3DGS convention).
+SH_C0 = 0.28209479177387814
 
 #: World-axis change applied to every position written into a GLB (OpenCV world → glTF).
 GLB_FROM_OPENCV = np.diag([1.0, -1.0, -1.0])
@@ -183,6 +193,163 @@ def save_pointcloud_ply(path: PathLike, cloud: PointCloud, *, write_normals: boo
             f.write(data.tobytes())
 
     return _atomic_write(path, write)
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian splats
+
+
+def _np32_checked(x: ArrayLike, name: str, shape_tail: tuple[int, ...], n: int | None) -> np.ndarray:
+    a = _np64(x)
+    if a.ndim != 1 + len(shape_tail) or tuple(a.shape[1:]) != shape_tail or (n is not None and a.shape[0] != n):
+        want = "[" + ", ".join(["N" if n is None else str(n), *map(str, shape_tail)]) + "]"
+        raise ExportError(f"Gaussian {name} must have shape {want}, got {tuple(a.shape)}")
+    if not np.isfinite(a).all():
+        raise ExportError(f"Gaussian {name} contain NaN or inf values")
+    return a
+
+
+def save_gaussian_ply(
+    path: PathLike,
+    means: ArrayLike,
+    quats: ArrayLike,
+    scales: ArrayLike,
+    opacities: ArrayLike,
+    *,
+    sh: ArrayLike | None = None,
+    colors: ArrayLike | None = None,
+    log_scales: bool = False,
+    opacity_logits: bool = False,
+) -> Path:
+    """Write Gaussians as a 3D Gaussian Splatting PLY (INRIA layout; SuperSplat, gsplat read it).
+
+    Args:
+        path: target ``.ply`` file (written atomically).
+        means: ``[N, 3]`` centres, world coordinates (written unchanged).
+        quats: ``[N, 4]`` rotations as (w, x, y, z), scalar first — gsplat's and 3DGS's order
+            (WorldMirror's splats use it). Normalised before writing; a zero quaternion is an error.
+        scales: ``[N, 3]`` per-axis standard deviations, linear (> 0) by default, or natural
+            logs when ``log_scales`` (then written unchanged).
+        opacities: ``[N]`` opacities in [0, 1] by default (written as ``logit``, clipped to
+            [1e-6, 1 − 1e-6] so that 0 and 1 stay finite), or logits when ``opacity_logits``.
+        sh: ``[N, K, 3]`` real SH coefficients, ``K = (degree + 1)²`` ∈ {1, 4, 9, 16}, band 0
+            first (the 3DGS convention ``rgb = 0.5 + SH_C0 · sh[:, 0]``). Give ``sh`` or
+            ``colors``, not both.
+        colors: ``[N, 3]`` RGB in [0, 1], written as degree-0 SH ``f_dc = (rgb − 0.5) / SH_C0``.
+
+    Properties, in order: ``x y z nx ny nz`` (normals 0, as 3DGS writes them), ``f_dc_0..2``,
+    ``f_rest_0..3(K−1)−1`` with ``f_rest[c·(K−1) + j] = sh[:, 1 + j, c]`` (channel-major),
+    ``opacity``, ``scale_0..2``, ``rot_0..3``; all float32. Returns the written path.
+    """
+    m = _np64(means)
+    if m.ndim != 2 or m.shape[1] != 3:
+        raise ExportError(f"Gaussian means must have shape [N, 3], got {tuple(m.shape)}")
+    n = m.shape[0]
+    if n == 0:
+        raise ExportError("no Gaussians to export (N = 0)")
+    m = _np32_checked(m, "means", (3,), n)
+    q = _np32_checked(quats, "quats", (4,), n)
+    s = _np32_checked(scales, "scales", (3,), n)
+    o = _np32_checked(opacities, "opacities", (), n)
+    if (sh is None) == (colors is None):
+        raise ExportError("give exactly one of sh [N, K, 3] (SH coefficients) or colors [N, 3] (RGB in [0, 1])")
+
+    qn = np.linalg.norm(q, axis=1, keepdims=True)
+    if (qn < 1e-12).any():
+        raise ExportError("Gaussian quats contain a zero quaternion; every rotation needs a non-zero (w, x, y, z)")
+    q = q / qn
+    if not log_scales:
+        if (s <= 0).any():
+            raise ExportError(
+                f"linear Gaussian scales must be > 0, got min {s.min():.3g}; pass log_scales=True if they are logs"
+            )
+        s = np.log(s)
+    if not opacity_logits:
+        if o.min() < 0 or o.max() > 1:
+            raise ExportError(
+                f"opacities must lie in [0, 1], got range [{o.min():.3g}, {o.max():.3g}]; "
+                "pass opacity_logits=True if they are logits"
+            )
+        oc = np.clip(o, 1e-6, 1 - 1e-6)
+        o = np.log(oc) - np.log1p(-oc)
+    if colors is not None:
+        c = _np32_checked(colors, "colors", (3,), n)
+        if c.min() < -1e-3 or c.max() > 1 + 1e-3:
+            raise ExportError(
+                f"Gaussian colours must lie in [0, 1], got range [{c.min():.3g}, {c.max():.3g}]; divide 0–255 colours by 255"
+            )
+        coeffs = ((c - 0.5) / SH_C0)[:, None, :]  # [N, 1, 3]
+    else:
+        coeffs = _np64(sh)
+        if coeffs.ndim != 3 or coeffs.shape[0] != n or coeffs.shape[2] != 3 or coeffs.shape[1] not in (1, 4, 9, 16):
+            raise ExportError(
+                f"Gaussian sh must have shape [N={n}, K, 3] with K = (degree + 1)² in (1, 4, 9, 16), got {tuple(coeffs.shape)}"
+            )
+        if not np.isfinite(coeffs).all():
+            raise ExportError("Gaussian sh contain NaN or inf values")
+    k_rest = coeffs.shape[1] - 1
+    # 3DGS stores features_rest transposed to [N, 3, K−1] before flattening: channel-major.
+    rest = coeffs[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * k_rest)
+
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+    names += [f"f_rest_{i}" for i in range(3 * k_rest)]
+    names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    cols = np.concatenate([m, np.zeros((n, 3)), coeffs[:, 0, :], rest, o[:, None], s, q], axis=1)
+    data = np.ascontiguousarray(cols.astype("<f4"))
+    header = ["ply", "format binary_little_endian 1.0", "comment 3D Gaussian splats written by WorldStereo for ComfyUI"]
+    header.append(f"element vertex {n}")
+    header += [f"property float {name}" for name in names]
+    header.append("end_header")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(header) + "\n").encode("ascii"))
+            f.write(data.tobytes())
+
+    return _atomic_write(path, write)
+
+
+def gaussians_from_worldmirror(output, mask: ArrayLike | None = None) -> dict[str, torch.Tensor]:
+    """Flatten WorldMirror's per-pixel Gaussians into ``save_gaussian_ply``'s arguments.
+
+    Args:
+        output: a :class:`worldstereo_core.recon.worldmirror.WorldMirrorOutput` whose
+            ``splats`` are present (the GS head ran) and hold ``means`` (the camera head ran).
+            Its conventions: quats (w, x, y, z) unit, scales linear, opacities in [0, 1],
+            ``sh [B, S, H, W, K, 3]`` with the image colour folded into band 0.
+        mask: optional ``[B, S, H, W]`` (or ``[S, H, W]`` when B = 1) bool, True = keep that
+            pixel's Gaussian (e.g. confident, not sky).
+
+    Returns:
+        ``{"means" [N, 3], "quats" [N, 4], "scales" [N, 3], "opacities" [N], "sh" [N, K, 3]}``
+        float32 CPU tensors, N = number of kept pixels over all batches and views, in
+        (b, s, y, x) order. Use as ``save_gaussian_ply(path, **gaussians)``.
+    """
+    splats = getattr(output, "splats", None)
+    if not isinstance(splats, dict):
+        raise ExportError(
+            "this WorldMirror output has no Gaussian splats; build the model with enable_gs=True "
+            "(the released checkpoint has the GS head)"
+        )
+    if "means" not in splats:
+        raise ExportError("WorldMirror splats have no means: the camera head must run (enable_cam=True) to place them")
+    lead = tuple(splats["means"].shape[:4])  # B, S, H, W
+    keep = None
+    if mask is not None:
+        keep = as_tensor(mask).detach().to("cpu")
+        if keep.dtype != torch.bool:
+            keep = keep != 0
+        if keep.ndim == 3 and lead[0] == 1:
+            keep = keep[None]
+        if tuple(keep.shape) != lead:
+            raise ExportError(f"mask must have shape [B, S, H, W] = {lead} (or [S, H, W] when B = 1), got {tuple(as_tensor(mask).shape)}")
+        keep = keep.reshape(-1)
+    out = {}
+    for key, tail in (("means", (3,)), ("quats", (4,)), ("scales", (3,)), ("opacities", ()), ("sh", None)):
+        t = splats[key].detach().to("cpu", torch.float32)
+        t = t.reshape(-1, *(tail if tail is not None else t.shape[4:]))
+        out[key] = t[keep] if keep is not None else t.clone()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -393,3 +393,143 @@ def test_save_images_png_round_trip(tmp_path) -> None:
         save_images_png(tmp_path, frames[0])
     with pytest.raises(ExportError, match="prefix"):
         save_images_png(tmp_path, frames, prefix="../x")
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian-splat PLY
+
+from worldstereo_core.export import SH_C0, gaussians_from_worldmirror, save_gaussian_ply  # noqa: E402
+
+_GS_HEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+_GS_TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+def _read_gs(path: Path):
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(path))
+    assert ply.header.startswith("ply\nformat binary_little_endian 1.0")
+    v = ply["vertex"]
+    return v, [p.name for p in v.properties], {p.name: p.val_dtype for p in v.properties}
+
+
+def _gaussians(n: int = 5, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n, 4))
+    return {
+        "means": rng.normal(size=(n, 3)),
+        "quats": q * rng.uniform(0.5, 3.0, size=(n, 1)),  # not unit: the writer normalises
+        "scales": rng.uniform(0.01, 0.5, size=(n, 3)),
+        "opacities": np.array([0.0, 0.25, 0.5, 0.9, 1.0])[:n],
+    }
+
+
+def test_gaussian_ply_colors_every_property(tmp_path: Path) -> None:
+    g = _gaussians()
+    rgb = np.array([[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [1, 0, 0.25], [0.2, 0.7, 0.9]])
+    out = save_gaussian_ply(tmp_path / "sub" / "gs.ply", **g, colors=torch.tensor(rgb))
+    v, names, dtypes = _read_gs(out)
+    assert names == _GS_HEAD + _GS_TAIL  # degree 0: no f_rest
+    assert all(np.dtype(t) == np.dtype("<f4") for t in dtypes.values())
+    assert len(v.data) == 5
+    col = lambda k: np.asarray(v[k], dtype=np.float64)  # noqa: E731
+    np.testing.assert_allclose(np.stack([col(k) for k in "xyz"], 1), g["means"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.stack([col(k) for k in ("nx", "ny", "nz")], 1), 0)
+    dc = np.stack([col(f"f_dc_{c}") for c in range(3)], 1)
+    np.testing.assert_allclose(dc, (rgb - 0.5) / 0.28209479177387814, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(0.5 + SH_C0 * dc, rgb, atol=1e-6)  # viewer's decode gives the colour back
+    np.testing.assert_allclose(np.stack([col(f"scale_{i}") for i in range(3)], 1), np.log(g["scales"]), rtol=1e-6, atol=1e-6)
+    op = col("opacity")
+    o = g["opacities"]
+    np.testing.assert_allclose(op[1:4], np.log(o[1:4] / (1 - o[1:4])), atol=1e-5)
+    assert np.isfinite(op).all() and op[0] < -13 and op[4] > 13  # 0 and 1 clipped, not ±inf
+    np.testing.assert_allclose(1 / (1 + np.exp(-op)), o, atol=1e-5)
+    rot = np.stack([col(f"rot_{i}") for i in range(4)], 1)
+    np.testing.assert_allclose(rot, g["quats"] / np.linalg.norm(g["quats"], axis=1, keepdims=True), atol=1e-6)
+
+
+def test_gaussian_ply_sh_degree2_channel_major_and_log_inputs(tmp_path: Path) -> None:
+    n, K = 3, 9
+    # Distinct, decodable values: sh[i, k, c] = 100 i + 10 k + c.
+    sh = (100 * np.arange(n)[:, None, None] + 10 * np.arange(K)[None, :, None] + np.arange(3)[None, None, :]).astype(np.float64)
+    g = _gaussians(n, seed=1)
+    log_s = np.log(g["scales"])
+    logits = np.array([-3.0, 0.0, 20.0])
+    out = save_gaussian_ply(
+        tmp_path / "gs.ply", g["means"], g["quats"], log_s, logits, sh=torch.tensor(sh), log_scales=True, opacity_logits=True
+    )
+    v, names, _ = _read_gs(out)
+    assert names == _GS_HEAD + [f"f_rest_{i}" for i in range(3 * (K - 1))] + _GS_TAIL
+    for c in range(3):
+        np.testing.assert_array_equal(v[f"f_dc_{c}"], sh[:, 0, c])
+        for j in range(K - 1):
+            # INRIA layout: f_rest index = channel · (K − 1) + coefficient
+            np.testing.assert_array_equal(v[f"f_rest_{c * (K - 1) + j}"], sh[:, 1 + j, c])
+    np.testing.assert_allclose(v["opacity"], logits)
+    np.testing.assert_allclose(np.stack([v[f"scale_{i}"] for i in range(3)], 1), log_s, rtol=1e-6)
+
+
+def test_gaussian_ply_errors_and_inputs_untouched(tmp_path: Path) -> None:
+    g = _gaussians()
+    rgb = np.full((5, 3), 0.5)
+    before = {k: a.copy() for k, a in g.items()}
+    save_gaussian_ply(tmp_path / "ok.ply", **g, colors=rgb)
+    for k in g:
+        np.testing.assert_array_equal(g[k], before[k])
+
+    def bad(match: str, **kw) -> None:
+        args = {**g, "colors": rgb, **kw}
+        with pytest.raises(ExportError, match=match):
+            save_gaussian_ply(tmp_path / "bad.ply", **args)
+        assert not (tmp_path / "bad.ply").exists()
+
+    bad("exactly one", sh=np.zeros((5, 1, 3)))
+    bad("exactly one", colors=None)
+    bad(r"means must have shape", means=np.zeros((5, 2)))
+    bad("N = 0", means=np.zeros((0, 3)))
+    bad(r"quats must have shape \[5, 4\]", quats=np.ones((4, 4)))
+    bad("zero quaternion", quats=np.concatenate([np.zeros((1, 4)), np.ones((4, 4))]))
+    bad("must be > 0", scales=-g["scales"])
+    bad(r"opacities must lie in \[0, 1\]", opacities=np.array([0.1, 0.2, 1.5, 0.3, 0.4]))
+    bad("colours must lie", colors=rgb * 255)
+    bad("NaN", means=np.full((5, 3), np.nan))
+    bad(r"K = \(degree \+ 1\)", colors=None, sh=np.zeros((5, 5, 3)))
+    assert issubclass(ExportError, WorldStereoError)
+
+
+def test_gaussians_from_tiny_worldmirror(tmp_path: Path) -> None:
+    from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, WorldMirrorOutput
+
+    torch.manual_seed(0)
+    cfg = WorldMirrorConfig.tiny(enable_gs=True, sh_degree=1)
+    model = WorldMirror(cfg).eval()
+    B, S, H, W = 1, 2, 28, 28
+    images = torch.rand(B, S, 3, H, W, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images)
+    sp = out.splats
+    assert sp is not None and sp["means"].shape == (B, S, H, W, 3) and sp["sh"].shape == (B, S, H, W, 4, 3)
+
+    mask = torch.rand(S, H, W, generator=torch.Generator().manual_seed(2)) > 0.3  # [S, H, W] with B = 1
+    g = gaussians_from_worldmirror(out, mask)
+    n_keep = int(mask.sum())
+    assert g["means"].shape == (n_keep, 3) and g["sh"].shape == (n_keep, 4, 3)
+    # Order is (b, s, y, x): the kept rows are exactly the masked pixels.
+    torch.testing.assert_close(g["means"], sp["means"][0][mask])
+    torch.testing.assert_close(g["opacities"], sp["opacities"][0][mask])
+    path = save_gaussian_ply(tmp_path / "wm.ply", **g)
+    v, names, _ = _read_gs(path)
+    assert len(v.data) == n_keep
+    assert names == _GS_HEAD + [f"f_rest_{i}" for i in range(9)] + _GS_TAIL
+    np.testing.assert_allclose(
+        np.stack([v[f"scale_{i}"] for i in range(3)], 1), np.log(sp["scales"][0][mask].numpy()), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(v["f_dc_1"], sp["sh"][0][mask][:, 0, 1].numpy(), rtol=1e-5, atol=1e-5)
+
+    assert len(gaussians_from_worldmirror(out)["means"]) == B * S * H * W  # no mask: every pixel
+    with pytest.raises(ExportError, match="mask must have shape"):
+        gaussians_from_worldmirror(out, torch.ones(S, H, W + 1, dtype=torch.bool))
+    with pytest.raises(ExportError, match="no Gaussian splats"):
+        gaussians_from_worldmirror(WorldMirrorOutput())
+    with pytest.raises(ExportError, match="camera head"):
+        gaussians_from_worldmirror(WorldMirrorOutput(splats={k: v for k, v in sp.items() if k != "means"}))
