@@ -6,7 +6,7 @@ from typing_extensions import override
 
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import depth, export, geometry, memory, models, recon, scene
+from . import depth, export, geometry, inspector, memory, models, recon, scene
 
 
 class WorldStereoExtension(ComfyExtension):
@@ -16,4 +16,5 @@ class WorldStereoExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> WorldStereoExtension:
+    inspector.register_routes()  # the scene inspector's data route (outputs of this server only)
     return WorldStereoExtension()

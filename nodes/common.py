@@ -93,3 +93,17 @@ def trajectories_of(value) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value]
+
+
+def inspector_ui(title: str = "", **scene) -> dict:
+    """The scene inspector's UI entry for a node's output (see nodes/inspector.py), or ``{}``
+    when the scene cannot be shown — the preview is optional and never fails a finished run."""
+    import logging
+
+    from .inspector import publish
+
+    try:
+        return publish(title=title, **scene)
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("worldstereo").warning("scene inspector preview skipped: %s", exc)
+        return {}

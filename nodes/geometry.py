@@ -13,7 +13,8 @@ from worldstereo_core import render as render_lib
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError
 
-from .common import CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, image_to_hwc, trajectories_of
+from .common import (CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, image_to_hwc, inspector_ui,
+                     trajectories_of)
 
 SUB = f"{CATEGORY}/geometry"
 
@@ -81,7 +82,7 @@ class BuildPointCloud(io.ComfyNode):
             # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
             diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
             cloud = pc_lib.voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
-        return io.NodeOutput(cloud, camera[:1])
+        return io.NodeOutput(cloud, camera[:1], ui=inspector_ui("point cloud", cloud=cloud))
 
 
 class TrajectoryBuilder(io.ComfyNode):
@@ -131,15 +132,15 @@ class TrajectoryBuilder(io.ComfyNode):
             if not camera_json.strip():
                 raise InvalidTrajectoryError("preset is camera_json but no camera_json path was given")
             # camera.json K is in pixels of the file's own image; rescale it to the start view
-            traj = traj_lib.load_camera_json(camera_json.strip())
-            return io.NodeOutput(traj.resized(first.height, first.width))
+            traj = traj_lib.load_camera_json(camera_json.strip()).resized(first.height, first.width)
+            return io.NodeOutput(traj, ui=inspector_ui("trajectory", cloud=cache, trajectories=[traj]))
         if preset == "keyframes":
             try:
                 kfs = json.loads(keyframes)
             except ValueError as e:
                 raise InvalidTrajectoryError(f"keyframes is not valid JSON: {e}") from None
             traj = traj_lib.from_keyframes(kfs, first.K[0], first.height, first.width, num_frames=num_frames)
-            return io.NodeOutput(traj)
+            return io.NodeOutput(traj, ui=inspector_ui("trajectory", cloud=cache, trajectories=[traj]))
         m = median_depth if median_depth > 0 else (_median_depth(depth) if depth is not None else None)
         if m is None:
             raise InvalidTrajectoryError("set median_depth or connect the depth of the start view")
@@ -154,7 +155,7 @@ class TrajectoryBuilder(io.ComfyNode):
         traj = traj_lib.make_preset(preset, first, m, num_frames=num_frames, **params)
         if cache is not None and len(cache) > 0:
             traj, _ = traj_lib.shorten_against_cloud(traj, cache.points, median_depth=m)
-        return io.NodeOutput(traj)
+        return io.NodeOutput(traj, ui=inspector_ui("trajectory", cloud=cache, trajectories=[traj]))
 
 
 class RenderCache(io.ComfyNode):

@@ -14,7 +14,7 @@ from worldstereo_core import retrieval as ret_lib
 from worldstereo_core.errors import MemoryBankError
 
 from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Retrieval, RetrievedReferences, Trajectory,
-                     output_dir, trajectories_of)
+                     inspector_ui, output_dir, trajectories_of)
 
 SUB = f"{CATEGORY}/memory"
 
@@ -201,7 +201,9 @@ class Retrieve3DFOV(io.ComfyNode):
             {"bank_index": int(i), "source": bank.sources[int(i)], "ref_index": int(r), "score": float(s)}
             for i, r, s in zip(result.indices, result.ref_index, result.scores)
         ]
-        return io.NodeOutput(RetrievedReferences(result, refs, traj), images, json.dumps(summary, indent=1))
+        ui = inspector_ui("retrieval", trajectories=[traj], memory=bank,
+                          retrieval=[result])
+        return io.NodeOutput(RetrievedReferences(result, refs, traj), images, json.dumps(summary, indent=1), ui=ui)
 
 
 def _finite(x: float) -> float | None:

@@ -18,6 +18,7 @@ from worldstereo_core.pipeline import References
 
 from .common import (
     CATEGORY,
+    inspector_ui,
     Cameras,
     Depth,
     MemoryBank,
@@ -510,18 +511,9 @@ class WorldStereoSceneLoop(io.ComfyNode):
 
 
 def _inspector_ui(result) -> dict:
-    """The scene inspector's entry (cloud, trajectories, memory bank, retrieval links); empty if the
-    scene cannot be shown (e.g. more poses than the inspector takes) — never fail a finished run for it."""
-    import logging
-
-    from .inspector import publish
-
-    try:
-        return publish(cloud=result.cloud, trajectories=[s.trajectory for s in result.steps], memory=result.bank,
-                       retrieval=[s.references for s in result.steps], title="WorldStereo scene")
-    except Exception as exc:  # noqa: BLE001 - the preview is optional
-        logging.getLogger("worldstereo").warning("scene inspector preview skipped: %s", exc)
-        return {}
+    """The scene inspector's entry: cloud, trajectories, memory bank, retrieval links."""
+    return inspector_ui("WorldStereo scene", cloud=result.cloud, trajectories=[s.trajectory for s in result.steps],
+                        memory=result.bank, retrieval=[s.references for s in result.steps])
 
 
 def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, depth_source: str,

@@ -9,7 +9,8 @@ from comfy_api.v0_0_2 import io
 
 from worldstereo_core import pipeline, synthetic
 
-from .common import CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Progress, Scene, Trajectory, trajectories_of
+from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Progress, Scene, Trajectory, inspector_ui,
+                     trajectories_of)
 
 SUB = f"{CATEGORY}/scene"
 
@@ -145,7 +146,9 @@ class OracleSceneLoop(io.ComfyNode):
             torch.cat([s.render.mask for s in loop.steps]).float(),
             torch.cat([s.frames for s in loop.steps]).float(),
             json.dumps(report, indent=2),
-            ui={"text": [f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}"]},
+            ui={"text": [f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}"]}
+            | inspector_ui("WorldStereo scene", cloud=loop.cloud, trajectories=[s.trajectory for s in loop.steps],
+                           memory=loop.bank, retrieval=[s.references for s in loop.steps]),
         )
 
 
