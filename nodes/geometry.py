@@ -82,7 +82,7 @@ class BuildPointCloud(io.ComfyNode):
             # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
             diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
             cloud = pc_lib.voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
-        return io.NodeOutput(cloud, camera[:1], ui=inspector_ui("point cloud", cloud=cloud))
+        return io.NodeOutput(cloud, camera[:1], ui=inspector_ui("point cloud", cloud=cloud, trajectories=[camera[:1]]))
 
 
 class TrajectoryBuilder(io.ComfyNode):

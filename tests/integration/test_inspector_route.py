@@ -220,7 +220,12 @@ def _with_app(reg, fn):
         async with TestClient(TestServer(app)) as client:
             return await fn(client)
 
-    return asyncio.run(main())
+    # The browser tests' session-wide sync Playwright keeps an event loop running in this
+    # thread, so asyncio.run() cannot be used here: run the client in a thread of its own.
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 def test_handler_serves_known_tokens_only():
