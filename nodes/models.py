@@ -521,24 +521,9 @@ def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int,
     """What a real-model run did (no ground truth, so no scores): settings, then per trajectory the
     references chosen, how the frames' depth was aligned and the cache size — the fields of
     :func:`worldstereo_core.pipeline.loop_report`."""
-    trajs = []
-    for s in result.steps:
-        a = s.alignment
-        trajs.append({
-            "name": s.name,
-            "poses": len(s.trajectory),
-            "keyframes": len(s.keyframes),
-            "hole_fraction": float(s.render.mask[1:].float().mean()) if len(s.keyframes) > 1 else 0.0,
-            "references": [
-                {"bank_index": int(i), "source": src, "ref_index": int(r)}
-                for i, src, r in zip(s.references.bank_indices, s.references.sources, s.references.ref_index)
-            ],
-            "aligned_frames": sum(st == "aligned" for st in a.status),
-            "alignment_status": list(a.status),
-            "depth_scale": [float(x) for x in a.scale],
-            "depth_shift": [float(x) for x in a.shift],
-            "cache_points": int(s.cache_points),
-        })
+    from worldstereo_core.pipeline import steps_report
+
+    trajs = steps_report(result.steps)
     cams = result.cameras
     return {
         "view": {"height": cams.height, "width": cams.width},

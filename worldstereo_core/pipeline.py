@@ -1061,13 +1061,13 @@ def run_oracle_loop(
     return OracleLoopResult(loop, view, gt, scores, tuple(depth_fn.applied))
 
 
-def loop_report(result: OracleLoopResult) -> dict:
-    """A JSON-ready summary of an oracle run: scores, then per trajectory what the loop did
-    (references chosen, how the frames' depth was aligned, the cache size after the merge)."""
-    steps = []
-    for s in result.steps:
+def steps_report(steps: Sequence[TrajectoryStep]) -> list[dict]:
+    """JSON-ready summary of what the loop did per trajectory: references chosen, how the
+    frames' depth was aligned, the cache size after the merge."""
+    out = []
+    for s in steps:
         a = s.alignment
-        steps.append({
+        out.append({
             "name": s.name,
             "poses": len(s.trajectory),
             "keyframes": len(s.keyframes),
@@ -1082,10 +1082,15 @@ def loop_report(result: OracleLoopResult) -> dict:
             "depth_shift": [float(x) for x in a.shift],
             "cache_points": int(s.cache_points),
         })
+    return out
+
+
+def loop_report(result: OracleLoopResult) -> dict:
+    """A JSON-ready summary of an oracle run: scores, then :func:`steps_report`."""
     return {
         "view": {"height": result.view.cameras.height, "width": result.view.cameras.width},
         "scores": result.scores.as_dict(),
         "median_depth": float(result.loop.median_depth),
         "memory_bank_views": len(result.loop.bank),
-        "trajectories": steps,
+        "trajectories": steps_report(result.steps),
     }
