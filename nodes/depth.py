@@ -15,7 +15,7 @@ from worldstereo_core.errors import CheckpointError, InvalidImageError
 from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
-from .common import CATEGORY, Cameras as CamerasSocket, Depth, PointCloud, Progress, image_to_hwc
+from .common import CATEGORY, Cameras as CamerasSocket, Depth, PointCloud, Progress, image_to_hwc, inspector_ui
 
 SUB_DEPTH = f"{CATEGORY}/depth"
 SUB_PANORAMA = f"{CATEGORY}/panorama"
@@ -309,7 +309,8 @@ class PanoramaPointCloud(io.ComfyNode):
             far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
             edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
         )
-        return io.NodeOutput(_downsample(cloud, max_points))
+        cloud = _downsample(cloud, max_points)
+        return io.NodeOutput(cloud, ui=inspector_ui("panorama point cloud", cloud=cloud))
 
 
 NODES = [LoadMoGe, DepthEstimate, PanoramaViews, PanoramaPointCloud]

@@ -15,6 +15,7 @@ from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, Inval
 
 from .common import (CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, image_to_hwc, inspector_ui,
                      trajectories_of)
+from .inspector import PresetPlanner
 
 SUB = f"{CATEGORY}/geometry"
 
@@ -122,6 +123,8 @@ class TrajectoryBuilder(io.ComfyNode):
                                  tooltip="The current 3D cache: moves through its geometry are shortened."),
             ],
             outputs=[Trajectory.Output(display_name="trajectory", tooltip="The planned camera path.")],
+            # an output node, so the editor gets the run's preview even when the graph is cached
+            is_output_node=True,
         )
 
     @classmethod
@@ -133,29 +136,34 @@ class TrajectoryBuilder(io.ComfyNode):
                 raise InvalidTrajectoryError("preset is camera_json but no camera_json path was given")
             # camera.json K is in pixels of the file's own image; rescale it to the start view
             traj = traj_lib.load_camera_json(camera_json.strip()).resized(first.height, first.width)
-            return io.NodeOutput(traj, ui=inspector_ui("trajectory", cloud=cache, trajectories=[traj]))
+            return io.NodeOutput(traj, ui=cls._ui(traj, first, cache, depth))
         if preset == "keyframes":
             try:
                 kfs = json.loads(keyframes)
             except ValueError as e:
                 raise InvalidTrajectoryError(f"keyframes is not valid JSON: {e}") from None
             traj = traj_lib.from_keyframes(kfs, first.K[0], first.height, first.width, num_frames=num_frames)
-            return io.NodeOutput(traj, ui=inspector_ui("trajectory", cloud=cache, trajectories=[traj]))
+            return io.NodeOutput(traj, ui=cls._ui(traj, first, cache, depth))
         m = median_depth if median_depth > 0 else (_median_depth(depth) if depth is not None else None)
         if m is None:
             raise InvalidTrajectoryError("set median_depth or connect the depth of the start view")
-        params = {}
-        defaults = traj_lib.PRESETS[preset]
-        if angle > 0 and "angle" in defaults:
-            params["angle"] = angle
-        if extent > 0:
-            for key in ("radius_x", "radius_y", "distance"):
-                if key in defaults:
-                    params[key] = extent
-        traj = traj_lib.make_preset(preset, first, m, num_frames=num_frames, **params)
-        if cache is not None and len(cache) > 0:
-            traj, _ = traj_lib.shorten_against_cloud(traj, cache.points, median_depth=m)
-        return io.NodeOutput(traj, ui=inspector_ui("trajectory", cloud=cache, trajectories=[traj]))
+        points = cache.points if cache is not None and len(cache) > 0 else None
+        traj, _ = traj_lib.preset_from_controls(preset, first, m, angle=angle, extent=extent,
+                                                num_frames=num_frames, cache_points=points)
+        return io.NodeOutput(traj, ui=cls._ui(traj, first, cache, depth))
+
+    @staticmethod
+    def _ui(traj, first, cache, depth) -> dict:
+        # the start camera and the depth's median go with the preview, so the browser can
+        # re-plan presets live (route .../preset) while the user changes the controls
+        depth_median = None
+        if depth is not None:
+            try:
+                depth_median = _median_depth(depth)
+            except InvalidTrajectoryError:
+                pass
+        return inspector_ui("trajectory", cloud=cache, trajectories=[traj],
+                            planner=PresetPlanner(first, depth_median))
 
 
 class RenderCache(io.ComfyNode):
@@ -205,7 +213,8 @@ class RenderCache(io.ComfyNode):
             mask.append(out.mask)
             depth.append(out.depth)
             progress(i + 1)
-        return io.NodeOutput(torch.cat(rgb).float(), torch.cat(mask).float(), torch.cat(depth).float())
+        return io.NodeOutput(torch.cat(rgb).float(), torch.cat(mask).float(), torch.cat(depth).float(),
+                             ui=inspector_ui("GGM render", cloud=cache, trajectories=trajs))
 
 
 NODES = [BuildPointCloud, TrajectoryBuilder, RenderCache]

@@ -73,7 +73,8 @@ class MemoryBankCreate(io.ComfyNode):
         if (cameras.height, cameras.width) != tuple(images.shape[1:3]):
             cameras = cameras.resized(images.shape[1], images.shape[2])
         labels = [label] if len(cameras) == 1 else [f"{label}:{i:02d}" for i in range(len(cameras))]
-        return io.NodeOutput(mem_lib.MemoryBank.from_views(images[..., :3].float(), cameras, labels))
+        bank = mem_lib.MemoryBank.from_views(images[..., :3].float(), cameras, labels)
+        return io.NodeOutput(bank, ui=inspector_ui("memory bank", memory=bank))
 
 
 class MemoryBankUpdate(io.ComfyNode):
@@ -99,8 +100,9 @@ class MemoryBankUpdate(io.ComfyNode):
 
     @classmethod
     def execute(cls, bank, frames, trajectory, num_frames_added, label) -> io.NodeOutput:
-        _, cams = _frames_cameras(frames, trajectory)
-        return io.NodeOutput(bank.update(frames[..., :3].float(), cams, label, num=num_frames_added))
+        traj, cams = _frames_cameras(frames, trajectory)
+        updated = bank.update(frames[..., :3].float(), cams, label, num=num_frames_added)
+        return io.NodeOutput(updated, ui=inspector_ui("memory bank", memory=updated, trajectories=[traj]))
 
 
 class MemoryBankSave(io.ComfyNode):

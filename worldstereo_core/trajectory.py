@@ -357,6 +357,38 @@ def make_preset(
     return Trajectory(cams, name=name, recipe=recipe)
 
 
+def preset_from_controls(
+    name: str,
+    first: Cameras,
+    median_depth: float,
+    angle: float = 0.0,
+    extent: float = 0.0,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    cache_points: ArrayLike | None = None,
+) -> tuple[Trajectory, int]:
+    """A preset from the TrajectoryBuilder's controls, shortened against the 3D cache.
+
+    The one rule shared by the node and the browser's live preset preview, so both give the
+    same path: ``angle > 0`` overrides the preset's ``angle`` (presets that have one), ``extent
+    > 0`` its ``radius_x``/``radius_y``/``distance`` (0 keeps the defaults); with
+    ``cache_points [N, 3]`` moves through geometry are halved (:func:`shorten_against_cloud`).
+
+    Returns ``(trajectory, number of halvings)``.
+    """
+    if name not in PRESETS:
+        raise InvalidTrajectoryError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    defaults = PRESETS[name]
+    params: dict[str, float] = {}
+    if angle > 0 and "angle" in defaults:
+        params["angle"] = float(angle)
+    if extent > 0:
+        params.update({key: float(extent) for key in ("radius_x", "radius_y", "distance") if key in defaults})
+    traj = make_preset(name, first[:1], median_depth, num_frames=num_frames, **params)
+    if cache_points is not None and len(cache_points) > 0:
+        return shorten_against_cloud(traj, cache_points, median_depth=median_depth)
+    return traj, 0
+
+
 # ---------------------------------------------------------------------------------------------
 # custom keyframes
 # ---------------------------------------------------------------------------------------------

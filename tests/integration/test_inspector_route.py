@@ -73,15 +73,17 @@ def node_outputs(server, result, node_id: str, timeout: float = 20.0) -> dict:
 def test_blob_round_trip_points_cameras_keyframes():
     cloud = _cloud(1000)
     traj = traj_lib.make_preset("orbit", _camera(), 2.0)
-    data, shown = insp.encode(cloud, [traj], max_points=5000)
-    assert shown is cloud  # under budget: nothing dropped
+    data = insp.encode(cloud, [traj], max_points=5000)
     h = insp.decode(data)
     assert data[:4] == b"WSI1" and len(data) % 4 == 0
     p = h["points"]
     assert p["count"] == p["total"] == 1000
     span = np.array(p["bbox_max"]) - np.array(p["bbox_min"])
     np.testing.assert_allclose(span, (cloud.points.max(0).values - cloud.points.min(0).values).double().numpy(), rtol=1e-6)
-    # quantisation error at most half a step of the box
+    # the points travel in the registry's random order; quantisation error at most half a step
+    order = insp.subsample_order(1000, insp.HARD_MAX_POINTS)
+    assert sorted(order.tolist()) == list(range(1000))
+    cloud = cloud.select(order)
     err = np.abs(h["points_xyz"] - cloud.points.double().numpy())
     assert (err <= span / 65535 / 2 + 1e-6).all()
     assert np.abs(h["points_rgb"].astype(int) - np.rint(cloud.colors.numpy() * 255)).max() == 0
@@ -94,17 +96,52 @@ def test_blob_round_trip_points_cameras_keyframes():
     assert len(data) - 9 * 1000 - 81 * 25 * 4 < 1024
 
 
-def test_budget_subsamples_deterministically_without_duplicates():
+def test_budget_is_a_uniform_prefix_deterministic_without_duplicates():
     cloud = _cloud(5000)
-    d1, s1 = insp.encode(cloud, max_points=700)
-    d2, _ = insp.encode(cloud, max_points=700)
-    assert d1 == d2 and len(s1) == 700
+    scene = insp.encode_scene(cloud)
+    d1, d2 = scene.blob(700), insp.encode(cloud, max_points=700)
+    assert d1 == d2  # same cloud, same preview
     h = insp.decode(d1)
-    assert h["points"]["count"] == 700 and h["points"]["total"] == 5000
-    # every shown point is an original point (exact subset, no averaging)
-    orig = {tuple(r) for r in np.round(cloud.points.numpy(), 5).tolist()}
-    assert all(tuple(r) in orig for r in np.round(s1.points.numpy(), 5).tolist())
-    assert len({tuple(r) for r in s1.points.numpy().tolist()}) == 700
+    assert h["points"]["count"] == 700 and h["points"]["total"] == h["points"]["stored"] == 5000
+    # every shown point is an original point (exact subset up to quantisation, no averaging)
+    from scipy.spatial import cKDTree
+
+    span = np.linalg.norm(np.array(h["points"]["bbox_max"]) - np.array(h["points"]["bbox_min"]))
+    dist, idx = cKDTree(cloud.points.double().numpy()).query(h["points_xyz"])
+    assert dist.max() <= span / 65535 and len(set(idx.tolist())) == 700
+    # a smaller budget is a prefix of a larger one, so changing it never reshuffles the view
+    small = insp.decode(scene.blob(300))
+    np.testing.assert_array_equal(small["points_xyz"], h["points_xyz"][:300])
+    # and the prefix is spread over the whole cloud, not one corner (uniform subsample)
+    lo, hi = cloud.points.min(0).values.numpy(), cloud.points.max(0).values.numpy()
+    mid = (lo + hi) / 2
+    octant = ((small["points_xyz"] > mid) * [1, 2, 4]).sum(1)
+    assert np.bincount(octant, minlength=8).min() > 300 / 8 * 0.5
+    # a budget over the stored points returns them all
+    assert insp.decode(scene.blob(insp.HARD_MAX_POINTS))["points"]["count"] == 5000
+
+
+def test_memory_bank_thumbnails():
+    from PIL import Image
+
+    from worldstereo_core.memory import MemoryBank
+
+    cam = _camera(48, 64)
+    red = torch.zeros(48, 64, 3)
+    red[..., 0] = 1.0
+    blue = torch.zeros(300, 200, 3)
+    blue[..., 2] = 1.0
+    K2 = cam_lib.intrinsics_from_fov(60.0, 300, 200)[None]
+    bank = MemoryBank(frames=(red, blue), w2c=torch.eye(4).expand(2, 4, 4).clone(),
+                      K=torch.cat([cam.K, K2]).float(), sources=("input", "pano:01"))
+    h = insp.decode(insp.encode(None, [], memory=bank))
+    assert h["memory"]["labels"] == ["input", "pano:01"] and h["memory"]["sizes"] == [[48, 64], [300, 200]]
+    a, b = (Image.open(io.BytesIO(t)) for t in h["thumbnails"])
+    assert a.format == "JPEG" and a.size == (64, 48) and b.size == (107, 160)  # longer side ≤ 160
+    ra, rb = np.asarray(a.convert("RGB")).mean((0, 1)), np.asarray(b.convert("RGB")).mean((0, 1))
+    assert ra[0] > 240 and ra[2] < 15 and rb[2] > 240 and rb[0] < 15
+    # a Cameras batch has no frames: frustums only
+    assert insp.decode(insp.encode(None, [], memory=cam))["memory"]["thumbnails"] is None
 
 
 def test_memory_and_retrieval_links():
@@ -116,7 +153,7 @@ def test_memory_and_retrieval_links():
     r = ret_lib.Retrieval(indices=torch.tensor([0, 2]), ref_index=torch.tensor([0, 11]), ref_slot=torch.tensor([1, 12]),
                           scores=torch.tensor([0.9, 0.5]), assignment=torch.tensor([0] * 11 + [2] * 9),
                           slots=torch.arange(1, 21))
-    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r])[0])
+    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r]))
     assert h["points"] is None
     m = h["memory"]
     assert (m["first"], m["count"]) == (81, 3) and m["sizes"] == [[48, 64]] * 3
@@ -130,7 +167,7 @@ def test_memory_and_retrieval_links():
     from types import SimpleNamespace
 
     refs = SimpleNamespace(bank_indices=torch.tensor([0, 2]), ref_index=torch.tensor([0, 11]))
-    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[refs])[0])
+    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[refs]))
     assert h["retrieval"][0]["links"] == [{"slot": 1, "pose": 4, "ref": 0, "score": None},
                                           {"slot": 12, "pose": 48, "ref": 2, "score": None}]
     with pytest.raises(InvalidTrajectoryError, match="Retrieval or References"):
@@ -170,23 +207,73 @@ def test_publish_returns_ui_entry_and_registers():
     (entry,) = ui[insp.UI_KEY]
     assert set(ui) == {"worldstereo_inspector"}
     assert insp.TOKEN_RE.match(entry["token"])
-    assert (entry["points"], entry["total_points"], entry["trajectories"]) == (100, 300, 1)
-    assert reg.get(entry["token"]).data[:4] == b"WSI1" and entry["bytes"] == len(reg.get(entry["token"]).data)
+    assert (entry["points"], entry["stored_points"], entry["total_points"], entry["trajectories"]) == (100, 300, 300, 1)
+    assert entry["planner"] is False and entry["memory"] == 0
+    stored = reg.get(entry["token"])
+    assert stored.data[:4] == b"WSI1" and entry["bytes"] == len(stored.data)
+    assert insp.decode(stored.data)["points"]["count"] == 100  # the node's budget is the default
     json.dumps(ui)  # travels in the executed message and the history
 
 
+def _scene_of_bytes(n_points: int):
+    return insp.encode_scene(_cloud(n_points)) if n_points else insp.encode_scene()
+
+
 def test_registry_is_bounded_lru():
-    reg = insp.Registry(max_entries=3, max_bytes=1000)
-    a, b, c = (reg.put(bytes(100)) for _ in range(3))
+    small = _scene_of_bytes(10)
+    reg = insp.Registry(max_entries=3, max_bytes=int(small.nbytes * 3.5))
+    a, b, c = (reg.put(_scene_of_bytes(10)) for _ in range(3))
     assert reg.get(a) is not None  # a becomes most recent
-    d = reg.put(bytes(100))
+    d = reg.put(_scene_of_bytes(10))
     assert reg.get(b) is None and all(reg.get(t) is not None for t in (a, c, d)) and len(reg) == 3
-    e = reg.put(bytes(950))  # over the byte budget: oldest dropped until it fits
-    assert reg.get(e) is not None and reg.total_bytes <= 1000 and len(reg) == 1
-    big = reg.put(bytes(5000))  # the newest is kept even if alone too big
+    mid = _scene_of_bytes(200)  # over the byte budget with the others: oldest dropped until it fits
+    assert mid.nbytes < reg.max_bytes < mid.nbytes + 3 * small.nbytes
+    e = reg.put(mid)
+    assert reg.get(e) is not None and reg.total_bytes <= reg.max_bytes
+    assert len(reg) == 1 + (reg.max_bytes - mid.nbytes) // small.nbytes < 4
+    big = reg.put(_scene_of_bytes(2000))  # the newest is kept even if alone too big
     assert reg.get(big) is not None and len(reg) == 1
     for bad in ("", "../" * 5, "A" * 32, big.upper(), big + "0", None, 5):
         assert reg.get(bad) is None
+    with pytest.raises(InvalidPointCloudError, match="max_points"):
+        reg.put(small, default_points=0)
+
+
+def test_preset_request_validation():
+    ok = insp.parse_preset_request({"preset": "orbit", "angle": 30, "num_frames": 21})
+    assert ok == insp.PresetRequest("orbit", 0.0, 30.0, 0.0, 21)
+    bad = [None, [], {"preset": "spin"}, {"preset": 3}, {"preset": "up", "angle": -1},
+           {"preset": "up", "angle": 400}, {"preset": "up", "num_frames": 1}, {"preset": "up", "num_frames": 2.5},
+           {"preset": "up", "num_frames": 5000}, {"preset": "up", "median_depth": float("nan")},
+           {"preset": "up", "extent": "far"}]
+    for body in bad:
+        with pytest.raises(InvalidTrajectoryError):
+            insp.parse_preset_request(body)
+
+
+def test_plan_preset_equals_the_node_rule():
+    """The live preview re-plans from the stored start camera exactly like the node does."""
+    cam = _camera()
+    # a dense wall 1.2 units ahead: a forward move of 0.9 · m = 1.8 passes through it and is halved
+    u, v = torch.meshgrid(torch.linspace(-0.15, 0.15, 61), torch.linspace(-0.15, 0.15, 61), indexing="xy")
+    wall = PointCloud(torch.stack([u.ravel(), v.ravel(), torch.full((u.numel(),), 1.2)], 1), torch.rand(u.numel(), 3))
+    reg = insp.Registry()
+    token = reg.put(insp.encode_scene(wall), planner=insp.PresetPlanner(cam, depth_median=2.0))
+    plan = insp.plan_preset(reg.get(token), insp.parse_preset_request({"preset": "forward", "extent": 0.9,
+                                                                        "num_frames": 17}))
+    expect, halvings = traj_lib.preset_from_controls("forward", cam, 2.0, extent=0.9, num_frames=17,
+                                                     cache_points=reg.get(token).scene.cloud().points)
+    assert plan["halvings"] == halvings >= 1 and plan["median_depth"] == 2.0
+    np.testing.assert_allclose(np.array(plan["w2c"]).reshape(-1, 4, 4), expect.w2c.double().numpy(), atol=1e-9)
+    # the camera never gets closer to the wall than the rule allows
+    centre_z = np.linalg.inv(np.array(plan["w2c"]).reshape(-1, 4, 4))[:, 2, 3]
+    assert centre_z.max() < 1.2 - 0.02
+    # the median depth of the request wins over the depth's; none at all is an error
+    plan2 = insp.plan_preset(reg.get(token), insp.parse_preset_request({"preset": "up", "median_depth": 3.0}))
+    assert plan2["median_depth"] == 3.0 and len(plan2["w2c"]) == 81 and plan2["keyframes"] == list(range(0, 81, 4))
+    bare = reg.put(insp.encode_scene(), planner=insp.PresetPlanner(cam))
+    with pytest.raises(InvalidTrajectoryError, match="median_depth"):
+        insp.plan_preset(reg.get(bare), insp.parse_preset_request({"preset": "up"}))
 
 
 def test_render_request_validation():
@@ -213,10 +300,11 @@ def _with_app(reg, fn):
     from aiohttp.test_utils import TestClient, TestServer
 
     async def main():
-        get_blob, post_render = insp.make_handlers(reg)
+        h = insp.make_handlers(reg)
         app = web.Application()
-        app.router.add_get(insp.ROUTE + "/{token}", get_blob)
-        app.router.add_post(insp.ROUTE + "/{token}/render", post_render)
+        app.router.add_get(insp.ROUTE + "/{token}", h.get_blob)
+        app.router.add_post(insp.ROUTE + "/{token}/render", h.post_render)
+        app.router.add_post(insp.ROUTE + "/{token}/preset", h.post_preset)
         async with TestClient(TestServer(app)) as client:
             return await fn(client)
 
@@ -232,12 +320,15 @@ def test_handler_serves_known_tokens_only():
     reg = insp.Registry()
     ui = insp.publish(cloud=_cloud(200), trajectories=[_camera()], registry=reg)
     token = ui[insp.UI_KEY][0]["token"]
-    other = insp.Registry().put(b"WSI1xxxx")  # a token of another registry is unknown here
+    other = insp.Registry().put(insp.encode_scene())  # a token of another registry is unknown here
 
     async def run(client):
         out = {}
         r = await client.get(f"{insp.ROUTE}/{token}")
         out["ok"] = (r.status, r.headers["Content-Type"], await r.read())
+        out["budget"] = await (await client.get(f"{insp.ROUTE}/{token}?points=50")).read()
+        for q in ("0", "-1", "abc", "1e3", str(insp.HARD_MAX_POINTS + 1), ""):
+            out[f"points={q}"] = (await client.get(f"{insp.ROUTE}/{token}?points={q}")).status
         for name, path in {"other": f"{insp.ROUTE}/{other}", "short": f"{insp.ROUTE}/abc",
                            "upper": f"{insp.ROUTE}/{token.upper()}",
                            "encoded_traversal": f"{insp.ROUTE}/..%2F..%2Fetc%2Fpasswd",
@@ -248,6 +339,8 @@ def test_handler_serves_known_tokens_only():
     out = _with_app(reg, run)
     assert out["ok"][0] == 200 and out["ok"][1] == "application/octet-stream"
     assert out["ok"][2] == reg.get(token).data
+    assert insp.decode(out["budget"])["points"]["count"] == 50
+    assert all(v == 400 for k, v in out.items() if k.startswith("points=")), out
     for name in ("other", "short", "upper", "encoded_traversal", "dotdot", "sub"):
         assert out[name] in (404, 405), (name, out[name])
 
@@ -271,14 +364,37 @@ def test_render_handler_png_and_refusals():
         bad = await client.post(f"{insp.ROUTE}/{token}/render", json={"w2c": 3})
         unknown = await client.post(f"{insp.ROUTE}/{'0' * 32}/render", json=body)
         nocloud = await client.post(f"{insp.ROUTE}/{empty}/render", json=body)
-        return r.status, png, bad.status, unknown.status, nocloud.status
+        notjson = await client.post(f"{insp.ROUTE}/{token}/render", data=b"{", headers={"Content-Type": "application/json"})
+        huge = await client.post(f"{insp.ROUTE}/{token}/render", data=b" " * 20000)
+        return r.status, png, bad.status, unknown.status, nocloud.status, notjson.status, huge.status
 
-    status, png, bad, unknown, nocloud = _with_app(reg, run)
+    status, png, bad, unknown, nocloud, notjson, huge = _with_app(reg, run)
+    assert (notjson, huge) == (400, 413)
     assert status == 200
     img = np.asarray(Image.open(io.BytesIO(png)))
     assert img.shape == (48, 64, 3)
     assert (img[20:28, 28:36, 0] > 200).all() and (img[20:28, 28:36, 1:] < 30).all()
     assert (bad, unknown, nocloud) == (400, 404, 404)
+
+
+def test_preset_handler_plans_only_for_trajectory_builder_outputs():
+    reg = insp.Registry()
+    planned = reg.put(insp.encode_scene(_cloud(500)), planner=insp.PresetPlanner(_camera(), 2.0))
+    plain = reg.put(insp.encode_scene(_cloud(500)))
+
+    async def run(client):
+        ok = await client.post(f"{insp.ROUTE}/{planned}/preset", json={"preset": "left", "angle": 30, "num_frames": 9})
+        plan = await ok.json()
+        statuses = [(await client.post(f"{insp.ROUTE}/{t}/preset", json=b)).status for t, b in (
+            (plain, {"preset": "left"}), ("0" * 32, {"preset": "left"}), (planned, {"preset": "spin"}),
+            (planned, {"preset": "left", "num_frames": 100000}))]
+        return ok.status, plan, statuses
+
+    status, plan, statuses = _with_app(reg, run)
+    assert status == 200 and statuses == [404, 404, 400, 400]
+    expect = traj_lib.make_preset("left", _camera(), 2.0, num_frames=9, angle=30.0)
+    np.testing.assert_allclose(np.array(plan["w2c"]).reshape(-1, 4, 4), expect.w2c.double().numpy(), atol=1e-9)
+    assert (plan["height"], plan["width"]) == (48, 64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +460,7 @@ def test_route_serves_node_outputs_and_refuses_everything_else(server):
 
 def test_route_respects_budget_and_renders(server):
     graph = _preview_graph()
+    graph["1"]["inputs"]["seed"] = 1  # not cached from the test above: every node publishes
     graph["4"] = {"class_type": "WorldStereoTrajectoryBuilder",
                   "inputs": {"camera": ["1", 2], "preset": "orbit", "median_depth": 0.0, "angle": 0.0, "extent": 0.0,
                              "num_frames": 9, "camera_json": "", "keyframes": "", "depth": ["1", 1], "cache": ["2", 0]}}
@@ -351,6 +468,7 @@ def test_route_respects_budget_and_renders(server):
     result = server.run(graph, timeout=300)
     assert result.status == "success", (result.error, server.log()[-3000:])
     entry = node_outputs(server, result, "4")[insp.UI_KEY][0]
+    cloud_token = node_outputs(server, result, "2")[insp.UI_KEY][0]["token"]
     h = insp.decode(server.get(f"/worldstereo/inspector/{entry['token']}").content)
     assert h["trajectories"][0]["count"] == 9 and h["points"]["count"] > 0
     saved = traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, "5")["text"][0])
@@ -359,6 +477,26 @@ def test_route_respects_budget_and_renders(server):
     r = server.post(f"/worldstereo/inspector/{entry['token']}/render", json=body)
     assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert server.post(f"/worldstereo/inspector/{'f' * 32}/render", json=body).status_code == 404
+    # the user's budget, applied on the server
+    assert entry["planner"] is True and entry["stored_points"] == h["points"]["stored"]
+    few = insp.decode(server.get(f"/worldstereo/inspector/{entry['token']}?points=100").content)
+    assert few["points"]["count"] == 100
+    np.testing.assert_array_equal(few["points_xyz"], h["points_xyz"][:100])
+    assert server.get(f"/worldstereo/inspector/{entry['token']}?points=0").status_code == 400
+
+    # live preset preview: the route plans from the run's start camera what the node would build
+    controls = {"preset": "right", "angle": 35.0, "extent": 0.0, "num_frames": 13, "median_depth": 0.0}
+    r = server.post(f"/worldstereo/inspector/{entry['token']}/preset", json=controls)
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    graph["4"]["inputs"].update(controls)
+    result = server.run(graph, timeout=300)
+    assert result.status == "success", (result.error, server.log()[-3000:])
+    built = traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, "5")["text"][0])
+    np.testing.assert_allclose(np.array(plan["w2c"]).reshape(-1, 4, 4), built.w2c.double().numpy(), atol=1e-5)
+    assert len(plan["w2c"]) == 13
+    # outputs of other nodes cannot plan
+    assert server.post(f"/worldstereo/inspector/{cloud_token}/preset", json=controls).status_code == 404
 
 
 # ---------------------------------------------------------------------------------------------
