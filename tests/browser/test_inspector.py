@@ -83,7 +83,7 @@ async (spec) => {
     if (o < 0 || i < 0) throw new Error(`bad link ${src}.${out} -> ${dst}.${inp}`);
     a.connect(o, b, i);
   }
-  made.traj.__wsInspector?.editor?.sync(true);
+  made.traj?.__wsInspector?.editor?.sync(true);
   app.canvas.ds.scale = 0.9; app.canvas.ds.offset = [10, 10];
   app.graph.setDirtyCanvas(true, true);
   return Object.fromEntries(Object.entries(made).map(([k, n]) => [k, n.id]));
@@ -137,11 +137,11 @@ class Page:
     def js(self, code: str, arg=None):
         return self.page.evaluate(code, arg)
 
-    def build(self) -> dict:
+    def build(self, graph: dict = GRAPH) -> dict:
         # a fresh seed per test: a fully cached graph does not re-send the UI of non-output nodes
-        nodes = json.loads(json.dumps(GRAPH["nodes"]))
+        nodes = json.loads(json.dumps(graph["nodes"]))
         nodes["scene"][2]["seed"] = int.from_bytes(os.urandom(3), "little")
-        ids = self.js(BUILD_JS, {"nodes": nodes, "links": GRAPH["links"]})
+        ids = self.js(BUILD_JS, {"nodes": nodes, "links": graph["links"]})
         self.page.wait_for_timeout(500)
         return ids
 
@@ -249,6 +249,146 @@ def test_drag_moves_keyframe_and_server_builds_that_pose(page):
     # and the editor's own preview of the path equals the server's (same interpolation)
     preview = np.array(page.js(f"() => {editor}.path().map(m => Array.from(m))")).reshape(-1, 4, 4)
     np.testing.assert_allclose(preview, traj.w2c.double().numpy(), atol=1e-4)
+    assert page.errors == []
+
+
+def _saved_trajectory(server, api: dict, result):
+    from worldstereo_core import trajectory as traj_lib
+
+    (save_id,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSaveCameraJson"]
+    return traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, save_id)["text"][0])
+
+
+def test_roll_handle_drag_rolls_the_camera_and_the_server_builds_it(page):
+    ids = page.build()
+    tid = ids["traj"]
+    page.queue_and_wait([tid])
+    editor = f"window.app.graph.getNodeById({tid}).__wsInspector.editor"
+    start = page.js(f"() => {editor}.handleClientPos(1, 'up')")
+    assert start is not None
+    end = [start[0] + 60, start[1] + 10]  # sideways: the camera rolls
+    page.page.mouse.move(*start)
+    page.page.mouse.down()
+    for k in range(1, 6):
+        page.page.mouse.move(start[0] + (end[0] - start[0]) * k / 5, start[1] + (end[1] - start[1]) * k / 5)
+    page.page.mouse.up()
+    page.page.wait_for_timeout(200)
+    edited = json.loads(page.widget_value(tid, "keyframes"))
+    assert edited[0] == KEYFRAMES[0] and edited[2] == KEYFRAMES[2]
+    k1 = edited[1]
+    assert k1["position"] == KEYFRAMES[1]["position"] and k1["look_at"] == KEYFRAMES[1]["look_at"]
+    up = np.array(k1["up"])
+    forward = np.subtract(k1["look_at"], k1["position"])
+    forward /= np.linalg.norm(forward)
+    assert abs(np.linalg.norm(up) - 1) < 1e-5 and abs(up @ forward) < 1e-5  # in the image plane
+    level_up = np.array([0.0, -1.0, 0.0]) - forward[1] * -1.0 * forward
+    roll = math.degrees(math.acos(np.clip(up @ level_up / np.linalg.norm(level_up), -1, 1)))
+    assert roll > 5, roll  # it really rolled
+    api = page.js("async () => (await window.app.graphToPrompt()).output")
+    assert json.loads(api[str(tid)]["inputs"]["keyframes"]) == edited
+    result = page.server.run(api, timeout=300)
+    assert result.status == "success", (result.error, page.server.log()[-3000:])
+    c2w = _c2w(_saved_trajectory(page.server, api, result).w2c[4].double().numpy())
+    np.testing.assert_allclose(-c2w[:3, 1], up, atol=1e-5)  # the image's up is −y
+    np.testing.assert_allclose(c2w[:3, 2], forward, atol=1e-5)
+    assert page.errors == []
+
+
+def test_live_preset_preview_equals_what_the_server_builds(page):
+    ids = page.build()
+    tid = ids["traj"]
+    page.queue_and_wait([tid])
+    panel = f"window.app.graph.getNodeById({tid}).__wsInspector"
+    before = page.js(f"() => {panel}.viewer.scene.trajectories[0].poses.length")
+    assert before == 9
+    # the user picks a preset and changes its angle: no run, the frustums follow
+    page.js(f"""() => {{
+        const n = window.app.graph.getNodeById({tid});
+        for (const [name, v] of [['preset', 'right'], ['angle', 30], ['num_frames', 17]]) {{
+          const w = n.widgets.find(w => w.name === name); w.value = v; w.callback?.(v);
+        }} }}""")
+    page.page.wait_for_function(f"() => {panel}.root.dataset.preview === '1'", timeout=30_000)
+    shown = page.js(f"() => {panel}.viewer.scene.trajectories.map(t => t.poses.map(p => Array.from(p.w2c)))")
+    assert len(shown) == 1 and len(shown[0]) == 17
+    assert "preview: right" in page.js(f"() => {panel}.editor.status.textContent")
+    # the lines really changed on screen: the preview's frustums are drawn
+    assert page.js(f"() => {panel}.viewer.lineRanges.keyframes[1]") > 0
+    # another angle updates the preview again
+    page.js(f"""() => {{ const w = window.app.graph.getNodeById({tid}).widgets.find(w => w.name === 'angle');
+                         w.value = 60; w.callback?.(60); }}""")
+    page.page.wait_for_function(
+        f"""(prev) => {{ const t = {panel}.viewer.scene.trajectories[0];
+             return {panel}.root.dataset.preview === '1' && t.poses.length === 17 &&
+                    Math.abs(t.poses[16].w2c[3] - prev) > 1e-6; }}""", arg=shown[0][16][3], timeout=30_000)
+    preview = np.array(page.js(f"() => {panel}.viewer.scene.trajectories[0].poses.map(p => Array.from(p.w2c))"))
+    # queue it: the server's trajectory is the previewed one
+    api = page.js("async () => (await window.app.graphToPrompt()).output")
+    assert api[str(tid)]["inputs"]["preset"] == "right" and api[str(tid)]["inputs"]["angle"] == 60
+    result = page.server.run(api, timeout=300)
+    assert result.status == "success", (result.error, page.server.log()[-3000:])
+    built = _saved_trajectory(page.server, api, result)
+    np.testing.assert_allclose(preview.reshape(-1, 4, 4), built.w2c.double().numpy(), atol=1e-5)
+    assert page.errors == []
+
+
+def test_point_budget_is_applied_by_the_server_and_saved(page):
+    ids = page.build()
+    cid = ids["cloud"]
+    page.queue_and_wait([cid])
+    panel = f"window.app.graph.getNodeById({cid}).__wsInspector"
+    stored = page.js(f"() => {panel}.scene.points.stored")
+    assert stored > 5000
+    options = page.js(f"() => Array.from({panel}.budget.options).map(o => Number(o.value))")
+    assert options[-1] == stored and 1000 in options and 5000 in options
+    token = page.js(f"() => {panel}.token")
+    # the user picks 1k in the panel's budget menu
+    page.js(f"() => {{ const b = {panel}.budget; b.value = '1000'; b.dispatchEvent(new Event('change')); }}")
+    page.page.wait_for_function(f"() => {panel}.scene.points.count === 1000 && {panel}.root.dataset.state === 'ready'",
+                                timeout=30_000)
+    assert page.js(f"() => {panel}.token") == token  # the same output, refetched: no new run
+    assert page.js(f"() => window.app.graph.getNodeById({cid}).properties.worldstereo_points") == 1000
+    assert page.js(f"() => {panel}.viewer.pointCount") == 1000
+    saved = page.js("() => JSON.parse(JSON.stringify(window.app.graph.serialize()))")
+    (node,) = [n for n in saved["nodes"] if str(n["id"]) == str(cid)]
+    assert node["properties"]["worldstereo_points"] == 1000
+    assert page.errors == []
+
+
+MEMORY_GRAPH = {
+    "nodes": {
+        "scene": ("WorldStereoSyntheticScene", [20, 40], {"scene": "room", "width": 160, "height": 96}),
+        "bank": ("WorldStereoMemoryBankCreate", [480, 40], {"label": "input"}),
+        "save": ("WorldStereoMemoryBankSave", [1000, 40], {"folder": "inspector_test/bank"}),
+    },
+    "links": [("scene", "image", "bank", "images"), ("scene", "camera", "bank", "cameras"), ("bank", "bank", "save", "bank")],
+}
+
+
+def test_memory_views_show_their_thumbnail_on_hover(page):
+    ids = page.build(MEMORY_GRAPH)
+    bid = ids["bank"]
+    page.queue_and_wait([bid])
+    panel = f"window.app.graph.getNodeById({bid}).__wsInspector"
+    assert page.js(f"() => {panel}.scene.memory.thumbnails.length") == 1
+    # pull the view back so the memory camera is inside it, then hover its centre
+    pos = page.js(f"""() => {{
+        const p = {panel}, v = p.viewer;
+        v.orbit.dist *= 3; v.render();
+        const w2c = p.scene.memory.poses[0].w2c;
+        const c2w = [w2c[0], w2c[4], w2c[8], w2c[1], w2c[5], w2c[9], w2c[2], w2c[6], w2c[10]];
+        const t = [w2c[3], w2c[7], w2c[11]];
+        const centre = [0, 1, 2].map(i => -(c2w[3 * i] * t[0] + c2w[3 * i + 1] * t[1] + c2w[3 * i + 2] * t[2]));
+        const s = v.worldToScreen(centre);
+        const r = v.canvas.getBoundingClientRect();
+        return s && [r.left + s[0] * r.width / v.canvas.clientWidth, r.top + s[1] * r.height / v.canvas.clientHeight];
+    }}""")
+    assert pos is not None
+    page.page.mouse.move(pos[0] + 1, pos[1] + 1)
+    page.page.wait_for_function(f"() => {panel}.tip.style.display === 'block' && {panel}.tipImg.complete && "
+                                f"{panel}.tipImg.naturalWidth > 0", timeout=10_000)
+    text = page.js(f"() => {panel}.tipText.textContent")
+    assert "memory view 0" in text and "input" in text and "160×96" in text
+    assert page.js(f"() => [{panel}.tipImg.naturalWidth, {panel}.tipImg.naturalHeight]") == [160, 96]
     assert page.errors == []
 
 

@@ -11,6 +11,9 @@ import { fetchScene, UI_KEY } from "./scene_data.js";
 import { EDITOR_NODE, TrajectoryEditor } from "./trajectory_editor.js";
 
 const WIDGET_NAME = "worldstereo_inspector";
+const BUDGET_PROPERTY = "worldstereo_points";
+const BUDGETS = [1000, 5000, 25000, 50000, 100000, 200000, 500000, 1000000, 2000000];
+const DEFAULT_BUDGET = 200000; // nodes/inspector.py DEFAULT_MAX_POINTS
 const MIN_HEIGHT = 360;
 const STYLE_ID = "worldstereo-inspector-style";
 
@@ -31,6 +34,8 @@ const CSS = `
   text-align:center; padding:12px; color:#bbb; pointer-events:none; }
 .ws-inspector .ws-tip { position:absolute; pointer-events:none; background:rgba(0,0,0,0.8); color:#fff;
   padding:2px 5px; border-radius:3px; white-space:nowrap; display:none; z-index:2; }
+.ws-inspector .ws-tip-img { display:none; margin-top:3px; max-width:160px; max-height:160px; }
+.ws-inspector .ws-budget { padding:0 2px; }
 .ws-inspector .ws-pip { position:absolute; right:4px; bottom:4px; max-width:45%; max-height:45%;
   border:1px solid #888; background:#000; cursor:pointer; display:none; z-index:2; }
 .ws-inspector .ws-flash { position:absolute; left:4px; bottom:4px; background:rgba(120,40,40,0.9); color:#fff;
@@ -80,6 +85,17 @@ export class InspectorPanel {
       bar.appendChild(lab);
       this.toggles[layer] = box;
     }
+    // the point budget: the server sends a uniform subsample of this size (saved with the node)
+    this.budget = el("select", { className: "ws-btn ws-budget", title: "Points to show (a uniform subsample, chosen on the server)" });
+    this.budget.addEventListener("change", (ev) => {
+      ev.stopPropagation();
+      const n = Number(this.budget.value);
+      this.node.properties = this.node.properties || {};
+      this.node.properties[BUDGET_PROPERTY] = n;
+      if (this.entry) this.load(this.entry);
+    });
+    bar.appendChild(this.budget);
+    this._fillBudget(null);
     const shot = el("button", { className: "ws-btn", title: "Save the view as PNG" }, "PNG");
     shot.addEventListener("click", (ev) => { ev.stopPropagation(); this.screenshot(); });
     bar.appendChild(shot);
@@ -89,6 +105,10 @@ export class InspectorPanel {
     this.view = el("div", { className: "ws-view" });
     this.message = el("div", { className: "ws-message" });
     this.tip = el("div", { className: "ws-tip" });
+    this.tipText = el("div");
+    this.tipImg = el("img", { className: "ws-tip-img" });
+    this.tip.append(this.tipText, this.tipImg);
+    this.thumbURLs = [];
     this.pip = el("img", { className: "ws-pip", title: "Click to close" });
     this.pip.addEventListener("click", (ev) => { ev.stopPropagation(); this.pip.style.display = "none"; });
     this.flashBox = el("div", { className: "ws-flash" });
@@ -126,18 +146,41 @@ export class InspectorPanel {
     this.pip.style.display = "block";
   }
 
-  /** Fetch and show the scene of an `executed` UI entry {token, points, total_points, ...}. */
+  /** The point budget chosen on this node (a saved node property), or null for the node's default. */
+  pointBudget() {
+    const n = Number(this.node.properties?.[BUDGET_PROPERTY]);
+    return Number.isInteger(n) && n > 0 ? n : null;
+  }
+
+  /** Budget choices up to the points the server holds for this output. */
+  _fillBudget(stored) {
+    const current = this.pointBudget() ?? DEFAULT_BUDGET;
+    const choices = BUDGETS.filter((n) => stored == null || n < stored);
+    if (stored != null) choices.push(stored);
+    if (!choices.includes(current) && (stored == null || current < stored)) choices.push(current);
+    choices.sort((a, b) => a - b);
+    this.budget.replaceChildren(...choices.map((n) => el("option", { value: String(n) },
+      `${n === stored ? "all " : ""}${n >= 1e6 ? `${n / 1e6}M` : n >= 1e3 ? `${Math.round(n / 1e3)}k` : n} pts`)));
+    const shown = stored == null ? current : Math.min(current, stored);
+    this.budget.value = String(shown);
+  }
+
+  /** Fetch and show the scene of an `executed` UI entry {token, points, stored_points, total_points, ...}. */
   async load(entry) {
     if (!this.viewer.ok || !entry?.token) return;
     const token = entry.token;
+    this.entry = entry;
     this.token = token;
     this.setMessage("Loading…");
     this.root.dataset.state = "loading";
     try {
-      const scene = await fetchScene(this.api, token);
+      const scene = await fetchScene(this.api, token, this.pointBudget());
       if (this.token !== token) return; // a newer run arrived meanwhile
       const first = this.scene === null;
       this.scene = scene;
+      for (const u of this.thumbURLs) URL.revokeObjectURL(u);
+      this.thumbURLs = (scene.memory?.thumbnails || []).map((b) => URL.createObjectURL(b));
+      this._fillBudget(scene.points ? scene.points.stored ?? scene.points.total : null);
       this.viewer.setScene(scene, { keepView: !first });
       const p = scene.points;
       const parts = [];
@@ -147,7 +190,7 @@ export class InspectorPanel {
       parts.push(`${(scene.bytes / 1e6).toFixed(2)} MB`);
       this.info.textContent = parts.join(" · ");
       this.setMessage(p || scene.trajectories.length || scene.memory ? "" : "This output has nothing to draw.");
-      this.editor?.sync(true);
+      this.editor?.runLoaded();
       this.root.dataset.state = "ready";
       this.root.dataset.token = token;
     } catch (e) {
@@ -158,7 +201,7 @@ export class InspectorPanel {
   }
 
   hover(x, y) {
-    const s = this.scene;
+    const s = this.viewer.scene || this.scene; // the viewer's: it may show the editor's preset preview
     let text = null, best = 8;
     if (s && this.viewer.layers.retrieval) {
       const vp = this.viewer.viewProj();
@@ -184,8 +227,22 @@ export class InspectorPanel {
         }
       }));
     }
+    let thumb = null;
+    if (s?.memory && !text && this.viewer.layers.memory) {
+      const vp = this.viewer.viewProj();
+      s.memory.poses.forEach((p, i) => {
+        const c = this.viewer.worldToScreen(poseAxes(p.w2c).center, vp);
+        if (c && Math.hypot(c[0] - x, c[1] - y) < best) {
+          best = Math.hypot(c[0] - x, c[1] - y);
+          const [h, w] = s.memory.sizes[i];
+          text = `memory view ${i} “${s.memory.labels?.[i] ?? ""}” · ${w}×${h}`;
+          thumb = this.thumbURLs[i] || null;
+        }
+      });
+    }
     if (text) {
-      this.tip.textContent = text;
+      this.tipText.textContent = text;
+      if (thumb) { this.tipImg.src = thumb; this.tipImg.style.display = "block"; } else this.tipImg.style.display = "none";
       this.tip.style.left = `${Math.min(x + 12, this.view.clientWidth - 10)}px`;
       this.tip.style.top = `${y + 12}px`;
       this.tip.style.display = "block";
@@ -224,6 +281,8 @@ export function ensurePanel(node, opts = {}) {
   node.__wsInspector = panel;
   const onRemoved = node.onRemoved;
   node.onRemoved = function () {
+    panel.editor?.dispose();
+    for (const u of panel.thumbURLs) URL.revokeObjectURL(u);
     panel.viewer.dispose();
     return onRemoved?.apply(this, arguments);
   };

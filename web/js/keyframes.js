@@ -126,3 +126,18 @@ export function parseCameraJson(text) {
   const Ks = Array.isArray(inn) ? inn.map((m) => Float64Array.from(m.flat().map(Number))) : null;
   return { w2cs, Ks };
 }
+
+/**
+ * Roll a keyframe so that the image's up direction points towards `p` (projected on the image
+ * plane). Look-at keyframes keep their target and get an `up`; w2c keyframes become look-at
+ * keyframes aimed `dist` along their optical axis. Null when `p` is on the optical axis.
+ */
+export function withUp(k, p, dist = 1) {
+  const w2c = keyframeW2C(k);
+  const { center, forward } = poseAxes(w2c);
+  const v = vec.sub(p, center);
+  const up = vec.sub(v, vec.scale(forward, vec.dot(v, forward)));
+  if (vec.norm(up) < 1e-9) return null;
+  const look_at = k.w2c ? vec.add(center, vec.scale(forward, dist)) : k.look_at.slice();
+  return { position: center.slice(), look_at, up: vec.normalize(up) };
+}

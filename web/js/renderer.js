@@ -187,6 +187,14 @@ export class Viewer {
     this.requestRender();
   }
 
+  /** Swap the drawn trajectories (the editor's live preset preview) without re-uploading the points. */
+  setTrajectories(trajectories) {
+    this.scene = { ...(this.scene || { points: null, memory: null }), trajectories, retrieval: [] };
+    if (!this.ok) return;
+    this._buildLines();
+    this.requestRender();
+  }
+
   frustumDepth() { return 0.06 * this.bounds.diag; }
 
   trajectoryColor(i) { return PALETTE[i % PALETTE.length]; }

@@ -30,6 +30,7 @@ export function decodeScene(buffer) {
     points = {
       count: p.count,
       total: p.total,
+      stored: p.stored ?? p.total, // points the server holds (what the largest budget can show)
       bboxMin: p.bbox_min,
       bboxMax: p.bbox_max,
       positions: new Uint16Array(buffer, body + p.positions.offset, p.count * 3),
@@ -40,16 +41,25 @@ export function decodeScene(buffer) {
     ...t,
     poses: cameras.slice(t.first, t.first + t.count),
   }));
-  const memory = header.memory
-    ? { ...header.memory, poses: cameras.slice(header.memory.first, header.memory.first + header.memory.count) }
-    : null;
+  let memory = null;
+  if (header.memory) {
+    const m = header.memory;
+    // JPEG thumbnails of the memory views (MemoryBank outputs), as Blobs for <img> object URLs
+    const thumbnails = (m.thumbnails || []).map((t) => new Blob([new Uint8Array(buffer, body + t.offset, t.bytes)], { type: "image/jpeg" }));
+    memory = { ...m, thumbnails, poses: cameras.slice(m.first, m.first + m.count) };
+  }
   return { header, cameras, points, trajectories, memory, retrieval: header.retrieval || [], bytes: buffer.byteLength };
 }
 
-/** Fetch and decode a token's blob through ComfyUI's api (adds /api and auth headers). */
-export async function fetchScene(api, token) {
+/**
+ * Fetch and decode a token's blob through ComfyUI's api (adds /api and auth headers).
+ * `points`: the point budget (the server sends a uniform subsample of that size); omitted, the
+ * node's default.
+ */
+export async function fetchScene(api, token, points = null) {
   if (!/^[0-9a-f]{32}$/.test(token)) throw new Error("bad inspector token");
-  const resp = await api.fetchApi(ROUTE + token, { cache: "no-store" });
+  const query = Number.isInteger(points) && points > 0 ? `?points=${points}` : "";
+  const resp = await api.fetchApi(ROUTE + token + query, { cache: "no-store" });
   if (resp.status === 404) {
     const err = new Error("This preview has expired on the server (it keeps the most recent ones). Run the workflow again.");
     err.expired = true;
@@ -68,6 +78,25 @@ export async function fetchRender(api, token, w2c, K, width, height, radius = 0.
   });
   if (!resp.ok) throw new Error(`render failed: HTTP ${resp.status} ${await resp.text()}`);
   return URL.createObjectURL(await resp.blob());
+}
+
+/**
+ * The path a TrajectoryBuilder would build with these preset controls ({preset, median_depth,
+ * angle, extent, num_frames}), planned on the server from the run's start camera and cache.
+ * Returns a trajectory like decodeScene's: {name, poses: [{w2c, K}], keyframes, width, height, halvings}.
+ */
+export async function fetchPresetPlan(api, token, controls, signal) {
+  const resp = await api.fetchApi(ROUTE + token + "/preset", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(controls),
+    signal,
+  });
+  if (!resp.ok) throw new Error(resp.status === 404 ? "run the workflow once to preview presets live" : await resp.text());
+  const plan = await resp.json();
+  const poses = plan.w2c.map((w2c, i) => ({ w2c: Float64Array.from(w2c), K: Float64Array.from(plan.K[i]) }));
+  return { name: `${plan.name} (preview)`, poses, keyframes: plan.keyframes, width: plan.width, height: plan.height,
+           halvings: plan.halvings, medianDepth: plan.median_depth, count: poses.length, first: 0 };
 }
 
 /** A synthetic scene of n random coloured points in a unit box (frame-time benchmark, tests). */

@@ -7,15 +7,18 @@
 import { kFromFovY, poseAxes, vec } from "./math3d.js";
 import {
   cameraJson, interpolate, keyframePosition, keyframeTarget, keyframeW2C, modelKeyframeIndices,
-  parseCameraJson, parseKeyframes, serializeKeyframes, withPosition, withTarget,
+  parseCameraJson, parseKeyframes, serializeKeyframes, withPosition, withTarget, withUp,
 } from "./keyframes.js";
 import { addFrustum, VertexList } from "./renderer.js";
-import { fetchRender } from "./scene_data.js";
+import { fetchPresetPlan, fetchRender } from "./scene_data.js";
 
 export const EDITOR_NODE = "WorldStereoTrajectoryBuilder";
 const EDIT_COLOR = [0.35, 0.95, 1.0];
 const SELECT_COLOR = [1, 1, 1];
+const PREVIEW_COLOR = [1.0, 0.55, 0.15];
 const PICK_RADIUS = 12;
+const PRESET_CONTROLS = ["preset", "median_depth", "angle", "extent", "num_frames"];
+const NOT_PRESETS = new Set(["keyframes", "camera_json"]);
 
 function el(tag, attrs = {}, text = "") {
   const e = document.createElement(tag);
@@ -41,7 +44,94 @@ export class TrajectoryEditor {
       up: () => this._up(),
     };
     this._hookWidgets();
+    this.presetPreview = null;
+    this._controlsKey = null;
+    this._previewSeq = 0;
+    // Vue-mode widgets do not always call widget.callback: watch the preset controls too
+    this._watch = setInterval(() => this._checkControls(), 400);
     this.sync(true);
+  }
+
+  /** A run's scene arrived: it shows the path of the current controls, so drop the preview. */
+  runLoaded() {
+    this._previewSeq++;
+    this._abort?.abort();
+    this.presetPreview = null;
+    this.previewNote = null;
+    this._controlsKey = JSON.stringify(this.controls());
+    this.root().dataset.preview = "0";
+    this.sync(true);
+  }
+
+  dispose() {
+    clearInterval(this._watch);
+    this._abort?.abort();
+  }
+
+  /** The node's preset controls as the server reads them. */
+  controls() {
+    const num = (name, d) => {
+      const v = Number(this.widget(name)?.value);
+      return Number.isFinite(v) ? v : d;
+    };
+    return { preset: String(this.widget("preset")?.value ?? ""), median_depth: num("median_depth", 0),
+             angle: num("angle", 0), extent: num("extent", 0), num_frames: this.numFrames() };
+  }
+
+  usesKeyframes() { return this.widget("preset")?.value === "keyframes"; }
+
+  _checkControls() {
+    const key = JSON.stringify(this.controls());
+    if (key === this._controlsKey) return;
+    this._controlsKey = key;
+    clearTimeout(this._previewTimer);
+    this._previewTimer = setTimeout(() => this.previewPreset(), 150);
+  }
+
+  /**
+   * Live preset preview: the path the server would build with the current controls, planned
+   * on the server from the last run's start camera and cache, drawn in place of the run's.
+   */
+  async previewPreset() {
+    const c = this.controls();
+    const seq = ++this._previewSeq;
+    this._abort?.abort();
+    if (NOT_PRESETS.has(c.preset) || !c.preset) {
+      this._setPreview(null);
+      return;
+    }
+    const token = this.panel.token;
+    if (!token || !this.panel.entry?.planner) {
+      this._setPreview(null, "run the workflow once to preview presets live");
+      return;
+    }
+    this._abort = typeof AbortController === "function" ? new AbortController() : null;
+    try {
+      const plan = await fetchPresetPlan(this.panel.api, token, c, this._abort?.signal);
+      if (seq !== this._previewSeq || token !== this.panel.token) return;
+      this._setPreview(plan);
+    } catch (e) {
+      if (e?.name === "AbortError" || seq !== this._previewSeq) return;
+      this._setPreview(null, String(e.message || e));
+    }
+  }
+
+  _setPreview(plan, note = null) {
+    this.presetPreview = plan;
+    this.previewNote = note;
+    const run = this.panel.scene?.trajectories || [];
+    if (this.viewer.ok && this.panel.scene) this.viewer.setTrajectories(plan ? [plan] : run);
+    this.root().dataset.preview = plan ? "1" : "0";
+    this.redraw();
+  }
+
+  root() { return this.panel.root; }
+
+  /** Poses drawn and scrubbed: the edited keyframes, else the preset preview, else the last run. */
+  activePoses() {
+    if (this.usesKeyframes() && this.keyframes.length) return this.path();
+    if (this.presetPreview) return this.presetPreview.poses.map((p) => p.w2c);
+    return (this.panel.scene?.trajectories?.[0]?.poses || []).map((p) => p.w2c);
   }
 
   widget(name) { return this.node.widgets?.find((w) => w.name === name); }
@@ -60,13 +150,14 @@ export class TrajectoryEditor {
 
   // ---- widget <-> state ------------------------------------------------------------------------
   _hookWidgets() {
-    for (const name of ["keyframes", "num_frames", "preset"]) {
+    for (const name of ["keyframes", ...PRESET_CONTROLS]) {
       const w = this.widget(name);
       if (!w) continue;
       const cb = w.callback;
       w.callback = (...args) => {
         const r = cb?.apply(w, args);
         this.sync();
+        this._checkControls();
         return r;
       };
     }
@@ -111,17 +202,25 @@ export class TrajectoryEditor {
     const lines = new VertexList(), markers = new VertexList();
     const d = this.viewer.frustumDepth();
     const { K, width, height } = this.intrinsics();
-    const path = this.path();
-    for (let i = 0; i + 1 < path.length; i++) lines.line(poseAxes(path[i]).center, poseAxes(path[i + 1]).center, EDIT_COLOR, 0.9);
-    for (const k of modelKeyframeIndices(path.length)) addFrustum(lines, path[k], K, width, height, d * 0.7, EDIT_COLOR, 0.45);
+    const used = this.usesKeyframes();
+    if (used) {
+      const path = this.path();
+      for (let i = 0; i + 1 < path.length; i++) lines.line(poseAxes(path[i]).center, poseAxes(path[i + 1]).center, EDIT_COLOR, 0.9);
+      for (const k of modelKeyframeIndices(path.length)) addFrustum(lines, path[k], K, width, height, d * 0.7, EDIT_COLOR, 0.45);
+    }
+    // keyframes not in use (another preset is chosen) stay editable, dimmed: editing one
+    // switches the preset back to "keyframes"
+    const alpha = used ? 1 : 0.35;
     this.keyframes.forEach((k, i) => {
       const sel = i === this.selected;
       const col = sel ? SELECT_COLOR : EDIT_COLOR;
-      const p = keyframePosition(k), t = this.target(i);
-      addFrustum(lines, keyframeW2C(k), K, width, height, d, col, 1);
-      lines.line(p, t, col, 0.6);
-      markers.push(p, col, sel ? 13 : 11);
-      markers.push(t, [1.0, 0.8, 0.3], sel ? 9 : 7);
+      const p = keyframePosition(k), t = this.target(i), u = this.upHandle(i);
+      addFrustum(lines, keyframeW2C(k), K, width, height, d, col, alpha);
+      lines.line(p, t, col, 0.6 * alpha);
+      lines.line(p, u, [0.5, 1.0, 0.5], 0.6 * alpha);
+      markers.push(p, col, sel ? 13 : 11, alpha);
+      markers.push(t, [1.0, 0.8, 0.3], sel ? 9 : 7, alpha);
+      markers.push(u, [0.5, 1.0, 0.5], sel ? 8 : 6, alpha);
     });
     const poses = this.scrubPoses();
     if (poses.length) {
@@ -130,10 +229,29 @@ export class TrajectoryEditor {
     }
     this.viewer.setOverlay(lines, markers);
     this._updateTimeline();
-    this.status.textContent = this.error ? `⚠ ${this.error}` :
-      `${this.keyframes.length} keyframe${this.keyframes.length === 1 ? "" : "s"}` +
-      (this.selected >= 0 ? ` · #${this.selected} selected` : "") +
-      (this.keyframes.length ? "" : " · add one at the current view, or take them from the last run");
+    const n = this.keyframes.length;
+    let text = `${n} keyframe${n === 1 ? "" : "s"}` + (this.selected >= 0 ? ` · #${this.selected} selected` : "");
+    if (!used) {
+      const c = this.controls();
+      if (this.presetPreview) {
+        const h = this.presetPreview.halvings;
+        text = `preview: ${c.preset}, ${this.presetPreview.poses.length} poses` +
+          (h ? ` (shortened ${h}× by the cache)` : "") + " — run to apply";
+      } else if (this.previewNote) {
+        text = `${c.preset}: ${this.previewNote}`;
+      } else {
+        text = `preset ${c.preset}` + (n ? ` · ${text} (dimmed: used with preset "keyframes")` : "");
+      }
+    } else if (!n) {
+      text += " · add one at the current view, or take them from the last run";
+    }
+    this.status.textContent = this.error ? `⚠ ${this.error}` : text;
+  }
+
+  /** Roll handle of keyframe i: a point on the camera's image-up direction (−y). */
+  upHandle(i) {
+    const { center, down } = poseAxes(keyframeW2C(this.keyframes[i]));
+    return vec.add(center, vec.scale(down, -0.6 * this.viewer.frustumDepth())); // just above the frustum
   }
 
   /** Target handle of keyframe i (w2c keyframes: a point along the optical axis). */
@@ -144,8 +262,12 @@ export class TrajectoryEditor {
   // ---- picking and dragging --------------------------------------------------------------------
   /** Screen position (CSS px of the canvas) of keyframe i's position or target handle. */
   handleScreen(i, which = "position") {
-    const p = which === "position" ? keyframePosition(this.keyframes[i]) : this.target(i);
-    return this.viewer.worldToScreen(p);
+    return this.viewer.worldToScreen(this.handlePoint(i, which));
+  }
+
+  handlePoint(i, which) {
+    if (which === "position") return keyframePosition(this.keyframes[i]);
+    return which === "up" ? this.upHandle(i) : this.target(i);
   }
 
   /** Page (client) coordinates of a handle, for tests and tooling. */
@@ -160,8 +282,8 @@ export class TrajectoryEditor {
     let best = null;
     const vp = this.viewer.viewProj();
     this.keyframes.forEach((k, i) => {
-      for (const which of ["position", "target"]) {
-        const p = which === "position" ? keyframePosition(k) : this.target(i);
+      for (const which of ["position", "target", "up"]) {
+        const p = this.handlePoint(i, which);
         const s = this.viewer.worldToScreen(p, vp);
         if (!s) continue;
         const dist = Math.hypot(s[0] - x, s[1] - y);
@@ -192,6 +314,10 @@ export class TrajectoryEditor {
       const np = withPosition(k, p);
       if (vec.norm(vec.sub(keyframeTarget(np, 1), keyframePosition(np))) < 1e-9) return;
       this.keyframes[i] = np;
+    } else if (which === "up") {
+      const r = withUp(k, p, 0.25 * this.viewer.bounds.diag);
+      if (!r) return;
+      this.keyframes[i] = r;
     } else {
       if (vec.norm(vec.sub(p, keyframePosition(k))) < 1e-6) return;
       this.keyframes[i] = withTarget(k, p);
@@ -258,17 +384,14 @@ export class TrajectoryEditor {
   /** camera.json of the edited path (client interpolation = the server's rule) or the last run. */
   exportCameraJson() {
     const { K } = this.intrinsics();
-    const poses = this.keyframes.length ? this.path() : (this.panel.scene?.trajectories?.[0]?.poses || []).map((p) => p.w2c);
+    const poses = this.activePoses();
     if (!poses.length) throw new Error("nothing to export: add keyframes or run the workflow");
     return cameraJson(poses, poses.map(() => K));
   }
 
   // ---- timeline --------------------------------------------------------------------------------
-  /** Poses the timeline scrubs: the edited path, else the last run's trajectory. */
-  scrubPoses() {
-    if (this.keyframes.length) return this.path();
-    return (this.panel.scene?.trajectories?.[0]?.poses || []).map((p) => p.w2c);
-  }
+  /** Poses the timeline scrubs (see activePoses). */
+  scrubPoses() { return this.activePoses(); }
 
   _updateTimeline() {
     const poses = this.scrubPoses();
