@@ -116,6 +116,7 @@ def _frontend_modes():
 class Page:
     def __init__(self, browser, server, vue: bool, init_script: str | None = None):
         self.server = server
+        self.vue = vue
         self.context = browser.new_context(viewport={"width": 1500, "height": 950})
         if init_script:
             self.context.add_init_script(init_script)
@@ -225,6 +226,9 @@ def test_drag_moves_keyframe_and_server_builds_that_pose(page):
     page.page.wait_for_timeout(200)
     edited = json.loads(page.widget_value(tid, "keyframes"))
     assert len(edited) == 3 and edited[0] == KEYFRAMES[0] and edited[2] == KEYFRAMES[2]
+    if page.vue:  # the Vue node's own textarea shows the edit too (the editor goes through widget.callback)
+        shown = page.js(f"() => Array.from(document.querySelectorAll('[data-node-id=\"{tid}\"] textarea'), t => t.value)")
+        assert page.widget_value(tid, "keyframes") in shown, shown
     moved = np.array(edited[1]["position"])
     assert np.linalg.norm(moved - KEYFRAMES[1]["position"]) > 1e-3
     assert edited[1]["look_at"] == KEYFRAMES[1]["look_at"]
