@@ -22,6 +22,7 @@ from worldstereo_core.trajectory import (
     load_camera_json,
     look_at_c2w,
     make_preset,
+    preset_from_controls,
     save_camera_json,
     shorten_against_cloud,
 )
@@ -280,6 +281,26 @@ def test_shorten_halves_a_preset_moving_through_a_wall():
     short2, n3 = shorten_against_cloud(traj, wall(0.7))
     assert n3 == 2
     np.testing.assert_allclose(short2.cameras.centers[-1].numpy(), [0, 0, 0.5], atol=1e-12)
+
+
+def test_preset_from_controls_maps_the_node_controls():
+    """angle/extent 0 keep the preset defaults; > 0 override the parameters the preset has."""
+    cam = first_camera(3)
+    for name in PRESETS:
+        got, n = preset_from_controls(name, cam, 2.0, num_frames=9)
+        assert n == 0 and torch.equal(got.w2c, make_preset(name, cam, 2.0, num_frames=9).w2c)
+    left, _ = preset_from_controls("left", cam, 2.0, angle=30.0, extent=0.7, num_frames=9)  # left has no extent
+    assert torch.equal(left.w2c, make_preset("left", cam, 2.0, num_frames=9, angle=30.0).w2c)
+    orbit, _ = preset_from_controls("orbit", cam, 2.0, angle=10.0, extent=0.5, num_frames=9)  # orbit has no angle
+    assert torch.equal(orbit.w2c, make_preset("orbit", cam, 2.0, num_frames=9, radius_x=0.5, radius_y=0.5).w2c)
+    fwd, _ = preset_from_controls("forward", cam, 2.0, extent=0.25, num_frames=9)
+    assert fwd.recipe.as_dict()["distance"] == 0.25
+    # with the cache: the same halving as shorten_against_cloud (forward 1.0·m = 2 through a wall at 1.5)
+    short, n = preset_from_controls("forward", first_camera(), 2.0, extent=1.0, cache_points=wall(1.5))
+    assert n == 1
+    np.testing.assert_allclose(short.cameras.centers[-1].numpy(), [0, 0, 1.0], atol=1e-12)
+    with pytest.raises(InvalidTrajectoryError, match="unknown preset"):
+        preset_from_controls("keyframes", cam, 2.0)
 
 
 def test_shorten_truncates_generic_trajectory_and_leaves_clear_paths():
