@@ -117,7 +117,8 @@ class TrajectoryBuilder(io.ComfyNode):
                                 tooltip="Path of a camera.json (upstream format) for preset = camera_json."),
                 io.String.Input("keyframes", default="", multiline=True,
                                 tooltip='JSON list of keyframes for preset = keyframes: each {"position": [x,y,z], '
-                                '"look_at": [x,y,z]} or {"w2c": 4×4}; interpolated smoothly (slerp).'),
+                                '"look_at": [x,y,z], "up"?: [x,y,z]} or {"w2c": 4×4}; interpolated smoothly '
+                                '(slerp). Edited by dragging in the node\'s 3D view.'),
                 Depth.Input("depth", optional=True, tooltip="Depth of the start view, for the median depth."),
                 PointCloud.Input("cache", optional=True,
                                  tooltip="The current 3D cache: moves through its geometry are shortened."),
