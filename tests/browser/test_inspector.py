@@ -207,7 +207,6 @@ def test_inspector_draws_cloud_and_layers(page):
 
 
 def test_drag_moves_keyframe_and_server_builds_that_pose(page):
-    server = page.server
     ids = page.build()
     tid = ids["traj"]
     page.queue_and_wait([ids["traj"]])
@@ -240,12 +239,7 @@ def test_drag_moves_keyframe_and_server_builds_that_pose(page):
     assert str(tid) in api, (tid, {k: v["class_type"] for k, v in api.items()})
     sent = json.loads(api[str(tid)]["inputs"]["keyframes"])
     assert sent == edited
-    result = server.run(api, timeout=300)
-    assert result.status == "success", (result.error, server.log()[-3000:])
-    from worldstereo_core import trajectory as traj_lib
-
-    (save_id,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSaveCameraJson"]
-    traj = traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, save_id)["text"][0])
+    traj = run_and_load_trajectory(page, api)
     c2w = _c2w(traj.w2c[4].double().numpy())  # 3 keyframes over 9 frames: keyframe 1 is frame 4
     np.testing.assert_allclose(c2w[:3, 3], moved, atol=1e-5)
     forward = np.array(edited[1]["look_at"]) - moved
@@ -256,11 +250,14 @@ def test_drag_moves_keyframe_and_server_builds_that_pose(page):
     assert page.errors == []
 
 
-def _saved_trajectory(server, api: dict, result):
+def run_and_load_trajectory(page: Page, api: dict):
+    """Run an API graph on the page's server; the trajectory its Save camera.json node wrote."""
     from worldstereo_core import trajectory as traj_lib
 
+    result = page.server.run(api, timeout=300)
+    assert result.status == "success", (result.error, page.server.log()[-3000:])
     (save_id,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSaveCameraJson"]
-    return traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, save_id)["text"][0])
+    return traj_lib.load_camera_json(page.server.base_dir / "output" / node_outputs(page.server, result, save_id)["text"][0])
 
 
 def test_roll_handle_drag_rolls_the_camera_and_the_server_builds_it(page):
@@ -290,9 +287,7 @@ def test_roll_handle_drag_rolls_the_camera_and_the_server_builds_it(page):
     assert roll > 5, roll  # it really rolled
     api = page.js("async () => (await window.app.graphToPrompt()).output")
     assert json.loads(api[str(tid)]["inputs"]["keyframes"]) == edited
-    result = page.server.run(api, timeout=300)
-    assert result.status == "success", (result.error, page.server.log()[-3000:])
-    c2w = _c2w(_saved_trajectory(page.server, api, result).w2c[4].double().numpy())
+    c2w = _c2w(run_and_load_trajectory(page, api).w2c[4].double().numpy())
     np.testing.assert_allclose(-c2w[:3, 1], up, atol=1e-5)  # the image's up is −y
     np.testing.assert_allclose(c2w[:3, 2], forward, atol=1e-5)
     assert page.errors == []
@@ -328,9 +323,7 @@ def test_live_preset_preview_equals_what_the_server_builds(page):
     # queue it: the server's trajectory is the previewed one
     api = page.js("async () => (await window.app.graphToPrompt()).output")
     assert api[str(tid)]["inputs"]["preset"] == "right" and api[str(tid)]["inputs"]["angle"] == 60
-    result = page.server.run(api, timeout=300)
-    assert result.status == "success", (result.error, page.server.log()[-3000:])
-    built = _saved_trajectory(page.server, api, result)
+    built = run_and_load_trajectory(page, api)
     np.testing.assert_allclose(preview.reshape(-1, 4, 4), built.w2c.double().numpy(), atol=1e-5)
     assert page.errors == []
 
