@@ -71,7 +71,7 @@ def _turbo(x: torch.Tensor) -> torch.Tensor:
     return (powers @ coeffs.T).clamp(0, 1)
 
 
-def _depth_preview(depth: torch.Tensor) -> torch.Tensor:
+def depth_preview(depth: torch.Tensor) -> torch.Tensor:
     """Depth ``[N, H, W]`` (0 = unknown) → turbo-coloured disparity, near = red, unknown = black.
 
     Each image is normalised on its own 1st–99th percentile of disparity, so one stray
@@ -209,7 +209,7 @@ class DepthEstimate(io.ComfyNode):
         normals_t = torch.stack(normals) if normals[0] is not None else None
         camera = Cameras(torch.eye(4).repeat(N, 1, 1), torch.stack(K), H, W)
         return io.NodeOutput(
-            depth_t, camera, (~mask_t).float(), _normals_image(normals_t, mask_t), _depth_preview(depth_t)
+            depth_t, camera, (~mask_t).float(), _normals_image(normals_t, mask_t), depth_preview(depth_t)
         )
 
     @classmethod
@@ -243,7 +243,7 @@ class DepthEstimate(io.ComfyNode):
         camera = pano_lib.panorama_bank_cameras(torch.float32)[0]
         camera = Cameras(camera.w2c.repeat(N, 1, 1), camera.K.repeat(N, 1, 1), camera.height, camera.width)
         return io.NodeOutput(
-            dist_t, camera, (~mask_t).float(), _normals_image(None, mask_t), _depth_preview(dist_t)
+            dist_t, camera, (~mask_t).float(), _normals_image(None, mask_t), depth_preview(dist_t)
         )
 
 

@@ -146,7 +146,8 @@ class MemoryBankLoad(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder) -> io.NodeOutput:
-        return io.NodeOutput(mem_lib.MemoryBank.load(_bank_folder(folder)))
+        bank = mem_lib.MemoryBank.load(_bank_folder(folder))
+        return io.NodeOutput(bank, ui=inspector_ui("memory bank", memory=bank))
 
     @classmethod
     def fingerprint_inputs(cls, folder):
@@ -254,7 +255,7 @@ class UmeyamaMerge(io.ComfyNode):
                 skip_first_frame=True) -> io.NodeOutput:
         if len(cache) == 0:
             raise MemoryBankError("the cache is empty; build it first (Build Point Cloud) and connect it")
-        _, cams = _frames_cameras(frames, trajectory)
+        traj, cams = _frames_cameras(frames, trajectory)
         img = frames[..., :3].float()
         d = depth.float()
         if tuple(d.shape) != tuple(img.shape[:3]):
@@ -292,7 +293,8 @@ class UmeyamaMerge(io.ComfyNode):
             report["similarity"] = {"scale": sim.s, "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
                                     "matrix": sim.matrix().tolist()}
         text = f"{mode}: scale {report['scale']}, RMSE {report['rmse']}, +{report['points_added']} points"
-        return io.NodeOutput(clip.cache.cloud, clip.cloud_added, json.dumps(report, indent=1), ui={"text": [text]})
+        ui = {"text": [text], **inspector_ui("merged cache", cloud=clip.cache.cloud, trajectories=[traj])}
+        return io.NodeOutput(clip.cache.cloud, clip.cloud_added, json.dumps(report, indent=1), ui=ui)
 
 
 NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, Retrieve3DFOV, UmeyamaMerge]

@@ -25,9 +25,10 @@ from .common import (
     Progress,
     Scene,
     Trajectory,
+    inspector_ui,
     trajectories_of,
 )
-from .depth import MoGe, _depth_preview
+from .depth import MoGe, depth_preview
 
 SUB_RECON = f"{CATEGORY}/reconstruction"
 SUB_EXPORT = f"{CATEGORY}/export"
@@ -200,7 +201,8 @@ class WorldMirrorRecon(io.ComfyNode):
                 )
             depth = torch.where(fused.valid, fused.depth, torch.zeros(())).float()
             cloud = fused.cloud
-        return io.NodeOutput(depth, cloud, cams, _depth_preview(depth))
+        return io.NodeOutput(depth, cloud, cams, depth_preview(depth),
+                             ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]))
 
 
 class SaveColmap(io.ComfyNode):
