@@ -95,14 +95,32 @@ export function addFrustum(list, w2c, K, width, height, d, color, alpha = 1) {
 }
 
 /** Scene extent (points' box and camera centres): {center, diag}. */
+/**
+ * Framing bounds of a scene: the 2nd–98th percentile box of the points (so a few stray points,
+ * e.g. depth-edge streaks, do not shrink everything else to a corner) and every camera centre.
+ */
 export function sceneBounds(scene) {
   let lo = [Infinity, Infinity, Infinity], hi = [-Infinity, -Infinity, -Infinity];
   const grow = (p) => { for (let i = 0; i < 3; i++) { lo[i] = Math.min(lo[i], p[i]); hi[i] = Math.max(hi[i], p[i]); } };
-  if (scene?.points) { grow(scene.points.bboxMin); grow(scene.points.bboxMax); }
+  const pts = scene?.points;
+  if (pts && pts.count > 0) {
+    const step = Math.max(1, Math.floor(pts.count / 20000)), n = Math.ceil(pts.count / step);
+    for (let axis = 0; axis < 3; axis++) {
+      const q = new Uint16Array(n);
+      for (let i = 0, j = 0; j < n; i += step, j++) q[j] = pts.positions[3 * i + axis];
+      q.sort();
+      const a = pts.bboxMin[axis], span = pts.bboxMax[axis] - a;
+      const qlo = a + (q[Math.floor(0.02 * (n - 1))] / 65535) * span, qhi = a + (q[Math.ceil(0.98 * (n - 1))] / 65535) * span;
+      const pad = 0.05 * (qhi - qlo);
+      lo[axis] = qlo - pad; hi[axis] = qhi + pad;
+    }
+  }
   for (const cam of scene?.cameras || []) grow(poseAxes(cam.w2c).center);
   if (!isFinite(lo[0])) { lo = [-1, -1, -1]; hi = [1, 1, 1]; }
   const diag = Math.max(vec.norm(vec.sub(hi, lo)), 1e-3);
-  return { center: vec.lerp(lo, hi, 0.5), diag, lo, hi };
+  // the whole box (outliers included) only sets the far clipping plane
+  const full = pts && pts.count > 0 ? vec.norm(vec.sub(pts.bboxMax, pts.bboxMin)) : 0;
+  return { center: vec.lerp(lo, hi, 0.5), diag, lo, hi, fullDiag: Math.max(diag, full) };
 }
 
 export class Viewer {
@@ -300,7 +318,7 @@ export class Viewer {
   viewProj() {
     const { w, h } = this.size();
     const near = Math.max(1e-4, this.bounds.diag * 1e-3);
-    const far = Math.max(this.orbit.dist, 1) + this.bounds.diag * 6;
+    const far = Math.max(this.orbit.dist, 1) + this.bounds.fullDiag * 3 + this.bounds.diag * 3;
     let K;
     if (this.poseView) {
       // keep the pose's field of view, fit its aspect into the canvas
