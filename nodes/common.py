@@ -50,6 +50,28 @@ class Progress:
         self._bar.update_absolute(int(done), self.total)
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def register_model_folder(name: str) -> None:
+    """``models/<name>/`` in ComfyUI's model folders: loose ``.safetensors`` files, or one
+    subfolder per model (e.g. ``model.safetensors`` + ``config.json``). Idempotent; folders a
+    user set in ``extra_model_paths.yaml`` are kept."""
+    import os
+
+    import folder_paths
+
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)], {".safetensors"})
+
+
+def model_files(name: str) -> list[str]:
+    """The ``.safetensors`` files under a registered model folder (relative names)."""
+    import folder_paths
+
+    return folder_paths.get_filename_list(name)
+
+
 def image_to_hwc(image: torch.Tensor, index: int = 0) -> torch.Tensor:
     """One ``[H, W, 3]`` float image from a ComfyUI IMAGE batch ``[N, H, W, C]``."""
     if image.ndim != 4:
@@ -107,3 +129,36 @@ def inspector_ui(title: str = "", **scene) -> dict:
     except Exception as exc:  # noqa: BLE001
         logging.getLogger("worldstereo").warning("scene inspector preview skipped: %s", exc)
         return {}
+
+
+def scene_loop_outputs(report_tooltip: str) -> list:
+    """The outputs of both scene-loop nodes (oracle and model), in :func:`scene_loop_result`'s order."""
+    return [
+        PointCloud.Output(display_name="cloud", tooltip="The merged 3D cache."),
+        Trajectory.Output(display_name="trajectories", tooltip="The trajectories, in order."),
+        MemoryBank.Output(display_name="bank", tooltip="The final memory bank."),
+        io.Image.Output(display_name="renders", tooltip="GGM renders of every trajectory's keyframes."),
+        io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
+        io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
+        io.String.Output(display_name="report", tooltip=report_tooltip),
+    ]
+
+
+def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
+    """A finished scene loop (``cloud``, ``bank``, ``steps``) as the node's outputs, its one-line
+    summary and the scene inspector's entry (cloud, trajectories, memory bank, retrieval links)."""
+    import json
+
+    steps = loop.steps
+    ui = {"text": [text]} | inspector_ui("WorldStereo scene", cloud=loop.cloud, trajectories=[s.trajectory for s in steps],
+                                         memory=loop.bank, retrieval=[s.references for s in steps])
+    return io.NodeOutput(
+        loop.cloud,
+        tuple(s.trajectory for s in steps),
+        loop.bank,
+        torch.cat([s.render.rgb for s in steps]).float(),
+        torch.cat([s.render.mask for s in steps]).float(),
+        torch.cat([s.frames for s in steps]).float(),
+        json.dumps(report, indent=2),
+        ui=ui,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from comfy_api.v0_0_2 import io
@@ -15,7 +14,8 @@ from worldstereo_core.errors import CheckpointError, InvalidImageError
 from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
-from .common import CATEGORY, Cameras as CamerasSocket, Depth, PointCloud, Progress, image_to_hwc, inspector_ui
+from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PointCloud, Progress, image_to_hwc, inspector_ui,
+                     model_files, register_model_folder)
 
 SUB_DEPTH = f"{CATEGORY}/depth"
 SUB_PANORAMA = f"{CATEGORY}/panorama"
@@ -23,28 +23,10 @@ SUB_PANORAMA = f"{CATEGORY}/panorama"
 # A loaded worldstereo_core.recon.moge.MoGeModel (eval mode, on ComfyUI's torch device).
 MoGe = io.Custom("WS_MOGE")
 
-MODEL_FOLDER = "moge"
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODEL_FOLDER = "moge"  # models/moge/: loose .safetensors files or one subfolder per model
 _PANORAMA_BATCH = 4  # perspective views per MoGe call in panorama mode (12 views in all)
 
-
-def _register_model_folder() -> None:
-    """``models/moge/``: loose ``.safetensors`` files or one subfolder per model."""
-    import folder_paths
-
-    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[MODEL_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, MODEL_FOLDER)], {".safetensors"}
-        )
-
-
-_register_model_folder()
-
-
-def _moge_files() -> list[str]:
-    import folder_paths
-
-    return folder_paths.get_filename_list(MODEL_FOLDER)
+register_model_folder(MODEL_FOLDER)
 
 
 def _normals_image(normals: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
@@ -112,13 +94,13 @@ class LoadMoGe(io.ComfyNode):
             "Upstream ships model.pt pickles, which are never loaded: convert them once to safetensors "
             "(the error message gives the one-line command).",
             inputs=[
-                io.Combo.Input("model_name", options=_moge_files(),
+                io.Combo.Input("model_name", options=model_files(MODEL_FOLDER),
                                tooltip="Weights under models/moge/ (e.g. moge-2-vitl-normal/model.safetensors)."),
                 io.Combo.Input("variant", options=["auto", *sorted(k for k in moge_lib.MOGE_VARIANTS if k != "tiny")],
                                default="auto",
                                tooltip="Architecture. auto: the config.json beside the weights, else the file's "
                                "model_config metadata, else a variant name found in the file or folder name."),
-                io.Combo.Input("dtype", options=list(_DTYPES), default="fp32",
+                io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
                                tooltip="Weight precision. fp32 still runs in fp16 autocast on a GPU, as upstream; "
                                "fp16/bf16 halve the memory (use fp32 on CPU)."),
             ],
@@ -138,7 +120,7 @@ class LoadMoGe(io.ComfyNode):
             )
         model = moge_lib.load_moge(
             path, config=None if variant == "auto" else variant,
-            device=comfy.model_management.get_torch_device(), dtype=_DTYPES[dtype],
+            device=comfy.model_management.get_torch_device(), dtype=DTYPES[dtype],
         )
         return io.NodeOutput(model)
 

@@ -18,7 +18,6 @@ from worldstereo_core.pipeline import References
 
 from .common import (
     CATEGORY,
-    inspector_ui,
     Cameras,
     Depth,
     MemoryBank,
@@ -27,6 +26,8 @@ from .common import (
     Retrieval,
     Trajectory,
     image_to_hwc,
+    scene_loop_outputs,
+    scene_loop_result,
     trajectories_of,
 )
 from .depth import MoGe
@@ -426,23 +427,13 @@ class WorldStereoSceneLoop(io.ComfyNode):
                                  tooltip="Start from this 3D cache (e.g. Panorama Point Cloud, in the camera's "
                                  "world) instead of lifting the input depth."),
             ],
-            outputs=[
-                PointCloud.Output(display_name="cloud", tooltip="The merged 3D cache."),
-                Trajectory.Output(display_name="trajectories", tooltip="The trajectories, in order."),
-                MemoryBank.Output(display_name="bank", tooltip="The final memory bank."),
-                io.Image.Output(display_name="renders", tooltip="GGM renders of every trajectory's keyframes."),
-                io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
-                io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
-                io.String.Output(display_name="report", tooltip="JSON report of what the loop did."),
-            ],
+            outputs=scene_loop_outputs("JSON report of what the loop did."),
         )
 
     @classmethod
     def execute(cls, model, image, camera, prompt, negative_prompt, trajectories, sampler, steps, cfg, shift, seed,
                 retrieval_mode, depth_resolution_level, moge=None, worldmirror=None, depth=None, bank=None,
                 cache=None) -> io.NodeOutput:
-        import json
-
         import comfy.model_management as mm
 
         from worldstereo_core import pipeline
@@ -497,23 +488,8 @@ class WorldStereoSceneLoop(io.ComfyNode):
         )
         report = _loop_report(result, model, kind, per_clip, cfg, seed, depth_source, bank is not None,
                               cache is not None)
-        return io.NodeOutput(
-            result.cloud,
-            tuple(s.trajectory for s in result.steps),
-            result.bank,
-            torch.cat([s.render.rgb for s in result.steps]).float(),
-            torch.cat([s.render.mask for s in result.steps]).float(),
-            torch.cat([s.frames for s in result.steps]).float(),
-            json.dumps(report, indent=2),
-            ui={"text": [f"{len(result.steps)} trajectories, {len(result.cloud)} points, "
-                         f"{len(result.bank)} memory views"]} | _inspector_ui(result),
-        )
-
-
-def _inspector_ui(result) -> dict:
-    """The scene inspector's entry: cloud, trajectories, memory bank, retrieval links."""
-    return inspector_ui("WorldStereo scene", cloud=result.cloud, trajectories=[s.trajectory for s in result.steps],
-                        memory=result.bank, retrieval=[s.references for s in result.steps])
+        return scene_loop_result(result, report, f"{len(result.steps)} trajectories, {len(result.cloud)} points, "
+                                                 f"{len(result.bank)} memory views")
 
 
 def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, depth_source: str,

@@ -19,6 +19,7 @@ from worldstereo_core.recon.fusion import fuse_depth_to_cache
 
 from .common import (
     CATEGORY,
+    DTYPES,
     Cameras as CamerasSocket,
     Depth,
     PointCloud,
@@ -26,6 +27,8 @@ from .common import (
     Scene,
     Trajectory,
     inspector_ui,
+    model_files,
+    register_model_folder,
     trajectories_of,
 )
 from .depth import MoGe, depth_preview
@@ -36,28 +39,9 @@ SUB_EXPORT = f"{CATEGORY}/export"
 # A loaded worldstereo_core.recon.worldmirror.WorldMirror (eval mode, on ComfyUI's torch device).
 WorldMirror = io.Custom("WS_WORLDMIRROR")
 
-MODEL_FOLDER = "worldmirror"
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODEL_FOLDER = "worldmirror"  # models/worldmirror/: model.safetensors + config.json per subfolder (HY-World-2.0)
 
-
-def _register_model_folder() -> None:
-    """``models/worldmirror/``: loose ``.safetensors`` files or one subfolder per model
-    (``model.safetensors`` + ``config.json``, as HY-World-2.0 ships it)."""
-    import folder_paths
-
-    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[MODEL_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, MODEL_FOLDER)], {".safetensors"}
-        )
-
-
-_register_model_folder()
-
-
-def _worldmirror_files() -> list[str]:
-    import folder_paths
-
-    return folder_paths.get_filename_list(MODEL_FOLDER)
+register_model_folder(MODEL_FOLDER)
 
 
 def _export_folder(filename_prefix: str) -> tuple[str, str]:
@@ -85,9 +69,9 @@ class LoadWorldMirror(io.ComfyNode):
             "model.safetensors + config.json (as released), or a loose .safetensors file (default layout, or "
             "a file written by save_worldmirror with its config inside).",
             inputs=[
-                io.Combo.Input("model_name", options=_worldmirror_files(),
+                io.Combo.Input("model_name", options=model_files(MODEL_FOLDER),
                                tooltip="Weights under models/worldmirror/ (e.g. HY-WorldMirror-2.0/model.safetensors)."),
-                io.Combo.Input("dtype", options=list(_DTYPES), default="fp32",
+                io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
                                tooltip="Weight precision. fp16/bf16 halve the memory on a GPU; use fp32 on CPU."),
             ],
             outputs=[WorldMirror.Output(display_name="worldmirror", tooltip="The loaded WorldMirror model.")],
@@ -104,7 +88,7 @@ class LoadWorldMirror(io.ComfyNode):
                 f"WorldMirror weights {model_name!r} not found under models/{MODEL_FOLDER}/; put model.safetensors "
                 f"(+ config.json) in a subfolder there and refresh the node list"
             )
-        model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(), dtype=_DTYPES[dtype])
+        model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(), dtype=DTYPES[dtype])
         return io.NodeOutput(model)
 
 

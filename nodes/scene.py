@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 from comfy_api.v0_0_2 import io
 
 from worldstereo_core import pipeline, synthetic
 
-from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Progress, Scene, Trajectory, inspector_ui,
+from .common import (CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, scene_loop_outputs, scene_loop_result,
                      trajectories_of)
 
 SUB = f"{CATEGORY}/scene"
@@ -112,15 +110,7 @@ class OracleSceneLoop(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of the depth corruption and the robust fits."),
             ],
-            outputs=[
-                PointCloud.Output(display_name="cloud", tooltip="The merged 3D cache."),
-                Trajectory.Output(display_name="trajectories", tooltip="The trajectories, in order."),
-                MemoryBank.Output(display_name="bank", tooltip="The final memory bank."),
-                io.Image.Output(display_name="renders", tooltip="GGM renders of every trajectory's keyframes."),
-                io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
-                io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
-                io.String.Output(display_name="report", tooltip="JSON metrics report."),
-            ],
+            outputs=scene_loop_outputs("JSON metrics report."),
         )
 
     @classmethod
@@ -138,18 +128,8 @@ class OracleSceneLoop(io.ComfyNode):
         )
         loop = result.loop
         report = pipeline.loop_report(result)
-        return io.NodeOutput(
-            loop.cloud,
-            tuple(s.trajectory for s in loop.steps),
-            loop.bank,
-            torch.cat([s.render.rgb for s in loop.steps]).float(),
-            torch.cat([s.render.mask for s in loop.steps]).float(),
-            torch.cat([s.frames for s in loop.steps]).float(),
-            json.dumps(report, indent=2),
-            ui={"text": [f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}"]}
-            | inspector_ui("WorldStereo scene", cloud=loop.cloud, trajectories=[s.trajectory for s in loop.steps],
-                           memory=loop.bank, retrieval=[s.references for s in loop.steps]),
-        )
+        return scene_loop_result(loop, report,
+                                 f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}")
 
 
 NODES = [SyntheticScene, OracleGenerate, OracleSceneLoop]

@@ -383,7 +383,7 @@ def _composite(fu, fv, zc, weights_colors, count, pad, r2, depth_window, bg, rgb
 
 def _render_exact(pts_t, cols_t, w2c, K, H, W, r_px, k_max, near, bg):
     """Reference rasteriser with the release's semantics (all pairs, K nearest, alpha over)."""
-    Fc, N = w2c.shape[0], pts_t.shape[1]
+    Fc = w2c.shape[0]
     device, dtype = pts_t.device, pts_t.dtype
     u, v, z = _project(pts_t, w2c, K)
     pad = math.ceil(r_px)

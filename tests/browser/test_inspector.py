@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testsupport import REPO_ROOT
-
 if os.environ.get("WORLDSTEREO_PACK_SOURCE"):
     # development: a scratch copy of the pack (e.g. with wiring not yet in nodes/)
     def _frontends():

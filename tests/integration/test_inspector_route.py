@@ -11,7 +11,6 @@ import asyncio
 import importlib.util
 import io
 import json
-import math
 import os
 import sys
 from pathlib import Path

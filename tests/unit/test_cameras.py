@@ -10,7 +10,6 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from worldstereo_core.cameras import (
-    Cameras,
     camera_qt,
     matrix_to_quaternion,
     normalize_cameras,

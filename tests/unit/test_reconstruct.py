@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from worldstereo_core.align import Similarity
-from worldstereo_core.cameras import Cameras, intrinsics_from_fov, invert_rigid
+from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.errors import (
     AlignmentError,
     InvalidCameraError,

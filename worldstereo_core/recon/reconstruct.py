@@ -47,11 +47,9 @@ the cloud from predicted depth + predicted cameras since the points head is disa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
