@@ -13,6 +13,11 @@ and writes
     web/docs/images/inspector_scene_loop.png   (just the node)
     docs/inspector_preview_workflow.png        (the whole page)
 
+and then, on a small graph (the room's cloud as the cache of a Trajectory Builder), the editor
+with five keyframes taken from the run's orbit, one selected and rolled:
+
+    web/docs/images/trajectory_editor.png
+
 Exits non-zero with a message if the run fails or the panel never becomes ready.
 """
 
@@ -47,16 +52,40 @@ VIEW = (2.7, 0.8, 1.85, 1.0, 0.06)
 # without a GPU only offers through SwiftShader (same flags as tests/browser/conftest.py)
 WEBGL_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 
-# the scene-loop node, found by type (ids are the workflow's business)
-FIND_NODE_JS = f"window.app.graph._nodes.find(n => n.type === {json.dumps(LOOP_TYPE)})"
+EDITOR_TYPE = "WorldStereoTrajectoryBuilder"
+EDITOR_SHOT = REPO_ROOT / "web" / "docs" / "images" / "trajectory_editor.png"
+EDITOR_NODE_SIZE = (900, 960)
+EDITOR_VIEW = (0.5, 0.6, 1.7, 0.5, 0.0)  # as VIEW: a three-quarter view from above the start camera
+# the editor picture's graph: the synthetic room's cloud as the cache of a Trajectory Builder
+EDITOR_GRAPH = {
+    "nodes": {
+        "scene": ("WorldStereoSyntheticScene", [0, 0], {"scene": "room", "width": 288, "height": 160}),
+        "cloud": ("WorldStereoBuildPointCloud", [0, 400], {}),
+        "traj": (EDITOR_TYPE, [420, 0], {"preset": "orbit", "num_frames": 81}),
+        "save": ("WorldStereoSaveCameraJson", [1500, 0], {"filename_prefix": "docshots/camera"}),
+    },
+    "links": [
+        ("scene", "image", "cloud", "image"), ("scene", "depth", "cloud", "depth"), ("scene", "camera", "cloud", "camera"),
+        ("scene", "camera", "traj", "camera"), ("scene", "depth", "traj", "depth"), ("cloud", "cloud", "traj", "cache"),
+        ("traj", "trajectory", "save", "trajectory"),
+    ],
+}
 
-STATE_JS = f"""() => {{
-  const n = {FIND_NODE_JS};
-  if (!n) return {{missing: true}};
+
+def find_node_js(node_type: str) -> str:
+    """JS expression: the graph's first node of a type (ids are the workflow's business)."""
+    return f"window.app.graph._nodes.find(n => n.type === {json.dumps(node_type)})"
+
+
+FIND_NODE_JS = find_node_js(LOOP_TYPE)
+
+STATE_JS = """(type) => {
+  const n = window.app.graph._nodes.find(n => n.type === type);
+  if (!n) return {missing: true};
   const p = n.__wsInspector;
-  return {{state: p ? (p.root.dataset.state || 'none') : 'none',
-          message: p ? p.message.textContent : '', webgl2: p ? p.root.dataset.webgl2 : null}};
-}}"""
+  return {state: p ? (p.root.dataset.state || 'none') : 'none',
+          message: p ? p.message.textContent : '', webgl2: p ? p.root.dataset.webgl2 : null};
+}"""
 
 # same banner hiding as build_workflows.py (e.g. "Introducing Nodes 2.0")
 HIDE_BANNERS_JS = """() => {
@@ -119,8 +148,8 @@ FIT_GRAPH_JS = """(vp) => {
 
 # enlarge the node and centre the canvas on it at scale 1. The nodes right of it move right by
 # the growth: they would overlap it, and DOM widgets (Preview3D's) draw above any canvas node.
-FOCUS_NODE_JS = f"""([size, vp]) => {{
-  const c = window.app.canvas, n = {FIND_NODE_JS}, T = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+FOCUS_NODE_JS = """([type, size, vp]) => {
+  const c = window.app.canvas, n = window.app.graph._nodes.find(n => n.type === type), T = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
   const right = n.pos[0] + n.size[0], grow = size[0] - n.size[0] + 240;  // links then bend outside the shot
   for (const m of window.app.graph._nodes) if (m !== n && m.pos[0] >= right) m.pos = [m.pos[0] + grow, m.pos[1]];
   n.setSize(size);
@@ -128,20 +157,20 @@ FOCUS_NODE_JS = f"""([size, vp]) => {{
   // a little below the centre: the frontend's run toolbar floats over the canvas' top right
   c.ds.offset = [vp.width / 2 - (n.pos[0] + n.size[0] / 2), vp.height / 2 + 40 - (n.pos[1] - T + (n.size[1] + T) / 2)];
   window.app.graph.setDirtyCanvas(true, true);
-}}"""
+}"""
 
 # an elevated three-quarter orbit (VIEW). The distance scales with the cameras' extent
 # (trajectories and memory views), not the cloud's box: depth-edge streaks and far walls
 # inflate the box, and the frustums should stay big enough to read. World y points down
 # (DESIGN §3): a positive pitch looks down on the floor. The yaw is relative to the first
 # camera's heading, so the view does not depend on the scene's frame.
-ORBIT_JS = f"""([yawOffset, pitch, distScale, mix, lift]) => {{
-  const v = ({FIND_NODE_JS}).__wsInspector.viewer, s = v.scene;
+ORBIT_JS = """([type, yawOffset, pitch, distScale, mix, lift]) => {
+  const v = window.app.graph._nodes.find(n => n.type === type).__wsInspector.viewer, s = v.scene;
   v.resetView();
-  const center = (w) => {{  // camera centre -R^T t of a row-major rigid w2c
+  const center = (w) => {  // camera centre -R^T t of a row-major rigid w2c
     const t = [w[3], w[7], w[11]];
     return [0, 1, 2].map(j => -(w[j] * t[0] + w[4 + j] * t[1] + w[8 + j] * t[2]));
-  }};
+  };
   const cams = [...s.trajectories.flatMap(t => t.poses), ...(s.memory?.poses || [])].map(p => center(p.w2c));
   const lo = [0, 1, 2].map(i => Math.min(...cams.map(c => c[i])));
   const hi = [0, 1, 2].map(i => Math.max(...cams.map(c => c[i])));
@@ -155,16 +184,53 @@ ORBIT_JS = f"""([yawOffset, pitch, distScale, mix, lift]) => {{
   v.orbit.target = v.orbit.target.map((x, i) => x + w[4 + i] * lift * v.orbit.dist);
   for (const l of ['points', 'trajectories', 'keyframes', 'memory', 'retrieval']) v.setLayer(l, true);
   v.requestRender();
-  return {{extent, diag: v.bounds.diag, target: v.orbit.target}};
-}}"""
+  return {extent, diag: v.bounds.diag, target: v.orbit.target};
+}"""
 
 # the node's box in client (CSS) px: title bar included
-NODE_BOX_JS = f"""() => {{
-  const c = window.app.canvas, n = {FIND_NODE_JS}, T = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
+NODE_BOX_JS = """(type) => {
+  const c = window.app.canvas, n = window.app.graph._nodes.find(n => n.type === type), T = window.LiteGraph.NODE_TITLE_HEIGHT || 30;
   const r = c.canvas.getBoundingClientRect(), k = r.width / c.canvas.width;  // canvas px -> CSS px
   const [x, y] = c.ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - T]);
-  return {{x: r.left + x * k, y: r.top + y * k, width: n.size[0] * c.ds.scale * k,
-          height: (n.size[1] + T) * c.ds.scale * k}};
+  return {x: r.left + x * k, y: r.top + y * k, width: n.size[0] * c.ds.scale * k,
+          height: (n.size[1] + T) * c.ds.scale * k};
+}"""
+
+
+# builds EDITOR_GRAPH through LiteGraph, as a user would (same approach as build_workflows.py)
+BUILD_JS = """(spec) => {
+  const app = window.app, LG = window.LiteGraph;
+  app.graph.clear();
+  const made = {};
+  for (const [key, [type, pos, values]] of Object.entries(spec.nodes)) {
+    const node = LG.createNode(type);
+    node.pos = pos;
+    app.graph.add(node);
+    for (const w of node.widgets || []) if (w.name in values) { w.value = values[w.name]; w.callback?.(w.value); }
+    made[key] = node;
+  }
+  for (const [src, out, dst, inp] of spec.links) {
+    const a = made[src], b = made[dst];
+    a.connect(a.outputs.findIndex(s => s.name === out), b, b.inputs.findIndex(s => s.name === inp));
+  }
+  app.graph.setDirtyCanvas(true, true);
+}"""
+
+# after the run: five keyframes from the run's orbit, the middle one selected and rolled by
+# 20° (its green roll handle off vertical), the timeline at frame 30 (EDITOR_VIEW: seen from above)
+EDIT_JS = f"""() => {{
+  const p = ({find_node_js(EDITOR_TYPE)}).__wsInspector, e = p.editor, v = p.viewer;
+  e.fromLastRun(5);
+  const k = e.keyframes[2], c = k.position, h = e.upHandle(2);
+  const unit = (a) => {{ const n = Math.hypot(...a); return a.map(x => x / n); }};
+  const f = unit([0, 1, 2].map(i => k.look_at[i] - c[i])), u = unit([0, 1, 2].map(i => h[i] - c[i]));
+  const side = [f[1] * u[2] - f[2] * u[1], f[2] * u[0] - f[0] * u[2], f[0] * u[1] - f[1] * u[0]];
+  const a = 20 * Math.PI / 180;  // roll 20°: what dragging the green handle sideways does
+  e.keyframes[2] = {{ ...k, up: u.map((x, i) => x * Math.cos(a) + side[i] * Math.sin(a)) }};
+  e.selected = 2;
+  e.commit();
+  e.setFrame(30);
+  return e.status.textContent;
 }}"""
 
 
@@ -189,14 +255,14 @@ def run_errors(server: ComfyServer) -> list[str]:
     return out
 
 
-def wait_ready(page, server: ComfyServer, timeout: float) -> str | None:
-    """Wait for the scene-loop inspector; returns an error message, or None once it is ready."""
+def wait_ready(page, server: ComfyServer, timeout: float, node_type: str = LOOP_TYPE) -> str | None:
+    """Wait for a node's inspector; returns an error message, or None once it is ready."""
     t0 = time.time()
     last = None
     while time.time() - t0 < timeout:
-        st = page.evaluate(STATE_JS)
+        st = page.evaluate(STATE_JS, node_type)
         if st.get("missing"):
-            return f"no {LOOP_TYPE} node in {WORKFLOW.name}"
+            return f"no {node_type} node in the graph"
         if st["state"] == "ready":
             return None
         if st["state"] == "error":
@@ -223,6 +289,19 @@ def wait_done(server: ComfyServer, timeout: float) -> str | None:
             return "the workflow failed: " + "; ".join(errors) if errors else None
         time.sleep(1)
     return "the workflow did not finish in time"
+
+
+def node_shot(page, node_type: str, path: Path) -> None:
+    """Screenshot of one node (title bar included) to ``path``."""
+    box = page.evaluate(NODE_BOX_JS, node_type)
+    pad = 6  # keep the node's rounded border and shadow
+    clip = {"x": max(0.0, box["x"] - pad), "y": max(0.0, box["y"] - pad)}
+    clip["width"] = min(VIEWPORT["width"] - clip["x"], box["width"] + 2 * pad)
+    clip["height"] = min(VIEWPORT["height"] - clip["y"], box["height"] + 2 * pad)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), clip=clip)
+    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    print(f"wrote {shown} ({clip['width']:.0f}x{clip['height']:.0f})")
 
 
 def main() -> int:
@@ -261,7 +340,7 @@ def main() -> int:
             err = wait_done(server, READY_TIMEOUT_S - (time.time() - t_start))
             if err:
                 return fail(err, server)
-            page.evaluate(ORBIT_JS, list(VIEW))
+            page.evaluate(ORBIT_JS, [LOOP_TYPE, *VIEW])
             # whole page: the graph fitted into the viewport, the inspector at its usual size
             # a few rounds: the video previews take their height only once their files load
             for _ in range(3):
@@ -276,19 +355,27 @@ def main() -> int:
             print(f"wrote {PAGE_SHOT.relative_to(REPO_ROOT)}")
 
             # the node alone, enlarged so the 3D view is big
-            page.evaluate(FOCUS_NODE_JS, [list(NODE_SIZE), VIEWPORT])
+            page.evaluate(FOCUS_NODE_JS, [LOOP_TYPE, list(NODE_SIZE), VIEWPORT])
             page.wait_for_timeout(500)
-            page.evaluate(ORBIT_JS, list(VIEW))  # the view's aspect changed with the size
+            page.evaluate(ORBIT_JS, [LOOP_TYPE, *VIEW])  # the view's aspect changed with the size
             page.evaluate(HIDE_BANNERS_JS)
             page.wait_for_timeout(800)
-            box = page.evaluate(NODE_BOX_JS)
-            pad = 6  # keep the node's rounded border and shadow
-            clip = {"x": max(0.0, box["x"] - pad), "y": max(0.0, box["y"] - pad)}
-            clip["width"] = min(VIEWPORT["width"] - clip["x"], box["width"] + 2 * pad)
-            clip["height"] = min(VIEWPORT["height"] - clip["y"], box["height"] + 2 * pad)
-            NODE_SHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(NODE_SHOT), clip=clip)
-            print(f"wrote {NODE_SHOT.relative_to(REPO_ROOT)} ({clip['width']:.0f}x{clip['height']:.0f})")
+            node_shot(page, LOOP_TYPE, NODE_SHOT)
+
+            # the trajectory editor over the room's cache
+            page.evaluate(BUILD_JS, EDITOR_GRAPH)
+            page.wait_for_timeout(800)
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            err = wait_ready(page, server, READY_TIMEOUT_S, EDITOR_TYPE) or wait_done(server, READY_TIMEOUT_S)
+            if err:
+                return fail(err, server)
+            page.evaluate(FOCUS_NODE_JS, [EDITOR_TYPE, list(EDITOR_NODE_SIZE), VIEWPORT])
+            page.wait_for_timeout(500)
+            print(f"  editor: {page.evaluate(EDIT_JS)}")
+            page.evaluate(ORBIT_JS, [EDITOR_TYPE, *EDITOR_VIEW])
+            page.evaluate(HIDE_BANNERS_JS)
+            page.wait_for_timeout(800)
+            node_shot(page, EDITOR_TYPE, EDITOR_SHOT)
         finally:
             browser.close()
     print(f"done in {time.time() - t_start:.0f}s")
