@@ -21,6 +21,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 
+# hides the frontend's announcement banners (e.g. "Introducing Nodes 2.0") from pictures
+HIDE_BANNERS_JS = """() => {
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.children.length === 0 && /^Introducing /.test(el.textContent.trim())) {
+      let box = el;
+      while (box.parentElement && box.parentElement.getBoundingClientRect().height < 80) box = box.parentElement;
+      box.style.display = 'none';
+    }
+  }
+}"""
+
 # name -> {"nodes": {key: (type, [x, y], {widget: value}, title|None)}, "links": [(src, out, dst, in)]}
 WORKFLOWS: dict[str, dict] = {
     "preview_synthetic": {
@@ -212,15 +223,7 @@ def main() -> int:
               window.app.graph.setDirtyCanvas(true, true);
             }""")
             # hide announcement banners (e.g. "Introducing Nodes 2.0") from the picture
-            page.evaluate("""() => {
-              for (const el of document.querySelectorAll('body *')) {
-                if (el.children.length === 0 && /^Introducing /.test(el.textContent.trim())) {
-                  let box = el;
-                  while (box.parentElement && box.parentElement.getBoundingClientRect().height < 80) box = box.parentElement;
-                  box.style.display = 'none';
-                }
-              }
-            }""")
+            page.evaluate(HIDE_BANNERS_JS)
             page.wait_for_timeout(300)
             page.wait_for_timeout(500)
             shot = REPO_ROOT / "docs" / f"{name}.png"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_workflows import CHROMIUM_ARGS  # noqa: E402
+from build_workflows import CHROMIUM_ARGS, HIDE_BANNERS_JS  # noqa: E402
 from comfy_server import REPO_ROOT, ComfyServer  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "preview_synthetic.json"
@@ -85,17 +85,6 @@ STATE_JS = """(type) => {
   const p = n.__wsInspector;
   return {state: p ? (p.root.dataset.state || 'none') : 'none',
           message: p ? p.message.textContent : '', webgl2: p ? p.root.dataset.webgl2 : null};
-}"""
-
-# same banner hiding as build_workflows.py (e.g. "Introducing Nodes 2.0")
-HIDE_BANNERS_JS = """() => {
-  for (const el of document.querySelectorAll('body *')) {
-    if (el.children.length === 0 && /^Introducing /.test(el.textContent.trim())) {
-      let box = el;
-      while (box.parentElement && box.parentElement.getBoundingClientRect().height < 80) box = box.parentElement;
-      box.style.display = 'none';
-    }
-  }
 }"""
 
 # the save-video nodes get video previews after the run, taller than the node's stored size,
