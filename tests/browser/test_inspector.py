@@ -387,6 +387,33 @@ def test_memory_views_show_their_thumbnail_on_hover(page):
     assert page.errors == []
 
 
+def test_keys_delete_a_keyframe_not_the_node_and_play_the_path(page):
+    ids = page.build()
+    tid = ids["traj"]
+    editor = f"window.app.graph.getNodeById({tid}).__wsInspector.editor"
+    pos = page.js(f"() => {editor}.handleClientPos(1)")
+    page.page.mouse.click(*pos)  # selects keyframe 1 (a click, no drag: nothing edited)
+    assert page.js(f"() => {editor}.selected") == 1
+    assert json.loads(page.widget_value(tid, "keyframes")) == KEYFRAMES
+    # LiteGraph's own Delete would remove the selected node: make the node selected too
+    page.js(f"() => window.app.canvas.selectNode(window.app.graph.getNodeById({tid}))")
+    page.page.keyboard.press("Delete")
+    page.page.wait_for_timeout(200)
+    assert page.js(f"() => !!window.app.graph.getNodeById({tid})"), "the node was deleted"
+    assert json.loads(page.widget_value(tid, "keyframes")) == [KEYFRAMES[0], KEYFRAMES[2]]
+    # space plays the path on the timeline, space again pauses
+    page.js(f"() => {editor}.setFrame(0)")
+    page.page.keyboard.press(" ")
+    page.page.wait_for_function(f"() => {editor}.frame >= 3", timeout=10_000)
+    page.page.keyboard.press(" ")
+    f1 = page.js(f"() => {editor}.frame")
+    page.page.wait_for_timeout(400)
+    assert page.js(f"() => {editor}.frame") == f1 and page.js(f"() => {editor}._player") is None
+    page.page.keyboard.press("ArrowLeft")
+    assert page.js(f"() => {editor}.frame") == f1 - 1
+    assert page.errors == []
+
+
 def test_save_reload_keeps_the_edit(page):
     ids = page.build()
     tid = ids["traj"]

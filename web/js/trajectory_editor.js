@@ -49,6 +49,9 @@ export class TrajectoryEditor {
     this._previewSeq = 0;
     // Vue-mode widgets do not always call widget.callback: watch the preset controls too
     this._watch = setInterval(() => this._checkControls(), 400);
+    // keys while the 3D view has focus (the panel stops them before LiteGraph sees them, so
+    // Delete removes a keyframe, never the node)
+    this.viewer.canvas.addEventListener("keydown", (ev) => this._key(ev));
     this.sync(true);
   }
 
@@ -65,6 +68,7 @@ export class TrajectoryEditor {
 
   dispose() {
     clearInterval(this._watch);
+    this.pause();
     this._abort?.abort();
   }
 
@@ -411,6 +415,34 @@ export class TrajectoryEditor {
     this.redraw();
   }
 
+  /** Play the path on the timeline (16 poses a second, looping); with "view" on, look through it. */
+  play() {
+    if (this._player || !this.scrubPoses().length) return;
+    this.playButton.textContent = "❚❚";
+    this._player = setInterval(() => {
+      const n = this.scrubPoses().length;
+      if (!n) { this.pause(); return; }
+      this.setFrame((this.frame + 1) % n);
+    }, 1000 / 16);
+  }
+
+  pause() {
+    clearInterval(this._player);
+    this._player = null;
+    if (this.playButton) this.playButton.textContent = "▶";
+  }
+
+  _key(ev) {
+    const n = this.scrubPoses().length;
+    if ((ev.key === "Delete" || ev.key === "Backspace") && this.selected >= 0) this.deleteSelected();
+    else if (ev.key === "Escape") { this.selected = -1; this.redraw(); }
+    else if (ev.key === " ") { if (this._player) this.pause(); else this.play(); }
+    else if (ev.key === "ArrowRight" && n) this.setFrame(Math.min(n - 1, this.frame + 1));
+    else if (ev.key === "ArrowLeft" && n) this.setFrame(Math.max(0, this.frame - 1));
+    else return;
+    ev.preventDefault();
+  }
+
   async renderAtFrame() {
     const poses = this.scrubPoses();
     const token = this.panel.token;
@@ -439,7 +471,7 @@ export class TrajectoryEditor {
       return b;
     };
     btn("+ Key", "Add a keyframe at the current view (after the selected one)", () => this.addAtView());
-    btn("Delete", "Delete the selected keyframe", () => this.deleteSelected());
+    btn("Delete", "Delete the selected keyframe (Delete key; Esc deselects)", () => this.deleteSelected());
     btn("From run", "Replace the keyframes by 5 poses of the last run's trajectory", () => this.fromLastRun());
     const file = el("input", { type: "file", accept: ".json,application/json" });
     file.style.display = "none";
@@ -466,6 +498,8 @@ export class TrajectoryEditor {
     this.timeline = el("input", { type: "range", min: "0", max: "0", step: "1", value: "0", className: "ws-timeline" });
     this.timeline.addEventListener("input", (ev) => { ev.stopPropagation(); this.setFrame(Number(this.timeline.value)); });
     for (const type of ["pointerdown", "mousedown", "wheel"]) this.timeline.addEventListener(type, (ev) => ev.stopPropagation());
+    this.playButton = el("button", { className: "ws-btn", title: "Play the path (space); ← → step a frame" }, "▶");
+    this.playButton.addEventListener("click", (ev) => { ev.stopPropagation(); if (this._player) this.pause(); else this.play(); });
     this.frameLabel = el("span", { className: "ws-status" }, "no path");
     const lab = el("label", { className: "ws-toggle", title: "Look through the camera at this frame" });
     this.lookThrough = el("input", { type: "checkbox" });
@@ -477,7 +511,7 @@ export class TrajectoryEditor {
     lab.append(this.lookThrough, document.createTextNode("view"));
     const render = el("button", { className: "ws-btn", title: "GGM render of the cache at this pose (server)" }, "Render");
     render.addEventListener("click", (ev) => { ev.stopPropagation(); this.renderAtFrame(); });
-    tl.append(this.timeline, this.frameLabel, lab, render);
+    tl.append(this.playButton, this.timeline, this.frameLabel, lab, render);
     this.panel.root.append(bar, tl);
   }
 }
