@@ -371,7 +371,8 @@ def preset_from_controls(
     The one rule shared by the node and the browser's live preset preview, so both give the
     same path: ``angle > 0`` overrides the preset's ``angle`` (presets that have one), ``extent
     > 0`` its ``radius_x``/``radius_y``/``distance`` (0 keeps the defaults); with
-    ``cache_points [N, 3]`` moves through geometry are halved (:func:`shorten_against_cloud`).
+    ``cache_points [N, 3]`` (or their cKDTree) moves through geometry are halved
+    (:func:`shorten_against_cloud`).
 
     Returns ``(trajectory, number of halvings)``.
     """
@@ -384,7 +385,8 @@ def preset_from_controls(
     if extent > 0:
         params.update({key: float(extent) for key in ("radius_x", "radius_y", "distance") if key in defaults})
     traj = make_preset(name, first[:1], median_depth, num_frames=num_frames, **params)
-    if cache_points is not None and len(cache_points) > 0:
+    n_points = cache_points.n if isinstance(cache_points, cKDTree) else (0 if cache_points is None else len(cache_points))
+    if n_points > 0:
         return shorten_against_cloud(traj, cache_points, median_depth=median_depth)
     return traj, 0
 
@@ -511,19 +513,27 @@ def shorten_against_cloud(
     * any other trajectory keeps its first ``int(F · decay)`` poses and is resampled back to
       ``F`` poses (slerp + linear centres).
 
+    ``points`` may also be a ``scipy.spatial.cKDTree`` of the points, built once by a caller that
+    checks many paths against one cloud (the browser's live preset preview).
+
     Deterministic. Returns ``(shortened trajectory, number of halvings)``.
     """
-    pts = as_tensor(points).detach().cpu().double().numpy()
-    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise InvalidTrajectoryError(f"points must be a non-empty [N, 3] array, got shape {tuple(pts.shape)}")
-    if not np.isfinite(pts).all():
-        raise InvalidTrajectoryError("points contain NaN or inf; drop them before checking obstacles")
+    if isinstance(points, cKDTree):
+        tree = points
+        if tree.n == 0 or tree.m != 3:
+            raise InvalidTrajectoryError(f"the points' tree must hold [N, 3] points, got {tree.n} of dimension {tree.m}")
+    else:
+        pts = as_tensor(points).detach().cpu().double().numpy()
+        if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
+            raise InvalidTrajectoryError(f"points must be a non-empty [N, 3] array, got shape {tuple(pts.shape)}")
+        if not np.isfinite(pts).all():
+            raise InvalidTrajectoryError("points contain NaN or inf; drop them before checking obstacles")
+        tree = cKDTree(pts)
     if not (0 < decay < 1):
         raise InvalidTrajectoryError(f"decay must be in (0, 1), got {decay}")
     m = median_depth if median_depth is not None else (traj.recipe.median_depth if traj.recipe else None)
     thr = float(distance_threshold) if m is None else min(float(distance_threshold), 0.1 * float(m))
-    k = min(int(k), len(pts))
-    tree = cKDTree(pts)
+    k = min(int(k), tree.n)
     F = len(traj)
     first = traj.cameras[0]
     current = traj

@@ -303,6 +303,20 @@ def test_preset_from_controls_maps_the_node_controls():
         preset_from_controls("keyframes", cam, 2.0)
 
 
+def test_shorten_takes_a_prebuilt_tree_of_the_points():
+    from scipy.spatial import cKDTree
+
+    traj = make_preset("forward", first_camera(), 2.0, distance=1.0)
+    pts = wall(0.7)
+    by_points, n1 = shorten_against_cloud(traj, pts)
+    by_tree, n2 = shorten_against_cloud(traj, cKDTree(np.asarray(pts, dtype=np.float64)))
+    assert n1 == n2 == 2 and torch.equal(by_points.w2c, by_tree.w2c)
+    short, n = preset_from_controls("forward", first_camera(), 2.0, extent=1.0, cache_points=cKDTree(wall(1.5)))
+    assert n == 1
+    with pytest.raises(InvalidTrajectoryError, match="tree"):
+        shorten_against_cloud(traj, cKDTree(np.zeros((4, 2))))
+
+
 def test_shorten_truncates_generic_trajectory_and_leaves_clear_paths():
     K = intrinsics_from_fov(60, H, W)
     end = np.eye(4)
