@@ -308,8 +308,9 @@ def test_live_preset_preview_equals_what_the_server_builds(page):
     shown = page.js(f"() => {panel}.viewer.scene.trajectories.map(t => t.poses.map(p => Array.from(p.w2c)))")
     assert len(shown) == 1 and len(shown[0]) == 17
     assert "preview: right" in page.js(f"() => {panel}.editor.status.textContent")
-    # the lines really changed on screen: the preview's frustums are drawn
+    # the lines really changed on screen: the preview's frustums are drawn, in the preview colour
     assert page.js(f"() => {panel}.viewer.lineRanges.keyframes[1]") > 0
+    assert page.js(f"() => {panel}.viewer.scene.trajectories[0].color") == [1.0, 0.55, 0.15]
     # another angle updates the preview again
     page.js(f"""() => {{ const w = window.app.graph.getNodeById({tid}).widgets.find(w => w.name === 'angle');
                          w.value = 60; w.callback?.(60); }}""")

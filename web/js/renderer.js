@@ -221,7 +221,7 @@ export class Viewer {
     const s = this.scene, d = this.frustumDepth();
     const layers = { trajectories: new VertexList(), keyframes: new VertexList(), memory: new VertexList(), retrieval: new VertexList() };
     (s?.trajectories || []).forEach((t, ti) => {
-      const col = this.trajectoryColor(ti);
+      const col = t.color || this.trajectoryColor(ti); // the editor's preset preview brings its own
       const centers = t.poses.map((p) => poseAxes(p.w2c).center);
       for (let i = 0; i + 1 < centers.length; i++) layers.trajectories.line(centers[i], centers[i + 1], col);
       const kf = new Set(t.keyframes);
@@ -260,7 +260,7 @@ export class Viewer {
     // keyframe centres as dots (part of the keyframes layer)
     this.keyframeDots = new VertexList();
     (s?.trajectories || []).forEach((t, ti) => {
-      for (const k of t.keyframes) if (t.poses[k]) this.keyframeDots.push(poseAxes(t.poses[k].w2c).center, this.trajectoryColor(ti), 5);
+      for (const k of t.keyframes) if (t.poses[k]) this.keyframeDots.push(poseAxes(t.poses[k].w2c).center, (t.color || this.trajectoryColor(ti)), 5);
     });
   }
 

@@ -124,7 +124,7 @@ export class TrajectoryEditor {
     this.presetPreview = plan;
     this.previewNote = note;
     const run = this.panel.scene?.trajectories || [];
-    if (this.viewer.ok && this.panel.scene) this.viewer.setTrajectories(plan ? [plan] : run);
+    if (this.viewer.ok && this.panel.scene) this.viewer.setTrajectories(plan ? [{ ...plan, color: PREVIEW_COLOR }] : run);
     this.root().dataset.preview = plan ? "1" : "0";
     this.redraw();
   }
