@@ -319,6 +319,13 @@ def test_live_preset_preview_equals_what_the_server_builds(page):
              return {panel}.root.dataset.preview === '1' && t.poses.length === 17 &&
                     Math.abs(t.poses[16].w2c[3] - prev) > 1e-6; }}""", arg=shown[0][16][3], timeout=30_000)
     preview = np.array(page.js(f"() => {panel}.viewer.scene.trajectories[0].poses.map(p => Array.from(p.w2c))"))
+    # another point budget refetches the same output and keeps the preview
+    page.js(f"() => {{ const b = {panel}.budget; b.value = '1000'; b.dispatchEvent(new Event('change')); }}")
+    page.page.wait_for_function(f"() => {panel}.scene.points.count === 1000 && {panel}.root.dataset.state === 'ready'",
+                                timeout=30_000)
+    assert page.js(f"() => {panel}.root.dataset.preview") == "1"
+    kept = np.array(page.js(f"() => {panel}.viewer.scene.trajectories[0].poses.map(p => Array.from(p.w2c))"))
+    np.testing.assert_array_equal(kept, preview)
     # queue it: the server's trajectory is the previewed one
     api = page.js("async () => (await window.app.graphToPrompt()).output")
     assert api[str(tid)]["inputs"]["preset"] == "right" and api[str(tid)]["inputs"]["angle"] == 60

@@ -190,7 +190,10 @@ export class InspectorPanel {
       parts.push(`${(scene.bytes / 1e6).toFixed(2)} MB`);
       this.info.textContent = parts.join(" · ");
       this.setMessage(p || scene.trajectories.length || scene.memory ? "" : "This output has nothing to draw.");
-      this.editor?.runLoaded();
+      // a new run shows the current controls' path; the same output refetched (another point
+      // budget) keeps the editor's preset preview
+      if (this.root.dataset.token !== token) this.editor?.runLoaded();
+      else this.editor?.reapplyPreview();
       this.root.dataset.state = "ready";
       this.root.dataset.token = token;
     } catch (e) {

@@ -131,6 +131,9 @@ export class TrajectoryEditor {
 
   root() { return this.panel.root; }
 
+  /** Draw the preset preview again over a freshly loaded scene of the same run. */
+  reapplyPreview() { this._setPreview(this.presetPreview, this.previewNote); }
+
   /** Poses drawn and scrubbed: the edited keyframes, else the preset preview, else the last run. */
   activePoses() {
     if (this.usesKeyframes() && this.keyframes.length) return this.path();
