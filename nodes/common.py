@@ -72,6 +72,17 @@ def model_files(name: str) -> list[str]:
     return folder_paths.get_filename_list(name)
 
 
+def cap_points(cloud, max_points: int):
+    """The cloud voxel-downsampled to at most ``max_points`` points (``0`` keeps all)."""
+    from worldstereo_core.pointcloud import voxel_downsample
+
+    if max_points <= 0 or len(cloud) <= max_points:
+        return cloud
+    # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
+    diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
+    return voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
+
+
 def image_to_hwc(image: torch.Tensor, index: int = 0) -> torch.Tensor:
     """One ``[H, W, 3]`` float image from a ComfyUI IMAGE batch ``[N, H, W, C]``."""
     if image.ndim != 4:

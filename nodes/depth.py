@@ -14,8 +14,8 @@ from worldstereo_core.errors import CheckpointError, InvalidImageError
 from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
-from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PointCloud, Progress, image_to_hwc, inspector_ui,
-                     model_files, register_model_folder)
+from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PointCloud, Progress, cap_points, image_to_hwc,
+                     inspector_ui, model_files, register_model_folder)
 
 SUB_DEPTH = f"{CATEGORY}/depth"
 SUB_PANORAMA = f"{CATEGORY}/panorama"
@@ -72,14 +72,6 @@ def depth_preview(depth: torch.Tensor) -> torch.Tensor:
         x = ((disp - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
         out[i] = torch.where(valid[..., None], _turbo(x), torch.zeros(3))
     return out
-
-
-def _downsample(cloud, max_points: int):
-    if max_points <= 0 or len(cloud) <= max_points:
-        return cloud
-    # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
-    diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
-    return pc_lib.voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
 
 
 class LoadMoGe(io.ComfyNode):
@@ -291,7 +283,7 @@ class PanoramaPointCloud(io.ComfyNode):
             far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
             edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
         )
-        cloud = _downsample(cloud, max_points)
+        cloud = cap_points(cloud, max_points)
         return io.NodeOutput(cloud, ui=inspector_ui("panorama point cloud", cloud=cloud))
 
 

@@ -13,8 +13,8 @@ from worldstereo_core import render as render_lib
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError
 
-from .common import (CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, image_to_hwc, inspector_ui,
-                     trajectories_of)
+from .common import (CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
+                     inspector_ui, trajectories_of)
 from .inspector import PresetPlanner
 
 SUB = f"{CATEGORY}/geometry"
@@ -79,10 +79,7 @@ class BuildPointCloud(io.ComfyNode):
             far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
             edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
         )
-        if max_points > 0 and len(cloud) > max_points:
-            # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
-            diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
-            cloud = pc_lib.voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
+        cloud = cap_points(cloud, max_points)
         return io.NodeOutput(cloud, camera[:1], ui=inspector_ui("point cloud", cloud=cloud, trajectories=[camera[:1]]))
 
 

@@ -48,6 +48,19 @@ ATTENTION_BACKENDS = ["default", "flash", "_native_flash", "_native_cudnn", "_na
 SAMPLER_CHOICES = {"auto": None, "dmd-4": "dmd", "unipc-40": "unipc"}
 
 
+def _sampler_inputs() -> list:
+    """sampler, steps, cfg, shift: the same controls on the Sampler and the Scene Loop."""
+    return [
+        io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default="auto",
+                       tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40."),
+        io.Int.Input("steps", default=0, min=0, max=200, tooltip="0 = the sampler's default (4 / 40)."),
+        io.Float.Input("cfg", default=5.0, min=1.0, max=20.0, step=0.1,
+                       tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it."),
+        io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
+                       tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3)."),
+    ]
+
+
 def register_model_folder() -> None:
     """Register ``models/worldstereo`` with ComfyUI, keeping paths that extra_model_paths.yaml added."""
     import folder_paths
@@ -307,13 +320,7 @@ class WorldStereoSampler(io.ComfyNode):
                 io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
                 io.String.Input("negative_prompt", default="", multiline=True,
                                 tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
-                io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default="auto",
-                               tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40."),
-                io.Int.Input("steps", default=0, min=0, max=200, tooltip="0 = the sampler's default (4 / 40)."),
-                io.Float.Input("cfg", default=5.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
-                               tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3)."),
+                *_sampler_inputs(),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed; the same seed on the same device gives the same frames."),
                 SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory checkpoints)."),
@@ -397,13 +404,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
                                 tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
                 io.String.Input("trajectories", default="orbit,up,right,left",
                                 tooltip="Comma-separated presets, in order (paper: orbit,up,right,left)."),
-                io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default="auto",
-                               tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40."),
-                io.Int.Input("steps", default=0, min=0, max=200, tooltip="0 = the sampler's default (4 / 40)."),
-                io.Float.Input("cfg", default=5.0, min=1.0, max=20.0, step=0.1,
-                               tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
-                               tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3)."),
+                *_sampler_inputs(),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed of the first clip (clip i uses seed + i) and of the robust fits."),
                 io.Combo.Input("retrieval_mode", options=["aabb", "volume"], default="aabb",
