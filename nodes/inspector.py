@@ -57,6 +57,7 @@ from worldstereo_core.cameras import Cameras
 from worldstereo_core.errors import (InvalidCameraError, InvalidPointCloudError, InvalidTrajectoryError,
                                      WorldStereoError)
 from worldstereo_core.pointcloud import PointCloud
+from worldstereo_core.trajectory import keyframe_indices
 
 log = logging.getLogger("worldstereo.inspector")
 
@@ -200,9 +201,8 @@ def _as_trajectory_list(trajectories: Any) -> list[Any]:
 
 
 def _keyframe_indices(t: Any) -> list[int]:
-    if hasattr(t, "keyframe_indices"):
-        return [int(i) for i in t.keyframe_indices()]
-    return list(range(len(t)))
+    """The model's keyframes of a Trajectory or a Cameras batch (one definition for all)."""
+    return [int(i) for i in keyframe_indices(len(getattr(t, "cameras", t)))]
 
 
 def _memory_views(memory: Any) -> tuple[np.ndarray, np.ndarray, list[list[int]], list[str], Sequence[Any]]:
@@ -246,10 +246,9 @@ def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[di
             raise InvalidTrajectoryError(
                 f"{len(items)} retrieval results but {len(trajs)} trajectories; give one trajectory per retrieval"
             )
-        # retrieval scores poses 0::4 of trajectories longer than 21 poses (the release's
-        # keyframes of an 81-pose clip), else every pose; a slot counts those poses
-        n_poses = len(getattr(trajs[ti], "cameras", trajs[ti]))
-        kf = list(range(0, n_poses, 4)) if n_poses > 21 else list(range(n_poses))
+        # slots count the trajectory's keyframes (the one definition the model and the
+        # retrieval use); a Retrieval from retrieve() also carries each row's pose
+        kf = [int(i) for i in keyframe_indices(len(getattr(trajs[ti], "cameras", trajs[ti])))]
         if hasattr(r, "assignment"):  # a Retrieval: every keyframe's choice
             assign = [int(a) for a in torch.as_tensor(r.assignment).tolist()]
             slots = [int(s) for s in torch.as_tensor(r.slots).tolist()]

@@ -33,7 +33,7 @@ uses the targets' ``width × height``, as the release does (one image size per s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -41,6 +41,7 @@ import torch
 
 from .cameras import ArrayLike, as_tensor, like_input, validate_K, validate_w2c
 from .errors import InvalidCameraError, InvalidTrajectoryError
+from .trajectory import DEFAULT_NUM_KEYFRAMES, keyframe_indices
 
 __all__ = [
     "RELEASE_NEAR",
@@ -267,6 +268,8 @@ class Retrieval:
         scores: ``[R]`` score of each reference for the keyframe that first chose it.
         assignment: ``[T]`` bank index used by each target row (after any reduction).
         slots: ``[T]`` keyframe number of each target row.
+        poses: ``[T]`` trajectory pose of each target row (set by :func:`retrieve`; None when
+            only scores were given to :func:`select_references`).
     """
 
     indices: torch.Tensor
@@ -275,6 +278,7 @@ class Retrieval:
     scores: torch.Tensor
     assignment: torch.Tensor
     slots: torch.Tensor
+    poses: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -420,13 +424,15 @@ def retrieve(
     max_refs: int = 8,
     reduce: str = "spread",
     bank_sizes: ArrayLike | None = None,
-    num_keyframes: int = 21,
+    num_keyframes: int = DEFAULT_NUM_KEYFRAMES,
 ) -> Retrieval:
     """The release's retrieval for one trajectory.
 
-    A trajectory longer than ``num_keyframes`` poses is subsampled every 4th pose (81 → 21,
-    as the release does); keyframes 1.. are scored against the bank and references selected
-    with :func:`select_references`.
+    The targets are the trajectory's keyframes (:func:`trajectory.keyframe_indices`, the
+    model's own: 81 poses → poses 0, 4, …, 80); keyframes 1.. are scored against the bank
+    and references selected with :func:`select_references`. The result's ``poses`` give the
+    trajectory pose of every target row. (The release's retrieval takes every 4th pose, which
+    equals the model's keyframes only for 81 poses; here both use the same keyframes.)
     """
     tw = as_tensor(target_w2c)
     tk = as_tensor(target_K)
@@ -436,7 +442,9 @@ def retrieve(
         )
     if tk.ndim == 2:
         tk = tk.expand(tw.shape[0], 3, 3)
-    if tw.shape[0] > num_keyframes:
-        tw, tk = tw[0::4], tk[0::4]
+    kf = keyframe_indices(tw.shape[0], num_keyframes)
+    sel = torch.as_tensor(kf, device=tw.device)
+    tw, tk = tw[sel], tk[sel.to(tk.device)]
     scores = score_bank(tw[1:], tk[1:], bank_w2c, bank_K, width, height, mode=mode, bank_sizes=bank_sizes)
-    return select_references(scores, np.arange(1, tw.shape[0]), max_refs, reduce, bank_w2c)
+    out = select_references(scores, np.arange(1, tw.shape[0]), max_refs, reduce, bank_w2c)
+    return replace(out, poses=torch.as_tensor(kf[1:], dtype=torch.long))

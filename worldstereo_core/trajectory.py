@@ -56,6 +56,26 @@ PRESETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
 _EXTENT_PARAMS = ("radius_x", "radius_y", "angle", "theta", "phi", "distance")
 
 
+def keyframe_indices(num_poses: int, num_keyframes: int = DEFAULT_NUM_KEYFRAMES) -> np.ndarray:
+    """Pose indices ``[n]`` of the keyframes the model works on — the one definition every
+    consumer uses (generation, GGM renders, SSM retrieval, memory update, inspector).
+
+    As the release picks them (``src/data_utils.py``: ``np.linspace(0, F − 1, nframe,
+    dtype=int)`` when ``F > nframe``, nframe = 21): truncated ``linspace``, so 81 poses give
+    0, 4, …, 80, 41 poses 0, 2, …, 40 and 101 poses 0, 5, …, 100. A trajectory of at most
+    ``num_keyframes`` poses is used whole (every pose is a keyframe). Keyframe 0 is always the
+    first pose (the input view) and the last keyframe the last pose.
+    """
+    if isinstance(num_keyframes, bool) or int(num_keyframes) < 1:
+        raise InvalidTrajectoryError(f"number of keyframes must be ≥ 1, got {num_keyframes}")
+    F = int(num_poses)
+    if F < 1:
+        raise InvalidTrajectoryError(f"a trajectory has at least one pose, got {num_poses}")
+    if F <= num_keyframes:
+        return np.arange(F)
+    return np.linspace(0, F - 1, int(num_keyframes), dtype=int)
+
+
 class EmptyCameraJsonError(CameraJsonError, InvalidTrajectoryError):
     """A camera.json holding zero poses (both a bad file and an empty trajectory)."""
 
@@ -127,17 +147,8 @@ class Trajectory:
         return self.cameras.K
 
     def keyframe_indices(self, n: int = DEFAULT_NUM_KEYFRAMES) -> np.ndarray:
-        """Indices of the ``n`` keyframes the model works on, exactly as the release picks them.
-
-        ``np.linspace(0, F − 1, n, dtype=int)`` (truncation, so 81 poses give 0, 4, …, 80). A
-        trajectory of at most ``n`` poses is used whole, as in the release.
-        """
-        if n < 1:
-            raise InvalidTrajectoryError(f"number of keyframes must be ≥ 1, got {n}")
-        F = len(self)
-        if F <= n:
-            return np.arange(F)
-        return np.linspace(0, F - 1, n, dtype=int)
+        """Indices of the ``n`` keyframes the model works on (see :func:`keyframe_indices`)."""
+        return keyframe_indices(len(self), n)
 
     def keyframes(self, n: int = DEFAULT_NUM_KEYFRAMES) -> Cameras:
         """The keyframe poses (see :meth:`keyframe_indices`)."""

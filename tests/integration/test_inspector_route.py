@@ -173,6 +173,26 @@ def test_memory_and_retrieval_links():
         insp.encode(None, [traj], memory=bank, retrieval=[object()])
 
 
+@pytest.mark.parametrize("num_poses", [2, 41, 101])
+def test_retrieval_links_point_at_the_models_keyframes(num_poses):
+    """Links and keyframe marks use the keyframes the model and the retrieval use (41 poses:
+    every 2nd pose, 101: every 5th), not a fixed stride of 4."""
+    from worldstereo_core import retrieval as ret_lib
+
+    cam = _camera()
+    traj = traj_lib.make_preset("left", cam, 2.0, num_frames=num_poses)
+    kf = traj_lib.keyframe_indices(num_poses).tolist()
+    bank = traj.cameras[torch.as_tensor(kf[::-1])]  # bank view b shows keyframe pose kf[-1 - b]
+    r = ret_lib.retrieve(traj.w2c.double(), traj.K.double(), bank.w2c, bank.K,
+                         cam.width, cam.height, max_refs=21)
+    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r]))
+    assert h["trajectories"][0]["keyframes"] == kf
+    links = h["retrieval"][0]["links"]
+    assert [l["slot"] for l in links] == list(range(1, len(kf)))
+    assert [l["pose"] for l in links] == kf[1:] == r.poses.tolist()
+    assert all(kf[-1 - l["ref"]] == l["pose"] for l in links)  # each keyframe links to its own view
+
+
 @pytest.mark.parametrize("bad", [0, -5, insp.HARD_MAX_POINTS + 1, True, 2.5, "100"])
 def test_bad_budget_raises(bad):
     with pytest.raises(InvalidPointCloudError, match="max_points"):

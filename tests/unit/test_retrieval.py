@@ -259,3 +259,30 @@ def test_retrieve_subsamples_81_poses(fixtures_dir):
     assert retrieve(w81, k81, bw, bk, 832, 480).assignment.tolist() == retrieve(tw, tk, bw, bk, 832, 480).assignment.tolist()
     with pytest.raises(InvalidTrajectoryError, match="at least 2"):
         retrieve(tw[:1], tk[:1], bw, bk, 832, 480)
+
+
+@pytest.mark.parametrize("num_poses", [2, 41, 81, 101, 1024])
+def test_retrieval_targets_are_the_models_keyframes(num_poses):
+    """Retrieval scores exactly the keyframes the model generates (one definition), whatever the
+    pose count: a bank holding every keyframe's own camera (shuffled) is retrieved one to one,
+    and each reference's ref_index points at the keyframe whose pose it shows."""
+    from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+    from worldstereo_core.trajectory import keyframe_indices, make_preset
+
+    first = Cameras(torch.eye(4, dtype=torch.float64)[None], intrinsics_from_fov(60, 48, 64), 48, 64)
+    traj = make_preset("left", first, 2.0, num_frames=num_poses)
+    kf = keyframe_indices(num_poses)
+    np.testing.assert_array_equal(kf, traj.keyframe_indices())
+    assert len(kf) == min(num_poses, 21) and kf[0] == 0 and kf[-1] == num_poses - 1
+    order = np.random.default_rng(num_poses).permutation(len(kf) - 1)
+    bank_poses = kf[1:][order]  # bank view b shows trajectory pose bank_poses[b]
+    w, k = traj.w2c.double(), traj.K.double()
+    r = retrieve(w, k, w[bank_poses], k[bank_poses], 64, 48, max_refs=len(kf))
+    assert len(r.slots) == len(traj.keyframes()) - 1  # one target row per model keyframe 1..
+    assert r.slots.tolist() == list(range(1, len(kf)))
+    assert r.poses.tolist() == kf[1:].tolist()
+    # each keyframe retrieves its own camera; ref_index + 1 is the keyframe slot it shows
+    assert [int(bank_poses[a]) for a in r.assignment] == kf[1:].tolist()
+    for b, ri in zip(r.indices.tolist(), r.ref_index.tolist()):
+        assert bank_poses[b] == kf[ri + 1]
+        torch.testing.assert_close(w[bank_poses[b]], traj.keyframes().w2c[ri + 1].double())

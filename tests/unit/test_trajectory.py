@@ -19,6 +19,7 @@ from worldstereo_core.trajectory import (
     EmptyCameraJsonError,
     Trajectory,
     from_keyframes,
+    keyframe_indices,
     load_camera_json,
     look_at_c2w,
     make_preset,
@@ -59,6 +60,8 @@ def test_keyframe_indices_follow_release_linspace():
     np.testing.assert_array_equal(cams.keyframe_indices(), np.arange(0, 81, 4))
     kf = cams.keyframes()
     assert len(kf) == 21 and torch.equal(kf.w2c[5], cams.w2c[20])
+    np.testing.assert_array_equal(keyframe_indices(41), np.arange(0, 41, 2))
+    np.testing.assert_array_equal(keyframe_indices(101), np.arange(0, 101, 5))
     # 50 poses: linspace(0, 49, 21) truncated (2.45 → 2, 4.9 → 4, 7.35 → 7, …)
     t50 = make_preset("up", first_camera(), 2.0, 50)
     idx = t50.keyframe_indices()
