@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: paths to the repository and to ../shared/fixtures."""
+"""Shared pytest fixtures: the path to the vendored test data (tests/fixtures)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testsupport import SHARED_FIXTURES  # noqa: E402
+from testsupport import FIXTURES  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``../shared/fixtures`` beside the checkout (CI places ``shared/`` there too)."""
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {SHARED_FIXTURES}; clone the project with ../shared beside it")
-    return SHARED_FIXTURES
+    """The vendored fixtures (``tests/fixtures``: release schemas and upstream example files)."""
+    return FIXTURES

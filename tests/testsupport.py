@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 SCRIPTS_DIR = REPO_ROOT / "scripts"
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 
