@@ -1,7 +1,7 @@
 """WorldStereo for ComfyUI — the pack's entry point.
 
-Registers the nodes through ComfyUI's versioned V3 API (``comfy_api.v0_0_2``, present in
-ComfyUI 0.3.75 and in current upstream) and serves ``web/``. Nothing else lives here.
+Registers the nodes through ComfyUI's V3 API (``nodes/comfy_v3.py`` picks ``comfy_api.latest``,
+or a versioned module where a build lacks it) and serves ``web/``. Nothing else lives here.
 """
 
 import importlib.util

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 CATEGORY = "WorldStereo"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core import panorama as pano_lib
 from worldstereo_core import pointcloud as pc_lib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core import export, trajectory as traj_lib
 

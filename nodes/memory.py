@@ -6,7 +6,7 @@ import json
 import os
 
 import torch
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core import memory as mem_lib
 from worldstereo_core import pipeline as pipe_lib

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core.errors import CheckpointError, InvalidTrajectoryError, ModelInputError
 from worldstereo_core.pipeline import References

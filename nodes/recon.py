@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core import evaluate as eval_lib
 from worldstereo_core import export

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core import pipeline, synthetic
 

@@ -1,0 +1,43 @@
+"""The one place the pack imports ComfyUI's V3 node API.
+
+ComfyUI's own nodes (``comfy_extras/nodes_*.py``) import ``comfy_api.latest``; it exists in
+ComfyUI 0.3.75 and in current upstream. The versioned modules (``comfy_api.v0_0_2`` …) are
+marked unstable and only re-export ``latest`` in 0.3.75, so they are the fallback for a build
+that might drop or rename ``latest``. Every node module takes ``io``, ``ui`` and
+``ComfyExtension`` from here, so the choice is made once.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Tried in order; the first that imports and offers the three names wins.
+API_MODULES = ("comfy_api.latest", "comfy_api.v0_0_2", "comfy_api.v0_0_1")
+
+
+def _import_v3_api():
+    errors = []
+    for name in API_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if all(hasattr(module, attr) for attr in ("io", "ComfyExtension")):
+            return name, module
+        errors.append(f"{name}: lacks io/ComfyExtension")
+    raise ImportError(
+        "WorldStereo needs ComfyUI's V3 node API (ComfyUI >= 0.3.75); none of "
+        + ", ".join(API_MODULES)
+        + " could be used ("
+        + "; ".join(errors)
+        + "). Update ComfyUI."
+    )
+
+
+API_MODULE, _api = _import_v3_api()
+io = _api.io
+ComfyExtension = _api.ComfyExtension
+ui = getattr(_api, "ui", None)
+
+__all__ = ["API_MODULE", "ComfyExtension", "io", "ui"]
