@@ -4,14 +4,13 @@
 (:func:`unproject_depth`, :func:`unproject_depths`, the release's recipe
 :func:`unproject_depth_release` = :func:`compress_far_depth` + :func:`depth_edge_mask`);
 cleaning (:func:`voxel_downsample` with a point cap, :func:`remove_outliers`); PLY I/O
-(:func:`save_ply` atomic, :func:`load_ply`).
+(:func:`load_ply`; the one PLY writer is :func:`worldstereo_core.export.save_pointcloud_ply`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -408,40 +407,6 @@ def remove_outliers(cloud: PointCloud, nb_neighbors: int = 20, std_ratio: float 
 # --------------------------------------------------------------------------------------------
 # PLY files
 # --------------------------------------------------------------------------------------------
-
-
-def save_ply(path: str | os.PathLike, cloud: PointCloud) -> None:
-    """Write a binary little-endian PLY: float32 ``x y z`` (+ ``nx ny nz``), uint8 ``red green blue``.
-
-    Colours are rounded from [0, 1] to 0..255. The file is written under a temporary name in the
-    same folder and renamed into place, so readers never see a half-written file.
-    """
-    from plyfile import PlyData, PlyElement
-
-    cloud.require_nonempty("point cloud to save")
-    path = Path(path)
-    pts = cloud.points.detach().cpu().numpy().astype(np.float32)
-    rgb = np.clip(np.round(cloud.colors.detach().cpu().double().numpy() * 255.0), 0, 255).astype(np.uint8)
-    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
-    if cloud.normals is not None:
-        fields += [("nx", "f4"), ("ny", "f4"), ("nz", "f4")]
-    fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    rec = np.empty(len(pts), dtype=fields)
-    rec["x"], rec["y"], rec["z"] = pts.T
-    if cloud.normals is not None:
-        nrm = cloud.normals.detach().cpu().numpy().astype(np.float32)
-        rec["nx"], rec["ny"], rec["nz"] = nrm.T
-    rec["red"], rec["green"], rec["blue"] = rgb.T
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            PlyData([PlyElement.describe(rec, "vertex")], text=False).write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_ply(path: str | os.PathLike) -> PointCloud:

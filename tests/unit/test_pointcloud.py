@@ -10,13 +10,13 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from worldstereo_core.errors import InvalidDepthError, InvalidImageError, InvalidPointCloudError, WorldStereoError
+from worldstereo_core.export import save_pointcloud_ply
 from worldstereo_core.pointcloud import (
     PointCloud,
     compress_far_depth,
     depth_edge_mask,
     load_ply,
     remove_outliers,
-    save_ply,
     unproject_depth,
     unproject_depth_release,
     unproject_depths,
@@ -152,9 +152,11 @@ def test_empty_results_raise():
     with pytest.raises(InvalidPointCloudError, match="no pixel survived"):
         unproject_depth(torch.zeros(4, 5), K0, torch.eye(4))
     empty = PointCloud(torch.zeros(0, 3), torch.zeros(0, 3))
-    for fn in (lambda: voxel_downsample(empty, 0.1), lambda: remove_outliers(empty), lambda: save_ply("x.ply", empty)):
+    for fn in (lambda: voxel_downsample(empty, 0.1), lambda: remove_outliers(empty)):
         with pytest.raises(InvalidPointCloudError, match="empty"):
             fn()
+    with pytest.raises(WorldStereoError, match="empty"):
+        save_pointcloud_ply("x.ply", empty)
     assert issubclass(InvalidPointCloudError, WorldStereoError)
 
 
@@ -204,14 +206,14 @@ def test_ply_round_trip_with_colours_and_normals(tmp_path):
     col = torch.rand(100, 3, generator=g)
     nrm = torch.nn.functional.normalize(torch.randn(100, 3, generator=g), dim=-1)
     path = tmp_path / "sub" / "cloud.ply"
-    save_ply(path, PointCloud(pts, col, nrm))
+    save_pointcloud_ply(path, PointCloud(pts, col, nrm))
     assert [p.name for p in path.parent.iterdir()] == ["cloud.ply"]  # no temp file left behind
     back = load_ply(path)
     torch.testing.assert_close(back.points, pts)
     torch.testing.assert_close(back.normals, nrm)
     torch.testing.assert_close(back.colors, (col * 255).round() / 255)
     # Overwrite in place keeps working (atomic replace).
-    save_ply(path, PointCloud(pts[:10], col[:10]))
+    save_pointcloud_ply(path, PointCloud(pts[:10], col[:10]))
     assert len(load_ply(path)) == 10 and load_ply(path).normals is None
 
 
