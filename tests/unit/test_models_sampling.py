@@ -1,4 +1,4 @@
-"""Samplers: DMD timesteps/steps, UniPC parity with diffusers, determinism, callbacks, tiny end-to-end."""
+"""Samplers: DMD timesteps/steps, the release's UniPC schedule and update rule, determinism, callbacks, tiny end-to-end."""
 
 from __future__ import annotations
 
@@ -56,12 +56,43 @@ def test_dmd_is_euler_to_sigma_zero():
     assert [float(t[0]) for t in seen] == pytest.approx(list(dmd_timesteps(settings).numpy()))
 
 
-def test_unipc_matches_diffusers_scheduler():
-    """Every model input along the trajectory (not just the end point) equals diffusers' UniPC's."""
+def _release_sigmas(steps: int, shift: float) -> np.ndarray:
+    """The release's UniPC flow sigmas, written from diffusers 0.36.0's formula (the release's pin):
+    σ_k = shift(0.999·(N − k)/N), k = 0..N−1 (scheduling_unipc_multistep.py v0.36.0, set_timesteps)."""
+    u = 0.999 * (steps - np.arange(steps)) / steps
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def test_unipc_schedule_is_the_releases():
+    """diffusers 0.36.0's flow schedule, not the ≥ 0.37 one (σ₀ = 1 − 1e-6, 30 of 40 timesteps differ)."""
+    plan = unipc_plan(40, 3.0)
+    want = _release_sigmas(40, 3.0)
+    np.testing.assert_allclose(plan.sigmas[:-1], want.astype(np.float32), rtol=0, atol=0)
+    assert plan.sigmas[-1] == 0.0
+    assert plan.sigmas[0] == pytest.approx(2.997 / 2.998)  # shift 3 of 0.999
+    assert plan.timesteps.tolist() == [int(t) for t in want * 1000]
+    # int(1000·σ_k) of the formula above for N = 40, shift 3 (what the release's 40-step runs see)
+    assert plan.timesteps.tolist() == [
+        999, 991, 982, 973, 963, 954, 944, 933, 922, 911, 899, 887, 874, 861, 847, 832, 817, 801, 785, 767,
+        749, 730, 710, 688, 666, 642, 617, 590, 562, 531, 499, 465, 428, 388, 345, 299, 249, 195, 136, 71,
+    ]
+    newer = 3.0 * np.linspace(1, 0.001, 41)[:-1] / (1 + 2.0 * np.linspace(1, 0.001, 41)[:-1])
+    newer[0] -= 1e-6  # diffusers >= 0.37 keeps log(1 - σ₀) finite this way
+    assert sum(int(a) != int(b) for a, b in zip(want * 1000, newer * 1000)) == 30
+    for steps, shift in [(7, 5.0), (1, 3.0)]:
+        np.testing.assert_allclose(unipc_plan(steps, shift).sigmas[:-1], _release_sigmas(steps, shift).astype(np.float32))
+
+
+def test_unipc_steps_match_diffusers_update_rule():
+    """Every model input along the trajectory equals diffusers' UniPC-bh2 update run on the release's sigmas.
+
+    Only the step rule is taken from the installed diffusers (its multistep_uni_p/c_bh_update are the
+    same as v0.36.0's apart from device handling); the schedule is fed in from :func:`_release_sigmas`.
+    """
     for steps, shift in [(40, 3.0), (7, 5.0), (2, 3.0), (1, 3.0)]:
-        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0,
                                         num_train_timesteps=1000, solver_order=2)
-        sched.set_timesteps(steps)
+        sched.set_timesteps(sigmas=_release_sigmas(steps, shift))  # shift 1: sigmas taken as given
         noise = initial_noise((2, 3, 2, 4, 4), seed=1)
         x, want_inputs = noise.clone(), []
         for t in sched.timesteps:

@@ -53,6 +53,11 @@ _FP32_MODULES = frozenset({"time_embedder", "scale_shift_table", "norm1", "norm2
 class DMDSettings:
     """The DMD generator's timestep settings (``dmd_start_steps``, ``dmd_end_steps``, ``gen_shift``, ``dmd_steps``)."""
 
+    # Defaults used when a config lacks the fields. The released config.json files (hanshanxue/WorldStereo)
+    # are not in any stored copy we could read; these are the release's FlowGeneratorScheduler defaults
+    # (FuchengSu/WorldStereo models/dmd_scheduler.py lines 14-20: start_timesteps 250,
+    # num_train_timesteps 1000, dmd_steps 4) and the shift of its own example (same file, line 76:
+    # shift=5.0). A config.json that carries the fields overrides them.
     start: float = 250.0
     end: float = 1000.0
     shift: float = 5.0

@@ -27,9 +27,16 @@ from ..errors import WorldStereoError
 from .loading import DMDSettings
 from .transformer_worldstereo import WorldStereoInputs, WorldStereoTransformer
 
-# Wan2.1-I2V-14B-480P's scheduler (diffusers UniPCMultistepScheduler: flow_prediction,
-# use_flow_sigmas, solver_order 2, bh2, predict_x0, lower_order_final, final sigma 0).
+# Wan2.1-I2V-14B-480P's scheduler, which the release loads from ``<base_model>/scheduler``
+# (FuchengSu/WorldStereo models/worldstereo_wrapper.py, ``UniPCMultistepScheduler.from_pretrained``
+# for the camera and memory variants): diffusers ``UniPCMultistepScheduler(prediction_type=
+# "flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)`` with its
+# defaults solver_order 2, bh2, predict_x0, lower_order_final, final sigma 0. flow_shift 3.0 is what
+# diffusers v0.36.0 scripts/convert_wan_to_diffusers.py (lines 1185-1193) writes for every Wan2.1 model
+# that is not FLF2V/TI2V/Animate, i.e. Wan-I2V-14B-480p (the script that produced the -Diffusers folders).
 DEFAULT_FLOW_SHIFT = 3.0
+# 40 steps: the release pipeline's default (models/pipelines/pipeline_pcd_keyframe.py line 454);
+# CFG 5.0: what its runners pass (run_camera_control.py line 117, run_multi_traj.py line 166).
 DEFAULT_UNIPC_STEPS = 40
 DEFAULT_GUIDANCE_SCALE = 5.0
 NUM_TRAIN_TIMESTEPS = 1000
@@ -151,15 +158,26 @@ def _uni_coeffs(sig_t: float, sig_s0: float, sig_prev: float | None, order: int)
     return sig_t / sig_s0, alpha_t * h_phi_1, alpha_t * b_h, rk, b
 
 
-def unipc_plan(steps: int = DEFAULT_UNIPC_STEPS, flow_shift: float = DEFAULT_FLOW_SHIFT) -> UniPCPlan:
-    """The schedule and step coefficients of diffusers' ``UniPCMultistepScheduler`` as Wan configures it."""
+def unipc_sigmas(steps: int = DEFAULT_UNIPC_STEPS, flow_shift: float = DEFAULT_FLOW_SHIFT) -> np.ndarray:
+    """The ``[steps]`` float64 flow sigmas (descending, the final 0 not included) of the release's UniPC.
+
+    The release pins diffusers 0.36.0 (FuchengSu/WorldStereo requirements.txt). Its
+    ``UniPCMultistepScheduler.set_timesteps`` with ``use_flow_sigmas`` (scheduling_unipc_multistep.py
+    v0.36.0, lines 391-394) takes ``σ = 1 − linspace(1, 1/1000, N + 1)``, shifts it, flips it and
+    drops the last entry, so ``σ_k = shift(0.999·(N − k)/N)`` and σ₀ = shift(0.999) < 1. diffusers ≥ 0.37
+    builds ``shift(linspace(1, 1/1000, N + 1)[:-1])`` instead (σ₀ = 1 − 1e-6): a different schedule
+    (30 of the 40 default timesteps differ), not the one the released weights were run with.
+    """
     if steps < 1 or flow_shift <= 0:
         raise SamplerSettingsError(f"UniPC needs steps >= 1 and flow_shift > 0, got steps={steps}, shift={flow_shift}")
-    sig = np.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, steps + 1)[:-1]
-    sig = shift_sigmas(sig, flow_shift)
-    if abs(sig[0] - 1) < 1e-6:
-        sig[0] -= 1e-6  # keeps log(1 − σ) finite, as diffusers does
-    timesteps = torch.from_numpy((sig * NUM_TRAIN_TIMESTEPS).copy()).to(torch.int64)
+    unshifted = 1.0 - np.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, steps + 1)
+    return np.flip(shift_sigmas(unshifted, flow_shift))[:-1].copy()
+
+
+def unipc_plan(steps: int = DEFAULT_UNIPC_STEPS, flow_shift: float = DEFAULT_FLOW_SHIFT) -> UniPCPlan:
+    """The schedule (:func:`unipc_sigmas`) and step coefficients of the release's UniPC (diffusers 0.36.0)."""
+    sig = unipc_sigmas(steps, flow_shift)
+    timesteps = torch.from_numpy((sig * NUM_TRAIN_TIMESTEPS).copy()).to(torch.int64)  # truncation, as diffusers
     sigmas = [float(s) for s in np.concatenate([sig, [0.0]]).astype(np.float32)]
 
     orders = [min(2, steps - i, min(i, 2) + 1) for i in range(steps)]  # warm-up and lower_order_final
@@ -200,8 +218,8 @@ def sample_unipc(
 ) -> torch.Tensor:
     """UniPC flow-matching sampling with classifier-free guidance (``guidance_scale`` ≤ 1: no CFG).
 
-    Matches diffusers' ``UniPCMultistepScheduler(prediction_type="flow_prediction",
-    use_flow_sigmas=True, flow_shift=...)`` as the release uses it. ``noise`` ``[B, 16, F, h, w]``.
+    Matches diffusers 0.36.0's ``UniPCMultistepScheduler(prediction_type="flow_prediction",
+    use_flow_sigmas=True, flow_shift=...)`` as the release uses it (schedule: :func:`unipc_sigmas`). ``noise`` ``[B, 16, F, h, w]``.
     """
     _check_callbacks(on_step, interrupt)
     plan = unipc_plan(steps, flow_shift)
