@@ -35,7 +35,7 @@ from worldstereo_core.models.encoders import (  # noqa: E402
 )
 from worldstereo_core.models.generate import WorldStereoModels, generate_keyframes  # noqa: E402
 from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE, tiny_vae_config  # noqa: E402
-from worldstereo_core.pipeline import References  # noqa: E402
+from worldstereo_core.interfaces import References  # noqa: E402
 from worldstereo_core.trajectory import make_preset  # noqa: E402
 
 

@@ -9,7 +9,7 @@ import torch
 from .comfy_v3 import io
 
 from worldstereo_core import memory as mem_lib
-from worldstereo_core import pipeline as pipe_lib
+from worldstereo_core import interfaces, merge, render
 from worldstereo_core import retrieval as ret_lib
 from worldstereo_core.errors import MemoryBankError
 
@@ -263,10 +263,10 @@ class UmeyamaMerge(io.ComfyNode):
                 f"depth is {tuple(d.shape)} but frames are {tuple(img.shape[:3])}; give one depth map per frame, "
                 "at the frames' size"
             )
-        median = pipe_lib.median_depth_in_view(cache, cams[:1])
+        median = render.median_depth_in_view(cache, cams[:1])
         voxel = voxel_size_fraction * median
-        config = pipe_lib.default_config(cams.height, cams.width)
-        clip = pipe_lib.merge_clip(mem_lib.Cache3D(cache, voxel), img, d, d > 0, cams, config, seed=seed,
+        config = interfaces.default_config(cams.height, cams.width)
+        clip = merge.merge_clip(mem_lib.Cache3D(cache, voxel), img, d, d > 0, cams, config, seed=seed,
                                    skip_first=skip_first_frame, alignment=mode)
         al = clip.alignment
         aligned = [i for i, st in enumerate(al.status) if st == "aligned"]

@@ -14,7 +14,7 @@ import torch
 from .comfy_v3 import io
 
 from worldstereo_core.errors import CheckpointError, InvalidTrajectoryError, ModelInputError
-from worldstereo_core.pipeline import References
+from worldstereo_core.interfaces import References
 
 from .common import (
     CATEGORY,
@@ -438,6 +438,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
         import comfy.model_management as mm
 
         from worldstereo_core import pipeline
+        from worldstereo_core.interfaces import default_config
         from worldstereo_core.memory import Cache3D
         from worldstereo_core.models.generate import WorldStereoFrameGenerator
         from worldstereo_core.models.vae import check_spatial_size
@@ -484,7 +485,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
             estimator, depth_source = MoGeDepthEstimator(moge, resolution_level=depth_resolution_level), "moge"
         result = pipeline.run_scene_loop(
             img, cam, None if depth is None else depth[:1].float(), generator, estimator, names,
-            pipeline.default_config(H, W, retrieval_mode=retrieval_mode), seed=seed % 2**31, progress=on_stage,
+            default_config(H, W, retrieval_mode=retrieval_mode), seed=seed % 2**31, progress=on_stage,
             bank=bank, cache=None if cache is None else Cache3D(cache),
         )
         report = _loop_report(result, model, kind, per_clip, cfg, seed, depth_source, bank is not None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from .comfy_v3 import io
 
-from worldstereo_core import pipeline, synthetic
+from worldstereo_core import interfaces, oracle, pipeline, synthetic
 
 from .common import (CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, scene_loop_outputs, scene_loop_result,
                      trajectories_of)
@@ -122,9 +122,9 @@ class OracleSceneLoop(io.ComfyNode):
         d = depth[:1].float()
         view = synthetic.SyntheticView(image[:1, ..., :3].float(), cam, d, d > 0)
         result = pipeline.run_oracle_loop(
-            scene, names, depth_corruption=pipeline.DepthCorruption() if clip_depth == "corrupted" else None,
+            scene, names, depth_corruption=oracle.DepthCorruption() if clip_depth == "corrupted" else None,
             seed=seed, progress=progress, view=view,
-            config=pipeline.default_config(cam.height, cam.width, retrieval_mode=retrieval_mode),
+            config=interfaces.default_config(cam.height, cam.width, retrieval_mode=retrieval_mode),
         )
         loop = result.loop
         report = pipeline.loop_report(result)

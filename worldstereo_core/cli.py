@@ -30,10 +30,10 @@ def _progress(label: str):
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from . import export, pipeline, synthetic
+    from . import export, oracle, pipeline, synthetic
 
     scene = synthetic.make_scene(args.scene, args.seed)
-    corruption = pipeline.DepthCorruption() if args.corrupt_depth else None
+    corruption = oracle.DepthCorruption() if args.corrupt_depth else None
     result = pipeline.run_oracle_loop(
         scene, args.trajectories.split(","), height=args.height, width=args.width,
         depth_corruption=corruption, seed=args.seed, progress=_progress("scene loop"),

@@ -5,7 +5,7 @@ For one scene (an input view and a ground-truth cloud) and the benchmark's traje
 evaluated on its own:
 
 1. **Generate** its keyframes from the input view with a
-   :class:`~worldstereo_core.pipeline.FrameGenerator` (the GGM condition is the input view's
+   :class:`~worldstereo_core.interfaces.FrameGenerator` (the GGM condition is the input view's
    cloud rendered along the trajectory when a ``cache`` is given, else an empty render; the
    SSM reference is the input image — the memory bank a fresh scene starts with).
 2. **Reconstruct** the frames with a :data:`Reconstructor` —
@@ -45,7 +45,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ from .align import Similarity, icp_refine
 from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid
 from .errors import EvaluationError, InvalidCameraError, InvalidImageError, InvalidPointCloudError
 from .metrics import metrics_report
+from .interfaces import FrameGenerator, References
+from .oracle import OracleGenerator
 from .pointcloud import PointCloud, unproject_depths, voxel_downsample
 from .recon.reconstruct import (
     RELEASE_CONF_QUANTILE,
@@ -62,11 +64,8 @@ from .recon.reconstruct import (
     reconstruct_with_worldmirror,
 )
 from .recon.worldmirror import WorldMirrorOutput
+from .synthetic import SyntheticScene
 from .trajectory import DEFAULT_NUM_FRAMES, DEFAULT_NUM_KEYFRAMES, Trajectory, load_camera_json, make_preset
-
-if TYPE_CHECKING:  # typing only: the pipeline imports heavier modules
-    from .pipeline import FrameGenerator
-    from .synthetic import SyntheticScene
 
 __all__ = [
     "BENCHMARK_TRAJECTORIES",
@@ -392,8 +391,6 @@ def _icp_alignment(
 
 
 def _input_reference(image: torch.Tensor, first: Cameras):
-    from .pipeline import References
-
     return References(
         (image[0],),
         first.w2c[:1],
@@ -578,8 +575,6 @@ def evaluate_synthetic(
     to the oracle (exact renders), ``reconstructor`` to :class:`OracleReconstructor` (exact
     depth; sizes must then be multiples of 14). Other keyword arguments go to
     :func:`evaluate_generation`."""
-    from .pipeline import OracleGenerator
-
     view = scene.default_view(height, width)
     trajs = benchmark_presets(view.cameras, view.median_depth, names, num_frames, num_keyframes)
     cache = unproject_depths(view.depth, view.cameras.K, view.cameras.c2w, view.image, view.valid)

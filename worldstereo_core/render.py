@@ -67,11 +67,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from .cameras import ArrayLike, Cameras, as_tensor
-from .errors import InvalidImageError, InvalidPointCloudError, RenderError
+from .errors import InvalidDepthError, InvalidImageError, InvalidPointCloudError, RenderError
 from .pointcloud import PointCloud
 
 #: The release's splat radius (pytorch3d NDC units) and points per pixel.
@@ -435,3 +436,64 @@ def _render_exact(pts_t, cols_t, w2c, K, H, W, r_px, k_max, near, bg):
         depths.append(front.view(H, W))
         masks.append((~covered).to(dtype).view(H, W))
     return torch.stack(rgbs), torch.stack(depths), torch.stack(masks)
+
+
+def cache_surface_depth(
+    cloud: PointCloud | torch.Tensor | Sequence[torch.Tensor], cameras: Cameras, window: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unbiased depth of a point cloud's front surface at every pixel: ``(depth, covered) [F, H, W]``.
+
+    ``cloud`` is a :class:`PointCloud`, points ``[N, 3]`` or a list of such tensors (taken
+    as their union, without concatenating them). Each point falls in the pixel cell
+    containing its projection; per cell the points within ``window`` (relative z) of the
+    nearest one are averaged. A splat renderer's z-buffer reports the *nearest* point
+    instead, which is biased towards the camera wherever the surface is slanted or the cache
+    is noisy (each merge would then shrink the scene by a few per cent — measured: −2 … −4 %
+    per trajectory with 1 % depth noise). Cells no point falls in are not covered (depth 0).
+    """
+    if isinstance(cloud, PointCloud):
+        parts = [cloud.points]
+    elif isinstance(cloud, torch.Tensor):
+        parts = [cloud]
+    else:
+        parts = list(cloud)
+    F, H, W = len(cameras), cameras.height, cameras.width
+    dev = parts[0].device if parts else cameras.device
+    w2c = cameras.w2c.to(device=dev, dtype=torch.float32)
+    K = cameras.K.to(device=dev, dtype=torch.float32)
+    P = K @ w2c[:, :3, :]  # [F, 3, 4]: pixel-homogeneous projection
+    depth = torch.zeros(F, H * W, dtype=torch.float32, device=dev)
+    for f in range(F):
+        pix_all, z_all = [], []
+        for pts in parts:
+            hom = pts.to(torch.float32) @ P[f, :, :3].T + P[f, :, 3]
+            z = hom[:, 2]
+            front = z > 1e-6
+            hom, z = hom[front], z[front]
+            u = torch.floor(hom[:, 0] / z).long()
+            v = torch.floor(hom[:, 1] / z).long()
+            inb = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+            pix_all.append(v[inb] * W + u[inb])
+            z_all.append(z[inb])
+        pix, zf = torch.cat(pix_all), torch.cat(z_all)
+        if pix.numel() == 0:
+            continue
+        zmin = torch.full((H * W,), float("inf"), device=dev).scatter_reduce(0, pix, zf, reduce="amin")
+        near = zf <= zmin[pix] * (1 + window)
+        total = torch.zeros(H * W, device=dev).index_add_(0, pix[near], zf[near])
+        count = torch.zeros(H * W, device=dev).index_add_(0, pix[near], torch.ones_like(zf[near]))
+        depth[f] = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+    depth = depth.reshape(F, H, W)
+    return depth, depth > 0
+
+
+def median_depth_in_view(cloud: PointCloud, cameras: Cameras) -> float:
+    """Median depth of the cloud's front surface seen by the (first) camera, per pixel (a plain
+    median over points would count hidden points and weigh dense regions more)."""
+    d, covered = cache_surface_depth(cloud, cameras[:1])
+    if not bool(covered.any()):
+        raise InvalidDepthError(
+            "no point of the given cache is in view of the input camera, so its median depth is unknown; "
+            "pass the input depth too, or check that the cache and camera share one world"
+        )
+    return float(d[covered].double().median())

@@ -18,7 +18,7 @@ from worldstereo_core.models.generate import (
 from worldstereo_core.models.offload import _BlockSwapper, enable_sequential_offload, transformer_blocks
 from worldstereo_core.models.sampling import SamplingInterrupted
 from worldstereo_core.models.tiny import RELEASE_FOLDERS, embedded_config, write_tiny_models
-from worldstereo_core.pipeline import FrameGenerator, References
+from worldstereo_core.interfaces import FrameGenerator, References
 
 H, W, F = 16, 16, 3  # the smallest legal frames and 3 keyframes keep the VAE cheap on CPU
 

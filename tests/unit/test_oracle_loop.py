@@ -20,19 +20,11 @@ from worldstereo_core.errors import (
     InvalidTrajectoryError,
     WorldStereoError,
 )
-from worldstereo_core.pipeline import (
-    DEFAULT_TRAJECTORIES,
-    DepthCorruption,
-    FrameGenerator,
-    LoopConfig,
-    OracleDepth,
-    OracleGenerator,
-    References,
-    cache_surface_depth,
-    loop_report,
-    run_oracle_loop,
-    run_scene_loop,
-)
+from worldstereo_core.interfaces import FrameGenerator, LoopConfig, References, default_config
+from worldstereo_core.merge import align_cloud_to_cache, lift_depth, merge_clip
+from worldstereo_core.oracle import DepthCorruption, OracleDepth, OracleGenerator
+from worldstereo_core.pipeline import DEFAULT_TRAJECTORIES, loop_report, run_oracle_loop, run_scene_loop
+from worldstereo_core.render import cache_surface_depth
 from worldstereo_core.pointcloud import PointCloud
 from worldstereo_core.synthetic import make_scene
 
@@ -263,12 +255,11 @@ def test_bad_inputs_raise_clear_errors():
 def _first_cache(scene, h, w):
     """The loop's first cache: the input view's exact depth lifted, voxel 1 % of its median."""
     from worldstereo_core.memory import Cache3D
-    from worldstereo_core.pipeline import _lift, default_config
 
     view = scene.default_view(h, w)
     cfg = default_config(h, w)
     med = float(view.depth[view.valid].median())
-    cloud = _lift(view.depth, view.valid, view.image, view.cameras, cfg.edge_threshold)
+    cloud = lift_depth(view.depth, view.valid, view.image, view.cameras, cfg.edge_threshold)
     return view, cfg, med, Cache3D.empty(0.01 * med, None).merge(cloud, remove_outliers=False)
 
 
@@ -285,7 +276,7 @@ def test_umeyama_merge_recovers_a_known_similarity():
     from worldstereo_core.align import Similarity
     from worldstereo_core.cameras import invert_rigid
     from worldstereo_core.metrics import pointcloud_prf
-    from worldstereo_core.pipeline import _point_map, align_cloud_to_cache, merge_clip
+    from worldstereo_core.merge import _point_map
     from worldstereo_core.trajectory import make_preset
 
     scene = make_scene("room")
@@ -329,7 +320,6 @@ def test_umeyama_merge_recovers_a_known_similarity():
 
 
 def test_merge_clip_depth_mode_undoes_per_frame_scale_and_shift():
-    from worldstereo_core.pipeline import merge_clip
     from worldstereo_core.synthetic import corrupt_depth
     from worldstereo_core.trajectory import make_preset
 
@@ -357,7 +347,6 @@ def test_merge_clip_depth_mode_undoes_per_frame_scale_and_shift():
 def test_merge_clip_bad_inputs():
     from worldstereo_core.errors import AlignmentError, MemoryBankError
     from worldstereo_core.memory import Cache3D
-    from worldstereo_core.pipeline import align_cloud_to_cache, merge_clip
     from worldstereo_core.trajectory import make_preset
 
     scene = make_scene("room")

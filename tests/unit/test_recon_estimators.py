@@ -11,7 +11,7 @@ import torch
 from worldstereo_core.align import Similarity
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.errors import InvalidCameraError, InvalidImageError
-from worldstereo_core.pipeline import DepthEstimator
+from worldstereo_core.interfaces import DepthEstimator
 from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator, fov_x_degrees
 from worldstereo_core.recon.moge import MoGeModel, load_moge, moge_config, predict_depth, save_moge
 from worldstereo_core.recon.reconstruct import reconstruct_with_worldmirror

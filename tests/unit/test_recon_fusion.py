@@ -96,7 +96,8 @@ def test_bad_inputs(setup) -> None:
 def test_same_alignment_as_the_scene_loops_merge_clip(setup) -> None:
     """The node's depth fusion and the loop's merge_clip (depth mode) agree frame for frame."""
     from worldstereo_core.memory import Cache3D
-    from worldstereo_core.pipeline import LoopConfig, merge_clip
+    from worldstereo_core.interfaces import LoopConfig
+    from worldstereo_core.merge import merge_clip
 
     _, cams, r, cache = setup
     g = torch.Generator().manual_seed(3)

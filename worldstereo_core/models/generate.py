@@ -16,7 +16,7 @@
 
 :class:`WorldStereoModels` bundles the networks; :func:`load_models` loads them from local files
 (WorldStereo folder + Wan encoders/VAE as a diffusers folder or ComfyUI single files).
-:class:`WorldStereoFrameGenerator` adapts the call to :class:`worldstereo_core.pipeline.FrameGenerator`.
+:class:`WorldStereoFrameGenerator` adapts the call to :class:`worldstereo_core.interfaces.FrameGenerator`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldSte
 from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
 
 if TYPE_CHECKING:
-    from ..pipeline import References
+    from ..interfaces import References
 
 SAMPLERS = ("dmd", "unipc")
 """``dmd``: 4 Euler steps, no CFG (the distilled variant); ``unipc``: 40 UniPC steps with CFG 5.0."""
@@ -507,7 +507,7 @@ def _generate(
 
 
 class WorldStereoFrameGenerator:
-    """The real video model as a :class:`worldstereo_core.pipeline.FrameGenerator`.
+    """The real video model as a :class:`worldstereo_core.interfaces.FrameGenerator`.
 
     Call ``i`` (one per trajectory, in the loop's order) uses seed ``seed + i``, so a run is reproducible
     while clips get different noise (the release draws every clip's noise from one generator).

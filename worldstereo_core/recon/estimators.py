@@ -1,4 +1,4 @@
-"""Depth estimators for the scene loop (:class:`~worldstereo_core.pipeline.DepthEstimator`).
+"""Depth estimators for the scene loop (:class:`~worldstereo_core.interfaces.DepthEstimator`).
 
 ``estimator(frames [F, H, W, 3], cameras) → (depth [F, H, W], valid [F, H, W] bool)`` gives
 the z-depth of generated frames at their known cameras; the loop then aligns each frame to

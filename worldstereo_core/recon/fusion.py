@@ -6,7 +6,7 @@ a shift, but the frames' cameras are known exactly and most of each frame sees s
 cache already holds. So, frame by frame, in order:
 
 1. the cache's front-surface depth is read at the frame's camera
-   (:func:`~worldstereo_core.pipeline.cache_surface_depth`, an unbiased per-pixel mean of the
+   (:func:`~worldstereo_core.render.cache_surface_depth`, an unbiased per-pixel mean of the
    nearest points — the target);
 2. a robust ``target ≈ scale · depth + shift`` fit over the pixels that have both
    (:func:`~worldstereo_core.align.fit_depth_scale_shift`) — frames sharing fewer than
@@ -18,7 +18,7 @@ cache already holds. So, frame by frame, in order:
 
 The result is in the cache's world frame and units. It does not merge into the cache —
 that is the caller's choice (a Cache3D merge). The alignment is the scene loop's
-(:func:`~worldstereo_core.pipeline.merge_clip`, ``alignment="depth"``, ``skip_first=False``,
+(:func:`~worldstereo_core.merge.merge_clip`, ``alignment="depth"``, ``skip_first=False``,
 same defaults): the tests hold the two to the same scales, shifts and points; this function
 adds the per-pixel aligned depth and mask, and per-frame progress.
 """
@@ -35,6 +35,7 @@ from ..align import fit_depth_scale_shift
 from ..cameras import ArrayLike, Cameras, as_tensor
 from ..errors import AlignmentError, InvalidCameraError, InvalidDepthError, InvalidImageError, InvalidPointCloudError
 from ..pointcloud import RELEASE_EDGE_BETA, RELEASE_EDGE_THRESHOLD, PointCloud, depth_edge_mask, unproject_depths
+from ..render import cache_surface_depth
 
 __all__ = ["DepthFusion", "fuse_depth_to_cache"]
 
@@ -96,7 +97,7 @@ def fuse_depth_to_cache(
         depth: ``[F, H, W]`` z-depth up to a per-frame scale and shift (0 = none).
         cameras: the frames' ``F`` cameras, ``H × W``, in the cache's world.
         valid: optional ``[F, H, W]`` bool of usable depth (default: depth > 0).
-        window: relative depth window of :func:`~worldstereo_core.pipeline.cache_surface_depth`.
+        window: relative depth window of :func:`~worldstereo_core.render.cache_surface_depth`.
         min_covered_fraction: frames sharing fewer pixels with the target are skipped.
         context_frames: aligned frames of this clip added to the next frames' target.
         edge_threshold: drop depth-edge pixels when lifting (None keeps them).
@@ -104,9 +105,6 @@ def fuse_depth_to_cache(
         seed: seeds the robust fits (frame ``f`` uses ``seed + f``).
         progress: ``progress(done, F)`` after each frame; may raise to interrupt.
     """
-    # imported here: the pipeline imports recon modules, not the other way round at load time
-    from ..pipeline import cache_surface_depth
-
     if not isinstance(cache, PointCloud) or len(cache) == 0:
         raise InvalidPointCloudError("depth fusion needs a non-empty 3D cache to align the frames' depth to")
     if not isinstance(cameras, Cameras):

@@ -1,0 +1,389 @@
+"""One clip onto the 3D cache: align its depth to the cache, lift it, merge it.
+
+Step 2e of the scene loop (:mod:`worldstereo_core.pipeline`), usable on its own (the Umeyama
+Merge node): :func:`merge_clip` aligns a generated clip either per frame (robust depth
+scale/shift against :func:`~worldstereo_core.render.cache_surface_depth`) or with one robust
+similarity for the whole clip (:func:`align_cloud_to_cache`, for reconstructions that bring
+their own cloud), lifts the aligned depth with the known cameras (depth edges dropped,
+:func:`lift_depth`) and merges the points into a new :class:`~worldstereo_core.memory.Cache3D`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .align import Similarity, fit_depth_scale_shift, robust_umeyama, umeyama
+from .cameras import Cameras
+from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError, MemoryBankError
+from .interfaces import LoopConfig
+from .memory import Cache3D
+from .pointcloud import RELEASE_EDGE_BETA, PointCloud, depth_edge_mask, unproject_depths
+from .render import cache_surface_depth
+
+__all__ = [
+    "FrameAlignment",
+    "CloudAlignment",
+    "ClipMerge",
+    "merge_clip",
+    "align_cloud_to_cache",
+    "lift_depth",
+]
+
+
+@dataclass(frozen=True)
+class FrameAlignment:
+    """Per-frame depth alignment of one clip (``[F]`` each; frame 0, the input view, is not
+    aligned: scale 1, shift 0, status ``"input"``).
+
+    Attributes:
+        scale, shift: ``aligned = scale · depth + shift``.
+        covered: pixels usable for the fit (covered by the cache surface, valid depth).
+        inliers: pixels the robust fit kept.
+        status: per frame ``"input"``, ``"aligned"`` or ``"skipped"`` (too few covered
+            pixels or a failed fit; its points are not merged).
+        rmse: ``[F]`` residual of the aligned frame against the cache over its inlier pixels
+            (depth units; NaN where not aligned). None in results made before it existed.
+    """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    covered: torch.Tensor
+    inliers: torch.Tensor
+    status: tuple[str, ...]
+    rmse: torch.Tensor | None = None
+
+
+def _fit(
+    pred: torch.Tensor, target: torch.Tensor, usable: torch.Tensor, seed: int, max_pixels: int
+) -> tuple[float, float, int] | None:
+    """Robust ``target ≈ s · pred + b`` on at most ``max_pixels`` usable pixels (a seeded
+    random subset: the fit's cost grows with the pixel count, its accuracy barely does)."""
+    n = int(usable.sum())
+    if n > max_pixels:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.nonzero(usable.flatten()).flatten()
+        pick = idx[torch.randperm(n, generator=g)[:max_pixels]]
+        usable = torch.zeros(usable.numel(), dtype=torch.bool)
+        usable[pick] = True
+        usable = usable.reshape(pred.shape)
+    try:
+        s, b, inl = fit_depth_scale_shift(pred, target, usable, seed=seed)
+    except AlignmentError:
+        return None
+    if not (math.isfinite(s) and math.isfinite(b)) or s <= 0:
+        return None
+    return s, b, int(inl.sum())
+
+
+def lift_depth(
+    depth: torch.Tensor, valid: torch.Tensor, frames: torch.Tensor, cameras: Cameras, edge_threshold: float | None
+) -> PointCloud | None:
+    """World points of the valid pixels of ``depth [F, H, W]``, depth edges dropped.
+
+    The release's edge test (Sobel of normalised disparity, ``exp(−β·g) < threshold``) is
+    tuned for 480-row images: gradients per pixel grow as the image shrinks, so β is scaled
+    by ``min(H, W) / 480`` to flag the same edges at any resolution (at 120 rows the
+    unscaled test flags ~40 % of a smooth floor).
+    """
+    keep = valid & (depth > 0)
+    d = torch.where(keep, depth, torch.zeros_like(depth))  # 0 = no depth (holes, invalid)
+    if edge_threshold is not None:
+        beta = RELEASE_EDGE_BETA * min(cameras.height, cameras.width) / 480.0
+        edges = torch.stack([torch.as_tensor(depth_edge_mask(x, edge_threshold, beta)) for x in d])
+        keep = keep & ~edges
+    if not bool(keep.any()):
+        return None
+    return unproject_depths(d, cameras.K, cameras.c2w, frames.clamp(0, 1), keep)
+
+
+@dataclass(frozen=True)
+class CloudAlignment:
+    """One similarity taking a clip's reconstruction onto the cache (:func:`align_cloud_to_cache`).
+
+    Attributes:
+        similarity: reconstruction frame → cache world (``x ↦ s·R·x + t``).
+        rmse: root-mean-square 3D distance of the inlier pairs after alignment (world units).
+        num_pairs: correspondences found (pixels with both a reconstruction point and cache surface).
+        num_inliers: pairs the robust fit kept.
+        covered: ``[F]`` correspondences per frame; inliers: ``[F]`` inliers per frame.
+        cloud: the aligned reconstruction (valid pixels of the merged frames, depth edges dropped).
+    """
+
+    similarity: Similarity
+    rmse: float
+    num_pairs: int
+    num_inliers: int
+    covered: torch.Tensor
+    inliers: torch.Tensor
+    cloud: PointCloud
+
+
+@dataclass(frozen=True)
+class ClipMerge:
+    """Output of :func:`merge_clip`.
+
+    Attributes:
+        cache: the new cache (the input cache is unchanged).
+        alignment: per-frame scale/shift (``"umeyama"``: the similarity's scale on every frame,
+            shift 0) with covered/inlier counts and status.
+        cloud_added: the aligned points that were merged (before voxel merging).
+        similarity: the clip's similarity (``"umeyama"`` mode only, else None).
+        rmse: alignment residual: ``"depth"`` — RMS depth residual of the inlier pixels over
+            all aligned frames; ``"umeyama"`` — RMS 3D distance of the inlier pairs. NaN when no
+            frame was aligned.
+    """
+
+    cache: Cache3D
+    alignment: FrameAlignment
+    cloud_added: PointCloud
+    similarity: Similarity | None = None
+    rmse: float = float("nan")
+
+
+def _empty_cloud() -> PointCloud:
+    z = torch.zeros(0, 3)
+    return PointCloud(z, z.clone())
+
+
+def _point_map(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """World points ``[F, H, W, 3]`` of z-depth ``[F, H, W]`` through pixel centres."""
+    F, H, W = depth.shape
+    K = cameras.K.to(torch.float64)
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+    x = (u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    cam = torch.stack([x, y, torch.ones_like(x)], -1) * depth.to(torch.float64)[..., None]
+    c2w = cameras.c2w.to(torch.float64)
+    return torch.einsum("fij,fhwj->fhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+
+
+def _not_edges(z: torch.Tensor, cameras: Cameras, edge_threshold: float | None) -> torch.Tensor:
+    """``[F, H, W]`` True where a pixel of z-depth ``z`` (0 = none) is not on a depth edge
+    (same resolution-scaled rule as :func:`lift_depth`)."""
+    if edge_threshold is None:
+        return torch.ones_like(z, dtype=torch.bool)
+    beta = RELEASE_EDGE_BETA * min(cameras.height, cameras.width) / 480.0
+    return ~torch.stack([torch.as_tensor(depth_edge_mask(x, edge_threshold, beta)) for x in z.float()])
+
+
+def _clip_inputs(frames, depth, valid, cameras: Cameras, allow_points: bool):
+    if not isinstance(cameras, Cameras):
+        raise InvalidTrajectoryError(f"cameras must be a Cameras batch, got {type(cameras).__name__}")
+    F, H, W = len(cameras), cameras.height, cameras.width
+    d = torch.as_tensor(depth)
+    is_points = d.ndim == 4 and d.shape[-1] == 3
+    if is_points and not allow_points:
+        raise InvalidDepthError("a point map [F, H, W, 3] needs alignment='umeyama'; 'depth' aligns z-depth [F, H, W]")
+    if tuple(d.shape[:3]) != (F, H, W) or not (is_points or d.ndim == 3):
+        want = f"[{F}, {H}, {W}]" + (f" or a point map [{F}, {H}, {W}, 3]" if allow_points else "")
+        raise InvalidDepthError(
+            f"clip depth is {tuple(d.shape)} but the {F} cameras are {H}×{W}; give {want} (one map per camera)"
+        )
+    d = d.detach().float() if not is_points else d.detach().to(torch.float64)
+    # a model's NaN/inf pixels are unusable, not an error; negative values may be legitimate
+    # (affine-invariant depth before its shift is fitted), so only ``valid`` decides
+    finite = torch.isfinite(d) if not is_points else torch.isfinite(d).all(-1)
+    if valid is None:
+        v = finite if is_points else finite & (d > 0)
+    else:
+        v = torch.as_tensor(valid).bool()
+        if tuple(v.shape) != (F, H, W):
+            raise InvalidDepthError(f"valid mask is {tuple(v.shape)}; expected [{F}, {H}, {W}]")
+        v = v & finite
+    d = torch.where(finite[..., None] if is_points else finite, d, torch.zeros_like(d))
+    img = None
+    if frames is not None:
+        img = torch.as_tensor(frames).detach().float()
+        if tuple(img.shape) != (F, H, W, 3):
+            raise InvalidImageError(f"clip frames are {tuple(img.shape)}; expected [{F}, {H}, {W}, 3] (one per camera)")
+    return img, d, v, is_points
+
+
+def align_cloud_to_cache(
+    reconstruction: torch.Tensor,
+    cameras: Cameras,
+    cache: Cache3D | PointCloud,
+    valid: torch.Tensor | None = None,
+    colors: torch.Tensor | None = None,
+    source_cameras: Cameras | None = None,
+    config: LoopConfig = LoopConfig(),
+    seed: int = 0,
+    skip_first: bool = False,
+) -> CloudAlignment:
+    """One robust similarity bringing a clip's reconstruction onto the cache (WorldMirror-style
+    output, with its own cloud in its own frame and scale).
+
+    Correspondences are pixels: at pixel ``(f, u, v)`` the reconstruction's point is paired
+    with the cache's surface point on that pixel's ray (:func:`cache_surface_depth` at the
+    known camera ``f``, lifted through the pixel centre). :func:`align.robust_umeyama` (LMedS)
+    fits the similarity on a seeded subset of ``config.max_fit_pixels`` pairs; it is then
+    refitted by least squares on every pair within 2.5 robust σ (twice).
+
+    Args:
+        reconstruction: a point map ``[F, H, W, 3]`` in the reconstruction's frame, or z-depth
+            ``[F, H, W]`` lifted with ``source_cameras`` (the reconstruction's own cameras) or,
+            without them, with ``cameras`` (then the similarity corrects one global error of the
+            whole clip; a per-frame scale error is :func:`merge_clip`'s ``"depth"`` mode's job).
+        cameras: the ``F`` known cameras of the frames, in the cache's world.
+        cache: the 3D cache (or its cloud).
+        valid: ``[F, H, W]`` usable reconstruction pixels (default: depth > 0 / all points).
+        colors: ``[F, H, W, 3]`` colours of the points (default grey).
+        config: ``align_depth_window``, ``max_fit_pixels`` and ``edge_threshold`` are used.
+        skip_first: leave frame 0 out of the returned cloud (it still gives correspondences:
+            in a generated clip it is the input view, whose points the cache already holds).
+    Raises:
+        AlignmentError: fewer than ``max(16, min_covered_fraction × H × W)`` correspondences
+            (the clip does not overlap the cache) or a degenerate fit.
+    """
+    img, rec, v, is_points = _clip_inputs(colors, reconstruction, valid, cameras, allow_points=True)
+    F, H, W = len(cameras), cameras.height, cameras.width
+    if is_points:
+        src = rec
+    else:
+        sc = cameras if source_cameras is None else source_cameras
+        if not isinstance(sc, Cameras) or len(sc) != F or (sc.height, sc.width) != (H, W):
+            raise InvalidTrajectoryError(f"source_cameras must be {F} cameras of {H}×{W}, like the known cameras")
+        src = _point_map(rec, sc)
+    cloud = cache.cloud if isinstance(cache, Cache3D) else cache
+    if not isinstance(cloud, PointCloud):
+        raise MemoryBankError(f"cache must be a Cache3D or PointCloud, got {type(cache).__name__}")
+    if len(cloud) == 0:
+        raise AlignmentError("the cache is empty; there is nothing to align the reconstruction to")
+    td, tc = cache_surface_depth(cloud, cameras, config.align_depth_window)
+    pair = v & tc
+    n = int(pair.sum())
+    need = max(16, int(config.min_covered_fraction * H * W))
+    if n < need:
+        raise AlignmentError(
+            f"only {n} pixels have both a reconstruction point and cache surface (need ≥ {need}); "
+            "the clip does not overlap the cache — check that the cameras match the frames"
+        )
+    dst = _point_map(td, cameras)[pair]
+    srcp = src[pair]
+    g = torch.Generator().manual_seed(int(seed))
+    pick = torch.randperm(n, generator=g)[: config.max_fit_pixels]
+    s, R, t, _ = robust_umeyama(srcp[pick], dst[pick], seed=int(seed))
+    sim = Similarity(s, R, t)
+    floor = 1e-9 * float((dst.max(0).values - dst.min(0).values).norm().clamp_min(1e-12))
+    inl = torch.ones(n, dtype=torch.bool)
+    for _ in range(2):  # least squares on all pairs within 2.5 robust σ of the current fit
+        res = (sim.apply(srcp) - dst).norm(dim=-1)
+        inl = res < max(2.5 * 1.4826 * float(res.median()), floor)
+        if int(inl.sum()) < 3:
+            break
+        s, R, t = umeyama(srcp[inl], dst[inl])
+        sim = Similarity(s, R, t)
+    res = (sim.apply(srcp) - dst).norm(dim=-1)
+    inl = res < max(2.5 * 1.4826 * float(res.median()), floor)
+    rmse = float(res[inl].pow(2).mean().sqrt()) if bool(inl.any()) else float("nan")
+    frame_of = torch.arange(F)[:, None, None].expand(F, H, W)[pair]
+    covered = torch.bincount(frame_of, minlength=F)
+    inliers = torch.bincount(frame_of[inl], minlength=F)
+
+    # the aligned cloud: valid pixels, depth edges (of the aligned z in the known cameras) dropped
+    world = sim.apply(src.reshape(-1, 3)).reshape(F, H, W, 3)
+    w2c = cameras.w2c.to(torch.float64)
+    z = torch.einsum("fj,fhwj->fhw", w2c[:, 2, :3], world) + w2c[:, 2, 3, None, None]
+    keep = v & (z > 0)
+    keep = keep & _not_edges(torch.where(keep, z, torch.zeros_like(z)), cameras, config.edge_threshold)
+    if skip_first:
+        keep[0] = False
+    rgb = img if img is not None else torch.full((F, H, W, 3), 0.5)
+    out = PointCloud(world[keep].float(), rgb[keep].clamp(0, 1)) if bool(keep.any()) else _empty_cloud()
+    return CloudAlignment(sim, rmse, n, int(inl.sum()), covered, inliers, out)
+
+
+def merge_clip(
+    cache: Cache3D,
+    frames: torch.Tensor,
+    depth: torch.Tensor,
+    valid: torch.Tensor | None,
+    cameras: Cameras,
+    config: LoopConfig = LoopConfig(),
+    seed: int = 0,
+    skip_first: bool = True,
+    alignment: str = "depth",
+    source_cameras: Cameras | None = None,
+) -> ClipMerge:
+    """Align one clip's depth to the cache, lift it with the known cameras and merge it.
+
+    ``alignment="depth"`` (the loop's default): frames are aligned in order, each by a robust
+    per-frame ``scale · depth + shift`` fit to :func:`cache_surface_depth` over the pixels it
+    shares with the cache (≥ ``config.min_covered_fraction`` of the image, else the frame is
+    skipped), and each aligned frame joins the next frames' target (the latest
+    ``config.align_context_frames`` of them): new foreground the cache never saw then
+    occludes the cached background behind it instead of outvoting the true surface.
+
+    ``alignment="umeyama"``: one similarity for the whole clip (:func:`align_cloud_to_cache`);
+    ``depth`` may then also be a point map ``[F, H, W, 3]`` in the reconstruction's frame, and
+    ``source_cameras`` the reconstruction's own cameras for its depth.
+
+    Args:
+        cache: the current cache (its voxel size / point cap govern the merge); unchanged.
+        frames: ``[F, H, W, 3]`` colours in [0, 1].
+        depth: ``[F, H, W]`` z-depth (0 = none), up to per-frame scale/shift.
+        valid: ``[F, H, W]`` usable depth (None: depth > 0).
+        cameras: the frames' ``F`` cameras (``H × W``) in the cache's world.
+        config: loop settings used here (alignment, edges, outlier removal).
+        seed: seeds the robust fits (frame ``f`` of ``"depth"`` uses ``seed + f``).
+        skip_first: frame 0 is the input view (already in the cache): not aligned, not merged.
+    Returns:
+        :class:`ClipMerge`.
+    """
+    if alignment not in ("depth", "umeyama"):
+        raise AlignmentError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
+    if not isinstance(cache, Cache3D):
+        raise MemoryBankError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")
+    img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=alignment == "umeyama")
+    F, H, W = len(cameras), cameras.height, cameras.width
+    first = 1 if skip_first else 0
+    scale = torch.ones(F, dtype=torch.float64)
+    shift = torch.zeros(F, dtype=torch.float64)
+    covered = torch.zeros(F, dtype=torch.long)
+    inliers = torch.zeros(F, dtype=torch.long)
+    rmse_f = torch.full((F,), float("nan"), dtype=torch.float64)
+
+    if alignment == "umeyama":
+        ca = align_cloud_to_cache(d, cameras, cache, v, img, source_cameras, config, seed, skip_first)
+        scale[first:] = ca.similarity.s
+        status = ("input",) * first + ("aligned",) * (F - first)
+        rmse_f[first:] = ca.rmse
+        al = FrameAlignment(scale, shift, ca.covered, ca.inliers, status, rmse_f)
+        new = cache.merge(ca.cloud, remove_outliers=config.outlier_removal) if len(ca.cloud) else cache
+        return ClipMerge(new, al, ca.cloud, ca.similarity, ca.rmse)
+
+    status = ["input"] * first + ["skipped"] * (F - first)
+    min_px = max(16, int(config.min_covered_fraction * H * W))
+    new_clouds: list[PointCloud] = []
+    sq_sum, sq_n = 0.0, 0
+    for f in range(first, F):
+        # the cache and the last few aligned frames of this clip (nearest to frame f)
+        context = [cache.cloud.points] + [c.points for c in new_clouds[-config.align_context_frames :]]
+        td, tc = cache_surface_depth(context, cameras[f], config.align_depth_window)
+        usable = tc[0] & v[f]
+        covered[f] = int(usable.sum())
+        fit = None
+        if covered[f] >= min_px:
+            fit = _fit(d[f], td[0], usable, seed + f, config.max_fit_pixels)
+        if fit is None:
+            continue
+        scale[f], shift[f], inliers[f] = fit
+        status[f] = "aligned"
+        aligned = (fit[0] * d[f].double() + fit[1]).float()[None]
+        res = (aligned[0] - td[0])[usable].abs()
+        gate = max(2.5 * 1.4826 * float(res.median()), 1e-9 * float(td[0].max()))
+        r_in = res[res < gate].double()
+        if r_in.numel():
+            rmse_f[f] = float(r_in.pow(2).mean().sqrt())
+            sq_sum, sq_n = sq_sum + float(r_in.pow(2).sum()), sq_n + r_in.numel()
+        rgb = img[f][None] if img is not None else torch.full((1, H, W, 3), 0.5)
+        pts = lift_depth(aligned, v[f][None] & (aligned > 0), rgb, cameras[f], config.edge_threshold)
+        if pts is not None:
+            new_clouds.append(pts)
+    added = PointCloud.cat(new_clouds) if new_clouds else _empty_cloud()
+    new = cache.merge(added, remove_outliers=config.outlier_removal) if new_clouds else cache
+    al = FrameAlignment(scale, shift, covered, inliers, tuple(status), rmse_f)
+    return ClipMerge(new, al, added, None, math.sqrt(sq_sum / sq_n) if sq_n else float("nan"))
