@@ -26,3 +26,15 @@ def require_comfyui() -> None:
     if os.environ.get("WORLDSTEREO_REQUIRE_COMFY") == "1":
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def randomize_zero_inits(model, seed: int = 1, std: float = 0.05):
+    """Give a model's zero-initialised layers non-zero weights (as trained control branches have)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model

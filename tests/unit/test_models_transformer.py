@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformer3DModel
 
+from testsupport import randomize_zero_inits
 from worldstereo_core.errors import CheckpointError, ModelInputError, WorldStereoError
 from worldstereo_core.models import (
     MAX_REFERENCES,
@@ -86,13 +87,7 @@ def _inputs(variant, n_ref=2, seed=0):
 
 
 def _randomize_zero_inits(model, seed=1):
-    """Give the zero-initialised output layers non-zero weights (as trained weights have)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+    return randomize_zero_inits(model, seed)
 
 
 @pytest.mark.parametrize("variant", ["camera", "memory", "dmd"])

@@ -26,6 +26,13 @@ from .transformer_worldstereo import (
     WorldStereoTransformer,
     transformer_configs,
 )
+from .transformer_worldstereo_paper import (
+    FULL_MEMORY_CONFIG,
+    PAPER_VARIANTS,
+    TINY_MEMORY_CONFIG,
+    MemoryBranchConfig,
+    WorldStereoPaperTransformer,
+)
 from .uni3c import (
     UNI3C_CONFIG_METADATA_KEY,
     Uni3CControlNet,
@@ -37,8 +44,13 @@ MODEL_TYPES: Mapping[str, str] = {
     "worldstereo-camera": "camera",
     "worldstereo-memory": "memory",
     "worldstereo-memory-dmd": "dmd",
+    # the paper's SSM (our option; no released weights): see transformer_worldstereo_paper.py
+    "worldstereo-paper-memory": "paper",
+    "worldstereo-paper-memory-dmd": "paper-dmd",
 }
-"""The release's ``config.json`` ``model_type`` values and our variant names."""
+"""The release's ``config.json`` ``model_type`` values (and the paper variant's) and our variant names."""
+
+ALL_VARIANTS: tuple[str, ...] = (*VARIANTS, *PAPER_VARIANTS)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 CONFIG_METADATA_KEY = "worldstereo_config"
@@ -76,6 +88,8 @@ class WorldStereoConfig:
     """The release config's ``negative_prompt`` (its runner passes it to every pipeline call)."""
     latent_cond_mode: str = "full_vae"
     """How the I2V condition is encoded (``full_vae`` / ``first_frame_only``; see ``vae.encode_condition``)."""
+    memory: MemoryBranchConfig | None = None
+    """The paper-SSM memory branch (``memory_cfg``; paper variants only)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """A ``config.json`` in the release's layout, plus our ``transformer`` sizes."""
@@ -91,7 +105,14 @@ class WorldStereoConfig:
             "dmd_steps": self.dmd.steps,
             "negative_prompt": self.negative_prompt,
             "latent_cond_mode": self.latent_cond_mode,
+            **({"memory_cfg": self.memory.to_dict()} if self.memory is not None else {}),
         }
+
+    def build(self) -> WorldStereoTransformer:
+        """The network this config describes, on the current default device (``meta`` for a lazy build)."""
+        if self.variant in PAPER_VARIANTS:
+            return WorldStereoPaperTransformer(self.variant, self.controlnet, self.memory, **self.transformer)
+        return WorldStereoTransformer(self.variant, self.controlnet, **self.transformer)
 
 
 def build_transformer(variant: str, tiny: bool = False) -> WorldStereoTransformer:
@@ -100,9 +121,14 @@ def build_transformer(variant: str, tiny: bool = False) -> WorldStereoTransforme
     Built on the current default device and dtype, so ``with torch.device("meta"):`` builds the
     17 B-parameter model without allocating. ``tiny`` gives the small test config.
     """
-    transformer, controlnet = transformer_configs(variant, tiny)
-    model = WorldStereoTransformer(variant, controlnet, **transformer)
-    model.ws_config = WorldStereoConfig(variant, transformer, controlnet)
+    if variant in PAPER_VARIANTS:
+        transformer, controlnet = transformer_configs("camera", tiny)
+        cfg = WorldStereoConfig(variant, transformer, controlnet, memory=TINY_MEMORY_CONFIG if tiny else FULL_MEMORY_CONFIG)
+    else:
+        transformer, controlnet = transformer_configs(variant, tiny)
+        cfg = WorldStereoConfig(variant, transformer, controlnet)
+    model = cfg.build()
+    model.ws_config = cfg
     return model.eval()
 
 
@@ -117,14 +143,14 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
                 f"{where} has no 'model_type'; add one of {sorted(MODEL_TYPES)} or pass variant=... explicitly"
             )
         variant = MODEL_TYPES.get(model_type, model_type)
-    if variant not in VARIANTS:
-        raise CheckpointError(f"unknown variant/model_type {variant!r} in {where}; use one of {VARIANTS} / {sorted(MODEL_TYPES)}")
+    if variant not in ALL_VARIANTS:
+        raise CheckpointError(f"unknown variant/model_type {variant!r} in {where}; use one of {ALL_VARIANTS} / {sorted(MODEL_TYPES)}")
     if "controlnet_cfg" not in cfg:
         raise CheckpointError(
             f"{where} has no 'controlnet_cfg'; use the config.json that came with the WorldStereo weights"
         )
     controlnet = ControlNetConfig.from_dict(cfg["controlnet_cfg"], where=f"{where}: controlnet_cfg")
-    transformer, _ = transformer_configs(variant)
+    transformer, _ = transformer_configs("camera" if variant in PAPER_VARIANTS else variant)
     extra = cfg.get("transformer", {})
     if not isinstance(extra, Mapping):
         raise CheckpointError(f"{where}: 'transformer' must be a JSON object of WanTransformer3DModel sizes")
@@ -149,7 +175,12 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
         raise CheckpointError(f"{where}: 'negative_prompt' must be a string")
     if latent_cond_mode not in ("full_vae", "first_frame_only"):
         raise CheckpointError(f"{where}: 'latent_cond_mode' must be 'full_vae' or 'first_frame_only', got {latent_cond_mode!r}")
-    return WorldStereoConfig(variant, transformer, controlnet, dmd, negative_prompt, latent_cond_mode)
+    memory = None
+    if variant in PAPER_VARIANTS:
+        if "memory_cfg" not in cfg:
+            raise CheckpointError(f"{where} describes the paper-SSM variant but has no 'memory_cfg' (the memory branch sizes)")
+        memory = MemoryBranchConfig.from_dict(cfg["memory_cfg"], where=f"{where}: memory_cfg")
+    return WorldStereoConfig(variant, transformer, controlnet, dmd, negative_prompt, latent_cond_mode, memory)
 
 
 def _read_json(path: Path) -> Any:
@@ -245,6 +276,13 @@ def _describe(keys: Iterable[str]) -> str:
 
 def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
     groups_missing = {_group(k).split(".")[0] for k in missing}
+    if missing and all(k.startswith("memory_branch.") for k in missing) and not unexpected:
+        return (
+            "the file has no memory_branch.*: it is a release checkpoint, not the paper-SSM variant — load it with "
+            "its own variant, or build the paper variant from it with init_from_camera(...)"
+        )
+    if unexpected and all(k.startswith("memory_branch.") for k in unexpected) and not missing:
+        return "the file has memory_branch.*: it is a paper-SSM checkpoint — load it with variant='paper' (or 'paper-dmd')"
     if any(k.startswith(("controlnet_patch_embedding.", "controlnet_mask_embedding.")) for k in unexpected):
         return (
             "this looks like a Uni3C ControlNet file (top-level controlnet_patch_embedding.*); WorldStereo "
@@ -315,7 +353,7 @@ def _target_dtype(key: str, file_dtype: torch.dtype, dtype: torch.dtype | None) 
     if dtype is None or not file_dtype.is_floating_point:
         return file_dtype
     parts = key.split(".")
-    if parts[0] == "controlnet":
+    if parts[0] in ("controlnet", "memory_branch"):
         keep = len(parts) > 2 and parts[-2] == "norm"  # LayerNorm affine of the AdaLN blocks
     else:
         keep = any(p in _FP32_MODULES for p in parts)
@@ -378,14 +416,21 @@ def load_worldstereo(
         cfg = config_from_dict(_read_json(config_path), variant, where=str(config_path))
     else:
         if variant is None:
-            # a bare file: the camera_embedding MLP tells the two architectures apart
-            variant = "memory" if any(k.startswith("camera_embedding.") for k in header) else "camera"
-        transformer, controlnet = transformer_configs(variant)
-        cfg = WorldStereoConfig(variant, transformer, controlnet)
+            # a bare file: the camera_embedding MLP / the memory branch tell the architectures apart
+            if any(k.startswith("memory_branch.") for k in header):
+                variant = "paper"
+            else:
+                variant = "memory" if any(k.startswith("camera_embedding.") for k in header) else "camera"
+        if variant in PAPER_VARIANTS:
+            transformer, controlnet = transformer_configs("camera")
+            cfg = WorldStereoConfig(variant, transformer, controlnet, memory=FULL_MEMORY_CONFIG)
+        else:
+            transformer, controlnet = transformer_configs(variant)
+            cfg = WorldStereoConfig(variant, transformer, controlnet)
 
     device = torch.device(device)
     with torch.device("meta"):
-        model = WorldStereoTransformer(cfg.variant, cfg.controlnet, **cfg.transformer)
+        model = cfg.build()
     expected = {k: v.shape for k, v in model.state_dict().items()}
     mapping = _check_keys(header, expected, cfg.variant, weights)
 
@@ -416,7 +461,7 @@ def save_worldstereo(model: WorldStereoTransformer, folder: str | os.PathLike, d
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg: WorldStereoConfig = getattr(model, "ws_config", None) or WorldStereoConfig(
-        model.variant, dict(model.config), model.controlnet_config
+        model.variant, dict(model.config), model.controlnet_config, memory=getattr(model, "memory_config", None)
     )
     cfg_json = cfg.to_json_dict()
     state = {

@@ -506,6 +506,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
         camera_qt_ref: torch.Tensor | None = None,
         return_dict: bool = False,
         attention_kwargs: dict[str, Any] | None = None,
+        **branch_inputs: torch.Tensor | None,
     ) -> torch.Tensor | Any:
         """Predict the flow (velocity) for ``hidden_states`` ``[B, 36, F, h, w]`` at ``timestep`` ``[B]`` (0..1000).
 
@@ -572,6 +573,8 @@ class WorldStereoTransformer(WanTransformer3DModel):
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         if context_image is not None:
             context = torch.cat([context_image, context], dim=1)
+        # --- extra control branches of subclasses (the paper's SSM memory branch); none here
+        branch_state = self._branch_state(hidden_states, temb, branch_inputs)
 
         # --- blocks; the control branch runs in lockstep so only one control state is alive at a time
         n_control = len(self.controlnet.controlnet_blocks) if control is not None else 0
@@ -583,8 +586,15 @@ class WorldStereoTransformer(WanTransformer3DModel):
             else:
                 hidden = block(hidden, context, timestep_proj, rotary_emb, ref_states, ref_rope)
             if i < n_control:
-                control = self.controlnet.controlnet_blocks[i](control, temb, control_rope)
+                if torch.is_grad_enabled() and self.gradient_checkpointing:
+                    control = self._gradient_checkpointing_func(
+                        self.controlnet.controlnet_blocks[i], control, temb, control_rope
+                    )
+                else:
+                    control = self.controlnet.controlnet_blocks[i](control, temb, control_rope)
                 hidden = hidden + self.controlnet.proj_out[i](control).to(hidden.dtype)
+            if branch_state is not None:
+                hidden, branch_state = self._branch_step(i, hidden, branch_state)
 
         # --- output norm, projection, unpatchify (as diffusers)
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
@@ -597,6 +607,25 @@ class WorldStereoTransformer(WanTransformer3DModel):
 
             return Transformer2DModelOutput(sample=output)
         return output
+
+    def _branch_state(self, hidden_states: torch.Tensor, temb: torch.Tensor, branch_inputs: Mapping[str, Any]) -> Any:
+        """State of extra control branches for one forward pass (None: no extra branch).
+
+        The release has none, so any extra input is a caller error; subclasses with another branch
+        (:class:`~.transformer_worldstereo_paper.WorldStereoPaperTransformer`) override this and
+        :meth:`_branch_step`.
+        """
+        given = sorted(k for k, v in branch_inputs.items() if v is not None)
+        if given:
+            raise ModelInputError(
+                f"the {self.variant!r} WorldStereo transformer takes no input(s) {given}; they belong to the paper's "
+                "SSM variant (load a worldstereo-paper-memory checkpoint)"
+            )
+        return None
+
+    def _branch_step(self, i: int, hidden: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Run extra branches' block ``i`` and add their residual to ``hidden`` (after main block ``i``)."""
+        return hidden, state
 
     def _control_add_inputs(
         self, render_mask: torch.Tensor | None, plucker: torch.Tensor | None, B: int, F_: int, H: int, W: int
