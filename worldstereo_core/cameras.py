@@ -197,6 +197,38 @@ def intrinsics_from_fov(fov_x_deg: float, height: int, width: int, fov_y_deg: fl
     return torch.tensor([[fx, 0, width / 2], [0, fy, height / 2], [0, 0, 1]], dtype=torch.float64)
 
 
+def look_at_c2w(position: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, -1.0, 0.0)) -> torch.Tensor:
+    """OpenCV camera-to-world poses ``[..., 4, 4]`` (float64) at ``position`` looking at ``target``.
+
+    ``position``, ``target`` and ``up`` are ``[..., 3]`` (broadcast). ``up`` is the world
+    direction that should appear *up* in the image (camera −y); the default ``(0, −1, 0)`` is up
+    in an OpenCV-style world (y down), e.g. the first camera's frame. Axes: z = the unit
+    direction to the target, x = z × up (normalised, image right), y = z × x (image down).
+    """
+    p = as_tensor(position, dtype=torch.float64)
+    t = as_tensor(target, dtype=torch.float64).to(p.device)
+    u = as_tensor(up, dtype=torch.float64).to(p.device)
+    p, t, u = torch.broadcast_tensors(p, t, u)
+    if p.shape[-1] != 3:
+        raise InvalidCameraError(f"look-at position, target and up must be 3-vectors, got shape {tuple(p.shape)}")
+    z = t - p
+    zn = z.norm(dim=-1, keepdim=True)
+    if bool((zn < 1e-12).any()):
+        raise InvalidCameraError("look-at target coincides with the camera position; move one of them")
+    z = z / zn
+    x = torch.linalg.cross(z, u)
+    xn = x.norm(dim=-1, keepdim=True)
+    if bool((xn < 1e-9).any()):
+        raise InvalidCameraError("the up vector is parallel to the viewing direction; choose another up")
+    x = x / xn
+    y = torch.linalg.cross(z, x)
+    c2w = torch.zeros(*p.shape[:-1], 4, 4, dtype=torch.float64, device=p.device)
+    c2w[..., :3, :3] = torch.stack([x, y, z], -1)
+    c2w[..., :3, 3] = p
+    c2w[..., 3, 3] = 1.0
+    return c2w
+
+
 # ---------------------------------------------------------------------------------------------
 # Quaternions (real part first: w, x, y, z)
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cameras import ArrayLike, Cameras, as_tensor
+from .cameras import ArrayLike, Cameras, as_tensor, matrix_to_quaternion
 from .errors import ExportError, InvalidImageError
 from .pointcloud import PointCloud
 
@@ -52,7 +52,6 @@ __all__ = [
     "save_images_png",
     "write_text_atomic",
     "frustum_lines",
-    "rotmat_to_quat",
     "save_gaussian_ply",
     "gaussians_from_worldmirror",
     "SH_C0",
@@ -551,34 +550,6 @@ def save_cameras_glb(
 # COLMAP
 
 
-def rotmat_to_quat(R: np.ndarray) -> np.ndarray:
-    """Unit quaternions ``[..., 4]`` as (w, x, y, z) with w ≥ 0 from rotation matrices ``[..., 3, 3]``.
-
-    Uses the largest-diagonal branch per matrix (Shepperd) so it stays accurate near 180°.
-    """
-    R = np.asarray(R, dtype=np.float64)
-    m = R.reshape(-1, 3, 3)
-    tr = np.trace(m, axis1=1, axis2=2)
-    # 4·q_i² for i = w, x, y, z; the largest gives the stable branch.
-    cand = np.stack([1 + tr, 1 + 2 * m[:, 0, 0] - tr, 1 + 2 * m[:, 1, 1] - tr, 1 + 2 * m[:, 2, 2] - tr], 1)
-    branch = cand.argmax(1)
-    q = np.empty((len(m), 4))
-    for i in range(len(m)):
-        r = m[i]
-        s = 2 * np.sqrt(max(cand[i, branch[i]], 1e-300))
-        if branch[i] == 0:
-            q[i] = [s / 4, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-        elif branch[i] == 1:
-            q[i] = [(r[2, 1] - r[1, 2]) / s, s / 4, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
-        elif branch[i] == 2:
-            q[i] = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, s / 4, (r[1, 2] + r[2, 1]) / s]
-        else:
-            q[i] = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, s / 4]
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    q[q[:, 0] < 0] *= -1
-    return q.reshape(R.shape[:-2] + (4,))
-
-
 def save_colmap_text(
     folder: PathLike,
     cameras: Cameras,
@@ -620,7 +591,7 @@ def save_colmap_text(
     ]
     cameras_txt = "\n".join(lines) + "\n"
 
-    quats = rotmat_to_quat(w2c[:, :3, :3])
+    quats = matrix_to_quaternion(w2c[:, :3, :3])  # (w, x, y, z), w ≥ 0, as COLMAP writes them
     lines = [
         "# Image list with two lines of data per image:",
         "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",

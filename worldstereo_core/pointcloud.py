@@ -194,6 +194,38 @@ def pixel_centers(height: int, width: int, dtype=torch.float32, device=None) -> 
     return torch.stack([u, v], dim=-1)
 
 
+def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Camera-frame rays ``[F, H, W, 3]`` through the pixel centres, scaled to z = 1.
+
+    ``K`` is ``[F, 3, 3]`` (or ``[3, 3]``) in pixels of ``height × width``. With z = 1 a ray
+    times a z-depth is the camera-frame point: ``y = (v + 0.5 − cy) / fy``,
+    ``x = (u + 0.5 − cx − s·y) / fx`` (``s`` the skew, 0 for every camera here), which is
+    ``K⁻¹ (u + 0.5, v + 0.5, 1)`` without forming the inverse.
+    """
+    Kt = K[None] if K.ndim == 2 else K
+    uv = pixel_centers(height, width, dtype=Kt.dtype, device=Kt.device)  # [H, W, 2]
+    fx, s, cx = (Kt[:, 0, j, None, None] for j in range(3))
+    fy, cy = Kt[:, 1, 1, None, None], Kt[:, 1, 2, None, None]
+    y = (uv[None, ..., 1] - cy) / fy
+    x = (uv[None, ..., 0] - cx - s * y) / fx
+    return torch.stack([x, y, torch.ones_like(x)], -1)
+
+
+def unproject_depth_map(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor | None = None) -> torch.Tensor:
+    """Points ``[F, H, W, 3]`` of z-depth maps ``[F, H, W]`` lifted through the pixel centres.
+
+    The one unprojection of the package (every point cloud, point map and Gaussian centre is
+    made here). ``K [F, 3, 3]`` in pixels of the depth map; with ``c2w [F, 4, 4]`` the points are
+    in the world, else in each camera's frame. No validation: callers check their inputs (see
+    :func:`unproject_depths` for the checked, masked version that returns a cloud).
+    """
+    cam = pixel_rays(K.to(depth.dtype), depth.shape[-2], depth.shape[-1]) * depth[..., None]
+    if c2w is None:
+        return cam
+    T = c2w.to(depth.dtype)
+    return torch.einsum("fij,fhwj->fhwi", T[:, :3, :3], cam) + T[:, None, None, :3, 3]
+
+
 def _check_image(image: torch.Tensor, hw: tuple[int, int], what: str) -> torch.Tensor:
     if image.ndim != len(hw) + 1 or image.shape[-1] != 3:
         want = "[H, W, 3]" if len(hw) == 2 else "[F, H, W, 3]"
@@ -272,11 +304,7 @@ def unproject_depths(
     else:
         colors = _check_image(as_tensor(images).to(device), (F, H, W), "images").to(dtype)
 
-    pix = pixel_centers(H, W, dtype=dtype, device=device)  # [H, W, 2]
-    ones = torch.ones(H, W, 1, dtype=dtype, device=device)
-    rays = torch.einsum("fij,hwj->fhwi", torch.linalg.inv(Kt), torch.cat([pix, ones], -1))  # z = 1
-    cam = rays * d[..., None]
-    world = torch.einsum("fij,fhwj->fhwi", T[:, :3, :3], cam) + T[:, None, None, :3, 3]
+    world = unproject_depth_map(d, Kt, T)
     if not bool(keep.any()):
         raise InvalidPointCloudError(
             "no pixel survived (all depth 0 or masked out); check the depth map, the mask polarity "

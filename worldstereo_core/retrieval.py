@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cameras import ArrayLike, as_tensor, like_input, validate_K, validate_w2c
+from .cameras import ArrayLike, as_tensor, like_input, matrix_to_quaternion, validate_K, validate_w2c
 from .errors import InvalidCameraError, InvalidTrajectoryError
 from .trajectory import DEFAULT_NUM_KEYFRAMES, keyframe_indices
 
@@ -299,12 +299,9 @@ def _assign(sc: np.ndarray, allowed: list[int]) -> np.ndarray:
 
 
 def _camera_features(w2c: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     R = w2c[:, :3, :3]
     centres = -np.einsum("nji,nj->ni", R, w2c[:, :3, 3])
-    q = Rotation.from_matrix(R).as_quat()  # x, y, z, w
-    q = np.where(q[:, 3:] < 0, -q, q)
+    q = matrix_to_quaternion(R)  # (w, x, y, z), w ≥ 0 — the release's sign rule
     f = np.concatenate([centres, q], 1)
     return (f - f.mean(0)) / (f.std(0) + 1e-8)
 

@@ -26,9 +26,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid, like_input
+from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid, like_input, look_at_c2w
 from .errors import InvalidDepthError, SyntheticSceneError
-from .pointcloud import PointCloud
+from .pointcloud import PointCloud, pixel_rays
 
 SCENE_NAMES = ("room", "outdoor")
 
@@ -127,24 +127,9 @@ class SyntheticView:
 
 
 def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, -1.0, 0.0)) -> torch.Tensor:
-    """``[4, 4]`` float64 OpenCV w2c of a camera at ``eye`` looking at ``target``.
-
-    ``up`` is the world's up direction (``-y`` in this module's y-down world); the camera's
-    y axis points away from it (image rows grow downwards).
-    """
-    eye_t = as_tensor(eye, dtype=torch.float64)
-    fwd = as_tensor(target, dtype=torch.float64) - eye_t
-    fwd = fwd / fwd.norm()
-    up_t = as_tensor(up, dtype=torch.float64)
-    right = torch.linalg.cross(fwd, up_t)
-    if right.norm() < 1e-9:
-        raise SyntheticSceneError("look_at: view direction is parallel to the up vector; pick another target")
-    right = right / right.norm()
-    # OpenCV: x right, y down, z forward; x × y = z with y = z × x.
-    down = torch.linalg.cross(fwd, right)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, fwd, eye_t
-    return invert_rigid(c2w)
+    """``[4, 4]`` float64 OpenCV w2c of a camera at ``eye`` looking at ``target`` — the inverse of
+    :func:`cameras.look_at_c2w` (``up``: the world's up, ``-y`` in this module's y-down world)."""
+    return invert_rigid(look_at_c2w(eye, target, up))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,15 +351,8 @@ class SyntheticScene:
         H, W = cameras.height, cameras.width
         K = cameras.K.to(torch.float64)
         w2c = cameras.w2c.to(torch.float64)
-        dev = w2c.device
-        v, u = torch.meshgrid(
-            torch.arange(H, dtype=torch.float64, device=dev) + 0.5,
-            torch.arange(W, dtype=torch.float64, device=dev) + 0.5,
-            indexing="ij",
-        )
-        pix = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(1, -1, 3)
-        d_cam = pix @ torch.linalg.inv(K).transpose(-1, -2)  # [F, HW, 3]
-        d_cam = d_cam / d_cam[..., 2:3]  # exactly 1 along the optical axis: t is z-depth
+        # exactly 1 along the optical axis: the ray parameter t is z-depth
+        d_cam = pixel_rays(K, H, W).reshape(K.shape[0], H * W, 3)
         R, t = w2c[:, :3, :3], w2c[:, :3, 3]
         d_world = d_cam @ R  # Rᵀ d for row vectors
         origin = -(R.transpose(-1, -2) @ t[..., None])[..., 0]  # [F, 3]

@@ -30,7 +30,7 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation, Slerp
 
-from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid
+from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid, look_at_c2w
 from .errors import CameraJsonError, InvalidCameraError, InvalidTrajectoryError, WorldStereoError
 
 DEFAULT_NUM_FRAMES = 81
@@ -188,27 +188,6 @@ def _rotate_about(c2w: np.ndarray, axis: np.ndarray, angle_rad: float, center: n
     return M @ c2w
 
 
-def look_at_c2w(position: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, -1.0, 0.0)) -> np.ndarray:
-    """``[4, 4]`` OpenCV camera-to-world pose at ``position`` looking at ``target``.
-
-    ``up`` is the world direction that should appear *up* in the image (camera −y). The default
-    ``(0, −1, 0)`` is "up" in an OpenCV-style world (y down), e.g. the first camera's frame.
-    """
-    p = np.asarray(position, dtype=np.float64).reshape(3)
-    z = np.asarray(target, dtype=np.float64).reshape(3) - p
-    if np.linalg.norm(z) < 1e-12:
-        raise InvalidTrajectoryError("look-at target coincides with the camera position; move one of them")
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, np.asarray(up, dtype=np.float64).reshape(3))
-    if np.linalg.norm(x) < 1e-9:
-        raise InvalidTrajectoryError("the up vector is parallel to the viewing direction; choose another up")
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, p
-    return c2w
-
-
 def _level_axes(c2w0: np.ndarray, world_up: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World directions (x right, y down, z forward) of the first camera's levelled frame."""
     if world_up is None:
@@ -281,11 +260,8 @@ def _preset_c2w(name: str, c2w0: np.ndarray, m: float, n: int, p: dict[str, Any]
         # (rx·sin a, ry·cos a − ry, 0), always looking at (0, 0, m); a = 2π·s closes the loop.
         rx, ry = p["radius_x"] * m, p["radius_y"] * m
         a = 2 * np.pi * s
-        out = []
-        for ai in a:
-            pos = np.array([rx * np.sin(ai), ry * np.cos(ai) - ry, 0.0])
-            out.append(c2w0 @ look_at_c2w(pos, (0.0, 0.0, m)))
-        out = np.stack(out)
+        pos = np.stack([rx * np.sin(a), ry * np.cos(a) - ry, np.zeros_like(a)], -1)
+        out = c2w0 @ look_at_c2w(pos, (0.0, 0.0, m)).numpy()
         out[0] = c2w0  # exact first pose (look_at reproduces it only to rounding)
         return out
     if name == "aerial":
@@ -407,18 +383,25 @@ def preset_from_controls(
 # ---------------------------------------------------------------------------------------------
 
 
+def _look_at(position: Any, target: Any, up: Any, i: int) -> np.ndarray:
+    try:
+        return look_at_c2w(position, target, up).numpy()
+    except InvalidCameraError as e:
+        raise InvalidTrajectoryError(f"keyframe {i}: {e}") from e
+
+
 def _keyframe_c2w(kf: Any, up: Sequence[float], i: int) -> np.ndarray:
     if isinstance(kf, Mapping):
         if "w2c" in kf:
             kf = kf["w2c"]
         elif "position" in kf and "look_at" in kf:
-            return look_at_c2w(kf["position"], kf["look_at"], kf.get("up", up))
+            return _look_at(kf["position"], kf["look_at"], kf.get("up", up), i)
         else:
             raise InvalidTrajectoryError(
                 f"keyframe {i}: a dict keyframe needs 'w2c', or 'position' and 'look_at' (optional 'up')"
             )
     if isinstance(kf, (tuple, list)) and len(kf) in (2, 3) and np.asarray(kf[0]).shape == (3,):
-        return look_at_c2w(kf[0], kf[1], kf[2] if len(kf) == 3 else up)
+        return _look_at(kf[0], kf[1], kf[2] if len(kf) == 3 else up, i)
     arr = as_tensor(kf).detach().cpu().double()
     if arr.shape != (4, 4):
         raise InvalidTrajectoryError(

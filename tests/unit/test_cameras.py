@@ -59,6 +59,49 @@ def test_quaternion_known_values_and_180_degrees():
     assert torch.allclose(quaternion_to_matrix(q), Rx)
 
 
+def test_quaternion_batched_and_half_turns_match_scipy():
+    """The one rotation → quaternion of the package (COLMAP export, WorldMirror pose input,
+    camera_qt): batched over any leading shape, exact at 180° turns about any axis."""
+    Rs = Rotation.random(24, random_state=0).as_matrix()
+    Rs[0] = Rotation.from_rotvec([np.pi, 0, 0]).as_matrix()
+    Rs[1] = Rotation.from_rotvec(np.array([0, 1, 1]) / np.sqrt(2) * np.pi).as_matrix()
+    Rs[2] = np.eye(3)
+    q = matrix_to_quaternion(Rs.reshape(2, 3, 4, 3, 3))
+    assert q.shape == (2, 3, 4, 4)
+    q = q.reshape(24, 4)
+    ref = Rotation.from_matrix(Rs).as_quat()[:, [3, 0, 1, 2]]
+    # w = 0 for half turns: q and −q are both valid there, compare up to sign
+    sign = np.sign(np.sum(q * ref, axis=1, keepdims=True))
+    np.testing.assert_allclose(q, ref * sign, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-12)
+
+
+def test_look_at_c2w_against_independent_construction():
+    from worldstereo_core.cameras import look_at_c2w
+
+    rng = np.random.default_rng(0)
+    eye, target = rng.normal(size=(16, 3)), rng.normal(size=(16, 3)) + [0, 0, 5]
+    c2w = look_at_c2w(eye, target).numpy()
+    assert c2w.shape == (16, 4, 4)
+    for e, t, T in zip(eye, target, c2w):
+        R = T[:3, :3]
+        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-12)
+        assert np.linalg.det(R) == pytest.approx(1.0)
+        np.testing.assert_allclose(T[:3, 3], e)
+        # the target projects to the image centre line: on the camera's +z axis
+        p = R.T @ (t - e)
+        np.testing.assert_allclose(p[:2], 0, atol=1e-12)
+        assert p[2] == pytest.approx(np.linalg.norm(t - e))
+        # world up (−y) appears up in the image: the image's down axis (camera +y) points away from it
+        assert R[:, 1] @ np.array([0, -1.0, 0]) < 0
+        # no roll: the image x axis is horizontal (orthogonal to world up)
+        assert abs(R[:, 0] @ np.array([0, 1.0, 0])) < 1e-12
+    with pytest.raises(InvalidCameraError, match="coincides"):
+        look_at_c2w([1, 2, 3], [1, 2, 3])
+    with pytest.raises(InvalidCameraError, match="parallel"):
+        look_at_c2w([0, 0, 0], [0, 5, 0])
+
+
 def test_quaternion_bad_shapes():
     with pytest.raises(InvalidCameraError):
         matrix_to_quaternion(np.eye(4))

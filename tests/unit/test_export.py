@@ -14,7 +14,6 @@ from worldstereo_core.cameras import Cameras
 from worldstereo_core.errors import ExportError, InvalidImageError, WorldStereoError
 from worldstereo_core.export import (
     GLB_FROM_OPENCV,
-    rotmat_to_quat,
     save_cameras_glb,
     save_colmap_text,
     save_pointcloud_ply,
@@ -286,21 +285,6 @@ def test_colmap_without_cloud_and_errors(tmp_path: Path) -> None:
         save_colmap_text(tmp_path / "file", cams, ["a.png", "b.png"])
     with pytest.raises(ExportError, match="Cameras"):
         save_colmap_text(tmp_path / "m", cams.w2c, ["a.png", "b.png"])  # type: ignore[arg-type]
-
-
-def test_rotmat_to_quat_matches_scipy() -> None:
-    from scipy.spatial.transform import Rotation
-
-    Rs = Rotation.random(200, random_state=0).as_matrix()
-    Rs[0] = _rot([1, 0, 0], np.pi)
-    Rs[1] = _rot([0, 1, 1], np.pi)
-    Rs[2] = np.eye(3)
-    q = rotmat_to_quat(Rs)
-    ref = Rotation.from_matrix(Rs).as_quat()[:, [3, 0, 1, 2]]
-    ref[ref[:, 0] < 0] *= -1
-    # 180° rotations have w = 0 and a sign ambiguity: compare up to sign
-    sign = np.sign(np.sum(q * ref, axis=1, keepdims=True))
-    np.testing.assert_allclose(q, ref * sign, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------- nerfstudio

@@ -224,3 +224,30 @@ def test_load_ply_errors(tmp_path):
     bad.write_bytes(b"this is not a ply")
     with pytest.raises(InvalidPointCloudError):
         load_ply(bad)
+
+
+def test_unproject_depth_map_projects_back_to_pixel_centres():
+    """The one unprojection: each point projects back (K · w2c, independent of the inverse
+    used to lift it) onto its pixel centre at its z-depth, skewed K included; without c2w the
+    points are in the camera frame."""
+    from scipy.spatial.transform import Rotation
+
+    from worldstereo_core.pointcloud import unproject_depth_map
+
+    F, H, W = 3, 5, 7
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(F, H, W, generator=g, dtype=torch.float64) * 4 + 0.5
+    K = torch.tensor([[[6.0, 0.3 * f, 3.1], [0, 5.0, 2.2], [0, 0, 1]] for f in range(F)], dtype=torch.float64)
+    c2w = torch.eye(4, dtype=torch.float64).repeat(F, 1, 1)
+    c2w[:, :3, :3] = torch.from_numpy(Rotation.random(F, random_state=1).as_matrix())
+    c2w[:, :3, 3] = torch.randn(F, 3, generator=g, dtype=torch.float64)
+    world = unproject_depth_map(depth, K, c2w)
+    assert world.shape == (F, H, W, 3)
+    w2c = torch.linalg.inv(c2w)
+    cam = torch.einsum("fij,fhwj->fhwi", w2c[:, :3, :3], world) + w2c[:, None, None, :3, 3]
+    torch.testing.assert_close(cam[..., 2], depth)
+    uvw = torch.einsum("fij,fhwj->fhwi", K, cam)
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    torch.testing.assert_close(uvw[..., 0] / uvw[..., 2], (u + 0.5).expand(F, H, W))
+    torch.testing.assert_close(uvw[..., 1] / uvw[..., 2], (v + 0.5).expand(F, H, W))
+    torch.testing.assert_close(unproject_depth_map(depth, K), cam)

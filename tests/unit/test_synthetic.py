@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
-from worldstereo_core.errors import InvalidDepthError, SyntheticSceneError, WorldStereoError
+from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, SyntheticSceneError, WorldStereoError
 from worldstereo_core.synthetic import (
     Box,
     Material,
@@ -142,7 +142,7 @@ def test_look_at_puts_target_on_the_optical_axis():
     assert p[2] == pytest.approx(np.linalg.norm(target - eye))
     # Image "down" (camera +y) points towards world +y (the ground) for an upright camera.
     assert (w2c[:3, :3].T @ np.array([0, 1, 0]))[1] > 0
-    with pytest.raises(SyntheticSceneError):
+    with pytest.raises(InvalidCameraError, match="parallel"):
         look_at((0, 0, 0), (0, 5, 0))
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+from worldstereo_core.cameras import Cameras, intrinsics_from_fov, look_at_c2w
 from worldstereo_core.errors import CameraJsonError, InvalidTrajectoryError
 from worldstereo_core.trajectory import (
     PRESETS,
@@ -21,7 +21,6 @@ from worldstereo_core.trajectory import (
     from_keyframes,
     keyframe_indices,
     load_camera_json,
-    look_at_c2w,
     make_preset,
     preset_from_controls,
     save_camera_json,
@@ -236,7 +235,7 @@ def test_from_keyframes_look_at_and_cubic_through_keyframes():
     assert abs(v[10] - v[9]) < 0.02
     # look-at helper: OpenCV axes, up = −y
     c2w = look_at_c2w([0, 0, 0], [0, 0, 1])
-    np.testing.assert_allclose(c2w, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(c2w.numpy(), np.eye(4), atol=1e-12)
 
 
 def test_from_keyframes_bad_inputs():

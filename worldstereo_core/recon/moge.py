@@ -50,6 +50,7 @@ from torch import nn
 
 from ..cameras import ArrayLike, as_tensor, like_input
 from ..errors import CheckpointError, InvalidCameraError, InvalidImageError, ReconstructionError
+from ..pointcloud import unproject_depth_map
 
 __all__ = [
     "CONVERT_HINT",
@@ -1075,12 +1076,7 @@ def predict_depth(
     depth = points[..., 2] + shift[:, None, None]
     valid = valid & (depth > 0) & torch.isfinite(depth)
     if force_projection:
-        u = torch.arange(W, device=device, dtype=depth.dtype) + 0.5
-        v = torch.arange(H, device=device, dtype=depth.dtype) + 0.5
-        fx, cx, cy = K[:, 0, 0, None, None], K[:, 0, 2, None, None], K[:, 1, 2, None, None]
-        xs = (u[None, None, :] - cx) / fx * depth
-        ys = (v[None, :, None] - cy) / K[:, 1, 1, None, None] * depth
-        points = torch.stack([xs, ys, depth], dim=-1)
+        points = unproject_depth_map(depth, K.to(device))  # camera frame
     else:
         points = torch.cat([points[..., :2], depth[..., None]], dim=-1)
     scale = raw.metric_scale.float() if raw.metric_scale is not None else torch.ones(B, device=device)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from ..cameras import ArrayLike, Cameras, as_tensor, like_input
 from ..errors import InvalidDepthError, InvalidImageError
 from ..panorama import directions_to_equirect, equirect_directions, level_look_rotation, sample_equirect
+from ..pointcloud import pixel_rays
 
 __all__ = [
     "ViewPredictor",
@@ -91,13 +92,7 @@ def panorama_split_cameras(resolution: int = 512, fov_deg: float = 90.0) -> Came
 
 def _view_rays(cameras: Cameras) -> torch.Tensor:
     """Camera-frame rays ``[V, h, w, 3]`` through pixel centres, z = 1."""
-    K = cameras.K.double()
-    u = torch.arange(cameras.width, dtype=torch.float64) + 0.5
-    v = torch.arange(cameras.height, dtype=torch.float64) + 0.5
-    x = (u[None, None, :] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
-    y = (v[None, :, None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
-    x, y = torch.broadcast_tensors(x, y)
-    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
+    return pixel_rays(cameras.K.double(), cameras.height, cameras.width)
 
 
 def split_panorama(pano: ArrayLike, cameras: Cameras | None = None) -> ArrayLike:

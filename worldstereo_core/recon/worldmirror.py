@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cameras import matrix_to_quaternion, quaternion_to_matrix
 from ..errors import CheckpointError, InvalidCameraError, InvalidDepthError, InvalidImageError
+from ..pointcloud import unproject_depth_map
 
 __all__ = [
     "WorldMirrorConfig",
@@ -386,40 +388,6 @@ def normalize_prior_poses(c2w: torch.Tensor, padding: float = 0.1) -> torch.Tens
     return out
 
 
-def _rotmat_to_quat_xyzw(R: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions (x, y, z, w), scalar last, from rotations ``[..., 3, 3]`` (sign: w ≥ 0)."""
-    m = R.reshape(-1, 3, 3).double()
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    cand = torch.stack([1 + tr, 1 + 2 * m[:, 0, 0] - tr, 1 + 2 * m[:, 1, 1] - tr, 1 + 2 * m[:, 2, 2] - tr], 1)
-    best = cand.argmax(1)
-    s = 2 * cand.gather(1, best[:, None]).clamp_min(1e-300).sqrt()[:, 0]
-    # each row of ``options``: (w, x, y, z) for the branch where that component is largest
-    w_br = torch.stack([s / 4, (m[:, 2, 1] - m[:, 1, 2]) / s, (m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 1, 0] - m[:, 0, 1]) / s], 1)
-    x_br = torch.stack([(m[:, 2, 1] - m[:, 1, 2]) / s, s / 4, (m[:, 0, 1] + m[:, 1, 0]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s], 1)
-    y_br = torch.stack([(m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 0, 1] + m[:, 1, 0]) / s, s / 4, (m[:, 1, 2] + m[:, 2, 1]) / s], 1)
-    z_br = torch.stack([(m[:, 1, 0] - m[:, 0, 1]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s, (m[:, 1, 2] + m[:, 2, 1]) / s, s / 4], 1)
-    options = torch.stack([w_br, x_br, y_br, z_br], 1)
-    wxyz = options[torch.arange(len(m)), best]
-    wxyz = wxyz / wxyz.norm(dim=-1, keepdim=True)
-    wxyz = torch.where(wxyz[:, :1] < 0, -wxyz, wxyz)
-    return wxyz[:, [1, 2, 3, 0]].reshape(R.shape[:-2] + (4,)).to(R.dtype)
-
-
-def _quat_xyzw_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """Rotation ``[..., 3, 3]`` of a (not necessarily unit) quaternion ``(x, y, z, w)``."""
-    x, y, z, w = q.unbind(-1)
-    two_s = 2.0 / (q * q).sum(-1)
-    R = torch.stack(
-        [
-            1 - two_s * (y * y + z * z), two_s * (x * y - z * w), two_s * (x * z + y * w),
-            two_s * (x * y + z * w), 1 - two_s * (x * x + z * z), two_s * (y * z - x * w),
-            two_s * (x * z - y * w), two_s * (y * z + x * w), 1 - two_s * (x * x + y * y),
-        ],
-        -1,
-    )  # fmt: skip
-    return R.reshape(q.shape[:-1] + (3, 3))
-
-
 def encode_prior_poses(c2w: torch.Tensor) -> torch.Tensor:
     """``c2w [B, S, 4, 4]`` → the 7-vector per view the pose embedding sees: ``[t, q_xyzw]``.
 
@@ -428,7 +396,7 @@ def encode_prior_poses(c2w: torch.Tensor) -> torch.Tensor:
     """
     rel = torch.linalg.inv(c2w[:, :1].double()) @ c2w.double()
     rel = normalize_prior_poses(rel)
-    return torch.cat([rel[..., :3, 3], _rotmat_to_quat_xyzw(rel[..., :3, :3])], -1).to(c2w.dtype)
+    return torch.cat([rel[..., :3, 3], matrix_to_quaternion(rel[..., :3, :3])[..., [1, 2, 3, 0]]], -1).to(c2w.dtype)
 
 
 def normalize_prior_depth(depth: torch.Tensor) -> torch.Tensor:
@@ -590,7 +558,7 @@ class CameraHead(nn.Module):
 
 def camera_vector_to_matrices(vec: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[..., 9]`` camera vectors → (``c2w [..., 4, 4]``, ``K [..., 3, 3]``, principal point centred)."""
-    R = _quat_xyzw_to_rotmat(vec[..., 3:7])
+    R = quaternion_to_matrix(vec[..., [6, 3, 4, 5]])  # the network writes (x, y, z, w)
     t = vec[..., :3]
     c2w = torch.zeros(vec.shape[:-1] + (4, 4), dtype=vec.dtype, device=vec.device)
     Rt = R.transpose(-1, -2)
@@ -774,20 +742,6 @@ class WorldMirrorOutput:
     splats: dict | None = field(default=None)
 
 
-def _unproject(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """World points ``[N, H, W, 3]`` of z-depth ``[N, H, W]`` (pixel centres at u + 0.5)."""
-    N, H, W = depth.shape
-    v, u = torch.meshgrid(
-        torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
-        torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5,
-        indexing="ij",
-    )
-    x = (u - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * depth
-    y = (v - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * depth
-    cam = torch.stack([x, y, depth], -1)
-    return torch.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
-
-
 class WorldMirror(nn.Module):
     """WorldMirror 2.0 reconstruction network (see the module docstring)."""
 
@@ -932,7 +886,7 @@ class WorldMirror(nn.Module):
                 "depth_conf": conf(raw[..., 1]),
             }
             if "c2w" in out:
-                means = _unproject(gs_depth.reshape(B * S, H, W), out["c2w"].reshape(B * S, 4, 4), out["K"].reshape(B * S, 3, 3))
+                means = unproject_depth_map(gs_depth.reshape(B * S, H, W), out["K"].reshape(B * S, 3, 3), out["c2w"].reshape(B * S, 4, 4))
                 splats["means"] = means.reshape(B, S, H, W, 3)
             out["splats"] = splats
         return WorldMirrorOutput(**out)
