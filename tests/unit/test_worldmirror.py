@@ -14,6 +14,8 @@ from worldstereo_core.recon.worldmirror import (
     WorldMirror,
     WorldMirrorConfig,
     WorldMirrorPriors,
+    K_from_upstream_centres,
+    K_to_upstream_centres,
     camera_vector_to_matrices,
     config_to_dict,
     encode_prior_poses,
@@ -108,10 +110,12 @@ def test_tiny_forward_shapes_and_ranges(tiny: WorldMirror) -> None:
     assert torch.isfinite(out.K[fov_ok]).all()
     assert (out.depth > 0).all() and (out.depth_conf >= 1).all() and (out.points_conf >= 1).all()
     assert torch.allclose(out.normals.norm(dim=-1), torch.ones(()), atol=1e-5)
-    # the c2w are rigid and K has a centred principal point
+    # the c2w are rigid and K has the network's centred principal point (W/2, H/2 in its integer pixel
+    # centres = W/2 + 0.5, H/2 + 0.5 in ours)
     R = out.c2w[..., :3, :3]
     assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5)
-    assert torch.allclose(out.K[..., 0, 2], torch.full((B, S), W / 2)) and torch.allclose(out.K[..., 1, 2], torch.full((B, S), H / 2))
+    assert torch.allclose(out.K[..., 0, 2], torch.full((B, S), W / 2 + 0.5))
+    assert torch.allclose(out.K[..., 1, 2], torch.full((B, S), H / 2 + 0.5))
     sp = out.splats
     assert sp["means"].shape == (B, S, H, W, 3) and sp["sh"].shape == (B, S, H, W, 1, 3)
     assert torch.allclose(sp["quats"].norm(dim=-1), torch.ones(()), atol=1e-4)
@@ -220,6 +224,52 @@ def test_camera_vector_conventions() -> None:
     w2c[:3, :3], w2c[:3, 3] = R, t
     assert torch.allclose(c2w[0], torch.linalg.inv(w2c), atol=1e-5)
     assert torch.isclose(K[0, 0, 0], torch.tensor(32 / math.tan(0.6))) and torch.isclose(K[0, 1, 1], torch.tensor(24 / math.tan(0.45)))
+
+
+def test_camera_vector_principal_point_in_our_pixel_centres() -> None:
+    """WorldMirror's principal point (W/2, H/2) with integer centres is (W/2 + 0.5, H/2 + 0.5) in ours."""
+    vec = torch.tensor([[0.0, 0, 0, 0, 0, 0, 1, 0.9, 1.2]])
+    _, K = camera_vector_to_matrices(vec, 48, 64)
+    assert K[0, 0, 2].item() == 32.5 and K[0, 1, 2].item() == 24.5
+    assert torch.equal(K_to_upstream_centres(K)[0, :2, 2], torch.tensor([32.0, 24.0]))
+    assert torch.equal(K_from_upstream_centres(K_to_upstream_centres(K)), K)
+
+
+def _upstream_lift(depth: torch.Tensor, vec: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Camera-frame points ``[N, H, W, 3]`` as HY-World-2.0 lifts them: integer pixel centres (u, v) and its
+    own K (fx = W/2 / tan(fov_u/2), cx = W/2), written independently of the module under test."""
+    fy = height * 0.5 / torch.tan(vec[:, 7] * 0.5)
+    fx = width * 0.5 / torch.tan(vec[:, 8] * 0.5)
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
+    d = depth.double()
+    x = (u - width * 0.5) / fx.double()[:, None, None] * d
+    y = (v - height * 0.5) / fy.double()[:, None, None] * d
+    return torch.stack([x, y, d], -1)
+
+
+def test_splat_means_equal_upstream_integer_centre_lift(tiny: WorldMirror) -> None:
+    """Our lift (centres u + 0.5, our K) of the splat depth gives upstream's points (centres u, its K)."""
+    torch.manual_seed(1)
+    B, S, H, W = 1, 2, 28, 42
+    images = torch.rand(B, S, 3, H, W)
+    with torch.no_grad():
+        out = tiny(images)
+    vec = out.camera_params.reshape(B * S, 9)
+    cam = _upstream_lift(out.splats["depth"].reshape(B * S, H, W), vec, H, W)
+    c2w = out.c2w.reshape(B * S, 4, 4).double()
+    world = torch.einsum("nij,nhwj->nhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
+    torch.testing.assert_close(out.splats["means"].reshape(B * S, H, W, 3).double(), world, rtol=1e-4, atol=1e-4)
+    # and the other way: our K lifts at u + 0.5 to the same camera rays
+    K = out.K.reshape(B * S, 3, 3).double()
+    assert torch.allclose(K[:, 0, 2], torch.full((B * S,), W / 2 + 0.5, dtype=torch.float64))
+
+
+def test_intrinsics_prior_uses_upstream_pixel_centres(tiny: WorldMirror) -> None:
+    B, S, H, W = 1, 2, 14, 28
+    priors = _priors(B, S, H, W)  # K in our convention: principal point (W/2, H/2)
+    _, rays, _ = tiny.encode_priors(torch.rand(B, S, 3, H, W), priors)
+    want = torch.tensor([40.0 / W, 40.0 / H, (W / 2 - 0.5) / W, (H / 2 - 0.5) / H]).expand(B, S, 4)
+    torch.testing.assert_close(rays, want)
 
 
 # ---------------------------------------------------------------------------------------- bad input

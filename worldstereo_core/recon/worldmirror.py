@@ -10,7 +10,8 @@ frames' cameras are known):
 
 * pose — ``c2w`` (OpenCV), made relative to the first view, camera positions squeezed into a
   unit cube (robust bounds, 10 % padding), encoded as ``[t, q_xyzw]`` (7) → MLP → one token;
-* intrinsics — ``[fx/W, fy/H, cx/W, cy/H]`` (4) → MLP → one token;
+* intrinsics — ``[fx/W, fy/H, cx/W, cy/H]`` (4) → MLP → one token, with the principal point in
+  WorldMirror's integer pixel centres (``cx − 0.5``; see :func:`K_to_upstream_centres`);
 * depth — per-frame percentile-normalised depth (1 %–99 % of the positive values → [0, 1]),
   pixel-unshuffled per patch and MLP-embedded, *added* to the patch tokens.
 
@@ -18,7 +19,8 @@ Missing priors contribute zero tokens. The token layout per frame is
 ``[camera, 4 registers, pose, rays, patches…]``.
 
 **Outputs** (:class:`WorldMirrorOutput`): depth, world points, normals, their confidences, and
-cameras (``c2w`` OpenCV, ``K`` in pixels of the input). The predicted cameras live in the
+cameras (``c2w`` OpenCV, ``K`` in pixels of the input, pixel centres at u + 0.5 like the rest of the
+library: the network's own K is shifted by +0.5 on the way out). The predicted cameras live in the
 network's frame (first camera ≈ identity, arbitrary scale); align them to the caller's
 frame (e.g. Umeyama on camera centres) before merging.
 
@@ -556,8 +558,37 @@ class CameraHead(nn.Module):
         return torch.cat([pred[..., :7], F.relu(pred[..., 7:])], -1)
 
 
+# Pixel centres. HY-World-2.0 puts pixel (u, v)'s centre at (u, v): its unprojection samples
+# ``arange(W)``/``arange(H)`` (hyworldmirror/models/utils/geometry.py, depth_to_camera_coords, lines
+# 32-33; _compute_points_from_depth in utils/inference_utils.py line 602 and the splat means in
+# models/models/rasterization.py lines 501-510 go through it), its predicted K puts the principal
+# point at (W/2, H/2) (models/utils/camera_utils.py, vector_to_camera_matrices, lines 71-72) and its
+# intrinsics prior token reads cx/W, cy/H of a K in that convention (models/models/worldmirror.py lines
+# 676-678; HY-World-2.0 commit 05d3035). Everything else here keeps centres at (u + 0.5, v + 0.5), so K
+# is converted at this edge, both ways; points, depth clouds and splat means then equal upstream's.
+UPSTREAM_PIXEL_CENTRE_SHIFT = 0.5
+
+
+def K_to_upstream_centres(K: torch.Tensor) -> torch.Tensor:
+    """Our ``K [..., 3, 3]`` (centres at u + 0.5) → WorldMirror's (centres at u): ``cx − 0.5, cy − 0.5``."""
+    out = K.clone()
+    out[..., :2, 2] -= UPSTREAM_PIXEL_CENTRE_SHIFT
+    return out
+
+
+def K_from_upstream_centres(K: torch.Tensor) -> torch.Tensor:
+    """WorldMirror's ``K [..., 3, 3]`` (centres at u) → ours (centres at u + 0.5): ``cx + 0.5, cy + 0.5``."""
+    out = K.clone()
+    out[..., :2, 2] += UPSTREAM_PIXEL_CENTRE_SHIFT
+    return out
+
+
 def camera_vector_to_matrices(vec: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[..., 9]`` camera vectors → (``c2w [..., 4, 4]``, ``K [..., 3, 3]``, principal point centred)."""
+    """``[..., 9]`` camera vectors → (``c2w [..., 4, 4]``, ``K [..., 3, 3]``) in our conventions.
+
+    The network's principal point is the image centre in its integer-centre pixels, (W/2, H/2);
+    in ours (centres at u + 0.5) that is (W/2 + 0.5, H/2 + 0.5).
+    """
     R = quaternion_to_matrix(vec[..., [6, 3, 4, 5]])  # the network writes (x, y, z, w)
     t = vec[..., :3]
     c2w = torch.zeros(vec.shape[:-1] + (4, 4), dtype=vec.dtype, device=vec.device)
@@ -571,7 +602,7 @@ def camera_vector_to_matrices(vec: torch.Tensor, height: int, width: int) -> tup
     K[..., 0, 2] = width * 0.5
     K[..., 1, 2] = height * 0.5
     K[..., 2, 2] = 1
-    return c2w, K
+    return c2w, K_from_upstream_centres(K)
 
 
 # =============================================================================================
@@ -805,7 +836,7 @@ class WorldMirror(nn.Module):
         pose = encode_prior_poses(priors.c2w.to(images.device).float()) if priors.c2w is not None else None
         rays = None
         if priors.K is not None:
-            K = priors.K.to(images.device).float()
+            K = K_to_upstream_centres(priors.K.to(images.device).float())
             rays = torch.stack([K[..., 0, 0] / W, K[..., 1, 1] / H, K[..., 0, 2] / W, K[..., 1, 2] / H], -1)
         depth = None
         if priors.depth is not None:
