@@ -110,8 +110,10 @@ class Cameras:
             w2c = w2c.float()
         if not K.is_floating_point():
             K = K.to(w2c.dtype)
-        if K.ndim == 2:
-            K = K.expand(w2c.shape[0], 3, 3).clone()
+        shared = K.ndim == 2 or (K.ndim == 3 and K.shape[0] == 1 and w2c.ndim == 3 and w2c.shape[0] > 1)
+        if shared and tuple(K.shape[-2:]) == (3, 3) and w2c.ndim == 3:
+            # one shared K, given as [3, 3] or as a batch of one [1, 3, 3] (camera.json's shared intrinsic)
+            K = K.reshape(-1, 3, 3).expand(w2c.shape[0], 3, 3).clone()
         object.__setattr__(self, "w2c", w2c)
         object.__setattr__(self, "K", K.to(w2c.dtype))
         validate_w2c(w2c)

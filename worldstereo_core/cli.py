@@ -47,7 +47,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         export.save_video_mp4(out / f"ggm_render_{s.name}.mp4", s.render.rgb, fps=8)
         export.save_video_mp4(out / f"frames_{s.name}.mp4", s.frames, fps=8)
     report = pipeline.loop_report(result)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    export.write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     sc = report["scores"]
     print(f"F-score {sc['fscore']:.4f} (precision {sc['precision']:.4f}, recall {sc['recall']:.4f}) "
           f"at {sc['threshold']:.4f} = 1% of the scene extent; outputs in {out}")

@@ -70,3 +70,13 @@ class ReconstructionError(WorldStereoError):
 
 class EvaluationError(WorldStereoError):
     """Benchmark inputs that cannot be evaluated (unknown trajectory, missing ground truth, bad threshold, …)."""
+
+
+class UnsafePathError(WorldStereoError):
+    """A file or folder input that names something outside the folders the pack may read or write
+    (ComfyUI's input, output and model folders), checked after resolving symlinks."""
+
+
+class MalformedJsonError(WorldStereoError):
+    """JSON text that is not parsed: bad syntax, nesting deeper than the format needs, numbers
+    with too many digits, or NaN / Infinity / out-of-range values."""

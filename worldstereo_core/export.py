@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import atomic
 from .cameras import ArrayLike, Cameras, as_tensor, matrix_to_quaternion
 from .errors import ExportError, InvalidImageError
 from .pointcloud import PointCloud
@@ -85,22 +85,11 @@ _TRAJECTORY_COLORS = (
 
 
 def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the temporary file onto ``path`` (same folder)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder; give a file name to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the suffix: some writers (ffmpeg) choose the container from it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    """:func:`worldstereo_core.atomic.write_file`, with a folder at ``path`` reported as an ExportError."""
     try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
+        return atomic.write_file(path, write)
+    except IsADirectoryError as e:
+        raise ExportError(str(e)) from None
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:

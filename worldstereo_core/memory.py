@@ -3,12 +3,15 @@
 Both are immutable values: ``update``/``merge`` return new objects (unchanged tensors are
 shared, never modified), which is what ComfyUI's output caching needs.
 
-Both save to a folder atomically: everything is written into a hidden temporary folder next
-to the target, flushed to disk, then renamed into place (an existing bank is first renamed
-away, then deleted). A crash mid-save leaves either the old folder or the new one — never a
-half-written one; if it strikes between the two renames the old version survives as
-``.<name>.old-<id>`` beside the target (``load`` says so). Tensors go to safetensors files,
-the rest to ``manifest.json`` with a format name and version.
+Both save to a folder atomically with :func:`worldstereo_core.atomic.write_folder`: everything
+is written into a hidden temporary folder next to the target, flushed to disk, then renamed
+into place (an existing bank is first renamed away, then deleted). A crash mid-save leaves
+either the old folder or the new one — never a half-written one; if it strikes between the
+two renames the old version survives as ``.<name>.old-<id>`` beside the target (``load`` says
+so). The temporary folder of a killed save is removed by the next save or load. A damaged
+file (truncated safetensors, a manifest that does not add up) gives a :class:`MemoryBankError`
+naming the folder and the file. Tensors go to safetensors files, the rest to
+``manifest.json`` with a format name and version.
 """
 
 from __future__ import annotations
@@ -16,16 +19,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from . import atomic, safe_json
 from .cameras import ArrayLike, Cameras, as_tensor, validate_K, validate_w2c
-from .errors import InvalidCameraError, MemoryBankError
+from .errors import InvalidCameraError, MalformedJsonError, MemoryBankError, WorldStereoError
 from .pointcloud import PointCloud
 from .pointcloud import remove_outliers as _remove_outliers
 from .pointcloud import voxel_downsample
@@ -61,78 +63,50 @@ def keyframe_update_indices(num_frames: int, num: int = 8) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic folder writes
+# Atomic folder writes (worldstereo_core.atomic owns them)
 # --------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for p in path.iterdir():
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(path)
 
 
 def _read_manifest(path: Path) -> dict | None:
     try:
-        return json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
+        man = safe_json.loads((path / "manifest.json").read_bytes(), what="manifest.json")
+    except (OSError, MalformedJsonError):
         return None
+    return man if isinstance(man, dict) else None
 
 
 def _atomic_write_dir(target: str | os.PathLike, fmt: str, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)`` and move the result to ``target`` atomically (see module doc)."""
+    """Run ``write(tmp_dir)`` and move the result to ``target`` atomically (see module doc);
+    an existing ``target`` is replaced only if it is empty or a saved ``fmt``."""
     target = Path(target)
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        if not target.is_dir():
-            raise MemoryBankError(f"{target} exists and is a file; choose a folder path for the {fmt}")
-        man = _read_manifest(target)
-        if any(target.iterdir()) and (man is None or man.get("format") != fmt):
-            raise MemoryBankError(
-                f"refusing to replace {target}: it is not an empty folder or a saved {fmt}; choose another path"
-            )
-    tag = uuid.uuid4().hex[:8]
-    tmp = parent / f".{target.name}.tmp-{tag}"
-    tmp.mkdir()
+
+    def may_replace(existing: Path) -> bool:
+        man = _read_manifest(existing)
+        return not any(existing.iterdir()) or (man is not None and man.get("format") == fmt)
+
+    if target.exists() and not target.is_dir():
+        raise MemoryBankError(f"{target} exists and is a file; choose a folder path for the {fmt}")
     try:
-        write(tmp)
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = parent / f".{target.name}.old-{tag}"
-    if target.exists():
-        os.rename(target, old)
-    os.rename(tmp, target)
-    _fsync_dir(parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+        return atomic.write_folder(target, write, may_replace)
+    except FileExistsError:
+        raise MemoryBankError(
+            f"refusing to replace {target}: it is not an empty folder or a saved {fmt}; choose another path"
+        ) from None
 
 
 def _open_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, dict]:
     path = Path(path)
+    atomic.remove_stale_temporaries(path)  # what a killed save left behind
     if not path.is_dir():
-        olds = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+        olds = atomic.previous_versions(path)
         hint = f"; an interrupted save left the previous version at {olds[-1]} — rename it to {path.name}" if olds else ""
         raise MemoryBankError(f"no saved {fmt} at {path}{hint}")
     man = _read_manifest(path)
     if man is None:
-        raise MemoryBankError(f"{path} has no readable manifest.json; it is not a saved {fmt} (or it is damaged)")
+        raise MemoryBankError(
+            f"{fmt} at {path}: manifest.json is missing or not a JSON object; the folder is not a saved {fmt} "
+            "or it is damaged — re-save it"
+        )
     if man.get("format") != fmt:
         raise MemoryBankError(f"{path} holds {man.get('format')!r}, not a {fmt}")
     if man.get("version") != FORMAT_VERSION:
@@ -143,13 +117,28 @@ def _open_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, dict]:
     return path, man
 
 
+def _manifest_int(man: dict, key: str, path: Path, fmt: str) -> int:
+    v = man.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise MemoryBankError(
+            f"{fmt} at {path}: manifest.json's {key!r} is {v!r}, not a count; the file is damaged — re-save the {fmt}"
+        )
+    return v
+
+
 def _load_tensors(path: Path, name: str, fmt: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     f = path / name
     if not f.is_file():
         raise MemoryBankError(f"{fmt} at {path} is missing {name}; the folder is incomplete — re-save it")
-    return load_file(str(f))
+    try:
+        return load_file(str(f))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ValueError …
+        raise MemoryBankError(
+            f"{fmt} at {path}: {name} is damaged or truncated ({type(e).__name__}: {e}); re-save the {fmt} "
+            "from the workflow that made it"
+        ) from None
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
@@ -319,13 +308,21 @@ class MemoryBank:
     def load(path: str | os.PathLike) -> "MemoryBank":
         """Load a bank saved by :meth:`save` (tensors on CPU)."""
         path, man = _open_manifest(path, BANK_FORMAT)
+        n = _manifest_int(man, "count", path, BANK_FORMAT)
         cams = _load_tensors(path, "cameras.safetensors", BANK_FORMAT)
         frames = _load_tensors(path, "frames.safetensors", BANK_FORMAT)
-        n = int(man.get("count", -1))
         keys = [f"frame_{i:05d}" for i in range(n)]
-        if n < 1 or any(k not in frames for k in keys) or "w2c" not in cams or "K" not in cams:
-            raise MemoryBankError(f"memory bank at {path} is inconsistent (manifest count {n}); re-save it")
-        return MemoryBank(tuple(frames[k] for k in keys), cams["w2c"], cams["K"], tuple(man.get("sources", [])))
+        missing = [k for k in keys if k not in frames] + [k for k in ("w2c", "K") if k not in cams]
+        sources = man.get("sources", [])
+        if n < 1 or missing or not isinstance(sources, list):
+            raise MemoryBankError(
+                f"memory bank at {path} is inconsistent (manifest count {n}, missing {missing[:3]}); "
+                "its files do not belong together — re-save it"
+            )
+        try:
+            return MemoryBank(tuple(frames[k] for k in keys), cams["w2c"], cams["K"], tuple(str(s) for s in sources))
+        except (MemoryBankError, InvalidCameraError) as e:
+            raise MemoryBankError(f"memory bank at {path} holds unusable data ({e}); re-save it") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,7 +426,12 @@ class Cache3D:
     def load(path: str | os.PathLike) -> "Cache3D":
         """Load a cache saved by :meth:`save` (tensors on CPU)."""
         path, man = _open_manifest(path, CACHE_FORMAT)
+        n = _manifest_int(man, "num_points", path, CACHE_FORMAT)
         t = _load_tensors(path, "cloud.safetensors", CACHE_FORMAT)
-        if "points" not in t or "colors" not in t or t["points"].shape[0] != man.get("num_points"):
+        if "points" not in t or "colors" not in t or t["points"].shape[0] != n:
             raise MemoryBankError(f"3D cache at {path} is inconsistent with its manifest; re-save it")
-        return Cache3D(PointCloud(t["points"], t["colors"], t.get("normals")), man.get("voxel_size"), man.get("max_points"))
+        try:
+            return Cache3D(PointCloud(t["points"], t["colors"], t.get("normals")), man.get("voxel_size"),
+                           man.get("max_points"))
+        except WorldStereoError as e:
+            raise MemoryBankError(f"3D cache at {path} holds unusable data ({e}); re-save it") from None

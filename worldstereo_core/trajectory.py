@@ -18,7 +18,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -30,8 +29,9 @@ from scipy.interpolate import CubicSpline
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation, Slerp
 
+from . import atomic, safe_json
 from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid, look_at_c2w
-from .errors import CameraJsonError, InvalidCameraError, InvalidTrajectoryError, WorldStereoError
+from .errors import CameraJsonError, InvalidCameraError, InvalidTrajectoryError, MalformedJsonError, WorldStereoError
 
 DEFAULT_NUM_FRAMES = 81
 DEFAULT_NUM_KEYFRAMES = 21
@@ -593,6 +593,10 @@ def _infer_size(K: np.ndarray, height: int | None, width: int | None, data: Mapp
     return int(h), int(w)
 
 
+# Largest camera.json read: 10,000 poses at full float64 precision take about 6 MiB.
+MAX_CAMERA_JSON_BYTES = 64 * 2**20
+
+
 def load_camera_json(path: str | os.PathLike, height: int | None = None, width: int | None = None) -> Trajectory:
     """Read a camera.json in the upstream format.
 
@@ -611,12 +615,19 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CAMERA_JSON_BYTES + 1)
     except OSError as e:
         raise CameraJsonError(f"cannot read camera file {path}: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise CameraJsonError(f"{path} is not valid JSON ({e}); it must be an upstream camera.json") from e
+    if len(raw) > MAX_CAMERA_JSON_BYTES:
+        raise CameraJsonError(
+            f"{path} is larger than {MAX_CAMERA_JSON_BYTES // 2**20} MiB; a camera.json of even 10,000 poses is far "
+            "smaller — is it the right file?"
+        )
+    try:
+        data = safe_json.loads(raw, what=path)
+    except MalformedJsonError as e:
+        raise CameraJsonError(f"{e}; it must be an upstream camera.json") from None
     if not isinstance(data, dict):
         raise CameraJsonError(
             f"{path}: expected a JSON object with 'extrinsic' and 'intrinsic', got {type(data).__name__}"
@@ -686,15 +697,4 @@ def save_camera_json(path: str | os.PathLike, trajectory: Trajectory) -> None:
         if trajectory.motion_list is not None:
             data["motion_list"] = list(trajectory.motion_list)
         data.update(extrinsic=E, intrinsic=K, width=cams.width, height=cams.height)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".camera-", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_text(path, json.dumps(data))

@@ -48,6 +48,8 @@ from .sampling import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_UNIPC_STEPS,
     WorldStereoDenoiser,
+    check_seed,
+    clip_seed,
     initial_noise,
     sample_dmd,
     sample_unipc,
@@ -509,8 +511,10 @@ def _generate(
 class WorldStereoFrameGenerator:
     """The real video model as a :class:`worldstereo_core.interfaces.FrameGenerator`.
 
-    Call ``i`` (one per trajectory, in the loop's order) uses seed ``seed + i``, so a run is reproducible
-    while clips get different noise (the release draws every clip's noise from one generator).
+    Call ``i`` (one per trajectory, in the loop's order) uses seed ``seed + i`` (wrapped into torch's
+    64-bit range, :func:`~.sampling.clip_seed`), so a run is reproducible while clips get different
+    noise (the release draws every clip's noise from one generator). Settings are checked here, so
+    a bad one fails before the first clip, not after minutes of generation.
     The camera variant ignores the loop's references (it has no memory branch).
     """
 
@@ -534,14 +538,18 @@ class WorldStereoFrameGenerator:
         self.steps = steps
         self.guidance_scale = guidance_scale
         self.shift = shift
-        self.seed = int(seed)
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ModelInputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
+            raise ModelInputError(f"steps must be a positive integer or None, got {steps!r}")
+        self.seed = check_seed(seed)
         self.on_step = on_step
         self.interrupt = interrupt
         self.calls = 0
 
     def __call__(self, image, cameras, render, mask, references) -> torch.Tensor:
         refs = references if self.models.uses_references and references is not None and len(references) else None
-        seed = self.seed + self.calls
+        seed = clip_seed(self.seed, self.calls)
         self.calls += 1
         return generate_keyframes(
             self.models, image, self.prompt, self.negative_prompt, cameras, render, mask, refs,

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from .. import atomic
 from ..errors import CheckpointError
 from .transformer_worldstereo import (
     VARIANTS,
@@ -468,8 +469,9 @@ def save_worldstereo(model: WorldStereoTransformer, folder: str | os.PathLike, d
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    save_file(state, str(folder / "model.safetensors"), metadata={CONFIG_METADATA_KEY: json.dumps(cfg_json)})
-    (folder / "config.json").write_text(json.dumps(cfg_json, indent=2), encoding="utf-8")
+    meta = {CONFIG_METADATA_KEY: json.dumps(cfg_json)}
+    atomic.write_file(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic.write_text(folder / "config.json", json.dumps(cfg_json, indent=2))
     return folder
 
 
@@ -577,8 +579,8 @@ def save_uni3c(model: Uni3CControlNet, path: str | os.PathLike, dtype: torch.dty
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
         for k, v in model.state_dict().items()
     }
-    save_file(state, str(path), metadata={UNI3C_CONFIG_METADATA_KEY: json.dumps(cfg)})
-    return path
+    meta = {UNI3C_CONFIG_METADATA_KEY: json.dumps(cfg)}
+    return atomic.write_file(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 @torch.no_grad()

@@ -74,12 +74,29 @@ def dmd_timesteps(settings: DMDSettings = DMDSettings()) -> torch.Tensor:
     return shift_sigmas(t, settings.shift) * settings.end
 
 
+# torch.Generator.manual_seed takes 0 … 2^64 − 1; ComfyUI's seed widgets go up to the same maximum.
+SEED_RANGE = 2**64
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` as an int in ``[0, 2^64)``, or :class:`SamplerSettingsError` saying the range."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_RANGE:
+        raise SamplerSettingsError(f"{what} must be an integer from 0 to 2^64 − 1, got {seed!r}")
+    return int(seed)
+
+
+def clip_seed(seed: int, index: int) -> int:
+    """Noise seed of clip ``index`` (0-based) of a loop seeded with ``seed``: ``seed + index``,
+    wrapped into ``[0, 2^64)`` so that every seed the widget allows works for every clip."""
+    return (check_seed(seed) + int(index)) % SEED_RANGE
+
+
 def initial_noise(
     shape: tuple[int, ...], seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Gaussian latents from a generator seeded on ``device`` (same seed + device → same noise)."""
     device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
+    gen = torch.Generator(device=device).manual_seed(check_seed(seed))
     return torch.randn(shape, generator=gen, device=device, dtype=dtype)
 
 

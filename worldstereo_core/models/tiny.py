@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .. import atomic
 from ..errors import CheckpointError
 from .loading import build_transformer, init_random_weights, read_safetensors_header, save_worldstereo
 
@@ -77,10 +78,8 @@ def _save(state: Mapping[str, torch.Tensor], path: Path, config: Mapping[str, An
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}  # unties shared tensors
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(dict(config))})
-    os.replace(tmp, path)
-    return path
+    meta = {CONFIG_METADATA_KEY: json.dumps(dict(config))}
+    return atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def tiny_sentencepiece(corpus: Sequence[str] = _CORPUS, vocab_size: int = 96) -> bytes:

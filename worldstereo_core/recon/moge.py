@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cameras import ArrayLike, as_tensor, like_input
+from .. import atomic
 from ..errors import CheckpointError, InvalidCameraError, InvalidImageError, ReconstructionError
 from ..pointcloud import unproject_depth_map
 
@@ -861,8 +862,9 @@ def save_moge(model: MoGeModel, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"model_config": json.dumps(cfg)})
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    meta = {"model_config": json.dumps(cfg)}
+    atomic.write_file(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic.write_text(folder / "config.json", json.dumps(cfg, indent=1))
     return folder / "model.safetensors"
 
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import atomic
 from ..cameras import matrix_to_quaternion, quaternion_to_matrix
 from ..errors import CheckpointError, InvalidCameraError, InvalidDepthError, InvalidImageError
 from ..pointcloud import unproject_depth_map
@@ -1040,7 +1041,7 @@ def save_worldmirror(model: WorldMirror, folder: str | Path) -> Path:
     # clone: the shared RoPE buffer appears under every block, safetensors refuses shared storage
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     path = folder / "model.safetensors"
-    save_file(state, str(path), metadata={CONFIG_METADATA_KEY: cfg})
-    (folder / "config.json").write_text(json.dumps(config_to_dict(model.config), indent=1))
+    atomic.write_file(path, lambda tmp: save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: cfg}))
+    atomic.write_text(folder / "config.json", json.dumps(config_to_dict(model.config), indent=1))
     return path
 
