@@ -152,12 +152,14 @@ def _component(choice: str, folder: str, wan: str | None, what: str) -> str | No
 
 @dataclass(frozen=True)
 class GGMCondition:
-    """What travels on WS_GGM: the 21 keyframe renders, hole masks and cameras of one trajectory."""
+    """What travels on WS_GGM: the 21 keyframe renders, hole masks and cameras of one trajectory
+    (``video``: every pose instead, 81 — the Uni3C condition from Uni3C Control)."""
 
     render: torch.Tensor  # [F, H, W, 3] in [0, 1]
     mask: torch.Tensor  # [F, H, W], 1 = hole
-    cameras: object  # worldstereo_core.cameras.Cameras of the F keyframes
+    cameras: object  # worldstereo_core.cameras.Cameras of the F keyframes (video: of all poses)
     trajectory: object  # worldstereo_core.trajectory.Trajectory
+    video: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,11 +314,12 @@ class WorldStereoSampler(io.ComfyNode):
             category=SUB,
             description="Generates the 21 keyframes of one trajectory: DMD (4 steps, no CFG; the memory-dmd "
             "checkpoint) or UniPC (40 steps, CFG 5.0; camera/memory checkpoints). Each keyframe is decoded on "
-            "its own. Outputs the frames and the trajectory they follow.",
+            "its own. With a Uni3C model (Load Uni3C ControlNet + Uni3C Control) it generates the whole "
+            "81-frame video instead. Outputs the frames and the trajectory they follow.",
             inputs=[
                 WSModel.Input("model", tooltip="From Load WorldStereo Model."),
                 io.Image.Input("image", tooltip="The input view (first frame); resized to the render's size if needed."),
-                GGMControl.Input("ggm", tooltip="From GGM Control."),
+                GGMControl.Input("ggm", tooltip="From GGM Control (or Uni3C Control for a Uni3C model)."),
                 io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
                 io.String.Input("negative_prompt", default="", multiline=True,
                                 tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
@@ -333,7 +336,8 @@ class WorldStereoSampler(io.ComfyNode):
                                           "replaces the built-in CLIP encode."),
             ],
             outputs=[
-                io.Image.Output(display_name="keyframes", tooltip="The generated keyframes [21, H, W, 3]."),
+                io.Image.Output(display_name="keyframes", tooltip="The generated keyframes [21, H, W, 3] "
+                                "(with Uni3C: the whole video, one frame per pose, [81, H, W, 3])."),
                 Trajectory.Output(display_name="trajectory", tooltip="The trajectory the keyframes follow."),
             ],
         )
@@ -345,6 +349,13 @@ class WorldStereoSampler(io.ComfyNode):
 
         from worldstereo_core.models.generate import generate_keyframes
 
+        if ggm.video != model.video_mode:
+            raise ModelInputError(
+                "the model has the Uni3C branch (video mode, 81 frames): connect Uni3C Control, not GGM Control"
+                if model.video_mode else
+                "this condition is for the Uni3C branch (81 frames): put Load Uni3C ControlNet after the model "
+                "loader, or use GGM Control (21 keyframes)"
+            )
         img = image_to_hwc(image)
         H, W = ggm.render.shape[1:3]
         if tuple(img.shape[:2]) != (H, W):
@@ -444,6 +455,11 @@ class WorldStereoSceneLoop(io.ComfyNode):
         from worldstereo_core.models.vae import check_spatial_size
         from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator
 
+        if model.video_mode:
+            raise ModelInputError(
+                "the Scene Loop runs the keyframe model (GGM, 21 keyframes); a model with the Uni3C branch samples "
+                "whole 81-frame videos — use it with Uni3C Control and the WorldStereo Sampler"
+            )
         if moge is None and worldmirror is None:
             raise ModelInputError(
                 "connect a depth model: Load MoGe-2 to 'moge' or Load WorldMirror 2.0 to 'worldmirror'; the loop "

@@ -337,33 +337,47 @@ def _center_and_scale(w2c: torch.Tensor, num_stats: int, camera_scale: float) ->
     return w2c
 
 
-def normalize_cameras(w2c: ArrayLike, camera_scale: float = 2.0) -> ArrayLike:
+NORMALIZATIONS = ("worldstereo", "uni3c")
+"""How camera 0's frame is taken out before centring: ``worldstereo`` (``w2c_i · w2c_0⁻¹``, the
+release's ``is_w2c=True``) or ``uni3c`` (``w2c_0⁻¹ · w2c_i``, the order Uni3C was trained with)."""
+
+
+def normalize_cameras(w2c: ArrayLike, camera_scale: float = 2.0, convention: str = "worldstereo") -> ArrayLike:
     """SEVA-style normalisation of a camera sequence, as the released WorldStereo applies it.
 
     1. Re-express every pose in camera 0's frame: ``w2c_i ← w2c_i · w2c_0⁻¹`` (camera 0 becomes
        the identity; this is the release's ``is_w2c=True`` path, the one its data loaders use).
+       ``convention="uni3c"`` multiplies on the other side, ``w2c_i ← w2c_0⁻¹ · w2c_i``: the
+       release keeps that order under ``is_w2c=False`` "for consistency with the previous version",
+       and Uni3C (ewrfcas/Uni3C ``src/camera.py``) only has that order — its ControlNet saw Plücker
+       rays of cameras normalised this way. Both make camera 0 the identity.
     2. Centre: subtract the robust mean of the camera centres (see :func:`_center_and_scale`).
     3. Scale translations so camera 0 sits at distance ``camera_scale`` (2.0) from the origin.
 
     Args:
         w2c: ``[F, 4, 4]`` world-to-camera poses.
+        convention: ``worldstereo`` or ``uni3c`` (see :data:`NORMALIZATIONS`).
     Returns:
         ``[F, 4, 4]`` normalised world-to-camera poses, same kind and dtype as the input. Camera 0
         has rotation I; its centre is at distance 2.0 unless it coincides with the robust mean.
     """
+    if convention not in NORMALIZATIONS:
+        raise InvalidCameraError(f"camera normalisation must be one of {NORMALIZATIONS}, got {convention!r}")
     t = _checked_w2c(w2c)
-    t = t @ torch.linalg.inv(t[:1])
+    inv0 = torch.linalg.inv(t[:1])
+    t = t @ inv0 if convention == "worldstereo" else inv0 @ t
     return like_input(_center_and_scale(t, t.shape[0], camera_scale), w2c)
 
 
 def plucker_embedding(
-    w2c: ArrayLike, K: ArrayLike, height: int, width: int, normalize: bool = True
+    w2c: ArrayLike, K: ArrayLike, height: int, width: int, normalize: bool = True, convention: str = "worldstereo"
 ) -> ArrayLike:
     """Plücker ray maps ``[F, 6, H, W]`` exactly as the released model was fed them.
 
     Channels are ``[d, o × d]`` (unit world direction first, then the moment), the order of the
     release (ComfyUI core / FunCamera use the opposite). With ``normalize`` the poses first go
-    through :func:`normalize_cameras`. The release samples pixel ``(i, j)`` (column, row) at image
+    through :func:`normalize_cameras` (``convention``: ``worldstereo``, or ``uni3c`` for the Uni3C
+    branch). The release samples pixel ``(i, j)`` (column, row) at image
     point ``x = i − 0.5, y = j + 0.5`` — not the pixel centre ``(i + 0.5, j + 0.5)`` of DESIGN §3;
     we reproduce that offset because it is what the weights saw.
 
@@ -383,7 +397,7 @@ def plucker_embedding(
     if int(height) <= 0 or int(width) <= 0:
         raise InvalidCameraError(f"image size must be positive, got {height}×{width}")
     if normalize:
-        t = normalize_cameras(t)
+        t = normalize_cameras(t, convention=convention)
     c2w = torch.linalg.inv(t)
     x = torch.arange(width, device=t.device, dtype=t.dtype) - 0.5
     y = torch.arange(height, device=t.device, dtype=t.dtype) + 0.5

@@ -10,6 +10,7 @@ Public API::
     write_tiny_models(models_dir)                   # tiny random weights in the real layouts (tiny.py)
     load_wan_vae / load_text_encoder / load_image_encoder   # Wan VAE (keyframe mode), UMT5, CLIP ViT-H
     load_uni3c(path), attach_uni3c(transformer, uni3c)      # Uni3C camera-control branch
+    with_uni3c(models, path)                                 # a bundle whose generate runs in video mode
 """
 
 from .loading import (
@@ -45,6 +46,7 @@ _LAZY = {
     "WorldStereoModels": "generate",
     "generate_keyframes": "generate",
     "load_models": "generate",
+    "with_uni3c": "generate",
     "SAMPLERS": "generate",
     "OFFLOAD_MODES": "offload",
     "write_tiny_models": "tiny",

@@ -14,6 +14,12 @@
 5. sampling: DMD Euler (``dmd``) or UniPC with CFG (``unipc``), seeded;
 6. decoding: each latent frame decoded alone → ``[F, H, W, 3]`` in [0, 1].
 
+With the Uni3C camera ControlNet attached (:func:`with_uni3c`) the call runs in **video mode**, as
+Uni3C's own pipeline (ewrfcas/Uni3C ``pipeline_pcd.py``) and the release's 81-frame path do: the
+cameras, render and hole mask cover every pose (``1 + 4k``, 81), the I2V condition and the render are
+VAE-encoded as causal videos in one pass each (21 latent frames), Plücker rays and mask stay at 81
+frames (the branch's temporal stride-4 conv folds them), and the latents decode as one 81-frame video.
+
 :class:`WorldStereoModels` bundles the networks; :func:`load_models` loads them from local files
 (WorldStereo folder + Wan encoders/VAE as a diffusers folder or ComfyUI single files).
 :class:`WorldStereoFrameGenerator` adapts the call to :class:`worldstereo_core.interfaces.FrameGenerator`.
@@ -60,6 +66,7 @@ from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_v
 
 if TYPE_CHECKING:
     from ..interfaces import References
+    from .uni3c import Uni3CControlNet
 
 SAMPLERS = ("dmd", "unipc")
 """``dmd``: 4 Euler steps, no CFG (the distilled variant); ``unipc``: 40 UniPC steps with CFG 5.0."""
@@ -110,6 +117,36 @@ class WorldStereoModels:
     def latent_cond_mode(self) -> str:
         cfg = getattr(self.transformer, "ws_config", None)
         return cfg.latent_cond_mode if cfg is not None else "full_vae"
+
+    @property
+    def video_mode(self) -> bool:
+        """True when the control branch is Uni3C (:func:`with_uni3c`): whole causal videos of ``1 + 4k``
+        frames (81) instead of independent keyframes (21)."""
+        return getattr(self.transformer, "control_branch", "ggm") == "uni3c"
+
+
+def with_uni3c(
+    models: WorldStereoModels, uni3c: "Uni3CControlNet | str | os.PathLike", dtype: torch.dtype | None = None
+) -> WorldStereoModels:
+    """The same bundle with the Uni3C camera ControlNet as the control branch instead of GGM.
+
+    ``uni3c`` is a loaded branch (:func:`~.loading.load_uni3c`) or the path of its safetensors file,
+    which is then loaded onto the bundle's device in ``dtype`` (default: the transformer's); with
+    ``offload='sequential'`` its blocks stay on the host and visit the device one at a time, like the
+    main blocks. The bundle's transformer weights are shared, not copied, and the bundle is not
+    modified (:func:`~.uni3c.attach_uni3c`). :func:`generate_keyframes` then runs in video mode.
+    """
+    from .loading import load_uni3c
+    from .uni3c import attach_uni3c
+
+    if isinstance(uni3c, (str, os.PathLike)):
+        if dtype is None:
+            dtype = models.transformer.proj_out.weight.dtype
+        host = models.offload == "sequential" and models.device.type != "cpu"
+        uni3c = load_uni3c(uni3c, device="cpu" if host else models.device, dtype=dtype)
+        if host:
+            enable_sequential_offload(uni3c, models.device, uni3c.controlnet_blocks)
+    return dataclasses.replace(models, transformer=attach_uni3c(models.transformer, uni3c))
 
 
 def default_device() -> torch.device:
@@ -198,6 +235,23 @@ def load_models(
 
 
 # --------------------------------------------------------------------------------- input checks
+
+VIDEO_TEMPORAL_FACTOR = WanKeyframeVAE.temporal_factor
+"""Video mode: Wan's causal VAE puts frame 0 alone in latent frame 0, then 4 frames per latent frame."""
+
+
+def video_latent_frames(num_frames: int) -> int:
+    """Latent frames of a video-mode clip of ``num_frames`` poses (81 → 21); raises unless ``1 + 4k``, k ≥ 1."""
+    k, rest = divmod(int(num_frames) - 1, VIDEO_TEMPORAL_FACTOR)
+    if rest or k < 1:
+        near = max(1, round((int(num_frames) - 1) / VIDEO_TEMPORAL_FACTOR)) * VIDEO_TEMPORAL_FACTOR + 1
+        raise ModelInputError(
+            f"the Uni3C branch works on whole videos of 1 + 4k frames (81 as released); got {num_frames} "
+            f"cameras/render frames — give every pose of the trajectory (e.g. {near}, or 81), not its keyframes "
+            "(Uni3C Control prepares them)"
+        )
+    return k + 1
+
 
 def _as_image(image: torch.Tensor) -> torch.Tensor:
     img = torch.as_tensor(image)
@@ -328,6 +382,8 @@ def generate_keyframes(
         prompt / negative_prompt: text; the negative prompt (default: the checkpoint config's) is used
             only with CFG (``unipc`` and ``guidance_scale > 1``).
         keyframe_cameras: the ``F`` keyframe cameras (release: 21), keyframe 0 = the input camera.
+            In video mode (``models.video_mode``, a Uni3C branch: :func:`with_uni3c`) every pose of the
+            trajectory instead, ``1 + 4k`` of them (81 → 21 latent frames).
         render: ``[F, H, W, 3]`` the 3D cache rendered at them (frame 0 is replaced by ``image``).
         render_mask: ``[F, H, W]``, 1 = hole.
         references: retrieved memory views (memory/dmd variants; ``None``: the input image is the single
@@ -345,7 +401,8 @@ def generate_keyframes(
         image_embeds: ``[1, 257, image_dim]`` precomputed CLIP penultimate tokens (ComfyUI's
             ``CLIP_VISION_OUTPUT.penultimate_hidden_states``); replaces the CLIP encode.
     Returns:
-        ``[F, H, W, 3]`` float32 frames in [0, 1] on the CPU.
+        ``[F, H, W, 3]`` float32 frames in [0, 1] on the CPU (video mode: all ``1 + 4k`` frames, decoded
+        in one causal pass).
     """
     if keyframe_cameras is None or render is None or render_mask is None:
         raise ModelInputError("keyframe_cameras, render and render_mask are required (the GGM condition)")
@@ -407,7 +464,10 @@ def _generate(
         raise ModelInputError(f"prompt must be a string, got {type(prompt).__name__}")
     img, cams, rend, mask = _check_inputs(image, keyframe_cameras, render, render_mask)
     H, W = img.shape[:2]
-    n = len(cams)
+    video = models.video_mode
+    # keyframe mode: one latent frame per keyframe; video mode (Uni3C): Wan's causal 1 + 4k frames
+    n = video_latent_frames(len(cams)) if video else len(cams)
+    latent_cams = cams[::VIDEO_TEMPORAL_FACTOR] if video else cams  # latent frame k ↔ pose 4k (= keyframe k)
     if references is not None and not models.uses_references:
         raise ModelInputError(
             f"the {models.variant!r} checkpoint has no memory branch and takes no references; load "
@@ -458,24 +518,30 @@ def _generate(
 
     # 3. VAE: I2V condition, render keyframes (frame 0 = the input image), references
     vae = models.vae
-    condition = vae.encode_condition(first, n, mode=models.latent_cond_mode).to(dev)  # [1, 20, F, h, w]
-    render_video = images_to_video(torch.cat([img[None], rend[1:]]).clamp(0, 1))  # [1, 3, F, H, W]
-    render_latent = vae.encode_keyframes(render_video).to(dev)  # [1, 16, F, h, w]
+    # Uni3C's pipeline always encodes [image, 0 × 80] causally (the release's "full_vae")
+    cond_mode = "full_vae" if video else models.latent_cond_mode
+    condition = vae.encode_condition(first, n, mode=cond_mode).to(dev)  # [1, 20, F, h, w]
+    render_video = images_to_video(torch.cat([img[None], rend[1:]]).clamp(0, 1))  # [1, 3, F or 81, H, W]
+    # video mode: the whole render video in one causal pass (Uni3C's pipeline, and the release's
+    # 81-frame path of pipeline_pcd_keyframe); keyframe mode: each keyframe alone
+    render_latent = (vae.encode_video(render_video) if video else vae.encode_keyframes(render_video)).to(dev)
     kwargs: dict = {}
     if models.uses_references:
         if ref is None:  # single-view mode: the input image at keyframe 0 is the reference
-            ref_video, ref_w2c, ref_index = first[:, :, None], cams.w2c[:1], torch.zeros(1, dtype=torch.long)
+            ref_video, ref_w2c, ref_index = first[:, :, None], latent_cams.w2c[:1], torch.zeros(1, dtype=torch.long)
         else:
             ref_video, ref_w2c, ref_index = ref
         z = vae.encode_keyframes(ref_video).to(dev)  # [1, 16, R, h, w]
         kwargs["reference_latent"] = torch.cat([z, torch.ones_like(z[:, :4]), z], dim=1)
         kwargs["ref_index"] = ref_index.to(dev)
-        qt, qt_ref = camera_qt(cams.w2c.float(), ref_w2c.to(cams.w2c.device).float())
+        qt, qt_ref = camera_qt(latent_cams.w2c.float(), ref_w2c.to(cams.w2c.device).float())
         kwargs["camera_qt"] = qt[None].to(dev)
         kwargs["camera_qt_ref"] = qt_ref[None].to(dev)
 
-    # 4. GGM camera inputs at pixel resolution
-    plucker = plucker_embedding(cams.w2c.float(), cams.K.float(), H, W)  # [F, 6, H, W]
+    # 4. control-branch camera inputs at pixel resolution, one per frame (video mode: all 81 poses,
+    #    normalised the way Uni3C was trained: ewrfcas/Uni3C src/camera.py)
+    plucker = plucker_embedding(cams.w2c.float(), cams.K.float(), H, W,
+                                convention="uni3c" if video else "worldstereo")  # [F or 81, 6, H, W]
     kwargs["plucker"] = plucker.permute(1, 0, 2, 3)[None].to(dev)
     kwargs["render_mask"] = (mask >= 0.5).float()[None, None].to(dev)  # binarised as the release
     kwargs["render_latent"] = render_latent
@@ -503,9 +569,9 @@ def _generate(
         )
     del denoiser, positive, negative, kwargs, noise
 
-    # 6. decode each keyframe alone
-    video = vae.decode_keyframes(latents)  # [1, 3, F, H, W]
-    return video_to_images(video).cpu()
+    # 6. decode: each keyframe alone, or (video mode) the whole clip in one causal pass → 81 frames
+    frames = vae.decode_video(latents) if video else vae.decode_keyframes(latents)  # [1, 3, F or 81, H, W]
+    return video_to_images(frames).cpu()
 
 
 class WorldStereoFrameGenerator:
@@ -566,4 +632,6 @@ __all__ = [
     "default_device",
     "generate_keyframes",
     "load_models",
+    "video_latent_frames",
+    "with_uni3c",
 ]

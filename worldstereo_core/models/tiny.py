@@ -10,7 +10,10 @@ files, with the same formats the loaders read:
   a few sentences — nothing is downloaded;
 * ``clip_vision/clip_vision_h_tiny.safetensors``: transformers ``vision_model.*`` keys (clip_vision_h's);
 * ``vae/wan_2.1_vae_tiny.safetensors``: the diffusers ``AutoencoderKLWan`` layout;
-* ``moge/moge-2-tiny/``: MoGe-2 ``model.safetensors`` + ``config.json`` (for Load MoGe-2).
+* ``moge/moge-2-tiny/``: MoGe-2 ``model.safetensors`` + ``config.json`` (for Load MoGe-2);
+* ``controlnet/uni3c_controlnet_tiny.safetensors``: a Uni3C camera ControlNet in the released top-level
+  layout (ComfyUI's ``Wan21_Uni3C_controlnet_fp16.safetensors`` lives in the same folder), sized to fit
+  the tiny transformer.
 
 Single files carry no architecture, so each tiny encoder/VAE file stores its config as JSON under the
 safetensors metadata key ``"config"``; :func:`embedded_config` reads it back and
@@ -149,6 +152,20 @@ def write_tiny_worldstereo(
     return save_worldstereo(model, folder)
 
 
+TINY_UNI3C_FILE = "uni3c_controlnet_tiny.safetensors"
+"""File of the tiny Uni3C branch under ``models/controlnet/``."""
+
+
+def write_tiny_uni3c(path: Path, seed: int = 0, std: float = 0.05) -> Path:
+    """A tiny Uni3C ControlNet (:data:`~.uni3c.UNI3C_TINY_CONFIG`, random non-zero weights, so it steers)."""
+    from .loading import save_uni3c
+    from .uni3c import UNI3C_TINY_CONFIG, Uni3CControlNet
+
+    model = Uni3CControlNet(UNI3C_TINY_CONFIG)
+    init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 5)
+    return save_uni3c(model, path)
+
+
 TINY_MOGE_FOLDER = "moge-2-tiny"
 """Folder of the tiny MoGe-2 weights under ``models/moge/`` (combo value ``moge-2-tiny/model.safetensors``)."""
 
@@ -178,11 +195,13 @@ def write_tiny_models(
     variants: Sequence[str] = ("camera", "memory", "dmd"),
     seed: int = 0,
     moge: bool = True,
+    uni3c: bool = True,
 ) -> dict[str, Path]:
     """Write tiny weights into a ComfyUI ``models/`` folder; returns ``{name: path}`` of what was written.
 
     Names: ``worldstereo-camera`` … (checkpoint folders), ``text_encoder``, ``image_encoder``, ``vae``
-    and, with ``moge``, ``moge`` (``models/moge/moge-2-tiny/``, see :func:`write_tiny_moge`).
+    and, with ``moge``, ``moge`` (``models/moge/moge-2-tiny/``, see :func:`write_tiny_moge`), with
+    ``uni3c``, ``uni3c`` (``models/controlnet/``, see :func:`write_tiny_uni3c`).
     """
     root = Path(models_dir)
     out: dict[str, Path] = {}
@@ -195,6 +214,8 @@ def write_tiny_models(
     out["vae"] = write_tiny_vae(root / "vae" / TINY_FILES["vae"], seed)
     if moge:
         out["moge"] = write_tiny_moge(root / "moge" / TINY_MOGE_FOLDER)
+    if uni3c:
+        out["uni3c"] = write_tiny_uni3c(root / "controlnet" / TINY_UNI3C_FILE, seed)
     return out
 
 
@@ -204,12 +225,14 @@ __all__ = [
     "TINY_FILES",
     "TINY_LATENT_COND_MODE",
     "TINY_MOGE_FOLDER",
+    "TINY_UNI3C_FILE",
     "embedded_config",
     "tiny_sentencepiece",
     "write_tiny_image_encoder",
     "write_tiny_models",
     "write_tiny_moge",
     "write_tiny_text_encoder",
+    "write_tiny_uni3c",
     "write_tiny_vae",
     "write_tiny_worldstereo",
 ]

@@ -261,6 +261,17 @@ class WanKeyframeVAE:
         return self.normalize(z)
 
     @torch.no_grad()
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, 16, 1 + k, h, w]`` → a causal video ``[B, 3, 1 + 4k, 8h, 8w]`` in ``[-1, 1]``.
+
+        One causal pass over all latent frames (Wan's video decode, what Uni3C's pipeline does), so
+        latent frame 0 gives frame 0 and every later latent frame gives four frames.
+        """
+        self._check_latents(latents)
+        z = self.denormalize(latents.to(self.device, self.dtype))
+        return self.vae.decode(z, return_dict=False)[0].clamp(-1.0, 1.0)
+
+    @torch.no_grad()
     def encode_condition(
         self,
         image: torch.Tensor,
