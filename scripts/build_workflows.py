@@ -1,6 +1,7 @@
 """Build the example workflows in the real frontend, so they are exactly what users save.
 
     python scripts/build_workflows.py            (writes workflows/*.json)
+    python scripts/build_workflows.py uni3c      (only the named workflows)
 
 Each workflow is declared below as nodes (type, position, widget values) and links; the
 script starts ComfyUI with the pack, creates the nodes through LiteGraph in headless
@@ -156,6 +157,49 @@ WORKFLOWS: dict[str, dict] = {
             ("glb", "model_file", "preview", "model_file"),
         ],
     },
+    "uni3c": {
+        "nodes": {
+            "image": ("WorldStereoSyntheticScene", [40, 80], {"scene": "room", "width": 64, "height": 64},
+                      "Input view (CI stand-in 64×64: use Load Image + Depth Estimate, e.g. 832×480)"),
+            "cloud": ("WorldStereoBuildPointCloud", [420, 40], {}, None),
+            "traj": ("WorldStereoTrajectoryBuilder", [420, 300], {"preset": "orbit", "num_frames": 81}, None),
+            "render": ("WorldStereoRenderCache", [860, 40], {"keyframes_only": False},
+                       "GGM Render Cache (every pose: Uni3C takes all 81)"),
+            "control": ("WorldStereoUni3CControl", [860, 320], {}, None),
+            "model": ("WorldStereoLoadModel", [40, 400],
+                      {"checkpoint": "worldstereo-camera", "text_encoder": "umt5_xxl_tiny.safetensors",
+                       "clip_vision": "clip_vision_h_tiny.safetensors", "vae": "wan_2.1_vae_tiny.safetensors",
+                       "dtype": "fp32"},
+                      "Load WorldStereo Model (CI: tiny weights, fp32; use worldstereo-camera, bf16)"),
+            "uni3c": ("WorldStereoLoadUni3C", [40, 760], {"uni3c_name": "uni3c_controlnet_tiny.safetensors"},
+                      "Load Uni3C ControlNet (CI: tiny weights; use Wan21_Uni3C_controlnet_fp16.safetensors)"),
+            "sampler": ("WorldStereoSampler", [1260, 80],
+                        {"prompt": "a cozy living room with a sofa, a lamp and books on shelves", "sampler": "unipc-40",
+                         "steps": 2, "control_after_generate": "fixed"},
+                        "WorldStereo Sampler (CI: 2 steps; use 0 = 40)"),
+            "video": ("WorldStereoSaveVideo", [1680, 80], {"filename_prefix": "worldstereo/uni3c_video"}, None),
+            "renders": ("WorldStereoSaveVideo", [1680, 360], {"filename_prefix": "worldstereo/uni3c_render"}, None),
+        },
+        "links": [
+            ("image", "image", "cloud", "image"),
+            ("image", "depth", "cloud", "depth"),
+            ("image", "camera", "cloud", "camera"),
+            ("image", "camera", "traj", "camera"),
+            ("image", "depth", "traj", "depth"),
+            ("cloud", "cloud", "render", "cache"),
+            ("traj", "trajectory", "render", "trajectory"),
+            ("image", "image", "render", "first_frame"),
+            ("render", "render", "control", "render"),
+            ("render", "hole_mask", "control", "hole_mask"),
+            ("traj", "trajectory", "control", "trajectory"),
+            ("model", "model", "uni3c", "model"),
+            ("uni3c", "model", "sampler", "model"),
+            ("image", "image", "sampler", "image"),
+            ("control", "ggm", "sampler", "ggm"),
+            ("sampler", "keyframes", "video", "frames"),
+            ("render", "render", "renders", "frames"),
+        ],
+    },
 }
 
 BUILD_JS = """
@@ -210,7 +254,12 @@ def main() -> int:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(server.url)
         page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-        for name, spec in WORKFLOWS.items():
+        wanted = sys.argv[1:] or list(WORKFLOWS)
+        unknown = sorted(set(wanted) - set(WORKFLOWS))
+        if unknown:
+            raise SystemExit(f"unknown workflows {unknown}; known: {sorted(WORKFLOWS)}")
+        for name in wanted:
+            spec = WORKFLOWS[name]
             graph = page.evaluate(BUILD_JS, spec)
             (out_dir / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n")
             print(f"wrote workflows/{name}.json ({len(graph['nodes'])} nodes, {len(graph['links'])} links)")

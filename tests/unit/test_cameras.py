@@ -145,6 +145,27 @@ def test_normalize_cameras_is_invariant_to_world_frame():
     np.testing.assert_allclose(normalize_cameras(scaled), normalize_cameras(w2c), atol=1e-9)
 
 
+def test_uni3c_normalisation_takes_camera_0_out_on_the_left():
+    """Uni3C's order (w2c₀⁻¹ · w2cᵢ) is invariant to a common change of the *camera* frame (G · w2cᵢ),
+    WorldStereo's (w2cᵢ · w2c₀⁻¹) to a change of the world frame; they differ for a generic path."""
+    w2c = random_w2c(9, seed=5)
+    G = np.eye(4)
+    G[:3, :3] = Rotation.from_euler("xyz", [-25, 40, 5], degrees=True).as_matrix()
+    G[:3, 3] = [1.0, 2.0, -3.0]
+    uni = normalize_cameras(w2c, convention="uni3c")
+    np.testing.assert_allclose(normalize_cameras(G @ w2c, convention="uni3c"), uni, atol=1e-9)
+    assert not np.allclose(normalize_cameras(w2c @ G, convention="uni3c"), uni, atol=1e-3)
+    assert not np.allclose(normalize_cameras(w2c), uni, atol=1e-3)
+    np.testing.assert_allclose(uni[0, :3, :3], np.eye(3), atol=1e-9)  # camera 0 is the identity either way
+    assert np.linalg.norm(np.linalg.inv(uni[0])[:3, 3]) == pytest.approx(2.0)
+    # the Plücker maps follow the convention
+    K = np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
+    np.testing.assert_allclose(plucker_embedding(w2c, np.tile(K, (9, 1, 1)), 16, 16, convention="uni3c"),
+                               plucker_embedding(uni, np.tile(K, (9, 1, 1)), 16, 16, normalize=False), atol=1e-9)
+    with pytest.raises(InvalidCameraError, match="uni3c"):
+        normalize_cameras(w2c, convention="left")
+
+
 def test_normalize_cameras_drops_far_outlier_from_mean():
     # 80 cameras on a unit ring plus one absurdly far camera: the centring ignores the outlier
     # (it lies beyond 10× the 97 % quantile of the distances to the median centre).

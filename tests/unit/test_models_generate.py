@@ -232,3 +232,84 @@ def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
         generate_keyframes(bare, image, "x", None, cams, render, mask, image_embeds=clip)
     with pytest.raises(ModelInputError, match="prompt_embeds must be"):
         generate_keyframes(bare, image, "x", None, cams, render, mask, prompt_embeds=text[..., :5], image_embeds=clip)
+
+
+# ------------------------------------------------------------------------- Uni3C (video mode)
+
+def _video_scene(n=9, h=H, w=W, seed=0):
+    """``n`` poses turning and moving (so the two camera normalisations differ)."""
+    from scipy.spatial.transform import Rotation
+
+    g = torch.Generator().manual_seed(seed)
+    w2c = torch.eye(4).repeat(n, 1, 1)
+    w2c[:, :3, :3] = torch.as_tensor(Rotation.from_euler("y", torch.linspace(0, 30, n).numpy()[:, None], degrees=True).as_matrix()).float()
+    w2c[:, 0, 3] = torch.linspace(0.0, 0.4, n)
+    w2c[:, 2, 3] = 1.0
+    K = intrinsics_from_fov(60.0, h, w).float().expand(n, 3, 3).clone()
+    return (torch.rand(h, w, 3, generator=g), Cameras(w2c, K, h, w), torch.rand(n, h, w, 3, generator=g),
+            (torch.rand(n, h, w, generator=g) > 0.5).float())
+
+
+@pytest.fixture(scope="module")
+def uni3c_models(tiny_dir, models):
+    from worldstereo_core.models.generate import with_uni3c
+
+    _, paths = tiny_dir
+    return with_uni3c(models["camera"], paths["uni3c"])
+
+
+def test_uni3c_video_mode_feeds_whole_videos(uni3c_models, models):
+    """With Uni3C the condition, render and decode are causal videos (1 + 4k frames), Plücker/mask stay at
+    every frame with Uni3C's camera normalisation — what ewrfcas/Uni3C's pipeline_pcd feeds its branch."""
+    from worldstereo_core.cameras import plucker_embedding
+    from worldstereo_core.models.vae import images_to_video
+
+    m = uni3c_models
+    assert m.video_mode and not models["camera"].video_mode  # the bundle it came from is untouched
+    assert models["camera"].transformer.controlnet is not m.transformer.controlnet
+    image, cams, render, mask = _video_scene()
+    seen = {}
+    hook = m.transformer.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.setdefault("call", (args, kwargs)), with_kwargs=True)
+    try:
+        out = generate_keyframes(m, image, "a kitchen", None, cams, render, mask, sampler="unipc", steps=1,
+                                 guidance_scale=1.0, seed=0)
+    finally:
+        hook.remove()
+    assert out.shape == (9, H, W, 3) and torch.isfinite(out).all()  # 3 latent frames decode to 9 frames
+    args, kw = seen["call"]
+    x = args[0]
+    assert x.shape == (1, 36, 3, H // 8, W // 8)
+    vae = m.vae
+    first = images_to_video(image[None])[:, :, 0]
+    want_cond = vae.encode_condition(first, 3, mode="full_vae")  # [image, 0 × 8] in one causal pass
+    torch.testing.assert_close(x[:, 16:], want_cond)
+    want_render = vae.encode_video(images_to_video(torch.cat([image[None], render[1:]])))
+    torch.testing.assert_close(kw["render_latent"], want_render)
+    assert not torch.allclose(kw["render_latent"], vae.encode_keyframes(images_to_video(render[::4])), atol=1e-3)
+    assert kw["render_mask"].shape == (1, 1, 9, H, W)
+    torch.testing.assert_close(kw["render_mask"][0, 0], (mask >= 0.5).float())
+    want_rays = plucker_embedding(cams.w2c, cams.K, H, W, convention="uni3c").permute(1, 0, 2, 3)[None]
+    torch.testing.assert_close(kw["plucker"], want_rays)
+    other = plucker_embedding(cams.w2c, cams.K, H, W).permute(1, 0, 2, 3)[None]
+    assert not torch.allclose(kw["plucker"], other, atol=1e-3)
+
+
+def test_uni3c_video_mode_memory_model_and_errors(tiny_dir, models):
+    from worldstereo_core.models.generate import video_latent_frames, with_uni3c
+    from worldstereo_core.models.loading import load_uni3c
+
+    _, paths = tiny_dir
+    assert [video_latent_frames(n) for n in (5, 9, 81)] == [2, 3, 21]
+    # a memory model keeps its SSM path: references point at latent frames, camera_qt at poses 0, 4, 8
+    mem = with_uni3c(models["memory"], load_uni3c(paths["uni3c"], dtype=torch.float32))
+    image, cams, render, mask = _video_scene()
+    out = generate_keyframes(mem, image, "a room", None, cams, render, mask, _refs(n_frames=3), sampler="unipc",
+                             steps=1, guidance_scale=1.0)
+    assert out.shape == (9, H, W, 3)
+    for n in (4, 8, 3):
+        im, c, r, mk = _video_scene(n)
+        with pytest.raises(ModelInputError, match=r"1 \+ 4k"):
+            generate_keyframes(mem, im, "x", None, c, r, mk, steps=1)
+    with pytest.raises(ModelInputError, match="render frames"):
+        generate_keyframes(mem, image, "x", None, cams, render[:5], mask, steps=1)
