@@ -258,28 +258,44 @@ class WorldStereoGGMControl(io.ComfyNode):
 
     @classmethod
     def execute(cls, render, hole_mask, trajectory) -> io.NodeOutput:
-        trajs = trajectories_of(trajectory)
-        if len(trajs) != 1:
-            raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}); each clip is sampled on its own")
-        traj = trajs[0]
+        return io.NodeOutput(ggm_condition(render, hole_mask, trajectory, video=False))
+
+
+def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, video: bool) -> GGMCondition:
+    """The GGM Control / Uni3C Control value: one trajectory's renders, masks and cameras, checked.
+
+    Keyframe mode takes the 21 keyframes (or one render per pose, then keeps the keyframes); video
+    mode (Uni3C) takes one render per pose, ``1 + 4k`` poses, and all their cameras.
+    """
+    from worldstereo_core.models.generate import video_latent_frames
+
+    trajs = trajectories_of(trajectory)
+    if len(trajs) != 1:
+        raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}); each clip is sampled on its own")
+    traj = trajs[0]
+    mask = hole_mask if hole_mask.ndim == 3 else hole_mask[None]
+    if video:
+        video_latent_frames(len(traj))  # 1 + 4k poses, checked before any sampling
+        want, how = len(traj), "one per pose (GGM Render Cache with keyframes_only off): Uni3C takes every frame"
+    else:
         idx = traj.keyframe_indices()
-        mask = hole_mask if hole_mask.ndim == 3 else hole_mask[None]
         if len(traj) != len(idx):  # one render per pose: keep the keyframes
             sel = torch.as_tensor(idx, dtype=torch.long)
             render = render[sel] if render.shape[0] == len(traj) else render
             mask = mask[sel] if mask.shape[0] == len(traj) else mask
-        if render.shape[0] != len(idx) or mask.shape[0] != len(idx):
-            raise ModelInputError(
-                f"render has {render.shape[0]} frames and hole_mask {mask.shape[0]} for a trajectory of {len(traj)} "
-                f"poses; give {len(idx)} keyframes (RenderCache with keyframes_only) or one per pose"
-            )
-        H, W = render.shape[1:3]
-        if tuple(mask.shape[1:]) != (H, W):
-            raise ModelInputError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
-        cams = traj.keyframes()
-        if (cams.height, cams.width) != (H, W):
-            cams = cams.resized(H, W)
-        return io.NodeOutput(GGMCondition(render[..., :3].float(), mask.float(), cams, traj))
+        want, how = len(idx), f"{len(idx)} keyframes (RenderCache with keyframes_only) or one per pose"
+    if render.shape[0] != want or mask.shape[0] != want:
+        raise ModelInputError(
+            f"render has {render.shape[0]} frames and hole_mask {mask.shape[0]} for a trajectory of {len(traj)} "
+            f"poses; give {how}"
+        )
+    H, W = render.shape[1:3]
+    if tuple(mask.shape[1:]) != (H, W):
+        raise ModelInputError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
+    cams = traj.cameras if video else traj.keyframes()
+    if (cams.height, cams.width) != (H, W):
+        cams = cams.resized(H, W)
+    return GGMCondition(render[..., :3].float(), mask.float(), cams, traj, video=video)
 
 
 class WorldStereoSSMControl(io.ComfyNode):

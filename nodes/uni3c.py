@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from comfy_api.v0_0_2 import io
 
-from worldstereo_core.errors import InvalidTrajectoryError, ModelInputError
+from worldstereo_core.errors import ModelInputError
 
-from .common import CATEGORY, Trajectory, trajectories_of
-from .models import DTYPES, GGMCondition, GGMControl, WSModel
+from .common import CATEGORY, Trajectory
+from .models import DTYPES, GGMControl, WSModel, ggm_condition
 
 SUB = f"{CATEGORY}/model"
 FOLDER = "controlnet"  # ComfyUI's own folder; kijai's Wan21_Uni3C_controlnet_*.safetensors are put there
@@ -88,26 +88,7 @@ class WorldStereoUni3CControl(io.ComfyNode):
 
     @classmethod
     def execute(cls, render, hole_mask, trajectory) -> io.NodeOutput:
-        from worldstereo_core.models.generate import video_latent_frames
-
-        trajs = trajectories_of(trajectory)
-        if len(trajs) != 1:
-            raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}); each clip is sampled on its own")
-        traj = trajs[0]
-        video_latent_frames(len(traj))  # 1 + 4k poses, checked before any sampling
-        mask = hole_mask if hole_mask.ndim == 3 else hole_mask[None]
-        if render.shape[0] != len(traj) or mask.shape[0] != len(traj):
-            raise ModelInputError(
-                f"render has {render.shape[0]} frames and hole_mask {mask.shape[0]} for a trajectory of {len(traj)} "
-                "poses; Uni3C needs one per pose (GGM Render Cache with keyframes_only off)"
-            )
-        H, W = render.shape[1:3]
-        if tuple(mask.shape[1:]) != (H, W):
-            raise ModelInputError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
-        cams = traj.cameras
-        if (cams.height, cams.width) != (H, W):
-            cams = cams.resized(H, W)
-        return io.NodeOutput(GGMCondition(render[..., :3].float(), mask.float(), cams, traj, video=True))
+        return io.NodeOutput(ggm_condition(render, hole_mask, trajectory, video=True))
 
 
 NODES = [WorldStereoLoadUni3C, WorldStereoUni3CControl]

@@ -126,7 +126,7 @@ class WorldStereoModels:
 
 
 def with_uni3c(
-    models: WorldStereoModels, uni3c: "Uni3CControlNet | str | os.PathLike", dtype: torch.dtype | None = None
+    models: WorldStereoModels, uni3c: Uni3CControlNet | str | os.PathLike, dtype: torch.dtype | None = None
 ) -> WorldStereoModels:
     """The same bundle with the Uni3C camera ControlNet as the control branch instead of GGM.
 
