@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .comfy_v3 import io
@@ -14,18 +12,9 @@ CATEGORY = "WorldStereo"
 Trajectory = io.Custom("WS_TRAJECTORY")
 PointCloud = io.Custom("WS_POINTCLOUD")
 MemoryBank = io.Custom("WS_MEMORY_BANK")
-Retrieval = io.Custom("WS_RETRIEVAL")
+Retrieval = io.Custom("WS_RETRIEVAL")  # worldstereo_core.retrieval.References
 Scene = io.Custom("WS_SCENE")
 Cameras = io.Custom("WS_CAMERAS")
-
-
-@dataclass(frozen=True)
-class RetrievedReferences:
-    """What travels on a WS_RETRIEVAL socket: the retrieval, the chosen views, the trajectory."""
-
-    retrieval: object  # worldstereo_core.retrieval.Retrieval
-    references: object  # worldstereo_core.memory.MemoryBank of the chosen views, in ref order
-    trajectory: object  # worldstereo_core.trajectory.Trajectory
 
 
 class Progress:

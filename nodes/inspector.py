@@ -234,7 +234,7 @@ def thumbnail_jpeg(frame: torch.Tensor, max_side: int = THUMBNAIL_SIDE) -> bytes
 
 
 def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[dict]:
-    """Links target keyframe pose → memory view, one list per (trajectory, Retrieval) pair."""
+    """Links target keyframe pose → memory view, one list per (trajectory, References) pair."""
     if retrieval is None:
         return []
     items = retrieval if isinstance(retrieval, (list, tuple)) else [retrieval]
@@ -246,23 +246,20 @@ def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[di
             raise InvalidTrajectoryError(
                 f"{len(items)} retrieval results but {len(trajs)} trajectories; give one trajectory per retrieval"
             )
+        if not (hasattr(r, "bank_indices") and hasattr(r, "ref_index")):
+            raise InvalidTrajectoryError(f"inspector retrieval must be References (a retrieval result), got {type(r).__name__}")
         # slots count the trajectory's keyframes (the one definition the model and the
-        # retrieval use); a Retrieval from retrieve() also carries each row's pose
+        # retrieval use); a retrieval result also carries each row's pose
         kf = [int(i) for i in keyframe_indices(len(getattr(trajs[ti], "cameras", trajs[ti])))]
-        if hasattr(r, "assignment"):  # a Retrieval: every keyframe's choice
+        refs = [int(i) for i in torch.as_tensor(r.bank_indices).tolist()]
+        if getattr(r, "assignment", None) is not None:  # every keyframe's choice
             assign = [int(a) for a in torch.as_tensor(r.assignment).tolist()]
             slots = [int(s) for s in torch.as_tensor(r.slots).tolist()]
-            refs = [int(i) for i in torch.as_tensor(r.indices).tolist()]
-            ref_score = {(int(i), int(s)): float(sc) for i, s, sc in zip(
-                refs, torch.as_tensor(r.ref_slot).tolist(), torch.as_tensor(r.scores).tolist())}
-        elif hasattr(r, "bank_indices") and hasattr(r, "ref_index"):  # the loop's References: first choices
-            refs = [int(i) for i in torch.as_tensor(r.bank_indices).tolist()]
+            ref_score = {(i, int(s) + 1): float(sc) for i, s, sc in zip(
+                refs, torch.as_tensor(r.ref_index).tolist(), torch.as_tensor(r.scores).tolist())}
+        else:  # references made by hand: first choices only, no score
             slots = [int(i) + 1 for i in torch.as_tensor(r.ref_index).tolist()]
             assign, ref_score = refs, {}
-        else:
-            raise InvalidTrajectoryError(
-                f"inspector retrieval must be a Retrieval or References, got {type(r).__name__}"
-            )
         links = []
         for slot, ref in zip(slots, assign):
             if not 0 <= ref < n_memory:
@@ -291,9 +288,9 @@ def encode_scene(
         trajectories: a Trajectory / Cameras, or a sequence of them; each is drawn as frustums
             in its own colour, its 21 keyframes marked.
         memory: a MemoryBank (views with JPEG thumbnails) or Cameras: the memory-bank views.
-        retrieval: a Retrieval (or the scene loop's References), or one per trajectory (None to
-            skip): links from each target keyframe to the memory view it retrieved. References
-            carry only each reference's first keyframe, and no score.
+        retrieval: References (a retrieval result), or one per trajectory (None to skip): links
+            from each target keyframe to the memory view it retrieved. References made by hand
+            (no ``assignment``) give only each reference's first keyframe, and no score.
     """
     trajs = _as_trajectory_list(trajectories)
     header: dict[str, Any] = {"version": FORMAT_VERSION, "title": str(title)[:200]}

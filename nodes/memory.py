@@ -13,7 +13,7 @@ from worldstereo_core import interfaces, merge, render
 from worldstereo_core import retrieval as ret_lib
 from worldstereo_core.errors import MemoryBankError
 
-from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Retrieval, RetrievedReferences, Trajectory,
+from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
                      inspector_ui, output_dir, trajectories_of)
 
 SUB = f"{CATEGORY}/memory"
@@ -196,17 +196,14 @@ class Retrieve3DFOV(io.ComfyNode):
             raise MemoryBankError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
         traj = trajs[0]
         cams = traj.cameras
-        result = ret_lib.retrieve(cams.w2c, cams.K, bank.w2c, bank.K, cams.width, cams.height, mode=mode,
-                                  max_refs=max_references, bank_sizes=bank.sizes)
-        refs = bank.subset(result.indices)
-        images = torch.stack([_resize_hwc(f.float(), cams.height, cams.width) for f in refs.frames])
+        refs = ret_lib.retrieve(traj, bank, mode=mode, max_refs=max_references)
+        images = torch.stack([_resize_hwc(f.float(), cams.height, cams.width) for f in refs.images])
         summary = [
-            {"bank_index": int(i), "source": bank.sources[int(i)], "ref_index": int(r), "score": float(s)}
-            for i, r, s in zip(result.indices, result.ref_index, result.scores)
+            {"bank_index": int(i), "source": src, "ref_index": int(r), "score": float(s)}
+            for i, src, r, s in zip(refs.bank_indices, refs.sources, refs.ref_index, refs.scores)
         ]
-        ui = inspector_ui("retrieval", trajectories=[traj], memory=bank,
-                          retrieval=[result])
-        return io.NodeOutput(RetrievedReferences(result, refs, traj), images, json.dumps(summary, indent=1), ui=ui)
+        ui = inspector_ui("retrieval", trajectories=[traj], memory=bank, retrieval=[refs])
+        return io.NodeOutput(refs, images, json.dumps(summary, indent=1), ui=ui)
 
 
 def _finite(x: float) -> float | None:

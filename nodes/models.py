@@ -14,7 +14,7 @@ import torch
 from .comfy_v3 import io
 
 from worldstereo_core.errors import CheckpointError, InvalidTrajectoryError, ModelInputError
-from worldstereo_core.interfaces import References
+from worldstereo_core.retrieval import References
 
 from .common import (
     CATEGORY,
@@ -314,11 +314,9 @@ class WorldStereoSSMControl(io.ComfyNode):
 
     @classmethod
     def execute(cls, retrieval) -> io.NodeOutput:
-        result, refs = retrieval.retrieval, retrieval.references
-        if len(refs) == 0:
+        if len(retrieval) == 0:
             raise ModelInputError("the retrieval holds no reference; leave SSM unconnected to use the input image")
-        value = References(tuple(refs.frames), refs.w2c, refs.K, result.ref_index, result.indices, tuple(refs.sources))
-        return io.NodeOutput(SSMCondition(value))
+        return io.NodeOutput(SSMCondition(retrieval))  # a References: what the sampler takes
 
 
 class WorldStereoSampler(io.ComfyNode):

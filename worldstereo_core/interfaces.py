@@ -23,45 +23,15 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 
 from .cameras import Cameras
-from .memory import MemoryBank
 from .pointcloud import RELEASE_EDGE_THRESHOLD
 from .render import RELEASE_RADIUS
-from .retrieval import Retrieval
+from .retrieval import References  # the one retrieval result; named here for the generator interface
 from .trajectory import DEFAULT_NUM_FRAMES, DEFAULT_NUM_KEYFRAMES
 
 __all__ = ["References", "FrameGenerator", "DepthEstimator", "LoopConfig", "ProgressFn", "default_config"]
 
 #: ``progress(step, total)``, called after each stage; it may raise to interrupt.
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class References:
-    """Views retrieved from the memory bank for one trajectory (the SSM input).
-
-    Attributes:
-        images: tuple of ``R`` images ``[H_i, W_i, 3]`` in [0, 1].
-        w2c: ``[R, 4, 4]``; K: ``[R, 3, 3]`` (each in pixels of its image).
-        ref_index: ``[R]`` the release's ``ref_index`` (latent slot − 1 of the first keyframe
-            that chose the reference).
-        bank_indices: ``[R]`` indices into the memory bank.
-        sources: labels of the chosen bank entries.
-    """
-
-    images: tuple[torch.Tensor, ...]
-    w2c: torch.Tensor
-    K: torch.Tensor
-    ref_index: torch.Tensor
-    bank_indices: torch.Tensor
-    sources: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @staticmethod
-    def from_retrieval(bank: MemoryBank, retrieval: Retrieval) -> "References":
-        sub = bank.subset(retrieval.indices)
-        return References(sub.frames, sub.w2c, sub.K, retrieval.ref_index, retrieval.indices, sub.sources)
 
 
 @runtime_checkable

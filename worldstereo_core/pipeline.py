@@ -39,13 +39,13 @@ import torch
 
 from .cameras import Cameras
 from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError, MemoryBankError
-from .interfaces import DepthEstimator, FrameGenerator, LoopConfig, ProgressFn, References, default_config
+from .interfaces import DepthEstimator, FrameGenerator, LoopConfig, ProgressFn, default_config
 from .memory import Cache3D, MemoryBank
 from .merge import FrameAlignment, lift_depth, merge_clip
 from .oracle import DepthCorruption, LoopScores, SyntheticScene, SyntheticView, oracle_models, score_cloud
 from .pointcloud import PointCloud, compress_far_depth, validate_depth
 from .render import RenderResult, median_depth_in_view, render_point_cloud
-from .retrieval import score_bank, select_references
+from .retrieval import References, retrieve
 from .trajectory import PRESETS, Trajectory, make_preset
 
 __all__ = [
@@ -266,11 +266,8 @@ def run_scene_loop(
         tick()
 
         # 2b. retrieve references for keyframes 1.. from the memory bank (SSM condition)
-        scores = score_bank(
-            kf.w2c[1:], kf.K[1:], bank.w2c, bank.K, W, H, mode=config.retrieval_mode, bank_sizes=bank.sizes
-        )
-        retrieval = select_references(scores, list(range(1, len(kf))), config.max_references, bank_w2c=bank.w2c)
-        refs = References.from_retrieval(bank, retrieval)
+        refs = retrieve(traj, bank, mode=config.retrieval_mode, max_refs=config.max_references,
+                        num_keyframes=config.num_keyframes)
         tick()
 
         # 2c. generate the clip's keyframes

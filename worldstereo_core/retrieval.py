@@ -28,20 +28,21 @@ Two scoring modes:
   looking apart).
 
 Bank views may have image sizes of their own (``bank_sizes``); by default every bank camera
-uses the targets' ``width × height``, as the release does (one image size per scene).
+uses the targets' ``height × width``, as the release does (one image size per scene).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .cameras import ArrayLike, as_tensor, like_input, matrix_to_quaternion, validate_K, validate_w2c
+from .cameras import ArrayLike, Cameras, as_tensor, like_input, matrix_to_quaternion, validate_K, validate_w2c
 from .errors import InvalidCameraError, InvalidTrajectoryError
-from .trajectory import DEFAULT_NUM_KEYFRAMES, keyframe_indices
+from .memory import MemoryBank
+from .trajectory import DEFAULT_NUM_KEYFRAMES, Trajectory, keyframe_indices
 
 __all__ = [
     "RELEASE_NEAR",
@@ -52,7 +53,8 @@ __all__ = [
     "angle_penalty",
     "frustum_volume_iou",
     "score_bank",
-    "Retrieval",
+    "References",
+    "REDUCE_RULES",
     "select_references",
     "retrieve",
 ]
@@ -75,7 +77,7 @@ def _cams(w2c: ArrayLike, K: ArrayLike, name: str) -> tuple[torch.Tensor, torch.
     return w, k
 
 
-def _sizes(n: int, width: int, height: int, bank_sizes, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _sizes(n: int, height: int, width: int, bank_sizes, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n]`` widths and heights (float64)."""
     if bank_sizes is None:
         hw = torch.tensor([[height, width]], dtype=torch.float64, device=device).expand(n, 2)
@@ -96,14 +98,14 @@ def _check_range(near: float, far: float) -> None:
 def frustum_corners(
     w2c: ArrayLike,
     K: ArrayLike,
-    width: float | ArrayLike,
     height: float | ArrayLike,
+    width: float | ArrayLike,
     near: float = RELEASE_NEAR,
     far: float = RELEASE_FAR,
 ) -> ArrayLike:
     """World positions ``[N, 8, 3]`` of the release's frustum corners (see module doc).
 
-    Order: near (0,0), (W,0), (W,H), (0,H), then the same four at far. ``width``/``height``
+    Order: near (0,0), (W,0), (W,H), (0,H), then the same four at far. ``height``/``width``
     are scalars or ``[N]``.
     """
     _check_range(near, far)
@@ -208,8 +210,8 @@ def score_bank(
     target_K: ArrayLike,
     bank_w2c: ArrayLike,
     bank_K: ArrayLike,
-    width: int,
     height: int,
+    width: int,
     mode: str = "aabb",
     near: float = RELEASE_NEAR,
     far: float = RELEASE_FAR,
@@ -220,7 +222,7 @@ def score_bank(
     """Overlap score ``[T, N]`` of every target camera with every bank camera.
 
     Args:
-        target_w2c: ``[T, 4, 4]``; target_K: ``[T, 3, 3]`` in pixels of ``width × height``.
+        target_w2c: ``[T, 4, 4]``; target_K: ``[T, 3, 3]`` in pixels of ``height × width``.
         bank_w2c: ``[N, 4, 4]``; bank_K: ``[N, 3, 3]``, each in pixels of its own image.
         mode: ``"aabb"`` (release) or ``"volume"`` (paper); see the module doc.
         use_angle_penalty: multiply by the release's angle penalty; default on for ``aabb``,
@@ -239,10 +241,10 @@ def score_bank(
     bw, bk = bw.to(tw.device), bk.to(tw.device)
     if int(width) <= 0 or int(height) <= 0:
         raise InvalidCameraError(f"image size must be positive, got {height}×{width}")
-    Wt, Ht = _sizes(tw.shape[0], int(width), int(height), None, tw.device)
-    Wb, Hb = _sizes(bw.shape[0], int(width), int(height), bank_sizes, tw.device)
+    Wt, Ht = _sizes(tw.shape[0], int(height), int(width), None, tw.device)
+    Wb, Hb = _sizes(bw.shape[0], int(height), int(width), bank_sizes, tw.device)
     if mode == "aabb":
-        scores = aabb_iou(frustum_corners(tw, tk, Wt, Ht, near, far), frustum_corners(bw, bk, Wb, Hb, near, far))
+        scores = aabb_iou(frustum_corners(tw, tk, Ht, Wt, near, far), frustum_corners(bw, bk, Hb, Wb, near, far))
     else:
         if num_samples < 64:
             raise InvalidCameraError(f"num_samples must be ≥ 64, got {num_samples}")
@@ -255,33 +257,47 @@ def score_bank(
 
 
 @dataclass(frozen=True)
-class Retrieval:
-    """References chosen for one trajectory.
+class References:
+    """The SSM references of one trajectory: the memory-bank views the video model looks at, where
+    each is stitched, and how they were chosen. The one retrieval result of the package — what
+    :func:`retrieve` returns, what the scene loop and the nodes pass on, and what the video model
+    and the inspector read.
 
     Attributes:
-        indices: ``[R]`` bank indices of the references, ordered by ``ref_index``.
+        images: tuple of ``R`` reference images ``[H_i, W_i, 3]`` in [0, 1], in ``ref_index`` order.
+        w2c: ``[R, 4, 4]``; K: ``[R, 3, 3]`` (each in pixels of its image).
         ref_index: ``[R]`` the release's ``ref_index``: position, among the target keyframes
-            1..20, of the first keyframe that chose the reference (``slot − 1``); the model
+            1.., of the first keyframe that chose the reference (``slot − 1``); the model
             places the reference at latent frame ``ref_index + 1``.
-        ref_slot: ``[R]`` keyframe number of that first keyframe (``ref_index + 1`` with the
-            default slots).
+        bank_indices: ``[R]`` indices of the references in the memory bank.
+        sources: ``R`` labels of the chosen bank entries.
         scores: ``[R]`` score of each reference for the keyframe that first chose it.
-        assignment: ``[T]`` bank index used by each target row (after any reduction).
-        slots: ``[T]`` keyframe number of each target row.
-        poses: ``[T]`` trajectory pose of each target row (set by :func:`retrieve`; None when
-            only scores were given to :func:`select_references`).
+        assignment: ``[T]`` bank index used by each target keyframe (after any reduction).
+        slots: ``[T]`` keyframe number of each target row (1..T by default).
+        poses: ``[T]`` trajectory pose of each target row.
+
+    ``scores``, ``assignment``, ``slots`` and ``poses`` are None for references made by hand
+    (e.g. the input image as the single reference), which did not come from a retrieval.
     """
 
-    indices: torch.Tensor
+    images: tuple[torch.Tensor, ...]
+    w2c: torch.Tensor
+    K: torch.Tensor
     ref_index: torch.Tensor
-    ref_slot: torch.Tensor
-    scores: torch.Tensor
-    assignment: torch.Tensor
-    slots: torch.Tensor
+    bank_indices: torch.Tensor
+    sources: tuple[str, ...]
+    scores: torch.Tensor | None = None
+    assignment: torch.Tensor | None = None
+    slots: torch.Tensor | None = None
     poses: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return int(self.indices.shape[0])
+        return len(self.images)
+
+    @property
+    def ref_slot(self) -> torch.Tensor:
+        """``[R]`` keyframe number of the keyframe each reference is stitched beside."""
+        return self.ref_index + 1
 
 
 def _first_choice(assign: np.ndarray) -> list[int]:
@@ -306,6 +322,10 @@ def _camera_features(w2c: np.ndarray) -> np.ndarray:
     return (f - f.mean(0)) / (f.std(0) + 1e-8)
 
 
+#: How more than ``max_refs`` candidates are cut (see :func:`select_references`).
+REDUCE_RULES = ("spread", "coverage", "fps")
+
+
 def _reduce(sc: np.ndarray, cands: list[int], max_refs: int, rule: str, bank_w2c) -> list[int]:
     if rule == "spread":
         # Candidates in trajectory order (first keyframe choosing them); keep evenly spaced ones.
@@ -322,8 +342,6 @@ def _reduce(sc: np.ndarray, cands: list[int], max_refs: int, rule: str, bank_w2c
             best = np.maximum(best, sc[:, c])
         return chosen
     if rule == "fps":
-        if bank_w2c is None:
-            raise InvalidCameraError("reduce='fps' needs bank_w2c (the bank cameras) to compare poses")
         w = as_tensor(bank_w2c).detach().to(dtype=torch.float64).cpu().numpy()
         feats = _camera_features(w[cands])
         # Farthest-point sampling from the candidate nearest the centroid (the release's
@@ -343,11 +361,12 @@ def _reduce(sc: np.ndarray, cands: list[int], max_refs: int, rule: str, bank_w2c
 
 def select_references(
     scores: ArrayLike,
+    bank: MemoryBank,
     keyframe_slots: Sequence[int] | ArrayLike | None = None,
     max_refs: int = 8,
     reduce: str = "spread",
-    bank_w2c: ArrayLike | None = None,
-) -> Retrieval:
+    poses: Sequence[int] | ArrayLike | None = None,
+) -> References:
     """Per-keyframe argmax over the bank, then at most ``max_refs`` distinct references.
 
     Each target row picks its best bank view (ties: lowest bank index). If more than
@@ -359,89 +378,108 @@ def select_references(
     * ``"coverage"``: greedily keep the view that most increases ``Σ_t max_kept score[t]``
       (ties: earliest in trajectory order).
     * ``"fps"``: farthest-point sampling on standardised camera features (centre +
-      quaternion) — the release's selector without its DINOv2 image term (needs ``bank_w2c``).
+      quaternion) — the release's selector without its DINOv2 image term.
 
     As in the release, every keyframe is then re-assigned to its best *kept* view and
     ``ref_index`` recomputed; a kept view that no keyframe prefers any more is dropped.
 
     Args:
-        scores: ``[T, N]`` from :func:`score_bank`.
+        scores: ``[T, N]`` from :func:`score_bank` for the ``N`` views of ``bank``.
+        bank: the memory bank scored; the result holds its chosen views.
         keyframe_slots: keyframe number of each row (strictly increasing, ≥ 1); default
             ``1..T`` (the release's targets are keyframes 1..20 of 21).
+        poses: trajectory pose of each row (default: the slots).
     """
     sc_t = as_tensor(scores)
     sc = sc_t.detach().to(dtype=torch.float64).cpu().numpy()
     if sc.ndim != 2 or sc.shape[0] == 0 or sc.shape[1] == 0:
         raise InvalidTrajectoryError(f"scores must be a non-empty [T, N] matrix, got shape {sc.shape}")
+    if not isinstance(bank, MemoryBank) or len(bank) != sc.shape[1]:
+        raise InvalidTrajectoryError(
+            f"scores have {sc.shape[1]} columns but the bank is a {type(bank).__name__} of "
+            f"{len(bank) if isinstance(bank, MemoryBank) else '?'} views; score the bank you select from"
+        )
     if not np.isfinite(sc).all():
         raise InvalidTrajectoryError("scores contain NaN/inf; check the cameras that produced them")
     if int(max_refs) < 1:
         raise InvalidTrajectoryError(f"max_refs must be ≥ 1, got {max_refs}")
-    if keyframe_slots is None:
-        slots = np.arange(1, sc.shape[0] + 1)
-    else:
-        if isinstance(keyframe_slots, torch.Tensor):
-            keyframe_slots = keyframe_slots.cpu().numpy()
-        slots = np.asarray(keyframe_slots).astype(np.int64).reshape(-1)
-        if slots.shape[0] != sc.shape[0]:
-            raise InvalidTrajectoryError(f"{slots.shape[0]} keyframe slots for {sc.shape[0]} score rows; give one slot per row")
-        if (slots < 1).any() or (np.diff(slots) <= 0).any():
-            raise InvalidTrajectoryError(
-                "keyframe_slots must be strictly increasing keyframe numbers ≥ 1 (keyframe 0 is the input frame, never a target)"
-            )
+    if reduce not in REDUCE_RULES:
+        raise InvalidCameraError(f"unknown reduce rule {reduce!r}; use one of {', '.join(REDUCE_RULES)}")
+    slots = _row_numbers(keyframe_slots, sc.shape[0], "keyframe_slots")
+    if (slots < 1).any() or (np.diff(slots) <= 0).any():
+        raise InvalidTrajectoryError(
+            "keyframe_slots must be strictly increasing keyframe numbers ≥ 1 (keyframe 0 is the input frame, never a target)"
+        )
+    rows_pose = slots if poses is None else _row_numbers(poses, sc.shape[0], "poses")
     assign = np.argmax(sc, axis=1)
     cands = _first_choice(assign)
     if len(cands) > max_refs:
-        kept = _reduce(sc, cands, int(max_refs), reduce, bank_w2c)
+        kept = _reduce(sc, cands, int(max_refs), reduce, bank.w2c)
         assign = _assign(sc, kept)
-    elif reduce not in ("spread", "coverage", "fps"):
-        raise InvalidCameraError(f"unknown reduce rule {reduce!r}; use 'spread', 'coverage' or 'fps'")
     refs = _first_choice(assign)
     first_row = [int(np.nonzero(assign == r)[0][0]) for r in refs]
-    ref_slot = slots[first_row]
-    out = Retrieval(
-        indices=torch.tensor(refs, dtype=torch.long),
-        ref_index=torch.tensor(ref_slot - 1, dtype=torch.long),
-        ref_slot=torch.tensor(ref_slot, dtype=torch.long),
+    chosen = bank.subset(refs)
+    return References(
+        images=chosen.frames,
+        w2c=chosen.w2c,
+        K=chosen.K,
+        ref_index=torch.tensor(slots[first_row] - 1, dtype=torch.long),
+        bank_indices=torch.tensor(refs, dtype=torch.long),
+        sources=chosen.sources,
         scores=torch.tensor(sc[first_row, refs], dtype=torch.float64),
         assignment=torch.tensor(assign, dtype=torch.long),
         slots=torch.tensor(slots, dtype=torch.long),
+        poses=torch.tensor(rows_pose, dtype=torch.long),
     )
+
+
+def _row_numbers(values, n: int, what: str) -> np.ndarray:
+    if values is None:
+        return np.arange(1, n + 1)
+    if isinstance(values, torch.Tensor):
+        values = values.cpu().numpy()
+    out = np.asarray(values).astype(np.int64).reshape(-1)
+    if out.shape[0] != n:
+        raise InvalidTrajectoryError(f"{out.shape[0]} {what} for {n} score rows; give one per row")
     return out
 
 
 def retrieve(
-    target_w2c: ArrayLike,
-    target_K: ArrayLike,
-    bank_w2c: ArrayLike,
-    bank_K: ArrayLike,
-    width: int,
-    height: int,
+    target: Trajectory | Cameras,
+    bank: MemoryBank,
     mode: str = "aabb",
     max_refs: int = 8,
     reduce: str = "spread",
-    bank_sizes: ArrayLike | None = None,
     num_keyframes: int = DEFAULT_NUM_KEYFRAMES,
-) -> Retrieval:
-    """The release's retrieval for one trajectory.
+) -> References:
+    """The release's retrieval for one trajectory: its SSM references from ``bank``.
 
     The targets are the trajectory's keyframes (:func:`trajectory.keyframe_indices`, the
-    model's own: 81 poses → poses 0, 4, …, 80); keyframes 1.. are scored against the bank
-    and references selected with :func:`select_references`. The result's ``poses`` give the
-    trajectory pose of every target row. (The release's retrieval takes every 4th pose, which
-    equals the model's keyframes only for 81 poses; here both use the same keyframes.)
+    model's own: 81 poses → poses 0, 4, …, 80); keyframes 1.. are scored against every bank
+    view (:func:`score_bank`, each bank view at its own image size) and references selected with
+    :func:`select_references`. The result's ``poses`` give the trajectory pose of every target
+    row. (The release's retrieval takes every 4th pose, which equals the model's keyframes only
+    for 81 poses; here both use the same keyframes.)
+
+    Args:
+        target: the trajectory (a :class:`Trajectory`, or a :class:`Cameras` batch of its poses).
+        bank: the memory bank to retrieve from.
+        mode: ``"aabb"`` (release) or ``"volume"`` (paper); see :func:`score_bank`.
+        max_refs: at most this many references (release: 8).
+        reduce: how more than ``max_refs`` candidates are cut (see :func:`select_references`).
+        num_keyframes: the model's keyframe count (release: 21).
     """
-    tw = as_tensor(target_w2c)
-    tk = as_tensor(target_K)
-    if tw.ndim != 3 or tw.shape[0] < 2:
+    cams = getattr(target, "cameras", target)
+    if not isinstance(cams, Cameras):
+        raise InvalidTrajectoryError(f"retrieval needs a Trajectory or a Cameras batch, got {type(target).__name__}")
+    if not isinstance(bank, MemoryBank):
+        raise InvalidTrajectoryError(f"retrieval needs a MemoryBank to retrieve from, got {type(bank).__name__}")
+    if len(cams) < 2:
         raise InvalidTrajectoryError(
-            f"target trajectory must be [F, 4, 4] with at least 2 poses (keyframe 0 is the input view), got {tuple(tw.shape)}"
+            f"the target trajectory needs at least 2 poses (keyframe 0 is the input view), got {len(cams)}"
         )
-    if tk.ndim == 2:
-        tk = tk.expand(tw.shape[0], 3, 3)
-    kf = keyframe_indices(tw.shape[0], num_keyframes)
-    sel = torch.as_tensor(kf, device=tw.device)
-    tw, tk = tw[sel], tk[sel.to(tk.device)]
-    scores = score_bank(tw[1:], tk[1:], bank_w2c, bank_K, width, height, mode=mode, bank_sizes=bank_sizes)
-    out = select_references(scores, np.arange(1, tw.shape[0]), max_refs, reduce, bank_w2c)
-    return replace(out, poses=torch.as_tensor(kf[1:], dtype=torch.long))
+    kf = keyframe_indices(len(cams), num_keyframes)
+    sel = torch.as_tensor(kf[1:], device=cams.w2c.device)
+    scores = score_bank(cams.w2c[sel], cams.K[sel], bank.w2c, bank.K, cams.height, cams.width, mode=mode,
+                        bank_sizes=bank.sizes)
+    return select_references(scores, bank, np.arange(1, len(kf)), max_refs, reduce, poses=kf[1:])

@@ -23,6 +23,7 @@ from testsupport import REPO_ROOT, require_comfyui
 from worldstereo_core import cameras as cam_lib
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidPointCloudError, InvalidTrajectoryError, WorldStereoError
+from worldstereo_core.memory import MemoryBank
 from worldstereo_core.pointcloud import PointCloud
 
 
@@ -149,9 +150,11 @@ def test_memory_and_retrieval_links():
     cam = _camera()
     traj = traj_lib.make_preset("left", cam, 2.0)
     bank = cam_lib.Cameras.cat([cam, traj.keyframes()[10:11], traj.keyframes()[20:21]])
-    r = ret_lib.Retrieval(indices=torch.tensor([0, 2]), ref_index=torch.tensor([0, 11]), ref_slot=torch.tensor([1, 12]),
-                          scores=torch.tensor([0.9, 0.5]), assignment=torch.tensor([0] * 11 + [2] * 9),
-                          slots=torch.arange(1, 21))
+    picked = bank[torch.tensor([0, 2])]
+    r = ret_lib.References(images=(torch.zeros(48, 64, 3),) * 2, w2c=picked.w2c, K=picked.K,
+                           ref_index=torch.tensor([0, 11]), bank_indices=torch.tensor([0, 2]), sources=("a", "b"),
+                           scores=torch.tensor([0.9, 0.5]), assignment=torch.tensor([0] * 11 + [2] * 9),
+                           slots=torch.arange(1, 21))
     h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r]))
     assert h["points"] is None
     m = h["memory"]
@@ -162,14 +165,14 @@ def test_memory_and_retrieval_links():
     assert links[0] == {"slot": 1, "pose": 4, "ref": 0, "score": pytest.approx(0.9)}
     assert links[11]["pose"] == 48 and links[11]["ref"] == 2 and links[11]["score"] == pytest.approx(0.5)
     assert links[12]["score"] is None  # only the first keyframe choosing a reference has its score
-    # the scene loop's References: first choices only, no scores
-    from types import SimpleNamespace
+    # References made by hand (no assignment): first choices only, no scores
+    from dataclasses import replace
 
-    refs = SimpleNamespace(bank_indices=torch.tensor([0, 2]), ref_index=torch.tensor([0, 11]))
+    refs = replace(r, scores=None, assignment=None, slots=None)
     h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[refs]))
     assert h["retrieval"][0]["links"] == [{"slot": 1, "pose": 4, "ref": 0, "score": None},
                                           {"slot": 12, "pose": 48, "ref": 2, "score": None}]
-    with pytest.raises(InvalidTrajectoryError, match="Retrieval or References"):
+    with pytest.raises(InvalidTrajectoryError, match="must be References"):
         insp.encode(None, [traj], memory=bank, retrieval=[object()])
 
 
@@ -183,8 +186,8 @@ def test_retrieval_links_point_at_the_models_keyframes(num_poses):
     traj = traj_lib.make_preset("left", cam, 2.0, num_frames=num_poses)
     kf = traj_lib.keyframe_indices(num_poses).tolist()
     bank = traj.cameras[torch.as_tensor(kf[::-1])]  # bank view b shows keyframe pose kf[-1 - b]
-    r = ret_lib.retrieve(traj.w2c.double(), traj.K.double(), bank.w2c, bank.K,
-                         cam.width, cam.height, max_refs=21)
+    frames = torch.zeros(len(bank), cam.height, cam.width, 3)
+    r = ret_lib.retrieve(traj, MemoryBank.from_views(frames, bank), max_refs=21)
     h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r]))
     assert h["trajectories"][0]["keyframes"] == kf
     links = h["retrieval"][0]["links"]
@@ -211,8 +214,9 @@ def test_bad_inputs_raise_actionable_errors():
         insp.encode(None, [traj] * (insp.MAX_POSES // 5 + 1))
     from worldstereo_core import retrieval as ret_lib
 
-    r = ret_lib.Retrieval(indices=torch.tensor([3]), ref_index=torch.tensor([0]), ref_slot=torch.tensor([1]),
-                          scores=torch.tensor([1.0]), assignment=torch.tensor([3]), slots=torch.tensor([1]))
+    r = ret_lib.References(images=(torch.zeros(48, 64, 3),), w2c=torch.eye(4)[None], K=_camera().K,
+                           ref_index=torch.tensor([0]), bank_indices=torch.tensor([3]), sources=("x",),
+                           scores=torch.tensor([1.0]), assignment=torch.tensor([3]), slots=torch.tensor([1]))
     with pytest.raises(InvalidCameraError, match="memory bank the retrieval"):
         insp.encode(None, [traj], memory=_camera(), retrieval=r)
     with pytest.raises(InvalidTrajectoryError, match="one trajectory per retrieval"):

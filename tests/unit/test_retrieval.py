@@ -12,7 +12,9 @@ from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection
 from scipy.spatial.transform import Rotation
 
+from worldstereo_core.cameras import Cameras
 from worldstereo_core.errors import InvalidCameraError, InvalidTrajectoryError
+from worldstereo_core.memory import MemoryBank
 from worldstereo_core.retrieval import (
     angle_penalty,
     frustum_corners,
@@ -20,6 +22,7 @@ from worldstereo_core.retrieval import (
     score_bank,
     select_references,
 )
+from worldstereo_core.trajectory import Trajectory
 
 # A 2×2 image with f = 1 and the principal point at the centre: corner rays (±1, ±1, 1).
 K2 = np.array([[1.0, 0, 1], [0, 1, 1], [0, 0, 1]])
@@ -91,7 +94,7 @@ K_WIDE = np.array([[300.0, 0, 208], [0, 300, 120], [0, 0, 1]])
 def test_volume_mode_identical_disjoint_and_forward_shift():
     W, H, n, f = 416, 240, 0.1, 10.0
     cams = np.stack([_w2c(), _w2c(centre=(0, 0, 100.0)), _w2c(centre=(0, 0, 2.0))])
-    s = score_bank(_w2c()[None], K_WIDE[None], cams, K_WIDE[None].repeat(3, 0), W, H, mode="volume")
+    s = score_bank(_w2c()[None], K_WIDE[None], cams, K_WIDE[None].repeat(3, 0), H, W, mode="volume")
     assert s[0, 0] == pytest.approx(1.0, abs=1e-12)
     assert s[0, 1] == 0.0
     # Forward shift by d: the shifted pyramid lies inside the first for z > d, so
@@ -110,7 +113,7 @@ def test_volume_mode_matches_exact_polyhedral_iou():
         v1, v2, vi = _volume(h1), _volume(h2), _volume(np.vstack([h1, h2]))
         exact = vi / (v1 + v2 - vi)
         assert v1 == pytest.approx(W * H / 300**2 * (10**3 - 0.1**3) / 3, rel=1e-9)
-        got = score_bank(_w2c()[None], K_WIDE[None], other[None], K_WIDE[None], W, H, mode="volume")[0, 0]
+        got = score_bank(_w2c()[None], K_WIDE[None], other[None], K_WIDE[None], H, W, mode="volume")[0, 0]
         assert got == pytest.approx(exact, abs=0.005)
 
 
@@ -120,10 +123,10 @@ def test_bank_sizes_per_camera(mode):
     other = _w2c(Rotation.from_euler("y", 20, degrees=True).as_matrix(), (0.3, 0, 0))
     K_half = K_WIDE.copy()
     K_half[:2] /= 2
-    full = score_bank(_w2c()[None], K_WIDE[None], other[None], K_WIDE[None], 416, 240, mode=mode)
-    half = score_bank(_w2c()[None], K_WIDE[None], other[None], K_half[None], 416, 240, mode=mode, bank_sizes=[(120, 208)])
+    full = score_bank(_w2c()[None], K_WIDE[None], other[None], K_WIDE[None], 240, 416, mode=mode)
+    half = score_bank(_w2c()[None], K_WIDE[None], other[None], K_half[None], 240, 416, mode=mode, bank_sizes=[(120, 208)])
     assert half[0, 0] == pytest.approx(full[0, 0], abs=1e-9)
-    wrong = score_bank(_w2c()[None], K_WIDE[None], other[None], K_half[None], 416, 240, mode=mode)
+    wrong = score_bank(_w2c()[None], K_WIDE[None], other[None], K_half[None], 240, 416, mode=mode)
     assert abs(wrong[0, 0] - full[0, 0]) > 1e-3  # without sizes it is a different frustum
 
 
@@ -144,7 +147,15 @@ def test_score_bank_kinds_and_errors():
     with pytest.raises(InvalidCameraError, match="zero focal"):
         score_bank(t, np.zeros((1, 3, 3)), t, K2[None], 2, 2)
     with pytest.raises(InvalidCameraError, match="positive"):
-        score_bank(t, K2[None], t, K2[None], 0, 2)
+        score_bank(t, K2[None], t, K2[None], 2, 0)
+
+
+def _bank(n: int, w2c: np.ndarray | None = None, K: np.ndarray | None = None, hw=(2, 2)) -> MemoryBank:
+    """A memory bank of ``n`` views (flat grey frames of ``hw``); identity cameras by default."""
+    w = np.repeat(np.eye(4)[None], n, 0) if w2c is None else w2c
+    k = np.repeat(K2[None], n, 0) if K is None else K
+    return MemoryBank(tuple(torch.full((*hw, 3), 0.5) for _ in range(n)), torch.as_tensor(w), torch.as_tensor(k),
+                      tuple(f"v{i}" for i in range(n)))
 
 
 def _diag_scores(T=20, N=20):
@@ -158,27 +169,27 @@ def test_select_references_first_slot_and_ties():
     sc[[0, 1, 3], 5] = 1.0
     sc[2, 2] = 1.0
     sc[2, 4] = 1.0  # tie with view 2: the lower index wins
-    r = select_references(sc)
-    assert r.indices.tolist() == [5, 2]
+    r = select_references(sc, _bank(6))
+    assert r.bank_indices.tolist() == [5, 2]
     assert r.ref_slot.tolist() == [1, 3]
     assert r.ref_index.tolist() == [0, 2]
     assert r.assignment.tolist() == [5, 5, 2, 5]
-    r2 = select_references(sc, keyframe_slots=[2, 4, 6, 8])
+    r2 = select_references(sc, _bank(6), keyframe_slots=[2, 4, 6, 8])
     assert r2.ref_slot.tolist() == [2, 6] and r2.ref_index.tolist() == [1, 5]
 
 
 def test_select_references_reductions():
     sc = _diag_scores()  # 20 keyframes, each prefers its own view
-    r = select_references(sc, max_refs=8)
+    r = select_references(sc, _bank(20), max_refs=8)
     # spread: positions floor(linspace(0, 19, 8) + 0.5) of the first-choice order.
     kept = [0, 3, 5, 8, 11, 14, 16, 19]
-    assert r.indices.tolist() == kept
+    assert r.bank_indices.tolist() == kept
     # Each keyframe re-assigned to the nearest kept view (ties → lower index).
     expected = [min(kept, key=lambda k: (abs(k - t), k)) for t in range(20)]
     assert r.assignment.tolist() == expected
     assert r.ref_index.tolist() == [expected.index(k) for k in kept]
-    cov = select_references(sc, max_refs=8, reduce="coverage")
-    assert len(cov) == 8 and len(set(cov.indices.tolist())) == 8
+    cov = select_references(sc, _bank(20), max_refs=8, reduce="coverage")
+    assert len(cov) == 8 and len(set(cov.bank_indices.tolist())) == 8
     # Greedy coverage is within (1 − 1/e) of the best 8-subset (submodular maximisation),
     # so it cannot fall far below spread's subset.
     total = lambda res: sc[np.arange(20), res.assignment.numpy()].sum()  # noqa: E731
@@ -186,31 +197,31 @@ def test_select_references_reductions():
     # Hand case: three views picked, one allowed. Spread keeps the first in trajectory order;
     # coverage keeps the view that serves every keyframe well (column sum 2.8).
     small = np.array([[1.0, 0.0, 0.9], [0.0, 1.0, 0.9], [0.0, 0.0, 1.0]])
-    assert select_references(small, max_refs=1).assignment.tolist() == [0, 0, 0]
-    one = select_references(small, max_refs=1, reduce="coverage")
-    assert one.indices.tolist() == [2] and one.assignment.tolist() == [2, 2, 2] and one.ref_index.tolist() == [0]
-    bank = np.stack([_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)])
-    fps = select_references(sc, max_refs=8, reduce="fps", bank_w2c=bank)
+    assert select_references(small, _bank(3), max_refs=1).assignment.tolist() == [0, 0, 0]
+    one = select_references(small, _bank(3), max_refs=1, reduce="coverage")
+    assert one.bank_indices.tolist() == [2] and one.assignment.tolist() == [2, 2, 2] and one.ref_index.tolist() == [0]
+    bank = _bank(20, np.stack([_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)]))
+    fps = select_references(sc, bank, max_refs=8, reduce="fps")
     assert len(fps) == 8
-    assert fps.indices.tolist() == select_references(sc, max_refs=8, reduce="fps", bank_w2c=bank).indices.tolist()
-    assert len(select_references(sc, max_refs=25)) == 20
+    assert fps.bank_indices.tolist() == select_references(sc, bank, max_refs=8, reduce="fps").bank_indices.tolist()
+    assert len(select_references(sc, _bank(20), max_refs=25)) == 20
 
 
 def test_select_references_errors():
     with pytest.raises(InvalidTrajectoryError, match="non-empty"):
-        select_references(np.zeros((0, 3)))
+        select_references(np.zeros((0, 3)), _bank(3))
     with pytest.raises(InvalidTrajectoryError, match="NaN"):
-        select_references(np.full((2, 2), np.nan))
-    with pytest.raises(InvalidTrajectoryError, match="one slot per row"):
-        select_references(np.ones((2, 2)), keyframe_slots=[1])
+        select_references(np.full((2, 2), np.nan), _bank(2))
+    with pytest.raises(InvalidTrajectoryError, match="one per row"):
+        select_references(np.ones((2, 2)), _bank(2), keyframe_slots=[1])
     with pytest.raises(InvalidTrajectoryError, match="increasing"):
-        select_references(np.ones((2, 2)), keyframe_slots=[0, 1])
+        select_references(np.ones((2, 2)), _bank(2), keyframe_slots=[0, 1])
     with pytest.raises(InvalidTrajectoryError, match="max_refs"):
-        select_references(np.ones((2, 2)), max_refs=0)
+        select_references(np.ones((2, 2)), _bank(2), max_refs=0)
     with pytest.raises(InvalidCameraError, match="unknown reduce"):
-        select_references(_diag_scores(), reduce="dinov2")
-    with pytest.raises(InvalidCameraError, match="bank_w2c"):
-        select_references(_diag_scores(), reduce="fps")
+        select_references(_diag_scores(), _bank(20), reduce="dinov2")
+    with pytest.raises(InvalidTrajectoryError, match="score the bank"):
+        select_references(_diag_scores(), _bank(3))
 
 
 def _pano(fixtures_dir):
@@ -220,6 +231,13 @@ def _pano(fixtures_dir):
     bw = np.array([bank[k]["extrinsic"] for k in keys])
     bk = np.array([bank[k]["intrinsic"] for k in keys])
     return root, bw, bk
+
+
+def _pano_bank(bw: np.ndarray, bk: np.ndarray) -> MemoryBank:
+    """The fixture bank at 1/16 of its 480×832 size (K scaled with it: the same frustums)."""
+    k = bk.copy()
+    k[:, :2] /= 16
+    return _bank(len(bw), bw, k, hw=(30, 52))
 
 
 @pytest.mark.parametrize(
@@ -237,9 +255,10 @@ def test_fixture_pano_bank_retrieval_is_deterministic(fixtures_dir, traj, indice
     root, bw, bk = _pano(fixtures_dir)
     cam = json.loads((root / traj / "camera.json").read_text())
     tw, tk = np.array(cam["extrinsic"]), np.array(cam["intrinsic"])
-    a = retrieve(tw, tk, bw, bk, 832, 480)
-    b = retrieve(torch.from_numpy(tw), torch.from_numpy(tk), bw, bk, 832, 480)
-    assert a.indices.tolist() == b.indices.tolist() == indices
+    bank = _pano_bank(bw, bk)
+    a = retrieve(Cameras(torch.from_numpy(tw), torch.from_numpy(tk), 480, 832), bank)
+    b = retrieve(Trajectory(Cameras(torch.from_numpy(tw).float(), torch.from_numpy(tk).float(), 480, 832)), bank)
+    assert a.bank_indices.tolist() == b.bank_indices.tolist() == indices
     assert a.ref_index.tolist() == b.ref_index.tolist() == ref_index
     assert len(a.assignment) == 20 and a.slots.tolist() == list(range(1, 21))
     # The first keyframe sits right next to keyframe 0, which looks along bank view 0 (same
@@ -256,9 +275,16 @@ def test_retrieve_subsamples_81_poses(fixtures_dir):
     # Upsample 21 keyframes to 81 poses by repeating; every 4th pose gives them back.
     w81 = np.concatenate([np.repeat(tw[:-1], 4, 0), tw[-1:]])
     k81 = np.concatenate([np.repeat(tk[:-1], 4, 0), tk[-1:]])
-    assert retrieve(w81, k81, bw, bk, 832, 480).assignment.tolist() == retrieve(tw, tk, bw, bk, 832, 480).assignment.tolist()
+    bank = _pano_bank(bw, bk)
+
+    def cams(w, k):
+        return Cameras(torch.from_numpy(w), torch.from_numpy(k), 480, 832)
+
+    assert retrieve(cams(w81, k81), bank).assignment.tolist() == retrieve(cams(tw, tk), bank).assignment.tolist()
     with pytest.raises(InvalidTrajectoryError, match="at least 2"):
-        retrieve(tw[:1], tk[:1], bw, bk, 832, 480)
+        retrieve(cams(tw[:1], tk[:1]), bank)
+    with pytest.raises(InvalidTrajectoryError, match="MemoryBank"):
+        retrieve(cams(tw, tk), bank.w2c)
 
 
 @pytest.mark.parametrize("num_poses", [2, 41, 81, 101, 1024])
@@ -277,12 +303,12 @@ def test_retrieval_targets_are_the_models_keyframes(num_poses):
     order = np.random.default_rng(num_poses).permutation(len(kf) - 1)
     bank_poses = kf[1:][order]  # bank view b shows trajectory pose bank_poses[b]
     w, k = traj.w2c.double(), traj.K.double()
-    r = retrieve(w, k, w[bank_poses], k[bank_poses], 64, 48, max_refs=len(kf))
+    r = retrieve(traj, _bank(len(bank_poses), w[bank_poses].numpy(), k[bank_poses].numpy(), hw=(48, 64)), max_refs=len(kf))
     assert len(r.slots) == len(traj.keyframes()) - 1  # one target row per model keyframe 1..
     assert r.slots.tolist() == list(range(1, len(kf)))
     assert r.poses.tolist() == kf[1:].tolist()
     # each keyframe retrieves its own camera; ref_index + 1 is the keyframe slot it shows
     assert [int(bank_poses[a]) for a in r.assignment] == kf[1:].tolist()
-    for b, ri in zip(r.indices.tolist(), r.ref_index.tolist()):
+    for b, ri in zip(r.bank_indices.tolist(), r.ref_index.tolist()):
         assert bank_poses[b] == kf[ri + 1]
         torch.testing.assert_close(w[bank_poses[b]], traj.keyframes().w2c[ri + 1].double())
