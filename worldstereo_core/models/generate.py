@@ -307,7 +307,7 @@ def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -
     if n > MAX_REFERENCES:
         raise ModelInputError(
             f"{n} references given; the memory model takes at most {MAX_REFERENCES} — retrieve fewer "
-            "(select_references(..., max_references=8))"
+            "(retrieve(..., max_refs=8))"
         )
     ref_index = torch.as_tensor(references.ref_index).long().reshape(-1).cpu()
     if ref_index.shape[0] != n:
