@@ -21,6 +21,7 @@ import torch
 
 from testsupport import REPO_ROOT, require_comfyui
 from worldstereo_core import cameras as cam_lib
+from worldstereo_core import scene_codec as codec
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidPointCloudError, InvalidTrajectoryError, WorldStereoError
 from worldstereo_core.memory import MemoryBank
@@ -66,162 +67,8 @@ def node_outputs(server, result, node_id: str, timeout: float = 20.0) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# encoding
+# registry (the wire format itself is tested in tests/unit/test_scene_codec.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def test_blob_round_trip_points_cameras_keyframes():
-    cloud = _cloud(1000)
-    traj = traj_lib.make_preset("orbit", _camera(), 2.0)
-    data = insp.encode(cloud, [traj], max_points=5000)
-    h = insp.decode(data)
-    assert data[:4] == b"WSI1" and len(data) % 4 == 0
-    p = h["points"]
-    assert p["count"] == p["total"] == 1000
-    span = np.array(p["bbox_max"]) - np.array(p["bbox_min"])
-    np.testing.assert_allclose(span, (cloud.points.max(0).values - cloud.points.min(0).values).double().numpy(), rtol=1e-6)
-    # the points travel in the registry's random order; quantisation error at most half a step
-    order = insp.subsample_order(1000, insp.HARD_MAX_POINTS)
-    assert sorted(order.tolist()) == list(range(1000))
-    cloud = cloud.select(order)
-    err = np.abs(h["points_xyz"] - cloud.points.double().numpy())
-    assert (err <= span / 65535 / 2 + 1e-6).all()
-    assert np.abs(h["points_rgb"].astype(int) - np.rint(cloud.colors.numpy() * 255)).max() == 0
-    t = h["trajectories"][0]
-    assert (t["first"], t["count"], t["height"], t["width"]) == (0, 81, 48, 64)
-    assert t["keyframes"] == list(range(0, 81, 4))
-    np.testing.assert_allclose(h["cameras_w2c"], traj.w2c.double().numpy(), atol=1e-6)
-    np.testing.assert_allclose(h["cameras_K"], traj.K.double().numpy(), rtol=1e-6)
-    # nine bytes per point plus a small header and the cameras
-    assert len(data) - 9 * 1000 - 81 * 25 * 4 < 1024
-
-
-def test_budget_is_a_uniform_prefix_deterministic_without_duplicates():
-    cloud = _cloud(5000)
-    scene = insp.encode_scene(cloud)
-    d1, d2 = scene.blob(700), insp.encode(cloud, max_points=700)
-    assert d1 == d2  # same cloud, same preview
-    h = insp.decode(d1)
-    assert h["points"]["count"] == 700 and h["points"]["total"] == h["points"]["stored"] == 5000
-    # every shown point is an original point (exact subset up to quantisation, no averaging)
-    from scipy.spatial import cKDTree
-
-    span = np.linalg.norm(np.array(h["points"]["bbox_max"]) - np.array(h["points"]["bbox_min"]))
-    dist, idx = cKDTree(cloud.points.double().numpy()).query(h["points_xyz"])
-    assert dist.max() <= span / 65535 and len(set(idx.tolist())) == 700
-    # a smaller budget is a prefix of a larger one, so changing it never reshuffles the view
-    small = insp.decode(scene.blob(300))
-    np.testing.assert_array_equal(small["points_xyz"], h["points_xyz"][:300])
-    # and the prefix is spread over the whole cloud, not one corner (uniform subsample)
-    lo, hi = cloud.points.min(0).values.numpy(), cloud.points.max(0).values.numpy()
-    mid = (lo + hi) / 2
-    octant = ((small["points_xyz"] > mid) * [1, 2, 4]).sum(1)
-    assert np.bincount(octant, minlength=8).min() > 300 / 8 * 0.5
-    # a budget over the stored points returns them all
-    assert insp.decode(scene.blob(insp.HARD_MAX_POINTS))["points"]["count"] == 5000
-
-
-def test_memory_bank_thumbnails():
-    from PIL import Image
-
-    from worldstereo_core.memory import MemoryBank
-
-    cam = _camera(48, 64)
-    red = torch.zeros(48, 64, 3)
-    red[..., 0] = 1.0
-    blue = torch.zeros(300, 200, 3)
-    blue[..., 2] = 1.0
-    K2 = cam_lib.intrinsics_from_fov(60.0, 300, 200)[None]
-    bank = MemoryBank(frames=(red, blue), w2c=torch.eye(4).expand(2, 4, 4).clone(),
-                      K=torch.cat([cam.K, K2]).float(), sources=("input", "pano:01"))
-    h = insp.decode(insp.encode(None, [], memory=bank))
-    assert h["memory"]["labels"] == ["input", "pano:01"] and h["memory"]["sizes"] == [[48, 64], [300, 200]]
-    a, b = (Image.open(io.BytesIO(t)) for t in h["thumbnails"])
-    assert a.format == "JPEG" and a.size == (64, 48) and b.size == (107, 160)  # longer side ≤ 160
-    ra, rb = np.asarray(a.convert("RGB")).mean((0, 1)), np.asarray(b.convert("RGB")).mean((0, 1))
-    assert ra[0] > 240 and ra[2] < 15 and rb[2] > 240 and rb[0] < 15
-    # a Cameras batch has no frames: frustums only
-    assert insp.decode(insp.encode(None, [], memory=cam))["memory"]["thumbnails"] is None
-
-
-def test_memory_and_retrieval_links():
-    from worldstereo_core import retrieval as ret_lib
-
-    cam = _camera()
-    traj = traj_lib.make_preset("left", cam, 2.0)
-    bank = cam_lib.Cameras.cat([cam, traj.keyframes()[10:11], traj.keyframes()[20:21]])
-    picked = bank[torch.tensor([0, 2])]
-    r = ret_lib.References(images=(torch.zeros(48, 64, 3),) * 2, w2c=picked.w2c, K=picked.K,
-                           ref_index=torch.tensor([0, 11]), bank_indices=torch.tensor([0, 2]), sources=("a", "b"),
-                           scores=torch.tensor([0.9, 0.5]), assignment=torch.tensor([0] * 11 + [2] * 9),
-                           slots=torch.arange(1, 21))
-    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r]))
-    assert h["points"] is None
-    m = h["memory"]
-    assert (m["first"], m["count"]) == (81, 3) and m["sizes"] == [[48, 64]] * 3
-    np.testing.assert_allclose(h["cameras_w2c"][81 + 1], traj.keyframes().w2c[10].numpy(), atol=1e-6)
-    links = h["retrieval"][0]["links"]
-    assert len(links) == 20
-    assert links[0] == {"slot": 1, "pose": 4, "ref": 0, "score": pytest.approx(0.9)}
-    assert links[11]["pose"] == 48 and links[11]["ref"] == 2 and links[11]["score"] == pytest.approx(0.5)
-    assert links[12]["score"] is None  # only the first keyframe choosing a reference has its score
-    # References made by hand (no assignment): first choices only, no scores
-    from dataclasses import replace
-
-    refs = replace(r, scores=None, assignment=None, slots=None)
-    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[refs]))
-    assert h["retrieval"][0]["links"] == [{"slot": 1, "pose": 4, "ref": 0, "score": None},
-                                          {"slot": 12, "pose": 48, "ref": 2, "score": None}]
-    with pytest.raises(InvalidTrajectoryError, match="must be References"):
-        insp.encode(None, [traj], memory=bank, retrieval=[object()])
-
-
-@pytest.mark.parametrize("num_poses", [2, 41, 101])
-def test_retrieval_links_point_at_the_models_keyframes(num_poses):
-    """Links and keyframe marks use the keyframes the model and the retrieval use (41 poses:
-    every 2nd pose, 101: every 5th), not a fixed stride of 4."""
-    from worldstereo_core import retrieval as ret_lib
-
-    cam = _camera()
-    traj = traj_lib.make_preset("left", cam, 2.0, num_frames=num_poses)
-    kf = traj_lib.keyframe_indices(num_poses).tolist()
-    bank = traj.cameras[torch.as_tensor(kf[::-1])]  # bank view b shows keyframe pose kf[-1 - b]
-    frames = torch.zeros(len(bank), cam.height, cam.width, 3)
-    r = ret_lib.retrieve(traj, MemoryBank.from_views(frames, bank), max_refs=21)
-    h = insp.decode(insp.encode(None, [traj], memory=bank, retrieval=[r]))
-    assert h["trajectories"][0]["keyframes"] == kf
-    links = h["retrieval"][0]["links"]
-    assert [l["slot"] for l in links] == list(range(1, len(kf)))
-    assert [l["pose"] for l in links] == kf[1:] == r.poses.tolist()
-    assert all(kf[-1 - l["ref"]] == l["pose"] for l in links)  # each keyframe links to its own view
-
-
-@pytest.mark.parametrize("bad", [0, -5, insp.HARD_MAX_POINTS + 1, True, 2.5, "100"])
-def test_bad_budget_raises(bad):
-    with pytest.raises(InvalidPointCloudError, match="max_points"):
-        insp.encode(_cloud(10), max_points=bad)
-
-
-def test_bad_inputs_raise_actionable_errors():
-    with pytest.raises(InvalidPointCloudError, match="PointCloud"):
-        insp.encode(torch.zeros(5, 3))
-    with pytest.raises(InvalidTrajectoryError, match="Trajectory or a Cameras"):
-        insp.encode(None, [torch.eye(4)])
-    with pytest.raises(InvalidCameraError, match="MemoryBank or a Cameras"):
-        insp.encode(None, [], memory=[1, 2])
-    traj = traj_lib.make_preset("up", _camera(), 1.0, num_frames=5)
-    with pytest.raises(InvalidTrajectoryError, match="at most"):
-        insp.encode(None, [traj] * (insp.MAX_POSES // 5 + 1))
-    from worldstereo_core import retrieval as ret_lib
-
-    r = ret_lib.References(images=(torch.zeros(48, 64, 3),), w2c=torch.eye(4)[None], K=_camera().K,
-                           ref_index=torch.tensor([0]), bank_indices=torch.tensor([3]), sources=("x",),
-                           scores=torch.tensor([1.0]), assignment=torch.tensor([3]), slots=torch.tensor([1]))
-    with pytest.raises(InvalidCameraError, match="memory bank the retrieval"):
-        insp.encode(None, [traj], memory=_camera(), retrieval=r)
-    with pytest.raises(InvalidTrajectoryError, match="one trajectory per retrieval"):
-        insp.encode(None, [], memory=_camera(), retrieval=[r])
-    assert issubclass(InvalidPointCloudError, WorldStereoError)
 
 
 def test_publish_returns_ui_entry_and_registers():
@@ -234,12 +81,12 @@ def test_publish_returns_ui_entry_and_registers():
     assert entry["planner"] is False and entry["memory"] == 0
     stored = reg.get(entry["token"])
     assert stored.data[:4] == b"WSI1" and entry["bytes"] == len(stored.data)
-    assert insp.decode(stored.data)["points"]["count"] == 100  # the node's budget is the default
+    assert codec.decode(stored.data)["points"]["count"] == 100  # the node's budget is the default
     json.dumps(ui)  # travels in the executed message and the history
 
 
 def _scene_of_bytes(n_points: int):
-    return insp.encode_scene(_cloud(n_points)) if n_points else insp.encode_scene()
+    return codec.encode_scene(_cloud(n_points)) if n_points else codec.encode_scene()
 
 
 def test_registry_is_bounded_lru():
@@ -281,7 +128,7 @@ def test_plan_preset_equals_the_node_rule():
     u, v = torch.meshgrid(torch.linspace(-0.15, 0.15, 61), torch.linspace(-0.15, 0.15, 61), indexing="xy")
     wall = PointCloud(torch.stack([u.ravel(), v.ravel(), torch.full((u.numel(),), 1.2)], 1), torch.rand(u.numel(), 3))
     reg = insp.Registry()
-    token = reg.put(insp.encode_scene(wall), planner=insp.PresetPlanner(cam, depth_median=2.0))
+    token = reg.put(codec.encode_scene(wall), planner=insp.PresetPlanner(cam, depth_median=2.0))
     plan = insp.plan_preset(reg.get(token), insp.parse_preset_request({"preset": "forward", "extent": 0.9,
                                                                         "num_frames": 17}))
     expect, halvings = traj_lib.preset_from_controls("forward", cam, 2.0, extent=0.9, num_frames=17,
@@ -294,7 +141,7 @@ def test_plan_preset_equals_the_node_rule():
     # the median depth of the request wins over the depth's; none at all is an error
     plan2 = insp.plan_preset(reg.get(token), insp.parse_preset_request({"preset": "up", "median_depth": 3.0}))
     assert plan2["median_depth"] == 3.0 and len(plan2["w2c"]) == 81 and plan2["keyframes"] == list(range(0, 81, 4))
-    bare = reg.put(insp.encode_scene(), planner=insp.PresetPlanner(cam))
+    bare = reg.put(codec.encode_scene(), planner=insp.PresetPlanner(cam))
     with pytest.raises(InvalidTrajectoryError, match="median_depth"):
         insp.plan_preset(reg.get(bare), insp.parse_preset_request({"preset": "up"}))
 
@@ -343,14 +190,14 @@ def test_handler_serves_known_tokens_only():
     reg = insp.Registry()
     ui = insp.publish(cloud=_cloud(200), trajectories=[_camera()], registry=reg)
     token = ui[insp.UI_KEY][0]["token"]
-    other = insp.Registry().put(insp.encode_scene())  # a token of another registry is unknown here
+    other = insp.Registry().put(codec.encode_scene())  # a token of another registry is unknown here
 
     async def run(client):
         out = {}
         r = await client.get(f"{insp.ROUTE}/{token}")
         out["ok"] = (r.status, r.headers["Content-Type"], await r.read())
         out["budget"] = await (await client.get(f"{insp.ROUTE}/{token}?points=50")).read()
-        for q in ("0", "-1", "abc", "1e3", str(insp.HARD_MAX_POINTS + 1), ""):
+        for q in ("0", "-1", "abc", "1e3", str(codec.HARD_MAX_POINTS + 1), ""):
             out[f"points={q}"] = (await client.get(f"{insp.ROUTE}/{token}?points={q}")).status
         for name, path in {"other": f"{insp.ROUTE}/{other}", "short": f"{insp.ROUTE}/abc",
                            "upper": f"{insp.ROUTE}/{token.upper()}",
@@ -362,7 +209,7 @@ def test_handler_serves_known_tokens_only():
     out = _with_app(reg, run)
     assert out["ok"][0] == 200 and out["ok"][1] == "application/octet-stream"
     assert out["ok"][2] == reg.get(token).data
-    assert insp.decode(out["budget"])["points"]["count"] == 50
+    assert codec.decode(out["budget"])["points"]["count"] == 50
     assert all(v == 400 for k, v in out.items() if k.startswith("points=")), out
     for name in ("other", "short", "upper", "encoded_traversal", "dotdot", "sub"):
         assert out[name] in (404, 405), (name, out[name])
@@ -402,8 +249,8 @@ def test_render_handler_png_and_refusals():
 
 def test_preset_handler_plans_only_for_trajectory_builder_outputs():
     reg = insp.Registry()
-    planned = reg.put(insp.encode_scene(_cloud(500)), planner=insp.PresetPlanner(_camera(), 2.0))
-    plain = reg.put(insp.encode_scene(_cloud(500)))
+    planned = reg.put(codec.encode_scene(_cloud(500)), planner=insp.PresetPlanner(_camera(), 2.0))
+    plain = reg.put(codec.encode_scene(_cloud(500)))
 
     async def run(client):
         ok = await client.post(f"{insp.ROUTE}/{planned}/preset", json={"preset": "left", "angle": 30, "num_frames": 9})
@@ -458,7 +305,7 @@ def test_route_serves_node_outputs_and_refuses_everything_else(server):
     r = server.get(f"/worldstereo/inspector/{token}")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/octet-stream"
     assert server.get(f"/api/worldstereo/inspector/{token}").content == r.content
-    h = insp.decode(r.content)
+    h = codec.decode(r.content)
     assert h["points"]["count"] == entries[0]["points"] > 1000
     assert len(h["trajectories"]) == 1 and h["trajectories"][0]["count"] == 1
     # the blob carries the very cloud the node produced (compare with its PLY, to quantisation)
@@ -492,7 +339,7 @@ def test_route_respects_budget_and_renders(server):
     assert result.status == "success", (result.error, server.log()[-3000:])
     entry = node_outputs(server, result, "4")[insp.UI_KEY][0]
     cloud_token = node_outputs(server, result, "2")[insp.UI_KEY][0]["token"]
-    h = insp.decode(server.get(f"/worldstereo/inspector/{entry['token']}").content)
+    h = codec.decode(server.get(f"/worldstereo/inspector/{entry['token']}").content)
     assert h["trajectories"][0]["count"] == 9 and h["points"]["count"] > 0
     saved = traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, "5")["text"][0])
     np.testing.assert_allclose(h["cameras_w2c"], saved.w2c.double().numpy(), atol=1e-5)
@@ -502,7 +349,7 @@ def test_route_respects_budget_and_renders(server):
     assert server.post(f"/worldstereo/inspector/{'f' * 32}/render", json=body).status_code == 404
     # the user's budget, applied on the server
     assert entry["planner"] is True and entry["stored_points"] == h["points"]["stored"]
-    few = insp.decode(server.get(f"/worldstereo/inspector/{entry['token']}?points=100").content)
+    few = codec.decode(server.get(f"/worldstereo/inspector/{entry['token']}?points=100").content)
     assert few["points"]["count"] == 100
     np.testing.assert_array_equal(few["points_xyz"], h["points_xyz"][:100])
     assert server.get(f"/worldstereo/inspector/{entry['token']}?points=0").status_code == 400

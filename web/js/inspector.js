@@ -13,7 +13,7 @@ import { EDITOR_NODE, TrajectoryEditor } from "./trajectory_editor.js";
 const WIDGET_NAME = "worldstereo_inspector";
 const BUDGET_PROPERTY = "worldstereo_points";
 const BUDGETS = [1000, 5000, 25000, 50000, 100000, 200000, 500000, 1000000, 2000000];
-const DEFAULT_BUDGET = 200000; // nodes/inspector.py DEFAULT_MAX_POINTS
+const DEFAULT_BUDGET = 200000; // worldstereo_core/scene_codec.py DEFAULT_MAX_POINTS
 const MIN_HEIGHT = 360;
 const STYLE_ID = "worldstereo-inspector-style";
 

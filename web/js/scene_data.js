@@ -1,5 +1,6 @@
-// Reader of the inspector blob written by nodes/inspector.py (format "WSI1"; the Python
-// `decode` there is the reference). Everything stays in typed arrays viewing one buffer.
+// Reader of the inspector blob written by worldstereo_core/scene_codec.py (format "WSI1"; the
+// Python `decode` there is the reference, and tests/unit/test_scene_codec.py runs this reader
+// under node on bytes written by Python). Everything stays in typed arrays viewing one buffer.
 
 export const UI_KEY = "worldstereo_inspector";
 export const ROUTE = "/worldstereo/inspector/";
