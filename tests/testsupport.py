@@ -38,3 +38,22 @@ def randomize_zero_inits(model, seed: int = 1, std: float = 0.05):
             if p.abs().sum() == 0:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
+
+
+def random_cloud(n: int = 1000, seed: int = 0):
+    """A seeded PointCloud of ``n`` points in a 4 × 2 × 6 box in front of the origin, random colours."""
+    import torch
+
+    from worldstereo_core.pointcloud import PointCloud
+
+    g = torch.Generator().manual_seed(seed)
+    return PointCloud(torch.rand(n, 3, generator=g) * torch.tensor([4.0, 2.0, 6.0]) - 1.0, torch.rand(n, 3, generator=g))
+
+
+def identity_camera(h: int = 48, w: int = 64):
+    """One camera at the origin (identity w2c), 60° horizontal field of view, ``h × w`` pixels."""
+    import torch
+
+    from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+
+    return Cameras(torch.eye(4)[None], intrinsics_from_fov(60.0, h, w)[None], h, w)

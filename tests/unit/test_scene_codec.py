@@ -13,23 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from testsupport import REPO_ROOT
+from testsupport import REPO_ROOT, identity_camera, random_cloud
 from worldstereo_core import cameras as cam_lib
 from worldstereo_core import scene_codec as codec
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidPointCloudError, InvalidTrajectoryError, WorldStereoError
 from worldstereo_core.memory import MemoryBank
-from worldstereo_core.pointcloud import PointCloud
 
 
-def _cloud(n: int = 1000, seed: int = 0) -> PointCloud:
-    g = torch.Generator().manual_seed(seed)
-    return PointCloud(torch.rand(n, 3, generator=g) * torch.tensor([4.0, 2.0, 6.0]) - 1.0,
-                      torch.rand(n, 3, generator=g))
-
-
-def _camera(h: int = 48, w: int = 64) -> cam_lib.Cameras:
-    return cam_lib.Cameras(torch.eye(4)[None], cam_lib.intrinsics_from_fov(60.0, h, w)[None], h, w)
+_cloud, _camera = random_cloud, identity_camera
 
 
 
