@@ -85,15 +85,141 @@ def output_dir() -> str:
     return folder_paths.get_output_directory()
 
 
-def save_path(filename_prefix: str, extension: str) -> tuple[str, str, str]:
-    """``(full_path, filename, subfolder)`` of the next free output file for a prefix."""
+# --------------------------------------------------------------------------------------------
+# File and folder inputs: the one gate every path a user types goes through
+# --------------------------------------------------------------------------------------------
+
+
+def _inside(path: str, root: str, allow_root: bool) -> bool:
+    import os
+
+    if path == root:
+        return allow_root
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def model_roots() -> list[str]:
+    """Every model folder ComfyUI knows: ``models/`` and the folders of each model type,
+    including those added in ``extra_model_paths.yaml``."""
+    import folder_paths
+
+    roots = [folder_paths.models_dir]
+    for paths, _ in folder_paths.folder_names_and_paths.values():
+        roots.extend(paths)
+    return roots
+
+
+def user_path(value: str, what: str, *, roots: list[str], base: str, kind: str, where: str) -> str:
+    """The real path of a file or folder input, checked to lie inside one of ``roots``.
+
+    ``value`` is relative to ``base`` (or absolute); ComfyUI's annotations ``"name [input]"``,
+    ``"name [output]"`` pick that folder as the base (``folder_paths.get_annotated_filepath``).
+    Symlinks are resolved before the check, so no link leads out of the folders. ``kind``:
+    ``"file"`` / ``"folder"`` must exist as a regular file / a folder; ``"new"`` is a path to be
+    written (a folder strictly below a root; it may not exist yet). The error for a path
+    outside the folders is the same whether or not it exists, so requests cannot probe the disk.
+
+    Raises:
+        UnsafePathError: empty, outside the folders, or not an existing file / folder.
+    """
     import os
 
     import folder_paths
 
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, output_dir())
+    from worldstereo_core.errors import UnsafePathError
+
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or "\x00" in text:
+        raise UnsafePathError(f"{what} is empty or not a path; give a path inside {where}")
+    path = folder_paths.get_annotated_filepath(text, base)
+    real = os.path.realpath(path)
+    if not any(_inside(real, os.path.realpath(r), allow_root=kind != "new") for r in roots):
+        raise UnsafePathError(
+            f"{what} {text!r} is not inside {where}; give a path relative to that folder (absolute paths, '..' "
+            "and symlinks may not lead out of it)"
+        )
+    if kind == "file" and not os.path.isfile(real):
+        raise UnsafePathError(f"{what} {text!r}: there is no such file in {where}")
+    if kind == "folder" and not os.path.isdir(real):
+        raise UnsafePathError(f"{what} {text!r}: there is no such folder in {where}")
+    return real
+
+
+def input_file(value: str, what: str) -> str:
+    """A file input (camera.json, …): a file in ComfyUI's input folder, or with ``" [output]"``
+    appended one in the output folder (e.g. what Save camera.json wrote)."""
+    import folder_paths
+
+    return user_path(value, what, roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
+                     base=folder_paths.get_input_directory(), kind="file",
+                     where="ComfyUI's input folder (or its output folder, with ' [output]' appended)")
+
+
+def output_folder(value: str, what: str) -> str:
+    """A folder below ComfyUI's output folder, to write (``must_exist=False``) or read."""
+    return user_path(value, what, roots=[output_dir()], base=output_dir(), kind="new",
+                     where="ComfyUI's output folder")
+
+
+def model_folder(value: str, what: str) -> str:
+    """An existing folder inside ComfyUI's model folders (``models/`` or ``extra_model_paths.yaml``)."""
+    import folder_paths
+
+    return user_path(value, what, roots=model_roots(), base=folder_paths.models_dir, kind="folder",
+                     where="ComfyUI's model folders (models/, or a folder added in extra_model_paths.yaml)")
+
+
+def save_target(filename_prefix: str) -> tuple[str, str, int, str]:
+    """``(folder, name, counter, subfolder)`` of ComfyUI's next free output name for a prefix,
+    checked after resolving symlinks to lie inside the output folder."""
+    import os
+
+    import folder_paths
+
+    from worldstereo_core.errors import ExportError, UnsafePathError
+
+    out = output_dir()
+    real_out = os.path.realpath(out)
+    folder = None
+    # checked before ComfyUI's helper too: it creates the folder, and checks without resolving symlinks
+    sub = os.path.dirname(os.path.normpath(filename_prefix)) if isinstance(filename_prefix, str) else "/"
+    if "\x00" not in sub and _inside(os.path.realpath(os.path.join(out, sub)), real_out, allow_root=True):
+        try:
+            folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out)
+        except OSError as e:  # e.g. a file where the prefix needs a folder
+            raise ExportError(f"cannot use filename_prefix {filename_prefix!r}: {e.strerror or e}") from None
+        except Exception as e:  # ComfyUI raises a bare Exception for prefixes that leave the output folder
+            if "outside the output folder" not in str(e):
+                raise
+            folder = None
+    if folder is None or not _inside(os.path.realpath(folder), real_out, allow_root=True):
+        raise UnsafePathError(
+            f"filename_prefix {filename_prefix!r} leads out of ComfyUI's output folder; give a prefix relative to it "
+            "(absolute paths, '..' and symlinks may not lead out of it)"
+        )
+    return folder, name, counter, subfolder
+
+
+def save_path(filename_prefix: str, extension: str) -> tuple[str, str, str]:
+    """``(full_path, filename, subfolder)`` of the next free output file for a prefix."""
+    import os
+
+    folder, name, counter, subfolder = save_target(filename_prefix)
     filename = f"{name}_{counter:05}_.{extension}"
     return os.path.join(folder, filename), filename, subfolder
+
+
+def save_folder_path(filename_prefix: str) -> tuple[str, str]:
+    """``(full_path, relative_path)`` of a fresh output folder ``<prefix>_00001_`` (ComfyUI's
+    counter counts folders like files); it is not created (write it with ``atomic.write_folder``)."""
+    import os
+
+    folder, name, counter, subfolder = save_target(filename_prefix)
+    leaf = f"{name}_{counter:05}_"
+    return os.path.join(folder, leaf), (f"{subfolder}/{leaf}" if subfolder else leaf)
 
 Depth = io.Custom("WS_DEPTH")  # float32 [N, H, W] z-depth, 0 where unknown
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import torch
 from .comfy_v3 import io
@@ -10,11 +9,12 @@ from .comfy_v3 import io
 from worldstereo_core import cameras as cam_lib
 from worldstereo_core import pointcloud as pc_lib
 from worldstereo_core import render as render_lib
+from worldstereo_core import safe_json
 from worldstereo_core import trajectory as traj_lib
-from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError
+from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError, MalformedJsonError
 
 from .common import (CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
-                     inspector_ui, trajectories_of)
+                     input_file, inspector_ui, trajectories_of)
 from .inspector import PresetPlanner
 
 SUB = f"{CATEGORY}/geometry"
@@ -111,7 +111,8 @@ class TrajectoryBuilder(io.ComfyNode):
                 io.Int.Input("num_frames", default=81, min=2, max=1024,
                              tooltip="Number of poses (the released model uses 81; it works on 21 keyframes)."),
                 io.String.Input("camera_json", default="", multiline=False,
-                                tooltip="Path of a camera.json (upstream format) for preset = camera_json."),
+                                tooltip="A camera.json (upstream format) for preset = camera_json, relative to "
+                                "ComfyUI's input folder (append ' [output]' for one in the output folder)."),
                 io.String.Input("keyframes", default="", multiline=True,
                                 tooltip='JSON list of keyframes for preset = keyframes: each {"position": [x,y,z], '
                                 '"look_at": [x,y,z], "up"?: [x,y,z]} or {"w2c": 4×4}; interpolated smoothly '
@@ -132,14 +133,16 @@ class TrajectoryBuilder(io.ComfyNode):
         if preset == "camera_json":
             if not camera_json.strip():
                 raise InvalidTrajectoryError("preset is camera_json but no camera_json path was given")
-            # camera.json K is in pixels of the file's own image; rescale it to the start view
-            traj = traj_lib.load_camera_json(camera_json.strip()).resized(first.height, first.width)
+            # only files inside ComfyUI's input/output folders, checked after resolving symlinks;
+            # camera.json K is in pixels of the file's own image: rescale it to the start view
+            path = input_file(camera_json, "camera_json")
+            traj = traj_lib.load_camera_json(path).resized(first.height, first.width)
             return io.NodeOutput(traj, ui=cls._ui(traj, first, cache, depth))
         if preset == "keyframes":
             try:
-                kfs = json.loads(keyframes)
-            except ValueError as e:
-                raise InvalidTrajectoryError(f"keyframes is not valid JSON: {e}") from None
+                kfs = safe_json.loads(keyframes, what="keyframes")
+            except MalformedJsonError as e:
+                raise InvalidTrajectoryError(str(e)) from None
             traj = traj_lib.from_keyframes(kfs, first.K[0], first.height, first.width, num_frames=num_frames)
             return io.NodeOutput(traj, ui=cls._ui(traj, first, cache, depth))
         m = median_depth if median_depth > 0 else (_median_depth(depth) if depth is not None else None)

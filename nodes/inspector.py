@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 import torch
 
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import InvalidCameraError, InvalidTrajectoryError, WorldStereoError
+from worldstereo_core import safe_json
+from worldstereo_core.errors import InvalidCameraError, InvalidTrajectoryError, MalformedJsonError, WorldStereoError
 from worldstereo_core.pointcloud import PointCloud
 from worldstereo_core.scene_codec import DEFAULT_MAX_POINTS, HARD_MAX_POINTS, EncodedScene, check_budget, encode_scene
 
@@ -48,6 +49,7 @@ MAX_TOTAL_BYTES = 512 * 2**20
 MAX_RENDER_PIXELS = 1024 * 1024
 MAX_PRESET_FRAMES = 1024
 MAX_REQUEST_BYTES = 16384
+MAX_REQUEST_DEPTH = 4  # render/preset bodies nest 3 levels at most (a 4×4 w2c as nested lists)
 
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -180,6 +182,16 @@ def publish(
 # ---------------------------------------------------------------------------------------------
 
 
+def parse_points(raw: str) -> int:
+    """The ``?points=`` query value: ASCII digits only (``str.isdigit`` also takes "²" and other
+    Unicode digits that ``int`` refuses), at most 7 of them, from 1 to :data:`HARD_MAX_POINTS`."""
+    from aiohttp import web
+
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7 and 1 <= int(raw) <= HARD_MAX_POINTS):
+        raise web.HTTPBadRequest(text=f"points must be an integer from 1 to {HARD_MAX_POINTS}")
+    return int(raw)
+
+
 def parse_render_request(body: Any) -> tuple[Cameras, float]:
     """Validated ``(camera, radius)`` from a render request ``{"w2c": 16, "K": 9, "height",
     "width", "radius"?}``; raises :class:`InvalidCameraError` for anything else."""
@@ -190,7 +202,7 @@ def parse_render_request(body: Any) -> tuple[Cameras, float]:
         K = torch.tensor(body["K"], dtype=torch.float64).reshape(3, 3)
         h, w = int(body["height"]), int(body["width"])
         radius = float(body.get("radius", 0.008))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise InvalidCameraError(f"render request needs w2c (16 numbers), K (9), height, width: {e}") from None
     if not (16 <= h and 16 <= w and h * w <= MAX_RENDER_PIXELS):
         raise InvalidCameraError(f"render size {h}×{w} out of range (16 px to {MAX_RENDER_PIXELS} pixels)")
@@ -238,7 +250,7 @@ def parse_preset_request(body: Any) -> PresetRequest:
         n = body.get("num_frames", 81)
         if isinstance(n, bool) or not isinstance(n, int):
             raise ValueError(f"num_frames must be an integer, got {n!r}")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise InvalidTrajectoryError(f"bad preset request: {e}") from None
     for key, v, hi in (("median_depth", m, 1e6), ("angle", angle, 360.0), ("extent", extent, 100.0)):
         if not (math.isfinite(v) and 0.0 <= v <= hi):
@@ -321,21 +333,22 @@ def make_handlers(registry: Registry | None = None) -> Handlers:
         return entry
 
     async def json_body(request) -> Any:
+        # bounded size, nesting and numbers: every malformed body is a 4xx with a message
         if request.content_length is None or request.content_length > MAX_REQUEST_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES, actual_size=request.content_length or 0)
+        raw = await request.read()
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_REQUEST_BYTES, actual_size=len(raw))
         try:
-            return await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(text="the request body is not JSON") from None
+            return safe_json.loads(raw, max_depth=MAX_REQUEST_DEPTH, what="the request body")
+        except MalformedJsonError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
 
     async def get_blob(request):
         entry = lookup(request)
         budget = entry.default_points
         if "points" in request.query:
-            raw = request.query["points"]
-            if not raw.isdigit() or not 1 <= int(raw) <= HARD_MAX_POINTS:
-                raise web.HTTPBadRequest(text=f"points must be an integer from 1 to {HARD_MAX_POINTS}")
-            budget = int(raw)
+            budget = parse_points(request.query["points"])
         data = entry.scene.blob(budget)
         return web.Response(body=data, content_type="application/octet-stream",
                             headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
@@ -346,13 +359,16 @@ def make_handlers(registry: Registry | None = None) -> Handlers:
             raise web.HTTPNotFound(text="this inspector output has no point cloud to render")
         try:
             camera, radius = parse_render_request(await json_body(request))
-        except InvalidCameraError as e:
+        except WorldStereoError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
 
         def work() -> bytes:
             return render_png(entry.scene.cloud(), camera, radius)
 
-        png = await asyncio.get_running_loop().run_in_executor(None, work)
+        try:
+            png = await asyncio.get_running_loop().run_in_executor(None, work)
+        except WorldStereoError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
         return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "no-store"})
 
     async def post_preset(request):
@@ -361,7 +377,7 @@ def make_handlers(registry: Registry | None = None) -> Handlers:
             raise web.HTTPNotFound(text="only a Trajectory Builder's output can preview presets; run it once")
         try:
             req = parse_preset_request(await json_body(request))
-        except InvalidTrajectoryError as e:
+        except WorldStereoError as e:
             raise web.HTTPBadRequest(text=str(e)) from None
         try:
             plan = await asyncio.get_running_loop().run_in_executor(None, plan_preset, entry, req)

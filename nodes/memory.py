@@ -11,10 +11,10 @@ from .comfy_v3 import io
 from worldstereo_core import memory as mem_lib
 from worldstereo_core import interfaces, merge, render
 from worldstereo_core import retrieval as ret_lib
-from worldstereo_core.errors import MemoryBankError
+from worldstereo_core.errors import MemoryBankError, WorldStereoError
 
 from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
-                     inspector_ui, output_dir, trajectories_of)
+                     inspector_ui, output_folder, trajectories_of)
 
 SUB = f"{CATEGORY}/memory"
 
@@ -41,12 +41,8 @@ def _frames_cameras(frames: torch.Tensor, trajectory):
 
 
 def _bank_folder(name: str) -> str:
-    """A bank folder under ComfyUI's output folder; names never leave it."""
-    base = os.path.realpath(output_dir())
-    path = os.path.realpath(os.path.join(base, name.strip()))
-    if not name.strip() or os.path.commonpath([base, path]) != base:
-        raise MemoryBankError(f"bank folder {name!r} must be a relative path inside ComfyUI's output folder")
-    return path
+    """A bank folder under ComfyUI's output folder; names never leave it (symlinks resolved)."""
+    return output_folder(name, "bank folder")
 
 
 class MemoryBankCreate(io.ComfyNode):
@@ -151,7 +147,10 @@ class MemoryBankLoad(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder):
-        manifest = os.path.join(_bank_folder(folder), "manifest.json")
+        try:
+            manifest = os.path.join(_bank_folder(folder), "manifest.json")
+        except WorldStereoError:
+            return float("nan")  # execute says what is wrong with the folder
         return os.path.getmtime(manifest) if os.path.exists(manifest) else float("nan")
 
 

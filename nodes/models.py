@@ -26,6 +26,7 @@ from .common import (
     Retrieval,
     Trajectory,
     image_to_hwc,
+    model_folder,
     scene_loop_outputs,
     scene_loop_result,
     trajectories_of,
@@ -122,20 +123,10 @@ def _prefer(options: list[str], *words: str) -> str:
 
 
 def _wan_path(wan_folder: str) -> str | None:
-    wan_folder = wan_folder.strip()
-    if not wan_folder:
+    """The diffusers Wan folder: inside ComfyUI's model folders (symlinks resolved), or None."""
+    if not wan_folder.strip():
         return None
-    if not os.path.isabs(wan_folder):
-        import folder_paths
-
-        candidate = os.path.join(folder_paths.models_dir, wan_folder)
-        wan_folder = candidate if os.path.exists(candidate) else wan_folder
-    if not os.path.isdir(wan_folder):
-        raise CheckpointError(
-            f"wan_folder {wan_folder!r} is not a folder; give a diffusers Wan2.1-I2V-14B-480P folder (absolute, or "
-            "relative to ComfyUI/models) or leave it empty and pick the single files"
-        )
-    return wan_folder
+    return model_folder(wan_folder, "wan_folder")
 
 
 def _component(choice: str, folder: str, wan: str | None, what: str) -> str | None:
@@ -200,8 +191,10 @@ class WorldStereoLoadModel(io.ComfyNode):
                                tooltip="Wan 2.1 VAE (models/vae, e.g. wan_2.1_vae.safetensors) or the diffusers "
                                "wan_folder; it encodes and decodes each of the 21 keyframes independently."),
                 io.String.Input("wan_folder", default="",
-                                tooltip="Optional diffusers Wan2.1-I2V-14B-480P folder (absolute or relative to "
-                                "ComfyUI/models) for components set to 'from wan_folder'; its tokenizer/ is used too."),
+                                tooltip="Optional diffusers Wan2.1-I2V-14B-480P folder inside ComfyUI's model folders "
+                                "(relative to ComfyUI/models, e.g. diffusers/Wan2.1-I2V-14B-480P, or a folder listed in "
+                                "extra_model_paths.yaml) for components set to 'from wan_folder'; its tokenizer/ is "
+                                "used too."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16",
                                tooltip="Weights dtype (the release runs bf16). fp8 text encoders are dequantised."),
                 io.Combo.Input("offload", options=["none", "encoders", "sequential"], default="none",

@@ -10,7 +10,7 @@ from .comfy_v3 import io
 from worldstereo_core import evaluate as eval_lib
 from worldstereo_core import export
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import CheckpointError, ReconstructionError
+from worldstereo_core.errors import CheckpointError, ExportError, ReconstructionError
 from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud as PointCloudValue
 from worldstereo_core.recon import reconstruct as rec_lib
 from worldstereo_core.recon import worldmirror as wm_lib
@@ -29,6 +29,7 @@ from .common import (
     inspector_ui,
     model_files,
     register_model_folder,
+    save_folder_path,
     trajectories_of,
 )
 from .depth import MoGe, depth_preview
@@ -44,17 +45,17 @@ MODEL_FOLDER = "worldmirror"  # models/worldmirror/: model.safetensors + config.
 register_model_folder(MODEL_FOLDER)
 
 
-def _export_folder(filename_prefix: str) -> tuple[str, str]:
-    """``(full_path, relative_path)`` of a fresh output folder ``<prefix>_00001_`` (ComfyUI's
-    counter counts folders like files)."""
-    import folder_paths
+def _write_export_folder(filename_prefix: str, write) -> str:
+    """Write a fresh output folder ``<prefix>_00001_`` atomically (a hidden temporary folder
+    renamed at the end, so a failure leaves nothing behind); returns its relative path."""
+    from worldstereo_core import atomic
 
-    out = folder_paths.get_output_directory()
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out)
-    leaf = f"{name}_{counter:05}_"
-    full = os.path.join(folder, leaf)
-    os.makedirs(full, exist_ok=False)
-    return full, (f"{subfolder}/{leaf}" if subfolder else leaf)
+    full, rel = save_folder_path(filename_prefix)
+    try:
+        atomic.write_folder(full, lambda tmp: write(str(tmp)))
+    except FileExistsError:
+        raise ExportError(f"output folder {rel} appeared while writing; run the node again") from None
+    return rel
 
 
 class LoadWorldMirror(io.ComfyNode):
@@ -218,11 +219,14 @@ class SaveColmap(io.ComfyNode):
     def execute(cls, frames, cameras, filename_prefix, max_points, cloud=None) -> io.NodeOutput:
         x = frames[..., :3].float().cpu()
         (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
-        full, rel = _export_folder(filename_prefix)
-        names = export.save_images_png(os.path.join(full, "images"), x)
-        export.save_colmap_text(os.path.join(full, "sparse", "0"), cams, names,
-                                cloud.require_nonempty() if cloud is not None else None,
-                                max_points=max_points if max_points > 0 else None)
+        pts = cloud.require_nonempty() if cloud is not None else None  # inputs checked before anything is written
+
+        def write(full: str) -> None:
+            names = export.save_images_png(os.path.join(full, "images"), x)
+            export.save_colmap_text(os.path.join(full, "sparse", "0"), cams, names, pts,
+                                    max_points=max_points if max_points > 0 else None)
+
+        rel = _write_export_folder(filename_prefix, write)
         return io.NodeOutput(rel, ui={"text": [rel]})
 
 
@@ -253,14 +257,18 @@ class SaveTransformsJson(io.ComfyNode):
     def execute(cls, frames, cameras, filename_prefix, cloud=None) -> io.NodeOutput:
         x = frames[..., :3].float().cpu()
         (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
-        full, rel = _export_folder(filename_prefix)
-        names = export.save_images_png(os.path.join(full, "images"), x)
-        ply = None
-        if cloud is not None:
-            export.save_pointcloud_ply(os.path.join(full, "sparse_pc.ply"), cloud.require_nonempty())
-            ply = "sparse_pc.ply"
-        export.save_transforms_json(os.path.join(full, "transforms.json"), cams, [f"images/{n}" for n in names],
-                                    ply_file_path=ply)
+        pts = cloud.require_nonempty() if cloud is not None else None  # inputs checked before anything is written
+
+        def write(full: str) -> None:
+            names = export.save_images_png(os.path.join(full, "images"), x)
+            ply = None
+            if pts is not None:
+                export.save_pointcloud_ply(os.path.join(full, "sparse_pc.ply"), pts)
+                ply = "sparse_pc.ply"
+            export.save_transforms_json(os.path.join(full, "transforms.json"), cams,
+                                        [f"images/{n}" for n in names], ply_file_path=ply)
+
+        rel = _write_export_folder(filename_prefix, write)
         path = f"{rel}/transforms.json"
         return io.NodeOutput(path, ui={"text": [path]})
 
