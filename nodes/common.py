@@ -42,6 +42,17 @@ class Progress:
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def option(options: dict, value, what: str):
+    """``options[value]`` for a combo input. ComfyUI 0.3.75 does not check V3 combo values against
+    their options (any string reaches ``execute`` through the API), so a lookup says what is allowed."""
+    from worldstereo_core.errors import InvalidChoiceError
+
+    try:
+        return options[value]
+    except (KeyError, TypeError):
+        raise InvalidChoiceError(f"{what} is {value!r}; choose one of {sorted(options)}") from None
+
+
 def register_model_folder(name: str) -> None:
     """``models/<name>/`` in ComfyUI's model folders: loose ``.safetensors`` files, or one
     subfolder per model (e.g. ``model.safetensors`` + ``config.json``). Idempotent; folders a

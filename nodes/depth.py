@@ -15,7 +15,7 @@ from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
 from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PointCloud, Progress, cap_points, image_to_hwc,
-                     inspector_ui, model_files, register_model_folder)
+                     inspector_ui, model_files, option, register_model_folder)
 
 SUB_DEPTH = f"{CATEGORY}/depth"
 SUB_PANORAMA = f"{CATEGORY}/panorama"
@@ -112,7 +112,7 @@ class LoadMoGe(io.ComfyNode):
             )
         model = moge_lib.load_moge(
             path, config=None if variant == "auto" else variant,
-            device=comfy.model_management.get_torch_device(), dtype=DTYPES[dtype],
+            device=comfy.model_management.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"),
         )
         return io.NodeOutput(model)
 

@@ -6,7 +6,7 @@ import json
 
 from .comfy_v3 import io
 
-from worldstereo_core import export, trajectory as traj_lib
+from worldstereo_core import export, safe_json, trajectory as traj_lib
 
 from .common import CATEGORY, PointCloud, Trajectory, relative_output_path, save_path, saved, trajectories_of
 
@@ -151,7 +151,7 @@ class SaveReport(io.ComfyNode):
 
     @classmethod
     def execute(cls, report, filename_prefix) -> io.NodeOutput:
-        data = json.loads(report)
+        data = safe_json.loads(report, what="report")  # bounded: a pasted report is user text
         info = save_path(filename_prefix, "json")
         export.write_text_atomic(info[0], json.dumps(data, indent=2))  # atomic: temp file + rename
         return io.NodeOutput(ui={"text": [json.dumps(data, indent=2)], "files": [saved(info)]})

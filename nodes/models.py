@@ -27,7 +27,9 @@ from .common import (
     Trajectory,
     image_to_hwc,
     model_folder,
+    option,
     scene_loop_outputs,
+    user_path,
     scene_loop_result,
     trajectories_of,
 )
@@ -92,9 +94,16 @@ def list_checkpoints() -> list[str]:
 
 
 def _checkpoint_path(name: str) -> str:
+    """The checkpoint folder of a ``checkpoint`` choice. ComfyUI 0.3.75 does not check V3 combo
+    values against their options, so a name that is not one of :func:`list_checkpoints` (which
+    may follow links the admin made) must lie inside the model folders after resolving symlinks."""
     import folder_paths
 
-    for base in folder_paths.get_folder_paths(FOLDER):
+    bases = folder_paths.get_folder_paths(FOLDER)
+    if name not in list_checkpoints():
+        user_path(name, "checkpoint", roots=bases, base=bases[0], kind="new",
+                  where="ComfyUI's worldstereo model folders (models/worldstereo/)")
+    for base in bases:
         path = os.path.join(base, name)
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
@@ -225,7 +234,7 @@ class WorldStereoLoadModel(io.ComfyNode):
             _checkpoint_path(checkpoint), wan,
             text_encoder=te, image_encoder=cv, vae=va,
             variant=None if variant == "auto" else variant,
-            device=mm.get_torch_device(), dtype=DTYPES[dtype], offload=offload,
+            device=mm.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"), offload=offload,
             attention_backend=None if attention_backend == "default" else attention_backend,
             with_text_encoder=te is not None, with_image_encoder=cv is not None,
         )
@@ -369,7 +378,7 @@ class WorldStereoSampler(io.ComfyNode):
             x = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(H, W), mode="bicubic",
                                                 antialias=True, align_corners=False)
             img = x[0].permute(1, 2, 0).clamp(0, 1)
-        choice = SAMPLER_CHOICES[sampler]
+        choice = option(SAMPLER_CHOICES, sampler, "sampler")
         total = steps or (model.transformer.ws_config.dmd.steps if (choice or model.default_sampler) == "dmd" else 40)
         progress = Progress(total)
 
@@ -479,7 +488,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
         cam = camera[:1]
         if (cam.height, cam.width) != (H, W):
             cam = cam.resized(H, W)
-        choice = SAMPLER_CHOICES[sampler]
+        choice = option(SAMPLER_CHOICES, sampler, "sampler")
         kind = choice or model.default_sampler
         per_clip = steps or (model.transformer.ws_config.dmd.steps if kind == "dmd" else 40)
         stages = 1 + 5 * len(names)

@@ -28,6 +28,7 @@ from .common import (
     Trajectory,
     inspector_ui,
     model_files,
+    option,
     register_model_folder,
     save_folder_path,
     trajectories_of,
@@ -89,7 +90,8 @@ class LoadWorldMirror(io.ComfyNode):
                 f"WorldMirror weights {model_name!r} not found under models/{MODEL_FOLDER}/; put model.safetensors "
                 f"(+ config.json) in a subfolder there and refresh the node list"
             )
-        model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(), dtype=DTYPES[dtype])
+        model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(),
+                                        dtype=option(DTYPES, dtype, "dtype"))
         return io.NodeOutput(model)
 
 

@@ -167,7 +167,8 @@ class ComfyServer:
         body = {"prompt": api_graph, "client_id": client_id}
         if workflow is not None:
             body["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
-        r = self.post("/prompt", json=body)
+        # json.dumps writes NaN / Infinity as ComfyUI's own json.loads reads them (requests' json= refuses)
+        r = self.post("/prompt", data=json.dumps(body), headers={"Content-Type": "application/json"})
         if r.status_code != 200:
             raise PromptRejected(r.status_code, r.text)
         body = r.json()

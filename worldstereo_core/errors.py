@@ -80,3 +80,7 @@ class UnsafePathError(WorldStereoError):
 class MalformedJsonError(WorldStereoError):
     """JSON text that is not parsed: bad syntax, nesting deeper than the format needs, numbers
     with too many digits, or NaN / Infinity / out-of-range values."""
+
+
+class InvalidChoiceError(WorldStereoError):
+    """A value that is not one of an option's choices (a dtype, sampler or mode name)."""

@@ -391,6 +391,18 @@ def _look_at(position: Any, target: Any, up: Any, i: int) -> np.ndarray:
 
 
 def _keyframe_c2w(kf: Any, up: Sequence[float], i: int) -> np.ndarray:
+    try:
+        return _keyframe_c2w_unchecked(kf, up, i)
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError) as e:
+        if isinstance(e, WorldStereoError):
+            raise
+        # strings, nulls, ragged lists … from a hand-edited keyframes widget
+        raise InvalidTrajectoryError(
+            f"keyframe {i}: expected a 4×4 w2c pose, (position, look_at[, up]) or a dict of them; got {kf!r:.80} ({e})"
+        ) from None
+
+
+def _keyframe_c2w_unchecked(kf: Any, up: Sequence[float], i: int) -> np.ndarray:
     if isinstance(kf, Mapping):
         if "w2c" in kf:
             kf = kf["w2c"]
@@ -439,6 +451,8 @@ def from_keyframes(
         K: ``[3, 3]`` intrinsics shared by all poses, in pixels of ``height × width``.
         up: default world up direction for look-at keyframes (OpenCV world: ``(0, −1, 0)``).
     """
+    if isinstance(keyframes, (str, bytes, Mapping)) or not isinstance(keyframes, Sequence):
+        raise InvalidTrajectoryError(f"keyframes must be a list of poses, got {type(keyframes).__name__}")
     if len(keyframes) == 0:
         raise InvalidTrajectoryError("no keyframes given; give at least one pose")
     if int(num_frames) < 1:
