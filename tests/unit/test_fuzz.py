@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from testsupport import REPO_ROOT  # noqa: E402
-from worldstereo_core import safe_json  # noqa: E402
+from worldstereo_core import safe_json, scene_codec  # noqa: E402
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov  # noqa: E402
 from worldstereo_core.errors import WorldStereoError  # noqa: E402
 from worldstereo_core.pointcloud import PointCloud  # noqa: E402
@@ -180,12 +180,11 @@ def test_keyframe_edits_give_a_smooth_path_or_a_clear_error(kfs, n, interp):
 @given(n=st.integers(0, 300), scale=st.sampled_from([1e-6, 1.0, 1e4]), budget=st.integers(1, 400),
        n_traj=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
 def test_inspector_blob_round_trips(n, scale, budget, n_traj, seed):
-    insp = _inspector()
     g = torch.Generator().manual_seed(seed)
     cloud = PointCloud(torch.randn(n, 3, generator=g) * scale, torch.rand(n, 3, generator=g)) if n else None
     trajs = [preset_from_controls("orbit", FIRST, 2.0, num_frames=5 + i)[0] for i in range(n_traj)]
-    scene = insp.encode_scene(cloud, trajs)
-    h = insp.decode(scene.blob(budget))
+    scene = scene_codec.encode_scene(cloud, trajs)
+    h = scene_codec.decode(scene.blob(budget))
     assert len(h["trajectories"]) == n_traj
     assert h["cameras_w2c"].shape[0] == sum(len(t) for t in trajs)
     if n:
@@ -201,10 +200,9 @@ def test_inspector_blob_round_trips(n, scale, budget, n_traj, seed):
 
 @given(data=st.binary(max_size=64), tail=st.binary(max_size=64))
 def test_inspector_decoder_refuses_garbage(data, tail):
-    insp = _inspector()
-    blob = insp.MAGIC + data[:4] + tail if data else data
+    blob = scene_codec.MAGIC + data[:4] + tail if data else data
     try:
-        insp.decode(blob)
+        scene_codec.decode(blob)
     except (ValueError, KeyError, TypeError, IndexError, struct_error()):
         pass  # a Python reader used by tests; it must not hang or crash the interpreter
 
