@@ -47,3 +47,41 @@ def test_pyproject_registry_fields():
            if line.strip() and not line.startswith("#")}
     deps = {d.split(">=")[0].strip() for d in project["dependencies"]} - {"torch"}
     assert req == deps
+
+
+def test_clean_venv_install_with_real_dependencies_runs_the_cli(tmp_path):
+    """``pip install .`` into an empty virtual environment pulls every runtime dependency the
+    library imports; then ``worldstereo render`` reads a PLY and a camera.json and writes an MP4.
+    (torch comes first from the CPU build on the machine's disk; the rest from the registry.)"""
+    from worldstereo_core import export, pointcloud, synthetic, trajectory
+
+    venv = tmp_path / "venv"
+    base_python = getattr(sys, "_base_executable", None) or sys.executable
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
+    py = venv / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    for args in (["torch>=2.4,<=2.14.1", "--prefer-binary"], [str(REPO_ROOT)]):
+        run = subprocess.run(pip + args, capture_output=True, text=True, timeout=1800)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    scene = synthetic.make_scene("room")
+    view = scene.default_view(48, 64)
+    cloud = pointcloud.unproject_depth(view.depth[0], view.cameras.K[0], view.cameras.c2w[0], view.image[0])
+    export.save_pointcloud_ply(tmp_path / "c.ply", cloud)
+    traj = trajectory.make_preset("up", view.cameras, view.median_depth, num_frames=5)
+    trajectory.save_camera_json(tmp_path / "camera.json", traj)
+    cli = subprocess.run(
+        [str(venv / "bin" / "worldstereo"), "render", str(tmp_path / "c.ply"), str(tmp_path / "camera.json"),
+         str(tmp_path / "r.mp4"), "--mask-out", str(tmp_path / "m.mp4")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert (tmp_path / "r.mp4").stat().st_size > 0 and (tmp_path / "m.mp4").stat().st_size > 0
+    # every module of the library imports with only the declared dependencies installed
+    probe = (
+        "import pkgutil, importlib, worldstereo_core as w;"
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(w.__path__, 'worldstereo_core.') if not m.name.endswith('__main__')];"
+        "print('ok')"
+    )
+    out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
