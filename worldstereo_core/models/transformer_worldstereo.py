@@ -195,7 +195,11 @@ class RefJointAttnProcessor(WanAttnProcessor):
     Without ``ref_hidden_states`` it is exactly diffusers' :class:`WanAttnProcessor`. With them, the
     targets' queries attend over ``concat[ref_keys, target_keys]`` — the release's joint attention,
     restricted to the outputs that survive (targets), since references are not updated.
+    Subclasses change only :meth:`_attend` (e.g. sequence parallel around the kernel).
     """
+
+    handles_plain_self_attention = False
+    """False: without references, diffusers' own processor runs (bit-identical to stock Wan)."""
 
     def __call__(  # type: ignore[override]
         self,
@@ -207,38 +211,81 @@ class RefJointAttnProcessor(WanAttnProcessor):
         ref_hidden_states: torch.Tensor | None = None,
         ref_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if ref_hidden_states is None:
+        if ref_hidden_states is None and not self.handles_plain_self_attention:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if encoder_hidden_states is not None:
+            raise ModelInputError("the joint reference attention is self-attention; it takes no encoder_hidden_states")
 
+        ref_key = ref_value = None
         if getattr(attn, "fused_projections", False):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-            _, ref_key, ref_value = attn.to_qkv(ref_hidden_states).chunk(3, dim=-1)
+            if ref_hidden_states is not None:
+                _, ref_key, ref_value = attn.to_qkv(ref_hidden_states).chunk(3, dim=-1)
         else:
             query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-            ref_key, ref_value = attn.to_k(ref_hidden_states), attn.to_v(ref_hidden_states)
+            if ref_hidden_states is not None:
+                ref_key, ref_value = attn.to_k(ref_hidden_states), attn.to_v(ref_hidden_states)
 
         query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
         key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        ref_key = attn.norm_k(ref_key).unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        ref_value = ref_value.unflatten(2, (attn.heads, -1))
+        if ref_key is not None:
+            ref_key = attn.norm_k(ref_key).unflatten(2, (attn.heads, -1))
+            ref_value = ref_value.unflatten(2, (attn.heads, -1))
         if rotary_emb is not None:
             query = apply_rotary_emb(query, *rotary_emb)
             key = apply_rotary_emb(key, *rotary_emb)
-            ref_key = apply_rotary_emb(ref_key, *ref_rotary_emb)
+            if ref_key is not None:
+                ref_key = apply_rotary_emb(ref_key, *ref_rotary_emb)
 
-        out = dispatch_attention_fn(
+        out = self._attend(query, key, value, ref_key, ref_value, attention_mask)
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        ref_key: torch.Tensor | None,
+        ref_value: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``[B, L, H, D]`` queries over ``concat[ref, target]`` keys/values → ``[B, L, H, D]``."""
+        if ref_key is not None:
+            key = torch.cat([ref_key, key], dim=1)
+            value = torch.cat([ref_value, value], dim=1)
+        return dispatch_attention_fn(
             query,
-            torch.cat([ref_key, key], dim=1),
-            torch.cat([ref_value, value], dim=1),
+            key,
+            value,
             attn_mask=attention_mask,
             dropout_p=0.0,
             is_causal=False,
             backend=self._attention_backend,
             parallel_config=None,
         )
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+
+
+class UlyssesAttnProcessor(RefJointAttnProcessor):
+    """:class:`RefJointAttnProcessor` under Ulysses sequence parallel: this rank holds a slice of
+    the tokens with all heads; one all-to-all gives it every token of ``heads / N`` heads, the
+    attention runs there, and a second all-to-all returns its slice of the output
+    (:mod:`worldstereo_core.distributed.sequence_parallel`)."""
+
+    handles_plain_self_attention = True
+
+    def __init__(self, sequence_parallel: Any) -> None:
+        super().__init__()
+        self.sp = sequence_parallel
+
+    def _attend(self, query, key, value, ref_key, ref_value, attention_mask):  # type: ignore[override]
+        sp = self.sp
+        query, key, value = (sp.seq_to_heads(t, "target") for t in (query, key, value))
+        if ref_key is not None:
+            ref_key, ref_value = sp.seq_to_heads(ref_key, "reference"), sp.seq_to_heads(ref_value, "reference")
+        out = super()._attend(query, key, value, ref_key, ref_value, attention_mask)
+        return sp.heads_to_seq(out, "target")
 
 
 class WorldStereoBlock(WanTransformerBlock):
@@ -408,6 +455,8 @@ class WorldStereoTransformer(WanTransformer3DModel):
 
     _no_split_modules = ["WorldStereoBlock", "ControlNetBlock"]
     _repeated_blocks = ["WorldStereoBlock", "ControlNetBlock"]
+    sequence_parallel: Any = None
+    """Set by :func:`worldstereo_core.distributed.enable_sequence_parallel`; None runs on one process."""
 
     def __init__(
         self,
@@ -576,6 +625,17 @@ class WorldStereoTransformer(WanTransformer3DModel):
         # --- extra control branches of subclasses (the paper's SSM memory branch); none here
         branch_state = self._branch_state(hidden_states, temb, branch_inputs)
 
+        # --- sequence parallel: this rank keeps a slice of every token sequence (RoPE and camera
+        # offsets were computed on the whole sequence above, so positions stay exact)
+        sp = self.sequence_parallel
+        if sp is not None:
+            sp.reset()
+            hidden, rotary_emb = sp.shard(hidden, "target"), sp.shard_rope(rotary_emb, "target")
+            if control is not None:
+                control, control_rope = sp.shard(control, "target"), sp.shard_rope(control_rope, "target")
+            if ref_states is not None:
+                ref_states, ref_rope = sp.shard(ref_states, "reference"), sp.shard_rope(ref_rope, "reference")
+
         # --- blocks; the control branch runs in lockstep so only one control state is alive at a time
         n_control = len(self.controlnet.controlnet_blocks) if control is not None else 0
         for i, block in enumerate(self.blocks):
@@ -600,6 +660,8 @@ class WorldStereoTransformer(WanTransformer3DModel):
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         hidden = (self.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
         hidden = self.proj_out(hidden)
+        if sp is not None:
+            hidden = sp.gather(hidden, "target")
         hidden = hidden.reshape(B, ppf, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         output = hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         if return_dict:
