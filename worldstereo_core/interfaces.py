@@ -18,17 +18,30 @@ each of them can name these types without importing the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .cameras import Cameras
+from .errors import InvalidTrajectoryError
 from .pointcloud import RELEASE_EDGE_THRESHOLD
 from .render import RELEASE_RADIUS
 from .retrieval import References  # the one retrieval result; named here for the generator interface
 from .trajectory import DEFAULT_NUM_FRAMES, DEFAULT_NUM_KEYFRAMES
 
-__all__ = ["References", "FrameGenerator", "DepthEstimator", "LoopConfig", "ProgressFn", "default_config"]
+__all__ = [
+    "References",
+    "FrameGenerator",
+    "DepthEstimator",
+    "LoopConfig",
+    "ProgressFn",
+    "default_config",
+    "START_INPUT",
+    "START_CONTINUE",
+    "TrajectorySpec",
+    "trajectory_specs",
+    "parse_start",
+]
 
 #: ``progress(step, total)``, called after each stage; it may raise to interrupt.
 ProgressFn = Callable[[int, int], None]
@@ -44,12 +57,16 @@ class FrameGenerator(Protocol):
         render: ``[F, H, W, 3]`` the cache rendered at them (GGM condition, frame 0 = input).
         mask: ``[F, H, W]`` hole mask, 1 = hole.
         references: retrieved memory views (SSM condition).
+        prompt: this clip's own text (a :class:`TrajectorySpec` prompt); the loop passes it
+            only when the trajectory has one, so generators without the keyword keep working
+            for loops without per-trajectory prompts.
     Returns:
         ``[F, H, W, 3]`` frames in [0, 1] at the given cameras.
     """
 
     def __call__(
-        self, image: torch.Tensor, cameras: Cameras, render: torch.Tensor, mask: torch.Tensor, references: References
+        self, image: torch.Tensor, cameras: Cameras, render: torch.Tensor, mask: torch.Tensor, references: References,
+        prompt: str | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -128,3 +145,89 @@ def default_config(height: int, width: int, **changes) -> LoopConfig:
     """Release settings, with the splat radius scaled so the release's 1.92 px at 480 rows
     holds at a smaller ``height × width`` (else small test renders are mostly holes)."""
     return LoopConfig(radius=RELEASE_RADIUS * max(1.0, 480.0 / min(height, width)), **changes)
+
+
+START_INPUT = "input"
+"""A clip opens on the loop's input view and camera (the release's default for every trajectory)."""
+
+START_CONTINUE = "continue"
+"""A clip opens on the previous clip's last generated frame, at its camera: the release's
+iterative trajectories (``reconstruct_*/traj1`` start from ``traj0``'s last result frame,
+``src/data_utils.py``); the render's first frame is that frame and its hole mask is empty."""
+
+
+def parse_start(value: str | int) -> str | int:
+    """``"input"``, ``"continue"``, or a memory-bank view index (``3``, ``"3"`` or ``"view:3"``)."""
+    if isinstance(value, bool):
+        raise InvalidTrajectoryError(f"a trajectory start must be 'input', 'continue' or a bank view number, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidTrajectoryError(f"bank view numbers start at 0, got {value}")
+        return value
+    text = str(value).strip().lower()
+    if text in ("", START_INPUT):
+        return START_INPUT
+    if text == START_CONTINUE:
+        return START_CONTINUE
+    number = text[len("view:"):] if text.startswith("view:") else text
+    if number.isdigit():
+        return int(number)
+    raise InvalidTrajectoryError(
+        f"unknown trajectory start {value!r}; use 'input' (the input view), 'continue' (the previous clip's last "
+        "frame) or a memory-bank view number such as 'view:5' (e.g. one of the panorama's 27 views)"
+    )
+
+
+@dataclass(frozen=True)
+class TrajectorySpec:
+    """One trajectory of the scene loop: its preset, the view it starts from and its prompt.
+
+    Attributes:
+        preset: a :data:`worldstereo_core.trajectory.PRESETS` name, planned from the start camera.
+        start: :data:`START_INPUT`, :data:`START_CONTINUE`, or the index of a view of the memory
+            bank the loop starts with (e.g. panorama bank view 12: its image opens the clip and
+            its camera starts the preset; the release starts panorama trajectories from views
+            other than the first, ``view*/``, ``wonder_*/``).
+        prompt: the text for this clip (the release reads one caption per trajectory,
+            ``traj_caption.json``); None = the generator's own scene prompt.
+    """
+
+    preset: str
+    start: str | int = START_INPUT
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", parse_start(self.start))
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise InvalidTrajectoryError(f"a trajectory prompt must be text, got {type(self.prompt).__name__}")
+
+
+def trajectory_specs(
+    presets: Sequence[str | TrajectorySpec],
+    starts: Sequence[str | int] | None = None,
+    prompts: Sequence[str | None] | None = None,
+) -> tuple[TrajectorySpec, ...]:
+    """One :class:`TrajectorySpec` per preset, checked before any clip runs.
+
+    ``starts`` / ``prompts`` give one entry per trajectory in order (None or empty: all start from
+    the input view / use the scene prompt; an empty prompt string also means the scene prompt).
+    Their counts must match the presets'; the first trajectory cannot ``continue``.
+    """
+    n = len(presets)
+    for what, values in (("starts", starts), ("prompts", prompts)):
+        if values is not None and len(values) not in (0, n):
+            raise InvalidTrajectoryError(
+                f"{len(values)} {what} for {n} trajectories; give one per trajectory, in order (or none)"
+            )
+    specs = []
+    for i, p in enumerate(presets):
+        spec = p if isinstance(p, TrajectorySpec) else TrajectorySpec(str(p))
+        if starts:
+            spec = TrajectorySpec(spec.preset, starts[i], spec.prompt)
+        if prompts:
+            text = prompts[i]
+            spec = TrajectorySpec(spec.preset, spec.start, text if text else None)
+        specs.append(spec)
+    if specs and specs[0].start == START_CONTINUE:
+        raise InvalidTrajectoryError("the first trajectory cannot 'continue': there is no previous clip yet")
+    return tuple(specs)

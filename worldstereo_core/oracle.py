@@ -66,7 +66,7 @@ class OracleGenerator:
         self.scene = scene
         self._render = renderer or scene.render
 
-    def __call__(self, image, cameras, render, mask, references) -> torch.Tensor:
+    def __call__(self, image, cameras, render, mask, references, prompt=None) -> torch.Tensor:
         return self._render(cameras).rgb.clone()
 
 

@@ -39,11 +39,22 @@ import torch
 
 from .cameras import Cameras
 from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError, MemoryBankError
-from .interfaces import DepthEstimator, FrameGenerator, LoopConfig, ProgressFn, default_config
+from .interfaces import (
+    START_CONTINUE,
+    START_INPUT,
+    DepthEstimator,
+    FrameGenerator,
+    LoopConfig,
+    ProgressFn,
+    TrajectorySpec,
+    default_config,
+    trajectory_specs,
+)
 from .memory import Cache3D, MemoryBank
 from .merge import FrameAlignment, lift_depth, merge_clip
 from .oracle import DepthCorruption, LoopScores, SyntheticScene, SyntheticView, oracle_models, score_cloud
 from .pointcloud import PointCloud, compress_far_depth, validate_depth
+from .recon.reconstruct import resize_frames
 from .render import RenderResult, median_depth_in_view, render_point_cloud
 from .retrieval import References, retrieve
 from .trajectory import PRESETS, Trajectory, make_preset
@@ -70,6 +81,9 @@ class TrajectoryStep:
     Attributes:
         name: preset name.
         trajectory: the full trajectory (``num_frames`` poses).
+        start: where the clip started (:class:`~worldstereo_core.interfaces.TrajectorySpec`):
+            ``"input"``, ``"continue"`` or a memory-bank view index.
+        prompt: the clip's own prompt (None: the generator's scene prompt).
         keyframes: the ``F`` keyframe cameras the frames were generated at.
         render: the GGM condition (cache rendered at the keyframes; frame 0 = input image).
         references: the retrieved memory views.
@@ -89,6 +103,8 @@ class TrajectoryStep:
     valid: torch.Tensor
     alignment: FrameAlignment
     cache_points: int
+    start: str | int = START_INPUT
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +196,7 @@ def run_scene_loop(
     depth: torch.Tensor,
     generator: FrameGenerator,
     depth_estimator: DepthEstimator,
-    trajectories: Sequence[str] = DEFAULT_TRAJECTORIES,
+    trajectories: Sequence[str | TrajectorySpec] = DEFAULT_TRAJECTORIES,
     config: LoopConfig = LoopConfig(),
     valid: torch.Tensor | None = None,
     seed: int = 0,
@@ -197,7 +213,13 @@ def run_scene_loop(
             be None when ``cache`` is given (the median depth then comes from the cache).
         generator: makes each clip's keyframes (:class:`FrameGenerator`).
         depth_estimator: gives their depth (:class:`DepthEstimator`).
-        trajectories: preset names, in order.
+        trajectories: preset names, in order, or :class:`~worldstereo_core.interfaces.TrajectorySpec`
+            (preset + start + prompt; :func:`~worldstereo_core.interfaces.trajectory_specs` builds
+            them). A trajectory starting from ``"input"`` is planned from the input camera and
+            scaled by the input's median depth; from ``"continue"`` (the previous clip's last
+            frame and camera) or a bank view (its image and camera) it is planned from that camera
+            and scaled by the cache's median depth seen from it. That start image opens the clip
+            (GGM render frame 0, hole-free; the generator's first frame).
         config: loop settings.
         valid: optional ``[1, H, W]`` mask of usable input depth (True = keep).
         seed: makes the robust fits reproducible.
@@ -212,14 +234,22 @@ def run_scene_loop(
     """
     if len(trajectories) == 0:
         raise InvalidTrajectoryError("no trajectories given; pass at least one preset name (e.g. 'orbit')")
-    unknown = [t for t in trajectories if t not in PRESETS]
+    specs = trajectory_specs(trajectories)
+    unknown = [s.preset for s in specs if s.preset not in PRESETS]
     if unknown:
         raise InvalidTrajectoryError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    views = len(bank) if isinstance(bank, MemoryBank) else 1  # without a bank: the input image only
+    beyond = [s.start for s in specs if isinstance(s.start, int) and s.start >= views]
+    if beyond:
+        raise MemoryBankError(
+            f"trajectory start view(s) {beyond} are not in the memory bank the loop starts with ({views} views, "
+            f"numbered 0..{views - 1}); pass the bank (e.g. the panorama's 27 views) or pick a smaller number"
+        )
     if config.clip_alignment not in ("depth", "umeyama"):
         raise AlignmentError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
     img, d0 = _check_inputs(image, cameras, depth, allow_no_depth=cache is not None)
     H, W = cameras.height, cameras.width
-    total = 1 + 5 * len(trajectories)
+    total = 1 + 5 * len(specs)
     step = 0
 
     def tick() -> None:
@@ -258,11 +288,13 @@ def run_scene_loop(
     tick()
 
     steps: list[TrajectoryStep] = []
-    for ti, name in enumerate(trajectories):
-        # 2a. plan the trajectory and render the cache along it (GGM condition)
-        traj = make_preset(name, cameras, median_depth, config.num_frames, **config.params_for(name))
+    for ti, spec in enumerate(specs):
+        name = spec.preset
+        # 2a. plan the trajectory from its start view and render the cache along it (GGM condition)
+        start_img, start_cam, scale = _start_view(spec.start, img, cameras, median_depth, steps, bank, cache)
+        traj = make_preset(name, start_cam, scale, config.num_frames, **config.params_for(name))
         kf = traj.keyframes(config.num_keyframes)
-        render = render_point_cloud(cache.cloud, kf, radius=config.radius, first_frame=img[0])
+        render = render_point_cloud(cache.cloud, kf, radius=config.radius, first_frame=start_img[0])
         tick()
 
         # 2b. retrieve references for keyframes 1.. from the memory bank (SSM condition)
@@ -271,7 +303,8 @@ def run_scene_loop(
         tick()
 
         # 2c. generate the clip's keyframes
-        frames = torch.as_tensor(generator(img, kf, render.rgb, render.mask, refs)).float()
+        own_prompt = {} if spec.prompt is None else {"prompt": spec.prompt}  # see FrameGenerator
+        frames = torch.as_tensor(generator(start_img, kf, render.rgb, render.mask, refs, **own_prompt)).float()
         if tuple(frames.shape) != (len(kf), H, W, 3):
             raise InvalidImageError(
                 f"the frame generator returned {tuple(frames.shape)}; expected {(len(kf), H, W, 3)} (one frame per keyframe)"
@@ -301,11 +334,43 @@ def run_scene_loop(
                 valid=fv,
                 alignment=clip.alignment,
                 cache_points=len(cache),
+                start=spec.start,
+                prompt=spec.prompt,
             )
         )
         tick()
 
     return SceneLoopResult(cache, bank, tuple(steps), median_depth, input_cloud)
+
+
+def _start_view(
+    start: str | int,
+    image: torch.Tensor,
+    cameras: Cameras,
+    median_depth: float,
+    steps: Sequence[TrajectoryStep],
+    bank: MemoryBank,
+    cache: Cache3D,
+) -> tuple[torch.Tensor, Cameras, float]:
+    """``(image [1, H, W, 3], camera (1 pose, H × W), preset scale)`` a clip starts from."""
+    H, W = cameras.height, cameras.width
+    if start == START_INPUT:
+        return image, cameras, median_depth
+    if start == START_CONTINUE:
+        if not steps:
+            raise InvalidTrajectoryError("the first trajectory cannot 'continue': there is no previous clip yet")
+        prev = steps[-1]
+        # the last keyframe is the trajectory's last pose (keyframes include both ends)
+        view, cam = prev.frames[-1:], prev.keyframes[len(prev.keyframes) - 1 :]
+    else:
+        h, w = (int(v) for v in bank.sizes[start])
+        view = resize_frames(bank.frames[start][None], (H, W)).permute(0, 2, 3, 1)
+        cam = Cameras(bank.w2c[start : start + 1], bank.K[start : start + 1], h, w).resized(H, W)
+    try:
+        scale = median_depth_in_view(cache.cloud, cam)
+    except InvalidDepthError:  # nothing of the cache in view: keep the input's scale
+        scale = median_depth
+    return view.float(), cam, scale
 
 
 def run_oracle_loop(
@@ -368,6 +433,8 @@ def steps_report(steps: Sequence[TrajectoryStep]) -> list[dict]:
         a = s.alignment
         out.append({
             "name": s.name,
+            "start": s.start,
+            "prompt": s.prompt,
             "poses": len(s.trajectory),
             "keyframes": len(s.keyframes),
             "hole_fraction": float(s.render.mask[1:].float().mean()) if len(s.keyframes) > 1 else 0.0,

@@ -50,10 +50,17 @@ PRESETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
         "forward": MappingProxyType({"distance": 0.5}),
         "backward": MappingProxyType({"distance": 0.5}),
         "pan": MappingProxyType({"angle": 45.0}),
+        # the release's panorama "wonder" (wander) walks, wonder_*/traj{0,1}: level walk ahead;
+        # traj1 first rises and tilts down, then walks (our defaults: see _preset_c2w)
+        "wonder": MappingProxyType({"distance": 1.0, "rise": 0.0, "pitch": 0.0}),
     }
 )
 # Parameters scaled by the obstacle-aware shortening (everything that sets the extent of a move).
-_EXTENT_PARAMS = ("radius_x", "radius_y", "angle", "theta", "phi", "distance")
+_EXTENT_PARAMS = ("radius_x", "radius_y", "angle", "theta", "phi", "distance", "rise", "pitch")
+
+WONDER_LEAD_IN = 0.25
+"""Share of a ``wonder`` clip spent rising / tilting before the walk: in the release's
+``wonder_*/traj1`` cameras the rise and the downward tilt are complete by keyframe 5 of 20."""
 
 
 def keyframe_indices(num_poses: int, num_keyframes: int = DEFAULT_NUM_KEYFRAMES) -> np.ndarray:
@@ -253,6 +260,21 @@ def _preset_c2w(name: str, c2w0: np.ndarray, m: float, n: int, p: dict[str, Any]
         out = np.repeat(c2w0[None], n, 0)
         out[:, :3, 3] += (sign * p["distance"] * m * s)[:, None] * c2w0[:3, 2]
         return out
+    if name == "wonder":
+        # Walk ahead on the level (the release's wonder_*/traj0: ~4.3 scene units straight ahead,
+        # camera level); with rise/pitch (wonder_*/traj1) first rise by rise·m and tilt down by
+        # pitch degrees over WONDER_LEAD_IN of the clip, then walk. The view direction is kept;
+        # the walk follows the levelled forward axis, so a pitched start view still walks level.
+        lead = WONDER_LEAD_IN if (p["rise"] or p["pitch"]) else 0.0
+        up_part = np.clip(s / lead, 0.0, 1.0) if lead else np.zeros_like(s)
+        walk = np.clip((s - lead) / (1.0 - lead), 0.0, 1.0)
+        out = []
+        for u, w in zip(up_part, walk):
+            pos = c2w0[:3, 3] - p["rise"] * m * u * y_l + p["distance"] * m * w * z_l
+            c2w = _rotate_about(c2w0, x_l, -deg(p["pitch"]) * u, c2w0[:3, 3])  # −angle about x tilts down
+            c2w[:3, 3] = pos
+            out.append(c2w)
+        return np.stack(out)
     if name == "pan":  # turn in place about the vertical; +angle turns towards the image's +x
         return np.stack([_rotate_about(c2w0, y_l, deg(p["angle"]) * f, c2w0[:3, 3]) for f in s])
     if name in ("orbit", "eloop"):
@@ -301,7 +323,7 @@ def _checked_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         v = float(v)
         if not math.isfinite(v):
             raise InvalidTrajectoryError(f"preset parameter {k} must be finite, got {v}")
-        if k in ("radius_x", "radius_y", "distance") and v < 0:
+        if k in ("radius_x", "radius_y", "distance", "rise") and v < 0:
             raise InvalidTrajectoryError(f"preset parameter {k} must be ≥ 0, got {v}")
         out[k] = v
     return out
@@ -317,7 +339,9 @@ def make_preset(
             the centre), ``up``/``down`` (rotate about the horizontal axis through the centre),
             ``left``/``right`` (about the vertical axis through the centre), ``aerial`` (up by
             ``theta`` then around by ``phi``), ``forward``/``backward`` (along the view axis by
-            ``distance``·m), ``pan`` (turn in place by ``angle``).
+            ``distance``·m), ``pan`` (turn in place by ``angle``), ``wonder`` (the release's
+            panorama walk: level, ahead by ``distance``·m; optionally first up by ``rise``·m and
+            tilted down by ``pitch`` degrees).
         first: the start camera (``len(first) == 1``); its K and image size are kept.
         median_depth: the scene's median depth ``m`` (world units) seen from ``first``.
         num_frames: number of poses (81 by default, the release's clip length).

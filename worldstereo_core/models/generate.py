@@ -608,17 +608,24 @@ class WorldStereoFrameGenerator:
             raise ModelInputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
             raise ModelInputError(f"steps must be a positive integer or None, got {steps!r}")
+        if models.video_mode:
+            raise ModelInputError(
+                "the scene loop generates keyframes (GGM, 21 per clip); a model with the Uni3C branch samples whole "
+                "81-frame videos — call generate_keyframes with every pose instead"
+            )
         self.seed = check_seed(seed)
         self.on_step = on_step
         self.interrupt = interrupt
         self.calls = 0
 
-    def __call__(self, image, cameras, render, mask, references) -> torch.Tensor:
+    def __call__(self, image, cameras, render, mask, references, prompt: str | None = None) -> torch.Tensor:
+        """One clip; ``prompt`` (the loop's per-trajectory text) replaces the scene prompt for this call."""
         refs = references if self.models.uses_references and references is not None and len(references) else None
         seed = clip_seed(self.seed, self.calls)
         self.calls += 1
         return generate_keyframes(
-            self.models, image, self.prompt, self.negative_prompt, cameras, render, mask, refs,
+            self.models, image, self.prompt if prompt is None else prompt, self.negative_prompt, cameras, render,
+            mask, refs,
             sampler=self.sampler, steps=self.steps, guidance_scale=self.guidance_scale, shift=self.shift,
             seed=seed, on_step=self.on_step, interrupt=self.interrupt,
         )
