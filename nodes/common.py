@@ -299,3 +299,29 @@ def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
         json.dumps(report, indent=2),
         ui=ui,
     )
+
+
+def starts_input() -> io.String.Input:
+    """The ``starts`` control of both scene-loop nodes (one start per trajectory, in order)."""
+    return io.String.Input(
+        "starts", default="", optional=True,
+        tooltip="Where each trajectory starts, comma-separated in trajectory order: input (the input view), "
+        "continue (the previous clip's last frame and its camera, as the release's second trajectories) or a "
+        "memory-bank view number (e.g. view:5, one of the panorama's 27 views). Empty = every trajectory "
+        "starts from the input view.",
+    )
+
+
+def loop_specs(trajectories: str, starts: str = "", prompts: str = "") -> tuple:
+    """The loop's :class:`~worldstereo_core.interfaces.TrajectorySpec` from the nodes' text controls,
+    checked (counts, names) before any clip runs.
+
+    ``prompts``: one per line in trajectory order (trailing blank lines ignored; a blank line = the
+    scene prompt for that trajectory); empty = the scene prompt for all.
+    """
+    from worldstereo_core.interfaces import trajectory_specs
+
+    names = [t.strip() for t in trajectories.split(",") if t.strip()]
+    start_list = [s.strip() for s in starts.split(",")] if starts.strip() else None
+    lines = prompts.rstrip().split("\n") if prompts.strip() else None
+    return trajectory_specs(names, start_list, [line.strip() for line in lines] if lines else None)

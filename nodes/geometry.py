@@ -106,7 +106,7 @@ class TrajectoryBuilder(io.ComfyNode):
                                tooltip="Rotation angle in degrees for up/down/left/right/pan (0 = preset default: "
                                "45° up, 90° left/right)."),
                 io.Float.Input("extent", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Radius (orbit/eloop) or distance (forward/backward) as a fraction of "
+                               tooltip="Radius (orbit/eloop) or distance (forward/backward/wonder) as a fraction of "
                                "the median depth (0 = preset default, e.g. orbit 0.3)."),
                 io.Int.Input("num_frames", default=81, min=2, max=1024,
                              tooltip="Number of poses (the released model uses 81; it works on 21 keyframes)."),

@@ -293,4 +293,44 @@ class UmeyamaMerge(io.ComfyNode):
         return io.NodeOutput(clip.cache.cloud, clip.cloud_added, json.dumps(report, indent=1), ui=ui)
 
 
-NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, Retrieve3DFOV, UmeyamaMerge]
+class MemoryBankView(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoMemoryBankView",
+            display_name="Memory Bank View (WorldStereo)",
+            category=SUB,
+            description="One view of a memory bank, image and camera, to start a trajectory from (e.g. any of the "
+            "panorama's 27 views, as the release starts panorama trajectories from several views). Resized to "
+            "the generation size if given (K follows).",
+            inputs=[
+                MemoryBank.Input("bank", tooltip="The memory bank (e.g. Memory Bank Create of Panorama Views)."),
+                io.Int.Input("index", default=0, min=0, max=100_000, tooltip="View number, from 0 (panorama: 0..26)."),
+                io.Int.Input("width", default=0, min=0, max=4096, step=16,
+                             tooltip="Output width (multiple of 16); 0 = the view's own size."),
+                io.Int.Input("height", default=0, min=0, max=4096, step=16,
+                             tooltip="Output height (multiple of 16); 0 = the view's own size."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The view [1, H, W, 3]."),
+                Cameras.Output(display_name="camera", tooltip="Its camera (K at the output size)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, bank, index, width, height) -> io.NodeOutput:
+        from worldstereo_core.cameras import Cameras as CameraBatch
+        from worldstereo_core.recon.reconstruct import resize_frames
+
+        if index >= len(bank):
+            raise MemoryBankError(f"the bank has {len(bank)} views (0..{len(bank) - 1}); index {index} is not one of them")
+        if (width == 0) != (height == 0):
+            raise MemoryBankError("set both width and height (multiples of 16), or leave both 0 for the view's size")
+        h, w = (int(v) for v in bank.sizes[index])
+        out_h, out_w = (height, width) if width else (h, w)
+        cam = CameraBatch(bank.w2c[index : index + 1], bank.K[index : index + 1], h, w)
+        image = resize_frames(bank.frames[index][None], (out_h, out_w)).permute(0, 2, 3, 1).contiguous()
+        return io.NodeOutput(image, cam.resized(out_h, out_w) if (out_h, out_w) != (h, w) else cam)
+
+
+NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, MemoryBankView, Retrieve3DFOV, UmeyamaMerge]

@@ -26,11 +26,13 @@ from .common import (
     Retrieval,
     Trajectory,
     image_to_hwc,
+    loop_specs,
     model_folder,
     option,
     scene_loop_outputs,
     user_path,
     scene_loop_result,
+    starts_input,
     trajectories_of,
 )
 from .depth import MoGe
@@ -454,6 +456,10 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 PointCloud.Input("cache", optional=True,
                                  tooltip="Start from this 3D cache (e.g. Panorama Point Cloud, in the camera's "
                                  "world) instead of lifting the input depth."),
+                io.String.Input("prompts", default="", multiline=True, optional=True,
+                                tooltip="One prompt per line, in trajectory order (the release captions each "
+                                "trajectory); a blank line or an empty box = the scene prompt above."),
+                starts_input(),
             ],
             outputs=scene_loop_outputs("JSON report of what the loop did."),
         )
@@ -461,7 +467,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
     @classmethod
     def execute(cls, model, image, camera, prompt, negative_prompt, trajectories, sampler, steps, cfg, shift, seed,
                 retrieval_mode, depth_resolution_level, moge=None, worldmirror=None, depth=None, bank=None,
-                cache=None) -> io.NodeOutput:
+                cache=None, prompts="", starts="") -> io.NodeOutput:
         import comfy.model_management as mm
 
         from worldstereo_core import pipeline
@@ -481,7 +487,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 "connect a depth model: Load MoGe-2 to 'moge' or Load WorldMirror 2.0 to 'worldmirror'; the loop "
                 "needs the depth of the generated frames"
             )
-        names = [t.strip() for t in trajectories.split(",") if t.strip()]
+        names = loop_specs(trajectories, starts, prompts)  # counts and names checked before any clip runs
         img = image_to_hwc(image)[None]
         H, W = img.shape[1:3]
         check_spatial_size(H, W, "the input image's sides")  # before minutes of work, not inside the first clip
@@ -549,4 +555,47 @@ def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int,
     }
 
 
-NODES = [WorldStereoLoadModel, WorldStereoGGMControl, WorldStereoSSMControl, WorldStereoSampler, WorldStereoSceneLoop]
+class WorldStereoLastFrame(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoLastFrame",
+            display_name="Last Frame and Camera (WorldStereo)",
+            category=SUB,
+            description="The last generated frame of a clip and the camera it was made at (the trajectory's last "
+            "pose): the start of a continuing trajectory, as the release's second trajectories start from the "
+            "first one's last frame. Feed camera to Trajectory Builder, image to GGM Render Cache (first_frame) "
+            "and to the Sampler.",
+            inputs=[
+                io.Image.Input("frames", tooltip="A clip's frames (Sampler keyframes: 21, or a Uni3C video: one per pose)."),
+                Trajectory.Input("trajectory", tooltip="The trajectory the frames follow (the Sampler's output)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The last frame [1, H, W, 3]."),
+                Cameras.Output(display_name="camera", tooltip="Its camera (the trajectory's last pose, K at the "
+                               "frame's size)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, frames, trajectory) -> io.NodeOutput:
+        trajs = trajectories_of(trajectory)
+        if len(trajs) != 1:
+            raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}): the one the frames follow")
+        traj = trajs[0]
+        counts = {len(traj.keyframe_indices()), len(traj)}  # keyframes (GGM) or every pose (Uni3C)
+        if frames.ndim != 4 or frames.shape[0] not in counts:
+            raise ModelInputError(
+                f"got {tuple(frames.shape)} frames for a trajectory of {len(traj)} poses; connect the frames "
+                f"generated along it ({' or '.join(str(c) for c in sorted(counts))} frames)"
+            )
+        H, W = frames.shape[1:3]
+        # keyframes include the trajectory's last pose, so the last frame is always at its last camera
+        cam = traj.cameras[len(traj) - 1 :]
+        if (cam.height, cam.width) != (H, W):
+            cam = cam.resized(H, W)
+        return io.NodeOutput(frames[-1:, ..., :3].float().clone(), cam)
+
+
+NODES = [WorldStereoLoadModel, WorldStereoGGMControl, WorldStereoSSMControl, WorldStereoSampler, WorldStereoSceneLoop,
+         WorldStereoLastFrame]

@@ -7,8 +7,8 @@ from .comfy_v3 import io
 
 from worldstereo_core import interfaces, oracle, pipeline, synthetic
 
-from .common import (CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, scene_loop_outputs, scene_loop_result,
-                     trajectories_of)
+from .common import (CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, loop_specs, scene_loop_outputs,
+                     scene_loop_result, starts_input, trajectories_of)
 
 SUB = f"{CATEGORY}/scene"
 
@@ -109,13 +109,15 @@ class OracleSceneLoop(io.ComfyNode):
                                tooltip="Frustum-overlap scoring: aabb (release) or volume (paper)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of the depth corruption and the robust fits."),
+                starts_input(),
             ],
             outputs=scene_loop_outputs("JSON metrics report."),
         )
 
     @classmethod
-    def execute(cls, scene, image, depth, camera, trajectories, clip_depth, retrieval_mode, seed) -> io.NodeOutput:
-        names = [t.strip() for t in trajectories.split(",") if t.strip()]
+    def execute(cls, scene, image, depth, camera, trajectories, clip_depth, retrieval_mode, seed,
+                starts="") -> io.NodeOutput:
+        names = loop_specs(trajectories, starts)  # checked before any clip runs
         steps = 1 + 5 * len(names)
         progress = Progress(steps)
         cam = camera[:1]

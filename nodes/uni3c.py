@@ -8,7 +8,7 @@ and an 81-frame video is decoded.
 
 from __future__ import annotations
 
-from comfy_api.v0_0_2 import io
+from .comfy_v3 import io
 
 from worldstereo_core.errors import ModelInputError
 

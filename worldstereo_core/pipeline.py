@@ -375,7 +375,7 @@ def _start_view(
 
 def run_oracle_loop(
     scene: SyntheticScene,
-    trajectories: Sequence[str] = DEFAULT_TRAJECTORIES,
+    trajectories: Sequence[str | TrajectorySpec] = DEFAULT_TRAJECTORIES,
     height: int = 240,
     width: int = 416,
     depth_corruption: DepthCorruption | None = None,
