@@ -424,8 +424,8 @@ class WorldStereoSceneLoop(io.ComfyNode):
             "of 16; the release runs 480×832-class buckets).",
             inputs=[
                 WSModel.Input("model", tooltip="From Load WorldStereo Model (memory or memory-dmd use the bank)."),
-                io.Image.Input("image", tooltip="The input view; it opens every clip. Its size is the "
-                               "generation size (multiples of 16, e.g. 480×832)."),
+                io.Image.Input("image", tooltip="The input view; it opens every clip that starts from it. Its size "
+                               "is the generation size (multiples of 16, e.g. 480×832)."),
                 Cameras.Input("camera", tooltip="The input view's camera (Depth Estimate's, or a panorama "
                               "view's); it defines the world frame. K is rescaled to the image if sizes differ."),
                 io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),

@@ -52,9 +52,10 @@ class FrameGenerator(Protocol):
     """Makes the keyframes of one trajectory (the video model's place in the loop).
 
     Args:
-        image: ``[1, H, W, 3]`` the input image (first frame of every clip).
-        cameras: the ``F`` keyframe cameras (``H × W``), keyframe 0 = the input camera.
-        render: ``[F, H, W, 3]`` the cache rendered at them (GGM condition, frame 0 = input).
+        image: ``[1, H, W, 3]`` the clip's start image, its first frame (the input image, or the
+            previous clip's last frame or a bank view: :class:`TrajectorySpec`).
+        cameras: the ``F`` keyframe cameras (``H × W``), keyframe 0 = the start camera.
+        render: ``[F, H, W, 3]`` the cache rendered at them (GGM condition, frame 0 = the start image).
         mask: ``[F, H, W]`` hole mask, 1 = hole.
         references: retrieved memory views (SSM condition).
         prompt: this clip's own text (a :class:`TrajectorySpec` prompt); the loop passes it

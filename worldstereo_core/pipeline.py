@@ -225,7 +225,7 @@ def run_scene_loop(
         seed: makes the robust fits reproducible.
         progress: ``progress(step, total)`` after each stage (5 per trajectory + 1).
         bank: start from this memory bank instead of the input image alone (e.g. a
-            panorama's 27 views); the input image still opens every clip.
+            panorama's 27 views); the input image still opens every clip that starts from "input".
         cache: start from this 3D cache instead of the input depth's cloud (e.g. a
             panorama's cloud, in the input camera's world). Without a voxel size of its own
             it gets ``config.voxel_fraction ×`` the median depth (and ``config.max_points``).
