@@ -12,7 +12,7 @@ from .comfy_v3 import io
 
 from worldstereo_core.errors import ModelInputError
 
-from .common import CATEGORY, Trajectory
+from .common import CATEGORY, Trajectory, option
 from .models import DTYPES, GGMControl, WSModel, ggm_condition
 
 SUB = f"{CATEGORY}/model"
@@ -63,7 +63,8 @@ class WorldStereoLoadUni3C(io.ComfyNode):
         if model.video_mode:
             raise ModelInputError("this model already has a Uni3C branch; connect Load WorldStereo Model directly")
         path = folder_paths.get_full_path_or_raise(FOLDER, uni3c_name)
-        return io.NodeOutput(with_uni3c(model, path, None if dtype == MODEL_DTYPE else DTYPES[dtype]))
+        weights_dtype = None if dtype == MODEL_DTYPE else option(DTYPES, dtype, "dtype")
+        return io.NodeOutput(with_uni3c(model, path, weights_dtype))
 
 
 class WorldStereoUni3CControl(io.ComfyNode):
