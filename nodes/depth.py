@@ -91,7 +91,7 @@ class LoadMoGe(io.ComfyNode):
                 io.Combo.Input("variant", options=["auto", *sorted(k for k in moge_lib.MOGE_VARIANTS if k != "tiny")],
                                default="auto",
                                tooltip="Architecture. auto: the config.json beside the weights, else the file's "
-                               "model_config metadata, else a variant name found in the file or folder name."),
+                               "embedded config (metadata \"config\", or \"model_config\" in older files), else a variant name found in the file or folder name."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
                                tooltip="Weight precision. fp32 still runs in fp16 autocast on a GPU, as upstream; "
                                "fp16/bf16 halve the memory (use fp32 on CPU)."),

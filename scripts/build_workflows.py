@@ -243,7 +243,8 @@ def main() -> int:
     out_dir = REPO_ROOT / "workflows"
     out_dir.mkdir(exist_ok=True)
     sys.path.insert(0, str(REPO_ROOT))
-    from worldstereo_core.models.tiny import write_tiny_models
+    sys.path.insert(0, str(REPO_ROOT / "tests"))  # tiny_models: test support, not runtime
+    from tiny_models import write_tiny_models
 
     server = ComfyServer()
     # tiny weights where users put the real ones, so the model combos hold the values the graphs use

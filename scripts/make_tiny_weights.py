@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tiny_models: test support, not runtime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from worldstereo_core.models.tiny import write_tiny_models
+    from tiny_models import write_tiny_models
 
     written = write_tiny_models(args.base_dir / "models", variants=args.variants, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=1))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
-
 from testsupport import require_comfyui
-
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +11,7 @@ def comfy_server():
     """A ComfyUI 0.3.75 server (CPU, loopback, free port) with this pack in custom_nodes."""
     require_comfyui()
     from comfy_server import ComfyServer
-
-    from worldstereo_core.models.tiny import write_tiny_models
+    from tiny_models import write_tiny_models
 
     server = ComfyServer()
     # tiny random weights in the real file layouts, where users put the real ones

@@ -237,7 +237,11 @@ def test_every_writer_uses_the_atomic_module():
 
 
 def test_clip_seeds_wrap_without_overflow():
-    from worldstereo_core.models.sampling import SamplerSettingsError, clip_seed, initial_noise
+    from worldstereo_core.models.sampling import (
+        SamplerSettingsError,
+        clip_seed,
+        initial_noise,
+    )
 
     top = 2**64 - 1  # the seed widget's maximum
     assert clip_seed(top, 0) == top and clip_seed(top, 1) == 0 and clip_seed(5, 3) == 8
@@ -251,9 +255,10 @@ def test_clip_seeds_wrap_without_overflow():
 
 
 def test_generator_at_the_largest_seed_runs_every_clip(tmp_path):
+    from tiny_models import RELEASE_FOLDERS, write_tiny_models
+
     from worldstereo_core.models.generate import WorldStereoFrameGenerator, load_models
     from worldstereo_core.models.sampling import SamplerSettingsError
-    from worldstereo_core.models.tiny import RELEASE_FOLDERS, write_tiny_models
 
     paths = write_tiny_models(tmp_path / "models")
     m = load_models(paths[RELEASE_FOLDERS["camera"]], text_encoder=paths["text_encoder"],

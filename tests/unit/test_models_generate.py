@@ -6,19 +6,24 @@ import json
 
 import pytest
 import torch
+from tiny_models import RELEASE_FOLDERS, write_tiny_models
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+from worldstereo_core.checkpoint import embedded_config
 from worldstereo_core.errors import CheckpointError, ModelInputError, WorldStereoError
+from worldstereo_core.interfaces import FrameGenerator, References
 from worldstereo_core.models.generate import (
     ModelOutOfMemoryError,
     WorldStereoFrameGenerator,
     generate_keyframes,
     load_models,
 )
-from worldstereo_core.models.offload import _BlockSwapper, enable_sequential_offload, transformer_blocks
+from worldstereo_core.models.offload import (
+    _BlockSwapper,
+    enable_sequential_offload,
+    transformer_blocks,
+)
 from worldstereo_core.models.sampling import SamplingInterrupted
-from worldstereo_core.models.tiny import RELEASE_FOLDERS, embedded_config, write_tiny_models
-from worldstereo_core.interfaces import FrameGenerator, References
 
 H, W, F = 16, 16, 3  # the smallest legal frames and 3 keyframes keep the VAE cheap on CPU
 
@@ -84,8 +89,7 @@ def test_tiny_files_use_the_real_layouts(tiny_dir):
     assert "spiece_model" in keys and "encoder.block.0.layer.0.SelfAttention.q.weight" in keys
     with safe_open(str(paths["image_encoder"]), "pt") as f:
         assert all(k.startswith("vision_model.") for k in f.keys())
-    assert embedded_config(paths["vae"])["base_dim"] == 8
-    assert embedded_config(root / "worldstereo") is None  # folders carry config.json instead
+    assert embedded_config([paths["vae"]], "wan_vae")["base_dim"] == 8
 
 
 @pytest.mark.parametrize("variant,sampler,steps", [("camera", "unipc", 2), ("memory", "unipc", 2), ("dmd", None, None)])

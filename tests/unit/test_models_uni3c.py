@@ -284,6 +284,7 @@ def test_load_uni3c_errors(tmp_path):
         load_uni3c(tmp_path / "trimmed.safetensors")
 
     wrong = dict(state, **{"proj_in.weight": torch.zeros(16, 8)})
+    # written under the key earlier versions used: still read
     save_file(wrong, str(tmp_path / "wrong.safetensors"), metadata={"uni3c_config": load_meta(good)})
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_uni3c(tmp_path / "wrong.safetensors")
@@ -307,7 +308,7 @@ def load_meta(path):
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return f.metadata()["uni3c_config"]
+        return f.metadata()["config"]  # the checkpoint convention (worldstereo_core.checkpoint)
 
 
 def test_attach_errors():

@@ -282,7 +282,7 @@ def test_pickle_checkpoints_are_refused(tmp_path):
 
 
 def test_loader_errors(tiny_dir, tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_moge(tmp_path / "nope.safetensors")
     # weights without a config anywhere
     lone = tmp_path / "lone" / "weights.safetensors"
@@ -296,14 +296,14 @@ def test_loader_errors(tiny_dir, tmp_path):
     # a file without the normal head, loaded as a -normal model
     partial = tmp_path / "partial.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("normal_head")}, str(partial))
-    with pytest.raises(CheckpointError, match=r"missing \d+ keys: \d+ under normal_head"):
+    with pytest.raises(CheckpointError, match=r"missing \d+ keys under normal_head\.\* \(\d+\)"):
         load_moge(partial, config="tiny")
     # the wrong variant: shapes differ
     with pytest.raises(CheckpointError, match="missing|wrong shape"):
         load_moge(tiny_dir / "model.safetensors", config="moge-2-vits-normal")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+    with pytest.raises(CheckpointError, match="valid safetensors header"):
         load_moge(garbage, config="tiny")
 
 

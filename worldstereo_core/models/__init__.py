@@ -7,7 +7,6 @@ Public API::
     save_worldstereo(model, folder)                 # config.json + model.safetensors
     sample_unipc(...), sample_dmd(...)              # samplers (see sampling.py)
     load_models(...), generate_keyframes(...)       # the one call (generate.py; imported lazily)
-    write_tiny_models(models_dir)                   # tiny random weights in the real layouts (tiny.py)
     load_wan_vae / load_text_encoder / load_image_encoder   # Wan VAE (keyframe mode), UMT5, CLIP ViT-H
     load_uni3c(path), attach_uni3c(transformer, uni3c)      # Uni3C camera-control branch
     with_uni3c(models, path)                                 # a bundle whose generate runs in video mode
@@ -39,7 +38,7 @@ from .transformer_worldstereo import (
     count_parameters,
 )
 
-# generate.py / tiny.py pull in transformers (UMT5, CLIP); import them only when asked for.
+# generate.py pulls in transformers (UMT5, CLIP); import them only when asked for.
 _LAZY = {
     "ModelOutOfMemoryError": "generate",
     "WorldStereoFrameGenerator": "generate",
@@ -49,7 +48,6 @@ _LAZY = {
     "with_uni3c": "generate",
     "SAMPLERS": "generate",
     "OFFLOAD_MODES": "offload",
-    "write_tiny_models": "tiny",
     # keyframe VAE and encoders (vae.py, encoders.py)
     "WanKeyframeVAE": "vae",
     "load_wan_vae": "vae",

@@ -11,63 +11,34 @@ Three families of files reach us:
   ``umt5_xxl_*.safetensors`` use it too), optionally ComfyUI's *scaled fp8* variant (``float8_e4m3fn``
   weights with a per-tensor ``scale_weight``) and an embedded SentencePiece model (``spiece_model``).
 
-A conversion is a :class:`ConversionPlan`: for every target key, a recipe that reads the source
-tensor(s) lazily. Loaders stream one tensor at a time through it (no second copy of the weights);
-tests run the same plans over in-memory dicts.
+A conversion is a :class:`~worldstereo_core.checkpoint.ConversionPlan`: for every target key, a recipe
+that reads the source tensor(s) lazily. :mod:`worldstereo_core.checkpoint` matches it against the model
+and streams one tensor at a time through it (no second copy of the weights); tests run the same plans
+over in-memory dicts.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection
 
 import torch
-from safetensors import safe_open
 
+from ..checkpoint import (
+    ConversionPlan,
+    Recipe,
+    SafetensorsSource,
+    TensorSource,
+    match_keys,
+    stream_weights,
+)
+from ..checkpoint import (
+    tag_recipe as _tag,
+)
+from ..checkpoint import (
+    take as _take,
+)
 from ..errors import CheckpointError
-
-TensorSource = Callable[[str], torch.Tensor]
-"""Reads one source tensor by key (``safe_open(...).get_tensor`` or ``dict.__getitem__``)."""
-
-Recipe = Callable[[TensorSource], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ConversionPlan:
-    """How to build each target tensor from a source file.
-
-    ``targets`` maps target keys (canonical diffusers / transformers names) to recipes; ``ignored`` are
-    source keys deliberately left out (projection heads, fp8 markers…); ``layout`` names what was
-    detected; ``extras`` maps names of non-weight payloads (e.g. ``"spiece_model"``) to their source keys.
-    """
-
-    layout: str
-    targets: Mapping[str, Recipe]
-    ignored: tuple[str, ...] = ()
-    extras: Mapping[str, str] = field(default_factory=dict)
-
-    def source_key(self, target: str) -> str:
-        """The source key a target is read from (first one, for split / scaled tensors)."""
-        return getattr(self.targets[target], "source", target)
-
-    def materialize(self, source: TensorSource | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run every recipe (tests and small models; loaders stream instead)."""
-        get = source.__getitem__ if isinstance(source, Mapping) else source
-        return {k: r(get) for k, r in self.targets.items()}
-
-
-def _tag(recipe: Recipe, source: str) -> Recipe:
-    recipe.source = source  # type: ignore[attr-defined]  # lets loaders read shapes from headers
-    return recipe
-
-
-def _take(key: str) -> Recipe:
-    return _tag(lambda get: get(key), key)
 
 
 def _find_prefix(keys: Collection[str], anchors: tuple[str, ...]) -> tuple[str, str] | None:
@@ -184,7 +155,9 @@ _OPENCLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj"
 
 
 def _chunk(key: str, i: int, n: int = 3) -> Recipe:
-    return _tag(lambda get: get(key).chunk(n, dim=0)[i], key)
+    recipe = _tag(lambda get: get(key).chunk(n, dim=0)[i], key)
+    recipe.reshapes = True  # type: ignore[attr-defined]  # the source's shape is not the target's
+    return recipe
 
 
 def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
@@ -260,7 +233,7 @@ def _dequant(weight_key: str, scale_key: str) -> Recipe:
         if s.numel() != 1:
             raise CheckpointError(
                 f"{scale_key} holds a block-wise scale ({tuple(s.shape)}); only per-tensor scaled fp8 files "
-                "are supported — use umt5_xxl_fp16.safetensors or umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+                "(ComfyUI's *_fp8_scaled / *_fp8_e4m3fn_scaled) are supported — use the bf16/fp16 file instead"
             )
         return w.to(torch.float32) * s.to(torch.float32)
     return _tag(recipe, weight_key)
@@ -312,133 +285,139 @@ def plan_umt5(keys: Collection[str]) -> ConversionPlan:
 
 # ------------------------------------------------------------------------------ matching to a model
 
-def match_model_keys(plan: ConversionPlan, model_keys: Collection[str], what: str) -> dict[str, Recipe]:
-    """Map the plan's canonical keys onto ``model_keys`` (prefix differences between library versions).
+def load_converted(
+    model: torch.nn.Module,
+    plan: ConversionPlan,
+    source: SafetensorsSource,
+    what: str,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+) -> torch.nn.Module:
+    """Match a conversion plan to a ``meta``-built model and stream the weights in (checkpoint steps 4–5).
 
-    transformers 5 dropped the ``vision_model.`` level of ``CLIPVisionModel``; older versions keep it.
-    Raises :class:`CheckpointError` naming the missing groups when the file cannot fill the model.
+    Only the ``vision_model.`` level may differ between plan and model (transformers 5 dropped it from
+    ``CLIPVisionModel``; older versions keep it). Targets the model has no use for are left out, as
+    the plan's ``ignored`` keys are; missing ones raise a :class:`CheckpointError` naming their groups.
     """
-    model_keys = list(model_keys)
-    recipes: dict[str, Recipe] = {}
-    for mk in model_keys:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    targets: dict[str, Recipe] = {}
+    for mk in expected:
         for cand in (mk, "vision_model." + mk, mk.removeprefix("vision_model.")):
             if cand in plan.targets:
-                recipes[mk] = plan.targets[cand]
+                targets[mk] = plan.targets[cand]
                 break
-    missing = [k for k in model_keys if k not in recipes]
-    if missing:
-        groups = sorted({".".join(p for p in k.split(".")[:3] if not p.isdigit()) for k in missing})
-        raise CheckpointError(
-            f"{what} file ({plan.layout} layout) is missing {len(missing)} weight(s): groups {groups[:6]} "
-            f"(e.g. {missing[0]!r}). The file is incomplete or is a different model size/variant"
-        )
-    return recipes
+    aligned = ConversionPlan(plan.layout, targets, plan.ignored, plan.extras)
+
+    def diagnose(missing: set[str], unexpected: set[str]) -> str:
+        return (f"the {what} file ({plan.layout} layout) is incomplete or is a different model size/variant — "
+                "use the complete file, or pass the matching config")
+
+    recipes = match_keys(aligned, expected, source.shape, f"{what} file", diagnose, depth=4)
+    return stream_weights(model, recipes, source, device, dtype)
 
 
 __all__ = [
     "ConversionPlan",
     "TensorSource",
-    "load_module_weights",
-    "match_model_keys",
-    "open_tensor_source",
+    "load_converted",
     "plan_clip_vision",
     "plan_umt5",
+    "plan_wan_transformer",
     "plan_wan_vae",
-    "read_extra_bytes",
-    "safetensors_files",
+    "wan_transformer_key_to_diffusers",
     "wan_vae_key_to_diffusers",
 ]
 
 
-# ------------------------------------------------------------------------------------ streaming load
+# --------------------------------------------------------------------------------- Wan transformer
 
-def safetensors_files(path: str | os.PathLike[str], what: str) -> list[Path]:
-    """The weight files of ``path``: one ``.safetensors`` file, or a folder with one file or a sharded set
-    (``*.safetensors.index.json``). Pickle files are refused with advice; every file's framing is
-    validated before any tensor is read."""
-    from .loading import PICKLE_SUFFIXES, read_safetensors_header
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{what}: {path} does not exist")
-    if path.is_dir():
-        index = sorted(path.glob("*.safetensors.index.json"))
-        if index:
-            try:
-                weight_map = json.loads(index[0].read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise CheckpointError(f"{what}: {index[0]} is not a valid safetensors index; download it again") from None
-            files = [path / name for name in sorted(set(weight_map.values()))]
-            absent = [f.name for f in files if not f.exists()]
-            if absent:
-                raise CheckpointError(f"{what}: shard(s) {absent} listed in {index[0].name} are missing from {path}")
-        else:
-            files = sorted(path.glob("*.safetensors"))
-            if not files:
-                pickles = sorted(p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-                if pickles:
-                    read_safetensors_header(pickles[0])  # raises the pickle advice
-                raise CheckpointError(f"{what}: no .safetensors file in {path}")
-            if len(files) > 1:
-                raise CheckpointError(
-                    f"{what}: {path} holds several .safetensors files ({[f.name for f in files]}) and no index; "
-                    "point to the file to load"
-                )
-    else:
-        files = [path]
-    for f in files:
-        read_safetensors_header(f)
-    return files
+# Original Wan2.1 key names (what ComfyUI's wan2.1_i2v_480p_14B_*.safetensors files use) → diffusers'
+# WanTransformer3DModel names. Facts from diffusers v0.36.0 scripts/convert_wan_to_diffusers.py
+# (TRANSFORMER_KEYS_RENAME_DICT, lines 31-70): the original calls the cross-attention norm ``norm3``
+# (diffusers ``norm2``; the original norm1/norm2 carry no weights), the image-key projections ``k_img``/
+# ``v_img``/``norm_k_img``, and the output head ``head.head`` / ``head.modulation``.
+_WAN_TOP = {
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "img_emb.proj.0": "condition_embedder.image_embedder.norm1",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+    "img_emb.proj.4": "condition_embedder.image_embedder.norm2",
+    "head.head": "proj_out",
+    "patch_embedding": "patch_embedding",
+}
+_WAN_BLOCK = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0", "self_attn.norm_q": "attn1.norm_q", "self_attn.norm_k": "attn1.norm_k",
+    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0", "cross_attn.norm_q": "attn2.norm_q", "cross_attn.norm_k": "attn2.norm_k",
+    "cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj",
+    "cross_attn.norm_k_img": "attn2.norm_added_k",
+    "norm3": "norm2", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+_WAN_DIFFUSERS_ANCHOR = "blocks.0.attn1.to_q.weight"
+_WAN_ORIGINAL_ANCHOR = "blocks.0.self_attn.q.weight"
+_FP8_MARKERS = (".scale_input", ".input_scale", ".comfy_quant")
 
 
-@contextmanager
-def open_tensor_source(files: list[Path]) -> Iterator[tuple[list[str], TensorSource]]:
-    """``(keys, source)`` over one or more safetensors files, reading tensors lazily (memory-mapped).
+def wan_transformer_key_to_diffusers(key: str) -> str:
+    """One original-Wan (ComfyUI) transformer key → its ``WanTransformer3DModel`` name; ``KeyError`` if unknown."""
+    if key == "head.modulation":
+        return "scale_shift_table"
+    m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", key) or re.match(r"blocks\.(\d+)\.(modulation)()$", key)
+    if m:
+        i, stem, kind = m.groups()
+        if stem == "modulation":
+            return f"blocks.{i}.scale_shift_table"
+        if stem in _WAN_BLOCK:
+            return f"blocks.{i}.{_WAN_BLOCK[stem]}.{kind}"
+        raise KeyError(key)
+    stem, _, kind = key.rpartition(".")
+    if stem in _WAN_TOP:
+        return f"{_WAN_TOP[stem]}.{kind}"
+    raise KeyError(key)
 
-    ``source.shape(key)`` gives a tensor's shape from the header without reading it.
+
+def plan_wan_transformer(keys: Collection[str]) -> ConversionPlan:
+    """Plan for a Wan2.1 transformer file → ``WanTransformer3DModel`` keys.
+
+    Accepts the diffusers layout (``transformer/diffusion_pytorch_model*.safetensors``) and the original
+    layout of ComfyUI's ``models/diffusion_models/wan2.1_i2v_480p_14B_{bf16,fp16,fp8_e4m3fn,fp8_scaled}``
+    files (optionally under ``model.diffusion_model.``). ComfyUI's *scaled* fp8 stores
+    ``<layer>.weight`` in float8 with a per-tensor ``<layer>.scale_weight``: the recipe dequantises
+    (``weight · scale`` in float32; the loader then casts to the target dtype). Input-scale markers
+    are ignored.
     """
-    with ExitStack() as stack:
-        owner: dict[str, object] = {}
-        for f in files:
-            handle = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-            for k in handle.keys():
-                owner[k] = handle
-        def get(k: str) -> torch.Tensor:
-            return owner[k].get_tensor(k)  # type: ignore[attr-defined]
-
-        get.shape = lambda k: tuple(owner[k].get_slice(k).get_shape())  # type: ignore[attr-defined]
-        yield list(owner), get
-
-
-def read_extra_bytes(files: list[Path], key: str) -> bytes:
-    """A uint8 payload stored as a tensor (e.g. ComfyUI's ``spiece_model``) as raw bytes."""
-    with open_tensor_source(files) as (_, get):
-        return get(key).to(torch.uint8).numpy().tobytes()
-
-
-def load_module_weights(
-    model: torch.nn.Module,
-    recipes: Mapping[str, Recipe],
-    source: TensorSource,
-    device: torch.device | str,
-    dtype: torch.dtype | None,
-) -> torch.nn.Module:
-    """Fill a model built on ``meta`` with tensors streamed from ``source``, each cast once to its device and
-    dtype (floating tensors only), then re-create non-persistent ``position_ids`` buffers."""
-    state: dict[str, torch.Tensor] = {}
-    for key, recipe in recipes.items():
-        t = recipe(source)
-        if t.is_floating_point() and dtype is not None:
-            t = t.to(device=device, dtype=dtype)
+    found = _find_prefix(keys, (_WAN_DIFFUSERS_ANCHOR, _WAN_ORIGINAL_ANCHOR))
+    if found is None:
+        raise CheckpointError(
+            f"not a Wan2.1 transformer: no 'blocks.0.attn1.to_q.weight' / 'blocks.0.self_attn.q.weight' key "
+            f"({_describe(keys)}). Use the transformer/ folder of Wan2.1-I2V-14B-480P-Diffusers or ComfyUI's "
+            "models/diffusion_models/wan2.1_i2v_480p_14B_*.safetensors"
+        )
+    prefix, anchor = found
+    keyset = set(keys)
+    targets: dict[str, Recipe] = {}
+    ignored: list[str] = []
+    for k in keys:
+        rest = k[len(prefix):] if k.startswith(prefix) else None
+        if rest is None or rest == "scaled_fp8" or rest.endswith((".scale_weight", ".weight_scale", *_FP8_MARKERS)):
+            ignored.append(k)
+            continue
+        if anchor == _WAN_DIFFUSERS_ANCHOR:
+            name = rest
         else:
-            t = t.to(device=device)
-        state[key] = t
-    model.load_state_dict(state, strict=True, assign=True)
-    for mod_name, module in model.named_modules():
-        for name, buf in list(module.named_buffers(recurse=False)):
-            if buf.is_meta:
-                if name != "position_ids":
-                    raise CheckpointError(f"internal: buffer {mod_name}.{name} was not initialised while loading")
-                n = buf.shape[-1]
-                module.register_buffer(name, torch.arange(n, device=device).expand(buf.shape), persistent=False)
-    return model.eval()
+            try:
+                name = wan_transformer_key_to_diffusers(rest)
+            except KeyError:
+                ignored.append(k)  # parts of other Wan models (e.g. FLF2V's emb_pos) are not ours to load
+                continue
+        stem = k[: -len(".weight")] if k.endswith(".weight") else None
+        scale = next((stem + s for s in (".scale_weight", ".weight_scale") if stem and stem + s in keyset), None)
+        targets[name] = _dequant(k, scale) if scale else _take(k)
+    scaled = any(k.endswith("scaled_fp8") or k.endswith((".scale_weight", ".weight_scale")) for k in keys)
+    layout = ("diffusers" if anchor == _WAN_DIFFUSERS_ANCHOR else "comfyui") + ("_scaled_fp8" if scaled else "")
+    return ConversionPlan(layout, targets, tuple(ignored))

@@ -21,27 +21,26 @@ from __future__ import annotations
 
 import html
 import inspect
-import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from ..errors import CheckpointError, ModelInputError
-from .conversion import (
-    ConversionPlan,
-    load_module_weights,
-    match_model_keys,
+from ..checkpoint import (
+    checkpoint_files,
+    config_json_beside,
+    embedded_config,
     open_tensor_source,
-    plan_clip_vision,
-    plan_umt5,
     read_extra_bytes,
-    safetensors_files,
+    read_json,
 )
+from ..errors import CheckpointError, ModelInputError
+from .conversion import ConversionPlan, load_converted, plan_clip_vision, plan_umt5
 
 TEXT_MAX_LENGTH = 512
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -297,14 +296,11 @@ class CLIPImageEncoder:
 
 # ---------------------------------------------------------------------------------------- loading
 
-def _read_config(folder: Path) -> dict[str, Any] | None:
-    cfg = folder / "config.json"
-    if not cfg.exists():
-        return None
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg} is not valid JSON ({exc})") from None
+def _file_config(path: Path, files: list, kind: str) -> dict[str, Any] | None:
+    """The architecture a checkpoint states: ``config.json`` of its folder, else the file's embedded
+    config (the checkpoint convention); ``None`` for files that state none (ComfyUI's single files)."""
+    beside = config_json_beside(path, files, single_file_too=False)
+    return read_json(beside) if beside is not None else embedded_config(files, kind)
 
 
 def _shape_reader(plan: ConversionPlan, get: Any) -> Any:
@@ -360,16 +356,15 @@ def load_text_encoder(
     src = Path(path)
     root = src if src.is_dir() and (src / "text_encoder").is_dir() else None
     weights = _resolve_component(src, "text_encoder")
-    files = safetensors_files(weights, "UMT5 text encoder")
+    files = checkpoint_files(weights, "UMT5 text encoder")
     with open_tensor_source(files) as (keys, get):
         plan = plan_umt5(keys)
         cfg = dict(config) if config is not None else (
-            _read_config(weights) if weights.is_dir() else None) or _umt5_config_from_shapes(plan, get)
+            _file_config(weights, files, "umt5") or _umt5_config_from_shapes(plan, get))
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
         with torch.device("meta"):
             model = UMT5EncoderModel(UMT5Config(**cfg))
-        recipes = match_model_keys(plan, model.state_dict().keys(), "UMT5 text encoder")
-        load_module_weights(model, recipes, get, device, dtype)
+        load_converted(model, plan, get, "UMT5 text encoder", device, dtype)
     # one embedding table, shared (the release does the same under transformers >= 5)
     model.encoder.embed_tokens = model.shared
 
@@ -417,16 +412,15 @@ def load_image_encoder(
 ) -> CLIPImageEncoder:
     """CLIP vision tower from a Wan root / ``image_encoder/`` folder or a single file (``clip_vision_h``)."""
     weights = _resolve_component(Path(path), "image_encoder")
-    files = safetensors_files(weights, "CLIP image encoder")
+    files = checkpoint_files(weights, "CLIP image encoder")
     with open_tensor_source(files) as (keys, get):
         plan = plan_clip_vision(keys)
         cfg = dict(config) if config is not None else (
-            _read_config(weights) if weights.is_dir() else None) or _clip_config_from_shapes(plan, get)
+            _file_config(weights, files, "clip_vision") or _clip_config_from_shapes(plan, get))
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
         with torch.device("meta"):
             model = CLIPVisionModel(CLIPVisionConfig(**cfg))
-        recipes = match_model_keys(plan, model.state_dict().keys(), "CLIP image encoder")
-        load_module_weights(model, recipes, get, device, dtype)
+        load_converted(model, plan, get, "CLIP image encoder", device, dtype)
     return CLIPImageEncoder(model, pixel_scale=pixel_scale)
 
 

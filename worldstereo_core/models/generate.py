@@ -60,7 +60,6 @@ from .sampling import (
     sample_dmd,
     sample_unipc,
 )
-from .tiny import embedded_config
 from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldStereoTransformer
 from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
 
@@ -221,15 +220,13 @@ def load_models(
             raise ModelInputError(
                 f"attention backend {attention_backend!r} is not usable here ({exc}); leave it empty for PyTorch SDPA"
             ) from None
-    # single files may carry their architecture in metadata (the tiny test files do); real ones use the release's
+    # each loader reads the architecture a file states (worldstereo_core.checkpoint), else the release's
     te = ie = None
     if with_text_encoder:
-        te = load_text_encoder(text_encoder, tokenizer=tokenizer, device=enc_device, dtype=encoder_dtype,
-                               config=embedded_config(text_encoder))
+        te = load_text_encoder(text_encoder, tokenizer=tokenizer, device=enc_device, dtype=encoder_dtype)
     if with_image_encoder:
-        ie = load_image_encoder(image_encoder, device=enc_device, dtype=encoder_dtype, pixel_scale=clip_pixel_scale,
-                                config=embedded_config(image_encoder))
-    v = load_wan_vae(vae, device=device, dtype=dtype, config=embedded_config(vae))
+        ie = load_image_encoder(image_encoder, device=enc_device, dtype=encoder_dtype, pixel_scale=clip_pixel_scale)
+    v = load_wan_vae(vae, device=device, dtype=dtype)
     tok = te.tokenizer if te is not None else None
     return WorldStereoModels(transformer, v, te, tok, ie, transformer.variant, device, offload)
 

@@ -1,26 +1,47 @@
-"""Building and loading WorldStereo transformers from safetensors, one tensor at a time.
+"""Building and loading WorldStereo transformers (and the Uni3C branch) from safetensors.
 
-A checkpoint is a folder with ``config.json`` + ``model.safetensors`` (the release's layout), or a
-single ``.safetensors`` file (its config is then read from the file's metadata, a ``config.json``
-beside it, or the released defaults). The model is built on ``meta`` and every tensor is streamed
-from the file straight to its device and dtype, so host memory never holds a second copy of the
-weights. Pickle checkpoints are refused: convert them to safetensors first.
+A checkpoint is a folder with ``config.json`` + ``model.safetensors`` (the release's layout), a
+sharded folder, or a single ``.safetensors`` file (its config is then read from a ``config.json``
+beside it, the file's metadata, or the released defaults). Files, pickle refusal, key matching and
+streaming are :mod:`worldstereo_core.checkpoint`'s; this module adds what is WorldStereo's: the
+config (``config.json`` of the release, ``model_type`` from the folder name), the cause of a key
+mismatch, the float32 modules, and filling the Wan2.1 backbone from a base model as the release does.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-from collections import Counter
+from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from .. import atomic
+from ..checkpoint import (
+    PICKLE_SUFFIXES,
+    ConversionPlan,
+    SafetensorsSource,
+    bind_recipe,
+    checkpoint_files,
+    config_json_beside,
+    describe_keys,
+    embedded_config,
+    identity_plan,
+    match_keys,
+    open_tensor_source,
+    read_json,
+    read_safetensors_header,
+    save_checkpoint,
+    stream_weights,
+    take,
+    write_config_json,
+)
 from ..errors import CheckpointError
+from .conversion import plan_wan_transformer
 from .transformer_worldstereo import (
     VARIANTS,
     ControlNetConfig,
@@ -53,8 +74,8 @@ MODEL_TYPES: Mapping[str, str] = {
 
 ALL_VARIANTS: tuple[str, ...] = (*VARIANTS, *PAPER_VARIANTS)
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-CONFIG_METADATA_KEY = "worldstereo_config"
+logger = logging.getLogger(__name__)
+
 # Prefixes other tools put in front of the diffusers key names; stripped when that makes the keys match.
 _KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "model.")
 # Parameters that diffusers keeps in float32 when loading Wan in half precision (its
@@ -184,95 +205,30 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
     return WorldStereoConfig(variant, transformer, controlnet, dmd, negative_prompt, latent_cond_mode, memory)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore the config.json of the checkpoint") from None
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[list[Path], Path | None]:
+    """``(weight files, config.json or None)`` of a WorldStereo checkpoint folder or file.
 
-
-def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Validate a safetensors file's framing and return its header (``{key: {dtype, shape, data_offsets}}``).
-
-    Catches pickle files, truncated downloads and corrupt headers with actionable messages, before
-    any tensor is read.
+    A folder holds ``config.json`` + ``model.safetensors`` (the release), a sharded set with its
+    ``*.safetensors.index.json``, or one ``.safetensors`` file; a file may have a ``config.json`` beside it.
     """
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            f"{path.name} is a pickle checkpoint ({path.suffix}); pickles can run code and are not loaded. "
-            "Convert it to safetensors (safetensors.torch.save_file(torch.load(f, weights_only=True), "
-            "'model.safetensors')) in a trusted environment"
-        )
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path} is a pickle/torch.save file despite its name; convert it to safetensors first"
-            )
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is {size} bytes — too short to be a safetensors file (truncated download?)")
-        n = int.from_bytes(head, "little")
-        if n <= 1 or n > min(size - 8, 512 * 1024 * 1024):
-            raise CheckpointError(
-                f"{path} does not start with a valid safetensors header (header length {n}, file {size} bytes); "
-                "the file is corrupt or truncated — download it again"
-            )
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; download it again") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; download it again")
-    try:
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (KeyError, TypeError, IndexError):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; download it again") from None
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{path} is truncated: its header describes {8 + n + end} bytes but the file has {size}; "
-            "the download or copy did not finish — fetch it again"
-        )
-    return header
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(weights file, config.json or None)`` for a checkpoint folder or file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.exists():
-            candidates = sorted(p.name for p in path.iterdir() if p.suffix == ".safetensors")
-            pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-            if len(candidates) == 1:
-                weights = path / candidates[0]
-            elif pickles and not candidates:
-                read_safetensors_header(path / pickles[0])  # raises the pickle advice
-            else:
-                raise CheckpointError(
-                    f"{path} has no model.safetensors (found {candidates or 'no .safetensors files'}); "
-                    "point to the checkpoint folder with config.json + model.safetensors"
-                )
-        config = path / "config.json"
-        return weights, config if config.exists() else None
-    config = path.parent / "config.json"
-    return path, config if config.exists() else None
+    files = checkpoint_files(path, "WorldStereo checkpoint", preferred="model.safetensors")
+    return files, config_json_beside(path, files)
 
 
 def _group(key: str) -> str:
     parts = key.split(".")
-    if parts[0] == "controlnet" and len(parts) > 2:
-        return f"controlnet.{parts[1]}.*"
+    if parts[0] in ("controlnet", "memory_branch") and len(parts) > 2:
+        return f"{parts[0]}.{parts[1]}.*"
     return f"{parts[0]}.*"
 
 
-def _describe(keys: Iterable[str]) -> str:
-    counts = Counter(_group(k) for k in keys)
-    return ", ".join(f"{g} ({n})" for g, n in sorted(counts.items()))
+_BRANCH_PREFIXES = ("controlnet.", "camera_embedding.", "memory_branch.")
+"""What a WorldStereo checkpoint adds to Wan2.1: everything else is the backbone a base model can fill."""
+
+
+def is_backbone_key(key: str) -> bool:
+    """True for the Wan2.1-I2V backbone's keys (the ones the release fills from ``base_model``)."""
+    return not key.startswith(_BRANCH_PREFIXES)
 
 
 def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
@@ -302,52 +258,30 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
     ):
         return (
             "the file has fewer blocks than the config describes — its config.json does not belong to these "
-            "weights (e.g. a tiny test file read with the full-size config)"
+            "weights (e.g. a test file written at other sizes: pass its sizes with overrides=...)"
         )
     if missing and groups_missing == {"controlnet"}:
         return "the file has no controlnet.*: it is a plain Wan2.1 transformer, not a WorldStereo checkpoint"
-    if "blocks" in groups_missing and not any(k.startswith("blocks.") for k in unexpected) and not any(
-        k.startswith("controlnet.") for k in missing
-    ):
-        return "the file has only the control branches, not the base transformer — use the full WorldStereo checkpoint"
+    if missing and all(is_backbone_key(k) for k in missing) and not unexpected:
+        return (
+            "the file holds only the WorldStereo branches, not the Wan2.1 backbone — the release fills the backbone "
+            "from its base model: pass base_model=<Wan2.1-I2V-14B-480P-Diffusers folder, or ComfyUI's "
+            "models/diffusion_models/wan2.1_i2v_480p_14B_*.safetensors>"
+        )
     return "the file is not a WorldStereo 2.0 checkpoint of this variant"
 
 
-def _check_keys(
-    header: Mapping[str, Any], expected: Mapping[str, torch.Size], variant: str, path: Path
-) -> dict[str, str]:
-    """Map model keys to file keys (stripping a known prefix if needed); raise a grouped error on mismatch."""
-    file_keys = {k for k in header if k != "__metadata__"}
-    mapping = {k: k for k in file_keys}
-    if set(expected) - file_keys:
+def _file_plan(keys: list[str], expected: Mapping[str, Any]) -> ConversionPlan:
+    """The checkpoint's own keys, a known prefix stripped when that makes them the model's names."""
+    plan = identity_plan(keys)
+    if set(expected) - set(plan.targets):
         for prefix in _KNOWN_PREFIXES:
-            stripped = {k[len(prefix):]: k for k in file_keys if k.startswith(prefix)}
-            if len(stripped) == len(file_keys) and set(stripped) == set(expected):
-                mapping = stripped
-                break
-    missing = set(expected) - set(mapping)
-    unexpected = set(mapping) - set(expected)
-    if missing or unexpected:
-        parts = [f"{path} does not match the WorldStereo {variant!r} transformer:"]
-        if missing:
-            parts.append(f"missing {len(missing)} keys under {_describe(missing)};")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys under {_describe(unexpected)};")
-        parts.append(_guess_cause(missing, unexpected, variant))
-        raise CheckpointError(" ".join(parts))
-    bad = [
-        (k, header[mapping[k]]["shape"], list(shape))
-        for k, shape in expected.items()
-        if list(header[mapping[k]]["shape"]) != list(shape)
-    ]
-    if bad:
-        k, got, want = bad[0]
-        raise CheckpointError(
-            f"{path}: {len(bad)} tensors have the wrong shape, e.g. {k} is {got} in the file but the model "
-            f"expects {want}; the config (sizes) does not match these weights — use the checkpoint's own "
-            "config.json (a tiny test file needs the tiny config)"
-        )
-    return mapping
+            stripped = identity_plan(keys, prefix=prefix)
+            if not stripped.ignored and set(stripped.targets) <= set(expected) and len(stripped.targets) > len(
+                set(plan.targets) & set(expected)
+            ):
+                return stripped
+    return plan
 
 
 def _target_dtype(key: str, file_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
@@ -361,34 +295,69 @@ def _target_dtype(key: str, file_dtype: torch.dtype, dtype: torch.dtype | None) 
     return torch.float32 if keep and dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-_ST_DTYPES: Mapping[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
+@dataclass(frozen=True)
+class LoadReport:
+    """Where a loaded transformer's weights came from: ``{file: key groups}`` (``"blocks.* (400)"`` …)."""
+
+    sources: Mapping[str, str]
+    from_base: tuple[str, ...] = ()
+    """Groups filled from the base model (empty when the checkpoint held everything)."""
+
+    def __str__(self) -> str:
+        return "; ".join(f"{f}: {groups}" for f, groups in self.sources.items())
 
 
-def _read_tensor(f, info: Mapping[str, Any], data_start: int, path: Path, key: str) -> torch.Tensor:
-    """Read one tensor of a safetensors file into a fresh host buffer (``[*shape]``)."""
-    try:
-        dtype = _ST_DTYPES[info["dtype"]]
-        begin, end = (int(v) for v in info["data_offsets"])
-        shape = [int(v) for v in info["shape"]]
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: tensor {key} has an unsupported or corrupt entry {info}") from None
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    numel = 1
-    for d in shape:
-        numel *= d
-    if end - begin != numel * itemsize:
-        raise CheckpointError(f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt")
-    buf = bytearray(end - begin)
-    f.seek(data_start + begin)
-    if f.readinto(buf) != len(buf):
-        raise CheckpointError(f"{path} ended inside tensor {key}: the file is truncated — download it again")
-    if not buf:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+def _resolve_config(
+    files: list[Path],
+    config_path: Path | None,
+    path: Path,
+    variant: str | None,
+    overrides: Mapping[str, Any] | None,
+    header_keys: Iterable[str],
+) -> WorldStereoConfig:
+    """The checkpoint's config: ``config.json`` (the release), else the embedded one, else released
+    defaults; ``overrides`` (a partial config, e.g. test sizes) merged over it."""
+    raw: dict[str, Any] | None = None
+    where = "config"
+    if config_path is not None:
+        raw, where = _read_config_json(config_path), str(config_path)
+    else:
+        embedded = embedded_config(files, "worldstereo", legacy=("worldstereo_config",))
+        if embedded is not None:
+            raw, where = embedded, f"{files[0].name} metadata"
+    if raw is not None and variant is None and "model_type" not in raw and "variant" not in raw:
+        # the release names the variant by the folder (its loader's model_type = subfolder)
+        folder = (path if path.is_dir() else files[0].parent).name
+        variant = MODEL_TYPES.get(folder)
+    if raw is None:
+        if variant is None:
+            # a bare file: the camera_embedding MLP / the memory branch tell the architectures apart
+            keys = set(header_keys)
+            if any(k.startswith("memory_branch.") for k in keys):
+                variant = "paper"
+            else:
+                variant = "memory" if any(k.startswith("camera_embedding.") for k in keys) else "camera"
+        if variant not in ALL_VARIANTS:
+            raise CheckpointError(f"unknown variant {variant!r}; use one of {ALL_VARIANTS}")
+        base = "camera" if variant in PAPER_VARIANTS else variant
+        transformer, controlnet = transformer_configs(base)
+        raw = {"controlnet_cfg": controlnet.to_dict(), "transformer": transformer}
+        if variant in PAPER_VARIANTS:
+            raw["memory_cfg"] = FULL_MEMORY_CONFIG.to_dict()
+        where = "released defaults"
+    if overrides:
+        raw = dict(raw)
+        for k, v in overrides.items():
+            if isinstance(v, Mapping) and isinstance(raw.get(k), Mapping):
+                raw[k] = {**raw[k], **v}
+            else:
+                raw[k] = v
+        where += " + overrides"
+    return config_from_dict(raw, variant, where=where)
+
+
+def _read_config_json(path: Path) -> Any:
+    return read_json(path, "config.json")
 
 
 def load_worldstereo(
@@ -396,96 +365,113 @@ def load_worldstereo(
     variant: str | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = torch.bfloat16,
+    *,
+    base_model: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> WorldStereoTransformer:
-    """Load a WorldStereo checkpoint (folder with ``config.json`` + ``model.safetensors``, or one file).
+    """Load a WorldStereo checkpoint (folder with ``config.json`` + ``model.safetensors``, a sharded
+    folder, or one file) through :mod:`worldstereo_core.checkpoint`.
 
-    ``variant`` overrides the config's ``model_type`` (``camera``/``memory``/``dmd``). Tensors go
-    straight from the file to ``device`` in ``dtype`` (``None`` keeps the file's dtype; a few
-    modulation/norm tensors stay float32 as in diffusers). Keys are checked strictly: a mismatch
-    raises :class:`CheckpointError` naming the key groups and the likely cause.
+    ``variant`` overrides the config's ``model_type`` (``camera``/``memory``/``dmd``; the release's
+    config.json names none — its folder name ``worldstereo-camera`` … does). The release's config.json
+    carries no transformer sizes (its loader builds the transformer from ``base_model``): the released
+    Wan2.1-I2V-14B sizes are used; ``overrides`` (a partial config dict, e.g. ``{"transformer": {...},
+    "controlnet_cfg": {...}}``) replaces fields — how tests load small files written in the release's
+    layout.
+
+    ``base_model``: the Wan2.1-I2V-14B-480P weights the user has — a diffusers folder (its
+    ``transformer/``) or ComfyUI's single file (``models/diffusion_models/wan2.1_i2v_480p_14B_{bf16,
+    fp16,fp8_e4m3fn,fp8_scaled}.safetensors``, original key names; scaled fp8 dequantised). Backbone
+    keys the checkpoint lacks are filled from it, as the release does (it builds the transformer from
+    ``base_model`` and loads the checkpoint with ``strict=False``); keys the checkpoint has win. Any
+    other mismatch raises :class:`CheckpointError` naming the key groups and the likely cause.
+
+    Tensors go straight from the files to ``device`` in ``dtype`` (``None`` keeps the file's; a few
+    modulation/norm tensors stay float32 as in diffusers). ``model.load_report`` (:class:`LoadReport`)
+    says which groups came from which file; the same line is logged.
     """
-    weights, config_path = resolve_checkpoint(path)
-    header = read_safetensors_header(weights)
-    metadata = header.get("__metadata__") or {}
-    if CONFIG_METADATA_KEY in metadata:
-        try:
-            raw_cfg = json.loads(metadata[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{weights}: the embedded {CONFIG_METADATA_KEY} metadata is not valid JSON") from None
-        cfg = config_from_dict(raw_cfg, variant, where=f"{weights.name} metadata")
-    elif config_path is not None:
-        cfg = config_from_dict(_read_json(config_path), variant, where=str(config_path))
-    else:
-        if variant is None:
-            # a bare file: the camera_embedding MLP / the memory branch tell the architectures apart
-            if any(k.startswith("memory_branch.") for k in header):
-                variant = "paper"
-            else:
-                variant = "memory" if any(k.startswith("camera_embedding.") for k in header) else "camera"
-        if variant in PAPER_VARIANTS:
-            transformer, controlnet = transformer_configs("camera")
-            cfg = WorldStereoConfig(variant, transformer, controlnet, memory=FULL_MEMORY_CONFIG)
-        else:
-            transformer, controlnet = transformer_configs(variant)
-            cfg = WorldStereoConfig(variant, transformer, controlnet)
-
-    device = torch.device(device)
-    with torch.device("meta"):
-        model = cfg.build()
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    mapping = _check_keys(header, expected, cfg.variant, weights)
-
-    state: dict[str, torch.Tensor] = {}
-    data_start = 8 + int.from_bytes(weights.open("rb").read(8), "little")
-    # Plain reads, not mmap: touched mmap pages would count as host memory until the file is closed.
-    with open(weights, "rb") as f:
-        for key, file_key in sorted(mapping.items(), key=lambda kv: header[kv[1]]["data_offsets"][0]):
-            tensor = _read_tensor(f, header[file_key], data_start, weights, file_key)
-            # one tensor at a time: at most one transient host copy alive
-            state[key] = tensor.to(device=device, dtype=_target_dtype(key, tensor.dtype, dtype))
-            del tensor
-    model.load_state_dict(state, strict=True, assign=True)
-    del state
-    model.rebuild_buffers(device)
+    path = Path(path)
+    files, config_path = resolve_checkpoint(path)
+    with ExitStack() as stack:
+        source = SafetensorsSource(files, stack)
+        cfg = _resolve_config(files, config_path, path, variant, overrides, source.keys)
+        with torch.device("meta"):
+            model = cfg.build()
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        plan = _file_plan(source.keys, expected)
+        targets = {k: bind_recipe(r, source) for k, r in plan.targets.items()}
+        missing = set(expected) - set(targets)
+        from_base: tuple[str, ...] = ()
+        if missing and base_model is not None and all(is_backbone_key(k) for k in missing):
+            base_files = wan_base_files(base_model)
+            base = SafetensorsSource(base_files, stack)
+            base_plan = plan_wan_transformer(base.keys)
+            fill = {k: bind_recipe(base_plan.targets[k], base) for k in missing if k in base_plan.targets}
+            targets.update(fill)
+            still = missing - set(fill)
+            if still:
+                raise CheckpointError(
+                    f"{files[0]} lacks {len(missing)} backbone keys and the base model {base_model} "
+                    f"({base_plan.layout} layout) does not have {len(still)} of them: "
+                    f"{describe_keys(still, _group)}; use the Wan2.1-I2V-14B-480P weights (I2V 14B, not T2V "
+                    "or 1.3B) as base model"
+                )
+            from_base = tuple(sorted({_group(k) for k in fill}))
+        full = ConversionPlan(plan.layout, targets, plan.ignored)
+        recipes = match_keys(full, expected, source.shape, f"{files[0]} (WorldStereo {cfg.variant!r})",
+                             lambda m, u: _guess_cause(m, u, cfg.variant), _group)
+        report = _report(recipes)
+        logger.info("WorldStereo %s weights: %s", cfg.variant, report)
+        model = stream_weights(model, recipes, source, device,
+                               lambda key, file_dtype: _target_dtype(key, file_dtype, dtype))
     model.requires_grad_(False)
     model.ws_config = cfg
-    return model.eval()
+    model.load_report = LoadReport(report, from_base)
+    return model
+
+
+def _report(recipes: Mapping[str, Any]) -> dict[str, str]:
+    by_file: dict[str, list[str]] = {}
+    for key, recipe in recipes.items():
+        by_file.setdefault(str(getattr(recipe, "file", None)), []).append(key)
+    return {f: describe_keys(keys, _group, limit=12) for f, keys in by_file.items()}
+
+
+def wan_base_files(path: str | os.PathLike) -> list[Path]:
+    """The transformer weight file(s) of a Wan2.1 base model: a diffusers root (its ``transformer/``), a
+    ``transformer/`` folder (sharded: ``diffusion_pytorch_model.safetensors.index.json``), or one file."""
+    path = Path(path)
+    if path.is_dir() and (path / "transformer").is_dir():
+        path = path / "transformer"
+    return checkpoint_files(path, "Wan2.1 base model", preferred="diffusion_pytorch_model.safetensors")
 
 
 def save_worldstereo(model: WorldStereoTransformer, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Write ``folder/config.json`` + ``folder/model.safetensors`` (the release's layout) and return the folder.
 
-    Used for tiny test weights and conversions; the config is also embedded in the file's metadata.
+    Used for test weights and conversions; the config is also embedded in the file's metadata
+    (:mod:`worldstereo_core.checkpoint`'s convention).
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg: WorldStereoConfig = getattr(model, "ws_config", None) or WorldStereoConfig(
         model.variant, dict(model.config), model.controlnet_config, memory=getattr(model, "memory_config", None)
     )
     cfg_json = cfg.to_json_dict()
-    state = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-        for k, v in model.state_dict().items()
-    }
-    meta = {CONFIG_METADATA_KEY: json.dumps(cfg_json)}
-    atomic.write_file(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
-    atomic.write_text(folder / "config.json", json.dumps(cfg_json, indent=2))
+    save_checkpoint(model.state_dict(), folder / "model.safetensors", "worldstereo", cfg_json, dtype=dtype)
+    write_config_json(folder, cfg_json)
     return folder
 
 
-def _uni3c_config(header: Mapping[str, Any], mapping: Mapping[str, str], path: Path) -> tuple[ControlNetConfig, int, tuple[int, int, int]]:
-    """The branch config of a Uni3C file: our embedded metadata if present, else inferred from shapes."""
-    metadata = header.get("__metadata__") or {}
-    shapes = {k: header[f]["shape"] for k, f in mapping.items()}
-    if UNI3C_CONFIG_METADATA_KEY in metadata:
+def _uni3c_config(files: list[Path], shapes: Mapping[str, Any], path: Path) -> tuple[ControlNetConfig, int, tuple[int, int, int]]:
+    """The branch config of a Uni3C file: the embedded config if present, else inferred from shapes."""
+    raw = embedded_config(files, "uni3c", legacy=(UNI3C_CONFIG_METADATA_KEY,))
+    if raw is not None:
         try:
-            raw = json.loads(metadata[UNI3C_CONFIG_METADATA_KEY])
+            raw = dict(raw)
             in_channels, patch = int(raw.pop("in_channels")), tuple(int(v) for v in raw.pop("patch_size"))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            raise CheckpointError(f"{path}: the embedded {UNI3C_CONFIG_METADATA_KEY} metadata is corrupt") from None
-        cfg = ControlNetConfig.from_dict(raw, where=f"{path.name} {UNI3C_CONFIG_METADATA_KEY}")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CheckpointError(f"{path}: the embedded Uni3C config metadata is corrupt") from None
+        cfg = ControlNetConfig.from_dict(raw, where=f"{path.name} embedded config")
         return cfg, in_channels, patch
     # the released file records nothing: read the sizes off the tensors (head count: released width 64)
     return uni3c_config_from_shapes(shapes, where=str(path))
@@ -504,83 +490,52 @@ def load_uni3c(
     to ``device`` (``dtype=None`` keeps the file's; the AdaLN LayerNorm affines stay float32). Put the
     result on a base transformer with :func:`worldstereo_core.models.uni3c.attach_uni3c`.
     """
-    weights, _ = resolve_checkpoint(path)
-    header = read_safetensors_header(weights)
-    file_keys = [k for k in header if k != "__metadata__"]
-    if any(k.split("blocks.")[0] in ("", "model.diffusion_model.", "diffusion_model.", "model.") for k in file_keys if "blocks." in k):
-        kind = "a WorldStereo checkpoint" if any("controlnet.controlnet_blocks." in k for k in file_keys) else "a Wan transformer"
-        raise CheckpointError(
-            f"{weights} is {kind} (it has blocks.*), not a Uni3C ControlNet; load it with load_worldstereo "
-            "(WorldStereo) or as the base transformer, and pass the Uni3C file (controlnet_patch_embedding.* … "
-            "proj_out.N.*) to load_uni3c"
-        )
-    mapping: dict[str, str] = {}
-    for k in file_keys:
-        model_key = uni3c_model_key(k)
-        if model_key in mapping:
-            raise CheckpointError(f"{weights} holds both {mapping[model_key]} and {k} (the same Uni3C tensor); keep one layout")
-        mapping[model_key] = k
-    if "controlnet_patch_embedding.weight" not in mapping:
-        raise CheckpointError(
-            f"{weights} is not a Uni3C ControlNet: it has no controlnet_patch_embedding.weight "
-            f"(found {_describe(file_keys) or 'no tensors'}); use the Uni3C controlnet safetensors"
-        )
-    cfg, in_channels, patch = _uni3c_config(header, mapping, weights)
-
-    device = torch.device(device)
-    with torch.device("meta"):
-        model = Uni3CControlNet(cfg, in_channels, patch)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing, unexpected = set(expected) - set(mapping), set(mapping) - set(expected)
-    if missing or unexpected:
-        parts = [f"{weights} does not match the Uni3C ControlNet layout:"]
-        if missing:
-            parts.append(f"missing {len(missing)} keys under {_describe(missing)};")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys under {_describe(unexpected)};")
-        parts.append("the file is incomplete or not a Uni3C camera ControlNet — download the Uni3C controlnet again")
-        raise CheckpointError(" ".join(parts))
-    bad = [(k, header[mapping[k]]["shape"], list(s)) for k, s in expected.items() if list(header[mapping[k]]["shape"]) != list(s)]
-    if bad:
-        k, got, want = bad[0]
-        raise CheckpointError(
-            f"{weights}: {len(bad)} tensors have the wrong shape, e.g. {k} is {got} in the file but {want} is "
-            "expected from the file's other tensors / embedded config; the file is corrupt or mixed from two models"
+    files = checkpoint_files(path, "Uni3C ControlNet")
+    weights = files[0]
+    with open_tensor_source(files) as (file_keys, source):
+        if any(k.split("blocks.")[0] in ("", "model.diffusion_model.", "diffusion_model.", "model.") for k in file_keys if "blocks." in k):
+            kind = "a WorldStereo checkpoint" if any("controlnet.controlnet_blocks." in k for k in file_keys) else "a Wan transformer"
+            raise CheckpointError(
+                f"{weights} is {kind} (it has blocks.*), not a Uni3C ControlNet; load it with load_worldstereo "
+                "(WorldStereo) or as the base transformer, and pass the Uni3C file (controlnet_patch_embedding.* … "
+                "proj_out.N.*) to load_uni3c"
+            )
+        targets: dict[str, Any] = {}
+        for k in file_keys:
+            model_key = uni3c_model_key(k)
+            if model_key in targets:
+                raise CheckpointError(f"{weights} holds both {targets[model_key].source} and {k} (the same Uni3C tensor); keep one layout")
+            targets[model_key] = take(k)
+        if "controlnet_patch_embedding.weight" not in targets:
+            raise CheckpointError(
+                f"{weights} is not a Uni3C ControlNet: it has no controlnet_patch_embedding.weight "
+                f"(found {describe_keys(file_keys, _group) or 'no tensors'}); use the Uni3C controlnet safetensors"
+            )
+        shapes = {k: source.shape(r.source) for k, r in targets.items()}
+        cfg, in_channels, patch = _uni3c_config(files, shapes, weights)
+        with torch.device("meta"):
+            model = Uni3CControlNet(cfg, in_channels, patch)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        recipes = match_keys(
+            ConversionPlan("uni3c", targets), expected, source.shape, f"{weights} (Uni3C ControlNet)",
+            "the file is incomplete or not a Uni3C camera ControlNet — download the Uni3C controlnet again", _group,
         )
 
-    state: dict[str, torch.Tensor] = {}
-    data_start = 8 + int.from_bytes(weights.open("rb").read(8), "little")
-    with open(weights, "rb") as f:
-        for key, file_key in sorted(mapping.items(), key=lambda kv: header[kv[1]]["data_offsets"][0]):
-            tensor = _read_tensor(f, header[file_key], data_start, weights, file_key)
+        def dtype_rule(key: str, file_dtype: torch.dtype) -> torch.dtype:
             keep = key.split(".")[-2:-1] == ["norm"] and dtype in (torch.float16, torch.bfloat16)
-            target = tensor.dtype if dtype is None or not tensor.dtype.is_floating_point else (torch.float32 if keep else dtype)
-            state[key] = tensor.to(device=device, dtype=target)
-            del tensor
-    model.load_state_dict(state, strict=True, assign=True)
-    del state
-    model.rebuild_buffers(device)
-    model.requires_grad_(False)
-    return model.eval()
+            return file_dtype if dtype is None else (torch.float32 if keep else dtype)
+
+        return stream_weights(model, recipes, source, device, dtype_rule).requires_grad_(False)
 
 
 def save_uni3c(model: Uni3CControlNet, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Write a Uni3C branch as one safetensors file in the released (top-level) layout; returns the path.
 
-    The config is embedded in the metadata (``uni3c_config``) so non-released sizes (tiny test
-    weights) load back exactly; released-size files load without it.
+    The config is embedded in the metadata so non-released sizes (small test weights) load back
+    exactly; released-size files load without it.
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = {**model.cfg.to_dict(), "in_channels": model.in_channels, "patch_size": list(model.patch_size)}
-    state = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-        for k, v in model.state_dict().items()
-    }
-    meta = {UNI3C_CONFIG_METADATA_KEY: json.dumps(cfg)}
-    return atomic.write_file(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    return save_checkpoint(model.state_dict(), path, "uni3c", cfg, dtype=dtype)
 
 
 @torch.no_grad()
@@ -608,3 +563,24 @@ def init_random_weights(
     if hasattr(model, "rebuild_buffers"):
         model.rebuild_buffers(device)
     return model
+
+
+__all__ = [
+    "ALL_VARIANTS",
+    "MODEL_TYPES",
+    "PICKLE_SUFFIXES",
+    "DMDSettings",
+    "LoadReport",
+    "WorldStereoConfig",
+    "build_transformer",
+    "config_from_dict",
+    "init_random_weights",
+    "is_backbone_key",
+    "load_uni3c",
+    "load_worldstereo",
+    "read_safetensors_header",
+    "resolve_checkpoint",
+    "save_uni3c",
+    "save_worldstereo",
+    "wan_base_files",
+]

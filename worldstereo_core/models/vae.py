@@ -12,23 +12,24 @@ Video tensors at the model boundary are ``[B, C, F, H, W]`` in ``[-1, 1]``; Comf
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKLWan
 
-from ..errors import CheckpointError, InvalidImageError, ModelInputError
-from .conversion import (
-    load_module_weights,
-    match_model_keys,
+from ..checkpoint import (
+    checkpoint_files,
+    config_json_beside,
+    embedded_config,
     open_tensor_source,
-    plan_wan_vae,
-    safetensors_files,
+    read_json,
 )
+from ..errors import CheckpointError, InvalidImageError, ModelInputError
+from .conversion import load_converted, plan_wan_vae
 
 SPATIAL_MULTIPLE = 16
 """Frame sizes must be multiples of 16: the VAE downsamples by 8 and the transformer patchifies by 2."""
@@ -302,16 +303,16 @@ class WanKeyframeVAE:
 # ------------------------------------------------------------------------------------------ loading
 
 def _vae_config_for(path: Path, files: list[Path]) -> dict[str, Any]:
-    cfg_file = (path if path.is_dir() else path.parent) / "config.json"
-    if path.is_dir() and cfg_file.exists():
-        try:
-            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_file} is not valid JSON ({exc})") from None
+    """``config.json`` of a diffusers ``vae/`` folder, else the file's embedded config, else Wan2.1's."""
+    beside = config_json_beside(path, files, single_file_too=False)
+    if beside is not None:
+        cfg = read_json(beside, "VAE config")
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{beside} must hold a JSON object (the AutoencoderKLWan config)")
         if cfg.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-            raise CheckpointError(f"{cfg_file} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)")
+            raise CheckpointError(f"{beside} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)")
         return cfg
-    return dict(WAN21_VAE_CONFIG)
+    return embedded_config(files, "wan_vae") or dict(WAN21_VAE_CONFIG)
 
 
 def load_wan_vae(
@@ -325,12 +326,13 @@ def load_wan_vae(
     safetensors file in either the diffusers or the original Wan layout (ComfyUI's ``wan_2.1_vae``).
 
     The network is built on ``meta`` and each tensor streamed to ``device``/``dtype``. ``config``
-    overrides the architecture (default: the folder's ``config.json`` or the Wan2.1 config).
+    overrides the architecture (default: the folder's ``config.json``, else the file's embedded config —
+    see :mod:`worldstereo_core.checkpoint` —, else the Wan2.1 config).
     """
     path = Path(path)
     if path.is_dir() and (path / "vae").is_dir():
         path = path / "vae"
-    files = safetensors_files(path, "Wan VAE")
+    files = checkpoint_files(path, "Wan VAE")
     cfg = dict(config) if config is not None else _vae_config_for(path, files)
     with open_tensor_source(files) as (keys, get):
         plan = plan_wan_vae(keys, num_res_blocks=int(cfg.get("num_res_blocks", 2)))
@@ -343,8 +345,7 @@ def load_wan_vae(
                 )
         with torch.device("meta"):
             vae = AutoencoderKLWan.from_config(cfg)
-        recipes = match_model_keys(plan, vae.state_dict().keys(), "Wan VAE")
-        load_module_weights(vae, recipes, get, device, dtype)
+        load_converted(vae, plan, get, "Wan VAE", device, dtype)
     return WanKeyframeVAE(vae, keyframes_per_batch=keyframes_per_batch)
 
 

@@ -36,7 +36,6 @@ command in :data:`CONVERT_HINT` (it also writes ``config.json``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +48,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cameras import ArrayLike, as_tensor, like_input
-from .. import atomic
-from ..errors import CheckpointError, InvalidCameraError, InvalidImageError, ReconstructionError
+from ..checkpoint import (
+    checkpoint_files,
+    config_json_beside,
+    embedded_config,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_config_json,
+)
+from ..errors import (
+    CheckpointError,
+    InvalidCameraError,
+    InvalidImageError,
+    ReconstructionError,
+)
 from ..pointcloud import unproject_depth_map
 
 __all__ = [
@@ -80,7 +92,7 @@ CONVERT_HINT = (
     "python -c \"import json, torch; from safetensors.torch import save_file; "
     "ck = torch.load('model.pt', map_location='cpu', weights_only=True); "
     "save_file({k: v.contiguous() for k, v in ck['model'].items()}, 'model.safetensors', "
-    "metadata={'model_config': json.dumps(ck['model_config'])}); "
+    "metadata={'model': 'moge', 'config': json.dumps(ck['model_config'])}); "
     "json.dump(ck['model_config'], open('config.json', 'w'), indent=1)\" "
     "and point the loader at the folder holding model.safetensors + config.json"
 )
@@ -732,27 +744,22 @@ class MoGeModel(nn.Module):
 # loading
 
 
-def _read_config(config: MoGeConfig | Mapping[str, Any] | str | Path | None, weights: Path, metadata: Mapping[str, str]) -> MoGeConfig:
+def _read_config(
+    config: MoGeConfig | Mapping[str, Any] | str | Path | None, weights: Path, files: list[Path], folder_config: Path | None
+) -> MoGeConfig:
     if isinstance(config, MoGeConfig):
         return config
     if isinstance(config, Mapping):
         return moge_config_from_dict(config)
     if isinstance(config, (str, Path)) and Path(config).suffix == ".json":
-        path = Path(config)
-        try:
-            return moge_config_from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read MoGe config {path}: {e}") from e
+        return moge_config_from_dict(read_json(config, "MoGe config"))
     if isinstance(config, str):
         return moge_config(config)
-    beside = weights.parent / "config.json"
-    if beside.is_file():
-        return _read_config(beside, weights, metadata)
-    if "model_config" in metadata:
-        try:
-            return moge_config_from_dict(json.loads(metadata["model_config"]))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{weights.name}: metadata 'model_config' is not JSON ({e})") from e
+    if folder_config is not None:
+        return moge_config_from_dict(read_json(folder_config, "MoGe config"))
+    embedded = embedded_config(files, "moge", legacy=("model_config",))
+    if embedded is not None:
+        return moge_config_from_dict(embedded)
     stem = weights.parent.name.lower() if weights.stem == "model" else weights.stem.lower()
     for name in sorted(MOGE_VARIANTS, key=len, reverse=True):
         if name != "tiny" and name in stem:
@@ -763,32 +770,9 @@ def _read_config(config: MoGeConfig | Mapping[str, Any] | str | Path | None, wei
     )
 
 
-_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-
-
-def _pickle_error(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"{path.name} is a PyTorch pickle; pickles are never loaded (they can run arbitrary code). " + CONVERT_HINT
-    )
-
-
-def _looks_like_pickle(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(2)
-    # torch.save writes a zip (PK); older torch / plain pickle starts with the PROTO opcode 0x80.
-    return head == b"PK" or head[:1] == b"\x80"
-
-
 def _group(key: str) -> str:
     parts = key.split(".")
-    return ".".join(parts[:2]) if parts[0] == "encoder" else parts[0]
-
-
-def _describe(keys: set[str]) -> str:
-    groups: dict[str, int] = {}
-    for k in keys:
-        groups[_group(k)] = groups.get(_group(k), 0) + 1
-    return ", ".join(f"{n} under {g}.*" for g, n in sorted(groups.items()))
+    return (".".join(parts[:2]) if parts[0] == "encoder" else parts[0]) + ".*"
 
 
 def load_moge(
@@ -797,75 +781,43 @@ def load_moge(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> MoGeModel:
-    """Build MoGe-2 and load a safetensors checkpoint strictly.
+    """Build MoGe-2 and load a safetensors checkpoint strictly (:mod:`worldstereo_core.checkpoint`).
 
     Args:
         path: ``model.safetensors`` or a folder holding it (+ ``config.json``).
         config: a :class:`MoGeConfig`, upstream ``model_config`` dict, path to a JSON config,
             or a variant name; by default ``config.json`` beside the weights, else the file's
-            ``model_config`` metadata, else a variant name found in the file/folder name.
+            embedded config (``config``; ``model_config`` in files of earlier versions), else a
+            variant name found in the file/folder name.
 
     Raises:
         CheckpointError: missing file, pickle checkpoint, no config, or keys/shapes that do
             not match (names the key groups, e.g. a file without ``normal_head``).
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    weights = path / "model.safetensors" if path.is_dir() else path
-    if path.is_dir() and not weights.is_file():
-        pickles = sorted(p.name for p in path.glob("*.pt")) + sorted(p.name for p in path.glob("*.pth"))
-        hint = f" (found {pickles}: " + CONVERT_HINT + ")" if pickles else ""
-        raise CheckpointError(f"no model.safetensors in {path}{hint}")
-    if not weights.is_file():
-        raise CheckpointError(f"MoGe weights not found: {weights}")
-    if weights.suffix.lower() in _PICKLE_SUFFIXES:
-        raise _pickle_error(weights)
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        if _looks_like_pickle(weights):
-            raise _pickle_error(weights) from e
-        raise CheckpointError(f"{weights.name} is not a readable safetensors file ({e})") from e
-    cfg = _read_config(config, weights, metadata)
+        files = checkpoint_files(path, "MoGe-2", preferred="model.safetensors")
+    except CheckpointError as e:
+        if "pickle" not in str(e):
+            raise
+        raise CheckpointError(f"{e} ({CONVERT_HINT})") from None
+    weights = files[0]
+    cfg = _read_config(config, weights, files, config_json_beside(path, files))
     with torch.device("meta"):
         model = MoGeModel(cfg)
-    expected = model.state_dict()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    if missing or unexpected:
-        msg = [f"{weights.name} does not match the MoGe config ({cfg.encoder.backbone})"]
-        if missing:
-            msg.append(f"missing {len(missing)} keys: {_describe(missing)}")
-        if unexpected:
-            msg.append(f"unexpected {len(unexpected)} keys: {_describe(unexpected)}")
-        msg.append("is config.json the one written from this checkpoint's model_config (e.g. a -normal variant vs one without normals)?")
-        raise CheckpointError("; ".join(msg))
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise CheckpointError(
-            f"{weights.name}: {len(bad)} tensors have the wrong shape for this config (first: {k} is "
-            f"{tuple(state[k].shape)}, model expects {tuple(expected[k].shape)}); wrong variant or config.json?"
-        )
-    model = model.to_empty(device=device)
-    model.load_state_dict(state, strict=True)
-    return model.to(dtype=dtype).eval()
+    hint = (f"is config.json the one written from this checkpoint's model_config (e.g. a -normal variant vs one "
+            f"without normals)? (config {cfg.encoder.backbone})")
+    load_checkpoint(model, files, None, weights.name, device, dtype, hint, _group)
+    return model
 
 
 def save_moge(model: MoGeModel, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` (with ``model_config`` metadata) and ``config.json``."""
-    from safetensors.torch import save_file
-
+    """Write ``model.safetensors`` (config in its metadata) and ``config.json``; returns the weights' path."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"model_config": json.dumps(cfg)}
-    atomic.write_file(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
-    atomic.write_text(folder / "config.json", json.dumps(cfg, indent=1))
-    return folder / "model.safetensors"
+    path = save_checkpoint(model.state_dict(), folder / "model.safetensors", "moge", cfg)
+    write_config_json(folder, cfg)
+    return path
 
 
 # =============================================================================================

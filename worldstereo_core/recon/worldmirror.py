@@ -32,7 +32,6 @@ the same code at toy sizes for CPU tests.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,9 +40,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import atomic
 from ..cameras import matrix_to_quaternion, quaternion_to_matrix
-from ..errors import CheckpointError, InvalidCameraError, InvalidDepthError, InvalidImageError
+from ..checkpoint import (
+    checkpoint_files,
+    config_json_beside,
+    embedded_config,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_config_json,
+)
+from ..errors import (
+    CheckpointError,
+    InvalidCameraError,
+    InvalidDepthError,
+    InvalidImageError,
+)
 from ..pointcloud import unproject_depth_map
 
 __all__ = [
@@ -65,7 +77,8 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``format`` tag of our own config JSON (any sizes); upstream's config.json has none.
 CONFIG_FORMAT = "worldstereo.WorldMirrorConfig/1"
-#: safetensors metadata key holding that JSON in files written by :func:`save_worldmirror`.
+#: safetensors metadata key under which earlier versions stored that JSON (still read; files are now
+#: written with the checkpoint convention of :mod:`worldstereo_core.checkpoint`).
 CONFIG_METADATA_KEY = "worldmirror_config"
 # Spherical-harmonics band-0 constant, RGB ↔ SH DC coefficient.
 _SH_C0 = 0.28209479177387814
@@ -121,7 +134,7 @@ class WorldMirrorConfig:
             raise CheckpointError(f"dpt_out_channels must have 4 entries, got {self.dpt_out_channels}")
 
     @classmethod
-    def tiny(cls, **overrides) -> "WorldMirrorConfig":
+    def tiny(cls, **overrides) -> WorldMirrorConfig:
         """Toy sizes (same code) for CPU tests: width 32, 4 block pairs, 1 DINO block."""
         base = dict(
             img_size=28,
@@ -154,7 +167,7 @@ class WorldMirrorConfig:
     }
 
     @classmethod
-    def from_upstream(cls, cfg: dict) -> "WorldMirrorConfig":
+    def from_upstream(cls, cfg: dict) -> WorldMirrorConfig:
         """Config from an upstream ``config.json`` (WorldMirror constructor arguments)."""
         if not isinstance(cfg, dict):
             raise CheckpointError(f"WorldMirror config must be a JSON object, got {type(cfg).__name__}")
@@ -797,6 +810,12 @@ class WorldMirror(nn.Module):
             self.gs_head = DPTHead(C2, p, 2 + dm, cfg.gs_dim, oc, gs=True)
             self.gs_renderer = GaussianParamHead(cfg.gs_dim, cfg.sh_degree)
 
+    def rebuild_buffers(self, device: torch.device | str) -> None:
+        """Recreate the non-persistent ImageNet normalisation buffers on ``device`` (after a ``meta`` build)."""
+        vgt = self.visual_geometry_transformer
+        vgt._mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        vgt._std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, images: torch.Tensor, priors: WorldMirrorPriors | None) -> None:
         p = self.config.patch_size
@@ -935,72 +954,29 @@ def load_worldmirror(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> WorldMirror:
-    """Build WorldMirror and load a ``.safetensors`` state dict with ``strict=True``.
+    """Build WorldMirror and stream a ``.safetensors`` checkpoint into it, keys checked strictly
+    (:mod:`worldstereo_core.checkpoint`; never the whole state dict in host memory).
 
-    ``config`` may be a :class:`WorldMirrorConfig`, an upstream config dict, a path to the
-    upstream ``config.json`` (or ours, :func:`config_to_dict`), or None (``config.json`` beside
-    the weights, else the file's ``worldmirror_config`` metadata, else the default layout). Mismatching files raise :class:`CheckpointError` naming the key groups.
+    ``weights``: ``model.safetensors`` or the folder holding it. ``config`` may be a
+    :class:`WorldMirrorConfig`, an upstream config dict, a path to the upstream ``config.json`` (or
+    ours, :func:`config_to_dict`), or None (``config.json`` beside the weights, else the file's
+    embedded config — ``worldmirror_config`` in files of earlier versions —, else the default layout).
+    Mismatching files raise :class:`CheckpointError` naming the key groups.
     """
-    from safetensors.torch import load_file
-
-    weights = Path(weights)
-    if not weights.is_file():
-        raise CheckpointError(f"WorldMirror weights not found: {weights}")
-    if weights.suffix != ".safetensors":
-        raise CheckpointError(f"WorldMirror weights must be a .safetensors file (pickle is not loaded), got {weights.name}")
-    if config is None and (weights.parent / "config.json").is_file():
-        config = weights.parent / "config.json"
-    if isinstance(config, (str, Path)):
-        try:
-            config = json.loads(Path(config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read WorldMirror config {config}: {e}") from e
+    path = Path(weights)
+    files = checkpoint_files(path, "WorldMirror", preferred="model.safetensors")
     if config is None:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        if CONFIG_METADATA_KEY in meta:
-            try:
-                config = json.loads(meta[CONFIG_METADATA_KEY])
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{weights.name}: metadata {CONFIG_METADATA_KEY!r} is not JSON ({e})") from e
+        config = config_json_beside(path, files) or embedded_config(files, "worldmirror", legacy=(CONFIG_METADATA_KEY,))
+    if isinstance(config, (str, Path)):
+        config = read_json(config, "WorldMirror config")
     if isinstance(config, dict):
         config = config_from_dict(config)
     cfg = config or WorldMirrorConfig()
-
-    state = load_file(str(weights), device="cpu")
     with torch.device("meta"):
         model = WorldMirror(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-
-        def groups(keys: list[str]) -> str:
-            heads = sorted({".".join(k.split(".")[:2]) for k in keys})
-            return ", ".join(heads[:6]) + (" …" if len(heads) > 6 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys under {groups(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys under {groups(unexpected)}")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} keys with other shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {expected[k]})")
-        raise CheckpointError(
-            f"{weights.name} does not match WorldMirror ({'; '.join(parts)}). Is this an HY-WorldMirror-2.0 "
-            "model.safetensors, with its config.json beside it (heads switched off or another model_size)?"
-        )
-    model = model.to_empty(device=device)
-    model.load_state_dict(state, strict=True)
-    # Non-persistent buffers were created on meta; rebuild them on the target device.
-    vgt = model.visual_geometry_transformer
-    vgt._mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    vgt._std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return model.to(dtype=dtype).eval()
+    hint = ("Is this an HY-WorldMirror-2.0 model.safetensors, with its config.json beside it (heads switched off "
+            "or another model_size)?")
+    return load_checkpoint(model, files, None, files[0].name, device, dtype, hint, depth=2)
 
 
 def config_to_dict(cfg: WorldMirrorConfig) -> dict:
@@ -1033,15 +1009,8 @@ def save_worldmirror(model: WorldMirror, folder: str | Path) -> Path:
     """Write ``folder/model.safetensors`` (config in its metadata) and ``folder/config.json``
     (:func:`config_to_dict`), which :func:`load_worldmirror` reads back with no other argument.
     Returns the weights' path."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = json.dumps(config_to_dict(model.config))
-    # clone: the shared RoPE buffer appears under every block, safetensors refuses shared storage
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    path = folder / "model.safetensors"
-    atomic.write_file(path, lambda tmp: save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: cfg}))
-    atomic.write_text(folder / "config.json", json.dumps(config_to_dict(model.config), indent=1))
+    cfg = config_to_dict(model.config)
+    path = save_checkpoint(model.state_dict(), folder / "model.safetensors", "worldmirror", cfg)
+    write_config_json(folder, cfg)
     return path
-

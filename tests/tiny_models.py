@@ -15,27 +15,28 @@ files, with the same formats the loaders read:
   layout (ComfyUI's ``Wan21_Uni3C_controlnet_fp16.safetensors`` lives in the same folder), sized to fit
   the tiny transformer.
 
-Single files carry no architecture, so each tiny encoder/VAE file stores its config as JSON under the
-safetensors metadata key ``"config"``; :func:`embedded_config` reads it back and
-:func:`~.generate.load_models` passes it to the loaders (real files have no such key and use the
-released architectures).
+Test support only: the runtime never imports this module (tests, ``scripts/make_tiny_weights.py`` and
+``scripts/build_workflows.py`` do). Single files carry no architecture, so each tiny encoder/VAE file
+stores its config the way :mod:`worldstereo_core.checkpoint` defines (metadata ``"config"`` + ``"model"``);
+the loaders read it back themselves (ComfyUI's real files have none and get the released architectures).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
 
 import torch
 
-from .. import atomic
-from ..errors import CheckpointError
-from .loading import build_transformer, init_random_weights, read_safetensors_header, save_worldstereo
-
-CONFIG_METADATA_KEY = "config"
+from worldstereo_core.checkpoint import save_checkpoint
+from worldstereo_core.errors import CheckpointError
+from worldstereo_core.models.loading import (
+    build_transformer,
+    init_random_weights,
+    save_worldstereo,
+)
 
 RELEASE_FOLDERS: Mapping[str, str] = {
     "camera": "worldstereo-camera",
@@ -59,32 +60,6 @@ _CORPUS = (
 )
 
 
-def embedded_config(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The architecture config stored in a single safetensors file's metadata (``None`` if absent or a folder)."""
-    path = Path(path)
-    if not path.is_file() or path.suffix != ".safetensors":
-        return None
-    meta = read_safetensors_header(path).get("__metadata__") or {}
-    if CONFIG_METADATA_KEY not in meta:
-        return None
-    try:
-        cfg = json.loads(meta[CONFIG_METADATA_KEY])
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: the embedded '{CONFIG_METADATA_KEY}' metadata is not valid JSON") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: the embedded '{CONFIG_METADATA_KEY}' metadata must be a JSON object")
-    return cfg
-
-
-def _save(state: Mapping[str, torch.Tensor], path: Path, config: Mapping[str, Any]) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}  # unties shared tensors
-    meta = {CONFIG_METADATA_KEY: json.dumps(dict(config))}
-    return atomic.write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
 def tiny_sentencepiece(corpus: Sequence[str] = _CORPUS, vocab_size: int = 96) -> bytes:
     """A small SentencePiece unigram model (UMT5's ids: pad 0, eos 1, unk 2) trained in-process."""
     import sentencepiece as spm
@@ -100,7 +75,7 @@ def tiny_sentencepiece(corpus: Sequence[str] = _CORPUS, vocab_size: int = 96) ->
 def write_tiny_text_encoder(path: Path, seed: int = 0) -> Path:
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from .encoders import tiny_umt5_config
+    from worldstereo_core.models.encoders import tiny_umt5_config
 
     cfg = tiny_umt5_config()
     torch.manual_seed(seed)
@@ -108,30 +83,30 @@ def write_tiny_text_encoder(path: Path, seed: int = 0) -> Path:
     state = dict(model.state_dict())
     proto = tiny_sentencepiece(vocab_size=min(96, int(cfg["vocab_size"])))
     state["spiece_model"] = torch.frombuffer(bytearray(proto), dtype=torch.uint8)
-    return _save(state, path, cfg)
+    return save_checkpoint(state, path, "umt5", cfg)
 
 
 def write_tiny_image_encoder(path: Path, seed: int = 0) -> Path:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from .encoders import tiny_clip_vision_config
+    from worldstereo_core.models.encoders import tiny_clip_vision_config
 
     cfg = tiny_clip_vision_config()
     torch.manual_seed(seed + 1)
     model = CLIPVisionModel(CLIPVisionConfig(**cfg))
     state = {(k if k.startswith("vision_model.") else "vision_model." + k): v for k, v in model.state_dict().items()}
-    return _save(state, path, cfg)
+    return save_checkpoint(state, path, "clip_vision", cfg)
 
 
 def write_tiny_vae(path: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKLWan
 
-    from .vae import tiny_vae_config
+    from worldstereo_core.models.vae import tiny_vae_config
 
     cfg = tiny_vae_config()
     torch.manual_seed(seed + 2)
     vae = AutoencoderKLWan.from_config(cfg)
-    return _save(vae.state_dict(), path, cfg)
+    return save_checkpoint(vae.state_dict(), path, "wan_vae", cfg)
 
 
 TINY_LATENT_COND_MODE = "first_frame_only"
@@ -158,8 +133,8 @@ TINY_UNI3C_FILE = "uni3c_controlnet_tiny.safetensors"
 
 def write_tiny_uni3c(path: Path, seed: int = 0, std: float = 0.05) -> Path:
     """A tiny Uni3C ControlNet (:data:`~.uni3c.UNI3C_TINY_CONFIG`, random non-zero weights, so it steers)."""
-    from .loading import save_uni3c
-    from .uni3c import UNI3C_TINY_CONFIG, Uni3CControlNet
+    from worldstereo_core.models.loading import save_uni3c
+    from worldstereo_core.models.uni3c import UNI3C_TINY_CONFIG, Uni3CControlNet
 
     model = Uni3CControlNet(UNI3C_TINY_CONFIG)
     init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 5)
@@ -177,7 +152,7 @@ def write_tiny_moge(folder: Path, seed: int = 4) -> Path:
     and the mask head's last bias makes every pixel valid (sigmoid(8) ≈ 1). Depth workflows should
     still pass a field of view, since a random model's focal means nothing.
     """
-    from ..recon.moge import MoGeModel, moge_config, save_moge
+    from worldstereo_core.recon.moge import MoGeModel, moge_config, save_moge
 
     model = MoGeModel(moge_config("tiny"))
     g = torch.Generator().manual_seed(seed)
@@ -220,13 +195,11 @@ def write_tiny_models(
 
 
 __all__ = [
-    "CONFIG_METADATA_KEY",
     "RELEASE_FOLDERS",
     "TINY_FILES",
     "TINY_LATENT_COND_MODE",
     "TINY_MOGE_FOLDER",
     "TINY_UNI3C_FILE",
-    "embedded_config",
     "tiny_sentencepiece",
     "write_tiny_image_encoder",
     "write_tiny_models",

@@ -1,0 +1,141 @@
+"""The one checkpoint loader (worldstereo_core.checkpoint): files, pickles, config convention, key match, streaming."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from testsupport import REPO_ROOT
+
+from worldstereo_core.checkpoint import (
+    CONFIG_METADATA_KEY,
+    MODEL_METADATA_KEY,
+    checkpoint_files,
+    describe_keys,
+    embedded_config,
+    identity_plan,
+    load_checkpoint,
+    match_keys,
+    save_checkpoint,
+)
+from worldstereo_core.errors import CheckpointError
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3) for _ in range(2)])
+        self.head = torch.nn.Linear(3, 1)
+
+
+def _state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in _Net().state_dict().items()}
+
+
+def test_sharded_folder_loads_from_its_index(tmp_path: Path) -> None:
+    state = _state()
+    a = {k: v for k, v in state.items() if k.startswith("blocks.0")}
+    b = {k: v for k, v in state.items() if k not in a}
+    save_file(a, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file(b, str(tmp_path / "model-00002-of-00002.safetensors"))
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in a} | {k: "model-00002-of-00002.safetensors" for k in b}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    files = checkpoint_files(tmp_path, "test net")
+    assert [f.name for f in files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    with torch.device("meta"):
+        net = _Net()
+    net = load_checkpoint(net, files, None, "test net", "cpu", torch.float64)
+    for k, v in net.state_dict().items():
+        assert v.dtype == torch.float64 and torch.equal(v, state[k].double()), k
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"shard\(s\) \['model-00002-of-00002.safetensors'\] .* missing"):
+        checkpoint_files(tmp_path, "test net")
+
+
+@pytest.mark.parametrize("name", ["w.pt", "w.bin", "w.ckpt", "w.safetensors"])
+def test_pickles_are_refused_by_name_and_by_content(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        checkpoint_files(path, "test net")
+    folder = tmp_path / "only_pickle"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(pickle.dumps({}))
+    with pytest.raises(CheckpointError, match=r"no model.safetensors in .* only the pickle checkpoint\(s\) \['model.pt'\]"):
+        checkpoint_files(folder, "test net", preferred="model.safetensors")
+
+
+def test_config_convention_and_legacy_keys(tmp_path: Path) -> None:
+    path = save_checkpoint(_state(), tmp_path / "net.safetensors", "moge", {"width": 3})
+    assert embedded_config([path], "moge") == {"width": 3}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta[MODEL_METADATA_KEY] == "moge" and json.loads(meta[CONFIG_METADATA_KEY]) == {"width": 3}
+    # a file written by an earlier version (its own metadata key, no model name) still gives its config
+    old = tmp_path / "old.safetensors"
+    save_file(_state(), str(old), metadata={"worldmirror_config": json.dumps({"embed_dim": 32})})
+    assert embedded_config([old], "worldmirror", legacy=("worldmirror_config",)) == {"embed_dim": 32}
+    assert embedded_config([old], "worldmirror") is None
+    # a file of another network is named, with the loader that reads it
+    with pytest.raises(CheckpointError, match=r"MoGe-2 depth model .* not a WorldMirror .* load it with load_moge"):
+        embedded_config([path], "worldmirror")
+    with pytest.raises(CheckpointError, match="unknown checkpoint kind"):
+        save_checkpoint(_state(), tmp_path / "x.safetensors", "resnet")
+    assert not (tmp_path / "x.safetensors").exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_key_mismatch_names_groups_and_cause() -> None:
+    plan = identity_plan(["blocks.0.weight", "blocks.0.bias", "extra.1.weight"])
+    expected = {"blocks.0.weight": (3, 3), "blocks.0.bias": (3,), "blocks.1.weight": (3, 3), "head.weight": (1, 3)}
+    with pytest.raises(CheckpointError) as err:
+        match_keys(plan, expected, lambda k: (3, 3), "net.safetensors", "is it the right file?")
+    msg = str(err.value)
+    assert "missing 2 keys under blocks.* (1), head.* (1);" in msg
+    assert "unexpected 1 keys under extra.* (1);" in msg and msg.endswith("is it the right file?")
+    shapes = {"blocks.0.weight": (3, 4), "blocks.0.bias": (3,)}
+    plan = identity_plan(list(shapes))
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.weight is \[3, 4\] in the file but the model expects \[3, 3\]"):
+        match_keys(plan, {"blocks.0.weight": (3, 3), "blocks.0.bias": (3,)}, shapes.__getitem__, "net")
+    assert describe_keys(["a.0.b.weight", "a.1.b.weight", "c.weight"], depth=2) == "a.b.* (2), c.* (1)"
+
+
+def test_streaming_gives_owned_aligned_tensors(tmp_path: Path) -> None:
+    """Loaded tensors are fresh, aligned allocations, not views into the memory-mapped file."""
+    path = save_checkpoint(_state(), tmp_path / "net.safetensors", "moge")
+    with torch.device("meta"):
+        net = _Net()
+    net = load_checkpoint(net, [path], None, "net", "cpu", None)
+    path.unlink()
+    assert all(p.data_ptr() % 16 == 0 for p in net.parameters())
+    torch.testing.assert_close(net.head.weight, _state()["head.weight"])
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_runtime_never_imports_test_support() -> None:
+    """Tiny weights and configs are test support: no module of the library or the nodes imports them."""
+    offenders = []
+    for root in ("worldstereo_core", "nodes"):
+        for path in (REPO_ROOT / root).rglob("*.py"):
+            bad = {n for n in _imports(path) if n.split(".")[-1] in ("tiny", "tiny_models", "testsupport")}
+            if bad:
+                offenders.append(f"{path.relative_to(REPO_ROOT)}: {sorted(bad)}")
+    assert not offenders, offenders
+    assert not (REPO_ROOT / "worldstereo_core" / "models" / "tiny.py").exists()
