@@ -237,11 +237,7 @@ def test_every_writer_uses_the_atomic_module():
 
 
 def test_clip_seeds_wrap_without_overflow():
-    from worldstereo_core.models.sampling import (
-        SamplerSettingsError,
-        clip_seed,
-        initial_noise,
-    )
+    from worldstereo_core.models.sampling import SamplerSettingsError, clip_seed, initial_noise
 
     top = 2**64 - 1  # the seed widget's maximum
     assert clip_seed(top, 0) == top and clip_seed(top, 1) == 0 and clip_seed(5, 3) == 8
