@@ -56,7 +56,7 @@ from .oracle import DepthCorruption, LoopScores, SyntheticScene, SyntheticView, 
 from .pointcloud import PointCloud, compress_far_depth, validate_depth
 from .recon.reconstruct import resize_frames
 from .render import RenderResult, median_depth_in_view, render_point_cloud
-from .retrieval import References, retrieve
+from .retrieval import RETRIEVAL_MODES, References, retrieve
 from .trajectory import PRESETS, Trajectory, make_preset
 
 __all__ = [
@@ -247,6 +247,10 @@ def run_scene_loop(
         )
     if config.clip_alignment not in ("depth", "umeyama"):
         raise AlignmentError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
+    if config.retrieval_mode not in RETRIEVAL_MODES:  # checked here, not in the first clip
+        raise InvalidTrajectoryError(
+            f"unknown retrieval mode {config.retrieval_mode!r}; use 'aabb' (release) or 'volume' (paper)"
+        )
     img, d0 = _check_inputs(image, cameras, depth, allow_no_depth=cache is not None)
     H, W = cameras.height, cameras.width
     total = 1 + 5 * len(specs)

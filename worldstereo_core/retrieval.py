@@ -47,6 +47,7 @@ from .trajectory import DEFAULT_NUM_KEYFRAMES, Trajectory, keyframe_indices
 __all__ = [
     "RELEASE_NEAR",
     "RELEASE_FAR",
+    "RETRIEVAL_MODES",
     "frustum_corners",
     "aabb_iou",
     "view_angles",
@@ -61,6 +62,8 @@ __all__ = [
 
 RELEASE_NEAR = 0.1
 RELEASE_FAR = 10.0
+# scoring modes of score_bank: "aabb" (the release's 3D-FOV box IoU), "volume" (the paper's frustum volume IoU)
+RETRIEVAL_MODES = ("aabb", "volume")
 
 
 def _cams(w2c: ArrayLike, K: ArrayLike, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +236,7 @@ def score_bank(
     Returns:
         ``[T, N]`` scores (float64), kind of ``target_w2c``. Higher is more overlap.
     """
-    if mode not in ("aabb", "volume"):
+    if mode not in RETRIEVAL_MODES:
         raise InvalidCameraError(f"unknown retrieval mode {mode!r}; use 'aabb' (release) or 'volume' (paper)")
     _check_range(near, far)
     tw, tk = _cams(target_w2c, target_K, "target")

@@ -328,6 +328,8 @@ CASES = [
         **load_model("")["4"]["inputs"], "sampler": "euler"}}}, ("sampler", "euler"), "4"),
     Case("choice-retrieval-mode", lambda e: {**load_model(""), "4": {**load_model("")["4"], "inputs": {
         **load_model("")["4"]["inputs"], "retrieval_mode": "nearest"}}}, ("retrieval mode", "nearest"), "4"),
+    Case("choice-retrieval-mode-oracle", lambda e: {**_oracle_loop(5), "2": {**_oracle_loop(5)["2"], "inputs": {
+        **_oracle_loop(5)["2"]["inputs"], "retrieval_mode": "nearest"}}}, ("retrieval mode", "nearest"), "2"),
     Case("choice-preset", lambda e: trajectory(preset="sideways"), ("preset", "sideways"), "2"),
     Case("choice-scene", lambda e: {**save_ply("hostile/s"), "1": {**_scene()["1"], "inputs": {
         **_scene()["1"]["inputs"], "scene": "castle"}}}, ("scene", "castle"), "1"),

@@ -276,3 +276,19 @@ def test_generator_at_the_largest_seed_runs_every_clip(tmp_path):
         WorldStereoFrameGenerator(m, "a room", seed=2**64)
     with pytest.raises(Exception, match="sampler"):
         WorldStereoFrameGenerator(m, "a room", sampler="euler")
+
+
+def test_loop_settings_are_checked_before_any_stage():
+    """An unknown retrieval mode fails before the first stage (lift) — not inside the first clip."""
+    import dataclasses
+
+    from worldstereo_core import pipeline, synthetic
+    from worldstereo_core.errors import InvalidTrajectoryError
+    from worldstereo_core.interfaces import default_config
+
+    stages = []
+    config = dataclasses.replace(default_config(64, 96), retrieval_mode="nearest")
+    with pytest.raises(InvalidTrajectoryError, match="retrieval mode 'nearest'"):
+        pipeline.run_oracle_loop(synthetic.make_scene("room"), ["orbit"], 64, 96, config=config,
+                                 progress=lambda step, total: stages.append(step))
+    assert stages == []
