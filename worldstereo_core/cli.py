@@ -2,6 +2,9 @@
 
     worldstereo preview --scene room --out OUT      the scene loop on a synthetic scene (oracle)
     worldstereo render CLOUD.ply CAMERA.json OUT.mp4 render a cloud along a camera.json
+    worldstereo generate --worldstereo DIR --wan DIR --image IMG --camera CAMERA.json --cloud CACHE.ply
+                         --prompt TEXT --out OUT  one trajectory with the real model
+                         (under torchrun --nproc-per-node N: sequence parallel over N processes)
     worldstereo version
 """
 
@@ -68,6 +71,65 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """One trajectory with the real model; several processes under torchrun share the work."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from . import export, pointcloud, render, trajectory
+    from .distributed import enable_sequence_parallel, init_from_env, run_ranks, shard_weights, shutdown
+    from .errors import InvalidImageError
+    from .memory import MemoryBank
+    from .models.generate import generate_keyframes, load_models
+    from .retrieval import retrieve
+
+    ctx = init_from_env(args.device)
+    try:
+        # inputs first: a bad file fails before minutes of model loading
+        traj = trajectory.load_camera_json(args.camera)
+        height, width = args.height or traj.cameras.height, args.width or traj.cameras.width
+        if height % 16 or width % 16:
+            raise InvalidImageError(f"--height/--width must be multiples of 16, got {height}x{width}")
+        traj = traj.resized(height, width)
+        try:
+            pil = Image.open(args.image).convert("RGB").resize((width, height), Image.BICUBIC)
+        except (OSError, ValueError) as exc:
+            raise InvalidImageError(f"cannot read the image {args.image}: {exc}") from None
+        image = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)
+        cloud = pointcloud.load_ply(args.cloud)
+        bank = MemoryBank.load(args.bank) if args.bank else None
+        keyframes = traj.keyframes()
+        ggm = render.render_point_cloud(cloud, keyframes, first_frame=image)
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+        models = load_models(
+            args.worldstereo, args.wan, text_encoder=args.text_encoder, image_encoder=args.image_encoder,
+            vae=args.vae, device=ctx.device, dtype=dtype,
+        )
+        if ctx.parallel:
+            enable_sequence_parallel(models.transformer)
+            if args.shard_weights:
+                shard_weights(models.transformer)
+        refs = retrieve(traj, bank) if bank is not None and models.uses_references else None
+        progress = _progress(f"generate (rank {ctx.rank}/{ctx.world_size})") if ctx.is_main else None
+        frames = run_ranks(ctx, lambda: generate_keyframes(
+            models, image, args.prompt, None, keyframes, ggm.rgb, ggm.mask, refs,
+            sampler=args.sampler, steps=args.steps, seed=args.seed, on_step=progress,
+        ))
+        if ctx.is_main:
+            out = Path(args.out)
+            export.save_video_mp4(out / "frames.mp4", frames, fps=args.fps)
+            export.save_images_png(out / "frames", frames)
+            export.save_video_mp4(out / "ggm_render.mp4", ggm.rgb, fps=args.fps)
+            trajectory.save_camera_json(out / "camera.json", traj)
+            np.save(out / "frames.npy", frames.numpy())
+            print(f"{len(frames)} keyframes of {height}x{width} on {ctx.world_size} process(es) -> {out}")
+        return 0
+    finally:
+        shutdown(ctx)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldstereo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,6 +154,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--radius", type=float, default=0.008)
     r.add_argument("--fps", type=float, default=16)
     r.set_defaults(func=cmd_render)
+
+    g = sub.add_parser(
+        "generate",
+        help="generate one trajectory with the real model (torchrun --nproc-per-node N: N processes)",
+        description="Generate the 21 keyframes of one trajectory: the 3D cache (PLY) rendered along the "
+        "camera.json is the GGM condition; with --bank, references are retrieved from a saved memory bank "
+        "(SSM). Started with torchrun --nproc-per-node N, the transformer runs sequence parallel over N "
+        "processes (one GPU each; gloo on CPUs).",
+    )
+    g.add_argument("--worldstereo", required=True, help="a worldstereo-camera/-memory/-memory-dmd folder")
+    g.add_argument("--wan", help="a diffusers Wan2.1-I2V-14B-480P folder (encoders, VAE, tokenizer)")
+    g.add_argument("--text-encoder", help="umt5_xxl_*.safetensors (instead of --wan)")
+    g.add_argument("--image-encoder", help="clip_vision_h.safetensors (instead of --wan)")
+    g.add_argument("--vae", help="wan_2.1_vae.safetensors (instead of --wan)")
+    g.add_argument("--image", required=True, help="the first frame (the input view)")
+    g.add_argument("--camera", required=True, help="the trajectory's camera.json (upstream format)")
+    g.add_argument("--cloud", required=True, help="the 3D cache as a PLY point cloud")
+    g.add_argument("--bank", help="a saved memory bank folder (SSM references; memory variants)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--out", required=True, help="output folder (frames.mp4, frames/, frames.npy, camera.json)")
+    g.add_argument("--height", type=int, help="frame height (default: the camera.json's image)")
+    g.add_argument("--width", type=int, help="frame width (default: the camera.json's image)")
+    g.add_argument("--sampler", choices=["dmd", "unipc"], help="default: dmd for the DMD variant, else unipc")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    g.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA when available")
+    g.add_argument("--shard-weights", action="store_true", help="with several processes: FSDP2, 1/N of the weights each")
+    g.add_argument("--fps", type=float, default=16)
+    g.set_defaults(func=cmd_generate)
 
     v = sub.add_parser("version", help="print the version")
     v.set_defaults(func=lambda a: print(__version__) or 0)

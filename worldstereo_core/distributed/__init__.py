@@ -1,6 +1,7 @@
 """Several processes, one generation: Ulysses sequence parallel and FSDP2 sharded weights
 (torch.distributed; NCCL on GPUs, gloo on CPUs)."""
 
+from .launch import DistributedContext, RankFailedError, init_from_env, run_ranks, shutdown
 from .sequence_parallel import (
     SequenceParallel,
     disable_sequence_parallel,
@@ -8,4 +9,14 @@ from .sequence_parallel import (
     shard_weights,
 )
 
-__all__ = ["SequenceParallel", "disable_sequence_parallel", "enable_sequence_parallel", "shard_weights"]
+__all__ = [
+    "DistributedContext",
+    "RankFailedError",
+    "SequenceParallel",
+    "disable_sequence_parallel",
+    "enable_sequence_parallel",
+    "init_from_env",
+    "run_ranks",
+    "shard_weights",
+    "shutdown",
+]
