@@ -64,6 +64,7 @@ from ..errors import (
     ReconstructionError,
 )
 from ..pointcloud import unproject_depth_map
+from .vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
 
 __all__ = [
     "CONVERT_HINT",
@@ -84,8 +85,6 @@ __all__ = [
     "MOGE_VARIANTS",
 ]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CONVERT_HINT = (
     "convert the upstream MoGe checkpoint once, in a trusted Python with torch installed: "
@@ -410,111 +409,8 @@ def moge_config(name: str = "moge-2-vitl-normal") -> MoGeConfig:
 
 
 # =============================================================================================
-# DINOv2 backbone (parameter names as facebookresearch/dinov2, which MoGe vendors)
-
-
-class _PatchEmbed(nn.Module):
-    def __init__(self, patch: int, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.num_heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class _LayerScale(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = _Attention(dim, heads)
-        self.ls1 = _LayerScale(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = _Mlp(dim, 4 * dim)
-        self.ls2 = _LayerScale(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class _DinoViT(nn.Module):
-    """DINOv2 ViT without registers; ``tapped`` returns normalised outputs of chosen blocks."""
-
-    interpolate_offset = 0.1  # DINOv2's work-around offset for pos-embed interpolation
-
-    def __init__(self, cfg: MoGeEncoderConfig) -> None:
-        super().__init__()
-        d = cfg.embed_dim
-        self.patch_size = cfg.patch_size
-        grid = cfg.img_size // cfg.patch_size
-        self.patch_embed = _PatchEmbed(cfg.patch_size, d)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, d))
-        self.blocks = nn.ModuleList(_Block(d, cfg.num_heads) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(d, eps=1e-6)
-        # Unused at inference (masked-image training); kept so released weights load strictly.
-        self.mask_token = nn.Parameter(torch.zeros(1, d))
-
-    def _pos_embed(self, rows: int, cols: int) -> torch.Tensor:
-        pos = self.pos_embed
-        n = pos.shape[1] - 1
-        if rows * cols == n and rows == cols:
-            return pos
-        m = int(math.sqrt(n))
-        patch = pos[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
-        scale = ((rows + self.interpolate_offset) / m, (cols + self.interpolate_offset) / m)
-        patch = F.interpolate(patch, scale_factor=scale, mode="bicubic", antialias=False)
-        patch = patch.permute(0, 2, 3, 1).flatten(1, 2)
-        return torch.cat([pos[:, :1].float(), patch], dim=1).to(pos.dtype)
-
-    def tapped(self, x: torch.Tensor, taps: Sequence[int]) -> list[torch.Tensor]:
-        """``x [B, 3, 14r, 14c]`` → normalised tokens ``[B, 1 + r·c, D]`` of each tapped block."""
-        rows, cols = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        tokens = self.patch_embed(x)
-        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
-        tokens = tokens + self._pos_embed(rows, cols).to(tokens.dtype)
-        out = []
-        for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens)
-            if i in taps:
-                out.append(self.norm(tokens))
-            if i >= max(taps):
-                break
-        return out
+# DINOv2 backbone (recon/vit.py, shared with WorldMirror; parameter names as facebookresearch/dinov2,
+# which MoGe vendors)
 
 
 class _Encoder(nn.Module):
@@ -523,10 +419,10 @@ class _Encoder(nn.Module):
     def __init__(self, cfg: MoGeEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = _DinoViT(cfg)
+        self.backbone = DinoViT(cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads, pos_resize="dinov2")
         self.output_projections = nn.ModuleList(nn.Conv2d(cfg.embed_dim, cfg.dim_out, 1) for _ in cfg.taps)
-        self.register_buffer("image_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("image_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B, 3, H, W]`` in [0, 1] → features ``[B, dim_out, rows, cols]``, class token ``[B, D]``."""

@@ -57,6 +57,7 @@ from ..errors import (
     InvalidImageError,
 )
 from ..pointcloud import unproject_depth_map
+from .vit import IMAGENET_MEAN, IMAGENET_STD, Block, DinoViT, Mlp, NormalizedRope2D
 
 __all__ = [
     "WorldMirrorConfig",
@@ -73,8 +74,6 @@ __all__ = [
     "config_to_dict",
 ]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``format`` tag of our own config JSON (any sizes); upstream's config.json has none.
 CONFIG_FORMAT = "worldstereo.WorldMirrorConfig/1"
 #: safetensors metadata key under which earlier versions stored that JSON (still read; files are now
@@ -197,159 +196,7 @@ class WorldMirrorConfig:
 
 
 # =============================================================================================
-# building blocks
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim_in: int, hidden: int, dim_out: int | None = None) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim_in, hidden)
-        self.fc2 = nn.Linear(hidden, dim_out or dim_in)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class _LayerScale(nn.Module):
-    def __init__(self, dim: int, init: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class NormalizedRope2D(nn.Module):
-    """2D rotary embedding on coordinates normalised to [−1, 1] (DINOv3 style, "separate").
-
-    A ``[rows, cols]`` grid of cells has centres ``(i + 0.5) / rows · 2 − 1`` (same for
-    columns); each quarter of the head dimension rotates by ``2π · coord / period``, periods
-    ``base^(2k / (head_dim/2))``. The first half of the head channels rotates with ``y`` then
-    ``x`` angles, repeated for the second half (``rotate_half`` pairing).
-    """
-
-    def __init__(self, head_dim: int, base: float = 100.0) -> None:
-        super().__init__()
-        quarter = head_dim // 4
-        periods = base ** (2 * torch.arange(quarter, dtype=torch.float32) / (head_dim // 2))
-        self.register_buffer("periods", periods, persistent=True)
-
-    def sincos(self, rows: int, cols: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sin, cos)`` of shape ``[rows·cols, head_dim]`` for the grid in row-major order."""
-        ch = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows * 2 - 1
-        cw = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) / cols * 2 - 1
-        coords = torch.stack(torch.meshgrid(ch, cw, indexing="ij"), -1).reshape(-1, 2)
-        angles = 2 * math.pi * coords[:, :, None] / self.periods.to(device, torch.float32)[None, None]
-        angles = angles.flatten(1).repeat(1, 2)
-        return angles.sin().to(dtype), angles.cos().to(dtype)
-
-
-def _apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, heads, N, D]`` with tables ``[N, D]``."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qk_norm: bool, rope: NormalizedRope2D | None) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        hd = dim // heads
-        if qk_norm:
-            self.q_norm = nn.LayerNorm(hd)
-            self.k_norm = nn.LayerNorm(hd)
-        else:
-            self.q_norm = self.k_norm = None
-        self.proj = nn.Linear(dim, dim)
-        # Shared module: its ``periods`` buffer appears under every block, as in the checkpoint.
-        self.rope = rope
-
-    def forward(self, x: torch.Tensor, rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope_tables is not None:
-            q = _apply_rope(q, *rope_tables)
-            k = _apply_rope(k, *rope_tables)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
-
-
-class _Block(nn.Module):
-    """Pre-norm transformer block with LayerScale (DINOv2 / VGGT layout)."""
-
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        mlp_ratio: float = 4.0,
-        init_values: float = 0.01,
-        qk_norm: bool = False,
-        rope: NormalizedRope2D | None = None,
-        eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = _Attention(dim, heads, qk_norm, rope)
-        self.ls1 = _LayerScale(dim, init_values)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = _LayerScale(dim, init_values)
-
-    def forward(self, x: torch.Tensor, rope_tables=None) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), rope_tables))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class _ConvPatchEmbed(nn.Module):
-    def __init__(self, patch: int, dim: int, in_chans: int = 3) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class DinoV2Encoder(nn.Module):
-    """DINOv2 ViT with registers; returns the final-normed patch tokens ``[N, h·w, C]``."""
-
-    def __init__(self, img_size: int, patch: int, dim: int, depth: int, heads: int, registers: int) -> None:
-        super().__init__()
-        self.patch = patch
-        grid = img_size // patch
-        self.patch_embed = _ConvPatchEmbed(patch, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
-        self.register_tokens = nn.Parameter(torch.zeros(1, registers, dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, dim), requires_grad=False)  # unused at inference
-        self.blocks = nn.ModuleList([_Block(dim, heads, init_values=1.0, eps=1e-6) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.num_registers = registers
-
-    def _pos_embed(self, h: int, w: int, dtype) -> torch.Tensor:
-        pe = self.pos_embed
-        n = pe.shape[1] - 1
-        if n == h * w and h == w:
-            return pe.to(dtype)
-        m = int(math.isqrt(n))
-        grid = pe[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
-        # The release resizes its 37×37 table with antialiased bicubic interpolation.
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", antialias=True)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
-        return torch.cat([pe[:, :1].float(), grid], 1).to(dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        N, _, H, W = x.shape
-        h, w = H // self.patch, W // self.patch
-        t = self.patch_embed(x)
-        t = torch.cat([self.cls_token.expand(N, -1, -1).to(t.dtype), t], 1)
-        t = t + self._pos_embed(h, w, t.dtype)
-        t = torch.cat([t[:, :1], self.register_tokens.expand(N, -1, -1).to(t.dtype), t[:, 1:]], 1)
-        for blk in self.blocks:
-            t = blk(t)
-        return self.norm(t)[:, 1 + self.num_registers :]
+# building blocks (the ViT ones live in recon/vit.py, shared with MoGe-2)
 
 
 class _Permute(nn.Module):
@@ -366,7 +213,7 @@ class _DepthPatchEmbed(nn.Module):
 
     def __init__(self, patch: int, dim: int) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.PixelUnshuffle(patch), _Permute(0, 2, 3, 1), _Mlp(patch * patch, 4 * dim, dim), _Permute(0, 3, 1, 2))
+        self.proj = nn.Sequential(nn.PixelUnshuffle(patch), _Permute(0, 2, 3, 1), Mlp(patch * patch, 4 * dim, dim), _Permute(0, 3, 1, 2))
 
     def forward(self, depth: torch.Tensor) -> torch.Tensor:
         return self.proj(depth).flatten(2).transpose(1, 2)
@@ -463,24 +310,26 @@ class VisualGeometryTransformer(nn.Module):
         super().__init__()
         C, p = cfg.embed_dim, cfg.patch_size
         self.cfg = cfg
-        self.patch_embed = DinoV2Encoder(cfg.img_size, p, C, cfg.dino_depth, cfg.dino_heads, cfg.num_register_tokens)
+        self.patch_embed = DinoViT(
+            cfg.img_size, p, C, cfg.dino_depth, cfg.dino_heads, cfg.num_register_tokens, pos_resize="antialiased"
+        )
         if cfg.enable_cond:
             self.pose_embed = _mlp_embed(7, C)
             self.depth_embed = _DepthPatchEmbed(p, C)
             self.ray_embed = _mlp_embed(4, C)
         self.rope = NormalizedRope2D(C // cfg.num_heads, cfg.rope_base)
         self.frame_blocks = nn.ModuleList(
-            [_Block(C, cfg.num_heads, cfg.mlp_ratio, 0.01, qk_norm=True, rope=self.rope) for _ in range(cfg.depth)]
+            [Block(C, cfg.num_heads, cfg.mlp_ratio, 0.01, qk_norm=True, rope=self.rope) for _ in range(cfg.depth)]
         )
         self.global_blocks = nn.ModuleList(
-            [_Block(C, cfg.num_heads, cfg.mlp_ratio, 0.01, qk_norm=True, rope=self.rope) for _ in range(cfg.depth)]
+            [Block(C, cfg.num_heads, cfg.mlp_ratio, 0.01, qk_norm=True, rope=self.rope) for _ in range(cfg.depth)]
         )
         # index 0: the first (reference) view; index 1: every other view
         self.cam_token = nn.Parameter(torch.randn(1, 2, 1, C) * 1e-6)
         self.reg_token = nn.Parameter(torch.randn(1, 2, cfg.num_register_tokens, C) * 1e-6)
         self.patch_start_idx = 1 + cfg.num_register_tokens + (2 if cfg.enable_cond else 0)
-        self.register_buffer("_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @staticmethod
     def _per_view(token: torch.Tensor, B: int, S: int) -> torch.Tensor:
@@ -548,14 +397,14 @@ class CameraHead(nn.Module):
 
     def __init__(self, dim: int, trunk_depth: int = 4, heads: int = 16) -> None:
         super().__init__()
-        self.refine_net = nn.Sequential(*[_Block(dim, heads, 4.0, 0.01) for _ in range(trunk_depth)])
+        self.refine_net = nn.Sequential(*[Block(dim, heads, 4.0, 0.01) for _ in range(trunk_depth)])
         self.token_norm = nn.LayerNorm(dim)
         self.out_norm = nn.LayerNorm(dim)
         self.init_token = nn.Parameter(torch.zeros(1, 1, 9))
         self.param_embed = nn.Linear(9, dim)
         self.adapt_norm_gen = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
         self.adapt_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.param_predictor = _Mlp(dim, dim // 2, 9)
+        self.param_predictor = Mlp(dim, dim // 2, 9)
 
     def forward(self, last_tokens: torch.Tensor, steps: int = 4) -> torch.Tensor:
         """``last_tokens [B, S, T, dim]`` → ``[B, S, 9]`` after ``steps`` refinements."""
@@ -813,8 +662,8 @@ class WorldMirror(nn.Module):
     def rebuild_buffers(self, device: torch.device | str) -> None:
         """Recreate the non-persistent ImageNet normalisation buffers on ``device`` (after a ``meta`` build)."""
         vgt = self.visual_geometry_transformer
-        vgt._mean = torch.tensor(_IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        vgt._std = torch.tensor(_IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        vgt._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        vgt._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, images: torch.Tensor, priors: WorldMirrorPriors | None) -> None:
