@@ -234,16 +234,21 @@ class PanoramaViews(io.ComfyNode):
             inputs=[
                 io.Image.Input("panorama",
                                tooltip="Equirectangular panorama, exactly 2:1 (the first image of the batch)."),
+                io.Int.Input("width", default=pano_lib.BANK_WIDTH, min=64, max=4096, step=16, optional=True,
+                             tooltip="View width (multiple of 16). Release: 832. The field of view stays 120° × 90°."),
+                io.Int.Input("height", default=pano_lib.BANK_HEIGHT, min=64, max=4096, step=16, optional=True,
+                             tooltip="View height (multiple of 16). Release: 480; the paper's 576p panorama "
+                             "inference: 576 (with width 1008, the same aspect)."),
             ],
             outputs=[
-                io.Image.Output(display_name="views", tooltip="The 27 bank views [27, 480, 832, 3]."),
+                io.Image.Output(display_name="views", tooltip="The 27 bank views [27, height, width, 3]."),
                 CamerasSocket.Output(display_name="cameras", tooltip="Their cameras (w2c, K), release order."),
             ],
         )
 
     @classmethod
-    def execute(cls, panorama) -> io.NodeOutput:
-        cameras = pano_lib.panorama_bank_cameras(torch.float32)
+    def execute(cls, panorama, width=pano_lib.BANK_WIDTH, height=pano_lib.BANK_HEIGHT) -> io.NodeOutput:
+        cameras = pano_lib.panorama_bank_cameras(torch.float32, height, width)
         views = pano_lib.panorama_bank_views(image_to_hwc(panorama), cameras)
         return io.NodeOutput(views.clamp(0, 1).float(), cameras)
 

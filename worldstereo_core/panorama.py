@@ -173,8 +173,14 @@ def level_look_rotation(forward: torch.Tensor) -> torch.Tensor:
     return torch.stack([right, down, f], dim=-2)
 
 
-def panorama_bank_cameras(dtype: torch.dtype = torch.float64) -> Cameras:
+def panorama_bank_cameras(
+    dtype: torch.dtype = torch.float64, height: int = BANK_HEIGHT, width: int = BANK_WIDTH
+) -> Cameras:
     """The release's 27 panorama-bank cameras (832×480, fx = 416/tan 60°, fy = 240/tan 45°).
+
+    ``height × width`` (multiples of 16) gives the same 27 views at another size with the same
+    120° × 90° field of view (K for that size): the paper runs panoramas at 576p, the release at
+    480 × 832. The default is the release's.
 
     Three elevations (0, +atan ½ ≈ 26.57°, −26.57°) × nine azimuths 40° apart, starting at
     the panorama centre (azimuth 180° = −x) and turning right. Order, as in the release's
@@ -195,14 +201,20 @@ def panorama_bank_cameras(dtype: torch.dtype = torch.float64) -> Cameras:
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(order), 1, 1)
     for i, (a, s) in enumerate(order):
         w2c[i, :3, :3] = level_look_rotation(fwd(a, s))
-    fx = BANK_WIDTH / 2 / math.tan(math.radians(BANK_FOV_X_DEG / 2))
-    fy = BANK_HEIGHT / 2 / math.tan(math.radians(BANK_FOV_Y_DEG / 2))
-    K = torch.tensor([[fx, 0, BANK_WIDTH / 2], [0, fy, BANK_HEIGHT / 2], [0, 0, 1]], dtype=torch.float64)
-    return Cameras(w2c.to(dtype), K.expand(len(order), 3, 3).to(dtype), BANK_HEIGHT, BANK_WIDTH)
+    H, W = int(height), int(width)
+    if H <= 0 or W <= 0 or H % 16 or W % 16:
+        raise InvalidImageError(
+            f"panorama view size {W}×{H} (W×H) must be positive multiples of 16 (the video model's); the release "
+            f"uses {BANK_WIDTH}×{BANK_HEIGHT}"
+        )
+    fx = W / 2 / math.tan(math.radians(BANK_FOV_X_DEG / 2))
+    fy = H / 2 / math.tan(math.radians(BANK_FOV_Y_DEG / 2))
+    K = torch.tensor([[fx, 0, W / 2], [0, fy, H / 2], [0, 0, 1]], dtype=torch.float64)
+    return Cameras(w2c.to(dtype), K.expand(len(order), 3, 3).to(dtype), H, W)
 
 
 def panorama_bank_views(pano: ArrayLike, cameras: Cameras | None = None) -> ArrayLike:
-    """``[27, 480, 832, C]`` perspective views of ``pano`` at the bank cameras (default: the release's)."""
+    """``[27, H, W, C]`` perspective views of ``pano`` at the bank cameras (default: the release's, 480 × 832)."""
     cams = cameras if cameras is not None else panorama_bank_cameras()
     views = [as_tensor(equirect_to_perspective(as_tensor(pano), cams.w2c[i], cams.K[i], cams.height, cams.width)) for i in range(len(cams))]
     return like_input(torch.stack(views), pano)

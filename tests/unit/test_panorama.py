@@ -16,6 +16,7 @@ from worldstereo_core.panorama import (
     equirect_directions,
     equirect_to_perspective,
     panorama_bank_cameras,
+    panorama_bank_views,
     panorama_point_cloud,
     perspective_to_equirect,
 )
@@ -156,3 +157,24 @@ def test_panorama_errors():
         panorama_point_cloud(torch.rand(32, 64, 3), torch.ones(32, 60))
     with pytest.raises(InvalidDepthError, match="NaN"):
         panorama_point_cloud(torch.rand(32, 64, 3), torch.full((32, 64), float("nan")))
+
+
+def test_bank_at_576p_keeps_the_release_views_and_field_of_view():
+    """The paper's 576p panorama inference: same 27 rotations, same 120° × 90° field of view."""
+    release = panorama_bank_cameras()
+    hi = panorama_bank_cameras(torch.float64, 576, 1008)
+    assert (hi.height, hi.width) == (576, 1008) and (release.height, release.width) == (480, 832)
+    assert torch.equal(hi.w2c, release.w2c)
+    fov_x = 2 * torch.rad2deg(torch.atan(hi.K[:, 0, 2] / hi.K[:, 0, 0]))
+    fov_y = 2 * torch.rad2deg(torch.atan(hi.K[:, 1, 2] / hi.K[:, 1, 1]))
+    torch.testing.assert_close(fov_x, torch.full((27,), 120.0, dtype=torch.float64))
+    torch.testing.assert_close(fov_y, torch.full((27,), 90.0, dtype=torch.float64))
+    # the 576p view shows what the release's view shows
+    pano = torch.rand(64, 128, 3, generator=torch.Generator().manual_seed(0))
+    pano = torch.nn.functional.avg_pool2d(pano.permute(2, 0, 1)[None], 5, 1, 2)[0].permute(1, 2, 0)  # smooth
+    small = panorama_bank_views(pano, release[:3])
+    big = panorama_bank_views(pano, hi[:3])
+    down = torch.nn.functional.interpolate(big.permute(0, 3, 1, 2), size=(480, 832), mode="area").permute(0, 2, 3, 1)
+    assert (down - small).abs().mean() < 0.01
+    with pytest.raises(InvalidImageError, match="multiples of 16"):
+        panorama_bank_cameras(torch.float64, 576, 1000)
