@@ -68,7 +68,7 @@ def env(tmp_path_factory):
     from comfy_server import ComfyServer
 
     from worldstereo_core.memory import MemoryBank
-    from worldstereo_core.models.tiny import write_tiny_models
+    from tiny_models import write_tiny_models
 
     server = ComfyServer()
     write_tiny_models(server.base_dir / "models")

@@ -18,7 +18,7 @@ from PIL import Image
 from testsupport import REPO_ROOT
 from worldstereo_core import export, pointcloud, synthetic, trajectory
 from worldstereo_core.distributed import DistributedContext, RankFailedError, run_ranks
-from worldstereo_core.models.tiny import RELEASE_FOLDERS, write_tiny_models
+from tiny_models import RELEASE_FOLDERS, write_tiny_models
 
 H, W = 32, 48
 
