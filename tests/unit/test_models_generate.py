@@ -317,3 +317,21 @@ def test_uni3c_video_mode_memory_model_and_errors(tiny_dir, models):
             generate_keyframes(mem, im, "x", None, c, r, mk, steps=1)
     with pytest.raises(ModelInputError, match="render frames"):
         generate_keyframes(mem, image, "x", None, cams, render[:5], mask, steps=1)
+
+
+def test_frame_generator_takes_the_clips_own_prompt_and_refuses_uni3c(models, uni3c_models):
+    """The loop's per-trajectory prompt replaces the scene prompt for that clip only."""
+    m = models["memory"]
+    image, cams, render, mask = _scene()
+    kw = dict(sampler="unipc", steps=1, guidance_scale=1.0)
+    gen = WorldStereoFrameGenerator(m, "a room", seed=5, **kw)
+    own = gen(image[None], cams, render, mask, _refs(), prompt="a stone bridge over a calm river")
+    scene = gen(image[None], cams, render, mask, _refs())
+    want_own = generate_keyframes(m, image[None], "a stone bridge over a calm river", None, cams, render, mask,
+                                  _refs(), seed=5, **kw)
+    want_scene = generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(), seed=6, **kw)
+    assert torch.equal(own, want_own) and torch.equal(scene, want_scene)
+    assert not torch.allclose(own, generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(),
+                                                      seed=5, **kw))
+    with pytest.raises(ModelInputError, match="Uni3C"):
+        WorldStereoFrameGenerator(uni3c_models, "a room")
