@@ -46,6 +46,7 @@ GGMControl = io.Custom("WS_GGM")
 SSMControl = io.Custom("WS_SSM")
 
 FROM_WAN = "from wan_folder"
+NO_BASE = "none (the checkpoint holds the whole transformer)"
 SKIP_TEXT = "none (connect CONDITIONING)"
 SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -175,6 +176,8 @@ class WorldStereoLoadModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         te_files, cv_files, vae_files = _files("text_encoders"), _files("clip_vision"), _files("vae")
+        base_files = _files("diffusion_models")
+        base_opts = [*base_files, FROM_WAN, NO_BASE]
         te_opts = [*te_files, FROM_WAN, SKIP_TEXT]
         cv_opts = [*cv_files, FROM_WAN, SKIP_CLIP]
         vae_opts = [*vae_files, FROM_WAN]
@@ -191,7 +194,8 @@ class WorldStereoLoadModel(io.ComfyNode):
                                tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
                                "(worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd)."),
                 io.Combo.Input("variant", options=["auto", "camera", "memory", "dmd"], default="auto",
-                               tooltip="auto: read it from the checkpoint's config.json (model_type)."),
+                               tooltip="auto: read it from the checkpoint's config.json (model_type), else from its folder name "
+                               "(worldstereo-camera / -memory / -memory-dmd), as the release does."),
                 io.Combo.Input("text_encoder", options=te_opts, default=_prefer(te_opts, "umt5"),
                                tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
                                "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead."),
@@ -215,13 +219,20 @@ class WorldStereoLoadModel(io.ComfyNode):
                 io.Combo.Input("attention_backend", options=ATTENTION_BACKENDS, default="default",
                                tooltip="diffusers attention backend; default = PyTorch SDPA. Others need their "
                                "package (flash-attn, sageattention, xformers)."),
+                io.Combo.Input("base_model", options=base_opts,
+                               default=_prefer(base_opts, "i2v_480p_14b", "i2v_480p", "i2v"), optional=True,
+                               tooltip="Wan2.1-I2V-14B-480P weights that fill the backbone keys a WorldStereo file "
+                               "lacks, as the release does (it builds the transformer from its base model): a file in "
+                               "models/diffusion_models (e.g. wan2.1_i2v_480p_14B_bf16 or _fp8_scaled; fp8 is "
+                               "dequantised) or the wan_folder's transformer/. Read only if the checkpoint lacks keys; "
+                               "the log says which key groups came from which file."),
             ],
             outputs=[WSModel.Output(display_name="model", tooltip="The loaded WorldStereo model bundle.")],
         )
 
     @classmethod
     def execute(cls, checkpoint, variant, text_encoder, clip_vision, vae, wan_folder, dtype, offload,
-                attention_backend) -> io.NodeOutput:
+                attention_backend, base_model=FROM_WAN) -> io.NodeOutput:
         import comfy.model_management as mm
 
         from worldstereo_core.models.generate import load_models
@@ -230,6 +241,9 @@ class WorldStereoLoadModel(io.ComfyNode):
         te = _component(text_encoder, "text_encoders", wan, "text_encoder")
         cv = _component(clip_vision, "clip_vision", wan, "clip_vision")
         va = _component(vae, "vae", wan, "vae")
+        # from wan_folder with no folder set: no base (the loader names the fix if the checkpoint needs one)
+        base = None if base_model == NO_BASE or (base_model == FROM_WAN and wan is None) else (
+            _component(base_model, "diffusion_models", wan, "base_model"))
         mm.unload_all_models()  # free what ComfyUI holds before streaming ~35 GB in
         mm.soft_empty_cache()
         models = load_models(
@@ -238,7 +252,7 @@ class WorldStereoLoadModel(io.ComfyNode):
             variant=None if variant == "auto" else variant,
             device=mm.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"), offload=offload,
             attention_backend=None if attention_backend == "default" else attention_backend,
-            with_text_encoder=te is not None, with_image_encoder=cv is not None,
+            with_text_encoder=te is not None, with_image_encoder=cv is not None, base_model=base,
         )
         return io.NodeOutput(models)
 

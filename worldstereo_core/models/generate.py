@@ -170,6 +170,7 @@ def load_models(
     clip_pixel_scale: str = "release",
     with_text_encoder: bool = True,
     with_image_encoder: bool = True,
+    base_model: str | os.PathLike | None = None,
 ) -> WorldStereoModels:
     """Load a WorldStereo checkpoint and the Wan2.1-I2V encoders and VAE from local files.
 
@@ -188,6 +189,9 @@ def load_models(
         attention_backend: a diffusers attention backend name (``flash``, ``_native_cudnn`` …).
         with_text_encoder / with_image_encoder: False skips that encoder (the caller will pass
             precomputed embeddings to :func:`generate_keyframes`, e.g. from ComfyUI's own encoders).
+        base_model: the Wan2.1-I2V-14B-480P transformer that fills backbone keys a checkpoint lacks, as
+            the release does (a diffusers folder, or ComfyUI's ``wan2.1_i2v_480p_14B_*.safetensors``);
+            default: ``wan``'s transformer, if ``wan`` has one. See :func:`~.loading.load_worldstereo`.
     """
     if offload not in OFFLOAD_MODES:
         raise ModelInputError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
@@ -210,7 +214,10 @@ def load_models(
 
     host = torch.device("cpu")
     enc_device = host if offload != "none" else device
-    transformer = load_worldstereo(worldstereo, variant, device=host if offload == "sequential" else device, dtype=dtype)
+    if base_model is None and wan is not None and os.path.isdir(os.path.join(wan, "transformer")):
+        base_model = wan
+    transformer = load_worldstereo(worldstereo, variant, device=host if offload == "sequential" else device, dtype=dtype,
+                                   base_model=base_model)
     if offload == "sequential":
         enable_sequential_offload(transformer, device, transformer_blocks(transformer))
     if attention_backend:

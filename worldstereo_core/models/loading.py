@@ -260,6 +260,13 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
             "the file has fewer blocks than the config describes — its config.json does not belong to these "
             "weights (e.g. a test file written at other sizes: pass its sizes with overrides=...)"
         )
+    if not unexpected and any(k.startswith("controlnet.controlnet_blocks.") for k in missing) and not any(
+        k.startswith("controlnet.controlnet_patch_embedding.") for k in missing
+    ):
+        return (
+            "the file has fewer controlnet blocks than the config describes — the config (sizes) does not belong "
+            "to these weights (e.g. a test file written at other sizes: pass its sizes with overrides=...)"
+        )
     if missing and groups_missing == {"controlnet"}:
         return "the file has no controlnet.*: it is a plain Wan2.1 transformer, not a WorldStereo checkpoint"
     if missing and all(is_backbone_key(k) for k in missing) and not unexpected:
