@@ -365,7 +365,10 @@ class WorldStereoSampler(io.ComfyNode):
                                       tooltip="ComfyUI UMT5 negative conditioning; replaces negative_prompt."),
                 io.ClipVisionOutput.Input("clip_vision_output", optional=True,
                                           tooltip="ComfyUI CLIP vision output of the image (clip_vision_h); "
-                                          "replaces the built-in CLIP encode."),
+                                          "replaces the built-in CLIP encode. Note: ComfyUI's CLIP Vision Encode "
+                                          "uses standard CLIP scaling (pixels in 0-1), the release fed CLIP pixels "
+                                          "in 0-255 with the same mean/std, and the weights were trained on that; "
+                                          "the built-in encode (clip_vision on the loader) reproduces the release."),
             ],
             outputs=[
                 io.Image.Output(display_name="keyframes", tooltip="The generated keyframes [21, H, W, 3] "

@@ -222,6 +222,24 @@ def test_clip_penultimate_layer(clip):
     assert not torch.allclose(out, hf.last_hidden_state, atol=1e-3)
 
 
+def test_release_scaling_is_the_default_and_differs_from_comfyuis(clip):
+    """The release's 0-255 pixels are the default everywhere; ComfyUI's CLIPVisionEncode (0-1) differs."""
+    import inspect
+
+    from worldstereo_core.models.encoders import load_image_encoder
+    from worldstereo_core.models.generate import load_models
+
+    assert inspect.signature(load_image_encoder).parameters["pixel_scale"].default == "release"
+    assert inspect.signature(load_models).parameters["clip_pixel_scale"].default == "release"
+    assert CLIPImageEncoder(clip).pixel_scale == "release"
+    img = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    release, unit = CLIPImageEncoder(clip).encode(img), CLIPImageEncoder(clip, pixel_scale="unit").encode(img)
+    with torch.no_grad():
+        want = clip(pixel_values=clip_preprocess(img, 28, "release"), output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(release, want)
+    assert (release - unit).abs().mean() > 1e-2  # a different embedding, not a rounding difference
+
+
 def test_clip_preprocess_geometry_and_scale():
     g = torch.Generator().manual_seed(0)
     img = torch.rand(1, 3, 48, 96, generator=g) * 2 - 1

@@ -7,10 +7,13 @@
   normalised with CLIP's mean/std, and the **penultimate** layer's hidden states are returned
   (``hidden_states[-2]``: no post-layernorm) → ``[B, 257, 1280]`` (256 patches + class token).
 
-The released WorldStereo pipelines build their ``CLIPImageProcessor`` with ``do_rescale=False`` and
-hand it a PIL image, so CLIP sees pixel values in 0…255 normalised with the 0…1 mean/std. That is what
-the released weights ran with, so it is the default here (``pixel_scale="release"``); ``"unit"`` gives
-standard CLIP preprocessing (Wan's own pipeline, ComfyUI's ``CLIPVisionEncode``).
+The released WorldStereo pipelines build their ``CLIPImageProcessor`` with ``do_rescale=False``
+(FuchengSu/WorldStereo models/worldstereo_wrapper.py, ``CLIPImageProcessor.from_pretrained(..., do_rescale=False)``)
+and hand it the PIL start frame (src/data_utils.py ``Image.open``; pipelines' ``encode_image``), so CLIP
+sees pixel values in 0…255 normalised with the 0…1 mean/std. That is what the released weights ran
+with, so it is the default here (``pixel_scale="release"``); ``"unit"`` gives standard CLIP
+preprocessing (pixels in 0…1: Wan's own pipeline, ComfyUI's ``CLIPVisionEncode``, whose
+``CLIP_VISION_OUTPUT`` the Sampler accepts in place of this encoder — the help page says so).
 
 Weights load from a diffusers Wan2.1 folder (``text_encoder/``, ``tokenizer/``, ``image_encoder/``) or
 from ComfyUI's single files (``umt5_xxl_fp16`` / ``umt5_xxl_fp8_e4m3fn_scaled``, ``clip_vision_h``);
