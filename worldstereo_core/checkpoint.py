@@ -17,9 +17,9 @@ VAE, MoGe-2 and WorldMirror) goes through the same five steps:
    tensor(s) lazily (renames, splits, fp8 dequantisation live in ``models/conversion.py``).
 4. **match** — :func:`match_keys`: the plan against the model's keys and shapes; a mismatch raises a
    :class:`CheckpointError` naming the missing / unexpected key *groups* and the likely cause.
-5. **stream** — :func:`stream_weights`: the model is built on ``meta``; each tensor is read from the
-   memory-mapped file (safetensors ``safe_open``), cast once to its device and dtype and assigned, so
-   host memory never holds the whole state dict.
+5. **stream** — :func:`stream_weights`: the model is built on ``meta``; each tensor is read from its
+   file (seek + read, see :class:`SafetensorsSource`), cast once to its device and dtype and
+   assigned, so host memory never holds the whole state dict (nor a memory map of the file).
 
 :func:`save_checkpoint` writes the other way (config in the metadata, atomically).
 """
@@ -27,6 +27,7 @@ VAE, MoGe-2 and WorldMirror) goes through the same five steps:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from . import atomic
 from .errors import CheckpointError
@@ -60,7 +60,7 @@ MODEL_KINDS: Mapping[str, tuple[str, str]] = {
 """``kind: (what it is, the loader that reads it)``."""
 
 TensorSource = Callable[[str], torch.Tensor]
-"""Reads one source tensor by key (``safe_open(...).get_tensor`` or ``dict.__getitem__``)."""
+"""Reads one source tensor by key (a :class:`SafetensorsSource` or ``dict.__getitem__``)."""
 Recipe = Callable[[TensorSource], torch.Tensor]
 DtypeRule = Callable[[str, torch.dtype], torch.dtype]
 """``(model key, source dtype) -> target dtype`` for loaders with per-tensor precision rules."""
@@ -99,6 +99,11 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
     Catches pickle files, truncated downloads and corrupt headers with actionable messages, before
     any tensor is read.
     """
+    return _read_header(path)[0]
+
+
+def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
+    """``(header, byte offset of the data section)`` of a validated safetensors file."""
     path = Path(path)
     refuse_pickle(path)
     size = path.stat().st_size
@@ -128,7 +133,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} is truncated: its header describes {8 + n + end} bytes but the file has {size}; "
             "the download or copy did not finish — fetch it again"
         )
-    return header
+    return header, 8 + n
 
 
 def checkpoint_files(path: str | os.PathLike, what: str, preferred: str | None = None) -> list[Path]:
@@ -371,34 +376,66 @@ def match_keys(
 
 # ----------------------------------------------------------------------------------------- stream
 
-class SafetensorsSource:
-    """Lazy tensor reads over one or more safetensors files (memory-mapped by ``safe_open``).
+_ST_DTYPES: Mapping[str, torch.dtype] = {
+    name: dt for name, dt in {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+        "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    }.items() if dt is not None
+}
 
-    Call it with a key to read one tensor; :meth:`shape` and :attr:`keys` come from the headers.
+
+class SafetensorsSource:
+    """Lazy tensor reads over one or more safetensors files.
+
+    Call it with a key to read one tensor; :meth:`shape` and :attr:`keys` come from the validated
+    headers. Each tensor's bytes are read (seek + ``readinto``) straight into a fresh, aligned torch
+    buffer — not through a memory map: touched pages of a mapped file count as resident memory until
+    the map closes, so ``safe_open`` would charge the whole file to the process (measured with
+    ``bench/load_memory.py``: 100 % of the checkpoint transient on top of the weights, vs one tensor).
     """
 
     def __init__(self, files: list[Path], stack: ExitStack) -> None:
         self.files = files
-        self._owner: dict[str, Any] = {}
-        self._file_of: dict[str, Path] = {}
+        self._entries: dict[str, tuple[Any, int, Mapping[str, Any], Path]] = {}
         for f in files:
-            handle = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-            for k in handle.keys():
-                self._owner[k] = handle
-                self._file_of[k] = f
+            header, data_start = _read_header(f)
+            fd = stack.enter_context(open(f, "rb", buffering=0))  # noqa: SIM115  (closed by the stack)
+            for k, info in header.items():
+                if k != "__metadata__":
+                    self._entries[k] = (fd, data_start, info, f)
 
     @property
     def keys(self) -> list[str]:
-        return list(self._owner)
+        return list(self._entries)
 
     def __call__(self, key: str) -> torch.Tensor:
-        return self._owner[key].get_tensor(key)
+        fd, data_start, info, path = self._entries[key]
+        try:
+            dtype = _ST_DTYPES[info["dtype"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+            shape = [int(v) for v in info["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {key} has an unsupported or corrupt entry {dict(info)}") from None
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if end - begin != math.prod(shape) * itemsize:
+            raise CheckpointError(f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt")
+        raw = torch.empty(end - begin, dtype=torch.uint8)
+        view, done = memoryview(raw.numpy()), 0
+        fd.seek(data_start + begin)
+        while done < len(view):  # unbuffered reads may return less than asked
+            got = fd.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"{path} ended inside tensor {key}: the file is truncated — download it again")
+            done += got
+        return raw.view(dtype).reshape(shape)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._owner[key].get_slice(key).get_shape())
+        return tuple(int(v) for v in self._entries[key][2]["shape"])
 
     def file_of(self, key: str) -> Path:
-        return self._file_of[key]
+        return self._entries[key][3]
 
 
 @contextmanager
@@ -436,9 +473,7 @@ def stream_weights(
         target = t.dtype
         if t.is_floating_point() and dtype is not None:
             target = dtype(key, t.dtype) if callable(dtype) else dtype
-        # copy=True: a tensor read from the memory-mapped file is never kept (it would pin the mapping
-        # and sit at an unaligned address); the model owns fresh, aligned memory on its device
-        state[key] = t.to(device=device, dtype=target, copy=True)
+        state[key] = t.to(device=device, dtype=target)  # the source's own buffer when nothing changes
         del t  # at most one transient host copy alive
     model.load_state_dict(state, strict=True, assign=True)
     del state
