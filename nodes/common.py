@@ -72,6 +72,22 @@ def model_files(name: str) -> list[str]:
     return folder_paths.get_filename_list(name)
 
 
+def model_file_path(folder: str, name: str, what: str, layout: str = "model.safetensors (+ config.json)") -> str:
+    """Full path of ``name`` (a Load node's combo value) under ``models/<folder>/``, or a
+    :class:`CheckpointError` that says where the files go."""
+    import folder_paths
+
+    from worldstereo_core.errors import CheckpointError
+
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise CheckpointError(
+            f"{what} weights {name!r} not found under models/{folder}/; put {layout} in a subfolder there and "
+            "refresh the node list"
+        )
+    return path
+
+
 def cap_points(cloud, max_points: int):
     """The cloud voxel-downsampled to at most ``max_points`` points (``0`` keeps all)."""
     from worldstereo_core.pointcloud import voxel_downsample

@@ -10,12 +10,12 @@ from .comfy_v3 import io
 from worldstereo_core import panorama as pano_lib
 from worldstereo_core import pointcloud as pc_lib
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import CheckpointError, InvalidImageError
+from worldstereo_core.errors import InvalidImageError
 from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
 from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PointCloud, Progress, cap_points, image_to_hwc,
-                     inspector_ui, model_files, option, register_model_folder)
+                     inspector_ui, model_file_path, model_files, option, register_model_folder)
 
 SUB_DEPTH = f"{CATEGORY}/depth"
 SUB_PANORAMA = f"{CATEGORY}/panorama"
@@ -102,14 +102,8 @@ class LoadMoGe(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, variant, dtype) -> io.NodeOutput:
         import comfy.model_management
-        import folder_paths
 
-        path = folder_paths.get_full_path(MODEL_FOLDER, model_name)
-        if path is None:
-            raise CheckpointError(
-                f"MoGe weights {model_name!r} not found under models/{MODEL_FOLDER}/; put model.safetensors "
-                f"(+ config.json) in a subfolder there and refresh the node list"
-            )
+        path = model_file_path(MODEL_FOLDER, model_name, "MoGe")
         model = moge_lib.load_moge(
             path, config=None if variant == "auto" else variant,
             device=comfy.model_management.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"),

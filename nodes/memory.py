@@ -13,10 +13,15 @@ from worldstereo_core import interfaces, merge, render
 from worldstereo_core import retrieval as ret_lib
 from worldstereo_core.errors import MemoryBankError, WorldStereoError
 
-from .common import (CATEGORY, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
-                     inspector_ui, output_folder, trajectories_of)
+from .common import (CATEGORY, DTYPES, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
+                     inspector_ui, model_file_path, model_files, option, output_folder, register_model_folder,
+                     trajectories_of)
 
 SUB = f"{CATEGORY}/memory"
+
+DINOv2 = io.Custom("WS_DINOV2")  # worldstereo_core.models.dinov2.DINOv2FeatureExtractor
+DINOV2_FOLDER = "dinov2"  # models/dinov2/<name>/: the hub's config.json + model.safetensors
+register_model_folder(DINOV2_FOLDER)
 
 
 def _frames_cameras(frames: torch.Tensor, trajectory):
@@ -161,6 +166,39 @@ def _resize_hwc(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x[0].permute(1, 2, 0)
 
 
+class LoadDINOv2(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoLoadDINOv2",
+            display_name="Load DINOv2 (WorldStereo)",
+            category=SUB,
+            description="Loads DINOv2 (the release uses facebook/dinov2-base) for Retrieve 3D FOV's release "
+            "reference cut (dinov2_fps): its image features decide which 8 views are kept when more qualify. "
+            "Put the hub's config.json + model.safetensors in a subfolder of models/dinov2/ "
+            "(e.g. models/dinov2/dinov2-base/); nothing is downloaded.",
+            inputs=[
+                io.Combo.Input("model_name", options=model_files(DINOV2_FOLDER),
+                               tooltip="Weights under models/dinov2/ (e.g. dinov2-base/model.safetensors), with "
+                               "the hub's config.json in the same folder."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
+                               tooltip="Weight precision (fp32 as the release; fp16/bf16 halve the memory)."),
+            ],
+            outputs=[DINOv2.Output(display_name="dinov2", tooltip="The DINOv2 image-feature extractor.")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, dtype) -> io.NodeOutput:
+        import comfy.model_management
+
+        from worldstereo_core.models.dinov2 import load_dinov2
+
+        path = model_file_path(DINOV2_FOLDER, model_name, "DINOv2", "the hub's config.json + model.safetensors")
+        extractor = load_dinov2(os.path.dirname(path), device=comfy.model_management.get_torch_device(),
+                                dtype=option(DTYPES, dtype, "dtype"))
+        return io.NodeOutput(extractor)
+
+
 class Retrieve3DFOV(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -169,8 +207,10 @@ class Retrieve3DFOV(io.ComfyNode):
             display_name="Retrieve 3D FOV (WorldStereo)",
             category=SUB,
             description="Retrieves the memory-bank views that overlap the trajectory most (SSM references): "
-            "every keyframe 1..20 scores every bank camera by frustum overlap and takes its best; at most "
-            "8 distinct references are kept, spread over the trajectory.",
+            "every keyframe 1..20 scores every bank camera by frustum overlap and takes its best; when more "
+            "than max_references views qualify, the reference cut keeps that many (the release: DINOv2 + "
+            "image-quality farthest-point sampling). A shortcut pushes the trajectory towards an earlier "
+            "clip's views, as the release does for aerial and panorama-view trajectories.",
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The target trajectory."),
                 MemoryBank.Input("bank", tooltip="The memory bank to retrieve from."),
@@ -179,6 +219,18 @@ class Retrieve3DFOV(io.ComfyNode):
                                "volume: the paper's true frustum-volume overlap."),
                 io.Int.Input("max_references", default=8, min=1, max=8,
                              tooltip="At most this many references (the released model takes up to 8)."),
+                io.Combo.Input("reference_cut", options=list(ret_lib.REDUCE_RULES), default="spread",
+                               tooltip="How more than max_references candidates are cut. dinov2_fps: the release "
+                               "(needs the dinov2 input); spread: evenly along the trajectory (needs no model); "
+                               "coverage: greedy best total overlap; fps: farthest cameras."),
+                io.Combo.Input("shortcut", options=["none", *ret_lib.SHORTCUT_KINDS], default="none",
+                               tooltip="The release's retrieval shortcut towards shortcut_source's views: aerial "
+                               "(every keyframe but 4, 8, 12, 16), view_first / view_second (keyframes 1, 2, 3, "
+                               "5, 7, 9, 13, 17; view_second uses the first half of the source clip)."),
+                io.String.Input("shortcut_source", default="",
+                                tooltip="Bank label of the earlier clip the shortcut leans on (the label given "
+                                "to Memory Bank Update, e.g. traj0). Only used with a shortcut."),
+                DINOv2.Input("dinov2", optional=True, tooltip="From Load DINOv2; needed by reference_cut dinov2_fps."),
             ],
             outputs=[
                 Retrieval.Output(display_name="retrieval", tooltip="References, their ref_index and scores."),
@@ -189,13 +241,19 @@ class Retrieve3DFOV(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, trajectory, bank, mode, max_references) -> io.NodeOutput:
+    def execute(cls, trajectory, bank, mode, max_references, reference_cut="spread", shortcut="none",
+                shortcut_source="", dinov2=None) -> io.NodeOutput:
         trajs = trajectories_of(trajectory)
         if len(trajs) != 1:
             raise MemoryBankError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
         traj = trajs[0]
         cams = traj.cameras
-        refs = ret_lib.retrieve(traj, bank, mode=mode, max_refs=max_references)
+        if reference_cut == "dinov2_fps" and dinov2 is None:
+            raise MemoryBankError("reference_cut dinov2_fps (the release's cut) needs DINOv2: connect Load DINOv2, "
+                                  "or choose spread")
+        cut = None if shortcut == "none" else ret_lib.RetrievalShortcut(shortcut, shortcut_source)
+        refs = ret_lib.retrieve(traj, bank, mode=mode, max_refs=max_references, reduce=reference_cut,
+                                image_features=dinov2, shortcut=cut)
         images = torch.stack([_resize_hwc(f.float(), cams.height, cams.width) for f in refs.images])
         summary = [
             {"bank_index": int(i), "source": src, "ref_index": int(r), "score": float(s)}
@@ -333,4 +391,5 @@ class MemoryBankView(io.ComfyNode):
         return io.NodeOutput(image, cam.resized(out_h, out_w) if (out_h, out_w) != (h, w) else cam)
 
 
-NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, MemoryBankView, Retrieve3DFOV, UmeyamaMerge]
+NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, MemoryBankView, LoadDINOv2, Retrieve3DFOV,
+         UmeyamaMerge]

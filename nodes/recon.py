@@ -10,7 +10,7 @@ from .comfy_v3 import io
 from worldstereo_core import evaluate as eval_lib
 from worldstereo_core import export
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import CheckpointError, ExportError, ReconstructionError
+from worldstereo_core.errors import ExportError, ReconstructionError
 from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud as PointCloudValue
 from worldstereo_core.recon import reconstruct as rec_lib
 from worldstereo_core.recon import worldmirror as wm_lib
@@ -27,6 +27,7 @@ from .common import (
     Scene,
     Trajectory,
     inspector_ui,
+    model_file_path,
     model_files,
     option,
     register_model_folder,
@@ -82,14 +83,8 @@ class LoadWorldMirror(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
         import comfy.model_management
-        import folder_paths
 
-        path = folder_paths.get_full_path(MODEL_FOLDER, model_name)
-        if path is None:
-            raise CheckpointError(
-                f"WorldMirror weights {model_name!r} not found under models/{MODEL_FOLDER}/; put model.safetensors "
-                f"(+ config.json) in a subfolder there and refresh the node list"
-            )
+        path = model_file_path(MODEL_FOLDER, model_name, "WorldMirror")
         model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(),
                                         dtype=option(DTYPES, dtype, "dtype"))
         return io.NodeOutput(model)

@@ -11,6 +11,7 @@ files, with the same formats the loaders read:
 * ``clip_vision/clip_vision_h_tiny.safetensors``: transformers ``vision_model.*`` keys (clip_vision_h's);
 * ``vae/wan_2.1_vae_tiny.safetensors``: the diffusers ``AutoencoderKLWan`` layout;
 * ``moge/moge-2-tiny/``: MoGe-2 ``model.safetensors`` + ``config.json`` (for Load MoGe-2);
+* ``dinov2/dinov2-tiny/``: transformers DINOv2 ``config.json`` + ``model.safetensors`` (for Load DINOv2);
 * ``controlnet/uni3c_controlnet_tiny.safetensors``: a Uni3C camera ControlNet in the released top-level
   layout (ComfyUI's ``Wan21_Uni3C_controlnet_fp16.safetensors`` lives in the same folder), sized to fit
   the tiny transformer.
@@ -165,6 +166,52 @@ def write_tiny_moge(folder: Path, seed: int = 4) -> Path:
     return save_moge(model, folder)
 
 
+TINY_DINOV2_FOLDER = "dinov2-tiny"
+"""Folder of the tiny DINOv2 under ``models/dinov2/`` (combo value ``dinov2-tiny/model.safetensors``)."""
+
+# transformers ≥ 5 spelling → the hub files' (transformers 4) spelling of DINOv2's attention weights
+_DINOV2_HUB_NAMES = ((".attention.q_proj.", ".attention.attention.query."), (".attention.k_proj.", ".attention.attention.key."),
+                     (".attention.v_proj.", ".attention.attention.value."), (".attention.o_proj.", ".attention.output.dense."))
+
+
+def write_tiny_dinov2(folder: Path, seed: int = 0) -> Path:
+    """A tiny random transformers ``Dinov2Model`` as the hub ships DINOv2 (``config.json`` +
+    ``model.safetensors``, attention weights spelt ``attention.attention.query`` …), every weight
+    random (layer scales and norms too). Returns the folder; the model is :func:`tiny_dinov2_model`."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from worldstereo_core import atomic
+    from worldstereo_core.models.dinov2 import tiny_dinov2_config
+
+    model = tiny_dinov2_model(seed)
+    state = {}
+    for k, v in model.state_dict().items():
+        for new, old in _DINOV2_HUB_NAMES:
+            k = k.replace(new, old)
+        state[k] = v.detach().contiguous()
+    folder = Path(folder)
+    atomic.write_file(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    atomic.write_text(folder / "config.json", json.dumps(tiny_dinov2_config(), indent=1))
+    return folder
+
+
+def tiny_dinov2_model(seed: int = 0):
+    """transformers' ``Dinov2Model`` at the tiny config with seeded random weights (the reference the
+    tests compare the package's DINOv2 against)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from worldstereo_core.models.dinov2 import tiny_dinov2_config
+
+    model = Dinov2Model(Dinov2Config(**tiny_dinov2_config())).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
 def write_tiny_models(
     models_dir: str | os.PathLike,
     variants: Sequence[str] = ("camera", "memory", "dmd"),
@@ -176,7 +223,8 @@ def write_tiny_models(
 
     Names: ``worldstereo-camera`` … (checkpoint folders), ``text_encoder``, ``image_encoder``, ``vae``
     and, with ``moge``, ``moge`` (``models/moge/moge-2-tiny/``, see :func:`write_tiny_moge`), with
-    ``uni3c``, ``uni3c`` (``models/controlnet/``, see :func:`write_tiny_uni3c`).
+    ``uni3c``, ``uni3c`` (``models/controlnet/``, see :func:`write_tiny_uni3c`), and ``dinov2``
+    (``models/dinov2/dinov2-tiny/``, see :func:`write_tiny_dinov2`).
     """
     root = Path(models_dir)
     out: dict[str, Path] = {}
@@ -191,6 +239,7 @@ def write_tiny_models(
         out["moge"] = write_tiny_moge(root / "moge" / TINY_MOGE_FOLDER)
     if uni3c:
         out["uni3c"] = write_tiny_uni3c(root / "controlnet" / TINY_UNI3C_FILE, seed)
+    out["dinov2"] = write_tiny_dinov2(root / "dinov2" / TINY_DINOV2_FOLDER, seed)
     return out
 
 
@@ -198,9 +247,12 @@ __all__ = [
     "RELEASE_FOLDERS",
     "TINY_FILES",
     "TINY_LATENT_COND_MODE",
+    "TINY_DINOV2_FOLDER",
     "TINY_MOGE_FOLDER",
     "TINY_UNI3C_FILE",
+    "tiny_dinov2_model",
     "tiny_sentencepiece",
+    "write_tiny_dinov2",
     "write_tiny_image_encoder",
     "write_tiny_models",
     "write_tiny_moge",

@@ -95,6 +95,16 @@ class LoopConfig:
             for 480×832; raise it for small test resolutions so the render is not all holes).
         retrieval_mode: ``"aabb"`` (release) or ``"volume"`` (paper).
         max_references: at most this many references per trajectory (release: 8).
+        reference_cut: how more than ``max_references`` candidate views are cut
+            (:func:`~worldstereo_core.retrieval.select_references`): ``"spread"`` (default: needs
+            no model), ``"coverage"``, ``"fps"``, or the release's ``"dinov2_fps"`` (needs the
+            ``image_features`` argument of :func:`~worldstereo_core.pipeline.run_scene_loop`,
+            e.g. :func:`~worldstereo_core.models.dinov2.load_dinov2`).
+        retrieval_shortcuts: the release's retrieval shortcuts, as ``((trajectory, kind,
+            source_trajectory), …)``: the clip of ``trajectory`` is pushed towards the views the
+            earlier clip of ``source_trajectory`` added to the bank
+            (:class:`~worldstereo_core.retrieval.RetrievalShortcut`; ``kind`` ``"aerial"``,
+            ``"view_first"`` or ``"view_second"``). E.g. ``(("left", "view_first", "up"),)``.
         bank_update: keyframes of each clip added to the memory bank (release: 8).
         voxel_fraction: cache voxel size as a fraction of the input median depth.
         max_points: cap on the cache size (None: no cap).
@@ -123,6 +133,8 @@ class LoopConfig:
     radius: float = RELEASE_RADIUS
     retrieval_mode: str = "aabb"
     max_references: int = 8
+    reference_cut: str = "spread"
+    retrieval_shortcuts: tuple[tuple[str, str, str], ...] = ()
     bank_update: int = 8
     voxel_fraction: float = 0.01
     max_points: int | None = 2_000_000

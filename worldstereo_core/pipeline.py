@@ -56,7 +56,7 @@ from .oracle import DepthCorruption, LoopScores, SyntheticScene, SyntheticView, 
 from .pointcloud import PointCloud, compress_far_depth, validate_depth
 from .recon.reconstruct import resize_frames
 from .render import RenderResult, median_depth_in_view, render_point_cloud
-from .retrieval import RETRIEVAL_MODES, References, retrieve
+from .retrieval import REDUCE_RULES, RETRIEVAL_MODES, ImageFeatures, References, RetrievalShortcut, retrieve
 from .trajectory import PRESETS, Trajectory, make_preset
 
 __all__ = [
@@ -190,6 +190,29 @@ def _check_inputs(
     return img.float(), d.float()
 
 
+def _shortcut_sources(config: LoopConfig, trajectories: Sequence[str]) -> dict[int, RetrievalShortcut]:
+    """Trajectory position → its retrieval shortcut, the source named by the bank label its
+    earlier clip gets (``"traj{j}:{name}"``). Raises for a shortcut naming a trajectory that is
+    not run, or a source that does not come before its target."""
+    out: dict[int, RetrievalShortcut] = {}
+    for entry in config.retrieval_shortcuts:
+        if len(entry) != 3:
+            raise InvalidTrajectoryError(f"a retrieval shortcut is (trajectory, kind, source_trajectory), got {entry!r}")
+        target, kind, source = entry
+        if target not in trajectories or source not in trajectories:
+            raise InvalidTrajectoryError(
+                f"retrieval shortcut {entry!r}: both trajectories must be in this run ({list(trajectories)})"
+            )
+        ti = list(trajectories).index(target)
+        src = [j for j in range(ti) if trajectories[j] == source]
+        if not src:
+            raise InvalidTrajectoryError(
+                f"retrieval shortcut {entry!r}: {source!r} must run before {target!r} (its clip must be in the bank)"
+            )
+        out[ti] = RetrievalShortcut(kind, f"traj{src[-1]}:{source}")
+    return out
+
+
 def run_scene_loop(
     image: torch.Tensor,
     cameras: Cameras,
@@ -203,6 +226,7 @@ def run_scene_loop(
     progress: ProgressFn | None = None,
     bank: MemoryBank | None = None,
     cache: Cache3D | None = None,
+    image_features: ImageFeatures | None = None,
 ) -> SceneLoopResult:
     """Run the paper's loop from one input view (see the module doc).
 
@@ -229,6 +253,8 @@ def run_scene_loop(
         cache: start from this 3D cache instead of the input depth's cloud (e.g. a
             panorama's cloud, in the input camera's world). Without a voxel size of its own
             it gets ``config.voxel_fraction ×`` the median depth (and ``config.max_points``).
+        image_features: images → features for ``config.reference_cut = "dinov2_fps"`` (the
+            release's reference cut; :func:`worldstereo_core.models.dinov2.load_dinov2`).
     Returns:
         :class:`SceneLoopResult`.
     """
@@ -244,6 +270,14 @@ def run_scene_loop(
         raise MemoryBankError(
             f"trajectory start view(s) {beyond} are not in the memory bank the loop starts with ({views} views, "
             f"numbered 0..{views - 1}); pass the bank (e.g. the panorama's 27 views) or pick a smaller number"
+        )
+    shortcuts = _shortcut_sources(config, [s.preset for s in specs])
+    if config.reference_cut not in REDUCE_RULES:
+        raise InvalidTrajectoryError(f"unknown reference_cut {config.reference_cut!r}; use one of {', '.join(REDUCE_RULES)}")
+    if config.reference_cut == "dinov2_fps" and image_features is None:
+        raise InvalidTrajectoryError(
+            "reference_cut='dinov2_fps' (the release's cut) needs image_features (load_dinov2 of facebook/dinov2-base); "
+            "pass them, or use another reference_cut"
         )
     if config.clip_alignment not in ("depth", "umeyama"):
         raise AlignmentError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
@@ -303,7 +337,8 @@ def run_scene_loop(
 
         # 2b. retrieve references for keyframes 1.. from the memory bank (SSM condition)
         refs = retrieve(traj, bank, mode=config.retrieval_mode, max_refs=config.max_references,
-                        num_keyframes=config.num_keyframes)
+                        num_keyframes=config.num_keyframes, reduce=config.reference_cut,
+                        image_features=image_features, shortcut=shortcuts.get(ti))
         tick()
 
         # 2c. generate the clip's keyframes

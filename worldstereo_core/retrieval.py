@@ -34,7 +34,7 @@ uses the targets' ``height × width``, as the release does (one image size per s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,13 @@ __all__ = [
     "score_bank",
     "References",
     "REDUCE_RULES",
+    "SHORTCUT_KINDS",
+    "ImageFeatures",
+    "RetrievalShortcut",
+    "farthest_point_sampling",
+    "image_quality_scores",
     "select_references",
+    "shortcut_bonus",
     "retrieve",
 ]
 
@@ -311,22 +317,116 @@ def _first_choice(assign: np.ndarray) -> list[int]:
     return list(seen)
 
 
-def _assign(sc: np.ndarray, allowed: list[int]) -> np.ndarray:
-    cols = np.asarray(sorted(allowed))
-    # np.argmax returns the first maximum: ties go to the lowest bank index.
-    return cols[np.argmax(sc[:, cols], axis=1)]
+def _assign(sc: np.ndarray, allowed: list[int], keep_order: bool = False) -> np.ndarray:
+    """Each row's best column among ``allowed``. Ties: the lowest bank index, or with
+    ``keep_order`` the first in ``allowed`` (the release re-assigns over its FPS order)."""
+    cols = np.asarray(list(allowed) if keep_order else sorted(allowed))
+    return cols[np.argmax(sc[:, cols], axis=1)]  # np.argmax returns the first maximum
 
 
 def _camera_features(w2c: np.ndarray) -> np.ndarray:
+    """``[N, 7]`` camera centre + rotation quaternion (w ≥ 0) of w2c poses — the release's camera
+    features of ``CameraSelector`` (quaternion order does not matter to distances)."""
     R = w2c[:, :3, :3]
     centres = -np.einsum("nji,nj->ni", R, w2c[:, :3, 3])
-    q = matrix_to_quaternion(R)  # (w, x, y, z), w ≥ 0 — the release's sign rule
-    f = np.concatenate([centres, q], 1)
+    return np.concatenate([centres, matrix_to_quaternion(R)], 1)
+
+
+def _standardize(f: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per column (``+1e-8``, as the release)."""
     return (f - f.mean(0)) / (f.std(0) + 1e-8)
 
 
+# The release's CameraSelector.select(camera_weight=0.3, image_weight=0.7, quality_bias=0.1).
+RELEASE_CAMERA_WEIGHT = 0.3
+RELEASE_IMAGE_WEIGHT = 0.7
+RELEASE_QUALITY_BIAS = 0.1
+
+
+def farthest_point_sampling(
+    features: np.ndarray, k: int, quality: np.ndarray | None = None, quality_bias: float = RELEASE_QUALITY_BIAS
+) -> list[int]:
+    """Indices of ``k`` rows of ``features [N, D]`` by the release's quality-aware farthest-point sampling.
+
+    Start at the row nearest the centroid (plus ``quality_bias`` × normalised quality); then
+    repeatedly take the row farthest from the chosen ones, its distance scaled by
+    ``1 + quality_bias · (q − 0.5)`` (``q`` = quality normalised to [0, 1]), so sharper, richer
+    images win near-ties. Without ``quality`` it is plain farthest-point sampling. Ties: the first row.
+    """
+    n = features.shape[0]
+    if quality is None:
+        q, bias = np.zeros(n), 0.0
+    else:
+        q = (quality - quality.min()) / (quality.max() - quality.min() + 1e-8)
+        bias = float(quality_bias)
+    factor = 1.0 + bias * (q - 0.5)
+    cur = int(np.argmax(-np.linalg.norm(features - features.mean(0), axis=1) + bias * q))
+    chosen = [cur]
+    dist = np.full(n, np.inf)
+    for _ in range(k - 1):
+        dist = np.minimum(dist, np.linalg.norm(features - features[cur], axis=1))
+        adjusted = dist * factor
+        adjusted[chosen] = -np.inf
+        cur = int(np.argmax(adjusted))
+        chosen.append(cur)
+    return chosen
+
+
+def image_quality_scores(images: Sequence[torch.Tensor]) -> np.ndarray:
+    """The release's image quality ``0.4·log(1 + sharpness) + 0.3·entropy + 0.3·contrast/128``.
+
+    Per image ``[H, W, 3]`` in [0, 1], quantised to 8 bits as the release's frames are:
+
+    * grey = OpenCV's ``COLOR_BGR2GRAY`` of the **RGB** array, as the release calls it, so
+      ``(1868·R + 9617·G + 4899·B + 8192) >> 14`` (OpenCV's 14-bit fixed-point weights
+      0.114 / 0.587 / 0.299, red and blue swapped by the call);
+    * sharpness = variance of the 3×3 Laplacian ``[[0,1,0],[1,−4,1],[0,1,0]]`` (OpenCV's
+      ``Laplacian`` with ksize 1, borders mirrored without repeating the edge: BORDER_REFLECT_101);
+    * entropy (bits) of the 256-bin grey histogram, ``p + 1e-10`` in the log as the release;
+    * contrast = standard deviation of the grey values.
+    """
+    out = []
+    for img in images:
+        rgb = (as_tensor(img).detach().float().clamp(0, 1) * 255.0).round().to(torch.int64).cpu().numpy()
+        gray = (rgb[..., 0] * 1868 + rgb[..., 1] * 9617 + rgb[..., 2] * 4899 + 8192) >> 14
+        g = np.pad(gray.astype(np.float64), 1, mode="reflect")  # numpy "reflect" = OpenCV REFLECT_101
+        lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+        hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+        p = hist / hist.sum() + 1e-10
+        entropy = -np.sum(p * np.log2(p))
+        out.append(0.4 * np.log1p(lap.var()) + 0.3 * entropy + 0.3 * (gray.std() / 128.0))
+    return np.asarray(out, dtype=np.float64)
+
+
+ImageFeatures = Callable[[Sequence[torch.Tensor]], np.ndarray]
+"""``images [H, W, 3] → [N, D]`` image features (the release: DINOv2-base ``pooler_output``;
+:class:`worldstereo_core.models.dinov2.DINOv2FeatureExtractor`)."""
+
+
+def _release_cut(assign: np.ndarray, bank: MemoryBank, max_refs: int, image_features: ImageFeatures) -> list[int]:
+    """The release's cut to ``max_refs`` views: quality-aware FPS over the *per-keyframe* picks
+    (one row per target keyframe, repeated views included, as ``CameraSelector.select`` sees
+    them) on 0.3 × standardised camera features ⊕ 0.7 × standardised image features."""
+    rows = [int(a) for a in assign]
+    views = sorted(set(rows))
+    feats = np.asarray(image_features([bank.frames[v] for v in views]), dtype=np.float64)
+    if feats.ndim != 2 or feats.shape[0] != len(views):
+        raise InvalidTrajectoryError(
+            f"image features must be [N, D] with one row per image ({len(views)}), got shape {feats.shape}"
+        )
+    quality = image_quality_scores([bank.frames[v] for v in views])
+    at = {v: i for i, v in enumerate(views)}
+    pick = [at[r] for r in rows]
+    w2c = as_tensor(bank.w2c).detach().to(dtype=torch.float64).cpu().numpy()[rows]
+    combined = np.concatenate(
+        [_standardize(_camera_features(w2c)) * RELEASE_CAMERA_WEIGHT, _standardize(feats[pick]) * RELEASE_IMAGE_WEIGHT], 1
+    )
+    order = farthest_point_sampling(combined, max_refs, quality[pick], RELEASE_QUALITY_BIAS)
+    return list(dict.fromkeys(rows[i] for i in order))  # bank views in FPS order
+
+
 #: How more than ``max_refs`` candidates are cut (see :func:`select_references`).
-REDUCE_RULES = ("spread", "coverage", "fps")
+REDUCE_RULES = ("spread", "coverage", "fps", "dinov2_fps")
 
 
 def _reduce(sc: np.ndarray, cands: list[int], max_refs: int, rule: str, bank_w2c) -> list[int]:
@@ -345,21 +445,10 @@ def _reduce(sc: np.ndarray, cands: list[int], max_refs: int, rule: str, bank_w2c
             best = np.maximum(best, sc[:, c])
         return chosen
     if rule == "fps":
+        # the release's farthest-point sampling on camera features alone (no image term, no quality bias)
         w = as_tensor(bank_w2c).detach().to(dtype=torch.float64).cpu().numpy()
-        feats = _camera_features(w[cands])
-        # Farthest-point sampling from the candidate nearest the centroid (the release's
-        # selector without its DINOv2 image features and image-quality bias).
-        cur = int(np.argmin(np.linalg.norm(feats - feats.mean(0), axis=1)))
-        sel = [cur]
-        dist = np.full(len(cands), np.inf)
-        for _ in range(max_refs - 1):
-            dist = np.minimum(dist, np.linalg.norm(feats - feats[cur], axis=1))
-            d = dist.copy()
-            d[sel] = -np.inf
-            cur = int(np.argmax(d))
-            sel.append(cur)
-        return [cands[i] for i in sel]
-    raise InvalidCameraError(f"unknown reduce rule {rule!r}; use 'spread', 'coverage' or 'fps'")
+        return [cands[i] for i in farthest_point_sampling(_standardize(_camera_features(w[cands])), max_refs)]
+    raise InvalidCameraError(f"unknown reduce rule {rule!r}; use one of {', '.join(REDUCE_RULES)}")
 
 
 def select_references(
@@ -369,10 +458,13 @@ def select_references(
     max_refs: int = 8,
     reduce: str = "spread",
     poses: Sequence[int] | ArrayLike | None = None,
+    image_features: ImageFeatures | None = None,
+    bonus: ArrayLike | None = None,
 ) -> References:
     """Per-keyframe argmax over the bank, then at most ``max_refs`` distinct references.
 
-    Each target row picks its best bank view (ties: lowest bank index). If more than
+    Each target row picks its best bank view (ties: lowest bank index), after adding ``bonus``
+    (``[T, N]``, the release's retrieval shortcuts: :func:`shortcut_bonus`). If more than
     ``max_refs`` distinct views are picked, ``max_refs`` of them are kept by ``reduce``:
 
     * ``"spread"`` (default): order the distinct views by the first keyframe that picked
@@ -382,9 +474,14 @@ def select_references(
       (ties: earliest in trajectory order).
     * ``"fps"``: farthest-point sampling on standardised camera features (centre +
       quaternion) — the release's selector without its DINOv2 image term.
+    * ``"dinov2_fps"``: the release's cut (``CameraSelector``): quality-aware farthest-point
+      sampling over the per-keyframe picks on 0.3 × camera features ⊕ 0.7 × ``image_features``
+      (DINOv2-base), biased 0.1 towards sharp, detailed images (:func:`image_quality_scores`).
 
-    As in the release, every keyframe is then re-assigned to its best *kept* view and
-    ``ref_index`` recomputed; a kept view that no keyframe prefers any more is dropped.
+    As in the release, every keyframe is then re-assigned to its best *kept* view on the scores
+    without bonus (``dinov2_fps``: ties to the first in FPS order) and ``ref_index`` recomputed;
+    a kept view that no keyframe prefers any more is dropped. Reported ``scores`` never include
+    the bonus.
 
     Args:
         scores: ``[T, N]`` from :func:`score_bank` for the ``N`` views of ``bank``.
@@ -392,6 +489,8 @@ def select_references(
         keyframe_slots: keyframe number of each row (strictly increasing, ≥ 1); default
             ``1..T`` (the release's targets are keyframes 1..20 of 21).
         poses: trajectory pose of each row (default: the slots).
+        image_features: images → ``[N, D]`` features; needed by ``reduce="dinov2_fps"``.
+        bonus: ``[T, N]`` added to the scores for the first choice only (shortcuts).
     """
     sc_t = as_tensor(scores)
     sc = sc_t.detach().to(dtype=torch.float64).cpu().numpy()
@@ -414,11 +513,24 @@ def select_references(
             "keyframe_slots must be strictly increasing keyframe numbers ≥ 1 (keyframe 0 is the input frame, never a target)"
         )
     rows_pose = slots if poses is None else _row_numbers(poses, sc.shape[0], "poses")
-    assign = np.argmax(sc, axis=1)
+    if reduce == "dinov2_fps" and image_features is None:
+        raise InvalidTrajectoryError(
+            "reduce='dinov2_fps' (the release's reference cut) needs DINOv2 image features: load DINOv2 "
+            "(facebook/dinov2-base in models/dinov2/) and pass it, or choose 'spread', 'coverage' or 'fps'"
+        )
+    first = sc
+    if bonus is not None:
+        b = as_tensor(bonus).detach().to(dtype=torch.float64).cpu().numpy()
+        if b.shape != sc.shape:
+            raise InvalidTrajectoryError(f"bonus must have the scores' shape {sc.shape}, got {b.shape}")
+        first = sc + b
+    assign = np.argmax(first, axis=1)
     cands = _first_choice(assign)
     if len(cands) > max_refs:
-        kept = _reduce(sc, cands, int(max_refs), reduce, bank.w2c)
-        assign = _assign(sc, kept)
+        if reduce == "dinov2_fps":
+            assign = _assign(sc, _release_cut(assign, bank, int(max_refs), image_features), keep_order=True)
+        else:
+            assign = _assign(sc, _reduce(sc, cands, int(max_refs), reduce, bank.w2c))
     refs = _first_choice(assign)
     first_row = [int(np.nonzero(assign == r)[0][0]) for r in refs]
     chosen = bank.subset(refs)
@@ -454,6 +566,8 @@ def retrieve(
     max_refs: int = 8,
     reduce: str = "spread",
     num_keyframes: int = DEFAULT_NUM_KEYFRAMES,
+    image_features: ImageFeatures | None = None,
+    shortcut: RetrievalShortcut | None = None,
 ) -> References:
     """The release's retrieval for one trajectory: its SSM references from ``bank``.
 
@@ -471,6 +585,8 @@ def retrieve(
         max_refs: at most this many references (release: 8).
         reduce: how more than ``max_refs`` candidates are cut (see :func:`select_references`).
         num_keyframes: the model's keyframe count (release: 21).
+        image_features: DINOv2 features for ``reduce="dinov2_fps"`` (the release's cut).
+        shortcut: the release's push towards an earlier clip's views (:class:`RetrievalShortcut`).
     """
     cams = getattr(target, "cameras", target)
     if not isinstance(cams, Cameras):
@@ -485,4 +601,64 @@ def retrieve(
     sel = torch.as_tensor(kf[1:], device=cams.w2c.device)
     scores = score_bank(cams.w2c[sel], cams.K[sel], bank.w2c, bank.K, cams.height, cams.width, mode=mode,
                         bank_sizes=bank.sizes)
-    return select_references(scores, bank, np.arange(1, len(kf)), max_refs, reduce, poses=kf[1:])
+    slots = np.arange(1, len(kf))
+    bonus = None if shortcut is None else shortcut_bonus(shortcut, bank.sources, slots, len(kf))
+    return select_references(scores, bank, slots, max_refs, reduce, poses=kf[1:], image_features=image_features,
+                             bonus=bonus)
+
+
+# ---------------------------------------------------------------------------------------------
+# the release's retrieval shortcuts
+# ---------------------------------------------------------------------------------------------
+
+#: ``kind`` of :class:`RetrievalShortcut` (``src/retrieval_wm.py``, ``SimpleMemoryBank.retrieval``).
+SHORTCUT_KINDS = ("aerial", "view_first", "view_second")
+# Keyframe slots the release pushes: every slot but these for aerial clips, these for views.
+_AERIAL_FREE_SLOTS = (4, 8, 12, 16)
+_VIEW_SLOTS = (1, 2, 3, 5, 7, 9, 13, 17)
+SHORTCUT_BONUS = 1.0  # added to the overlap score (≤ 1): the pushed view wins its keyframe
+
+
+@dataclass(frozen=True)
+class RetrievalShortcut:
+    """The release's retrieval shortcut: a trajectory is pushed towards the views an earlier clip
+    added to the memory bank, whatever their frustum overlap.
+
+    The release uses it in its panorama runs: the *aerial* clips (``wonder*`` / ``target*``
+    views, second trajectory) lean on their first trajectory's frames, and a view's first two
+    trajectories lean on its third one (generated first). Pool = the source clip's bank entries
+    (bank order) ``[3::2]`` — ``view_second`` takes the first half of them first. Keyframe slot
+    ``i`` of ``F`` keyframes is pushed towards ``pool[int(i / F · len(pool))]`` (+1 to its score)
+    at every slot but 4, 8, 12, 16 (``aerial``) or at slots 1, 2, 3, 5, 7, 9, 13, 17 (``view_*``).
+
+    Attributes:
+        kind: ``"aerial"``, ``"view_first"`` or ``"view_second"``.
+        source: bank label of the earlier clip: entries whose source label is ``source`` or
+            starts with ``source + ":"`` (the loop labels clip ``i`` of preset ``p`` ``"traj{i}:{p}"``;
+            Memory Bank Update uses its ``label`` input).
+    """
+
+    kind: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHORTCUT_KINDS:
+            raise InvalidTrajectoryError(f"unknown retrieval shortcut {self.kind!r}; use one of {', '.join(SHORTCUT_KINDS)}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise InvalidTrajectoryError("a retrieval shortcut needs the bank label of the clip it leans on (e.g. 'traj0:orbit')")
+
+
+def shortcut_bonus(shortcut: RetrievalShortcut, sources: Sequence[str], slots: Sequence[int], num_keyframes: int) -> np.ndarray:
+    """``[T, N]`` score bonus of a shortcut for target rows at keyframe ``slots`` against a bank
+    whose entries are labelled ``sources`` (zeros where the source clip has too few entries)."""
+    src = shortcut.source.strip()
+    clip = [i for i, s in enumerate(sources) if s == src or s.startswith(src + ":")]
+    pool = (clip[: len(clip) // 2] if shortcut.kind == "view_second" else clip)[3::2]
+    bonus = np.zeros((len(slots), len(sources)))
+    if not pool:
+        return bonus
+    for row, slot in enumerate(int(s) for s in slots):
+        pushed = slot not in _AERIAL_FREE_SLOTS if shortcut.kind == "aerial" else slot in _VIEW_SLOTS
+        if pushed:
+            bonus[row, pool[int(slot / num_keyframes * len(pool))]] = SHORTCUT_BONUS
+    return bonus

@@ -421,3 +421,40 @@ def test_loop_starts_from_a_given_bank_and_cache():
     with pytest.raises(WorldStereoError, match="clip_alignment"):
         run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
                        LoopConfig(clip_alignment="icp"))
+
+
+def test_loop_reference_cut_and_shortcut_settings():
+    """LoopConfig.reference_cut and .retrieval_shortcuts reach the retrieval: the 'left' clip is
+    pushed towards the views the earlier 'right' clip added (the release's view shortcut), and
+    the release's DINOv2 cut runs on the features it is given."""
+    scene = make_scene("room", seed=0)
+    view = scene.default_view(32, 48)
+    calls = []
+
+    def features(images):
+        calls.append(len(images))
+        return torch.stack([im.float().mean((0, 1)) for im in images]).double().numpy()
+
+    cfg = LoopConfig(radius=0.1, retrieval_shortcuts=(("left", "view_first", "right"),))
+    res = run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene),
+                         ("right", "left"), cfg)
+    left = res.steps[1].references
+    pool = [i for i, s in enumerate(res.bank.sources) if s.startswith("traj0:right:")][3::2]
+    assert len(pool) == 3
+    for slot, a in zip(left.slots.tolist(), left.assignment.tolist()):
+        if slot in (1, 2, 3, 5, 7, 9, 13, 17):  # the release's view-shortcut slots
+            assert a == pool[int(slot / 21 * len(pool))]
+    # the release's DINOv2 cut runs on the features it is given when more than 2 views qualify
+    cut = run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene),
+                         ("right", "left"), LoopConfig(radius=0.1, max_references=2, reference_cut="dinov2_fps"),
+                         image_features=features)
+    assert calls and all(len(s.references) <= 2 for s in cut.steps)
+    with pytest.raises(InvalidTrajectoryError, match="needs image_features"):
+        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("up",),
+                       LoopConfig(reference_cut="dinov2_fps"))
+    with pytest.raises(InvalidTrajectoryError, match="must run before"):
+        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene),
+                       ("left", "right"), LoopConfig(retrieval_shortcuts=(("left", "view_first", "right"),)))
+    with pytest.raises(InvalidTrajectoryError, match="unknown reference_cut"):
+        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("up",),
+                       LoopConfig(reference_cut="best"))

@@ -312,3 +312,154 @@ def test_retrieval_targets_are_the_models_keyframes(num_poses):
     for b, ri in zip(r.bank_indices.tolist(), r.ref_index.tolist()):
         assert bank_poses[b] == kf[ri + 1]
         torch.testing.assert_close(w[bank_poses[b]], traj.keyframes().w2c[ri + 1].double())
+
+
+# ---------------------------------------------------------------------------------------------
+# the release's reference cut (dinov2_fps) and retrieval shortcuts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_image_quality_scores_against_independent_math():
+    """Grey = OpenCV BGR2GRAY of the RGB array (so 0.114 R + 0.587 G + 0.299 B), Laplacian with
+    mirrored borders (scipy's mode='mirror' = OpenCV's REFLECT_101), 256-bin entropy, std."""
+    from scipy import ndimage
+    from scipy.stats import entropy
+
+    from worldstereo_core.retrieval import image_quality_scores
+
+    g = np.random.default_rng(0)
+    img = g.random((23, 31, 3))
+    u8 = np.round(img * 255).astype(np.int64)
+    gray = np.round(u8 @ np.array([0.114, 0.587, 0.299]))
+    (score,) = image_quality_scores([torch.from_numpy(img)])
+    ours_gray = (u8[..., 0] * 1868 + u8[..., 1] * 9617 + u8[..., 2] * 4899 + 8192) >> 14
+    assert np.abs(ours_gray - gray).max() <= 1  # fixed point vs float weights: at most one level
+    lap = ndimage.laplace(ours_gray.astype(float), mode="mirror")
+    hist = np.bincount(ours_gray.ravel(), minlength=256)
+    expected = 0.4 * np.log1p(lap.var()) + 0.3 * entropy(hist, base=2) + 0.3 * ours_gray.std() / 128
+    assert score == pytest.approx(expected, abs=1e-6)
+    # a flat image: no sharpness, no entropy, no contrast
+    assert image_quality_scores([torch.full((8, 8, 3), 0.5)])[0] == pytest.approx(0.0, abs=1e-6)
+    # detail raises the score
+    blur = torch.from_numpy(ndimage.uniform_filter(img, size=(5, 5, 1)))
+    assert image_quality_scores([torch.from_numpy(img)])[0] > image_quality_scores([blur])[0]
+
+
+def test_farthest_point_sampling_hand_case_and_quality_bias():
+    from worldstereo_core.retrieval import farthest_point_sampling
+
+    # points on a line: start nearest the centroid (2), then the far ends, farthest first
+    f = np.array([[0.0], [1.0], [2.1], [3.0], [5.0]])
+    assert farthest_point_sampling(f, 3) == [2, 4, 0]
+    # two equally far candidates: the sharper image wins (distance × (1 + 0.1·(q − 0.5)))
+    f2 = np.array([[0.0], [-1.0], [1.0]])
+    assert farthest_point_sampling(f2, 2, quality=np.array([0.5, 0.0, 1.0]))[1] == 2
+    assert farthest_point_sampling(f2, 2, quality=np.array([0.5, 1.0, 0.0]))[1] == 1
+
+
+def _twenty_views(seed: int = 0) -> MemoryBank:
+    """20 bank views turning about y; frames are noise of per-view strength (view 7 is flat)."""
+    g = torch.Generator().manual_seed(seed)
+    w2c = np.stack([_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)])
+    frames = tuple(torch.full((12, 16, 3), 0.5) if i == 7 else torch.rand(12, 16, 3, generator=g) for i in range(20))
+    return MemoryBank(frames, torch.as_tensor(w2c), torch.as_tensor(np.repeat(K2[None], 20, 0)), tuple(f"v{i}" for i in range(20)))
+
+
+def test_release_cut_dinov2_fps():
+    bank = _twenty_views()
+    sc = _diag_scores()  # keyframe t prefers view t
+    seen = []
+
+    def clustered(images):  # image features: views 0-9 one cluster, 10-19 another, far apart
+        seen.append(len(images))
+        ids = [next(i for i, f in enumerate(bank.frames) if f is im) for im in images]
+        return np.array([[100.0 * (i >= 10), float(i % 10)] for i in ids])
+
+    r = select_references(sc, bank, max_refs=8, reduce="dinov2_fps", image_features=clustered)
+    assert seen == [20]  # one feature per distinct candidate view
+    kept = r.bank_indices.tolist()
+    assert 1 <= len(kept) <= 8 and len(set(kept)) == len(kept)
+    assert any(k < 10 for k in kept) and any(k >= 10 for k in kept)  # both image clusters
+    # every keyframe is re-assigned to its best kept view; ref_index = its first keyframe
+    assert set(r.assignment.tolist()) == set(kept)
+    assert all(sc[t, a] == max(sc[t, k] for k in kept) for t, a in enumerate(r.assignment.tolist()))
+    assert r.ref_index.tolist() == [r.assignment.tolist().index(k) for k in kept]
+    # deterministic; differs from the camera-only rule once images matter
+    again = select_references(sc, bank, max_refs=8, reduce="dinov2_fps", image_features=clustered)
+    assert again.bank_indices.tolist() == kept
+    # the flat view 7 loses near-ties to textured ones: with identical image features everywhere,
+    # the selection is the camera FPS reweighted by quality, and 7 (quality 0) is never the start
+    flat = select_references(sc, bank, max_refs=8, reduce="dinov2_fps", image_features=lambda im: np.zeros((len(im), 4)))
+    assert flat.bank_indices.tolist()[0] != 7
+    with pytest.raises(InvalidTrajectoryError, match="DINOv2"):
+        select_references(sc, bank, max_refs=8, reduce="dinov2_fps")
+    with pytest.raises(InvalidTrajectoryError, match="one row per image"):
+        select_references(sc, bank, max_refs=8, reduce="dinov2_fps", image_features=lambda im: np.zeros((1, 4)))
+    # no cut needed: the features are never computed
+    seen.clear()
+    assert len(select_references(sc, bank, max_refs=20, reduce="dinov2_fps", image_features=clustered)) == 20
+    assert seen == []
+
+
+def test_release_cut_counts_every_keyframe_row():
+    """The release samples over one row per target keyframe: a view chosen by many keyframes
+    pulls the centroid (and so the first pick) towards itself."""
+    from worldstereo_core.retrieval import _release_cut
+
+    bank = _twenty_views()
+    no_images = lambda im: np.zeros((len(im), 2))  # noqa: E731  (camera features alone decide)
+    once = _release_cut(np.arange(10), bank, 4, no_images)
+    heavy = _release_cut(np.array([0] * 11 + list(range(1, 10))), bank, 4, no_images)  # view 0 by 11 keyframes
+    assert len(once) == len(heavy) == 4
+    assert heavy[0] < once[0]  # the start (nearest the centroid) moves towards view 0
+
+
+def test_shortcut_bonus_follows_the_release_slots():
+    from worldstereo_core.retrieval import RetrievalShortcut, shortcut_bonus
+
+    sources = ["input"] + [f"traj0:orbit:kf{i}" for i in range(8)] + [f"traj1:up:kf{i}" for i in range(8)]
+    slots = np.arange(1, 21)
+    b = shortcut_bonus(RetrievalShortcut("aerial", "traj0:orbit"), sources, slots, 21)
+    pool = [4, 6, 8]  # the clip's entries 3, 5, 7 (bank indices 1 + 3, 1 + 5, 1 + 7)
+    for row, slot in enumerate(slots):
+        if slot in (4, 8, 12, 16):
+            assert b[row].sum() == 0
+        else:
+            assert b[row].tolist() == [1.0 if c == pool[int(slot / 21 * 3)] else 0.0 for c in range(len(sources))]
+    v1 = shortcut_bonus(RetrievalShortcut("view_first", "traj1:up"), sources, slots, 21)
+    assert sorted(int(s) for s in slots[v1.sum(1) > 0]) == [1, 2, 3, 5, 7, 9, 13, 17]
+    assert set(np.nonzero(v1)[1].tolist()) <= {12, 14, 16}
+    v2 = shortcut_bonus(RetrievalShortcut("view_second", "traj1:up"), sources, slots, 21)
+    assert set(np.nonzero(v2)[1].tolist()) == {12}  # first half (4 entries)[3::2] = entry 3
+    # "traj1" alone matches "traj1:up:…" but not "traj10:…"; an unknown clip gives no bonus
+    assert shortcut_bonus(RetrievalShortcut("aerial", "traj1"), sources + ["traj10:x:kf0"], slots, 21)[:, -1].sum() == 0
+    assert shortcut_bonus(RetrievalShortcut("aerial", "traj7"), sources, slots, 21).sum() == 0
+    with pytest.raises(InvalidTrajectoryError, match="unknown retrieval shortcut"):
+        RetrievalShortcut("wonder", "traj0")
+    with pytest.raises(InvalidTrajectoryError, match="bank label"):
+        RetrievalShortcut("aerial", " ")
+
+
+def test_retrieve_with_a_shortcut_takes_the_pushed_views():
+    from worldstereo_core.cameras import intrinsics_from_fov
+    from worldstereo_core.retrieval import RetrievalShortcut
+    from worldstereo_core.trajectory import make_preset
+
+    first = Cameras(torch.eye(4, dtype=torch.float64)[None], intrinsics_from_fov(60, 24, 32), 24, 32)
+    traj = make_preset("left", first, 2.0)
+    far = make_preset("right", first, 2.0).keyframes()  # looks the other way: low overlap
+    frames = torch.rand(len(far), 24, 32, 3)
+    bank = MemoryBank.from_views(frames[:1], traj.keyframes()[:1], ["input"])
+    bank = bank.update(frames, far, "traj0:right")
+    plain = retrieve(traj, bank)
+    pushed = retrieve(traj, bank, shortcut=RetrievalShortcut("aerial", "traj0:right"))
+    clip = [i for i, s in enumerate(bank.sources) if s.startswith("traj0:right:")]
+    pool = clip[3::2]
+    free = {4, 8, 12, 16}
+    for row, slot in enumerate(pushed.slots.tolist()):
+        if slot not in free:
+            assert pushed.assignment[row] == pool[int(slot / 21 * len(pool))]
+        else:
+            assert pushed.assignment[row] == plain.assignment[row]
+    # reported scores are overlaps, never the +1 bonus
+    assert float(pushed.scores.max()) <= 1.0

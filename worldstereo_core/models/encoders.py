@@ -221,6 +221,22 @@ class UMT5TextEncoder:
 
 # ------------------------------------------------------------------------------------------ image
 
+def resize_center_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.Tensor:
+    """``[N, C, H, W]`` → ``[N, C, crop, crop]`` as transformers' image processors do it: shortest edge
+    to ``shortest_edge`` (long edge ``int(shortest_edge · long / short)``, bicubic, antialiased),
+    then the centre crop at offset ``int((size − crop) / 2)`` (truncated, as transformers'
+    ``center_crop`` in its PIL and torchvision paths alike)."""
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(shortest_edge * long / short)
+    new_hw = (shortest_edge, new_long) if h <= w else (new_long, shortest_edge)
+    if (h, w) != new_hw:
+        x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
+    top = (x.shape[-2] - crop) // 2
+    left = (x.shape[-1] - crop) // 2
+    return x[..., top: top + crop, left: left + crop]
+
+
 def clip_preprocess(
     images: torch.Tensor,
     size: int = 224,
@@ -239,16 +255,7 @@ def clip_preprocess(
         raise ModelInputError(f"images for CLIP must be [N, 3, H, W] in [-1, 1]; got {shape}")
     if pixel_scale not in ("release", "unit"):
         raise ModelInputError(f"pixel_scale must be 'release' or 'unit'; got {pixel_scale!r}")
-    x = (images.float() + 1.0) * 0.5
-    h, w = x.shape[-2:]
-    short, long = (h, w) if h <= w else (w, h)
-    new_long = int(size * long / short)
-    new_hw = (size, new_long) if h <= w else (new_long, size)
-    if (h, w) != new_hw:
-        x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
-    top = int(round((x.shape[-2] - size) / 2.0))
-    left = int(round((x.shape[-1] - size) / 2.0))
-    x = x[..., top: top + size, left: left + size]
+    x = resize_center_crop((images.float() + 1.0) * 0.5, size, size)
     if pixel_scale == "release":
         x = x * 255.0
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -444,6 +451,7 @@ __all__ = [
     "load_text_encoder",
     "load_tokenizer",
     "prompt_clean",
+    "resize_center_crop",
     "tiny_clip_vision_config",
     "tiny_umt5_config",
 ]

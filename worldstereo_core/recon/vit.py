@@ -8,9 +8,10 @@ so one module serves both layouts key for key. The blocks also build WorldMirror
 aggregator, which adds QK-norm and a normalised 2D RoPE (:class:`NormalizedRope2D`).
 
 The two releases differ in one place, how the position table is resized to another token grid:
-MoGe-2 uses DINOv2's own rule (bicubic with a scale factor of ``(n + 0.1) / m``, no antialiasing)
-and WorldMirror resizes to the exact grid with antialiased bicubic — :class:`DinoViT` takes it as
-``pos_resize``.
+MoGe-2 uses DINOv2's own rule (bicubic with a scale factor of ``(n + 0.1) / m``, no antialiasing),
+WorldMirror resizes to the exact grid with antialiased bicubic, and transformers' ``Dinov2Model``
+(the release's DINOv2-base image features for its reference cut, :mod:`worldstereo_core.models.dinov2`)
+resizes to the exact grid without antialiasing — :class:`DinoViT` takes it as ``pos_resize``.
 
 Images enter ImageNet-normalised (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`).
 """
@@ -150,7 +151,7 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-PosResize = Literal["dinov2", "antialiased"]
+PosResize = Literal["dinov2", "antialiased", "exact"]
 
 
 class DinoViT(nn.Module):
@@ -158,7 +159,7 @@ class DinoViT(nn.Module):
     table for an ``img_size`` square, ``depth`` blocks, final LayerNorm.
 
     ``pos_resize`` chooses how the position table follows another grid (see the module docstring):
-    ``"dinov2"`` (MoGe-2) or ``"antialiased"`` (WorldMirror).
+    ``"dinov2"`` (MoGe-2), ``"antialiased"`` (WorldMirror) or ``"exact"`` (transformers' DINOv2).
     """
 
     dinov2_interpolate_offset = 0.1  # DINOv2's work-around offset for pos-embed interpolation
@@ -199,7 +200,7 @@ class DinoViT(nn.Module):
             off = self.dinov2_interpolate_offset
             grid = F.interpolate(grid, scale_factor=((rows + off) / m, (cols + off) / m), mode="bicubic", antialias=False)
         else:
-            grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=True)
+            grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=self.pos_resize == "antialiased")
         grid = grid.permute(0, 2, 3, 1).flatten(1, 2)
         return torch.cat([pos[:, :1].float(), grid], dim=1).to(pos.dtype)
 
