@@ -134,6 +134,16 @@ def _prefer(options: list[str], *words: str) -> str:
     return options[0]
 
 
+def _base_default(files: list[str]) -> str:
+    """The first Wan2.1 I2V 480p file of models/diffusion_models (the base the release names), else the
+    wan_folder: never another model that happens to be first in the list."""
+    for words in (("i2v", "480p", "14b"), ("i2v", "480p")):
+        for f in files:
+            if all(w in f.lower() for w in words) and "2.2" not in f and "2_2" not in f:
+                return f
+    return FROM_WAN
+
+
 def _wan_path(wan_folder: str) -> str | None:
     """The diffusers Wan folder: inside ComfyUI's model folders (symlinks resolved), or None."""
     if not wan_folder.strip():
@@ -219,8 +229,7 @@ class WorldStereoLoadModel(io.ComfyNode):
                 io.Combo.Input("attention_backend", options=ATTENTION_BACKENDS, default="default",
                                tooltip="diffusers attention backend; default = PyTorch SDPA. Others need their "
                                "package (flash-attn, sageattention, xformers)."),
-                io.Combo.Input("base_model", options=base_opts,
-                               default=_prefer(base_opts, "i2v_480p_14b", "i2v_480p", "i2v"), optional=True,
+                io.Combo.Input("base_model", options=base_opts, default=_base_default(base_files), optional=True,
                                tooltip="Wan2.1-I2V-14B-480P weights that fill the backbone keys a WorldStereo file "
                                "lacks, as the release does (it builds the transformer from its base model): a file in "
                                "models/diffusion_models (e.g. wan2.1_i2v_480p_14B_bf16 or _fp8_scaled; fp8 is "
