@@ -215,3 +215,18 @@ def test_base_is_not_read_when_the_checkpoint_is_complete(tmp_path, models):
     folder = save_worldstereo(model, tmp_path / "full")
     loaded = load_worldstereo(folder, dtype=torch.float32, base_model=tmp_path / "no_such_base")
     assert loaded.load_report.from_base == () and len(loaded.load_report.sources) == 1
+
+
+def test_comfyui_key_names_cover_the_released_backbone(fixtures_dir):
+    """At full size: every backbone key of the released schema comes out of ComfyUI's original key names
+    (as the I2V 14B file has them) and of the diffusers names, and nothing else does."""
+    from worldstereo_core.models.conversion import plan_wan_transformer
+
+    schema = json.loads((fixtures_dir / "checkpoints" / "worldstereo_state_dict_schema.json").read_text())
+    backbone = {k for k in schema["variants"]["worldstereo-memory"] if is_backbone_key(k)}
+    assert len(backbone) > 1000 and any("add_k_proj" in k for k in backbone)  # the I2V image path is there
+    comfy = ["model.diffusion_model." + _to_original(k) for k in backbone]
+    comfy_fp8 = comfy + [k[: -len(".weight")] + ".scale_weight" for k in comfy if k.endswith(".weight")] + ["scaled_fp8"]
+    for keys, layout in ((comfy, "comfyui"), (comfy_fp8, "comfyui_scaled_fp8"), (sorted(backbone), "diffusers")):
+        plan = plan_wan_transformer(keys)
+        assert plan.layout == layout and set(plan.targets) == backbone
