@@ -393,6 +393,13 @@ def load_worldstereo(
     ``base_model`` and loads the checkpoint with ``strict=False``); keys the checkpoint has win. Any
     other mismatch raises :class:`CheckpointError` naming the key groups and the likely cause.
 
+    What is known of the published files: ``worldstereo-memory-dmd/model.safetensors`` is one 34.9 GB
+    bf16 file holding the complete transformer (1799 tensors, 17.43 B; a third-party read of its
+    header), so it needs no base; the diffusers base ships its transformer in 14 shards with a
+    ``diffusion_pytorch_model.safetensors.index.json`` (read as such). The camera / memory files and
+    the three config.json files could not be inspected here; anything they lack beyond the backbone
+    is reported as an error naming the groups.
+
     Tensors go straight from the files to ``device`` in ``dtype`` (``None`` keeps the file's; a few
     modulation/norm tensors stay float32 as in diffusers). ``model.load_report`` (:class:`LoadReport`)
     says which groups came from which file; the same line is logged.
