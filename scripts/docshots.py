@@ -151,7 +151,7 @@ FOCUS_NODE_JS = """([type, size, vp]) => {
 # an elevated three-quarter orbit (VIEW). The distance scales with the cameras' extent
 # (trajectories and memory views), not the cloud's box: depth-edge streaks and far walls
 # inflate the box, and the frustums should stay big enough to read. World y points down
-# (DESIGN §3): a positive pitch looks down on the floor. The yaw is relative to the first
+# (ARCHITECTURE §3): a positive pitch looks down on the floor. The yaw is relative to the first
 # camera's heading, so the view does not depend on the scene's frame.
 ORBIT_JS = """([type, yawOffset, pitch, distScale, mix, lift]) => {
   const v = window.app.graph._nodes.find(n => n.type === type).__wsInspector.viewer, s = v.scene;

@@ -1,6 +1,6 @@
 """Camera batches and the conventions every module keeps.
 
-Conventions (DESIGN §3): OpenCV camera frame (x right, y down, z forward); extrinsics are
+Conventions (ARCHITECTURE §3): OpenCV camera frame (x right, y down, z forward); extrinsics are
 ``w2c`` 4×4 world-to-camera matrices unless a name says ``c2w``; intrinsics ``K`` are 3×3 in
 pixels of the image they belong to, with pixel (u, v) covering [u, u+1) × [v, v+1).
 """
@@ -378,7 +378,7 @@ def plucker_embedding(
     release (ComfyUI core / FunCamera use the opposite). With ``normalize`` the poses first go
     through :func:`normalize_cameras` (``convention``: ``worldstereo``, or ``uni3c`` for the Uni3C
     branch). The release samples pixel ``(i, j)`` (column, row) at image
-    point ``x = i − 0.5, y = j + 0.5`` — not the pixel centre ``(i + 0.5, j + 0.5)`` of DESIGN §3;
+    point ``x = i − 0.5, y = j + 0.5`` — not the pixel centre ``(i + 0.5, j + 0.5)`` of ARCHITECTURE §3;
     we reproduce that offset because it is what the weights saw.
 
     Args:

@@ -4,7 +4,7 @@ Every writer is atomic: it writes a temporary file beside the target and renames
 target with :func:`os.replace`, so a crash never leaves a half-written file under the final
 name. Parent folders are created when missing.
 
-Conventions at the edges (DESIGN §3 inside, each format's own convention outside):
+Conventions at the edges (ARCHITECTURE §3 inside, each format's own convention outside):
 
 * **PLY**: world coordinates unchanged (x, y, z float32; red, green, blue uchar; optional
   nx, ny, nz float32), binary little-endian.

@@ -1,6 +1,6 @@
 """The scene loop: one input view → 3D cache → trajectories → generated frames → merged cloud.
 
-This is the paper's multi-trajectory loop (DESIGN §1):
+This is the paper's multi-trajectory loop (ARCHITECTURE §1):
 
 1. the input view's depth is lifted into the first **3D cache**; the **memory bank** starts
    with the input image;

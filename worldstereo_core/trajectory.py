@@ -1,6 +1,6 @@
 """Camera trajectories: presets, keyframe interpolation, obstacle-aware shortening, camera.json.
 
-All poses follow DESIGN §3 (OpenCV camera frame, ``w2c`` world-to-camera, ``K`` in pixels).
+All poses follow ARCHITECTURE §3 (OpenCV camera frame, ``w2c`` world-to-camera, ``K`` in pixels).
 
 Presets are built from a *first camera* and the scene's *median depth* ``m``; the point
 ``c = C₀ + m·z₀`` on the first camera's optical axis at the median depth is the centre the

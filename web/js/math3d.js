@@ -1,5 +1,5 @@
 // Small 3D math for the inspector. Matrices are Float64Array(16) in ROW-major order, the way
-// the server writes w2c and K (DESIGN §3: OpenCV camera x right, y down, z forward).
+// the server writes w2c and K (ARCHITECTURE §3: OpenCV camera x right, y down, z forward).
 // Only the GL upload transposes (WebGL wants column-major).
 
 export const vec = {

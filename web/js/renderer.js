@@ -1,6 +1,6 @@
 // WebGL2 viewer of a decoded inspector scene: coloured points, camera frustums, memory views,
 // retrieval links, plus an overlay (the trajectory editor's handles). Orbit / pan / zoom.
-// World coordinates follow DESIGN §3 (OpenCV: y down), so "up" on screen is world −y.
+// World coordinates follow ARCHITECTURE §3 (OpenCV: y down), so "up" on screen is world −y.
 
 import { apply4, invertRigid, lookAtW2C, mul, poseAxes, projectionFromK, transpose, vec } from "./math3d.js";
 
