@@ -74,14 +74,14 @@ def model_files(name: str) -> list[str]:
 
 def model_file_path(folder: str, name: str, what: str, layout: str = "model.safetensors (+ config.json)") -> str:
     """Full path of ``name`` (a Load node's combo value) under ``models/<folder>/``, or a
-    :class:`CheckpointError` that says where the files go."""
+    :class:`CheckpointMismatchError` that says where the files go."""
     import folder_paths
 
-    from worldstereo_core.errors import CheckpointError
+    from worldstereo_core.errors import MissingFileError
 
     path = folder_paths.get_full_path(folder, name)
     if path is None:
-        raise CheckpointError(
+        raise MissingFileError(
             f"{what} weights {name!r} not found under models/{folder}/; put {layout} in a subfolder there and "
             "refresh the node list"
         )
@@ -206,7 +206,7 @@ def save_target(filename_prefix: str) -> tuple[str, str, int, str]:
 
     import folder_paths
 
-    from worldstereo_core.errors import ExportError, UnsafePathError
+    from worldstereo_core.errors import OutputPathError, UnsafePathError
 
     out = output_dir()
     real_out = os.path.realpath(out)
@@ -217,7 +217,7 @@ def save_target(filename_prefix: str) -> tuple[str, str, int, str]:
         try:
             folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out)
         except OSError as e:  # e.g. a file where the prefix needs a folder
-            raise ExportError(f"cannot use filename_prefix {filename_prefix!r}: {e.strerror or e}") from None
+            raise OutputPathError(f"cannot use filename_prefix {filename_prefix!r}: {e.strerror or e}") from None
         except Exception as e:  # ComfyUI raises a bare Exception for prefixes that leave the output folder
             if "outside the output folder" not in str(e):
                 raise

@@ -11,7 +11,13 @@ from .comfy_v3 import io
 from worldstereo_core import memory as mem_lib
 from worldstereo_core import interfaces, merge, render
 from worldstereo_core import retrieval as ret_lib
-from worldstereo_core.errors import MemoryBankError, WorldStereoError
+from worldstereo_core.errors import (
+    InvalidInputError,
+    InvalidOptionError,
+    MissingInputError,
+    ShapeMismatchError,
+    WorldStereoError,
+)
 
 from .common import (CATEGORY, DTYPES, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
                      inspector_ui, model_file_path, model_files, option, output_folder, register_model_folder,
@@ -29,14 +35,14 @@ def _frames_cameras(frames: torch.Tensor, trajectory):
     holds 21 frames of an 81-pose trajectory, else its poses one to one."""
     trajs = trajectories_of(trajectory)
     if len(trajs) != 1:
-        raise MemoryBankError(f"connect one trajectory (got {len(trajs)}); each clip updates the bank on its own")
+        raise InvalidInputError(f"connect one trajectory (got {len(trajs)}); each clip updates the bank on its own")
     traj = trajs[0]
     if frames.shape[0] == len(traj):
         cams = traj.cameras
     elif frames.shape[0] == len(traj.keyframe_indices()):
         cams = traj.keyframes()
     else:
-        raise MemoryBankError(
+        raise ShapeMismatchError(
             f"{frames.shape[0]} frames for a trajectory of {len(traj)} poses ({len(traj.keyframe_indices())} "
             "keyframes); give one frame per pose or per keyframe"
         )
@@ -70,7 +76,7 @@ class MemoryBankCreate(io.ComfyNode):
     @classmethod
     def execute(cls, images, cameras, label) -> io.NodeOutput:
         if images.shape[0] != len(cameras):
-            raise MemoryBankError(f"{images.shape[0]} images but {len(cameras)} cameras; give one camera per view")
+            raise ShapeMismatchError(f"{images.shape[0]} images but {len(cameras)} cameras; give one camera per view")
         if (cameras.height, cameras.width) != tuple(images.shape[1:3]):
             cameras = cameras.resized(images.shape[1], images.shape[2])
         labels = [label] if len(cameras) == 1 else [f"{label}:{i:02d}" for i in range(len(cameras))]
@@ -245,11 +251,11 @@ class Retrieve3DFOV(io.ComfyNode):
                 shortcut_source="", dinov2=None) -> io.NodeOutput:
         trajs = trajectories_of(trajectory)
         if len(trajs) != 1:
-            raise MemoryBankError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
+            raise InvalidInputError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
         traj = trajs[0]
         cams = traj.cameras
         if reference_cut == "dinov2_fps" and dinov2 is None:
-            raise MemoryBankError("reference_cut dinov2_fps (the release's cut) needs DINOv2: connect Load DINOv2, "
+            raise MissingInputError("reference_cut dinov2_fps (the release's cut) needs DINOv2: connect Load DINOv2, "
                                   "or choose spread")
         cut = None if shortcut == "none" else ret_lib.RetrievalShortcut(shortcut, shortcut_source)
         refs = ret_lib.retrieve(traj, bank, mode=mode, max_refs=max_references, reduce=reference_cut,
@@ -308,12 +314,12 @@ class UmeyamaMerge(io.ComfyNode):
     def execute(cls, cache, frames, depth, trajectory, mode, voxel_size_fraction, seed,
                 skip_first_frame=True) -> io.NodeOutput:
         if len(cache) == 0:
-            raise MemoryBankError("the cache is empty; build it first (Build Point Cloud) and connect it")
+            raise MissingInputError("the cache is empty; build it first (Build Point Cloud) and connect it")
         traj, cams = _frames_cameras(frames, trajectory)
         img = frames[..., :3].float()
         d = depth.float()
         if tuple(d.shape) != tuple(img.shape[:3]):
-            raise MemoryBankError(
+            raise ShapeMismatchError(
                 f"depth is {tuple(d.shape)} but frames are {tuple(img.shape[:3])}; give one depth map per frame, "
                 "at the frames' size"
             )
@@ -381,9 +387,9 @@ class MemoryBankView(io.ComfyNode):
         from worldstereo_core.recon.reconstruct import resize_frames
 
         if index >= len(bank):
-            raise MemoryBankError(f"the bank has {len(bank)} views (0..{len(bank) - 1}); index {index} is not one of them")
+            raise InvalidInputError(f"the bank has {len(bank)} views (0..{len(bank) - 1}); index {index} is not one of them")
         if (width == 0) != (height == 0):
-            raise MemoryBankError("set both width and height (multiples of 16), or leave both 0 for the view's size")
+            raise InvalidOptionError("set both width and height (multiples of 16), or leave both 0 for the view's size")
         h, w = (int(v) for v in bank.sizes[index])
         out_h, out_w = (height, width) if width else (h, w)
         cam = CameraBatch(bank.w2c[index : index + 1], bank.K[index : index + 1], h, w)

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from .comfy_v3 import io
 
-from worldstereo_core.errors import CheckpointError, InvalidTrajectoryError, ModelInputError
+from worldstereo_core.errors import (
+    InvalidInputError,
+    InvalidTrajectoryError,
+    MissingFileError,
+    MissingInputError,
+    ShapeMismatchError,
+)
 from worldstereo_core.retrieval import References
 
 from .common import (
@@ -110,7 +116,7 @@ def _checkpoint_path(name: str) -> str:
         path = os.path.join(base, name)
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
-    raise CheckpointError(
+    raise MissingFileError(
         f"WorldStereo checkpoint {name!r} not found in {folder_paths.get_folder_paths(FOLDER)}; put the released "
         "worldstereo-camera / worldstereo-memory / worldstereo-memory-dmd folders (config.json + model.safetensors) "
         "into ComfyUI/models/worldstereo/"
@@ -156,7 +162,7 @@ def _component(choice: str, folder: str, wan: str | None, what: str) -> str | No
         return None
     if choice == FROM_WAN:
         if wan is None:
-            raise CheckpointError(f"{what} is set to '{FROM_WAN}' but wan_folder is empty; pick a file or set wan_folder")
+            raise MissingInputError(f"{what} is set to '{FROM_WAN}' but wan_folder is empty; pick a file or set wan_folder")
         return wan
     import folder_paths
 
@@ -312,13 +318,13 @@ def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, vid
             mask = mask[sel] if mask.shape[0] == len(traj) else mask
         want, how = len(idx), f"{len(idx)} keyframes (RenderCache with keyframes_only) or one per pose"
     if render.shape[0] != want or mask.shape[0] != want:
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"render has {render.shape[0]} frames and hole_mask {mask.shape[0]} for a trajectory of {len(traj)} "
             f"poses; give {how}"
         )
     H, W = render.shape[1:3]
     if tuple(mask.shape[1:]) != (H, W):
-        raise ModelInputError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
+        raise ShapeMismatchError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
     cams = traj.cameras if video else traj.keyframes()
     if (cams.height, cams.width) != (H, W):
         cams = cams.resized(H, W)
@@ -342,7 +348,7 @@ class WorldStereoSSMControl(io.ComfyNode):
     @classmethod
     def execute(cls, retrieval) -> io.NodeOutput:
         if len(retrieval) == 0:
-            raise ModelInputError("the retrieval holds no reference; leave SSM unconnected to use the input image")
+            raise InvalidInputError("the retrieval holds no reference; leave SSM unconnected to use the input image")
         return io.NodeOutput(SSMCondition(retrieval))  # a References: what the sampler takes
 
 
@@ -394,7 +400,7 @@ class WorldStereoSampler(io.ComfyNode):
         from worldstereo_core.models.generate import generate_keyframes
 
         if ggm.video != model.video_mode:
-            raise ModelInputError(
+            raise MissingInputError(
                 "the model has the Uni3C branch (video mode, 81 frames): connect Uni3C Control, not GGM Control"
                 if model.video_mode else
                 "this condition is for the Uni3C branch (81 frames): put Load Uni3C ControlNet after the model "
@@ -430,7 +436,7 @@ def _cond_tensor(conditioning) -> torch.Tensor | None:
     if conditioning is None:
         return None
     if not conditioning or not torch.is_tensor(conditioning[0][0]):
-        raise ModelInputError("CONDITIONING input is empty; connect a CLIP Text Encode (UMT5) output")
+        raise MissingInputError("CONDITIONING input is empty; connect a CLIP Text Encode (UMT5) output")
     return conditioning[0][0][:1, :512].float()
 
 
@@ -504,12 +510,12 @@ class WorldStereoSceneLoop(io.ComfyNode):
         from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator
 
         if model.video_mode:
-            raise ModelInputError(
+            raise InvalidInputError(
                 "the Scene Loop runs the keyframe model (GGM, 21 keyframes); a model with the Uni3C branch samples "
                 "whole 81-frame videos — use it with Uni3C Control and the WorldStereo Sampler"
             )
         if moge is None and worldmirror is None:
-            raise ModelInputError(
+            raise MissingInputError(
                 "connect a depth model: Load MoGe-2 to 'moge' or Load WorldMirror 2.0 to 'worldmirror'; the loop "
                 "needs the depth of the generated frames"
             )
@@ -611,7 +617,7 @@ class WorldStereoLastFrame(io.ComfyNode):
         traj = trajs[0]
         counts = {len(traj.keyframe_indices()), len(traj)}  # keyframes (GGM) or every pose (Uni3C)
         if frames.ndim != 4 or frames.shape[0] not in counts:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"got {tuple(frames.shape)} frames for a trajectory of {len(traj)} poses; connect the frames "
                 f"generated along it ({' or '.join(str(c) for c in sorted(counts))} frames)"
             )

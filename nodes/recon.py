@@ -10,7 +10,7 @@ from .comfy_v3 import io
 from worldstereo_core import evaluate as eval_lib
 from worldstereo_core import export
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import ExportError, ReconstructionError
+from worldstereo_core.errors import AlignmentFailedError, MissingInputError, OutputPathError, ShapeMismatchError
 from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud as PointCloudValue
 from worldstereo_core.recon import reconstruct as rec_lib
 from worldstereo_core.recon import worldmirror as wm_lib
@@ -56,7 +56,7 @@ def _write_export_folder(filename_prefix: str, write) -> str:
     try:
         atomic.write_folder(full, lambda tmp: write(str(tmp)))
     except FileExistsError:
-        raise ExportError(f"output folder {rel} appeared while writing; run the node again") from None
+        raise OutputPathError(f"output folder {rel} appeared while writing; run the node again") from None
     return rel
 
 
@@ -148,14 +148,14 @@ class WorldMirrorRecon(io.ComfyNode):
     def execute(cls, frames, trajectory, backend, use_priors, target_size, conf_quantile, remove_depth_edges,
                 camera_source, worldmirror=None, moge=None, cache=None) -> io.NodeOutput:
         if frames.ndim != 4:
-            raise ReconstructionError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
+            raise ShapeMismatchError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
         x = frames[..., :3].float().cpu()
         F_, H, W = x.shape[:3]
         clips = rec_lib.clip_cameras(trajectories_of(trajectory), F_, H, W)
         edges = RELEASE_EDGE_THRESHOLD if remove_depth_edges else None
         if backend == "worldmirror":
             if worldmirror is None:
-                raise ReconstructionError("backend worldmirror needs a model: connect Load WorldMirror 2.0 to worldmirror")
+                raise MissingInputError("backend worldmirror needs a model: connect Load WorldMirror 2.0 to worldmirror")
             progress = Progress(4 * len(clips))
             recs = rec_lib.reconstruct_clips(
                 worldmirror, x, clips, target_size=target_size, use_priors=use_priors,
@@ -167,9 +167,9 @@ class WorldMirrorRecon(io.ComfyNode):
             cams = Cameras.cat([r.cameras for r in recs])
         else:
             if moge is None:
-                raise ReconstructionError("backend depth_fusion needs a depth model: connect Load MoGe-2 to moge")
+                raise MissingInputError("backend depth_fusion needs a depth model: connect Load MoGe-2 to moge")
             if cache is None:
-                raise ReconstructionError("backend depth_fusion aligns the frames to the 3D cache: connect the cache")
+                raise MissingInputError("backend depth_fusion aligns the frames to the 3D cache: connect the cache")
             cams = Cameras.cat(clips)
             progress = Progress(2 * F_)
             est = MoGeDepthEstimator(moge, progress=lambda done, _t: progress(done, 2 * F_))
@@ -177,7 +177,7 @@ class WorldMirrorRecon(io.ComfyNode):
             fused = fuse_depth_to_cache(cache.require_nonempty("3D cache"), x, mono, cams, valid, edge_threshold=edges,
                                         progress=lambda done, _t: progress(F_ + done, 2 * F_))
             if len(fused.cloud) == 0:
-                raise ReconstructionError(
+                raise AlignmentFailedError(
                     "no frame overlapped the 3D cache enough to align its depth; check that the cache and the "
                     "trajectory are in the same world (the cache built from the trajectory's start view)"
                 )

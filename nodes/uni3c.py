@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .comfy_v3 import io
 
-from worldstereo_core.errors import ModelInputError
+from worldstereo_core.errors import InvalidInputError
 
 from .common import CATEGORY, Trajectory, option
 from .models import DTYPES, GGMControl, WSModel, ggm_condition
@@ -61,7 +61,7 @@ class WorldStereoLoadUni3C(io.ComfyNode):
         from worldstereo_core.models.generate import with_uni3c
 
         if model.video_mode:
-            raise ModelInputError("this model already has a Uni3C branch; connect Load WorldStereo Model directly")
+            raise InvalidInputError("this model already has a Uni3C branch; connect Load WorldStereo Model directly")
         path = folder_paths.get_full_path_or_raise(FOLDER, uni3c_name)
         weights_dtype = None if dtype == MODEL_DTYPE else option(DTYPES, dtype, "dtype")
         return io.NodeOutput(with_uni3c(model, path, weights_dtype))

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from worldstereo_core.checkpoint import save_checkpoint
-from worldstereo_core.errors import CheckpointError
+from worldstereo_core.errors import InvalidOptionError
 from worldstereo_core.models.loading import (
     build_transformer,
     init_random_weights,
@@ -230,7 +230,7 @@ def write_tiny_models(
     out: dict[str, Path] = {}
     for v in variants:
         if v not in RELEASE_FOLDERS:
-            raise CheckpointError(f"unknown variant {v!r}; use {sorted(RELEASE_FOLDERS)}")
+            raise InvalidOptionError(f"unknown variant {v!r}; use {sorted(RELEASE_FOLDERS)}")
         out[RELEASE_FOLDERS[v]] = write_tiny_worldstereo(root / "worldstereo" / RELEASE_FOLDERS[v], v, seed)
     out["text_encoder"] = write_tiny_text_encoder(root / "text_encoders" / TINY_FILES["text_encoders"], seed)
     out["image_encoder"] = write_tiny_image_encoder(root / "clip_vision" / TINY_FILES["clip_vision"], seed)

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from .cameras import ArrayLike, as_tensor, like_input
-from .errors import AlignmentError, InvalidDepthError, InvalidPointCloudError
+from .errors import (
+    AlignmentFailedError,
+    InvalidDepthError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidPointCloudError,
+    ShapeMismatchError,
+)
 from .pointcloud import PointCloud
 
 __all__ = [
@@ -54,10 +61,10 @@ class Similarity:
         R = as_tensor(self.R).detach().to(torch.float64)
         t = as_tensor(self.t).detach().to(dtype=torch.float64, device=R.device).reshape(-1)
         if R.shape != (3, 3) or t.shape != (3,):
-            raise AlignmentError(f"Similarity needs R [3, 3] and t [3], got {tuple(R.shape)} and {tuple(t.shape)}")
+            raise ShapeMismatchError(f"Similarity needs R [3, 3] and t [3], got {tuple(R.shape)} and {tuple(t.shape)}")
         s = float(self.s)
         if not math.isfinite(s) or s <= 0:
-            raise AlignmentError(f"Similarity scale must be finite and positive, got {s}")
+            raise InvalidInputError(f"Similarity scale must be finite and positive, got {s}")
         object.__setattr__(self, "s", s)
         object.__setattr__(self, "R", R)
         object.__setattr__(self, "t", t)
@@ -71,11 +78,11 @@ class Similarity:
         """From a ``[4, 4]`` matrix ``[[s·R, t], [0, 0, 0, 1]]`` (s from the cube root of det)."""
         M = as_tensor(M).detach().to(torch.float64)
         if M.shape != (4, 4):
-            raise AlignmentError(f"a similarity matrix must be [4, 4], got {tuple(M.shape)}")
+            raise ShapeMismatchError(f"a similarity matrix must be [4, 4], got {tuple(M.shape)}")
         A = M[:3, :3]
         det = float(torch.linalg.det(A))
         if not det > 0:
-            raise AlignmentError(f"matrix is not a proper similarity (det of the 3×3 block = {det:.3g}, must be > 0)")
+            raise InvalidInputError(f"matrix is not a proper similarity (det of the 3×3 block = {det:.3g}, must be > 0)")
         s = det ** (1.0 / 3.0)
         return Similarity(s, A / s, M[:3, 3])
 
@@ -106,11 +113,11 @@ class Similarity:
 def _points(x: ArrayLike, name: str) -> torch.Tensor:
     p = as_tensor(x)
     if p.ndim != 2 or p.shape[-1] != 3:
-        raise AlignmentError(f"{name} must have shape [N, 3], got {tuple(p.shape)}")
+        raise ShapeMismatchError(f"{name} must have shape [N, 3], got {tuple(p.shape)}")
     p = p.detach().to(torch.float64)
     if not torch.isfinite(p).all():
         n = int((~torch.isfinite(p).all(-1)).sum())
-        raise AlignmentError(f"{name} has {n} points with NaN/inf coordinates; drop them before aligning")
+        raise InvalidInputError(f"{name} has {n} points with NaN/inf coordinates; drop them before aligning")
     return p
 
 
@@ -162,11 +169,11 @@ def _umeyama_batched(
 
 def _check_pair(src: torch.Tensor, dst: torch.Tensor, min_points: int = 3) -> None:
     if src.shape != dst.shape:
-        raise AlignmentError(
+        raise ShapeMismatchError(
             f"src and dst must be corresponding points of the same shape, got {tuple(src.shape)} and {tuple(dst.shape)}"
         )
     if src.shape[0] < min_points:
-        raise AlignmentError(f"need at least {min_points} corresponding points to fit a similarity, got {src.shape[0]}")
+        raise AlignmentFailedError(f"need at least {min_points} corresponding points to fit a similarity, got {src.shape[0]}")
 
 
 def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True, weights: ArrayLike | None = None):
@@ -183,7 +190,8 @@ def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True, weights: Ar
         reflection (mirrored input): Umeyama's sign correction then gives the best rotation.
 
     Raises:
-        AlignmentError: shapes differ, fewer than 3 points, non-finite values, or the source
+        ShapeMismatchError: shapes differ; InvalidInputError: non-finite values;
+        AlignmentFailedError: fewer than 3 points, or the source
         points are (nearly) collinear / coincident so the rotation is not determined.
     """
     s_pts, d_pts = _points(src, "src"), _points(dst, "dst").to(as_tensor(src).device)
@@ -192,16 +200,16 @@ def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True, weights: Ar
     if weights is not None:
         w = as_tensor(weights).detach().to(dtype=torch.float64, device=s_pts.device).reshape(-1)
         if w.shape[0] != s_pts.shape[0] or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise AlignmentError(
+            raise InvalidInputError(
                 f"weights must be {s_pts.shape[0]} finite non-negative values with a positive sum"
             )
         w = w[None]
     s, R, t, S, var_s = _umeyama_batched(s_pts[None], d_pts[None], with_scale, w)
     ext = float((s_pts - s_pts.mean(0)).abs().max())
     if float(var_s[0]) <= (1e-12 * max(ext, 1e-300)) ** 2 or ext == 0:
-        raise AlignmentError("src points all coincide; a similarity cannot be fitted (spread them out)")
+        raise AlignmentFailedError("src points all coincide; a similarity cannot be fitted (spread them out)")
     if float(S[0, 1]) <= _DEGENERATE_RTOL * float(S[0, 0]):
-        raise AlignmentError(
+        raise AlignmentFailedError(
             "src/dst points are collinear (or dst collapses to a line/point); the rotation about "
             "that line is undetermined — give points that span a plane or a volume"
         )
@@ -233,9 +241,9 @@ def robust_umeyama(
     s_pts, d_pts = _points(src, "src"), _points(dst, "dst").to(as_tensor(src).device)
     _check_pair(s_pts, d_pts)
     if iterations < 1:
-        raise AlignmentError(f"iterations must be ≥ 1, got {iterations}")
+        raise InvalidOptionError(f"iterations must be ≥ 1, got {iterations}")
     if threshold is not None and not threshold > 0:
-        raise AlignmentError(f"threshold must be positive, got {threshold}")
+        raise InvalidOptionError(f"threshold must be positive, got {threshold}")
     n = s_pts.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     # Three distinct indices per hypothesis.
@@ -245,7 +253,7 @@ def robust_umeyama(
     res = (pred - d_pts[None]).norm(dim=-1)  # [B, N]
     ok = torch.isfinite(res).all(-1) & (S[:, 1] > _DEGENERATE_RTOL * S[:, 0]) & (s > 0)
     if not ok.any():
-        raise AlignmentError("every sampled triple of points was degenerate (collinear); the points do not span a plane")
+        raise AlignmentFailedError("every sampled triple of points was degenerate (collinear); the points do not span a plane")
     extent = float((d_pts.max(0).values - d_pts.min(0).values).norm())
     floor = 1e-9 * max(extent, 1e-12)
     if threshold is None:
@@ -273,7 +281,7 @@ def robust_umeyama(
             break
         inliers = new
     if int(inliers.sum()) < 3:
-        raise AlignmentError("fewer than 3 inliers survived; the correspondences are mostly outliers")
+        raise AlignmentFailedError("fewer than 3 inliers survived; the correspondences are mostly outliers")
     return fit[0], _out(fit[1], src), _out(fit[2], src), like_input(inliers, src)
 
 
@@ -325,7 +333,7 @@ def icp_refine(
     import open3d as o3d  # lazy: heavy import, only needed here
 
     if not max_distance > 0:
-        raise AlignmentError(f"max_distance must be positive, got {max_distance}")
+        raise InvalidOptionError(f"max_distance must be positive, got {max_distance}")
     src = _cloud_points(src_cloud, "src_cloud")
     dst = _cloud_points(dst_cloud, "dst_cloud")
     if init is None:
@@ -385,11 +393,11 @@ def fit_depth_scale_shift(
         ``(scale, shift, inliers [H, W] bool)``, floats and the input's kind.
 
     Raises:
-        InvalidDepthError: shapes differ; AlignmentError: fewer than 2 usable pixels or a
+        InvalidDepthError: shapes differ; AlignmentFailedError: fewer than 2 usable pixels or a
         constant ``pred`` over them.
     """
     if space not in ("depth", "disparity"):
-        raise AlignmentError(f"space must be 'depth' or 'disparity', got {space!r}")
+        raise InvalidOptionError(f"space must be 'depth' or 'disparity', got {space!r}")
     p, q = _depth_map(pred, "pred"), _depth_map(target, "target").to(as_tensor(pred).device)
     if p.shape != q.shape:
         raise InvalidDepthError(f"pred {tuple(p.shape)} and target {tuple(q.shape)} depth maps differ in size; resize one")
@@ -404,9 +412,9 @@ def fit_depth_scale_shift(
         x, y = 1.0 / x, 1.0 / y
     n = x.numel()
     if n < 2:
-        raise AlignmentError(f"only {n} valid pixel(s) to fit depth scale/shift; need at least 2 (is the mask all holes?)")
+        raise AlignmentFailedError(f"only {n} valid pixel(s) to fit depth scale/shift; need at least 2 (is the mask all holes?)")
     if float(x.max() - x.min()) <= 1e-12 * float(x.abs().max()):
-        raise AlignmentError("pred is constant over the valid pixels; scale and shift cannot both be fitted")
+        raise AlignmentFailedError("pred is constant over the valid pixels; scale and shift cannot both be fitted")
     gen = torch.Generator().manual_seed(int(seed))
     i = torch.randint(0, n, (iterations, 2), generator=gen).to(x.device)
     x0, x1, y0, y1 = x[i[:, 0]], x[i[:, 1]], y[i[:, 0]], y[i[:, 1]]
@@ -422,7 +430,7 @@ def fit_depth_scale_shift(
         gate = max(2.5 * 1.4826 * float(med[best]), floor)
     else:
         if not threshold > 0:
-            raise AlignmentError(f"threshold must be positive, got {threshold}")
+            raise InvalidOptionError(f"threshold must be positive, got {threshold}")
         counts = (res < threshold).sum(-1).masked_fill(~good, -1)
         best = int(torch.argmax(counts))
         gate = float(threshold)
@@ -463,5 +471,5 @@ def apply_depth_scale_shift(pred: ArrayLike, scale: float, shift: float, space: 
         disp = scale / p + shift
         out = torch.where(disp > 0, 1.0 / disp, torch.full_like(disp, float("inf")))
     else:
-        raise AlignmentError(f"space must be 'depth' or 'disparity', got {space!r}")
+        raise InvalidOptionError(f"space must be 'depth' or 'disparity', got {space!r}")
     return like_input(out, pred)

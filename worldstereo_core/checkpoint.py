@@ -16,7 +16,7 @@ VAE, MoGe-2 and WorldMirror) goes through the same five steps:
 3. **plan** — a :class:`ConversionPlan`: for each key of the model, a recipe that reads the source
    tensor(s) lazily (renames, splits, fp8 dequantisation live in ``models/conversion.py``).
 4. **match** — :func:`match_keys`: the plan against the model's keys and shapes; a mismatch raises a
-   :class:`CheckpointError` naming the missing / unexpected key *groups* and the likely cause.
+   :class:`CheckpointMismatchError` naming the missing / unexpected key *groups* and the likely cause.
 5. **stream** — :func:`stream_weights`: the model is built on ``meta``; each tensor is read from its
    file (seek + read, see :class:`SafetensorsSource`), cast once to its device and dtype and
    assigned, so host memory never holds the whole state dict (nor a memory map of the file).
@@ -39,7 +39,14 @@ from typing import Any
 import torch
 
 from . import atomic
-from .errors import CheckpointError
+from .errors import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    InvalidFileError,
+    InvalidOptionError,
+    MissingFileError,
+    UnsafeFileError,
+)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 CONFIG_METADATA_KEY = "config"
@@ -75,10 +82,10 @@ _CONVERT_ADVICE = (
 
 
 def refuse_pickle(path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointError` if ``path`` is a pickle / ``torch.save`` file (by name or by content)."""
+    """Raise :class:`CheckpointMismatchError` if ``path`` is a pickle / ``torch.save`` file (by name or by content)."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
+        raise UnsafeFileError(
             f"{path.name} is a pickle checkpoint ({path.suffix}); pickles can run code and are never loaded — "
             + _CONVERT_ADVICE
         )
@@ -87,7 +94,7 @@ def refuse_pickle(path: str | os.PathLike) -> None:
             head = f.read(4)
         # torch.save writes a zip (PK\x03\x04); a plain pickle starts with the PROTO opcode 0x80
         if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-            raise CheckpointError(
+            raise UnsafeFileError(
                 f"{path} is a pickle/torch.save file despite its name; pickles are never loaded — convert it "
                 "to safetensors first"
             )
@@ -110,10 +117,10 @@ def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{path} is {size} bytes — too short to be a safetensors file (truncated download?)")
+            raise CorruptFileError(f"{path} is {size} bytes — too short to be a safetensors file (truncated download?)")
         n = int.from_bytes(head, "little")
         if n <= 1 or n > min(size - 8, 512 * 1024 * 1024):
-            raise CheckpointError(
+            raise CorruptFileError(
                 f"{path} does not start with a valid safetensors header (header length {n}, file {size} bytes); "
                 "the file is corrupt or truncated — download it again"
             )
@@ -121,15 +128,15 @@ def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; download it again") from None
+        raise CorruptFileError(f"{path} has a corrupt safetensors header; download it again") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; download it again")
+        raise CorruptFileError(f"{path} has a corrupt safetensors header; download it again")
     try:
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (KeyError, TypeError, IndexError):
-        raise CheckpointError(f"{path} has a corrupt safetensors header; download it again") from None
+        raise CorruptFileError(f"{path} has a corrupt safetensors header; download it again") from None
     if 8 + n + end > size:
-        raise CheckpointError(
+        raise CorruptFileError(
             f"{path} is truncated: its header describes {8 + n + end} bytes but the file has {size}; "
             "the download or copy did not finish — fetch it again"
         )
@@ -145,7 +152,7 @@ def checkpoint_files(path: str | os.PathLike, what: str, preferred: str | None =
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{what}: {path} does not exist")
+        raise MissingFileError(f"{what}: {path} does not exist")
     if path.is_file():
         files = [path]
     else:
@@ -154,7 +161,7 @@ def checkpoint_files(path: str | os.PathLike, what: str, preferred: str | None =
             files = [path / name for name in _index_shards(index[0], what)]
             absent = [f.name for f in files if not f.exists()]
             if absent:
-                raise CheckpointError(f"{what}: shard(s) {absent} listed in {index[0].name} are missing from {path}")
+                raise CorruptFileError(f"{what}: shard(s) {absent} listed in {index[0].name} are missing from {path}")
         elif preferred and (path / preferred).is_file():
             files = [path / preferred]
         else:
@@ -163,13 +170,13 @@ def checkpoint_files(path: str | os.PathLike, what: str, preferred: str | None =
                 pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
                 want = preferred or ".safetensors file"
                 if pickles:
-                    raise CheckpointError(
+                    raise UnsafeFileError(
                         f"{what}: no {want} in {path}, only the pickle checkpoint(s) {pickles}; pickles can run "
                         f"code and are never loaded — {_CONVERT_ADVICE}"
                     )
-                raise CheckpointError(f"{what}: no {want} in {path}; point to the checkpoint folder or file")
+                raise MissingFileError(f"{what}: no {want} in {path}; point to the checkpoint folder or file")
             if len(files) > 1:
-                raise CheckpointError(
+                raise InvalidFileError(
                     f"{what}: {path} holds several .safetensors files ({[f.name for f in files]}) and no index; "
                     "point to the file to load"
                 )
@@ -183,7 +190,7 @@ def _index_shards(index: Path, what: str) -> list[str]:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         return sorted(set(weight_map.values()))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise CheckpointError(f"{what}: {index} is not a valid safetensors index; download it again") from None
+        raise CorruptFileError(f"{what}: {index} is not a valid safetensors index; download it again") from None
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -203,7 +210,7 @@ def embedded_config(
     """The ``kind`` architecture stored in the files' metadata (``"config"``, else one of the ``legacy``
     keys earlier versions wrote), or ``None``.
 
-    A file whose metadata names another model (``"model"``) raises a :class:`CheckpointError` that
+    A file whose metadata names another model (``"model"``) raises a :class:`CheckpointMismatchError` that
     says which loader reads it.
     """
     files = list(files)
@@ -211,7 +218,7 @@ def embedded_config(
     found = meta.get(MODEL_METADATA_KEY)
     if found is not None and found != kind:
         what, loader = MODEL_KINDS.get(found, (found, "its own loader"))
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{Path(files[0]).name} holds a {what} (its metadata says model={found!r}), not a "
             f"{MODEL_KINDS.get(kind, (kind,))[0]}: load it with {loader}"
         )
@@ -220,9 +227,9 @@ def embedded_config(
             try:
                 cfg = json.loads(meta[key])
             except json.JSONDecodeError:
-                raise CheckpointError(f"{Path(files[0]).name}: the embedded {key!r} metadata is not valid JSON") from None
+                raise CorruptFileError(f"{Path(files[0]).name}: the embedded {key!r} metadata is not valid JSON") from None
             if not isinstance(cfg, dict):
-                raise CheckpointError(f"{Path(files[0]).name}: the embedded {key!r} metadata must be a JSON object")
+                raise CorruptFileError(f"{Path(files[0]).name}: the embedded {key!r} metadata must be a JSON object")
             return cfg
     return None
 
@@ -233,9 +240,9 @@ def read_json(path: str | os.PathLike, what: str = "config") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise CheckpointError(f"cannot read {what} {path}: {exc}") from None
+        raise CorruptFileError(f"cannot read {what} {path}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore the {what} that came with the weights") from None
+        raise CorruptFileError(f"{path} is not valid JSON ({exc}); restore the {what} that came with the weights") from None
 
 
 def config_json_beside(path: str | os.PathLike, files: list[Path], single_file_too: bool = True) -> Path | None:
@@ -339,7 +346,7 @@ def match_keys(
     """Match the plan's targets to the model's ``expected`` keys and shapes; returns ``{model key: recipe}``.
 
     ``shape_of(source_key)`` reads a shape from the file header. On a mismatch raises
-    :class:`CheckpointError` naming the missing and unexpected key groups, then ``diagnose(missing,
+    :class:`CheckpointMismatchError` naming the missing and unexpected key groups, then ``diagnose(missing,
     unexpected)`` (or the fixed hint) — the likely cause and what to do.
     """
     missing = set(expected) - set(plan.targets)
@@ -353,7 +360,7 @@ def match_keys(
         hint = diagnose(missing, unexpected) if callable(diagnose) else diagnose
         if hint:
             parts.append(hint)
-        raise CheckpointError(" ".join(parts))
+        raise CheckpointMismatchError(" ".join(parts))
     bad = []
     for k, shape in expected.items():
         recipe = plan.targets[k]
@@ -366,7 +373,7 @@ def match_keys(
             bad.append((k, got, tuple(shape)))
     if bad:
         k, got, want = bad[0]
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{what}: {len(bad)} tensors have the wrong shape, e.g. {k} is {list(got)} in the file but the model "
             f"expects {list(want)}; the config (sizes) does not match these weights — use the checkpoint's own "
             "config (a test file written at other sizes needs its sizes passed explicitly)"
@@ -417,17 +424,17 @@ class SafetensorsSource:
             begin, end = (int(v) for v in info["data_offsets"])
             shape = [int(v) for v in info["shape"]]
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {key} has an unsupported or corrupt entry {dict(info)}") from None
+            raise CorruptFileError(f"{path}: tensor {key} has an unsupported or corrupt entry {dict(info)}") from None
         itemsize = torch.empty((), dtype=dtype).element_size()
         if end - begin != math.prod(shape) * itemsize:
-            raise CheckpointError(f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt")
+            raise CorruptFileError(f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt")
         raw = torch.empty(end - begin, dtype=torch.uint8)
         view, done = memoryview(raw.numpy()), 0
         fd.seek(data_start + begin)
         while done < len(view):  # unbuffered reads may return less than asked
             got = fd.readinto(view[done:])
             if not got:
-                raise CheckpointError(f"{path} ended inside tensor {key}: the file is truncated — download it again")
+                raise CorruptFileError(f"{path} ended inside tensor {key}: the file is truncated — download it again")
             done += got
         return raw.view(dtype).reshape(shape)
 
@@ -483,7 +490,7 @@ def stream_weights(
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta:
                 if name != "position_ids":
-                    raise CheckpointError(f"internal: buffer {mod_name}.{name} was not initialised while loading")
+                    raise CheckpointMismatchError(f"internal: buffer {mod_name}.{name} was not initialised while loading")
                 n = buf.shape[-1]
                 module.register_buffer(name, torch.arange(n, device=device).expand(buf.shape), persistent=False)
     return model.eval()
@@ -526,7 +533,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     if kind not in MODEL_KINDS:
-        raise CheckpointError(f"unknown checkpoint kind {kind!r}; use one of {sorted(MODEL_KINDS)}")
+        raise InvalidOptionError(f"unknown checkpoint kind {kind!r}; use one of {sorted(MODEL_KINDS)}")
     tensors = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().to("cpu").contiguous().clone()
         for k, v in state.items()

@@ -52,7 +52,16 @@ import torch
 
 from .align import Similarity, icp_refine
 from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid
-from .errors import EvaluationError, InvalidCameraError, InvalidImageError, InvalidPointCloudError
+from .errors import (
+    InvalidCameraError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidPointCloudError,
+    InvalidTrajectoryError,
+    MissingFileError,
+    ShapeMismatchError,
+)
 from .metrics import metrics_report
 from .interfaces import FrameGenerator, References
 from .oracle import OracleGenerator
@@ -159,7 +168,7 @@ class OracleReconstructor:
             0.5, torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([1.0, 2.0, -0.5])
         )
         if not (pose_noise_deg >= 0 and math.isfinite(pose_noise_deg)):
-            raise EvaluationError(f"pose_noise_deg must be a finite angle ≥ 0, got {pose_noise_deg}")
+            raise InvalidOptionError(f"pose_noise_deg must be a finite angle ≥ 0, got {pose_noise_deg}")
         self.pose_noise_deg = float(pose_noise_deg)
         self.seed = int(seed)
         self.conf_quantile = conf_quantile
@@ -169,7 +178,7 @@ class OracleReconstructor:
     def __call__(self, frames: torch.Tensor, cameras: Cameras) -> Reconstruction:
         H, W = cameras.height, cameras.width
         if H % 14 or W % 14:
-            raise EvaluationError(
+            raise ShapeMismatchError(
                 f"OracleReconstructor needs frame sizes that are multiples of 14 (no resize), got {H}×{W}"
             )
         depth = self.scene.render(cameras).depth.double()
@@ -236,13 +245,13 @@ def load_benchmark_trajectories(
     for name in names:
         path = base / f"traj_{name}" / "camera.json"
         if not path.is_file():
-            raise EvaluationError(f"benchmark trajectory {name!r} not found: {path} (expected renders/traj_<name>/camera.json)")
+            raise MissingFileError(f"benchmark trajectory {name!r} not found: {path} (expected renders/traj_<name>/camera.json)")
         cams = load_camera_json(path).cameras
         if first is not None:
             if len(first) != 1:
                 raise InvalidCameraError("first must be a single camera to re-anchor the benchmark trajectories on")
             if not (scale > 0 and math.isfinite(scale)):
-                raise EvaluationError(f"scale must be a positive number, got {scale}")
+                raise InvalidOptionError(f"scale must be a positive number, got {scale}")
             c2w = cams.c2w.double()
             rel = torch.linalg.solve(c2w[:1].expand_as(c2w), c2w)
             rel[:, :3, 3] *= float(scale)
@@ -441,9 +450,9 @@ def evaluate_generation(
         progress: ``progress(step, total)`` after each trajectory; may raise to interrupt.
     """
     if alignment not in ("anchors", "icp"):
-        raise EvaluationError(f"unknown alignment {alignment!r}; use 'anchors' or 'icp'")
+        raise InvalidOptionError(f"unknown alignment {alignment!r}; use 'anchors' or 'icp'")
     if not trajectories:
-        raise EvaluationError("no trajectories to evaluate; pass e.g. benchmark_presets(first, median_depth)")
+        raise InvalidInputError("no trajectories to evaluate; pass e.g. benchmark_presets(first, median_depth)")
     img = as_tensor(image).float()
     if img.ndim == 3:
         img = img[None]
@@ -459,7 +468,7 @@ def evaluate_generation(
         raise InvalidPointCloudError("gt_cloud has zero extent (all points coincide)")
     thr = float(threshold) if threshold is not None else threshold_fraction * extent
     if not (thr > 0 and math.isfinite(thr)):
-        raise EvaluationError(f"threshold must be a positive distance, got {threshold}")
+        raise InvalidOptionError(f"threshold must be a positive distance, got {threshold}")
     ths = tuple(float(t) for t in (thresholds if thresholds is not None else np.linspace(0.001, 0.02, 20) * extent))
     gate = float(icp_distance) if icp_distance is not None else 5.0 * thr
 
@@ -467,14 +476,14 @@ def evaluate_generation(
     for name, tr in trajectories.items():
         cams = tr.cameras if isinstance(tr, Trajectory) else tr
         if not isinstance(cams, Cameras):
-            raise EvaluationError(f"trajectory {name!r} must be Cameras or a Trajectory, got {type(tr).__name__}")
+            raise InvalidInputError(f"trajectory {name!r} must be Cameras or a Trajectory, got {type(tr).__name__}")
         if (cams.height, cams.width) != (H, W):
             raise InvalidCameraError(
                 f"trajectory {name!r} is for {cams.height}×{cams.width} images but the input image is {H}×{W}; "
                 "use cameras.resized(H, W)"
             )
         if len(cams) < 2:
-            raise EvaluationError(f"trajectory {name!r} has {len(cams)} camera; the benchmark needs a moving camera")
+            raise InvalidTrajectoryError(f"trajectory {name!r} has {len(cams)} camera; the benchmark needs a moving camera")
         cams_by_name[str(name)] = cams
 
     radius = render_radius
@@ -504,9 +513,9 @@ def evaluate_generation(
             raise InvalidImageError(f"the generator returned {tuple(frames.shape)} for {name!r}; expected {(F, H, W, 3)}")
         rec = reconstructor(frames, cams)
         if not isinstance(rec, Reconstruction):
-            raise EvaluationError(f"the reconstructor must return a Reconstruction, got {type(rec).__name__}")
+            raise InvalidInputError(f"the reconstructor must return a Reconstruction, got {type(rec).__name__}")
         if len(rec.cameras) != F:
-            raise EvaluationError(f"the reconstructor returned {len(rec.cameras)} cameras for {F} frames of {name!r}")
+            raise ShapeMismatchError(f"the reconstructor returned {len(rec.cameras)} cameras for {F} frames of {name!r}")
         if alignment == "icp":
             T = _icp_alignment(rec, cams, gt, gate, icp_iterations)
         else:

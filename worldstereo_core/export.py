@@ -38,7 +38,14 @@ import torch
 
 from . import atomic
 from .cameras import ArrayLike, Cameras, as_tensor, matrix_to_quaternion
-from .errors import ExportError, InvalidImageError
+from .errors import (
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    MissingInputError,
+    OutputPathError,
+    ShapeMismatchError,
+)
 from .pointcloud import PointCloud
 
 __all__ = [
@@ -85,11 +92,11 @@ _TRAJECTORY_COLORS = (
 
 
 def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """:func:`worldstereo_core.atomic.write_file`, with a folder at ``path`` reported as an ExportError."""
+    """:func:`worldstereo_core.atomic.write_file`, with a folder at ``path`` reported as an :class:`OutputPathError`."""
     try:
         return atomic.write_file(path, write)
     except IsADirectoryError as e:
-        raise ExportError(str(e)) from None
+        raise OutputPathError(str(e)) from None
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
@@ -104,7 +111,7 @@ def _np64(x: ArrayLike) -> np.ndarray:
 def _colors_u8(colors: np.ndarray) -> np.ndarray:
     """``[N, 3]`` colours in [0, 1] → uint8; values outside [0, 1] are an error, not clamped away."""
     if colors.size and (colors.min() < -1e-3 or colors.max() > 1 + 1e-3):
-        raise ExportError(
+        raise InvalidInputError(
             f"point colours must lie in [0, 1], got range [{colors.min():.3g}, {colors.max():.3g}]; "
             "divide 0–255 colours by 255"
         )
@@ -113,25 +120,25 @@ def _colors_u8(colors: np.ndarray) -> np.ndarray:
 
 def _check_cloud(cloud: PointCloud, what: str = "point cloud") -> None:
     if not isinstance(cloud, PointCloud):
-        raise ExportError(f"{what} must be a worldstereo_core.pointcloud.PointCloud, got {type(cloud).__name__}")
+        raise InvalidInputError(f"{what} must be a worldstereo_core.pointcloud.PointCloud, got {type(cloud).__name__}")
     if len(cloud) == 0:
-        raise ExportError(f"{what} is empty (0 points); nothing to export")
+        raise InvalidInputError(f"{what} is empty (0 points); nothing to export")
 
 
 def _check_cameras(cameras: Cameras, what: str = "cameras") -> None:
     if not isinstance(cameras, Cameras):
-        raise ExportError(f"{what} must be a worldstereo_core.cameras.Cameras, got {type(cameras).__name__}")
+        raise InvalidInputError(f"{what} must be a worldstereo_core.cameras.Cameras, got {type(cameras).__name__}")
 
 
 def _check_names(names: Sequence[str], count: int, what: str) -> list[str]:
     names = [str(n) for n in names]
     if len(names) != count:
-        raise ExportError(f"got {len(names)} {what} for {count} cameras; give exactly one per camera")
+        raise ShapeMismatchError(f"got {len(names)} {what} for {count} cameras; give exactly one per camera")
     bad = [n for n in names if not n or any(ch.isspace() for ch in n)]
     if bad:
-        raise ExportError(f"{what} must be non-empty and contain no spaces or line breaks, got {bad[0]!r}")
+        raise InvalidInputError(f"{what} must be non-empty and contain no spaces or line breaks, got {bad[0]!r}")
     if len(set(names)) != len(names):
-        raise ExportError(f"{what} must be unique; rename the duplicate frames")
+        raise InvalidInputError(f"{what} must be unique; rename the duplicate frames")
     return names
 
 
@@ -140,7 +147,7 @@ def _subsample(n: int, max_points: int | None) -> np.ndarray | None:
     if max_points is None or n <= max_points:
         return None
     if max_points < 1:
-        raise ExportError(f"max_points must be at least 1, got {max_points}")
+        raise InvalidOptionError(f"max_points must be at least 1, got {max_points}")
     rng = np.random.default_rng(0)
     return np.sort(rng.choice(n, size=max_points, replace=False))
 
@@ -191,9 +198,9 @@ def _np32_checked(x: ArrayLike, name: str, shape_tail: tuple[int, ...], n: int |
     a = _np64(x)
     if a.ndim != 1 + len(shape_tail) or tuple(a.shape[1:]) != shape_tail or (n is not None and a.shape[0] != n):
         want = "[" + ", ".join(["N" if n is None else str(n), *map(str, shape_tail)]) + "]"
-        raise ExportError(f"Gaussian {name} must have shape {want}, got {tuple(a.shape)}")
+        raise ShapeMismatchError(f"Gaussian {name} must have shape {want}, got {tuple(a.shape)}")
     if not np.isfinite(a).all():
-        raise ExportError(f"Gaussian {name} contain NaN or inf values")
+        raise InvalidInputError(f"Gaussian {name} contain NaN or inf values")
     return a
 
 
@@ -231,30 +238,30 @@ def save_gaussian_ply(
     """
     m = _np64(means)
     if m.ndim != 2 or m.shape[1] != 3:
-        raise ExportError(f"Gaussian means must have shape [N, 3], got {tuple(m.shape)}")
+        raise ShapeMismatchError(f"Gaussian means must have shape [N, 3], got {tuple(m.shape)}")
     n = m.shape[0]
     if n == 0:
-        raise ExportError("no Gaussians to export (N = 0)")
+        raise InvalidInputError("no Gaussians to export (N = 0)")
     m = _np32_checked(m, "means", (3,), n)
     q = _np32_checked(quats, "quats", (4,), n)
     s = _np32_checked(scales, "scales", (3,), n)
     o = _np32_checked(opacities, "opacities", (), n)
     if (sh is None) == (colors is None):
-        raise ExportError("give exactly one of sh [N, K, 3] (SH coefficients) or colors [N, 3] (RGB in [0, 1])")
+        raise InvalidInputError("give exactly one of sh [N, K, 3] (SH coefficients) or colors [N, 3] (RGB in [0, 1])")
 
     qn = np.linalg.norm(q, axis=1, keepdims=True)
     if (qn < 1e-12).any():
-        raise ExportError("Gaussian quats contain a zero quaternion; every rotation needs a non-zero (w, x, y, z)")
+        raise InvalidInputError("Gaussian quats contain a zero quaternion; every rotation needs a non-zero (w, x, y, z)")
     q = q / qn
     if not log_scales:
         if (s <= 0).any():
-            raise ExportError(
+            raise InvalidInputError(
                 f"linear Gaussian scales must be > 0, got min {s.min():.3g}; pass log_scales=True if they are logs"
             )
         s = np.log(s)
     if not opacity_logits:
         if o.min() < 0 or o.max() > 1:
-            raise ExportError(
+            raise InvalidInputError(
                 f"opacities must lie in [0, 1], got range [{o.min():.3g}, {o.max():.3g}]; "
                 "pass opacity_logits=True if they are logits"
             )
@@ -263,18 +270,18 @@ def save_gaussian_ply(
     if colors is not None:
         c = _np32_checked(colors, "colors", (3,), n)
         if c.min() < -1e-3 or c.max() > 1 + 1e-3:
-            raise ExportError(
+            raise InvalidInputError(
                 f"Gaussian colours must lie in [0, 1], got range [{c.min():.3g}, {c.max():.3g}]; divide 0–255 colours by 255"
             )
         coeffs = ((c - 0.5) / SH_C0)[:, None, :]  # [N, 1, 3]
     else:
         coeffs = _np64(sh)
         if coeffs.ndim != 3 or coeffs.shape[0] != n or coeffs.shape[2] != 3 or coeffs.shape[1] not in (1, 4, 9, 16):
-            raise ExportError(
+            raise ShapeMismatchError(
                 f"Gaussian sh must have shape [N={n}, K, 3] with K = (degree + 1)² in (1, 4, 9, 16), got {tuple(coeffs.shape)}"
             )
         if not np.isfinite(coeffs).all():
-            raise ExportError("Gaussian sh contain NaN or inf values")
+            raise InvalidInputError("Gaussian sh contain NaN or inf values")
     k_rest = coeffs.shape[1] - 1
     # 3DGS stores features_rest transposed to [N, 3, K−1] before flattening: channel-major.
     rest = coeffs[:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * k_rest)
@@ -315,12 +322,12 @@ def gaussians_from_worldmirror(output, mask: ArrayLike | None = None) -> dict[st
     """
     splats = getattr(output, "splats", None)
     if not isinstance(splats, dict):
-        raise ExportError(
+        raise MissingInputError(
             "this WorldMirror output has no Gaussian splats; build the model with enable_gs=True "
             "(the released checkpoint has the GS head)"
         )
     if "means" not in splats:
-        raise ExportError("WorldMirror splats have no means: the camera head must run (enable_cam=True) to place them")
+        raise MissingInputError("WorldMirror splats have no means: the camera head must run (enable_cam=True) to place them")
     lead = tuple(splats["means"].shape[:4])  # B, S, H, W
     keep = None
     if mask is not None:
@@ -330,7 +337,7 @@ def gaussians_from_worldmirror(output, mask: ArrayLike | None = None) -> dict[st
         if keep.ndim == 3 and lead[0] == 1:
             keep = keep[None]
         if tuple(keep.shape) != lead:
-            raise ExportError(f"mask must have shape [B, S, H, W] = {lead} (or [S, H, W] when B = 1), got {tuple(as_tensor(mask).shape)}")
+            raise ShapeMismatchError(f"mask must have shape [B, S, H, W] = {lead} (or [S, H, W] when B = 1), got {tuple(as_tensor(mask).shape)}")
         keep = keep.reshape(-1)
     out = {}
     for key, tail in (("means", (3,)), ("quats", (4,)), ("scales", (3,)), ("opacities", ()), ("sh", None)):
@@ -357,7 +364,7 @@ def frustum_lines(cameras: Cameras, depth: float) -> tuple[np.ndarray, np.ndarra
     """
     _check_cameras(cameras)
     if not (depth > 0 and np.isfinite(depth)):
-        raise ExportError(f"frustum depth must be a positive finite number, got {depth}")
+        raise InvalidOptionError(f"frustum depth must be a positive finite number, got {depth}")
     H, W = cameras.height, cameras.width
     K = _np64(cameras.K)
     c2w = _np64(cameras.c2w)
@@ -482,15 +489,15 @@ def save_cameras_glb(
     """
     trajectories = list(trajectories)
     if cloud is None and not trajectories:
-        raise ExportError("nothing to export: give a point cloud, at least one trajectory, or both")
+        raise MissingInputError("nothing to export: give a point cloud, at least one trajectory, or both")
     if cloud is not None:
         _check_cloud(cloud)
     for i, item in enumerate(trajectories):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ExportError(f"trajectories[{i}] must be a (name, Cameras) pair, got {type(item).__name__}")
+            raise InvalidInputError(f"trajectories[{i}] must be a (name, Cameras) pair, got {type(item).__name__}")
         _check_cameras(item[1], f"trajectories[{i}] cameras")
     if colors is not None and len(colors) < len(trajectories):
-        raise ExportError(f"got {len(colors)} colours for {len(trajectories)} trajectories")
+        raise ShapeMismatchError(f"got {len(colors)} colours for {len(trajectories)} trajectories")
 
     S = GLB_FROM_OPENCV
     b = _GlbBuilder()
@@ -560,7 +567,7 @@ def save_colmap_text(
         _check_cloud(cloud)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ExportError(f"{folder} exists and is not a folder; COLMAP models are folders of three files")
+        raise OutputPathError(f"{folder} exists and is not a folder; COLMAP models are folders of three files")
     folder.mkdir(parents=True, exist_ok=True)
 
     K = _np64(cameras.K)
@@ -689,7 +696,7 @@ def save_images_png(folder: PathLike, frames: ArrayLike, prefix: str = "frame") 
     if not torch.isfinite(x).all():
         raise InvalidImageError("frames contain NaN or inf values")
     if not prefix or any(c in prefix for c in "/\\") or prefix.startswith("."):
-        raise ExportError(f"prefix must be a plain file-name stem, got {prefix!r}")
+        raise OutputPathError(f"prefix must be a plain file-name stem, got {prefix!r}")
     u8 = (x.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -717,7 +724,7 @@ def save_video_mp4(path: PathLike, frames: ArrayLike, fps: float = 16, *, qualit
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         raise InvalidImageError(f"frames must hold at least one non-empty image, got shape {tuple(x.shape)}")
     if not (fps > 0 and np.isfinite(fps)):
-        raise ExportError(f"fps must be a positive number, got {fps}")
+        raise InvalidOptionError(f"fps must be a positive number, got {fps}")
     x = x.to("cpu", torch.float32)
     if not torch.isfinite(x).all():
         raise InvalidImageError("frames contain NaN or inf values")

@@ -9,7 +9,7 @@ into place (an existing bank is first renamed away, then deleted). A crash mid-s
 either the old folder or the new one — never a half-written one; if it strikes between the
 two renames the old version survives as ``.<name>.old-<id>`` beside the target (``load`` says
 so). The temporary folder of a killed save is removed by the next save or load. A damaged
-file (truncated safetensors, a manifest that does not add up) gives a :class:`MemoryBankError`
+file (truncated safetensors, a manifest that does not add up) gives a :class:`~worldstereo_core.errors.CorruptFileError`
 naming the folder and the file. Tensors go to safetensors files, the rest to
 ``manifest.json`` with a format name and version.
 """
@@ -27,7 +27,18 @@ import torch
 
 from . import atomic, safe_json
 from .cameras import ArrayLike, Cameras, as_tensor, validate_K, validate_w2c
-from .errors import InvalidCameraError, MalformedJsonError, MemoryBankError, WorldStereoError
+from .errors import (
+    CorruptFileError,
+    InvalidCameraError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    MalformedJsonError,
+    MissingFileError,
+    OutputPathError,
+    ShapeMismatchError,
+    WorldStereoError,
+)
 from .pointcloud import PointCloud
 from .pointcloud import remove_outliers as _remove_outliers
 from .pointcloud import voxel_downsample
@@ -48,7 +59,7 @@ def keyframe_update_indices(num_frames: int, num: int = 8) -> list[int]:
     ``[3, 6, 9, 12, 14, 16, 18, 20]``; for 81 frames: ``[10, 20, …, 80]``.
     """
     if num < 1 or num > num_frames - 1:
-        raise MemoryBankError(
+        raise InvalidOptionError(
             f"cannot pick {num} frames from a clip of {num_frames} (the first frame is skipped, so at most "
             f"{max(num_frames - 1, 0)}); lower num or pass a longer clip"
         )
@@ -85,11 +96,11 @@ def _atomic_write_dir(target: str | os.PathLike, fmt: str, write: Callable[[Path
         return not any(existing.iterdir()) or (man is not None and man.get("format") == fmt)
 
     if target.exists() and not target.is_dir():
-        raise MemoryBankError(f"{target} exists and is a file; choose a folder path for the {fmt}")
+        raise OutputPathError(f"{target} exists and is a file; choose a folder path for the {fmt}")
     try:
         return atomic.write_folder(target, write, may_replace)
     except FileExistsError:
-        raise MemoryBankError(
+        raise OutputPathError(
             f"refusing to replace {target}: it is not an empty folder or a saved {fmt}; choose another path"
         ) from None
 
@@ -100,17 +111,17 @@ def _open_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, dict]:
     if not path.is_dir():
         olds = atomic.previous_versions(path)
         hint = f"; an interrupted save left the previous version at {olds[-1]} — rename it to {path.name}" if olds else ""
-        raise MemoryBankError(f"no saved {fmt} at {path}{hint}")
+        raise MissingFileError(f"no saved {fmt} at {path}{hint}")
     man = _read_manifest(path)
     if man is None:
-        raise MemoryBankError(
+        raise CorruptFileError(
             f"{fmt} at {path}: manifest.json is missing or not a JSON object; the folder is not a saved {fmt} "
             "or it is damaged — re-save it"
         )
     if man.get("format") != fmt:
-        raise MemoryBankError(f"{path} holds {man.get('format')!r}, not a {fmt}")
+        raise CorruptFileError(f"{path} holds {man.get('format')!r}, not a {fmt}")
     if man.get("version") != FORMAT_VERSION:
-        raise MemoryBankError(
+        raise CorruptFileError(
             f"{path} was saved with {fmt} format version {man.get('version')!r}; this build reads version "
             f"{FORMAT_VERSION} — update worldstereo or re-create the {fmt}"
         )
@@ -120,7 +131,7 @@ def _open_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, dict]:
 def _manifest_int(man: dict, key: str, path: Path, fmt: str) -> int:
     v = man.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise MemoryBankError(
+        raise CorruptFileError(
             f"{fmt} at {path}: manifest.json's {key!r} is {v!r}, not a count; the file is damaged — re-save the {fmt}"
         )
     return v
@@ -131,11 +142,11 @@ def _load_tensors(path: Path, name: str, fmt: str) -> dict[str, torch.Tensor]:
 
     f = path / name
     if not f.is_file():
-        raise MemoryBankError(f"{fmt} at {path} is missing {name}; the folder is incomplete — re-save it")
+        raise CorruptFileError(f"{fmt} at {path} is missing {name}; the folder is incomplete — re-save it")
     try:
         return load_file(str(f))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ValueError …
-        raise MemoryBankError(
+        raise CorruptFileError(
             f"{fmt} at {path}: {name} is damaged or truncated ({type(e).__name__}: {e}); re-save the {fmt} "
             "from the workflow that made it"
         ) from None
@@ -159,14 +170,14 @@ def _frame(x: ArrayLike, what: str) -> torch.Tensor:
     if f.ndim == 4 and f.shape[0] == 1:
         f = f[0]
     if f.ndim != 3 or f.shape[-1] != 3:
-        raise MemoryBankError(f"{what} must be an RGB image [H, W, 3], got shape {tuple(f.shape)}")
+        raise InvalidImageError(f"{what} must be an RGB image [H, W, 3], got shape {tuple(f.shape)}")
     if not f.is_floating_point():
-        raise MemoryBankError(f"{what} must be float in [0, 1] (ComfyUI IMAGE), got {f.dtype}")
+        raise InvalidImageError(f"{what} must be float in [0, 1] (ComfyUI IMAGE), got {f.dtype}")
     if not torch.isfinite(f).all():
-        raise MemoryBankError(f"{what} contains NaN or inf values")
+        raise InvalidImageError(f"{what} contains NaN or inf values")
     lo, hi = float(f.min()), float(f.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
-        raise MemoryBankError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; images must be in [0, 1] (divide 8-bit images by 255)")
+        raise InvalidImageError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; images must be in [0, 1] (divide 8-bit images by 255)")
     return f
 
 
@@ -196,16 +207,16 @@ class MemoryBank:
         sources = tuple(self.sources)
         n = len(frames)
         if n == 0:
-            raise MemoryBankError("a memory bank needs at least one view (the input image or panorama views)")
+            raise InvalidInputError("a memory bank needs at least one view (the input image or panorama views)")
         if w2c.ndim != 3 or K.ndim != 3 or w2c.shape[0] != n or K.shape[0] != n or len(sources) != n:
-            raise MemoryBankError(
+            raise ShapeMismatchError(
                 f"memory bank counts disagree: {n} frames, w2c {tuple(w2c.shape)}, K {tuple(K.shape)}, "
                 f"{len(sources)} source labels; give one pose, one K and one label per frame"
             )
         validate_w2c(w2c, "memory bank w2c")
         validate_K(K, "memory bank K")
         if not all(isinstance(s, str) for s in sources):
-            raise MemoryBankError("memory bank source labels must be strings")
+            raise InvalidInputError("memory bank source labels must be strings")
         object.__setattr__(self, "frames", frames)
         object.__setattr__(self, "w2c", w2c)
         object.__setattr__(self, "K", K)
@@ -240,12 +251,12 @@ class MemoryBank:
         imgs = [images[i] for i in range(len(images))]
         for i, im in enumerate(imgs):
             if tuple(im.shape[:2]) != (cameras.height, cameras.width):
-                raise MemoryBankError(
+                raise ShapeMismatchError(
                     f"view {i} is {tuple(im.shape[:2])} but the cameras are for {cameras.height}×{cameras.width} "
                     "images; resize the images or the cameras (Cameras.resized)"
                 )
         if len(imgs) != len(cameras):
-            raise MemoryBankError(f"{len(imgs)} images for {len(cameras)} cameras; give one camera per view")
+            raise ShapeMismatchError(f"{len(imgs)} images for {len(cameras)} cameras; give one camera per view")
         labels = [f"view:{i:02d}" for i in range(len(imgs))] if labels is None else list(labels)
         return MemoryBank(tuple(as_tensor(im) for im in imgs), cameras.w2c, cameras.K, tuple(labels))
 
@@ -260,11 +271,11 @@ class MemoryBank:
         """
         fr = as_tensor(frames)
         if fr.ndim != 4 or fr.shape[-1] != 3:
-            raise MemoryBankError(f"frames must be [F, H, W, 3], got shape {tuple(fr.shape)}")
+            raise ShapeMismatchError(f"frames must be [F, H, W, 3], got shape {tuple(fr.shape)}")
         if fr.shape[0] != len(cameras):
-            raise MemoryBankError(f"{fr.shape[0]} frames but {len(cameras)} cameras; give one camera per frame")
+            raise ShapeMismatchError(f"{fr.shape[0]} frames but {len(cameras)} cameras; give one camera per frame")
         if tuple(fr.shape[1:3]) != (cameras.height, cameras.width):
-            raise MemoryBankError(
+            raise ShapeMismatchError(
                 f"frames are {tuple(fr.shape[1:3])} but cameras are for {cameras.height}×{cameras.width}; resize one of them"
             )
         idx = keyframe_update_indices(fr.shape[0], num)
@@ -282,7 +293,7 @@ class MemoryBank:
         """A bank of the chosen entries (e.g. the retrieved references), in the given order."""
         idx = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
         if any(i < 0 or i >= len(self) for i in idx):
-            raise MemoryBankError(f"indices {idx} out of range for a bank of {len(self)} views")
+            raise InvalidInputError(f"indices {idx} out of range for a bank of {len(self)} views")
         it = torch.tensor(idx, dtype=torch.long, device=self.w2c.device)
         return MemoryBank(tuple(self.frames[i] for i in idx), self.w2c[it], self.K[it], tuple(self.sources[i] for i in idx))
 
@@ -315,14 +326,14 @@ class MemoryBank:
         missing = [k for k in keys if k not in frames] + [k for k in ("w2c", "K") if k not in cams]
         sources = man.get("sources", [])
         if n < 1 or missing or not isinstance(sources, list):
-            raise MemoryBankError(
+            raise CorruptFileError(
                 f"memory bank at {path} is inconsistent (manifest count {n}, missing {missing[:3]}); "
                 "its files do not belong together — re-save it"
             )
         try:
             return MemoryBank(tuple(frames[k] for k in keys), cams["w2c"], cams["K"], tuple(str(s) for s in sources))
-        except (MemoryBankError, InvalidCameraError) as e:
-            raise MemoryBankError(f"memory bank at {path} holds unusable data ({e}); re-save it") from None
+        except InvalidInputError as e:  # shapes, images or cameras that no bank can hold
+            raise CorruptFileError(f"memory bank at {path} holds unusable data ({e}); re-save it") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,11 +357,11 @@ class Cache3D:
 
     def __post_init__(self) -> None:
         if not isinstance(self.cloud, PointCloud):
-            raise MemoryBankError(f"Cache3D.cloud must be a PointCloud, got {type(self.cloud).__name__}")
+            raise InvalidInputError(f"Cache3D.cloud must be a PointCloud, got {type(self.cloud).__name__}")
         if self.voxel_size is not None and not (self.voxel_size > 0 and math.isfinite(self.voxel_size)):
-            raise MemoryBankError(f"voxel_size must be a positive length or None, got {self.voxel_size}")
+            raise InvalidOptionError(f"voxel_size must be a positive length or None, got {self.voxel_size}")
         if self.max_points is not None and int(self.max_points) < 1:
-            raise MemoryBankError(f"max_points must be ≥ 1 or None, got {self.max_points}")
+            raise InvalidOptionError(f"max_points must be ≥ 1 or None, got {self.max_points}")
 
     def __len__(self) -> int:
         return len(self.cloud)
@@ -378,13 +389,13 @@ class Cache3D:
         starts at 1e-4 of the bounding-box diagonal and grows until the cap holds.
         """
         if not isinstance(cloud, PointCloud):
-            raise MemoryBankError(f"merge needs a PointCloud, got {type(cloud).__name__}")
+            raise InvalidInputError(f"merge needs a PointCloud, got {type(cloud).__name__}")
         vs = self.voxel_size if voxel_size is None else voxel_size
         cap = self.max_points if max_points is None else max_points
         if vs is not None and not (vs > 0 and math.isfinite(vs)):
-            raise MemoryBankError(f"voxel_size must be a positive length, got {vs}")
+            raise InvalidOptionError(f"voxel_size must be a positive length, got {vs}")
         if cap is not None and int(cap) < 1:
-            raise MemoryBankError(f"max_points must be ≥ 1, got {cap}")
+            raise InvalidOptionError(f"max_points must be ≥ 1, got {cap}")
         incoming = cloud
         if remove_outliers and len(incoming) > 0:
             incoming = _remove_outliers(incoming, nb_neighbors, std_ratio)
@@ -429,9 +440,9 @@ class Cache3D:
         n = _manifest_int(man, "num_points", path, CACHE_FORMAT)
         t = _load_tensors(path, "cloud.safetensors", CACHE_FORMAT)
         if "points" not in t or "colors" not in t or t["points"].shape[0] != n:
-            raise MemoryBankError(f"3D cache at {path} is inconsistent with its manifest; re-save it")
+            raise CorruptFileError(f"3D cache at {path} is inconsistent with its manifest; re-save it")
         try:
             return Cache3D(PointCloud(t["points"], t["colors"], t.get("normals")), man.get("voxel_size"),
                            man.get("max_points"))
         except WorldStereoError as e:
-            raise MemoryBankError(f"3D cache at {path} holds unusable data ({e}); re-save it") from None
+            raise CorruptFileError(f"3D cache at {path} holds unusable data ({e}); re-save it") from None

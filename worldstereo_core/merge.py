@@ -10,6 +10,7 @@ their own cloud), lifts the aligned depth with the known cameras (depth edges dr
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -17,11 +18,20 @@ import torch
 
 from .align import Similarity, fit_depth_scale_shift, robust_umeyama, umeyama
 from .cameras import Cameras
-from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError, MemoryBankError
+from .errors import (
+    AlignmentFailedError,
+    InvalidDepthError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidTrajectoryError,
+)
 from .interfaces import LoopConfig
 from .memory import Cache3D
 from .pointcloud import RELEASE_EDGE_BETA, PointCloud, depth_edge_mask, unproject_depths
 from .render import cache_surface_depth
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FrameAlignment",
@@ -71,7 +81,7 @@ def _fit(
         usable = usable.reshape(pred.shape)
     try:
         s, b, inl = fit_depth_scale_shift(pred, target, usable, seed=seed)
-    except AlignmentError:
+    except AlignmentFailedError:
         return None
     if not (math.isfinite(s) and math.isfinite(b)) or s <= 0:
         return None
@@ -235,7 +245,7 @@ def align_cloud_to_cache(
         skip_first: leave frame 0 out of the returned cloud (it still gives correspondences:
             in a generated clip it is the input view, whose points the cache already holds).
     Raises:
-        AlignmentError: fewer than ``max(16, min_covered_fraction × H × W)`` correspondences
+        AlignmentFailedError: fewer than ``max(16, min_covered_fraction × H × W)`` correspondences
             (the clip does not overlap the cache) or a degenerate fit.
     """
     img, rec, v, is_points = _clip_inputs(colors, reconstruction, valid, cameras, allow_points=True)
@@ -249,15 +259,15 @@ def align_cloud_to_cache(
         src = _point_map(rec, sc)
     cloud = cache.cloud if isinstance(cache, Cache3D) else cache
     if not isinstance(cloud, PointCloud):
-        raise MemoryBankError(f"cache must be a Cache3D or PointCloud, got {type(cache).__name__}")
+        raise InvalidInputError(f"cache must be a Cache3D or PointCloud, got {type(cache).__name__}")
     if len(cloud) == 0:
-        raise AlignmentError("the cache is empty; there is nothing to align the reconstruction to")
+        raise AlignmentFailedError("the cache is empty; there is nothing to align the reconstruction to")
     td, tc = cache_surface_depth(cloud, cameras, config.align_depth_window)
     pair = v & tc
     n = int(pair.sum())
     need = max(16, int(config.min_covered_fraction * H * W))
     if n < need:
-        raise AlignmentError(
+        raise AlignmentFailedError(
             f"only {n} pixels have both a reconstruction point and cache surface (need ≥ {need}); "
             "the clip does not overlap the cache — check that the cameras match the frames"
         )
@@ -334,9 +344,9 @@ def merge_clip(
         :class:`ClipMerge`.
     """
     if alignment not in ("depth", "umeyama"):
-        raise AlignmentError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
+        raise InvalidOptionError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
     if not isinstance(cache, Cache3D):
-        raise MemoryBankError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")
+        raise InvalidInputError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")
     img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=alignment == "umeyama")
     F, H, W = len(cameras), cameras.height, cameras.width
     first = 1 if skip_first else 0
@@ -369,6 +379,8 @@ def merge_clip(
         if covered[f] >= min_px:
             fit = _fit(d[f], td[0], usable, seed + f, config.max_fit_pixels)
         if fit is None:
+            why = "no usable depth fit" if covered[f] >= min_px else f"{int(covered[f])} covered pixels < {min_px}"
+            log.info("merge_clip: frame %d skipped (%s); its points are not merged", f, why)
             continue
         scale[f], shift[f], inliers[f] = fit
         status[f] = "aligned"
@@ -385,5 +397,8 @@ def merge_clip(
             new_clouds.append(pts)
     added = PointCloud.cat(new_clouds) if new_clouds else _empty_cloud()
     new = cache.merge(added, remove_outliers=config.outlier_removal) if new_clouds else cache
+    n_aligned = status.count("aligned")
+    if n_aligned < F - first:
+        log.warning("merge_clip: %d of %d frames aligned to the cache; the others were skipped", n_aligned, F - first)
     al = FrameAlignment(scale, shift, covered, inliers, tuple(status), rmse_f)
     return ClipMerge(new, al, added, None, math.sqrt(sq_sum / sq_n) if sq_n else float("nan"))

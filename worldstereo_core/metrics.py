@@ -27,7 +27,7 @@ import torch
 
 from .align import _umeyama_batched
 from .cameras import ArrayLike, as_tensor
-from .errors import AlignmentError, InvalidCameraError, InvalidPointCloudError
+from .errors import AlignmentFailedError, InvalidCameraError, InvalidPointCloudError
 from .pointcloud import PointCloud
 
 __all__ = [
@@ -118,7 +118,7 @@ def ate(pred_c2w: ArrayLike, gt_c2w: ArrayLike, with_scale: bool = True) -> floa
     if a.shape[0] < 2:
         return 0.0
     if float((pa - pa.mean(0)).norm(dim=-1).max()) <= 1e-12:
-        raise AlignmentError("pred_c2w: all camera centres coincide; ATE needs cameras that move")
+        raise AlignmentFailedError("pred_c2w: all camera centres coincide; ATE needs cameras that move")
     s, R, t, _, _ = _umeyama_batched(pa[None], pb[None], with_scale)
     aligned = s[0] * pa @ R[0].T + t[0]
     return float(((aligned - pb) ** 2).sum(-1).mean().sqrt())
@@ -229,6 +229,6 @@ def metrics_report(
             pass
         try:
             out["ate"] = ate(pred_c2w, gt_c2w)
-        except AlignmentError:
+        except AlignmentFailedError:
             pass
     return out

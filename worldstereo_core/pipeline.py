@@ -32,13 +32,14 @@ e.g. a panorama's); :func:`run_oracle_loop` runs it on a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from .cameras import Cameras
-from .errors import AlignmentError, InvalidDepthError, InvalidImageError, InvalidTrajectoryError, MemoryBankError
+from .errors import InvalidDepthError, InvalidImageError, InvalidInputError, InvalidOptionError, InvalidTrajectoryError
 from .interfaces import (
     START_CONTINUE,
     START_INPUT,
@@ -58,6 +59,8 @@ from .recon.reconstruct import resize_frames
 from .render import RenderResult, median_depth_in_view, render_point_cloud
 from .retrieval import REDUCE_RULES, RETRIEVAL_MODES, ImageFeatures, References, RetrievalShortcut, retrieve
 from .trajectory import PRESETS, Trajectory, make_preset
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TRAJECTORIES",
@@ -267,7 +270,7 @@ def run_scene_loop(
     views = len(bank) if isinstance(bank, MemoryBank) else 1  # without a bank: the input image only
     beyond = [s.start for s in specs if isinstance(s.start, int) and s.start >= views]
     if beyond:
-        raise MemoryBankError(
+        raise InvalidInputError(
             f"trajectory start view(s) {beyond} are not in the memory bank the loop starts with ({views} views, "
             f"numbered 0..{views - 1}); pass the bank (e.g. the panorama's 27 views) or pick a smaller number"
         )
@@ -280,7 +283,7 @@ def run_scene_loop(
             "pass them, or use another reference_cut"
         )
     if config.clip_alignment not in ("depth", "umeyama"):
-        raise AlignmentError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
+        raise InvalidOptionError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
     if config.retrieval_mode not in RETRIEVAL_MODES:  # checked here, not in the first clip
         raise InvalidTrajectoryError(
             f"unknown retrieval mode {config.retrieval_mode!r}; use 'aabb' (release) or 'volume' (paper)"
@@ -298,9 +301,9 @@ def run_scene_loop(
 
     # 1. input view → first cache and memory bank (or the given ones)
     if bank is not None and not isinstance(bank, MemoryBank):
-        raise MemoryBankError(f"bank must be a MemoryBank, got {type(bank).__name__}")
+        raise InvalidInputError(f"bank must be a MemoryBank, got {type(bank).__name__}")
     if cache is not None and (not isinstance(cache, Cache3D) or len(cache) == 0):
-        raise MemoryBankError("cache must be a non-empty Cache3D (e.g. Cache3D(cloud)); or pass None to start from the depth")
+        raise InvalidInputError("cache must be a non-empty Cache3D (e.g. Cache3D(cloud)); or pass None to start from the depth")
     if d0 is not None:
         keep0 = (d0 > 0) if valid is None else (torch.as_tensor(valid).reshape(d0.shape).bool() & (d0 > 0))
         if not bool(keep0.any()):
@@ -360,6 +363,10 @@ def run_scene_loop(
         clip = merge_clip(cache, frames, fd, fv, kf, config, seed=seed * 7919 + ti * 101, alignment=config.clip_alignment)
         cache = clip.cache
         F = len(kf)
+        log.info(
+            "trajectory %d/%d %s: %d references, %d of %d frames aligned, cache %d points",
+            ti + 1, len(trajectories), name, len(refs), clip.alignment.status.count("aligned"), F - 1, len(cache),
+        )
         bank = bank.update(frames, kf, label=f"traj{ti}:{name}", num=min(config.bank_update, F - 1))
         steps.append(
             TrajectoryStep(

@@ -72,7 +72,7 @@ from typing import Sequence
 import torch
 
 from .cameras import ArrayLike, Cameras, as_tensor
-from .errors import InvalidDepthError, InvalidImageError, InvalidPointCloudError, RenderError
+from .errors import InvalidDepthError, InvalidImageError, InvalidInputError, InvalidOptionError, InvalidPointCloudError
 from .pointcloud import PointCloud
 
 #: The release's splat radius (pytorch3d NDC units) and points per pixel.
@@ -127,7 +127,7 @@ def _background(background, dtype, device) -> torch.Tensor:
     if bg.numel() == 1:
         bg = bg.expand(3)
     if bg.numel() != 3:
-        raise RenderError(f"background must be one value or an RGB triple, got {bg.numel()} values")
+        raise InvalidInputError(f"background must be one value or an RGB triple, got {bg.numel()} values")
     return bg
 
 
@@ -167,15 +167,15 @@ def render_point_cloud(
         raise InvalidPointCloudError(f"expected a PointCloud, got {type(cloud).__name__}")
     cloud.require_nonempty("point cloud to render")
     if not isinstance(cameras, Cameras):
-        raise RenderError(f"expected a Cameras batch, got {type(cameras).__name__}")
+        raise InvalidInputError(f"expected a Cameras batch, got {type(cameras).__name__}")
     if not (radius > 0) or not math.isfinite(radius):
-        raise RenderError(f"radius must be a positive NDC length (release: 0.008), got {radius}")
+        raise InvalidOptionError(f"radius must be a positive NDC length (release: 0.008), got {radius}")
     if int(points_per_pixel) < 1:
-        raise RenderError(f"points_per_pixel must be ≥ 1, got {points_per_pixel}")
+        raise InvalidOptionError(f"points_per_pixel must be ≥ 1, got {points_per_pixel}")
     if mode not in ("fast", "exact"):
-        raise RenderError(f"mode must be 'fast' or 'exact', got {mode!r}")
+        raise InvalidOptionError(f"mode must be 'fast' or 'exact', got {mode!r}")
     if not (depth_window >= 0):
-        raise RenderError(f"depth_window must be ≥ 0, got {depth_window}")
+        raise InvalidOptionError(f"depth_window must be ≥ 0, got {depth_window}")
 
     dtype = cloud.points.dtype
     device = cloud.device

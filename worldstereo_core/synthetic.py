@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid, like_input, look_at_c2w
-from .errors import InvalidDepthError, SyntheticSceneError
+from .errors import InvalidDepthError, InvalidInputError, InvalidOptionError, ShapeMismatchError
 from .pointcloud import PointCloud, pixel_rays
 
 SCENE_NAMES = ("room", "outdoor")
@@ -267,7 +267,7 @@ class SyntheticScene:
 
     def __post_init__(self) -> None:
         if not self.primitives:
-            raise SyntheticSceneError("a synthetic scene needs at least one primitive")
+            raise InvalidInputError("a synthetic scene needs at least one primitive")
         # Smooth noise = mean of a few random plane waves; frequencies ~ 1/(0.3 … 2) m.
         g = torch.Generator().manual_seed(int(self.seed) * 7919 + 17)
         dirs = torch.randn(6, 3, generator=g, dtype=torch.float64)
@@ -317,7 +317,7 @@ class SyntheticScene:
         """``[N]`` unsigned distance from ``points [N, 3]`` to the nearest primitive surface."""
         x = as_tensor(points).to(torch.float64)
         if x.ndim != 2 or x.shape[-1] != 3:
-            raise SyntheticSceneError(f"points must have shape [N, 3], got {tuple(x.shape)}")
+            raise ShapeMismatchError(f"points must have shape [N, 3], got {tuple(x.shape)}")
         dist = torch.full(x.shape[:1], _INF, dtype=torch.float64, device=x.device)
         for prim in self.primitives:
             dist = torch.minimum(dist, _DIST[type(prim)](prim, x))
@@ -444,7 +444,7 @@ class SyntheticScene:
             z-depth), ``valid [F, H, W]`` — float32 / bool on the cameras' device.
         """
         if not isinstance(cameras, Cameras):
-            raise SyntheticSceneError(f"render expects a Cameras batch, got {type(cameras).__name__}")
+            raise InvalidInputError(f"render expects a Cameras batch, got {type(cameras).__name__}")
         rgbs, depths, valids = [], [], []
         for f0 in range(0, len(cameras), max(1, int(chunk_frames))):
             t, prim, n, pts = self._cast_frames(cameras[f0 : f0 + max(1, int(chunk_frames))], dtype)
@@ -481,7 +481,7 @@ class SyntheticScene:
         """
         vs = float(voxel_size) if voxel_size is not None else self.extent / 400.0
         if not vs > 0:
-            raise SyntheticSceneError(f"voxel_size must be positive, got {voxel_size}")
+            raise InvalidOptionError(f"voxel_size must be positive, got {voxel_size}")
         pts, cols, nrms = [], [], []
         for s in range(0, len(cameras), chunk_frames):
             t, prim, n, p = self._cast_frames(cameras[s : s + chunk_frames], dtype)
@@ -585,7 +585,7 @@ def make_scene(name: str = "room", seed: int = 0) -> SyntheticScene:
     and changes the texture noise; the same seed always gives the same scene."""
     builders = {"room": _room, "outdoor": _outdoor}
     if name not in builders:
-        raise SyntheticSceneError(f"unknown synthetic scene {name!r}; choose one of {', '.join(SCENE_NAMES)}")
+        raise InvalidOptionError(f"unknown synthetic scene {name!r}; choose one of {', '.join(SCENE_NAMES)}")
     return builders[name](int(seed))
 
 
@@ -648,10 +648,10 @@ def corrupt_depth(
         raise InvalidDepthError("depth contains negative values; z-depth must be >= 0 (0 = no data)")
     for nm, val in (("scale_range", scale_range), ("noise", noise), ("hole_fraction", hole_fraction)):
         if not (0 <= val < 1) and not (nm == "hole_fraction" and val == 1):
-            raise SyntheticSceneError(f"{nm} must be in [0, 1), got {val}")
+            raise InvalidOptionError(f"{nm} must be in [0, 1), got {val}")
     r_s = scale_range if shift_range is None else shift_range
     if not 0 <= r_s < 1:
-        raise SyntheticSceneError(f"shift_range must be in [0, 1), got {shift_range}")
+        raise InvalidOptionError(f"shift_range must be in [0, 1), got {shift_range}")
     v = (d > 0) if valid is None else as_tensor(valid).to(torch.bool).reshape(d.shape)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     F, H, W = d.shape

@@ -31,7 +31,14 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from . import atomic, safe_json
 from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid, look_at_c2w
-from .errors import CameraJsonError, InvalidCameraError, InvalidTrajectoryError, MalformedJsonError, WorldStereoError
+from .errors import (
+    CorruptFileError,
+    InvalidCameraError,
+    InvalidFileError,
+    InvalidTrajectoryError,
+    MalformedJsonError,
+    WorldStereoError,
+)
 
 DEFAULT_NUM_FRAMES = 81
 DEFAULT_NUM_KEYFRAMES = 21
@@ -83,7 +90,7 @@ def keyframe_indices(num_poses: int, num_keyframes: int = DEFAULT_NUM_KEYFRAMES)
     return np.linspace(0, F - 1, int(num_keyframes), dtype=int)
 
 
-class EmptyCameraJsonError(CameraJsonError, InvalidTrajectoryError):
+class EmptyCameraJsonError(CorruptFileError, InvalidTrajectoryError):
     """A camera.json holding zero poses (both a bad file and an empty trajectory)."""
 
 
@@ -608,12 +615,12 @@ def _as_matrix_stack(value: Any, key: str, size: int, path: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise CameraJsonError(f"{path}: '{key}' is not a numeric array ({e})") from e
+        raise CorruptFileError(f"{path}: '{key}' is not a numeric array ({e})") from e
     if arr.ndim == 2 and key == "intrinsic":
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1:] != (size, size):
         want = f"F × {size} × {size}"
-        raise CameraJsonError(
+        raise CorruptFileError(
             f"{path}: '{key}' must be a list of {size}×{size} matrices ({want}), got shape {arr.shape}"
         )
     return arr
@@ -648,7 +655,7 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
     read as float64 so that saving writes back exactly what was read.
 
     Raises:
-        CameraJsonError: unreadable file or JSON, missing keys, wrong shapes, mismatched counts,
+        InvalidFileError: the file cannot be read; CorruptFileError: not JSON, missing keys, wrong shapes, mismatched counts,
             non-rigid poses or unusable intrinsics (:class:`EmptyCameraJsonError` for 0 poses).
     """
     path = os.fspath(path)
@@ -656,18 +663,18 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
         with open(path, "rb") as f:
             raw = f.read(MAX_CAMERA_JSON_BYTES + 1)
     except OSError as e:
-        raise CameraJsonError(f"cannot read camera file {path}: {e.strerror or e}") from e
+        raise InvalidFileError(f"cannot read camera file {path}: {e.strerror or e}") from e
     if len(raw) > MAX_CAMERA_JSON_BYTES:
-        raise CameraJsonError(
+        raise CorruptFileError(
             f"{path} is larger than {MAX_CAMERA_JSON_BYTES // 2**20} MiB; a camera.json of even 10,000 poses is far "
             "smaller — is it the right file?"
         )
     try:
         data = safe_json.loads(raw, what=path)
     except MalformedJsonError as e:
-        raise CameraJsonError(f"{e}; it must be an upstream camera.json") from None
+        raise CorruptFileError(f"{e}; it must be an upstream camera.json") from None
     if not isinstance(data, dict):
-        raise CameraJsonError(
+        raise CorruptFileError(
             f"{path}: expected a JSON object with 'extrinsic' and 'intrinsic', got {type(data).__name__}"
         )
 
@@ -680,11 +687,11 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
             ext_v = [data[v]["extrinsic"] for v in view_ids]
             int_v = [data[v]["intrinsic"] for v in view_ids]
         except KeyError as e:
-            raise CameraJsonError(f"{path}: a view is missing its {e.args[0]!r} entry") from e
+            raise CorruptFileError(f"{path}: a view is missing its {e.args[0]!r} entry") from e
         data = {"extrinsic": ext_v, "intrinsic": int_v}
     missing = [k for k in ("extrinsic", "intrinsic") if k not in data]
     if missing:
-        raise CameraJsonError(
+        raise CorruptFileError(
             f"{path}: missing key(s) {missing}; an upstream camera.json has 'extrinsic' (F×4×4 w2c) "
             "and 'intrinsic' (F×3×3 in pixels)"
         )
@@ -695,19 +702,19 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
     if len(E) == 0:
         raise EmptyCameraJsonError(f"{path}: 'extrinsic' holds 0 poses; a trajectory needs at least one")
     if len(K) not in (1, len(E)):
-        raise CameraJsonError(f"{path}: {len(E)} extrinsics but {len(K)} intrinsics; give one per pose (or one shared)")
+        raise CorruptFileError(f"{path}: {len(E)} extrinsics but {len(K)} intrinsics; give one per pose (or one shared)")
     motion = data.get("motion_list")
     if motion is not None and (not isinstance(motion, list) or not all(isinstance(m, str) for m in motion)):
-        raise CameraJsonError(f"{path}: 'motion_list' must be a list of strings")
+        raise CorruptFileError(f"{path}: 'motion_list' must be a list of strings")
     for key in ("height", "width"):
         v = data.get(key)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 or v != int(v)):
-            raise CameraJsonError(f"{path}: '{key}' must be a positive integer, got {v!r}")
+            raise CorruptFileError(f"{path}: '{key}' must be a positive integer, got {v!r}")
     h, w = _infer_size(K, height, width, data)
     try:
         cams = Cameras(torch.from_numpy(E), torch.from_numpy(K), h, w)
     except WorldStereoError as e:
-        raise CameraJsonError(f"{path}: {e}") from e
+        raise CorruptFileError(f"{path}: {e}") from e
     extra = {k: v for k, v in data.items() if k not in ("extrinsic", "intrinsic", "motion_list", "height", "width")}
     return Trajectory(
         cams, name=Path(path).parent.name or Path(path).stem, motion_list=motion, extra=extra, view_ids=view_ids

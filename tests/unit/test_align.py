@@ -15,7 +15,14 @@ from worldstereo_core.align import (
     robust_umeyama,
     umeyama,
 )
-from worldstereo_core.errors import AlignmentError, InvalidDepthError, InvalidPointCloudError
+from worldstereo_core.errors import (
+    AlignmentFailedError,
+    InvalidDepthError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidPointCloudError,
+    ShapeMismatchError,
+)
 from worldstereo_core.pointcloud import PointCloud
 
 
@@ -66,20 +73,20 @@ def test_umeyama_planar_points_and_reflection_gives_rotation():
 
 def test_umeyama_errors():
     rng = np.random.default_rng(0)
-    with pytest.raises(AlignmentError, match="at least 3"):
+    with pytest.raises(AlignmentFailedError, match="at least 3"):
         umeyama(rng.normal(size=(2, 3)), rng.normal(size=(2, 3)))
-    with pytest.raises(AlignmentError, match="same shape"):
+    with pytest.raises(ShapeMismatchError, match="same shape"):
         umeyama(rng.normal(size=(5, 3)), rng.normal(size=(6, 3)))
     line = np.outer(np.arange(10.0), [1.0, 2.0, 3.0])
-    with pytest.raises(AlignmentError, match="collinear"):
+    with pytest.raises(AlignmentFailedError, match="collinear"):
         umeyama(line, line + 1)
-    with pytest.raises(AlignmentError, match="coincide"):
+    with pytest.raises(AlignmentFailedError, match="coincide"):
         umeyama(np.ones((5, 3)), rng.normal(size=(5, 3)))
     bad = rng.normal(size=(5, 3))
     bad[1, 0] = np.nan
-    with pytest.raises(AlignmentError, match="NaN"):
+    with pytest.raises(InvalidInputError, match="NaN"):
         umeyama(bad, rng.normal(size=(5, 3)))
-    with pytest.raises(AlignmentError, match=r"\[N, 3\]"):
+    with pytest.raises(ShapeMismatchError, match=r"\[N, 3\]"):
         umeyama(rng.normal(size=(5, 2)), rng.normal(size=(5, 2)))
 
 
@@ -130,9 +137,9 @@ def test_similarity_algebra():
     np.testing.assert_allclose(back.R.numpy(), a.R.numpy(), atol=1e-10)
     pt = torch.from_numpy(p).float()
     assert a.apply(pt).dtype == torch.float32
-    with pytest.raises(AlignmentError, match="positive"):
+    with pytest.raises(InvalidInputError, match="positive"):
         Similarity(-1.0, np.eye(3), np.zeros(3))
-    with pytest.raises(AlignmentError, match="proper similarity"):
+    with pytest.raises(InvalidInputError, match="proper similarity"):
         Similarity.from_matrix(np.diag([1.0, 1.0, -1.0, 1.0]))
 
 
@@ -167,7 +174,7 @@ def test_icp_with_scale_and_init():
     np.testing.assert_allclose(res.transform.t.numpy(), truth.t.numpy(), atol=1e-6)
     with pytest.raises(InvalidPointCloudError, match="at least 3"):
         icp_refine(np.zeros((2, 3)), dst)
-    with pytest.raises(AlignmentError, match="max_distance"):
+    with pytest.raises(InvalidOptionError, match="max_distance"):
         icp_refine(src, dst, max_distance=0)
 
 
@@ -199,11 +206,11 @@ def test_depth_scale_shift_errors():
         fit_depth_scale_shift(d, np.ones((4, 5)))
     with pytest.raises(InvalidDepthError, match="valid mask"):
         fit_depth_scale_shift(d, d, np.ones((3, 3), bool))
-    with pytest.raises(AlignmentError, match="constant"):
+    with pytest.raises(AlignmentFailedError, match="constant"):
         fit_depth_scale_shift(d, d * 2)
-    with pytest.raises(AlignmentError, match="valid pixel"):
+    with pytest.raises(AlignmentFailedError, match="valid pixel"):
         fit_depth_scale_shift(np.arange(16.0).reshape(4, 4) + 1, d, np.zeros((4, 4), bool))
     with pytest.raises(InvalidDepthError, match=r"\[H, W\]"):
         fit_depth_scale_shift(np.ones((2, 4, 4)), np.ones((2, 4, 4)))
-    with pytest.raises(AlignmentError, match="space"):
+    with pytest.raises(InvalidOptionError, match="space"):
         fit_depth_scale_shift(d, d, space="log")

@@ -23,7 +23,7 @@ from worldstereo_core.checkpoint import (
     match_keys,
     save_checkpoint,
 )
-from worldstereo_core.errors import CheckpointError
+from worldstereo_core.errors import CheckpointMismatchError, CorruptFileError, InvalidOptionError, UnsafeFileError
 
 
 class _Net(torch.nn.Module):
@@ -54,7 +54,7 @@ def test_sharded_folder_loads_from_its_index(tmp_path: Path) -> None:
     for k, v in net.state_dict().items():
         assert v.dtype == torch.float64 and torch.equal(v, state[k].double()), k
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"shard\(s\) \['model-00002-of-00002.safetensors'\] .* missing"):
+    with pytest.raises(CorruptFileError, match=r"shard\(s\) \['model-00002-of-00002.safetensors'\] .* missing"):
         checkpoint_files(tmp_path, "test net")
 
 
@@ -62,12 +62,12 @@ def test_sharded_folder_loads_from_its_index(tmp_path: Path) -> None:
 def test_pickles_are_refused_by_name_and_by_content(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         checkpoint_files(path, "test net")
     folder = tmp_path / "only_pickle"
     folder.mkdir()
     (folder / "model.pt").write_bytes(pickle.dumps({}))
-    with pytest.raises(CheckpointError, match=r"no model.safetensors in .* only the pickle checkpoint\(s\) \['model.pt'\]"):
+    with pytest.raises(UnsafeFileError, match=r"no model.safetensors in .* only the pickle checkpoint\(s\) \['model.pt'\]"):
         checkpoint_files(folder, "test net", preferred="model.safetensors")
 
 
@@ -85,9 +85,9 @@ def test_config_convention_and_legacy_keys(tmp_path: Path) -> None:
     assert embedded_config([old], "worldmirror", legacy=("worldmirror_config",)) == {"embed_dim": 32}
     assert embedded_config([old], "worldmirror") is None
     # a file of another network is named, with the loader that reads it
-    with pytest.raises(CheckpointError, match=r"MoGe-2 depth model .* not a WorldMirror .* load it with load_moge"):
+    with pytest.raises(CheckpointMismatchError, match=r"MoGe-2 depth model .* not a WorldMirror .* load it with load_moge"):
         embedded_config([path], "worldmirror")
-    with pytest.raises(CheckpointError, match="unknown checkpoint kind"):
+    with pytest.raises(InvalidOptionError, match="unknown checkpoint kind"):
         save_checkpoint(_state(), tmp_path / "x.safetensors", "resnet")
     assert not (tmp_path / "x.safetensors").exists() and not list(tmp_path.glob(".*partial"))
 
@@ -95,14 +95,14 @@ def test_config_convention_and_legacy_keys(tmp_path: Path) -> None:
 def test_key_mismatch_names_groups_and_cause() -> None:
     plan = identity_plan(["blocks.0.weight", "blocks.0.bias", "extra.1.weight"])
     expected = {"blocks.0.weight": (3, 3), "blocks.0.bias": (3,), "blocks.1.weight": (3, 3), "head.weight": (1, 3)}
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(CheckpointMismatchError) as err:
         match_keys(plan, expected, lambda k: (3, 3), "net.safetensors", "is it the right file?")
     msg = str(err.value)
     assert "missing 2 keys under blocks.* (1), head.* (1);" in msg
     assert "unexpected 1 keys under extra.* (1);" in msg and msg.endswith("is it the right file?")
     shapes = {"blocks.0.weight": (3, 4), "blocks.0.bias": (3,)}
     plan = identity_plan(list(shapes))
-    with pytest.raises(CheckpointError, match=r"blocks\.0\.weight is \[3, 4\] in the file but the model expects \[3, 3\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"blocks\.0\.weight is \[3, 4\] in the file but the model expects \[3, 3\]"):
         match_keys(plan, {"blocks.0.weight": (3, 3), "blocks.0.bias": (3,)}, shapes.__getitem__, "net")
     assert describe_keys(["a.0.b.weight", "a.1.b.weight", "c.weight"], depth=2) == "a.b.* (2), c.* (1)"
 

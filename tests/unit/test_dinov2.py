@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tiny_models import tiny_dinov2_model, write_tiny_dinov2
-from worldstereo_core.errors import CheckpointError, ModelInputError
+from worldstereo_core.errors import CheckpointMismatchError, MissingFileError, ShapeMismatchError
 from worldstereo_core.models.dinov2 import DINOV2_CROP, DINOV2_RESIZE, dinov2_preprocess, load_dinov2
 from worldstereo_core.recon.vit import IMAGENET_MEAN, IMAGENET_STD
 
@@ -52,11 +52,11 @@ def test_features_equal_transformers_dinov2_pooler_output(tiny):
 
 def test_loader_errors_name_the_fix(tiny, tmp_path):
     _, folder = tiny
-    with pytest.raises(CheckpointError, match="not a folder"):
+    with pytest.raises(MissingFileError, match="not a folder"):
         load_dinov2(folder / "model.safetensors")
     (tmp_path / "noconfig").mkdir()
     save_file({"x": torch.zeros(1)}, str(tmp_path / "noconfig" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(MissingFileError, match="config.json"):
         load_dinov2(tmp_path / "noconfig")
     cfg = json.loads((folder / "config.json").read_text())
 
@@ -70,14 +70,14 @@ def test_loader_errors_name_the_fix(tiny, tmp_path):
         (d / "config.json").write_text(json.dumps(config))
         return d
 
-    with pytest.raises(CheckpointError, match="wrong shape"):  # weights of another size than the config says
+    with pytest.raises(CheckpointMismatchError, match="wrong shape"):  # weights of another size than the config says
         load_dinov2(variant("bigger", {**cfg, "hidden_size": 64, "num_attention_heads": 4}))
     partial = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("encoder.layer.1.")}
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(CheckpointMismatchError, match="missing"):
         load_dinov2(variant("partial", cfg, partial))
-    with pytest.raises(CheckpointError, match="another variant"):
+    with pytest.raises(CheckpointMismatchError, match="another variant"):
         load_dinov2(variant("swiglu", {**cfg, "use_swiglu_ffn": True}))
-    with pytest.raises(ModelInputError, match=r"\[H, W, 3\]"):
+    with pytest.raises(ShapeMismatchError, match=r"\[H, W, 3\]"):
         dinov2_preprocess([torch.zeros(3, 8, 8)])
 
 

@@ -18,7 +18,15 @@ import pytest
 import torch
 
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import EvaluationError, InvalidCameraError, InvalidImageError
+from worldstereo_core.errors import (
+    InvalidCameraError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    InvalidTrajectoryError,
+    MissingFileError,
+    ShapeMismatchError,
+)
 from worldstereo_core.evaluate import (
     BENCHMARK_TRAJECTORIES,
     OracleReconstructor,
@@ -174,7 +182,7 @@ def test_load_release_benchmark_trajectories(fixtures_dir: Path, scene) -> None:
         rel_r = torch.linalg.inv(r.c2w[0].double()) @ r.c2w.double()
         assert torch.allclose(rel_a[:, :3, :3], rel_r[:, :3, :3], atol=1e-5)
         assert torch.allclose(rel_a[:, :3, 3], 2.0 * rel_r[:, :3, 3], atol=1e-4)
-    with pytest.raises(EvaluationError, match="not found"):
+    with pytest.raises(MissingFileError, match="not found"):
         load_benchmark_trajectories(folder, names=("spiral",))
 
 
@@ -187,21 +195,21 @@ def test_bad_inputs(scene) -> None:
         return scene.render(cameras).rgb
 
     rec = OracleReconstructor(scene)
-    with pytest.raises(EvaluationError, match="alignment"):
+    with pytest.raises(InvalidOptionError, match="alignment"):
         evaluate_generation(gen, rec, view.image, trajs, gt, alignment="chamfer")
-    with pytest.raises(EvaluationError, match="no trajectories"):
+    with pytest.raises(InvalidInputError, match="no trajectories"):
         evaluate_generation(gen, rec, view.image, {}, gt)
     with pytest.raises(InvalidCameraError, match="resized"):
         evaluate_generation(gen, rec, view.image, {"up": trajs["up"].resized(42, 84)}, gt)
-    with pytest.raises(EvaluationError, match="moving camera"):
+    with pytest.raises(InvalidTrajectoryError, match="moving camera"):
         evaluate_generation(gen, rec, view.image, {"still": trajs["up"][:1]}, gt)
-    with pytest.raises(EvaluationError, match="threshold"):
+    with pytest.raises(InvalidOptionError, match="threshold"):
         evaluate_generation(gen, rec, view.image, trajs, gt, threshold=-1.0)
     with pytest.raises(InvalidImageError, match="generator returned"):
         evaluate_generation(lambda *a: torch.zeros(2, H, W, 3), rec, view.image, trajs, gt)
-    with pytest.raises(EvaluationError, match="Reconstruction"):
+    with pytest.raises(InvalidInputError, match="Reconstruction"):
         evaluate_generation(gen, lambda f, c: None, view.image, trajs, gt)
-    with pytest.raises(EvaluationError, match="multiples of 14"):
+    with pytest.raises(ShapeMismatchError, match="multiples of 14"):
         OracleReconstructor(scene)(torch.zeros(3, 30, 56, 3), trajs["up"].resized(30, 56))
-    with pytest.raises(EvaluationError, match="pose_noise_deg"):
+    with pytest.raises(InvalidOptionError, match="pose_noise_deg"):
         OracleReconstructor(scene, pose_noise_deg=-1)

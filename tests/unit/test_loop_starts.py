@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import InvalidTrajectoryError, MemoryBankError
+from worldstereo_core.errors import InvalidInputError, InvalidTrajectoryError
 from worldstereo_core.interfaces import (
     START_CONTINUE,
     LoopConfig,
@@ -124,7 +124,7 @@ def test_bad_starts_fail_before_the_first_clip():
     scene = make_scene("room", seed=0)
     view = scene.default_view(H, W)
     gen = Recorder(scene)
-    with pytest.raises(MemoryBankError, match=r"start view\(s\) \[3\].*1 views"):
+    with pytest.raises(InvalidInputError, match=r"start view\(s\) \[3\].*1 views"):
         run_scene_loop(view.image, view.cameras, view.depth, gen, OracleDepth(scene),
                        [TrajectorySpec("orbit"), TrajectorySpec("up", 3)], CFG, valid=view.valid)
     with pytest.raises(InvalidTrajectoryError, match="cannot 'continue'"):

@@ -10,7 +10,16 @@ import torch
 
 import worldstereo_core.memory as memory
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import InvalidCameraError, MemoryBankError
+from worldstereo_core.errors import (
+    CorruptFileError,
+    InvalidCameraError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    MissingFileError,
+    OutputPathError,
+    ShapeMismatchError,
+)
 from worldstereo_core.memory import Cache3D, MemoryBank, keyframe_update_indices
 from worldstereo_core.pointcloud import PointCloud
 
@@ -40,7 +49,7 @@ def test_keyframe_update_indices_match_release_rule():
         steps = np.diff([0] + idx)
         assert idx[-1] == f - 1 and len(set(idx)) == 8 and idx[0] >= 1
         assert steps.max() - steps.min() <= 1 and (np.diff(steps) <= 0).all()
-    with pytest.raises(MemoryBankError, match="at most 7"):
+    with pytest.raises(InvalidOptionError, match="at most 7"):
         keyframe_update_indices(8, 8)
 
 
@@ -76,15 +85,15 @@ def test_from_views_and_sizes_and_subset():
 
 def test_bank_validation_errors():
     img = torch.rand(12, 16, 3)
-    with pytest.raises(MemoryBankError, match="counts disagree"):
+    with pytest.raises(ShapeMismatchError, match="counts disagree"):
         MemoryBank((img, img), torch.eye(4)[None], K[None], ("a", "b"))
-    with pytest.raises(MemoryBankError, match=r"\[H, W, 3\]"):
+    with pytest.raises(InvalidImageError, match=r"\[H, W, 3\]"):
         MemoryBank((torch.rand(12, 16),), torch.eye(4)[None], K[None], ("a",))
     bad = img.clone()
     bad[0, 0, 0] = float("nan")
-    with pytest.raises(MemoryBankError, match="NaN"):
+    with pytest.raises(InvalidImageError, match="NaN"):
         MemoryBank((bad,), torch.eye(4)[None], K[None], ("a",))
-    with pytest.raises(MemoryBankError, match=r"\[0, 1\]"):
+    with pytest.raises(InvalidImageError, match=r"\[0, 1\]"):
         MemoryBank((img * 255,), torch.eye(4)[None], K[None], ("a",))
     with pytest.raises(InvalidCameraError, match="rigid"):
         MemoryBank((img,), 2 * torch.eye(4)[None], K[None], ("a",))
@@ -92,16 +101,16 @@ def test_bank_validation_errors():
         MemoryBank((img,), torch.full((1, 4, 4), float("nan")), K[None], ("a",))
     with pytest.raises(InvalidCameraError, match="zero focal"):
         MemoryBank((img,), torch.eye(4)[None], torch.zeros(1, 3, 3), ("a",))
-    with pytest.raises(MemoryBankError, match="at least one"):
+    with pytest.raises(InvalidInputError, match="at least one"):
         MemoryBank((), torch.zeros(0, 4, 4), torch.zeros(0, 3, 3), ())
     bank = _bank()
-    with pytest.raises(MemoryBankError, match="one camera per frame"):
+    with pytest.raises(ShapeMismatchError, match="one camera per frame"):
         bank.update(torch.rand(21, 12, 16, 3), _cams(20), "t")
-    with pytest.raises(MemoryBankError, match="resize"):
+    with pytest.raises(ShapeMismatchError, match="resize"):
         bank.update(torch.rand(21, 10, 16, 3), _cams(21), "t")
-    with pytest.raises(MemoryBankError, match="resize"):
+    with pytest.raises(ShapeMismatchError, match="resize"):
         MemoryBank.from_views(torch.rand(2, 10, 16, 3), _cams(2))
-    with pytest.raises(MemoryBankError, match="out of range"):
+    with pytest.raises(InvalidInputError, match="out of range"):
         bank.subset([1])
 
 
@@ -142,29 +151,29 @@ def test_failed_save_leaves_previous_bank_intact(tmp_path, monkeypatch):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(MemoryBankError, match="no saved"):
+    with pytest.raises(MissingFileError, match="no saved"):
         MemoryBank.load(tmp_path / "missing")
     target = tmp_path / "bank"
     _bank().save(target)
     man = json.loads((target / "manifest.json").read_text())
     man["version"] = 99
     (target / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(MemoryBankError, match="version 99"):
+    with pytest.raises(CorruptFileError, match="version 99"):
         MemoryBank.load(target)
     man["version"] = 1
     (target / "manifest.json").write_text(json.dumps(man))
     (target / "frames.safetensors").unlink()
-    with pytest.raises(MemoryBankError, match="missing frames.safetensors"):
+    with pytest.raises(CorruptFileError, match="missing frames.safetensors"):
         MemoryBank.load(target)
-    with pytest.raises(MemoryBankError, match="not a"):
+    with pytest.raises(CorruptFileError, match="not a"):
         Cache3D.load(target)
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "notes.txt").write_text("precious")
-    with pytest.raises(MemoryBankError, match="refusing to replace"):
+    with pytest.raises(OutputPathError, match="refusing to replace"):
         _bank().save(tmp_path / "user")
     assert (tmp_path / "user" / "notes.txt").read_text() == "precious"
     (tmp_path / "nomanifest").mkdir()
-    with pytest.raises(MemoryBankError, match="manifest"):
+    with pytest.raises(CorruptFileError, match="manifest"):
         MemoryBank.load(tmp_path / "nomanifest")
 
 
@@ -194,11 +203,11 @@ def test_cache_merge_removes_incoming_outliers():
     merged = Cache3D.empty().merge(PointCloud.cat([cloud, far]))
     assert len(merged) == 400
     assert float(merged.cloud.points.abs().max()) < 10
-    with pytest.raises(MemoryBankError, match="PointCloud"):
+    with pytest.raises(InvalidInputError, match="PointCloud"):
         Cache3D.empty().merge(np.zeros((3, 3)))
-    with pytest.raises(MemoryBankError, match="voxel_size"):
+    with pytest.raises(InvalidOptionError, match="voxel_size"):
         Cache3D.empty().merge(cloud, voxel_size=-1.0)
-    with pytest.raises(MemoryBankError, match="voxel_size"):
+    with pytest.raises(InvalidOptionError, match="voxel_size"):
         Cache3D(cloud, voxel_size=0.0)
 
 

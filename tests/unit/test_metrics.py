@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from worldstereo_core.errors import AlignmentError, InvalidCameraError, InvalidPointCloudError
+from worldstereo_core.errors import AlignmentFailedError, InvalidCameraError, InvalidPointCloudError
 from worldstereo_core.metrics import (
     ate,
     metrics_report,
@@ -92,7 +92,7 @@ def test_ate_zero_after_similarity_and_known_rmse():
         ate(gt[:3], gt)
     with pytest.raises(InvalidCameraError, match=r"\[F, 4, 4\]"):
         ate(gt[:, :3], gt[:, :3])
-    with pytest.raises(AlignmentError, match="coincide"):
+    with pytest.raises(AlignmentFailedError, match="coincide"):
         ate(np.tile(np.eye(4), (3, 1, 1)), gt[:3])
 
 

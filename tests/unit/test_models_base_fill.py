@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worldstereo_core.errors import CheckpointError
+from worldstereo_core.errors import CheckpointMismatchError
 from worldstereo_core.models.loading import build_transformer, init_random_weights, is_backbone_key, load_worldstereo
 from worldstereo_core.models.transformer_worldstereo import (
     FULL_CONTROLNET_CONFIG,
@@ -159,7 +159,7 @@ def test_published_config_and_diffusers_base(tmp_path, models, variant, folder):
     shard_groups = " ".join(g for f, g in sources.items() if f.startswith("diffusion_pytorch_model-"))
     assert "blocks.* (" in shard_groups and "controlnet" not in shard_groups
     # the released sizes are what the published config means: without the override it does not fit
-    with pytest.raises(CheckpointError, match="fewer controlnet blocks than the config describes"):
+    with pytest.raises(CheckpointMismatchError, match="fewer controlnet blocks than the config describes"):
         load_worldstereo(ckpt, base_model=base)
 
 
@@ -188,7 +188,7 @@ def test_comfyui_single_file_base(tmp_path, models, fp8):
 
 def test_missing_backbone_without_base_names_the_fix(tmp_path, models):
     ckpt = _release_folder(tmp_path, "worldstereo-camera", models["camera"], PUBLISHED_CONFIG)
-    with pytest.raises(CheckpointError, match=r"missing \d+ keys under blocks\.\* \(\d+\).*base_model="):
+    with pytest.raises(CheckpointMismatchError, match=r"missing \d+ keys under blocks\.\* \(\d+\).*base_model="):
         load_worldstereo(ckpt, overrides=SMALL)
 
 
@@ -197,13 +197,13 @@ def test_what_the_base_cannot_fill_stays_an_error(tmp_path, models):
     trimmed = {k: v for k, v in state.items() if not k.startswith("camera_embedding.")}
     ckpt = _release_folder(tmp_path, "worldstereo-memory", trimmed, PUBLISHED_CONFIG)
     base = _diffusers_base(tmp_path, state)
-    with pytest.raises(CheckpointError, match=r"missing \d+ keys under .*camera_embedding\.\* \(6\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing \d+ keys under .*camera_embedding\.\* \(6\)"):
         load_worldstereo(ckpt, base_model=base, overrides=SMALL)
     # a base that lacks some backbone groups (here the image embedder: a T2V model) is named
     comfy = tmp_path / "t2v.safetensors"
     _comfy_file(comfy, {k: v for k, v in state.items() if "image_embedder" not in k and "add_" not in k}, fp8=False)
     ckpt2 = _release_folder(tmp_path, "worldstereo-memory-2", state, {**PUBLISHED_CONFIG})
-    with pytest.raises(CheckpointError, match=r"does not have 20 of them: blocks\.\* \(12\), condition_embedder\.\* \(8\).*I2V 14B"):
+    with pytest.raises(CheckpointMismatchError, match=r"does not have 20 of them: blocks\.\* \(12\), condition_embedder\.\* \(8\).*I2V 14B"):
         load_worldstereo(ckpt2, variant="memory", base_model=comfy, overrides=SMALL)
 
 

@@ -11,7 +11,15 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from worldstereo_core.errors import CheckpointError, ModelInputError
+from worldstereo_core.errors import (
+    CheckpointMismatchError,
+    InvalidInputError,
+    InvalidOptionError,
+    MissingFileError,
+    MissingInputError,
+    ShapeMismatchError,
+    UnsafeFileError,
+)
 from worldstereo_core.models.conversion import plan_clip_vision, plan_umt5
 from worldstereo_core.models.encoders import (
     CLIP_IMAGE_MEAN,
@@ -99,9 +107,9 @@ def test_text_embedding_padding_zeroed(umt5):
 def test_prompt_clean_and_bad_prompts(umt5):
     assert prompt_clean("  a &amp;amp; b\n\t c  ") == "a & b c"
     enc = UMT5TextEncoder(umt5, CharTokenizer(), max_length=8)
-    with pytest.raises(ModelInputError):
+    with pytest.raises(InvalidInputError):
         enc.encode([])
-    with pytest.raises(ModelInputError):
+    with pytest.raises(InvalidInputError):
         enc.encode([3])  # type: ignore[list-item]
 
 
@@ -175,26 +183,26 @@ def test_diffusers_folder_sharded_with_tokenizer_folder(umt5, spm_bytes, tmp_pat
 def test_text_encoder_errors(umt5, tmp_path):
     path = tmp_path / "umt5.safetensors"
     save_file(_sd(umt5), str(path))
-    with pytest.raises(CheckpointError, match="no tokenizer found"):
+    with pytest.raises(MissingInputError, match="no tokenizer found"):
         load_text_encoder(path, dtype=torch.float32)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no tokenizer files"):
+    with pytest.raises(MissingFileError, match="no tokenizer files"):
         load_tokenizer(tmp_path / "empty")
     wrong = tmp_path / "clip.safetensors"
     save_file({"vision_model.encoder.layers.0.layer_norm1.weight": torch.zeros(4)}, str(wrong))
-    with pytest.raises(CheckpointError, match="not a UMT5"):
+    with pytest.raises(CheckpointMismatchError, match="not a UMT5"):
         load_text_encoder(wrong, tokenizer=CharTokenizer())
     sd = _sd(umt5)
     del sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     partial = tmp_path / "partial.safetensors"
     save_file(sd, str(partial))
-    with pytest.raises(CheckpointError, match=r"missing 1 keys under encoder\.block\.layer\.DenseReluDense\.\* \(1\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing 1 keys under encoder\.block\.layer\.DenseReluDense\.\* \(1\)"):
         load_text_encoder(partial, tokenizer=CharTokenizer(), dtype=torch.float32)
     pickle = tmp_path / "umt5.bin"
     pickle.write_bytes(b"\x80\x02junk")
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         load_text_encoder(pickle, tokenizer=CharTokenizer())
 
 
@@ -253,9 +261,9 @@ def test_clip_preprocess_geometry_and_scale():
     split = torch.cat([-torch.ones(1, 3, 32, 48), torch.ones(1, 3, 32, 48)], dim=-1)
     px = clip_preprocess(split, 32, "unit") * std + mean
     assert px[..., :8].max() < 0.05 and px[..., -8:].min() > 0.95
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         clip_preprocess(torch.zeros(3, 8, 8))
-    with pytest.raises(ModelInputError):
+    with pytest.raises(InvalidOptionError):
         clip_preprocess(torch.zeros(1, 3, 8, 8), pixel_scale="x")  # type: ignore[arg-type]
 
 
@@ -315,14 +323,14 @@ def test_clip_single_file_hf_layout_with_projection(clip, tmp_path):
     img = torch.rand(1, 3, 40, 28) * 2 - 1
     torch.testing.assert_close(enc.encode(img), CLIPImageEncoder(clip).encode(img))
     assert enc.pixel_scale == "release"
-    with pytest.raises(CheckpointError, match="head count"):
+    with pytest.raises(CheckpointMismatchError, match="head count"):
         load_image_encoder(path, dtype=torch.float32)  # width 32: heads not inferable without config
 
 
 def test_clip_errors(tmp_path):
     wrong = tmp_path / "vae.safetensors"
     save_file({"decoder.middle.0.residual.0.gamma": torch.zeros(4)}, str(wrong))
-    with pytest.raises(CheckpointError, match="not a CLIP vision model"):
+    with pytest.raises(CheckpointMismatchError, match="not a CLIP vision model"):
         load_image_encoder(wrong)
-    with pytest.raises(ModelInputError):
+    with pytest.raises(InvalidOptionError):
         CLIPImageEncoder(CLIPVisionModel(CLIPVisionConfig(**tiny_clip_vision_config())), pixel_scale="bad")  # type: ignore[arg-type]

@@ -10,10 +10,17 @@ from tiny_models import RELEASE_FOLDERS, write_tiny_models
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.checkpoint import embedded_config
-from worldstereo_core.errors import CheckpointError, ModelInputError, WorldStereoError
+from worldstereo_core.errors import (
+    InvalidInputError,
+    InvalidOptionError,
+    MissingInputError,
+    ModelOutOfMemoryError,
+    ShapeMismatchError,
+    UnsafeFileError,
+    WorldStereoError,
+)
 from worldstereo_core.interfaces import FrameGenerator, References
 from worldstereo_core.models.generate import (
-    ModelOutOfMemoryError,
     WorldStereoFrameGenerator,
     generate_keyframes,
     load_models,
@@ -147,24 +154,24 @@ def test_frame_generator_adapter(models):
 def test_bad_inputs_raise_actionable_errors(models):
     m = models["memory"]
     image, cams, render, mask = _scene()
-    with pytest.raises(ModelInputError, match="one camera per keyframe"):
+    with pytest.raises(ShapeMismatchError, match="one camera per keyframe"):
         generate_keyframes(m, image, "x", None, cams, render[:2], mask[:2])
-    with pytest.raises(ModelInputError, match="one camera per keyframe"):
+    with pytest.raises(ShapeMismatchError, match="one camera per keyframe"):
         generate_keyframes(m, image, "x", None, cams[0:2], render, mask)
     img2, cams2, render2, mask2 = _scene(h=24, w=24)
-    with pytest.raises(ModelInputError, match="multiples of 16"):
+    with pytest.raises(ShapeMismatchError, match="multiples of 16"):
         generate_keyframes(m, img2, "x", None, cams2, render2, mask2)
-    with pytest.raises(ModelInputError, match="at most 8"):
+    with pytest.raises(InvalidOptionError, match="at most 8"):
         generate_keyframes(m, image, "x", None, cams, render, mask, _refs(n_refs=9))
     bad = _refs()
     bad = References(bad.images, bad.w2c, bad.K, torch.tensor([0, F - 1]), bad.bank_indices, bad.sources)
-    with pytest.raises(ModelInputError, match="ref_index"):
+    with pytest.raises(InvalidOptionError, match="ref_index"):
         generate_keyframes(m, image, "x", None, cams, render, mask, bad)
-    with pytest.raises(ModelInputError, match="no memory branch"):
+    with pytest.raises(InvalidInputError, match="no memory branch"):
         generate_keyframes(models["camera"], image, "x", None, cams, render, mask, _refs())
-    with pytest.raises(ModelInputError, match="sampler"):
+    with pytest.raises(InvalidOptionError, match="sampler"):
         generate_keyframes(m, image, "x", None, cams, render, mask, sampler="euler")
-    with pytest.raises(ModelInputError, match="required"):
+    with pytest.raises(MissingInputError, match="required"):
         generate_keyframes(m, image, "x")
 
 
@@ -185,19 +192,21 @@ def test_out_of_memory_becomes_advice(models, monkeypatch):
     with pytest.raises(ModelOutOfMemoryError, match="offload='sequential'") as info:
         generate_keyframes(m, image, "x", None, cams, render, mask)
     assert isinstance(info.value, WorldStereoError)
+    # out of memory is no bad argument: callers catching MemoryError see it, ValueError handlers do not
+    assert isinstance(info.value, MemoryError) and not isinstance(info.value, ValueError)
     assert "16×16" in str(info.value)
 
 
 def test_load_models_errors(tiny_dir, tmp_path):
     _, paths = tiny_dir
-    with pytest.raises(ModelInputError, match="no source for"):
+    with pytest.raises(MissingInputError, match="no source for"):
         load_models(paths["worldstereo-memory"], device="cpu")
-    with pytest.raises(ModelInputError, match="offload"):
+    with pytest.raises(InvalidOptionError, match="offload"):
         load_models(paths["worldstereo-memory"], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
                     vae=paths["vae"], device="cpu", offload="disk")
     pickle = tmp_path / "umt5.pt"
     pickle.write_bytes(b"\x80\x02}q\x00.")
-    with pytest.raises(CheckpointError, match="safetensors"):
+    with pytest.raises(UnsafeFileError, match="safetensors"):
         load_models(paths["worldstereo-memory"], text_encoder=pickle, image_encoder=paths["image_encoder"],
                     vae=paths["vae"], device="cpu", dtype=torch.float32)
 
@@ -232,9 +241,9 @@ def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
     got = generate_keyframes(bare, image, "", None, cams, render, mask, seed=3,
                              prompt_embeds=text[:, :n], image_embeds=clip)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ModelInputError, match="no text encoder"):
+    with pytest.raises(MissingInputError, match="no text encoder"):
         generate_keyframes(bare, image, "x", None, cams, render, mask, image_embeds=clip)
-    with pytest.raises(ModelInputError, match="prompt_embeds must be"):
+    with pytest.raises(ShapeMismatchError, match="prompt_embeds must be"):
         generate_keyframes(bare, image, "x", None, cams, render, mask, prompt_embeds=text[..., :5], image_embeds=clip)
 
 
@@ -313,9 +322,9 @@ def test_uni3c_video_mode_memory_model_and_errors(tiny_dir, models):
     assert out.shape == (9, H, W, 3)
     for n in (4, 8, 3):
         im, c, r, mk = _video_scene(n)
-        with pytest.raises(ModelInputError, match=r"1 \+ 4k"):
+        with pytest.raises(ShapeMismatchError, match=r"1 \+ 4k"):
             generate_keyframes(mem, im, "x", None, c, r, mk, steps=1)
-    with pytest.raises(ModelInputError, match="render frames"):
+    with pytest.raises(ShapeMismatchError, match="render frames"):
         generate_keyframes(mem, image, "x", None, cams, render[:5], mask, steps=1)
 
 
@@ -333,5 +342,5 @@ def test_frame_generator_takes_the_clips_own_prompt_and_refuses_uni3c(models, un
     assert torch.equal(own, want_own) and torch.equal(scene, want_scene)
     assert not torch.allclose(own, generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(),
                                                       seed=5, **kw))
-    with pytest.raises(ModelInputError, match="Uni3C"):
+    with pytest.raises(InvalidInputError, match="Uni3C"):
         WorldStereoFrameGenerator(uni3c_models, "a room")

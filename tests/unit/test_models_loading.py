@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from worldstereo_core.errors import CheckpointError
+from worldstereo_core.errors import CheckpointMismatchError, CorruptFileError, MissingFileError, UnsafeFileError
 from worldstereo_core.models import (
     build_transformer,
     init_random_weights,
@@ -56,7 +56,7 @@ def test_single_file_with_and_without_embedded_config(saved, tmp_path):
     assert load_worldstereo(single, dtype=None).variant == "memory"
     # no metadata and no config.json: released full-size defaults, variant from the keys
     bare = _write(tmp_path / "bare.safetensors", load_file(str(single)))
-    with pytest.raises(CheckpointError, match="fewer blocks"):
+    with pytest.raises(CheckpointMismatchError, match="fewer blocks"):
         load_worldstereo(bare)
 
 
@@ -71,12 +71,12 @@ def test_known_prefix_is_stripped(saved, tmp_path):
 
 
 def test_camera_file_loaded_as_memory_names_the_cause(saved):
-    with pytest.raises(CheckpointError, match=r"camera_embedding\.\* \(6\).*variant='camera'"):
+    with pytest.raises(CheckpointMismatchError, match=r"camera_embedding\.\* \(6\).*variant='camera'"):
         load_worldstereo(saved["camera"], variant="memory")
 
 
 def test_memory_file_loaded_as_camera_names_the_cause(saved):
-    with pytest.raises(CheckpointError, match=r"unexpected 6 keys.*variant='memory'"):
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected 6 keys.*variant='memory'"):
         load_worldstereo(saved["memory"], variant="camera")
 
 
@@ -86,7 +86,7 @@ def test_missing_controlnet_keys_named_by_group(saved, tmp_path):
     state = load_file(str(saved["camera"] / "model.safetensors"))
     _write(folder / "model.safetensors", {k: v for k, v in state.items() if not k.startswith("controlnet.")})
     (folder / "config.json").write_text((saved["camera"] / "config.json").read_text())
-    with pytest.raises(CheckpointError, match=r"controlnet\.controlnet_blocks\.\*.*plain Wan2\.1"):
+    with pytest.raises(CheckpointMismatchError, match=r"controlnet\.controlnet_blocks\.\*.*plain Wan2\.1"):
         load_worldstereo(folder)
 
 
@@ -99,7 +99,7 @@ def test_uni3c_layout_is_recognised(saved, tmp_path):
         elif k.startswith("controlnet."):
             uni3c[k] = v
     path = _write(tmp_path / "uni3c.safetensors", uni3c)
-    with pytest.raises(CheckpointError, match="Uni3C"):
+    with pytest.raises(CheckpointMismatchError, match="Uni3C"):
         load_worldstereo(path, variant="camera")
 
 
@@ -110,7 +110,7 @@ def test_shape_mismatch_is_reported(saved, tmp_path):
     state["proj_out.weight"] = torch.zeros(8, 32)
     _write(folder / "model.safetensors", state)
     (folder / "config.json").write_text((saved["camera"] / "config.json").read_text())
-    with pytest.raises(CheckpointError, match=r"proj_out\.weight is \[8, 32\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"proj_out\.weight is \[8, 32\]"):
         load_worldstereo(folder)
 
 
@@ -118,24 +118,24 @@ def test_shape_mismatch_is_reported(saved, tmp_path):
 def test_pickle_checkpoints_are_refused(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"
     path.write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(CheckpointError, match="convert it to safetensors|Convert it to safetensors"):
+    with pytest.raises(UnsafeFileError, match="convert it to safetensors|Convert it to safetensors"):
         load_worldstereo(path)
 
 
 def test_pickle_disguised_as_safetensors_is_refused(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         read_safetensors_header(path)
     zipped = tmp_path / "zip.safetensors"
     zipped.write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # torch.save's zip container
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         read_safetensors_header(zipped)
 
 
 def test_folder_with_only_a_pickle_gets_the_pickle_advice(tmp_path):
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({}))
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         load_worldstereo(tmp_path)
 
 
@@ -143,20 +143,20 @@ def test_truncated_file_is_reported(saved, tmp_path):
     data = (saved["camera"] / "model.safetensors").read_bytes()
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) - 1000])
-    with pytest.raises(CheckpointError, match="truncated"):
+    with pytest.raises(CorruptFileError, match="truncated"):
         load_worldstereo(path)
     path.write_bytes(data[:5])
-    with pytest.raises(CheckpointError, match="too short"):
+    with pytest.raises(CorruptFileError, match="too short"):
         load_worldstereo(path)
 
 
 def test_corrupt_header_is_reported(tmp_path):
     path = tmp_path / "bad.safetensors"
     path.write_bytes((20).to_bytes(8, "little") + b"{not json at all!!!}" + b"\x00" * 16)
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CorruptFileError, match="corrupt"):
         load_worldstereo(path)
     path.write_bytes((10**12).to_bytes(8, "little") + b"\x00" * 16)
-    with pytest.raises(CheckpointError, match="header"):
+    with pytest.raises(CorruptFileError, match="header"):
         load_worldstereo(path)
 
 
@@ -168,21 +168,21 @@ def test_missing_config_fields(saved, tmp_path):
     cfg = json.loads((saved["camera"] / "config.json").read_text())
 
     (folder / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "controlnet_cfg"}))
-    with pytest.raises(CheckpointError, match="controlnet_cfg"):
+    with pytest.raises(CheckpointMismatchError, match="controlnet_cfg"):
         load_worldstereo(folder)
 
     (folder / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "model_type"}))
-    with pytest.raises(CheckpointError, match="model_type"):
+    with pytest.raises(CheckpointMismatchError, match="model_type"):
         load_worldstereo(folder)
     assert load_worldstereo(folder, variant="camera", dtype=None).variant == "camera"  # explicit variant suffices
 
     broken = dict(cfg, controlnet_cfg={k: v for k, v in cfg["controlnet_cfg"].items() if k != "num_layers"})
     (folder / "config.json").write_text(json.dumps(broken))
-    with pytest.raises(CheckpointError, match="num_layers"):
+    with pytest.raises(CheckpointMismatchError, match="num_layers"):
         load_worldstereo(folder)
 
     (folder / "config.json").write_text("{oops")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
         load_worldstereo(folder)
 
 
@@ -195,14 +195,14 @@ def test_release_config_json_defaults():
                             "main_camera_embedding": True}}
     )
     assert cfg.variant == "memory" and cfg.transformer["num_layers"] == 40 and cfg.controlnet.add_channels == 7
-    with pytest.raises(CheckpointError, match="unknown variant"):
+    with pytest.raises(CheckpointMismatchError, match="unknown variant"):
         config_from_dict({"model_type": "worldstereo-foo", "controlnet_cfg": {}})
 
 
 def test_missing_path_and_empty_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         load_worldstereo(tmp_path / "nope")
-    with pytest.raises(CheckpointError, match="no model.safetensors"):
+    with pytest.raises(MissingFileError, match="no model.safetensors"):
         load_worldstereo(tmp_path)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from testsupport import randomize_zero_inits
-from worldstereo_core.errors import CheckpointError, ModelInputError
+from worldstereo_core.errors import CheckpointMismatchError, InvalidInputError, ShapeMismatchError
 from worldstereo_core.models import (
     build_transformer,
     count_parameters,
@@ -134,7 +134,7 @@ def test_init_rule_reproduces_the_camera_model_then_training_changes_it(tmp_path
         assert (paper(x, t, **kw) - want).abs().max() > 1e-3
     # a memory checkpoint works too (its camera_embedding is dropped); a mismatched one is refused
     init_from_camera(build_transformer("paper", tiny=True), build_transformer("memory", tiny=True).state_dict())
-    with pytest.raises(CheckpointError, match="lacks"):
+    with pytest.raises(CheckpointMismatchError, match="lacks"):
         init_from_camera(build_transformer("paper", tiny=True), {"patch_embedding.weight": sd["patch_embedding.weight"]})
 
 
@@ -151,16 +151,16 @@ def test_own_config_round_trips_and_release_loader_tells_variants_apart(tmp_path
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, **kw), paper(x, t, **kw), rtol=0, atol=0)
     # a paper file read as the camera variant: the error names the memory branch
-    with pytest.raises(CheckpointError, match="memory_branch"):
+    with pytest.raises(CheckpointMismatchError, match="memory_branch"):
         load_worldstereo(tmp_path / "paper", variant="camera", dtype=torch.float32)
     # the release variants refuse paper inputs with a clear message
     camera = build_transformer("camera", tiny=True)
-    with pytest.raises(ModelInputError, match="paper"):
+    with pytest.raises(InvalidInputError, match="paper"):
         camera(x, t, **kw)
     # bad shapes are named
-    with pytest.raises(ModelInputError, match="pointmap_latent"):
+    with pytest.raises(ShapeMismatchError, match="pointmap_latent"):
         paper(x, t, **dict(kw, pointmap_latent=kw["pointmap_latent"][..., :W]))
-    with pytest.raises(ModelInputError, match="both"):
+    with pytest.raises(InvalidInputError, match="both"):
         paper(x, t, **dict(kw, pointmap_latent=None))
 
 

@@ -9,8 +9,8 @@ from diffusers import UniPCMultistepScheduler
 
 from worldstereo_core.models import build_transformer, load_worldstereo, save_worldstereo
 from worldstereo_core.models.loading import DMDSettings
+from worldstereo_core.errors import InvalidOptionError
 from worldstereo_core.models.sampling import (
-    SamplerSettingsError,
     SamplingInterrupted,
     WorldStereoDenoiser,
     dmd_timesteps,
@@ -145,13 +145,13 @@ def test_callbacks_and_interrupt():
 
 
 def test_bad_sampler_settings():
-    with pytest.raises(SamplerSettingsError):
+    with pytest.raises(InvalidOptionError):
         dmd_timesteps(DMDSettings(steps=0))
-    with pytest.raises(SamplerSettingsError):
+    with pytest.raises(InvalidOptionError):
         dmd_timesteps(DMDSettings(start=1000.0))
-    with pytest.raises(SamplerSettingsError):
+    with pytest.raises(InvalidOptionError):
         unipc_plan(0)
-    with pytest.raises(SamplerSettingsError):
+    with pytest.raises(InvalidOptionError):
         sample_dmd(_toy_velocity, initial_noise((1, 1, 1, 2, 2), 0), on_step="nope")
 
 

@@ -10,7 +10,14 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
-from worldstereo_core.errors import CheckpointError, ModelInputError, WorldStereoError
+from worldstereo_core.errors import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    InvalidInputError,
+    MissingFileError,
+    ShapeMismatchError,
+    UnsafeFileError,
+)
 from worldstereo_core.models import build_transformer, load_worldstereo, save_worldstereo
 from worldstereo_core.models.loading import load_uni3c, save_uni3c
 from worldstereo_core.models.transformer_worldstereo import TINY_TRANSFORMER_CONFIG
@@ -245,7 +252,7 @@ def test_attach_replaces_ggm_branch_without_touching_inputs():
         # the original still takes one mask frame per latent frame
         ggm_kw = {**kw, "render_mask": kw["render_mask"][:, :, :F], "plucker": kw["plucker"][:, :, :F]}
         assert torch.isfinite(ws(x, t, **ggm_kw)).all()
-        with pytest.raises(ModelInputError, match="9"):
+        with pytest.raises(ShapeMismatchError, match="9"):
             model(x, t, **ggm_kw)  # GGM-sized inputs to the Uni3C branch
 
 
@@ -264,44 +271,43 @@ def test_load_uni3c_errors(tmp_path):
     state = load_file(str(good))
 
     (tmp_path / "controlnet.pth").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         load_uni3c(tmp_path / "controlnet.pth")
 
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         load_uni3c(tmp_path / "nope.safetensors")
 
     ws = save_worldstereo(build_transformer("camera", tiny=True), tmp_path / "ws")
-    with pytest.raises(CheckpointError, match="WorldStereo checkpoint.*load_worldstereo"):
+    with pytest.raises(CheckpointMismatchError, match="WorldStereo checkpoint.*load_worldstereo"):
         load_uni3c(ws)
 
     save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(CheckpointError, match="not a Uni3C"):
+    with pytest.raises(CheckpointMismatchError, match="not a Uni3C"):
         load_uni3c(tmp_path / "other.safetensors")
 
     trimmed = {k: v for k, v in state.items() if not k.startswith("controlnet_blocks.1.ffn.")}
     save_file(trimmed, str(tmp_path / "trimmed.safetensors"))
-    with pytest.raises(CheckpointError, match=r"missing 4 keys under controlnet_blocks\.\*"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing 4 keys under controlnet_blocks\.\*"):
         load_uni3c(tmp_path / "trimmed.safetensors")
 
     wrong = dict(state, **{"proj_in.weight": torch.zeros(16, 8)})
     # written under the key earlier versions used: still read
     save_file(wrong, str(tmp_path / "wrong.safetensors"), metadata={"uni3c_config": load_meta(good)})
-    with pytest.raises(CheckpointError, match="wrong shape"):
+    with pytest.raises(CheckpointMismatchError, match="wrong shape"):
         load_uni3c(tmp_path / "wrong.safetensors")
 
     save_file(state, str(tmp_path / "badmeta.safetensors"), metadata={"uni3c_config": "{not json"})
-    with pytest.raises(CheckpointError, match="metadata"):
+    with pytest.raises(CorruptFileError, match="metadata"):
         load_uni3c(tmp_path / "badmeta.safetensors")
 
     both = dict(state, **{"controlnet.proj_in.weight": state["proj_in.weight"].clone()})
     save_file(both, str(tmp_path / "both.safetensors"))
-    with pytest.raises(CheckpointError, match="both"):
+    with pytest.raises(CheckpointMismatchError, match="both"):
         load_uni3c(tmp_path / "both.safetensors")
 
     # a Uni3C file handed to the WorldStereo loader points to load_uni3c
-    with pytest.raises(CheckpointError, match="Uni3C.*load_uni3c"):
+    with pytest.raises(CheckpointMismatchError, match="Uni3C.*load_uni3c"):
         load_worldstereo(good, variant="camera")
-    assert issubclass(CheckpointError, WorldStereoError)
 
 
 def load_meta(path):
@@ -314,27 +320,27 @@ def load_meta(path):
 def test_attach_errors():
     with torch.device("meta"):
         full = Uni3CControlNet(UNI3C_FULL_CONFIG)
-    with pytest.raises(CheckpointError, match="does not fit.*5120"):
+    with pytest.raises(CheckpointMismatchError, match="does not fit.*5120"):
         attach_uni3c(build_transformer("camera", tiny=True), full)
-    with pytest.raises(CheckpointError, match="WanTransformer3DModel"):
+    with pytest.raises(InvalidInputError, match="WanTransformer3DModel"):
         attach_uni3c(torch.nn.Linear(2, 2), Uni3CControlNet(UNI3C_TINY_CONFIG))
-    with pytest.raises(CheckpointError, match="Uni3CControlNet"):
+    with pytest.raises(InvalidInputError, match="Uni3CControlNet"):
         attach_uni3c(build_transformer("camera", tiny=True), torch.nn.Linear(2, 2))
     t2v = WanTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, "in_channels": 16, "image_dim": None, "added_kv_proj_dim": None})
-    with pytest.raises(CheckpointError, match="36.*I2V"):
+    with pytest.raises(CheckpointMismatchError, match="36.*I2V"):
         attach_uni3c(t2v, Uni3CControlNet(UNI3C_TINY_CONFIG))
 
 
 def test_shape_inference_errors(tmp_path):
     layout = _release_layout()
-    with pytest.raises(CheckpointError, match="proj_out maps to 4096"):
+    with pytest.raises(CheckpointMismatchError, match="proj_out maps to 4096"):
         uni3c_config_from_shapes({**layout, "proj_out.0.weight": (4096, 1024)})
-    with pytest.raises(CheckpointError, match="temporal kernel"):
+    with pytest.raises(CheckpointMismatchError, match="temporal kernel"):
         uni3c_config_from_shapes({**layout, "controlnet_mask_embedding.mask_proj.0.weight": (256, 7, 1, 8, 8)})
-    with pytest.raises(CheckpointError, match="no controlnet_blocks.0.ffn.0.weight"):
+    with pytest.raises(CheckpointMismatchError, match="no controlnet_blocks.0.ffn.0.weight"):
         uni3c_config_from_shapes({k: v for k, v in layout.items() if not k.startswith("controlnet_blocks.0.ffn")})
     # a plain Wan transformer file is named as such
     stock = _stock()
     save_file({k: v.contiguous() for k, v in stock.state_dict().items()}, str(tmp_path / "wan.safetensors"))
-    with pytest.raises(CheckpointError, match="a Wan transformer"):
+    with pytest.raises(CheckpointMismatchError, match="a Wan transformer"):
         load_uni3c(tmp_path / "wan.safetensors")

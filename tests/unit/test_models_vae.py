@@ -11,7 +11,15 @@ from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import save_file
 
-from worldstereo_core.errors import CheckpointError, InvalidImageError, ModelInputError
+from worldstereo_core.errors import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    InvalidImageError,
+    InvalidOptionError,
+    MissingFileError,
+    ShapeMismatchError,
+    UnsafeFileError,
+)
 from worldstereo_core.models.conversion import plan_wan_vae, wan_vae_key_to_diffusers
 from worldstereo_core.models.vae import (
     WanKeyframeVAE,
@@ -118,21 +126,21 @@ def test_normalize_denormalize(kvae, vae):
 
 
 def test_multiples_of_16_required(kvae):
-    with pytest.raises(ModelInputError, match="multiples of 16"):
+    with pytest.raises(ShapeMismatchError, match="multiples of 16"):
         kvae.encode_keyframes(_video(h=24, w=32))
-    with pytest.raises(ModelInputError, match="480×768"):
+    with pytest.raises(ShapeMismatchError, match="480×768"):
         check_spatial_size(480, 770)
     check_spatial_size(480, 832)
 
 
 def test_bad_tensors(kvae):
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         kvae.encode_keyframes(torch.zeros(3, 16, 16))
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         kvae.decode_keyframes(torch.zeros(1, 4, 2, 2, 2))
-    with pytest.raises(ModelInputError):
+    with pytest.raises(InvalidOptionError):
         WanKeyframeVAE(kvae.vae, keyframes_per_batch=0)
-    with pytest.raises(ModelInputError, match="1 \\+ 4k"):
+    with pytest.raises(ShapeMismatchError, match="1 \\+ 4k"):
         kvae.encode_video(_video(f=4))
 
 
@@ -156,11 +164,11 @@ def test_i2v_condition_layout():
     assert (zeros[:, 4:, 1:] == 0).all()
     full = torch.randn(2, 16, 6, 3, 4)
     assert torch.equal(i2v_condition(full, 6)[:, 4:], full)
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         i2v_condition(torch.randn(2, 16, 3, 3, 4), 6)
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         i2v_condition(first, 6, fill_latent=torch.randn(2, 16, 2, 3, 4))
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         i2v_condition(torch.randn(16, 1, 3, 4), 6)
 
 
@@ -177,7 +185,7 @@ def test_encode_condition_modes(kvae, vae):
     torch.testing.assert_close(ffo[:, 4:, :1], kvae.encode_keyframes(img.unsqueeze(2)))
     torch.testing.assert_close(ffo[:, 4:, 1:], zero_lat.expand(1, 16, 2, 2, 4))
     assert (ffo[:, :4, 0] == 1).all() and (ffo[:, :4, 1:] == 0).all()
-    with pytest.raises(ModelInputError):
+    with pytest.raises(InvalidOptionError):
         kvae.encode_condition(img, 3, mode="nope")  # type: ignore[arg-type]
 
 
@@ -200,7 +208,7 @@ def test_images_bad_input():
         images_to_video(torch.rand(8, 8, 3))
     with pytest.raises(InvalidImageError):
         images_to_video(torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
-    with pytest.raises(ModelInputError):
+    with pytest.raises(ShapeMismatchError):
         video_to_images(torch.zeros(1, 4, 1, 8, 8))
 
 
@@ -281,35 +289,35 @@ def test_diffusers_folder_loads_identically(vae, kvae, tmp_path):
 def test_vae_file_errors(vae, tmp_path):
     pickle = tmp_path / "vae.pt"
     pickle.write_bytes(b"\x80\x04junk")
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         load_wan_vae(pickle)
     other = tmp_path / "other.safetensors"
     save_file({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(2, 2)}, str(other))
-    with pytest.raises(CheckpointError, match="not a Wan VAE"):
+    with pytest.raises(CheckpointMismatchError, match="not a Wan VAE"):
         load_wan_vae(other)
     sd = _original_state_dict(vae)
     sd["decoder.conv1.weight"] = torch.zeros(32, 48, 3, 3, 3)
     wan22 = tmp_path / "wan2.2_vae.safetensors"
     save_file(sd, str(wan22))
-    with pytest.raises(CheckpointError, match="Wan2.1 VAE"):
+    with pytest.raises(CheckpointMismatchError, match="Wan2.1 VAE"):
         load_wan_vae(wan22, config=tiny_vae_config())
     sd = _original_state_dict(vae)
     del sd["decoder.head.2.weight"]
     partial = tmp_path / "partial.safetensors"
     save_file(sd, str(partial))
-    with pytest.raises(CheckpointError, match=r"missing 1 keys under decoder\.conv_out\.\* \(1\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing 1 keys under decoder\.conv_out\.\* \(1\)"):
         load_wan_vae(partial, config=tiny_vae_config())
     truncated = tmp_path / "truncated.safetensors"
     good = tmp_path / "good.safetensors"
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(good))
     truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match="truncated"):
+    with pytest.raises(CorruptFileError, match="truncated"):
         load_wan_vae(truncated, config=tiny_vae_config())
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         load_wan_vae(tmp_path / "missing.safetensors")
     bad_cfg = tmp_path / "badcfg"
     bad_cfg.mkdir()
     (bad_cfg / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(bad_cfg / "m.safetensors"))
-    with pytest.raises(CheckpointError, match="AutoencoderKLWan"):
+    with pytest.raises(CheckpointMismatchError, match="AutoencoderKLWan"):
         load_wan_vae(bad_cfg)

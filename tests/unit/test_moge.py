@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from worldstereo_core.errors import CheckpointError, InvalidCameraError, InvalidImageError, ReconstructionError
+from worldstereo_core.errors import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    InvalidCameraError,
+    InvalidImageError,
+    InvalidOptionError,
+    MissingFileError,
+    UnsafeFileError,
+)
 from worldstereo_core.recon.moge import (
     MOGE_VARIANTS,
     MoGeModel,
@@ -84,24 +92,24 @@ def test_upstream_model_config_parses_to_preset(schema, name):
 
 def test_preset_names():
     assert moge_config("Ruicheng/moge-2-vitl-normal") is MOGE_VARIANTS["moge-2-vitl-normal"]
-    with pytest.raises(CheckpointError, match="unknown MoGe variant"):
+    with pytest.raises(InvalidOptionError, match="unknown MoGe variant"):
         moge_config("moge-vitl")
 
 
 def test_bad_config_dicts():
-    with pytest.raises(CheckpointError, match="no 'encoder' section"):
+    with pytest.raises(CheckpointMismatchError, match="no 'encoder' section"):
         moge_config_from_dict({"neck": {}})
     cfg = moge_config("moge-2-vits-normal").to_dict()
     cfg["encoder"]["backbone"] = "dinov2_vitg14"
-    with pytest.raises(CheckpointError, match="not supported"):
+    with pytest.raises(CheckpointMismatchError, match="not supported"):
         moge_config_from_dict(cfg)
     cfg = moge_config("moge-2-vits-normal").to_dict()
     cfg["neck"]["dim_in"][0] = 100
-    with pytest.raises(CheckpointError, match="dim_out \\+ 2"):
+    with pytest.raises(CheckpointMismatchError, match="dim_out \\+ 2"):
         moge_config_from_dict(cfg)
     cfg = moge_config("moge-2-vits-normal").to_dict()
     cfg["neck"]["resamplers"] = ["warp"] * 4
-    with pytest.raises(CheckpointError, match="unknown resampler"):
+    with pytest.raises(CorruptFileError, match="unknown resampler"):
         moge_config_from_dict(cfg)
 
 
@@ -257,7 +265,7 @@ def test_predict_depth_refuses_a_degenerate_point_map():
     _, A = _affine_scene(48, 64, 52.0, 0.7)
     mirrored = torch.from_numpy(A).clone()
     mirrored[..., :2] *= -1
-    with pytest.raises(ReconstructionError, match="degenerate.*fov_x"):
+    with pytest.raises(CheckpointMismatchError, match="degenerate.*fov_x"):
         predict_depth(_OracleMoGe(mirrored, 1.0), torch.rand(48, 64, 3))
 
 
@@ -268,21 +276,21 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     pt = tmp_path / "model.pt"
     with zipfile.ZipFile(pt, "w") as z:  # what torch.save writes (a zip of pickles)
         z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    with pytest.raises(CheckpointError, match="pickle.*save_file"):
+    with pytest.raises(UnsafeFileError, match="pickle.*save_file"):
         load_moge(pt)
     disguised = tmp_path / "model.safetensors"
     disguised.write_bytes(pt.read_bytes())
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(UnsafeFileError, match="pickle"):
         load_moge(disguised, config="tiny")
     folder = tmp_path / "only_pt"
     folder.mkdir()
     (folder / "model.pt").write_bytes(pt.read_bytes())
-    with pytest.raises(CheckpointError, match="no model.safetensors.*model.pt"):
+    with pytest.raises(UnsafeFileError, match="no model.safetensors.*model.pt"):
         load_moge(folder)
 
 
 def test_loader_errors(tiny_dir, tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         load_moge(tmp_path / "nope.safetensors")
     # weights without a config anywhere
     lone = tmp_path / "lone" / "weights.safetensors"
@@ -291,19 +299,19 @@ def test_loader_errors(tiny_dir, tmp_path):
 
     state = {k: v.contiguous() for k, v in MoGeModel(moge_config("tiny")).state_dict().items()}
     save_file(state, str(lone))
-    with pytest.raises(CheckpointError, match="no MoGe config"):
+    with pytest.raises(MissingFileError, match="no MoGe config"):
         load_moge(lone)
     # a file without the normal head, loaded as a -normal model
     partial = tmp_path / "partial.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("normal_head")}, str(partial))
-    with pytest.raises(CheckpointError, match=r"missing \d+ keys under normal_head\.\* \(\d+\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing \d+ keys under normal_head\.\* \(\d+\)"):
         load_moge(partial, config="tiny")
     # the wrong variant: shapes differ
-    with pytest.raises(CheckpointError, match="missing|wrong shape"):
+    with pytest.raises(CheckpointMismatchError, match="missing|wrong shape"):
         load_moge(tiny_dir / "model.safetensors", config="moge-2-vits-normal")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(CheckpointError, match="valid safetensors header"):
+    with pytest.raises(CorruptFileError, match="valid safetensors header"):
         load_moge(garbage, config="tiny")
 
 

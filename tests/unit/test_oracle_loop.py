@@ -345,7 +345,13 @@ def test_merge_clip_depth_mode_undoes_per_frame_scale_and_shift():
 
 
 def test_merge_clip_bad_inputs():
-    from worldstereo_core.errors import AlignmentError, MemoryBankError
+    from worldstereo_core.errors import (
+        AlignmentFailedError,
+        InvalidDepthError,
+        InvalidImageError,
+        InvalidInputError,
+        InvalidOptionError,
+    )
     from worldstereo_core.memory import Cache3D
     from worldstereo_core.trajectory import make_preset
 
@@ -353,7 +359,7 @@ def test_merge_clip_bad_inputs():
     view, cfg, med, cache = _first_cache(scene, 32, 48)
     kf = make_preset("orbit", view.cameras, med).keyframes()
     out = scene.render(kf)
-    with pytest.raises(AlignmentError, match="'depth' or 'umeyama'"):
+    with pytest.raises(InvalidOptionError, match="'depth' or 'umeyama'"):
         merge_clip(cache, out.rgb, out.depth, out.valid, kf, cfg, alignment="icp")
     with pytest.raises(InvalidDepthError, match="point map"):
         merge_clip(cache, out.rgb, torch.zeros(len(kf), 32, 48, 3), None, kf, cfg)
@@ -361,14 +367,14 @@ def test_merge_clip_bad_inputs():
         merge_clip(cache, out.rgb, out.depth[:5], None, kf, cfg)
     with pytest.raises(InvalidImageError, match="clip frames"):
         merge_clip(cache, out.rgb[..., :1], out.depth, None, kf, cfg)
-    with pytest.raises(MemoryBankError, match="Cache3D"):
+    with pytest.raises(InvalidInputError, match="Cache3D"):
         merge_clip(cache.cloud, out.rgb, out.depth, None, kf, cfg)
-    with pytest.raises(AlignmentError, match="empty"):
+    with pytest.raises(AlignmentFailedError, match="empty"):
         align_cloud_to_cache(out.depth, kf, Cache3D.empty(), config=cfg)
     # cameras looking away from the cache: no correspondences
     flip = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0]))
     away = Cameras(flip @ kf.w2c, kf.K, kf.height, kf.width)
-    with pytest.raises(AlignmentError, match="does not overlap"):
+    with pytest.raises(AlignmentFailedError, match="does not overlap"):
         merge_clip(cache, out.rgb, out.depth, out.valid, away, cfg, alignment="umeyama")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
-from worldstereo_core.errors import AlignmentError, InvalidDepthError, InvalidPointCloudError
+from worldstereo_core.errors import InvalidDepthError, InvalidOptionError, InvalidPointCloudError
 from worldstereo_core.pointcloud import PointCloud, unproject_depths
 from worldstereo_core.recon.fusion import fuse_depth_to_cache
 from worldstereo_core.synthetic import look_at, make_scene
@@ -89,7 +89,7 @@ def test_bad_inputs(setup) -> None:
         fuse_depth_to_cache(cache, r.rgb[:3], r.depth[:3], cams)
     with pytest.raises(InvalidDepthError, match="finite"):
         fuse_depth_to_cache(cache, r.rgb, -r.depth, cams)
-    with pytest.raises(AlignmentError, match="min_covered_fraction"):
+    with pytest.raises(InvalidOptionError, match="min_covered_fraction"):
         fuse_depth_to_cache(cache, r.rgb, r.depth, cams, min_covered_fraction=1.5)
 
 

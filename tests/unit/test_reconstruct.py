@@ -17,12 +17,13 @@ import torch
 from worldstereo_core.align import Similarity
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.errors import (
-    AlignmentError,
+    AlignmentFailedError,
+    CheckpointMismatchError,
     InvalidCameraError,
     InvalidDepthError,
     InvalidImageError,
+    InvalidOptionError,
     InvalidPointCloudError,
-    ReconstructionError,
 )
 from worldstereo_core.recon.reconstruct import (
     align_prediction,
@@ -101,7 +102,7 @@ def test_input_size_follows_upstream_rule() -> None:
     assert worldmirror_input_size(56, 84, target_size=84) == (56, 84)
     with pytest.raises(InvalidImageError, match="elongated"):
         worldmirror_input_size(10, 2000)
-    with pytest.raises(ReconstructionError, match="target_size"):
+    with pytest.raises(InvalidOptionError, match="target_size"):
         worldmirror_input_size(480, 832, target_size=20)
 
 
@@ -289,15 +290,15 @@ def test_bad_inputs_raise_clear_errors(scene) -> None:
         predict_worldmirror(fake, frames, None, target_size=84)
     with pytest.raises(InvalidImageError, match=r"\[F, H, W, 3\]"):
         reconstruct_with_worldmirror(fake, frames[0], cams[:1], target_size=84)
-    with pytest.raises(ReconstructionError, match="conf_quantile"):
+    with pytest.raises(InvalidOptionError, match="conf_quantile"):
         reconstruct_with_worldmirror(fake, frames, cams, target_size=84, conf_quantile=1.5)
-    with pytest.raises(ReconstructionError, match="camera_source"):
+    with pytest.raises(InvalidOptionError, match="camera_source"):
         reconstruct_with_worldmirror(fake, frames, cams, target_size=84, camera_source="gt")
-    with pytest.raises(ReconstructionError, match="alignment method"):
+    with pytest.raises(InvalidOptionError, match="alignment method"):
         reconstruct_with_worldmirror(fake, frames, cams, target_size=84, alignment="icp")
     with pytest.raises(InvalidDepthError, match="depth_prior"):
         reconstruct_with_worldmirror(fake, frames, cams, target_size=84, use_depth_prior=torch.ones(3, 10, 10))
-    with pytest.raises(ReconstructionError, match="chunk_size"):
+    with pytest.raises(InvalidOptionError, match="chunk_size"):
         reconstruct_with_worldmirror(fake, frames, cams, target_size=84, chunk_size=0)
 
     class Headless(FakeMirror):
@@ -305,7 +306,7 @@ def test_bad_inputs_raise_clear_errors(scene) -> None:
             out = super().__call__(images, priors, frames_chunk_size)
             return WorldMirrorOutput(depth=None, c2w=out.c2w, K=out.K)
 
-    with pytest.raises(ReconstructionError, match="depth or camera head"):
+    with pytest.raises(CheckpointMismatchError, match="depth or camera head"):
         reconstruct_with_worldmirror(Headless(scene, cams), frames, cams, target_size=84)
 
     zero = FakeMirror(scene, cams, depth_scale=0.0)
@@ -316,7 +317,7 @@ def test_bad_inputs_raise_clear_errors(scene) -> None:
 def test_align_prediction_errors_and_forced_umeyama() -> None:
     line = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
     line[:, 2, 3] = torch.tensor([0.0, 1.0, 2.0])
-    with pytest.raises(AlignmentError):
+    with pytest.raises(AlignmentFailedError):
         align_prediction(line, line, method="umeyama")
     sim, how = align_prediction(line, line)
     assert how == "poses" and sim.s == pytest.approx(1.0)

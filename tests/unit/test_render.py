@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import InvalidImageError, InvalidPointCloudError, RenderError
+from worldstereo_core.errors import InvalidImageError, InvalidOptionError, InvalidPointCloudError
 from worldstereo_core.pointcloud import PointCloud
 from worldstereo_core.render import ndc_radius_to_pixels, render_point_cloud, stencil_offsets
 
@@ -215,9 +215,9 @@ def test_render_errors():
     with pytest.raises(InvalidPointCloudError, match="empty"):
         render_point_cloud(PointCloud(torch.zeros(0, 3), torch.zeros(0, 3)), cams)
     cloud = _plane_cloud(10)
-    with pytest.raises(RenderError, match="radius"):
+    with pytest.raises(InvalidOptionError, match="radius"):
         render_point_cloud(cloud, cams, radius=0.0)
-    with pytest.raises(RenderError, match="mode"):
+    with pytest.raises(InvalidOptionError, match="mode"):
         render_point_cloud(cloud, cams, mode="pytorch3d")
-    with pytest.raises(RenderError):
+    with pytest.raises(InvalidOptionError):
         render_point_cloud(cloud, cams, points_per_pixel=0)

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
-from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, SyntheticSceneError, WorldStereoError
+from worldstereo_core.errors import (
+    InvalidCameraError,
+    InvalidDepthError,
+    InvalidInputError,
+    InvalidOptionError,
+    ShapeMismatchError,
+)
 from worldstereo_core.synthetic import (
     Box,
     Material,
@@ -271,20 +277,19 @@ def test_corrupt_depth_rejects_bad_depth(bad, match):
 
 @pytest.mark.parametrize("kw", [{"scale_range": 1.5}, {"noise": -0.1}, {"hole_fraction": 2.0}, {"shift_range": 1.0}])
 def test_corrupt_depth_rejects_bad_parameters(kw):
-    with pytest.raises(SyntheticSceneError):
+    with pytest.raises(InvalidOptionError):
         corrupt_depth(np.ones((1, 4, 4)), **kw)
 
 
 def test_bad_scene_requests_raise_clear_errors():
-    with pytest.raises(SyntheticSceneError, match="unknown synthetic scene 'kitchen'"):
+    with pytest.raises(InvalidOptionError, match="unknown synthetic scene 'kitchen'"):
         make_scene("kitchen")
     scene = make_scene("room")
-    with pytest.raises(SyntheticSceneError, match="Cameras"):
+    with pytest.raises(InvalidInputError, match="Cameras"):
         scene.render(np.eye(4))
-    with pytest.raises(SyntheticSceneError, match=r"\[N, 3\]"):
+    with pytest.raises(ShapeMismatchError, match=r"\[N, 3\]"):
         scene.distance_to_surface(np.zeros((4, 2)))
-    with pytest.raises(SyntheticSceneError, match="voxel_size"):
+    with pytest.raises(InvalidOptionError, match="voxel_size"):
         scene.surface_points(scene.default_cameras(8, 8), voxel_size=0.0)
-    with pytest.raises(SyntheticSceneError, match="at least one primitive"):
+    with pytest.raises(InvalidInputError, match="at least one primitive"):
         SyntheticScene("empty", (), ((0, 0, 0), (1, 1, 1)))
-    assert issubclass(SyntheticSceneError, WorldStereoError)

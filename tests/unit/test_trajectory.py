@@ -13,7 +13,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov, look_at_c2w
-from worldstereo_core.errors import CameraJsonError, InvalidTrajectoryError
+from worldstereo_core.errors import CorruptFileError, InvalidFileError, InvalidTrajectoryError
 from worldstereo_core.trajectory import (
     PRESETS,
     EmptyCameraJsonError,
@@ -431,19 +431,19 @@ def good_data(n=3):
 def test_malformed_camera_json(tmp_path, mutate, match):
     d = good_data()
     mutate(d)
-    with pytest.raises(CameraJsonError, match=match):
+    with pytest.raises(CorruptFileError, match=match):
         load_camera_json(write(tmp_path, d))
 
 
 def test_camera_json_zero_frames_bad_json_and_missing_file(tmp_path):
     with pytest.raises(EmptyCameraJsonError, match="0 poses") as e:
         load_camera_json(write(tmp_path, {"extrinsic": [], "intrinsic": []}))
-    assert isinstance(e.value, InvalidTrajectoryError) and isinstance(e.value, CameraJsonError)
-    with pytest.raises(CameraJsonError, match="not valid JSON"):
+    assert isinstance(e.value, InvalidTrajectoryError) and isinstance(e.value, CorruptFileError)
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
         load_camera_json(write(tmp_path, "{extrinsic: oops"))
-    with pytest.raises(CameraJsonError, match="JSON object"):
+    with pytest.raises(CorruptFileError, match="JSON object"):
         load_camera_json(write(tmp_path, [1, 2, 3]))
-    with pytest.raises(CameraJsonError, match="cannot read"):
+    with pytest.raises(InvalidFileError, match="cannot read"):
         load_camera_json(tmp_path / "nope.json")
     with pytest.raises(InvalidTrajectoryError):
         save_camera_json(tmp_path / "x.json", "not a trajectory")  # type: ignore[arg-type]

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from worldstereo_core.errors import (
-    CheckpointError,
+    CheckpointMismatchError,
     InvalidCameraError,
     InvalidDepthError,
     InvalidImageError,
+    MissingFileError,
+    UnsafeFileError,
 )
 from worldstereo_core.recon.worldmirror import (
     K_from_upstream_centres,
@@ -87,11 +89,11 @@ def test_upstream_config_mapping() -> None:
     with torch.device("meta"):
         keys = WorldMirror(cfg).state_dict().keys()
     assert not any(k.startswith(("gs_head", "gs_renderer", "norm_head")) for k in keys)
-    with pytest.raises(CheckpointError, match="model_size"):
+    with pytest.raises(CheckpointMismatchError, match="model_size"):
         WorldMirrorConfig.from_upstream({"model_size": "huge"})
-    with pytest.raises(CheckpointError, match="patch_embed"):
+    with pytest.raises(CheckpointMismatchError, match="patch_embed"):
         WorldMirrorConfig.from_upstream({"patch_embed": "conv"})
-    with pytest.raises(CheckpointError, match="intermediate_layers"):
+    with pytest.raises(CheckpointMismatchError, match="intermediate_layers"):
         WorldMirrorConfig.tiny(intermediate_layers=(0, 1, 1, 1))
 
 
@@ -314,7 +316,7 @@ def test_load_round_trip_through_safetensors(tmp_path: Path, tiny: WorldMirror) 
     # config.json beside the weights is picked up (plain JSON of our config is not upstream's
     # format, so write an upstream-style file that maps to a *different* model: must fail clearly)
     (tmp_path / "config.json").write_text(json.dumps({"model_size": "large"}))
-    with pytest.raises(CheckpointError, match="does not match the model.*HY-WorldMirror-2.0"):
+    with pytest.raises(CheckpointMismatchError, match="does not match the model.*HY-WorldMirror-2.0"):
         load_worldmirror(path)
     assert config_to_dict(WorldMirrorConfig.tiny())["embed_dim"] == 32
 
@@ -322,14 +324,14 @@ def test_load_round_trip_through_safetensors(tmp_path: Path, tiny: WorldMirror) 
 def test_load_rejects_wrong_files(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="does not exist"):
         load_worldmirror(tmp_path / "nope.safetensors")
     (tmp_path / "w.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="pickle.*safetensors"):
+    with pytest.raises(UnsafeFileError, match="pickle.*safetensors"):
         load_worldmirror(tmp_path / "w.pt")
     other = tmp_path / "other.safetensors"
     save_file({"blocks.0.attn1.to_q.weight": torch.zeros(4, 4)}, str(other))
-    with pytest.raises(CheckpointError, match=r"missing \d+ keys under .*unexpected 1 keys under blocks\.attn1\.\* \(1\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing \d+ keys under .*unexpected 1 keys under blocks\.attn1\.\* \(1\)"):
         load_worldmirror(other, WorldMirrorConfig.tiny())
 
 
@@ -354,5 +356,5 @@ def test_save_worldmirror_round_trip_needs_no_config(tmp_path: Path, tiny: World
     d = config_to_dict(tiny.config)
     assert d["format"] == CONFIG_FORMAT and config_from_dict(json.loads(json.dumps(d))) == tiny.config
     assert config_from_dict({"model_size": "small"}).embed_dim == 384
-    with pytest.raises(CheckpointError, match="unknown WorldMirror config keys"):
+    with pytest.raises(CheckpointMismatchError, match="unknown WorldMirror config keys"):
         config_from_dict({**d, "wings": 2})

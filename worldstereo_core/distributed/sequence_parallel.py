@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 
-from ..errors import ModelInputError
+from ..errors import InvalidOptionError, ShapeMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class SequenceParallel:
         length = x.shape[dim]
         known = self.lengths.setdefault(kind, length)
         if known != length:
-            raise ModelInputError(f"{kind} sequences of one call differ in length ({known} vs {length})")
+            raise ShapeMismatchError(f"{kind} sequences of one call differ in length ({known} vs {length})")
         pad = self._padded(length) - length
         if pad:
             widths = [0, 0] * (x.ndim - dim - 1) + [0, pad]
@@ -110,7 +110,7 @@ class SequenceParallel:
         n = self.world_size
         b, ls, h, d = x.shape
         if h % n:
-            raise ModelInputError(f"{h} attention heads cannot be split over {n} ranks; use 1, 2, 4 or 8 GPUs")
+            raise InvalidOptionError(f"{h} attention heads cannot be split over {n} ranks; use 1, 2, 4 or 8 GPUs")
         chunks = x.reshape(b, ls, n, h // n, d).permute(2, 0, 1, 3, 4).contiguous()  # [N(dst), B, Ls, H/N, D]
         out = _wait(funcol.all_to_all_single_autograd(chunks, None, None, self.group))
         out = out.reshape(n, b, ls, h // n, d).permute(1, 0, 2, 3, 4).reshape(b, n * ls, h // n, d)
@@ -141,7 +141,7 @@ def enable_sequence_parallel(model: torch.nn.Module, group: dist.ProcessGroup | 
     heads = {model.config.num_attention_heads, model.controlnet_config.num_heads}
     bad = [h for h in heads if h % sp.world_size]
     if bad:
-        raise ModelInputError(f"attention heads {sorted(heads)} cannot be split over {sp.world_size} ranks")
+        raise InvalidOptionError(f"attention heads {sorted(heads)} cannot be split over {sp.world_size} ranks")
     for block in model.blocks:
         block.attn1.set_processor(UlyssesAttnProcessor(sp))
     for block in model.controlnet.controlnet_blocks:

@@ -38,7 +38,7 @@ from ..checkpoint import (
 from ..checkpoint import (
     take as _take,
 )
-from ..errors import CheckpointError
+from ..errors import CheckpointMismatchError
 
 
 def _find_prefix(keys: Collection[str], anchors: tuple[str, ...]) -> tuple[str, str] | None:
@@ -117,7 +117,7 @@ def plan_wan_vae(keys: Collection[str], num_res_blocks: int = 2) -> ConversionPl
     """Plan for a Wan2.1 VAE file in either layout (optionally under a prefix such as ``vae.``)."""
     found = _find_prefix(keys, (_DIFFUSERS_VAE_ANCHOR, _WAN_VAE_ANCHOR))
     if found is None:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             "not a Wan VAE: none of its keys looks like the Wan2.1 VAE decoder "
             f"({_describe(keys)}). Use wan_2.1_vae.safetensors (ComfyUI models/vae) or the vae/ folder "
             "of a diffusers Wan2.1 checkpoint"
@@ -132,7 +132,7 @@ def plan_wan_vae(keys: Collection[str], num_res_blocks: int = 2) -> ConversionPl
         try:
             targets[wan_vae_key_to_diffusers(k[len(prefix):], num_res_blocks)] = _take(k)
         except (KeyError, ValueError):
-            raise CheckpointError(f"unexpected key {k!r} in a Wan VAE file; is this the Wan2.1 VAE?") from None
+            raise CheckpointMismatchError(f"unexpected key {k!r} in a Wan VAE file; is this the Wan2.1 VAE?") from None
     return ConversionPlan("wan", targets, ignored)
 
 
@@ -179,7 +179,7 @@ def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
                        if k.startswith(prefix) and not k[len(prefix):].startswith("visual_projection")}
             return ConversionPlan("transformers", targets,
                                   tuple(k for k in keys if "vision_model." + k[len(prefix):] not in targets))
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"not a CLIP vision model: no CLIP vision keys found ({_describe(keys)}). Use clip_vision_h.safetensors "
             "(ComfyUI models/clip_vision) or the image_encoder/ folder of a diffusers Wan2.1-I2V checkpoint"
         )
@@ -231,7 +231,7 @@ def _dequant(weight_key: str, scale_key: str) -> Recipe:
     def recipe(get: TensorSource) -> torch.Tensor:
         w, s = get(weight_key), get(scale_key)
         if s.numel() != 1:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{scale_key} holds a block-wise scale ({tuple(s.shape)}); only per-tensor scaled fp8 files "
                 "(ComfyUI's *_fp8_scaled / *_fp8_e4m3fn_scaled) are supported — use the bf16/fp16 file instead"
             )
@@ -249,7 +249,7 @@ def plan_umt5(keys: Collection[str]) -> ConversionPlan:
     """
     found = _find_prefix(keys, (_T5_ANCHOR,))
     if found is None:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"not a UMT5/T5 encoder: no 'encoder.block.0.layer.0.SelfAttention.q.weight' key ({_describe(keys)}). "
             "Use umt5_xxl_fp16.safetensors / umt5_xxl_fp8_e4m3fn_scaled.safetensors (ComfyUI models/text_encoders) "
             "or the text_encoder/ folder of a diffusers Wan2.1 checkpoint"
@@ -297,7 +297,7 @@ def load_converted(
 
     Only the ``vision_model.`` level may differ between plan and model (transformers 5 dropped it from
     ``CLIPVisionModel``; older versions keep it). Targets the model has no use for are left out, as
-    the plan's ``ignored`` keys are; missing ones raise a :class:`CheckpointError` naming their groups.
+    the plan's ``ignored`` keys are; missing ones raise a :class:`CheckpointMismatchError` naming their groups.
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     targets: dict[str, Recipe] = {}
@@ -393,7 +393,7 @@ def plan_wan_transformer(keys: Collection[str]) -> ConversionPlan:
     """
     found = _find_prefix(keys, (_WAN_DIFFUSERS_ANCHOR, _WAN_ORIGINAL_ANCHOR))
     if found is None:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"not a Wan2.1 transformer: no 'blocks.0.attn1.to_q.weight' / 'blocks.0.self_attn.q.weight' key "
             f"({_describe(keys)}). Use the transformer/ folder of Wan2.1-I2V-14B-480P-Diffusers or ComfyUI's "
             "models/diffusion_models/wan2.1_i2v_480p_14B_*.safetensors"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import ConversionPlan, checkpoint_files, load_checkpoint, read_json, tag_recipe, take
-from ..errors import CheckpointError, ModelInputError
+from ..errors import CheckpointMismatchError, CorruptFileError, InvalidInputError, MissingFileError, ShapeMismatchError
 from ..recon.vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
 from .encoders import resize_center_crop
 
@@ -74,10 +74,10 @@ def tiny_dinov2_config() -> dict[str, Any]:
 
 def build_dinov2(config: Mapping[str, Any]) -> DinoViT:
     """The shared DINOv2 ViT for a transformers ``Dinov2Config`` dict (position table resized as
-    transformers does); raises :class:`CheckpointError` for a variant it does not implement."""
+    transformers does); raises :class:`CheckpointMismatchError` for a variant it does not implement."""
     odd = {k: config[k] for k, v in _FIXED.items() if k in config and config[k] != v}
     if config.get("num_register_tokens") or odd or config.get("model_type", "dinov2") != "dinov2":
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"DINOv2 config describes another variant ({odd or config.get('model_type') or 'registers'}); "
             "the release uses facebook/dinov2-base — use its config.json"
         )
@@ -85,9 +85,9 @@ def build_dinov2(config: Mapping[str, Any]) -> DinoViT:
         dim, depth, heads = (int(config[k]) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads"))
         img, patch = int(config.get("image_size", 518)), int(config.get("patch_size", 14))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"DINOv2 config.json lacks a size ({e}); use the hub's config.json of facebook/dinov2-base") from None
+        raise CheckpointMismatchError(f"DINOv2 config.json lacks a size ({e}); use the hub's config.json of facebook/dinov2-base") from None
     if dim % heads or img % patch:
-        raise CheckpointError(f"DINOv2 config: hidden_size {dim} / heads {heads} or image_size {img} / patch {patch} do not divide")
+        raise CheckpointMismatchError(f"DINOv2 config: hidden_size {dim} / heads {heads} or image_size {img} / patch {patch} do not divide")
     return DinoViT(img, patch, dim, depth, heads, registers=0, pos_resize="exact")
 
 
@@ -139,12 +139,12 @@ def dinov2_preprocess(images: Sequence[torch.Tensor] | torch.Tensor) -> torch.Te
     for i, img in enumerate(images):
         if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[-1] != 3:
             shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-            raise ModelInputError(f"DINOv2 image {i} must be [H, W, 3] in [0, 1]; got {shape}")
+            raise ShapeMismatchError(f"DINOv2 image {i} must be [H, W, 3] in [0, 1]; got {shape}")
         x = (img.detach().float().cpu().clamp(0, 1) * 255.0).round() / 255.0
         x = resize_center_crop(x.permute(2, 0, 1)[None], DINOV2_RESIZE, DINOV2_CROP)
         out.append((x * 255.0).round().clamp(0, 255) / 255.0)
     if not out:
-        raise ModelInputError("no image given to DINOv2")
+        raise InvalidInputError("no image given to DINOv2")
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (torch.cat(out) - mean) / std
@@ -172,18 +172,18 @@ def load_dinov2(
     path: str | os.PathLike[str], device: torch.device | str = "cpu", dtype: torch.dtype | None = torch.float32
 ) -> DINOv2FeatureExtractor:
     """DINOv2 from a folder with the hub's ``config.json`` + ``model.safetensors`` (e.g.
-    ``models/dinov2/dinov2-base/``); raises :class:`CheckpointError` naming what is wrong."""
+    ``models/dinov2/dinov2-base/``); raises :class:`CheckpointMismatchError` naming what is wrong."""
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"DINOv2: {folder} is not a folder; give the folder holding config.json + model.safetensors")
+        raise MissingFileError(f"DINOv2: {folder} is not a folder; give the folder holding config.json + model.safetensors")
     if not (folder / "config.json").is_file():
-        raise CheckpointError(
+        raise MissingFileError(
             f"DINOv2: {folder} has no config.json; put the hub's config.json of facebook/dinov2-base beside "
             "model.safetensors (models/dinov2/<name>/)"
         )
     config = read_json(folder / "config.json", "DINOv2 config.json")
     if not isinstance(config, dict):
-        raise CheckpointError(f"DINOv2: {folder / 'config.json'} is not a JSON object; download it again")
+        raise CorruptFileError(f"DINOv2: {folder / 'config.json'} is not a JSON object; download it again")
     files = checkpoint_files(folder, "DINOv2")
     with torch.device("meta"):
         vit = build_dinov2(config)

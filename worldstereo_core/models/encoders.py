@@ -42,7 +42,16 @@ from ..checkpoint import (
     read_extra_bytes,
     read_json,
 )
-from ..errors import CheckpointError, ModelInputError
+from ..errors import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    InvalidFileError,
+    InvalidInputError,
+    InvalidOptionError,
+    MissingFileError,
+    MissingInputError,
+    ShapeMismatchError,
+)
 from .conversion import ConversionPlan, load_converted, plan_clip_vision, plan_umt5
 
 TEXT_MAX_LENGTH = 512
@@ -165,15 +174,15 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PromptTokenizer:
     if path.is_file():
         if path.suffix == ".model":
             return SentencePieceTokenizer(path.read_bytes())
-        raise CheckpointError(f"{path} is not a tokenizer; give the tokenizer folder or a SentencePiece .model file")
+        raise InvalidFileError(f"{path} is not a tokenizer; give the tokenizer folder or a SentencePiece .model file")
     if not path.is_dir():
-        raise CheckpointError(
+        raise MissingFileError(
             f"tokenizer {path} does not exist; point to the tokenizer/ folder of Wan2.1-I2V-14B-480P (diffusers) "
             "or to the umt5-xxl spiece.model"
         )
     known = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
     if not any((path / n).exists() for n in known):
-        raise CheckpointError(f"{path} holds no tokenizer files ({', '.join(known)}); is it the tokenizer/ folder?")
+        raise MissingFileError(f"{path} holds no tokenizer files ({', '.join(known)}); is it the tokenizer/ folder?")
     from transformers import AutoTokenizer
 
     try:
@@ -181,7 +190,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PromptTokenizer:
     except Exception as exc:  # transformers raises several types for unreadable/unsupported tokenizer files
         if (path / "spiece.model").exists():
             return SentencePieceTokenizer((path / "spiece.model").read_bytes())
-        raise CheckpointError(f"cannot read the tokenizer in {path}: {exc}") from None
+        raise CorruptFileError(f"cannot read the tokenizer in {path}: {exc}") from None
     return HFTokenizer(tok)
 
 
@@ -206,7 +215,7 @@ class UMT5TextEncoder:
         if isinstance(prompts, str):
             prompts = [prompts]
         if len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
-            raise ModelInputError("prompts must be a string or a non-empty list of strings")
+            raise InvalidInputError("prompts must be a string or a non-empty list of strings")
         return self.tokenizer([prompt_clean(p) for p in prompts], self.max_length)
 
     @torch.no_grad()
@@ -252,9 +261,9 @@ def clip_preprocess(
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ModelInputError(f"images for CLIP must be [N, 3, H, W] in [-1, 1]; got {shape}")
+        raise ShapeMismatchError(f"images for CLIP must be [N, 3, H, W] in [-1, 1]; got {shape}")
     if pixel_scale not in ("release", "unit"):
-        raise ModelInputError(f"pixel_scale must be 'release' or 'unit'; got {pixel_scale!r}")
+        raise InvalidOptionError(f"pixel_scale must be 'release' or 'unit'; got {pixel_scale!r}")
     x = resize_center_crop((images.float() + 1.0) * 0.5, size, size)
     if pixel_scale == "release":
         x = x * 255.0
@@ -268,7 +277,7 @@ class CLIPImageEncoder:
 
     def __init__(self, model: CLIPVisionModel, pixel_scale: PixelScale = "release") -> None:
         if pixel_scale not in ("release", "unit"):
-            raise ModelInputError(f"pixel_scale must be 'release' or 'unit'; got {pixel_scale!r}")
+            raise InvalidOptionError(f"pixel_scale must be 'release' or 'unit'; got {pixel_scale!r}")
         self.model = model.eval()
         self.pixel_scale = pixel_scale
         self.image_size = int(model.config.image_size)
@@ -335,7 +344,7 @@ def _umt5_config_from_shapes(plan: ConversionPlan, get: Any) -> dict[str, Any]:
         inner = shape("encoder.block.0.layer.0.SelfAttention.q.weight")[0]
         buckets, heads = shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
     except KeyError as exc:
-        raise CheckpointError(f"UMT5 file lacks {exc.args[0]!r}; is it a complete umt5-xxl encoder?") from None
+        raise CheckpointMismatchError(f"UMT5 file lacks {exc.args[0]!r}; is it a complete umt5-xxl encoder?") from None
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in t
     d_ff = shape("encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight")[0]
     layers = 1 + max(int(k.split(".")[2]) for k in t if k.startswith("encoder.block."))
@@ -385,7 +394,7 @@ def load_text_encoder(
         elif "spiece_model" in plan.extras:
             tokenizer = SentencePieceTokenizer(read_extra_bytes(files, plan.extras["spiece_model"]))
         else:
-            raise CheckpointError(
+            raise MissingInputError(
                 f"no tokenizer found for {src}: pass tokenizer=<the tokenizer/ folder of Wan2.1-I2V-14B-480P "
                 "(diffusers)> or a umt5-xxl spiece.model; it is never downloaded"
             )
@@ -402,9 +411,9 @@ def _clip_config_from_shapes(plan: ConversionPlan, get: Any) -> dict[str, Any]:
         n_pos = shape("vision_model.embeddings.position_embedding.weight")[0]
         inter = shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0]
     except KeyError as exc:
-        raise CheckpointError(f"CLIP vision file lacks {exc.args[0]!r}; is it a complete vision tower?") from None
+        raise CheckpointMismatchError(f"CLIP vision file lacks {exc.args[0]!r}; is it a complete vision tower?") from None
     if hidden not in _CLIP_HEADS:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"CLIP vision width {hidden} has no standard head count; pass config=... (a CLIPVisionConfig dict)"
         )
     grid = round((n_pos - 1) ** 0.5)

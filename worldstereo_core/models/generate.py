@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 import traceback
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras, camera_qt, plucker_embedding
-from ..errors import ModelInputError, WorldStereoError
+from ..errors import InvalidInputError, InvalidOptionError, MissingInputError, ModelOutOfMemoryError, ShapeMismatchError
 from .encoders import (
     TEXT_MAX_LENGTH,
     CLIPImageEncoder,
@@ -67,12 +68,10 @@ if TYPE_CHECKING:
     from ..interfaces import References
     from .uni3c import Uni3CControlNet
 
+log = logging.getLogger(__name__)
+
 SAMPLERS = ("dmd", "unipc")
 """``dmd``: 4 Euler steps, no CFG (the distilled variant); ``unipc``: 40 UniPC steps with CFG 5.0."""
-
-
-class ModelOutOfMemoryError(WorldStereoError):
-    """The device ran out of memory while generating; the message says what to lower or offload."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +193,7 @@ def load_models(
             default: ``wan``'s transformer, if ``wan`` has one. See :func:`~.loading.load_worldstereo`.
     """
     if offload not in OFFLOAD_MODES:
-        raise ModelInputError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+        raise InvalidOptionError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
     device = default_device() if device is None else torch.device(device)
     encoder_dtype = dtype if encoder_dtype is None else encoder_dtype
     text_encoder = text_encoder if text_encoder is not None else wan
@@ -205,7 +204,7 @@ def load_models(
     wanted += [("image_encoder", image_encoder)] if with_image_encoder else []
     missing = [n for n, v in wanted if v is None]
     if missing:
-        raise ModelInputError(
+        raise MissingInputError(
             f"no source for {', '.join(missing)}: pass wan=<a diffusers Wan2.1-I2V-14B-480P folder> or the single "
             "files (umt5_xxl_*.safetensors, clip_vision_h.safetensors, wan_2.1_vae.safetensors)"
         )
@@ -224,7 +223,7 @@ def load_models(
         try:
             transformer.set_attention_backend(attention_backend)
         except (ValueError, RuntimeError, ImportError) as exc:
-            raise ModelInputError(
+            raise InvalidOptionError(
                 f"attention backend {attention_backend!r} is not usable here ({exc}); leave it empty for PyTorch SDPA"
             ) from None
     # each loader reads the architecture a file states (worldstereo_core.checkpoint), else the release's
@@ -249,7 +248,7 @@ def video_latent_frames(num_frames: int) -> int:
     k, rest = divmod(int(num_frames) - 1, VIDEO_TEMPORAL_FACTOR)
     if rest or k < 1:
         near = max(1, round((int(num_frames) - 1) / VIDEO_TEMPORAL_FACTOR)) * VIDEO_TEMPORAL_FACTOR + 1
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"the Uni3C branch works on whole videos of 1 + 4k frames (81 as released); got {num_frames} "
             f"cameras/render frames — give every pose of the trajectory (e.g. {near}, or 81), not its keyframes "
             "(Uni3C Control prepares them)"
@@ -262,7 +261,7 @@ def _as_image(image: torch.Tensor) -> torch.Tensor:
     if img.ndim == 4 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        raise ModelInputError(f"image must be [H, W, 3] (or a batch of one) in [0, 1], got {tuple(img.shape)}")
+        raise ShapeMismatchError(f"image must be [H, W, 3] (or a batch of one) in [0, 1], got {tuple(img.shape)}")
     return img[..., :3].float()
 
 
@@ -273,28 +272,28 @@ def _check_inputs(
     H, W = img.shape[:2]
     check_spatial_size(H, W, "the input image and keyframes")
     if not isinstance(cameras, Cameras):
-        raise ModelInputError(f"keyframe_cameras must be a Cameras batch, got {type(cameras).__name__}")
+        raise InvalidInputError(f"keyframe_cameras must be a Cameras batch, got {type(cameras).__name__}")
     n = len(cameras)
     if n < 2:
-        raise ModelInputError(f"need at least 2 keyframe cameras (the release uses 21), got {n}")
+        raise InvalidInputError(f"need at least 2 keyframe cameras (the release uses 21), got {n}")
     render = torch.as_tensor(render).float()
     if render.ndim == 3:
         render = render[None]
     if render.ndim != 4 or render.shape[-1] not in (3, 4):
-        raise ModelInputError(f"render must be [F, H, W, 3] in [0, 1], got {tuple(render.shape)}")
+        raise ShapeMismatchError(f"render must be [F, H, W, 3] in [0, 1], got {tuple(render.shape)}")
     render = render[..., :3]
     mask = torch.as_tensor(render_mask).float()
     if mask.ndim == 4 and mask.shape[-1] == 1:
         mask = mask[..., 0]
     if mask.ndim != 3:
-        raise ModelInputError(f"render_mask must be [F, H, W] (1 = hole), got {tuple(mask.shape)}")
+        raise ShapeMismatchError(f"render_mask must be [F, H, W] (1 = hole), got {tuple(mask.shape)}")
     if render.shape[0] != n or mask.shape[0] != n:
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"{render.shape[0]} render frames and {mask.shape[0]} mask frames for {n} keyframe cameras; give one "
             "render frame, one mask frame and one camera per keyframe (the release: 21)"
         )
     if tuple(render.shape[1:3]) != (H, W) or tuple(mask.shape[1:]) != (H, W):
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"render {tuple(render.shape[1:3])} / mask {tuple(mask.shape[1:])} must have the image's size {(H, W)}; "
             "render the cache at the image resolution"
         )
@@ -307,24 +306,24 @@ def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -
     """``(video [1, 3, R, H, W] in [-1, 1], w2c [R, 4, 4], ref_index [R] long)`` from retrieved references."""
     n = len(references)
     if n == 0:
-        raise ModelInputError("references is empty; pass None to use the input image as the only reference")
+        raise InvalidInputError("references is empty; pass None to use the input image as the only reference")
     if n > MAX_REFERENCES:
-        raise ModelInputError(
+        raise InvalidOptionError(
             f"{n} references given; the memory model takes at most {MAX_REFERENCES} — retrieve fewer "
             "(retrieve(..., max_refs=8))"
         )
     ref_index = torch.as_tensor(references.ref_index).long().reshape(-1).cpu()
     if ref_index.shape[0] != n:
-        raise ModelInputError(f"{n} reference images but {ref_index.shape[0]} ref_index values")
+        raise ShapeMismatchError(f"{n} reference images but {ref_index.shape[0]} ref_index values")
     if bool(((ref_index < 0) | (ref_index > n_frames - 2)).any()):
-        raise ModelInputError(
+        raise InvalidOptionError(
             f"ref_index values must be in [0, {n_frames - 2}] (keyframe slot − 1), got {ref_index.tolist()}"
         )
     frames = []
     for i, im in enumerate(references.images):
         t = torch.as_tensor(im).float()
         if t.ndim != 3 or t.shape[-1] not in (3, 4):
-            raise ModelInputError(f"reference image {i} must be [H, W, 3] in [0, 1], got {tuple(t.shape)}")
+            raise ShapeMismatchError(f"reference image {i} must be [H, W, 3] in [0, 1], got {tuple(t.shape)}")
         t = t[..., :3].permute(2, 0, 1)[None]
         if tuple(t.shape[-2:]) != (H, W):
             # the release resizes references to the target size with bicubic interpolation
@@ -342,7 +341,7 @@ def _text_embeds(t: torch.Tensor | None, what: str, dim: int, dev: torch.device)
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != dim or t.shape[1] > TEXT_MAX_LENGTH:
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"{what} must be [1, L ≤ {TEXT_MAX_LENGTH}, {dim}] (UMT5-XXL hidden states), got {tuple(t.shape)}"
         )
     return F.pad(t.to(dev), (0, 0, 0, TEXT_MAX_LENGTH - t.shape[1]))
@@ -409,7 +408,7 @@ def generate_keyframes(
         in one causal pass).
     """
     if keyframe_cameras is None or render is None or render_mask is None:
-        raise ModelInputError("keyframe_cameras, render and render_mask are required (the GGM condition)")
+        raise MissingInputError("keyframe_cameras, render and render_mask are required (the GGM condition)")
     try:
         return _generate(
             models, image, prompt, negative_prompt, keyframe_cameras, render, render_mask, references,
@@ -427,6 +426,7 @@ def generate_keyframes(
             torch.cuda.empty_cache()
         if not oom:
             raise
+        log.warning("out of memory while generating (offload=%r): %s", models.offload, exc)
         H, W = _as_image(image).shape[:2]
         advice = (
             "load the model with offload='encoders' (encoders visit the GPU only to encode) or "
@@ -463,9 +463,9 @@ def _generate(
 ) -> torch.Tensor:
     sampler = sampler or models.default_sampler
     if sampler not in SAMPLERS:
-        raise ModelInputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise InvalidOptionError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if not isinstance(prompt, str):
-        raise ModelInputError(f"prompt must be a string, got {type(prompt).__name__}")
+        raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}")
     img, cams, rend, mask = _check_inputs(image, keyframe_cameras, render, render_mask)
     H, W = img.shape[:2]
     video = models.video_mode
@@ -473,7 +473,7 @@ def _generate(
     n = video_latent_frames(len(cams)) if video else len(cams)
     latent_cams = cams[::VIDEO_TEMPORAL_FACTOR] if video else cams  # latent frame k ↔ pose 4k (= keyframe k)
     if references is not None and not models.uses_references:
-        raise ModelInputError(
+        raise InvalidInputError(
             f"the {models.variant!r} checkpoint has no memory branch and takes no references; load "
             "worldstereo-memory(-dmd) for SSM, or leave the references unconnected"
         )
@@ -491,7 +491,7 @@ def _generate(
     todo = ([prompt] if pos is None else []) + ([negative_prompt] if use_cfg and neg is None else [])
     if todo:
         if models.text_encoder is None:
-            raise ModelInputError(
+            raise MissingInputError(
                 "no text encoder is loaded: connect text conditioning (prompt/negative embeddings) or load the "
                 "model with a UMT5 text encoder"
             )
@@ -508,13 +508,13 @@ def _generate(
         if clip.ndim == 2:
             clip = clip[None]
         if clip.ndim != 3 or clip.shape[0] != 1 or clip.shape[2] != models.transformer.config.image_dim:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"image_embeds must be [1, 257, {models.transformer.config.image_dim}] (CLIP ViT-H penultimate "
                 f"layer), got {tuple(clip.shape)}"
             )
     else:
         if models.image_encoder is None:
-            raise ModelInputError(
+            raise MissingInputError(
                 "no image encoder is loaded: connect a CLIP vision output (clip_vision_h) or load the model with one"
             )
         with on_device(models.image_encoder.model, dev, enabled=swap):
@@ -609,11 +609,11 @@ class WorldStereoFrameGenerator:
         self.guidance_scale = guidance_scale
         self.shift = shift
         if sampler is not None and sampler not in SAMPLERS:
-            raise ModelInputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+            raise InvalidOptionError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
-            raise ModelInputError(f"steps must be a positive integer or None, got {steps!r}")
+            raise InvalidOptionError(f"steps must be a positive integer or None, got {steps!r}")
         if models.video_mode:
-            raise ModelInputError(
+            raise InvalidInputError(
                 "the scene loop generates keyframes (GGM, 21 per clip); a model with the Uni3C branch samples whole "
                 "81-frame videos — call generate_keyframes with every pose instead"
             )

@@ -40,7 +40,7 @@ from ..checkpoint import (
     take,
     write_config_json,
 )
-from ..errors import CheckpointError
+from ..errors import CheckpointMismatchError, CorruptFileError, InvalidOptionError
 from .conversion import plan_wan_transformer
 from .transformer_worldstereo import (
     VARIANTS,
@@ -157,28 +157,28 @@ def build_transformer(variant: str, tiny: bool = False) -> WorldStereoTransforme
 def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: str = "config.json") -> WorldStereoConfig:
     """Parse a release-style ``config.json`` mapping. ``variant`` overrides its ``model_type``."""
     if not isinstance(cfg, Mapping):
-        raise CheckpointError(f"{where} must hold a JSON object")
+        raise CorruptFileError(f"{where} must hold a JSON object")
     if variant is None:
         model_type = cfg.get("model_type", cfg.get("variant"))
         if model_type is None:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{where} has no 'model_type'; add one of {sorted(MODEL_TYPES)} or pass variant=... explicitly"
             )
         variant = MODEL_TYPES.get(model_type, model_type)
     if variant not in ALL_VARIANTS:
-        raise CheckpointError(f"unknown variant/model_type {variant!r} in {where}; use one of {ALL_VARIANTS} / {sorted(MODEL_TYPES)}")
+        raise CheckpointMismatchError(f"unknown variant/model_type {variant!r} in {where}; use one of {ALL_VARIANTS} / {sorted(MODEL_TYPES)}")
     if "controlnet_cfg" not in cfg:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{where} has no 'controlnet_cfg'; use the config.json that came with the WorldStereo weights"
         )
     controlnet = ControlNetConfig.from_dict(cfg["controlnet_cfg"], where=f"{where}: controlnet_cfg")
     transformer, _ = transformer_configs("camera" if variant in PAPER_VARIANTS else variant)
     extra = cfg.get("transformer", {})
     if not isinstance(extra, Mapping):
-        raise CheckpointError(f"{where}: 'transformer' must be a JSON object of WanTransformer3DModel sizes")
+        raise CheckpointMismatchError(f"{where}: 'transformer' must be a JSON object of WanTransformer3DModel sizes")
     unknown = set(extra) - set(transformer) - {"pos_embed_seq_len"}
     if unknown:
-        raise CheckpointError(f"{where}: unknown transformer field(s) {sorted(unknown)}")
+        raise CheckpointMismatchError(f"{where}: unknown transformer field(s) {sorted(unknown)}")
     transformer.update(extra)
     transformer["patch_size"] = tuple(transformer["patch_size"])
     defaults = DMDSettings()
@@ -190,17 +190,17 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
             steps=int(cfg.get("dmd_steps", defaults.steps)),
         )
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: DMD settings must be numbers ({exc})") from None
+        raise CheckpointMismatchError(f"{where}: DMD settings must be numbers ({exc})") from None
     negative_prompt = cfg.get("negative_prompt", "")
     latent_cond_mode = cfg.get("latent_cond_mode", "full_vae")
     if not isinstance(negative_prompt, str):
-        raise CheckpointError(f"{where}: 'negative_prompt' must be a string")
+        raise CheckpointMismatchError(f"{where}: 'negative_prompt' must be a string")
     if latent_cond_mode not in ("full_vae", "first_frame_only"):
-        raise CheckpointError(f"{where}: 'latent_cond_mode' must be 'full_vae' or 'first_frame_only', got {latent_cond_mode!r}")
+        raise CheckpointMismatchError(f"{where}: 'latent_cond_mode' must be 'full_vae' or 'first_frame_only', got {latent_cond_mode!r}")
     memory = None
     if variant in PAPER_VARIANTS:
         if "memory_cfg" not in cfg:
-            raise CheckpointError(f"{where} describes the paper-SSM variant but has no 'memory_cfg' (the memory branch sizes)")
+            raise CheckpointMismatchError(f"{where} describes the paper-SSM variant but has no 'memory_cfg' (the memory branch sizes)")
         memory = MemoryBranchConfig.from_dict(cfg["memory_cfg"], where=f"{where}: memory_cfg")
     return WorldStereoConfig(variant, transformer, controlnet, dmd, negative_prompt, latent_cond_mode, memory)
 
@@ -345,7 +345,7 @@ def _resolve_config(
             else:
                 variant = "memory" if any(k.startswith("camera_embedding.") for k in keys) else "camera"
         if variant not in ALL_VARIANTS:
-            raise CheckpointError(f"unknown variant {variant!r}; use one of {ALL_VARIANTS}")
+            raise InvalidOptionError(f"unknown variant {variant!r}; use one of {ALL_VARIANTS}")
         base = "camera" if variant in PAPER_VARIANTS else variant
         transformer, controlnet = transformer_configs(base)
         raw = {"controlnet_cfg": controlnet.to_dict(), "transformer": transformer}
@@ -391,7 +391,7 @@ def load_worldstereo(
     fp16,fp8_e4m3fn,fp8_scaled}.safetensors``, original key names; scaled fp8 dequantised). Backbone
     keys the checkpoint lacks are filled from it, as the release does (it builds the transformer from
     ``base_model`` and loads the checkpoint with ``strict=False``); keys the checkpoint has win. Any
-    other mismatch raises :class:`CheckpointError` naming the key groups and the likely cause.
+    other mismatch raises :class:`CheckpointMismatchError` naming the key groups and the likely cause.
 
     What is known of the published files: ``worldstereo-memory-dmd/model.safetensors`` is one 34.9 GB
     bf16 file holding the complete transformer (1799 tensors, 17.43 B; a third-party read of its
@@ -424,7 +424,7 @@ def load_worldstereo(
             targets.update(fill)
             still = missing - set(fill)
             if still:
-                raise CheckpointError(
+                raise CheckpointMismatchError(
                     f"{files[0]} lacks {len(missing)} backbone keys and the base model {base_model} "
                     f"({base_plan.layout} layout) does not have {len(still)} of them: "
                     f"{describe_keys(still, _group)}; use the Wan2.1-I2V-14B-480P weights (I2V 14B, not T2V "
@@ -484,7 +484,7 @@ def _uni3c_config(files: list[Path], shapes: Mapping[str, Any], path: Path) -> t
             raw = dict(raw)
             in_channels, patch = int(raw.pop("in_channels")), tuple(int(v) for v in raw.pop("patch_size"))
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise CheckpointError(f"{path}: the embedded Uni3C config metadata is corrupt") from None
+            raise CorruptFileError(f"{path}: the embedded Uni3C config metadata is corrupt") from None
         cfg = ControlNetConfig.from_dict(raw, where=f"{path.name} embedded config")
         return cfg, in_channels, patch
     # the released file records nothing: read the sizes off the tensors (head count: released width 64)
@@ -509,7 +509,7 @@ def load_uni3c(
     with open_tensor_source(files) as (file_keys, source):
         if any(k.split("blocks.")[0] in ("", "model.diffusion_model.", "diffusion_model.", "model.") for k in file_keys if "blocks." in k):
             kind = "a WorldStereo checkpoint" if any("controlnet.controlnet_blocks." in k for k in file_keys) else "a Wan transformer"
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{weights} is {kind} (it has blocks.*), not a Uni3C ControlNet; load it with load_worldstereo "
                 "(WorldStereo) or as the base transformer, and pass the Uni3C file (controlnet_patch_embedding.* … "
                 "proj_out.N.*) to load_uni3c"
@@ -518,10 +518,10 @@ def load_uni3c(
         for k in file_keys:
             model_key = uni3c_model_key(k)
             if model_key in targets:
-                raise CheckpointError(f"{weights} holds both {targets[model_key].source} and {k} (the same Uni3C tensor); keep one layout")
+                raise CheckpointMismatchError(f"{weights} holds both {targets[model_key].source} and {k} (the same Uni3C tensor); keep one layout")
             targets[model_key] = take(k)
         if "controlnet_patch_embedding.weight" not in targets:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{weights} is not a Uni3C ControlNet: it has no controlnet_patch_embedding.weight "
                 f"(found {describe_keys(file_keys, _group) or 'no tensors'}); use the Uni3C controlnet safetensors"
             )

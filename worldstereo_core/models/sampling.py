@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from ..errors import WorldStereoError
+from ..errors import InvalidOptionError
 from .loading import DMDSettings
 from .transformer_worldstereo import WorldStereoInputs, WorldStereoTransformer
 
@@ -46,10 +46,6 @@ class SamplingInterrupted(Exception):
     """Raised when the ``interrupt`` callback asks the loop to stop (not an input error)."""
 
 
-class SamplerSettingsError(WorldStereoError):
-    """Sampler settings that cannot work (zero steps, negative shift, start ≥ end …)."""
-
-
 class VelocityFn(Protocol):
     def __call__(self, x: torch.Tensor, t: torch.Tensor, positive: bool) -> torch.Tensor: ...
 
@@ -66,7 +62,7 @@ def dmd_timesteps(settings: DMDSettings = DMDSettings()) -> torch.Tensor:
     release's ``FlowGeneratorScheduler``. Defaults give ``[1000, 937.5, 833.3, 625]`` for shift 5.
     """
     if settings.steps < 1 or settings.shift <= 0 or not 0 <= settings.start < settings.end:
-        raise SamplerSettingsError(
+        raise InvalidOptionError(
             f"DMD settings need steps >= 1, shift > 0 and 0 <= start < end, got {settings}"
         )
     t = np.linspace(settings.start, settings.end, settings.steps, dtype=np.float32)[::-1].copy()
@@ -79,9 +75,9 @@ SEED_RANGE = 2**64
 
 
 def check_seed(seed: int, what: str = "seed") -> int:
-    """``seed`` as an int in ``[0, 2^64)``, or :class:`SamplerSettingsError` saying the range."""
+    """``seed`` as an int in ``[0, 2^64)``, or :class:`~worldstereo_core.errors.InvalidOptionError` saying the range."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_RANGE:
-        raise SamplerSettingsError(f"{what} must be an integer from 0 to 2^64 − 1, got {seed!r}")
+        raise InvalidOptionError(f"{what} must be an integer from 0 to 2^64 − 1, got {seed!r}")
     return int(seed)
 
 
@@ -103,7 +99,7 @@ def initial_noise(
 def _check_callbacks(on_step, interrupt):
     for name, cb in (("on_step", on_step), ("interrupt", interrupt)):
         if cb is not None and not callable(cb):
-            raise SamplerSettingsError(f"{name} must be callable or None")
+            raise InvalidOptionError(f"{name} must be callable or None")
 
 
 @torch.no_grad()
@@ -186,7 +182,7 @@ def unipc_sigmas(steps: int = DEFAULT_UNIPC_STEPS, flow_shift: float = DEFAULT_F
     (30 of the 40 default timesteps differ), not the one the released weights were run with.
     """
     if steps < 1 or flow_shift <= 0:
-        raise SamplerSettingsError(f"UniPC needs steps >= 1 and flow_shift > 0, got steps={steps}, shift={flow_shift}")
+        raise InvalidOptionError(f"UniPC needs steps >= 1 and flow_shift > 0, got steps={steps}, shift={flow_shift}")
     unshifted = 1.0 - np.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, steps + 1)
     return np.flip(shift_sigmas(unshifted, flow_shift))[:-1].copy()
 
@@ -285,7 +281,7 @@ class WorldStereoDenoiser:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, positive: bool = True) -> torch.Tensor:
         if not positive and self.negative is None:
-            raise SamplerSettingsError("CFG needs negative conditioning; pass negative=WorldStereoInputs(...)")
+            raise InvalidOptionError("CFG needs negative conditioning; pass negative=WorldStereoInputs(...)")
         kwargs = self.positive if positive else self.negative
         x_in = torch.cat([x, self.condition.to(x.dtype)], dim=1)
         return self.model(x_in, t, **kwargs)

@@ -42,7 +42,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 
-from ..errors import CheckpointError, ModelInputError
+from ..errors import CheckpointMismatchError, InvalidInputError, InvalidOptionError, ShapeMismatchError
 
 VARIANTS: tuple[str, ...] = ("camera", "memory", "dmd")
 """``camera``: GGM only; ``memory``: GGM + SSM; ``dmd``: the memory architecture, distilled weights."""
@@ -114,10 +114,10 @@ class ControlNetConfig:
     def from_dict(cls, cfg: Mapping[str, Any], where: str = "controlnet_cfg") -> "ControlNetConfig":
         """Validate and convert a ``controlnet_cfg`` mapping; unknown keys are ignored."""
         if not isinstance(cfg, Mapping):
-            raise CheckpointError(f"{where} must be a JSON object, got {type(cfg).__name__}")
+            raise CheckpointMismatchError(f"{where} must be a JSON object, got {type(cfg).__name__}")
         missing = [k for k in cls.REQUIRED if k not in cfg]
         if missing:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{where} is missing the field(s) {missing}; the released config.json has them all "
                 f"(e.g. dim=1024, ffn_dim=4096, num_heads=16, num_layers=20, conv_out_dim=5120, "
                 f"time_embed_dim=5120) — copy the config.json that came with the weights"
@@ -128,12 +128,12 @@ class ControlNetConfig:
         values.update({k: v for k, v in cfg.items() if k in names})
         out = cls(**values)
         if out.update_ref or out.ref_embedding:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{where} sets update_ref={out.update_ref}, ref_embedding={out.ref_embedding}; only the released "
                 "setting (both false) is supported"
             )
         if out.dim % out.num_heads or out.mid_channels % 8:
-            raise CheckpointError(f"{where}: dim must be divisible by num_heads and mid_channels by 8, got {cfg}")
+            raise CheckpointMismatchError(f"{where}: dim must be divisible by num_heads and mid_channels by 8, got {cfg}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def rope_at(
     order of ``patch_embedding(x).flatten(2)`` (frame, row, column).
     """
     if w_offset + width > rope.max_seq_len or height > rope.max_seq_len:
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"latent grid {height}x{width} (+{w_offset} columns for references) exceeds the RoPE table "
             f"of {rope.max_seq_len}; use a smaller resolution"
         )
@@ -214,7 +214,7 @@ class RefJointAttnProcessor(WanAttnProcessor):
         if ref_hidden_states is None and not self.handles_plain_self_attention:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None:
-            raise ModelInputError("the joint reference attention is self-attention; it takes no encoder_hidden_states")
+            raise InvalidInputError("the joint reference attention is self-attention; it takes no encoder_hidden_states")
 
         ref_key = ref_value = None
         if getattr(attn, "fused_projections", False):
@@ -465,11 +465,11 @@ class WorldStereoTransformer(WanTransformer3DModel):
         **transformer_config: Any,
     ) -> None:
         if variant not in VARIANTS:
-            raise CheckpointError(f"unknown WorldStereo variant {variant!r}; use one of {VARIANTS}")
+            raise InvalidOptionError(f"unknown WorldStereo variant {variant!r}; use one of {VARIANTS}")
         cfg = {**FULL_TRANSFORMER_CONFIG, **transformer_config}
         unknown = set(cfg) - set(FULL_TRANSFORMER_CONFIG) - {"pos_embed_seq_len"}
         if unknown:
-            raise CheckpointError(f"unknown transformer config field(s) {sorted(unknown)}")
+            raise CheckpointMismatchError(f"unknown transformer config field(s) {sorted(unknown)}")
         if controlnet_cfg is None:
             controlnet_cfg = FULL_CONTROLNET_CONFIG
         elif not isinstance(controlnet_cfg, ControlNetConfig):
@@ -481,7 +481,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
         self.register_to_config(num_layers=num_layers)
         inner_dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
         if controlnet_cfg.conv_out_dim != inner_dim or controlnet_cfg.time_embed_dim != inner_dim:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"controlnet_cfg conv_out_dim/time_embed_dim ({controlnet_cfg.conv_out_dim}/"
                 f"{controlnet_cfg.time_embed_dim}) must equal the transformer width {inner_dim}"
             )
@@ -533,7 +533,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
     def _camera_offsets(self, qt: torch.Tensor, n_frames: int, tokens_per_frame: int, what: str) -> torch.Tensor:
         """``qt`` ``[B, n, 7]`` → ``[B, n*tokens_per_frame, C]`` per-frame offsets."""
         if qt.ndim != 3 or qt.shape[1] != n_frames or qt.shape[2] != self.controlnet_config.camera_embedding_dim:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"{what} must be [B, {n_frames}, {self.controlnet_config.camera_embedding_dim}] (quaternion + "
                 f"translation per frame), got {tuple(qt.shape)}"
             )
@@ -566,12 +566,12 @@ class WorldStereoTransformer(WanTransformer3DModel):
         B, C, F_, H, W = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
         if C != self.config.in_channels:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"hidden_states has {C} channels; the I2V model takes {self.config.in_channels} "
                 "(noisy latent 16 + mask 4 + first-frame latent 16)"
             )
         if F_ % p_t or H % p_h or W % p_w:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"latent size {F_}x{H}x{W} is not a multiple of the patch {self.config.patch_size}; "
                 "use image sizes that are multiples of 16"
             )
@@ -590,7 +590,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
         control = None
         if render_latent is not None:
             if render_latent.shape[0] != B or render_latent.shape[2:] != hidden_states.shape[2:]:
-                raise ModelInputError(
+                raise ShapeMismatchError(
                     f"render_latent {tuple(render_latent.shape)} must match the latent batch/frames/size "
                     f"{(B, F_, H, W)} — encode one render keyframe per latent frame"
                 )
@@ -615,7 +615,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
 
         # --- time / text / image conditioning
         if timestep.ndim != 1 or timestep.shape[0] != B:
-            raise ModelInputError(f"timestep must be [B]={B} values in 0..1000, got shape {tuple(timestep.shape)}")
+            raise ShapeMismatchError(f"timestep must be [B]={B} values in 0..1000, got shape {tuple(timestep.shape)}")
         temb, timestep_proj, context, context_image = self.condition_embedder(
             timestep, encoder_hidden_states, encoder_hidden_states_image
         )
@@ -679,7 +679,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
         """
         given = sorted(k for k, v in branch_inputs.items() if v is not None)
         if given:
-            raise ModelInputError(
+            raise InvalidInputError(
                 f"the {self.variant!r} WorldStereo transformer takes no input(s) {given}; they belong to the paper's "
                 "SSM variant (load a worldstereo-paper-memory checkpoint)"
             )
@@ -694,7 +694,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
     ) -> torch.Tensor:
         cfg = self.controlnet_config
         if render_mask is None:
-            raise ModelInputError("render_latent was given without render_mask; pass the hole mask [B, 1, F, 8h, 8w]")
+            raise InvalidInputError("render_latent was given without render_mask; pass the hole mask [B, 1, F, 8h, 8w]")
         parts = [render_mask] if plucker is None else [render_mask, plucker]
         # with a temporal downsample ds, (F-1)*ds + 1 frames are padded in front to F*ds
         frames = (F_ - 1) * cfg.mask_downsample + 1
@@ -702,7 +702,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
         if channels != cfg.add_channels or any(
             p.ndim != 5 or (p.shape[0], p.shape[2], p.shape[3], p.shape[4]) != (B, frames, H * 8, W * 8) for p in parts
         ):
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"render_mask {tuple(render_mask.shape)} / plucker {None if plucker is None else tuple(plucker.shape)} "
                 f"must be [B={B}, 1 | 6, {frames}, {H * 8}, {W * 8}] (mask + Plücker = {cfg.add_channels} channels, "
                 "one frame per latent frame, at 8x the latent size)"
@@ -722,30 +722,30 @@ class WorldStereoTransformer(WanTransformer3DModel):
         W: int,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         if not self.uses_references:
-            raise ModelInputError(
+            raise InvalidInputError(
                 f"the {self.variant!r} variant takes no references; load a memory or dmd checkpoint for SSM"
             )
         if reference_latent.ndim != 5 or reference_latent.shape[0] != B or reference_latent.shape[1] != self.config.in_channels:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"reference_latent must be [B={B}, {self.config.in_channels}, R, h, w] (concat[ref, ones(4), ref]), "
                 f"got {tuple(reference_latent.shape)}"
             )
         if reference_latent.shape[3:] != (H, W):
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"reference latents are {tuple(reference_latent.shape[3:])}, targets {(H, W)}: "
                 "resize reference images to the target resolution before encoding"
             )
         n_ref = reference_latent.shape[2]
         if n_ref > MAX_REFERENCES:
-            raise ModelInputError(f"{n_ref} references given; the model takes at most {MAX_REFERENCES}")
+            raise InvalidOptionError(f"{n_ref} references given; the model takes at most {MAX_REFERENCES}")
         if ref_index is None or ref_index.ndim != 1 or ref_index.shape[0] != n_ref:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"ref_index must be a 1-D tensor with one keyframe slot per reference ({n_ref}), got "
                 f"{None if ref_index is None else tuple(ref_index.shape)}"
             )
         if ref_index.device.type == "cpu" and ((ref_index < 0) | (ref_index > ppf - 2)).any():
             # checked only for host tensors: a device tensor would need a sync
-            raise ModelInputError(f"ref_index values must be in [0, {ppf - 2}] (keyframe slot - 1), got {ref_index.tolist()}")
+            raise InvalidOptionError(f"ref_index values must be in [0, {ppf - 2}] (keyframe slot - 1), got {ref_index.tolist()}")
         # reference r takes the positions of latent frame ref_index[r] + 1, one latent width to the right
         frames = ref_index.to(device=self.rope.freqs_cos.device, dtype=torch.long) + 1
         ref_rope = rope_at(self.rope, frames, pph, ppw, w_offset=ppw)
@@ -759,7 +759,7 @@ class WorldStereoTransformer(WanTransformer3DModel):
 def transformer_configs(variant: str, tiny: bool = False) -> tuple[dict[str, Any], ControlNetConfig]:
     """The (transformer, controlnet) configs of a variant: released sizes, or the tiny test sizes."""
     if variant not in VARIANTS:
-        raise CheckpointError(f"unknown WorldStereo variant {variant!r}; use one of {VARIANTS}")
+        raise InvalidOptionError(f"unknown WorldStereo variant {variant!r}; use one of {VARIANTS}")
     if tiny:
         return dict(TINY_TRANSFORMER_CONFIG), TINY_CONTROLNET_CONFIG
     return dict(FULL_TRANSFORMER_CONFIG), FULL_CONTROLNET_CONFIG

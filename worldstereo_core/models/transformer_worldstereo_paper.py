@@ -36,7 +36,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
-from ..errors import CheckpointError, ModelInputError
+from ..errors import CheckpointMismatchError, InvalidInputError, ShapeMismatchError
 from .transformer_worldstereo import (
     ControlNetBlock,
     ControlNetConfig,
@@ -73,17 +73,17 @@ class MemoryBranchConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], where: str = "memory_cfg") -> MemoryBranchConfig:
         if not isinstance(cfg, Mapping):
-            raise CheckpointError(f"{where} must be a JSON object, got {type(cfg).__name__}")
+            raise CheckpointMismatchError(f"{where} must be a JSON object, got {type(cfg).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - names)
         if unknown:
-            raise CheckpointError(f"{where} has unknown field(s) {unknown}; known: {sorted(names)}")
+            raise CheckpointMismatchError(f"{where} has unknown field(s) {unknown}; known: {sorted(names)}")
         try:
             out = cls(**{k: int(v) for k, v in cfg.items()})
         except (TypeError, ValueError):
-            raise CheckpointError(f"{where}: every field must be an integer, got {dict(cfg)}") from None
+            raise CheckpointMismatchError(f"{where}: every field must be an integer, got {dict(cfg)}") from None
         if out.dim % out.num_heads or min(out.dim, out.num_heads, out.num_layers, out.ffn_dim) < 1:
-            raise CheckpointError(f"{where}: dim must be a positive multiple of num_heads, got {dict(cfg)}")
+            raise CheckpointMismatchError(f"{where}: dim must be a positive multiple of num_heads, got {dict(cfg)}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,7 +200,7 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
         **transformer_config: Any,
     ) -> None:
         if variant not in PAPER_VARIANTS:
-            raise CheckpointError(f"unknown paper-SSM variant {variant!r}; use one of {PAPER_VARIANTS}")
+            raise CheckpointMismatchError(f"unknown paper-SSM variant {variant!r}; use one of {PAPER_VARIANTS}")
         # the base skeleton of the camera architecture: no camera_embedding, no release references
         super().__init__("camera", controlnet_cfg, **transformer_config)
         self.variant = variant
@@ -209,7 +209,7 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
         elif not isinstance(memory_cfg, MemoryBranchConfig):
             memory_cfg = MemoryBranchConfig.from_dict(memory_cfg)
         if memory_cfg.conv_out_dim != self.inner_dim or memory_cfg.time_embed_dim != self.inner_dim:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"memory_cfg conv_out_dim/time_embed_dim ({memory_cfg.conv_out_dim}/{memory_cfg.time_embed_dim}) "
                 f"must equal the transformer width {self.inner_dim}"
             )
@@ -248,20 +248,20 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
         pointmap_latent = branch_inputs.get("pointmap_latent")
         unknown = sorted(k for k, v in branch_inputs.items() if v is not None and k not in ("pair_latent", "pointmap_latent"))
         if unknown:
-            raise ModelInputError(f"the paper-SSM transformer takes no input(s) {unknown}")
+            raise InvalidInputError(f"the paper-SSM transformer takes no input(s) {unknown}")
         if pair_latent is None and pointmap_latent is None:
             return None  # no memory: the GGM-only model
         B, C, F_, H, W = hidden_states.shape
         if pair_latent is None or pointmap_latent is None:
-            raise ModelInputError("the paper's SSM needs both pair_latent and pointmap_latent (or neither)")
+            raise InvalidInputError("the paper's SSM needs both pair_latent and pointmap_latent (or neither)")
         if tuple(pair_latent.shape) != (B, C, F_, H, W):
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"pair_latent must be [B={B}, {C}, F={F_}, {H}, {W}] (one reference per keyframe, "
                 f"concat[z_ref, ones(4), z_ref]), got {tuple(pair_latent.shape)}"
             )
         want = (B, self.memory_config.pointmap_channels, F_, H, 2 * W)
         if tuple(pointmap_latent.shape) != want:
-            raise ModelInputError(
+            raise ShapeMismatchError(
                 f"pointmap_latent must be {list(want)} (VAE latents of the target | reference pointmaps, stitched "
                 f"along the width), got {tuple(pointmap_latent.shape)}"
             )
@@ -295,7 +295,7 @@ def init_from_camera(paper: WorldStereoPaperTransformer, camera_state: Mapping[s
 
     Base and ``controlnet.*`` are copied (``camera_embedding.*`` of a memory checkpoint is ignored);
     memory block ``i`` = GGM block ``i``; ``memory_patch_embedding`` = main ``patch_embedding``;
-    ``pointmap_embedding`` and ``proj_out`` zero. Raises :class:`CheckpointError` if sizes differ.
+    ``pointmap_embedding`` and ``proj_out`` zero. Raises :class:`CheckpointMismatchError` if sizes differ.
     """
     own = paper.state_dict()
     state: dict[str, torch.Tensor] = {}
@@ -303,15 +303,15 @@ def init_from_camera(paper: WorldStereoPaperTransformer, camera_state: Mapping[s
         if key.startswith("camera_embedding."):
             continue
         if key not in own:
-            raise CheckpointError(f"{key} of the source checkpoint has no place in the paper model; use a WorldStereo checkpoint")
+            raise CheckpointMismatchError(f"{key} of the source checkpoint has no place in the paper model; use a WorldStereo checkpoint")
         state[key] = value
     missing = [k for k in own if not k.startswith("memory_branch.") and k not in state]
     if missing:
-        raise CheckpointError(f"the source checkpoint lacks {len(missing)} base/GGM keys, e.g. {missing[0]}")
+        raise CheckpointMismatchError(f"the source checkpoint lacks {len(missing)} base/GGM keys, e.g. {missing[0]}")
     ggm_blocks = paper.controlnet_config.num_layers
     mem = paper.memory_config
     if mem.num_layers > ggm_blocks or mem.dim != paper.controlnet_config.dim or mem.ffn_dim != paper.controlnet_config.ffn_dim:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"the initialisation rule copies GGM blocks into the memory branch: memory_cfg (dim {mem.dim}, ffn "
             f"{mem.ffn_dim}, {mem.num_layers} layers) must match the GGM branch (dim {paper.controlnet_config.dim}, "
             f"ffn {paper.controlnet_config.ffn_dim}, {ggm_blocks} layers)"

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformer3DModel
 
-from ..errors import CheckpointError
+from ..errors import CheckpointMismatchError, InvalidInputError
 from .transformer_worldstereo import (
     FULL_TRANSFORMER_CONFIG,
     ControlNetConfig,
@@ -169,7 +169,7 @@ def uni3c_config_from_shapes(
     """
     def shape(key: str) -> list[int]:
         if key not in shapes:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{where} has no {key}; it is not a complete Uni3C ControlNet file (expected keys "
                 "controlnet_patch_embedding.*, controlnet_mask_embedding.*, proj_in.*, controlnet_blocks.N.*, proj_out.N.*)"
             )
@@ -184,19 +184,19 @@ def uni3c_config_from_shapes(
     num_layers = sum(1 for k in shapes if k.startswith("proj_out.") and k.endswith(".weight"))
     out_dim = shape("proj_out.0.weight")[0]
     if out_dim != conv_out_dim:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{where}: proj_out maps to {out_dim} channels but the patch embedding to {conv_out_dim}; "
             "only branches whose output width equals the transformer width are supported"
         )
     if len(mask) != 5 or mask[2] != UNI3C_MASK_DOWNSAMPLE or len(patch) != 5:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"{where}: controlnet_mask_embedding.mask_proj.0.weight is {mask}; Uni3C's has a temporal kernel of "
             f"{UNI3C_MASK_DOWNSAMPLE} ([mid, channels, 4, 8, 8]) — this is not a Uni3C camera ControlNet"
         )
     if num_heads is None:
         num_heads = max(dim // UNI3C_HEAD_DIM, 1)
     if dim % num_heads or mask[0] % 8:
-        raise CheckpointError(f"{where}: width {dim} / {num_heads} heads or mid channels {mask[0]} (must be /8) do not fit")
+        raise CheckpointMismatchError(f"{where}: width {dim} / {num_heads} heads or mid channels {mask[0]} (must be /8) do not fit")
     cfg = dataclasses.replace(
         UNI3C_FULL_CONFIG,
         dim=dim,
@@ -233,7 +233,7 @@ def attach_uni3c(
     ``plucker`` with :func:`uni3c_pixel_frames` ``(F)`` frames (81 for 21 latent frames).
     """
     if not isinstance(uni3c, WorldStereoControlNet):
-        raise CheckpointError(f"attach_uni3c needs a Uni3CControlNet (from load_uni3c), got {type(uni3c).__name__}")
+        raise InvalidInputError(f"attach_uni3c needs a Uni3CControlNet (from load_uni3c), got {type(uni3c).__name__}")
     cfg: ControlNetConfig = uni3c.cfg
     if isinstance(transformer, WorldStereoTransformer):
         base_cfg = transformer.config
@@ -242,7 +242,7 @@ def attach_uni3c(
         base_cfg = transformer.config
         inner = base_cfg.num_attention_heads * base_cfg.attention_head_dim
     else:
-        raise CheckpointError(
+        raise InvalidInputError(
             f"attach_uni3c needs a WorldStereoTransformer or a diffusers WanTransformer3DModel, got {type(transformer).__name__}"
         )
     in_ch = uni3c.controlnet_patch_embedding.weight.shape[1]
@@ -257,7 +257,7 @@ def attach_uni3c(
     if cfg.num_layers > base_cfg.num_layers:
         problems.append(f"it has {cfg.num_layers} blocks, more than the transformer's {base_cfg.num_layers}")
     if problems:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             "this Uni3C ControlNet does not fit the transformer: " + "; ".join(problems)
             + " — use the Wan2.1-I2V-14B transformer with the full-size Uni3C file (or the tiny ones together)"
         )
@@ -276,7 +276,7 @@ def attach_uni3c(
         missing, unexpected = out.load_state_dict(transformer.state_dict(), strict=False, assign=True)
         missing = [k for k in missing if not k.startswith("controlnet.")]
         if missing or unexpected:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"the Wan transformer's weights do not fit the WorldStereo skeleton (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}); attach Uni3C to a stock diffusers Wan2.1-I2V transformer"
             )

@@ -28,7 +28,14 @@ from ..checkpoint import (
     open_tensor_source,
     read_json,
 )
-from ..errors import CheckpointError, InvalidImageError, ModelInputError
+from ..errors import (
+    CheckpointMismatchError,
+    CorruptFileError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidOptionError,
+    ShapeMismatchError,
+)
 from .conversion import load_converted, plan_wan_vae
 
 SPATIAL_MULTIPLE = 16
@@ -59,11 +66,11 @@ def tiny_vae_config() -> dict[str, Any]:
 
 
 def check_spatial_size(height: int, width: int, what: str = "frames") -> None:
-    """Raise :class:`ModelInputError` unless both sizes are positive multiples of 16."""
+    """Raise :class:`ShapeMismatchError` unless both sizes are positive multiples of 16."""
     if height <= 0 or width <= 0 or height % SPATIAL_MULTIPLE or width % SPATIAL_MULTIPLE:
         fix_h = max(SPATIAL_MULTIPLE, round(height / SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE)
         fix_w = max(SPATIAL_MULTIPLE, round(width / SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE)
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"{what} are {height}×{width} (H×W); the video model needs multiples of {SPATIAL_MULTIPLE}. "
             f"Resize to e.g. {fix_h}×{fix_w} (the released buckets: 480×768, 512×720, 576×640, 608×608, "
             "640×576, 720×512, 768×480; panoramas 480×832)"
@@ -95,7 +102,7 @@ def images_to_video(images: torch.Tensor) -> torch.Tensor:
 def video_to_images(video: torch.Tensor) -> torch.Tensor:
     """Video ``[B, 3, F, H, W]`` in ``[-1, 1]`` → ComfyUI IMAGE ``[B·F, H, W, 3]`` float32 in ``[0, 1]``."""
     if video.ndim != 5 or video.shape[1] != 3:
-        raise ModelInputError(f"expected a video [B, 3, F, H, W]; got {tuple(video.shape)}")
+        raise ShapeMismatchError(f"expected a video [B, 3, F, H, W]; got {tuple(video.shape)}")
     out = (video.float().clamp(-1.0, 1.0) + 1.0) * 0.5
     return out.permute(0, 2, 3, 4, 1).reshape(-1, video.shape[3], video.shape[4], 3).contiguous()
 
@@ -129,10 +136,10 @@ def i2v_condition(
     ``concat[noisy latent (16), this (20)]``.
     """
     if first_frame_latent.ndim != 5:
-        raise ModelInputError(f"first_frame_latent must be [B, C, F, h, w]; got {tuple(first_frame_latent.shape)}")
+        raise ShapeMismatchError(f"first_frame_latent must be [B, C, F, h, w]; got {tuple(first_frame_latent.shape)}")
     b, c, f, h, w = first_frame_latent.shape
     if num_latent_frames < 1:
-        raise ModelInputError(f"num_latent_frames must be ≥ 1; got {num_latent_frames}")
+        raise InvalidOptionError(f"num_latent_frames must be ≥ 1; got {num_latent_frames}")
     if f == num_latent_frames:
         latent = first_frame_latent
     elif f == 1:
@@ -140,13 +147,13 @@ def i2v_condition(
             fill = first_frame_latent.new_zeros(b, c, num_latent_frames - 1, h, w)
         else:
             if fill_latent.ndim != 5 or fill_latent.shape[1:] != (c, 1, h, w) or fill_latent.shape[0] not in (1, b):
-                raise ModelInputError(
+                raise ShapeMismatchError(
                     f"fill_latent must be [B or 1, {c}, 1, {h}, {w}]; got {tuple(fill_latent.shape)}"
                 )
             fill = fill_latent.to(first_frame_latent).expand(b, c, num_latent_frames - 1, h, w)
         latent = torch.cat([first_frame_latent, fill], dim=2)
     else:
-        raise ModelInputError(
+        raise ShapeMismatchError(
             f"first_frame_latent has {f} latent frames; give 1 (the first keyframe) or all {num_latent_frames}"
         )
     mask = i2v_mask(b, num_latent_frames, h, w, device=latent.device, dtype=latent.dtype)
@@ -181,7 +188,7 @@ class WanKeyframeVAE:
 
     def __init__(self, vae: AutoencoderKLWan, keyframes_per_batch: int = 8) -> None:
         if keyframes_per_batch < 1:
-            raise ModelInputError(f"keyframes_per_batch must be ≥ 1; got {keyframes_per_batch}")
+            raise InvalidOptionError(f"keyframes_per_batch must be ≥ 1; got {keyframes_per_batch}")
         self.vae = vae
         self.keyframes_per_batch = int(keyframes_per_batch)
         cfg = vae.config
@@ -211,15 +218,15 @@ class WanKeyframeVAE:
     def _check_video(self, video: torch.Tensor, what: str) -> None:
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ModelInputError(f"{what} must be a video [B, 3, F, H, W] in [-1, 1]; got {shape}")
+            raise ShapeMismatchError(f"{what} must be a video [B, 3, F, H, W] in [-1, 1]; got {shape}")
         if video.shape[2] < 1:
-            raise ModelInputError(f"{what} has no frames")
+            raise InvalidInputError(f"{what} has no frames")
         check_spatial_size(int(video.shape[3]), int(video.shape[4]), what)
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != self.z_dim:
             shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise ModelInputError(f"latents must be [B, {self.z_dim}, F, h, w]; got {shape}")
+            raise ShapeMismatchError(f"latents must be [B, {self.z_dim}, F, h, w]; got {shape}")
 
     # -- keyframe mode
     @torch.no_grad()
@@ -257,7 +264,7 @@ class WanKeyframeVAE:
         self._check_video(video, "video")
         t = video.shape[2]
         if (t - 1) % self.temporal_factor:
-            raise ModelInputError(f"a causal Wan video needs 1 + 4k frames; got {t}")
+            raise ShapeMismatchError(f"a causal Wan video needs 1 + 4k frames; got {t}")
         z = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode()
         return self.normalize(z)
 
@@ -287,7 +294,7 @@ class WanKeyframeVAE:
         """
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ModelInputError(f"first frame must be [B, 3, H, W] in [-1, 1]; got {shape}")
+            raise ShapeMismatchError(f"first frame must be [B, 3, H, W] in [-1, 1]; got {shape}")
         frame = image.unsqueeze(2)
         if mode == "full_vae":
             zeros = frame.new_zeros(frame.shape[0], 3, (num_latent_frames - 1) * self.temporal_factor, *frame.shape[3:])
@@ -297,7 +304,7 @@ class WanKeyframeVAE:
             first = self.encode_keyframes(frame)
             fill = self.encode_keyframes(torch.zeros_like(frame[:1]))
             return i2v_condition(first, num_latent_frames, fill_latent=fill)
-        raise ModelInputError(f"unknown I2V condition mode {mode!r}; use 'full_vae' or 'first_frame_only'")
+        raise InvalidOptionError(f"unknown I2V condition mode {mode!r}; use 'full_vae' or 'first_frame_only'")
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -308,9 +315,9 @@ def _vae_config_for(path: Path, files: list[Path]) -> dict[str, Any]:
     if beside is not None:
         cfg = read_json(beside, "VAE config")
         if not isinstance(cfg, dict):
-            raise CheckpointError(f"{beside} must hold a JSON object (the AutoencoderKLWan config)")
+            raise CorruptFileError(f"{beside} must hold a JSON object (the AutoencoderKLWan config)")
         if cfg.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-            raise CheckpointError(f"{beside} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)")
+            raise CheckpointMismatchError(f"{beside} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)")
         return cfg
     return embedded_config(files, "wan_vae") or dict(WAN21_VAE_CONFIG)
 
@@ -339,7 +346,7 @@ def load_wan_vae(
         if "decoder.conv_in.weight" in plan.targets:
             z_in = get.shape(plan.source_key("decoder.conv_in.weight"))[1]  # type: ignore[attr-defined]
             if z_in != cfg.get("z_dim", 16):
-                raise CheckpointError(
+                raise CheckpointMismatchError(
                     f"this VAE has {z_in} latent channels; WorldStereo runs on the Wan2.1 VAE (16 channels). "
                     "Wan2.2's 48-channel VAE does not fit — use wan_2.1_vae.safetensors"
                 )

@@ -33,7 +33,14 @@ import torch
 
 from ..align import fit_depth_scale_shift
 from ..cameras import ArrayLike, Cameras, as_tensor
-from ..errors import AlignmentError, InvalidCameraError, InvalidDepthError, InvalidImageError, InvalidPointCloudError
+from ..errors import (
+    AlignmentFailedError,
+    InvalidCameraError,
+    InvalidDepthError,
+    InvalidImageError,
+    InvalidOptionError,
+    InvalidPointCloudError,
+)
 from ..pointcloud import RELEASE_EDGE_BETA, RELEASE_EDGE_THRESHOLD, PointCloud, depth_edge_mask, unproject_depths
 from ..render import cache_surface_depth
 
@@ -123,7 +130,7 @@ def fuse_depth_to_cache(
         raise InvalidDepthError("depth must be finite and ≥ 0 (0 = unknown)")
     v = (d > 0) if valid is None else (as_tensor(valid).detach().bool().cpu().reshape(F_, H, W) & (d > 0))
     if not (0.0 <= min_covered_fraction < 1.0):
-        raise AlignmentError(f"min_covered_fraction must be in [0, 1), got {min_covered_fraction}")
+        raise InvalidOptionError(f"min_covered_fraction must be in [0, 1), got {min_covered_fraction}")
 
     scale = torch.ones(F_, dtype=torch.float64)
     shift = torch.zeros(F_, dtype=torch.float64)
@@ -148,7 +155,7 @@ def fuse_depth_to_cache(
                 usable = sub.reshape(H, W)
             try:
                 s, b, _ = fit_depth_scale_shift(d[f], td[0], usable, seed=seed + f)
-            except AlignmentError:
+            except AlignmentFailedError:
                 s, b = float("nan"), float("nan")
             if math.isfinite(s) and math.isfinite(b) and s > 0:
                 aligned = (s * d[f].double() + b).float()

@@ -58,10 +58,13 @@ from ..checkpoint import (
     write_config_json,
 )
 from ..errors import (
-    CheckpointError,
+    CheckpointMismatchError,
+    CorruptFileError,
     InvalidCameraError,
     InvalidImageError,
-    ReconstructionError,
+    InvalidOptionError,
+    MissingFileError,
+    UnsafeFileError,
 )
 from ..pointcloud import unproject_depth_map
 from .vit import IMAGENET_MEAN, IMAGENET_STD, DinoViT
@@ -133,20 +136,20 @@ class ConvStackConfig:
     def __post_init__(self) -> None:
         n = len(self.dim_res_blocks)
         if n == 0:
-            raise CheckpointError("ConvStack config has no levels (dim_res_blocks is empty)")
+            raise CheckpointMismatchError("ConvStack config has no levels (dim_res_blocks is empty)")
         for name in ("dim_in", "dim_out", "num_res_blocks"):
             if len(getattr(self, name)) != n:
-                raise CheckpointError(f"ConvStack config: {name} has {len(getattr(self, name))} entries, dim_res_blocks {n}")
+                raise CheckpointMismatchError(f"ConvStack config: {name} has {len(getattr(self, name))} entries, dim_res_blocks {n}")
         if len(self.resamplers) != n - 1:
-            raise CheckpointError(f"ConvStack config: {len(self.resamplers)} resamplers for {n} levels; need {n - 1}")
+            raise CheckpointMismatchError(f"ConvStack config: {len(self.resamplers)} resamplers for {n} levels; need {n - 1}")
         bad = [r for r in self.resamplers if r not in _RESAMPLERS]
         if bad:
-            raise CheckpointError(f"ConvStack config: unknown resampler(s) {bad}; supported: {list(_RESAMPLERS)}")
+            raise CheckpointMismatchError(f"ConvStack config: unknown resampler(s) {bad}; supported: {list(_RESAMPLERS)}")
         for name in ("res_block_in_norm", "res_block_hidden_norm"):
             if getattr(self, name) not in _NORMS:
-                raise CheckpointError(f"ConvStack config: {name}={getattr(self, name)!r}; supported: {list(_NORMS)}")
+                raise CheckpointMismatchError(f"ConvStack config: {name}={getattr(self, name)!r}; supported: {list(_NORMS)}")
         if self.activation not in _ACTIVATIONS:
-            raise CheckpointError(f"ConvStack config: activation={self.activation!r}; supported: {list(_ACTIVATIONS)}")
+            raise CheckpointMismatchError(f"ConvStack config: activation={self.activation!r}; supported: {list(_ACTIVATIONS)}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConvStackConfig:
@@ -172,7 +175,7 @@ class ConvStackConfig:
                 activation=str(d.get("activation", "relu")),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"MoGe ConvStack config is malformed ({e!r}): {dict(d)}") from e
+            raise CorruptFileError(f"MoGe ConvStack config is malformed ({e!r}): {dict(d)}") from e
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -213,12 +216,12 @@ class MoGeEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
-            raise CheckpointError(f"MoGe encoder: embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
+            raise CheckpointMismatchError(f"MoGe encoder: embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
         taps = self.taps
         if not taps or any(t < 0 or t >= self.depth for t in taps):
-            raise CheckpointError(f"MoGe encoder: intermediate_layers {self.intermediate_layers} outside 0..{self.depth - 1}")
+            raise CheckpointMismatchError(f"MoGe encoder: intermediate_layers {self.intermediate_layers} outside 0..{self.depth - 1}")
         if self.img_size % self.patch_size:
-            raise CheckpointError(f"MoGe encoder: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+            raise CheckpointMismatchError(f"MoGe encoder: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MoGeEncoderConfig:
@@ -228,7 +231,7 @@ class MoGeEncoderConfig:
         elif all(k in d for k in ("embed_dim", "depth", "num_heads")):
             embed, depth, heads = (int(d[k]) for k in ("embed_dim", "depth", "num_heads"))
         else:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"MoGe encoder backbone {name!r} is not supported; expected one of {sorted(_DINOV2_SIZES)} "
                 "(or a custom backbone with embed_dim, depth and num_heads)"
             )
@@ -280,12 +283,12 @@ class MoGeConfig:
 
     def __post_init__(self) -> None:
         if self.remap_output not in _REMAPS:
-            raise CheckpointError(f"MoGe remap_output={self.remap_output!r}; supported: {list(_REMAPS)}")
+            raise CheckpointMismatchError(f"MoGe remap_output={self.remap_output!r}; supported: {list(_REMAPS)}")
         lo, hi = self.num_tokens_range
         if not 0 < lo <= hi:
-            raise CheckpointError(f"MoGe num_tokens_range {self.num_tokens_range} must be 0 < min <= max")
+            raise CheckpointMismatchError(f"MoGe num_tokens_range {self.num_tokens_range} must be 0 < min <= max")
         if self.neck.dim_in[0] != self.encoder.dim_out + 2:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"MoGe neck dim_in[0]={self.neck.dim_in[0]} must equal encoder dim_out + 2 = {self.encoder.dim_out + 2} "
                 "(features + UV)"
             )
@@ -306,12 +309,12 @@ class MoGeConfig:
 def moge_config_from_dict(d: Mapping[str, Any]) -> MoGeConfig:
     """Parse upstream's ``model_config`` dict (as in ``model.pt`` / our ``config.json``)."""
     if not isinstance(d, Mapping):
-        raise CheckpointError(f"MoGe config must be a JSON object, got {type(d).__name__}")
+        raise CheckpointMismatchError(f"MoGe config must be a JSON object, got {type(d).__name__}")
     if "model_config" in d and "encoder" not in d:
         d = d["model_config"]
     for key in ("encoder", "neck"):
         if key not in d:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"MoGe config has no {key!r} section (keys: {sorted(d)}); is this a MoGe-2 config.json? "
                 "MoGe-1 checkpoints (moge-vitl) are not supported"
             )
@@ -404,7 +407,7 @@ def moge_config(name: str = "moge-2-vitl-normal") -> MoGeConfig:
     """Preset config by variant name (``Ruicheng/`` prefixes are accepted)."""
     key = name.split("/")[-1].lower()
     if key not in MOGE_VARIANTS:
-        raise CheckpointError(f"unknown MoGe variant {name!r}; expected one of {sorted(MOGE_VARIANTS)}")
+        raise InvalidOptionError(f"unknown MoGe variant {name!r}; expected one of {sorted(MOGE_VARIANTS)}")
     return MOGE_VARIANTS[key]
 
 
@@ -660,7 +663,7 @@ def _read_config(
     for name in sorted(MOGE_VARIANTS, key=len, reverse=True):
         if name != "tiny" and name in stem:
             return MOGE_VARIANTS[name]
-    raise CheckpointError(
+    raise MissingFileError(
         f"no MoGe config for {weights}: put the checkpoint's config.json beside it, or pass config= "
         f"one of {sorted(MOGE_VARIANTS)} (or a config dict); " + CONVERT_HINT
     )
@@ -687,16 +690,15 @@ def load_moge(
             variant name found in the file/folder name.
 
     Raises:
-        CheckpointError: missing file, pickle checkpoint, no config, or keys/shapes that do
+        MissingFileError / UnsafeFileError / CheckpointMismatchError: missing file or config, pickle
+            checkpoint, or keys/shapes that do
             not match (names the key groups, e.g. a file without ``normal_head``).
     """
     path = Path(path)
     try:
         files = checkpoint_files(path, "MoGe-2", preferred="model.safetensors")
-    except CheckpointError as e:
-        if "pickle" not in str(e):
-            raise
-        raise CheckpointError(f"{e} ({CONVERT_HINT})") from None
+    except UnsafeFileError as e:
+        raise UnsafeFileError(f"{e} ({CONVERT_HINT})") from None
     weights = files[0]
     cfg = _read_config(config, weights, files, config_json_beside(path, files))
     with torch.device("meta"):
@@ -897,7 +899,7 @@ def predict_depth(
     elif int(num_tokens) < 1:
         raise InvalidImageError(f"num_tokens must be positive, got {num_tokens}")
     if model.config.points_head is None:
-        raise CheckpointError("this MoGe model has no points_head; it cannot predict depth")
+        raise CheckpointMismatchError("this MoGe model has no points_head; it cannot predict depth")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     B, H, W, _ = img.shape
@@ -918,7 +920,7 @@ def predict_depth(
         _, shift = recover_focal_shift(points, valid, focal=focal)
     focal, shift = focal.to(device), shift.to(device)
     if not (torch.isfinite(focal) & (focal > 0)).all():
-        raise ReconstructionError(
+        raise CheckpointMismatchError(
             f"MoGe's point map is degenerate (recovered focal {focal.tolist()} is not positive); the weights "
             "do not fit the config (check the variant / config.json), or give the image's fov_x"
         )

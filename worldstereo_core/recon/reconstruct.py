@@ -47,6 +47,7 @@ the cloud from predicted depth + predicted cameras since the points head is disa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -56,15 +57,19 @@ import torch.nn.functional as F
 from ..align import Similarity, robust_umeyama, umeyama
 from ..cameras import ArrayLike, Cameras, as_tensor, invert_rigid, resize_K
 from ..errors import (
-    AlignmentError,
+    AlignmentFailedError,
+    CheckpointMismatchError,
     InvalidCameraError,
     InvalidDepthError,
     InvalidImageError,
+    InvalidOptionError,
     InvalidPointCloudError,
-    ReconstructionError,
+    ShapeMismatchError,
 )
 from ..pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud, depth_edge_mask, unproject_depths
 from .worldmirror import WorldMirrorOutput, WorldMirrorPriors
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RELEASE_TARGET_SIZE",
@@ -160,7 +165,7 @@ def worldmirror_input_size(height: int, width: int, target_size: int = RELEASE_T
     if height <= 0 or width <= 0:
         raise InvalidImageError(f"frame size must be positive, got {height}×{width}")
     if target_size < 2 * patch:
-        raise ReconstructionError(f"target_size must be at least {2 * patch} (two patches), got {target_size}")
+        raise InvalidOptionError(f"target_size must be at least {2 * patch} (two patches), got {target_size}")
     long_side, short_side = max(height, width), min(height, width)
     new_long = max((min(long_side, target_size) // patch) * patch, 2 * patch)
     new_short = int(round(short_side * new_long / long_side / patch)) * patch
@@ -258,7 +263,7 @@ def predict_worldmirror(
         raise InvalidCameraError("use_priors=True needs the frames' cameras; pass cameras or set use_priors=False")
     _check_cameras(cameras, n, (H, W))
     if not int(chunk_size) >= 1:
-        raise ReconstructionError(f"chunk_size must be ≥ 1, got {chunk_size}")
+        raise InvalidOptionError(f"chunk_size must be ≥ 1, got {chunk_size}")
     h, w = worldmirror_input_size(H, W, target_size)
     device, dtype = _model_device_dtype(model)
     images = resize_frames(x, (h, w)).to(device=device, dtype=dtype)[None]
@@ -280,14 +285,14 @@ def predict_worldmirror(
 
     out = model(images, priors, frames_chunk_size=int(chunk_size))
     if out.depth is None or out.c2w is None or out.K is None:
-        raise ReconstructionError(
+        raise CheckpointMismatchError(
             "this WorldMirror ran without its depth or camera head (enable_depth / enable_cam off in its config); "
             "reconstruction needs both"
         )
     depth = out.depth[0].float()
     conf = out.depth_conf[0].float() if out.depth_conf is not None else torch.ones_like(depth)
     if tuple(depth.shape) != (n, h, w):
-        raise ReconstructionError(f"the model returned depth {tuple(depth.shape)}; expected {(n, h, w)}")
+        raise ShapeMismatchError(f"the model returned depth {tuple(depth.shape)}; expected {(n, h, w)}")
     c2w_net = out.c2w[0].double()
     K_net = as_tensor(resize_K(out.K[0].double(), (h, w), (H, W)))
     return WorldMirrorPrediction(
@@ -318,7 +323,7 @@ def reconstruction_masks(
     if d.ndim != 3 or c.shape != d.shape:
         raise InvalidDepthError(f"depth and conf must both be [F, H, W], got {tuple(d.shape)} and {tuple(c.shape)}")
     if conf_quantile is not None and not (0.0 <= float(conf_quantile) < 1.0):
-        raise ReconstructionError(f"conf_quantile must be in [0, 1) (0.15 drops the 15 % least confident pixels), got {conf_quantile}")
+        raise InvalidOptionError(f"conf_quantile must be in [0, 1) (0.15 drops the 15 % least confident pixels), got {conf_quantile}")
     keep = torch.isfinite(d) & (d > 0)
     d = torch.where(keep, d, torch.zeros_like(d))
     if conf_quantile:
@@ -369,7 +374,7 @@ def align_prediction(
     if P.ndim != 3 or P.shape[-2:] != (4, 4) or P.shape != Q.shape or P.shape[0] == 0:
         raise InvalidCameraError(f"pred_c2w and known_c2w must both be [F, 4, 4], got {tuple(P.shape)} and {tuple(Q.shape)}")
     if method not in ("auto", "umeyama", "poses"):
-        raise ReconstructionError(f"unknown alignment method {method!r}; use 'auto', 'umeyama' or 'poses'")
+        raise InvalidOptionError(f"unknown alignment method {method!r}; use 'auto', 'umeyama' or 'poses'")
     cp, ck = P[:, :3, 3], Q[:, :3, 3]
     if method == "umeyama" or (method == "auto" and _spans_plane(ck) and _spans_plane(cp)):
         try:
@@ -378,9 +383,10 @@ def align_prediction(
             else:
                 s, R, t = umeyama(cp, ck)
             return Similarity(s, R, t), "umeyama"
-        except AlignmentError:
+        except AlignmentFailedError as exc:
             if method == "umeyama":
                 raise
+            log.info("camera centres give no Umeyama fit (%s); aligning by the poses instead", exc)
     # Rotation: chordal mean of the per-camera rotations taking predicted onto known axes.
     R = _project_so3((Q[:, :3, :3] @ P[:, :3, :3].transpose(-1, -2)).sum(0))
     spread_p = float((cp - cp.mean(0)).norm(dim=-1).pow(2).mean().sqrt())
@@ -395,7 +401,7 @@ def align_prediction(
             raise InvalidDepthError(f"depth_prior {tuple(dp.shape)} and predicted depth {tuple(dn.shape)} differ in shape")
         ok = torch.isfinite(dp) & torch.isfinite(dn) & (dp > 0) & (dn > 0)
         if not bool(ok.any()):
-            raise AlignmentError("no pixel has both a positive depth prior and a positive predicted depth; cannot fix the scale")
+            raise AlignmentFailedError("no pixel has both a positive depth prior and a positive predicted depth; cannot fix the scale")
         s = float((dp[ok] / dn[ok]).median())
         how = "poses (depth scale)"
     else:
@@ -456,7 +462,7 @@ def reconstruct_with_worldmirror(
         progress: ``progress(step, total)`` after each of the 4 stages; may raise to interrupt.
     """
     if camera_source not in ("predicted", "known"):
-        raise ReconstructionError(f"camera_source must be 'predicted' or 'known', got {camera_source!r}")
+        raise InvalidOptionError(f"camera_source must be 'predicted' or 'known', got {camera_source!r}")
     x = _frames(frames)
     n, H, W = x.shape[:3]
     if cameras is None:
@@ -483,7 +489,7 @@ def reconstruct_with_worldmirror(
         K = pred.K.double()
         fx, fy = K[:, 0, 0], K[:, 1, 1]
         if not (torch.isfinite(K).all() and bool((fx > 0).all()) and bool((fy > 0).all())):
-            raise ReconstructionError(
+            raise InvalidCameraError(
                 "the network predicted unusable intrinsics (zero field of view or non-finite focal length); "
                 "check the weights, or use camera_source='known' to lift the depth with the known cameras"
             )

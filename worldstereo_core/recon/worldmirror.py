@@ -50,12 +50,7 @@ from ..checkpoint import (
     save_checkpoint,
     write_config_json,
 )
-from ..errors import (
-    CheckpointError,
-    InvalidCameraError,
-    InvalidDepthError,
-    InvalidImageError,
-)
+from ..errors import CheckpointMismatchError, InvalidCameraError, InvalidDepthError, InvalidImageError
 from ..pointcloud import unproject_depth_map
 from .vit import IMAGENET_MEAN, IMAGENET_STD, Block, DinoViT, Mlp, NormalizedRope2D
 
@@ -121,16 +116,16 @@ class WorldMirrorConfig:
     def __post_init__(self) -> None:
         hd = self.embed_dim // self.num_heads
         if self.embed_dim % self.num_heads or hd % 4:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"embed_dim {self.embed_dim} / num_heads {self.num_heads} must give a head size divisible by 4 (2D RoPE)"
             )
         il = tuple(self.intermediate_layers)
         if len(il) != 4 or list(il) != sorted(set(il)) or il[0] < 0 or il[-1] >= self.depth:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"intermediate_layers must be 4 increasing block indices below depth={self.depth}, got {il}"
             )
         if len(self.dpt_out_channels) != 4:
-            raise CheckpointError(f"dpt_out_channels must have 4 entries, got {self.dpt_out_channels}")
+            raise CheckpointMismatchError(f"dpt_out_channels must have 4 entries, got {self.dpt_out_channels}")
 
     @classmethod
     def tiny(cls, **overrides) -> WorldMirrorConfig:
@@ -169,18 +164,18 @@ class WorldMirrorConfig:
     def from_upstream(cls, cfg: dict) -> WorldMirrorConfig:
         """Config from an upstream ``config.json`` (WorldMirror constructor arguments)."""
         if not isinstance(cfg, dict):
-            raise CheckpointError(f"WorldMirror config must be a JSON object, got {type(cfg).__name__}")
+            raise CheckpointMismatchError(f"WorldMirror config must be a JSON object, got {type(cfg).__name__}")
         size = cfg.get("model_size", "large")
         if size not in cls._MODEL_SIZES:
-            raise CheckpointError(f"unknown WorldMirror model_size {size!r}; expected one of {sorted(cls._MODEL_SIZES)}")
+            raise CheckpointMismatchError(f"unknown WorldMirror model_size {size!r}; expected one of {sorted(cls._MODEL_SIZES)}")
         pe = cfg.get("patch_embed", "dinov2_vitl14_reg")
         if pe not in cls._DINO:
-            raise CheckpointError(f"unsupported WorldMirror patch_embed {pe!r}; supported: {sorted(cls._DINO)}")
+            raise CheckpointMismatchError(f"unsupported WorldMirror patch_embed {pe!r}; supported: {sorted(cls._DINO)}")
         strategy = cfg.get("condition_strategy", ["token", "pow3r", "token"])
         if list(strategy) != ["token", "pow3r", "token"]:
-            raise CheckpointError(f"unsupported condition_strategy {strategy!r}; only ['token', 'pow3r', 'token'] exists")
+            raise CheckpointMismatchError(f"unsupported condition_strategy {strategy!r}; only ['token', 'pow3r', 'token'] exists")
         if cfg.get("normalized_rope", True) is False:
-            raise CheckpointError("this WorldMirror config uses the un-normalised RoPE; only normalized_rope=true is supported")
+            raise CheckpointMismatchError("this WorldMirror config uses the un-normalised RoPE; only normalized_rope=true is supported")
         kw = dict(cls._MODEL_SIZES[size])
         kw["intermediate_layers"] = cls._INTERMEDIATE[size]
         kw["dino_depth"], kw["dino_heads"] = cls._DINO[pe]
@@ -810,7 +805,7 @@ def load_worldmirror(
     :class:`WorldMirrorConfig`, an upstream config dict, a path to the upstream ``config.json`` (or
     ours, :func:`config_to_dict`), or None (``config.json`` beside the weights, else the file's
     embedded config — ``worldmirror_config`` in files of earlier versions —, else the default layout).
-    Mismatching files raise :class:`CheckpointError` naming the key groups.
+    Mismatching files raise :class:`CheckpointMismatchError` naming the key groups.
     """
     path = Path(weights)
     files = checkpoint_files(path, "WorldMirror", preferred="model.safetensors")
@@ -840,18 +835,18 @@ def config_from_dict(d: dict) -> WorldMirrorConfig:
     """A config from JSON: ours (:func:`config_to_dict`, any sizes, e.g. the tiny test model)
     or upstream's ``config.json`` (:meth:`WorldMirrorConfig.from_upstream`)."""
     if not isinstance(d, dict):
-        raise CheckpointError(f"WorldMirror config must be a JSON object, got {type(d).__name__}")
+        raise CheckpointMismatchError(f"WorldMirror config must be a JSON object, got {type(d).__name__}")
     if d.get("format") != CONFIG_FORMAT:
         return WorldMirrorConfig.from_upstream(d)
     names = {f.name for f in fields(WorldMirrorConfig)}
     unknown = sorted(set(d) - names - {"format"})
     if unknown:
-        raise CheckpointError(f"unknown WorldMirror config keys {unknown}; was the file written by a newer version?")
+        raise CheckpointMismatchError(f"unknown WorldMirror config keys {unknown}; was the file written by a newer version?")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
     try:
         return WorldMirrorConfig(**kw)
     except TypeError as e:
-        raise CheckpointError(f"bad WorldMirror config: {e}") from e
+        raise CheckpointMismatchError(f"bad WorldMirror config: {e}") from e
 
 
 def save_worldmirror(model: WorldMirror, folder: str | Path) -> Path:
