@@ -12,22 +12,35 @@ cameras recovered from a generated video with the cameras it was asked to follow
 * ``ATE``: RMSE of the camera centres after a Sim(3) (Umeyama) alignment of the predicted
   centres onto the ground truth.
 
+Relative-pose accuracy (JOG3R's camera metrics, which follow PoseDiffusion / DUSt3R / VGGT):
+over every pair ``i < j`` of a trajectory, the relative rotation error is the angle between
+the predicted and true relative rotations and the relative translation error the angle between
+the predicted and true relative translation *directions* (scale-free; sign ambiguity folded as
+upstream's ``min(θ, 180° − θ)``). ``RRA@τ`` / ``RTA@τ`` are the fractions of pairs under
+``τ`` degrees; ``mAA(30)`` is the mean over ``τ = 1 … 30`` of the fraction of pairs whose
+*larger* error is under ``τ`` (upstream's 1°-binned cumulative histogram).
+
 Point-cloud metrics (Tanks-and-Temples style): precision = fraction of predicted points
 within ``threshold`` of the ground truth, recall = fraction of ground-truth points within
 ``threshold`` of the prediction (strict ``<``), F = harmonic mean.
+
+Image metrics (the memory benchmark: revisited views against their earlier generations):
+PSNR and SSIM through kornia (SSIM: 11-pixel Gaussian window, σ = 1.5, ``C1 = (0.01 L)²``,
+``C2 = (0.03 L)²`` — Wang et al. 2004, the settings every LPIPS/SSIM benchmark uses); LPIPS is
+a plug-in (:data:`ImageDistance`) because its backbone weights ship only as pickles.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .align import _umeyama_batched
 from .cameras import ArrayLike, as_tensor
-from .errors import AlignmentFailedError, InvalidCameraError, InvalidPointCloudError
+from .errors import AlignmentFailedError, InvalidCameraError, InvalidImageError, InvalidPointCloudError, ShapeMismatchError
 from .pointcloud import PointCloud
 
 __all__ = [
@@ -39,7 +52,32 @@ __all__ = [
     "pointcloud_prf",
     "pointcloud_auc",
     "metrics_report",
+    "RRA_RTA_THRESHOLDS_DEG",
+    "MAA_MAX_THRESHOLD_DEG",
+    "relative_pose_errors",
+    "pose_accuracy",
+    "ImageDistance",
+    "LPIPS_UNAVAILABLE",
+    "psnr",
+    "ssim",
+    "image_scores",
 ]
+
+#: The thresholds (degrees) RRA and RTA are reported at (JOG3R reports RRA / RTA at fixed
+#: angles and mAA up to 30°; these are the issue's choice: 5, 10, 15 and 30°).
+RRA_RTA_THRESHOLDS_DEG: tuple[float, ...] = (5.0, 10.0, 15.0, 30.0)
+#: mAA(30): the accuracy curve is averaged over integer thresholds 1 … 30 degrees (PoseDiffusion's
+#: ``calculate_auc_np(max_threshold=30)``, which DUSt3R, VGGT and JOG3R report).
+MAA_MAX_THRESHOLD_DEG: int = 30
+#: ``distance(a [N, H, W, 3], b [N, H, W, 3]) → [N]`` in [0, 1] images, e.g. LPIPS.
+ImageDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Why reports say ``lpips: null``, and how to get it.
+LPIPS_UNAVAILABLE = (
+    "LPIPS not available: its AlexNet/VGG backbone and linear-layer weights are published only as "
+    "pickled .pth files (the lpips package fetches the backbone from torchvision at run time), and this "
+    "pack reads safetensors only and never downloads; pass your own distance as lpips=callable "
+    "(images [N, H, W, 3] in [0, 1] → [N]) to the Python API, e.g. lpips.LPIPS(net='alex') wrapped"
+)
 
 
 def _poses(x: ArrayLike, name: str) -> torch.Tensor:
@@ -231,4 +269,145 @@ def metrics_report(
             out["ate"] = ate(pred_c2w, gt_c2w)
         except AlignmentFailedError:
             pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Relative-pose accuracy (RRA / RTA / mAA)
+# ---------------------------------------------------------------------------------------------
+
+
+def relative_pose_errors(
+    pred_c2w: ArrayLike, gt_c2w: ArrayLike, eps: float = 1e-9
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair relative rotation and translation-direction errors over all pairs ``i < j``.
+
+    The relative pose of pair ``(i, j)`` is camera ``j`` seen from camera ``i``,
+    ``w2c_i · c2w_j`` (the frame does not matter: a global similarity of either trajectory
+    changes neither error). The translation error is the angle between the two relative
+    translation directions folded to ``[0°, 90°]`` (``min(θ, 180° − θ)``, upstream's
+    ``ambiguity=True``).
+
+    Args:
+        pred_c2w, gt_c2w: ``[F, 4, 4]`` camera-to-world poses, ``F ≥ 2``.
+        eps: a true relative translation shorter than ``eps ×`` the largest true baseline has
+            no direction: that pair gets no translation error (``valid_t`` False). A predicted
+            one that short while the true one is not counts as 90° (no direction recovered).
+
+    Returns:
+        ``(rot_deg [P], trans_deg [P], valid_t [P] bool)`` with ``P = F (F − 1) / 2`` pairs
+        in the order ``(0, 1), (0, 2), …, (1, 2), …``.
+    """
+    a, b = _pair(pred_c2w, gt_c2w)
+    if a.shape[0] < 2:
+        raise InvalidCameraError("relative pose accuracy needs at least 2 cameras (it scores camera pairs)")
+    i, j = torch.triu_indices(a.shape[0], a.shape[0], offset=1)
+
+    def rel(c2w: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve(c2w[i], c2w[j])  # c2w_i⁻¹ c2w_j = w2c_i · c2w_j
+
+    ra, rb = rel(a), rel(b)
+    rot = rotation_angles(ra[:, :3, :3], rb[:, :3, :3], degrees=True)
+    ta, tb = ra[:, :3, 3], rb[:, :3, 3]
+    na, nb = ta.norm(dim=-1), tb.norm(dim=-1)
+    valid = nb > eps * max(float(nb.max()), 1e-300)
+    # atan2(|a × b|, a · b): the same angle as arccos of the cosine, accurate near 0° and 180°
+    ang = torch.rad2deg(torch.atan2(torch.linalg.cross(ta, tb).norm(dim=-1), (ta * tb).sum(-1)))
+    ang = torch.minimum(ang, 180.0 - ang)
+    ang = torch.where(na > eps * max(float(na.max()), 1e-300), ang, torch.full_like(ang, 90.0))
+    return rot, torch.where(valid, ang, torch.zeros_like(ang)), valid
+
+
+def pose_accuracy(
+    pred_c2w: ArrayLike,
+    gt_c2w: ArrayLike,
+    thresholds: Sequence[float] = RRA_RTA_THRESHOLDS_DEG,
+    max_threshold: int = MAA_MAX_THRESHOLD_DEG,
+) -> dict[str, float]:
+    """RRA@τ, RTA@τ (fractions in [0, 1]) and ``mAA`` of a trajectory (module doc).
+
+    ``RRA@τ`` = fraction of pairs with rotation error ``< τ``; ``RTA@τ`` = fraction of pairs
+    with a translation direction whose error is ``< τ`` (pairs without a true baseline left
+    out; ``None`` if no pair has one); ``mAA`` = mean over ``τ = 1 … max_threshold`` of the
+    fraction of pairs with ``max(rot, trans) < τ`` (pairs without a baseline: rotation only).
+    Keys: ``rra@5``, ``rta@5`` …, ``maa@30``, ``num_pairs``.
+    """
+    rot, trans, valid = relative_pose_errors(pred_c2w, gt_c2w)
+    out: dict[str, float] = {}
+    for t in thresholds:
+        key = f"{float(t):g}"
+        out[f"rra@{key}"] = float((rot < t).double().mean())
+        out[f"rta@{key}"] = float((trans[valid] < t).double().mean()) if bool(valid.any()) else None
+    worst = torch.where(valid, torch.maximum(rot, trans), rot)
+    taus = torch.arange(1, int(max_threshold) + 1, dtype=torch.float64)
+    out[f"maa@{int(max_threshold)}"] = float((worst[None, :] < taus[:, None]).double().mean(1).mean())
+    out["num_pairs"] = int(rot.shape[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Image metrics (memory benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+def _images(a: ArrayLike, b: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    x = as_tensor(a).detach().to(torch.float64).cpu()
+    y = as_tensor(b).detach().to(torch.float64).cpu()
+    x = x[None] if x.ndim == 3 else x
+    y = y[None] if y.ndim == 3 else y
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape != y.shape:
+        raise InvalidImageError(
+            f"images must be two IMAGE batches of one shape [N, H, W, 3], got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise InvalidImageError("images contain NaN or inf values")
+    return x, y
+
+
+def psnr(a: ArrayLike, b: ArrayLike, max_val: float = 1.0) -> torch.Tensor:
+    """``[N]`` PSNR in dB of image pairs ``[N, H, W, 3]`` (``inf`` where they are identical)."""
+    import kornia
+
+    x, y = _images(a, b)
+    mse = ((x - y) ** 2).flatten(1).mean(1)
+    # kornia's psnr averages over the whole batch; per pair it is the same formula on one image.
+    inf = torch.tensor(math.inf, dtype=x.dtype)
+    return torch.stack([kornia.metrics.psnr(x[k], y[k], max_val) if mse[k] > 0 else inf for k in range(x.shape[0])])
+
+
+def ssim(a: ArrayLike, b: ArrayLike, window_size: int = 11, max_val: float = 1.0) -> torch.Tensor:
+    """``[N]`` mean SSIM of image pairs ``[N, H, W, 3]`` (kornia: Gaussian window σ = 1.5,
+    reflect padding, channels averaged)."""
+    import kornia
+
+    x, y = _images(a, b)
+    m = kornia.metrics.ssim(x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2), window_size, max_val)
+    return m.flatten(1).mean(1)
+
+
+def image_scores(
+    generated: ArrayLike, reference: ArrayLike, lpips: ImageDistance | None = None
+) -> dict[str, object]:
+    """Mean PSNR / SSIM (/ LPIPS) of ``generated`` against ``reference`` ``[N, H, W, 3]``.
+
+    PSNR is averaged over pairs with a finite value (identical pairs are counted in
+    ``identical_pairs``; all identical gives ``inf``). Without ``lpips`` the report says
+    ``lpips: None`` and ``lpips_status`` = :data:`LPIPS_UNAVAILABLE`.
+    """
+    x, y = _images(generated, reference)
+    p = psnr(x, y)
+    finite = torch.isfinite(p)
+    out: dict[str, object] = {
+        "psnr": float(p[finite].mean()) if bool(finite.any()) else math.inf,
+        "ssim": float(ssim(x, y).mean()),
+        "num_pairs": int(x.shape[0]),
+        "identical_pairs": int((~finite).sum()),
+    }
+    if lpips is None:
+        out["lpips"], out["lpips_status"] = None, LPIPS_UNAVAILABLE
+    else:
+        d = torch.as_tensor(lpips(x.float(), y.float())).detach().double().reshape(-1)
+        if d.shape[0] != x.shape[0] or not torch.isfinite(d).all():
+            raise ShapeMismatchError(f"the lpips callable must return {x.shape[0]} finite distances, got shape {tuple(d.shape)}")
+        out["lpips"], out["lpips_status"] = float(d.mean()), "computed"
     return out
