@@ -33,34 +33,40 @@ a plug-in (:data:`ImageDistance`) because its backbone weights ship only as pick
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .align import _umeyama_batched
 from .cameras import ArrayLike, as_tensor
-from .errors import AlignmentFailedError, InvalidCameraError, InvalidImageError, InvalidPointCloudError, ShapeMismatchError
+from .errors import (
+    AlignmentFailedError,
+    InvalidCameraError,
+    InvalidImageError,
+    InvalidPointCloudError,
+    ShapeMismatchError,
+)
 from .pointcloud import PointCloud
 
 __all__ = [
-    "rotation_angles",
-    "rot_err",
-    "trans_err",
-    "ate",
-    "nn_distances",
-    "pointcloud_prf",
-    "pointcloud_auc",
-    "metrics_report",
-    "RRA_RTA_THRESHOLDS_DEG",
-    "MAA_MAX_THRESHOLD_DEG",
-    "relative_pose_errors",
-    "pose_accuracy",
-    "ImageDistance",
     "LPIPS_UNAVAILABLE",
-    "psnr",
-    "ssim",
+    "MAA_MAX_THRESHOLD_DEG",
+    "RRA_RTA_THRESHOLDS_DEG",
+    "ImageDistance",
+    "ate",
     "image_scores",
+    "metrics_report",
+    "nn_distances",
+    "pointcloud_auc",
+    "pointcloud_prf",
+    "pose_accuracy",
+    "psnr",
+    "relative_pose_errors",
+    "rot_err",
+    "rotation_angles",
+    "ssim",
+    "trans_err",
 ]
 
 #: The thresholds (degrees) RRA and RTA are reported at (JOG3R reports RRA / RTA at fixed
