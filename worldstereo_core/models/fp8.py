@@ -1,0 +1,292 @@
+"""Scaled float8 (e4m3) weights for the WorldStereo transformer.
+
+The transformer's large matrices (the attention and FFN projections of the 40 main blocks and of
+the 20 GGM ControlNet blocks, ~95 % of its 17.4 B parameters) can be stored as ``float8_e4m3fn``
+with a float32 scale, halving their memory (35 GB → 18 GB) and, on Hopper/Ada GPUs, running the
+matmul on the fp8 tensor cores through ``torch._scaled_mm``:
+
+* weights: ``q = round_e4m3(w / s)`` with ``s = amax / 448`` per output channel (``[out]``) or per
+  tensor (``[]``; ComfyUI's ``*_fp8_e4m3fn_scaled`` layout). 448 is the largest finite e4m3 value.
+* activations are quantised on the fly, one scale per token (row), so an outlier token does not
+  flatten the others; the product is computed in fp32 and written in the activation dtype (bf16).
+
+Everything else stays at full precision: patch/condition/time embeddings, norms and AdaLN
+modulations, the camera-embedding MLP, the output head and the ControlNet's zero-initialised
+``proj_out`` projections (their outputs are added straight onto the main stream, unscaled by any
+norm, so their rounding error would not be damped). Where ``torch._scaled_mm`` cannot run (CPU,
+GPUs before sm_89, odd sizes) the layer dequantises its weight and calls ``F.linear``: same numbers
+up to rounding, no speed-up — this is what the CPU tests exercise.
+
+Checkpoints:
+
+* a bf16 checkpoint is quantised while it streams in (:func:`~.loading.load_worldstereo` with
+  ``weight_format="fp8_e4m3fn_scaled"``): each weight is read, moved to the device, quantised and
+  the bf16 copy dropped, so neither the host nor the device ever holds the bf16 model;
+* a pre-quantised file in ComfyUI's layout (``<layer>.weight`` in float8_e4m3fn beside
+  ``<layer>.scale_weight`` — or the newer ``<layer>.weight_scale`` — plus an optional ``scaled_fp8``
+  marker tensor) loads as is; asked for bf16, such a file is dequantised at load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
+"""Largest finite float8_e4m3fn value; scales map each channel's |w| maximum onto it."""
+
+WEIGHT_FORMATS = ("bf16", "fp8_e4m3fn_scaled")
+"""``bf16``: the release's weights; ``fp8_e4m3fn_scaled``: block projections in scaled float8 e4m3."""
+
+SCALE_GRANULARITIES = ("channel", "tensor")
+
+# ComfyUI's names for a scaled-fp8 layer's scale (``scale_weight``: comfy.ops.scaled_fp8_ops; the
+# newer mixed-precision files write ``weight_scale``), its marker and its activation scale.
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+_IGNORED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
+_MARKER = "scaled_fp8"
+
+# Prefixes of the layers that hold the block matmuls (main blocks, GGM control blocks).
+_BLOCK_PREFIXES = ("blocks.", "controlnet.controlnet_blocks.")
+# Linear layers inside those blocks that stay at full precision: the AdaLN modulation of the
+# control blocks (its output scales every token of the branch).
+_KEEP_SUFFIXES = (".norm1.linear", ".norm2.linear")
+
+
+def _scaled_mm_available(device: torch.device) -> bool:
+    """fp8 tensor cores: CUDA sm_89 (Ada) / sm_90 (Hopper) or newer, with ``torch._scaled_mm``."""
+    if device.type != "cuda" or not hasattr(torch, "_scaled_mm"):
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def quantize_weight(weight: torch.Tensor, granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` ``[out, in]`` → (``float8_e4m3fn`` ``[out, in]``, float32 scale ``[out]`` or ``[]``).
+
+    ``weight ≈ q.float() * scale[:, None]``; the rounding is done in float32 on ``weight``'s device.
+    """
+    if granularity not in SCALE_GRANULARITIES:
+        raise ValueError(f"granularity must be one of {SCALE_GRANULARITIES}, got {granularity!r}")
+    w = weight.float()
+    amax = w.abs().amax(dim=1) if granularity == "channel" else w.abs().amax()
+    scale = (amax / FP8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    q = (w / (scale[:, None] if scale.ndim else scale)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`quantize_weight` (up to rounding), in ``dtype``."""
+    s = scale.float()
+    w = q.float() * (s[:, None] if s.ndim == 1 else s)
+    return w.to(dtype)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[M, K]`` → (``float8_e4m3fn`` ``[M, K]``, float32 per-row scale ``[M, 1]``)."""
+    amax = x.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12)
+    scale = amax / FP8_MAX
+    q = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
+class Float8Linear(nn.Module):
+    """``nn.Linear`` with a scaled float8 e4m3 weight (keys ``weight``, ``scale_weight``, ``bias``).
+
+    ``weight`` ``[out, in]`` float8_e4m3fn, ``scale_weight`` float32 ``[out]`` (per channel) or ``[]``
+    (per tensor), ``bias`` ``[out]`` in ``compute_dtype``. Input ``[..., in]`` → output ``[..., out]``
+    in the input's dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        granularity: str = "channel",
+        compute_dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device), requires_grad=False)
+        shape = (out_features,) if granularity == "channel" else ()
+        self.scale_weight = nn.Parameter(torch.ones(shape, dtype=torch.float32, device=device), requires_grad=False)
+        self.bias = (
+            nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device), requires_grad=False) if bias else None
+        )
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, granularity: str = "channel", compute_dtype: torch.dtype | None = None) -> "Float8Linear":
+        """Quantise an ``nn.Linear`` (on its device; ``meta`` gives an empty layer of the right shapes)."""
+        w = linear.weight
+        dtype = compute_dtype or (w.dtype if w.dtype.is_floating_point and w.dtype.itemsize > 1 else torch.bfloat16)
+        out = cls(linear.in_features, linear.out_features, linear.bias is not None, granularity, dtype, device="meta")
+        if w.is_meta:
+            return out
+        q, s = quantize_weight(w.detach(), granularity)
+        out.weight = nn.Parameter(q, requires_grad=False)
+        out.scale_weight = nn.Parameter(s, requires_grad=False)
+        if linear.bias is not None:
+            out.bias = nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+        return out
+
+    @property
+    def granularity(self) -> str:
+        return "channel" if self.scale_weight.ndim == 1 else "tensor"
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return dequantize_weight(self.weight, self.scale_weight, dtype or self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if (
+            x2.dtype in (torch.bfloat16, torch.float16)
+            and x2.shape[0] % 16 == 0  # cuBLASLt/CUTLASS row-wise fp8 needs 16-aligned sizes
+            and self.in_features % 16 == 0
+            and self.out_features % 16 == 0
+            and _scaled_mm_available(x2.device)
+        ):
+            xq, x_scale = quantize_rows(x2)
+            s = self.scale_weight
+            w_scale = (s if s.ndim == 1 else s.expand(self.out_features)).reshape(1, -1).contiguous()
+            out = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x2.dtype)
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
+        else:
+            bias = None if self.bias is None else self.bias.to(x2.dtype)
+            out = F.linear(x2, self.dequantized_weight(x2.dtype), bias)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
+               f"fp8_e4m3fn scale per {self.granularity}"
+
+
+def fp8_layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the ``nn.Linear`` layers that the fp8 format stores in float8 (block projections)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name.startswith(_BLOCK_PREFIXES) and not name.endswith(_KEEP_SUFFIXES)
+    ]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def convert_to_fp8(model: nn.Module, granularity: str = "channel", compute_dtype: torch.dtype | None = None) -> list[str]:
+    """Replace the block projections of ``model`` by :class:`Float8Linear` in place; returns their names.
+
+    On a ``meta`` model this only changes the structure (for loading a checkpoint into it); on a real
+    one each layer is quantised and its full-precision weight released before the next (peak: one
+    layer's fp32 copy).
+    """
+    names = fp8_layer_names(model)
+    for name in names:
+        _set_submodule(model, name, Float8Linear.from_linear(model.get_submodule(name), granularity, compute_dtype))
+    return names
+
+
+@dataclass
+class Fp8StateBuilder:
+    """Turns the tensors of a checkpoint, streamed one at a time, into the state of a (partly) fp8 model.
+
+    ``targets``: the layer names stored in fp8 in the model (empty for a bf16 model: a pre-quantised
+    file is then dequantised). ``file_scales``: ``weight key → scale key`` of a pre-quantised file.
+    """
+
+    targets: frozenset[str]
+    file_scales: Mapping[str, str]
+    granularity: str = "channel"
+
+    def is_scale_key(self, key: str) -> bool:
+        return key in self._scale_keys
+
+    def __post_init__(self) -> None:
+        self._scale_keys = frozenset(self.file_scales.values())
+
+    def entries(
+        self, key: str, tensor: torch.Tensor, scale: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None
+    ) -> dict[str, torch.Tensor]:
+        """State entries for file tensor ``key`` (already read to the host) and its file scale (or None)."""
+        layer, _, leaf = key.rpartition(".")
+        t = tensor.to(device)
+        if layer in self.targets and leaf == "weight":
+            if t.dtype == FP8_DTYPE and scale is not None:
+                s = scale.to(device=device, dtype=torch.float32)
+                if s.numel() == 1:
+                    s = s.reshape(())
+                    if self.granularity == "channel":
+                        s = s.expand(t.shape[0]).contiguous()
+                elif s.numel() == t.shape[0]:
+                    s = s.reshape(-1)
+                    if self.granularity == "tensor":
+                        # a per-channel file into a per-tensor model: requantise to one scale
+                        t, s = quantize_weight(dequantize_weight(t, s, torch.float32), "tensor")
+                else:
+                    raise CheckpointError(f"{key}: fp8 scale of shape {tuple(scale.shape)} fits neither per-tensor nor per-channel")
+                return {key: t, f"{layer}.scale_weight": s}
+            q, s = quantize_weight(t, self.granularity)
+            return {key: q, f"{layer}.scale_weight": s}
+        if t.dtype == FP8_DTYPE:
+            if scale is None:
+                raise CheckpointError(
+                    f"{key} is float8 in the file but has no scale_weight/weight_scale beside it; only scaled fp8 files "
+                    "(ComfyUI's *_fp8_e4m3fn_scaled) can be loaded"
+                )
+            return {key: dequantize_weight(t, scale.to(device), dtype or torch.bfloat16)}
+        return {key: t if dtype is None or not t.dtype.is_floating_point else t.to(dtype)}
+
+
+def scaled_fp8_scales(header: Mapping[str, Any]) -> tuple[dict[str, str], set[str]]:
+    """``(weight key → scale key, every fp8 bookkeeping key)`` of a safetensors header.
+
+    The bookkeeping keys (scales, the ``scaled_fp8`` marker, activation scales, ``comfy_quant``) are
+    not model parameters and are left out of the key check.
+    """
+    scales: dict[str, str] = {}
+    extra: set[str] = set()
+    for k in header:
+        if k == "__metadata__":
+            continue
+        if k == _MARKER or k.endswith("." + _MARKER) or k.endswith(_IGNORED_SUFFIXES):
+            extra.add(k)
+            continue
+        for suffix in _SCALE_SUFFIXES:
+            if k.endswith(suffix):
+                scales[k[: -len(suffix)] + ".weight"] = k
+                extra.add(k)
+    return scales, extra
+
+
+def model_weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``model`` (fp8 weights count one byte each)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+__all__ = [
+    "FP8_DTYPE",
+    "FP8_MAX",
+    "SCALE_GRANULARITIES",
+    "WEIGHT_FORMATS",
+    "Float8Linear",
+    "Fp8StateBuilder",
+    "convert_to_fp8",
+    "dequantize_weight",
+    "fp8_layer_names",
+    "model_weight_bytes",
+    "quantize_rows",
+    "quantize_weight",
+    "scaled_fp8_scales",
+]
