@@ -25,11 +25,7 @@ from worldstereo_core.models.generate import (
     generate_keyframes,
     load_models,
 )
-from worldstereo_core.models.offload import (
-    _BlockSwapper,
-    enable_sequential_offload,
-    transformer_blocks,
-)
+from worldstereo_core.models.offload import BlockSwap, enable_sequential_offload, execution_order
 from worldstereo_core.models.sampling import SamplingInterrupted
 
 H, W, F = 16, 16, 3  # the smallest legal frames and 3 keyframes keep the VAE cheap on CPU
@@ -211,19 +207,72 @@ def test_load_models_errors(tiny_dir, tmp_path):
                     vae=paths["vae"], device="cpu", dtype=torch.float32)
 
 
-def test_block_swapper_keeps_outputs_and_host_weights(models):
+def test_block_swap_keeps_outputs_and_host_weights(models):
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
     x = torch.randn(3, 4)
     want = block(x)
-    swapper = _BlockSwapper(block, torch.device("cpu"))
-    host = [slot[2] for slot in swapper.slots]
+    seen = []
+    swap = BlockSwap(block, [block[0], block[2]], torch.device("cpu"))
+    block[2].register_forward_pre_hook(lambda m, a: seen.append(m.weight.data_ptr()))
+    host = [slot[2] for slots in swap.slots for slot in slots]
     assert torch.equal(block(x), want)
-    assert all(p is h or p.data_ptr() == h.data_ptr() for p, h in zip(block.parameters(), host))
-    swapper.remove()
+    # inside its forward the block computed on a fresh (device) copy; outside it holds the host copy again
+    assert seen and seen[0] != swap.slots[1][0][2].data_ptr()
+    assert all(p.data_ptr() == h.data_ptr() for p, h in zip(block.parameters(), host))
+    assert swap.host_bytes == sum(p.numel() * 4 for p in block.parameters())
+    swap.remove()
     # on a CPU run sequential offload is a no-op
-    assert enable_sequential_offload(models["camera"].transformer, "cpu", transformer_blocks(models["camera"].transformer)) == []
-    assert len(transformer_blocks(models["memory"].transformer)) == 3 + 2
+    assert enable_sequential_offload(models["camera"].transformer, "cpu", execution_order(models["camera"].transformer)) is None
+    order = execution_order(models["memory"].transformer)
+    t = models["memory"].transformer
+    assert order == [t.blocks[0], t.controlnet.controlnet_blocks[0], t.blocks[1], t.controlnet.controlnet_blocks[1], t.blocks[2]]
+
+
+def test_blocks_to_swap_gives_the_resident_frames(tiny_dir, models):
+    """The block-swap path (last 2 of 3 main blocks on the host, swapped in per forward) = the resident path."""
+    _, paths = tiny_dir
+    swapped = load_models(
+        paths[RELEASE_FOLDERS["dmd"]], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
+        vae=paths["vae"], device="cpu", dtype=torch.float32, blocks_to_swap=2,
+    )
+    swap = swapped.transformer.block_swap
+    assert swap.blocks == list(swapped.transformer.blocks[1:]) and swapped.blocks_to_swap == 2
+    image, cams, render, mask = _scene()
+    want = generate_keyframes(models["dmd"], image, "a red house", None, cams, render, mask, seed=3)
+    got = generate_keyframes(swapped, image, "a red house", None, cams, render, mask, seed=3)
+    assert torch.equal(got, want)
+    # the memory manager reserves only the resident weights; moving the bundle keeps swapped blocks on the host
+    full = models["dmd"].device_weight_bytes()
+    assert swapped.device_weight_bytes() == full - swap.host_bytes
+    host_ptrs = {h.data_ptr() for slots in swap.slots for _, _, h, _ in slots}
+    swapped.offload_to_host()
+    swapped.load_to_device()
+    assert {t.data_ptr() for b in swap.blocks for t in [*b.parameters(), *b.buffers()]} == host_ptrs
+    with pytest.raises(ModelInputError, match="blocks_to_swap"):
+        load_models(paths[RELEASE_FOLDERS["dmd"]], vae=paths["vae"], device="cpu", blocks_to_swap=-1,
+                    with_text_encoder=False, with_image_encoder=False)
+    with pytest.raises(CheckpointError, match="3 main blocks"):
+        load_models(paths[RELEASE_FOLDERS["dmd"]], vae=paths["vae"], device="cpu", blocks_to_swap=4,
+                    with_text_encoder=False, with_image_encoder=False)
+
+
+def test_error_inside_a_swapped_block_leaves_only_host_weights(tiny_dir, monkeypatch):
+    _, paths = tiny_dir
+    m = load_models(paths[RELEASE_FOLDERS["dmd"]], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
+                    vae=paths["vae"], device="cpu", dtype=torch.float32, blocks_to_swap=1)
+    swap = m.transformer.block_swap
+    block = swap.blocks[0]
+
+    def boom(*a, **k):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(block.ffn, "forward", boom)
+    image, cams, render, mask = _scene()
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        generate_keyframes(m, image, "x", None, cams, render, mask)
+    host = {h.data_ptr() for _, _, h, _ in swap.slots[0]}
+    assert {t.data_ptr() for t in [*block.parameters(), *block.buffers()]} == host
 
 
 def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):

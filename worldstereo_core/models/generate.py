@@ -49,7 +49,15 @@ from .encoders import (
     load_text_encoder,
 )
 from .loading import DMDSettings, load_worldstereo
-from .offload import OFFLOAD_MODES, enable_sequential_offload, on_device, transformer_blocks
+from .fp8 import WEIGHT_FORMATS
+from .offload import (
+    OFFLOAD_MODES,
+    enable_sequential_offload,
+    execution_order,
+    move_except,
+    on_device,
+    swap_last_blocks,
+)
 from .sampling import (
     DEFAULT_FLOW_SHIFT,
     DEFAULT_GUIDANCE_SCALE,
@@ -97,6 +105,44 @@ class WorldStereoModels:
     variant: str
     device: torch.device = torch.device("cpu")
     offload: str = "none"
+    weight_format: str = "bf16"
+    blocks_to_swap: int = 0
+    compiled: bool = False
+
+    def _placed(self) -> list[tuple[torch.nn.Module, set[int]]]:
+        """(module, ids of submodules that stay on the host) for every module that lives on the device."""
+        swap = getattr(self.transformer, "block_swap", None)
+        out = [(self.transformer, swap.module_ids() if swap is not None else set()), (self.vae.vae, set())]
+        if self.offload == "none":
+            out += [(e.model, set()) for e in (self.text_encoder, self.image_encoder) if e is not None]
+        return out
+
+    def device_weight_bytes(self) -> int:
+        """Bytes of weights that :meth:`load_to_device` puts on the device (swapped blocks and offloaded
+        encoders excluded) — what a memory manager must reserve for this bundle."""
+        total = 0
+        for module, skip in self._placed():
+            for sub in module.modules():
+                if id(sub) in skip:
+                    continue
+                for t in [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]:
+                    total += t.numel() * t.element_size()
+        return total
+
+    def load_to_device(self) -> None:
+        """Move the resident weights to :attr:`device` (swapped blocks stay on the host, pinned)."""
+        for module, skip in self._placed():
+            move_except(module, self.device, skip)
+
+    def offload_to_host(self) -> None:
+        """Move every weight to the host, freeing the device (the inverse of :meth:`load_to_device`)."""
+        swap = getattr(self.transformer, "block_swap", None)
+        if swap is not None:
+            swap.release()
+        for module, skip in self._placed():
+            move_except(module, "cpu", skip)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def uses_references(self) -> bool:
@@ -170,6 +216,9 @@ def load_models(
     with_text_encoder: bool = True,
     with_image_encoder: bool = True,
     base_model: str | os.PathLike | None = None,
+    weight_format: str = "bf16",
+    blocks_to_swap: int = 0,
+    compile: bool = False,
 ) -> WorldStereoModels:
     """Load a WorldStereo checkpoint and the Wan2.1-I2V encoders and VAE from local files.
 
@@ -191,9 +240,17 @@ def load_models(
         base_model: the Wan2.1-I2V-14B-480P transformer that fills backbone keys a checkpoint lacks, as
             the release does (a diffusers folder, or ComfyUI's ``wan2.1_i2v_480p_14B_*.safetensors``);
             default: ``wan``'s transformer, if ``wan`` has one. See :func:`~.loading.load_worldstereo`.
+        weight_format: ``bf16`` or ``fp8_e4m3fn_scaled`` (the transformer's block projections in scaled
+            float8, quantised as they load; see :mod:`.fp8`).
+        blocks_to_swap: that many of the last main transformer blocks live in pinned host memory and are
+            prefetched to the device block by block (:class:`.offload.BlockSwap`); 0 = all resident.
+            Ignored with ``offload='sequential'`` (which swaps every block).
+        compile: ``torch.compile`` each repeated block (regional compilation; compiled on first use).
     """
     if offload not in OFFLOAD_MODES:
         raise InvalidOptionError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    if weight_format not in WEIGHT_FORMATS:
+        raise InvalidOptionError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
     device = default_device() if device is None else torch.device(device)
     encoder_dtype = dtype if encoder_dtype is None else encoder_dtype
     text_encoder = text_encoder if text_encoder is not None else wan
@@ -215,10 +272,18 @@ def load_models(
     enc_device = host if offload != "none" else device
     if base_model is None and wan is not None and os.path.isdir(os.path.join(wan, "transformer")):
         base_model = wan
-    transformer = load_worldstereo(worldstereo, variant, device=host if offload == "sequential" else device, dtype=dtype,
-                                   base_model=base_model)
-    if offload == "sequential":
-        enable_sequential_offload(transformer, device, transformer_blocks(transformer))
+    sequential = offload == "sequential" and device.type != "cpu"
+    swap_n = 0 if sequential else int(blocks_to_swap)
+    if swap_n < 0:
+        raise InvalidOptionError(f"blocks_to_swap must be 0 or more (0 = every block resident), got {blocks_to_swap}")
+    transformer = load_worldstereo(
+        worldstereo, variant, device=host if sequential else device, dtype=dtype, base_model=base_model,
+        weight_format=weight_format, blocks_on_host=swap_n,
+    )
+    if sequential:
+        enable_sequential_offload(transformer, device, execution_order(transformer))
+    elif swap_n:
+        swap_last_blocks(transformer, device, swap_n)
     if attention_backend:
         try:
             transformer.set_attention_backend(attention_backend)
@@ -234,7 +299,23 @@ def load_models(
         ie = load_image_encoder(image_encoder, device=enc_device, dtype=encoder_dtype, pixel_scale=clip_pixel_scale)
     v = load_wan_vae(vae, device=device, dtype=dtype)
     tok = te.tokenizer if te is not None else None
-    return WorldStereoModels(transformer, v, te, tok, ie, transformer.variant, device, offload)
+    if compile:
+        compile_blocks(transformer)
+    return WorldStereoModels(
+        transformer, v, te, tok, ie, transformer.variant, device, offload, weight_format, swap_n, bool(compile)
+    )
+
+
+def compile_blocks(transformer: WorldStereoTransformer) -> None:
+    """``torch.compile`` every repeated block once (the 40 main blocks share one graph, as do the 20 control
+    blocks). A swapped block compiles only its ``forward``, so its swap hooks stay outside the graph."""
+    swap = getattr(transformer, "block_swap", None)
+    swapped = {id(b) for b in swap.blocks} if swap is not None else set()
+    for block in execution_order(transformer):
+        if id(block) in swapped:
+            block.forward = torch.compile(block.forward, dynamic=False)
+        else:
+            block.compile(dynamic=False)
 
 
 # --------------------------------------------------------------------------------- input checks
@@ -419,6 +500,9 @@ def generate_keyframes(
         # Free what the unwound frames still reference (activations, latents), so an error or an
         # interrupt never leaves memory held on the GPU.
         traceback.clear_frames(exc.__traceback__)
+        swap = getattr(models.transformer, "block_swap", None)
+        if swap is not None:
+            swap.release()  # device copies of a block whose forward raised, prefetched ones
         oom = isinstance(exc, _oom_types()) or _is_cpu_oom(exc)
         if oom:
             gc.collect()
