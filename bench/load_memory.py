@@ -119,7 +119,8 @@ def write_random_checkpoint(
     return (folder / "model.safetensors").stat().st_size
 
 
-def _measure(folder: str, device: str, dtype_name: str, interval: float) -> dict:
+def _measure(folder: str, device: str, dtype_name: str, interval: float, weight_format: str = "bf16",
+             blocks_on_host: int = 0) -> dict:
     """Child process: baseline, sampled peak and HWM during ``load_worldstereo``."""
     import torch
 
@@ -155,7 +156,8 @@ def _measure(folder: str, device: str, dtype_name: str, interval: float) -> dict
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     t0 = time.perf_counter()
-    model = load_worldstereo(folder, device=dev, dtype=getattr(torch, dtype_name))
+    model = load_worldstereo(folder, device=dev, dtype=getattr(torch, dtype_name), weight_format=weight_format,
+                             blocks_on_host=blocks_on_host)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -197,11 +199,16 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="reuse an existing checkpoint in --dir")
     p.add_argument("--interval", type=float, default=0.002, help="RSS sampling period, seconds")
     p.add_argument("--target", type=float, default=10.0, help="pass threshold, %% of the checkpoint size")
+    p.add_argument("--weight-format", default="bf16", choices=["bf16", "fp8_e4m3fn_scaled"],
+                   help="load the bf16 file as is or quantise its block projections to fp8 while streaming")
+    p.add_argument("--blocks-on-host", type=int, default=0,
+                   help="keep the last N main blocks on the host (the block-swap layout); they count as kept weights")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args._child is not None:
-        print("RESULT " + json.dumps(_measure(args._child, args.device, args.dtype, args.interval)))
+        print("RESULT " + json.dumps(_measure(args._child, args.device, args.dtype, args.interval, args.weight_format,
+                                              args.blocks_on_host)))
         return
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ws_load_memory_"))
@@ -217,7 +224,8 @@ def main() -> None:
             write_s = time.perf_counter() - t0
         print(f"checkpoint {folder} ({size / 2**30:.3f} GiB) written in {write_s:.1f} s; measuring…", flush=True)
         cmd = [sys.executable, __file__, "--_child", str(folder), "--device", args.device, "--dtype", args.dtype,
-               "--interval", str(args.interval)]
+               "--interval", str(args.interval), "--weight-format", args.weight_format,
+               "--blocks-on-host", str(args.blocks_on_host)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -233,7 +241,8 @@ def main() -> None:
     pct = 100.0 * transient / size
     hwm_transient = None if r["hwm"] is None else r["hwm"] - r["baseline"] - r["host_weights"]
     rows = [
-        ("variant / device / dtype", f"{args.variant}{suffix} / {args.device} / {args.dtype}"),
+        ("variant / device / dtype", f"{args.variant}{suffix} / {args.device} / {args.dtype} -> {args.weight_format}"
+                                     f"{f', {args.blocks_on_host} blocks on host' if args.blocks_on_host else ''}"),
         ("parameters", f"{r['params'] / 1e9:.4f} B"),
         ("checkpoint size", _gib(size)),
         ("load time", f"{r['seconds']:.2f} s ({size / 2**30 / max(r['seconds'], 1e-9):.2f} GiB/s)"),
