@@ -42,6 +42,7 @@ from .common import (
     trajectories_of,
 )
 from .depth import MoGe
+from .model_manager import ensure_loaded
 from .recon import WorldMirror
 
 SUB = f"{CATEGORY}/model"
@@ -58,6 +59,23 @@ SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTENTION_BACKENDS = ["default", "flash", "_native_flash", "_native_cudnn", "_native_efficient", "sage", "xformers"]
 SAMPLER_CHOICES = {"auto": None, "dmd-4": "dmd", "unipc-40": "unipc"}
+WEIGHT_DTYPES = {"default": "bf16", "fp8_e4m3fn_scaled": "fp8_e4m3fn_scaled"}
+"""``default``: the transformer in ``dtype``; ``fp8_e4m3fn_scaled``: its block projections in scaled fp8."""
+# Trade-offs in the tooltips below: bench/issue13_targets.py, README "Performance" table (H200, random weights).
+ATTENTION_TOOLTIP = (
+    "diffusers attention backend; default = PyTorch SDPA (picks flash). _native_cudnn: cuDNN SDPA. "
+    "flash / sage / xformers need their package."
+)
+WEIGHT_DTYPE_TOOLTIP = (
+    "default: the transformer in dtype (bf16: 35 GB). fp8_e4m3fn_scaled: its block projections stored as float8 "
+    "e4m3 with a per-channel scale (quantised while loading, or a ComfyUI *_fp8_e4m3fn_scaled file as is): 18 GB "
+    "and fp8 matmuls on RTX 40xx / H100 and newer."
+)
+BLOCKS_TO_SWAP_TOOLTIP = (
+    "Keep this many of the 40 transformer blocks in pinned CPU memory; each is copied to the GPU just before it "
+    "runs while the next is prefetched on a side stream. 0 = all on the GPU."
+)
+COMPILE_TOOLTIP = "torch.compile each transformer block (the first run compiles them)."
 
 
 def _sampler_inputs() -> list:
@@ -233,21 +251,27 @@ class WorldStereoLoadModel(io.ComfyNode):
                                "the CPU between uses; sequential: also swap transformer blocks in one at a time "
                                "(slow, fits small GPUs; needs ~40 GB of RAM)."),
                 io.Combo.Input("attention_backend", options=ATTENTION_BACKENDS, default="default",
-                               tooltip="diffusers attention backend; default = PyTorch SDPA. Others need their "
-                               "package (flash-attn, sageattention, xformers)."),
+                               tooltip=ATTENTION_TOOLTIP),
                 io.Combo.Input("base_model", options=base_opts, default=_base_default(base_files), optional=True,
                                tooltip="Wan2.1-I2V-14B-480P weights that fill the backbone keys a WorldStereo file "
                                "lacks, as the release does (it builds the transformer from its base model): a file in "
                                "models/diffusion_models (e.g. wan2.1_i2v_480p_14B_bf16 or _fp8_scaled; fp8 is "
                                "dequantised) or the wan_folder's transformer/. Read only if the checkpoint lacks keys; "
                                "the log says which key groups came from which file."),
+                # optional: graphs saved before these options existed still validate (defaults apply)
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip=WEIGHT_DTYPE_TOOLTIP, optional=True),
+                io.Int.Input("blocks_to_swap", default=0, min=0, max=40, tooltip=BLOCKS_TO_SWAP_TOOLTIP,
+                             optional=True),
+                io.Boolean.Input("compile", default=False, tooltip=COMPILE_TOOLTIP, optional=True),
             ],
             outputs=[WSModel.Output(display_name="model", tooltip="The loaded WorldStereo model bundle.")],
         )
 
     @classmethod
     def execute(cls, checkpoint, variant, text_encoder, clip_vision, vae, wan_folder, dtype, offload,
-                attention_backend, base_model=FROM_WAN) -> io.NodeOutput:
+                attention_backend, base_model=FROM_WAN, weight_dtype="default", blocks_to_swap=0,
+                compile=False) -> io.NodeOutput:
         import comfy.model_management as mm
 
         from worldstereo_core.models.generate import load_models
@@ -268,7 +292,10 @@ class WorldStereoLoadModel(io.ComfyNode):
             device=mm.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"), offload=offload,
             attention_backend=None if attention_backend == "default" else attention_backend,
             with_text_encoder=te is not None, with_image_encoder=cv is not None, base_model=base,
+            weight_format=option(WEIGHT_DTYPES, weight_dtype, "weight_dtype"), blocks_to_swap=blocks_to_swap,
+            compile=compile,
         )
+        ensure_loaded(models)  # registered with ComfyUI's manager: "unload models" and other loads can offload it
         return io.NodeOutput(models)
 
 
@@ -399,6 +426,7 @@ class WorldStereoSampler(io.ComfyNode):
 
         from worldstereo_core.models.generate import generate_keyframes
 
+        ensure_loaded(model)  # back on the GPU if ComfyUI offloaded it; other models make room
         if ggm.video != model.video_mode:
             raise MissingInputError(
                 "the model has the Uni3C branch (video mode, 81 frames): connect Uni3C Control, not GGM Control"
@@ -545,6 +573,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()  # raises ComfyUI's own interruption
             return False
 
+        ensure_loaded(model)  # back on the GPU if ComfyUI offloaded it; other models make room
         generator = WorldStereoFrameGenerator(
             model, prompt, negative_prompt or None, sampler=choice, steps=steps or None, guidance_scale=cfg,
             shift=shift or None, seed=seed, on_step=on_step, interrupt=interrupt,

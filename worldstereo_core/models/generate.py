@@ -52,11 +52,13 @@ from .loading import DMDSettings, load_worldstereo
 from .fp8 import WEIGHT_FORMATS
 from .offload import (
     OFFLOAD_MODES,
+    block_swaps,
     enable_sequential_offload,
     execution_order,
     move_except,
     on_device,
     swap_last_blocks,
+    swapped_module_ids,
 )
 from .sampling import (
     DEFAULT_FLOW_SHIFT,
@@ -111,8 +113,7 @@ class WorldStereoModels:
 
     def _placed(self) -> list[tuple[torch.nn.Module, set[int]]]:
         """(module, ids of submodules that stay on the host) for every module that lives on the device."""
-        swap = getattr(self.transformer, "block_swap", None)
-        out = [(self.transformer, swap.module_ids() if swap is not None else set()), (self.vae.vae, set())]
+        out = [(self.transformer, swapped_module_ids(self.transformer)), (self.vae.vae, set())]
         if self.offload == "none":
             out += [(e.model, set()) for e in (self.text_encoder, self.image_encoder) if e is not None]
         return out
@@ -136,8 +137,7 @@ class WorldStereoModels:
 
     def offload_to_host(self) -> None:
         """Move every weight to the host, freeing the device (the inverse of :meth:`load_to_device`)."""
-        swap = getattr(self.transformer, "block_swap", None)
-        if swap is not None:
+        for swap in block_swaps(self.transformer):
             swap.release()
         for module, skip in self._placed():
             move_except(module, "cpu", skip)
@@ -500,8 +500,7 @@ def generate_keyframes(
         # Free what the unwound frames still reference (activations, latents), so an error or an
         # interrupt never leaves memory held on the GPU.
         traceback.clear_frames(exc.__traceback__)
-        swap = getattr(models.transformer, "block_swap", None)
-        if swap is not None:
+        for swap in block_swaps(models.transformer):
             swap.release()  # device copies of a block whose forward raised, prefetched ones
         oom = isinstance(exc, _oom_types()) or _is_cpu_oom(exc)
         if oom:

@@ -178,6 +178,21 @@ def move_except(model: nn.Module, device: torch.device | str, skip: set[int] = f
                 sub._buffers[name] = b.to(device)
 
 
+def block_swaps(model: nn.Module) -> list[BlockSwap]:
+    """Every :class:`BlockSwap` installed on ``model`` or its submodules (e.g. an attached Uni3C branch)."""
+    out = []
+    for m in model.modules():
+        swap = m.__dict__.get("block_swap")
+        if isinstance(swap, BlockSwap):
+            out.append(swap)
+    return out
+
+
+def swapped_module_ids(model: nn.Module) -> set[int]:
+    """``id`` of every submodule whose weights a :class:`BlockSwap` keeps on the host."""
+    return {i for swap in block_swaps(model) for i in swap.module_ids()}
+
+
 def execution_order(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks of a WorldStereo transformer in the order a forward runs them.
 
@@ -240,10 +255,12 @@ def enable_sequential_offload(model: nn.Module, device: torch.device | str, bloc
 __all__ = [
     "OFFLOAD_MODES",
     "BlockSwap",
+    "block_swaps",
     "enable_block_swap",
     "enable_sequential_offload",
     "execution_order",
     "move_except",
     "on_device",
     "swap_last_blocks",
+    "swapped_module_ids",
 ]
