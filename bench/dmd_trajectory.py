@@ -35,7 +35,7 @@ from worldstereo_core.models.encoders import (  # noqa: E402
 )
 from worldstereo_core.models.generate import WorldStereoModels, generate_keyframes  # noqa: E402
 from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE, tiny_vae_config  # noqa: E402
-from worldstereo_core.interfaces import References  # noqa: E402
+from worldstereo_core.retrieval import References  # noqa: E402
 from worldstereo_core.trajectory import make_preset  # noqa: E402
 
 
@@ -44,6 +44,21 @@ def random_module(build, device, dtype, seed):
     with torch.device("meta"):
         module = build()
     return init_random_weights(module, device, dtype, seed=seed).eval()
+
+
+def trajectory_inputs(H: int, W: int, R: int, g: torch.Generator):
+    """One trajectory's inputs: 21 orbit keyframe cameras, random image / render / hole mask, R random references."""
+    first = Cameras(torch.eye(4)[None], intrinsics_from_fov(70.0, H, W)[None].float(), H, W)
+    kf = make_preset("orbit", first, 2.0).keyframes()
+    image = torch.rand(H, W, 3, generator=g)
+    render = torch.rand(len(kf), H, W, 3, generator=g)
+    mask = (torch.rand(len(kf), H, W, generator=g) > 0.7).float()
+    refs = References(
+        images=tuple(torch.rand(H, W, 3, generator=g) for _ in range(R)), w2c=kf.w2c[1 : R + 1].clone(),
+        K=kf.K[1 : R + 1].clone(), ref_index=torch.arange(R) * 2, bank_indices=torch.arange(R),
+        sources=tuple(f"ref{i}" for i in range(R)),
+    )
+    return kf, image, render, mask, refs
 
 
 def main() -> int:
@@ -72,14 +87,8 @@ def main() -> int:
 
     models = WorldStereoModels(transformer, WanKeyframeVAE(vae), None, None, CLIPImageEncoder(clip), "dmd", device)
     g = torch.Generator().manual_seed(0)
-    first = Cameras(torch.eye(4)[None], intrinsics_from_fov(70.0, H, W)[None].float(), H, W)
-    kf = make_preset("orbit", first, 2.0).keyframes()
-    image = torch.rand(H, W, 3, generator=g)
-    render = torch.rand(len(kf), H, W, 3, generator=g)
-    mask = (torch.rand(len(kf), H, W, generator=g) > 0.7).float()
     R = args.refs
-    refs = References(tuple(torch.rand(H, W, 3, generator=g) for _ in range(R)), kf.w2c[1 : R + 1].clone(),
-                      kf.K[1 : R + 1].clone(), torch.arange(R) * 2, torch.arange(R), tuple(f"ref{i}" for i in range(R)))
+    kf, image, render, mask, refs = trajectory_inputs(H, W, R, g)
 
     finite: list[float] = []
 

@@ -259,20 +259,13 @@ def vae_figures(vae, device, dtype, n, H, W) -> None:
 
 def trajectory_runner(models, t5, t5_cfg, device, H, W, R, t5_offloaded: bool = False):
     """A callable running one whole DMD trajectory (UMT5 + generate_keyframes); returns seconds."""
-    from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+    from dmd_trajectory import trajectory_inputs
+
     from worldstereo_core.models.generate import generate_keyframes
     from worldstereo_core.models.offload import on_device
-    from worldstereo_core.pipeline import References
-    from worldstereo_core.trajectory import make_preset
 
     g = torch.Generator().manual_seed(0)
-    first = Cameras(torch.eye(4)[None], intrinsics_from_fov(70.0, H, W)[None].float(), H, W)
-    kf = make_preset("orbit", first, 2.0).keyframes()
-    image = torch.rand(H, W, 3, generator=g)
-    render = torch.rand(len(kf), H, W, 3, generator=g)
-    mask = (torch.rand(len(kf), H, W, generator=g) > 0.7).float()
-    refs = References(tuple(torch.rand(H, W, 3, generator=g) for _ in range(R)), kf.w2c[1 : R + 1].clone(),
-                      kf.K[1 : R + 1].clone(), torch.arange(R) * 2, torch.arange(R), tuple(f"ref{i}" for i in range(R)))
+    kf, image, render, mask, refs = trajectory_inputs(H, W, R, g)
     ids = torch.randint(0, t5_cfg["vocab_size"], (1, 512), generator=g)
 
     def run() -> float:
