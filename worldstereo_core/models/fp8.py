@@ -96,6 +96,26 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+_FUSED_QUANTIZE: list = []  # [callable] once built; [None] when torch.compile is unusable here
+
+
+def _quantize_rows_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_rows` fused into two kernels by ``torch.compile`` (eager: ~6 passes over ``x``,
+    with a float32 copy); falls back to eager if compilation is not available."""
+    if not _FUSED_QUANTIZE:
+        try:
+            _FUSED_QUANTIZE.append(torch.compile(quantize_rows, dynamic=True))
+        except Exception:  # noqa: BLE001 - no compiler toolchain: eager is correct, only slower
+            _FUSED_QUANTIZE.append(None)
+    fused = _FUSED_QUANTIZE[0]
+    if fused is not None:
+        try:
+            return fused(x)
+        except Exception:  # noqa: BLE001
+            _FUSED_QUANTIZE[0] = None
+    return quantize_rows(x)
+
+
 class Float8Linear(nn.Module):
     """``nn.Linear`` with a scaled float8 e4m3 weight (keys ``weight``, ``scale_weight``, ``bias``).
 
@@ -150,15 +170,17 @@ class Float8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if (
             x2.dtype in (torch.bfloat16, torch.float16)
-            and x2.shape[0] % 16 == 0  # cuBLASLt/CUTLASS row-wise fp8 needs 16-aligned sizes
-            and self.in_features % 16 == 0
+            and self.in_features % 16 == 0  # the fp8 GEMMs need 16-aligned sizes
             and self.out_features % 16 == 0
             and _scaled_mm_available(x2.device)
         ):
-            xq, x_scale = quantize_rows(x2)
+            rows = x2.shape[0]
+            if rows % 16:  # e.g. the 257 CLIP tokens: pad with zero rows rather than dequantise the weight
+                x2 = F.pad(x2, (0, 0, 0, 16 - rows % 16))
+            xq, x_scale = _quantize_rows_cuda(x2)
             s = self.scale_weight
             w_scale = (s if s.ndim == 1 else s.expand(self.out_features)).reshape(1, -1).contiguous()
-            out = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x2.dtype)
+            out = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x2.dtype)[:rows]
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)
         else:
