@@ -222,7 +222,9 @@ class WorldStereoLoadModel(io.ComfyNode):
             category=SUB,
             description="Loads a WorldStereo 2.0 checkpoint (camera, memory or the 4-step memory-dmd) with the "
             "Wan2.1-I2V-14B encoders and VAE it runs on. Weights stream from safetensors straight to the GPU; "
-            "ComfyUI's loaded models are unloaded first to make room. Everything is read from local files.",
+            "ComfyUI's loaded models are unloaded first to make room, and the bundle is then managed by ComfyUI's "
+            "memory manager ('Unload models' and other workflows' loads offload it to the CPU; the next run loads it "
+            "back). Everything is read from local files.",
             inputs=[
                 io.Combo.Input("checkpoint", options=ckpts, default=_prefer(ckpts, "dmd", "memory") if ckpts else None,
                                tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
