@@ -465,11 +465,14 @@ def stream_weights(
     source: TensorSource,
     device: torch.device | str,
     dtype: torch.dtype | DtypeRule | None,
+    transform: Callable[[str, torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
 ) -> torch.nn.Module:
     """Fill a ``meta``-built model from ``source``, one tensor at a time, each cast once to ``device`` and
     its dtype; returns the model in eval mode (``requires_grad`` is the caller's choice).
 
     ``dtype``: one dtype for every floating tensor, ``None`` for the file's, or a :data:`DtypeRule`.
+    ``transform(key, tensor)``: state entries made from each cast tensor (e.g. a float8 weight and its
+    scale, or a tensor placed on the host instead), applied before the next tensor is read.
     Non-persistent buffers built on ``meta`` are recreated by the model's ``rebuild_buffers(device)``
     if it has one; ``position_ids`` buffers (transformers) are recreated here.
     """
@@ -480,8 +483,13 @@ def stream_weights(
         target = t.dtype
         if t.is_floating_point() and dtype is not None:
             target = dtype(key, t.dtype) if callable(dtype) else dtype
-        state[key] = t.to(device=device, dtype=target)  # the source's own buffer when nothing changes
+        cast = t.to(device=device, dtype=target)  # the source's own buffer when nothing changes
         del t  # at most one transient host copy alive
+        if transform is None:
+            state[key] = cast
+        else:
+            state.update(transform(key, cast))
+        del cast
     model.load_state_dict(state, strict=True, assign=True)
     del state
     if hasattr(model, "rebuild_buffers"):

@@ -186,6 +186,8 @@ def _comfy_scaled_file(checkpoint, folder, prefix="model.diffusion_model."):
 
 
 def test_comfyui_scaled_fp8_file_loads_in_both_formats(bf16_checkpoint, tmp_path):
+    """A file in ComfyUI's scaled-fp8 layout (prefix, per-tensor scale_weight, scaled_fp8 marker): read through
+    its scales; as fp8 with the file's granularity the float8 values come back bit for bit."""
     folder, expect = _comfy_scaled_file(bf16_checkpoint, tmp_path / "comfy")
     as_tensor = load_worldstereo(folder, weight_format=FP8, fp8_granularity="tensor")
     as_channel = load_worldstereo(folder, weight_format=FP8)
@@ -194,20 +196,12 @@ def test_comfyui_scaled_fp8_file_loads_in_both_formats(bf16_checkpoint, tmp_path
         layer = k.rsplit(".", 1)[0]
         assert torch.equal(as_tensor.get_submodule(layer).weight.view(torch.uint8), q.view(torch.uint8))
         assert torch.equal(as_tensor.get_submodule(layer).scale_weight, s)
+        # per channel: each row re-quantised to its own scale, within e4m3 rounding of the file's values
         ch = as_channel.get_submodule(layer)
-        assert ch.scale_weight.shape == (q.shape[0],) and torch.equal(ch.scale_weight, s.expand(q.shape[0]))
+        want = dequantize_weight(q, s, torch.float32)
+        assert ch.scale_weight.shape == (q.shape[0],)
+        assert float((ch.dequantized_weight(torch.float32) - want).norm() / want.norm()) < 0.05
         torch.testing.assert_close(as_bf16.get_submodule(layer).weight, dequantize_weight(q, s, torch.bfloat16))
-
-
-def test_unscaled_fp8_tensor_is_refused(bf16_checkpoint, tmp_path):
-    state = load_file(str(bf16_checkpoint / "model.safetensors"))
-    state["blocks.0.attn1.to_q.weight"] = state["blocks.0.attn1.to_q.weight"].to(FP8_DTYPE)
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text((bf16_checkpoint / "config.json").read_text())
-    with pytest.raises(CheckpointError, match="no scale_weight"):
-        load_worldstereo(folder)
 
 
 def test_unknown_weight_format_is_refused(bf16_checkpoint):

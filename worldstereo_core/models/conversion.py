@@ -230,13 +230,38 @@ _FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") 
 def _dequant(weight_key: str, scale_key: str) -> Recipe:
     def recipe(get: TensorSource) -> torch.Tensor:
         w, s = get(weight_key), get(scale_key)
-        if s.numel() != 1:
-            raise CheckpointMismatchError(
-                f"{scale_key} holds a block-wise scale ({tuple(s.shape)}); only per-tensor scaled fp8 files "
-                "(ComfyUI's *_fp8_scaled / *_fp8_e4m3fn_scaled) are supported — use the bf16/fp16 file instead"
-            )
-        return w.to(torch.float32) * s.to(torch.float32)
+        if s.numel() == 1:
+            return w.to(torch.float32) * s.to(torch.float32)
+        if w.ndim == 2 and s.numel() == w.shape[0]:  # one scale per output channel (our fp8 files)
+            return w.to(torch.float32) * s.to(torch.float32).reshape(-1, 1)
+        raise CheckpointMismatchError(
+            f"{scale_key} holds a block-wise scale ({tuple(s.shape)}); only per-tensor or per-channel scaled fp8 "
+            "files (ComfyUI's *_fp8_scaled / *_fp8_e4m3fn_scaled) are supported — use the bf16/fp16 file instead"
+        )
     return _tag(recipe, weight_key)
+
+
+def scaled_identity_plan(keys: Collection[str], prefix: str = "") -> ConversionPlan:
+    """Keys used as they are (``prefix`` stripped), except scaled fp8: a ``<layer>.weight`` with a
+    ``<layer>.scale_weight`` / ``.weight_scale`` beside it is dequantised, and the bookkeeping keys
+    (``scaled_fp8`` marker, input scales, ``comfy_quant``) are left out. Our own files (an fp8 model
+    saved by :func:`~.loading.save_worldstereo`) and the released ones load through this."""
+    keyset = set(keys)
+    targets: dict[str, Recipe] = {}
+    ignored: list[str] = []
+    for k in keys:
+        if not k.startswith(prefix):
+            ignored.append(k)
+            continue
+        rest = k[len(prefix):]
+        if rest == "scaled_fp8" or rest.endswith((".scale_weight", ".weight_scale", *_FP8_MARKERS)):
+            ignored.append(k)
+            continue
+        stem = k[: -len(".weight")] if k.endswith(".weight") else None
+        scale = next((stem + s for s in (".scale_weight", ".weight_scale") if stem and stem + s in keyset), None)
+        targets[rest] = _dequant(k, scale) if scale else _take(k)
+    scaled = any(k.endswith(("scaled_fp8", ".scale_weight", ".weight_scale")) for k in keys)
+    return ConversionPlan("native_scaled_fp8" if scaled else "native", targets, tuple(ignored))
 
 
 def plan_umt5(keys: Collection[str]) -> ConversionPlan:

@@ -20,23 +20,24 @@ up to rounding, no speed-up — this is what the CPU tests exercise.
 Checkpoints:
 
 * a bf16 checkpoint is quantised while it streams in (:func:`~.loading.load_worldstereo` with
-  ``weight_format="fp8_e4m3fn_scaled"``): each weight is read, moved to the device, quantised and
-  the bf16 copy dropped, so neither the host nor the device ever holds the bf16 model;
-* a pre-quantised file in ComfyUI's layout (``<layer>.weight`` in float8_e4m3fn beside
-  ``<layer>.scale_weight`` — or the newer ``<layer>.weight_scale`` — plus an optional ``scaled_fp8``
-  marker tensor) loads as is; asked for bf16, such a file is dequantised at load.
+  ``weight_format="fp8_e4m3fn_scaled"``, through :func:`quantize_entry`): each weight is read, moved
+  to the device, quantised and the bf16 copy dropped, so neither the host nor the device ever holds
+  the bf16 model;
+* scaled-fp8 files (``<layer>.weight`` in float8_e4m3fn beside ``<layer>.scale_weight`` — or the
+  newer ``<layer>.weight_scale`` — plus an optional ``scaled_fp8`` marker: ComfyUI's layout, and what
+  :func:`~.loading.save_worldstereo` writes for an fp8 model) are read through their scales
+  (:func:`~.conversion.scaled_identity_plan`) and re-quantised to the layer's granularity (exact when
+  the granularity is the file's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
@@ -46,12 +47,6 @@ WEIGHT_FORMATS = ("bf16", "fp8_e4m3fn_scaled")
 """``bf16``: the release's weights; ``fp8_e4m3fn_scaled``: block projections in scaled float8 e4m3."""
 
 SCALE_GRANULARITIES = ("channel", "tensor")
-
-# ComfyUI's names for a scaled-fp8 layer's scale (``scale_weight``: comfy.ops.scaled_fp8_ops; the
-# newer mixed-precision files write ``weight_scale``), its marker and its activation scale.
-_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
-_IGNORED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
-_MARKER = "scaled_fp8"
 
 # Prefixes of the layers that hold the block matmuls (main blocks, GGM control blocks).
 _BLOCK_PREFIXES = ("blocks.", "controlnet.controlnet_blocks.")
@@ -220,76 +215,16 @@ def convert_to_fp8(model: nn.Module, granularity: str = "channel", compute_dtype
     return names
 
 
-@dataclass
-class Fp8StateBuilder:
-    """Turns the tensors of a checkpoint, streamed one at a time, into the state of a (partly) fp8 model.
-
-    ``targets``: the layer names stored in fp8 in the model (empty for a bf16 model: a pre-quantised
-    file is then dequantised). ``file_scales``: ``weight key → scale key`` of a pre-quantised file.
-    """
-
-    targets: frozenset[str]
-    file_scales: Mapping[str, str]
-    granularity: str = "channel"
-
-    def is_scale_key(self, key: str) -> bool:
-        return key in self._scale_keys
-
-    def __post_init__(self) -> None:
-        self._scale_keys = frozenset(self.file_scales.values())
-
-    def entries(
-        self, key: str, tensor: torch.Tensor, scale: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None
-    ) -> dict[str, torch.Tensor]:
-        """State entries for file tensor ``key`` (already read to the host) and its file scale (or None)."""
-        layer, _, leaf = key.rpartition(".")
-        t = tensor.to(device)
-        if layer in self.targets and leaf == "weight":
-            if t.dtype == FP8_DTYPE and scale is not None:
-                s = scale.to(device=device, dtype=torch.float32)
-                if s.numel() == 1:
-                    s = s.reshape(())
-                    if self.granularity == "channel":
-                        s = s.expand(t.shape[0]).contiguous()
-                elif s.numel() == t.shape[0]:
-                    s = s.reshape(-1)
-                    if self.granularity == "tensor":
-                        # a per-channel file into a per-tensor model: requantise to one scale
-                        t, s = quantize_weight(dequantize_weight(t, s, torch.float32), "tensor")
-                else:
-                    raise CheckpointError(f"{key}: fp8 scale of shape {tuple(scale.shape)} fits neither per-tensor nor per-channel")
-                return {key: t, f"{layer}.scale_weight": s}
-            q, s = quantize_weight(t, self.granularity)
-            return {key: q, f"{layer}.scale_weight": s}
-        if t.dtype == FP8_DTYPE:
-            if scale is None:
-                raise CheckpointError(
-                    f"{key} is float8 in the file but has no scale_weight/weight_scale beside it; only scaled fp8 files "
-                    "(ComfyUI's *_fp8_e4m3fn_scaled) can be loaded"
-                )
-            return {key: dequantize_weight(t, scale.to(device), dtype or torch.bfloat16)}
-        return {key: t if dtype is None or not t.dtype.is_floating_point else t.to(dtype)}
-
-
-def scaled_fp8_scales(header: Mapping[str, Any]) -> tuple[dict[str, str], set[str]]:
-    """``(weight key → scale key, every fp8 bookkeeping key)`` of a safetensors header.
-
-    The bookkeeping keys (scales, the ``scaled_fp8`` marker, activation scales, ``comfy_quant``) are
-    not model parameters and are left out of the key check.
-    """
-    scales: dict[str, str] = {}
-    extra: set[str] = set()
-    for k in header:
-        if k == "__metadata__":
-            continue
-        if k == _MARKER or k.endswith("." + _MARKER) or k.endswith(_IGNORED_SUFFIXES):
-            extra.add(k)
-            continue
-        for suffix in _SCALE_SUFFIXES:
-            if k.endswith(suffix):
-                scales[k[: -len(suffix)] + ".weight"] = k
-                extra.add(k)
-    return scales, extra
+def quantize_entry(
+    key: str, tensor: torch.Tensor, fp8_layers: Iterable[str], granularity: str = "channel"
+) -> dict[str, torch.Tensor]:
+    """State entries for one loaded tensor: ``{key: tensor}``, or for the weight of an fp8 layer
+    ``{key: float8 weight, <layer>.scale_weight: scale}`` (quantised where ``tensor`` is)."""
+    layer, _, leaf = key.rpartition(".")
+    if leaf == "weight" and layer in fp8_layers:
+        q, s = quantize_weight(tensor, granularity)
+        return {key: q, f"{layer}.scale_weight": s}
+    return {key: tensor}
 
 
 def model_weight_bytes(model: nn.Module) -> int:
@@ -303,12 +238,11 @@ __all__ = [
     "SCALE_GRANULARITIES",
     "WEIGHT_FORMATS",
     "Float8Linear",
-    "Fp8StateBuilder",
     "convert_to_fp8",
     "dequantize_weight",
     "fp8_layer_names",
     "model_weight_bytes",
+    "quantize_entry",
     "quantize_rows",
     "quantize_weight",
-    "scaled_fp8_scales",
 ]

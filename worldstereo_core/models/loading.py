@@ -30,7 +30,6 @@ from ..checkpoint import (
     config_json_beside,
     describe_keys,
     embedded_config,
-    identity_plan,
     match_keys,
     open_tensor_source,
     read_json,
@@ -41,7 +40,8 @@ from ..checkpoint import (
     write_config_json,
 )
 from ..errors import CheckpointMismatchError, CorruptFileError, InvalidOptionError
-from .conversion import plan_wan_transformer
+from .conversion import plan_wan_transformer, scaled_identity_plan
+from .fp8 import WEIGHT_FORMATS, convert_to_fp8, quantize_entry
 from .transformer_worldstereo import (
     VARIANTS,
     ControlNetConfig,
@@ -279,12 +279,13 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
 
 
 def _file_plan(keys: list[str], expected: Mapping[str, Any]) -> ConversionPlan:
-    """The checkpoint's own keys, a known prefix stripped when that makes them the model's names."""
-    plan = identity_plan(keys)
+    """The checkpoint's own keys, a known prefix stripped when that makes them the model's names
+    (scaled fp8 weights dequantised: :func:`~.conversion.scaled_identity_plan`)."""
+    plan = scaled_identity_plan(keys)
     if set(expected) - set(plan.targets):
         for prefix in _KNOWN_PREFIXES:
-            stripped = identity_plan(keys, prefix=prefix)
-            if not stripped.ignored and set(stripped.targets) <= set(expected) and len(stripped.targets) > len(
+            stripped = scaled_identity_plan(keys, prefix=prefix)
+            if all(k.startswith(prefix) for k in keys) and set(stripped.targets) <= set(expected) and len(stripped.targets) > len(
                 set(plan.targets) & set(expected)
             ):
                 return stripped
@@ -375,6 +376,9 @@ def load_worldstereo(
     *,
     base_model: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
+    weight_format: str = "bf16",
+    fp8_granularity: str = "channel",
+    blocks_on_host: int = 0,
 ) -> WorldStereoTransformer:
     """Load a WorldStereo checkpoint (folder with ``config.json`` + ``model.safetensors``, a sharded
     folder, or one file) through :mod:`worldstereo_core.checkpoint`.
@@ -403,7 +407,16 @@ def load_worldstereo(
     Tensors go straight from the files to ``device`` in ``dtype`` (``None`` keeps the file's; a few
     modulation/norm tensors stay float32 as in diffusers). ``model.load_report`` (:class:`LoadReport`)
     says which groups came from which file; the same line is logged.
+
+    ``weight_format="fp8_e4m3fn_scaled"`` stores the block projections as scaled float8 e4m3
+    (:mod:`.fp8`; scale per output ``channel`` or per ``tensor``): each weight is quantised on
+    ``device`` as it streams in, so neither host nor device ever holds the bf16 model. Scaled-fp8
+    files (ours, or ComfyUI's layout) are read through their scales in either format.
+    ``blocks_on_host``: the last that many main blocks are put on the host instead (after quantisation
+    on ``device``), ready for :func:`.offload.swap_last_blocks`.
     """
+    if weight_format not in WEIGHT_FORMATS:
+        raise InvalidOptionError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
     path = Path(path)
     files, config_path = resolve_checkpoint(path)
     with ExitStack() as stack:
@@ -436,8 +449,29 @@ def load_worldstereo(
                              lambda m, u: _guess_cause(m, u, cfg.variant), _group)
         report = _report(recipes)
         logger.info("WorldStereo %s weights: %s", cfg.variant, report)
-        model = stream_weights(model, recipes, source, device,
-                               lambda key, file_dtype: _target_dtype(key, file_dtype, dtype))
+        num_layers = len(model.blocks)
+        if not 0 <= blocks_on_host <= num_layers:
+            raise InvalidOptionError(
+                f"cannot keep {blocks_on_host} blocks on the host (blocks to swap): this model has {num_layers} "
+                "main blocks"
+            )
+        fp8_layers = convert_to_fp8(model, fp8_granularity, dtype or torch.bfloat16) if weight_format != "bf16" else ()
+        host_prefixes = tuple(f"blocks.{i}." for i in range(num_layers - blocks_on_host, num_layers))
+
+        def place(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = quantize_entry(key, tensor, fp8_layers, fp8_granularity)
+            if host_prefixes and key.startswith(host_prefixes):
+                out = {k: v.to("cpu") for k, v in out.items()}  # quantised on the device, kept on the host
+            return out
+
+        fp8_weights = {f"{name}.weight" for name in fp8_layers}
+
+        def rule(key: str, file_dtype: torch.dtype) -> torch.dtype:
+            # an fp8 layer's weight is quantised from float32: no extra rounding to dtype on the way
+            return torch.float32 if key in fp8_weights else _target_dtype(key, file_dtype, dtype)
+
+        transform = place if fp8_layers or host_prefixes else None
+        model = stream_weights(model, recipes, source, device, rule, transform)
     model.requires_grad_(False)
     model.ws_config = cfg
     model.load_report = LoadReport(report, from_base)
