@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worldstereo_core.errors import CheckpointError
+from worldstereo_core.errors import InvalidOptionError
 from worldstereo_core.models import build_transformer, init_random_weights, load_worldstereo, save_worldstereo
 from worldstereo_core.models.fp8 import (
     FP8_DTYPE,
@@ -205,5 +205,5 @@ def test_comfyui_scaled_fp8_file_loads_in_both_formats(bf16_checkpoint, tmp_path
 
 
 def test_unknown_weight_format_is_refused(bf16_checkpoint):
-    with pytest.raises(CheckpointError, match="weight_format"):
+    with pytest.raises(InvalidOptionError, match="weight_format"):
         load_worldstereo(bf16_checkpoint, weight_format="int4")

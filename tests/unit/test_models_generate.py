@@ -249,10 +249,10 @@ def test_blocks_to_swap_gives_the_resident_frames(tiny_dir, models):
     swapped.offload_to_host()
     swapped.load_to_device()
     assert {t.data_ptr() for b in swap.blocks for t in [*b.parameters(), *b.buffers()]} == host_ptrs
-    with pytest.raises(ModelInputError, match="blocks_to_swap"):
+    with pytest.raises(InvalidOptionError, match="blocks_to_swap"):
         load_models(paths[RELEASE_FOLDERS["dmd"]], vae=paths["vae"], device="cpu", blocks_to_swap=-1,
                     with_text_encoder=False, with_image_encoder=False)
-    with pytest.raises(CheckpointError, match="3 main blocks"):
+    with pytest.raises(InvalidOptionError, match="3 main blocks"):
         load_models(paths[RELEASE_FOLDERS["dmd"]], vae=paths["vae"], device="cpu", blocks_to_swap=4,
                     with_text_encoder=False, with_image_encoder=False)
 
