@@ -22,7 +22,7 @@ def _single_view_api(object_info) -> tuple[dict, dict]:
     return api, ids
 
 
-def _wait_for(comfy_server, text: str, start: int, timeout: float = 60.0) -> str:
+def _wait_for(comfy_server, text: str, start: int, timeout: float = 180.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log = comfy_server.log()[start:]
