@@ -60,6 +60,7 @@ from .errors import (
     InvalidPointCloudError,
     InvalidTrajectoryError,
     MissingFileError,
+    MissingInputError,
     ShapeMismatchError,
 )
 from .metrics import metrics_report
@@ -97,6 +98,10 @@ __all__ = [
     "LoopEvaluationResult",
     "evaluate_scene_loop",
     "evaluate_synthetic_loop",
+    "SCENE_IMAGE_SUFFIXES",
+    "RealScene",
+    "load_scene_folder",
+    "evaluate_real_scene",
 ]
 
 #: The release's reconstruction-benchmark trajectories (``renders/traj_<name>/camera.json``).
@@ -1037,5 +1042,156 @@ def evaluate_synthetic_loop(
         config=cfg,
         valid=view.valid,
         seed=seed,
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Real scenes (MipNeRF360-style folders)
+# ---------------------------------------------------------------------------------------------
+
+#: Image files a scene folder's ``images/`` may hold.
+SCENE_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class RealScene:
+    """A captured scene to evaluate on (MipNeRF360-style), read by :func:`load_scene_folder`.
+
+    Attributes:
+        name: the folder's name.
+        images: ``[N, H, W, 3]`` float32 in [0, 1]; ``images[0]`` is the input view.
+        cameras: their ``N`` cameras (``H × W``), the world frame of the ground truth.
+        depth: ``[N, H, W]`` z-depth (0 = unknown), or None when the folder has none.
+        points: the ground-truth cloud (``points.ply``), or None.
+    """
+
+    name: str
+    images: torch.Tensor
+    cameras: Cameras
+    depth: torch.Tensor | None
+    points: PointCloud | None
+
+    def ground_truth(self) -> PointCloud:
+        """``points.ply`` if given, else every depth map lifted with its camera."""
+        if self.points is not None:
+            return self.points
+        if self.depth is None:
+            raise MissingFileError(f"scene {self.name!r} has neither points.ply nor depth/: nothing to score against")
+        return unproject_depths(self.depth, self.cameras.K, self.cameras.c2w, self.images, self.depth > 0)
+
+    def anchor_depth(self) -> torch.Tensor:
+        """``[H, W]`` true depth of the input view (the depth-anchor alignment's anchor)."""
+        if self.depth is None:
+            # points.ply rendered into the view is no anchor: where the sampled surface is
+            # sparse, farther surfaces show through (a quarter of the pixels off by > 2 %).
+            raise MissingFileError(
+                f"scene {self.name!r} has no depth/: the depth-anchor alignment needs the input view's depth "
+                "(add depth/<stem>.npy), or use alignment 'anchors' or 'icp'"
+            )
+        return self.depth[0]
+
+
+def load_scene_folder(folder: str | os.PathLike, height: int | None = None, width: int | None = None) -> RealScene:
+    """Read a scene folder (our layout, documented in the README's "Evaluation"):
+
+    ``images/`` (PNG / JPEG, sorted by name; the first is the input view), ``camera.json`` (one
+    camera per image, the upstream format :func:`~worldstereo_core.trajectory.load_camera_json`
+    reads: w2c OpenCV extrinsics, intrinsics in pixels of the images), optional ``depth/``
+    (``<image stem>.npy`` float z-depth per image in the cameras' units, 0 = unknown; read
+    without pickles) and optional ``points.ply`` (a ground-truth cloud in the cameras' world).
+    Images and depth are resized to ``height × width`` when given (bicubic / nearest; K
+    rescaled). At least one of ``depth/`` and ``points.ply`` is needed to score clouds.
+    """
+    from PIL import Image
+
+    root = Path(folder)
+    img_dir, cam_file = root / "images", root / "camera.json"
+    if not img_dir.is_dir() or not cam_file.is_file():
+        raise MissingFileError(f"{root} must hold images/ and camera.json (optional depth/, points.ply)")
+    files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in SCENE_IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise MissingFileError(f"{img_dir} holds no {'/'.join(SCENE_IMAGE_SUFFIXES)} image")
+    cams = load_camera_json(cam_file).cameras
+    if len(cams) != len(files):
+        raise ShapeMismatchError(f"camera.json has {len(cams)} cameras for {len(files)} images in {img_dir}; give one per image")
+    H0, W0 = cams.height, cams.width
+    H, W = (height or H0), (width or W0)
+    imgs = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                rgb = im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise InvalidImageError(f"cannot read the image {p.name}: {exc}") from None
+        if rgb.size != (W0, H0):
+            raise ShapeMismatchError(f"{p.name} is {rgb.size[0]}×{rgb.size[1]} but camera.json is for {W0}×{H0} images")
+        if (H, W) != (H0, W0):
+            rgb = rgb.resize((W, H), Image.BICUBIC)
+        imgs.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0))
+    depth = None
+    depth_dir = root / "depth"
+    if depth_dir.is_dir():
+        maps = []
+        for p in files:
+            f = depth_dir / f"{p.stem}.npy"
+            if not f.is_file():
+                raise MissingFileError(f"depth/ has no {f.name} for {p.name}; give one depth map per image (or none)")
+            try:
+                d = np.load(f, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InvalidImageError(f"cannot read {f.name} as a numeric .npy array: {exc}") from None
+            d = torch.from_numpy(np.asarray(d, dtype=np.float32))
+            if tuple(d.shape) != (H0, W0) or not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
+                raise InvalidImageError(f"{f.name} must be a finite non-negative [{H0}, {W0}] depth map, got shape {tuple(d.shape)}")
+            if (H, W) != (H0, W0):
+                d = torch.nn.functional.interpolate(d[None, None], size=(H, W), mode="nearest")[0, 0]
+            maps.append(d)
+        depth = torch.stack(maps)
+    ply = root / "points.ply"
+    from .pointcloud import load_ply
+
+    points = load_ply(ply) if ply.is_file() else None
+    if depth is None and points is None:
+        raise MissingFileError(f"{root} has neither depth/ nor points.ply: there is no ground truth to score against")
+    cams = cams.resized(H, W)
+    # float32 like every camera the loop plans (camera.json is read as float64)
+    cams = Cameras(as_tensor(cams.w2c).float(), as_tensor(cams.K).float(), H, W)
+    return RealScene(root.name, torch.stack(imgs), cams, depth, points)
+
+
+def evaluate_real_scene(
+    scene: RealScene,
+    generator: FrameGenerator,
+    depth_estimator,
+    reconstructor: Reconstructor,
+    *,
+    input_depth: ArrayLike | None = None,
+    alignment: str = "depth_anchor",
+    **kwargs,
+) -> LoopEvaluationResult:
+    """:func:`evaluate_scene_loop` on a captured scene: its first image and camera are the
+    input view, the loop's first cache comes from ``input_depth`` (e.g. MoGe's estimate, as
+    the model runs in use) or else the folder's depth of that view, the ground truth is
+    :meth:`RealScene.ground_truth`, and ``"depth_anchor"`` aligns with the folder's depth of
+    the input view. Other keyword arguments go to :func:`evaluate_scene_loop`."""
+    if input_depth is None:
+        if scene.depth is None:
+            raise MissingInputError(
+                f"scene {scene.name!r} has no depth/: give the input view's depth (e.g. a MoGe estimate) to start the loop"
+            )
+        input_depth = scene.depth[:1]
+    anchor = scene.anchor_depth() if alignment == "depth_anchor" else None
+    kwargs.setdefault("scene", scene.name)
+    return evaluate_scene_loop(
+        generator,
+        depth_estimator,
+        reconstructor,
+        scene.images[:1],
+        scene.cameras[:1],
+        input_depth,
+        scene.ground_truth(),
+        anchor_depth=anchor,
+        alignment=alignment,
         **kwargs,
     )
