@@ -132,6 +132,19 @@ def env(tmp_path_factory):
     (out / "linkout").symlink_to(outside, target_is_directory=True)
     (e.base / "models" / "linkout").symlink_to(outside, target_is_directory=True)
     (e.base / "models" / "diffusers" / "not_wan").mkdir(parents=True)
+    # damaged weights where users put the real ones: a truncated checkpoint, a pickle named
+    # .safetensors, random bytes as a MoGe file
+    import shutil
+
+    models = e.base / "models"
+    broken = models / "worldstereo" / "broken-ckpt"
+    shutil.copytree(models / "worldstereo" / "worldstereo-memory-dmd", broken)
+    f = broken / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:4096])
+    (models / "vae" / "pickled_vae.safetensors").write_bytes(pickle.dumps({"decoder.conv_in.weight": [0.0] * 8}))
+    (models / "moge" / "garbage").mkdir(parents=True)
+    (models / "moge" / "garbage" / "model.safetensors").write_bytes(os.urandom(4096))
+    (models / "moge" / "garbage" / "config.json").write_text("{}")
     try:
         yield e
     finally:
@@ -320,6 +333,13 @@ CASES = [
     Case("bank-save-output-root", lambda e: bank_save("."), ("bank folder", "not inside"), "3"),
     Case("bank-save-over-user-folder", lambda e: bank_save("hostile/user_notes"), ("refusing to replace",), "3"),
     Case("bank-save-empty", lambda e: bank_save(""), ("bank folder",), "3"),
+    # ---- damaged weights (pickles are never loaded) ------------------------------------------
+    Case("weights-truncated-checkpoint", lambda e: {**load_model(""), "2": {**load_model("")["2"], "inputs": {
+        **load_model("")["2"]["inputs"], "checkpoint": "broken-ckpt"}}}, ("model.safetensors",), "2"),
+    Case("weights-pickle-as-safetensors", lambda e: load_model("", vae="pickled_vae.safetensors"),
+         ("pickled_vae.safetensors",), "2"),
+    Case("weights-random-bytes-moge", lambda e: {**load_model(""), "3": {**load_model("")["3"], "inputs": {
+        **load_model("")["3"]["inputs"], "model_name": "garbage/model.safetensors"}}}, ("model.safetensors",), "3"),
     # ---- model folders -------------------------------------------------------------------------
     Case("wan-absolute", lambda e: load_model("/etc"), ("wan_folder", "not inside", "model folders"), "2"),
     Case("wan-traversal", lambda e: load_model("../input"), ("wan_folder", "not inside"), "2"),
