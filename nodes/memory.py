@@ -329,9 +329,9 @@ class UmeyamaMerge(io.ComfyNode):
         clip = merge.merge_clip(mem_lib.Cache3D(cache, voxel), img, d, d > 0, cams, config, seed=seed,
                                    skip_first=skip_first_frame, alignment=mode)
         al = clip.alignment
-        aligned = [i for i, st in enumerate(al.status) if st == "aligned"]
+        aligned = [i for i, st in enumerate(al.status) if st in ("aligned", "given")]
         report = {
-            "mode": mode,
+            "mode": "given" if "given" in al.status else mode,  # already-aligned depth is never refitted
             "scale": _finite(clip.similarity.s) if clip.similarity is not None else
             (_finite(al.scale[aligned].median()) if aligned else None),
             "rmse": _finite(clip.rmse),
@@ -352,7 +352,7 @@ class UmeyamaMerge(io.ComfyNode):
             sim = clip.similarity
             report["similarity"] = {"scale": sim.s, "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
                                     "matrix": sim.matrix().tolist()}
-        text = f"{mode}: scale {report['scale']}, RMSE {report['rmse']}, +{report['points_added']} points"
+        text = f"{report['mode']}: scale {report['scale']}, RMSE {report['rmse']}, +{report['points_added']} points"
         ui = {"text": [text], **inspector_ui("merged cache", cloud=clip.cache.cloud, trajectories=[traj])}
         return io.NodeOutput(clip.cache.cloud, clip.cloud_added, json.dumps(report, indent=1), ui=ui)
 

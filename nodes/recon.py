@@ -15,7 +15,7 @@ from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud as Po
 from worldstereo_core.recon import reconstruct as rec_lib
 from worldstereo_core.recon import worldmirror as wm_lib
 from worldstereo_core.recon.estimators import MoGeDepthEstimator
-from worldstereo_core.recon.fusion import fuse_depth_to_cache
+from worldstereo_core.merge import align_clip_depth
 
 from .common import (
     CATEGORY,
@@ -174,14 +174,14 @@ class WorldMirrorRecon(io.ComfyNode):
             progress = Progress(2 * F_)
             est = MoGeDepthEstimator(moge, progress=lambda done, _t: progress(done, 2 * F_))
             mono, valid = est(x, cams)
-            fused = fuse_depth_to_cache(cache.require_nonempty("3D cache"), x, mono, cams, valid, edge_threshold=edges,
-                                        progress=lambda done, _t: progress(F_ + done, 2 * F_))
+            fused = align_clip_depth(cache.require_nonempty("3D cache"), x, mono, valid, cams, edge_threshold=edges,
+                                     progress=lambda done, _t: progress(F_ + done, 2 * F_))
             if len(fused.cloud) == 0:
                 raise AlignmentFailedError(
                     "no frame overlapped the 3D cache enough to align its depth; check that the cache and the "
                     "trajectory are in the same world (the cache built from the trajectory's start view)"
                 )
-            depth = torch.where(fused.valid, fused.depth, torch.zeros(())).float()
+            depth = fused.depth.float()  # a WorldDepth (0 outside the kept pixels): merging it will not re-align it
             cloud = fused.cloud
         return io.NodeOutput(depth, cloud, cams, depth_preview(depth),
                              ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]))

@@ -1,11 +1,16 @@
 """One clip onto the 3D cache: align its depth to the cache, lift it, merge it.
 
-Step 2e of the scene loop (:mod:`worldstereo_core.pipeline`), usable on its own (the Umeyama
-Merge node): :func:`merge_clip` aligns a generated clip either per frame (robust depth
-scale/shift against :func:`~worldstereo_core.render.cache_surface_depth`) or with one robust
-similarity for the whole clip (:func:`align_cloud_to_cache`, for reconstructions that bring
-their own cloud), lifts the aligned depth with the known cameras (depth edges dropped,
+Step 2e of the scene loop (:mod:`worldstereo_core.pipeline`), usable on its own (the Align &
+Merge Clip node): :func:`merge_clip` aligns a generated clip either per frame or with one
+robust similarity for the whole clip (:func:`align_cloud_to_cache`, for reconstructions that
+bring their own cloud), lifts the aligned depth with the known cameras (depth edges dropped,
 :func:`lift_depth`) and merges the points into a new :class:`~worldstereo_core.memory.Cache3D`.
+
+:func:`align_clip_depth` is *the* per-frame depth alignment — used by the loop (through
+:func:`merge_clip`), by depth fusion (the Reconstruct Frames node's ``depth_fusion`` backend
+calls it directly) and by the merge node. Its aligned depth comes back as
+:class:`WorldDepth`, a tensor that says it is already in the cache's world units, so a clip
+fused to the cache and then merged is not aligned a second time.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -24,16 +30,20 @@ from .errors import (
     InvalidImageError,
     InvalidInputError,
     InvalidOptionError,
+    InvalidPointCloudError,
     InvalidTrajectoryError,
 )
 from .interfaces import LoopConfig
 from .memory import Cache3D
-from .pointcloud import RELEASE_EDGE_BETA, PointCloud, depth_edge_mask, unproject_depths
+from .pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud, depth_edges, unproject_depths
 from .render import cache_surface_depth
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "WorldDepth",
+    "ClipDepthAlignment",
+    "align_clip_depth",
     "FrameAlignment",
     "CloudAlignment",
     "ClipMerge",
@@ -41,6 +51,43 @@ __all__ = [
     "align_cloud_to_cache",
     "lift_depth",
 ]
+
+
+class WorldDepth(torch.Tensor):
+    """Z-depth ``[F, H, W]`` already aligned to the 3D cache (its world frame and units).
+
+    :func:`align_clip_depth` returns its aligned depth as this type; :func:`merge_clip` lifts such
+    depth as it is instead of fitting scale and shift again. The mark survives what passes a
+    clip along unchanged (``.float()``, ``.to()``, ``.cpu()``, ``.clone()``, ``.detach()``,
+    indexing); any other operation gives a plain tensor, since its result is no longer the
+    aligned depth. Make one with ``WorldDepth.mark(t)``; test with ``isinstance(d, WorldDepth)``.
+    """
+
+    _KEEPS = frozenset(
+        {
+            torch.Tensor.float, torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.clone,
+            torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.__getitem__,
+        }
+    )
+
+    @staticmethod
+    def mark(depth: torch.Tensor) -> "WorldDepth":
+        return torch.as_tensor(depth).as_subclass(WorldDepth)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if func in cls._KEEPS:
+            return out
+        return _plain(out)
+
+
+def _plain(x):
+    if isinstance(x, WorldDepth):
+        return x.as_subclass(torch.Tensor)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_plain(v) for v in x)
+    return x
 
 
 @dataclass(frozen=True)
@@ -52,8 +99,9 @@ class FrameAlignment:
         scale, shift: ``aligned = scale · depth + shift``.
         covered: pixels usable for the fit (covered by the cache surface, valid depth).
         inliers: pixels the robust fit kept.
-        status: per frame ``"input"``, ``"aligned"`` or ``"skipped"`` (too few covered
-            pixels or a failed fit; its points are not merged).
+        status: per frame ``"input"``, ``"aligned"``, ``"skipped"`` (too few covered
+            pixels or a failed fit; its points are not merged) or ``"given"`` (the depth was
+            already aligned to the cache, a :class:`WorldDepth`; lifted as it is).
         rmse: ``[F]`` residual of the aligned frame against the cache over its inlier pixels
             (depth units; NaN where not aligned). None in results made before it existed.
     """
@@ -91,22 +139,140 @@ def _fit(
 def lift_depth(
     depth: torch.Tensor, valid: torch.Tensor, frames: torch.Tensor, cameras: Cameras, edge_threshold: float | None
 ) -> PointCloud | None:
-    """World points of the valid pixels of ``depth [F, H, W]``, depth edges dropped.
-
-    The release's edge test (Sobel of normalised disparity, ``exp(−β·g) < threshold``) is
-    tuned for 480-row images: gradients per pixel grow as the image shrinks, so β is scaled
-    by ``min(H, W) / 480`` to flag the same edges at any resolution (at 120 rows the
-    unscaled test flags ~40 % of a smooth floor).
-    """
-    keep = valid & (depth > 0)
-    d = torch.where(keep, depth, torch.zeros_like(depth))  # 0 = no depth (holes, invalid)
-    if edge_threshold is not None:
-        beta = RELEASE_EDGE_BETA * min(cameras.height, cameras.width) / 480.0
-        edges = torch.stack([torch.as_tensor(depth_edge_mask(x, edge_threshold, beta)) for x in d])
-        keep = keep & ~edges
+    """World points of the valid pixels of ``depth [F, H, W]``, depth edges dropped
+    (:func:`~worldstereo_core.pointcloud.depth_edges`, the release's rule at this resolution)."""
+    keep, d = _keep_without_edges(depth, valid, edge_threshold)
     if not bool(keep.any()):
         return None
     return unproject_depths(d, cameras.K, cameras.c2w, frames.clamp(0, 1), keep)
+
+
+def _keep_without_edges(
+    depth: torch.Tensor, valid: torch.Tensor, edge_threshold: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, depth with 0 outside keep)``: valid positive pixels off the depth edges."""
+    depth = torch.as_tensor(depth).as_subclass(torch.Tensor)
+    keep = valid & (depth > 0)
+    d = torch.where(keep, depth, torch.zeros_like(depth))  # 0 = no depth (holes, invalid)
+    keep = keep & ~depth_edges(d, edge_threshold)
+    return keep, torch.where(keep, d, torch.zeros_like(d))
+
+
+@dataclass(frozen=True)
+class ClipDepthAlignment:
+    """A clip's depth aligned to the cache frame by frame (:func:`align_clip_depth`).
+
+    Attributes:
+        depth: ``[F, H, W]`` :class:`WorldDepth`, aligned z-depth in the cache's units; 0 where
+            not kept (invalid, depth edges) or the frame was not aligned.
+        valid: ``[F, H, W]`` bool, the pixels that made the cloud.
+        cloud: the lifted aligned points (the frames' colours) in the cache's world frame.
+        alignment: per-frame scale, shift, covered / inlier counts, status and residual.
+        rmse: RMS depth residual of the inlier pixels over all aligned frames (NaN if none).
+    """
+
+    depth: WorldDepth
+    valid: torch.Tensor
+    cloud: PointCloud
+    alignment: FrameAlignment
+    rmse: float
+
+
+def align_clip_depth(
+    cache: Cache3D | PointCloud | torch.Tensor,
+    frames: torch.Tensor | None,
+    depth: torch.Tensor,
+    valid: torch.Tensor | None,
+    cameras: Cameras,
+    *,
+    window: float = 0.05,
+    min_covered_fraction: float = 0.02,
+    context_frames: int = 4,
+    edge_threshold: float | None = RELEASE_EDGE_THRESHOLD,
+    max_fit_pixels: int = 4096,
+    seed: int = 0,
+    skip_first: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClipDepthAlignment:
+    """Align each frame's depth to the cache's surface, in order, and lift it: the one per-frame
+    depth alignment of the pack (the loop's, depth fusion's and the merge node's).
+
+    Per frame ``f``: the target is :func:`~worldstereo_core.render.cache_surface_depth` of the
+    cache plus the latest ``context_frames`` frames of this clip already aligned (new foreground
+    the cache never saw then occludes the cached background behind it instead of outvoting the
+    true surface); a robust ``target ≈ scale · depth + shift`` fit
+    (:func:`~worldstereo_core.align.fit_depth_scale_shift`) runs on a seeded subset of at most
+    ``max_fit_pixels`` of the pixels both have. A frame sharing fewer than
+    ``max(16, min_covered_fraction · H · W)`` pixels with the target, or whose fit fails or has a
+    non-positive scale, is skipped (not lifted; logged).
+
+    Args:
+        cache: the 3D cache (or its cloud, or its points ``[N, 3]``); unchanged.
+        frames: ``[F, H, W, 3]`` colours in [0, 1] (None: grey points).
+        depth: ``[F, H, W]`` z-depth up to a per-frame scale and shift (0 = none; NaN/inf unusable).
+        valid: ``[F, H, W]`` usable depth (None: depth > 0).
+        cameras: the frames' ``F`` cameras (``H × W``) in the cache's world.
+        window: relative depth window of ``cache_surface_depth``.
+        edge_threshold: drop depth-edge pixels when lifting (:func:`~worldstereo_core.pointcloud.depth_edges`; None keeps them).
+        seed: seeds the fits (frame ``f`` uses ``seed + f``).
+        skip_first: frame 0 is the input view (already in the cache): not aligned, not lifted.
+        progress: ``progress(done, F)`` after each frame; may raise to interrupt.
+    """
+    img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=False)
+    if not (0.0 <= min_covered_fraction < 1.0):
+        raise InvalidOptionError(f"min_covered_fraction must be in [0, 1), got {min_covered_fraction}")
+    cloud = cache.cloud if isinstance(cache, Cache3D) else cache
+    points = cloud.points if isinstance(cloud, PointCloud) else torch.as_tensor(cloud)
+    if points.ndim != 2 or points.shape[-1] != 3 or len(points) == 0:
+        raise InvalidPointCloudError("the 3D cache is empty; build it first (Build Point Cloud) to align the depth to")
+    points = points.detach().float().cpu()
+    F, H, W = len(cameras), cameras.height, cameras.width
+    first = 1 if skip_first else 0
+    scale = torch.ones(F, dtype=torch.float64)
+    shift = torch.zeros(F, dtype=torch.float64)
+    covered = torch.zeros(F, dtype=torch.long)
+    inliers = torch.zeros(F, dtype=torch.long)
+    rmse_f = torch.full((F,), float("nan"), dtype=torch.float64)
+    out_d = torch.zeros(F, H, W)
+    out_v = torch.zeros(F, H, W, dtype=torch.bool)
+    status = ["input"] * first + ["skipped"] * (F - first)
+    min_px = max(16, int(min_covered_fraction * H * W))
+    rgb = img if img is not None else torch.full((F, H, W, 3), 0.5)
+    new_clouds: list[PointCloud] = []
+    sq_sum, sq_n = 0.0, 0
+    for f in range(first, F):
+        context = [points] + ([c.points for c in new_clouds[-context_frames:]] if context_frames > 0 else [])
+        td, tc = cache_surface_depth(context, cameras[f], window)
+        usable = tc[0] & v[f]
+        covered[f] = int(usable.sum())
+        fit = _fit(d[f], td[0], usable, seed + f, max_fit_pixels) if covered[f] >= min_px else None
+        if fit is None:
+            why = "no usable depth fit" if covered[f] >= min_px else f"{int(covered[f])} covered pixels < {min_px}"
+            log.info("frame %d of the clip skipped (%s); its points are not merged", f, why)
+        else:
+            scale[f], shift[f], inliers[f] = fit
+            status[f] = "aligned"
+            aligned = (fit[0] * d[f].double() + fit[1]).float()
+            res = (aligned - td[0])[usable].abs()
+            gate = max(2.5 * 1.4826 * float(res.median()), 1e-9 * float(td[0].max()))
+            r_in = res[res < gate].double()
+            if r_in.numel():
+                rmse_f[f] = float(r_in.pow(2).mean().sqrt())
+                sq_sum, sq_n = sq_sum + float(r_in.pow(2).sum()), sq_n + r_in.numel()
+            keep, kept = _keep_without_edges(aligned[None], v[f][None], edge_threshold)
+            out_d[f], out_v[f] = kept[0], keep[0]
+            if bool(keep.any()):
+                c = cameras[f]
+                new_clouds.append(unproject_depths(kept, c.K, c.c2w, rgb[f][None].clamp(0, 1), keep))
+        if progress is not None:
+            progress(f + 1, F)
+    n_aligned = status.count("aligned")
+    if n_aligned < F - first:
+        log.warning("%d of %d frames of the clip aligned to the cache; the others were skipped", n_aligned, F - first)
+    al = FrameAlignment(scale, shift, covered, inliers, tuple(status), rmse_f)
+    added = PointCloud.cat(new_clouds) if new_clouds else _empty_cloud()
+    rmse = math.sqrt(sq_sum / sq_n) if sq_n else float("nan")
+    return ClipDepthAlignment(WorldDepth.mark(out_d), out_v, added, al, rmse)
 
 
 @dataclass(frozen=True)
@@ -168,15 +334,6 @@ def _point_map(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
     cam = torch.stack([x, y, torch.ones_like(x)], -1) * depth.to(torch.float64)[..., None]
     c2w = cameras.c2w.to(torch.float64)
     return torch.einsum("fij,fhwj->fhwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
-
-
-def _not_edges(z: torch.Tensor, cameras: Cameras, edge_threshold: float | None) -> torch.Tensor:
-    """``[F, H, W]`` True where a pixel of z-depth ``z`` (0 = none) is not on a depth edge
-    (same resolution-scaled rule as :func:`lift_depth`)."""
-    if edge_threshold is None:
-        return torch.ones_like(z, dtype=torch.bool)
-    beta = RELEASE_EDGE_BETA * min(cameras.height, cameras.width) / 480.0
-    return ~torch.stack([torch.as_tensor(depth_edge_mask(x, edge_threshold, beta)) for x in z.float()])
 
 
 def _clip_inputs(frames, depth, valid, cameras: Cameras, allow_points: bool):
@@ -298,7 +455,7 @@ def align_cloud_to_cache(
     w2c = cameras.w2c.to(torch.float64)
     z = torch.einsum("fj,fhwj->fhw", w2c[:, 2, :3], world) + w2c[:, 2, 3, None, None]
     keep = v & (z > 0)
-    keep = keep & _not_edges(torch.where(keep, z, torch.zeros_like(z)), cameras, config.edge_threshold)
+    keep = keep & ~depth_edges(torch.where(keep, z, torch.zeros_like(z)).float(), config.edge_threshold)
     if skip_first:
         keep[0] = False
     rgb = img if img is not None else torch.full((F, H, W, 3), 0.5)
@@ -320,12 +477,13 @@ def merge_clip(
 ) -> ClipMerge:
     """Align one clip's depth to the cache, lift it with the known cameras and merge it.
 
-    ``alignment="depth"`` (the loop's default): frames are aligned in order, each by a robust
-    per-frame ``scale · depth + shift`` fit to :func:`cache_surface_depth` over the pixels it
-    shares with the cache (≥ ``config.min_covered_fraction`` of the image, else the frame is
-    skipped), and each aligned frame joins the next frames' target (the latest
-    ``config.align_context_frames`` of them): new foreground the cache never saw then
-    occludes the cached background behind it instead of outvoting the true surface.
+    ``alignment="depth"`` (the loop's default): :func:`align_clip_depth` with the config's
+    settings — frames aligned in order, each by a robust per-frame ``scale · depth + shift`` fit
+    to the cache's surface depth (frames sharing too few pixels with it are skipped).
+
+    Depth that is already a :class:`WorldDepth` (e.g. depth fusion's output) is lifted as it is
+    whatever ``alignment`` says: status ``"given"``, scale 1, shift 0 — a clip is never aligned
+    twice.
 
     ``alignment="umeyama"``: one similarity for the whole clip (:func:`align_cloud_to_cache`);
     ``depth`` may then also be a point map ``[F, H, W, 3]`` in the reconstruction's frame, and
@@ -347,58 +505,44 @@ def merge_clip(
         raise InvalidOptionError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
     if not isinstance(cache, Cache3D):
         raise InvalidInputError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")
-    img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=alignment == "umeyama")
-    F, H, W = len(cameras), cameras.height, cameras.width
+    F = len(cameras) if isinstance(cameras, Cameras) else 0
     first = 1 if skip_first else 0
-    scale = torch.ones(F, dtype=torch.float64)
-    shift = torch.zeros(F, dtype=torch.float64)
-    covered = torch.zeros(F, dtype=torch.long)
-    inliers = torch.zeros(F, dtype=torch.long)
-    rmse_f = torch.full((F,), float("nan"), dtype=torch.float64)
+
+    if isinstance(depth, WorldDepth):  # already aligned to the cache (depth fusion): never twice
+        log.info("merge_clip: the depth is already aligned to the cache (WorldDepth); lifting it as it is")
+        img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=False)
+        if skip_first:
+            v = v.clone()
+            v[0] = False
+        rgb = img if img is not None else torch.full((*d.shape, 3), 0.5)
+        added = lift_depth(d, v, rgb, cameras, config.edge_threshold) or _empty_cloud()
+        counts = v.flatten(1).sum(1)
+        status = ("input",) * first + ("given",) * (F - first)
+        al = FrameAlignment(
+            torch.ones(F, dtype=torch.float64), torch.zeros(F, dtype=torch.float64), counts, counts, status,
+            torch.full((F,), float("nan"), dtype=torch.float64),
+        )
+        new = cache.merge(added, remove_outliers=config.outlier_removal) if len(added) else cache
+        return ClipMerge(new, al, added, None, float("nan"))
 
     if alignment == "umeyama":
+        img, d, v, _ = _clip_inputs(frames, depth, valid, cameras, allow_points=True)
+        scale = torch.ones(F, dtype=torch.float64)
+        rmse_f = torch.full((F,), float("nan"), dtype=torch.float64)
         ca = align_cloud_to_cache(d, cameras, cache, v, img, source_cameras, config, seed, skip_first)
         scale[first:] = ca.similarity.s
         status = ("input",) * first + ("aligned",) * (F - first)
         rmse_f[first:] = ca.rmse
-        al = FrameAlignment(scale, shift, ca.covered, ca.inliers, status, rmse_f)
+        al = FrameAlignment(scale, torch.zeros(F, dtype=torch.float64), ca.covered, ca.inliers, status, rmse_f)
         new = cache.merge(ca.cloud, remove_outliers=config.outlier_removal) if len(ca.cloud) else cache
         return ClipMerge(new, al, ca.cloud, ca.similarity, ca.rmse)
 
-    status = ["input"] * first + ["skipped"] * (F - first)
-    min_px = max(16, int(config.min_covered_fraction * H * W))
-    new_clouds: list[PointCloud] = []
-    sq_sum, sq_n = 0.0, 0
-    for f in range(first, F):
-        # the cache and the last few aligned frames of this clip (nearest to frame f)
-        context = [cache.cloud.points] + [c.points for c in new_clouds[-config.align_context_frames :]]
-        td, tc = cache_surface_depth(context, cameras[f], config.align_depth_window)
-        usable = tc[0] & v[f]
-        covered[f] = int(usable.sum())
-        fit = None
-        if covered[f] >= min_px:
-            fit = _fit(d[f], td[0], usable, seed + f, config.max_fit_pixels)
-        if fit is None:
-            why = "no usable depth fit" if covered[f] >= min_px else f"{int(covered[f])} covered pixels < {min_px}"
-            log.info("merge_clip: frame %d skipped (%s); its points are not merged", f, why)
-            continue
-        scale[f], shift[f], inliers[f] = fit
-        status[f] = "aligned"
-        aligned = (fit[0] * d[f].double() + fit[1]).float()[None]
-        res = (aligned[0] - td[0])[usable].abs()
-        gate = max(2.5 * 1.4826 * float(res.median()), 1e-9 * float(td[0].max()))
-        r_in = res[res < gate].double()
-        if r_in.numel():
-            rmse_f[f] = float(r_in.pow(2).mean().sqrt())
-            sq_sum, sq_n = sq_sum + float(r_in.pow(2).sum()), sq_n + r_in.numel()
-        rgb = img[f][None] if img is not None else torch.full((1, H, W, 3), 0.5)
-        pts = lift_depth(aligned, v[f][None] & (aligned > 0), rgb, cameras[f], config.edge_threshold)
-        if pts is not None:
-            new_clouds.append(pts)
-    added = PointCloud.cat(new_clouds) if new_clouds else _empty_cloud()
-    new = cache.merge(added, remove_outliers=config.outlier_removal) if new_clouds else cache
-    n_aligned = status.count("aligned")
-    if n_aligned < F - first:
-        log.warning("merge_clip: %d of %d frames aligned to the cache; the others were skipped", n_aligned, F - first)
-    al = FrameAlignment(scale, shift, covered, inliers, tuple(status), rmse_f)
-    return ClipMerge(new, al, added, None, math.sqrt(sq_sum / sq_n) if sq_n else float("nan"))
+    aligned = align_clip_depth(
+        cache, frames, depth, valid, cameras,
+        window=config.align_depth_window, min_covered_fraction=config.min_covered_fraction,
+        context_frames=config.align_context_frames, edge_threshold=config.edge_threshold,
+        max_fit_pixels=config.max_fit_pixels, seed=seed, skip_first=skip_first,
+    )
+    added = aligned.cloud
+    new = cache.merge(added, remove_outliers=config.outlier_removal) if len(added) else cache
+    return ClipMerge(new, aligned.alignment, added, None, aligned.rmse)

@@ -174,6 +174,11 @@ def test_depth_fusion_backend(comfy_server, recon_nodes):
         "6": _recon("depth_fusion", moge=["5", 0], cache=["4", 0]),
         "7": _node("WorldStereoSavePointCloud", cloud=["6", 1], filename_prefix="ws_test/fusion_cloud"),
         "8": _node("SaveImage", images=["6", 3], filename_prefix="ws_test/fusion_depth"),
+        # chained into the merge node: the fused depth is already aligned to the cache, so it is lifted as it
+        # is (mode "given", scale 1) instead of being fitted a second time
+        "9": _node("WorldStereoUmeyamaMerge", cache=["4", 0], frames=["3", 0], depth=["6", 0], trajectory=["2", 0],
+                   mode="depth", voxel_size_fraction=0.01, seed=0, skip_first_frame=False),
+        "10": _node("WorldStereoSaveReport", report=["9", 2], filename_prefix="ws_test/fusion_merge"),
     })
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
@@ -182,6 +187,9 @@ def test_depth_fusion_backend(comfy_server, recon_nodes):
     cloud = load_ply(comfy_server.base_dir / "output" / item.get("subfolder", "") / item["filename"])
     assert len(cloud) > 0 and torch.isfinite(torch.as_tensor(cloud.points)).all()
     assert len(outputs["8"]["images"]) == NUM
+    report = json.loads(outputs["10"]["text"][0])
+    assert report["mode"] == "given" and report["scale"] == 1.0
+    assert {f["status"] for f in report["frames"]} <= {"given"} and report["points_added"] > 0
 
 
 def test_recon_errors_say_what_to_connect(comfy_server, recon_nodes):

@@ -15,6 +15,7 @@ from worldstereo_core.pointcloud import (
     PointCloud,
     compress_far_depth,
     depth_edge_mask,
+    depth_edges,
     load_ply,
     remove_outliers,
     unproject_depth,
@@ -251,3 +252,25 @@ def test_unproject_depth_map_projects_back_to_pixel_centres():
     torch.testing.assert_close(uvw[..., 0] / uvw[..., 2], (u + 0.5).expand(F, H, W))
     torch.testing.assert_close(uvw[..., 1] / uvw[..., 2], (v + 0.5).expand(F, H, W))
     torch.testing.assert_close(unproject_depth_map(depth, K), cam)
+
+
+def test_depth_edges_scales_the_release_sharpness_with_the_resolution():
+    """One step of 1 → 2 m: at 480 rows the release rule as it is; at 120 rows β is a quarter,
+    so a smooth ramp whose per-pixel gradient is 4× larger is not flagged, the step still is."""
+    def scene(h: int, w: int) -> torch.Tensor:
+        x = torch.linspace(0, 1, w)[None].expand(h, w)
+        d = 1.0 + 0.5 * x  # a smooth slanted plane
+        d = d.clone()
+        d[:, w // 2 :] += 1.0  # a depth discontinuity in the middle
+        return d
+
+    big = scene(480, 640)
+    assert torch.equal(depth_edges(big, 0.35), torch.as_tensor(depth_edge_mask(big, 0.35, 10.0)).bool())
+    small = scene(120, 160)
+    scaled = depth_edges(small[None].expand(2, 120, 160), 0.35)
+    assert scaled.shape == (2, 120, 160)
+    assert torch.equal(scaled[1], torch.as_tensor(depth_edge_mask(small, 0.35, 10.0 * 120 / 480)).bool())
+    assert scaled[0, :, 80].any() or scaled[0, :, 79].any()  # the step is an edge
+    ramp = scaled[0, 10:-10, 10:60]  # away from the step and the borders
+    assert not ramp.any()
+    assert not depth_edges(small, None).any() and not depth_edges(torch.zeros(8, 8), 0.35).any()
