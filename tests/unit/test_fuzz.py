@@ -4,7 +4,7 @@ preset trajectories, keyframe edits and the inspector's binary protocol and requ
 The property everywhere: an input is either accepted and gives a well-formed value (finite,
 rigid cameras; an exact round trip), or refused with a :class:`WorldStereoError` — never another
 exception. Budgets are bounded (``max_examples``) so the file runs in seconds in CI; raise them
-locally with ``--hypothesis-profile=long``.
+locally with ``WORLDSTEREO_FUZZ_PROFILE=long``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -32,7 +33,7 @@ from worldstereo_core.trajectory import (PRESETS, from_keyframes, load_camera_js
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ci")
+settings.load_profile(os.environ.get("WORLDSTEREO_FUZZ_PROFILE", "ci"))
 
 
 def _inspector():
