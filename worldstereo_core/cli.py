@@ -5,6 +5,7 @@
     worldstereo generate --worldstereo DIR --wan DIR --image IMG --camera CAMERA.json --cloud CACHE.ply
                          --prompt TEXT --out OUT  one trajectory with the real model
                          (under torchrun --nproc-per-node N: sequence parallel over N processes)
+    worldstereo train --stage {camera,memory,dmd} --size {tiny,full} --steps N --out DIR [--resume]
     worldstereo version
 """
 
@@ -130,6 +131,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         shutdown(ctx)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainSettings, train
+
+    optional = {k: getattr(args, k) for k in ("height", "width", "num_keyframes", "num_samples", "batch", "lr", "save_every")}
+    settings = TrainSettings(
+        stage=args.stage, size=args.size, steps=args.steps, out=Path(args.out), resume=args.resume,
+        init=Path(args.init) if args.init else None, data=Path(args.data) if args.data else None,
+        models_dir=Path(args.models_dir) if args.models_dir else None, wan=Path(args.wan) if args.wan else None,
+        dtype=args.dtype, seed=args.seed, device=args.device, progress=not args.no_progress,
+        gradient_checkpointing=True if args.gradient_checkpointing else None,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+    out = train(settings)
+    print(f"checkpoint (config.json + model.safetensors) and metrics.jsonl in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldstereo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard-weights", action="store_true", help="with several processes: FSDP2, 1/N of the weights each")
     g.add_argument("--fps", type=float, default=16)
     g.set_defaults(func=cmd_generate)
+
+
+    t = sub.add_parser("train", help="train a stage: camera (GGM), memory (the paper's SSM) or dmd (distillation)")
+    t.add_argument("--stage", required=True, choices=["camera", "memory", "dmd"])
+    t.add_argument("--size", default="full", choices=["tiny", "full"],
+                   help="full: the released sizes; tiny: the test config (CPU, synthetic data)")
+    t.add_argument("--steps", type=int, required=True, help="total optimizer steps (with --resume: up to this step)")
+    t.add_argument("--out", required=True, help="output folder: config.json, model.safetensors, metrics.jsonl, trainer state")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved step")
+    t.add_argument("--init", help="checkpoint to start from (memory: the camera stage's output; dmd: the memory stage's)")
+    t.add_argument("--data", help="folder of clip folders (frames/ or video.mp4, camera.json, depth.safetensors); "
+                   "default: the synthetic scenes")
+    t.add_argument("--models-dir", help="ComfyUI models folder with the Wan VAE, UMT5 and CLIP files")
+    t.add_argument("--wan", help="a diffusers Wan2.1-I2V-14B-480P folder (encoders + VAE)")
+    t.add_argument("--height", type=int)
+    t.add_argument("--width", type=int)
+    t.add_argument("--num-keyframes", type=int)
+    t.add_argument("--num-samples", type=int, help="clips drawn from the dataset")
+    t.add_argument("--batch", type=int, help="noise levels per step (the same clip)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--save-every", type=int)
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: frozen weights and compute in bf16")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="(on by default at full size)")
+    t.add_argument("--device", help="cuda / cpu (default: cuda if available)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
 
     v = sub.add_parser("version", help="print the version")
     v.set_defaults(func=lambda a: print(__version__) or 0)

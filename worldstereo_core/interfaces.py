@@ -63,6 +63,9 @@ class FrameGenerator(Protocol):
             for loops without per-trajectory prompts.
     Returns:
         ``[F, H, W, 3]`` frames in [0, 1] at the given cameras.
+
+    A generator whose attribute ``uses_cache`` is True (the paper-SSM model, whose pointmaps come from
+    the 3D cache) is also called with ``cache=`` the current cache's :class:`PointCloud`.
     """
 
     def __call__(

@@ -324,7 +324,7 @@ def _empty_cloud() -> PointCloud:
     return PointCloud(z, z.clone())
 
 
-def _point_map(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+def point_map(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
     """World points ``[F, H, W, 3]`` of z-depth ``[F, H, W]`` through pixel centres."""
     F, H, W = depth.shape
     K = cameras.K.to(torch.float64)
@@ -413,7 +413,7 @@ def align_cloud_to_cache(
         sc = cameras if source_cameras is None else source_cameras
         if not isinstance(sc, Cameras) or len(sc) != F or (sc.height, sc.width) != (H, W):
             raise InvalidTrajectoryError(f"source_cameras must be {F} cameras of {H}×{W}, like the known cameras")
-        src = _point_map(rec, sc)
+        src = point_map(rec, sc)
     cloud = cache.cloud if isinstance(cache, Cache3D) else cache
     if not isinstance(cloud, PointCloud):
         raise InvalidInputError(f"cache must be a Cache3D or PointCloud, got {type(cache).__name__}")
@@ -428,7 +428,7 @@ def align_cloud_to_cache(
             f"only {n} pixels have both a reconstruction point and cache surface (need ≥ {need}); "
             "the clip does not overlap the cache — check that the cameras match the frames"
         )
-    dst = _point_map(td, cameras)[pair]
+    dst = point_map(td, cameras)[pair]
     srcp = src[pair]
     g = torch.Generator().manual_seed(int(seed))
     pick = torch.randperm(n, generator=g)[: config.max_fit_pixels]

@@ -345,8 +345,11 @@ def run_scene_loop(
         tick()
 
         # 2c. generate the clip's keyframes
-        own_prompt = {} if spec.prompt is None else {"prompt": spec.prompt}  # see FrameGenerator
-        frames = torch.as_tensor(generator(start_img, kf, render.rgb, render.mask, refs, **own_prompt)).float()
+        extra = {} if spec.prompt is None else {"prompt": spec.prompt}  # see FrameGenerator
+        # generators that read the 3D cache itself (the paper-SSM variants' pointmaps) say so with uses_cache
+        if getattr(generator, "uses_cache", False):
+            extra["cache"] = cache.cloud
+        frames = torch.as_tensor(generator(start_img, kf, render.rgb, render.mask, refs, **extra)).float()
         if tuple(frames.shape) != (len(kf), H, W, 3):
             raise InvalidImageError(
                 f"the frame generator returned {tuple(frames.shape)}; expected {(len(kf), H, W, 3)} (one frame per keyframe)"

@@ -276,7 +276,7 @@ def test_umeyama_merge_recovers_a_known_similarity():
     from worldstereo_core.align import Similarity
     from worldstereo_core.cameras import invert_rigid
     from worldstereo_core.metrics import pointcloud_prf
-    from worldstereo_core.merge import _point_map
+    from worldstereo_core.merge import point_map
     from worldstereo_core.trajectory import make_preset
 
     scene = make_scene("room")
@@ -285,7 +285,7 @@ def test_umeyama_merge_recovers_a_known_similarity():
     out = scene.render(kf)
     T = Similarity(1.3, _rot_z(0.1), torch.tensor([0.2, -0.1, 0.3], dtype=torch.float64))  # world → reconstruction
     truth = T.inverse()
-    recon = T.apply(_point_map(out.depth, kf))  # [F, H, W, 3] point map in the reconstruction's frame
+    recon = T.apply(point_map(out.depth, kf))  # [F, H, W, 3] point map in the reconstruction's frame
 
     clip = merge_clip(cache, out.rgb, recon, out.valid, kf, cfg, alignment="umeyama")
     S = clip.similarity
@@ -313,7 +313,7 @@ def test_umeyama_merge_recovers_a_known_similarity():
     assert ca.num_inliers > 0.8 * ca.num_pairs
 
     # negative control: a wrong rotation of the known cameras cannot be explained away
-    wrong = T.apply(_point_map(out.depth, kf)) + torch.randn(recon.shape, generator=torch.Generator().manual_seed(0),
+    wrong = T.apply(point_map(out.depth, kf)) + torch.randn(recon.shape, generator=torch.Generator().manual_seed(0),
                                                              dtype=torch.float64) * 0.05 * med
     noisy = merge_clip(cache, out.rgb, wrong, out.valid, kf, cfg, alignment="umeyama")
     assert noisy.rmse > 5 * clip.rmse

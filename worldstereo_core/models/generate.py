@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from ..cameras import Cameras, camera_qt, plucker_embedding
+from ..cameras import Cameras, camera_qt, plucker_embedding, resize_K
 from ..errors import InvalidInputError, InvalidOptionError, MissingInputError, ModelOutOfMemoryError, ShapeMismatchError
 from .encoders import (
     TEXT_MAX_LENGTH,
@@ -71,12 +71,15 @@ from .sampling import (
     sample_dmd,
     sample_unipc,
 )
+from .paper_ssm import PointmapFrame, assign_pairs, encode_pair_inputs, pointmap_images
 from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldStereoTransformer
+from .transformer_worldstereo_paper import PAPER_VARIANTS, PaperInputs
 from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
 
 if TYPE_CHECKING:
     from ..interfaces import References
     from .uni3c import Uni3CControlNet
+    from ..pointcloud import PointCloud
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +152,13 @@ class WorldStereoModels:
         return self.variant in ("memory", "dmd")
 
     @property
+    def uses_pairs(self) -> bool:
+        """True for the paper's SSM variants (references as stitched pairs + pointmaps of the 3D cache)."""
+        return self.variant in PAPER_VARIANTS
+
+    @property
     def default_sampler(self) -> str:
-        return "dmd" if self.variant == "dmd" else "unipc"
+        return "dmd" if self.variant in ("dmd", "paper-dmd") else "unipc"
 
     @property
     def negative_prompt(self) -> str:
@@ -414,6 +422,66 @@ def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -
     return video, torch.as_tensor(references.w2c).float().reshape(n, 4, 4), ref_index
 
 
+def ggm_inputs(
+    vae: WanKeyframeVAE, image: torch.Tensor, cameras: Cameras, render: torch.Tensor, mask: torch.Tensor,
+    device: torch.device, video: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The control branch's inputs for one clip: ``render_latent [1, 16, F, h, w]`` (frame 0 replaced by
+    ``image`` as the release does), ``render_mask [1, 1, F, H, W]`` (binarised at 0.5, 1 = hole) and
+    ``plucker [1, 6, F, H, W]``.
+
+    Keyframe mode (GGM): each render keyframe encoded alone, Plücker ``[d, o×d]`` of SEVA-normalised
+    cameras. ``video`` (Uni3C): the whole render video in one causal pass (Uni3C's pipeline, and the
+    release's 81-frame path of pipeline_pcd_keyframe), rays normalised the way Uni3C was trained
+    (ewrfcas/Uni3C src/camera.py). ``image`` ``[H, W, 3]``, ``render`` ``[F, H, W, 3]`` in [0, 1], ``mask``
+    ``[F, H, W]``. Inference and training (:mod:`worldstereo_core.training`) both build the inputs here.
+    """
+    H, W = image.shape[:2]
+    render_video = images_to_video(torch.cat([image[None], render[1:]]).clamp(0, 1))  # [1, 3, F or 81, H, W]
+    render_latent = vae.encode_video(render_video) if video else vae.encode_keyframes(render_video)
+    plucker = plucker_embedding(cameras.w2c.float(), cameras.K.float(), H, W,
+                                convention="uni3c" if video else "worldstereo")  # [F or 81, 6, H, W]
+    return {
+        "render_latent": render_latent.to(device),
+        "render_mask": (mask >= 0.5).float()[None, None].to(device),
+        "plucker": plucker.permute(1, 0, 2, 3)[None].to(device),
+    }
+
+
+def _paper_pair_inputs(
+    vae: WanKeyframeVAE, image: torch.Tensor, cameras: Cameras, references: "References | None", cache: "PointCloud",
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """``pair_latent`` / ``pointmap_latent`` of the paper's SSM for one clip (see :mod:`.paper_ssm`).
+
+    The memory views are the retrieved references (or, without any, the input image at keyframe 0);
+    each keyframe is paired with its best-scoring view; pointmaps are the cache rendered at the
+    keyframes and at the paired views, normalised by the input view's cache depth.
+    """
+    from ..render import render_point_cloud
+
+    H, W = image.shape[:2]
+    if references is None or len(references) == 0:
+        ref_images, ref_cams = image[None], cameras[:1]
+    else:
+        video, ref_w2c, _ = _reference_inputs(references, len(cameras), H, W)
+        ref_images = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5)  # [R, H, W, 3] at the target size
+        ref_K = torch.stack([
+            torch.as_tensor(resize_K(k, tuple(im.shape[:2]), (H, W))).float()
+            for k, im in zip(torch.as_tensor(references.K).float(), references.images)
+        ])
+        ref_cams = Cameras(ref_w2c.to(cameras.w2c.dtype), ref_K.to(cameras.K.dtype), H, W)
+    pair = assign_pairs(cameras, ref_cams.w2c, ref_cams.K)
+    paired = ref_cams[pair]
+    target_depth = render_point_cloud(cache, cameras).depth
+    ref_depth = render_point_cloud(cache, paired).depth
+    frame = PointmapFrame.from_depth(cameras[:1], target_depth[0])
+    pair_latent, pointmap_latent = encode_pair_inputs(
+        vae, ref_images[pair], pointmap_images(target_depth, cameras, frame), pointmap_images(ref_depth, paired, frame)
+    )
+    return {"pair_latent": pair_latent.to(device), "pointmap_latent": pointmap_latent.to(device)}
+
+
 def _text_embeds(t: torch.Tensor | None, what: str, dim: int, dev: torch.device) -> torch.Tensor | None:
     """``[1, L, dim]`` → ``[1, 512, dim]`` zero-padded (Wan zeroes every position past the prompt)."""
     if t is None:
@@ -457,6 +525,7 @@ def generate_keyframes(
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
+    cache: "PointCloud | None" = None,
 ) -> torch.Tensor:
     """Generate the keyframes of one trajectory.
 
@@ -484,6 +553,8 @@ def generate_keyframes(
             to 512 tokens, as Wan pads.
         image_embeds: ``[1, 257, image_dim]`` precomputed CLIP penultimate tokens (ComfyUI's
             ``CLIP_VISION_OUTPUT.penultimate_hidden_states``); replaces the CLIP encode.
+        cache: the 3D cache's cloud (paper-SSM variants only, required there): its pointmaps at the
+            keyframes and at their paired references are the memory branch's geometry.
     Returns:
         ``[F, H, W, 3]`` float32 frames in [0, 1] on the CPU (video mode: all ``1 + 4k`` frames, decoded
         in one causal pass).
@@ -494,7 +565,7 @@ def generate_keyframes(
         return _generate(
             models, image, prompt, negative_prompt, keyframe_cameras, render, render_mask, references,
             sampler, steps, guidance_scale, shift, seed, on_step, interrupt,
-            prompt_embeds, negative_prompt_embeds, image_embeds,
+            prompt_embeds, negative_prompt_embeds, image_embeds, cache,
         )
     except BaseException as exc:
         # Free what the unwound frames still reference (activations, latents), so an error or an
@@ -543,6 +614,7 @@ def _generate(
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
+    cache: "PointCloud | None" = None,
 ) -> torch.Tensor:
     sampler = sampler or models.default_sampler
     if sampler not in SAMPLERS:
@@ -555,7 +627,12 @@ def _generate(
     # keyframe mode: one latent frame per keyframe; video mode (Uni3C): Wan's causal 1 + 4k frames
     n = video_latent_frames(len(cams)) if video else len(cams)
     latent_cams = cams[::VIDEO_TEMPORAL_FACTOR] if video else cams  # latent frame k ↔ pose 4k (= keyframe k)
-    if references is not None and not models.uses_references:
+    if models.uses_pairs and cache is None:
+        raise MissingInputError(
+            f"the {models.variant!r} (paper-SSM) model needs the 3D cache for its pointmaps: run it in the Scene Loop "
+            "(which passes the cache), or pass cache=<the cache's PointCloud>"
+        )
+    if references is not None and not (models.uses_references or models.uses_pairs):
         raise InvalidInputError(
             f"the {models.variant!r} checkpoint has no memory branch and takes no references; load "
             "worldstereo-memory(-dmd) for SSM, or leave the references unconnected"
@@ -608,11 +685,7 @@ def _generate(
     # Uni3C's pipeline always encodes [image, 0 × 80] causally (the release's "full_vae")
     cond_mode = "full_vae" if video else models.latent_cond_mode
     condition = vae.encode_condition(first, n, mode=cond_mode).to(dev)  # [1, 20, F, h, w]
-    render_video = images_to_video(torch.cat([img[None], rend[1:]]).clamp(0, 1))  # [1, 3, F or 81, H, W]
-    # video mode: the whole render video in one causal pass (Uni3C's pipeline, and the release's
-    # 81-frame path of pipeline_pcd_keyframe); keyframe mode: each keyframe alone
-    render_latent = (vae.encode_video(render_video) if video else vae.encode_keyframes(render_video)).to(dev)
-    kwargs: dict = {}
+    kwargs: dict = ggm_inputs(vae, img, cams, rend, mask, dev, video=video)
     if models.uses_references:
         if ref is None:  # single-view mode: the input image at keyframe 0 is the reference
             ref_video, ref_w2c, ref_index = first[:, :, None], latent_cams.w2c[:1], torch.zeros(1, dtype=torch.long)
@@ -625,15 +698,12 @@ def _generate(
         kwargs["camera_qt"] = qt[None].to(dev)
         kwargs["camera_qt_ref"] = qt_ref[None].to(dev)
 
-    # 4. control-branch camera inputs at pixel resolution, one per frame (video mode: all 81 poses,
-    #    normalised the way Uni3C was trained: ewrfcas/Uni3C src/camera.py)
-    plucker = plucker_embedding(cams.w2c.float(), cams.K.float(), H, W,
-                                convention="uni3c" if video else "worldstereo")  # [F or 81, 6, H, W]
-    kwargs["plucker"] = plucker.permute(1, 0, 2, 3)[None].to(dev)
-    kwargs["render_mask"] = (mask >= 0.5).float()[None, None].to(dev)  # binarised as the release
-    kwargs["render_latent"] = render_latent
-    positive = WorldStereoInputs(text[:1], clip, **kwargs)
-    negative = WorldStereoInputs(text[1:2], clip, **kwargs) if use_cfg else None
+    inputs_type = WorldStereoInputs
+    if models.uses_pairs:
+        kwargs.update(_paper_pair_inputs(vae, img, cams, references, cache, dev))
+        inputs_type = PaperInputs
+    positive = inputs_type(text[:1], clip, **kwargs)
+    negative = inputs_type(text[1:2], clip, **kwargs) if use_cfg else None
     denoiser = WorldStereoDenoiser(models.transformer, condition, positive, negative)
 
     # 5. sampling
@@ -705,21 +775,29 @@ class WorldStereoFrameGenerator:
         self.interrupt = interrupt
         self.calls = 0
 
-    def __call__(self, image, cameras, render, mask, references, prompt: str | None = None) -> torch.Tensor:
-        """One clip; ``prompt`` (the loop's per-trajectory text) replaces the scene prompt for this call."""
-        refs = references if self.models.uses_references and references is not None and len(references) else None
+    @property
+    def uses_cache(self) -> bool:
+        """The paper-SSM variants read the 3D cache (the scene loop then passes ``cache=``)."""
+        return self.models.uses_pairs
+
+    def __call__(self, image, cameras, render, mask, references, prompt: str | None = None, cache=None) -> torch.Tensor:
+        """One clip; ``prompt`` (the loop's per-trajectory text) replaces the scene prompt for this call;
+        ``cache`` (paper-SSM variants) is the loop's current 3D cache."""
+        wants_refs = self.models.uses_references or self.models.uses_pairs
+        refs = references if wants_refs and references is not None and len(references) else None
         seed = clip_seed(self.seed, self.calls)
         self.calls += 1
         return generate_keyframes(
             self.models, image, self.prompt if prompt is None else prompt, self.negative_prompt, cameras, render,
             mask, refs,
             sampler=self.sampler, steps=self.steps, guidance_scale=self.guidance_scale, shift=self.shift,
-            seed=seed, on_step=self.on_step, interrupt=self.interrupt,
+            seed=seed, on_step=self.on_step, interrupt=self.interrupt, cache=cache,
         )
 
 
 __all__ = [
     "SAMPLERS",
+    "ggm_inputs",
     "ModelOutOfMemoryError",
     "WorldStereoFrameGenerator",
     "WorldStereoModels",

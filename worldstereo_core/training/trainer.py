@@ -1,0 +1,593 @@
+"""The training entry point: ``python -m worldstereo_core train --stage {camera,memory,dmd} …``.
+
+Stages (arXiv 2603.02049 §3.2–3.4; recipes in :mod:`.recipes` and :mod:`.dmd`):
+
+1. ``camera`` — GGM: the ControlNet branch (``controlnet.*``) of a ``camera`` model learns with the
+   point-cloud-masked cache render; the base transformer is frozen. Output: a ``worldstereo-camera``
+   checkpoint.
+2. ``memory`` — the paper's SSM: a ``paper`` model built from the camera checkpoint by the
+   initialisation rule (:func:`~worldstereo_core.models.transformer_worldstereo_paper.init_from_camera`)
+   trains its memory branch (``memory_branch.*``) on retrieved target–reference pairs with reference
+   dropout; base and GGM frozen. Output: ``worldstereo-paper-memory``.
+3. ``dmd`` — distribution matching distillation of the memory model into a 4-step generator
+   (:mod:`.dmd`). Output: ``worldstereo-paper-memory-dmd`` (+ ``fake_score/``).
+
+Every run writes ``OUT/config.json`` + ``OUT/model.safetensors`` (the release layout, so
+:func:`~worldstereo_core.models.load_worldstereo`, the nodes and the scene loop load it),
+``OUT/metrics.jsonl`` (one JSON object per step: ``step``, ``loss``, …) and
+``OUT/trainer_state.safetensors`` (optimizer moments, step, RNG state — ``--resume`` continues from
+it exactly). Sizes: ``tiny`` (the test config: CPU, seconds) and ``full`` (the released 14 B sizes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import (
+    CheckpointMismatchError,
+    InvalidChoiceError,
+    InvalidOptionError,
+    MissingFileError,
+    MissingInputError,
+    OutputPathError,
+)
+from ..export import write_text_atomic
+from ..models.generate import ggm_inputs
+from ..models.loading import WorldStereoConfig, load_worldstereo, save_worldstereo
+from ..models.transformer_worldstereo import transformer_configs
+from ..models.paper_ssm import PointmapFrame, pointmap_images, stitch_pair_latents
+from ..models.transformer_worldstereo_paper import MemoryBranchConfig, PaperInputs, init_from_camera
+from ..models.vae import WanKeyframeVAE, images_to_video
+from .data import SyntheticClips, TrainingSample, VideoFolderClips, build_samples
+from .recipes import (
+    TEXT_DROP,
+    flow_matching_loss,
+    memory_cache,
+    noisy_latents,
+    reference_keep,
+    render_cache,
+    sample_sigmas,
+    training_cache,
+)
+
+STAGES = ("camera", "memory", "dmd")
+SIZES = ("tiny", "full")
+STATE_FILE = "trainer_state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One run's settings; ``None`` fields take the size's default (:data:`SIZE_DEFAULTS`)."""
+
+    stage: str
+    out: Path
+    size: str = "tiny"
+    steps: int = 200
+    resume: bool = False
+    init: Path | None = None
+    data: Path | None = None
+    models_dir: Path | None = None
+    wan: Path | None = None
+    height: int | None = None
+    width: int | None = None
+    num_keyframes: int | None = None
+    clip_poses: int | None = None
+    num_samples: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    dtype: str = "fp32"
+    gradient_checkpointing: bool | None = None
+    save_every: int | None = None
+    seed: int = 0
+    device: str | None = None
+    fake_updates: int = 5
+    mask_variants: int | None = None
+    guidance_scale: float = 5.0
+    progress: bool = True
+
+    def resolved(self) -> "TrainSettings":
+        if self.stage not in STAGES:
+            raise InvalidChoiceError(f"unknown stage {self.stage!r}; use one of {STAGES}")
+        if self.size not in SIZES:
+            raise InvalidChoiceError(f"unknown size {self.size!r}; use one of {SIZES}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise InvalidChoiceError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        if int(self.steps) < 1:
+            raise InvalidOptionError(f"steps must be ≥ 1, got {self.steps}")
+        defaults = {**SIZE_DEFAULTS[self.size], **(DMD_DEFAULTS[self.size] if self.stage == "dmd" else {})}
+        values = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        out = dataclasses.replace(self, out=Path(self.out), **values)
+        if out.height % 16 or out.width % 16:
+            raise InvalidOptionError(f"height/width must be multiples of 16, got {out.height}×{out.width}")
+        return out
+
+
+SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # tiny: the test config; a 4-sample synthetic set it can fit in 200 CPU steps
+    "tiny": dict(height=32, width=48, num_keyframes=5, clip_poses=17, num_samples=4, batch=4, lr=1e-3,
+                 gradient_checkpointing=False, save_every=100, mask_variants=8),
+    # full: the release's sizes (21 keyframes of 81 poses, a released bucket); lr our choice (paper silent)
+    "full": dict(height=480, width=768, num_keyframes=21, clip_poses=81, num_samples=64, batch=1, lr=1e-5,
+                 gradient_checkpointing=True, save_every=500, mask_variants=0),
+}
+
+
+DMD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # distillation moves a pretrained generator: a smaller step (tiny: 1e-3 made the first updates diverge
+    # from the teacher; full: the order DMD2 uses for its generators). Our choices, the paper is silent.
+    "tiny": dict(lr=3e-4, batch=2),
+    "full": dict(lr=2e-6, batch=1),
+}
+
+
+# ------------------------------------------------------------------------------ conditioning
+
+@dataclass
+class Conditioner:
+    """The frozen encoders of training: the Wan VAE (keyframe mode), and text / image embedding functions."""
+
+    vae: WanKeyframeVAE
+    encode_text: Callable[[Sequence[str]], torch.Tensor]  # → [N, 512, text_dim]
+    encode_image: Callable[[torch.Tensor], torch.Tensor]  # [1, 3, H, W] in [-1, 1] → [1, 257, image_dim]
+    latent_cond_mode: str = "full_vae"
+
+
+def load_conditioner(settings: TrainSettings, device: torch.device) -> Conditioner:
+    """Wan VAE + UMT5 + CLIP from ``--models-dir`` (a ComfyUI ``models`` folder: ``text_encoders/umt5*``,
+    ``clip_vision/clip_vision_h*``, ``vae/wan_2.1_vae*``) or ``--wan`` (a diffusers Wan2.1-I2V folder).
+
+    The tiny size reads the tiny test files of the same names (``scripts/make_tiny_weights.py`` writes
+    them); files whose name says ``tiny`` are preferred at that size and avoided at full size.
+    """
+    from ..models.encoders import load_image_encoder, load_text_encoder
+    from ..models.vae import load_wan_vae
+
+    dtype = torch.float32 if settings.size == "tiny" else torch.bfloat16
+    if settings.wan is not None:
+        te = ie = vae = Path(settings.wan)
+    elif settings.models_dir is None:
+        raise MissingInputError(
+            "training needs the Wan encoders: pass --models-dir (a ComfyUI models folder with text_encoders/, "
+            "clip_vision/, vae/) or --wan (a diffusers Wan2.1-I2V-14B-480P folder); for --size tiny, "
+            "scripts/make_tiny_weights.py writes tiny ones"
+        )
+    else:
+        root = Path(settings.models_dir)
+
+        def pick(folder: str, prefix: str) -> Path:
+            files = sorted((root / folder).glob(f"{prefix}*.safetensors")) if (root / folder).is_dir() else []
+            want_tiny = settings.size == "tiny"
+            preferred = [f for f in files if ("tiny" in f.name) == want_tiny]
+            if not (preferred or files):
+                raise MissingFileError(f"no {prefix}*.safetensors in {root / folder}; put the Wan encoder files there")
+            return (preferred or files)[0]
+
+        te, ie, vae = pick("text_encoders", "umt5"), pick("clip_vision", "clip_vision_h"), pick("vae", "wan_2.1_vae")
+    text = load_text_encoder(te, device=device, dtype=dtype)
+    image = load_image_encoder(ie, device=device, dtype=dtype)
+    v = load_wan_vae(vae, device=device, dtype=dtype)
+    return Conditioner(v, lambda prompts: text.encode(list(prompts)), image.encode)
+
+
+@dataclass
+class PreparedSample:
+    """A :class:`TrainingSample` with everything that does not change between steps already encoded."""
+
+    sample: TrainingSample
+    x0: torch.Tensor  # [1, 16, F, h, w] target keyframe latents
+    condition: torch.Tensor  # [1, 20, F, h, w] I2V mask + first-frame latent
+    text: torch.Tensor  # [1, 512, text_dim]
+    image_embeds: torch.Tensor  # [1, 257, image_dim]
+    z_ref: torch.Tensor  # [1, 16, F, h, w] paired references
+    z_ref_pointmap: torch.Tensor  # [1, 16, F, h, w] their pointmaps
+    pointmap_frame: PointmapFrame
+    geometry: dict = dataclasses.field(default_factory=dict)  # encoded GGM renders (+ target pointmaps) by variant
+
+
+@torch.no_grad()
+def prepare_samples(samples: Sequence[TrainingSample], cond: Conditioner, device: torch.device) -> tuple[list[PreparedSample], torch.Tensor]:
+    """Encode every sample once; returns the prepared samples and the empty prompt's embedding ``[1, 512, D]``."""
+    prompts = sorted({s.prompt for s in samples})
+    embeds = cond.encode_text([*prompts, ""]).to(device)
+    by_prompt = {p: embeds[i : i + 1] for i, p in enumerate(prompts)}
+    out = []
+    for s in samples:
+        vae = cond.vae
+        first = images_to_video(s.image[None])[:, :, 0]
+        frame = PointmapFrame.from_depth(s.cameras[:1], s.depth[0])
+        ref_pm = pointmap_images(s.reference_depth, s.reference_cameras, frame)
+        out.append(PreparedSample(
+            sample=s,
+            x0=vae.encode_keyframes(images_to_video(s.frames)).to(device).float(),
+            condition=vae.encode_condition(first, len(s.cameras), mode=cond.latent_cond_mode).to(device).float(),
+            text=by_prompt[s.prompt],
+            image_embeds=cond.encode_image(first.to(device)).to(device),
+            z_ref=vae.encode_keyframes(images_to_video(s.references)).to(device).float(),
+            z_ref_pointmap=vae.encode_keyframes(images_to_video(ref_pm)).to(device).float(),
+            pointmap_frame=frame,
+        ))
+    return out, embeds[-1:]
+
+
+@dataclass
+class StepInputs:
+    """The model inputs of one training step (batch of ``B`` noise levels of one sample)."""
+
+    x0: torch.Tensor  # [B, 16, F, h, w]
+    condition: torch.Tensor  # [B, 20, F, h, w]
+    inputs: PaperInputs  # conditioning (paper fields None for the camera stage)
+    uncond: PaperInputs  # the same with the empty prompt (CFG)
+
+
+def step_inputs(
+    prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, batch: int, with_pairs: bool,
+    generator: torch.Generator, device: torch.device, text_drop: float = TEXT_DROP, mask_variants: int = 0,
+) -> StepInputs:
+    """Draw the random parts of one step: the cache (GGM: point-cloud masked; SSM: input view + reference
+    clip) → GGM render, reference dropout, text dropout.
+
+    ``mask_variants`` > 0 draws the GGM masking from that many fixed variants per clip, each rendered and
+    encoded once (the tiny size's speed-up: the VAE encode dominates a tiny step); 0 masks afresh every step.
+    """
+    s = prep.sample
+    if with_pairs:
+        key = 0  # the SSM stage's cache is deterministic: render and encode it once
+    elif mask_variants > 0:
+        key = int(torch.randint(mask_variants, (), generator=generator))
+    else:
+        key = -1
+    geometry = prep.geometry.get(key) if key >= 0 else None
+    if geometry is None:
+        if with_pairs:
+            cache = memory_cache(s)
+        else:
+            # a pooled variant's masking is seeded by its index: the same draw on every visit and after --resume
+            mask_gen = torch.Generator().manual_seed(1_000_003 * key + 17) if key >= 0 else generator
+            cache = training_cache(s, mask_gen, masking=True)
+        render = render_cache(cache, s)
+        geometry = dict(ggm_inputs(vae, s.image, s.cameras, render.rgb, render.mask, device))
+        if with_pairs:
+            target_pm = pointmap_images(render.depth, s.cameras, prep.pointmap_frame)
+            geometry["z_target_pointmap"] = vae.encode_keyframes(images_to_video(target_pm)).to(device).float()
+        if key >= 0:
+            prep.geometry[key] = geometry
+    ggm = {k: v for k, v in geometry.items() if k != "z_target_pointmap"}
+    extra: dict[str, torch.Tensor] = {}
+    if with_pairs:
+        keep = reference_keep(len(s.cameras), generator)
+        extra["pair_latent"], extra["pointmap_latent"] = stitch_pair_latents(
+            prep.z_ref, geometry["z_target_pointmap"], prep.z_ref_pointmap, keep
+        )
+    text = empty_text if float(torch.rand((), generator=generator)) < text_drop else prep.text
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.expand(batch, *t.shape[1:]).contiguous()
+
+    shared = {k: rep(v) for k, v in {**ggm, **extra}.items()}
+    clip = rep(prep.image_embeds)
+    return StepInputs(
+        rep(prep.x0), rep(prep.condition),
+        PaperInputs(rep(text), clip, **shared), PaperInputs(rep(empty_text), clip, **shared),
+    )
+
+
+def predict(model, x_t: torch.Tensor, sigma: torch.Tensor, step: StepInputs, inputs: PaperInputs | None = None) -> torch.Tensor:
+    """The model's velocity for latents ``x_t`` at noise levels ``sigma`` ``[B]`` (timestep = 1000·σ)."""
+    kwargs = {k: v for k, v in (inputs or step.inputs).as_kwargs().items() if v is not None}
+    hidden = torch.cat([x_t, step.condition], dim=1)
+    return model(hidden, sigma * 1000.0, **kwargs).float()
+
+
+# ------------------------------------------------------------------------------ state I/O
+
+def trainable_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Parameter]:
+    """Unfreeze the parameters whose names start with one of ``prefixes`` (freeze the rest); return them."""
+    params = []
+    for name, p in model.named_parameters():
+        on = name.startswith(tuple(prefixes)) or name in {q.rstrip(".") for q in prefixes}
+        p.requires_grad_(on)
+        if on:
+            params.append(p)
+    if not params:
+        raise CheckpointMismatchError(f"no parameter starts with {list(prefixes)}; the model is not of the stage's variant")
+    return params
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{prefix}.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict, opt: torch.optim.Optimizer) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(model, folder: Path) -> None:
+    """``folder/config.json`` + ``folder/model.safetensors`` (release layout), each replaced atomically."""
+    tmp = folder.parent / f".{folder.name}.saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_worldstereo(model, tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp / "model.safetensors", folder / "model.safetensors")
+    os.replace(tmp / "config.json", folder / "config.json")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_state(out: Path, step: int, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {"rng": generator.get_state()}
+    meta: dict[str, Any] = {"step": step, "stage": stage, "optimizers": {}}
+    for name, opt in optimizers.items():
+        t, m = _flatten_optimizer(name, opt)
+        tensors.update(t)
+        meta["optimizers"][name] = m
+    tmp = out / f".{STATE_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata={"trainer": json.dumps(meta)})
+    os.replace(tmp, out / STATE_FILE)
+
+
+def load_state(out: Path, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> int:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise MissingFileError(f"--resume: {path} does not exist; start without --resume (or point --out at the run to continue)")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["trainer"])
+    if meta["stage"] != stage:
+        raise CheckpointMismatchError(f"--resume: {out} holds a {meta['stage']!r} run, not {stage!r}")
+    tensors = load_file(str(path))
+    for name, opt in optimizers.items():
+        _unflatten_optimizer(name, tensors, meta["optimizers"][name], opt)
+    generator.set_state(tensors["rng"])
+    return int(meta["step"])
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Keep the metrics of steps ≤ ``last_step`` (what the resumed state has seen)."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+
+
+# ------------------------------------------------------------------------------ stages
+
+def _device(settings: TrainSettings) -> torch.device:
+    if settings.device:
+        return torch.device(settings.device)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.Module | None = None):
+    """The model a stage starts from (camera: ``--init`` or fresh; memory: paper variant from ``--init``),
+    or ``model`` as given (benchmarks); set up for training: trainable branch fp32, the rest in ``dtype``."""
+    tiny = settings.size == "tiny"
+    frozen_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
+    if model is not None:
+        pass
+    elif settings.stage == "camera":
+        if settings.init is not None:
+            model = load_worldstereo(settings.init, variant="camera", device=device, dtype=torch.float32)
+        elif tiny:
+            torch.manual_seed(settings.seed)
+            model = tiny_training_model().to(device)
+        else:
+            raise MissingInputError("full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera")
+    elif settings.stage == "memory":
+        if settings.init is not None:
+            source = load_worldstereo(settings.init, device=device, dtype=torch.float32)
+        elif tiny:
+            torch.manual_seed(settings.seed)
+            source = tiny_training_model().to(device)
+        else:
+            raise MissingInputError("the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): pass --init DIR")
+        cfg = paper_config_from(source.ws_config)
+        with torch.device("meta"):
+            paper = cfg.build()
+        model = init_from_camera(paper, source.state_dict())
+        model.ws_config = cfg
+        del source
+    else:
+        raise InvalidChoiceError(f"stage {settings.stage!r} has no single model (see dmd.py)")
+    model.train()
+    if settings.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    # frozen weights may live in bf16; trained ones stay fp32 (the optimizer's master copy)
+    prefixes: tuple[str, ...] = ("controlnet.",) if settings.stage == "camera" else ("memory_branch.",)
+    if settings.init is None and tiny:
+        # a from-scratch tiny model has no pretrained base (or GGM branch) to keep: everything learns with
+        # the stage's branch. From a checkpoint (every real run) only the stage's branch trains, as the
+        # paper trains its branches on a frozen backbone.
+        prefixes = ("",)
+    for name, p in model.named_parameters():
+        trained = name.startswith(prefixes)
+        if p.is_floating_point():
+            p.data = p.data.to(torch.float32 if trained else frozen_dtype)
+    return model, prefixes
+
+
+TINY_COND_MODE = "first_frame_only"
+"""I2V condition of the tiny size (as the tiny test checkpoints): the release's ``full_vae`` runs the causal
+VAE over 4·(F−1)+1 frames, which dominates a tiny CPU step."""
+
+
+def tiny_training_model() -> torch.nn.Module:
+    """The tiny camera model training starts from: the test config (:func:`build_transformer` ``tiny``) at
+    width 64 instead of 32, and I2V condition ``first_frame_only`` (as every tiny checkpoint).
+
+    Why wider: the GGM branch can only steer the frozen base through its output projection, which maps
+    the hidden width to 16 channels × 2 × 2 patch = 64 values per token; at width 32 half of the target
+    velocity is out of reach (the loss stalls at ~55 % of its start), at 64 the branch can fit it.
+    """
+    transformer, controlnet = transformer_configs("camera", tiny=True)
+    transformer.update(num_attention_heads=4, added_kv_proj_dim=64)  # 4 × 16 = 64 wide
+    controlnet = dataclasses.replace(controlnet, conv_out_dim=64, time_embed_dim=64)
+    cfg = WorldStereoConfig("camera", transformer, controlnet, latent_cond_mode=TINY_COND_MODE)
+    model = cfg.build()
+    model.ws_config = cfg
+    return model
+
+
+def paper_config_from(source: WorldStereoConfig) -> WorldStereoConfig:
+    """The paper-SSM config built on a camera/memory checkpoint's config: same base and GGM sizes, and a
+    memory branch of the GGM branch's sizes (what the initialisation rule copies from)."""
+    cn = source.controlnet
+    memory = MemoryBranchConfig(dim=cn.dim, ffn_dim=cn.ffn_dim, num_heads=cn.num_heads, num_layers=cn.num_layers,
+                                conv_out_dim=cn.conv_out_dim, time_embed_dim=cn.time_embed_dim)
+    return WorldStereoConfig("paper", dict(source.transformer), cn, source.dmd, source.negative_prompt,
+                             source.latent_cond_mode, memory)
+
+
+def _autocast(settings: TrainSettings, device: torch.device):
+    if settings.dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Progress:
+    """A progress bar (tqdm) with the running loss and the ETA; silent with ``progress=False``."""
+
+    def __init__(self, total: int, initial: int, stage: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=f"train {stage}", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_run_config(settings: TrainSettings) -> None:
+    info = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
+    write_text_atomic(settings.out / "training.json", json.dumps(info, indent=2) + "\n")
+
+
+def load_samples(settings: TrainSettings) -> list[TrainingSample]:
+    source = VideoFolderClips(settings.data) if settings.data is not None else SyntheticClips(settings.height, settings.width, settings.clip_poses, seed=settings.seed)
+    return build_samples(source, settings.num_samples, settings.num_keyframes, settings.clip_poses, seed=settings.seed)
+
+
+def train(settings: TrainSettings, conditioner: Conditioner | None = None) -> Path:
+    """Run (or resume) one stage; returns the output folder. See the module docstring."""
+    settings = settings.resolved()
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    if not settings.resume and (out / STATE_FILE).exists():
+        raise OutputPathError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    device = _device(settings)
+    generator = torch.Generator().manual_seed(settings.seed)
+    cond = conditioner or load_conditioner(settings, device)
+    if settings.stage == "dmd":
+        from .dmd import DMDTrainer
+
+        trainer: Any = DMDTrainer(settings, device)
+    else:
+        trainer = FlowMatchingTrainer(settings, device)
+    cond.latent_cond_mode = trainer.latent_cond_mode
+    prepared, empty_text = prepare_samples(load_samples(settings), cond, device)
+    start = 0
+    if settings.resume:
+        start = trainer.load(out, generator)
+        _trim_metrics(out / METRICS_FILE, start)
+    _write_run_config(settings)
+    bar = _Progress(settings.steps, start, settings.stage, settings.progress)
+    try:
+        with open(out / METRICS_FILE, "a", encoding="utf-8") as metrics:
+            for step in range(start + 1, settings.steps + 1):
+                t0 = time.perf_counter()
+                prep = prepared[int(torch.randint(len(prepared), (), generator=generator))]
+                with _autocast(settings, device):
+                    record = trainer.step(prep, empty_text, cond.vae, generator)
+                record = {"step": step, **record, "seconds": round(time.perf_counter() - t0, 4)}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                bar.update(record["loss"])
+                if step % settings.save_every == 0 or step == settings.steps:
+                    trainer.save(out, step, generator)
+    finally:
+        bar.close()
+    return out
+
+
+class FlowMatchingTrainer:
+    """Stages ``camera`` and ``memory``: flow matching on the trainable branch (AdamW, grad-norm clip 1.0)."""
+
+    def __init__(self, settings: TrainSettings, device: torch.device, model: torch.nn.Module | None = None) -> None:
+        self.settings = settings
+        self.device = device
+        self.model, prefixes = _init_model(settings, device, model)
+        self.params = trainable_parameters(self.model, prefixes)
+        # AdamW, no weight decay, betas (0.9, 0.999): our choice (the paper gives no optimizer settings)
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
+        self.with_pairs = settings.stage == "memory"
+        self.latent_cond_mode = self.model.ws_config.latent_cond_mode
+
+    def step(self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator) -> dict:
+        s = self.settings
+        inputs = step_inputs(prep, empty_text, vae, s.batch, self.with_pairs, generator, self.device,
+                             mask_variants=s.mask_variants)
+        sigma = sample_sigmas(s.batch, generator).to(self.device)
+        noise = torch.randn(inputs.x0.shape, generator=generator).to(self.device)
+        x_t = noisy_latents(inputs.x0, noise, sigma)
+        loss = flow_matching_loss(predict(self.model, x_t, sigma, inputs), inputs.x0, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "sigma_mean": float(sigma.mean())}
+
+    def save(self, out: Path, step: int, generator: torch.Generator) -> None:
+        save_checkpoint(self.model, out)
+        save_state(out, step, self.settings.stage, {"opt": self.optimizer}, generator)
+
+    def load(self, out: Path, generator: torch.Generator) -> int:
+        loaded = load_worldstereo(out, device=self.device, dtype=None)
+        self.model.load_state_dict({k: v.to(self.model.state_dict()[k].dtype) for k, v in loaded.state_dict().items()})
+        return load_state(out, self.settings.stage, {"opt": self.optimizer}, generator)
+
+
+__all__ = [
+    "SIZES",
+    "SIZE_DEFAULTS",
+    "STAGES",
+    "Conditioner",
+    "FlowMatchingTrainer",
+    "PreparedSample",
+    "TrainSettings",
+    "load_conditioner",
+    "prepare_samples",
+    "save_checkpoint",
+    "step_inputs",
+    "train",
+]
