@@ -32,11 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers import AutoencoderKLWan  # noqa: E402
+from diffusers import AutoencoderKLWan
 
-from worldstereo_core.models import build_transformer, init_random_weights  # noqa: E402
-from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE, tiny_vae_config  # noqa: E402
-from worldstereo_core.training import trainer as T  # noqa: E402
+from worldstereo_core.models import build_transformer, init_random_weights
+from worldstereo_core.models.vae import (
+    WAN21_VAE_CONFIG,
+    WanKeyframeVAE,
+    tiny_vae_config,
+)
+from worldstereo_core.training import trainer as T
 
 
 def random_module(build, device, dtype, seed):

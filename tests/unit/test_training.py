@@ -9,11 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from worldstereo_core.models import load_worldstereo
 from tiny_models import write_tiny_models
-from worldstereo_core.errors import InvalidChoiceError, InvalidOptionError, MissingFileError, MissingInputError, OutputPathError
-from worldstereo_core.training import SyntheticClips, TrainSettings, build_samples, load_clip_folder, make_sample, train
+
+from worldstereo_core.errors import (
+    InvalidChoiceError,
+    InvalidOptionError,
+    MissingFileError,
+    MissingInputError,
+    OutputPathError,
+)
+from worldstereo_core.models import load_worldstereo
+from worldstereo_core.training import (
+    SyntheticClips,
+    TrainSettings,
+    build_samples,
+    load_clip_folder,
+    make_sample,
+    train,
+)
 from worldstereo_core.training.data import SSM_OVERLAP
 from worldstereo_core.training.recipes import (
     GGM_PIXEL_DROP,
@@ -35,7 +48,7 @@ H, W, KF, POSES = 32, 48, 5, 17
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_models")
-    write_tiny_models(root, variants=(), moge=False)
+    write_tiny_models(root, variants=(), moge=False, uni3c=False)
     return root
 
 

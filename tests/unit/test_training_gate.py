@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 
 import torch
+from tiny_models import TINY_FILES, write_tiny_models
 
 from worldstereo_core.cli import main
 from worldstereo_core.interfaces import LoopConfig
 from worldstereo_core.models import WorldStereoFrameGenerator, load_models
-from tiny_models import TINY_FILES, write_tiny_models
 from worldstereo_core.oracle import OracleDepth
 from worldstereo_core.pipeline import run_scene_loop
 from worldstereo_core.synthetic import make_scene
@@ -32,7 +32,7 @@ def _gate(folder) -> tuple[float, float]:
 
 def test_each_stage_halves_its_loss_in_200_steps_and_the_checkpoint_runs_in_the_scene_loop(tmp_path):
     models = tmp_path / "models"
-    write_tiny_models(models, variants=(), moge=False)
+    write_tiny_models(models, variants=(), moge=False, uni3c=False)
     common = ["--size", "tiny", "--steps", "200", "--models-dir", str(models), "--no-progress", "--device", "cpu"]
     runs = {
         "camera": ["--stage", "camera", "--out", str(tmp_path / "camera")],

@@ -46,7 +46,7 @@ class PointmapFrame:
     scale: float
 
     @staticmethod
-    def from_depth(first: Cameras, depth: torch.Tensor) -> "PointmapFrame":
+    def from_depth(first: Cameras, depth: torch.Tensor) -> PointmapFrame:
         """``origin`` = centre of the first keyframe camera, ``scale`` = ``POINTMAP_SCALE ×`` the median of
         its z-depth ``[H, W]`` (0 = hole) — the input view's depth in training and in the scene loop alike."""
         d = torch.as_tensor(depth).float()

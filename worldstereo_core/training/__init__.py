@@ -4,7 +4,15 @@ Entry point: :func:`train` (``python -m worldstereo_core train``); data: :mod:`.
 :mod:`.recipes` (masking, reference dropout, flow matching) and :mod:`.dmd` (distillation).
 """
 
-from .data import Clip, SyntheticClips, TrainingSample, VideoFolderClips, build_samples, load_clip_folder, make_sample
+from .data import (
+    Clip,
+    SyntheticClips,
+    TrainingSample,
+    VideoFolderClips,
+    build_samples,
+    load_clip_folder,
+    make_sample,
+)
 from .trainer import SIZES, STAGES, TrainSettings, train
 
 __all__ = [

@@ -28,9 +28,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -45,9 +46,13 @@ from ..errors import (
 from ..export import write_text_atomic
 from ..models.generate import ggm_inputs
 from ..models.loading import WorldStereoConfig, load_worldstereo, save_worldstereo
-from ..models.transformer_worldstereo import transformer_configs
 from ..models.paper_ssm import PointmapFrame, pointmap_images, stitch_pair_latents
-from ..models.transformer_worldstereo_paper import MemoryBranchConfig, PaperInputs, init_from_camera
+from ..models.transformer_worldstereo import transformer_configs
+from ..models.transformer_worldstereo_paper import (
+    MemoryBranchConfig,
+    PaperInputs,
+    init_from_camera,
+)
 from ..models.vae import WanKeyframeVAE, images_to_video
 from .data import SyntheticClips, TrainingSample, VideoFolderClips, build_samples
 from .recipes import (
@@ -97,7 +102,7 @@ class TrainSettings:
     guidance_scale: float = 5.0
     progress: bool = True
 
-    def resolved(self) -> "TrainSettings":
+    def resolved(self) -> TrainSettings:
         if self.stage not in STAGES:
             raise InvalidChoiceError(f"unknown stage {self.stage!r}; use one of {STAGES}")
         if self.size not in SIZES:
