@@ -229,9 +229,11 @@ class WorldStereoLoadModel(io.ComfyNode):
                 io.Combo.Input("checkpoint", options=ckpts, default=_prefer(ckpts, "dmd", "memory") if ckpts else None,
                                tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
                                "(worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd)."),
-                io.Combo.Input("variant", options=["auto", "camera", "memory", "dmd"], default="auto",
+                io.Combo.Input("variant", options=["auto", "camera", "memory", "dmd", "paper", "paper-dmd"], default="auto",
                                tooltip="auto: read it from the checkpoint's config.json (model_type), else from its folder name "
-                               "(worldstereo-camera / -memory / -memory-dmd), as the release does."),
+                               "(worldstereo-camera / -memory / -memory-dmd), as the release does. paper / paper-dmd: the "
+                               "paper's SSM (memory branch on stitched pairs; trained with `worldstereo train`), which the "
+                               "Scene Loop runs (it needs the live 3D cache)."),
                 io.Combo.Input("text_encoder", options=te_opts, default=_prefer(te_opts, "umt5"),
                                tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
                                "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead."),
