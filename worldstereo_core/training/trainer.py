@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .. import atomic
 from ..errors import (
     CheckpointMismatchError,
     InvalidChoiceError,
@@ -43,7 +42,6 @@ from ..errors import (
     MissingInputError,
     OutputPathError,
 )
-from ..export import write_text_atomic
 from ..models.generate import ggm_inputs
 from ..models.loading import WorldStereoConfig, load_worldstereo, save_worldstereo
 from ..models.paper_ssm import PointmapFrame, pointmap_images, stitch_pair_latents
@@ -329,14 +327,8 @@ def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: di
 
 
 def save_checkpoint(model, folder: Path) -> None:
-    """``folder/config.json`` + ``folder/model.safetensors`` (release layout), each replaced atomically."""
-    tmp = folder.parent / f".{folder.name}.saving"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_worldstereo(model, tmp)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp / "model.safetensors", folder / "model.safetensors")
-    os.replace(tmp / "config.json", folder / "config.json")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """``folder/config.json`` + ``folder/model.safetensors`` (release layout; each file written atomically)."""
+    save_worldstereo(model, folder)
 
 
 def save_state(out: Path, step: int, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> None:
@@ -348,9 +340,7 @@ def save_state(out: Path, step: int, stage: str, optimizers: dict[str, torch.opt
         t, m = _flatten_optimizer(name, opt)
         tensors.update(t)
         meta["optimizers"][name] = m
-    tmp = out / f".{STATE_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"trainer": json.dumps(meta)})
-    os.replace(tmp, out / STATE_FILE)
+    atomic.write_file(out / STATE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"trainer": json.dumps(meta)}))
 
 
 def load_state(out: Path, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> int:
@@ -376,7 +366,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    write_text_atomic(path, "".join(ln + "\n" for ln in kept))
+    atomic.write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 # ------------------------------------------------------------------------------ stages
@@ -495,7 +485,7 @@ class _Progress:
 
 def _write_run_config(settings: TrainSettings) -> None:
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
-    write_text_atomic(settings.out / "training.json", json.dumps(info, indent=2) + "\n")
+    atomic.write_text(settings.out / "training.json", json.dumps(info, indent=2) + "\n")
 
 
 def load_samples(settings: TrainSettings) -> list[TrainingSample]:
