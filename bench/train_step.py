@@ -11,13 +11,14 @@ trained ones fp32 (AdamW master copy), compute under bf16 autocast.
 
     python3 bench/train_step.py --stage camera            # H200: prints time/step, peak memory, resolution
     python3 bench/train_step.py --stage memory
-    python3 bench/train_step.py --stage dmd               # generator + fake score distil the last 8 blocks
+    python3 bench/train_step.py --stage dmd               # generator + fake score distil the last 4 blocks
     python3 bench/train_step.py --stage camera --tiny --device cpu   # smoke test
 
-DMD at full size keeps three 18 B networks resident (real score, generator, fake score: ~110 GB in
-bf16); training the whole backbone of two of them needs their gradients and optimizer moments
-sharded over several GPUs, so on one GPU ``--dmd-blocks`` (default 8) limits distillation to the last
-main blocks. The printed line says which.
+DMD at full size: the generator and the fake score share every frozen module with the real score
+(one resident ~37 GB bf16 network) and hold their own fp32 copies of what they train. Training the
+whole backbone of both needs their gradients and optimizer moments sharded over several GPUs, so on
+one GPU ``--dmd-blocks`` (default 4) distils the last main blocks only (two trainable copies of 4
+blocks with fp32 AdamW moments: ~52 GB). The printed line says which.
 """
 
 from __future__ import annotations
@@ -34,19 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKLWan
 
-from worldstereo_core.models import build_transformer, init_random_weights
+from dmd_trajectory import random_module  # noqa: E402  (bench/ is on the path: this script's folder)
+from worldstereo_core.models import build_transformer
 from worldstereo_core.models.vae import (
     WAN21_VAE_CONFIG,
     WanKeyframeVAE,
     tiny_vae_config,
 )
 from worldstereo_core.training import trainer as T
-
-
-def random_module(build, device, dtype, seed):
-    with torch.device("meta"):
-        module = build()
-    return init_random_weights(module, device, dtype, seed=seed)
 
 
 def main() -> int:
@@ -57,7 +53,7 @@ def main() -> int:
     p.add_argument("--width", type=int, default=416, help="reduced from the release's 832 (multiple of 16)")
     p.add_argument("--keyframes", type=int, default=21)
     p.add_argument("--steps", type=int, default=3, help="steps to run; the first is warm-up, the rest are timed")
-    p.add_argument("--dmd-blocks", type=int, default=8, help="dmd: main blocks distilled (the last N)")
+    p.add_argument("--dmd-blocks", type=int, default=4, help="dmd: main blocks distilled (the last N)")
     p.add_argument("--tiny", action="store_true", help="tiny networks (smoke test on CPU)")
     args = p.parse_args()
     device = torch.device(args.device)
