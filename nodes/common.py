@@ -249,6 +249,37 @@ def save_folder_path(filename_prefix: str) -> tuple[str, str]:
     return os.path.join(folder, leaf), (f"{subfolder}/{leaf}" if subfolder else leaf)
 
 Depth = io.Custom("WS_DEPTH")  # float32 [N, H, W] z-depth, 0 where unknown
+#: float32 [N, H, W]: distance along each equirectangular pixel's ray from the panorama centre, 0 where
+#: unknown. Not z-depth (no single camera axis), so it has its own socket type: only Panorama Point Cloud
+#: lifts it.
+PanoDistance = io.Custom("WS_PANO_DISTANCE")
+
+_PANO_DISTANCE_MARK = "_ws_panorama_ray_distance"
+
+
+def mark_pano_distance(distance: torch.Tensor) -> torch.Tensor:
+    """Mark a panorama ray-distance tensor that travels on a WS_DEPTH socket: Depth Estimate's ``depth``
+    output in panorama mode, kept for workflows saved before WS_PANO_DISTANCE existed. Nodes that
+    need z-depth refuse it (:func:`z_depth`)."""
+    setattr(distance, _PANO_DISTANCE_MARK, True)
+    return distance
+
+
+def is_pano_distance(value) -> bool:
+    return bool(getattr(value, _PANO_DISTANCE_MARK, False))
+
+
+def z_depth(value: torch.Tensor, what: str = "depth") -> torch.Tensor:
+    """A WS_DEPTH input that must be z-depth: refuses a panorama's ray distance (lifting it as z-depth
+    would bend every plane of the panorama)."""
+    if is_pano_distance(value):
+        from worldstereo_core.errors import InvalidDepthError
+
+        raise InvalidDepthError(
+            f"{what} is a panorama's ray distance (Depth Estimate in panorama mode), not z-depth; lift it with "
+            "Panorama Point Cloud (connect Depth Estimate's distance output there)"
+        )
+    return value
 
 
 def saved(path_info: tuple[str, str, str]) -> dict:

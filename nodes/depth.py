@@ -10,11 +10,12 @@ from .comfy_v3 import io
 from worldstereo_core import panorama as pano_lib
 from worldstereo_core import pointcloud as pc_lib
 from worldstereo_core.cameras import Cameras
-from worldstereo_core.errors import InvalidImageError
+from worldstereo_core.errors import InvalidDepthError, InvalidImageError, MissingInputError
 from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
-from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PointCloud, Progress, cap_points, image_to_hwc,
+from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PanoDistance, PointCloud, Progress, cap_points,
+                     image_to_hwc, is_pano_distance, mark_pano_distance,
                      inspector_ui, model_file_path, model_files, option, register_model_folder)
 
 SUB_DEPTH = f"{CATEGORY}/depth"
@@ -121,8 +122,8 @@ class DepthEstimate(io.ComfyNode):
             description="Monocular geometry with MoGe-2: metric z-depth, the camera intrinsics (focal recovered "
             "from the predicted point map unless the FoV is given), a validity mask and normals. For a 2:1 "
             "equirectangular panorama it runs MoGe's panorama method (12 perspective views, merged in "
-            "log-distance) and the depth output is the distance along each pixel's ray from the panorama "
-            "centre — feed it to Panorama Point Cloud.",
+            "log-distance): the distance output is then the distance along each pixel's ray from the panorama "
+            "centre (its own socket type) — feed it to Panorama Point Cloud.",
             inputs=[
                 MoGe.Input("moge", tooltip="A model from Load MoGe-2."),
                 io.Image.Input("image", tooltip="The image(s); every image of the batch is estimated."),
@@ -138,8 +139,9 @@ class DepthEstimate(io.ComfyNode):
             ],
             outputs=[
                 Depth.Output(display_name="depth",
-                             tooltip="Metric z-depth [N, H, W], 0 where invalid; in panorama mode the ray "
-                             "distance of the equirectangular pixels instead."),
+                             tooltip="Metric z-depth [N, H, W], 0 where invalid. A panorama has no z-depth: in "
+                             "panorama mode this carries the ray distance, marked so that only Panorama Point "
+                             "Cloud accepts it (kept for saved workflows) — use the distance output."),
                 CamerasSocket.Output(display_name="camera",
                                      tooltip="Perspective: identity pose + the estimated K (pixels of the image). "
                                      "Panorama: the panorama bank's centre view (panorama frame, 832×480)."),
@@ -151,6 +153,10 @@ class DepthEstimate(io.ComfyNode):
                                 "viewer = blue); black where invalid or when the model has no normal head."),
                 io.Image.Output(display_name="depth_preview",
                                 tooltip="Disparity in the turbo colormap (near = red, far = blue, invalid = black)."),
+                PanoDistance.Output(display_name="distance",
+                                    tooltip="Panorama mode: the distance along each equirectangular pixel's ray from "
+                                    "the panorama centre [N, H, W], 0 where invalid — for Panorama Point Cloud. "
+                                    "Perspective mode: nothing (use depth)."),
             ],
         )
 
@@ -177,7 +183,7 @@ class DepthEstimate(io.ComfyNode):
         normals_t = torch.stack(normals) if normals[0] is not None else None
         camera = Cameras(torch.eye(4).repeat(N, 1, 1), torch.stack(K), H, W)
         return io.NodeOutput(
-            depth_t, camera, (~mask_t).float(), _normals_image(normals_t, mask_t), depth_preview(depth_t)
+            depth_t, camera, (~mask_t).float(), _normals_image(normals_t, mask_t), depth_preview(depth_t), None
         )
 
     @classmethod
@@ -210,8 +216,12 @@ class DepthEstimate(io.ComfyNode):
         dist_t, mask_t = torch.stack(dist), torch.stack(mask)
         camera = pano_lib.panorama_bank_cameras(torch.float32)[0]
         camera = Cameras(camera.w2c.repeat(N, 1, 1), camera.K.repeat(N, 1, 1), camera.height, camera.width)
+        # the depth output carries it too, for workflows saved before `distance` existed; marked, so that
+        # only Panorama Point Cloud takes it
+        legacy = mark_pano_distance(dist_t.clone())
         return io.NodeOutput(
-            dist_t, camera, (~mask_t).float(), _normals_image(None, mask_t), depth_preview(dist_t)
+            legacy, camera, (~mask_t).float(), _normals_image(None, mask_t), depth_preview(dist_t),
+            mark_pano_distance(dist_t),
         )
 
 
@@ -259,9 +269,11 @@ class PanoramaPointCloud(io.ComfyNode):
             "bank cameras, so it is the 3D cache for a panorama run.",
             inputs=[
                 io.Image.Input("panorama", tooltip="Equirectangular panorama, 2:1 (the first image of the batch)."),
-                Depth.Input("distance",
-                            tooltip="Distance along each pixel's ray from the panorama centre, same size as the "
-                            "panorama; 0 = unknown (dropped)."),
+                io.MultiType.Input(
+                    "distance", types=[PanoDistance, Depth],
+                    tooltip="Distance along each pixel's ray from the panorama centre (Depth Estimate's distance "
+                    "output in panorama mode), same size as the panorama; 0 = unknown (dropped). z-depth is "
+                    "refused: it is not a ray distance."),
                 io.Boolean.Input("remove_depth_edges", default=True,
                                  tooltip="Drop points on distance discontinuities, which would otherwise smear "
                                  "between foreground and background (release threshold)."),
@@ -276,6 +288,16 @@ class PanoramaPointCloud(io.ComfyNode):
 
     @classmethod
     def execute(cls, panorama, distance, remove_depth_edges, compress_far_depth, max_points) -> io.NodeOutput:
+        if distance is None:
+            raise MissingInputError(
+                "distance is empty: Depth Estimate ran in perspective mode; give it the 2:1 panorama (mode auto "
+                "or panorama)"
+            )
+        if not is_pano_distance(distance):
+            raise InvalidDepthError(
+                "distance is z-depth, not a panorama's ray distance; connect the distance output of Depth Estimate "
+                "run on the panorama"
+            )
         d = distance[0] if distance.ndim == 3 else distance
         cloud = pano_lib.panorama_point_cloud(
             image_to_hwc(panorama), d.float(),

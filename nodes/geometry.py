@@ -13,7 +13,7 @@ from worldstereo_core import safe_json
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError, MalformedJsonError
 
-from .common import (CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
+from .common import (z_depth, CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
                      input_file, inspector_ui, trajectories_of)
 from .inspector import PresetPlanner
 
@@ -63,6 +63,7 @@ class BuildPointCloud(io.ComfyNode):
     def execute(cls, image, depth, fov_degrees, remove_depth_edges, compress_far_depth, max_points,
                 camera=None) -> io.NodeOutput:
         img = image_to_hwc(image)
+        depth = z_depth(depth)
         d = depth[0] if depth.ndim == 3 else depth
         H, W = d.shape[-2:]
         if img.shape[:2] != (H, W):
@@ -129,6 +130,7 @@ class TrajectoryBuilder(io.ComfyNode):
     @classmethod
     def execute(cls, camera, preset, median_depth, angle, extent, num_frames, camera_json, keyframes,
                 depth=None, cache=None) -> io.NodeOutput:
+        depth = None if depth is None else z_depth(depth)
         first = camera[:1]
         if preset == "camera_json":
             if not camera_json.strip():

@@ -19,7 +19,7 @@ from worldstereo_core.errors import (
     WorldStereoError,
 )
 
-from .common import (CATEGORY, DTYPES, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
+from .common import (z_depth, CATEGORY, DTYPES, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
                      inspector_ui, model_file_path, model_files, option, output_folder, register_model_folder,
                      trajectories_of)
 
@@ -313,6 +313,7 @@ class UmeyamaMerge(io.ComfyNode):
     @classmethod
     def execute(cls, cache, frames, depth, trajectory, mode, voxel_size_fraction, seed,
                 skip_first_frame=True) -> io.NodeOutput:
+        depth = z_depth(depth)
         if len(cache) == 0:
             raise MissingInputError("the cache is empty; build it first (Build Point Cloud) and connect it")
         traj, cams = _frames_cameras(frames, trajectory)

@@ -23,6 +23,7 @@ from worldstereo_core.errors import (
 from worldstereo_core.retrieval import References
 
 from .common import (
+    z_depth,
     CATEGORY,
     Cameras,
     Depth,
@@ -533,6 +534,8 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 retrieval_mode, depth_resolution_level, moge=None, worldmirror=None, depth=None, bank=None,
                 cache=None, prompts="", starts="") -> io.NodeOutput:
         import comfy.model_management as mm
+
+        depth = None if depth is None else z_depth(depth)
 
         from worldstereo_core import pipeline
         from worldstereo_core.interfaces import default_config

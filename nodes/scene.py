@@ -7,7 +7,7 @@ from .comfy_v3 import io
 
 from worldstereo_core import interfaces, oracle, pipeline, synthetic
 
-from .common import (CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, loop_specs, scene_loop_outputs,
+from .common import (z_depth, CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, loop_specs, scene_loop_outputs,
                      scene_loop_result, starts_input, trajectories_of)
 
 SUB = f"{CATEGORY}/scene"
@@ -117,6 +117,7 @@ class OracleSceneLoop(io.ComfyNode):
     @classmethod
     def execute(cls, scene, image, depth, camera, trajectories, clip_depth, retrieval_mode, seed,
                 starts="") -> io.NodeOutput:
+        depth = z_depth(depth)
         names = loop_specs(trajectories, starts)  # checked before any clip runs
         steps = 1 + 5 * len(names)
         progress = Progress(steps)

@@ -140,7 +140,7 @@ WORKFLOWS: dict[str, dict] = {
             ("views", "views", "bank", "images"),
             ("views", "cameras", "bank", "cameras"),
             ("pano", "image", "cloud", "panorama"),
-            ("depth", "depth", "cloud", "distance"),
+            ("depth", "distance", "cloud", "distance"),
             ("views", "views", "first", "image"),
             ("first", "IMAGE", "size", "image"),
             ("model", "model", "loop", "model"),

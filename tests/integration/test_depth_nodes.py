@@ -79,7 +79,7 @@ def test_model_folder_lists_the_tiny_weights(depth_nodes, tiny_moge):
     options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
     assert tiny_moge in options
     outputs = depth_nodes["WorldStereoDepthEstimate"]["output"]
-    assert outputs == ["WS_DEPTH", "WS_CAMERAS", "MASK", "IMAGE", "IMAGE"]
+    assert outputs == ["WS_DEPTH", "WS_CAMERAS", "MASK", "IMAGE", "IMAGE", "WS_PANO_DISTANCE"]
     assert depth_nodes["WorldStereoLoadMoGe"]["output"] == ["WS_MOGE"]
 
 
@@ -122,6 +122,11 @@ def test_panorama_nodes(comfy_server, depth_nodes, tiny_moge):
         "7": _node("WorldStereoPanoramaPointCloud", panorama=["1", 0], distance=["5", 0],
                    remove_depth_edges=False, compress_far_depth=False, max_points=0),
         "8": _node("WorldStereoSavePointCloud", cloud=["7", 0], filename_prefix="ws_test/pano_cloud"),
+        # the distance output (WS_PANO_DISTANCE) is the one to use; the depth output above is the path of
+        # workflows saved before it existed, and gives the same cloud
+        "9": _node("WorldStereoPanoramaPointCloud", panorama=["1", 0], distance=["5", 5],
+                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "10": _node("WorldStereoSavePointCloud", cloud=["9", 0], filename_prefix="ws_test/pano_cloud_distance"),
     }
     result = comfy_server.run(graph, timeout=300)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
@@ -131,6 +136,31 @@ def test_panorama_nodes(comfy_server, depth_nodes, tiny_moge):
     assert len(cloud) == H * W
     radius = torch.as_tensor(cloud.points).double().norm(dim=-1)
     assert torch.isfinite(radius).all() and (radius > 0).all()
+    assert torch.equal(torch.as_tensor(_cloud(comfy_server, result, "10").points), torch.as_tensor(cloud.points))
+
+
+def test_panorama_distance_is_not_z_depth(comfy_server, depth_nodes, tiny_moge):
+    """A panorama's ray distance lifted as z-depth would bend every plane: Build Point Cloud refuses it;
+    Panorama Point Cloud refuses z-depth in turn."""
+    H, W = 64, 128
+    graph = {
+        "1": _node("WorldStereoSyntheticScene", scene="room", seed=1, width=W, height=H),
+        "4": _node("WorldStereoLoadMoGe", model_name=tiny_moge, variant="auto", dtype="fp32"),
+        "5": _node("WorldStereoDepthEstimate", moge=["4", 0], image=["1", 0], mode="auto", fov_x=0.0,
+                   resolution_level=0),
+        "7": _node("WorldStereoBuildPointCloud", image=["1", 0], depth=["5", 0], fov_degrees=60.0,
+                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "8": _node("WorldStereoSavePointCloud", cloud=["7", 0], filename_prefix="ws_test/never"),
+    }
+    result = comfy_server.run(graph, timeout=300)
+    assert result.status == "error"
+    assert "ray distance" in result.error["exception_message"] and "Panorama Point Cloud" in \
+        result.error["exception_message"], result.error
+    graph["7"] = _node("WorldStereoPanoramaPointCloud", panorama=["1", 0], distance=["1", 1],
+                       remove_depth_edges=False, compress_far_depth=False, max_points=0)
+    result = comfy_server.run(graph, timeout=300)
+    assert result.status == "error"
+    assert "z-depth, not a panorama's ray distance" in result.error["exception_message"], result.error
 
 
 def test_panorama_views_refuse_a_non_panorama(comfy_server, depth_nodes):
