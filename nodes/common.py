@@ -185,6 +185,16 @@ def input_file(value: str, what: str) -> str:
                      where="ComfyUI's input folder (or its output folder, with ' [output]' appended)")
 
 
+def input_folder(value: str, what: str) -> str:
+    """An existing folder input (a scene to evaluate, …) in ComfyUI's input folder, or with
+    ``" [output]"`` appended one in the output folder."""
+    import folder_paths
+
+    return user_path(value, what, roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
+                     base=folder_paths.get_input_directory(), kind="folder",
+                     where="ComfyUI's input folder (or its output folder, with ' [output]' appended)")
+
+
 def output_folder(value: str, what: str) -> str:
     """A folder below ComfyUI's output folder, to write (``must_exist=False``) or read."""
     return user_path(value, what, roots=[output_dir()], base=output_dir(), kind="new",

@@ -1,5 +1,14 @@
 """The reconstruction benchmark (paper §4.3): generate → reconstruct → align → score.
 
+Two protocols. :func:`evaluate_scene_loop` is the paper's: the full model, one scene loop with
+the 3D cache and memory bank carried across trajectories, all generated views reconstructed
+together, aligned by the initial frame's depth (:func:`depth_anchor_alignment`), scored with
+the cloud metrics, RotErr / TransErr / ATE and JOG3R's RRA / RTA / mAA, plus the appendix's
+memory benchmark (PSNR / SSIM / LPIPS of revisited views against their earlier generations);
+:func:`evaluate_synthetic_loop` and :func:`evaluate_real_scene` (a MipNeRF360-style folder,
+:func:`load_scene_folder`) run it. :func:`evaluate_generation`, described next, scores each
+trajectory on its own from the input view.
+
 For one scene (an input view and a ground-truth cloud) and the benchmark's trajectories
 (``eloop``, ``up``, ``left``, ``right``: :data:`BENCHMARK_TRAJECTORIES`), each trajectory is
 evaluated on its own:
@@ -50,9 +59,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .align import Similarity, icp_refine
+from .align import Similarity, icp_refine, umeyama
 from .cameras import ArrayLike, Cameras, as_tensor, invert_rigid
 from .errors import (
+    AlignmentFailedError,
     InvalidCameraError,
     InvalidImageError,
     InvalidInputError,
@@ -63,9 +73,10 @@ from .errors import (
     MissingInputError,
     ShapeMismatchError,
 )
-from .metrics import metrics_report
-from .interfaces import FrameGenerator, References
-from .oracle import OracleGenerator
+from .metrics import image_scores, metrics_report, pose_accuracy, rotation_angles
+from .interfaces import FrameGenerator, LoopConfig, References, default_config
+from .oracle import OracleGenerator, oracle_models
+from .pipeline import DEFAULT_TRAJECTORIES, run_scene_loop
 from .pointcloud import PointCloud, unproject_depths, voxel_downsample
 from .recon.reconstruct import (
     RELEASE_CONF_QUANTILE,
@@ -442,6 +453,7 @@ def evaluate_generation(
     render_radius: float | None = None,
     scene: str = "scene",
     progress: ProgressFn | None = None,
+    anchor_depth: ArrayLike | None = None,
 ) -> EvaluationResult:
     """Run the benchmark protocol (module doc) for one scene.
 
@@ -454,7 +466,8 @@ def evaluate_generation(
         gt_cloud: ground-truth surface points in the trajectories' world frame.
         cache: optional cloud of the input view, rendered along each trajectory as the GGM
             condition (else the render is empty: black, mask all holes).
-        alignment: ``"anchors"`` or ``"icp"``.
+        alignment: ``"anchors"``, ``"icp"`` or ``"depth_anchor"`` (Umeyama on the input view's
+            depth: ``anchor_depth``, see :func:`depth_anchor_alignment`).
         threshold / thresholds: F-score and AUC distances (defaults: ``threshold_fraction`` and
             0.1 %…2 % of the ground truth's bounding-box diagonal).
         icp_distance: ICP correspondence gate (default 5 × ``threshold``).
@@ -463,8 +476,10 @@ def evaluate_generation(
             covers the same pixels at this height as at 480 rows).
         progress: ``progress(step, total)`` after each trajectory; may raise to interrupt.
     """
-    if alignment not in ("anchors", "icp"):
-        raise InvalidOptionError(f"unknown alignment {alignment!r}; use 'anchors' or 'icp'")
+    if alignment not in LOOP_ALIGNMENTS:
+        raise InvalidOptionError(f"unknown alignment {alignment!r}; use one of {', '.join(LOOP_ALIGNMENTS)}")
+    if alignment == "depth_anchor" and anchor_depth is None:
+        raise MissingInputError("alignment='depth_anchor' needs anchor_depth (the input view's true depth)")
     if not trajectories:
         raise InvalidInputError("no trajectories to evaluate; pass e.g. benchmark_presets(first, median_depth)")
     img = as_tensor(image).float()
@@ -522,6 +537,8 @@ def evaluate_generation(
             raise ShapeMismatchError(f"the reconstructor returned {len(rec.cameras)} cameras for {F} frames of {name!r}")
         if alignment == "icp":
             T = _icp_alignment(rec, cams, gt, gate, icp_iterations)
+        elif alignment == "depth_anchor":  # frame 0 of every trajectory is the input view
+            T = depth_anchor_alignment(rec, anchor_depth, cams[:1])
         else:
             T = Similarity.identity()
         pts = as_tensor(T.apply(rec.cloud.points.double())).float()
@@ -542,7 +559,7 @@ def evaluate_generation(
                 rot_err_deg=m["rot_err_deg"],
                 trans_err=m.get("trans_err"),
                 ate=m.get("ate"),
-                alignment=rec.alignment if alignment == "anchors" else "icp",
+                alignment=rec.alignment if alignment == "anchors" else alignment,
             )
         )
         clouds[name], transforms[name], all_frames[name], recs[name] = cloud, T, frames, rec
@@ -596,6 +613,7 @@ def evaluate_synthetic(
     gen = generator if generator is not None else OracleGenerator(scene)
     rec = reconstructor if reconstructor is not None else OracleReconstructor(scene)
     kwargs.setdefault("scene", scene.name)
+    kwargs.setdefault("anchor_depth", view.depth[0])
     return evaluate_generation(gen, rec, view.image, trajs, gt, cache=cache, **kwargs)
 
 
@@ -642,9 +660,6 @@ def depth_anchor_alignment(
     Returns:
         :class:`Similarity` from ``rec``'s frame to the ground truth's.
     """
-    from .align import umeyama
-    from .errors import AlignmentFailedError
-
     d_gt = as_tensor(anchor_depth).detach().double().cpu()
     d_gt = d_gt[0] if d_gt.ndim == 3 and d_gt.shape[0] == 1 else d_gt
     if not isinstance(anchor_camera, Cameras) or len(anchor_camera) != 1:
@@ -688,8 +703,6 @@ def find_revisits(
     generations); a view is matched with the nearest (by centre distance) view of an earlier
     trajectory within both tolerances.
     """
-    from .metrics import rotation_angles
-
     g = torch.as_tensor(list(groups))
     if g.numel() != len(cameras):
         raise ShapeMismatchError(f"{g.numel()} group labels for {len(cameras)} cameras")
@@ -749,7 +762,7 @@ class LoopEvaluationReport:
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON (``Infinity`` for the PSNR of identical revisits)."""
+        """The report as JSON (plain floats; ``null`` for missing values)."""
         return json.dumps(self.as_dict(), indent=indent)
 
     def summary(self) -> str:
@@ -777,7 +790,8 @@ class LoopEvaluationReport:
             lines.append("memory benchmark: no generated view revisits an earlier generation")
         else:
             lp = "n/a (see lpips_status)" if m["lpips"] is None else f"{m['lpips']:.4f}"
-            lines.append(f"memory benchmark ({m['num_pairs']} revisited views): PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.4f}  LPIPS {lp}")
+            ps = "identical" if m["psnr"] is None else f"{m['psnr']:.2f}"
+            lines.append(f"memory benchmark ({m['num_pairs']} revisited views): PSNR {ps}  SSIM {m['ssim']:.4f}  LPIPS {lp}")
         return "\n".join(lines)
 
 
@@ -832,7 +846,7 @@ def evaluate_scene_loop(
     depth: ArrayLike,
     gt_cloud: PointCloud | ArrayLike | Callable[[Cameras], PointCloud],
     *,
-    trajectories: Sequence = ("orbit", "up", "right", "left"),
+    trajectories: Sequence = DEFAULT_TRAJECTORIES,
     config=None,
     valid: ArrayLike | None = None,
     anchor_depth: ArrayLike | None = None,
@@ -886,10 +900,6 @@ def evaluate_scene_loop(
             :data:`REVISIT_DISTANCE_FRACTION` × the input's median depth).
         progress: ``progress(step, total)``; may raise to interrupt.
     """
-    from .interfaces import LoopConfig
-    from .metrics import image_scores, pose_accuracy
-    from .pipeline import run_scene_loop
-
     if alignment not in LOOP_ALIGNMENTS:
         raise InvalidOptionError(f"unknown alignment {alignment!r}; use one of {', '.join(LOOP_ALIGNMENTS)}")
     if config is None:
@@ -1002,7 +1012,7 @@ def evaluate_synthetic_loop(
     *,
     height: int = 224,
     width: int = 392,
-    trajectories: Sequence = ("orbit", "up", "right", "left"),
+    trajectories: Sequence = DEFAULT_TRAJECTORIES,
     revisit: bool = True,
     config=None,
     generator: FrameGenerator | None = None,
@@ -1019,9 +1029,6 @@ def evaluate_synthetic_loop(
     trajectory again (a second pass with the memory the whole run built), which is what the
     memory benchmark compares (our choice of revisit: the appendix's trajectories were not
     reachable). Other keyword arguments go to :func:`evaluate_scene_loop`."""
-    from .interfaces import default_config
-    from .oracle import oracle_models
-
     view = scene.default_view(height, width)
     cfg = config if config is not None else default_config(height, width)
     gen, depth_fn = oracle_models(scene, depth_corruption, seed)

@@ -397,14 +397,15 @@ def image_scores(
     """Mean PSNR / SSIM (/ LPIPS) of ``generated`` against ``reference`` ``[N, H, W, 3]``.
 
     PSNR is averaged over pairs with a finite value (identical pairs are counted in
-    ``identical_pairs``; all identical gives ``inf``). Without ``lpips`` the report says
+    ``identical_pairs``; all identical gives None, which JSON can hold, unlike ``inf``). Without ``lpips`` the report says
     ``lpips: None`` and ``lpips_status`` = :data:`LPIPS_UNAVAILABLE`.
     """
     x, y = _images(generated, reference)
     p = psnr(x, y)
     finite = torch.isfinite(p)
     out: dict[str, object] = {
-        "psnr": float(p[finite].mean()) if bool(finite.any()) else math.inf,
+        # JSON has no infinity: all-identical pairs give None (counted in identical_pairs)
+        "psnr": float(p[finite].mean()) if bool(finite.any()) else None,
         "ssim": float(ssim(x, y).mean()),
         "num_pairs": int(x.shape[0]),
         "identical_pairs": int((~finite).sum()),

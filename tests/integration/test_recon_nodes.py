@@ -217,7 +217,8 @@ def test_evaluate_reports_fscore(comfy_server, recon_nodes):
     graph = {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=W, height=H),
         "2": _node("WorldStereoEvaluate", scene=["1", 3], trajectories="eloop,up", width=84, height=56,
-                   num_keyframes=5, alignment="anchors", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0),
+                   num_keyframes=5, alignment="anchors", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0,
+                   protocol="per_trajectory"),
         "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/eval"),
     }
     result = comfy_server.run(graph, timeout=600)
@@ -229,3 +230,27 @@ def test_evaluate_reports_fscore(comfy_server, recon_nodes):
     assert report["overall"]["fscore"] > 0.9 and report["overall"]["precision"] > 0.95
     assert report["trajectories"][0]["rot_err_deg"] < 1e-3
     assert "overall" in outputs["2"]["text"][0]
+
+
+def test_evaluate_full_model_protocol_and_scene_folder_errors(comfy_server, recon_nodes):
+    graph = {
+        "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=W, height=H),
+        # a saved workflow's inputs, plus the paper's protocol (memory carried, depth anchor)
+        "2": _node("WorldStereoEvaluate", scene=["1", 3], trajectories="eloop,up", width=84, height=56,
+                   num_keyframes=5, alignment="depth_anchor", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0),
+        "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/eval_full"),
+    }
+    result = comfy_server.run(graph, timeout=600)
+    assert result.status == "success", (result.error, comfy_server.log()[-3000:])
+    report = json.loads(_outputs(comfy_server, result)["3"]["text"][0])
+    assert [t["name"] for t in report["trajectories"]] == ["eloop", "up", "eloop"]  # the revisit pass
+    assert report["alignment"] == "depth_anchor" and report["overall"]["fscore"] > 0.9
+    assert report["trajectories"][0]["maa@30"] == 1.0 and report["memory"]["ssim"] > 0.999
+    # a real scene: the folder is checked before anything runs, and must stay in ComfyUI's folders
+    evaluate = {"trajectories": "orbit", "width": 96, "height": 64, "num_keyframes": 5, "alignment": "depth_anchor",
+                "pose_noise_deg": 0.0, "threshold_fraction": 0.01, "seed": 0}
+    for folder, message in (("", "scene_folder"), ("../../etc", "not inside"), ("no_such_scene", "no such folder")):
+        g = {"2": _node("WorldStereoEvaluate", scene_folder=folder, **evaluate),
+             "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/never")}
+        result = comfy_server.run(g, timeout=300)
+        assert result.status == "error" and message in result.error["exception_message"], result.error

@@ -8,6 +8,8 @@ alignment must undo exactly and the camera-centre alignment cannot.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
@@ -170,7 +172,14 @@ def test_memory_benchmark_compares_revisits_with_earlier_generations(run, scene)
         and m["ssim"] == pytest.approx(1.0)
     )
     assert m["lpips"] is None and m["lpips_status"] == LPIPS_UNAVAILABLE
-    assert "memory benchmark (4 revisited views)" in run.report.summary()
+    assert (
+        "memory benchmark (4 revisited views): PSNR identical" in run.report.summary()
+    )
+    assert m["psnr"] is None  # JSON has no infinity: the report must stay valid JSON
+    json.loads(
+        run.report.to_json(),
+        parse_constant=lambda c: pytest.fail(f"{c} in the JSON report"),
+    )
 
     class Forgetful(OracleGenerator):
         """Second pass darker by 20 %: a model that does not keep what it generated."""
@@ -324,3 +333,24 @@ def test_scene_folder_errors_say_what_to_fix(tmp_path, scene):
     )
     with pytest.raises(ShapeMismatchError, match="3 cameras for 4 images"):
         load_scene_folder(tmp_path)
+
+
+def test_per_trajectory_protocol_also_aligns_by_the_depth_anchor(scene):
+    from worldstereo_core.evaluate import evaluate_synthetic
+
+    res = evaluate_synthetic(
+        scene,
+        height=H,
+        width=W,
+        names=("left",),
+        num_keyframes=4,
+        reconstructor=_OwnFrame(scene),
+        alignment="depth_anchor",
+    )
+    assert res.report.trajectories[0].alignment == "depth_anchor"
+    assert res.report.overall["fscore"] > 0.95
+    T = res.transforms["left"].compose(S_OFF)
+    assert (
+        T.s == pytest.approx(1.0, abs=1e-5)
+        and float(T.t.norm()) < 1e-4 * res.report.extent
+    )
