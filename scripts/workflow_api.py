@@ -27,6 +27,19 @@ def _has_control_widget(name: str, spec: list) -> bool:
     return spec[0] == "INT" and name in ("seed", "noise_seed")
 
 
+def _widget_default(spec: list):
+    """The value a widget starts with in the frontend: the spec's default, else a combo's first
+    option, else the type's zero value."""
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    options = kind if isinstance(kind, list) else opts.get("options")
+    if options:
+        return options[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
+
+
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """API graph ``{id: {"class_type", "inputs"}}`` of a UI workflow (muted/bypassed nodes
     dropped; links followed through Reroute nodes)."""
@@ -65,7 +78,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 if not _is_widget(spec):
                     continue
                 if not values:
-                    break
+                    # a workflow saved before the node gained this widget: the frontend keeps the
+                    # widget's default (it fills only the values the file has), and so do we
+                    values_by_name[name] = _widget_default(spec)
+                    continue
                 values_by_name[name] = values.pop(0)
                 if _has_control_widget(name, spec) and values:
                     values.pop(0)
