@@ -303,10 +303,10 @@ class Evaluate(io.ComfyNode):
                 io.String.Input("trajectories", default=",".join(eval_lib.BENCHMARK_TRAJECTORIES),
                                 tooltip="Comma-separated presets, in generation order (benchmark: "
                                 "eloop,up,left,right)."),
-                io.Int.Input("width", default=392, min=28, max=2048, step=14,
+                io.Int.Input("width", default=392, min=28, max=2048, step=2,
                              tooltip="Frame width (a multiple of 14 for the oracle reconstructor; of 16 for the "
                              "real model)."),
-                io.Int.Input("height", default=224, min=28, max=2048, step=14,
+                io.Int.Input("height", default=224, min=28, max=2048, step=2,
                              tooltip="Frame height (a multiple of 14 for the oracle reconstructor; of 16 for "
                              "the real model)."),
                 io.Int.Input("num_keyframes", default=21, min=2, max=81,
@@ -362,8 +362,8 @@ class Evaluate(io.ComfyNode):
         protocol = option({"full_model": "full_model", "per_trajectory": "per_trajectory"}, protocol, "protocol")
         cfg = default_config(height, width, num_keyframes=num_keyframes)
         if scene is None:
-            result = _evaluate_folder(scene_folder, names, cfg, height, width, alignment, threshold_fraction,
-                                      seed, worldmirror, model, prompt, moge, protocol)
+            result = _evaluate_folder(scene_folder, names + names[:1] * bool(revisit), cfg, height, width,
+                                      alignment, threshold_fraction, seed, worldmirror, model, prompt, moge, protocol)
         else:
             if worldmirror is not None:
                 reconstructor = eval_lib.WorldMirrorReconstructor(worldmirror, target_size=max(width, height))

@@ -254,3 +254,45 @@ def test_evaluate_full_model_protocol_and_scene_folder_errors(comfy_server, reco
              "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/never")}
         result = comfy_server.run(g, timeout=300)
         assert result.status == "error" and message in result.error["exception_message"], result.error
+
+
+def test_evaluate_real_scene_folder_with_the_model(comfy_server, recon_nodes):
+    """A captured scene (synthetic renders written as a folder in input/) through the real
+    (tiny) model and WorldMirror: the whole full-model protocol runs and reports every metric."""
+    from PIL import Image
+
+    from worldstereo_core.synthetic import make_scene
+    from worldstereo_core.trajectory import Trajectory, make_preset, save_camera_json
+
+    scene = make_scene("room")
+    view = scene.default_view(64, 96)
+    cams = make_preset("orbit", view.cameras, view.median_depth, 81).keyframes(4)
+    out = scene.render(cams)
+    root = comfy_server.base_dir / "input" / "ws_eval_scene"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "depth").mkdir(exist_ok=True)
+    for i in range(len(cams)):
+        Image.fromarray((out.rgb[i].numpy() * 255).round().astype(np.uint8)).save(root / "images" / f"{i:02d}.png")
+        np.save(root / "depth" / f"{i:02d}.npy", out.depth[i].numpy())
+    save_camera_json(root / "camera.json", Trajectory(cams))
+    graph = {
+        "1": _node("WorldStereoLoadModel", checkpoint="worldstereo-memory-dmd", variant="auto",
+                   text_encoder="umt5_xxl_tiny.safetensors", clip_vision="clip_vision_h_tiny.safetensors",
+                   vae="wan_2.1_vae_tiny.safetensors", wan_folder="", dtype="fp32", offload="none",
+                   attention_backend="default"),
+        "7": _node("WorldStereoLoadWorldMirror", model_name=TINY_WM, dtype="fp32"),
+        "2": _node("WorldStereoEvaluate", trajectories="orbit", width=96, height=64, num_keyframes=5,
+                   alignment="depth_anchor", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0,
+                   scene_folder="ws_eval_scene", model=["1", 0], worldmirror=["7", 0], prompt="a room"),
+        "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/eval_real"),
+    }
+    result = comfy_server.run(graph, timeout=600)
+    assert result.status == "success", (result.error, comfy_server.log()[-3000:])
+    report = json.loads(_outputs(comfy_server, result)["3"]["text"][0])
+    assert report["scene"] == "ws_eval_scene" and report["alignment"] == "depth_anchor"
+    assert [t["name"] for t in report["trajectories"]] == ["orbit", "orbit"]  # the revisit pass
+    assert report["num_frames"] == 9 and report["num_gt_points"] > 1000
+    m = report["memory"]  # the second orbit against the first: one pair per generated keyframe
+    assert m["num_pairs"] == 4 and 0.0 < m["ssim"] <= 1.0 and m["lpips"] is None
+    for key in ("precision", "recall", "fscore", "auc", "rot_err_deg", "rra@15", "maa@30"):
+        assert 0.0 <= report["overall"][key] <= (1.0 if key != "rot_err_deg" else 1e4), key
