@@ -280,3 +280,15 @@ def test_video_folder_clip_round_trip(tmp_path):
     torch.testing.assert_close(got.depth, clip.depth)
     s = make_sample(got, KF, POSES, 0.5)
     assert s.frames.shape == (KF, H, W, 3)
+
+
+def test_bf16_runs_frozen_weights_in_bf16_trained_in_fp32(tmp_path, encoders):
+    from safetensors import safe_open
+
+    out = train(_settings(tmp_path / "bf", "camera", encoders, steps=2, dtype="bf16", gradient_checkpointing=True,
+                          init=train(_settings(tmp_path / "c", "camera", encoders, steps=1))))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_slice("blocks.0.attn1.to_q.weight").get_dtype() == "BF16"
+        assert f.get_slice("controlnet.controlnet_blocks.0.ffn.0.weight").get_dtype() == "F32"

@@ -244,6 +244,12 @@ def step_inputs(
     ``mask_variants`` > 0 draws the GGM masking from that many fixed variants per clip, each rendered and
     encoded once (the tiny size's speed-up: the VAE encode dominates a tiny step); 0 masks afresh every step.
     """
+    # data preparation (renderer, VAE) runs in full precision even when the step runs under bf16 autocast
+    with torch.autocast("cpu", enabled=False), torch.autocast(device.type, enabled=False):
+        return _step_inputs(prep, empty_text, vae, batch, with_pairs, generator, device, text_drop, mask_variants)
+
+
+def _step_inputs(prep, empty_text, vae, batch, with_pairs, generator, device, text_drop, mask_variants) -> StepInputs:
     s = prep.sample
     if with_pairs:
         key = 0  # the SSM stage's cache is deterministic: render and encode it once
