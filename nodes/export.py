@@ -1,16 +1,34 @@
-"""Export nodes: point clouds, scenes with camera frustums, camera.json and videos."""
+"""Export nodes: point clouds, scenes with camera frustums, camera.json, videos, reports, COLMAP and
+nerfstudio (transforms.json) folders."""
 
 from __future__ import annotations
 
 import json
+import os
 
 from .comfy_v3 import io
 
 from worldstereo_core import export, safe_json, trajectory as traj_lib
+from worldstereo_core.errors import OutputPathError
+from worldstereo_core.recon import reconstruct as rec_lib
 
-from .common import CATEGORY, PointCloud, Trajectory, relative_output_path, save_path, saved, trajectories_of
+from .common import (CATEGORY, Cameras as CamerasSocket, PointCloud, Trajectory, relative_output_path, save_folder_path,
+                     save_path, saved, trajectories_of)
 
 SUB = f"{CATEGORY}/export"
+
+
+def _write_export_folder(filename_prefix: str, write) -> str:
+    """Write a fresh output folder ``<prefix>_00001_`` atomically (a hidden temporary folder
+    renamed at the end, so a failure leaves nothing behind); returns its relative path."""
+    from worldstereo_core import atomic
+
+    full, rel = save_folder_path(filename_prefix)
+    try:
+        atomic.write_folder(full, lambda tmp: write(str(tmp)))
+    except FileExistsError:
+        raise OutputPathError(f"output folder {rel} appeared while writing; run the node again") from None
+    return rel
 
 
 class SavePointCloud(io.ComfyNode):
@@ -157,4 +175,87 @@ class SaveReport(io.ComfyNode):
         return io.NodeOutput(ui={"text": [json.dumps(data, indent=2)], "files": [saved(info)]})
 
 
-NODES = [SavePointCloud, SaveSceneGLB, SaveCameraJson, SaveVideo, SaveReport]
+class SaveColmap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveColmap",
+            display_name="Save COLMAP Model (WorldStereo)",
+            category=SUB,
+            description="Writes the frames and their cameras as a COLMAP text model in a new output folder: "
+            "images/frame_00000.png…, sparse/0/cameras.txt (PINHOLE), images.txt (world-to-camera, OpenCV — "
+            "COLMAP's own convention) and points3D.txt (the cloud, if connected). Gaussian-splatting and NeRF "
+            "tools read this layout.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
+                CamerasSocket.Input("cameras", tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
+                                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect."),
+                io.String.Input("filename_prefix", default="worldstereo/colmap",
+                                tooltip="Output folder prefix, relative to ComfyUI's output folder."),
+                io.Int.Input("max_points", default=1_000_000, min=0, max=50_000_000, step=10_000,
+                             tooltip="Keep at most this many points in points3D.txt (a deterministic subset; 0 = all)."),
+                PointCloud.Input("cloud", optional=True, tooltip="Initial points for points3D.txt."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The model folder, relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, frames, cameras, filename_prefix, max_points, cloud=None) -> io.NodeOutput:
+        x = frames[..., :3].float().cpu()
+        (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
+        pts = cloud.require_nonempty() if cloud is not None else None  # inputs checked before anything is written
+
+        def write(full: str) -> None:
+            names = export.save_images_png(os.path.join(full, "images"), x)
+            export.save_colmap_text(os.path.join(full, "sparse", "0"), cams, names, pts,
+                                    max_points=max_points if max_points > 0 else None)
+
+        rel = _write_export_folder(filename_prefix, write)
+        return io.NodeOutput(rel, ui={"text": [rel]})
+
+
+class SaveTransformsJson(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoSaveTransformsJson",
+            display_name="Save transforms.json (WorldStereo)",
+            category=SUB,
+            description="Writes the frames and their cameras for nerfstudio in a new output folder: "
+            "images/frame_00000.png… and transforms.json (camera-to-world in OpenGL axes, fl_x/fl_y/cx/cy/w/h), "
+            "plus sparse_pc.ply named as ply_file_path when a cloud is connected (splatfacto's initialisation).",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
+                CamerasSocket.Input("cameras", tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
+                                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect."),
+                io.String.Input("filename_prefix", default="worldstereo/nerfstudio",
+                                tooltip="Output folder prefix, relative to ComfyUI's output folder."),
+                PointCloud.Input("cloud", optional=True, tooltip="Initial points, written as sparse_pc.ply."),
+            ],
+            outputs=[io.String.Output(display_name="path",
+                                      tooltip="transforms.json, relative to the output folder.")],
+        )
+
+    @classmethod
+    def execute(cls, frames, cameras, filename_prefix, cloud=None) -> io.NodeOutput:
+        x = frames[..., :3].float().cpu()
+        (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
+        pts = cloud.require_nonempty() if cloud is not None else None  # inputs checked before anything is written
+
+        def write(full: str) -> None:
+            names = export.save_images_png(os.path.join(full, "images"), x)
+            ply = None
+            if pts is not None:
+                export.save_pointcloud_ply(os.path.join(full, "sparse_pc.ply"), pts)
+                ply = "sparse_pc.ply"
+            export.save_transforms_json(os.path.join(full, "transforms.json"), cams,
+                                        [f"images/{n}" for n in names], ply_file_path=ply)
+
+        rel = _write_export_folder(filename_prefix, write)
+        path = f"{rel}/transforms.json"
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+NODES = [SavePointCloud, SaveSceneGLB, SaveCameraJson, SaveVideo, SaveReport, SaveColmap, SaveTransformsJson]

@@ -279,12 +279,14 @@ class UmeyamaMerge(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="WorldStereoUmeyamaMerge",
-            display_name="Umeyama Merge (WorldStereo)",
+            display_name="Align & Merge Clip (WorldStereo)",
             category=SUB,
-            description="Brings a reconstructed clip onto the 3D cache and merges it: depth mode fits each "
-            "frame's depth to the depth of the cache's surface (robust scale/shift, frame by frame); umeyama "
-            "mode fits one robust similarity (scale, rotation, shift) from pixel correspondences between the "
-            "clip's lifted depth and the cache's surface. Reports the scale and the residual (RMSE).",
+            description="Brings a reconstructed clip onto the 3D cache and merges it: depth mode (the scene "
+            "loop's, the default) fits each frame's depth to the depth of the cache's surface (robust "
+            "scale/shift, frame by frame); umeyama mode fits one robust similarity (scale, rotation, shift) from "
+            "pixel correspondences between the clip's lifted depth and the cache's surface. Depth already aligned "
+            "to the cache (Depth Fusion) is merged as it is, never fitted twice. Reports the "
+            "scale and the residual (RMSE). (Node id WorldStereoUmeyamaMerge, its name before.)",
             inputs=[
                 PointCloud.Input("cache", tooltip="The current 3D cache (world point cloud)."),
                 io.Image.Input("frames", tooltip="The clip's frames (21 keyframes or every pose); they colour the points."),

@@ -429,7 +429,7 @@ class WorldStereoSampler(io.ComfyNode):
                 ssm=None, positive=None, negative=None, clip_vision_output=None) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        from worldstereo_core.models.generate import generate_keyframes
+        from worldstereo_core.models.generate import generate_keyframes, sampling_steps
 
         ensure_loaded(model)  # back on the GPU if ComfyUI offloaded it; other models make room
         if ggm.video != model.video_mode:
@@ -446,7 +446,7 @@ class WorldStereoSampler(io.ComfyNode):
                                                 antialias=True, align_corners=False)
             img = x[0].permute(1, 2, 0).clamp(0, 1)
         choice = option(SAMPLER_CHOICES, sampler, "sampler")
-        total = steps or (model.transformer.ws_config.dmd.steps if (choice or model.default_sampler) == "dmd" else 40)
+        total = sampling_steps(model, choice, steps)
         progress = Progress(total)
 
         def interrupt() -> bool:
@@ -540,7 +540,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
         from worldstereo_core import pipeline
         from worldstereo_core.interfaces import default_config
         from worldstereo_core.memory import Cache3D
-        from worldstereo_core.models.generate import WorldStereoFrameGenerator
+        from worldstereo_core.models.generate import WorldStereoFrameGenerator, sampling_steps
         from worldstereo_core.models.vae import check_spatial_size
         from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator
 
@@ -563,7 +563,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
             cam = cam.resized(H, W)
         choice = option(SAMPLER_CHOICES, sampler, "sampler")
         kind = choice or model.default_sampler
-        per_clip = steps or (model.transformer.ws_config.dmd.steps if kind == "dmd" else 40)
+        per_clip = sampling_steps(model, kind, steps)
         stages = 1 + 5 * len(names)
         progress = Progress(stages + per_clip * len(names))
         done = {"stages": 0, "samples": 0}

@@ -7,8 +7,8 @@ bring their own cloud), lifts the aligned depth with the known cameras (depth ed
 :func:`lift_depth`) and merges the points into a new :class:`~worldstereo_core.memory.Cache3D`.
 
 :func:`align_clip_depth` is *the* per-frame depth alignment — used by the loop (through
-:func:`merge_clip`), by depth fusion (the Reconstruct Frames node's ``depth_fusion`` backend
-calls it directly) and by the merge node. Its aligned depth comes back as
+:func:`merge_clip`), by depth fusion (the Depth Fusion node calls it directly) and by the merge
+node. Its aligned depth comes back as
 :class:`WorldDepth`, a tensor that says it is already in the cache's world units, so a clip
 fused to the cache and then merged is not aligned a second time.
 """
@@ -213,7 +213,8 @@ def align_clip_depth(
         valid: ``[F, H, W]`` usable depth (None: depth > 0).
         cameras: the frames' ``F`` cameras (``H × W``) in the cache's world.
         window: relative depth window of ``cache_surface_depth``.
-        edge_threshold: drop depth-edge pixels when lifting (:func:`~worldstereo_core.pointcloud.depth_edges`; None keeps them).
+        edge_threshold: drop depth-edge pixels when lifting
+            (:func:`~worldstereo_core.pointcloud.depth_edges`; None keeps them).
         seed: seeds the fits (frame ``f`` uses ``seed + f``).
         skip_first: frame 0 is the input view (already in the cache): not aligned, not lifted.
         progress: ``progress(done, F)`` after each frame; may raise to interrupt.

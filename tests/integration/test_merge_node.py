@@ -1,4 +1,4 @@
-"""Umeyama Merge on the real server: synthetic scene → first cache → orbit → oracle frames with
+"""Align & Merge Clip (WorldStereoUmeyamaMerge) on the real server: synthetic scene → first cache → orbit → oracle frames with
 exact depth → align + merge into the cache → saved cloud and report.
 
 With exact depth the clip is already in the cache's world, so whichever mode aligns it, the

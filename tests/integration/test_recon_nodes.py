@@ -12,8 +12,8 @@ import pytest
 import torch
 
 
-RECON_NODES = ("WorldStereoLoadWorldMirror", "WorldStereoWorldMirrorRecon", "WorldStereoSaveColmap",
-               "WorldStereoSaveTransformsJson", "WorldStereoEvaluate")
+RECON_NODES = ("WorldStereoLoadWorldMirror", "WorldStereoWorldMirrorRecon", "WorldStereoDepthFusion",
+               "WorldStereoSaveColmap", "WorldStereoSaveTransformsJson", "WorldStereoEvaluate")
 TINY_WM = "tiny/model.safetensors"
 TINY_MOGE = "tiny/model.safetensors"
 H, W = 64, 96  # the synthetic scene's sizes are multiples of 16; the core resizes to multiples of 14
@@ -179,6 +179,10 @@ def test_depth_fusion_backend(comfy_server, recon_nodes):
         "9": _node("WorldStereoUmeyamaMerge", cache=["4", 0], frames=["3", 0], depth=["6", 0], trajectory=["2", 0],
                    mode="depth", voxel_size_fraction=0.01, seed=0, skip_first_frame=False),
         "10": _node("WorldStereoSaveReport", report=["9", 2], filename_prefix="ws_test/fusion_merge"),
+        # the Depth Fusion node is the same computation as the old node's depth_fusion backend
+        "11": _node("WorldStereoDepthFusion", frames=["3", 0], trajectory=["2", 0], moge=["5", 0], cache=["4", 0],
+                    remove_depth_edges=True),
+        "12": _node("WorldStereoSavePointCloud", cloud=["11", 1], filename_prefix="ws_test/fusion_node_cloud"),
     })
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
@@ -187,6 +191,9 @@ def test_depth_fusion_backend(comfy_server, recon_nodes):
     cloud = load_ply(comfy_server.base_dir / "output" / item.get("subfolder", "") / item["filename"])
     assert len(cloud) > 0 and torch.isfinite(torch.as_tensor(cloud.points)).all()
     assert len(outputs["8"]["images"]) == NUM
+    (item,) = outputs["12"]["3d"]
+    node_cloud = load_ply(comfy_server.base_dir / "output" / item.get("subfolder", "") / item["filename"])
+    assert torch.equal(torch.as_tensor(node_cloud.points), torch.as_tensor(cloud.points))
     report = json.loads(outputs["10"]["text"][0])
     assert report["mode"] == "given" and report["scale"] == 1.0
     assert {f["status"] for f in report["frames"]} <= {"given"} and report["points_added"] > 0

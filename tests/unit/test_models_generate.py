@@ -393,3 +393,21 @@ def test_frame_generator_takes_the_clips_own_prompt_and_refuses_uni3c(models, un
                                                       seed=5, **kw))
     with pytest.raises(InvalidInputError, match="Uni3C"):
         WorldStereoFrameGenerator(uni3c_models, "a room")
+
+
+def test_sampling_steps_is_the_one_default_of_both_samplers():
+    """The step count the nodes show progress for is what generate_keyframes runs: given steps, else the
+    checkpoint's DMD steps (release 4) or UniPC's 40 (the release pipeline's default)."""
+    from types import SimpleNamespace
+
+    from worldstereo_core.models.generate import sampling_steps
+    from worldstereo_core.models.loading import DMDSettings
+    from worldstereo_core.models.sampling import DEFAULT_UNIPC_STEPS
+
+    dmd = SimpleNamespace(default_sampler="dmd", transformer=SimpleNamespace(ws_config=SimpleNamespace(
+        dmd=DMDSettings(steps=4))))
+    unipc = SimpleNamespace(default_sampler="unipc", transformer=SimpleNamespace())
+    assert DEFAULT_UNIPC_STEPS == 40
+    assert sampling_steps(dmd) == 4 and sampling_steps(dmd, "unipc") == 40 and sampling_steps(dmd, None, 7) == 7
+    assert sampling_steps(unipc) == 40 and sampling_steps(unipc, "dmd") == DMDSettings().steps
+    assert sampling_steps(unipc, None, 0) == 40  # 0 = the default, as the nodes' steps widget says

@@ -506,6 +506,19 @@ def _is_cpu_oom(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------------- the one call
 
+def sampling_steps(models: WorldStereoModels, sampler: str | None = None, steps: int | None = None) -> int:
+    """The denoising steps :func:`generate_keyframes` runs: ``steps`` if given (and > 0), else the
+    sampler's default — the checkpoint's DMD steps (release: 4) for ``"dmd"``,
+    :data:`~worldstereo_core.models.sampling.DEFAULT_UNIPC_STEPS` (release: 40) for ``"unipc"``.
+    ``sampler`` None is the checkpoint's own (:attr:`WorldStereoModels.default_sampler`)."""
+    if steps:
+        return int(steps)
+    if (sampler or models.default_sampler) == "dmd":
+        cfg = getattr(models.transformer, "ws_config", None)
+        return int((cfg.dmd if cfg is not None else DMDSettings()).steps)
+    return DEFAULT_UNIPC_STEPS
+
+
 def generate_keyframes(
     models: WorldStereoModels,
     image: torch.Tensor,
@@ -796,6 +809,7 @@ class WorldStereoFrameGenerator:
 
 
 __all__ = [
+    "sampling_steps",
     "SAMPLERS",
     "ggm_inputs",
     "ModelOutOfMemoryError",
