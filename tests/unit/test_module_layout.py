@@ -1,0 +1,51 @@
+"""The scene loop's modules stay layered (docs/ARCHITECTURE.md): the interfaces at the bottom, the
+geometry (render) and the clip merge below the loop, the synthetic scene reached only through the
+oracle, and no import cycle among them (lazy imports included)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2] / "worldstereo_core"
+LOOP_MODULES = ("interfaces", "render", "merge", "oracle", "pipeline")
+
+
+def _imports(name: str) -> set[str]:
+    """worldstereo_core modules ``name`` imports anywhere in its file (top level, functions, TYPE_CHECKING)."""
+    path = ROOT / f"{name.replace('.', '/')}.py"
+    package = name.rsplit(".", 1)[0] if "." in name else ""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                mod = ".".join([*base, node.module] if node.module else base)
+            elif (node.module or "").startswith("worldstereo_core"):
+                mod = node.module[len("worldstereo_core") + 1:]
+            else:
+                continue
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" if mod else a.name for a in node.names)
+    known = {str(p.relative_to(ROOT).with_suffix("")).replace("/", ".") for p in ROOT.rglob("*.py")}
+    return {m for m in out if m in known}
+
+
+def _reach(name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for m in _imports(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def test_the_loop_layers():
+    for low in ("interfaces", "render", "merge", "oracle", "models.generate"):
+        assert "pipeline" not in _reach(low), f"{low} reaches the loop module"
+    assert "synthetic" not in _imports("pipeline"), "the loop reaches the synthetic scene only through oracle"
+    assert "synthetic" not in _reach("merge") and "synthetic" not in _reach("interfaces")
+    for name in LOOP_MODULES:
+        assert name not in _reach(name), f"{name} imports a module that imports it back"
