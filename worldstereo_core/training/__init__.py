@@ -13,7 +13,8 @@ from .data import (
     load_clip_folder,
     make_sample,
 )
-from .trainer import SIZES, STAGES, TrainSettings, train
+from .run import train
+from .trainer import SIZES, STAGES, TrainSettings
 
 __all__ = [
     "SIZES",

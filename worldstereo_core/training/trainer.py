@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ from ..errors import (
     InvalidOptionError,
     MissingFileError,
     MissingInputError,
-    OutputPathError,
 )
 from ..models.generate import ggm_inputs
 from ..models.loading import WorldStereoConfig, load_worldstereo, save_worldstereo
@@ -499,48 +497,6 @@ def load_samples(settings: TrainSettings) -> list[TrainingSample]:
     return build_samples(source, settings.num_samples, settings.num_keyframes, settings.clip_poses, seed=settings.seed)
 
 
-def train(settings: TrainSettings, conditioner: Conditioner | None = None) -> Path:
-    """Run (or resume) one stage; returns the output folder. See the module docstring."""
-    settings = settings.resolved()
-    out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
-    if not settings.resume and (out / STATE_FILE).exists():
-        raise OutputPathError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    device = _device(settings)
-    generator = torch.Generator().manual_seed(settings.seed)
-    cond = conditioner or load_conditioner(settings, device)
-    if settings.stage == "dmd":
-        from .dmd import DMDTrainer
-
-        trainer: Any = DMDTrainer(settings, device)
-    else:
-        trainer = FlowMatchingTrainer(settings, device)
-    cond.latent_cond_mode = trainer.latent_cond_mode
-    prepared, empty_text = prepare_samples(load_samples(settings), cond, device)
-    start = 0
-    if settings.resume:
-        start = trainer.load(out, generator)
-        _trim_metrics(out / METRICS_FILE, start)
-    _write_run_config(settings)
-    bar = _Progress(settings.steps, start, settings.stage, settings.progress)
-    try:
-        with open(out / METRICS_FILE, "a", encoding="utf-8") as metrics:
-            for step in range(start + 1, settings.steps + 1):
-                t0 = time.perf_counter()
-                prep = prepared[int(torch.randint(len(prepared), (), generator=generator))]
-                with _autocast(settings, device):
-                    record = trainer.step(prep, empty_text, cond.vae, generator)
-                record = {"step": step, **record, "seconds": round(time.perf_counter() - t0, 4)}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                bar.update(record["loss"])
-                if step % settings.save_every == 0 or step == settings.steps:
-                    trainer.save(out, step, generator)
-    finally:
-        bar.close()
-    return out
-
-
 class FlowMatchingTrainer:
     """Stages ``camera`` and ``memory``: flow matching on the trainable branch (AdamW, grad-norm clip 1.0)."""
 
@@ -590,5 +546,4 @@ __all__ = [
     "prepare_samples",
     "save_checkpoint",
     "step_inputs",
-    "train",
 ]
