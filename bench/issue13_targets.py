@@ -340,7 +340,8 @@ def small_card_child(args) -> dict:
     cap = 22 * GiB
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        # the fraction applies per device index (a bare 'cuda' device is refused)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), torch.cuda.current_device())
     run = trajectory_runner(models, t5, t5_cfg, device, H, W, args.refs, t5_offloaded=True)
     run()
     if device.type == "cuda":

@@ -90,9 +90,12 @@ class BlockSwap:
         for block in self.blocks:
             slots = []
             for sub, name, t, is_param in list(_tensors(block)):
-                host = t.detach().to("cpu")
-                if cuda and not host.is_pinned():
-                    host = host.pin_memory()
+                if cuda and not (t.device.type == "cpu" and t.is_pinned()):
+                    # straight into page-locked memory: no pageable staging copy (host RAM peak)
+                    host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+                    host.copy_(t.detach())
+                else:
+                    host = t.detach().to("cpu")
                 _assign(sub, name, host, is_param)
                 slots.append((sub, name, host, is_param))
             self.slots.append(slots)
