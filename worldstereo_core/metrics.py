@@ -217,6 +217,11 @@ def pointcloud_auc(
     ``max − min`` (a perfect reconstruction scores 1). With a single threshold it is the
     F-score there.
     """
+    th = _thresholds(thresholds)
+    return _auc(nn_distances(pred, gt), nn_distances(gt, pred), th)
+
+
+def _thresholds(thresholds: Sequence[float] | ArrayLike) -> np.ndarray:
     if isinstance(thresholds, torch.Tensor):
         thresholds = thresholds.detach().cpu().numpy()
     th = np.asarray(thresholds, dtype=np.float64).reshape(-1)
@@ -224,7 +229,11 @@ def pointcloud_auc(
         raise InvalidPointCloudError("thresholds must be one or more positive finite distances")
     if (np.diff(th) <= 0).any():
         raise InvalidPointCloudError("thresholds must be strictly increasing")
-    d_pred, d_gt = nn_distances(pred, gt), nn_distances(gt, pred)
+    return th
+
+
+def _auc(d_pred: np.ndarray, d_gt: np.ndarray, th: np.ndarray) -> float:
+    """:func:`pointcloud_auc` from the two nearest-neighbour distance arrays."""
     f = np.array([_prf(d_pred, d_gt, t)[2] for t in th])
     if th.size == 1:
         return float(f[0])
@@ -260,7 +269,7 @@ def metrics_report(
         d_pred, d_gt = nn_distances(pred_cloud, g), nn_distances(g, pred_cloud)
         p, r, f = _prf(d_pred, d_gt, float(threshold))
         out.update(precision=p, recall=r, fscore=f, threshold=float(threshold), extent=diag)
-        out["auc"] = pointcloud_auc(pred_cloud, g, thresholds)
+        out["auc"] = _auc(d_pred, d_gt, _thresholds(thresholds))  # the distances above, not computed twice
         out["num_pred_points"] = int(d_pred.shape[0])
         out["num_gt_points"] = int(d_gt.shape[0])
     if (pred_c2w is None) != (gt_c2w is None):
