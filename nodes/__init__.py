@@ -6,7 +6,7 @@ from typing_extensions import override
 
 from .comfy_v3 import ComfyExtension, io
 
-from . import depth, evaluate, export, geometry, inspector, memory, models, recon, scene, uni3c
+from . import depth, evaluate, examples, export, geometry, inspector, memory, models, recon, scene, uni3c
 
 
 class WorldStereoExtension(ComfyExtension):
@@ -17,4 +17,5 @@ class WorldStereoExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> WorldStereoExtension:
     inspector.register_routes()  # the scene inspector's data route (outputs of this server only)
+    examples.install_example_inputs()  # the example workflows' Load Image files, if absent
     return WorldStereoExtension()

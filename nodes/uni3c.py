@@ -42,7 +42,7 @@ class WorldStereoLoadUni3C(io.ComfyNode):
             "trained on whole 81-frame videos). The transformer's weights are shared, not copied; the input "
             "model is unchanged. The result samples in video mode: connect Uni3C Control, not GGM Control.",
             inputs=[
-                WSModel.Input("model", tooltip="From Load WorldStereo Model (the camera checkpoint is Wan2.1-I2V "
+                WSModel.Input("model", tooltip="From Load Wan2.1 WorldStereo Model (the camera checkpoint is Wan2.1-I2V "
                               "with the GGM branch, the base Uni3C was trained on)."),
                 io.Combo.Input("uni3c_name", options=files, default=default,
                                tooltip="A Uni3C ControlNet in ComfyUI/models/controlnet/ (e.g. "
@@ -61,7 +61,7 @@ class WorldStereoLoadUni3C(io.ComfyNode):
         from worldstereo_core.models.generate import with_uni3c
 
         if model.video_mode:
-            raise InvalidInputError("this model already has a Uni3C branch; connect Load WorldStereo Model directly")
+            raise InvalidInputError("this model already has a Uni3C branch; connect Load Wan2.1 WorldStereo Model directly")
         path = folder_paths.get_full_path_or_raise(FOLDER, uni3c_name)
         weights_dtype = None if dtype == MODEL_DTYPE else option(DTYPES, dtype, "dtype")
         return io.NodeOutput(with_uni3c(model, path, weights_dtype))

@@ -4,7 +4,7 @@
 
 Starts ComfyUI with the pack (the newest frontend when ``WORLDSTEREO_FRONTEND_NEW`` is set, as
 ``scripts/test.sh`` sets it), opens the real frontend in headless Chromium, loads
-``workflows/preview_synthetic.json``, queues it from the page and waits (up to 6 min; the
+``example_workflows/preview_synthetic.json``, queues it from the page and waits (up to 6 min; the
 whole script takes about 40 s on 2 CPU cores) until the Oracle Scene Loop's inspector is ready
 and the run has finished. Then it enlarges that node, frames it, turns the 3D view to an
 elevated three-quarter view of the room cloud and the trajectories' frustums (all layers on),
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_workflows import CHROMIUM_ARGS, HIDE_BANNERS_JS  # noqa: E402
 from comfy_server import REPO_ROOT, ComfyServer  # noqa: E402
 
-WORKFLOW = REPO_ROOT / "workflows" / "preview_synthetic.json"
+WORKFLOW = REPO_ROOT / "example_workflows" / "preview_synthetic.json"
 NODE_SHOT = REPO_ROOT / "web" / "docs" / "images" / "inspector_scene_loop.png"
 PAGE_SHOT = REPO_ROOT / "docs" / "inspector_preview_workflow.png"
 LOOP_TYPE = "WorldStereoOracleSceneLoop"

@@ -243,6 +243,43 @@ def write_tiny_models(
     return out
 
 
+def write_tiny_worldmirror(folder: Path, seed: int = 0) -> Path:
+    """Tiny WorldMirror 2.0 weights (``model.safetensors`` + ``config.json``), the released layout."""
+    from ..recon.worldmirror import WorldMirror, WorldMirrorConfig, save_worldmirror
+
+    torch.manual_seed(seed)
+    return save_worldmirror(WorldMirror(WorldMirrorConfig.tiny()).eval(), folder)
+
+
+def write_tiny_file(models_dir: str | os.PathLike, folder: str, name: str, seed: int = 0) -> Path:
+    """Tiny weights under ``models_dir/folder/name``, where a loader looks for the real file ``name``.
+
+    ``folder`` is the ComfyUI model folder a loader reads: ``text_encoders``, ``clip_vision``,
+    ``vae``, ``controlnet`` (single files, e.g. ``umt5_xxl_fp8_e4m3fn_scaled.safetensors``; the Uni3C
+    branch for ``controlnet``), ``worldstereo`` (a
+    checkpoint folder; the variant is read from the release's folder name, else ``dmd``), ``moge``
+    and ``worldmirror`` (``<subfolder>/model.safetensors``: the weights and ``config.json`` go in
+    the subfolder). Tests run the shipped example workflows unchanged this way.
+    """
+    path = Path(models_dir) / folder / name
+    if folder == "text_encoders":
+        return write_tiny_text_encoder(path, seed)
+    if folder == "clip_vision":
+        return write_tiny_image_encoder(path, seed)
+    if folder == "vae":
+        return write_tiny_vae(path, seed)
+    if folder == "worldstereo":
+        variant = next((v for v, f in RELEASE_FOLDERS.items() if f == Path(name).name), "dmd")
+        return write_tiny_worldstereo(path, variant, seed)
+    if folder == "moge":
+        return write_tiny_moge(path.parent)
+    if folder == "worldmirror":
+        return write_tiny_worldmirror(path.parent, seed)
+    if folder == "controlnet":
+        return write_tiny_uni3c(path, seed)
+    raise CheckpointError(f"no tiny weights for the model folder {folder!r}")
+
+
 __all__ = [
     "RELEASE_FOLDERS",
     "TINY_FILES",
@@ -253,11 +290,13 @@ __all__ = [
     "tiny_dinov2_model",
     "tiny_sentencepiece",
     "write_tiny_dinov2",
+    "write_tiny_file",
     "write_tiny_image_encoder",
     "write_tiny_models",
     "write_tiny_moge",
     "write_tiny_text_encoder",
     "write_tiny_uni3c",
     "write_tiny_vae",
+    "write_tiny_worldmirror",
     "write_tiny_worldstereo",
 ]
