@@ -8,6 +8,18 @@ from .comfy_v3 import io
 
 CATEGORY = "WorldStereo"
 
+
+def search_aliases(*names: str) -> dict:
+    """``search_aliases=[...]`` for ``io.Schema`` where this ComfyUI's Schema has the field (newer
+    than 0.3.75), else nothing: the node library then finds the nodes by the paper-card names
+    (LoadWan, DMDSampler, ...) too. Display names and node ids already contain the words, so the
+    search also finds them on older servers."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(io.Schema) and "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}:
+        return {"search_aliases": list(names)}
+    return {}
+
 # Custom socket types. Values travelling on them are immutable worldstereo_core objects.
 Trajectory = io.Custom("WS_TRAJECTORY")
 PointCloud = io.Custom("WS_POINTCLOUD")

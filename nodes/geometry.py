@@ -14,7 +14,7 @@ from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError, MalformedJsonError
 
 from .common import (z_depth, CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
-                     input_file, inspector_ui, trajectories_of)
+                     input_file, inspector_ui, search_aliases, trajectories_of)
 from .inspector import PresetPlanner
 
 SUB = f"{CATEGORY}/geometry"
@@ -33,6 +33,7 @@ class BuildPointCloud(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoBuildPointCloud",
             display_name="Build Point Cloud (WorldStereo)",
+            **search_aliases("BuildPointCloud"),
             category=SUB,
             description="Lifts an image and its z-depth into a coloured world point cloud (the first "
             "3D cache), the way the release does: unprojection at pixel centres, far-depth "
@@ -90,6 +91,7 @@ class TrajectoryBuilder(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoTrajectoryBuilder",
             display_name="Trajectory Builder (WorldStereo)",
+            **search_aliases("TrajectoryBuilder"),
             category=SUB,
             description="Plans a camera trajectory from the input camera: a preset (orbit, up, left, "
             "right, aerial, …) scaled by the scene's median depth, or a camera.json / keyframe list. "

@@ -21,7 +21,7 @@ from worldstereo_core.errors import (
 
 from .common import (z_depth, CATEGORY, DTYPES, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
                      inspector_ui, model_file_path, model_files, option, output_folder, register_model_folder,
-                     trajectories_of)
+                     search_aliases, trajectories_of)
 
 SUB = f"{CATEGORY}/memory"
 
@@ -62,6 +62,7 @@ class MemoryBankCreate(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoMemoryBankCreate",
             display_name="Memory Bank Create (WorldStereo)",
+            **search_aliases("MemoryBank"),
             category=SUB,
             description="Starts the Spatial-Stereo Memory (SSM) bank: the views the model may retrieve as "
             "references — the input image, or a panorama's perspective views — with their cameras.",
@@ -90,6 +91,7 @@ class MemoryBankUpdate(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoMemoryBankUpdate",
             display_name="Memory Bank Update (WorldStereo)",
+            **search_aliases("MemoryBank"),
             category=SUB,
             description="Adds a generated clip to the memory bank as the release does: 8 keyframes chosen "
             "uniformly (the first, the input view, skipped) join with their cameras. Returns a new bank; "
@@ -211,6 +213,7 @@ class Retrieve3DFOV(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoRetrieve3DFOV",
             display_name="Retrieve 3D FOV (WorldStereo)",
+            **search_aliases("Retrieve3DFOV"),
             category=SUB,
             description="Retrieves the memory-bank views that overlap the trajectory most (SSM references): "
             "every keyframe 1..20 scores every bank camera by frustum overlap and takes its best; when more "
@@ -280,6 +283,7 @@ class UmeyamaMerge(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoUmeyamaMerge",
             display_name="Align & Merge Clip (WorldStereo)",
+            **search_aliases("UmeyamaMerge"),
             category=SUB,
             description="Brings a reconstructed clip onto the 3D cache and merges it: depth mode (the scene "
             "loop's, the default) fits each frame's depth to the depth of the cache's surface (robust "

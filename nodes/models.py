@@ -39,6 +39,7 @@ from .common import (
     scene_loop_outputs,
     user_path,
     scene_loop_result,
+    search_aliases,
     starts_input,
     trajectories_of,
 )
@@ -227,7 +228,8 @@ class WorldStereoLoadModel(io.ComfyNode):
         ckpts = list_checkpoints()
         return io.Schema(
             node_id="WorldStereoLoadModel",
-            display_name="Load WorldStereo Model",
+            display_name="Load Wan2.1 WorldStereo Model",
+            **search_aliases("LoadWan", "Load WorldStereo Model"),
             category=SUB,
             description="Loads a WorldStereo 2.0 checkpoint (camera, memory or the 4-step memory-dmd) with the "
             "Wan2.1-I2V-14B encoders and VAE it runs on. Weights stream from safetensors straight to the GPU; "
@@ -318,6 +320,7 @@ class WorldStereoGGMControl(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoGGMControl",
             display_name="GGM Control (WorldStereo)",
+            **search_aliases("GGMControl"),
             category=SUB,
             description="Global-Geometric Memory condition: the 3D cache rendered along the trajectory, its hole "
             "mask and the keyframe cameras (whose Plücker rays the ControlNet branch also sees).",
@@ -377,6 +380,7 @@ class WorldStereoSSMControl(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoSSMControl",
             display_name="SSM Control (WorldStereo)",
+            **search_aliases("SSMControl"),
             category=SUB,
             description="Spatial-Stereo Memory condition: the retrieved memory views, their ref_index (the keyframe "
             "each is stitched beside) and cameras. Only the memory and memory-dmd checkpoints use it; without "
@@ -397,14 +401,15 @@ class WorldStereoSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="WorldStereoSampler",
-            display_name="WorldStereo Sampler",
+            display_name="DMDSampler (WorldStereo)",
+            **search_aliases("DMDSampler", "WorldStereo Sampler"),
             category=SUB,
             description="Generates the 21 keyframes of one trajectory: DMD (4 steps, no CFG; the memory-dmd "
             "checkpoint) or UniPC (40 steps, CFG 5.0; camera/memory checkpoints). Each keyframe is decoded on "
             "its own. With a Uni3C model (Load Uni3C ControlNet + Uni3C Control) it generates the whole "
             "81-frame video instead. Outputs the frames and the trajectory they follow.",
             inputs=[
-                WSModel.Input("model", tooltip="From Load WorldStereo Model."),
+                WSModel.Input("model", tooltip="From Load Wan2.1 WorldStereo Model."),
                 io.Image.Input("image", tooltip="The input view (first frame); resized to the render's size if needed."),
                 GGMControl.Input("ggm", tooltip="From GGM Control (or Uni3C Control for a Uni3C model)."),
                 io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
@@ -496,7 +501,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
             "bank (a panorama's point cloud and 27 views). The image size sets the generation size (multiples "
             "of 16; the release runs 480×832-class buckets).",
             inputs=[
-                WSModel.Input("model", tooltip="From Load WorldStereo Model (memory or memory-dmd use the bank)."),
+                WSModel.Input("model", tooltip="From Load Wan2.1 WorldStereo Model (memory or memory-dmd use the bank)."),
                 io.Image.Input("image", tooltip="The input view; it opens every clip that starts from it. Its size "
                                "is the generation size (multiples of 16, e.g. 480×832)."),
                 Cameras.Input("camera", tooltip="The input view's camera (Depth Estimate's, or a panorama "

@@ -30,6 +30,7 @@ from .common import (
     model_files,
     option,
     register_model_folder,
+    search_aliases,
     trajectories_of,
 )
 from .depth import MoGe, depth_preview
@@ -105,6 +106,7 @@ class WorldMirrorRecon(io.ComfyNode):
         return io.Schema(
             node_id="WorldStereoWorldMirrorRecon",
             display_name="WorldMirror Reconstruct Frames (WorldStereo)",
+            **search_aliases("WorldMirrorRecon"),
             category=SUB_RECON,
             description="Reconstructs generated frames taken along known trajectories into the scene's world "
             "frame with WorldMirror 2.0 (the release): per clip with the known cameras as priors, frames resized "
