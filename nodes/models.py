@@ -560,7 +560,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
         if model.video_mode:
             raise InvalidInputError(
                 "the Scene Loop runs the keyframe model (GGM, 21 keyframes); a model with the Uni3C branch samples "
-                "whole 81-frame videos — use it with Uni3C Control and the WorldStereo Sampler"
+                "whole 81-frame videos — use it with Uni3C Control and the DMDSampler (WorldStereo)"
             )
         if moge is None and worldmirror is None:
             raise MissingInputError(

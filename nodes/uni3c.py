@@ -84,7 +84,7 @@ class WorldStereoUni3CControl(io.ComfyNode):
                 Trajectory.Input("trajectory", tooltip="The trajectory the render was made along (1 + 4k poses)."),
             ],
             outputs=[GGMControl.Output(display_name="ggm",
-                                       tooltip="The video-mode condition for the WorldStereo Sampler.")],
+                                       tooltip="The video-mode condition for the DMDSampler (WorldStereo).")],
         )
 
     @classmethod

@@ -16,8 +16,10 @@ from testsupport import REPO_ROOT, WORKFLOWS
 
 # (width, height) of an ImageScale node as shipped -> the size CI runs (same orientation)
 CI_SIZES = {(832, 480): (96, 64), (2048, 1024): (256, 128)}
-# node type -> {input: value}: MoGe's fewest tokens (the release's level 9 only costs time here)
+# node type -> {input: value}: MoGe's fewest tokens and 2 UniPC steps instead of 40 (the
+# release's values only cost time on random weights)
 CI_SETTINGS = {
+    "WorldStereoSampler": {"steps": 2},
     "WorldStereoDepthEstimate": {"resolution_level": 0},
     "WorldStereoSceneLoop": {"depth_resolution_level": 0},
 }
@@ -27,9 +29,11 @@ LOADER_FOLDERS = {
                              "clip_vision": "clip_vision", "vae": "vae"},
     "WorldStereoLoadMoGe": {"model_name": "moge"},
     "WorldStereoLoadWorldMirror": {"model_name": "worldmirror"},
+    "WorldStereoLoadUni3C": {"uni3c_name": "controlnet"},
 }
 RELEASE_FILES = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors",
-                 "worldstereo-memory-dmd", "moge-2-vitl-normal/model.safetensors", "HY-WorldMirror-2.0/model.safetensors"}
+                 "worldstereo-memory-dmd", "worldstereo-camera", "moge-2-vitl-normal/model.safetensors",
+                 "HY-WorldMirror-2.0/model.safetensors", "Wan21_Uni3C_controlnet_fp16.safetensors"}
 
 
 def ci_overrides(api: dict) -> dict:
@@ -63,7 +67,8 @@ def write_tiny_weights_for(api: dict, models_dir) -> set[str]:
 
 def test_there_are_example_workflows():
     names = {p.stem for p in WORKFLOWS}
-    assert {"preview_synthetic", "preview_synthetic_step_by_step", "single_view", "panorama", "step_by_step"} <= names
+    assert {"preview_synthetic", "preview_synthetic_step_by_step", "single_view", "panorama", "step_by_step",
+            "uni3c"} <= names
     assert not (REPO_ROOT / "workflows").exists(), "example workflows live in example_workflows/ (ComfyUI's name)"
     for p in WORKFLOWS:
         assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail {p.stem}.jpg beside it"
@@ -91,7 +96,8 @@ def test_workflow_is_shipped_as_users_run_it(path):
             assert named, f"{n['type']} names none of the release's files: {n['widgets_values']}"
     if "WorldStereoLoadModel" in types:
         assert "LoadImage" in types, "a real-model workflow starts from the user's image"
-        assert "WorldStereoLoadWorldMirror" in types, "the release reconstructs with WorldMirror"
+        if "WorldStereoLoadUni3C" not in types:  # Uni3C makes one video, no scene
+            assert "WorldStereoLoadWorldMirror" in types, "the release reconstructs with WorldMirror"
         loader = next(n for n in nodes if n["type"] == "WorldStereoLoadModel")
         offered = {m["name"] for m in loader["properties"]["models"]}
         assert {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors"} <= offered
