@@ -12,6 +12,7 @@ from worldstereo_core import render as render_lib
 from worldstereo_core import safe_json
 from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError, MalformedJsonError
+from worldstereo_core.merge import first_cache
 
 from .common import (z_depth, CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
                      input_file, inspector_ui, search_aliases, trajectories_of)
@@ -37,7 +38,9 @@ class BuildPointCloud(io.ComfyNode):
             category=SUB,
             description="Lifts an image and its z-depth into a coloured world point cloud (the first "
             "3D cache), the way the release does: unprojection at pixel centres, far-depth "
-            "compression beyond 8x the median, and removal of points on depth edges.",
+            "compression beyond 8x the median, and removal of points on depth edges (their test "
+            "scaled to the image's resolution, as the Scene Loop does). With voxel_size_fraction 0.01 "
+            "and compress_far_depth off it is exactly the Scene Loop's first cache.",
             inputs=[
                 io.Image.Input("image", tooltip="The input view (first image of the batch is used)."),
                 Depth.Input("depth", tooltip="Its z-depth in world units, same size as the image."),
@@ -53,6 +56,10 @@ class BuildPointCloud(io.ComfyNode):
                                  "so the far background stays near the scene."),
                 io.Int.Input("max_points", default=0, min=0, max=50_000_000, step=10_000,
                              tooltip="Voxel-downsample to at most this many points (0 = keep all)."),
+                io.Float.Input("voxel_size_fraction", default=0.0, min=0.0, max=0.2, step=0.0005, optional=True,
+                               tooltip="Voxel grid of the cache, as a fraction of the depth's median: each "
+                               "voxel keeps the mean of its points (0 = keep every point). The Scene Loop's "
+                               "first cache uses 0.01 (with compress_far_depth off)."),
             ],
             outputs=[
                 PointCloud.Output(display_name="cloud", tooltip="World point cloud with colours."),
@@ -62,7 +69,7 @@ class BuildPointCloud(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, depth, fov_degrees, remove_depth_edges, compress_far_depth, max_points,
-                camera=None) -> io.NodeOutput:
+                camera=None, voxel_size_fraction=0.0) -> io.NodeOutput:
         img = image_to_hwc(image)
         depth = z_depth(depth)
         d = depth[0] if depth.ndim == 3 else depth
@@ -76,12 +83,14 @@ class BuildPointCloud(io.ComfyNode):
             camera = cam_lib.Cameras(torch.eye(4)[None], K, H, W)
         elif (camera.height, camera.width) != (H, W):
             camera = camera.resized(H, W)
-        cloud = pc_lib.unproject_depth(
-            d, camera.K[0], camera.c2w[0], img,
-            far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
+        # the scene loop's own first step, so a graph of separate nodes builds the same cache
+        _, cache = first_cache(
+            img[None], d[None].float(), camera[:1],
             edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
+            far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
+            voxel_fraction=voxel_size_fraction if voxel_size_fraction > 0 else None,
         )
-        cloud = cap_points(cloud, max_points)
+        cloud = cap_points(cache.cloud, max_points)
         return io.NodeOutput(cloud, camera[:1], ui=inspector_ui("point cloud", cloud=cloud, trajectories=[camera[:1]]))
 
 

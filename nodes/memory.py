@@ -307,6 +307,10 @@ class UmeyamaMerge(io.ComfyNode):
                              tooltip="Seed of the robust fits (same seed, same result)."),
                 io.Boolean.Input("skip_first_frame", default=True, optional=True,
                                  tooltip="Frame 0 is the input view, already in the cache: do not merge it again."),
+                Depth.Input("start_depth", optional=True,
+                            tooltip="The input view's depth: the voxel size is voxel_size_fraction × its median, "
+                            "as in the Scene Loop (else the cache's median depth seen from the trajectory's "
+                            "first camera)."),
             ],
             outputs=[
                 PointCloud.Output(display_name="cache", tooltip="The merged cache (the input cache is unchanged)."),
@@ -318,7 +322,7 @@ class UmeyamaMerge(io.ComfyNode):
 
     @classmethod
     def execute(cls, cache, frames, depth, trajectory, mode, voxel_size_fraction, seed,
-                skip_first_frame=True) -> io.NodeOutput:
+                skip_first_frame=True, start_depth=None) -> io.NodeOutput:
         depth = z_depth(depth)
         if len(cache) == 0:
             raise MissingInputError("the cache is empty; build it first (Build Point Cloud) and connect it")
@@ -330,7 +334,16 @@ class UmeyamaMerge(io.ComfyNode):
                 f"depth is {tuple(d.shape)} but frames are {tuple(img.shape[:3])}; give one depth map per frame, "
                 "at the frames' size"
             )
-        median = render.median_depth_in_view(cache, cams[:1])
+        if start_depth is not None:  # the loop's rule: the input view's median depth
+            start_depth = z_depth(start_depth, "start_depth")
+            valid = start_depth[start_depth > 0]
+            if valid.numel() == 0:
+                from worldstereo_core.errors import InvalidDepthError
+
+                raise InvalidDepthError("start_depth has no valid pixel; connect the input view's depth")
+            median = float(valid.double().median())
+        else:
+            median = render.median_depth_in_view(cache, cams[:1])
         voxel = voxel_size_fraction * median
         config = interfaces.default_config(cams.height, cams.width)
         clip = merge.merge_clip(mem_lib.Cache3D(cache, voxel), img, d, d > 0, cams, config, seed=seed,

@@ -171,30 +171,37 @@ memory update. Copy a group to add a trajectory (see *step_by_step*).
 
 
 def _step_group(key: str, y: int, preset: str, cache: tuple, bank: tuple, first: tuple, camera: tuple,
-                depth: tuple, real: bool, prefix: str, prompt: str = "", seed: int = 0) -> tuple[dict, list, dict]:
-    """One trajectory of the loop as separate nodes, in a group at height ``y``; returns (nodes, links, group)."""
-    k = lambda name: f"{key}_{name}"  # noqa: E731
+                depth: tuple, real: bool, prefix: str, prompt: str, index: int) -> tuple[dict, list, dict]:
+    """One trajectory of the loop as separate nodes, in a group at height ``y``; returns (nodes, links, group).
+
+    Settings are the Scene Loop's, so the graph gives the loop's result: the merge voxel from the
+    input view's median depth (``start_depth``), and for trajectory ``index`` (from 0; loop seed 0)
+    the loop's noise seed (seed + index), merge seed (seed · 7919 + index · 101) and bank label."""
+    seed, label = index * 101, f"traj{index}:{preset}"
+    def k(name: str) -> str:  # node keys of this group
+        return f"{key}_{name}"
+
     last = 2440 if real else 2100  # x of the merge column
     n = {
         k("traj"): node("WorldStereoTrajectoryBuilder", [520, y + 50], {"preset": preset}, title=f"Trajectory Builder ({preset})"),
         k("render"): node("WorldStereoRenderCache", [1000, y + 50], {"keyframes_only": True}),
         k("retrieve"): node("WorldStereoRetrieve3DFOV", [1000, y + 260], {"mode": "aabb", "max_references": 8}),
         k("merge"): node("WorldStereoUmeyamaMerge", [last, y + 50], {"mode": "depth", "seed": seed}),
-        k("update"): node("WorldStereoMemoryBankUpdate", [last, y + 300], {"num_frames_added": 8, "label": f"{key}:{preset}"}),
+        k("update"): node("WorldStereoMemoryBankUpdate", [last, y + 300], {"num_frames_added": 8, "label": label}),
         k("video"): node("WorldStereoSaveVideo", [last, y + 480], {"filename_prefix": f"worldstereo/{prefix}_{key}_frames"}),
     }
     links = [
         (*camera, k("traj"), "camera"), (*depth, k("traj"), "depth"),
         (*cache, k("render"), "cache"), (k("traj"), "trajectory", k("render"), "trajectory"), (*first, k("render"), "first_frame"),
         (k("traj"), "trajectory", k("retrieve"), "trajectory"), (*bank, k("retrieve"), "bank"),
-        (*cache, k("merge"), "cache"), (k("traj"), "trajectory", k("merge"), "trajectory"),
+        (*cache, k("merge"), "cache"), (k("traj"), "trajectory", k("merge"), "trajectory"), (*depth, k("merge"), "start_depth"),
         (*bank, k("update"), "bank"), (k("traj"), "trajectory", k("update"), "trajectory"),
     ]
     if real:
         n[k("ggm")] = node("WorldStereoGGMControl", [1360, y + 50])
         n[k("ssm")] = node("WorldStereoSSMControl", [1360, y + 260])
         n[k("sample")] = node("WorldStereoSampler", [1620, y + 50],
-                              {"prompt": prompt, "sampler": "auto", "seed": seed, "control_after_generate": "fixed"},
+                              {"prompt": prompt, "sampler": "auto", "seed": index, "control_after_generate": "fixed"},
                               size=[420, 560])
         n[k("recon")] = node("WorldStereoWorldMirrorRecon", [2080, y + 50], {"backend": "worldmirror"})
         links += [
@@ -240,7 +247,9 @@ def _step_by_step(real: bool) -> dict:
         image, depth, camera = ("scene", "image"), ("scene", "depth"), ("scene", "camera")
         links = []
         x_cloud, top = 420, 360
-    nodes["cloud"] = node("WorldStereoBuildPointCloud", [x_cloud, 80], {"remove_depth_edges": True})
+    # the Scene Loop's first cache: edges removed, no far compression, voxel 1 % of the median depth
+    nodes["cloud"] = node("WorldStereoBuildPointCloud", [x_cloud, 80],
+                          {"remove_depth_edges": True, "compress_far_depth": False, "voxel_size_fraction": 0.01})
     nodes["bank"] = node("WorldStereoMemoryBankCreate", [x_cloud + 380, 80], {"label": "input"})
     links += [(*image, "cloud", "image"), (*depth, "cloud", "depth"), (*camera, "cloud", "camera"),
               (*image, "bank", "images"), ("cloud", "camera", "bank", "cameras")]
@@ -249,7 +258,7 @@ def _step_by_step(real: bool) -> dict:
     y = top
     for i, preset in enumerate(["orbit", "up"], start=1):
         n, ls, g = _step_group(f"traj{i}", y, preset, cache, bank, image, ("cloud", "camera"), depth, real, prefix,
-                               KITCHEN_PROMPT, seed=i - 1)
+                               KITCHEN_PROMPT, index=i - 1)
         nodes.update(n)
         links += ls
         groups.append(g)

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .interfaces import LoopConfig
 from .memory import Cache3D
-from .pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud, depth_edges, unproject_depths
+from .pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud, compress_far_depth, depth_edges, unproject_depths
 from .render import cache_surface_depth
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ __all__ = [
     "merge_clip",
     "align_cloud_to_cache",
     "lift_depth",
+    "first_cache",
 ]
 
 
@@ -274,6 +275,44 @@ def align_clip_depth(
     added = PointCloud.cat(new_clouds) if new_clouds else _empty_cloud()
     rmse = math.sqrt(sq_sum / sq_n) if sq_n else float("nan")
     return ClipDepthAlignment(WorldDepth.mark(out_d), out_v, added, al, rmse)
+
+
+def first_cache(
+    image: torch.Tensor,
+    depth: torch.Tensor,
+    cameras: Cameras,
+    valid: torch.Tensor | None = None,
+    *,
+    edge_threshold: float | None,
+    far_contract: float | None,
+    voxel_fraction: float | None,
+    max_points: int | None = None,
+    remove_outliers: bool = False,
+) -> tuple[PointCloud, Cache3D]:
+    """The input view lifted into the first 3D cache: the scene loop's step 1, and Build Point Cloud.
+
+    ``depth [1, H, W]`` (0 = none; ``valid`` may drop more pixels) is far-compressed
+    (``far_contract``, None = off), lifted with :func:`lift_depth` (``edge_threshold``, None =
+    keep edges) and merged into an empty cache whose voxel is ``voxel_fraction ×`` the median of
+    the valid depth (None = no voxel grid) and point cap ``max_points``.
+
+    Returns:
+        ``(input_cloud, cache)``: the lifted points and the cache made of them.
+    Raises:
+        InvalidDepthError: no pixel survives the mask or the edge test.
+    """
+    d0 = torch.as_tensor(depth).float()
+    keep = (d0 > 0) if valid is None else (torch.as_tensor(valid).reshape(d0.shape).bool() & (d0 > 0))
+    if not bool(keep.any()):
+        raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
+    voxel = None if voxel_fraction is None else voxel_fraction * float(d0[keep].double().median())
+    d_in = d0
+    if far_contract is not None:
+        d_in = torch.as_tensor(compress_far_depth(d0, far_contract))
+    cloud = lift_depth(d_in, keep, image, cameras, edge_threshold)
+    if cloud is None:
+        raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
+    return cloud, Cache3D.empty(voxel, max_points).merge(cloud, remove_outliers=remove_outliers)
 
 
 @dataclass(frozen=True)

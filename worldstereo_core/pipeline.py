@@ -52,9 +52,9 @@ from .interfaces import (
     trajectory_specs,
 )
 from .memory import Cache3D, MemoryBank
-from .merge import FrameAlignment, lift_depth, merge_clip
+from .merge import FrameAlignment, first_cache, merge_clip
 from .oracle import DepthCorruption, LoopScores, SyntheticScene, SyntheticView, oracle_models, score_cloud
-from .pointcloud import PointCloud, compress_far_depth, validate_depth
+from .pointcloud import PointCloud, validate_depth
 from .recon.reconstruct import resize_frames
 from .render import RenderResult, median_depth_in_view, render_point_cloud
 from .retrieval import REDUCE_RULES, RETRIEVAL_MODES, ImageFeatures, References, RetrievalShortcut, retrieve
@@ -313,13 +313,9 @@ def run_scene_loop(
         median_depth = median_depth_in_view(cache.cloud, cameras)
     voxel = config.voxel_fraction * median_depth
     if cache is None:
-        d_in = d0
-        if config.far_contract is not None:
-            d_in = torch.as_tensor(compress_far_depth(d0, config.far_contract))
-        input_cloud = lift_depth(d_in, keep0, img, cameras, config.edge_threshold)
-        if input_cloud is None:
-            raise InvalidDepthError("no input pixel survived the depth mask; the first cache would be empty")
-        cache = Cache3D.empty(voxel, config.max_points).merge(input_cloud, remove_outliers=config.outlier_removal)
+        input_cloud, cache = first_cache(img, d0, cameras, keep0, edge_threshold=config.edge_threshold,
+                                         far_contract=config.far_contract, voxel_fraction=config.voxel_fraction,
+                                         max_points=config.max_points, remove_outliers=config.outlier_removal)
     else:
         input_cloud = cache.cloud
         if cache.voxel_size is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from testsupport import REPO_ROOT, WORKFLOWS
 
 # (width, height) of an ImageScale node as shipped -> the size CI runs (same orientation)
