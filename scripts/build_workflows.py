@@ -42,6 +42,7 @@ WORLDMIRROR_HF = "https://huggingface.co/tencent/HY-World-2.0/resolve/main"
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
 VAE = "wan_2.1_vae.safetensors"
+BASE_MODEL = "wan2.1_i2v_480p_14B_bf16.safetensors"  # fills the backbone keys the released files lack
 CHECKPOINT = "worldstereo-memory-dmd"  # models/worldstereo/<name>/{config.json, model.safetensors}
 MOGE = "moge-2-vitl-normal/model.safetensors"  # converted from Ruicheng/moge-2-vitl-normal's model.pt
 WORLDMIRROR = "HY-WorldMirror-2.0/model.safetensors"  # tencent/HY-World-2.0, subfolder HY-WorldMirror-2.0
@@ -52,6 +53,7 @@ WAN_MODELS = [
     {"name": TEXT_ENCODER, "url": f"{WAN_REPACKAGED}/text_encoders/{TEXT_ENCODER}", "directory": "text_encoders"},
     {"name": CLIP_VISION, "url": f"{WAN_REPACKAGED}/clip_vision/{CLIP_VISION}", "directory": "clip_vision"},
     {"name": VAE, "url": f"{WAN_REPACKAGED}/vae/{VAE}", "directory": "vae"},
+    {"name": BASE_MODEL, "url": f"{WAN_REPACKAGED}/diffusion_models/{BASE_MODEL}", "directory": "diffusion_models"},
 ]
 UNI3C = "Wan21_Uni3C_controlnet_fp16.safetensors"  # models/controlnet/, as ComfyUI's Wan wrappers name it
 UNI3C_MODELS = [{"name": UNI3C, "url": f"https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/{UNI3C}",
@@ -98,7 +100,8 @@ def _model_loaders(x: int, y: int) -> dict:
     return {
         "model": node("WorldStereoLoadModel", [x, y],
                       {"checkpoint": CHECKPOINT, "variant": "auto", "text_encoder": TEXT_ENCODER,
-                       "clip_vision": CLIP_VISION, "vae": VAE, "dtype": "bf16"}, models=WAN_MODELS),
+                       "clip_vision": CLIP_VISION, "vae": VAE, "dtype": "bf16", "base_model": BASE_MODEL},
+                      models=WAN_MODELS),
         "moge": node("WorldStereoLoadMoGe", [x, y + 380], {"model_name": MOGE, "variant": "auto", "dtype": "fp32"}),
         "worldmirror": node("WorldStereoLoadWorldMirror", [x, y + 560], {"model_name": WORLDMIRROR, "dtype": "fp32"},
                             models=WORLDMIRROR_MODELS),
@@ -144,7 +147,8 @@ PANORAMA_NOTE = """## WorldStereo: 360° panorama → 3D scene
 
 **Load Image**: a 2:1 equirectangular panorama. It is split into the release's 27 views
 (the memory bank), its depth (MoGe-2, panorama mode) is lifted into the panorama **3D cache**, and
-the scene loop generates the trajectories from the centre view with that bank and cache.
+the scene loop generates an orbit from four bank views around the centre (`starts`:
+input = the centre view, view:N = bank view N) with that bank and cache.
 """
 
 STEP_NOTE = """## The WorldStereo loop, node by node
@@ -351,9 +355,12 @@ WORKFLOWS: dict[str, dict] = {
             "size": node("ImageScale", [800, 470],
                          {"upscale_method": "lanczos", "width": RELEASE_W, "height": RELEASE_H, "crop": "center"},
                          title="Generation size (480×832)"),
+            # an orbit from four of the bank's level views, ~90° apart (bank order: 0 = centre, 3..10 =
+            # azimuths 140°, 100°, …, −140°), so the scene is generated all around the panorama's centre
             "loop": node("WorldStereoSceneLoop", [1180, 80],
-                         {"prompt": PANORAMA_PROMPT, "trajectories": PAPER_TRAJECTORIES, "sampler": "auto",
-                          "depth_resolution_level": 9, "control_after_generate": "fixed"}, size=[420, 700]),
+                         {"prompt": PANORAMA_PROMPT, "trajectories": "orbit,orbit,orbit,orbit",
+                          "starts": "input,view:4,view:6,view:8", "sampler": "auto",
+                          "depth_resolution_level": 9, "control_after_generate": "fixed"}, size=[420, 760]),
             **_saves(1640, 80, "panorama"),
             "note": note([420, 680], PANORAMA_NOTE, (560, 260)),
         },
@@ -395,7 +402,8 @@ WORKFLOWS: dict[str, dict] = {
             "control": node("WorldStereoUni3CControl", [1300, 300]),
             "model": node("WorldStereoLoadModel", [820, 760],
                           {"checkpoint": "worldstereo-camera", "variant": "auto", "text_encoder": TEXT_ENCODER,
-                           "clip_vision": CLIP_VISION, "vae": VAE, "dtype": "bf16"}, models=WAN_MODELS),
+                           "clip_vision": CLIP_VISION, "vae": VAE, "dtype": "bf16", "base_model": BASE_MODEL},
+                          models=WAN_MODELS),
             "uni3c": node("WorldStereoLoadUni3C", [1300, 760], {"uni3c_name": UNI3C}, models=UNI3C_MODELS),
             "sampler": node("WorldStereoSampler", [1700, 80],
                             {"prompt": KITCHEN_PROMPT, "sampler": "unipc-40", "steps": 0,
@@ -508,7 +516,7 @@ def main() -> int:
     write_tiny_models(server.base_dir / "models")
     for folder, name in (("text_encoders", TEXT_ENCODER), ("clip_vision", CLIP_VISION), ("vae", VAE),
                          ("worldstereo", CHECKPOINT), ("moge", MOGE), ("worldmirror", WORLDMIRROR),
-                         ("controlnet", UNI3C)):
+                         ("controlnet", UNI3C), ("diffusion_models", BASE_MODEL)):
         write_tiny_file(server.base_dir / "models", folder, name)
     with server, sync_playwright() as pw:
         server.post("/api/settings", json={"Comfy.TutorialCompleted": True})

@@ -245,18 +245,34 @@ def write_tiny_models(
 
 def write_tiny_worldmirror(folder: Path, seed: int = 0) -> Path:
     """Tiny WorldMirror 2.0 weights (``model.safetensors`` + ``config.json``), the released layout."""
-    from ..recon.worldmirror import WorldMirror, WorldMirrorConfig, save_worldmirror
+    from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, save_worldmirror
 
     torch.manual_seed(seed)
     return save_worldmirror(WorldMirror(WorldMirrorConfig.tiny()).eval(), folder)
+
+
+def write_tiny_wan_base(path: Path, seed: int = 0, std: float = 0.05) -> Path:
+    """A tiny Wan2.1-I2V base transformer file: the backbone keys (diffusers names) of a tiny
+    WorldStereo transformer, i.e. what ``base_model`` fills into a checkpoint that lacks them."""
+    from safetensors.torch import save_file
+
+    from worldstereo_core.models.loading import is_backbone_key
+
+    model = build_transformer("camera", tiny=True)
+    init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 3)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if is_backbone_key(k)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
 
 
 def write_tiny_file(models_dir: str | os.PathLike, folder: str, name: str, seed: int = 0) -> Path:
     """Tiny weights under ``models_dir/folder/name``, where a loader looks for the real file ``name``.
 
     ``folder`` is the ComfyUI model folder a loader reads: ``text_encoders``, ``clip_vision``,
-    ``vae``, ``controlnet`` (single files, e.g. ``umt5_xxl_fp8_e4m3fn_scaled.safetensors``; the Uni3C
-    branch for ``controlnet``), ``worldstereo`` (a
+    ``vae``, ``controlnet``, ``diffusion_models`` (single files, e.g.
+    ``umt5_xxl_fp8_e4m3fn_scaled.safetensors``; the Uni3C branch for ``controlnet``, the Wan base
+    transformer for ``diffusion_models``), ``worldstereo`` (a
     checkpoint folder; the variant is read from the release's folder name, else ``dmd``), ``moge``
     and ``worldmirror`` (``<subfolder>/model.safetensors``: the weights and ``config.json`` go in
     the subfolder). Tests run the shipped example workflows unchanged this way.
@@ -277,6 +293,8 @@ def write_tiny_file(models_dir: str | os.PathLike, folder: str, name: str, seed:
         return write_tiny_worldmirror(path.parent, seed)
     if folder == "controlnet":
         return write_tiny_uni3c(path, seed)
+    if folder == "diffusion_models":
+        return write_tiny_wan_base(path, seed)
     raise CheckpointError(f"no tiny weights for the model folder {folder!r}")
 
 
@@ -296,6 +314,7 @@ __all__ = [
     "write_tiny_moge",
     "write_tiny_text_encoder",
     "write_tiny_uni3c",
+    "write_tiny_wan_base",
     "write_tiny_vae",
     "write_tiny_worldmirror",
     "write_tiny_worldstereo",

@@ -52,7 +52,7 @@ def _images(comfy_server, outputs: dict, node_ids: list[str]) -> torch.Tensor:
     for nid in node_ids:
         for item in outputs[nid]["images"]:
             path = comfy_server.base_dir / "output" / item.get("subfolder", "") / item["filename"]
-            frames.append(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))))
+            frames.append(torch.from_numpy(np.array(Image.open(path).convert("RGB"))))
     return torch.stack(frames)
 
 

@@ -25,14 +25,15 @@ CI_SETTINGS = {
 # loader inputs that name a model file, and the ComfyUI model folder each is read from
 LOADER_FOLDERS = {
     "WorldStereoLoadModel": {"checkpoint": "worldstereo", "text_encoder": "text_encoders",
-                             "clip_vision": "clip_vision", "vae": "vae"},
+                             "clip_vision": "clip_vision", "vae": "vae", "base_model": "diffusion_models"},
     "WorldStereoLoadMoGe": {"model_name": "moge"},
     "WorldStereoLoadWorldMirror": {"model_name": "worldmirror"},
     "WorldStereoLoadUni3C": {"uni3c_name": "controlnet"},
 }
 RELEASE_FILES = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors",
                  "worldstereo-memory-dmd", "worldstereo-camera", "moge-2-vitl-normal/model.safetensors",
-                 "HY-WorldMirror-2.0/model.safetensors", "Wan21_Uni3C_controlnet_fp16.safetensors"}
+                 "HY-WorldMirror-2.0/model.safetensors", "Wan21_Uni3C_controlnet_fp16.safetensors",
+                 "wan2.1_i2v_480p_14B_bf16.safetensors"}
 
 
 def ci_overrides(api: dict) -> dict:
@@ -86,8 +87,8 @@ def test_workflow_is_shipped_as_users_run_it(path):
             assert (REPO_ROOT / "example_inputs" / n["widgets_values"][0]).is_file(), n["widgets_values"]
         if n["type"] == "ImageScale":
             assert tuple(n["widgets_values"][1:3]) in {(832, 480), (2048, 1024)}, n["widgets_values"]
-        if n["type"] in ("WorldStereoSceneLoop", "WorldStereoOracleSceneLoop"):
-            assert "orbit,up,right,left" in n["widgets_values"], n["widgets_values"]
+        if n["type"] in ("WorldStereoSceneLoop", "WorldStereoOracleSceneLoop"):  # four trajectories
+            assert "orbit,up,right,left" in n["widgets_values"] or "orbit,orbit,orbit,orbit" in n["widgets_values"]
         if n["type"] == "WorldStereoDepthEstimate":
             assert n["widgets_values"][-1] == 9, "the release's MoGe resolution level"
         if n["type"] in LOADER_FOLDERS:
@@ -99,7 +100,8 @@ def test_workflow_is_shipped_as_users_run_it(path):
             assert "WorldStereoLoadWorldMirror" in types, "the release reconstructs with WorldMirror"
         loader = next(n for n in nodes if n["type"] == "WorldStereoLoadModel")
         offered = {m["name"] for m in loader["properties"]["models"]}
-        assert {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors"} <= offered
+        assert {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors",
+                "wan2.1_i2v_480p_14B_bf16.safetensors"} <= offered
         assert all(m["url"].startswith("https://huggingface.co/") for m in loader["properties"]["models"])
         assert any(m["directory"] == "worldstereo" for m in workflow.get("models", []))
 
