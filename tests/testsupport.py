@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,3 +58,58 @@ def identity_camera(h: int = 48, w: int = 64):
     from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 
     return Cameras(torch.eye(4)[None], intrinsics_from_fov(60.0, h, w)[None], h, w)
+
+
+# --- running the shipped example workflows in CI (tests/integration) ----------------------------
+# (width, height) of an ImageScale node as shipped -> the size CI runs (same orientation)
+CI_SIZES = {(832, 480): (96, 64), (2048, 1024): (256, 128)}
+# node type -> {input: value}: MoGe's fewest tokens (the release's level 9 only costs time on
+# random weights); UniPC samplers run 2 steps instead of 40 (CI_UNIPC_STEPS)
+CI_UNIPC_STEPS = 2
+CI_SETTINGS = {
+    "WorldStereoDepthEstimate": {"resolution_level": 0},
+    "WorldStereoSceneLoop": {"depth_resolution_level": 0},
+}
+# loader inputs that name a model file, and the ComfyUI model folder each is read from
+LOADER_FOLDERS = {
+    "WorldStereoLoadModel": {"checkpoint": "worldstereo", "text_encoder": "text_encoders",
+                             "clip_vision": "clip_vision", "vae": "vae", "base_model": "diffusion_models"},
+    "WorldStereoLoadMoGe": {"model_name": "moge"},
+    "WorldStereoLoadWorldMirror": {"model_name": "worldmirror"},
+    "WorldStereoLoadUni3C": {"uni3c_name": "controlnet"},
+}
+RELEASE_FILES = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors",
+                 "worldstereo-memory-dmd", "worldstereo-camera", "moge-2-vitl-normal/model.safetensors",
+                 "HY-WorldMirror-2.0/model.safetensors", "Wan21_Uni3C_controlnet_fp16.safetensors",
+                 "wan2.1_i2v_480p_14B_bf16.safetensors"}
+
+
+def ci_overrides(api: dict) -> dict:
+    """The API graph with CI sizes and settings (a copy; the workflow file is not touched)."""
+    out = json.loads(json.dumps(api))
+    for node in out.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "ImageScale":
+            size = (inputs["width"], inputs["height"])
+            assert size in CI_SIZES, f"no CI size for an ImageScale to {size}; add it to CI_SIZES"
+            inputs["width"], inputs["height"] = CI_SIZES[size]
+        if node["class_type"] == "WorldStereoSampler" and inputs.get("sampler") == "unipc-40":
+            inputs["steps"] = CI_UNIPC_STEPS
+        for name, value in CI_SETTINGS.get(node["class_type"], {}).items():
+            if name in inputs:
+                inputs[name] = value
+    return out
+
+
+def write_tiny_weights_for(api: dict, models_dir) -> set[str]:
+    """Tiny weights under every model file name the graph's loaders use; returns those names."""
+    from tiny_models import write_tiny_file
+
+    names = set()
+    for node in api.values():
+        for name, folder in LOADER_FOLDERS.get(node["class_type"], {}).items():
+            value = node["inputs"][name]
+            names.add(value)
+            if not (models_dir / folder / value).exists():
+                write_tiny_file(models_dir, folder, value)
+    return names

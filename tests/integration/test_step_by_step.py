@@ -109,3 +109,66 @@ def test_step_by_step_graph_equals_the_oracle_scene_loop(comfy_server, object_in
     torch.testing.assert_close(graph_bank_value.K, loop_bank_value.K)
     for a, b in zip(graph_bank_value.frames, loop_bank_value.frames):
         torch.testing.assert_close(a.float(), b.float())
+
+
+def test_real_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(comfy_server, object_info):
+    """The same with the video model: ``step_by_step.json`` (DMDSampler, WorldMirror reconstruction)
+    against a WorldStereo Scene Loop on the same image, depth, model and seed, with tiny random
+    weights written under the real file names and the CI size (96×64)."""
+    from testsupport import ci_overrides, write_tiny_weights_for
+    from workflow_api import ui_to_api
+
+    from worldstereo_core.interfaces import default_config
+    from worldstereo_core.memory import MemoryBank
+
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "step_by_step.json").read_text())
+    api = ci_overrides(ui_to_api(workflow, object_info))
+    write_tiny_weights_for(api, comfy_server.base_dir / "models")
+    (size,) = _ids(api, "ImageScale")
+    (depth,) = _ids(api, "WorldStereoDepthEstimate")
+    (model,) = _ids(api, "WorldStereoLoadModel")
+    (wm,) = _ids(api, "WorldStereoLoadWorldMirror")
+    samplers = _ids(api, "WorldStereoSampler")
+    presets = [api[i]["inputs"]["preset"] for i in _ids(api, "WorldStereoTrajectoryBuilder")]
+    h, w = api[size]["inputs"]["height"], api[size]["inputs"]["width"]
+    # the loop scales the release's splat radius below 480 rows (default_config); at the release's
+    # 480×832 both use 0.008, the Render Cache default the workflow keeps
+    for rid in _ids(api, "WorldStereoRenderCache"):
+        api[rid]["inputs"]["radius"] = default_config(h, w).radius
+    (graph_ply,) = _ids(api, "WorldStereoSavePointCloud")
+    (graph_bank,) = _ids(api, "WorldStereoMemoryBankSave")
+    api[graph_bank]["inputs"]["folder"] = "ws_equal_tiny/graph_bank"
+    for k, sid in enumerate(samplers):
+        api[f"80{k}"] = _node("SaveImage", images=[sid, 0], filename_prefix=f"ws_equal_tiny/graph_frames_{k}")
+    s0 = api[samplers[0]]["inputs"]
+    api["900"] = _node(
+        "WorldStereoSceneLoop", model=[model, 0], image=[size, 0], camera=[depth, 1], depth=[depth, 0],
+        worldmirror=[wm, 0], prompt=s0["prompt"], negative_prompt=s0["negative_prompt"],
+        trajectories=",".join(presets), sampler=s0["sampler"], steps=s0["steps"], cfg=s0["cfg"], shift=s0["shift"],
+        seed=0, retrieval_mode="aabb", depth_resolution_level=0, prompts="", starts="",
+    )
+    api["901"] = _node("WorldStereoSavePointCloud", cloud=["900", 0], filename_prefix="ws_equal_tiny/loop_cloud")
+    api["902"] = _node("WorldStereoMemoryBankSave", bank=["900", 2], folder="ws_equal_tiny/loop_bank")
+    api["903"] = _node("SaveImage", images=["900", 5], filename_prefix="ws_equal_tiny/loop_frames")
+
+    result = comfy_server.run(api, timeout=900)
+    assert result.status == "success", (result.error, comfy_server.log()[-3000:])
+    frame_nodes = [f"80{k}" for k in range(len(samplers))]
+    outputs = _outputs(comfy_server, result, [graph_ply, "901", "903", *frame_nodes])
+
+    graph_frames = _images(comfy_server, outputs, frame_nodes).float()
+    loop_frames = _images(comfy_server, outputs, ["903"]).float()
+    assert graph_frames.shape == loop_frames.shape == (2 * 21, h, w, 3)
+    assert (graph_frames - loop_frames).abs().max() <= 1  # 8-bit PNGs of float frames
+
+    graph_cloud, loop_cloud = _ply(comfy_server, outputs, graph_ply), _ply(comfy_server, outputs, "901")
+    assert len(graph_cloud) == len(loop_cloud) > 100
+    torch.testing.assert_close(torch.as_tensor(graph_cloud.points), torch.as_tensor(loop_cloud.points),
+                               rtol=1e-4, atol=1e-4)
+
+    out = comfy_server.base_dir / "output" / "ws_equal_tiny"
+    a, b = MemoryBank.load(out / "graph_bank"), MemoryBank.load(out / "loop_bank")
+    assert len(a) == len(b) == 1 + 2 * 8 and list(a.sources) == list(b.sources)
+    torch.testing.assert_close(a.w2c, b.w2c)
+    for x, y in zip(a.frames, b.frames):
+        torch.testing.assert_close(x.float(), y.float(), rtol=1e-4, atol=1e-4)
