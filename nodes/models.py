@@ -20,7 +20,7 @@ from worldstereo_core.errors import (
     MissingInputError,
     ShapeMismatchError,
 )
-from worldstereo_core.retrieval import References
+from worldstereo_core.retrieval import REDUCE_RULES, References
 
 from .common import (
     z_depth,
@@ -44,6 +44,7 @@ from .common import (
     trajectories_of,
 )
 from .depth import MoGe
+from .memory import DINOv2
 from .model_manager import ensure_loaded
 from .recon import WorldMirror
 
@@ -538,6 +539,23 @@ class WorldStereoSceneLoop(io.ComfyNode):
                                 tooltip="One prompt per line, in trajectory order (the release captions each "
                                 "trajectory); a blank line or an empty box = the scene prompt above."),
                 starts_input(),
+                # the paper's ablation switches (release behaviour by default)
+                io.Boolean.Input("ggm", default=True, optional=True,
+                                 tooltip="Global-Geometric Memory: the 3D cache rendered along the trajectory guides "
+                                 "the ControlNet. Off (the paper's ablation): an empty render, cameras only."),
+                io.Boolean.Input("ssm", default=True, optional=True,
+                                 tooltip="Spatial-Stereo Memory: retrieved memory-bank views are given as references. "
+                                 "Off (the paper's ablation): none (the start image is the only reference)."),
+                io.Combo.Input("alignment", options=["depth", "umeyama"], default="depth", optional=True,
+                               tooltip="How each clip's depth is brought onto the cache: depth = per-frame robust "
+                               "scale/shift (default); umeyama = one similarity per clip."),
+                io.Int.Input("bank_frames_per_clip", default=8, min=1, max=20, optional=True,
+                             tooltip="Keyframes of each clip added to the memory bank (release: 8)."),
+                io.Combo.Input("reference_cut", options=list(REDUCE_RULES), default="spread", optional=True,
+                               tooltip="How more than 8 candidate references are cut: dinov2_fps = the release "
+                               "(connect dinov2); spread = evenly along the trajectory (no model); coverage, fps."),
+                DINOv2.Input("dinov2", optional=True, tooltip="From Load DINOv2: image features for reference_cut "
+                             "dinov2_fps."),
             ],
             outputs=scene_loop_outputs("JSON report of what the loop did."),
         )
@@ -545,7 +563,8 @@ class WorldStereoSceneLoop(io.ComfyNode):
     @classmethod
     def execute(cls, model, image, camera, prompt, negative_prompt, trajectories, sampler, steps, cfg, shift, seed,
                 retrieval_mode, depth_resolution_level, moge=None, worldmirror=None, depth=None, bank=None,
-                cache=None, prompts="", starts="") -> io.NodeOutput:
+                cache=None, prompts="", starts="", ggm=True, ssm=True, alignment="depth", bank_frames_per_clip=8,
+                reference_cut="spread", dinov2=None) -> io.NodeOutput:
         import comfy.model_management as mm
 
         depth = None if depth is None else z_depth(depth)
@@ -604,8 +623,12 @@ class WorldStereoSceneLoop(io.ComfyNode):
             estimator, depth_source = MoGeDepthEstimator(moge, resolution_level=depth_resolution_level), "moge"
         result = pipeline.run_scene_loop(
             img, cam, None if depth is None else depth[:1].float(), generator, estimator, names,
-            default_config(H, W, retrieval_mode=retrieval_mode), seed=seed % 2**31, progress=on_stage,
-            bank=bank, cache=None if cache is None else Cache3D(cache),
+            default_config(H, W, retrieval_mode=retrieval_mode, ggm=bool(ggm), ssm=bool(ssm),
+                           clip_alignment=option({a: a for a in ("depth", "umeyama")}, alignment, "alignment"),
+                           bank_update=int(bank_frames_per_clip),
+                           reference_cut=option({r: r for r in REDUCE_RULES}, reference_cut, "reference_cut")),
+            seed=seed % 2**31, progress=on_stage, bank=bank, cache=None if cache is None else Cache3D(cache),
+            image_features=dinov2,
         )
         report = _loop_report(result, model, kind, per_clip, cfg, seed, depth_source, bank is not None,
                               cache is not None)

@@ -128,6 +128,12 @@ class LoopConfig:
         max_fit_pixels: pixels (a seeded random subset of the covered ones) per depth fit.
         clip_alignment: how each clip is aligned to the cache (:func:`~worldstereo_core.merge.merge_clip`): ``"depth"``
             (per-frame scale/shift) or ``"umeyama"`` (one similarity per clip).
+        ggm: the paper's Global-Geometric Memory on (default). Off (its ablation): the generator
+            gets an empty render, every pixel a hole except the first frame (the start image),
+            so the ControlNet still sees the cameras (Plücker rays) but no geometry.
+        ssm: the paper's Spatial-Stereo Memory on (default). Off (its ablation): no retrieved
+            references reach the generator (the memory models then use the start image as
+            their single reference, as for a first clip); the retrieval is still recorded.
     """
 
     num_frames: int = DEFAULT_NUM_FRAMES
@@ -149,6 +155,8 @@ class LoopConfig:
     align_context_frames: int = 4
     max_fit_pixels: int = 4096
     clip_alignment: str = "depth"
+    ggm: bool = True
+    ssm: bool = True
 
     def params_for(self, name: str) -> dict:
         for n, p in self.preset_params:

@@ -216,6 +216,15 @@ def _shortcut_sources(config: LoopConfig, trajectories: Sequence[str]) -> dict[i
     return out
 
 
+def _without_geometry(render: RenderResult) -> RenderResult:
+    """The GGM ablation's condition: every keyframe but the first (the start image) an empty
+    render, all holes (mask 1) and no depth."""
+    rgb, mask, depth = render.rgb.clone(), torch.ones_like(render.mask), torch.zeros_like(render.depth)
+    rgb[1:] = 0
+    mask[0] = render.mask[0]
+    return RenderResult(rgb, depth, mask)
+
+
 def run_scene_loop(
     image: torch.Tensor,
     cameras: Cameras,
@@ -332,6 +341,8 @@ def run_scene_loop(
         traj = make_preset(name, start_cam, scale, config.num_frames, **config.params_for(name))
         kf = traj.keyframes(config.num_keyframes)
         render = render_point_cloud(cache.cloud, kf, radius=config.radius, first_frame=start_img[0])
+        if not config.ggm:  # ablation: cameras only, no geometry (first frame stays the start image)
+            render = _without_geometry(render)
         tick()
 
         # 2b. retrieve references for keyframes 1.. from the memory bank (SSM condition)
@@ -345,7 +356,8 @@ def run_scene_loop(
         # generators that read the 3D cache itself (the paper-SSM variants' pointmaps) say so with uses_cache
         if getattr(generator, "uses_cache", False):
             extra["cache"] = cache.cloud
-        frames = torch.as_tensor(generator(start_img, kf, render.rgb, render.mask, refs, **extra)).float()
+        given = refs if config.ssm else None  # SSM ablation: no references reach the generator
+        frames = torch.as_tensor(generator(start_img, kf, render.rgb, render.mask, given, **extra)).float()
         if tuple(frames.shape) != (len(kf), H, W, 3):
             raise InvalidImageError(
                 f"the frame generator returned {tuple(frames.shape)}; expected {(len(kf), H, W, 3)} (one frame per keyframe)"

@@ -81,3 +81,23 @@ def test_example_inputs_are_in_the_input_folder(comfy_server):
         copy = comfy_server.base_dir / "input" / name
         assert copy.read_bytes() == (REPO_ROOT / "example_inputs" / name).read_bytes()
         assert name in listed
+
+
+def test_scene_loop_paper_switches(comfy_server, object_info):
+    """single_view.json with the paper's ablations switched (GGM off, SSM off, Umeyama alignment,
+    4 bank frames per clip, two trajectories): runs, and the report shows the bank size asked for."""
+    from workflow_api import ui_to_api
+
+    workflow = json.loads((REPO_ROOT / "example_workflows" / "single_view.json").read_text())
+    api = ci_overrides(ui_to_api(workflow, object_info))
+    write_tiny_weights_for(api, comfy_server.base_dir / "models")
+    (loop,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSceneLoop"]
+    api[loop]["inputs"].update(ggm=False, ssm=False, alignment="umeyama", bank_frames_per_clip=4,
+                               trajectories="orbit,up", reference_cut="coverage")
+    result = comfy_server.run(api, timeout=900)
+    assert result.status == "success", (result.error, comfy_server.log()[-3000:])
+    (report_node,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSaveReport"]
+    report = json.loads(comfy_server.get(f"/history/{result.prompt_id}").json()[result.prompt_id]["outputs"]
+                        [report_node]["text"][0])
+    assert report["memory_bank_views"] == 1 + 2 * 4
+    assert [t["name"] for t in report["trajectories"]] == ["orbit", "up"]
