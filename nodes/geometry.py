@@ -43,7 +43,8 @@ class BuildPointCloud(io.ComfyNode):
             "and compress_far_depth off it is exactly the Scene Loop's first cache.",
             inputs=[
                 io.Image.Input("image", tooltip="The input view (first image of the batch is used)."),
-                Depth.Input("depth", tooltip="Its z-depth in world units, same size as the image."),
+                Depth.Input("depth", tooltip="Its z-depth in world units, same size as the image (a depth map "
+                            "from another pack, IMAGE or MASK: through Depth From Image)."),
                 Cameras.Input("camera", optional=True,
                               tooltip="The view's camera (w2c, K). Without it: identity pose and fov_degrees."),
                 io.Float.Input("fov_degrees", default=60.0, min=1.0, max=179.0, step=0.5,
@@ -92,6 +93,41 @@ class BuildPointCloud(io.ComfyNode):
         )
         cloud = cap_points(cache.cloud, max_points)
         return io.NodeOutput(cloud, camera[:1], ui=inspector_ui("point cloud", cloud=cloud, trajectories=[camera[:1]]))
+
+
+class DepthFromImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WorldStereoDepthFromImage",
+            display_name="Depth From Image (WorldStereo)",
+            category=SUB,
+            description="Turns a depth map made by another pack (an IMAGE or a MASK, e.g. Depth Anything, MiDaS, "
+            "Marigold) into this pack's z-depth, for Build Point Cloud, Trajectory Builder and the Scene Loop. "
+            "Convention: depth = larger values are farther (z = scale × v); disparity = larger values are nearer "
+            "(z = scale / v, what relative depth models output). Values ≤ 0 are unknown.",
+            inputs=[
+                io.Combo.Input("convention", options=list(pc_lib.DEPTH_MAP_CONVENTIONS), default="disparity",
+                               tooltip="depth: larger = farther (z = scale × value); disparity: larger = nearer "
+                               "(z = scale / value; Depth Anything / MiDaS-style maps)."),
+                io.Float.Input("scale", default=1.0, min=1e-6, max=1e6, step=0.01,
+                               tooltip="World units: z = scale × value (depth) or scale / value (disparity). Relative "
+                               "maps have no metric scale; the loop only needs a consistent one."),
+                io.Image.Input("image", optional=True, tooltip="A depth map as an IMAGE (its first channel is read)."),
+                io.Mask.Input("mask", optional=True, tooltip="A depth map as a MASK (used if no image is connected)."),
+            ],
+            outputs=[Depth.Output(display_name="depth", tooltip="z-depth [N, H, W] in world units, 0 where unknown.")],
+        )
+
+    @classmethod
+    def execute(cls, convention, scale, image=None, mask=None) -> io.NodeOutput:
+        if image is not None:
+            values = image[..., 0]
+        elif mask is not None:
+            values = mask if mask.ndim == 3 else mask[None]
+        else:
+            raise InvalidDepthError("connect a depth map to image (IMAGE) or mask (MASK)")
+        return io.NodeOutput(pc_lib.depth_from_map(values, convention, scale))
 
 
 class TrajectoryBuilder(io.ComfyNode):
@@ -231,4 +267,4 @@ class RenderCache(io.ComfyNode):
                              ui=inspector_ui("GGM render", cloud=cache, trajectories=trajs))
 
 
-NODES = [BuildPointCloud, TrajectoryBuilder, RenderCache]
+NODES = [BuildPointCloud, DepthFromImage, TrajectoryBuilder, RenderCache]

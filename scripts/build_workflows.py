@@ -156,12 +156,12 @@ STEP_NOTE = """## The WorldStereo loop, node by node
 Top row: the input view → depth → **3D cache** (Build Point Cloud) and **memory bank**.
 Each coloured group below is **one trajectory** of the paper's loop:
 Trajectory Builder → GGM render of the cache → **GGM Control** · Retrieve 3D FOV → **SSM Control**
-→ **sampler** (21 keyframes) → **WorldMirror** reconstruction → **Umeyama Merge** into the cache →
-**Memory Bank Update**.
+→ **DMDSampler** (21 keyframes) → **WorldMirror** reconstruction → **Align & Merge Clip** (Umeyama
+Merge) into the cache → **Memory Bank Update**. Same result as the Scene Loop for the same inputs.
 
 **Add a trajectory:** select the last group (click its title), copy (Ctrl+C) and paste it with
-links (Ctrl+Shift+V) below; connect the *cache* output of the last Umeyama Merge and the *bank*
-output of the last Memory Bank Update to the copy's Umeyama Merge / GGM Render / Retrieve inputs,
+links (Ctrl+Shift+V) below; connect the *cache* output of the last Align & Merge Clip and the *bank*
+output of the last Memory Bank Update to the copy's Align & Merge Clip / GGM Render / Retrieve inputs,
 and pick the next preset (paper order: orbit, up, right, left).
 """
 

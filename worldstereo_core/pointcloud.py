@@ -103,6 +103,36 @@ RELEASE_EDGE_THRESHOLD = 0.35
 RELEASE_EDGE_BETA = 10.0
 
 
+#: Conventions of depth maps made by other tools (:func:`depth_from_map`).
+DEPTH_MAP_CONVENTIONS = ("depth", "disparity")
+
+
+def depth_from_map(values: torch.Tensor, convention: str, scale: float = 1.0) -> torch.Tensor:
+    """z-depth ``[N, H, W]`` (0 = unknown) from a depth map another tool wrote as an image or mask.
+
+    ``values [N, H, W]`` in that tool's units (an IMAGE's first channel or a MASK, usually 0..1):
+
+    * ``"depth"``: larger = farther; ``z = scale · v`` (e.g. a metric or normalised depth image);
+    * ``"disparity"``: larger = nearer (inverse depth, what Depth Anything / MiDaS-style relative
+      models output); ``z = scale / v``.
+
+    Pixels with ``v ≤ 0`` (or not finite) are unknown (0). Relative maps have no metric scale:
+    ``scale`` sets it (the scene loop only needs a consistent one; its trajectories follow the
+    median depth).
+    """
+    if convention not in DEPTH_MAP_CONVENTIONS:
+        raise InvalidDepthError(f"depth-map convention {convention!r} is unknown; use one of {DEPTH_MAP_CONVENTIONS}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise InvalidDepthError(f"scale must be a positive finite number, got {scale}")
+    v = torch.as_tensor(values).float()
+    ok = torch.isfinite(v) & (v > 0)
+    if not bool(ok.any()):
+        raise InvalidDepthError("the depth map has no positive value; check that it is a depth or disparity image")
+    safe = torch.where(ok, v, torch.ones_like(v))
+    z = scale * safe if convention == "depth" else scale / safe
+    return torch.where(ok, z, torch.zeros_like(z))
+
+
 def validate_depth(depth: torch.Tensor, name: str = "depth") -> None:
     """Raise :class:`InvalidDepthError` for NaN, inf or negative depth values (0 = invalid is fine)."""
     nan = int(torch.isnan(depth).sum())
