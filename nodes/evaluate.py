@@ -5,6 +5,7 @@ from __future__ import annotations
 from .comfy_v3 import io
 
 from worldstereo_core import evaluate as eval_lib
+from worldstereo_core import evaluate_loop
 from worldstereo_core.errors import InvalidOptionError, MissingInputError
 from worldstereo_core.recon.estimators import MoGeDepthEstimator
 
@@ -110,7 +111,7 @@ class Evaluate(io.ComfyNode):
                 reconstructor = eval_lib.OracleReconstructor(scene, pose_noise_deg=pose_noise_deg, seed=seed)
             if protocol == "full_model":
                 progress = Progress(1 + 5 * (len(names) + bool(revisit)) + 2)
-                result = eval_lib.evaluate_synthetic_loop(
+                result = evaluate_loop.evaluate_synthetic_loop(
                     scene, height=height, width=width, trajectories=names, revisit=revisit, config=cfg,
                     reconstructor=reconstructor, alignment=alignment, threshold_fraction=threshold_fraction,
                     seed=seed, progress=progress,
@@ -139,7 +140,7 @@ def _evaluate_folder(scene_folder, names, cfg, height, width, alignment, thresho
     if protocol != "full_model":
         raise InvalidOptionError("a scene_folder is evaluated with protocol=full_model (the paper's); set it")
     folder = input_folder(scene_folder, "scene_folder")
-    real = eval_lib.load_scene_folder(folder, height, width)  # inputs checked before minutes of generation
+    real = evaluate_loop.load_scene_folder(folder, height, width)  # inputs checked before minutes of generation
     if alignment == "depth_anchor":
         real.anchor_depth()  # a folder without depth/ fails here, not after the loop
     if model is None or worldmirror is None:
@@ -153,7 +154,7 @@ def _evaluate_folder(scene_folder, names, cfg, height, width, alignment, thresho
         input_depth = depth
     progress = Progress(1 + 5 * len(names) + 2)
     generator = WorldStereoFrameGenerator(model, prompt, seed=seed)
-    return eval_lib.evaluate_real_scene(
+    return evaluate_loop.evaluate_real_scene(
         real, generator, WorldMirrorDepthEstimator(worldmirror), eval_lib.WorldMirrorReconstructor(worldmirror),
         input_depth=input_depth, alignment=alignment, trajectories=names, config=cfg,
         threshold_fraction=threshold_fraction, seed=seed, progress=progress,

@@ -21,12 +21,8 @@ from worldstereo_core.errors import (
     InvalidOptionError,
     ShapeMismatchError,
 )
-from worldstereo_core.evaluate import (
-    OracleReconstructor,
-    depth_anchor_alignment,
-    evaluate_synthetic_loop,
-    find_revisits,
-)
+from worldstereo_core.evaluate import OracleReconstructor, depth_anchor_alignment
+from worldstereo_core.evaluate_loop import evaluate_synthetic_loop, find_revisits
 from worldstereo_core.interfaces import default_config
 from worldstereo_core.metrics import LPIPS_UNAVAILABLE
 from worldstereo_core.oracle import OracleGenerator
@@ -291,7 +287,7 @@ def _write_scene_folder(root, scene, cams, with_depth=True, with_points=False):
 
 
 def test_real_scene_folder_runs_the_memory_carried_protocol(tmp_path, scene):
-    from worldstereo_core.evaluate import evaluate_real_scene, load_scene_folder
+    from worldstereo_core.evaluate_loop import evaluate_real_scene, load_scene_folder
     from worldstereo_core.oracle import oracle_models
 
     view = scene.default_view(H, W)
@@ -319,7 +315,7 @@ def test_real_scene_folder_runs_the_memory_carried_protocol(tmp_path, scene):
 
 def test_scene_folder_errors_say_what_to_fix(tmp_path, scene):
     from worldstereo_core.errors import MissingFileError
-    from worldstereo_core.evaluate import load_scene_folder
+    from worldstereo_core.evaluate_loop import load_scene_folder
 
     with pytest.raises(MissingFileError, match="images/ and camera.json"):
         load_scene_folder(tmp_path)

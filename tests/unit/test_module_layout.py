@@ -14,7 +14,11 @@ LOOP_MODULES = ("interfaces", "render", "merge", "oracle", "pipeline")
 def _imports(name: str) -> set[str]:
     """worldstereo_core modules ``name`` imports anywhere in its file (top level, functions, TYPE_CHECKING)."""
     path = ROOT / f"{name.replace('.', '/')}.py"
-    package = name.rsplit(".", 1)[0] if "." in name else ""
+    if name.endswith("__init__"):
+        name = name[: -len(".__init__")] if "." in name else ""
+        package = name
+    else:
+        package = name.rsplit(".", 1)[0] if "." in name else ""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -28,8 +32,13 @@ def _imports(name: str) -> set[str]:
                 continue
             out.add(mod)
             out.update(f"{mod}.{a.name}" if mod else a.name for a in node.names)
-    known = {str(p.relative_to(ROOT).with_suffix("")).replace("/", ".") for p in ROOT.rglob("*.py")}
-    return {m for m in out if m in known}
+    known = _known()
+    # a package import means its __init__
+    return {m if m in known else f"{m}.__init__" for m in out if m in known or f"{m}.__init__" in known}
+
+
+def _known() -> set[str]:
+    return {str(p.relative_to(ROOT).with_suffix("")).replace("/", ".") for p in ROOT.rglob("*.py")}
 
 
 def _reach(name: str) -> set[str]:
@@ -49,3 +58,17 @@ def test_the_loop_layers():
     assert "synthetic" not in _reach("merge") and "synthetic" not in _reach("interfaces")
     for name in LOOP_MODULES:
         assert name not in _reach(name), f"{name} imports a module that imports it back"
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """ARCHITECTURE §2: no cycle anywhere in worldstereo_core, lazy imports included."""
+    cycles = [name for name in sorted(_known()) if not name.endswith("__init__") and name in _reach(name)]
+    assert not cycles, f"modules that import a module importing them back: {cycles}"
+
+
+def test_models_recon_and_metrics_never_reach_the_loop():
+    offenders = [
+        name for name in sorted(_known())
+        if (name.startswith(("models.", "recon.")) or name in ("metrics", "evaluate")) and "pipeline" in _reach(name)
+    ]
+    assert not offenders, f"these modules reach the loop module: {offenders}"
