@@ -113,3 +113,20 @@ def write_tiny_weights_for(api: dict, models_dir) -> set[str]:
             if not (models_dir / folder / value).exists():
                 write_tiny_file(models_dir, folder, value)
     return names
+
+
+def write_room_cloud_and_camera(folder: Path, height: int = 48, width: int = 64, preset: str = "up",
+                                num_frames: int = 5, ply_name: str = "c.ply"):
+    """The synthetic room's default view lifted to a PLY and a preset trajectory from it saved as
+    camera.json, in ``folder`` (the files the command line reads).
+
+    Returns ``(view, cloud, trajectory, ply_path, camera_path)``."""
+    from worldstereo_core import export, pointcloud, synthetic, trajectory
+
+    view = synthetic.make_scene("room").default_view(height, width)
+    cloud = pointcloud.unproject_depth(view.depth[0], view.cameras.K[0], view.cameras.c2w[0], view.image[0])
+    ply = export.save_pointcloud_ply(Path(folder) / ply_name, cloud)
+    traj = trajectory.make_preset(preset, view.cameras, view.median_depth, num_frames=num_frames)
+    camera = Path(folder) / "camera.json"
+    trajectory.save_camera_json(camera, traj)
+    return view, cloud, traj, ply, camera

@@ -10,7 +10,7 @@ from pathlib import Path
 import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from testsupport import REPO_ROOT
+from testsupport import REPO_ROOT, write_room_cloud_and_camera
 
 
 def _share_installed_torch(site_packages: Path, shelf: Path) -> list[str]:
@@ -92,8 +92,6 @@ def test_clean_venv_install_with_real_dependencies_runs_the_cli(tmp_path):
     library imports; then ``worldstereo render`` reads a PLY and a camera.json and writes an MP4.
     (torch, itself a declared dependency, is this environment's own, shared with its dependency
     closure; the rest comes from the registry.)"""
-    from worldstereo_core import export, pointcloud, synthetic, trajectory
-
     meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert any(Requirement(d).name == "torch" for d in meta["project"]["dependencies"])
     venv = tmp_path / "venv"
@@ -113,12 +111,7 @@ def test_clean_venv_install_with_real_dependencies_runs_the_cli(tmp_path):
     assert "shared/torch" in subprocess.run([str(py), "-c", "import torch; print(torch.__file__)"],
                                             check=True, capture_output=True, text=True).stdout
 
-    scene = synthetic.make_scene("room")
-    view = scene.default_view(48, 64)
-    cloud = pointcloud.unproject_depth(view.depth[0], view.cameras.K[0], view.cameras.c2w[0], view.image[0])
-    export.save_pointcloud_ply(tmp_path / "c.ply", cloud)
-    traj = trajectory.make_preset("up", view.cameras, view.median_depth, num_frames=5)
-    trajectory.save_camera_json(tmp_path / "camera.json", traj)
+    write_room_cloud_and_camera(tmp_path)
     cli = subprocess.run(
         [str(venv / "bin" / "worldstereo"), "render", str(tmp_path / "c.ply"), str(tmp_path / "camera.json"),
          str(tmp_path / "r.mp4"), "--mask-out", str(tmp_path / "m.mp4")],

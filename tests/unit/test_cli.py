@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from testsupport import write_room_cloud_and_camera
 
-from worldstereo_core import cli, export, pointcloud, render, synthetic, trajectory
+from worldstereo_core import cli, pointcloud, render
 
 
 def test_preview_writes_cloud_scene_videos_and_metrics(tmp_path, capsys):
@@ -27,12 +28,7 @@ def test_preview_writes_cloud_scene_videos_and_metrics(tmp_path, capsys):
 
 
 def test_render_command_and_bad_input_exit_code(tmp_path, capsys):
-    scene = synthetic.make_scene("room")
-    view = scene.default_view(48, 64)
-    cloud = pointcloud.unproject_depth(view.depth[0], view.cameras.K[0], view.cameras.c2w[0], view.image[0])
-    export.save_pointcloud_ply(tmp_path / "c.ply", cloud)
-    traj = trajectory.make_preset("up", view.cameras, view.median_depth, num_frames=5)
-    trajectory.save_camera_json(tmp_path / "camera.json", traj)
+    _, cloud, traj, _, _ = write_room_cloud_and_camera(tmp_path)
     assert cli.main(["render", str(tmp_path / "c.ply"), str(tmp_path / "camera.json"), str(tmp_path / "r.mp4")]) == 0
     assert (tmp_path / "r.mp4").stat().st_size > 0
     # the first pose is the input camera: the render there covers what the cloud covers

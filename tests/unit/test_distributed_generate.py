@@ -14,11 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
-
-from testsupport import REPO_ROOT
-from worldstereo_core import export, pointcloud, synthetic, trajectory
-from worldstereo_core.distributed import DistributedContext, RankFailedError, run_ranks
+from testsupport import REPO_ROOT, write_room_cloud_and_camera
 from tiny_models import RELEASE_FOLDERS, write_tiny_models
+
+from worldstereo_core.distributed import DistributedContext, RankFailedError, run_ranks
 
 H, W = 32, 48
 
@@ -27,13 +26,8 @@ H, W = 32, 48
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     paths = write_tiny_models(root / "models", variants=("dmd",))
-    scene = synthetic.make_scene("room")
-    view = scene.default_view(H, W)
+    view, *_ = write_room_cloud_and_camera(root, H, W, preset="right", num_frames=3, ply_name="cache.ply")
     Image.fromarray((view.image[0].numpy() * 255).astype(np.uint8)).save(root / "image.png")
-    cloud = pointcloud.unproject_depth(view.depth[0], view.cameras.K[0], view.cameras.c2w[0], view.image[0])
-    export.save_pointcloud_ply(root / "cache.ply", cloud)
-    traj = trajectory.make_preset("right", view.cameras, view.median_depth, num_frames=3)
-    trajectory.save_camera_json(root / "camera.json", traj)
     args = [
         "generate", "--worldstereo", str(paths[RELEASE_FOLDERS["dmd"]]),
         "--text-encoder", str(paths["text_encoder"]), "--image-encoder", str(paths["image_encoder"]),
