@@ -39,5 +39,8 @@ API_MODULE, _api = _import_v3_api()
 io = _api.io
 ComfyExtension = _api.ComfyExtension
 ui = getattr(_api, "ui", None)
+# core VIDEO values (what CreateVideo makes and Save Video takes): frames + frame rate
+InputImpl = getattr(_api, "InputImpl", None)
+Types = getattr(_api, "Types", None)
 
-__all__ = ["API_MODULE", "ComfyExtension", "io", "ui"]
+__all__ = ["API_MODULE", "ComfyExtension", "InputImpl", "Types", "io", "ui"]

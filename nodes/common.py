@@ -347,7 +347,25 @@ def scene_loop_outputs(report_tooltip: str) -> list:
         io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
         io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
         io.String.Output(display_name="report", tooltip=report_tooltip),
+        io.Video.Output(display_name="video", tooltip="The generated keyframes as ComfyUI's VIDEO (for core Save "
+                        f"Video), {KEYFRAME_FPS:g} frames per second."),
     ]
+
+
+#: Frame rate of the keyframe videos: the release's 81 poses at Wan's 16 fps are 5 s, so its 21
+#: keyframes (every 4th pose) play in the same time at 4 fps; 8 fps, Save MP4's default, plays them
+#: at double speed, which reads better for 21 frames.
+KEYFRAME_FPS = 8.0
+
+
+def frames_video(frames: torch.Tensor, fps: float = KEYFRAME_FPS):
+    """``frames [F, H, W, 3]`` as a core VIDEO value (ComfyUI's VideoFromComponents)."""
+    from fractions import Fraction
+
+    from .comfy_v3 import InputImpl, Types
+
+    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames.float().cpu(), audio=None,
+                                                               frame_rate=Fraction(fps).limit_denominator(1000)))
 
 
 def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
@@ -356,6 +374,7 @@ def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
     import json
 
     steps = loop.steps
+    frames = torch.cat([s.frames for s in steps]).float()
     ui = {"text": [text]} | inspector_ui("WorldStereo scene", cloud=loop.cloud, trajectories=[s.trajectory for s in steps],
                                          memory=loop.bank, retrieval=[s.references for s in steps])
     return io.NodeOutput(
@@ -364,8 +383,9 @@ def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
         loop.bank,
         torch.cat([s.render.rgb for s in steps]).float(),
         torch.cat([s.render.mask for s in steps]).float(),
-        torch.cat([s.frames for s in steps]).float(),
+        frames,
         json.dumps(report, indent=2),
+        frames_video(frames),
         ui=ui,
     )
 

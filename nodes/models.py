@@ -40,6 +40,8 @@ from .common import (
     user_path,
     scene_loop_result,
     search_aliases,
+    frames_video,
+    KEYFRAME_FPS,
     starts_input,
     trajectories_of,
 )
@@ -435,6 +437,8 @@ class WorldStereoSampler(io.ComfyNode):
                 io.Image.Output(display_name="keyframes", tooltip="The generated keyframes [21, H, W, 3] "
                                 "(with Uni3C: the whole video, one frame per pose, [81, H, W, 3])."),
                 Trajectory.Output(display_name="trajectory", tooltip="The trajectory the keyframes follow."),
+                io.Video.Output(display_name="video", tooltip="The frames as ComfyUI's VIDEO (for core Save Video): "
+                                "keyframes at 8 fps, a Uni3C model's 81 frames at Wan's 16 fps."),
             ],
         )
 
@@ -475,7 +479,8 @@ class WorldStereoSampler(io.ComfyNode):
             prompt_embeds=_cond_tensor(positive), negative_prompt_embeds=_cond_tensor(negative),
             image_embeds=None if clip_vision_output is None else clip_vision_output.penultimate_hidden_states[:1],
         )
-        return io.NodeOutput(frames, ggm.trajectory)
+        # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
+        return io.NodeOutput(frames, ggm.trajectory, frames_video(frames, 16.0 if ggm.video else KEYFRAME_FPS))
 
 
 def _cond_tensor(conditioning) -> torch.Tensor | None:

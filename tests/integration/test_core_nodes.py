@@ -44,3 +44,22 @@ def test_depth_map_image_and_mask_from_core_nodes_lift_to_the_expected_depth(com
     # identity camera: z is the depth; z = 2 / v, from 2 (v = 1) to 8 (v = 0.25), up to 8-bit rounding
     z = torch.as_tensor(a.points)[:, 2]
     assert float(z.min()) == torch.tensor(2.0).item() and abs(float(z.max()) - 8.0) < 0.05
+
+
+def test_scene_loop_video_output_saves_with_core_save_video(comfy_server):
+    """Core nodes out: the loop's frames as ComfyUI's VIDEO go straight into core Save Video."""
+    graph = {
+        "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=96, height=64),
+        "2": _node("WorldStereoOracleSceneLoop", scene=["1", 3], image=["1", 0], depth=["1", 1], camera=["1", 2],
+                   trajectories="orbit", clip_depth="exact", retrieval_mode="aabb", seed=0),
+        "3": _node("SaveVideo", video=["2", 7], filename_prefix="ws_core/loop_video", format="mp4", codec="h264"),
+        "4": _node("GetVideoComponents", video=["2", 7]),
+        "5": _node("SaveImage", images=["4", 0], filename_prefix="ws_core/loop_video_frames"),
+    }
+    result = comfy_server.run(graph, timeout=300)
+    assert result.status == "success", (result.error, comfy_server.log()[-3000:])
+    files = comfy_server.output_files(result)
+    videos = [f for f in files if f.suffix == ".mp4"]
+    assert videos and videos[0].stat().st_size > 1000
+    frames = [f for f in files if f.suffix == ".png"]
+    assert len(frames) == 21  # the 21 keyframes of the one trajectory, as the VIDEO carries them
