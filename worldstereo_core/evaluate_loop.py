@@ -379,9 +379,11 @@ def evaluate_synthetic_loop(
     the oracle generator (unless ``generator``) and oracle depth (``depth_corruption``
     optional), :class:`OracleReconstructor` for scoring (sizes multiples of 14), the surface
     points every camera of the run saw as ground truth (one point per voxel of ``extent / 400``);
-    the reconstruction is thinned to voxels of ``extent / 1000`` unless ``voxel_size`` is given —
-    below the smallest AUC distance (0.1 % of the extent), so the thinning costs no score while
-    the scoring stays fast (millions of points otherwise). ``revisit`` appends the first
+    the reconstruction is thinned to voxels of ``extent / 1000`` unless ``voxel_size`` is given
+    (``None``: every point) — below the smallest AUC distance (0.1 % of the extent), so scoring
+    stays fast (millions of points otherwise) at a small cost in AUC (room, 224×392, default
+    trajectories: AUC 0.919 thinned vs 0.946 with every point; P / R / F unchanged to 1e-3).
+    ``revisit`` appends the first
     trajectory again (a second pass with the memory the whole run built), which is what the
     memory benchmark compares (our choice of revisit: the appendix's trajectories were not
     reachable). Other keyword arguments go to :func:`evaluate_scene_loop`."""
