@@ -39,7 +39,7 @@ def _load_core() -> None:
 _load_core()
 
 if importlib.util.find_spec("comfy_api") is not None:
-    from .nodes import comfy_entrypoint  # noqa: E402
+    from .nodes import comfy_entrypoint
 else:  # imported outside ComfyUI (e.g. pytest collecting the checkout): library only
     comfy_entrypoint = None
 

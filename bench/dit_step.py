@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers.models.transformers.transformer_wan import WanTransformer3DModel  # noqa: E402
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
-from worldstereo_core.models import build_transformer, init_random_weights  # noqa: E402
-from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
+from worldstereo_core.models import build_transformer, init_random_weights
+from worldstereo_core.models.transformer_worldstereo import (
     FULL_TRANSFORMER_CONFIG,
     TINY_TRANSFORMER_CONFIG,
 )
@@ -34,7 +34,9 @@ from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
 TEXT_TOKENS, IMAGE_TOKENS = 512, 257
 
 
-def matmul_flops(cfg: dict, n_tokens: int, n_ref_tokens: int = 0, control: tuple[int, int, int, int] | None = None) -> float:
+def matmul_flops(
+    cfg: dict, n_tokens: int, n_ref_tokens: int = 0, control: tuple[int, int, int, int] | None = None
+) -> float:
     """Multiply-add FLOPs (×2) of one forward: projections, attention, FFN; control = (layers, dim, ffn, main_dim)."""
     c = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     ctx = TEXT_TOKENS + IMAGE_TOKENS
@@ -42,15 +44,21 @@ def matmul_flops(cfg: dict, n_tokens: int, n_ref_tokens: int = 0, control: tuple
         2 * 4 * n_tokens * c * c  # q, k, v, o of self-attention
         + 2 * 2 * n_ref_tokens * c * c  # reference k, v
         + 2 * 2 * n_tokens * (n_tokens + n_ref_tokens) * c  # QKᵀ and AV
-        + 2 * 2 * n_tokens * c * c + 2 * 2 * ctx * c * c + 2 * 2 * IMAGE_TOKENS * c * c  # cross-attn q,o + text/image k,v
+        + 2 * 2 * n_tokens * c * c
+        + 2 * 2 * ctx * c * c
+        + 2 * 2 * IMAGE_TOKENS * c * c  # cross-attn q,o + text/image k,v
         + 2 * 2 * n_tokens * ctx * c  # cross-attention scores and values
         + 2 * 2 * n_tokens * c * cfg["ffn_dim"]  # FFN
     )
     total = cfg["num_layers"] * per_layer
     if control is not None:
         layers, d, f, main = control
-        total += layers * (2 * 4 * n_tokens * d * d + 2 * 2 * n_tokens * n_tokens * d + 2 * 2 * n_tokens * d * f
-                           + 2 * n_tokens * d * main)
+        total += layers * (
+            2 * 4 * n_tokens * d * d
+            + 2 * 2 * n_tokens * n_tokens * d
+            + 2 * 2 * n_tokens * d * f
+            + 2 * n_tokens * d * main
+        )
     return float(total)
 
 
@@ -93,8 +101,10 @@ def main() -> None:
     h, w, f, r = args.height // 8, args.width // 8, args.frames, args.refs
     tokens_per_frame = (h // 2) * (w // 2)
     n_t, n_r = f * tokens_per_frame, r * tokens_per_frame
-    print(f"device={device} dtype={dtype} {args.height}x{args.width} frames={f} refs={r} "
-          f"tokens: targets {n_t} + refs {n_r} = {n_t + n_r}")
+    print(
+        f"device={device} dtype={dtype} {args.height}x{args.width} frames={f} refs={r} "
+        f"tokens: targets {n_t} + refs {n_r} = {n_t + n_r}"
+    )
 
     def rand(*shape):
         return torch.randn(*shape, device=device, dtype=dtype)
@@ -110,19 +120,26 @@ def main() -> None:
         model.set_attention_backend(args.attention_backend)
     cn = model.controlnet_config
     inputs = dict(
-        encoder_hidden_states=text, encoder_hidden_states_image=image,
-        render_latent=rand(1, 16, f, h, w), render_mask=(torch.rand(1, 1, f, 8 * h, 8 * w, device=device) > 0.5).to(dtype),
-        plucker=rand(1, 6, f, 8 * h, 8 * w), reference_latent=rand(1, 36, r, h, w),
-        ref_index=torch.arange(r, device=device) % max(f - 1, 1), camera_qt=rand(1, f, 7), camera_qt_ref=rand(1, r, 7),
+        encoder_hidden_states=text,
+        encoder_hidden_states_image=image,
+        render_latent=rand(1, 16, f, h, w),
+        render_mask=(torch.rand(1, 1, f, 8 * h, 8 * w, device=device) > 0.5).to(dtype),
+        plucker=rand(1, 6, f, 8 * h, 8 * w),
+        reference_latent=rand(1, 36, r, h, w),
+        ref_index=torch.arange(r, device=device) % max(f - 1, 1),
+        camera_qt=rand(1, f, 7),
+        camera_qt_ref=rand(1, r, 7),
     )
     x = rand(1, 36, f, h, w)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
-        ours = time_call(lambda: model(x, t, **inputs), device, args.warmup, args.iters)
+        ours = time_call(lambda: model(x, t, **inputs), device, args.warmup, args.iters)  # noqa: F821 (del below, after use)
     ours_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     ours_flops = matmul_flops(base_cfg, n_t, n_r, (cn.num_layers, cn.dim, cn.ffn_dim, model.inner_dim))
-    print(f"worldstereo-memory: {ours * 1e3:9.1f} ms  {ours_flops / ours / 1e12:7.1f} TFLOP/s  peak {ours_peak:6.1f} GiB")
+    print(
+        f"worldstereo-memory: {ours * 1e3:9.1f} ms  {ours_flops / ours / 1e12:7.1f} TFLOP/s  peak {ours_peak:6.1f} GiB"
+    )
     del model, inputs, x
     gc.collect()
     if device.type == "cuda":
@@ -137,7 +154,9 @@ def main() -> None:
     with torch.device(device):  # RoPE tables were built on meta
         from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-        stock.rope = WanRotaryPosEmbed(base_cfg["attention_head_dim"], base_cfg["patch_size"], base_cfg["rope_max_seq_len"])
+        stock.rope = WanRotaryPosEmbed(
+            base_cfg["attention_head_dim"], base_cfg["patch_size"], base_cfg["rope_max_seq_len"]
+        )
     if args.attention_backend:
         stock.set_attention_backend(args.attention_backend)
     xs = rand(1, 36, f + r, h, w)
@@ -147,7 +166,9 @@ def main() -> None:
         base = time_call(lambda: stock(xs, t, text, image, return_dict=False), device, args.warmup, args.iters)
     base_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     base_flops = matmul_flops(base_cfg, n_t + n_r)
-    print(f"stock diffusers Wan: {base * 1e3:9.1f} ms  {base_flops / base / 1e12:7.1f} TFLOP/s  peak {base_peak:6.1f} GiB")
+    print(
+        f"stock diffusers Wan: {base * 1e3:9.1f} ms  {base_flops / base / 1e12:7.1f} TFLOP/s  peak {base_peak:6.1f} GiB"
+    )
     print(f"ratio worldstereo / stock = {ours / base:.3f} (< 1 is faster)")
 
 

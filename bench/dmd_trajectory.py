@@ -21,22 +21,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusers import AutoencoderKLWan  # noqa: E402
-from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel  # noqa: E402
+from diffusers import AutoencoderKLWan
+from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from worldstereo_core.cameras import Cameras, intrinsics_from_fov  # noqa: E402
-from worldstereo_core.models import build_transformer, init_random_weights  # noqa: E402
-from worldstereo_core.models.encoders import (  # noqa: E402
+from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+from worldstereo_core.models import build_transformer, init_random_weights
+from worldstereo_core.models.encoders import (
     CLIP_VIT_H_CONFIG,
     UMT5_XXL_CONFIG,
     CLIPImageEncoder,
     tiny_clip_vision_config,
     tiny_umt5_config,
 )
-from worldstereo_core.models.generate import WorldStereoModels, generate_keyframes  # noqa: E402
-from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE, tiny_vae_config  # noqa: E402
-from worldstereo_core.retrieval import References  # noqa: E402
-from worldstereo_core.trajectory import make_preset  # noqa: E402
+from worldstereo_core.models.generate import WorldStereoModels, generate_keyframes
+from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE, tiny_vae_config
+from worldstereo_core.retrieval import References
+from worldstereo_core.trajectory import make_preset
 
 
 def random_module(build, device, dtype, seed):
@@ -54,8 +54,11 @@ def trajectory_inputs(H: int, W: int, R: int, g: torch.Generator):
     render = torch.rand(len(kf), H, W, 3, generator=g)
     mask = (torch.rand(len(kf), H, W, generator=g) > 0.7).float()
     refs = References(
-        images=tuple(torch.rand(H, W, 3, generator=g) for _ in range(R)), w2c=kf.w2c[1 : R + 1].clone(),
-        K=kf.K[1 : R + 1].clone(), ref_index=torch.arange(R) * 2, bank_indices=torch.arange(R),
+        images=tuple(torch.rand(H, W, 3, generator=g) for _ in range(R)),
+        w2c=kf.w2c[1 : R + 1].clone(),
+        K=kf.K[1 : R + 1].clone(),
+        ref_index=torch.arange(R) * 2,
+        bank_indices=torch.arange(R),
         sources=tuple(f"ref{i}" for i in range(R)),
     )
     return kf, image, render, mask, refs
@@ -99,8 +102,18 @@ def main() -> int:
         with torch.no_grad():
             ids = torch.randint(0, t5_cfg["vocab_size"], (1, 512), generator=g).to(device)
             prompt_embeds = t5(ids).last_hidden_state
-            frames = generate_keyframes(models, image, "", keyframe_cameras=kf, render=render, render_mask=mask,
-                                        references=refs, sampler="dmd", seed=0, prompt_embeds=prompt_embeds)
+            frames = generate_keyframes(
+                models,
+                image,
+                "",
+                keyframe_cameras=kf,
+                render=render,
+                render_mask=mask,
+                references=refs,
+                sampler="dmd",
+                seed=0,
+                prompt_embeds=prompt_embeds,
+            )
         if device.type == "cuda":
             torch.cuda.synchronize()
         if tuple(frames.shape) != (len(kf), H, W, 3):
@@ -114,7 +127,9 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
     seconds = run()
     print(f"device={device} dtype={dtype} {H}x{W} keyframes={len(kf)} references={R} (built in {build_s:.1f}s)")
-    print(f"resident weights     {sum(p.numel() * p.element_size() for m in (transformer, vae, t5, clip) for p in m.parameters()) / 2**30:.2f} GiB")
+    print(
+        f"resident weights     {sum(p.numel() * p.element_size() for m in (transformer, vae, t5, clip) for p in m.parameters()) / 2**30:.2f} GiB"
+    )
     print(f"finite output pixels {finite[-1]:.3f} (random weights)")
     print(f"full DMD trajectory  {seconds:.2f} s (UMT5 + CLIP + VAE encode + 4 steps + 21-keyframe decode)")
     if device.type == "cuda":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from dit_step import IMAGE_TOKENS, TEXT_TOKENS, matmul_flops  # noqa: E402
 
 from worldstereo_core.models import build_transformer, init_random_weights  # noqa: E402
-from worldstereo_core.models.fp8 import FP8_DTYPE, Float8Linear, fp8_layer_names, quantize_rows  # noqa: E402
+from worldstereo_core.models.fp8 import Float8Linear, fp8_layer_names, quantize_rows  # noqa: E402
 from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
     FULL_TRANSFORMER_CONFIG,
     TINY_TRANSFORMER_CONFIG,
@@ -61,15 +60,17 @@ def record(name: str, value, unit: str = "", target: str = "", met: bool | None 
     RESULTS[name] = {"value": value, "unit": unit, "target": target, "met": met, "note": note}
     v = f"{value:.4g}" if isinstance(value, float) else str(value)
     flag = "" if met is None else ("  MET" if met else "  NOT MET")
-    print(f"  {name}: {v} {unit}{'  (target ' + target + ')' if target else ''}{flag}{'  ' + note if note else ''}",
-          flush=True)
+    print(
+        f"  {name}: {v} {unit}{'  (target ' + target + ')' if target else ''}{flag}{'  ' + note if note else ''}",
+        flush=True,
+    )
 
 
 def guarded(what: str, fn) -> None:
     """Run one section; a failure is printed and recorded, and the other sections still run."""
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         import traceback
 
         traceback.print_exc()
@@ -103,18 +104,23 @@ def free(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- 1. ceilings
 
+
 def ceilings(device: torch.device, n: int) -> dict[str, float]:
     out = {}
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    t = median_time(lambda: a @ b, device, 2, 10)
+    t = median_time(lambda: a @ b, device, 2, 10)  # noqa: F821 (del below, after use)
     out["bf16"] = 2 * n**3 / t / 1e12
     record("ceiling bf16 matmul", out["bf16"], "TFLOP/s", note=f"{n}^3, random data")
     if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
         aq, sa = quantize_rows(a)
         bq, sb = quantize_rows(b)  # rows of b = columns of bᵀ
-        t = median_time(lambda: torch._scaled_mm(aq, bq.t(), scale_a=sa, scale_b=sb.t().contiguous(),
-                                                 out_dtype=torch.bfloat16), device, 2, 10)
+        t = median_time(
+            lambda: torch._scaled_mm(aq, bq.t(), scale_a=sa, scale_b=sb.t().contiguous(), out_dtype=torch.bfloat16),
+            device,
+            2,
+            10,
+        )
         out["fp8"] = 2 * n**3 / t / 1e12
         record("ceiling fp8 _scaled_mm (row-wise)", out["fp8"], "TFLOP/s", note=f"{n}^3")
         x = torch.empty(2 * GiB // 2, dtype=torch.bfloat16, device=device)
@@ -127,6 +133,7 @@ def ceilings(device: torch.device, n: int) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- 2. attention
+
 
 def attention_backends(device: torch.device, tiny: bool, ceiling: float) -> str | None:
     """Time SDPA backends at a main block's joint-attention shape; returns the fastest diffusers backend name."""
@@ -141,12 +148,15 @@ def attention_backends(device: torch.device, tiny: bool, ceiling: float) -> str 
     flops = 4 * heads * lq * lk * dim
     ref = None
     best, best_t = None, float("inf")
-    names = {SDPBackend.FLASH_ATTENTION: "_native_flash", SDPBackend.EFFICIENT_ATTENTION: "_native_efficient",
-             SDPBackend.CUDNN_ATTENTION: "_native_cudnn"}
+    names = {
+        SDPBackend.FLASH_ATTENTION: "_native_flash",
+        SDPBackend.EFFICIENT_ATTENTION: "_native_efficient",
+        SDPBackend.CUDNN_ATTENTION: "_native_cudnn",
+    }
     for backend, diffusers_name in names.items():
         try:
             with sdpa_kernel(backend):
-                t = median_time(lambda: F.scaled_dot_product_attention(q, k, v), device, 2, 5)
+                t = median_time(lambda: F.scaled_dot_product_attention(q, k, v), device, 2, 5)  # noqa: F821 (del below)
                 out = F.scaled_dot_product_attention(q, k, v)
         except RuntimeError as exc:
             record(f"attention {diffusers_name}", "unavailable", note=str(exc).splitlines()[0][:80])
@@ -155,13 +165,16 @@ def attention_backends(device: torch.device, tiny: bool, ceiling: float) -> str 
             ref = out.float()
         err = float((out.float() - ref).norm() / ref.norm())
         tf = flops / t / 1e12
-        record(f"attention {diffusers_name}", tf, "TFLOP/s",
-               note=f"{t * 1e3:.1f} ms/block, {100 * tf / ceiling:.0f}% of bf16 matmul ceiling, rel.diff {err:.1e}")
+        record(
+            f"attention {diffusers_name}",
+            tf,
+            "TFLOP/s",
+            note=f"{t * 1e3:.1f} ms/block, {100 * tf / ceiling:.0f}% of bf16 matmul ceiling, rel.diff {err:.1e}",
+        )
         if t < best_t:
             best, best_t = diffusers_name, t
     try:
         import flash_attn  # noqa: F401
-
         from flash_attn import flash_attn_func
 
         qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))
@@ -170,14 +183,18 @@ def attention_backends(device: torch.device, tiny: bool, ceiling: float) -> str 
         if t < best_t:
             best, best_t = "flash", t
     except ImportError:
-        record("attention flash-attn (PyPI)", "not installed",
-               note="no flash-attn wheel for this torch build on PyPI; sdist needs nvcc + hours of build")
+        record(
+            "attention flash-attn (PyPI)",
+            "not installed",
+            note="no flash-attn wheel for this torch build on PyPI; sdist needs nvcc + hours of build",
+        )
     del q, k, v, ref
     free(device)
     return best
 
 
 # ----------------------------------------------------------------------------- 3-4. one step
+
 
 def step_inputs(cfg: dict, device, dtype, f, h, w, r):
     def rand(*shape):
@@ -188,8 +205,11 @@ def step_inputs(cfg: dict, device, dtype, f, h, w, r):
         encoder_hidden_states_image=rand(1, IMAGE_TOKENS, cfg["image_dim"]),
         render_latent=rand(1, 16, f, h, w),
         render_mask=(torch.rand(1, 1, f, 8 * h, 8 * w, device=device) > 0.5).to(dtype),
-        plucker=rand(1, 6, f, 8 * h, 8 * w), reference_latent=rand(1, 36, r, h, w),
-        ref_index=torch.arange(r, device=device) % max(f - 1, 1), camera_qt=rand(1, f, 7), camera_qt_ref=rand(1, r, 7),
+        plucker=rand(1, 6, f, 8 * h, 8 * w),
+        reference_latent=rand(1, 36, r, h, w),
+        ref_index=torch.arange(r, device=device) % max(f - 1, 1),
+        camera_qt=rand(1, f, 7),
+        camera_qt_ref=rand(1, r, 7),
     )
     return rand(1, 36, f, h, w), torch.full((1,), 900.0, device=device), kw
 
@@ -212,6 +232,7 @@ def restore(model, saved: dict[str, torch.nn.Module]) -> None:
 
 
 # ----------------------------------------------------------------------------- 5-6. VAE and trajectory
+
 
 def build_encoders(device, dtype, tiny):
     from diffusers import AutoencoderKLWan
@@ -267,12 +288,24 @@ def vae_figures(vae, device, dtype, n, H, W) -> None:
     record("VAE decode 21 kf, stock diffusers frame by frame", t_dec_stock * 1e3, "ms")
     for per_batch in (8, n):
         ours = WanKeyframeVAE(vae, keyframes_per_batch=per_batch)
-        t_enc = median_time(lambda: ours.encode_keyframes(video), device, 1, 3)
-        t_dec = median_time(lambda: ours.decode_keyframes(ours.normalize(z)), device, 1, 3)
-        record(f"VAE encode 21 kf, ours (batch {per_batch})", t_enc * 1e3, "ms", "<= stock", t_enc <= t_enc_stock * 1.02,
-               note=f"ratio {t_enc / t_enc_stock:.3f}")
-        record(f"VAE decode 21 kf, ours (batch {per_batch})", t_dec * 1e3, "ms", "<= stock", t_dec <= t_dec_stock * 1.02,
-               note=f"ratio {t_dec / t_dec_stock:.3f}")
+        t_enc = median_time(lambda: ours.encode_keyframes(video), device, 1, 3)  # noqa: B023 (timed now)
+        t_dec = median_time(lambda: ours.decode_keyframes(ours.normalize(z)), device, 1, 3)  # noqa: B023 (timed now)
+        record(
+            f"VAE encode 21 kf, ours (batch {per_batch})",
+            t_enc * 1e3,
+            "ms",
+            "<= stock",
+            t_enc <= t_enc_stock * 1.02,
+            note=f"ratio {t_enc / t_enc_stock:.3f}",
+        )
+        record(
+            f"VAE decode 21 kf, ours (batch {per_batch})",
+            t_dec * 1e3,
+            "ms",
+            "<= stock",
+            t_dec <= t_dec_stock * 1.02,
+            note=f"ratio {t_dec / t_dec_stock:.3f}",
+        )
     free(device)
 
 
@@ -293,8 +326,18 @@ def trajectory_runner(models, t5, t5_cfg, device, H, W, R, t5_offloaded: bool = 
         with torch.no_grad():
             with on_device(t5, device, enabled=t5_offloaded):
                 prompt_embeds = t5(ids.to(device)).last_hidden_state
-            frames = generate_keyframes(models, image, "", keyframe_cameras=kf, render=render, render_mask=mask,
-                                        references=refs, sampler="dmd", seed=0, prompt_embeds=prompt_embeds)
+            frames = generate_keyframes(
+                models,
+                image,
+                "",
+                keyframe_cameras=kf,
+                render=render,
+                render_mask=mask,
+                references=refs,
+                sampler="dmd",
+                seed=0,
+                prompt_embeds=prompt_embeds,
+            )
         sync(device)
         assert tuple(frames.shape) == (len(kf), H, W, 3)
         return time.perf_counter() - start
@@ -303,6 +346,7 @@ def trajectory_runner(models, t5, t5_cfg, device, H, W, R, t5_offloaded: bool = 
 
 
 # ----------------------------------------------------------------------------- 8. 24 GB child
+
 
 def rss_peak_bytes() -> int:
     with open("/proc/self/status", encoding="ascii") as f:
@@ -335,8 +379,9 @@ def small_card_child(args) -> dict:
     t5.to("cpu")  # the encoders live on the host and visit the GPU to encode (offload="encoders")
     clip.to("cpu")
     free(device)
-    models = WorldStereoModels(transformer, KVAE(vae), None, None, CLIPEnc(clip), "dmd", device, "encoders",
-                               "fp8_e4m3fn_scaled", args.swap)
+    models = WorldStereoModels(
+        transformer, KVAE(vae), None, None, CLIPEnc(clip), "dmd", device, "encoders", "fp8_e4m3fn_scaled", args.swap
+    )
     cap = 22 * GiB
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
@@ -349,12 +394,18 @@ def small_card_child(args) -> dict:
     seconds = run()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0
-    return {"seconds": seconds, "peak": peak, "reserved": reserved, "rss_peak": rss_peak_bytes(),
-            "swapped_host_bytes": transformer.block_swap.host_bytes,
-            "resident_bytes": models.device_weight_bytes()}
+    return {
+        "seconds": seconds,
+        "peak": peak,
+        "reserved": reserved,
+        "rss_peak": rss_peak_bytes(),
+        "swapped_host_bytes": transformer.block_swap.host_bytes,
+        "resident_bytes": models.device_weight_bytes(),
+    }
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -362,13 +413,21 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--refs", type=int, default=8)
     p.add_argument("--swap", type=int, default=30, help="blocks swapped in the 24 GB mode")
-    p.add_argument("--granularity", default="channel", choices=["channel", "tensor"], help="fp8 scale for the 24 GB mode")
+    p.add_argument(
+        "--granularity", default="channel", choices=["channel", "tensor"], help="fp8 scale for the 24 GB mode"
+    )
     p.add_argument("--compile", action="store_true", help="also measure torch.compile of the blocks")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: attention,stock,vae,trajectory,small,load")
+    p.add_argument(
+        "--skip", default="", help="comma list of sections to skip: attention,stock,vae,trajectory,small,load"
+    )
     p.add_argument("--load-layers", type=int, default=None, help="blocks in the load-memory checkpoint (default: full)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--compile-budget", type=float, default=400.0,
-                   help="run the compile section only if fewer seconds than this have passed")
+    p.add_argument(
+        "--compile-budget",
+        type=float,
+        default=400.0,
+        help="run the compile section only if fewer seconds than this have passed",
+    )
     p.add_argument("--_small_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     global T0
@@ -385,8 +444,12 @@ def main() -> int:
     import diffusers
 
     print(f"diffusers {diffusers.__version__}", flush=True)
-    RESULTS["_device"] = {"value": name, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                          "date": time.strftime("%Y-%m-%d")}
+    RESULTS["_device"] = {
+        "value": name,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     cfg = dict(TINY_TRANSFORMER_CONFIG if args.tiny else FULL_TRANSFORMER_CONFIG)
     H, W = (32, 48) if args.tiny else (480, 832)
     f, R = (3, 2) if args.tiny else (21, args.refs)
@@ -406,14 +469,20 @@ def main() -> int:
     x, t, kw = step_inputs(cfg, device, dtype, f, h, w, R)
     tokens = (f + R) * (h // 2) * (w // 2)
     cn = model.controlnet_config
-    flops = matmul_flops(cfg, f * (h // 2) * (w // 2), R * (h // 2) * (w // 2), (cn.num_layers, cn.dim, cn.ffn_dim, model.inner_dim))
+    flops = matmul_flops(
+        cfg, f * (h // 2) * (w // 2), R * (h // 2) * (w // 2), (cn.num_layers, cn.dim, cn.ffn_dim, model.inner_dim)
+    )
     steps: dict[str, float] = {}
     with torch.inference_mode():
         for backend in ["native", best_backend] if best_backend else ["native"]:
             model.set_attention_backend(backend)
             steps[backend] = median_time(lambda: model(x, t, **kw), device, 1, 3)
-            record(f"step bf16 ours [{backend}]", steps[backend] * 1e3, "ms",
-                   note=f"{tokens} tokens, {flops / steps[backend] / 1e12:.0f} TFLOP/s (matmul+attention FLOPs)")
+            record(
+                f"step bf16 ours [{backend}]",
+                steps[backend] * 1e3,
+                "ms",
+                note=f"{tokens} tokens, {flops / steps[backend] / 1e12:.0f} TFLOP/s (matmul+attention FLOPs)",
+            )
         best = min(steps, key=steps.get)
         model.set_attention_backend(best)
         v_ref = model(x, t, **kw).float()
@@ -421,7 +490,9 @@ def main() -> int:
     if "stock" not in skip:
         from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, WanTransformer3DModel
 
-        model.to("cpu") if device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory < 100 * GiB else None
+        model.to("cpu") if device.type == "cuda" and torch.cuda.get_device_properties(
+            device
+        ).total_memory < 100 * GiB else None
         with torch.device("meta"):
             stock = WanTransformer3DModel(**cfg).eval()
         init_random_weights(stock, device, dtype)
@@ -432,16 +503,27 @@ def main() -> int:
             for backend in steps:
                 stock.set_attention_backend(backend)
                 stock_t[backend] = median_time(
-                    lambda: stock(xs, t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"], return_dict=False),
-                    device, 1, 3)
+                    lambda: stock(
+                        xs, t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"], return_dict=False
+                    ),
+                    device,
+                    1,
+                    3,
+                )
                 record(f"step stock diffusers Wan [{backend}]", stock_t[backend] * 1e3, "ms", note=f"{tokens} tokens")
         del stock, xs
         free(device)
         model.to(device)
         base = stock_t["native"]  # stock as users run it: PyTorch's default SDPA
         r = steps[best] / base
-        record("step bf16 / stock", r, "", "<= 0.75", r <= 0.75,
-               note=f"ours [{best}] vs stock [native]; same backend: {steps[best] / stock_t[best]:.3f}")
+        record(
+            "step bf16 / stock",
+            r,
+            "",
+            "<= 0.75",
+            r <= 0.75,
+            note=f"ours [{best}] vs stock [native]; same backend: {steps[best] / stock_t[best]:.3f}",
+        )
 
     print("[4] fp8 step and accuracy", flush=True)
     lin = torch.nn.Linear(cfg["ffn_dim"], model.inner_dim, device=device, dtype=dtype)
@@ -452,8 +534,14 @@ def main() -> int:
                 ref = torch.nn.functional.linear(xin.double(), lin.weight.double(), lin.bias.double())
                 got = Float8Linear.from_linear(lin, gran_)(xin).double()
             rel = float((got - ref).norm() / ref.norm())
-            record(f"fp8 linear rel. error, {rows} rows, {gran_}", rel, "", "< 0.1", rel < 0.1,
-                   note="vs float64 of the bf16 layer (e4m3: ~2^-4 per element)")
+            record(
+                f"fp8 linear rel. error, {rows} rows, {gran_}",
+                rel,
+                "",
+                "< 0.1",
+                rel < 0.1,
+                note="vs float64 of the bf16 layer (e4m3: ~2^-4 per element)",
+            )
     del lin, xin
     fp8 = {}
     with torch.inference_mode():
@@ -465,7 +553,14 @@ def main() -> int:
             note = f"{fp8[gran] * 1e3:.0f} ms/step"
             if stock_t:
                 note += f", / stock {fp8[gran] / stock_t['native']:.3f}"
-            record(f"fp8 ({gran}) velocity cosine vs bf16", cos, "", ">= 0.995", cos >= 0.995, note=note + " (random weights)")
+            record(
+                f"fp8 ({gran}) velocity cosine vs bf16",
+                cos,
+                "",
+                ">= 0.995",
+                cos >= 0.995,
+                note=note + " (random weights)",
+            )
             restore(model, saved)
             del saved, v
             free(device)
@@ -481,13 +576,15 @@ def main() -> int:
         from worldstereo_core.models.vae import WanKeyframeVAE
 
         vae, t5, clip, t5_cfg = build_encoders(device, dtype, args.tiny)
+
         def trajectory_figures(fmt: str) -> None:
             saved = swap_in_fp8(model, gran) if fmt != "bf16" else None
             if saved is not None:
                 del saved  # the bf16 layers go: the fp8 model alone is resident
                 free(device)
-            models = WorldStereoModels(model, WanKeyframeVAE(vae), None, None, CLIPImageEncoder(clip), "dmd", device,
-                                       "none", fmt)
+            models = WorldStereoModels(
+                model, WanKeyframeVAE(vae), None, None, CLIPImageEncoder(clip), "dmd", device, "none", fmt
+            )
             run = trajectory_runner(models, t5, t5_cfg, device, H, W, R)
             run()
             if device.type == "cuda":
@@ -495,8 +592,14 @@ def main() -> int:
             traj[fmt] = run()
             peak = torch.cuda.max_memory_allocated(device) / GiB if device.type == "cuda" else float("nan")
             target = "<= 17 s" if fmt == "bf16" else "<= 12 s"
-            record(f"trajectory {fmt} resident", traj[fmt], "s", target, traj[fmt] <= (17 if fmt == "bf16" else 12),
-                   note=f"peak GPU {peak:.1f} GiB, weights {models.device_weight_bytes() / GiB:.1f} GiB, [{best}]")
+            record(
+                f"trajectory {fmt} resident",
+                traj[fmt],
+                "s",
+                target,
+                traj[fmt] <= (17 if fmt == "bf16" else 12),
+                note=f"peak GPU {peak:.1f} GiB, weights {models.device_weight_bytes() / GiB:.1f} GiB, [{best}]",
+            )
             record(f"peak GPU {fmt} resident", peak, "GiB", "< 74.5 (80 GB)", peak < 80e9 / GiB)
 
         if "vae" not in skip:
@@ -515,28 +618,64 @@ def main() -> int:
 
     if "small" not in skip and device.type == "cuda":
         print("[8] 24 GB mode (child process, 22 GiB cap)", flush=True)
-        cmd = [sys.executable, __file__, "--_small_child", "--device", args.device, "--swap", str(args.swap),
-               "--granularity", gran, "--refs", str(args.refs)] + (["--tiny"] if args.tiny else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_small_child",
+            "--device",
+            args.device,
+            "--swap",
+            str(args.swap),
+            "--granularity",
+            gran,
+            "--refs",
+            str(args.refs),
+        ] + (["--tiny"] if args.tiny else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(proc.stdout[-3000:], proc.stderr[-3000:])
             record("24 GB mode", "FAILED", note=f"exit {proc.returncode}")
         else:
-            s = json.loads(line[len("RESULT "):])
-            record("24 GB mode: peak GPU allocated", s["peak"] / GiB, "GiB", "<= 22", s["peak"] <= 22 * GiB,
-                   note=f"reserved {s['reserved'] / GiB:.1f} GiB; fp8, {args.swap} blocks swapped, encoders offloaded")
+            s = json.loads(line[len("RESULT ") :])
+            record(
+                "24 GB mode: peak GPU allocated",
+                s["peak"] / GiB,
+                "GiB",
+                "<= 22",
+                s["peak"] <= 22 * GiB,
+                note=f"reserved {s['reserved'] / GiB:.1f} GiB; fp8, {args.swap} blocks swapped, encoders offloaded",
+            )
             ref_t = traj.get("fp8_e4m3fn_scaled")
-            record("24 GB mode: trajectory", s["seconds"], "s", "<= 2x resident fp8",
-                   None if ref_t is None else s["seconds"] <= 2 * ref_t,
-                   note="" if ref_t is None else f"ratio {s['seconds'] / ref_t:.2f}")
-            record("24 GB mode: host RSS peak", s["rss_peak"] / GiB, "GiB",
-                   note=f"swapped blocks {s['swapped_host_bytes'] / GiB:.1f} GiB + encoders on host (UMT5 ~10.6 GiB bf16)")
+            record(
+                "24 GB mode: trajectory",
+                s["seconds"],
+                "s",
+                "<= 2x resident fp8",
+                None if ref_t is None else s["seconds"] <= 2 * ref_t,
+                note="" if ref_t is None else f"ratio {s['seconds'] / ref_t:.2f}",
+            )
+            record(
+                "24 GB mode: host RSS peak",
+                s["rss_peak"] / GiB,
+                "GiB",
+                note=f"swapped blocks {s['swapped_host_bytes'] / GiB:.1f} GiB + encoders on host (UMT5 ~10.6 GiB bf16)",
+            )
 
     if "load" not in skip and device.type == "cuda":
         print("[9] host memory while loading a checkpoint as fp8 with swapped blocks", flush=True)
-        cmd = [sys.executable, str(ROOT / "bench" / "load_memory.py"), "--variant", "dmd", "--device", args.device,
-               "--weight-format", "fp8_e4m3fn_scaled", "--blocks-on-host", str(min(args.swap, args.load_layers or 40))]
+        cmd = [
+            sys.executable,
+            str(ROOT / "bench" / "load_memory.py"),
+            "--variant",
+            "dmd",
+            "--device",
+            args.device,
+            "--weight-format",
+            "fp8_e4m3fn_scaled",
+            "--blocks-on-host",
+            str(min(args.swap, args.load_layers or 40)),
+        ]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--layers", str(args.load_layers)] if args.load_layers else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -565,9 +704,14 @@ def main() -> int:
                 first = time.perf_counter() - t0
                 after = median_time(lambda: model(x, t, **kw), device, 1, 3)
             record("compile: first call (compile time)", first, "s", note=f"fp8 model, [{best}]")
-            record("compile: step after compile", after * 1e3, "ms", note=f"eager fp8 {eager * 1e3:.0f} ms, "
-                   f"ratio {after / eager:.3f}" + (f", / stock {after / stock_t['native']:.3f}" if stock_t else ""))
-        except Exception as exc:  # noqa: BLE001 - report and go on: the other figures stand
+            record(
+                "compile: step after compile",
+                after * 1e3,
+                "ms",
+                note=f"eager fp8 {eager * 1e3:.0f} ms, "
+                f"ratio {after / eager:.3f}" + (f", / stock {after / stock_t['native']:.3f}" if stock_t else ""),
+            )
+        except Exception as exc:
             import traceback
 
             traceback.print_exc()

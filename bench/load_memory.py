@@ -119,8 +119,9 @@ def write_random_checkpoint(
     return (folder / "model.safetensors").stat().st_size
 
 
-def _measure(folder: str, device: str, dtype_name: str, interval: float, weight_format: str = "bf16",
-             blocks_on_host: int = 0) -> dict:
+def _measure(
+    folder: str, device: str, dtype_name: str, interval: float, weight_format: str = "bf16", blocks_on_host: int = 0
+) -> dict:
     """Child process: baseline, sampled peak and HWM during ``load_worldstereo``."""
     import torch
 
@@ -156,8 +157,9 @@ def _measure(folder: str, device: str, dtype_name: str, interval: float, weight_
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     t0 = time.perf_counter()
-    model = load_worldstereo(folder, device=dev, dtype=getattr(torch, dtype_name), weight_format=weight_format,
-                             blocks_on_host=blocks_on_host)
+    model = load_worldstereo(
+        folder, device=dev, dtype=getattr(torch, dtype_name), weight_format=weight_format, blocks_on_host=blocks_on_host
+    )
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -192,23 +194,39 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(_ST_NAMES), help="file and load dtype")
     p.add_argument("--tiny", action="store_true", help="tiny config: runs on CPU in seconds")
-    p.add_argument("--layers", type=int, default=None,
-                   help="keep only this many main/control blocks (full widths): a smaller but realistic file")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="keep only this many main/control blocks (full widths): a smaller but realistic file",
+    )
     p.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the written checkpoint")
     p.add_argument("--reuse", action="store_true", help="reuse an existing checkpoint in --dir")
     p.add_argument("--interval", type=float, default=0.002, help="RSS sampling period, seconds")
     p.add_argument("--target", type=float, default=10.0, help="pass threshold, %% of the checkpoint size")
-    p.add_argument("--weight-format", default="bf16", choices=["bf16", "fp8_e4m3fn_scaled"],
-                   help="load the bf16 file as is or quantise its block projections to fp8 while streaming")
-    p.add_argument("--blocks-on-host", type=int, default=0,
-                   help="keep the last N main blocks on the host (the block-swap layout); they count as kept weights")
+    p.add_argument(
+        "--weight-format",
+        default="bf16",
+        choices=["bf16", "fp8_e4m3fn_scaled"],
+        help="load the bf16 file as is or quantise its block projections to fp8 while streaming",
+    )
+    p.add_argument(
+        "--blocks-on-host",
+        type=int,
+        default=0,
+        help="keep the last N main blocks on the host (the block-swap layout); they count as kept weights",
+    )
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args._child is not None:
-        print("RESULT " + json.dumps(_measure(args._child, args.device, args.dtype, args.interval, args.weight_format,
-                                              args.blocks_on_host)))
+        print(
+            "RESULT "
+            + json.dumps(
+                _measure(args._child, args.device, args.dtype, args.interval, args.weight_format, args.blocks_on_host)
+            )
+        )
         return
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ws_load_memory_"))
@@ -223,15 +241,28 @@ def main() -> None:
             size = write_random_checkpoint(folder, args.variant, args.tiny, args.dtype, layers=args.layers)
             write_s = time.perf_counter() - t0
         print(f"checkpoint {folder} ({size / 2**30:.3f} GiB) written in {write_s:.1f} s; measuring…", flush=True)
-        cmd = [sys.executable, __file__, "--_child", str(folder), "--device", args.device, "--dtype", args.dtype,
-               "--interval", str(args.interval), "--weight-format", args.weight_format,
-               "--blocks-on-host", str(args.blocks_on_host)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_child",
+            str(folder),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--interval",
+            str(args.interval),
+            "--weight-format",
+            args.weight_format,
+            "--blocks-on-host",
+            str(args.blocks_on_host),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             sys.stderr.write(proc.stdout + proc.stderr)
             raise SystemExit(f"measurement child failed (exit {proc.returncode})")
-        r = json.loads(line[len("RESULT "):])
+        r = json.loads(line[len("RESULT ") :])
     finally:
         if not args.keep and not args.dir:
             shutil.rmtree(root, ignore_errors=True)
@@ -241,8 +272,11 @@ def main() -> None:
     pct = 100.0 * transient / size
     hwm_transient = None if r["hwm"] is None else r["hwm"] - r["baseline"] - r["host_weights"]
     rows = [
-        ("variant / device / dtype", f"{args.variant}{suffix} / {args.device} / {args.dtype} -> {args.weight_format}"
-                                     f"{f', {args.blocks_on_host} blocks on host' if args.blocks_on_host else ''}"),
+        (
+            "variant / device / dtype",
+            f"{args.variant}{suffix} / {args.device} / {args.dtype} -> {args.weight_format}"
+            f"{f', {args.blocks_on_host} blocks on host' if args.blocks_on_host else ''}",
+        ),
         ("parameters", f"{r['params'] / 1e9:.4f} B"),
         ("checkpoint size", _gib(size)),
         ("load time", f"{r['seconds']:.2f} s ({size / 2**30 / max(r['seconds'], 1e-9):.2f} GiB/s)"),
@@ -251,10 +285,17 @@ def main() -> None:
         ("RSS after load", _gib(r["after"])),
         ("weights kept on host", _gib(r["host_weights"])),
         ("transient peak (sampled)", f"{_gib(transient)} = {pct:.2f} % of checkpoint"),
-        ("transient peak (VmHWM)", "—" if hwm_transient is None else f"{_gib(hwm_transient)} = {100 * hwm_transient / size:.2f} %"),
+        (
+            "transient peak (VmHWM)",
+            "—" if hwm_transient is None else f"{_gib(hwm_transient)} = {100 * hwm_transient / size:.2f} %",
+        ),
         ("GPU peak allocated", _gib(r["gpu_peak"]) if r["gpu_peak"] else "—"),
-        ("verdict", "n/a for --tiny (fixed overheads dominate a tiny file)" if args.tiny
-         else f"{'PASS' if pct < args.target else 'FAIL'} (target < {args.target:g} %)"),
+        (
+            "verdict",
+            "n/a for --tiny (fixed overheads dominate a tiny file)"
+            if args.tiny
+            else f"{'PASS' if pct < args.target else 'FAIL'} (target < {args.target:g} %)",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     print()

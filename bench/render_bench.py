@@ -28,13 +28,13 @@ from pathlib import Path
 if __name__ == "__main__" and "--omp-passive" in sys.argv:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # must precede OpenMP's start (importing torch)
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worldstereo_core.cameras import Cameras  # noqa: E402
-from worldstereo_core.pointcloud import PointCloud  # noqa: E402
-from worldstereo_core.render import _project, render_point_cloud  # noqa: E402
+from worldstereo_core.cameras import Cameras
+from worldstereo_core.pointcloud import PointCloud
+from worldstereo_core.render import _project, render_point_cloud
 
 
 def make_scene(n: int, frames: int, height: int, width: int, device: str, seed: int = 0):
@@ -95,31 +95,39 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     cloud, cams = make_scene(args.points, args.frames, args.height, args.width, args.device)
-    render = lambda: render_point_cloud(cloud, cams)  # noqa: E731
+    render = lambda: render_point_cloud(cloud, cams)
     res = render()  # warm-up (allocator, CUDA context, kernels)
     load_before = load_average()
     t_render, c_render = timed(render, args.repeats, args.device)
 
     pts_t = cloud.points.t().contiguous()
-    project = lambda: _project(pts_t, cams.w2c.to(cloud.points.dtype), cams.K.to(cloud.points.dtype))  # noqa: E731
+    project = lambda: _project(pts_t, cams.w2c.to(cloud.points.dtype), cams.K.to(cloud.points.dtype))
     project()
     t_proj, c_proj = timed(project, args.repeats, args.device)
 
-    print(f"device={args.device} threads={torch.get_num_threads()} points={args.points} frames={args.frames} "
-          f"size={args.height}x{args.width} repeats={args.repeats} omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', 'default')}")
-    print(f"render_point_cloud (fast): median {t_render * 1e3:.1f} ms  ({t_render / args.frames * 1e3:.2f} ms/frame); "
-          f"coverage {1 - float(res.mask.mean()):.3f}")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} points={args.points} frames={args.frames} "
+        f"size={args.height}x{args.width} repeats={args.repeats} omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', 'default')}"
+    )
+    print(
+        f"render_point_cloud (fast): median {t_render * 1e3:.1f} ms  ({t_render / args.frames * 1e3:.2f} ms/frame); "
+        f"coverage {1 - float(res.mask.mean()):.3f}"
+    )
     print(f"baseline projection-only : median {t_proj * 1e3:.1f} ms  -> render / projection = {t_render / t_proj:.2f}x")
     if not args.device.startswith("cuda"):
-        print(f"process CPU time: render {c_render * 1e3:.0f} ms, projection {c_proj * 1e3:.0f} ms "
-              f"(ratio {c_render / c_proj:.2f}x); load average {load_before} before, {load_average()} after "
-              f"on {os.cpu_count()} CPUs")
+        print(
+            f"process CPU time: render {c_render * 1e3:.0f} ms, projection {c_proj * 1e3:.0f} ms "
+            f"(ratio {c_render / c_proj:.2f}x); load average {load_before} before, {load_average()} after "
+            f"on {os.cpu_count()} CPUs"
+        )
     if args.exact_frames > 0:
         n = min(args.exact_frames, args.frames)
         sub = cams[0:n] if n > 1 else cams[0]
-        exact = lambda: render_point_cloud(cloud, sub, mode="exact")  # noqa: E731
+        exact = lambda: render_point_cloud(cloud, sub, mode="exact")
         t_exact = timed(exact, 1, args.device)[0] * args.frames / n
-        print(f"exact reference (extrapolated from {n} frames): {t_exact * 1e3:.0f} ms -> exact / fast = {t_exact / t_render:.1f}x")
+        print(
+            f"exact reference (extrapolated from {n} frames): {t_exact * 1e3:.0f} ms -> exact / fast = {t_exact / t_render:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worldstereo_core.distributed import enable_sequence_parallel, shard_weights  # noqa: E402
-from worldstereo_core.models.loading import init_random_weights  # noqa: E402
-from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
+from worldstereo_core.distributed import enable_sequence_parallel, shard_weights
+from worldstereo_core.models.loading import init_random_weights
+from worldstereo_core.models.transformer_worldstereo import (
     FULL_CONTROLNET_CONFIG,
     FULL_TRANSFORMER_CONFIG,
     ControlNetConfig,
@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"parameters held per rank: {', '.join(f'{r[2]:.3f}' for r in results)} of the model")
     if args.repeats:
         tn = max(r[3] for r in results)
-        print(f"one forward: 1 process {t1 * 1000:.1f} ms, {args.nproc} ranks {tn * 1000:.1f} ms, speed-up {t1 / tn:.2f}x")
+        print(
+            f"one forward: 1 process {t1 * 1000:.1f} ms, {args.nproc} ranks {tn * 1000:.1f} ms, speed-up {t1 / tn:.2f}x"
+        )
     if results[0][4] is not None:
         print("peak GPU memory per rank (GiB): " + ", ".join(f"{r[4]:.2f}" for r in results))
     print(f"output scale (max abs of the single-process output): {float(reference.abs().max()):.3e}")

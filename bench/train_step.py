@@ -34,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKLWan
+from dmd_trajectory import random_module
 
-from dmd_trajectory import random_module  # noqa: E402  (bench/ is on the path: this script's folder)
 from worldstereo_core.models import build_transformer
 from worldstereo_core.models.vae import (
     WAN21_VAE_CONFIG,
@@ -62,9 +62,19 @@ def main() -> int:
     F = 5 if args.tiny else args.keyframes
     size = "tiny" if args.tiny else "full"
     settings = T.TrainSettings(
-        stage=args.stage, out=Path("/tmp/ws_train_bench"), size=size, steps=args.steps, height=H, width=W,
-        num_keyframes=F, clip_poses=4 * (F - 1) + 1, num_samples=1, batch=1,
-        dtype="bf16" if dtype == torch.bfloat16 else "fp32", gradient_checkpointing=True, progress=False,
+        stage=args.stage,
+        out=Path("/tmp/ws_train_bench"),
+        size=size,
+        steps=args.steps,
+        height=H,
+        width=W,
+        num_keyframes=F,
+        clip_poses=4 * (F - 1) + 1,
+        num_samples=1,
+        batch=1,
+        dtype="bf16" if dtype == torch.bfloat16 else "fp32",
+        gradient_checkpointing=True,
+        progress=False,
         init=Path("/nonexistent") if args.stage == "dmd" else None,
     ).resolved()
 

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worldstereo_core.cameras import Cameras, intrinsics_from_fov  # noqa: E402
-from worldstereo_core.recon.reconstruct import predict_worldmirror  # noqa: E402
-from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig  # noqa: E402
-from worldstereo_core.trajectory import make_preset  # noqa: E402
+from worldstereo_core.cameras import Cameras, intrinsics_from_fov
+from worldstereo_core.recon.reconstruct import predict_worldmirror
+from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig
+from worldstereo_core.trajectory import make_preset
 
 
 def main() -> int:
@@ -64,8 +64,10 @@ def main() -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = sorted(run() for _ in range(args.repeats))
-    print(f"device={device} dtype={dtype} WorldMirror params={params / 1e9:.3f} B frames={args.frames} input {H}x{W} "
-          f"target {args.target_size} with camera+intrinsics priors")
+    print(
+        f"device={device} dtype={dtype} WorldMirror params={params / 1e9:.3f} B frames={args.frames} input {H}x{W} "
+        f"target {args.target_size} with camera+intrinsics priors"
+    )
     print(f"reconstruction       median {times[len(times) // 2]:.3f} s  (min {times[0]:.3f}, max {times[-1]:.3f})")
     if device.type == "cuda":
         print(f"peak GPU allocated   {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

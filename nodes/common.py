@@ -20,6 +20,7 @@ def search_aliases(*names: str) -> dict:
         return {"search_aliases": list(names)}
     return {}
 
+
 # Custom socket types. Values travelling on them are immutable worldstereo_core objects.
 Trajectory = io.Custom("WS_TRAJECTORY")
 PointCloud = io.Custom("WS_POINTCLOUD")
@@ -192,9 +193,14 @@ def input_file(value: str, what: str) -> str:
     appended one in the output folder (e.g. what Save camera.json wrote)."""
     import folder_paths
 
-    return user_path(value, what, roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
-                     base=folder_paths.get_input_directory(), kind="file",
-                     where="ComfyUI's input folder (or its output folder, with ' [output]' appended)")
+    return user_path(
+        value,
+        what,
+        roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
+        base=folder_paths.get_input_directory(),
+        kind="file",
+        where="ComfyUI's input folder (or its output folder, with ' [output]' appended)",
+    )
 
 
 def input_folder(value: str, what: str) -> str:
@@ -202,23 +208,33 @@ def input_folder(value: str, what: str) -> str:
     ``" [output]"`` appended one in the output folder."""
     import folder_paths
 
-    return user_path(value, what, roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
-                     base=folder_paths.get_input_directory(), kind="folder",
-                     where="ComfyUI's input folder (or its output folder, with ' [output]' appended)")
+    return user_path(
+        value,
+        what,
+        roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
+        base=folder_paths.get_input_directory(),
+        kind="folder",
+        where="ComfyUI's input folder (or its output folder, with ' [output]' appended)",
+    )
 
 
 def output_folder(value: str, what: str) -> str:
     """A folder below ComfyUI's output folder, to write (``must_exist=False``) or read."""
-    return user_path(value, what, roots=[output_dir()], base=output_dir(), kind="new",
-                     where="ComfyUI's output folder")
+    return user_path(value, what, roots=[output_dir()], base=output_dir(), kind="new", where="ComfyUI's output folder")
 
 
 def model_folder(value: str, what: str) -> str:
     """An existing folder inside ComfyUI's model folders (``models/`` or ``extra_model_paths.yaml``)."""
     import folder_paths
 
-    return user_path(value, what, roots=model_roots(), base=folder_paths.models_dir, kind="folder",
-                     where="ComfyUI's model folders (models/, or a folder added in extra_model_paths.yaml)")
+    return user_path(
+        value,
+        what,
+        roots=model_roots(),
+        base=folder_paths.models_dir,
+        kind="folder",
+        where="ComfyUI's model folders (models/, or a folder added in extra_model_paths.yaml)",
+    )
 
 
 def save_target(filename_prefix: str) -> tuple[str, str, int, str]:
@@ -269,6 +285,7 @@ def save_folder_path(filename_prefix: str) -> tuple[str, str]:
     folder, name, counter, subfolder = save_target(filename_prefix)
     leaf = f"{name}_{counter:05}_"
     return os.path.join(folder, leaf), (f"{subfolder}/{leaf}" if subfolder else leaf)
+
 
 Depth = io.Custom("WS_DEPTH")  # float32 [N, H, W] z-depth, 0 where unknown
 #: float32 [N, H, W]: distance along each equirectangular pixel's ray from the panorama centre, 0 where
@@ -332,7 +349,7 @@ def inspector_ui(title: str = "", **scene) -> dict:
 
     try:
         return publish(title=title, **scene)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         logging.getLogger("worldstereo").warning("scene inspector preview skipped: %s", exc)
         return {}
 
@@ -347,8 +364,11 @@ def scene_loop_outputs(report_tooltip: str) -> list:
         io.Mask.Output(display_name="hole_masks", tooltip="Their hole masks (1 = hole)."),
         io.Image.Output(display_name="frames", tooltip="The generated keyframes of every trajectory."),
         io.String.Output(display_name="report", tooltip=report_tooltip),
-        io.Video.Output(display_name="video", tooltip="The generated keyframes as ComfyUI's VIDEO (for core Save "
-                        f"Video), {KEYFRAME_FPS:g} frames per second."),
+        io.Video.Output(
+            display_name="video",
+            tooltip="The generated keyframes as ComfyUI's VIDEO (for core Save "
+            f"Video), {KEYFRAME_FPS:g} frames per second.",
+        ),
     ]
 
 
@@ -364,8 +384,9 @@ def frames_video(frames: torch.Tensor, fps: float = KEYFRAME_FPS):
 
     from .comfy_v3 import InputImpl, Types
 
-    return InputImpl.VideoFromComponents(Types.VideoComponents(images=frames.float().cpu(), audio=None,
-                                                               frame_rate=Fraction(fps).limit_denominator(1000)))
+    return InputImpl.VideoFromComponents(
+        Types.VideoComponents(images=frames.float().cpu(), audio=None, frame_rate=Fraction(fps).limit_denominator(1000))
+    )
 
 
 def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
@@ -375,8 +396,13 @@ def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
 
     steps = loop.steps
     frames = torch.cat([s.frames for s in steps]).float()
-    ui = {"text": [text]} | inspector_ui("WorldStereo scene", cloud=loop.cloud, trajectories=[s.trajectory for s in steps],
-                                         memory=loop.bank, retrieval=[s.references for s in steps])
+    ui = {"text": [text]} | inspector_ui(
+        "WorldStereo scene",
+        cloud=loop.cloud,
+        trajectories=[s.trajectory for s in steps],
+        memory=loop.bank,
+        retrieval=[s.references for s in steps],
+    )
     return io.NodeOutput(
         loop.cloud,
         tuple(s.trajectory for s in steps),
@@ -393,7 +419,9 @@ def scene_loop_result(loop, report: dict, text: str) -> io.NodeOutput:
 def starts_input() -> io.String.Input:
     """The ``starts`` control of both scene-loop nodes (one start per trajectory, in order)."""
     return io.String.Input(
-        "starts", default="", optional=True,
+        "starts",
+        default="",
+        optional=True,
         tooltip="Where each trajectory starts, comma-separated in trajectory order: input (the input view), "
         "continue (the previous clip's last frame and its camera, as the release's second trajectories) or a "
         "memory-bank view number (e.g. view:5, one of the panorama's 27 views). Empty = every trajectory "

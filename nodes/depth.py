@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from .comfy_v3 import io
 
 from worldstereo_core import panorama as pano_lib
 from worldstereo_core import pointcloud as pc_lib
@@ -14,9 +13,25 @@ from worldstereo_core.errors import InvalidDepthError, InvalidImageError, Missin
 from worldstereo_core.recon import moge as moge_lib
 from worldstereo_core.recon import panorama_depth as pano_depth_lib
 
-from .common import (CATEGORY, DTYPES, Cameras as CamerasSocket, Depth, PanoDistance, PointCloud, Progress, cap_points,
-                     image_to_hwc, is_pano_distance, mark_pano_distance,
-                     inspector_ui, model_file_path, model_files, option, register_model_folder)
+from .comfy_v3 import io
+from .common import (
+    CATEGORY,
+    DTYPES,
+    Depth,
+    PanoDistance,
+    PointCloud,
+    Progress,
+    cap_points,
+    image_to_hwc,
+    inspector_ui,
+    is_pano_distance,
+    mark_pano_distance,
+    model_file_path,
+    model_files,
+    option,
+    register_model_folder,
+)
+from .common import Cameras as CamerasSocket
 
 SUB_DEPTH = f"{CATEGORY}/depth"
 SUB_PANORAMA = f"{CATEGORY}/panorama"
@@ -45,11 +60,14 @@ def _normals_image(normals: torch.Tensor | None, mask: torch.Tensor) -> torch.Te
 
 def _turbo(x: torch.Tensor) -> torch.Tensor:
     """Turbo colormap ``[...] in [0, 1] → [..., 3]`` (Mikhailov's polynomial fit)."""
-    coeffs = torch.tensor([
-        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
-        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
-        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
-    ], dtype=torch.float32)
+    coeffs = torch.tensor(
+        [
+            [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+            [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+            [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+        ],
+        dtype=torch.float32,
+    )
     powers = torch.stack([x**k for k in range(6)], dim=-1)
     return (powers @ coeffs.T).clamp(0, 1)
 
@@ -87,15 +105,25 @@ class LoadMoGe(io.ComfyNode):
             "Upstream ships model.pt pickles, which are never loaded: convert them once to safetensors "
             "(the error message gives the one-line command).",
             inputs=[
-                io.Combo.Input("model_name", options=model_files(MODEL_FOLDER),
-                               tooltip="Weights under models/moge/ (e.g. moge-2-vitl-normal/model.safetensors)."),
-                io.Combo.Input("variant", options=["auto", *sorted(k for k in moge_lib.MOGE_VARIANTS if k != "tiny")],
-                               default="auto",
-                               tooltip="Architecture. auto: the config.json beside the weights, else the file's "
-                               "embedded config (metadata \"config\", or \"model_config\" in older files), else a variant name found in the file or folder name."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
-                               tooltip="Weight precision. fp32 still runs in fp16 autocast on a GPU, as upstream; "
-                               "fp16/bf16 halve the memory (use fp32 on CPU)."),
+                io.Combo.Input(
+                    "model_name",
+                    options=model_files(MODEL_FOLDER),
+                    tooltip="Weights under models/moge/ (e.g. moge-2-vitl-normal/model.safetensors).",
+                ),
+                io.Combo.Input(
+                    "variant",
+                    options=["auto", *sorted(k for k in moge_lib.MOGE_VARIANTS if k != "tiny")],
+                    default="auto",
+                    tooltip="Architecture. auto: the config.json beside the weights, else the file's "
+                    'embedded config (metadata "config", or "model_config" in older files), else a variant name found in the file or folder name.',
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="fp32",
+                    tooltip="Weight precision. fp32 still runs in fp16 autocast on a GPU, as upstream; "
+                    "fp16/bf16 halve the memory (use fp32 on CPU).",
+                ),
             ],
             outputs=[MoGe.Output(display_name="moge", tooltip="The loaded MoGe-2 model.")],
         )
@@ -106,8 +134,10 @@ class LoadMoGe(io.ComfyNode):
 
         path = model_file_path(MODEL_FOLDER, model_name, "MoGe")
         model = moge_lib.load_moge(
-            path, config=None if variant == "auto" else variant,
-            device=comfy.model_management.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"),
+            path,
+            config=None if variant == "auto" else variant,
+            device=comfy.model_management.get_torch_device(),
+            dtype=option(DTYPES, dtype, "dtype"),
         )
         return io.NodeOutput(model)
 
@@ -127,36 +157,60 @@ class DepthEstimate(io.ComfyNode):
             inputs=[
                 MoGe.Input("moge", tooltip="A model from Load MoGe-2."),
                 io.Image.Input("image", tooltip="The image(s); every image of the batch is estimated."),
-                io.Combo.Input("mode", options=["auto", "perspective", "panorama"], default="auto",
-                               tooltip="auto: panorama when the image is exactly 2:1 (width = 2 × height), "
-                               "else perspective."),
-                io.Float.Input("fov_x", default=0.0, min=0.0, max=179.0, step=0.1,
-                               tooltip="Known horizontal field of view in degrees (perspective mode); "
-                               "0 = estimate it."),
-                io.Int.Input("resolution_level", default=9, min=0, max=9,
-                             tooltip="MoGe's inference resolution: 0 = fewest ViT tokens (fast), 9 = most "
-                             "(upstream default)."),
+                io.Combo.Input(
+                    "mode",
+                    options=["auto", "perspective", "panorama"],
+                    default="auto",
+                    tooltip="auto: panorama when the image is exactly 2:1 (width = 2 × height), else perspective.",
+                ),
+                io.Float.Input(
+                    "fov_x",
+                    default=0.0,
+                    min=0.0,
+                    max=179.0,
+                    step=0.1,
+                    tooltip="Known horizontal field of view in degrees (perspective mode); 0 = estimate it.",
+                ),
+                io.Int.Input(
+                    "resolution_level",
+                    default=9,
+                    min=0,
+                    max=9,
+                    tooltip="MoGe's inference resolution: 0 = fewest ViT tokens (fast), 9 = most (upstream default).",
+                ),
             ],
             outputs=[
-                Depth.Output(display_name="depth",
-                             tooltip="Metric z-depth [N, H, W], 0 where invalid. A panorama has no z-depth: in "
-                             "panorama mode this carries the ray distance, marked so that only Panorama Point "
-                             "Cloud accepts it (kept for saved workflows) — use the distance output."),
-                CamerasSocket.Output(display_name="camera",
-                                     tooltip="Perspective: identity pose + the estimated K (pixels of the image). "
-                                     "Panorama: the panorama bank's centre view (panorama frame, 832×480)."),
-                io.Mask.Output(display_name="invalid_mask",
-                               tooltip="1 where MoGe found no geometry (sky, undefined), 0 where the depth is "
-                               "valid — ComfyUI's mask sense (1 = area to fill), like the render hole mask."),
-                io.Image.Output(display_name="normals",
-                                tooltip="Normals as a normal map (x right = red, up = green, towards the "
-                                "viewer = blue); black where invalid or when the model has no normal head."),
-                io.Image.Output(display_name="depth_preview",
-                                tooltip="Disparity in the turbo colormap (near = red, far = blue, invalid = black)."),
-                PanoDistance.Output(display_name="distance",
-                                    tooltip="Panorama mode: the distance along each equirectangular pixel's ray from "
-                                    "the panorama centre [N, H, W], 0 where invalid — for Panorama Point Cloud. "
-                                    "Perspective mode: nothing (use depth)."),
+                Depth.Output(
+                    display_name="depth",
+                    tooltip="Metric z-depth [N, H, W], 0 where invalid. A panorama has no z-depth: in "
+                    "panorama mode this carries the ray distance, marked so that only Panorama Point "
+                    "Cloud accepts it (kept for saved workflows) — use the distance output.",
+                ),
+                CamerasSocket.Output(
+                    display_name="camera",
+                    tooltip="Perspective: identity pose + the estimated K (pixels of the image). "
+                    "Panorama: the panorama bank's centre view (panorama frame, 832×480).",
+                ),
+                io.Mask.Output(
+                    display_name="invalid_mask",
+                    tooltip="1 where MoGe found no geometry (sky, undefined), 0 where the depth is "
+                    "valid — ComfyUI's mask sense (1 = area to fill), like the render hole mask.",
+                ),
+                io.Image.Output(
+                    display_name="normals",
+                    tooltip="Normals as a normal map (x right = red, up = green, towards the "
+                    "viewer = blue); black where invalid or when the model has no normal head.",
+                ),
+                io.Image.Output(
+                    display_name="depth_preview",
+                    tooltip="Disparity in the turbo colormap (near = red, far = blue, invalid = black).",
+                ),
+                PanoDistance.Output(
+                    display_name="distance",
+                    tooltip="Panorama mode: the distance along each equirectangular pixel's ray from "
+                    "the panorama centre [N, H, W], 0 where invalid — for Panorama Point Cloud. "
+                    "Perspective mode: nothing (use depth).",
+                ),
             ],
         )
 
@@ -172,7 +226,10 @@ class DepthEstimate(io.ComfyNode):
         depth, mask, normals, K = [], [], [], []
         for i in range(N):
             pred = moge_lib.predict_depth(
-                moge, image_to_hwc(image, i), fov_x=fov_x if fov_x > 0 else None, resolution_level=resolution_level,
+                moge,
+                image_to_hwc(image, i),
+                fov_x=fov_x if fov_x > 0 else None,
+                resolution_level=resolution_level,
             )
             depth.append(pred.depth.float().cpu())
             mask.append(pred.mask.cpu())
@@ -189,8 +246,9 @@ class DepthEstimate(io.ComfyNode):
     @classmethod
     def _panorama(cls, moge, image, resolution_level) -> io.NodeOutput:
         N, H, W = image.shape[:3]
-        per_view = pano_depth_lib.moge_view_predictor(moge, resolution_level=resolution_level,
-                                                      batch_size=_PANORAMA_BATCH)
+        per_view = pano_depth_lib.moge_view_predictor(
+            moge, resolution_level=resolution_level, batch_size=_PANORAMA_BATCH
+        )
         chunks = math.ceil(12 / _PANORAMA_BATCH)
         progress = Progress(N * chunks)
         done = 0
@@ -200,7 +258,7 @@ class DepthEstimate(io.ComfyNode):
             nonlocal done
             depth, mask = [], []
             for s in range(0, views.shape[0], _PANORAMA_BATCH):
-                d, m = per_view(views[s:s + _PANORAMA_BATCH], cameras[s:s + _PANORAMA_BATCH])
+                d, m = per_view(views[s : s + _PANORAMA_BATCH], cameras[s : s + _PANORAMA_BATCH])
                 depth.append(torch.as_tensor(d).cpu())
                 mask.append(torch.as_tensor(m).cpu())
                 done += 1
@@ -220,7 +278,11 @@ class DepthEstimate(io.ComfyNode):
         # only Panorama Point Cloud takes it
         legacy = mark_pano_distance(dist_t.clone())
         return io.NodeOutput(
-            legacy, camera, (~mask_t).float(), _normals_image(None, mask_t), depth_preview(dist_t),
+            legacy,
+            camera,
+            (~mask_t).float(),
+            _normals_image(None, mask_t),
+            depth_preview(dist_t),
             mark_pano_distance(dist_t),
         )
 
@@ -236,13 +298,28 @@ class PanoramaViews(io.ComfyNode):
             "perspective views of 832×480 (120° × 90° FoV) at three elevations × nine azimuths, with their "
             "cameras in the panorama frame (z up, the image centre looks along −x).",
             inputs=[
-                io.Image.Input("panorama",
-                               tooltip="Equirectangular panorama, exactly 2:1 (the first image of the batch)."),
-                io.Int.Input("width", default=pano_lib.BANK_WIDTH, min=64, max=4096, step=16, optional=True,
-                             tooltip="View width (multiple of 16). Release: 832. The field of view stays 120° × 90°."),
-                io.Int.Input("height", default=pano_lib.BANK_HEIGHT, min=64, max=4096, step=16, optional=True,
-                             tooltip="View height (multiple of 16). Release: 480; the paper's 576p panorama "
-                             "inference: 576 (with width 1008, the same aspect)."),
+                io.Image.Input(
+                    "panorama", tooltip="Equirectangular panorama, exactly 2:1 (the first image of the batch)."
+                ),
+                io.Int.Input(
+                    "width",
+                    default=pano_lib.BANK_WIDTH,
+                    min=64,
+                    max=4096,
+                    step=16,
+                    optional=True,
+                    tooltip="View width (multiple of 16). Release: 832. The field of view stays 120° × 90°.",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=pano_lib.BANK_HEIGHT,
+                    min=64,
+                    max=4096,
+                    step=16,
+                    optional=True,
+                    tooltip="View height (multiple of 16). Release: 480; the paper's 576p panorama "
+                    "inference: 576 (with width 1008, the same aspect).",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="views", tooltip="The 27 bank views [27, height, width, 3]."),
@@ -270,18 +347,32 @@ class PanoramaPointCloud(io.ComfyNode):
             inputs=[
                 io.Image.Input("panorama", tooltip="Equirectangular panorama, 2:1 (the first image of the batch)."),
                 io.MultiType.Input(
-                    "distance", types=[PanoDistance, Depth],
+                    "distance",
+                    types=[PanoDistance, Depth],
                     tooltip="Distance along each pixel's ray from the panorama centre (Depth Estimate's distance "
                     "output in panorama mode), same size as the panorama; 0 = unknown (dropped). z-depth is "
-                    "refused: it is not a ray distance."),
-                io.Boolean.Input("remove_depth_edges", default=True,
-                                 tooltip="Drop points on distance discontinuities, which would otherwise smear "
-                                 "between foreground and background (release threshold)."),
-                io.Boolean.Input("compress_far_depth", default=True,
-                                 tooltip="Compress distances beyond 8x the median (2m − m²/d), as the release does "
-                                 "for perspective depth, so the far background stays near the scene."),
-                io.Int.Input("max_points", default=0, min=0, max=50_000_000, step=10_000,
-                             tooltip="Voxel-downsample to at most this many points (0 = keep all)."),
+                    "refused: it is not a ray distance.",
+                ),
+                io.Boolean.Input(
+                    "remove_depth_edges",
+                    default=True,
+                    tooltip="Drop points on distance discontinuities, which would otherwise smear "
+                    "between foreground and background (release threshold).",
+                ),
+                io.Boolean.Input(
+                    "compress_far_depth",
+                    default=True,
+                    tooltip="Compress distances beyond 8x the median (2m − m²/d), as the release does "
+                    "for perspective depth, so the far background stays near the scene.",
+                ),
+                io.Int.Input(
+                    "max_points",
+                    default=0,
+                    min=0,
+                    max=50_000_000,
+                    step=10_000,
+                    tooltip="Voxel-downsample to at most this many points (0 = keep all).",
+                ),
             ],
             outputs=[PointCloud.Output(display_name="cloud", tooltip="Point cloud in the panorama frame.")],
         )
@@ -300,7 +391,8 @@ class PanoramaPointCloud(io.ComfyNode):
             )
         d = distance[0] if distance.ndim == 3 else distance
         cloud = pano_lib.panorama_point_cloud(
-            image_to_hwc(panorama), d.float(),
+            image_to_hwc(panorama),
+            d.float(),
             far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
             edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
         )

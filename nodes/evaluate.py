@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from .comfy_v3 import io
-
 from worldstereo_core import evaluate as eval_lib
 from worldstereo_core import evaluate_loop
 from worldstereo_core.errors import InvalidOptionError, MissingInputError
 from worldstereo_core.recon.estimators import MoGeDepthEstimator
 
+from .comfy_v3 import io
 from .common import CATEGORY, Progress, Scene, option
 from .depth import MoGe
 from .recon import WorldMirror
@@ -37,62 +36,146 @@ class Evaluate(io.ComfyNode):
             "or points.ply, generated with the connected WorldStereo model and reconstructed with WorldMirror.",
             is_output_node=True,
             inputs=[
-                Scene.Input("scene", optional=True,
-                            tooltip="The synthetic scene (Synthetic Scene's scene output). Leave it unconnected "
-                            "to evaluate the scene_folder."),
-                io.String.Input("trajectories", default=",".join(eval_lib.BENCHMARK_TRAJECTORIES),
-                                tooltip="Comma-separated presets, in generation order (benchmark: "
-                                "eloop,up,left,right)."),
-                io.Int.Input("width", default=392, min=28, max=2048, step=2,
-                             tooltip="Frame width (a multiple of 14 for the oracle reconstructor; of 16 for the "
-                             "real model)."),
-                io.Int.Input("height", default=224, min=28, max=2048, step=2,
-                             tooltip="Frame height (a multiple of 14 for the oracle reconstructor; of 16 for "
-                             "the real model)."),
-                io.Int.Input("num_keyframes", default=21, min=2, max=81,
-                             tooltip="Frames generated per trajectory (the released model: 21 of 81 poses)."),
-                io.Combo.Input("alignment", options=list(eval_lib.LOOP_ALIGNMENTS), default="anchors",
-                               tooltip="depth_anchor: Umeyama between the reconstructed and true points of the "
-                               "initial frame (the paper's, needs its true depth); anchors: the reconstruction's "
-                               "Umeyama on camera centres; icp: first camera + scaled ICP against the ground "
-                               "truth."),
-                io.Float.Input("pose_noise_deg", default=0.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Oracle reconstructor: rotate each predicted camera by this angle about a "
-                               "random axis (camera 0 untouched), like a real reconstructor's error."),
-                io.Float.Input("threshold_fraction", default=0.01, min=0.0001, max=0.2, step=0.001,
-                               tooltip="F-score distance as a fraction of the ground truth's bounding-box diagonal."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed of the pose noise, the generation and the loop's robust fits."),
-                WorldMirror.Input("worldmirror", optional=True,
-                                  tooltip="Reconstruct with this WorldMirror (no camera priors) instead of the "
-                                  "oracle; needed for a scene_folder (also gives the loop its depth there)."),
-                io.Combo.Input("protocol", options=["full_model", "per_trajectory"], default="full_model",
-                               optional=True,
-                               tooltip="full_model: one loop, memory carried across trajectories (the paper); "
-                               "per_trajectory: each trajectory on its own from the input view."),
-                io.Boolean.Input("revisit", default=True, optional=True,
-                                 tooltip="full_model: run the first trajectory again at the end, so the memory "
-                                 "benchmark compares its views with their first generation."),
-                io.String.Input("scene_folder", default="", optional=True,
-                                tooltip="A real scene: a folder in ComfyUI's input folder with images/ (the first "
-                                "is the input view), camera.json (one camera per image), depth/<stem>.npy and/or "
-                                "points.ply. Used when no synthetic scene is connected."),
-                WSModel.Input("model", optional=True,
-                              tooltip="From Load WorldStereo Model: generates the scene_folder's trajectories "
-                              "(the synthetic scene uses the oracle)."),
-                io.String.Input("prompt", default="", multiline=True, optional=True,
-                                tooltip="scene_folder: what the scene looks like (the model's prompt)."),
-                MoGe.Input("moge", optional=True,
-                           tooltip="scene_folder: estimate the input view's depth with MoGe-2 (as the model runs "
-                           "in use) instead of reading depth/."),
+                Scene.Input(
+                    "scene",
+                    optional=True,
+                    tooltip="The synthetic scene (Synthetic Scene's scene output). Leave it unconnected "
+                    "to evaluate the scene_folder.",
+                ),
+                io.String.Input(
+                    "trajectories",
+                    default=",".join(eval_lib.BENCHMARK_TRAJECTORIES),
+                    tooltip="Comma-separated presets, in generation order (benchmark: eloop,up,left,right).",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=392,
+                    min=28,
+                    max=2048,
+                    step=2,
+                    tooltip="Frame width (a multiple of 14 for the oracle reconstructor; of 16 for the real model).",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=224,
+                    min=28,
+                    max=2048,
+                    step=2,
+                    tooltip="Frame height (a multiple of 14 for the oracle reconstructor; of 16 for the real model).",
+                ),
+                io.Int.Input(
+                    "num_keyframes",
+                    default=21,
+                    min=2,
+                    max=81,
+                    tooltip="Frames generated per trajectory (the released model: 21 of 81 poses).",
+                ),
+                io.Combo.Input(
+                    "alignment",
+                    options=list(eval_lib.LOOP_ALIGNMENTS),
+                    default="anchors",
+                    tooltip="depth_anchor: Umeyama between the reconstructed and true points of the "
+                    "initial frame (the paper's, needs its true depth); anchors: the reconstruction's "
+                    "Umeyama on camera centres; icp: first camera + scaled ICP against the ground "
+                    "truth.",
+                ),
+                io.Float.Input(
+                    "pose_noise_deg",
+                    default=0.0,
+                    min=0.0,
+                    max=30.0,
+                    step=0.1,
+                    tooltip="Oracle reconstructor: rotate each predicted camera by this angle about a "
+                    "random axis (camera 0 untouched), like a real reconstructor's error.",
+                ),
+                io.Float.Input(
+                    "threshold_fraction",
+                    default=0.01,
+                    min=0.0001,
+                    max=0.2,
+                    step=0.001,
+                    tooltip="F-score distance as a fraction of the ground truth's bounding-box diagonal.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=False,
+                    tooltip="Seed of the pose noise, the generation and the loop's robust fits.",
+                ),
+                WorldMirror.Input(
+                    "worldmirror",
+                    optional=True,
+                    tooltip="Reconstruct with this WorldMirror (no camera priors) instead of the "
+                    "oracle; needed for a scene_folder (also gives the loop its depth there).",
+                ),
+                io.Combo.Input(
+                    "protocol",
+                    options=["full_model", "per_trajectory"],
+                    default="full_model",
+                    optional=True,
+                    tooltip="full_model: one loop, memory carried across trajectories (the paper); "
+                    "per_trajectory: each trajectory on its own from the input view.",
+                ),
+                io.Boolean.Input(
+                    "revisit",
+                    default=True,
+                    optional=True,
+                    tooltip="full_model: run the first trajectory again at the end, so the memory "
+                    "benchmark compares its views with their first generation.",
+                ),
+                io.String.Input(
+                    "scene_folder",
+                    default="",
+                    optional=True,
+                    tooltip="A real scene: a folder in ComfyUI's input folder with images/ (the first "
+                    "is the input view), camera.json (one camera per image), depth/<stem>.npy and/or "
+                    "points.ply. Used when no synthetic scene is connected.",
+                ),
+                WSModel.Input(
+                    "model",
+                    optional=True,
+                    tooltip="From Load WorldStereo Model: generates the scene_folder's trajectories "
+                    "(the synthetic scene uses the oracle).",
+                ),
+                io.String.Input(
+                    "prompt",
+                    default="",
+                    multiline=True,
+                    optional=True,
+                    tooltip="scene_folder: what the scene looks like (the model's prompt).",
+                ),
+                MoGe.Input(
+                    "moge",
+                    optional=True,
+                    tooltip="scene_folder: estimate the input view's depth with MoGe-2 (as the model runs "
+                    "in use) instead of reading depth/.",
+                ),
             ],
             outputs=[io.String.Output(display_name="report", tooltip="JSON report (per trajectory and overall).")],
         )
 
     @classmethod
-    def execute(cls, trajectories, width, height, num_keyframes, alignment, pose_noise_deg, threshold_fraction,
-                seed, scene=None, worldmirror=None, protocol="full_model", revisit=True, scene_folder="",
-                model=None, prompt="", moge=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        trajectories,
+        width,
+        height,
+        num_keyframes,
+        alignment,
+        pose_noise_deg,
+        threshold_fraction,
+        seed,
+        scene=None,
+        worldmirror=None,
+        protocol="full_model",
+        revisit=True,
+        scene_folder="",
+        model=None,
+        prompt="",
+        moge=None,
+    ) -> io.NodeOutput:
         from worldstereo_core.interfaces import default_config
 
         names = [t.strip() for t in trajectories.split(",") if t.strip()]
@@ -102,8 +185,21 @@ class Evaluate(io.ComfyNode):
         protocol = option({"full_model": "full_model", "per_trajectory": "per_trajectory"}, protocol, "protocol")
         cfg = default_config(height, width, num_keyframes=num_keyframes)
         if scene is None:
-            result = _evaluate_folder(scene_folder, names + names[:1] * bool(revisit), cfg, height, width,
-                                      alignment, threshold_fraction, seed, worldmirror, model, prompt, moge, protocol)
+            result = _evaluate_folder(
+                scene_folder,
+                names + names[:1] * bool(revisit),
+                cfg,
+                height,
+                width,
+                alignment,
+                threshold_fraction,
+                seed,
+                worldmirror,
+                model,
+                prompt,
+                moge,
+                protocol,
+            )
         else:
             if worldmirror is not None:
                 reconstructor = eval_lib.WorldMirrorReconstructor(worldmirror, target_size=max(width, height))
@@ -112,23 +208,50 @@ class Evaluate(io.ComfyNode):
             if protocol == "full_model":
                 progress = Progress(1 + 5 * (len(names) + bool(revisit)) + 2)
                 result = evaluate_loop.evaluate_synthetic_loop(
-                    scene, height=height, width=width, trajectories=names, revisit=revisit, config=cfg,
-                    reconstructor=reconstructor, alignment=alignment, threshold_fraction=threshold_fraction,
-                    seed=seed, progress=progress,
+                    scene,
+                    height=height,
+                    width=width,
+                    trajectories=names,
+                    revisit=revisit,
+                    config=cfg,
+                    reconstructor=reconstructor,
+                    alignment=alignment,
+                    threshold_fraction=threshold_fraction,
+                    seed=seed,
+                    progress=progress,
                 )
             else:
                 progress = Progress(max(1, len(names)))
                 result = eval_lib.evaluate_synthetic(
-                    scene, height=height, width=width, names=names, reconstructor=reconstructor,
-                    num_keyframes=num_keyframes, alignment=alignment, threshold_fraction=threshold_fraction,
+                    scene,
+                    height=height,
+                    width=width,
+                    names=names,
+                    reconstructor=reconstructor,
+                    num_keyframes=num_keyframes,
+                    alignment=alignment,
+                    threshold_fraction=threshold_fraction,
                     progress=progress,
                 )
         report = result.report
         return io.NodeOutput(report.to_json(), ui={"text": [report.summary()]})
 
 
-def _evaluate_folder(scene_folder, names, cfg, height, width, alignment, threshold_fraction, seed, worldmirror,
-                     model, prompt, moge, protocol):
+def _evaluate_folder(
+    scene_folder,
+    names,
+    cfg,
+    height,
+    width,
+    alignment,
+    threshold_fraction,
+    seed,
+    worldmirror,
+    model,
+    prompt,
+    moge,
+    protocol,
+):
     """The full-model protocol on a real scene folder with the real model (see Evaluate)."""
     from worldstereo_core.models.generate import WorldStereoFrameGenerator
     from worldstereo_core.recon.estimators import WorldMirrorDepthEstimator
@@ -155,9 +278,17 @@ def _evaluate_folder(scene_folder, names, cfg, height, width, alignment, thresho
     progress = Progress(1 + 5 * len(names) + 2)
     generator = WorldStereoFrameGenerator(model, prompt, seed=seed)
     return evaluate_loop.evaluate_real_scene(
-        real, generator, WorldMirrorDepthEstimator(worldmirror), eval_lib.WorldMirrorReconstructor(worldmirror),
-        input_depth=input_depth, alignment=alignment, trajectories=names, config=cfg,
-        threshold_fraction=threshold_fraction, seed=seed, progress=progress,
+        real,
+        generator,
+        WorldMirrorDepthEstimator(worldmirror),
+        eval_lib.WorldMirrorReconstructor(worldmirror),
+        input_depth=input_depth,
+        alignment=alignment,
+        trajectories=names,
+        config=cfg,
+        threshold_fraction=threshold_fraction,
+        seed=seed,
+        progress=progress,
     )
 
 

@@ -6,14 +6,23 @@ from __future__ import annotations
 import json
 import os
 
-from .comfy_v3 import io
-
-from worldstereo_core import export, safe_json, trajectory as traj_lib
+from worldstereo_core import export, safe_json
+from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import OutputPathError
 from worldstereo_core.recon import reconstruct as rec_lib
 
-from .common import (CATEGORY, Cameras as CamerasSocket, PointCloud, Trajectory, relative_output_path, save_folder_path,
-                     save_path, saved, trajectories_of)
+from .comfy_v3 import io
+from .common import (
+    CATEGORY,
+    PointCloud,
+    Trajectory,
+    relative_output_path,
+    save_folder_path,
+    save_path,
+    saved,
+    trajectories_of,
+)
+from .common import Cameras as CamerasSocket
 
 SUB = f"{CATEGORY}/export"
 
@@ -43,8 +52,11 @@ class SavePointCloud(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 PointCloud.Input("cloud", tooltip="The point cloud to save (e.g. the merged 3D cache)."),
-                io.String.Input("filename_prefix", default="worldstereo/cloud",
-                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/cloud",
+                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
+                ),
             ],
             outputs=[io.String.Output(display_name="model_file", tooltip="Path relative to the output folder.")],
         )
@@ -68,10 +80,19 @@ class SaveSceneGLB(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 PointCloud.Input("cloud", tooltip="Point cloud to include (downsampled to max_points)."),
-                io.String.Input("filename_prefix", default="worldstereo/scene",
-                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
-                io.Int.Input("max_points", default=500_000, min=1_000, max=20_000_000, step=1_000,
-                             tooltip="Keep at most this many points in the GLB (a deterministic subset)."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/scene",
+                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
+                ),
+                io.Int.Input(
+                    "max_points",
+                    default=500_000,
+                    min=1_000,
+                    max=20_000_000,
+                    step=1_000,
+                    tooltip="Keep at most this many points in the GLB (a deterministic subset).",
+                ),
                 Trajectory.Input("trajectory_1", optional=True, tooltip="A trajectory drawn as frustums."),
                 Trajectory.Input("trajectory_2", optional=True, tooltip="A trajectory drawn as frustums."),
                 Trajectory.Input("trajectory_3", optional=True, tooltip="A trajectory drawn as frustums."),
@@ -81,8 +102,16 @@ class SaveSceneGLB(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, cloud, filename_prefix, max_points, trajectory_1=None, trajectory_2=None,
-                trajectory_3=None, trajectory_4=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        cloud,
+        filename_prefix,
+        max_points,
+        trajectory_1=None,
+        trajectory_2=None,
+        trajectory_3=None,
+        trajectory_4=None,
+    ) -> io.NodeOutput:
         trajs = []
         for i, t in enumerate((trajectory_1, trajectory_2, trajectory_3, trajectory_4)):
             if t is None:
@@ -106,8 +135,11 @@ class SaveCameraJson(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The trajectory to save."),
-                io.String.Input("filename_prefix", default="worldstereo/camera",
-                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/camera",
+                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
+                ),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Path relative to the output folder.")],
         )
@@ -134,10 +166,19 @@ class SaveVideo(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Image.Input("frames", tooltip="Frames to encode, in order."),
-                io.String.Input("filename_prefix", default="worldstereo/video",
-                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
-                io.Float.Input("fps", default=8.0, min=0.5, max=60.0, step=0.5,
-                               tooltip="Frames per second of the video (21 keyframes at 8 fps ≈ 2.6 s)."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/video",
+                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=8.0,
+                    min=0.5,
+                    max=60.0,
+                    step=0.5,
+                    tooltip="Frames per second of the video (21 keyframes at 8 fps ≈ 2.6 s).",
+                ),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Path relative to the output folder.")],
         )
@@ -161,8 +202,11 @@ class SaveReport(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.String.Input("report", force_input=True, tooltip="A JSON metrics report."),
-                io.String.Input("filename_prefix", default="worldstereo/metrics",
-                                tooltip="Output file prefix, relative to ComfyUI's output folder."),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/metrics",
+                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
+                ),
             ],
             outputs=[],
         )
@@ -189,12 +233,24 @@ class SaveColmap(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
-                CamerasSocket.Input("cameras", tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
-                                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect."),
-                io.String.Input("filename_prefix", default="worldstereo/colmap",
-                                tooltip="Output folder prefix, relative to ComfyUI's output folder."),
-                io.Int.Input("max_points", default=1_000_000, min=0, max=50_000_000, step=10_000,
-                             tooltip="Keep at most this many points in points3D.txt (a deterministic subset; 0 = all)."),
+                CamerasSocket.Input(
+                    "cameras",
+                    tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
+                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect.",
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/colmap",
+                    tooltip="Output folder prefix, relative to ComfyUI's output folder.",
+                ),
+                io.Int.Input(
+                    "max_points",
+                    default=1_000_000,
+                    min=0,
+                    max=50_000_000,
+                    step=10_000,
+                    tooltip="Keep at most this many points in points3D.txt (a deterministic subset; 0 = all).",
+                ),
                 PointCloud.Input("cloud", optional=True, tooltip="Initial points for points3D.txt."),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="The model folder, relative to the output folder.")],
@@ -208,8 +264,9 @@ class SaveColmap(io.ComfyNode):
 
         def write(full: str) -> None:
             names = export.save_images_png(os.path.join(full, "images"), x)
-            export.save_colmap_text(os.path.join(full, "sparse", "0"), cams, names, pts,
-                                    max_points=max_points if max_points > 0 else None)
+            export.save_colmap_text(
+                os.path.join(full, "sparse", "0"), cams, names, pts, max_points=max_points if max_points > 0 else None
+            )
 
         rel = _write_export_folder(filename_prefix, write)
         return io.NodeOutput(rel, ui={"text": [rel]})
@@ -228,14 +285,19 @@ class SaveTransformsJson(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
-                CamerasSocket.Input("cameras", tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
-                                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect."),
-                io.String.Input("filename_prefix", default="worldstereo/nerfstudio",
-                                tooltip="Output folder prefix, relative to ComfyUI's output folder."),
+                CamerasSocket.Input(
+                    "cameras",
+                    tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
+                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect.",
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default="worldstereo/nerfstudio",
+                    tooltip="Output folder prefix, relative to ComfyUI's output folder.",
+                ),
                 PointCloud.Input("cloud", optional=True, tooltip="Initial points, written as sparse_pc.ply."),
             ],
-            outputs=[io.String.Output(display_name="path",
-                                      tooltip="transforms.json, relative to the output folder.")],
+            outputs=[io.String.Output(display_name="path", tooltip="transforms.json, relative to the output folder.")],
         )
 
     @classmethod
@@ -250,8 +312,9 @@ class SaveTransformsJson(io.ComfyNode):
             if pts is not None:
                 export.save_pointcloud_ply(os.path.join(full, "sparse_pc.ply"), pts)
                 ply = "sparse_pc.ply"
-            export.save_transforms_json(os.path.join(full, "transforms.json"), cams,
-                                        [f"images/{n}" for n in names], ply_file_path=ply)
+            export.save_transforms_json(
+                os.path.join(full, "transforms.json"), cams, [f"images/{n}" for n in names], ply_file_path=ply
+            )
 
         rel = _write_export_folder(filename_prefix, write)
         path = f"{rel}/transforms.json"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 import torch
-from .comfy_v3 import io
 
 from worldstereo_core import cameras as cam_lib
 from worldstereo_core import pointcloud as pc_lib
@@ -14,8 +12,22 @@ from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidDepthError, InvalidTrajectoryError, MalformedJsonError
 from worldstereo_core.merge import first_cache
 
-from .common import (z_depth, CATEGORY, Cameras, Depth, PointCloud, Progress, Trajectory, cap_points, image_to_hwc,
-                     input_file, inspector_ui, search_aliases, trajectories_of)
+from .comfy_v3 import io
+from .common import (
+    CATEGORY,
+    Cameras,
+    Depth,
+    PointCloud,
+    Progress,
+    Trajectory,
+    cap_points,
+    image_to_hwc,
+    input_file,
+    inspector_ui,
+    search_aliases,
+    trajectories_of,
+    z_depth,
+)
 from .inspector import PresetPlanner
 
 SUB = f"{CATEGORY}/geometry"
@@ -43,24 +55,55 @@ class BuildPointCloud(io.ComfyNode):
             "and compress_far_depth off it is exactly the Scene Loop's first cache.",
             inputs=[
                 io.Image.Input("image", tooltip="The input view (first image of the batch is used)."),
-                Depth.Input("depth", tooltip="Its z-depth in world units, same size as the image (a depth map "
-                            "from another pack, IMAGE or MASK: through Depth From Image)."),
-                Cameras.Input("camera", optional=True,
-                              tooltip="The view's camera (w2c, K). Without it: identity pose and fov_degrees."),
-                io.Float.Input("fov_degrees", default=60.0, min=1.0, max=179.0, step=0.5,
-                               tooltip="Horizontal field of view, used only when no camera is connected."),
-                io.Boolean.Input("remove_depth_edges", default=True,
-                                 tooltip="Drop points on depth discontinuities (Sobel on normalised disparity), "
-                                 "which would otherwise smear between foreground and background."),
-                io.Boolean.Input("compress_far_depth", default=True,
-                                 tooltip="Compress depth beyond 8x the median (2m − m²/d), as the release does, "
-                                 "so the far background stays near the scene."),
-                io.Int.Input("max_points", default=0, min=0, max=50_000_000, step=10_000,
-                             tooltip="Voxel-downsample to at most this many points (0 = keep all)."),
-                io.Float.Input("voxel_size_fraction", default=0.0, min=0.0, max=0.2, step=0.0005, optional=True,
-                               tooltip="Voxel grid of the cache, as a fraction of the depth's median: each "
-                               "voxel keeps the mean of its points (0 = keep every point). The Scene Loop's "
-                               "first cache uses 0.01 (with compress_far_depth off)."),
+                Depth.Input(
+                    "depth",
+                    tooltip="Its z-depth in world units, same size as the image (a depth map "
+                    "from another pack, IMAGE or MASK: through Depth From Image).",
+                ),
+                Cameras.Input(
+                    "camera",
+                    optional=True,
+                    tooltip="The view's camera (w2c, K). Without it: identity pose and fov_degrees.",
+                ),
+                io.Float.Input(
+                    "fov_degrees",
+                    default=60.0,
+                    min=1.0,
+                    max=179.0,
+                    step=0.5,
+                    tooltip="Horizontal field of view, used only when no camera is connected.",
+                ),
+                io.Boolean.Input(
+                    "remove_depth_edges",
+                    default=True,
+                    tooltip="Drop points on depth discontinuities (Sobel on normalised disparity), "
+                    "which would otherwise smear between foreground and background.",
+                ),
+                io.Boolean.Input(
+                    "compress_far_depth",
+                    default=True,
+                    tooltip="Compress depth beyond 8x the median (2m − m²/d), as the release does, "
+                    "so the far background stays near the scene.",
+                ),
+                io.Int.Input(
+                    "max_points",
+                    default=0,
+                    min=0,
+                    max=50_000_000,
+                    step=10_000,
+                    tooltip="Voxel-downsample to at most this many points (0 = keep all).",
+                ),
+                io.Float.Input(
+                    "voxel_size_fraction",
+                    default=0.0,
+                    min=0.0,
+                    max=0.2,
+                    step=0.0005,
+                    optional=True,
+                    tooltip="Voxel grid of the cache, as a fraction of the depth's median: each "
+                    "voxel keeps the mean of its points (0 = keep every point). The Scene Loop's "
+                    "first cache uses 0.01 (with compress_far_depth off).",
+                ),
             ],
             outputs=[
                 PointCloud.Output(display_name="cloud", tooltip="World point cloud with colours."),
@@ -69,8 +112,17 @@ class BuildPointCloud(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, depth, fov_degrees, remove_depth_edges, compress_far_depth, max_points,
-                camera=None, voxel_size_fraction=0.0) -> io.NodeOutput:
+    def execute(
+        cls,
+        image,
+        depth,
+        fov_degrees,
+        remove_depth_edges,
+        compress_far_depth,
+        max_points,
+        camera=None,
+        voxel_size_fraction=0.0,
+    ) -> io.NodeOutput:
         img = image_to_hwc(image)
         depth = z_depth(depth)
         d = depth[0] if depth.ndim == 3 else depth
@@ -86,7 +138,9 @@ class BuildPointCloud(io.ComfyNode):
             camera = camera.resized(H, W)
         # the scene loop's own first step, so a graph of separate nodes builds the same cache
         _, cache = first_cache(
-            img[None], d[None].float(), camera[:1],
+            img[None],
+            d[None].float(),
+            camera[:1],
             edge_threshold=pc_lib.RELEASE_EDGE_THRESHOLD if remove_depth_edges else None,
             far_contract=pc_lib.RELEASE_FAR_CONTRACT if compress_far_depth else None,
             voxel_fraction=voxel_size_fraction if voxel_size_fraction > 0 else None,
@@ -107,12 +161,22 @@ class DepthFromImage(io.ComfyNode):
             "Convention: depth = larger values are farther (z = scale × v); disparity = larger values are nearer "
             "(z = scale / v, what relative depth models output). Values ≤ 0 are unknown.",
             inputs=[
-                io.Combo.Input("convention", options=list(pc_lib.DEPTH_MAP_CONVENTIONS), default="disparity",
-                               tooltip="depth: larger = farther (z = scale × value); disparity: larger = nearer "
-                               "(z = scale / value; Depth Anything / MiDaS-style maps)."),
-                io.Float.Input("scale", default=1.0, min=1e-6, max=1e6, step=0.01,
-                               tooltip="World units: z = scale × value (depth) or scale / value (disparity). Relative "
-                               "maps have no metric scale; the loop only needs a consistent one."),
+                io.Combo.Input(
+                    "convention",
+                    options=list(pc_lib.DEPTH_MAP_CONVENTIONS),
+                    default="disparity",
+                    tooltip="depth: larger = farther (z = scale × value); disparity: larger = nearer "
+                    "(z = scale / value; Depth Anything / MiDaS-style maps).",
+                ),
+                io.Float.Input(
+                    "scale",
+                    default=1.0,
+                    min=1e-6,
+                    max=1e6,
+                    step=0.01,
+                    tooltip="World units: z = scale × value (depth) or scale / value (disparity). Relative "
+                    "maps have no metric scale; the loop only needs a consistent one.",
+                ),
                 io.Image.Input("image", optional=True, tooltip="A depth map as an IMAGE (its first channel is read)."),
                 io.Mask.Input("mask", optional=True, tooltip="A depth map as a MASK (used if no image is connected)."),
             ],
@@ -144,30 +208,65 @@ class TrajectoryBuilder(io.ComfyNode):
             "as the release does.",
             inputs=[
                 Cameras.Input("camera", tooltip="The start camera (the input view's)."),
-                io.Combo.Input("preset", options=[*traj_lib.PRESETS.keys(), "camera_json", "keyframes"],
-                               default="orbit",
-                               tooltip="A preset motion, or camera_json (load a file) or keyframes (the JSON below)."),
-                io.Float.Input("median_depth", default=0.0, min=0.0, max=1e6, step=0.01,
-                               tooltip="The scene's median depth seen from the camera (world units). "
-                               "0 = take it from the depth input."),
-                io.Float.Input("angle", default=0.0, min=0.0, max=360.0, step=1.0,
-                               tooltip="Rotation angle in degrees for up/down/left/right/pan (0 = preset default: "
-                               "45° up, 90° left/right)."),
-                io.Float.Input("extent", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Radius (orbit/eloop) or distance (forward/backward/wonder) as a fraction of "
-                               "the median depth (0 = preset default, e.g. orbit 0.3)."),
-                io.Int.Input("num_frames", default=81, min=2, max=1024,
-                             tooltip="Number of poses (the released model uses 81; it works on 21 keyframes)."),
-                io.String.Input("camera_json", default="", multiline=False,
-                                tooltip="A camera.json (upstream format) for preset = camera_json, relative to "
-                                "ComfyUI's input folder (append ' [output]' for one in the output folder)."),
-                io.String.Input("keyframes", default="", multiline=True,
-                                tooltip='JSON list of keyframes for preset = keyframes: each {"position": [x,y,z], '
-                                '"look_at": [x,y,z], "up"?: [x,y,z]} or {"w2c": 4×4}; interpolated smoothly '
-                                '(slerp). Edited by dragging in the node\'s 3D view.'),
+                io.Combo.Input(
+                    "preset",
+                    options=[*traj_lib.PRESETS.keys(), "camera_json", "keyframes"],
+                    default="orbit",
+                    tooltip="A preset motion, or camera_json (load a file) or keyframes (the JSON below).",
+                ),
+                io.Float.Input(
+                    "median_depth",
+                    default=0.0,
+                    min=0.0,
+                    max=1e6,
+                    step=0.01,
+                    tooltip="The scene's median depth seen from the camera (world units). "
+                    "0 = take it from the depth input.",
+                ),
+                io.Float.Input(
+                    "angle",
+                    default=0.0,
+                    min=0.0,
+                    max=360.0,
+                    step=1.0,
+                    tooltip="Rotation angle in degrees for up/down/left/right/pan (0 = preset default: "
+                    "45° up, 90° left/right).",
+                ),
+                io.Float.Input(
+                    "extent",
+                    default=0.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.01,
+                    tooltip="Radius (orbit/eloop) or distance (forward/backward/wonder) as a fraction of "
+                    "the median depth (0 = preset default, e.g. orbit 0.3).",
+                ),
+                io.Int.Input(
+                    "num_frames",
+                    default=81,
+                    min=2,
+                    max=1024,
+                    tooltip="Number of poses (the released model uses 81; it works on 21 keyframes).",
+                ),
+                io.String.Input(
+                    "camera_json",
+                    default="",
+                    multiline=False,
+                    tooltip="A camera.json (upstream format) for preset = camera_json, relative to "
+                    "ComfyUI's input folder (append ' [output]' for one in the output folder).",
+                ),
+                io.String.Input(
+                    "keyframes",
+                    default="",
+                    multiline=True,
+                    tooltip='JSON list of keyframes for preset = keyframes: each {"position": [x,y,z], '
+                    '"look_at": [x,y,z], "up"?: [x,y,z]} or {"w2c": 4×4}; interpolated smoothly '
+                    "(slerp). Edited by dragging in the node's 3D view.",
+                ),
                 Depth.Input("depth", optional=True, tooltip="Depth of the start view, for the median depth."),
-                PointCloud.Input("cache", optional=True,
-                                 tooltip="The current 3D cache: moves through its geometry are shortened."),
+                PointCloud.Input(
+                    "cache", optional=True, tooltip="The current 3D cache: moves through its geometry are shortened."
+                ),
             ],
             outputs=[Trajectory.Output(display_name="trajectory", tooltip="The planned camera path.")],
             # an output node, so the editor gets the run's preview even when the graph is cached
@@ -175,8 +274,9 @@ class TrajectoryBuilder(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, camera, preset, median_depth, angle, extent, num_frames, camera_json, keyframes,
-                depth=None, cache=None) -> io.NodeOutput:
+    def execute(
+        cls, camera, preset, median_depth, angle, extent, num_frames, camera_json, keyframes, depth=None, cache=None
+    ) -> io.NodeOutput:
         depth = None if depth is None else z_depth(depth)
         first = camera[:1]
         if preset == "camera_json":
@@ -198,8 +298,9 @@ class TrajectoryBuilder(io.ComfyNode):
         if m is None:
             raise InvalidTrajectoryError("set median_depth or connect the depth of the start view")
         points = cache.points if cache is not None and len(cache) > 0 else None
-        traj, _ = traj_lib.preset_from_controls(preset, first, m, angle=angle, extent=extent,
-                                                num_frames=num_frames, cache_points=points)
+        traj, _ = traj_lib.preset_from_controls(
+            preset, first, m, angle=angle, extent=extent, num_frames=num_frames, cache_points=points
+        )
         return io.NodeOutput(traj, ui=cls._ui(traj, first, cache, depth))
 
     @staticmethod
@@ -212,8 +313,7 @@ class TrajectoryBuilder(io.ComfyNode):
                 depth_median = _median_depth(depth)
             except InvalidTrajectoryError:
                 pass
-        return inspector_ui("trajectory", cloud=cache, trajectories=[traj],
-                            planner=PresetPlanner(first, depth_median))
+        return inspector_ui("trajectory", cloud=cache, trajectories=[traj], planner=PresetPlanner(first, depth_median))
 
 
 class RenderCache(io.ComfyNode):
@@ -229,12 +329,24 @@ class RenderCache(io.ComfyNode):
             inputs=[
                 PointCloud.Input("cache", tooltip="The 3D cache (point cloud) to render."),
                 Trajectory.Input("trajectory", tooltip="Camera path to render along."),
-                io.Boolean.Input("keyframes_only", default=True,
-                                 tooltip="Render only the 21 keyframes the model works on (else every pose)."),
-                io.Float.Input("radius", default=render_lib.RELEASE_RADIUS, min=0.0005, max=0.1, step=0.0005,
-                               tooltip="Splat radius in NDC units (release: 0.008)."),
-                io.Image.Input("first_frame", optional=True,
-                               tooltip="Replaces the first render (the release puts the input image there)."),
+                io.Boolean.Input(
+                    "keyframes_only",
+                    default=True,
+                    tooltip="Render only the 21 keyframes the model works on (else every pose).",
+                ),
+                io.Float.Input(
+                    "radius",
+                    default=render_lib.RELEASE_RADIUS,
+                    min=0.0005,
+                    max=0.1,
+                    step=0.0005,
+                    tooltip="Splat radius in NDC units (release: 0.008).",
+                ),
+                io.Image.Input(
+                    "first_frame",
+                    optional=True,
+                    tooltip="Replaces the first render (the release puts the input image there).",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="render", tooltip="Rendered colours [F, H, W, 3]."),
@@ -258,13 +370,19 @@ class RenderCache(io.ComfyNode):
                         f"first_frame is {first.shape[0]}×{first.shape[1]} but the trajectory renders "
                         f"{cams.height}×{cams.width}; resize the image or the trajectory"
                     )
-            out = render_lib.render_point_cloud(cache.require_nonempty("3D cache"), cams, radius=radius, first_frame=first)
+            out = render_lib.render_point_cloud(
+                cache.require_nonempty("3D cache"), cams, radius=radius, first_frame=first
+            )
             rgb.append(out.rgb)
             mask.append(out.mask)
             depth.append(out.depth)
             progress(i + 1)
-        return io.NodeOutput(torch.cat(rgb).float(), torch.cat(mask).float(), torch.cat(depth).float(),
-                             ui=inspector_ui("GGM render", cloud=cache, trajectories=trajs))
+        return io.NodeOutput(
+            torch.cat(rgb).float(),
+            torch.cat(mask).float(),
+            torch.cat(depth).float(),
+            ui=inspector_ui("GGM render", cloud=cache, trajectories=trajs),
+        )
 
 
 NODES = [BuildPointCloud, DepthFromImage, TrajectoryBuilder, RenderCache]

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from worldstereo_core.cameras import Cameras
 from worldstereo_core import safe_json
+from worldstereo_core.cameras import Cameras
 from worldstereo_core.errors import InvalidCameraError, InvalidTrajectoryError, MalformedJsonError, WorldStereoError
 from worldstereo_core.pointcloud import PointCloud
 from worldstereo_core.scene_codec import DEFAULT_MAX_POINTS, HARD_MAX_POINTS, EncodedScene, check_budget, encode_scene
@@ -104,8 +104,9 @@ class Registry:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, scene: EncodedScene, default_points: int = DEFAULT_MAX_POINTS,
-            planner: PresetPlanner | None = None) -> str:
+    def put(
+        self, scene: EncodedScene, default_points: int = DEFAULT_MAX_POINTS, planner: PresetPlanner | None = None
+    ) -> str:
         token = secrets.token_hex(16)
         entry = Entry(token, scene, check_budget(default_points), planner, time.time())
         with self._lock:
@@ -165,16 +166,20 @@ def publish(
     max_points = check_budget(max_points)
     scene = encode_scene(cloud, trajectories, memory, retrieval, title)
     token = reg.put(scene, max_points, planner)
-    return {UI_KEY: [{
-        "token": token,
-        "points": min(max_points, scene.stored_points),
-        "stored_points": scene.stored_points,
-        "total_points": scene.total,
-        "trajectories": len(scene.header["trajectories"]),
-        "memory": (scene.header["memory"] or {}).get("count", 0),
-        "planner": planner is not None,
-        "bytes": len(scene.blob(max_points)),
-    }]}
+    return {
+        UI_KEY: [
+            {
+                "token": token,
+                "points": min(max_points, scene.stored_points),
+                "stored_points": scene.stored_points,
+                "total_points": scene.total,
+                "trajectories": len(scene.header["trajectories"]),
+                "memory": (scene.header["memory"] or {}).get("count", 0),
+                "planner": planner is not None,
+                "bytes": len(scene.blob(max_points)),
+            }
+        ]
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,14 +300,26 @@ def plan_preset(entry: Entry, request: PresetRequest) -> dict:
     m = request.median_depth if request.median_depth > 0 else planner.depth_median
     if m is None:
         raise InvalidTrajectoryError("set median_depth or connect the depth of the start view, then run once")
-    traj, halvings = preset_from_controls(request.preset, planner.start, m, angle=request.angle,
-                                          extent=request.extent, num_frames=request.num_frames,
-                                          cache_points=_TREES.get(entry))
+    traj, halvings = preset_from_controls(
+        request.preset,
+        planner.start,
+        m,
+        angle=request.angle,
+        extent=request.extent,
+        num_frames=request.num_frames,
+        cache_points=_TREES.get(entry),
+    )
     cams = traj.cameras
-    return {"name": traj.name, "height": cams.height, "width": cams.width, "halvings": int(halvings),
-            "median_depth": float(m), "keyframes": [int(i) for i in traj.keyframe_indices()],
-            "w2c": cams.w2c.detach().cpu().double().reshape(-1, 16).tolist(),
-            "K": cams.K.detach().cpu().double().reshape(-1, 9).tolist()}
+    return {
+        "name": traj.name,
+        "height": cams.height,
+        "width": cams.width,
+        "halvings": int(halvings),
+        "median_depth": float(m),
+        "keyframes": [int(i) for i in traj.keyframe_indices()],
+        "w2c": cams.w2c.detach().cpu().double().reshape(-1, 16).tolist(),
+        "K": cams.K.detach().cpu().double().reshape(-1, 9).tolist(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +367,11 @@ def make_handlers(registry: Registry | None = None) -> Handlers:
         if "points" in request.query:
             budget = parse_points(request.query["points"])
         data = entry.scene.blob(budget)
-        return web.Response(body=data, content_type="application/octet-stream",
-                            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            body=data,
+            content_type="application/octet-stream",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
 
     async def post_render(request):
         entry = lookup(request)

@@ -6,10 +6,9 @@ import json
 import os
 
 import torch
-from .comfy_v3 import io
 
-from worldstereo_core import memory as mem_lib
 from worldstereo_core import interfaces, merge, render
+from worldstereo_core import memory as mem_lib
 from worldstereo_core import retrieval as ret_lib
 from worldstereo_core.errors import (
     InvalidInputError,
@@ -19,9 +18,26 @@ from worldstereo_core.errors import (
     WorldStereoError,
 )
 
-from .common import (z_depth, CATEGORY, DTYPES, Cameras, Depth, MemoryBank, PointCloud, Retrieval, Trajectory,
-                     inspector_ui, model_file_path, model_files, option, output_folder, register_model_folder,
-                     search_aliases, trajectories_of)
+from .comfy_v3 import io
+from .common import (
+    CATEGORY,
+    DTYPES,
+    Cameras,
+    Depth,
+    MemoryBank,
+    PointCloud,
+    Retrieval,
+    Trajectory,
+    inspector_ui,
+    model_file_path,
+    model_files,
+    option,
+    output_folder,
+    register_model_folder,
+    search_aliases,
+    trajectories_of,
+    z_depth,
+)
 
 SUB = f"{CATEGORY}/memory"
 
@@ -100,8 +116,13 @@ class MemoryBankUpdate(io.ComfyNode):
                 MemoryBank.Input("bank", tooltip="The bank to extend."),
                 io.Image.Input("frames", tooltip="Generated frames (21 keyframes or every pose)."),
                 Trajectory.Input("trajectory", tooltip="The trajectory the frames were generated along."),
-                io.Int.Input("num_frames_added", default=8, min=1, max=80,
-                             tooltip="How many frames of the clip join the bank (release: 8)."),
+                io.Int.Input(
+                    "num_frames_added",
+                    default=8,
+                    min=1,
+                    max=80,
+                    tooltip="How many frames of the clip join the bank (release: 8).",
+                ),
                 io.String.Input("label", default="traj", tooltip="Source label of the clip's entries."),
             ],
             outputs=[MemoryBank.Output(display_name="bank", tooltip="The extended bank.")],
@@ -126,8 +147,9 @@ class MemoryBankSave(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 MemoryBank.Input("bank", tooltip="The bank to save."),
-                io.String.Input("folder", default="worldstereo/memory_bank",
-                                tooltip="Folder relative to ComfyUI's output folder."),
+                io.String.Input(
+                    "folder", default="worldstereo/memory_bank", tooltip="Folder relative to ComfyUI's output folder."
+                ),
             ],
             outputs=[io.String.Output(display_name="folder", tooltip="The folder written (relative).")],
         )
@@ -147,8 +169,9 @@ class MemoryBankLoad(io.ComfyNode):
             category=SUB,
             description="Loads a bank saved by Memory Bank Save from the output folder.",
             inputs=[
-                io.String.Input("folder", default="worldstereo/memory_bank",
-                                tooltip="Folder relative to ComfyUI's output folder."),
+                io.String.Input(
+                    "folder", default="worldstereo/memory_bank", tooltip="Folder relative to ComfyUI's output folder."
+                ),
             ],
             outputs=[MemoryBank.Output(display_name="bank", tooltip="The loaded bank.")],
         )
@@ -186,11 +209,18 @@ class LoadDINOv2(io.ComfyNode):
             "Put the hub's config.json + model.safetensors in a subfolder of models/dinov2/ "
             "(e.g. models/dinov2/dinov2-base/); nothing is downloaded.",
             inputs=[
-                io.Combo.Input("model_name", options=model_files(DINOV2_FOLDER),
-                               tooltip="Weights under models/dinov2/ (e.g. dinov2-base/model.safetensors), with "
-                               "the hub's config.json in the same folder."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
-                               tooltip="Weight precision (fp32 as the release; fp16/bf16 halve the memory)."),
+                io.Combo.Input(
+                    "model_name",
+                    options=model_files(DINOV2_FOLDER),
+                    tooltip="Weights under models/dinov2/ (e.g. dinov2-base/model.safetensors), with "
+                    "the hub's config.json in the same folder.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="fp32",
+                    tooltip="Weight precision (fp32 as the release; fp16/bf16 halve the memory).",
+                ),
             ],
             outputs=[DINOv2.Output(display_name="dinov2", tooltip="The DINOv2 image-feature extractor.")],
         )
@@ -202,8 +232,11 @@ class LoadDINOv2(io.ComfyNode):
         from worldstereo_core.models.dinov2 import load_dinov2
 
         path = model_file_path(DINOV2_FOLDER, model_name, "DINOv2", "the hub's config.json + model.safetensors")
-        extractor = load_dinov2(os.path.dirname(path), device=comfy.model_management.get_torch_device(),
-                                dtype=option(DTYPES, dtype, "dtype"))
+        extractor = load_dinov2(
+            os.path.dirname(path),
+            device=comfy.model_management.get_torch_device(),
+            dtype=option(DTYPES, dtype, "dtype"),
+        )
         return io.NodeOutput(extractor)
 
 
@@ -223,46 +256,78 @@ class Retrieve3DFOV(io.ComfyNode):
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The target trajectory."),
                 MemoryBank.Input("bank", tooltip="The memory bank to retrieve from."),
-                io.Combo.Input("mode", options=["aabb", "volume"], default="aabb",
-                               tooltip="aabb: the release (IoU of the frustums' bounding boxes × angle penalty); "
-                               "volume: the paper's true frustum-volume overlap."),
-                io.Int.Input("max_references", default=8, min=1, max=8,
-                             tooltip="At most this many references (the released model takes up to 8)."),
-                io.Combo.Input("reference_cut", options=list(ret_lib.REDUCE_RULES), default="spread",
-                               tooltip="How more than max_references candidates are cut. dinov2_fps: the release "
-                               "(needs the dinov2 input); spread: evenly along the trajectory (needs no model); "
-                               "coverage: greedy best total overlap; fps: farthest cameras."),
-                io.Combo.Input("shortcut", options=["none", *ret_lib.SHORTCUT_KINDS], default="none",
-                               tooltip="The release's retrieval shortcut towards shortcut_source's views: aerial "
-                               "(every keyframe but 4, 8, 12, 16), view_first / view_second (keyframes 1, 2, 3, "
-                               "5, 7, 9, 13, 17; view_second uses the first half of the source clip)."),
-                io.String.Input("shortcut_source", default="",
-                                tooltip="Bank label of the earlier clip the shortcut leans on (the label given "
-                                "to Memory Bank Update, e.g. traj0). Only used with a shortcut."),
+                io.Combo.Input(
+                    "mode",
+                    options=["aabb", "volume"],
+                    default="aabb",
+                    tooltip="aabb: the release (IoU of the frustums' bounding boxes × angle penalty); "
+                    "volume: the paper's true frustum-volume overlap.",
+                ),
+                io.Int.Input(
+                    "max_references",
+                    default=8,
+                    min=1,
+                    max=8,
+                    tooltip="At most this many references (the released model takes up to 8).",
+                ),
+                io.Combo.Input(
+                    "reference_cut",
+                    options=list(ret_lib.REDUCE_RULES),
+                    default="spread",
+                    tooltip="How more than max_references candidates are cut. dinov2_fps: the release "
+                    "(needs the dinov2 input); spread: evenly along the trajectory (needs no model); "
+                    "coverage: greedy best total overlap; fps: farthest cameras.",
+                ),
+                io.Combo.Input(
+                    "shortcut",
+                    options=["none", *ret_lib.SHORTCUT_KINDS],
+                    default="none",
+                    tooltip="The release's retrieval shortcut towards shortcut_source's views: aerial "
+                    "(every keyframe but 4, 8, 12, 16), view_first / view_second (keyframes 1, 2, 3, "
+                    "5, 7, 9, 13, 17; view_second uses the first half of the source clip).",
+                ),
+                io.String.Input(
+                    "shortcut_source",
+                    default="",
+                    tooltip="Bank label of the earlier clip the shortcut leans on (the label given "
+                    "to Memory Bank Update, e.g. traj0). Only used with a shortcut.",
+                ),
                 DINOv2.Input("dinov2", optional=True, tooltip="From Load DINOv2; needed by reference_cut dinov2_fps."),
             ],
             outputs=[
                 Retrieval.Output(display_name="retrieval", tooltip="References, their ref_index and scores."),
-                io.Image.Output(display_name="references",
-                                tooltip="The reference views, resized to the trajectory's resolution."),
+                io.Image.Output(
+                    display_name="references", tooltip="The reference views, resized to the trajectory's resolution."
+                ),
                 io.String.Output(display_name="summary", tooltip="JSON: bank index, source, ref_index, score."),
             ],
         )
 
     @classmethod
-    def execute(cls, trajectory, bank, mode, max_references, reference_cut="spread", shortcut="none",
-                shortcut_source="", dinov2=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        trajectory,
+        bank,
+        mode,
+        max_references,
+        reference_cut="spread",
+        shortcut="none",
+        shortcut_source="",
+        dinov2=None,
+    ) -> io.NodeOutput:
         trajs = trajectories_of(trajectory)
         if len(trajs) != 1:
             raise InvalidInputError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
         traj = trajs[0]
         cams = traj.cameras
         if reference_cut == "dinov2_fps" and dinov2 is None:
-            raise MissingInputError("reference_cut dinov2_fps (the release's cut) needs DINOv2: connect Load DINOv2, "
-                                  "or choose spread")
+            raise MissingInputError(
+                "reference_cut dinov2_fps (the release's cut) needs DINOv2: connect Load DINOv2, or choose spread"
+            )
         cut = None if shortcut == "none" else ret_lib.RetrievalShortcut(shortcut, shortcut_source)
-        refs = ret_lib.retrieve(traj, bank, mode=mode, max_refs=max_references, reduce=reference_cut,
-                                image_features=dinov2, shortcut=cut)
+        refs = ret_lib.retrieve(
+            traj, bank, mode=mode, max_refs=max_references, reduce=reference_cut, image_features=dinov2, shortcut=cut
+        )
         images = torch.stack([_resize_hwc(f.float(), cams.height, cams.width) for f in refs.images])
         summary = [
             {"bank_index": int(i), "source": src, "ref_index": int(r), "score": float(s)}
@@ -293,36 +358,68 @@ class UmeyamaMerge(io.ComfyNode):
             "scale and the residual (RMSE). (Node id WorldStereoUmeyamaMerge, its name before.)",
             inputs=[
                 PointCloud.Input("cache", tooltip="The current 3D cache (world point cloud)."),
-                io.Image.Input("frames", tooltip="The clip's frames (21 keyframes or every pose); they colour the points."),
-                Depth.Input("depth", tooltip="The frames' reconstructed / estimated z-depth, same size as the frames "
-                            "(0 = unknown); its scale may be off — that is what is fitted."),
-                Trajectory.Input("trajectory", tooltip="The trajectory the frames were generated along (known cameras)."),
-                io.Combo.Input("mode", options=["depth", "umeyama"], default="depth",
-                               tooltip="depth: per-frame scale/shift (corrects per-frame scale drift); umeyama: one "
-                               "similarity for the whole clip (corrects a global scale/pose error)."),
-                io.Float.Input("voxel_size_fraction", default=0.01, min=0.0005, max=0.2, step=0.0005,
-                               tooltip="Merge voxel size as a fraction of the cache's median depth seen from the "
-                               "trajectory's first camera (the loop uses 0.01)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed of the robust fits (same seed, same result)."),
-                io.Boolean.Input("skip_first_frame", default=True, optional=True,
-                                 tooltip="Frame 0 is the input view, already in the cache: do not merge it again."),
-                Depth.Input("start_depth", optional=True,
-                            tooltip="The input view's depth: the voxel size is voxel_size_fraction × its median, "
-                            "as in the Scene Loop (else the cache's median depth seen from the trajectory's "
-                            "first camera)."),
+                io.Image.Input(
+                    "frames", tooltip="The clip's frames (21 keyframes or every pose); they colour the points."
+                ),
+                Depth.Input(
+                    "depth",
+                    tooltip="The frames' reconstructed / estimated z-depth, same size as the frames "
+                    "(0 = unknown); its scale may be off — that is what is fitted.",
+                ),
+                Trajectory.Input(
+                    "trajectory", tooltip="The trajectory the frames were generated along (known cameras)."
+                ),
+                io.Combo.Input(
+                    "mode",
+                    options=["depth", "umeyama"],
+                    default="depth",
+                    tooltip="depth: per-frame scale/shift (corrects per-frame scale drift); umeyama: one "
+                    "similarity for the whole clip (corrects a global scale/pose error).",
+                ),
+                io.Float.Input(
+                    "voxel_size_fraction",
+                    default=0.01,
+                    min=0.0005,
+                    max=0.2,
+                    step=0.0005,
+                    tooltip="Merge voxel size as a fraction of the cache's median depth seen from the "
+                    "trajectory's first camera (the loop uses 0.01).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=False,
+                    tooltip="Seed of the robust fits (same seed, same result).",
+                ),
+                io.Boolean.Input(
+                    "skip_first_frame",
+                    default=True,
+                    optional=True,
+                    tooltip="Frame 0 is the input view, already in the cache: do not merge it again.",
+                ),
+                Depth.Input(
+                    "start_depth",
+                    optional=True,
+                    tooltip="The input view's depth: the voxel size is voxel_size_fraction × its median, "
+                    "as in the Scene Loop (else the cache's median depth seen from the trajectory's "
+                    "first camera).",
+                ),
             ],
             outputs=[
                 PointCloud.Output(display_name="cache", tooltip="The merged cache (the input cache is unchanged)."),
                 PointCloud.Output(display_name="clip_cloud", tooltip="The clip's aligned points that were merged."),
-                io.String.Output(display_name="report", tooltip="JSON: scale(s)/shift(s) or the similarity, RMSE, "
-                                 "points added."),
+                io.String.Output(
+                    display_name="report", tooltip="JSON: scale(s)/shift(s) or the similarity, RMSE, points added."
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, cache, frames, depth, trajectory, mode, voxel_size_fraction, seed,
-                skip_first_frame=True, start_depth=None) -> io.NodeOutput:
+    def execute(
+        cls, cache, frames, depth, trajectory, mode, voxel_size_fraction, seed, skip_first_frame=True, start_depth=None
+    ) -> io.NodeOutput:
         depth = z_depth(depth)
         if len(cache) == 0:
             raise MissingInputError("the cache is empty; build it first (Build Point Cloud) and connect it")
@@ -346,14 +443,24 @@ class UmeyamaMerge(io.ComfyNode):
             median = render.median_depth_in_view(cache, cams[:1])
         voxel = voxel_size_fraction * median
         config = interfaces.default_config(cams.height, cams.width)
-        clip = merge.merge_clip(mem_lib.Cache3D(cache, voxel), img, d, d > 0, cams, config, seed=seed,
-                                   skip_first=skip_first_frame, alignment=mode)
+        clip = merge.merge_clip(
+            mem_lib.Cache3D(cache, voxel),
+            img,
+            d,
+            d > 0,
+            cams,
+            config,
+            seed=seed,
+            skip_first=skip_first_frame,
+            alignment=mode,
+        )
         al = clip.alignment
         aligned = [i for i, st in enumerate(al.status) if st in ("aligned", "given")]
         report = {
             "mode": "given" if "given" in al.status else mode,  # already-aligned depth is never refitted
-            "scale": _finite(clip.similarity.s) if clip.similarity is not None else
-            (_finite(al.scale[aligned].median()) if aligned else None),
+            "scale": _finite(clip.similarity.s)
+            if clip.similarity is not None
+            else (_finite(al.scale[aligned].median()) if aligned else None),
             "rmse": _finite(clip.rmse),
             "points_added": len(clip.cloud_added),
             "cache_points_before": len(cache),
@@ -362,16 +469,26 @@ class UmeyamaMerge(io.ComfyNode):
             "median_depth": median,
             "aligned_frames": len(aligned),
             "frames": [
-                {"index": i, "status": st, "scale": _finite(al.scale[i]), "shift": _finite(al.shift[i]),
-                 "covered": int(al.covered[i]), "inliers": int(al.inliers[i]),
-                 "rmse": _finite(al.rmse[i]) if al.rmse is not None else None}
+                {
+                    "index": i,
+                    "status": st,
+                    "scale": _finite(al.scale[i]),
+                    "shift": _finite(al.shift[i]),
+                    "covered": int(al.covered[i]),
+                    "inliers": int(al.inliers[i]),
+                    "rmse": _finite(al.rmse[i]) if al.rmse is not None else None,
+                }
                 for i, st in enumerate(al.status)
             ],
         }
         if clip.similarity is not None:
             sim = clip.similarity
-            report["similarity"] = {"scale": sim.s, "rotation": sim.R.tolist(), "translation": sim.t.tolist(),
-                                    "matrix": sim.matrix().tolist()}
+            report["similarity"] = {
+                "scale": sim.s,
+                "rotation": sim.R.tolist(),
+                "translation": sim.t.tolist(),
+                "matrix": sim.matrix().tolist(),
+            }
         text = f"{report['mode']}: scale {report['scale']}, RMSE {report['rmse']}, +{report['points_added']} points"
         ui = {"text": [text], **inspector_ui("merged cache", cloud=clip.cache.cloud, trajectories=[traj])}
         return io.NodeOutput(clip.cache.cloud, clip.cloud_added, json.dumps(report, indent=1), ui=ui)
@@ -390,10 +507,22 @@ class MemoryBankView(io.ComfyNode):
             inputs=[
                 MemoryBank.Input("bank", tooltip="The memory bank (e.g. Memory Bank Create of Panorama Views)."),
                 io.Int.Input("index", default=0, min=0, max=100_000, tooltip="View number, from 0 (panorama: 0..26)."),
-                io.Int.Input("width", default=0, min=0, max=4096, step=16,
-                             tooltip="Output width (multiple of 16); 0 = the view's own size."),
-                io.Int.Input("height", default=0, min=0, max=4096, step=16,
-                             tooltip="Output height (multiple of 16); 0 = the view's own size."),
+                io.Int.Input(
+                    "width",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=16,
+                    tooltip="Output width (multiple of 16); 0 = the view's own size.",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=0,
+                    min=0,
+                    max=4096,
+                    step=16,
+                    tooltip="Output height (multiple of 16); 0 = the view's own size.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The view [1, H, W, 3]."),
@@ -407,7 +536,9 @@ class MemoryBankView(io.ComfyNode):
         from worldstereo_core.recon.reconstruct import resize_frames
 
         if index >= len(bank):
-            raise InvalidInputError(f"the bank has {len(bank)} views (0..{len(bank) - 1}); index {index} is not one of them")
+            raise InvalidInputError(
+                f"the bank has {len(bank)} views (0..{len(bank) - 1}); index {index} is not one of them"
+            )
         if (width == 0) != (height == 0):
             raise InvalidOptionError("set both width and height (multiples of 16), or leave both 0 for the view's size")
         h, w = (int(v) for v in bank.sizes[index])
@@ -417,5 +548,13 @@ class MemoryBankView(io.ComfyNode):
         return io.NodeOutput(image, cam.resized(out_h, out_w) if (out_h, out_w) != (h, w) else cam)
 
 
-NODES = [MemoryBankCreate, MemoryBankUpdate, MemoryBankSave, MemoryBankLoad, MemoryBankView, LoadDINOv2, Retrieve3DFOV,
-         UmeyamaMerge]
+NODES = [
+    MemoryBankCreate,
+    MemoryBankUpdate,
+    MemoryBankSave,
+    MemoryBankLoad,
+    MemoryBankView,
+    LoadDINOv2,
+    Retrieve3DFOV,
+    UmeyamaMerge,
+]

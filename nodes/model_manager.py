@@ -52,7 +52,9 @@ class WorldStereoPatcher(comfy.model_patcher.ModelPatcher):
 
     def __init__(self, models) -> None:
         super().__init__(
-            WorldStereoBundle(models), load_device=models.device, offload_device=torch.device("cpu"),
+            WorldStereoBundle(models),
+            load_device=models.device,
+            offload_device=torch.device("cpu"),
             size=max(1, models.device_weight_bytes()),
         )
         # the weights are where load_models put them: resident on the execution device

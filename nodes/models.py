@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-from .comfy_v3 import io
 
 from worldstereo_core.errors import (
     InvalidInputError,
@@ -22,9 +21,10 @@ from worldstereo_core.errors import (
 )
 from worldstereo_core.retrieval import REDUCE_RULES, References
 
+from .comfy_v3 import io
 from .common import (
-    z_depth,
     CATEGORY,
+    KEYFRAME_FPS,
     Cameras,
     Depth,
     MemoryBank,
@@ -32,18 +32,18 @@ from .common import (
     Progress,
     Retrieval,
     Trajectory,
+    frames_video,
     image_to_hwc,
     loop_specs,
     model_folder,
     option,
     scene_loop_outputs,
-    user_path,
     scene_loop_result,
     search_aliases,
-    frames_video,
-    KEYFRAME_FPS,
     starts_input,
     trajectories_of,
+    user_path,
+    z_depth,
 )
 from .depth import MoGe
 from .memory import DINOv2
@@ -94,13 +94,29 @@ COMPILE_TOOLTIP = (
 def _sampler_inputs() -> list:
     """sampler, steps, cfg, shift: the same controls on the Sampler and the Scene Loop."""
     return [
-        io.Combo.Input("sampler", options=list(SAMPLER_CHOICES), default="auto",
-                       tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40."),
+        io.Combo.Input(
+            "sampler",
+            options=list(SAMPLER_CHOICES),
+            default="auto",
+            tooltip="auto: dmd-4 for the memory-dmd checkpoint, else unipc-40.",
+        ),
         io.Int.Input("steps", default=0, min=0, max=200, tooltip="0 = the sampler's default (4 / 40)."),
-        io.Float.Input("cfg", default=5.0, min=1.0, max=20.0, step=0.1,
-                       tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it."),
-        io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1,
-                       tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3)."),
+        io.Float.Input(
+            "cfg",
+            default=5.0,
+            min=1.0,
+            max=20.0,
+            step=0.1,
+            tooltip="Classifier-free guidance for UniPC (1 = off); DMD ignores it.",
+        ),
+        io.Float.Input(
+            "shift",
+            default=0.0,
+            min=0.0,
+            max=20.0,
+            step=0.1,
+            tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3).",
+        ),
     ]
 
 
@@ -141,8 +157,14 @@ def _checkpoint_path(name: str) -> str:
 
     bases = folder_paths.get_folder_paths(FOLDER)
     if name not in list_checkpoints():
-        user_path(name, "checkpoint", roots=bases, base=bases[0], kind="new",
-                  where="ComfyUI's worldstereo model folders (models/worldstereo/)")
+        user_path(
+            name,
+            "checkpoint",
+            roots=bases,
+            base=bases[0],
+            kind="new",
+            where="ComfyUI's worldstereo model folders (models/worldstereo/)",
+        )
     for base in bases:
         path = os.path.join(base, name)
         if os.path.isfile(os.path.join(path, "config.json")):
@@ -193,7 +215,9 @@ def _component(choice: str, folder: str, wan: str | None, what: str) -> str | No
         return None
     if choice == FROM_WAN:
         if wan is None:
-            raise MissingInputError(f"{what} is set to '{FROM_WAN}' but wan_folder is empty; pick a file or set wan_folder")
+            raise MissingInputError(
+                f"{what} is set to '{FROM_WAN}' but wan_folder is empty; pick a file or set wan_folder"
+            )
         return wan
     import folder_paths
 
@@ -240,56 +264,110 @@ class WorldStereoLoadModel(io.ComfyNode):
             "memory manager ('Unload models' and other workflows' loads offload it to the CPU; the next run loads it "
             "back). Everything is read from local files.",
             inputs=[
-                io.Combo.Input("checkpoint", options=ckpts, default=_prefer(ckpts, "dmd", "memory") if ckpts else None,
-                               tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
-                               "(worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd)."),
-                io.Combo.Input("variant", options=["auto", "camera", "memory", "dmd", "paper", "paper-dmd"], default="auto",
-                               tooltip="auto: read it from the checkpoint's config.json (model_type), else from its folder name "
-                               "(worldstereo-camera / -memory / -memory-dmd), as the release does. paper / paper-dmd: the "
-                               "paper's SSM (memory branch on stitched pairs; trained with `worldstereo train`), which the "
-                               "Scene Loop runs (it needs the live 3D cache)."),
-                io.Combo.Input("text_encoder", options=te_opts, default=_prefer(te_opts, "umt5"),
-                               tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
-                               "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead."),
-                io.Combo.Input("clip_vision", options=cv_opts, default=_prefer(cv_opts, "clip_vision_h", "vit-h", "clip"),
-                               tooltip="CLIP ViT-H image encoder (models/clip_vision, e.g. clip_vision_h.safetensors), "
-                               "the diffusers wan_folder, or none to connect a CLIP_VISION_OUTPUT to the sampler."),
-                io.Combo.Input("vae", options=vae_opts, default=_prefer(vae_opts, "wan_2.1", "wan2.1", "wan"),
-                               tooltip="Wan 2.1 VAE (models/vae, e.g. wan_2.1_vae.safetensors) or the diffusers "
-                               "wan_folder; it encodes and decodes each of the 21 keyframes independently."),
-                io.String.Input("wan_folder", default="",
-                                tooltip="Optional diffusers Wan2.1-I2V-14B-480P folder inside ComfyUI's model folders "
-                                "(relative to ComfyUI/models, e.g. diffusers/Wan2.1-I2V-14B-480P, or a folder listed in "
-                                "extra_model_paths.yaml) for components set to 'from wan_folder'; its tokenizer/ is "
-                                "used too."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="bf16",
-                               tooltip="Weights dtype (the release runs bf16). fp8 text encoders are dequantised."),
-                io.Combo.Input("offload", options=["none", "encoders", "sequential"], default="none",
-                               tooltip="none: all on the GPU (~80 GB for full DMD runs); encoders: UMT5/CLIP stay on "
-                               "the CPU between uses; sequential: also swap transformer blocks in one at a time "
-                               "(slow, fits small GPUs; needs ~40 GB of RAM)."),
-                io.Combo.Input("attention_backend", options=ATTENTION_BACKENDS, default="default",
-                               tooltip=ATTENTION_TOOLTIP),
-                io.Combo.Input("base_model", options=base_opts, default=_base_default(base_files), optional=True,
-                               tooltip="Wan2.1-I2V-14B-480P weights that fill the backbone keys a WorldStereo file "
-                               "lacks, as the release does (it builds the transformer from its base model): a file in "
-                               "models/diffusion_models (e.g. wan2.1_i2v_480p_14B_bf16 or _fp8_scaled; fp8 is "
-                               "dequantised) or the wan_folder's transformer/. Read only if the checkpoint lacks keys; "
-                               "the log says which key groups came from which file."),
+                io.Combo.Input(
+                    "checkpoint",
+                    options=ckpts,
+                    default=_prefer(ckpts, "dmd", "memory") if ckpts else None,
+                    tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
+                    "(worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd).",
+                ),
+                io.Combo.Input(
+                    "variant",
+                    options=["auto", "camera", "memory", "dmd", "paper", "paper-dmd"],
+                    default="auto",
+                    tooltip="auto: read it from the checkpoint's config.json (model_type), else from its folder name "
+                    "(worldstereo-camera / -memory / -memory-dmd), as the release does. paper / paper-dmd: the "
+                    "paper's SSM (memory branch on stitched pairs; trained with `worldstereo train`), which the "
+                    "Scene Loop runs (it needs the live 3D cache).",
+                ),
+                io.Combo.Input(
+                    "text_encoder",
+                    options=te_opts,
+                    default=_prefer(te_opts, "umt5"),
+                    tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
+                    "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead.",
+                ),
+                io.Combo.Input(
+                    "clip_vision",
+                    options=cv_opts,
+                    default=_prefer(cv_opts, "clip_vision_h", "vit-h", "clip"),
+                    tooltip="CLIP ViT-H image encoder (models/clip_vision, e.g. clip_vision_h.safetensors), "
+                    "the diffusers wan_folder, or none to connect a CLIP_VISION_OUTPUT to the sampler.",
+                ),
+                io.Combo.Input(
+                    "vae",
+                    options=vae_opts,
+                    default=_prefer(vae_opts, "wan_2.1", "wan2.1", "wan"),
+                    tooltip="Wan 2.1 VAE (models/vae, e.g. wan_2.1_vae.safetensors) or the diffusers "
+                    "wan_folder; it encodes and decodes each of the 21 keyframes independently.",
+                ),
+                io.String.Input(
+                    "wan_folder",
+                    default="",
+                    tooltip="Optional diffusers Wan2.1-I2V-14B-480P folder inside ComfyUI's model folders "
+                    "(relative to ComfyUI/models, e.g. diffusers/Wan2.1-I2V-14B-480P, or a folder listed in "
+                    "extra_model_paths.yaml) for components set to 'from wan_folder'; its tokenizer/ is "
+                    "used too.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="bf16",
+                    tooltip="Weights dtype (the release runs bf16). fp8 text encoders are dequantised.",
+                ),
+                io.Combo.Input(
+                    "offload",
+                    options=["none", "encoders", "sequential"],
+                    default="none",
+                    tooltip="none: all on the GPU (~80 GB for full DMD runs); encoders: UMT5/CLIP stay on "
+                    "the CPU between uses; sequential: also swap transformer blocks in one at a time "
+                    "(slow, fits small GPUs; needs ~40 GB of RAM).",
+                ),
+                io.Combo.Input(
+                    "attention_backend", options=ATTENTION_BACKENDS, default="default", tooltip=ATTENTION_TOOLTIP
+                ),
+                io.Combo.Input(
+                    "base_model",
+                    options=base_opts,
+                    default=_base_default(base_files),
+                    optional=True,
+                    tooltip="Wan2.1-I2V-14B-480P weights that fill the backbone keys a WorldStereo file "
+                    "lacks, as the release does (it builds the transformer from its base model): a file in "
+                    "models/diffusion_models (e.g. wan2.1_i2v_480p_14B_bf16 or _fp8_scaled; fp8 is "
+                    "dequantised) or the wan_folder's transformer/. Read only if the checkpoint lacks keys; "
+                    "the log says which key groups came from which file.",
+                ),
                 # optional: graphs saved before these options existed still validate (defaults apply)
-                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
-                               tooltip=WEIGHT_DTYPE_TOOLTIP, optional=True),
-                io.Int.Input("blocks_to_swap", default=0, min=0, max=40, tooltip=BLOCKS_TO_SWAP_TOOLTIP,
-                             optional=True),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(WEIGHT_DTYPES),
+                    default="default",
+                    tooltip=WEIGHT_DTYPE_TOOLTIP,
+                    optional=True,
+                ),
+                io.Int.Input("blocks_to_swap", default=0, min=0, max=40, tooltip=BLOCKS_TO_SWAP_TOOLTIP, optional=True),
                 io.Boolean.Input("compile", default=False, tooltip=COMPILE_TOOLTIP, optional=True),
             ],
             outputs=[WSModel.Output(display_name="model", tooltip="The loaded WorldStereo model bundle.")],
         )
 
     @classmethod
-    def execute(cls, checkpoint, variant, text_encoder, clip_vision, vae, wan_folder, dtype, offload,
-                attention_backend, base_model=FROM_WAN, weight_dtype="default", blocks_to_swap=0,
-                compile=False) -> io.NodeOutput:
+    def execute(
+        cls,
+        checkpoint,
+        variant,
+        text_encoder,
+        clip_vision,
+        vae,
+        wan_folder,
+        dtype,
+        offload,
+        attention_backend,
+        base_model=FROM_WAN,
+        weight_dtype="default",
+        blocks_to_swap=0,
+        compile=False,
+    ) -> io.NodeOutput:
         import comfy.model_management as mm
 
         from worldstereo_core.models.generate import load_models
@@ -299,18 +377,29 @@ class WorldStereoLoadModel(io.ComfyNode):
         cv = _component(clip_vision, "clip_vision", wan, "clip_vision")
         va = _component(vae, "vae", wan, "vae")
         # from wan_folder with no folder set: no base (the loader names the fix if the checkpoint needs one)
-        base = None if base_model == NO_BASE or (base_model == FROM_WAN and wan is None) else (
-            _component(base_model, "diffusion_models", wan, "base_model"))
+        base = (
+            None
+            if base_model == NO_BASE or (base_model == FROM_WAN and wan is None)
+            else (_component(base_model, "diffusion_models", wan, "base_model"))
+        )
         mm.unload_all_models()  # free what ComfyUI holds before streaming ~35 GB in
         mm.soft_empty_cache()
         models = load_models(
-            _checkpoint_path(checkpoint), wan,
-            text_encoder=te, image_encoder=cv, vae=va,
+            _checkpoint_path(checkpoint),
+            wan,
+            text_encoder=te,
+            image_encoder=cv,
+            vae=va,
             variant=None if variant == "auto" else variant,
-            device=mm.get_torch_device(), dtype=option(DTYPES, dtype, "dtype"), offload=offload,
+            device=mm.get_torch_device(),
+            dtype=option(DTYPES, dtype, "dtype"),
+            offload=offload,
             attention_backend=None if attention_backend == "default" else attention_backend,
-            with_text_encoder=te is not None, with_image_encoder=cv is not None, base_model=base,
-            weight_format=option(WEIGHT_DTYPES, weight_dtype, "weight_dtype"), blocks_to_swap=blocks_to_swap,
+            with_text_encoder=te is not None,
+            with_image_encoder=cv is not None,
+            base_model=base,
+            weight_format=option(WEIGHT_DTYPES, weight_dtype, "weight_dtype"),
+            blocks_to_swap=blocks_to_swap,
             compile=compile,
         )
         ensure_loaded(models)  # registered with ComfyUI's manager: "unload models" and other loads can offload it
@@ -328,7 +417,9 @@ class WorldStereoGGMControl(io.ComfyNode):
             description="Global-Geometric Memory condition: the 3D cache rendered along the trajectory, its hole "
             "mask and the keyframe cameras (whose Plücker rays the ControlNet branch also sees).",
             inputs=[
-                io.Image.Input("render", tooltip="Cache renders: 21 keyframes (or one per pose; keyframes are picked)."),
+                io.Image.Input(
+                    "render", tooltip="Cache renders: 21 keyframes (or one per pose; keyframes are picked)."
+                ),
                 io.Mask.Input("hole_mask", tooltip="1 where the render has a hole, 0 where the cache covers it."),
                 Trajectory.Input("trajectory", tooltip="The trajectory the render was made along."),
             ],
@@ -370,7 +461,9 @@ def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, vid
         )
     H, W = render.shape[1:3]
     if tuple(mask.shape[1:]) != (H, W):
-        raise ShapeMismatchError(f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs")
+        raise ShapeMismatchError(
+            f"hole_mask is {tuple(mask.shape[1:])} but render is {(H, W)}; use RenderCache's outputs"
+        )
     cams = traj.cameras if video else traj.keyframes()
     if (cams.height, cams.width) != (H, W):
         cams = cams.resized(H, W)
@@ -413,38 +506,76 @@ class WorldStereoSampler(io.ComfyNode):
             "81-frame video instead. Outputs the frames and the trajectory they follow.",
             inputs=[
                 WSModel.Input("model", tooltip="From Load Wan2.1 WorldStereo Model."),
-                io.Image.Input("image", tooltip="The input view (first frame); resized to the render's size if needed."),
+                io.Image.Input(
+                    "image", tooltip="The input view (first frame); resized to the render's size if needed."
+                ),
                 GGMControl.Input("ggm", tooltip="From GGM Control (or Uni3C Control for a Uni3C model)."),
                 io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
-                io.String.Input("negative_prompt", default="", multiline=True,
-                                tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
+                io.String.Input(
+                    "negative_prompt",
+                    default="",
+                    multiline=True,
+                    tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default.",
+                ),
                 *_sampler_inputs(),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed; the same seed on the same device gives the same frames."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Noise seed; the same seed on the same device gives the same frames.",
+                ),
                 SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory checkpoints)."),
-                io.Conditioning.Input("positive", optional=True,
-                                      tooltip="ComfyUI UMT5 text conditioning; replaces the prompt text."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="ComfyUI UMT5 negative conditioning; replaces negative_prompt."),
-                io.ClipVisionOutput.Input("clip_vision_output", optional=True,
-                                          tooltip="ComfyUI CLIP vision output of the image (clip_vision_h); "
-                                          "replaces the built-in CLIP encode. Note: ComfyUI's CLIP Vision Encode "
-                                          "uses standard CLIP scaling (pixels in 0-1), the release fed CLIP pixels "
-                                          "in 0-255 with the same mean/std, and the weights were trained on that; "
-                                          "the built-in encode (clip_vision on the loader) reproduces the release."),
+                io.Conditioning.Input(
+                    "positive", optional=True, tooltip="ComfyUI UMT5 text conditioning; replaces the prompt text."
+                ),
+                io.Conditioning.Input(
+                    "negative", optional=True, tooltip="ComfyUI UMT5 negative conditioning; replaces negative_prompt."
+                ),
+                io.ClipVisionOutput.Input(
+                    "clip_vision_output",
+                    optional=True,
+                    tooltip="ComfyUI CLIP vision output of the image (clip_vision_h); "
+                    "replaces the built-in CLIP encode. Note: ComfyUI's CLIP Vision Encode "
+                    "uses standard CLIP scaling (pixels in 0-1), the release fed CLIP pixels "
+                    "in 0-255 with the same mean/std, and the weights were trained on that; "
+                    "the built-in encode (clip_vision on the loader) reproduces the release.",
+                ),
             ],
             outputs=[
-                io.Image.Output(display_name="keyframes", tooltip="The generated keyframes [21, H, W, 3] "
-                                "(with Uni3C: the whole video, one frame per pose, [81, H, W, 3])."),
+                io.Image.Output(
+                    display_name="keyframes",
+                    tooltip="The generated keyframes [21, H, W, 3] "
+                    "(with Uni3C: the whole video, one frame per pose, [81, H, W, 3]).",
+                ),
                 Trajectory.Output(display_name="trajectory", tooltip="The trajectory the keyframes follow."),
-                io.Video.Output(display_name="video", tooltip="The frames as ComfyUI's VIDEO (for core Save Video): "
-                                "keyframes at 8 fps, a Uni3C model's 81 frames at Wan's 16 fps."),
+                io.Video.Output(
+                    display_name="video",
+                    tooltip="The frames as ComfyUI's VIDEO (for core Save Video): "
+                    "keyframes at 8 fps, a Uni3C model's 81 frames at Wan's 16 fps.",
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, model, image, ggm, prompt, negative_prompt, sampler, steps, cfg, shift, seed,
-                ssm=None, positive=None, negative=None, clip_vision_output=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        image,
+        ggm,
+        prompt,
+        negative_prompt,
+        sampler,
+        steps,
+        cfg,
+        shift,
+        seed,
+        ssm=None,
+        positive=None,
+        negative=None,
+        clip_vision_output=None,
+    ) -> io.NodeOutput:
         import comfy.model_management as mm
 
         from worldstereo_core.models.generate import generate_keyframes, sampling_steps
@@ -453,15 +584,16 @@ class WorldStereoSampler(io.ComfyNode):
         if ggm.video != model.video_mode:
             raise MissingInputError(
                 "the model has the Uni3C branch (video mode, 81 frames): connect Uni3C Control, not GGM Control"
-                if model.video_mode else
-                "this condition is for the Uni3C branch (81 frames): put Load Uni3C ControlNet after the model "
+                if model.video_mode
+                else "this condition is for the Uni3C branch (81 frames): put Load Uni3C ControlNet after the model "
                 "loader, or use GGM Control (21 keyframes)"
             )
         img = image_to_hwc(image)
         H, W = ggm.render.shape[1:3]
         if tuple(img.shape[:2]) != (H, W):
-            x = torch.nn.functional.interpolate(img.permute(2, 0, 1)[None], size=(H, W), mode="bicubic",
-                                                antialias=True, align_corners=False)
+            x = torch.nn.functional.interpolate(
+                img.permute(2, 0, 1)[None], size=(H, W), mode="bicubic", antialias=True, align_corners=False
+            )
             img = x[0].permute(1, 2, 0).clamp(0, 1)
         choice = option(SAMPLER_CHOICES, sampler, "sampler")
         total = sampling_steps(model, choice, steps)
@@ -472,11 +604,23 @@ class WorldStereoSampler(io.ComfyNode):
             return False
 
         frames = generate_keyframes(
-            model, img, prompt, negative_prompt or None, ggm.cameras, ggm.render, ggm.mask,
+            model,
+            img,
+            prompt,
+            negative_prompt or None,
+            ggm.cameras,
+            ggm.render,
+            ggm.mask,
             ssm.references if ssm is not None else None,  # the camera variant raises: it has no SSM
-            sampler=choice, steps=steps or None, guidance_scale=cfg, shift=shift or None, seed=seed,
-            on_step=lambda i, n: progress(i + 1, n), interrupt=interrupt,
-            prompt_embeds=_cond_tensor(positive), negative_prompt_embeds=_cond_tensor(negative),
+            sampler=choice,
+            steps=steps or None,
+            guidance_scale=cfg,
+            shift=shift or None,
+            seed=seed,
+            on_step=lambda i, n: progress(i + 1, n),
+            interrupt=interrupt,
+            prompt_embeds=_cond_tensor(positive),
+            negative_prompt_embeds=_cond_tensor(negative),
             image_embeds=None if clip_vision_output is None else clip_vision_output.penultimate_hidden_states[:1],
         )
         # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
@@ -507,69 +651,169 @@ class WorldStereoSceneLoop(io.ComfyNode):
             "bank (a panorama's point cloud and 27 views). The image size sets the generation size (multiples "
             "of 16; the release runs 480×832-class buckets).",
             inputs=[
-                WSModel.Input("model", tooltip="From Load Wan2.1 WorldStereo Model (memory or memory-dmd use the bank)."),
-                io.Image.Input("image", tooltip="The input view; it opens every clip that starts from it. Its size "
-                               "is the generation size (multiples of 16, e.g. 480×832)."),
-                Cameras.Input("camera", tooltip="The input view's camera (Depth Estimate's, or a panorama "
-                              "view's); it defines the world frame. K is rescaled to the image if sizes differ."),
+                WSModel.Input(
+                    "model", tooltip="From Load Wan2.1 WorldStereo Model (memory or memory-dmd use the bank)."
+                ),
+                io.Image.Input(
+                    "image",
+                    tooltip="The input view; it opens every clip that starts from it. Its size "
+                    "is the generation size (multiples of 16, e.g. 480×832).",
+                ),
+                Cameras.Input(
+                    "camera",
+                    tooltip="The input view's camera (Depth Estimate's, or a panorama "
+                    "view's); it defines the world frame. K is rescaled to the image if sizes differ.",
+                ),
                 io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
-                io.String.Input("negative_prompt", default="", multiline=True,
-                                tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default."),
-                io.String.Input("trajectories", default="orbit,up,right,left",
-                                tooltip="Comma-separated presets, in order (paper: orbit,up,right,left)."),
+                io.String.Input(
+                    "negative_prompt",
+                    default="",
+                    multiline=True,
+                    tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default.",
+                ),
+                io.String.Input(
+                    "trajectories",
+                    default="orbit,up,right,left",
+                    tooltip="Comma-separated presets, in order (paper: orbit,up,right,left).",
+                ),
                 *_sampler_inputs(),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed of the first clip (clip i uses seed + i) and of the robust fits."),
-                io.Combo.Input("retrieval_mode", options=["aabb", "volume"], default="aabb",
-                               tooltip="Frustum-overlap scoring: aabb (release) or volume (paper)."),
-                io.Int.Input("depth_resolution_level", default=9, min=0, max=9,
-                             tooltip="MoGe's token budget for the generated frames: 0 = fastest, 9 = upstream "
-                             "(WorldMirror ignores it)."),
-                MoGe.Input("moge", optional=True,
-                           tooltip="From Load MoGe-2: the depth of the generated frames, at their known field "
-                           "of view. Connect this or worldmirror."),
-                WorldMirror.Input("worldmirror", optional=True,
-                                  tooltip="From Load WorldMirror 2.0 (the release's reconstruction): the depth of "
-                                  "each clip with the known cameras as priors. Used instead of moge if both are "
-                                  "connected."),
-                Depth.Input("depth", optional=True,
-                            tooltip="The input view's z-depth (e.g. Depth Estimate). Not needed with a cache."),
-                MemoryBank.Input("bank", optional=True,
-                                 tooltip="Start from this memory bank (e.g. the panorama's 27 views) instead "
-                                 "of the input image alone."),
-                PointCloud.Input("cache", optional=True,
-                                 tooltip="Start from this 3D cache (e.g. Panorama Point Cloud, in the camera's "
-                                 "world) instead of lifting the input depth."),
-                io.String.Input("prompts", default="", multiline=True, optional=True,
-                                tooltip="One prompt per line, in trajectory order (the release captions each "
-                                "trajectory); a blank line or an empty box = the scene prompt above."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Noise seed of the first clip (clip i uses seed + i) and of the robust fits.",
+                ),
+                io.Combo.Input(
+                    "retrieval_mode",
+                    options=["aabb", "volume"],
+                    default="aabb",
+                    tooltip="Frustum-overlap scoring: aabb (release) or volume (paper).",
+                ),
+                io.Int.Input(
+                    "depth_resolution_level",
+                    default=9,
+                    min=0,
+                    max=9,
+                    tooltip="MoGe's token budget for the generated frames: 0 = fastest, 9 = upstream "
+                    "(WorldMirror ignores it).",
+                ),
+                MoGe.Input(
+                    "moge",
+                    optional=True,
+                    tooltip="From Load MoGe-2: the depth of the generated frames, at their known field "
+                    "of view. Connect this or worldmirror.",
+                ),
+                WorldMirror.Input(
+                    "worldmirror",
+                    optional=True,
+                    tooltip="From Load WorldMirror 2.0 (the release's reconstruction): the depth of "
+                    "each clip with the known cameras as priors. Used instead of moge if both are "
+                    "connected.",
+                ),
+                Depth.Input(
+                    "depth",
+                    optional=True,
+                    tooltip="The input view's z-depth (e.g. Depth Estimate). Not needed with a cache.",
+                ),
+                MemoryBank.Input(
+                    "bank",
+                    optional=True,
+                    tooltip="Start from this memory bank (e.g. the panorama's 27 views) instead "
+                    "of the input image alone.",
+                ),
+                PointCloud.Input(
+                    "cache",
+                    optional=True,
+                    tooltip="Start from this 3D cache (e.g. Panorama Point Cloud, in the camera's "
+                    "world) instead of lifting the input depth.",
+                ),
+                io.String.Input(
+                    "prompts",
+                    default="",
+                    multiline=True,
+                    optional=True,
+                    tooltip="One prompt per line, in trajectory order (the release captions each "
+                    "trajectory); a blank line or an empty box = the scene prompt above.",
+                ),
                 starts_input(),
                 # the paper's ablation switches (release behaviour by default)
-                io.Boolean.Input("ggm", default=True, optional=True,
-                                 tooltip="Global-Geometric Memory: the 3D cache rendered along the trajectory guides "
-                                 "the ControlNet. Off (the paper's ablation): an empty render, cameras only."),
-                io.Boolean.Input("ssm", default=True, optional=True,
-                                 tooltip="Spatial-Stereo Memory: retrieved memory-bank views are given as references. "
-                                 "Off (the paper's ablation): none (the start image is the only reference)."),
-                io.Combo.Input("alignment", options=["depth", "umeyama"], default="depth", optional=True,
-                               tooltip="How each clip's depth is brought onto the cache: depth = per-frame robust "
-                               "scale/shift (default); umeyama = one similarity per clip."),
-                io.Int.Input("bank_frames_per_clip", default=8, min=1, max=20, optional=True,
-                             tooltip="Keyframes of each clip added to the memory bank (release: 8)."),
-                io.Combo.Input("reference_cut", options=list(REDUCE_RULES), default="spread", optional=True,
-                               tooltip="How more than 8 candidate references are cut: dinov2_fps = the release "
-                               "(connect dinov2); spread = evenly along the trajectory (no model); coverage, fps."),
-                DINOv2.Input("dinov2", optional=True, tooltip="From Load DINOv2: image features for reference_cut "
-                             "dinov2_fps."),
+                io.Boolean.Input(
+                    "ggm",
+                    default=True,
+                    optional=True,
+                    tooltip="Global-Geometric Memory: the 3D cache rendered along the trajectory guides "
+                    "the ControlNet. Off (the paper's ablation): an empty render, cameras only.",
+                ),
+                io.Boolean.Input(
+                    "ssm",
+                    default=True,
+                    optional=True,
+                    tooltip="Spatial-Stereo Memory: retrieved memory-bank views are given as references. "
+                    "Off (the paper's ablation): none (the start image is the only reference).",
+                ),
+                io.Combo.Input(
+                    "alignment",
+                    options=["depth", "umeyama"],
+                    default="depth",
+                    optional=True,
+                    tooltip="How each clip's depth is brought onto the cache: depth = per-frame robust "
+                    "scale/shift (default); umeyama = one similarity per clip.",
+                ),
+                io.Int.Input(
+                    "bank_frames_per_clip",
+                    default=8,
+                    min=1,
+                    max=20,
+                    optional=True,
+                    tooltip="Keyframes of each clip added to the memory bank (release: 8).",
+                ),
+                io.Combo.Input(
+                    "reference_cut",
+                    options=list(REDUCE_RULES),
+                    default="spread",
+                    optional=True,
+                    tooltip="How more than 8 candidate references are cut: dinov2_fps = the release "
+                    "(connect dinov2); spread = evenly along the trajectory (no model); coverage, fps.",
+                ),
+                DINOv2.Input(
+                    "dinov2", optional=True, tooltip="From Load DINOv2: image features for reference_cut dinov2_fps."
+                ),
             ],
             outputs=scene_loop_outputs("JSON report of what the loop did."),
         )
 
     @classmethod
-    def execute(cls, model, image, camera, prompt, negative_prompt, trajectories, sampler, steps, cfg, shift, seed,
-                retrieval_mode, depth_resolution_level, moge=None, worldmirror=None, depth=None, bank=None,
-                cache=None, prompts="", starts="", ggm=True, ssm=True, alignment="depth", bank_frames_per_clip=8,
-                reference_cut="spread", dinov2=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        image,
+        camera,
+        prompt,
+        negative_prompt,
+        trajectories,
+        sampler,
+        steps,
+        cfg,
+        shift,
+        seed,
+        retrieval_mode,
+        depth_resolution_level,
+        moge=None,
+        worldmirror=None,
+        depth=None,
+        bank=None,
+        cache=None,
+        prompts="",
+        starts="",
+        ggm=True,
+        ssm=True,
+        alignment="depth",
+        bank_frames_per_clip=8,
+        reference_cut="spread",
+        dinov2=None,
+    ) -> io.NodeOutput:
         import comfy.model_management as mm
 
         depth = None if depth is None else z_depth(depth)
@@ -619,30 +863,65 @@ class WorldStereoSceneLoop(io.ComfyNode):
 
         ensure_loaded(model)  # back on the GPU if ComfyUI offloaded it; other models make room
         generator = WorldStereoFrameGenerator(
-            model, prompt, negative_prompt or None, sampler=choice, steps=steps or None, guidance_scale=cfg,
-            shift=shift or None, seed=seed, on_step=on_step, interrupt=interrupt,
+            model,
+            prompt,
+            negative_prompt or None,
+            sampler=choice,
+            steps=steps or None,
+            guidance_scale=cfg,
+            shift=shift or None,
+            seed=seed,
+            on_step=on_step,
+            interrupt=interrupt,
         )
         if worldmirror is not None:
             estimator, depth_source = WorldMirrorDepthEstimator(worldmirror), "worldmirror"
         else:
             estimator, depth_source = MoGeDepthEstimator(moge, resolution_level=depth_resolution_level), "moge"
         result = pipeline.run_scene_loop(
-            img, cam, None if depth is None else depth[:1].float(), generator, estimator, names,
-            default_config(H, W, retrieval_mode=retrieval_mode, ggm=bool(ggm), ssm=bool(ssm),
-                           clip_alignment=option({a: a for a in ("depth", "umeyama")}, alignment, "alignment"),
-                           bank_update=int(bank_frames_per_clip),
-                           reference_cut=option({r: r for r in REDUCE_RULES}, reference_cut, "reference_cut")),
-            seed=seed % 2**31, progress=on_stage, bank=bank, cache=None if cache is None else Cache3D(cache),
+            img,
+            cam,
+            None if depth is None else depth[:1].float(),
+            generator,
+            estimator,
+            names,
+            default_config(
+                H,
+                W,
+                retrieval_mode=retrieval_mode,
+                ggm=bool(ggm),
+                ssm=bool(ssm),
+                clip_alignment=option({a: a for a in ("depth", "umeyama")}, alignment, "alignment"),
+                bank_update=int(bank_frames_per_clip),
+                reference_cut=option({r: r for r in REDUCE_RULES}, reference_cut, "reference_cut"),
+            ),
+            seed=seed % 2**31,
+            progress=on_stage,
+            bank=bank,
+            cache=None if cache is None else Cache3D(cache),
             image_features=dinov2,
         )
-        report = _loop_report(result, model, kind, per_clip, cfg, seed, depth_source, bank is not None,
-                              cache is not None)
-        return scene_loop_result(result, report, f"{len(result.steps)} trajectories, {len(result.cloud)} points, "
-                                                 f"{len(result.bank)} memory views")
+        report = _loop_report(
+            result, model, kind, per_clip, cfg, seed, depth_source, bank is not None, cache is not None
+        )
+        return scene_loop_result(
+            result,
+            report,
+            f"{len(result.steps)} trajectories, {len(result.cloud)} points, {len(result.bank)} memory views",
+        )
 
 
-def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int, depth_source: str,
-                 given_bank: bool, given_cache: bool) -> dict:
+def _loop_report(
+    result,
+    model,
+    sampler: str,
+    steps: int,
+    cfg: float,
+    seed: int,
+    depth_source: str,
+    given_bank: bool,
+    given_cache: bool,
+) -> dict:
     """What a real-model run did (no ground truth, so no scores): settings, then per trajectory the
     references chosen, how the frames' depth was aligned and the cache size — the fields of
     :func:`worldstereo_core.pipeline.loop_report`."""
@@ -652,8 +931,13 @@ def _loop_report(result, model, sampler: str, steps: int, cfg: float, seed: int,
     cams = result.cameras
     return {
         "view": {"height": cams.height, "width": cams.width},
-        "model": {"variant": model.variant, "sampler": sampler, "steps": steps,
-                  "guidance_scale": cfg if sampler == "unipc" else None, "seed": int(seed)},
+        "model": {
+            "variant": model.variant,
+            "sampler": sampler,
+            "steps": steps,
+            "guidance_scale": cfg if sampler == "unipc" else None,
+            "seed": int(seed),
+        },
         "depth_source": depth_source,
         "start": {"bank": "given" if given_bank else "input image", "cache": "given" if given_cache else "input depth"},
         "median_depth": float(result.median_depth),
@@ -676,13 +960,16 @@ class WorldStereoLastFrame(io.ComfyNode):
             "first one's last frame. Feed camera to Trajectory Builder, image to GGM Render Cache (first_frame) "
             "and to the Sampler.",
             inputs=[
-                io.Image.Input("frames", tooltip="A clip's frames (Sampler keyframes: 21, or a Uni3C video: one per pose)."),
+                io.Image.Input(
+                    "frames", tooltip="A clip's frames (Sampler keyframes: 21, or a Uni3C video: one per pose)."
+                ),
                 Trajectory.Input("trajectory", tooltip="The trajectory the frames follow (the Sampler's output)."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The last frame [1, H, W, 3]."),
-                Cameras.Output(display_name="camera", tooltip="Its camera (the trajectory's last pose, K at the "
-                               "frame's size)."),
+                Cameras.Output(
+                    display_name="camera", tooltip="Its camera (the trajectory's last pose, K at the frame's size)."
+                ),
             ],
         )
 
@@ -706,5 +993,11 @@ class WorldStereoLastFrame(io.ComfyNode):
         return io.NodeOutput(frames[-1:, ..., :3].float().clone(), cam)
 
 
-NODES = [WorldStereoLoadModel, WorldStereoGGMControl, WorldStereoSSMControl, WorldStereoSampler, WorldStereoSceneLoop,
-         WorldStereoLastFrame]
+NODES = [
+    WorldStereoLoadModel,
+    WorldStereoGGMControl,
+    WorldStereoSSMControl,
+    WorldStereoSampler,
+    WorldStereoSceneLoop,
+    WorldStereoLastFrame,
+]

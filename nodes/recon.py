@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from .comfy_v3 import io
 
 from worldstereo_core.cameras import Cameras
 from worldstereo_core.errors import (
@@ -11,16 +10,17 @@ from worldstereo_core.errors import (
     MissingInputError,
     ShapeMismatchError,
 )
-from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD, PointCloud as PointCloudValue
+from worldstereo_core.merge import align_clip_depth
+from worldstereo_core.pointcloud import RELEASE_EDGE_THRESHOLD
+from worldstereo_core.pointcloud import PointCloud as PointCloudValue
 from worldstereo_core.recon import reconstruct as rec_lib
 from worldstereo_core.recon import worldmirror as wm_lib
 from worldstereo_core.recon.estimators import MoGeDepthEstimator
-from worldstereo_core.merge import align_clip_depth
 
+from .comfy_v3 import io
 from .common import (
     CATEGORY,
     DTYPES,
-    Cameras as CamerasSocket,
     Depth,
     PointCloud,
     Progress,
@@ -32,6 +32,9 @@ from .common import (
     register_model_folder,
     search_aliases,
     trajectories_of,
+)
+from .common import (
+    Cameras as CamerasSocket,
 )
 from .depth import MoGe, depth_preview
 
@@ -57,10 +60,17 @@ class LoadWorldMirror(io.ComfyNode):
             "model.safetensors + config.json (as released), or a loose .safetensors file (default layout, or "
             "a file written by save_worldmirror with its config inside).",
             inputs=[
-                io.Combo.Input("model_name", options=model_files(MODEL_FOLDER),
-                               tooltip="Weights under models/worldmirror/ (e.g. HY-WorldMirror-2.0/model.safetensors)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="fp32",
-                               tooltip="Weight precision. fp16/bf16 halve the memory on a GPU; use fp32 on CPU."),
+                io.Combo.Input(
+                    "model_name",
+                    options=model_files(MODEL_FOLDER),
+                    tooltip="Weights under models/worldmirror/ (e.g. HY-WorldMirror-2.0/model.safetensors).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="fp32",
+                    tooltip="Weight precision. fp16/bf16 halve the memory on a GPU; use fp32 on CPU.",
+                ),
             ],
             outputs=[WorldMirror.Output(display_name="worldmirror", tooltip="The loaded WorldMirror model.")],
         )
@@ -70,8 +80,9 @@ class LoadWorldMirror(io.ComfyNode):
         import comfy.model_management
 
         path = model_file_path(MODEL_FOLDER, model_name, "WorldMirror")
-        model = wm_lib.load_worldmirror(path, device=comfy.model_management.get_torch_device(),
-                                        dtype=option(DTYPES, dtype, "dtype"))
+        model = wm_lib.load_worldmirror(
+            path, device=comfy.model_management.get_torch_device(), dtype=option(DTYPES, dtype, "dtype")
+        )
         return io.NodeOutput(model)
 
 
@@ -88,8 +99,15 @@ def depth_fusion(x: torch.Tensor, clips: list, moge, cache, edges: float | None)
     progress = Progress(2 * F_)
     est = MoGeDepthEstimator(moge, progress=lambda done, _t: progress(done, 2 * F_))
     mono, valid = est(x, cams)
-    fused = align_clip_depth(cache.require_nonempty("3D cache"), x, mono, valid, cams, edge_threshold=edges,
-                             progress=lambda done, _t: progress(F_ + done, 2 * F_))
+    fused = align_clip_depth(
+        cache.require_nonempty("3D cache"),
+        x,
+        mono,
+        valid,
+        cams,
+        edge_threshold=edges,
+        progress=lambda done, _t: progress(F_ + done, 2 * F_),
+    )
     if len(fused.cloud) == 0:
         raise AlignmentFailedError(
             "no frame overlapped the 3D cache enough to align its depth; check that the cache and the "
@@ -115,50 +133,104 @@ class WorldMirrorRecon(io.ComfyNode):
             "cache is the Depth Fusion node; backend depth_fusion here runs the same thing, kept so that "
             "workflows saved with it still run.",
             inputs=[
-                io.Image.Input("frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."),
-                Trajectory.Input("trajectory",
-                                 tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
-                                 "frames per trajectory are its keyframes, otherwise one frame per pose."),
-                io.Combo.Input("backend", options=["worldmirror", "depth_fusion"], default="worldmirror",
-                               tooltip="worldmirror: feed-forward reconstruction (needs a WorldMirror model). "
-                               "depth_fusion: what the Depth Fusion node does (MoGe-2 depth aligned to the cache; "
-                               "needs a MoGe model and the cache) — kept for saved workflows; use that node."),
-                io.Boolean.Input("use_priors", default=True,
-                                 tooltip="worldmirror: give the known cameras (pose + intrinsics) to the network, "
-                                 "as WorldStereo does."),
-                io.Int.Input("target_size", default=rec_lib.RELEASE_TARGET_SIZE, min=28, max=2048, step=14,
-                             tooltip="worldmirror: the network's long side before rounding down to a multiple of 14 "
-                             "(release 832 → 826); frames are never upsampled."),
-                io.Float.Input("conf_quantile", default=rec_lib.RELEASE_CONF_QUANTILE, min=0.0, max=0.95, step=0.01,
-                               tooltip="worldmirror: drop each frame's least confident pixels below this quantile "
-                               "(release 0.15 = 15 %; 0 keeps all)."),
-                io.Boolean.Input("remove_depth_edges", default=True,
-                                 tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
-                                 "between foreground and background."),
-                io.Combo.Input("camera_source", options=["known", "predicted"], default="known",
-                               tooltip="worldmirror: lift the depth with the known cameras (the trajectory; exact "
-                               "in WorldStereo) or with WorldMirror's own cameras moved into our frame (upstream)."),
-                WorldMirror.Input("worldmirror", optional=True, tooltip="From Load WorldMirror 2.0 (backend worldmirror)."),
+                io.Image.Input(
+                    "frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."
+                ),
+                Trajectory.Input(
+                    "trajectory",
+                    tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
+                    "frames per trajectory are its keyframes, otherwise one frame per pose.",
+                ),
+                io.Combo.Input(
+                    "backend",
+                    options=["worldmirror", "depth_fusion"],
+                    default="worldmirror",
+                    tooltip="worldmirror: feed-forward reconstruction (needs a WorldMirror model). "
+                    "depth_fusion: what the Depth Fusion node does (MoGe-2 depth aligned to the cache; "
+                    "needs a MoGe model and the cache) — kept for saved workflows; use that node.",
+                ),
+                io.Boolean.Input(
+                    "use_priors",
+                    default=True,
+                    tooltip="worldmirror: give the known cameras (pose + intrinsics) to the network, "
+                    "as WorldStereo does.",
+                ),
+                io.Int.Input(
+                    "target_size",
+                    default=rec_lib.RELEASE_TARGET_SIZE,
+                    min=28,
+                    max=2048,
+                    step=14,
+                    tooltip="worldmirror: the network's long side before rounding down to a multiple of 14 "
+                    "(release 832 → 826); frames are never upsampled.",
+                ),
+                io.Float.Input(
+                    "conf_quantile",
+                    default=rec_lib.RELEASE_CONF_QUANTILE,
+                    min=0.0,
+                    max=0.95,
+                    step=0.01,
+                    tooltip="worldmirror: drop each frame's least confident pixels below this quantile "
+                    "(release 0.15 = 15 %; 0 keeps all).",
+                ),
+                io.Boolean.Input(
+                    "remove_depth_edges",
+                    default=True,
+                    tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
+                    "between foreground and background.",
+                ),
+                io.Combo.Input(
+                    "camera_source",
+                    options=["known", "predicted"],
+                    default="known",
+                    tooltip="worldmirror: lift the depth with the known cameras (the trajectory; exact "
+                    "in WorldStereo) or with WorldMirror's own cameras moved into our frame (upstream).",
+                ),
+                WorldMirror.Input(
+                    "worldmirror", optional=True, tooltip="From Load WorldMirror 2.0 (backend worldmirror)."
+                ),
                 MoGe.Input("moge", optional=True, tooltip="From Load MoGe-2 (backend depth_fusion)."),
-                PointCloud.Input("cache", optional=True,
-                                 tooltip="The current 3D cache, in the trajectories' world (backend depth_fusion)."),
+                PointCloud.Input(
+                    "cache",
+                    optional=True,
+                    tooltip="The current 3D cache, in the trajectories' world (backend depth_fusion).",
+                ),
             ],
             outputs=[
-                Depth.Output(display_name="depth",
-                             tooltip="Z-depth of every frame at the frames' size in world units; 0 where dropped "
-                             "(confidence, edges, not aligned)."),
-                PointCloud.Output(display_name="cloud", tooltip="The frames' points in the world frame (not merged "
-                                  "into the cache)."),
-                CamerasSocket.Output(display_name="cameras",
-                                     tooltip="The cameras the depth is expressed with, one per frame, at the frames' size."),
-                io.Image.Output(display_name="depth_preview",
-                                tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black)."),
+                Depth.Output(
+                    display_name="depth",
+                    tooltip="Z-depth of every frame at the frames' size in world units; 0 where dropped "
+                    "(confidence, edges, not aligned).",
+                ),
+                PointCloud.Output(
+                    display_name="cloud", tooltip="The frames' points in the world frame (not merged into the cache)."
+                ),
+                CamerasSocket.Output(
+                    display_name="cameras",
+                    tooltip="The cameras the depth is expressed with, one per frame, at the frames' size.",
+                ),
+                io.Image.Output(
+                    display_name="depth_preview",
+                    tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black).",
+                ),
             ],
         )
 
     @classmethod
-    def execute(cls, frames, trajectory, backend, use_priors, target_size, conf_quantile, remove_depth_edges,
-                camera_source, worldmirror=None, moge=None, cache=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        frames,
+        trajectory,
+        backend,
+        use_priors,
+        target_size,
+        conf_quantile,
+        remove_depth_edges,
+        camera_source,
+        worldmirror=None,
+        moge=None,
+        cache=None,
+    ) -> io.NodeOutput:
         if frames.ndim != 4:
             raise ShapeMismatchError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
         x = frames[..., :3].float().cpu()
@@ -167,20 +239,33 @@ class WorldMirrorRecon(io.ComfyNode):
         edges = RELEASE_EDGE_THRESHOLD if remove_depth_edges else None
         if backend == "worldmirror":
             if worldmirror is None:
-                raise MissingInputError("backend worldmirror needs a model: connect Load WorldMirror 2.0 to worldmirror")
+                raise MissingInputError(
+                    "backend worldmirror needs a model: connect Load WorldMirror 2.0 to worldmirror"
+                )
             progress = Progress(4 * len(clips))
             recs = rec_lib.reconstruct_clips(
-                worldmirror, x, clips, target_size=target_size, use_priors=use_priors,
-                conf_quantile=conf_quantile if conf_quantile > 0 else None, edge_threshold=edges,
-                camera_source=camera_source, progress=progress,
+                worldmirror,
+                x,
+                clips,
+                target_size=target_size,
+                use_priors=use_priors,
+                conf_quantile=conf_quantile if conf_quantile > 0 else None,
+                edge_threshold=edges,
+                camera_source=camera_source,
+                progress=progress,
             )
             depth = torch.cat([torch.where(r.mask, r.depth, torch.zeros(())) for r in recs]).float()
             cloud = PointCloudValue.cat([r.cloud for r in recs])
             cams = Cameras.cat([r.cameras for r in recs])
         else:
             depth, cloud, cams = depth_fusion(x, clips, moge, cache, edges)
-        return io.NodeOutput(depth, cloud, cams, depth_preview(depth),
-                             ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]))
+        return io.NodeOutput(
+            depth,
+            cloud,
+            cams,
+            depth_preview(depth),
+            ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]),
+        )
 
 
 class DepthFusion(io.ComfyNode):
@@ -196,26 +281,39 @@ class DepthFusion(io.ComfyNode):
             "cache are dropped), lifted with the known cameras. The depth comes out in the cache's units and is "
             "marked as aligned, so Align & Merge Clip merges it without fitting it again.",
             inputs=[
-                io.Image.Input("frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."),
-                Trajectory.Input("trajectory",
-                                 tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
-                                 "frames per trajectory are its keyframes, otherwise one frame per pose."),
+                io.Image.Input(
+                    "frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."
+                ),
+                Trajectory.Input(
+                    "trajectory",
+                    tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
+                    "frames per trajectory are its keyframes, otherwise one frame per pose.",
+                ),
                 MoGe.Input("moge", tooltip="From Load MoGe-2."),
                 PointCloud.Input("cache", tooltip="The current 3D cache, in the trajectories' world."),
-                io.Boolean.Input("remove_depth_edges", default=True,
-                                 tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
-                                 "between foreground and background."),
+                io.Boolean.Input(
+                    "remove_depth_edges",
+                    default=True,
+                    tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
+                    "between foreground and background.",
+                ),
             ],
             outputs=[
-                Depth.Output(display_name="depth",
-                             tooltip="Z-depth of every frame at the frames' size in the cache's units; 0 where "
-                             "dropped (invalid, edges, frame not aligned)."),
-                PointCloud.Output(display_name="cloud", tooltip="The frames' points in the world frame (not merged "
-                                  "into the cache)."),
-                CamerasSocket.Output(display_name="cameras",
-                                     tooltip="The frames' known cameras, one per frame, at the frames' size."),
-                io.Image.Output(display_name="depth_preview",
-                                tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black)."),
+                Depth.Output(
+                    display_name="depth",
+                    tooltip="Z-depth of every frame at the frames' size in the cache's units; 0 where "
+                    "dropped (invalid, edges, frame not aligned).",
+                ),
+                PointCloud.Output(
+                    display_name="cloud", tooltip="The frames' points in the world frame (not merged into the cache)."
+                ),
+                CamerasSocket.Output(
+                    display_name="cameras", tooltip="The frames' known cameras, one per frame, at the frames' size."
+                ),
+                io.Image.Output(
+                    display_name="depth_preview",
+                    tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black).",
+                ),
             ],
         )
 
@@ -227,8 +325,13 @@ class DepthFusion(io.ComfyNode):
         clips = rec_lib.clip_cameras(trajectories_of(trajectory), *x.shape[:3])
         edges = RELEASE_EDGE_THRESHOLD if remove_depth_edges else None
         depth, cloud, cams = depth_fusion(x, clips, moge, cache, edges)
-        return io.NodeOutput(depth, cloud, cams, depth_preview(depth),
-                             ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]))
+        return io.NodeOutput(
+            depth,
+            cloud,
+            cams,
+            depth_preview(depth),
+            ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]),
+        )
 
 
 NODES = [LoadWorldMirror, WorldMirrorRecon, DepthFusion]

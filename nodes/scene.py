@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import torch
-from .comfy_v3 import io
 
 from worldstereo_core import interfaces, oracle, pipeline, synthetic
 
-from .common import (z_depth, CATEGORY, Cameras, Depth, Progress, Scene, Trajectory, loop_specs, scene_loop_outputs,
-                     scene_loop_result, starts_input, trajectories_of)
+from .comfy_v3 import io
+from .common import (
+    CATEGORY,
+    Cameras,
+    Depth,
+    Progress,
+    Scene,
+    Trajectory,
+    loop_specs,
+    scene_loop_outputs,
+    scene_loop_result,
+    starts_input,
+    trajectories_of,
+    z_depth,
+)
 
 SUB = f"{CATEGORY}/scene"
 
@@ -24,15 +36,37 @@ class SyntheticScene(io.ComfyNode):
             "exact depth) and the scene itself, which the oracle generator renders at any camera. "
             "The embedded default input: the whole pipeline runs on it without model weights.",
             inputs=[
-                io.Combo.Input("scene", options=list(synthetic.SCENE_NAMES), default="room",
-                               tooltip="room: a textured room with boxes and spheres; outdoor: ground, "
-                               "objects and a distant dome."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Jitters the objects and textures; the same seed gives the same scene."),
-                io.Int.Input("width", default=416, min=64, max=2048, step=16,
-                             tooltip="Input view width in pixels (multiple of 16)."),
-                io.Int.Input("height", default=240, min=64, max=2048, step=16,
-                             tooltip="Input view height in pixels (multiple of 16)."),
+                io.Combo.Input(
+                    "scene",
+                    options=list(synthetic.SCENE_NAMES),
+                    default="room",
+                    tooltip="room: a textured room with boxes and spheres; outdoor: ground, "
+                    "objects and a distant dome.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=False,
+                    tooltip="Jitters the objects and textures; the same seed gives the same scene.",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=416,
+                    min=64,
+                    max=2048,
+                    step=16,
+                    tooltip="Input view width in pixels (multiple of 16).",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=240,
+                    min=64,
+                    max=2048,
+                    step=16,
+                    tooltip="Input view height in pixels (multiple of 16).",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The input view."),
@@ -49,7 +83,6 @@ class SyntheticScene(io.ComfyNode):
         return io.NodeOutput(view.image, view.depth, view.cameras, s)
 
 
-
 class OracleGenerate(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -62,8 +95,11 @@ class OracleGenerate(io.ComfyNode):
             inputs=[
                 Scene.Input("scene", tooltip="The synthetic scene to render."),
                 Trajectory.Input("trajectory", tooltip="The camera path."),
-                io.Boolean.Input("keyframes_only", default=True,
-                                 tooltip="Render the 21 keyframes (what the model generates) or every pose."),
+                io.Boolean.Input(
+                    "keyframes_only",
+                    default=True,
+                    tooltip="Render the 21 keyframes (what the model generates) or every pose.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="Rendered frames [F, H, W, 3]."),
@@ -100,23 +136,41 @@ class OracleSceneLoop(io.ComfyNode):
                 io.Image.Input("image", tooltip="The input view."),
                 Depth.Input("depth", tooltip="The input view's z-depth."),
                 Cameras.Input("camera", tooltip="The input view's camera; it defines the world frame."),
-                io.String.Input("trajectories", default="orbit,up,right,left",
-                                tooltip="Comma-separated presets, in order (paper: orbit,up,right,left)."),
-                io.Combo.Input("clip_depth", options=["exact", "corrupted"], default="exact",
-                               tooltip="Depth of the generated frames: exact, or corrupted by a per-frame random "
-                               "scale/shift (±20 %) and 1 % noise, as a real reconstruction would be."),
-                io.Combo.Input("retrieval_mode", options=["aabb", "volume"], default="aabb",
-                               tooltip="Frustum-overlap scoring: aabb (release) or volume (paper)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed of the depth corruption and the robust fits."),
+                io.String.Input(
+                    "trajectories",
+                    default="orbit,up,right,left",
+                    tooltip="Comma-separated presets, in order (paper: orbit,up,right,left).",
+                ),
+                io.Combo.Input(
+                    "clip_depth",
+                    options=["exact", "corrupted"],
+                    default="exact",
+                    tooltip="Depth of the generated frames: exact, or corrupted by a per-frame random "
+                    "scale/shift (±20 %) and 1 % noise, as a real reconstruction would be.",
+                ),
+                io.Combo.Input(
+                    "retrieval_mode",
+                    options=["aabb", "volume"],
+                    default="aabb",
+                    tooltip="Frustum-overlap scoring: aabb (release) or volume (paper).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=False,
+                    tooltip="Seed of the depth corruption and the robust fits.",
+                ),
                 starts_input(),
             ],
             outputs=scene_loop_outputs("JSON metrics report."),
         )
 
     @classmethod
-    def execute(cls, scene, image, depth, camera, trajectories, clip_depth, retrieval_mode, seed,
-                starts="") -> io.NodeOutput:
+    def execute(
+        cls, scene, image, depth, camera, trajectories, clip_depth, retrieval_mode, seed, starts=""
+    ) -> io.NodeOutput:
         depth = z_depth(depth)
         names = loop_specs(trajectories, starts)  # checked before any clip runs
         steps = 1 + 5 * len(names)
@@ -125,14 +179,19 @@ class OracleSceneLoop(io.ComfyNode):
         d = depth[:1].float()
         view = synthetic.SyntheticView(image[:1, ..., :3].float(), cam, d, d > 0)
         result = pipeline.run_oracle_loop(
-            scene, names, depth_corruption=oracle.DepthCorruption() if clip_depth == "corrupted" else None,
-            seed=seed, progress=progress, view=view,
+            scene,
+            names,
+            depth_corruption=oracle.DepthCorruption() if clip_depth == "corrupted" else None,
+            seed=seed,
+            progress=progress,
+            view=view,
             config=interfaces.default_config(cam.height, cam.width, retrieval_mode=retrieval_mode),
         )
         loop = result.loop
         report = pipeline.loop_report(result)
-        return scene_loop_result(loop, report,
-                                 f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}")
+        return scene_loop_result(
+            loop, report, f"F-score {report['scores']['fscore']:.4f} at {report['scores']['threshold']:.4f}"
+        )
 
 
 NODES = [SyntheticScene, OracleGenerate, OracleSceneLoop]

@@ -8,10 +8,9 @@ and an 81-frame video is decoded.
 
 from __future__ import annotations
 
-from .comfy_v3 import io
-
 from worldstereo_core.errors import InvalidInputError
 
+from .comfy_v3 import io
 from .common import CATEGORY, Trajectory, option
 from .models import DTYPES, GGMControl, WSModel, ggm_condition
 
@@ -42,14 +41,25 @@ class WorldStereoLoadUni3C(io.ComfyNode):
             "trained on whole 81-frame videos). The transformer's weights are shared, not copied; the input "
             "model is unchanged. The result samples in video mode: connect Uni3C Control, not GGM Control.",
             inputs=[
-                WSModel.Input("model", tooltip="From Load Wan2.1 WorldStereo Model (the camera checkpoint is Wan2.1-I2V "
-                              "with the GGM branch, the base Uni3C was trained on)."),
-                io.Combo.Input("uni3c_name", options=files, default=default,
-                               tooltip="A Uni3C ControlNet in ComfyUI/models/controlnet/ (e.g. "
-                               "Wan21_Uni3C_controlnet_fp16.safetensors); released or controlnet.pth key layout, "
-                               "safetensors only."),
-                io.Combo.Input("dtype", options=[MODEL_DTYPE, *DTYPES], default=MODEL_DTYPE,
-                               tooltip="Weights dtype of the branch; default: the transformer's."),
+                WSModel.Input(
+                    "model",
+                    tooltip="From Load Wan2.1 WorldStereo Model (the camera checkpoint is Wan2.1-I2V "
+                    "with the GGM branch, the base Uni3C was trained on).",
+                ),
+                io.Combo.Input(
+                    "uni3c_name",
+                    options=files,
+                    default=default,
+                    tooltip="A Uni3C ControlNet in ComfyUI/models/controlnet/ (e.g. "
+                    "Wan21_Uni3C_controlnet_fp16.safetensors); released or controlnet.pth key layout, "
+                    "safetensors only.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=[MODEL_DTYPE, *DTYPES],
+                    default=MODEL_DTYPE,
+                    tooltip="Weights dtype of the branch; default: the transformer's.",
+                ),
             ],
             outputs=[WSModel.Output(display_name="model", tooltip="The model with Uni3C as its control branch.")],
         )
@@ -61,7 +71,9 @@ class WorldStereoLoadUni3C(io.ComfyNode):
         from worldstereo_core.models.generate import with_uni3c
 
         if model.video_mode:
-            raise InvalidInputError("this model already has a Uni3C branch; connect Load Wan2.1 WorldStereo Model directly")
+            raise InvalidInputError(
+                "this model already has a Uni3C branch; connect Load Wan2.1 WorldStereo Model directly"
+            )
         path = folder_paths.get_full_path_or_raise(FOLDER, uni3c_name)
         weights_dtype = None if dtype == MODEL_DTYPE else option(DTYPES, dtype, "dtype")
         return io.NodeOutput(with_uni3c(model, path, weights_dtype))
@@ -79,12 +91,16 @@ class WorldStereoUni3CControl(io.ComfyNode):
             "Render Cache, keyframes_only off. For a model from Load Uni3C ControlNet.",
             inputs=[
                 io.Image.Input("render", tooltip="Cache renders, one per pose: 1 + 4k frames (81 as released)."),
-                io.Mask.Input("hole_mask", tooltip="1 where the render has a hole, 0 where the cache covers it; "
-                              "one per pose."),
+                io.Mask.Input(
+                    "hole_mask", tooltip="1 where the render has a hole, 0 where the cache covers it; one per pose."
+                ),
                 Trajectory.Input("trajectory", tooltip="The trajectory the render was made along (1 + 4k poses)."),
             ],
-            outputs=[GGMControl.Output(display_name="ggm",
-                                       tooltip="The video-mode condition for the DMDSampler (WorldStereo).")],
+            outputs=[
+                GGMControl.Output(
+                    display_name="ggm", tooltip="The video-mode condition for the DMDSampler (WorldStereo)."
+                )
+            ],
         )
 
     @classmethod

@@ -18,11 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_server import REPO_ROOT, ComfyServer  # noqa: E402
+from comfy_server import REPO_ROOT, ComfyServer
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 # hides the frontend's announcement banners (e.g. "Introducing Nodes 2.0") from pictures
 HIDE_BANNERS_JS = """() => {
@@ -56,12 +63,22 @@ WAN_MODELS = [
     {"name": BASE_MODEL, "url": f"{WAN_REPACKAGED}/diffusion_models/{BASE_MODEL}", "directory": "diffusion_models"},
 ]
 UNI3C = "Wan21_Uni3C_controlnet_fp16.safetensors"  # models/controlnet/, as ComfyUI's Wan wrappers name it
-UNI3C_MODELS = [{"name": UNI3C, "url": f"https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/{UNI3C}",
-                 "directory": "controlnet"}]
+UNI3C_MODELS = [
+    {
+        "name": UNI3C,
+        "url": f"https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/{UNI3C}",
+        "directory": "controlnet",
+    }
+]
 WORLDMIRROR_MODELS = [{"name": WORLDMIRROR, "url": f"{WORLDMIRROR_HF}/{WORLDMIRROR}", "directory": "worldmirror"}]
 # a checkpoint folder is no widget file name: listed at the workflow's top level (also checked)
-WORKFLOW_MODELS = [{"name": f"{CHECKPOINT}/model.safetensors", "url": f"{WORLDSTEREO_HF}/{CHECKPOINT}/model.safetensors",
-                    "directory": "worldstereo"}]
+WORKFLOW_MODELS = [
+    {
+        "name": f"{CHECKPOINT}/model.safetensors",
+        "url": f"{WORLDSTEREO_HF}/{CHECKPOINT}/model.safetensors",
+        "directory": "worldstereo",
+    }
+]
 
 EXAMPLE_IMAGE = "worldstereo_kitchen.png"  # example_inputs/, copied into ComfyUI's input folder on load
 EXAMPLE_PANORAMA = "worldstereo_panorama.jpg"
@@ -98,13 +115,27 @@ def note(pos, text: str, size=(420, 260)) -> dict:
 def _model_loaders(x: int, y: int) -> dict:
     """The three loaders every real workflow uses, with the real file names."""
     return {
-        "model": node("WorldStereoLoadModel", [x, y],
-                      {"checkpoint": CHECKPOINT, "variant": "auto", "text_encoder": TEXT_ENCODER,
-                       "clip_vision": CLIP_VISION, "vae": VAE, "dtype": "bf16", "base_model": BASE_MODEL},
-                      models=WAN_MODELS),
+        "model": node(
+            "WorldStereoLoadModel",
+            [x, y],
+            {
+                "checkpoint": CHECKPOINT,
+                "variant": "auto",
+                "text_encoder": TEXT_ENCODER,
+                "clip_vision": CLIP_VISION,
+                "vae": VAE,
+                "dtype": "bf16",
+                "base_model": BASE_MODEL,
+            },
+            models=WAN_MODELS,
+        ),
         "moge": node("WorldStereoLoadMoGe", [x, y + 380], {"model_name": MOGE, "variant": "auto", "dtype": "fp32"}),
-        "worldmirror": node("WorldStereoLoadWorldMirror", [x, y + 560], {"model_name": WORLDMIRROR, "dtype": "fp32"},
-                            models=WORLDMIRROR_MODELS),
+        "worldmirror": node(
+            "WorldStereoLoadWorldMirror",
+            [x, y + 560],
+            {"model_name": WORLDMIRROR, "dtype": "fp32"},
+            models=WORLDMIRROR_MODELS,
+        ),
     }
 
 
@@ -112,9 +143,12 @@ def _input_view(x: int, y: int, image: str) -> dict:
     """Load Image → the release's 832×480 (centre crop)."""
     return {
         "load": node("LoadImage", [x, y], {"image": image}),
-        "size": node("ImageScale", [x, y + 380],
-                     {"upscale_method": "lanczos", "width": RELEASE_W, "height": RELEASE_H, "crop": "center"},
-                     title="Generation size (480×832, centre crop)"),
+        "size": node(
+            "ImageScale",
+            [x, y + 380],
+            {"upscale_method": "lanczos", "width": RELEASE_W, "height": RELEASE_H, "crop": "center"},
+            title="Generation size (480×832, centre crop)",
+        ),
     }
 
 
@@ -174,110 +208,197 @@ memory update. Copy a group to add a trajectory (see *step_by_step*).
 """
 
 
-def _step_group(key: str, y: int, preset: str, cache: tuple, bank: tuple, first: tuple, camera: tuple,
-                depth: tuple, real: bool, prefix: str, prompt: str, index: int) -> tuple[dict, list, dict]:
+def _step_group(
+    key: str,
+    y: int,
+    preset: str,
+    cache: tuple,
+    bank: tuple,
+    first: tuple,
+    camera: tuple,
+    depth: tuple,
+    real: bool,
+    prefix: str,
+    prompt: str,
+    index: int,
+) -> tuple[dict, list, dict]:
     """One trajectory of the loop as separate nodes, in a group at height ``y``; returns (nodes, links, group).
 
     Settings are the Scene Loop's, so the graph gives the loop's result: the merge voxel from the
     input view's median depth (``start_depth``), and for trajectory ``index`` (from 0; loop seed 0)
     the loop's noise seed (seed + index), merge seed (seed · 7919 + index · 101) and bank label."""
     seed, label = index * 101, f"traj{index}:{preset}"
+
     def k(name: str) -> str:  # node keys of this group
         return f"{key}_{name}"
 
     last = 2440 if real else 2100  # x of the merge column
     n = {
-        k("traj"): node("WorldStereoTrajectoryBuilder", [520, y + 50], {"preset": preset}, title=f"Trajectory Builder ({preset})"),
+        k("traj"): node(
+            "WorldStereoTrajectoryBuilder", [520, y + 50], {"preset": preset}, title=f"Trajectory Builder ({preset})"
+        ),
         k("render"): node("WorldStereoRenderCache", [1000, y + 50], {"keyframes_only": True}),
         k("retrieve"): node("WorldStereoRetrieve3DFOV", [1000, y + 260], {"mode": "aabb", "max_references": 8}),
         k("merge"): node("WorldStereoUmeyamaMerge", [last, y + 50], {"mode": "depth", "seed": seed}),
         k("update"): node("WorldStereoMemoryBankUpdate", [last, y + 300], {"num_frames_added": 8, "label": label}),
-        k("video"): node("WorldStereoSaveVideo", [last, y + 480], {"filename_prefix": f"worldstereo/{prefix}_{key}_frames"}),
+        k("video"): node(
+            "WorldStereoSaveVideo", [last, y + 480], {"filename_prefix": f"worldstereo/{prefix}_{key}_frames"}
+        ),
     }
     links = [
-        (*camera, k("traj"), "camera"), (*depth, k("traj"), "depth"),
-        (*cache, k("render"), "cache"), (k("traj"), "trajectory", k("render"), "trajectory"), (*first, k("render"), "first_frame"),
-        (k("traj"), "trajectory", k("retrieve"), "trajectory"), (*bank, k("retrieve"), "bank"),
-        (*cache, k("merge"), "cache"), (k("traj"), "trajectory", k("merge"), "trajectory"), (*depth, k("merge"), "start_depth"),
-        (*bank, k("update"), "bank"), (k("traj"), "trajectory", k("update"), "trajectory"),
+        (*camera, k("traj"), "camera"),
+        (*depth, k("traj"), "depth"),
+        (*cache, k("render"), "cache"),
+        (k("traj"), "trajectory", k("render"), "trajectory"),
+        (*first, k("render"), "first_frame"),
+        (k("traj"), "trajectory", k("retrieve"), "trajectory"),
+        (*bank, k("retrieve"), "bank"),
+        (*cache, k("merge"), "cache"),
+        (k("traj"), "trajectory", k("merge"), "trajectory"),
+        (*depth, k("merge"), "start_depth"),
+        (*bank, k("update"), "bank"),
+        (k("traj"), "trajectory", k("update"), "trajectory"),
     ]
     if real:
         n[k("ggm")] = node("WorldStereoGGMControl", [1360, y + 50])
         n[k("ssm")] = node("WorldStereoSSMControl", [1360, y + 260])
-        n[k("sample")] = node("WorldStereoSampler", [1620, y + 50],
-                              {"prompt": prompt, "sampler": "auto", "seed": index, "control_after_generate": "fixed"},
-                              size=[420, 560])
+        n[k("sample")] = node(
+            "WorldStereoSampler",
+            [1620, y + 50],
+            {"prompt": prompt, "sampler": "auto", "seed": index, "control_after_generate": "fixed"},
+            size=[420, 560],
+        )
         n[k("recon")] = node("WorldStereoWorldMirrorRecon", [2080, y + 50], {"backend": "worldmirror"})
         links += [
-            (k("render"), "render", k("ggm"), "render"), (k("render"), "hole_mask", k("ggm"), "hole_mask"),
+            (k("render"), "render", k("ggm"), "render"),
+            (k("render"), "hole_mask", k("ggm"), "hole_mask"),
             (k("traj"), "trajectory", k("ggm"), "trajectory"),
             (k("retrieve"), "retrieval", k("ssm"), "retrieval"),
-            ("model", "model", k("sample"), "model"), (*first, k("sample"), "image"),
-            (k("ggm"), "ggm", k("sample"), "ggm"), (k("ssm"), "ssm", k("sample"), "ssm"),
-            (k("sample"), "keyframes", k("recon"), "frames"), (k("sample"), "trajectory", k("recon"), "trajectory"),
+            ("model", "model", k("sample"), "model"),
+            (*first, k("sample"), "image"),
+            (k("ggm"), "ggm", k("sample"), "ggm"),
+            (k("ssm"), "ssm", k("sample"), "ssm"),
+            (k("sample"), "keyframes", k("recon"), "frames"),
+            (k("sample"), "trajectory", k("recon"), "trajectory"),
             ("worldmirror", "worldmirror", k("recon"), "worldmirror"),
-            (k("sample"), "keyframes", k("merge"), "frames"), (k("recon"), "depth", k("merge"), "depth"),
-            (k("sample"), "keyframes", k("update"), "frames"), (k("sample"), "keyframes", k("video"), "frames"),
+            (k("sample"), "keyframes", k("merge"), "frames"),
+            (k("recon"), "depth", k("merge"), "depth"),
+            (k("sample"), "keyframes", k("update"), "frames"),
+            (k("sample"), "keyframes", k("video"), "frames"),
         ]
     else:
-        n[k("ggm_video")] = node("WorldStereoSaveVideo", [1360, y + 50], {"filename_prefix": f"worldstereo/{prefix}_{key}_ggm"},
-                                 title="GGM render (what the sampler would see)")
+        n[k("ggm_video")] = node(
+            "WorldStereoSaveVideo",
+            [1360, y + 50],
+            {"filename_prefix": f"worldstereo/{prefix}_{key}_ggm"},
+            title="GGM render (what the sampler would see)",
+        )
         n[k("refs")] = node("PreviewImage", [1360, y + 260], {}, title="SSM references", size=[280, 300])
-        n[k("oracle")] = node("WorldStereoOracleGenerate", [1720, y + 50], {"keyframes_only": True},
-                              title="Oracle Generate (in place of the sampler)")
+        n[k("oracle")] = node(
+            "WorldStereoOracleGenerate",
+            [1720, y + 50],
+            {"keyframes_only": True},
+            title="Oracle Generate (in place of the sampler)",
+        )
         links += [
-            ("scene", "scene", k("oracle"), "scene"), (k("traj"), "trajectory", k("oracle"), "trajectory"),
-            (k("render"), "render", k("ggm_video"), "frames"), (k("retrieve"), "references", k("refs"), "images"),
-            (k("oracle"), "frames", k("merge"), "frames"), (k("oracle"), "depth", k("merge"), "depth"),
-            (k("oracle"), "frames", k("update"), "frames"), (k("oracle"), "frames", k("video"), "frames"),
+            ("scene", "scene", k("oracle"), "scene"),
+            (k("traj"), "trajectory", k("oracle"), "trajectory"),
+            (k("render"), "render", k("ggm_video"), "frames"),
+            (k("retrieve"), "references", k("refs"), "images"),
+            (k("oracle"), "frames", k("merge"), "frames"),
+            (k("oracle"), "depth", k("merge"), "depth"),
+            (k("oracle"), "frames", k("update"), "frames"),
+            (k("oracle"), "frames", k("video"), "frames"),
         ]
-    group = {"title": f"Trajectory {key[-1]}: {preset}  (GGM → SSM → generate → merge → memory)",
-             "bounding": [500, y, last + 380 - 500, 720]}
+    group = {
+        "title": f"Trajectory {key[-1]}: {preset}  (GGM → SSM → generate → merge → memory)",
+        "bounding": [500, y, last + 380 - 500, 720],
+    }
     return n, links, group
 
 
 def _step_by_step(real: bool) -> dict:
     prefix = "step_by_step" if real else "preview_step_by_step"
     if real:
-        nodes = {**_input_view(40, 80, EXAMPLE_IMAGE), **_model_loaders(40, 780),
-                 "depth": node("WorldStereoDepthEstimate", [420, 80], {"mode": "perspective", "resolution_level": 9}),
-                 "note": note([1700, 40], STEP_NOTE, (700, 460))}
+        nodes = {
+            **_input_view(40, 80, EXAMPLE_IMAGE),
+            **_model_loaders(40, 780),
+            "depth": node("WorldStereoDepthEstimate", [420, 80], {"mode": "perspective", "resolution_level": 9}),
+            "note": note([1700, 40], STEP_NOTE, (700, 460)),
+        }
         image, depth, camera = ("size", "IMAGE"), ("depth", "depth"), ("depth", "camera")
-        links = [("load", "IMAGE", "size", "image"), ("size", "IMAGE", "depth", "image"), ("moge", "moge", "depth", "moge")]
+        links = [
+            ("load", "IMAGE", "size", "image"),
+            ("size", "IMAGE", "depth", "image"),
+            ("moge", "moge", "depth", "moge"),
+        ]
         x_cloud, top = 820, 680
     else:
-        nodes = {"scene": node("WorldStereoSyntheticScene", [40, 80], {"scene": "room", "width": 288, "height": 160}),
-                 "note": note([1300, 40], SYNTHETIC_STEP_NOTE, (600, 300))}
+        nodes = {
+            "scene": node("WorldStereoSyntheticScene", [40, 80], {"scene": "room", "width": 288, "height": 160}),
+            "note": note([1300, 40], SYNTHETIC_STEP_NOTE, (600, 300)),
+        }
         image, depth, camera = ("scene", "image"), ("scene", "depth"), ("scene", "camera")
         links = []
         x_cloud, top = 420, 360
     # the Scene Loop's first cache: edges removed, no far compression, voxel 1 % of the median depth
-    nodes["cloud"] = node("WorldStereoBuildPointCloud", [x_cloud, 80],
-                          {"remove_depth_edges": True, "compress_far_depth": False, "voxel_size_fraction": 0.01})
+    nodes["cloud"] = node(
+        "WorldStereoBuildPointCloud",
+        [x_cloud, 80],
+        {"remove_depth_edges": True, "compress_far_depth": False, "voxel_size_fraction": 0.01},
+    )
     nodes["bank"] = node("WorldStereoMemoryBankCreate", [x_cloud + 380, 80], {"label": "input"})
-    links += [(*image, "cloud", "image"), (*depth, "cloud", "depth"), (*camera, "cloud", "camera"),
-              (*image, "bank", "images"), ("cloud", "camera", "bank", "cameras")]
+    links += [
+        (*image, "cloud", "image"),
+        (*depth, "cloud", "depth"),
+        (*camera, "cloud", "camera"),
+        (*image, "bank", "images"),
+        ("cloud", "camera", "bank", "cameras"),
+    ]
     groups = [{"title": "Input view → depth → 3D cache + memory bank", "bounding": [0, 0, x_cloud + 760, top - 40]}]
     cache, bank = ("cloud", "cloud"), ("bank", "bank")
     y = top
     for i, preset in enumerate(["orbit", "up"], start=1):
-        n, ls, g = _step_group(f"traj{i}", y, preset, cache, bank, image, ("cloud", "camera"), depth, real, prefix,
-                               KITCHEN_PROMPT, index=i - 1)
+        n, ls, g = _step_group(
+            f"traj{i}",
+            y,
+            preset,
+            cache,
+            bank,
+            image,
+            ("cloud", "camera"),
+            depth,
+            real,
+            prefix,
+            KITCHEN_PROMPT,
+            index=i - 1,
+        )
         nodes.update(n)
         links += ls
         groups.append(g)
         cache, bank = (f"traj{i}_merge", "cache"), (f"traj{i}_update", "bank")
         y += g["bounding"][3] + 60
     x_out = groups[-1]["bounding"][0] + groups[-1]["bounding"][2] + 80
-    nodes.update({
-        "ply": node("WorldStereoSavePointCloud", [x_out, top], {"filename_prefix": f"worldstereo/{prefix}_cloud"}),
-        "glb": node("WorldStereoSaveSceneGLB", [x_out, top + 120], {"filename_prefix": f"worldstereo/{prefix}_scene"}),
-        "save_bank": node("WorldStereoMemoryBankSave", [x_out, top + 340], {"folder": f"worldstereo/{prefix}_bank"}),
-        "preview": node("Preview3D", [x_out + 380, top], {}),
-    })
-    links += [(*cache, "ply", "cloud"), (*cache, "glb", "cloud"), (*bank, "save_bank", "bank"),
-              ("traj1_traj", "trajectory", "glb", "trajectory_1"), ("traj2_traj", "trajectory", "glb", "trajectory_2"),
-              ("glb", "model_file", "preview", "model_file")]
+    nodes.update(
+        {
+            "ply": node("WorldStereoSavePointCloud", [x_out, top], {"filename_prefix": f"worldstereo/{prefix}_cloud"}),
+            "glb": node(
+                "WorldStereoSaveSceneGLB", [x_out, top + 120], {"filename_prefix": f"worldstereo/{prefix}_scene"}
+            ),
+            "save_bank": node(
+                "WorldStereoMemoryBankSave", [x_out, top + 340], {"folder": f"worldstereo/{prefix}_bank"}
+            ),
+            "preview": node("Preview3D", [x_out + 380, top], {}),
+        }
+    )
+    links += [
+        (*cache, "ply", "cloud"),
+        (*cache, "glb", "cloud"),
+        (*bank, "save_bank", "bank"),
+        ("traj1_traj", "trajectory", "glb", "trajectory_1"),
+        ("traj2_traj", "trajectory", "glb", "trajectory_2"),
+        ("glb", "model_file", "preview", "model_file"),
+    ]
     return {"nodes": nodes, "links": links, "groups": groups, "models": WORKFLOW_MODELS if real else None}
 
 
@@ -314,9 +435,18 @@ WORKFLOWS: dict[str, dict] = {
             **_input_view(40, 80, EXAMPLE_IMAGE),
             **_model_loaders(40, 680),
             "depth": node("WorldStereoDepthEstimate", [420, 80], {"mode": "perspective", "resolution_level": 9}),
-            "loop": node("WorldStereoSceneLoop", [860, 80],
-                         {"prompt": KITCHEN_PROMPT, "trajectories": PAPER_TRAJECTORIES, "sampler": "auto",
-                          "depth_resolution_level": 9, "control_after_generate": "fixed"}, size=[420, 700]),
+            "loop": node(
+                "WorldStereoSceneLoop",
+                [860, 80],
+                {
+                    "prompt": KITCHEN_PROMPT,
+                    "trajectories": PAPER_TRAJECTORIES,
+                    "sampler": "auto",
+                    "depth_resolution_level": 9,
+                    "control_after_generate": "fixed",
+                },
+                size=[420, 700],
+            ),
             **_saves(1340, 80, "single_view"),
             "renders": node("WorldStereoSaveVideo", [1340, 800], {"filename_prefix": "worldstereo/single_view_ggm"}),
             "note": note([420, 380], SINGLE_VIEW_NOTE, (400, 560)),
@@ -342,25 +472,44 @@ WORKFLOWS: dict[str, dict] = {
     },
     "panorama": {
         "nodes": {
-            "load": node("LoadImage", [40, 80], {"image": EXAMPLE_PANORAMA}, title="Load Image (2:1 equirectangular panorama)"),
-            "pano_size": node("ImageScale", [40, 480],
-                              {"upscale_method": "lanczos", "width": 2 * PANO_H, "height": PANO_H, "crop": "disabled"},
-                              title="Panorama size (2048×1024)"),
+            "load": node(
+                "LoadImage", [40, 80], {"image": EXAMPLE_PANORAMA}, title="Load Image (2:1 equirectangular panorama)"
+            ),
+            "pano_size": node(
+                "ImageScale",
+                [40, 480],
+                {"upscale_method": "lanczos", "width": 2 * PANO_H, "height": PANO_H, "crop": "disabled"},
+                title="Panorama size (2048×1024)",
+            ),
             **_model_loaders(40, 680),
             "depth": node("WorldStereoDepthEstimate", [420, 200], {"mode": "panorama", "resolution_level": 9}),
             "views": node("WorldStereoPanoramaViews", [420, 80], {}),
             "bank": node("WorldStereoMemoryBankCreate", [800, 40], {"label": "panorama"}),
             "cloud": node("WorldStereoPanoramaPointCloud", [800, 160], {"remove_depth_edges": True}),
-            "first": node("ImageFromBatch", [800, 340], {"batch_index": 0, "length": 1}, title="Centre view (bank view 0)"),
-            "size": node("ImageScale", [800, 470],
-                         {"upscale_method": "lanczos", "width": RELEASE_W, "height": RELEASE_H, "crop": "center"},
-                         title="Generation size (480×832)"),
+            "first": node(
+                "ImageFromBatch", [800, 340], {"batch_index": 0, "length": 1}, title="Centre view (bank view 0)"
+            ),
+            "size": node(
+                "ImageScale",
+                [800, 470],
+                {"upscale_method": "lanczos", "width": RELEASE_W, "height": RELEASE_H, "crop": "center"},
+                title="Generation size (480×832)",
+            ),
             # an orbit from four of the bank's level views, ~90° apart (bank order: 0 = centre, 3..10 =
             # azimuths 140°, 100°, …, −140°), so the scene is generated all around the panorama's centre
-            "loop": node("WorldStereoSceneLoop", [1180, 80],
-                         {"prompt": PANORAMA_PROMPT, "trajectories": "orbit,orbit,orbit,orbit",
-                          "starts": "input,view:4,view:6,view:8", "sampler": "auto",
-                          "depth_resolution_level": 9, "control_after_generate": "fixed"}, size=[420, 760]),
+            "loop": node(
+                "WorldStereoSceneLoop",
+                [1180, 80],
+                {
+                    "prompt": PANORAMA_PROMPT,
+                    "trajectories": "orbit,orbit,orbit,orbit",
+                    "starts": "input,view:4,view:6,view:8",
+                    "sampler": "auto",
+                    "depth_resolution_level": 9,
+                    "control_after_generate": "fixed",
+                },
+                size=[420, 760],
+            ),
             **_saves(1640, 80, "panorama"),
             "note": note([420, 680], PANORAMA_NOTE, (560, 260)),
         },
@@ -397,17 +546,34 @@ WORKFLOWS: dict[str, dict] = {
             "depth": node("WorldStereoDepthEstimate", [420, 80], {"mode": "perspective", "resolution_level": 9}),
             "cloud": node("WorldStereoBuildPointCloud", [420, 320], {}),
             "traj": node("WorldStereoTrajectoryBuilder", [820, 80], {"preset": "orbit", "num_frames": 81}),
-            "render": node("WorldStereoRenderCache", [1300, 80], {"keyframes_only": False},
-                           title="GGM Render Cache (every pose: Uni3C takes all 81)"),
+            "render": node(
+                "WorldStereoRenderCache",
+                [1300, 80],
+                {"keyframes_only": False},
+                title="GGM Render Cache (every pose: Uni3C takes all 81)",
+            ),
             "control": node("WorldStereoUni3CControl", [1300, 300]),
-            "model": node("WorldStereoLoadModel", [820, 760],
-                          {"checkpoint": "worldstereo-camera", "variant": "auto", "text_encoder": TEXT_ENCODER,
-                           "clip_vision": CLIP_VISION, "vae": VAE, "dtype": "bf16", "base_model": BASE_MODEL},
-                          models=WAN_MODELS),
+            "model": node(
+                "WorldStereoLoadModel",
+                [820, 760],
+                {
+                    "checkpoint": "worldstereo-camera",
+                    "variant": "auto",
+                    "text_encoder": TEXT_ENCODER,
+                    "clip_vision": CLIP_VISION,
+                    "vae": VAE,
+                    "dtype": "bf16",
+                    "base_model": BASE_MODEL,
+                },
+                models=WAN_MODELS,
+            ),
             "uni3c": node("WorldStereoLoadUni3C", [1300, 760], {"uni3c_name": UNI3C}, models=UNI3C_MODELS),
-            "sampler": node("WorldStereoSampler", [1700, 80],
-                            {"prompt": KITCHEN_PROMPT, "sampler": "unipc-40", "steps": 0,
-                             "control_after_generate": "fixed"}, size=[420, 560]),
+            "sampler": node(
+                "WorldStereoSampler",
+                [1700, 80],
+                {"prompt": KITCHEN_PROMPT, "sampler": "unipc-40", "steps": 0, "control_after_generate": "fixed"},
+                size=[420, 560],
+            ),
             "video": node("WorldStereoSaveVideo", [2160, 80], {"filename_prefix": "worldstereo/uni3c_video"}),
             "renders": node("WorldStereoSaveVideo", [2160, 260], {"filename_prefix": "worldstereo/uni3c_render"}),
         },
@@ -433,8 +599,13 @@ WORKFLOWS: dict[str, dict] = {
             ("sampler", "keyframes", "video", "frames"),
             ("render", "render", "renders", "frames"),
         ],
-        "models": [{"name": "worldstereo-camera/model.safetensors",
-                    "url": f"{WORLDSTEREO_HF}/worldstereo-camera/model.safetensors", "directory": "worldstereo"}],
+        "models": [
+            {
+                "name": "worldstereo-camera/model.safetensors",
+                "url": f"{WORLDSTEREO_HF}/worldstereo-camera/model.safetensors",
+                "directory": "worldstereo",
+            }
+        ],
     },
     "step_by_step": _step_by_step(real=True),
 }
@@ -514,9 +685,16 @@ def main() -> int:
     server = ComfyServer()
     # tiny weights under the real names, so the model combos hold the values the graphs use
     write_tiny_models(server.base_dir / "models")
-    for folder, name in (("text_encoders", TEXT_ENCODER), ("clip_vision", CLIP_VISION), ("vae", VAE),
-                         ("worldstereo", CHECKPOINT), ("moge", MOGE), ("worldmirror", WORLDMIRROR),
-                         ("controlnet", UNI3C), ("diffusion_models", BASE_MODEL)):
+    for folder, name in (
+        ("text_encoders", TEXT_ENCODER),
+        ("clip_vision", CLIP_VISION),
+        ("vae", VAE),
+        ("worldstereo", CHECKPOINT),
+        ("moge", MOGE),
+        ("worldmirror", WORLDMIRROR),
+        ("controlnet", UNI3C),
+        ("diffusion_models", BASE_MODEL),
+    ):
         write_tiny_file(server.base_dir / "models", folder, name)
     with server, sync_playwright() as pw:
         server.post("/api/settings", json={"Comfy.TutorialCompleted": True})

@@ -79,8 +79,13 @@ class ComfyServer:
         pack_source: the pack folder linked into ``custom_nodes`` (None: no pack).
     """
 
-    def __init__(self, base_dir: Path | None = None, front_end_root: Path | None = None,
-                 pack_source: Path | None = REPO_ROOT, extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        base_dir: Path | None = None,
+        front_end_root: Path | None = None,
+        pack_source: Path | None = REPO_ROOT,
+        extra_args: list[str] | None = None,
+    ):
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="ws-comfy-"))
         self.front_end_root = front_end_root
@@ -94,22 +99,35 @@ class ComfyServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "ComfyServer":
+    def start(self, timeout: float = 120.0) -> ComfyServer:
         for sub in ("custom_nodes", "input", "output", "models", "user"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         if self.pack_source is not None:
             link = self.base_dir / "custom_nodes" / PACK_NAME
             if not link.exists():
                 link.symlink_to(self.pack_source, target_is_directory=True)
-        cmd = [sys.executable, str(comfyui_dir() / "main.py"), "--cpu", "--listen", "127.0.0.1",
-               "--port", str(self.port), "--base-directory", str(self.base_dir),
-               "--disable-auto-launch", "--database-url", "sqlite:///:memory:", *self.extra_args]
+        cmd = [
+            sys.executable,
+            str(comfyui_dir() / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            *self.extra_args,
+        ]
         if self.front_end_root is not None:
             cmd += ["--front-end-root", str(self.front_end_root)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=self.base_dir, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.base_dir, start_new_session=True
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -139,7 +157,7 @@ class ComfyServer:
         if self._own_base and os.environ.get("WS_KEEP_COMFY_BASE") != "1":
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -177,8 +195,9 @@ class ComfyServer:
             raise PromptRejected(400, json.dumps(body))
         return body["prompt_id"]
 
-    def run(self, api_graph: dict, timeout: float = 600.0, workflow: dict | None = None,
-            on_event=None) -> ExecutionResult:
+    def run(
+        self, api_graph: dict, timeout: float = 600.0, workflow: dict | None = None, on_event=None
+    ) -> ExecutionResult:
         """Queue a graph and wait on ``/ws`` until it succeeds, fails or is interrupted."""
         client_id = uuid.uuid4().hex
         ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)

@@ -32,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_workflows import CHROMIUM_ARGS, HIDE_BANNERS_JS  # noqa: E402
-from comfy_server import REPO_ROOT, ComfyServer  # noqa: E402
+from build_workflows import CHROMIUM_ARGS, HIDE_BANNERS_JS
+
+from comfy_server import REPO_ROOT, ComfyServer
 
 WORKFLOW = REPO_ROOT / "example_workflows" / "preview_synthetic.json"
 NODE_SHOT = REPO_ROOT / "web" / "docs" / "images" / "inspector_scene_loop.png"
@@ -65,8 +66,12 @@ EDITOR_GRAPH = {
         "save": ("WorldStereoSaveCameraJson", [1500, 0], {"filename_prefix": "docshots/camera"}),
     },
     "links": [
-        ("scene", "image", "cloud", "image"), ("scene", "depth", "cloud", "depth"), ("scene", "camera", "cloud", "camera"),
-        ("scene", "camera", "traj", "camera"), ("scene", "depth", "traj", "depth"), ("cloud", "cloud", "traj", "cache"),
+        ("scene", "image", "cloud", "image"),
+        ("scene", "depth", "cloud", "depth"),
+        ("scene", "camera", "cloud", "camera"),
+        ("scene", "camera", "traj", "camera"),
+        ("scene", "depth", "traj", "depth"),
+        ("cloud", "cloud", "traj", "cache"),
         ("traj", "trajectory", "save", "trajectory"),
     ],
 }
@@ -304,19 +309,26 @@ def main() -> int:
     with server, sync_playwright() as pw:
         # no tutorial nor workflow-validation dialogs over the canvas
         server.post("/api/settings", json={"Comfy.TutorialCompleted": True})
-        browser = pw.chromium.launch(executable_path=os.environ.get("WORLDSTEREO_CHROMIUM", "/usr/bin/chromium"),
-                                     headless=True, args=CHROMIUM_ARGS + WEBGL_ARGS)
+        browser = pw.chromium.launch(
+            executable_path=os.environ.get("WORLDSTEREO_CHROMIUM", "/usr/bin/chromium"),
+            headless=True,
+            args=CHROMIUM_ARGS + WEBGL_ARGS,
+        )
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.goto(server.url, wait_until="domcontentloaded")
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
             page.wait_for_timeout(500)
             # the name makes the tab read "preview_synthetic" instead of "Unsaved Workflow"
-            page.evaluate("async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name); }",
-                          [workflow, WORKFLOW.stem])
+            page.evaluate(
+                "async ([wf, name]) => { await window.app.loadGraphData(wf, true, true, name); }",
+                [workflow, WORKFLOW.stem],
+            )
             page.wait_for_timeout(1000)
             page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-            print(f"queued {WORKFLOW.relative_to(REPO_ROOT)}; waiting for the run and the scene-loop inspector (under a minute on CPU)")
+            print(
+                f"queued {WORKFLOW.relative_to(REPO_ROOT)}; waiting for the run and the scene-loop inspector (under a minute on CPU)"
+            )
             err = wait_ready(page, server, READY_TIMEOUT_S)
             if err:
                 shot = Path(tempfile.gettempdir()) / "docshots_failure.png"

@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     names = [f"{v}.png" for v in bank.view_ids]
     views = np.stack([np.asarray(Image.open(args.pano_bank / "images" / n).convert("RGB")) for n in names])
     if views.shape[1:3] != (bank.cameras.height, bank.cameras.width):
-        raise SystemExit(f"views are {views.shape[1:3]} but cameras.json is for {bank.cameras.height}×{bank.cameras.width}")
+        raise SystemExit(
+            f"views are {views.shape[1:3]} but cameras.json is for {bank.cameras.height}×{bank.cameras.width}"
+        )
     imgs = torch.from_numpy(views).float() / 255.0
     pano, weight = perspective_to_equirect(imgs, bank.cameras.w2c, bank.cameras.K, PANO_HEIGHT, 2 * PANO_HEIGHT)
     pano = fill_polar_caps(pano, weight)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_server import ComfyServer  # noqa: E402
-from workflow_api import ui_to_api  # noqa: E402
+from comfy_server import ComfyServer
+from workflow_api import ui_to_api
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,9 @@ def main(argv=None) -> int:
         result = server.run(api, timeout=args.timeout, workflow=workflow, on_event=show)
         if result.status != "success":
             err = result.error or {}
-            print(f"workflow {result.status}: {err.get('exception_message', '')}\n{server.log()[-3000:]}", file=sys.stderr)
+            print(
+                f"workflow {result.status}: {err.get('exception_message', '')}\n{server.log()[-3000:]}", file=sys.stderr
+            )
             return 1
         args.output_dir.mkdir(parents=True, exist_ok=True)
         copied = []

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_server import REPO_ROOT, ComfyServer  # noqa: E402
-from workflow_api import ui_to_api  # noqa: E402
+from comfy_server import REPO_ROOT, ComfyServer
+from workflow_api import ui_to_api
 
 LOOP_NODE = "WorldStereoOracleSceneLoop"
 
@@ -99,8 +99,13 @@ def main(argv=None) -> int:
             result = server.run(api, timeout=1800)
             took = time.time() - t0
             after = rss_bytes(server.proc.pid)
-            run = {"run": i + 1, "status": result.status, "seconds": round(took, 2), "rss_after_mib": round(after / mib, 1),
-                   "rss_peak_mib": round(sampler.peak_since(t0) / mib, 1)}
+            run = {
+                "run": i + 1,
+                "status": result.status,
+                "seconds": round(took, 2),
+                "rss_after_mib": round(after / mib, 1),
+                "rss_peak_mib": round(sampler.peak_since(t0) / mib, 1),
+            }
             runs.append(run)
             print(json.dumps(run), flush=True)
             if result.status != "success":
@@ -118,8 +123,11 @@ def main(argv=None) -> int:
         "rss_slope_mib_per_run_after_warmup": round(slope(after_runs), 3),
         "mean_seconds_per_run": round(sum(r["seconds"] for r in runs) / max(len(runs), 1), 2),
     }
-    args.out.write_text(json.dumps({"summary": summary, "runs": runs,
-                                    "samples": [(round(t, 2), r) for t, r in sampler.samples]}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {"summary": summary, "runs": runs, "samples": [(round(t, 2), r) for t, r in sampler.samples]}, indent=1
+        )
+    )
     print(json.dumps(summary, indent=1))
     return 0 if summary["all_succeeded"] else 1
 

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testsupport import FIXTURES  # noqa: E402
+from testsupport import FIXTURES
 
 
 @pytest.fixture(scope="session")

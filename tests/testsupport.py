@@ -48,7 +48,9 @@ def random_cloud(n: int = 1000, seed: int = 0):
     from worldstereo_core.pointcloud import PointCloud
 
     g = torch.Generator().manual_seed(seed)
-    return PointCloud(torch.rand(n, 3, generator=g) * torch.tensor([4.0, 2.0, 6.0]) - 1.0, torch.rand(n, 3, generator=g))
+    return PointCloud(
+        torch.rand(n, 3, generator=g) * torch.tensor([4.0, 2.0, 6.0]) - 1.0, torch.rand(n, 3, generator=g)
+    )
 
 
 def identity_camera(h: int = 48, w: int = 64):
@@ -72,16 +74,28 @@ CI_SETTINGS = {
 }
 # loader inputs that name a model file, and the ComfyUI model folder each is read from
 LOADER_FOLDERS = {
-    "WorldStereoLoadModel": {"checkpoint": "worldstereo", "text_encoder": "text_encoders",
-                             "clip_vision": "clip_vision", "vae": "vae", "base_model": "diffusion_models"},
+    "WorldStereoLoadModel": {
+        "checkpoint": "worldstereo",
+        "text_encoder": "text_encoders",
+        "clip_vision": "clip_vision",
+        "vae": "vae",
+        "base_model": "diffusion_models",
+    },
     "WorldStereoLoadMoGe": {"model_name": "moge"},
     "WorldStereoLoadWorldMirror": {"model_name": "worldmirror"},
     "WorldStereoLoadUni3C": {"uni3c_name": "controlnet"},
 }
-RELEASE_FILES = {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors",
-                 "worldstereo-memory-dmd", "worldstereo-camera", "moge-2-vitl-normal/model.safetensors",
-                 "HY-WorldMirror-2.0/model.safetensors", "Wan21_Uni3C_controlnet_fp16.safetensors",
-                 "wan2.1_i2v_480p_14B_bf16.safetensors"}
+RELEASE_FILES = {
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    "clip_vision_h.safetensors",
+    "wan_2.1_vae.safetensors",
+    "worldstereo-memory-dmd",
+    "worldstereo-camera",
+    "moge-2-vitl-normal/model.safetensors",
+    "HY-WorldMirror-2.0/model.safetensors",
+    "Wan21_Uni3C_controlnet_fp16.safetensors",
+    "wan2.1_i2v_480p_14B_bf16.safetensors",
+}
 
 
 def ci_overrides(api: dict) -> dict:
@@ -115,8 +129,9 @@ def write_tiny_weights_for(api: dict, models_dir) -> set[str]:
     return names
 
 
-def write_room_cloud_and_camera(folder: Path, height: int = 48, width: int = 64, preset: str = "up",
-                                num_frames: int = 5, ply_name: str = "c.ply"):
+def write_room_cloud_and_camera(
+    folder: Path, height: int = 48, width: int = 64, preset: str = "up", num_frames: int = 5, ply_name: str = "c.ply"
+):
     """The synthetic room's default view lifted to a PLY and a preset trajectory from it saved as
     camera.json, in ``folder`` (the files the command line reads).
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from worldstereo_core.checkpoint import save_checkpoint
-from worldstereo_core.errors import InvalidOptionError
+from worldstereo_core.errors import InvalidChoiceError, InvalidOptionError
 from worldstereo_core.models.loading import (
     build_transformer,
     init_random_weights,
@@ -67,8 +67,17 @@ def tiny_sentencepiece(corpus: Sequence[str] = _CORPUS, vocab_size: int = 96) ->
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(corpus) * 8), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(list(corpus) * 8),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     return buf.getvalue()
 
@@ -170,8 +179,12 @@ TINY_DINOV2_FOLDER = "dinov2-tiny"
 """Folder of the tiny DINOv2 under ``models/dinov2/`` (combo value ``dinov2-tiny/model.safetensors``)."""
 
 # transformers ≥ 5 spelling → the hub files' (transformers 4) spelling of DINOv2's attention weights
-_DINOV2_HUB_NAMES = ((".attention.q_proj.", ".attention.attention.query."), (".attention.k_proj.", ".attention.attention.key."),
-                     (".attention.v_proj.", ".attention.attention.value."), (".attention.o_proj.", ".attention.output.dense."))
+_DINOV2_HUB_NAMES = (
+    (".attention.q_proj.", ".attention.attention.query."),
+    (".attention.k_proj.", ".attention.attention.key."),
+    (".attention.v_proj.", ".attention.attention.value."),
+    (".attention.o_proj.", ".attention.output.dense."),
+)
 
 
 def write_tiny_dinov2(folder: Path, seed: int = 0) -> Path:
@@ -295,7 +308,7 @@ def write_tiny_file(models_dir: str | os.PathLike, folder: str, name: str, seed:
         return write_tiny_uni3c(path, seed)
     if folder == "diffusion_models":
         return write_tiny_wan_base(path, seed)
-    raise CheckpointError(f"no tiny weights for the model folder {folder!r}")
+    raise InvalidChoiceError(f"no tiny weights for the model folder {folder!r}")
 
 
 __all__ = [

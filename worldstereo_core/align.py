@@ -70,11 +70,11 @@ class Similarity:
         object.__setattr__(self, "t", t)
 
     @staticmethod
-    def identity() -> "Similarity":
+    def identity() -> Similarity:
         return Similarity(1.0, torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
 
     @staticmethod
-    def from_matrix(M: ArrayLike) -> "Similarity":
+    def from_matrix(M: ArrayLike) -> Similarity:
         """From a ``[4, 4]`` matrix ``[[s·R, t], [0, 0, 0, 1]]`` (s from the cube root of det)."""
         M = as_tensor(M).detach().to(torch.float64)
         if M.shape != (4, 4):
@@ -82,7 +82,9 @@ class Similarity:
         A = M[:3, :3]
         det = float(torch.linalg.det(A))
         if not det > 0:
-            raise InvalidInputError(f"matrix is not a proper similarity (det of the 3×3 block = {det:.3g}, must be > 0)")
+            raise InvalidInputError(
+                f"matrix is not a proper similarity (det of the 3×3 block = {det:.3g}, must be > 0)"
+            )
         s = det ** (1.0 / 3.0)
         return Similarity(s, A / s, M[:3, 3])
 
@@ -99,12 +101,12 @@ class Similarity:
         out = self.s * (p.to(torch.float64) @ self.R.to(p.device).T) + self.t.to(p.device)
         return like_input(out.to(p.dtype if p.is_floating_point() else torch.float64), points)
 
-    def inverse(self) -> "Similarity":
+    def inverse(self) -> Similarity:
         """The transform mapping ``s·R·x + t`` back to ``x``."""
         Rt = self.R.T
         return Similarity(1.0 / self.s, Rt, -(Rt @ self.t) / self.s)
 
-    def compose(self, other: "Similarity") -> "Similarity":
+    def compose(self, other: Similarity) -> Similarity:
         """``self ∘ other``: apply ``other`` first, then ``self``."""
         o = other.R.to(self.R.device), other.t.to(self.R.device)
         return Similarity(self.s * other.s, self.R @ o[0], self.s * (self.R @ o[1]) + self.t)
@@ -173,7 +175,9 @@ def _check_pair(src: torch.Tensor, dst: torch.Tensor, min_points: int = 3) -> No
             f"src and dst must be corresponding points of the same shape, got {tuple(src.shape)} and {tuple(dst.shape)}"
         )
     if src.shape[0] < min_points:
-        raise AlignmentFailedError(f"need at least {min_points} corresponding points to fit a similarity, got {src.shape[0]}")
+        raise AlignmentFailedError(
+            f"need at least {min_points} corresponding points to fit a similarity, got {src.shape[0]}"
+        )
 
 
 def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True, weights: ArrayLike | None = None):
@@ -200,9 +204,7 @@ def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True, weights: Ar
     if weights is not None:
         w = as_tensor(weights).detach().to(dtype=torch.float64, device=s_pts.device).reshape(-1)
         if w.shape[0] != s_pts.shape[0] or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise InvalidInputError(
-                f"weights must be {s_pts.shape[0]} finite non-negative values with a positive sum"
-            )
+            raise InvalidInputError(f"weights must be {s_pts.shape[0]} finite non-negative values with a positive sum")
         w = w[None]
     s, R, t, S, var_s = _umeyama_batched(s_pts[None], d_pts[None], with_scale, w)
     ext = float((s_pts - s_pts.mean(0)).abs().max())
@@ -253,7 +255,9 @@ def robust_umeyama(
     res = (pred - d_pts[None]).norm(dim=-1)  # [B, N]
     ok = torch.isfinite(res).all(-1) & (S[:, 1] > _DEGENERATE_RTOL * S[:, 0]) & (s > 0)
     if not ok.any():
-        raise AlignmentFailedError("every sampled triple of points was degenerate (collinear); the points do not span a plane")
+        raise AlignmentFailedError(
+            "every sampled triple of points was degenerate (collinear); the points do not span a plane"
+        )
     extent = float((d_pts.max(0).values - d_pts.min(0).values).norm())
     floor = 1e-9 * max(extent, 1e-12)
     if threshold is None:
@@ -400,7 +404,9 @@ def fit_depth_scale_shift(
         raise InvalidOptionError(f"space must be 'depth' or 'disparity', got {space!r}")
     p, q = _depth_map(pred, "pred"), _depth_map(target, "target").to(as_tensor(pred).device)
     if p.shape != q.shape:
-        raise InvalidDepthError(f"pred {tuple(p.shape)} and target {tuple(q.shape)} depth maps differ in size; resize one")
+        raise InvalidDepthError(
+            f"pred {tuple(p.shape)} and target {tuple(q.shape)} depth maps differ in size; resize one"
+        )
     m = torch.isfinite(p) & torch.isfinite(q) & (p > 0) & (q > 0)
     if valid is not None:
         v = as_tensor(valid).to(device=p.device)
@@ -412,7 +418,9 @@ def fit_depth_scale_shift(
         x, y = 1.0 / x, 1.0 / y
     n = x.numel()
     if n < 2:
-        raise AlignmentFailedError(f"only {n} valid pixel(s) to fit depth scale/shift; need at least 2 (is the mask all holes?)")
+        raise AlignmentFailedError(
+            f"only {n} valid pixel(s) to fit depth scale/shift; need at least 2 (is the mask all holes?)"
+        )
     if float(x.max() - x.min()) <= 1e-12 * float(x.abs().max()):
         raise AlignmentFailedError("pred is constant over the valid pixels; scale and shift cannot both be fitted")
     gen = torch.Generator().manual_seed(int(seed))

@@ -24,11 +24,10 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["write_file", "write_text", "write_bytes", "write_folder", "remove_stale_temporaries",
-           "previous_versions"]
+__all__ = ["write_file", "write_text", "write_bytes", "write_folder", "remove_stale_temporaries", "previous_versions"]
 
 PathLike = str | os.PathLike
 
@@ -143,8 +142,9 @@ def previous_versions(target: PathLike) -> list[Path]:
     return sorted(target.parent.glob(f".{target.name}.old-*"))
 
 
-def write_folder(target: PathLike, write: Callable[[Path], None],
-                 may_replace: Callable[[Path], bool] | None = None) -> Path:
+def write_folder(
+    target: PathLike, write: Callable[[Path], None], may_replace: Callable[[Path], bool] | None = None
+) -> Path:
     """Run ``write(tmp_dir)`` into a fresh hidden folder, then move it to ``target`` atomically.
 
     Args:

@@ -145,12 +145,12 @@ class Cameras:
     def device(self) -> torch.device:
         return self.w2c.device
 
-    def __getitem__(self, index) -> "Cameras":
+    def __getitem__(self, index) -> Cameras:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         return Cameras(self.w2c[index], self.K[index], self.height, self.width)
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Cameras":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Cameras:
         return Cameras(
             self.w2c.to(device=device, dtype=dtype or self.w2c.dtype),
             self.K.to(device=device, dtype=dtype or self.K.dtype),
@@ -158,12 +158,12 @@ class Cameras:
             self.width,
         )
 
-    def resized(self, height: int, width: int) -> "Cameras":
+    def resized(self, height: int, width: int) -> Cameras:
         """Cameras for the same views at another image size (K rescaled with the image)."""
         return Cameras(self.w2c, resize_K(self.K, (self.height, self.width), (height, width)), height, width)
 
     @staticmethod
-    def cat(items: "list[Cameras]") -> "Cameras":
+    def cat(items: list[Cameras]) -> Cameras:
         """Concatenate batches of cameras of one image size."""
         if not items:
             raise InvalidCameraError("cannot concatenate an empty list of camera batches")
@@ -255,9 +255,7 @@ def matrix_to_quaternion(R: ArrayLike) -> ArrayLike:
     m = Rt.reshape(*Rt.shape[:-2], 9).unbind(-1)
     m00, m01, m02, m10, m11, m12, m20, m21, m22 = m
     # |2·q_i| for i = w, x, y, z (clamped at 0 against rounding)
-    four_sq = torch.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1
-    )
+    four_sq = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
     two_abs = torch.where(four_sq > 0, four_sq.clamp_min(0).sqrt(), torch.zeros_like(four_sq))
     diag = two_abs**2
     # Row i holds 4·q_i·q for the candidate built from component i; same arithmetic as the
@@ -294,9 +292,15 @@ def quaternion_to_matrix(q: ArrayLike) -> ArrayLike:
     w, x, y, z = (qt / norm).unbind(-1)
     R = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         -1,
     ).reshape(*qt.shape[:-1], 3, 3)
@@ -424,7 +428,7 @@ def normalize_cameras_joint(
     r = _checked_w2c(w2c_ref, "w2c_ref").to(device=t.device, dtype=t.dtype)
     both = torch.cat([t, r]) @ torch.linalg.inv(t[:1])
     both = _center_and_scale(both, t.shape[0], camera_scale)
-    return like_input(both[: t.shape[0]], w2c), like_input(both[t.shape[0]:], w2c_ref)
+    return like_input(both[: t.shape[0]], w2c), like_input(both[t.shape[0] :], w2c_ref)
 
 
 def camera_qt(w2c: ArrayLike, w2c_ref: ArrayLike) -> tuple[ArrayLike, ArrayLike]:

@@ -195,6 +195,7 @@ def _index_shards(index: Path, what: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- config
 
+
 def read_metadata(files: Iterable[str | os.PathLike]) -> dict[str, str]:
     """The string metadata of one or more safetensors files (the first file's value wins)."""
     out: dict[str, str] = {}
@@ -227,7 +228,9 @@ def embedded_config(
             try:
                 cfg = json.loads(meta[key])
             except json.JSONDecodeError:
-                raise CorruptFileError(f"{Path(files[0]).name}: the embedded {key!r} metadata is not valid JSON") from None
+                raise CorruptFileError(
+                    f"{Path(files[0]).name}: the embedded {key!r} metadata is not valid JSON"
+                ) from None
             if not isinstance(cfg, dict):
                 raise CorruptFileError(f"{Path(files[0]).name}: the embedded {key!r} metadata must be a JSON object")
             return cfg
@@ -242,7 +245,9 @@ def read_json(path: str | os.PathLike, what: str = "config") -> Any:
     except OSError as exc:
         raise CorruptFileError(f"cannot read {what} {path}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise CorruptFileError(f"{path} is not valid JSON ({exc}); restore the {what} that came with the weights") from None
+        raise CorruptFileError(
+            f"{path} is not valid JSON ({exc}); restore the {what} that came with the weights"
+        ) from None
 
 
 def config_json_beside(path: str | os.PathLike, files: list[Path], single_file_too: bool = True) -> Path | None:
@@ -259,6 +264,7 @@ def config_json_beside(path: str | os.PathLike, files: list[Path], single_file_t
 
 
 # ------------------------------------------------------------------------------------------- plan
+
 
 @dataclass(frozen=True)
 class ConversionPlan:
@@ -298,6 +304,7 @@ def take(key: str) -> Recipe:
 def bind_recipe(recipe: Recipe, source: SafetensorsSource) -> Recipe:
     """``recipe`` reading from its own ``source`` whatever source it is later called with (a plan that
     fills some keys from a second file, e.g. the base model)."""
+
     def bound(_ignored: TensorSource) -> torch.Tensor:
         return recipe(source)
 
@@ -310,11 +317,15 @@ def bind_recipe(recipe: Recipe, source: SafetensorsSource) -> Recipe:
 
 def identity_plan(keys: Iterable[str], layout: str = "native", prefix: str = "") -> ConversionPlan:
     """Keys used as they are (``prefix`` stripped): our own files and the released ones."""
-    return ConversionPlan(layout, {k[len(prefix):]: take(k) for k in keys if k.startswith(prefix)},
-                          tuple(k for k in keys if not k.startswith(prefix)))
+    return ConversionPlan(
+        layout,
+        {k[len(prefix) :]: take(k) for k in keys if k.startswith(prefix)},
+        tuple(k for k in keys if not k.startswith(prefix)),
+    )
 
 
 # ------------------------------------------------------------------------------------------ match
+
 
 def key_group(key: str, depth: int = 1) -> str:
     """``blocks.3.attn1.to_q.weight`` → ``blocks.*`` (depth 1) or ``blocks.attn1.*`` (depth 2): layer
@@ -384,12 +395,22 @@ def match_keys(
 # ----------------------------------------------------------------------------------------- stream
 
 _ST_DTYPES: Mapping[str, torch.dtype] = {
-    name: dt for name, dt in {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    name: dt
+    for name, dt in {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+        "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
         "F8_E5M2": getattr(torch, "float8_e5m2", None),
-    }.items() if dt is not None
+    }.items()
+    if dt is not None
 }
 
 
@@ -408,7 +429,7 @@ class SafetensorsSource:
         self._entries: dict[str, tuple[Any, int, Mapping[str, Any], Path]] = {}
         for f in files:
             header, data_start = _read_header(f)
-            fd = stack.enter_context(open(f, "rb", buffering=0))  # noqa: SIM115  (closed by the stack)
+            fd = stack.enter_context(open(f, "rb", buffering=0))
             for k, info in header.items():
                 if k != "__metadata__":
                     self._entries[k] = (fd, data_start, info, f)
@@ -427,7 +448,9 @@ class SafetensorsSource:
             raise CorruptFileError(f"{path}: tensor {key} has an unsupported or corrupt entry {dict(info)}") from None
         itemsize = torch.empty((), dtype=dtype).element_size()
         if end - begin != math.prod(shape) * itemsize:
-            raise CorruptFileError(f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt")
+            raise CorruptFileError(
+                f"{path}: tensor {key} has {end - begin} bytes for shape {shape}; the file is corrupt"
+            )
         raw = torch.empty(end - begin, dtype=torch.uint8)
         view, done = memoryview(raw.numpy()), 0
         fd.seek(data_start + begin)
@@ -498,7 +521,9 @@ def stream_weights(
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.is_meta:
                 if name != "position_ids":
-                    raise CheckpointMismatchError(f"internal: buffer {mod_name}.{name} was not initialised while loading")
+                    raise CheckpointMismatchError(
+                        f"internal: buffer {mod_name}.{name} was not initialised while loading"
+                    )
                 n = buf.shape[-1]
                 module.register_buffer(name, torch.arange(n, device=device).expand(buf.shape), persistent=False)
     return model.eval()
@@ -524,6 +549,7 @@ def load_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------- save
+
 
 def save_checkpoint(
     state: Mapping[str, torch.Tensor],

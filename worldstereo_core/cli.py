@@ -1,12 +1,12 @@
 """Command line over the library (``python -m worldstereo_core`` or ``worldstereo``).
 
-    worldstereo preview --scene room --out OUT      the scene loop on a synthetic scene (oracle)
-    worldstereo render CLOUD.ply CAMERA.json OUT.mp4 render a cloud along a camera.json
-    worldstereo generate --worldstereo DIR --wan DIR --image IMG --camera CAMERA.json --cloud CACHE.ply
-                         --prompt TEXT --out OUT  one trajectory with the real model
-                         (under torchrun --nproc-per-node N: sequence parallel over N processes)
-    worldstereo train --stage {camera,memory,dmd} --size {tiny,full} --steps N --out DIR [--resume]
-    worldstereo version
+worldstereo preview --scene room --out OUT      the scene loop on a synthetic scene (oracle)
+worldstereo render CLOUD.ply CAMERA.json OUT.mp4 render a cloud along a camera.json
+worldstereo generate --worldstereo DIR --wan DIR --image IMG --camera CAMERA.json --cloud CACHE.ply
+                     --prompt TEXT --out OUT  one trajectory with the real model
+                     (under torchrun --nproc-per-node N: sequence parallel over N processes)
+worldstereo train --stage {camera,memory,dmd} --size {tiny,full} --steps N --out DIR [--resume]
+worldstereo version
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ def _progress(label: str):
     def report(done: int, total: int) -> None:
         width = 30
         filled = int(width * done / max(total, 1))
-        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {time.time() - start:5.1f}s",
-              end="" if done < total else "\n", file=sys.stderr, flush=True)
+        print(
+            f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {time.time() - start:5.1f}s",
+            end="" if done < total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return report
 
@@ -39,22 +43,28 @@ def cmd_preview(args: argparse.Namespace) -> int:
     scene = synthetic.make_scene(args.scene, args.seed)
     corruption = oracle.DepthCorruption() if args.corrupt_depth else None
     result = pipeline.run_oracle_loop(
-        scene, args.trajectories.split(","), height=args.height, width=args.width,
-        depth_corruption=corruption, seed=args.seed, progress=_progress("scene loop"),
+        scene,
+        args.trajectories.split(","),
+        height=args.height,
+        width=args.width,
+        depth_corruption=corruption,
+        seed=args.seed,
+        progress=_progress("scene loop"),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export.save_pointcloud_ply(out / "merged_cloud.ply", result.cloud)
-    export.save_cameras_glb(out / "scene.glb", result.cloud,
-                            [(s.name, s.trajectory.cameras) for s in result.steps])
+    export.save_cameras_glb(out / "scene.glb", result.cloud, [(s.name, s.trajectory.cameras) for s in result.steps])
     for s in result.steps:
         export.save_video_mp4(out / f"ggm_render_{s.name}.mp4", s.render.rgb, fps=8)
         export.save_video_mp4(out / f"frames_{s.name}.mp4", s.frames, fps=8)
     report = pipeline.loop_report(result)
     export.write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     sc = report["scores"]
-    print(f"F-score {sc['fscore']:.4f} (precision {sc['precision']:.4f}, recall {sc['recall']:.4f}) "
-          f"at {sc['threshold']:.4f} = 1% of the scene extent; outputs in {out}")
+    print(
+        f"F-score {sc['fscore']:.4f} (precision {sc['precision']:.4f}, recall {sc['recall']:.4f}) "
+        f"at {sc['threshold']:.4f} = 1% of the scene extent; outputs in {out}"
+    )
     return 0
 
 
@@ -105,8 +115,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
         models = load_models(
-            args.worldstereo, args.wan, text_encoder=args.text_encoder, image_encoder=args.image_encoder,
-            vae=args.vae, device=ctx.device, dtype=dtype,
+            args.worldstereo,
+            args.wan,
+            text_encoder=args.text_encoder,
+            image_encoder=args.image_encoder,
+            vae=args.vae,
+            device=ctx.device,
+            dtype=dtype,
         )
         if ctx.parallel:
             enable_sequence_parallel(models.transformer)
@@ -114,10 +129,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 shard_weights(models.transformer)
         refs = retrieve(traj, bank) if bank is not None and models.uses_references else None
         progress = _progress(f"generate (rank {ctx.rank}/{ctx.world_size})") if ctx.is_main else None
-        frames = run_ranks(ctx, lambda: generate_keyframes(
-            models, image, args.prompt, None, keyframes, ggm.rgb, ggm.mask, refs,
-            sampler=args.sampler, steps=args.steps, seed=args.seed, on_step=progress,
-        ))
+        frames = run_ranks(
+            ctx,
+            lambda: generate_keyframes(
+                models,
+                image,
+                args.prompt,
+                None,
+                keyframes,
+                ggm.rgb,
+                ggm.mask,
+                refs,
+                sampler=args.sampler,
+                steps=args.steps,
+                seed=args.seed,
+                on_step=progress,
+            ),
+        )
         if ctx.is_main:
             out = Path(args.out)
             export.save_video_mp4(out / "frames.mp4", frames, fps=args.fps)
@@ -134,12 +162,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainSettings, train
 
-    optional = {k: getattr(args, k) for k in ("height", "width", "num_keyframes", "num_samples", "batch", "lr", "save_every")}
+    optional = {
+        k: getattr(args, k) for k in ("height", "width", "num_keyframes", "num_samples", "batch", "lr", "save_every")
+    }
     settings = TrainSettings(
-        stage=args.stage, size=args.size, steps=args.steps, out=Path(args.out), resume=args.resume,
-        init=Path(args.init) if args.init else None, data=Path(args.data) if args.data else None,
-        models_dir=Path(args.models_dir) if args.models_dir else None, wan=Path(args.wan) if args.wan else None,
-        dtype=args.dtype, seed=args.seed, device=args.device, progress=not args.no_progress,
+        stage=args.stage,
+        size=args.size,
+        steps=args.steps,
+        out=Path(args.out),
+        resume=args.resume,
+        init=Path(args.init) if args.init else None,
+        data=Path(args.data) if args.data else None,
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        wan=Path(args.wan) if args.wan else None,
+        dtype=args.dtype,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
         gradient_checkpointing=True if args.gradient_checkpointing else None,
         **{k: v for k, v in optional.items() if v is not None},
     )
@@ -149,8 +188,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="worldstereo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="worldstereo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     pv = sub.add_parser("preview", help="run the scene loop on a synthetic scene with the oracle generator")
@@ -199,21 +239,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     g.add_argument("--device", choices=["cuda", "cpu"], help="default: CUDA when available")
-    g.add_argument("--shard-weights", action="store_true", help="with several processes: FSDP2, 1/N of the weights each")
+    g.add_argument(
+        "--shard-weights", action="store_true", help="with several processes: FSDP2, 1/N of the weights each"
+    )
     g.add_argument("--fps", type=float, default=16)
     g.set_defaults(func=cmd_generate)
 
-
     t = sub.add_parser("train", help="train a stage: camera (GGM), memory (the paper's SSM) or dmd (distillation)")
     t.add_argument("--stage", required=True, choices=["camera", "memory", "dmd"])
-    t.add_argument("--size", default="full", choices=["tiny", "full"],
-                   help="full: the released sizes; tiny: the test config (CPU, synthetic data)")
+    t.add_argument(
+        "--size",
+        default="full",
+        choices=["tiny", "full"],
+        help="full: the released sizes; tiny: the test config (CPU, synthetic data)",
+    )
     t.add_argument("--steps", type=int, required=True, help="total optimizer steps (with --resume: up to this step)")
-    t.add_argument("--out", required=True, help="output folder: config.json, model.safetensors, metrics.jsonl, trainer state")
+    t.add_argument(
+        "--out", required=True, help="output folder: config.json, model.safetensors, metrics.jsonl, trainer state"
+    )
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved step")
-    t.add_argument("--init", help="checkpoint to start from (memory: the camera stage's output; dmd: the memory stage's)")
-    t.add_argument("--data", help="folder of clip folders (frames/ or video.mp4, camera.json, depth.safetensors); "
-                   "default: the synthetic scenes")
+    t.add_argument(
+        "--init", help="checkpoint to start from (memory: the camera stage's output; dmd: the memory stage's)"
+    )
+    t.add_argument(
+        "--data",
+        help="folder of clip folders (frames/ or video.mp4, camera.json, depth.safetensors); "
+        "default: the synthetic scenes",
+    )
     t.add_argument("--models-dir", help="ComfyUI models folder with the Wan VAE, UMT5 and CLIP files")
     t.add_argument("--wan", help="a diffusers Wan2.1-I2V-14B-480P folder (encoders + VAE)")
     t.add_argument("--height", type=int)

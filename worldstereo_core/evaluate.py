@@ -49,9 +49,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -174,7 +174,7 @@ class OracleReconstructor:
 
     def __init__(
         self,
-        scene: "SyntheticScene",
+        scene: SyntheticScene,
         network_frame: Similarity | None = None,
         pose_noise_deg: float = 0.0,
         seed: int = 0,
@@ -263,7 +263,9 @@ def load_benchmark_trajectories(
     for name in names:
         path = base / f"traj_{name}" / "camera.json"
         if not path.is_file():
-            raise MissingFileError(f"benchmark trajectory {name!r} not found: {path} (expected renders/traj_<name>/camera.json)")
+            raise MissingFileError(
+                f"benchmark trajectory {name!r} not found: {path} (expected renders/traj_<name>/camera.json)"
+            )
         cams = load_camera_json(path).cameras
         if first is not None:
             if len(first) != 1:
@@ -429,7 +431,7 @@ def _input_reference(image: torch.Tensor, first: Cameras):
 
 
 def evaluate_generation(
-    generator: "FrameGenerator",
+    generator: FrameGenerator,
     reconstructor: Reconstructor,
     image: ArrayLike,
     trajectories: Mapping[str, Cameras | Trajectory],
@@ -495,7 +497,9 @@ def evaluate_generation(
                 "use cameras.resized(H, W)"
             )
         if len(cams) < 2:
-            raise InvalidTrajectoryError(f"trajectory {name!r} has {len(cams)} camera; the benchmark needs a moving camera")
+            raise InvalidTrajectoryError(
+                f"trajectory {name!r} has {len(cams)} camera; the benchmark needs a moving camera"
+            )
         cams_by_name[str(name)] = cams
 
     radius = render_radius
@@ -522,12 +526,16 @@ def evaluate_generation(
             render[0], mask[0] = img[0], 0.0
         frames = torch.as_tensor(generator(img, cams, render, mask, _input_reference(img, cams[:1]))).float()
         if tuple(frames.shape) != (F, H, W, 3):
-            raise InvalidImageError(f"the generator returned {tuple(frames.shape)} for {name!r}; expected {(F, H, W, 3)}")
+            raise InvalidImageError(
+                f"the generator returned {tuple(frames.shape)} for {name!r}; expected {(F, H, W, 3)}"
+            )
         rec = reconstructor(frames, cams)
         if not isinstance(rec, Reconstruction):
             raise InvalidInputError(f"the reconstructor must return a Reconstruction, got {type(rec).__name__}")
         if len(rec.cameras) != F:
-            raise ShapeMismatchError(f"the reconstructor returned {len(rec.cameras)} cameras for {F} frames of {name!r}")
+            raise ShapeMismatchError(
+                f"the reconstructor returned {len(rec.cameras)} cameras for {F} frames of {name!r}"
+            )
         if alignment == "icp":
             T = _icp_alignment(rec, cams, gt, gate, icp_iterations)
         elif alignment == "depth_anchor":  # frame 0 of every trajectory is the input view
@@ -580,12 +588,12 @@ def evaluate_generation(
 
 
 def evaluate_synthetic(
-    scene: "SyntheticScene",
+    scene: SyntheticScene,
     *,
     height: int = 224,
     width: int = 392,
     names: Sequence[str] = BENCHMARK_TRAJECTORIES,
-    generator: "FrameGenerator | None" = None,
+    generator: FrameGenerator | None = None,
     reconstructor: Reconstructor | None = None,
     num_frames: int = DEFAULT_NUM_FRAMES,
     num_keyframes: int = DEFAULT_NUM_KEYFRAMES,
@@ -687,7 +695,10 @@ def depth_anchor_alignment(
 
 
 def _score_setup(
-    gt_pts: PointCloud | ArrayLike, threshold: float | None, thresholds: Sequence[float] | None, threshold_fraction: float
+    gt_pts: PointCloud | ArrayLike,
+    threshold: float | None,
+    thresholds: Sequence[float] | None,
+    threshold_fraction: float,
 ) -> tuple[np.ndarray, float, float, tuple[float, ...]]:
     """``(gt [N, 3] float64, extent, threshold, AUC thresholds)`` of a ground-truth cloud (checked)."""
     gt = as_tensor(gt_pts.points if isinstance(gt_pts, PointCloud) else gt_pts).detach().double().cpu().numpy()

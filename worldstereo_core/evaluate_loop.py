@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -140,7 +140,7 @@ class LoopEvaluationReport:
         lines = [
             (
                 f"scene {self.scene}: full model, memory carried over {len(self.trajectories)} trajectories, "
-            f"{self.alignment} alignment, threshold {self.threshold:.4g}, {self.num_gt_points} ground-truth points"
+                f"{self.alignment} alignment, threshold {self.threshold:.4g}, {self.num_gt_points} ground-truth points"
             ),
             f"cloud: P {o['precision']:.4f}  R {o['recall']:.4f}  F {o['fscore']:.4f}  AUC {o['auc']:.4f}",
             f"{'trajectory':<12}{'RotErr°':>9}{'TransErr':>9}{'ATE':>9}{'RRA@15':>9}{'RTA@15':>9}{'mAA@30':>9}",
@@ -156,7 +156,9 @@ class LoopEvaluationReport:
         else:
             lp = "n/a (see lpips_status)" if m["lpips"] is None else f"{m['lpips']:.4f}"
             ps = "identical" if m["psnr"] is None else f"{m['psnr']:.2f}"
-            lines.append(f"memory benchmark ({m['num_pairs']} revisited views): PSNR {ps}  SSIM {m['ssim']:.4f}  LPIPS {lp}")
+            lines.append(
+                f"memory benchmark ({m['num_pairs']} revisited views): PSNR {ps}  SSIM {m['ssim']:.4f}  LPIPS {lp}"
+            )
         return "\n".join(lines)
 
 
@@ -480,7 +482,9 @@ def load_scene_folder(folder: str | os.PathLike, height: int | None = None, widt
         raise MissingFileError(f"{img_dir} holds no {'/'.join(SCENE_IMAGE_SUFFIXES)} image")
     cams = load_camera_json(cam_file).cameras
     if len(cams) != len(files):
-        raise ShapeMismatchError(f"camera.json has {len(cams)} cameras for {len(files)} images in {img_dir}; give one per image")
+        raise ShapeMismatchError(
+            f"camera.json has {len(cams)} cameras for {len(files)} images in {img_dir}; give one per image"
+        )
     H0, W0 = cams.height, cams.width
     H, W = (height or H0), (width or W0)
     imgs = []
@@ -509,7 +513,9 @@ def load_scene_folder(folder: str | os.PathLike, height: int | None = None, widt
                 raise InvalidImageError(f"cannot read {f.name} as a numeric .npy array: {exc}") from None
             d = torch.from_numpy(np.asarray(d, dtype=np.float32))
             if tuple(d.shape) != (H0, W0) or not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
-                raise InvalidImageError(f"{f.name} must be a finite non-negative [{H0}, {W0}] depth map, got shape {tuple(d.shape)}")
+                raise InvalidImageError(
+                    f"{f.name} must be a finite non-negative [{H0}, {W0}] depth map, got shape {tuple(d.shape)}"
+                )
             if (H, W) != (H0, W0):
                 d = torch.nn.functional.interpolate(d[None, None], size=(H, W), mode="nearest")[0, 0]
             maps.append(d)

@@ -251,7 +251,9 @@ def save_gaussian_ply(
 
     qn = np.linalg.norm(q, axis=1, keepdims=True)
     if (qn < 1e-12).any():
-        raise InvalidInputError("Gaussian quats contain a zero quaternion; every rotation needs a non-zero (w, x, y, z)")
+        raise InvalidInputError(
+            "Gaussian quats contain a zero quaternion; every rotation needs a non-zero (w, x, y, z)"
+        )
     q = q / qn
     if not log_scales:
         if (s <= 0).any():
@@ -327,7 +329,9 @@ def gaussians_from_worldmirror(output, mask: ArrayLike | None = None) -> dict[st
             "(the released checkpoint has the GS head)"
         )
     if "means" not in splats:
-        raise MissingInputError("WorldMirror splats have no means: the camera head must run (enable_cam=True) to place them")
+        raise MissingInputError(
+            "WorldMirror splats have no means: the camera head must run (enable_cam=True) to place them"
+        )
     lead = tuple(splats["means"].shape[:4])  # B, S, H, W
     keep = None
     if mask is not None:
@@ -337,7 +341,9 @@ def gaussians_from_worldmirror(output, mask: ArrayLike | None = None) -> dict[st
         if keep.ndim == 3 and lead[0] == 1:
             keep = keep[None]
         if tuple(keep.shape) != lead:
-            raise ShapeMismatchError(f"mask must have shape [B, S, H, W] = {lead} (or [S, H, W] when B = 1), got {tuple(as_tensor(mask).shape)}")
+            raise ShapeMismatchError(
+                f"mask must have shape [B, S, H, W] = {lead} (or [S, H, W] when B = 1), got {tuple(as_tensor(mask).shape)}"
+            )
         keep = keep.reshape(-1)
     out = {}
     for key, tail in (("means", (3,)), ("quats", (4,)), ("scales", (3,)), ("opacities", ()), ("sh", None)):
@@ -692,7 +698,9 @@ def save_images_png(folder: PathLike, frames: ArrayLike, prefix: str = "frame") 
 
     x = as_tensor(frames).detach()
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] == 0:
-        raise InvalidImageError(f"frames must have shape [F, H, W, 3] (a ComfyUI IMAGE) with F ≥ 1, got {tuple(x.shape)}")
+        raise InvalidImageError(
+            f"frames must have shape [F, H, W, 3] (a ComfyUI IMAGE) with F ≥ 1, got {tuple(x.shape)}"
+        )
     if not torch.isfinite(x).all():
         raise InvalidImageError("frames contain NaN or inf values")
     if not prefix or any(c in prefix for c in "/\\") or prefix.startswith("."):

@@ -17,8 +17,9 @@ each of them can name these types without importing the loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -69,7 +70,12 @@ class FrameGenerator(Protocol):
     """
 
     def __call__(
-        self, image: torch.Tensor, cameras: Cameras, render: torch.Tensor, mask: torch.Tensor, references: References,
+        self,
+        image: torch.Tensor,
+        cameras: Cameras,
+        render: torch.Tensor,
+        mask: torch.Tensor,
+        references: References,
         prompt: str | None = None,
     ) -> torch.Tensor: ...
 
@@ -183,7 +189,9 @@ iterative trajectories (``reconstruct_*/traj1`` start from ``traj0``'s last resu
 def parse_start(value: str | int) -> str | int:
     """``"input"``, ``"continue"``, or a memory-bank view index (``3``, ``"3"`` or ``"view:3"``)."""
     if isinstance(value, bool):
-        raise InvalidTrajectoryError(f"a trajectory start must be 'input', 'continue' or a bank view number, got {value!r}")
+        raise InvalidTrajectoryError(
+            f"a trajectory start must be 'input', 'continue' or a bank view number, got {value!r}"
+        )
     if isinstance(value, int):
         if value < 0:
             raise InvalidTrajectoryError(f"bank view numbers start at 0, got {value}")
@@ -193,7 +201,7 @@ def parse_start(value: str | int) -> str | int:
         return START_INPUT
     if text == START_CONTINUE:
         return START_CONTINUE
-    number = text[len("view:"):] if text.startswith("view:") else text
+    number = text[len("view:") :] if text.startswith("view:") else text
     if number.isdigit():
         return int(number)
     raise InvalidTrajectoryError(

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -39,9 +39,8 @@ from .errors import (
     ShapeMismatchError,
     WorldStereoError,
 )
-from .pointcloud import PointCloud
+from .pointcloud import PointCloud, voxel_downsample
 from .pointcloud import remove_outliers as _remove_outliers
-from .pointcloud import voxel_downsample
 
 __all__ = ["MemoryBank", "Cache3D", "keyframe_update_indices"]
 
@@ -110,7 +109,9 @@ def _open_manifest(path: str | os.PathLike, fmt: str) -> tuple[Path, dict]:
     atomic.remove_stale_temporaries(path)  # what a killed save left behind
     if not path.is_dir():
         olds = atomic.previous_versions(path)
-        hint = f"; an interrupted save left the previous version at {olds[-1]} — rename it to {path.name}" if olds else ""
+        hint = (
+            f"; an interrupted save left the previous version at {olds[-1]} — rename it to {path.name}" if olds else ""
+        )
         raise MissingFileError(f"no saved {fmt} at {path}{hint}")
     man = _read_manifest(path)
     if man is None:
@@ -145,7 +146,7 @@ def _load_tensors(path: Path, name: str, fmt: str) -> dict[str, torch.Tensor]:
         raise CorruptFileError(f"{fmt} at {path} is missing {name}; the folder is incomplete — re-save it")
     try:
         return load_file(str(f))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ValueError …
+    except Exception as e:
         raise CorruptFileError(
             f"{fmt} at {path}: {name} is damaged or truncated ({type(e).__name__}: {e}); re-save the {fmt} "
             "from the workflow that made it"
@@ -177,7 +178,9 @@ def _frame(x: ArrayLike, what: str) -> torch.Tensor:
         raise InvalidImageError(f"{what} contains NaN or inf values")
     lo, hi = float(f.min()), float(f.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
-        raise InvalidImageError(f"{what} has values in [{lo:.3g}, {hi:.3g}]; images must be in [0, 1] (divide 8-bit images by 255)")
+        raise InvalidImageError(
+            f"{what} has values in [{lo:.3g}, {hi:.3g}]; images must be in [0, 1] (divide 8-bit images by 255)"
+        )
     return f
 
 
@@ -231,7 +234,9 @@ class MemoryBank:
         return torch.tensor([[f.shape[0], f.shape[1]] for f in self.frames], dtype=torch.long)
 
     @staticmethod
-    def from_image(image: ArrayLike, w2c: ArrayLike | None = None, K: ArrayLike | None = None, label: str = "input") -> "MemoryBank":
+    def from_image(
+        image: ArrayLike, w2c: ArrayLike | None = None, K: ArrayLike | None = None, label: str = "input"
+    ) -> MemoryBank:
         """A one-view bank: the input image (``[H, W, 3]`` or ``[1, H, W, 3]``), identity pose by default."""
         img = _frame(image, "input image")
         if K is None:
@@ -243,7 +248,9 @@ class MemoryBank:
         return MemoryBank((img,), w, k.to(w.dtype), (label,))
 
     @staticmethod
-    def from_views(images: ArrayLike | Sequence[ArrayLike], cameras: Cameras, labels: Sequence[str] | None = None) -> "MemoryBank":
+    def from_views(
+        images: ArrayLike | Sequence[ArrayLike], cameras: Cameras, labels: Sequence[str] | None = None
+    ) -> MemoryBank:
         """A bank of views of one size: ``images [N, H, W, 3]`` at ``cameras`` (e.g. panorama views).
 
         Default labels are ``"view:00"``, ``"view:01"``, …
@@ -260,7 +267,7 @@ class MemoryBank:
         labels = [f"view:{i:02d}" for i in range(len(imgs))] if labels is None else list(labels)
         return MemoryBank(tuple(as_tensor(im) for im in imgs), cameras.w2c, cameras.K, tuple(labels))
 
-    def update(self, frames: ArrayLike, cameras: Cameras, label: str, num: int = 8) -> "MemoryBank":
+    def update(self, frames: ArrayLike, cameras: Cameras, label: str, num: int = 8) -> MemoryBank:
         """A NEW bank with ``num`` keyframes of a generated clip added (this one is unchanged).
 
         Args:
@@ -289,13 +296,15 @@ class MemoryBank:
             self.sources + tuple(f"{label}:kf{i}" for i in idx),
         )
 
-    def subset(self, indices: Sequence[int] | torch.Tensor) -> "MemoryBank":
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> MemoryBank:
         """A bank of the chosen entries (e.g. the retrieved references), in the given order."""
         idx = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
         if any(i < 0 or i >= len(self) for i in idx):
             raise InvalidInputError(f"indices {idx} out of range for a bank of {len(self)} views")
         it = torch.tensor(idx, dtype=torch.long, device=self.w2c.device)
-        return MemoryBank(tuple(self.frames[i] for i in idx), self.w2c[it], self.K[it], tuple(self.sources[i] for i in idx))
+        return MemoryBank(
+            tuple(self.frames[i] for i in idx), self.w2c[it], self.K[it], tuple(self.sources[i] for i in idx)
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save atomically to the folder ``path`` (see the module doc); returns it."""
@@ -316,7 +325,7 @@ class MemoryBank:
         return _atomic_write_dir(path, BANK_FORMAT, write)
 
     @staticmethod
-    def load(path: str | os.PathLike) -> "MemoryBank":
+    def load(path: str | os.PathLike) -> MemoryBank:
         """Load a bank saved by :meth:`save` (tensors on CPU)."""
         path, man = _open_manifest(path, BANK_FORMAT)
         n = _manifest_int(man, "count", path, BANK_FORMAT)
@@ -367,7 +376,7 @@ class Cache3D:
         return len(self.cloud)
 
     @staticmethod
-    def empty(voxel_size: float | None = None, max_points: int | None = None) -> "Cache3D":
+    def empty(voxel_size: float | None = None, max_points: int | None = None) -> Cache3D:
         z = torch.zeros(0, 3)
         return Cache3D(PointCloud(z, z.clone()), voxel_size, max_points)
 
@@ -379,7 +388,7 @@ class Cache3D:
         remove_outliers: bool = True,
         nb_neighbors: int = 20,
         std_ratio: float = 2.0,
-    ) -> "Cache3D":
+    ) -> Cache3D:
         """A NEW cache with ``cloud`` (already aligned to the cache's world) merged in.
 
         Statistical outlier removal runs on the incoming cloud only (the cache was cleaned
@@ -400,7 +409,12 @@ class Cache3D:
         if remove_outliers and len(incoming) > 0:
             incoming = _remove_outliers(incoming, nb_neighbors, std_ratio)
         base = self.cloud.to(device=incoming.device, dtype=incoming.points.dtype)
-        if base.normals is None and incoming.normals is not None or base.normals is not None and incoming.normals is None:
+        if (
+            base.normals is None
+            and incoming.normals is not None
+            or base.normals is not None
+            and incoming.normals is None
+        ):
             base = PointCloud(base.points, base.colors)
             incoming = PointCloud(incoming.points, incoming.colors)
         merged = PointCloud.cat([base, incoming])
@@ -411,7 +425,11 @@ class Cache3D:
             else:
                 vs_eff = float(vs)
             merged = voxel_downsample(merged, vs_eff, None if cap is None else int(cap))
-        return Cache3D(merged, self.voxel_size if voxel_size is None else voxel_size, self.max_points if max_points is None else max_points)
+        return Cache3D(
+            merged,
+            self.voxel_size if voxel_size is None else voxel_size,
+            self.max_points if max_points is None else max_points,
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save atomically to the folder ``path`` (see the module doc); returns it."""
@@ -434,7 +452,7 @@ class Cache3D:
         return _atomic_write_dir(path, CACHE_FORMAT, write)
 
     @staticmethod
-    def load(path: str | os.PathLike) -> "Cache3D":
+    def load(path: str | os.PathLike) -> Cache3D:
         """Load a cache saved by :meth:`save` (tensors on CPU)."""
         path, man = _open_manifest(path, CACHE_FORMAT)
         n = _manifest_int(man, "num_points", path, CACHE_FORMAT)
@@ -442,7 +460,8 @@ class Cache3D:
         if "points" not in t or "colors" not in t or t["points"].shape[0] != n:
             raise CorruptFileError(f"3D cache at {path} is inconsistent with its manifest; re-save it")
         try:
-            return Cache3D(PointCloud(t["points"], t["colors"], t.get("normals")), man.get("voxel_size"),
-                           man.get("max_points"))
+            return Cache3D(
+                PointCloud(t["points"], t["colors"], t.get("normals")), man.get("voxel_size"), man.get("max_points")
+            )
         except WorldStereoError as e:
             raise CorruptFileError(f"3D cache at {path} holds unusable data ({e}); re-save it") from None

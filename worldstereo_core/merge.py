@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -66,13 +66,19 @@ class WorldDepth(torch.Tensor):
 
     _KEEPS = frozenset(
         {
-            torch.Tensor.float, torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.clone,
-            torch.Tensor.detach, torch.Tensor.contiguous, torch.Tensor.__getitem__,
+            torch.Tensor.float,
+            torch.Tensor.to,
+            torch.Tensor.cpu,
+            torch.Tensor.cuda,
+            torch.Tensor.clone,
+            torch.Tensor.detach,
+            torch.Tensor.contiguous,
+            torch.Tensor.__getitem__,
         }
     )
 
     @staticmethod
-    def mark(depth: torch.Tensor) -> "WorldDepth":
+    def mark(depth: torch.Tensor) -> WorldDepth:
         return torch.as_tensor(depth).as_subclass(WorldDepth)
 
     @classmethod
@@ -368,7 +374,9 @@ def point_map(depth: torch.Tensor, cameras: Cameras) -> torch.Tensor:
     """World points ``[F, H, W, 3]`` of z-depth ``[F, H, W]`` through pixel centres."""
     F, H, W = depth.shape
     K = cameras.K.to(torch.float64)
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij"
+    )
     x = (u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
     y = (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
     cam = torch.stack([x, y, torch.ones_like(x)], -1) * depth.to(torch.float64)[..., None]
@@ -559,7 +567,11 @@ def merge_clip(
         counts = v.flatten(1).sum(1)
         status = ("input",) * first + ("given",) * (F - first)
         al = FrameAlignment(
-            torch.ones(F, dtype=torch.float64), torch.zeros(F, dtype=torch.float64), counts, counts, status,
+            torch.ones(F, dtype=torch.float64),
+            torch.zeros(F, dtype=torch.float64),
+            counts,
+            counts,
+            status,
             torch.full((F,), float("nan"), dtype=torch.float64),
         )
         new = cache.merge(added, remove_outliers=config.outlier_removal) if len(added) else cache
@@ -578,10 +590,18 @@ def merge_clip(
         return ClipMerge(new, al, ca.cloud, ca.similarity, ca.rmse)
 
     aligned = align_clip_depth(
-        cache, frames, depth, valid, cameras,
-        window=config.align_depth_window, min_covered_fraction=config.min_covered_fraction,
-        context_frames=config.align_context_frames, edge_threshold=config.edge_threshold,
-        max_fit_pixels=config.max_fit_pixels, seed=seed, skip_first=skip_first,
+        cache,
+        frames,
+        depth,
+        valid,
+        cameras,
+        window=config.align_depth_window,
+        min_covered_fraction=config.min_covered_fraction,
+        context_frames=config.align_context_frames,
+        edge_threshold=config.edge_threshold,
+        max_fit_pixels=config.max_fit_pixels,
+        seed=seed,
+        skip_first=skip_first,
     )
     added = aligned.cloud
     new = cache.merge(added, remove_outliers=config.outlier_removal) if len(added) else cache

@@ -400,9 +400,7 @@ def ssim(a: ArrayLike, b: ArrayLike, window_size: int = 11, max_val: float = 1.0
     return m.flatten(1).mean(1)
 
 
-def image_scores(
-    generated: ArrayLike, reference: ArrayLike, lpips: ImageDistance | None = None
-) -> dict[str, object]:
+def image_scores(generated: ArrayLike, reference: ArrayLike, lpips: ImageDistance | None = None) -> dict[str, object]:
     """Mean PSNR / SSIM (/ LPIPS) of ``generated`` against ``reference`` ``[N, H, W, 3]``.
 
     PSNR is averaged over pairs with a finite value (identical pairs are counted in
@@ -424,6 +422,8 @@ def image_scores(
     else:
         d = torch.as_tensor(lpips(x.float(), y.float())).detach().double().reshape(-1)
         if d.shape[0] != x.shape[0] or not torch.isfinite(d).all():
-            raise ShapeMismatchError(f"the lpips callable must return {x.shape[0]} finite distances, got shape {tuple(d.shape)}")
+            raise ShapeMismatchError(
+                f"the lpips callable must return {x.shape[0]} finite distances, got shape {tuple(d.shape)}"
+            )
         out["lpips"], out["lpips_status"] = float(d.mean()), "computed"
     return out

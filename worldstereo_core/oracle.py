@@ -12,8 +12,8 @@ recall / F-score of a cloud against the surface points the run's cameras saw.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -155,7 +155,9 @@ def perspective_to_equirect(
         wy = torch.minimum(y, h - y) / (h / 2)
         weight = (wx.clamp(min=0) * wy.clamp(min=0)) * (z > 1e-9)
         grid = torch.stack([x / w * 2 - 1, y / h * 2 - 1], -1)[None].to(imgs.dtype)
-        sample = Fnn.grid_sample(imgs[i].permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        sample = Fnn.grid_sample(
+            imgs[i].permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
         acc += sample[0].permute(1, 2, 0).double() * weight[..., None]
         wsum += weight
     pano = torch.where(wsum[..., None] > 0, acc / wsum.clamp(min=1e-12)[..., None], torch.zeros_like(acc))
@@ -216,7 +218,10 @@ def panorama_bank_cameras(
 def panorama_bank_views(pano: ArrayLike, cameras: Cameras | None = None) -> ArrayLike:
     """``[27, H, W, C]`` perspective views of ``pano`` at the bank cameras (default: the release's, 480 × 832)."""
     cams = cameras if cameras is not None else panorama_bank_cameras()
-    views = [as_tensor(equirect_to_perspective(as_tensor(pano), cams.w2c[i], cams.K[i], cams.height, cams.width)) for i in range(len(cams))]
+    views = [
+        as_tensor(equirect_to_perspective(as_tensor(pano), cams.w2c[i], cams.K[i], cams.height, cams.width))
+        for i in range(len(cams))
+    ]
     return like_input(torch.stack(views), pano)
 
 

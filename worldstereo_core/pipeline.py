@@ -33,8 +33,8 @@ e.g. a panorama's); :func:`run_oracle_loop` runs it on a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -200,7 +200,9 @@ def _shortcut_sources(config: LoopConfig, trajectories: Sequence[str]) -> dict[i
     out: dict[int, RetrievalShortcut] = {}
     for entry in config.retrieval_shortcuts:
         if len(entry) != 3:
-            raise InvalidTrajectoryError(f"a retrieval shortcut is (trajectory, kind, source_trajectory), got {entry!r}")
+            raise InvalidTrajectoryError(
+                f"a retrieval shortcut is (trajectory, kind, source_trajectory), got {entry!r}"
+            )
         target, kind, source = entry
         if target not in trajectories or source not in trajectories:
             raise InvalidTrajectoryError(
@@ -285,7 +287,9 @@ def run_scene_loop(
         )
     shortcuts = _shortcut_sources(config, [s.preset for s in specs])
     if config.reference_cut not in REDUCE_RULES:
-        raise InvalidTrajectoryError(f"unknown reference_cut {config.reference_cut!r}; use one of {', '.join(REDUCE_RULES)}")
+        raise InvalidTrajectoryError(
+            f"unknown reference_cut {config.reference_cut!r}; use one of {', '.join(REDUCE_RULES)}"
+        )
     if config.reference_cut == "dinov2_fps" and image_features is None:
         raise InvalidTrajectoryError(
             "reference_cut='dinov2_fps' (the release's cut) needs image_features (load_dinov2 of facebook/dinov2-base); "
@@ -312,7 +316,9 @@ def run_scene_loop(
     if bank is not None and not isinstance(bank, MemoryBank):
         raise InvalidInputError(f"bank must be a MemoryBank, got {type(bank).__name__}")
     if cache is not None and (not isinstance(cache, Cache3D) or len(cache) == 0):
-        raise InvalidInputError("cache must be a non-empty Cache3D (e.g. Cache3D(cloud)); or pass None to start from the depth")
+        raise InvalidInputError(
+            "cache must be a non-empty Cache3D (e.g. Cache3D(cloud)); or pass None to start from the depth"
+        )
     if d0 is not None:
         keep0 = (d0 > 0) if valid is None else (torch.as_tensor(valid).reshape(d0.shape).bool() & (d0 > 0))
         if not bool(keep0.any()):
@@ -322,9 +328,17 @@ def run_scene_loop(
         median_depth = median_depth_in_view(cache.cloud, cameras)
     voxel = config.voxel_fraction * median_depth
     if cache is None:
-        input_cloud, cache = first_cache(img, d0, cameras, keep0, edge_threshold=config.edge_threshold,
-                                         far_contract=config.far_contract, voxel_fraction=config.voxel_fraction,
-                                         max_points=config.max_points, remove_outliers=config.outlier_removal)
+        input_cloud, cache = first_cache(
+            img,
+            d0,
+            cameras,
+            keep0,
+            edge_threshold=config.edge_threshold,
+            far_contract=config.far_contract,
+            voxel_fraction=config.voxel_fraction,
+            max_points=config.max_points,
+            remove_outliers=config.outlier_removal,
+        )
     else:
         input_cloud = cache.cloud
         if cache.voxel_size is None:
@@ -346,9 +360,16 @@ def run_scene_loop(
         tick()
 
         # 2b. retrieve references for keyframes 1.. from the memory bank (SSM condition)
-        refs = retrieve(traj, bank, mode=config.retrieval_mode, max_refs=config.max_references,
-                        num_keyframes=config.num_keyframes, reduce=config.reference_cut,
-                        image_features=image_features, shortcut=shortcuts.get(ti))
+        refs = retrieve(
+            traj,
+            bank,
+            mode=config.retrieval_mode,
+            max_refs=config.max_references,
+            num_keyframes=config.num_keyframes,
+            reduce=config.reference_cut,
+            image_features=image_features,
+            shortcut=shortcuts.get(ti),
+        )
         tick()
 
         # 2c. generate the clip's keyframes
@@ -371,12 +392,20 @@ def run_scene_loop(
         tick()
 
         # 2e. align each frame's depth to the surface depth of the cache, lift, merge.
-        clip = merge_clip(cache, frames, fd, fv, kf, config, seed=seed * 7919 + ti * 101, alignment=config.clip_alignment)
+        clip = merge_clip(
+            cache, frames, fd, fv, kf, config, seed=seed * 7919 + ti * 101, alignment=config.clip_alignment
+        )
         cache = clip.cache
         F = len(kf)
         log.info(
             "trajectory %d/%d %s: %d references, %d of %d frames aligned, cache %d points",
-            ti + 1, len(trajectories), name, len(refs), clip.alignment.status.count("aligned"), F - 1, len(cache),
+            ti + 1,
+            len(trajectories),
+            name,
+            len(refs),
+            clip.alignment.status.count("aligned"),
+            F - 1,
+            len(cache),
         )
         bank = bank.update(frames, kf, label=f"traj{ti}:{name}", num=min(config.bank_update, F - 1))
         steps.append(
@@ -488,23 +517,25 @@ def steps_report(steps: Sequence[TrajectoryStep]) -> list[dict]:
     out = []
     for s in steps:
         a = s.alignment
-        out.append({
-            "name": s.name,
-            "start": s.start,
-            "prompt": s.prompt,
-            "poses": len(s.trajectory),
-            "keyframes": len(s.keyframes),
-            "hole_fraction": float(s.render.mask[1:].float().mean()) if len(s.keyframes) > 1 else 0.0,
-            "references": [
-                {"bank_index": int(i), "source": src, "ref_index": int(r)}
-                for i, src, r in zip(s.references.bank_indices, s.references.sources, s.references.ref_index)
-            ],
-            "aligned_frames": sum(st == "aligned" for st in a.status),
-            "alignment_status": list(a.status),
-            "depth_scale": [float(x) for x in a.scale],
-            "depth_shift": [float(x) for x in a.shift],
-            "cache_points": int(s.cache_points),
-        })
+        out.append(
+            {
+                "name": s.name,
+                "start": s.start,
+                "prompt": s.prompt,
+                "poses": len(s.trajectory),
+                "keyframes": len(s.keyframes),
+                "hole_fraction": float(s.render.mask[1:].float().mean()) if len(s.keyframes) > 1 else 0.0,
+                "references": [
+                    {"bank_index": int(i), "source": src, "ref_index": int(r)}
+                    for i, src, r in zip(s.references.bank_indices, s.references.sources, s.references.ref_index)
+                ],
+                "aligned_frames": sum(st == "aligned" for st in a.status),
+                "alignment_status": list(a.status),
+                "depth_scale": [float(x) for x in a.scale],
+                "depth_shift": [float(x) for x in a.shift],
+                "cache_points": int(s.cache_points),
+            }
+        )
     return out
 
 

@@ -66,22 +66,22 @@ class PointCloud:
     def device(self) -> torch.device:
         return self.points.device
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "PointCloud":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> PointCloud:
         n = None if self.normals is None else self.normals.to(device=device, dtype=dtype)
         return PointCloud(self.points.to(device=device, dtype=dtype), self.colors.to(device=device, dtype=dtype), n)
 
-    def select(self, index: torch.Tensor) -> "PointCloud":
+    def select(self, index: torch.Tensor) -> PointCloud:
         """Subset by boolean mask or integer index."""
         n = None if self.normals is None else self.normals[index]
         return PointCloud(self.points[index], self.colors[index], n)
 
-    def require_nonempty(self, what: str = "point cloud") -> "PointCloud":
+    def require_nonempty(self, what: str = "point cloud") -> PointCloud:
         if len(self) == 0:
             raise InvalidPointCloudError(f"{what} is empty (0 points); check the depth and masks that built it")
         return self
 
     @staticmethod
-    def cat(items: "list[PointCloud]") -> "PointCloud":
+    def cat(items: list[PointCloud]) -> PointCloud:
         items = [c for c in items if len(c) > 0] or items[:1]
         if not items:
             raise InvalidPointCloudError("cannot concatenate an empty list of point clouds")
@@ -212,7 +212,6 @@ def depth_edge_mask(
     mag = torch.sqrt(grad[0] ** 2 + grad[1] ** 2)
     edges = torch.exp(-beta * mag) < threshold
     return like_input(edges, depth)
-
 
 
 def depth_edges(depth: torch.Tensor, threshold: float | None = RELEASE_EDGE_THRESHOLD) -> torch.Tensor:
@@ -346,7 +345,9 @@ def unproject_depths(
         if m.ndim == 4 and m.shape[-1] == 1:
             m = m[..., 0]
         if tuple(m.shape) != (F, H, W):
-            raise InvalidDepthError(f"mask is {tuple(m.shape)} but depth is {(F, H, W)}; give one [H, W] mask per frame")
+            raise InvalidDepthError(
+                f"mask is {tuple(m.shape)} but depth is {(F, H, W)}; give one [H, W] mask per frame"
+            )
         keep = keep & (m > 0.5 if m.is_floating_point() else m.bool())
     if edge_threshold is not None:
         keep = keep & ~torch.stack([as_tensor(depth_edge_mask(x, edge_threshold)) for x in d])
@@ -392,8 +393,13 @@ def unproject_depth(
     Kt = as_tensor(K)
     T = as_tensor(c2w)
     return unproject_depths(
-        d[None], Kt if Kt.ndim == 3 else Kt[None], T if T.ndim == 3 else T[None], img, m,
-        far_contract=far_contract, edge_threshold=edge_threshold,
+        d[None],
+        Kt if Kt.ndim == 3 else Kt[None],
+        T if T.ndim == 3 else T[None],
+        img,
+        m,
+        far_contract=far_contract,
+        edge_threshold=edge_threshold,
     )
 
 
@@ -452,9 +458,9 @@ def _voxel_average(cloud: PointCloud, voxel_size: float) -> PointCloud:
     else:  # astronomically wide extent: fall back to row-unique
         _, inverse = torch.unique(cell, dim=0, return_inverse=True)
     n = int(inverse.max()) + 1
-    count = torch.zeros(n, dtype=pts.dtype, device=pts.device).index_add_(
-        0, inverse, torch.ones_like(pts[:, 0])
-    )[:, None]
+    count = torch.zeros(n, dtype=pts.dtype, device=pts.device).index_add_(0, inverse, torch.ones_like(pts[:, 0]))[
+        :, None
+    ]
 
     def mean(x: torch.Tensor) -> torch.Tensor:
         return torch.zeros(n, 3, dtype=x.dtype, device=x.device).index_add_(0, inverse, x) / count
@@ -473,9 +479,7 @@ def remove_outliers(cloud: PointCloud, nb_neighbors: int = 20, std_ratio: float 
 
     cloud.require_nonempty("point cloud to clean")
     if nb_neighbors < 1 or not (std_ratio > 0):
-        raise InvalidPointCloudError(
-            f"nb_neighbors must be ≥ 1 and std_ratio > 0, got {nb_neighbors} and {std_ratio}"
-        )
+        raise InvalidPointCloudError(f"nb_neighbors must be ≥ 1 and std_ratio > 0, got {nb_neighbors} and {std_ratio}")
     if len(cloud) <= nb_neighbors:
         return cloud  # too few points for meaningful statistics; nothing to remove
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud.points.detach().double().cpu().numpy()))
@@ -501,7 +505,9 @@ def load_ply(path: str | os.PathLike) -> PointCloud:
         ply = PlyData.read(str(path))
         v = ply["vertex"].data
     except Exception as e:  # plyfile raises several types for corrupt files
-        raise InvalidPointCloudError(f"cannot read {path} as a PLY point cloud ({e}); is it a PLY with a 'vertex' element?") from e
+        raise InvalidPointCloudError(
+            f"cannot read {path} as a PLY point cloud ({e}); is it a PLY with a 'vertex' element?"
+        ) from e
     names = v.dtype.names or ()
     if not all(k in names for k in ("x", "y", "z")):
         raise InvalidPointCloudError(f"{path} has no x/y/z vertex properties (found {names})")

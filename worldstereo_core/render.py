@@ -66,8 +66,8 @@ run near L3 bandwidth), so neither is done.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -202,9 +202,26 @@ def render_point_cloud(
     for s in range(0, F, chunk):
         e = min(F, s + chunk)
         if mode == "fast":
-            _render_fast(pts_t, cols_ext, point_ids, w2c[s:e], K[s:e], H, W, r_px, depth_window, near, bg, rgb[s:e], depth[s:e], mask[s:e])
+            _render_fast(
+                pts_t,
+                cols_ext,
+                point_ids,
+                w2c[s:e],
+                K[s:e],
+                H,
+                W,
+                r_px,
+                depth_window,
+                near,
+                bg,
+                rgb[s:e],
+                depth[s:e],
+                mask[s:e],
+            )
         else:
-            rgb[s:e], depth[s:e], mask[s:e] = _render_exact(pts_t, cols_t, w2c[s:e], K[s:e], H, W, r_px, int(points_per_pixel), near, bg)
+            rgb[s:e], depth[s:e], mask[s:e] = _render_exact(
+                pts_t, cols_t, w2c[s:e], K[s:e], H, W, r_px, int(points_per_pixel), near, bg
+            )
 
     if first_frame is not None:
         img = as_tensor(first_frame).to(device)

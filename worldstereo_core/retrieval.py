@@ -33,8 +33,8 @@ uses the targets' ``height × width``, as the release does (one image size per s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -93,7 +93,9 @@ def _sizes(n: int, height: int, width: int, bank_sizes, device) -> tuple[torch.T
     else:
         hw = as_tensor(bank_sizes).to(dtype=torch.float64, device=device)
         if hw.shape != (n, 2):
-            raise InvalidCameraError(f"bank_sizes must be [N, 2] (height, width) per bank camera, got {tuple(hw.shape)} for N = {n}")
+            raise InvalidCameraError(
+                f"bank_sizes must be [N, 2] (height, width) per bank camera, got {tuple(hw.shape)} for N = {n}"
+            )
     if (hw <= 0).any() or not torch.isfinite(hw).all():
         raise InvalidCameraError("image sizes must be positive")
     return hw[:, 1], hw[:, 0]
@@ -124,8 +126,13 @@ def frustum_corners(
     H = as_tensor(height).to(dtype=torch.float64, device=w.device).expand(n)
     zero, one = torch.zeros_like(W), torch.ones_like(W)
     px = torch.stack(
-        [torch.stack([zero, zero, one], -1), torch.stack([W, zero, one], -1),
-         torch.stack([W, H, one], -1), torch.stack([zero, H, one], -1)], 1
+        [
+            torch.stack([zero, zero, one], -1),
+            torch.stack([W, zero, one], -1),
+            torch.stack([W, H, one], -1),
+            torch.stack([zero, H, one], -1),
+        ],
+        1,
     )  # [N, 4, 3]
     rays = px @ torch.linalg.inv(k).transpose(1, 2)
     rays = rays / rays.norm(dim=-1, keepdim=True)
@@ -189,7 +196,11 @@ def frustum_volume_iou(
     z = (near**3 + g[:, 2] * (far**3 - near**3)) ** (1.0 / 3.0)  # [P]
     Wt, Ht = target_wh
     pix = torch.stack(
-        [g[None, :, 0] * Wt[:, None], g[None, :, 1] * Ht[:, None], torch.ones(Wt.shape[0], P, dtype=torch.float64, device=dev)],
+        [
+            g[None, :, 0] * Wt[:, None],
+            g[None, :, 1] * Ht[:, None],
+            torch.ones(Wt.shape[0], P, dtype=torch.float64, device=dev),
+        ],
         -1,
     )  # [T, P, 3]
     cam = (pix @ torch.linalg.inv(target_K).transpose(1, 2)) * z[None, :, None]
@@ -419,7 +430,8 @@ def _release_cut(assign: np.ndarray, bank: MemoryBank, max_refs: int, image_feat
     pick = [at[r] for r in rows]
     w2c = as_tensor(bank.w2c).detach().to(dtype=torch.float64).cpu().numpy()[rows]
     combined = np.concatenate(
-        [_standardize(_camera_features(w2c)) * RELEASE_CAMERA_WEIGHT, _standardize(feats[pick]) * RELEASE_IMAGE_WEIGHT], 1
+        [_standardize(_camera_features(w2c)) * RELEASE_CAMERA_WEIGHT, _standardize(feats[pick]) * RELEASE_IMAGE_WEIGHT],
+        1,
     )
     order = farthest_point_sampling(combined, max_refs, quality[pick], RELEASE_QUALITY_BIAS)
     return list(dict.fromkeys(rows[i] for i in order))  # bank views in FPS order
@@ -599,12 +611,14 @@ def retrieve(
         )
     kf = keyframe_indices(len(cams), num_keyframes)
     sel = torch.as_tensor(kf[1:], device=cams.w2c.device)
-    scores = score_bank(cams.w2c[sel], cams.K[sel], bank.w2c, bank.K, cams.height, cams.width, mode=mode,
-                        bank_sizes=bank.sizes)
+    scores = score_bank(
+        cams.w2c[sel], cams.K[sel], bank.w2c, bank.K, cams.height, cams.width, mode=mode, bank_sizes=bank.sizes
+    )
     slots = np.arange(1, len(kf))
     bonus = None if shortcut is None else shortcut_bonus(shortcut, bank.sources, slots, len(kf))
-    return select_references(scores, bank, slots, max_refs, reduce, poses=kf[1:], image_features=image_features,
-                             bonus=bonus)
+    return select_references(
+        scores, bank, slots, max_refs, reduce, poses=kf[1:], image_features=image_features, bonus=bonus
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,12 +657,18 @@ class RetrievalShortcut:
 
     def __post_init__(self) -> None:
         if self.kind not in SHORTCUT_KINDS:
-            raise InvalidTrajectoryError(f"unknown retrieval shortcut {self.kind!r}; use one of {', '.join(SHORTCUT_KINDS)}")
+            raise InvalidTrajectoryError(
+                f"unknown retrieval shortcut {self.kind!r}; use one of {', '.join(SHORTCUT_KINDS)}"
+            )
         if not isinstance(self.source, str) or not self.source.strip():
-            raise InvalidTrajectoryError("a retrieval shortcut needs the bank label of the clip it leans on (e.g. 'traj0:orbit')")
+            raise InvalidTrajectoryError(
+                "a retrieval shortcut needs the bank label of the clip it leans on (e.g. 'traj0:orbit')"
+            )
 
 
-def shortcut_bonus(shortcut: RetrievalShortcut, sources: Sequence[str], slots: Sequence[int], num_keyframes: int) -> np.ndarray:
+def shortcut_bonus(
+    shortcut: RetrievalShortcut, sources: Sequence[str], slots: Sequence[int], num_keyframes: int
+) -> np.ndarray:
     """``[T, N]`` score bonus of a shortcut for target rows at keyframe ``slots`` against a bank
     whose entries are labelled ``sources`` (zeros where the source clip has too few entries)."""
     src = shortcut.source.strip()

@@ -43,8 +43,13 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def loads(text: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
-          max_number_chars: int = DEFAULT_MAX_NUMBER_CHARS, what: str = "JSON") -> Any:
+def loads(
+    text: str | bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_number_chars: int = DEFAULT_MAX_NUMBER_CHARS,
+    what: str = "JSON",
+) -> Any:
     """Parse ``text`` (str, or UTF-8 bytes) with bounded nesting and numbers.
 
     Raises:

@@ -37,8 +37,9 @@ from __future__ import annotations
 import io as _io
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,8 +122,11 @@ class EncodedScene:
             c = self.colors[:n].tobytes()
             qpad, cpad = (-len(q)) % 4, (-len(c)) % 4
             header["points"] = {
-                "count": n, "total": self.total, "stored": self.stored_points,
-                "bbox_min": list(self.bbox_min), "bbox_max": list(self.bbox_max),
+                "count": n,
+                "total": self.total,
+                "stored": self.stored_points,
+                "bbox_min": list(self.bbox_min),
+                "bbox_max": list(self.bbox_max),
                 "positions": {"offset": offset, "bytes": len(q)},
                 "colors": {"offset": offset + len(q) + qpad, "bytes": len(c)},
             }
@@ -189,14 +193,23 @@ def _memory_views(memory: Any) -> tuple[np.ndarray, np.ndarray, list[list[int]],
     (a Cameras batch has no frames)."""
     if isinstance(memory, Cameras):
         n = len(memory)
-        return (memory.w2c.detach().cpu().double().numpy(), memory.K.detach().cpu().double().numpy(),
-                [[memory.height, memory.width]] * n, [f"view {i}" for i in range(n)], ())
+        return (
+            memory.w2c.detach().cpu().double().numpy(),
+            memory.K.detach().cpu().double().numpy(),
+            [[memory.height, memory.width]] * n,
+            [f"view {i}" for i in range(n)],
+            (),
+        )
     if all(hasattr(memory, k) for k in ("w2c", "K", "sizes")):
         sizes = [[int(h), int(w)] for h, w in memory.sizes.tolist()]
         labels = [str(s) for s in getattr(memory, "sources", [f"view {i}" for i in range(len(sizes))])]
-        return (torch.as_tensor(memory.w2c).detach().cpu().double().numpy(),
-                torch.as_tensor(memory.K).detach().cpu().double().numpy(), sizes, labels,
-                tuple(getattr(memory, "frames", ())))
+        return (
+            torch.as_tensor(memory.w2c).detach().cpu().double().numpy(),
+            torch.as_tensor(memory.K).detach().cpu().double().numpy(),
+            sizes,
+            labels,
+            tuple(getattr(memory, "frames", ())),
+        )
     raise InvalidCameraError(f"inspector memory must be a MemoryBank or a Cameras batch, got {type(memory).__name__}")
 
 
@@ -226,7 +239,9 @@ def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[di
                 f"{len(items)} retrieval results but {len(trajs)} trajectories; give one trajectory per retrieval"
             )
         if not isinstance(r, References):
-            raise InvalidTrajectoryError(f"inspector retrieval must be References (a retrieval result), got {type(r).__name__}")
+            raise InvalidTrajectoryError(
+                f"inspector retrieval must be References (a retrieval result), got {type(r).__name__}"
+            )
         # slots count the trajectory's keyframes (the one definition the model and the
         # retrieval use); a retrieval result also carries each row's pose
         kf = [int(i) for i in keyframe_indices(len(getattr(trajs[ti], "cameras", trajs[ti])))]
@@ -234,8 +249,10 @@ def _retrieval_links(retrieval: Any, trajs: list[Any], n_memory: int) -> list[di
         if getattr(r, "assignment", None) is not None:  # every keyframe's choice
             assign = [int(a) for a in torch.as_tensor(r.assignment).tolist()]
             slots = [int(s) for s in torch.as_tensor(r.slots).tolist()]
-            ref_score = {(i, int(s) + 1): float(sc) for i, s, sc in zip(
-                refs, torch.as_tensor(r.ref_index).tolist(), torch.as_tensor(r.scores).tolist())}
+            ref_score = {
+                (i, int(s) + 1): float(sc)
+                for i, s, sc in zip(refs, torch.as_tensor(r.ref_index).tolist(), torch.as_tensor(r.scores).tolist())
+            }
         else:  # references made by hand: first choices only, no score
             slots = [int(i) + 1 for i in torch.as_tensor(r.ref_index).tolist()]
             assign, ref_score = refs, {}
@@ -284,9 +301,16 @@ def encode_scene(
     for i, t in enumerate(trajs):
         cams: Cameras = getattr(t, "cameras", t)
         first = add_cameras(cams.w2c.detach().cpu().double().numpy(), cams.K.detach().cpu().double().numpy())
-        tr_meta.append({"name": str(getattr(t, "name", "") or f"trajectory {i}")[:120], "first": first,
-                        "count": len(cams), "height": cams.height, "width": cams.width,
-                        "keyframes": _keyframe_indices(t)})
+        tr_meta.append(
+            {
+                "name": str(getattr(t, "name", "") or f"trajectory {i}")[:120],
+                "first": first,
+                "count": len(cams),
+                "height": cams.height,
+                "width": cams.width,
+                "keyframes": _keyframe_indices(t),
+            }
+        )
     header["trajectories"] = tr_meta
 
     header["memory"] = None
@@ -296,8 +320,13 @@ def encode_scene(
         w2c, K, sizes, labels, frames = _memory_views(memory)
         n_memory = len(w2c)
         first = add_cameras(w2c, K)
-        header["memory"] = {"first": first, "count": n_memory, "sizes": sizes, "labels": [s[:80] for s in labels],
-                            "thumbnails": None}
+        header["memory"] = {
+            "first": first,
+            "count": n_memory,
+            "sizes": sizes,
+            "labels": [s[:80] for s in labels],
+            "thumbnails": None,
+        }
     header["retrieval"] = _retrieval_links(retrieval, trajs, n_memory)
 
     n_poses = sum(len(r) for r in cam_rows)
@@ -341,12 +370,19 @@ def encode_scene(
         lo_t, span_t = torch.from_numpy(lo).float(), torch.from_numpy(span).float()
         q = ((p - lo_t) / span_t * 65535.0).round_().clamp_(0, 65535).to(torch.int32).numpy().astype("<u2")
         rgb = (c.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8).numpy()
-    return EncodedScene(header, b"".join(sections), q, rgb, tuple(float(x) for x in lo),
-                        tuple(float(x) for x in hi), total)
+    return EncodedScene(
+        header, b"".join(sections), q, rgb, tuple(float(x) for x in lo), tuple(float(x) for x in hi), total
+    )
 
 
-def encode(cloud: PointCloud | None = None, trajectories: Any = (), memory: Any = None, retrieval: Any = None,
-           max_points: int = DEFAULT_MAX_POINTS, title: str = "") -> bytes:
+def encode(
+    cloud: PointCloud | None = None,
+    trajectories: Any = (),
+    memory: Any = None,
+    retrieval: Any = None,
+    max_points: int = DEFAULT_MAX_POINTS,
+    title: str = "",
+) -> bytes:
     """The inspector blob of a scene with at most ``max_points`` points (see :func:`encode_scene`)."""
     max_points = check_budget(max_points)
     return encode_scene(cloud, trajectories, memory, retrieval, title).blob(max_points)
@@ -362,19 +398,21 @@ def decode(data: bytes) -> dict:
     if len(data) < 8 or data[:4] != MAGIC:
         raise InvalidPointCloudError("not an inspector blob (bad magic); give bytes made by encode / EncodedScene.blob")
     (n,) = struct.unpack("<I", data[4:8])
-    header = json.loads(data[8:8 + n])
-    body = memoryview(data)[8 + n:]
+    header = json.loads(data[8 : 8 + n])
+    body = memoryview(data)[8 + n :]
     cam = header["cameras"]
-    arr = np.frombuffer(body[cam["offset"]:cam["offset"] + cam["bytes"]], "<f4").reshape(-1, 25)
+    arr = np.frombuffer(body[cam["offset"] : cam["offset"] + cam["bytes"]], "<f4").reshape(-1, 25)
     header["cameras_w2c"] = arr[:, :16].reshape(-1, 4, 4).astype(np.float64)
     header["cameras_K"] = arr[:, 16:].reshape(-1, 3, 3).astype(np.float64)
     pts = header.get("points")
     if pts:
-        q = np.frombuffer(body[pts["positions"]["offset"]:][:pts["positions"]["bytes"]], "<u2").reshape(-1, 3)
+        q = np.frombuffer(body[pts["positions"]["offset"] :][: pts["positions"]["bytes"]], "<u2").reshape(-1, 3)
         lo, hi = np.array(pts["bbox_min"]), np.array(pts["bbox_max"])
         header["points_xyz"] = lo + q.astype(np.float64) / 65535.0 * (hi - lo)
-        header["points_rgb"] = np.frombuffer(body[pts["colors"]["offset"]:][:pts["colors"]["bytes"]], np.uint8).reshape(-1, 3)
+        header["points_rgb"] = np.frombuffer(
+            body[pts["colors"]["offset"] :][: pts["colors"]["bytes"]], np.uint8
+        ).reshape(-1, 3)
     mem = header.get("memory")
     if mem and mem.get("thumbnails"):
-        header["thumbnails"] = [bytes(body[t["offset"]:t["offset"] + t["bytes"]]) for t in mem["thumbnails"]]
+        header["thumbnails"] = [bytes(body[t["offset"] : t["offset"] + t["bytes"]]) for t in mem["thumbnails"]]
     return header

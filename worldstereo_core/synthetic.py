@@ -284,7 +284,9 @@ class SyntheticScene:
         lo, hi = np.asarray(self.bounds[0], float), np.asarray(self.bounds[1], float)
         return float(np.linalg.norm(hi - lo))
 
-    def cast_rays(self, origins: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def cast_rays(
+        self, origins: torch.Tensor, directions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """First hit of each ray.
 
         Args:
@@ -470,7 +472,11 @@ class SyntheticScene:
         return SyntheticView(out.rgb, cams, out.depth, out.valid)
 
     def surface_points(
-        self, cameras: Cameras, voxel_size: float | None = None, chunk_frames: int = 16, dtype: torch.dtype = torch.float32
+        self,
+        cameras: Cameras,
+        voxel_size: float | None = None,
+        chunk_frames: int = 16,
+        dtype: torch.dtype = torch.float32,
     ) -> PointCloud:
         """Ground-truth cloud: surface points seen by at least one of ``cameras``.
 
@@ -528,24 +534,38 @@ def _room(seed: int) -> SyntheticScene:
     prims: list[Primitive] = [
         # The room: walls, floor and ceiling in one thin-walled box around every camera path.
         Box((0.0, -1.75, 3.5), (6.0, 2.75, 6.5), M((0.85, 0.8, 0.7), (0.55, 0.5, 0.45), checker=0.75, noise=0.2)),
-        Box(_jitter(rng, (-0.9, floor_y - 0.4, 3.6), 0.15), (0.45, 0.4, 0.45),
-            M((0.8, 0.25, 0.2), (0.95, 0.6, 0.3), checker=0.2), yaw_deg=25 + rng.uniform(-10, 10)),
-        Box(_jitter(rng, (1.3, floor_y - 0.9, 4.6), 0.15), (0.35, 0.9, 0.35),
-            M((0.2, 0.35, 0.8), (0.5, 0.7, 0.95), checker=0.25), yaw_deg=-20 + rng.uniform(-10, 10)),
+        Box(
+            _jitter(rng, (-0.9, floor_y - 0.4, 3.6), 0.15),
+            (0.45, 0.4, 0.45),
+            M((0.8, 0.25, 0.2), (0.95, 0.6, 0.3), checker=0.2),
+            yaw_deg=25 + rng.uniform(-10, 10),
+        ),
+        Box(
+            _jitter(rng, (1.3, floor_y - 0.9, 4.6), 0.15),
+            (0.35, 0.9, 0.35),
+            M((0.2, 0.35, 0.8), (0.5, 0.7, 0.95), checker=0.25),
+            yaw_deg=-20 + rng.uniform(-10, 10),
+        ),
         Sphere(_jitter(rng, (0.3, floor_y - 0.55, 3.2), 0.1), 0.55, M((0.2, 0.7, 0.3), (0.8, 0.9, 0.3), checker=0.15)),
-        Box(_jitter(rng, (0.2, floor_y - 0.25, 5.7), 0.2), (0.9, 0.25, 0.5),
-            M((0.6, 0.4, 0.7), (0.3, 0.2, 0.4), checker=0.3), yaw_deg=rng.uniform(-15, 15)),
+        Box(
+            _jitter(rng, (0.2, floor_y - 0.25, 5.7), 0.2),
+            (0.9, 0.25, 0.5),
+            M((0.6, 0.4, 0.7), (0.3, 0.2, 0.4), checker=0.3),
+            yaw_deg=rng.uniform(-15, 15),
+        ),
         Sphere(_jitter(rng, (-2.6, floor_y - 0.7, 6.4), 0.2), 0.7, M((0.9, 0.85, 0.2), (0.9, 0.5, 0.1), checker=0.3)),
-        Box(_jitter(rng, (3.4, floor_y - 1.0, 7.2), 0.2), (0.6, 1.0, 0.6),
-            M((0.3, 0.6, 0.6), (0.1, 0.3, 0.35), checker=0.35), yaw_deg=rng.uniform(0, 45)),
+        Box(
+            _jitter(rng, (3.4, floor_y - 1.0, 7.2), 0.2),
+            (0.6, 1.0, 0.6),
+            M((0.3, 0.6, 0.6), (0.1, 0.3, 0.35), checker=0.35),
+            yaw_deg=rng.uniform(0, 45),
+        ),
         Sphere((-2.8, -1.2, 1.5), 0.45, M((0.9, 0.5, 0.6), (0.6, 0.2, 0.3), checker=0.2)),
     ]
     room = prims[0]
     lo = tuple(c - h for c, h in zip(room.center, room.half_size))
     hi = tuple(c + h for c, h in zip(room.center, room.half_size))
-    return SyntheticScene(
-        "room", tuple(prims), (lo, hi), (0.0, 0.0, 0.0), (0.0, 0.45, 4.0), fov_x_deg=70.0, seed=seed
-    )
+    return SyntheticScene("room", tuple(prims), (lo, hi), (0.0, 0.0, 0.0), (0.0, 0.45, 4.0), fov_x_deg=70.0, seed=seed)
 
 
 def _outdoor(seed: int) -> SyntheticScene:
@@ -558,17 +578,35 @@ def _outdoor(seed: int) -> SyntheticScene:
         # Distant background: a hemispherical dome (sky and far hills by its texture).
         Sphere(dome_c, dome_r, M((0.55, 0.7, 0.95), (0.7, 0.8, 1.0), checker=2.5, noise=0.3)),
         # A house: body and a flat roof slab.
-        Box(_jitter(rng, (-1.6, ground_y - 1.1, 5.5), 0.2), (1.1, 1.1, 0.9),
-            M((0.85, 0.75, 0.6), (0.7, 0.55, 0.45), checker=0.3), yaw_deg=20 + rng.uniform(-8, 8)),
-        Box(_jitter(rng, (1.7, ground_y - 0.5, 4.2), 0.2), (0.5, 0.5, 0.5),
-            M((0.7, 0.3, 0.25), (0.4, 0.15, 0.1), checker=0.25), yaw_deg=rng.uniform(-30, 30)),
+        Box(
+            _jitter(rng, (-1.6, ground_y - 1.1, 5.5), 0.2),
+            (1.1, 1.1, 0.9),
+            M((0.85, 0.75, 0.6), (0.7, 0.55, 0.45), checker=0.3),
+            yaw_deg=20 + rng.uniform(-8, 8),
+        ),
+        Box(
+            _jitter(rng, (1.7, ground_y - 0.5, 4.2), 0.2),
+            (0.5, 0.5, 0.5),
+            M((0.7, 0.3, 0.25), (0.4, 0.15, 0.1), checker=0.25),
+            yaw_deg=rng.uniform(-30, 30),
+        ),
         # A tree: trunk and crown.
-        Box(_jitter(rng, (0.6, ground_y - 0.9, 7.0), 0.1), (0.15, 0.9, 0.15), M((0.45, 0.3, 0.15), (0.35, 0.2, 0.1), checker=0.2)),
+        Box(
+            _jitter(rng, (0.6, ground_y - 0.9, 7.0), 0.1),
+            (0.15, 0.9, 0.15),
+            M((0.45, 0.3, 0.15), (0.35, 0.2, 0.1), checker=0.2),
+        ),
         Sphere((0.0, 0.0, 0.0), 0.9, M((0.15, 0.5, 0.15), (0.3, 0.65, 0.2), checker=0.25)),
         # Rocks: spheres sunk into the ground.
-        Sphere(_jitter(rng, (0.2, ground_y - 0.2, 3.0), 0.15), 0.5, M((0.55, 0.55, 0.55), (0.4, 0.4, 0.45), checker=0.15)),
+        Sphere(
+            _jitter(rng, (0.2, ground_y - 0.2, 3.0), 0.15), 0.5, M((0.55, 0.55, 0.55), (0.4, 0.4, 0.45), checker=0.15)
+        ),
         Sphere(_jitter(rng, (-3.2, ground_y - 0.3, 3.4), 0.2), 0.7, M((0.6, 0.55, 0.5), (0.45, 0.4, 0.4), checker=0.2)),
-        Box(_jitter(rng, (3.6, ground_y - 1.5, 7.5), 0.3), (0.4, 1.5, 0.4), M((0.8, 0.8, 0.85), (0.5, 0.5, 0.6), checker=0.3)),
+        Box(
+            _jitter(rng, (3.6, ground_y - 1.5, 7.5), 0.3),
+            (0.4, 1.5, 0.4),
+            M((0.8, 0.8, 0.85), (0.5, 0.5, 0.6), checker=0.3),
+        ),
     ]
     trunk = prims[4]
     prims[5] = Sphere((trunk.center[0], trunk.center[1] - 0.9 - 0.6, trunk.center[2]), 0.9, prims[5].material)

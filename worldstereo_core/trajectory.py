@@ -18,10 +18,11 @@ import copy
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,7 +171,7 @@ class Trajectory:
         c = self.cameras
         return Cameras(c.w2c[idx], c.K[idx], c.height, c.width)
 
-    def resized(self, height: int, width: int) -> "Trajectory":
+    def resized(self, height: int, width: int) -> Trajectory:
         """The same trajectory for images of ``height × width`` (K rescaled with the image).
 
         camera.json intrinsics are in pixels of the *original* image; call this to use a file's
@@ -178,7 +179,7 @@ class Trajectory:
         """
         return self.with_cameras(self.cameras.resized(height, width))
 
-    def with_cameras(self, cameras: Cameras, **changes) -> "Trajectory":
+    def with_cameras(self, cameras: Cameras, **changes) -> Trajectory:
         """A copy with other poses (``view_ids`` dropped when the count changes)."""
         view_ids = self.view_ids if self.view_ids is not None and len(cameras) == len(self) else None
         return replace(self, cameras=cameras, view_ids=view_ids, **changes)
@@ -403,7 +404,9 @@ def preset_from_controls(
     if extent > 0:
         params.update({key: float(extent) for key in ("radius_x", "radius_y", "distance") if key in defaults})
     traj = make_preset(name, first[:1], median_depth, num_frames=num_frames, **params)
-    n_points = cache_points.n if isinstance(cache_points, cKDTree) else (0 if cache_points is None else len(cache_points))
+    n_points = (
+        cache_points.n if isinstance(cache_points, cKDTree) else (0 if cache_points is None else len(cache_points))
+    )
     if n_points > 0:
         return shorten_against_cloud(traj, cache_points, median_depth=median_depth)
     return traj, 0
@@ -560,7 +563,9 @@ def shorten_against_cloud(
     if isinstance(points, cKDTree):
         tree = points
         if tree.n == 0 or tree.m != 3:
-            raise InvalidTrajectoryError(f"the points' tree must hold [N, 3] points, got {tree.n} of dimension {tree.m}")
+            raise InvalidTrajectoryError(
+                f"the points' tree must hold [N, 3] points, got {tree.n} of dimension {tree.m}"
+            )
     else:
         pts = as_tensor(points).detach().cpu().double().numpy()
         if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
@@ -588,7 +593,7 @@ def shorten_against_cloud(
                 hit = clear < thr
                 if hit[: len(clear) - n_phi].any():
                     p["theta"] *= decay
-                if hit[len(clear) - n_phi:].any():
+                if hit[len(clear) - n_phi :].any():
                     p["phi"] *= decay
             else:
                 for key in _EXTENT_PARAMS:
@@ -679,8 +684,11 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
         )
 
     view_ids = None
-    if "extrinsic" not in data and "intrinsic" not in data and data and all(
-        isinstance(v, dict) and "extrinsic" in v for v in data.values()
+    if (
+        "extrinsic" not in data
+        and "intrinsic" not in data
+        and data
+        and all(isinstance(v, dict) and "extrinsic" in v for v in data.values())
     ):
         view_ids = tuple(sorted(data))
         try:
@@ -702,7 +710,9 @@ def load_camera_json(path: str | os.PathLike, height: int | None = None, width: 
     if len(E) == 0:
         raise EmptyCameraJsonError(f"{path}: 'extrinsic' holds 0 poses; a trajectory needs at least one")
     if len(K) not in (1, len(E)):
-        raise CorruptFileError(f"{path}: {len(E)} extrinsics but {len(K)} intrinsics; give one per pose (or one shared)")
+        raise CorruptFileError(
+            f"{path}: {len(E)} extrinsics but {len(K)} intrinsics; give one per pose (or one shared)"
+        )
     motion = data.get("motion_list")
     if motion is not None and (not isinstance(motion, list) or not all(isinstance(m, str) for m in motion)):
         raise CorruptFileError(f"{path}: 'motion_list' must be a list of strings")

@@ -41,8 +41,10 @@ def test_workflow_loads_converts_and_executes(app_page, path):
     # The page adds _meta titles and values of frontend-only widgets (Preview3D's "image"),
     # which the server ignores; compare what the server reads.
     page_graph = {
-        k: {"class_type": v["class_type"],
-            "inputs": {n: x for n, x in v["inputs"].items() if n in declared(v["class_type"])}}
+        k: {
+            "class_type": v["class_type"],
+            "inputs": {n: x for n, x in v["inputs"].items() if n in declared(v["class_type"])},
+        }
         for k, v in api_from_page.items()
     }
     assert ui_to_api(workflow, info) == page_graph

@@ -51,13 +51,20 @@ GRAPH = {
     "nodes": {
         "scene": ("WorldStereoSyntheticScene", [20, 40], {"scene": "room", "width": 160, "height": 96}),
         "cloud": ("WorldStereoBuildPointCloud", [20, 330], {}),
-        "traj": (EDITOR, [480, 20], {"preset": "keyframes", "num_frames": 9, "median_depth": 2.0,
-                                     "keyframes": json.dumps(KEYFRAMES)}),
+        "traj": (
+            EDITOR,
+            [480, 20],
+            {"preset": "keyframes", "num_frames": 9, "median_depth": 2.0, "keyframes": json.dumps(KEYFRAMES)},
+        ),
         "save": ("WorldStereoSaveCameraJson", [1000, 40], {"filename_prefix": "inspector_test/camera"}),
     },
     "links": [
-        ("scene", "image", "cloud", "image"), ("scene", "depth", "cloud", "depth"), ("scene", "camera", "cloud", "camera"),
-        ("scene", "camera", "traj", "camera"), ("cloud", "cloud", "traj", "cache"), ("traj", "trajectory", "save", "trajectory"),
+        ("scene", "image", "cloud", "image"),
+        ("scene", "depth", "cloud", "depth"),
+        ("scene", "camera", "cloud", "camera"),
+        ("scene", "camera", "traj", "camera"),
+        ("cloud", "cloud", "traj", "cache"),
+        ("traj", "trajectory", "save", "trajectory"),
     ],
 }
 
@@ -124,7 +131,7 @@ class Page:
         r = server.post("/api/settings", json={"Comfy.VueNodes.Enabled": vue, "Comfy.TutorialCompleted": True})
         assert r.ok, r.text
 
-    def open(self) -> "Page":
+    def open(self) -> Page:
         self.page.goto(self.server.url, wait_until="domcontentloaded")
         self.page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
         self.page.wait_for_timeout(800)
@@ -153,11 +160,18 @@ class Page:
                  const p = window.app.graph.getNodeById(id)?.__wsInspector;
                  return p && p.root.dataset.state === 'ready' && p.token && p.token !== prev[id];
                })""",
-            arg=[node_ids, previous], timeout=timeout)
-        return self.js("(ids) => Object.fromEntries(ids.map(id => [id, window.app.graph.getNodeById(id).__wsInspector.token]))", node_ids)
+            arg=[node_ids, previous],
+            timeout=timeout,
+        )
+        return self.js(
+            "(ids) => Object.fromEntries(ids.map(id => [id, window.app.graph.getNodeById(id).__wsInspector.token]))",
+            node_ids,
+        )
 
     def widget_value(self, node_id: int, name: str):
-        return self.js("([id, name]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === name).value", [node_id, name])
+        return self.js(
+            "([id, name]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === name).value", [node_id, name]
+        )
 
 
 @pytest.fixture(params=_frontend_modes())
@@ -193,7 +207,9 @@ def test_inspector_draws_cloud_and_layers(page):
     page.queue_and_wait([ids["cloud"], ids["traj"]])
     on = page.js(COUNT_JS, ids["cloud"])
     assert on["n"] > 0.05 * on["W"] * on["H"], on  # the cloud covers a good part of the view
-    page.js("(id) => { const p = window.app.graph.getNodeById(id).__wsInspector; p.toggles.points.click(); }", ids["cloud"])
+    page.js(
+        "(id) => { const p = window.app.graph.getNodeById(id).__wsInspector; p.toggles.points.click(); }", ids["cloud"]
+    )
     off = page.js(COUNT_JS, ids["cloud"])
     assert off["n"] < 0.2 * on["n"], (on, off)  # what differed from the background was the cloud
     info = page.js("(id) => window.app.graph.getNodeById(id).__wsInspector.info.textContent", ids["cloud"])
@@ -224,7 +240,9 @@ def test_drag_moves_keyframe_and_server_builds_that_pose(page):
     edited = json.loads(page.widget_value(tid, "keyframes"))
     assert len(edited) == 3 and edited[0] == KEYFRAMES[0] and edited[2] == KEYFRAMES[2]
     if page.vue:  # the Vue node's own textarea shows the edit too (the editor goes through widget.callback)
-        shown = page.js(f"() => Array.from(document.querySelectorAll('[data-node-id=\"{tid}\"] textarea'), t => t.value)")
+        shown = page.js(
+            f"() => Array.from(document.querySelectorAll('[data-node-id=\"{tid}\"] textarea'), t => t.value)"
+        )
         assert page.widget_value(tid, "keyframes") in shown, shown
     moved = np.array(edited[1]["position"])
     assert np.linalg.norm(moved - KEYFRAMES[1]["position"]) > 1e-3
@@ -255,7 +273,9 @@ def run_and_load_trajectory(page: Page, api: dict):
     result = page.server.run(api, timeout=300)
     assert result.status == "success", (result.error, page.server.log()[-3000:])
     (save_id,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSaveCameraJson"]
-    return traj_lib.load_camera_json(page.server.base_dir / "output" / node_outputs(page.server, result, save_id)["text"][0])
+    return traj_lib.load_camera_json(
+        page.server.base_dir / "output" / node_outputs(page.server, result, save_id)["text"][0]
+    )
 
 
 def test_roll_handle_drag_rolls_the_camera_and_the_server_builds_it(page):
@@ -317,12 +337,16 @@ def test_live_preset_preview_equals_what_the_server_builds(page):
     page.page.wait_for_function(
         f"""(prev) => {{ const t = {panel}.viewer.scene.trajectories[0];
              return {panel}.root.dataset.preview === '1' && t.poses.length === 17 &&
-                    Math.abs(t.poses[16].w2c[3] - prev) > 1e-6; }}""", arg=shown[0][16][3], timeout=30_000)
+                    Math.abs(t.poses[16].w2c[3] - prev) > 1e-6; }}""",
+        arg=shown[0][16][3],
+        timeout=30_000,
+    )
     preview = np.array(page.js(f"() => {panel}.viewer.scene.trajectories[0].poses.map(p => Array.from(p.w2c))"))
     # another point budget refetches the same output and keeps the preview
     page.js(f"() => {{ const b = {panel}.budget; b.value = '1000'; b.dispatchEvent(new Event('change')); }}")
-    page.page.wait_for_function(f"() => {panel}.scene.points.count === 1000 && {panel}.root.dataset.state === 'ready'",
-                                timeout=30_000)
+    page.page.wait_for_function(
+        f"() => {panel}.scene.points.count === 1000 && {panel}.root.dataset.state === 'ready'", timeout=30_000
+    )
     assert page.js(f"() => {panel}.root.dataset.preview") == "1"
     kept = np.array(page.js(f"() => {panel}.viewer.scene.trajectories[0].poses.map(p => Array.from(p.w2c))"))
     np.testing.assert_array_equal(kept, preview)
@@ -346,8 +370,9 @@ def test_point_budget_is_applied_by_the_server_and_saved(page):
     token = page.js(f"() => {panel}.token")
     # the user picks 1k in the panel's budget menu
     page.js(f"() => {{ const b = {panel}.budget; b.value = '1000'; b.dispatchEvent(new Event('change')); }}")
-    page.page.wait_for_function(f"() => {panel}.scene.points.count === 1000 && {panel}.root.dataset.state === 'ready'",
-                                timeout=30_000)
+    page.page.wait_for_function(
+        f"() => {panel}.scene.points.count === 1000 && {panel}.root.dataset.state === 'ready'", timeout=30_000
+    )
     assert page.js(f"() => {panel}.token") == token  # the same output, refetched: no new run
     assert page.js(f"() => window.app.graph.getNodeById({cid}).properties.worldstereo_points") == 1000
     assert page.js(f"() => {panel}.viewer.pointCount") == 1000
@@ -363,7 +388,11 @@ MEMORY_GRAPH = {
         "bank": ("WorldStereoMemoryBankCreate", [480, 40], {"label": "input"}),
         "save": ("WorldStereoMemoryBankSave", [1000, 40], {"folder": "inspector_test/bank"}),
     },
-    "links": [("scene", "image", "bank", "images"), ("scene", "camera", "bank", "cameras"), ("bank", "bank", "save", "bank")],
+    "links": [
+        ("scene", "image", "bank", "images"),
+        ("scene", "camera", "bank", "cameras"),
+        ("bank", "bank", "save", "bank"),
+    ],
 }
 
 
@@ -387,8 +416,10 @@ def test_memory_views_show_their_thumbnail_on_hover(page):
     }}""")
     assert pos is not None
     page.page.mouse.move(pos[0] + 1, pos[1] + 1)
-    page.page.wait_for_function(f"() => {panel}.tip.style.display === 'block' && {panel}.tipImg.complete && "
-                                f"{panel}.tipImg.naturalWidth > 0", timeout=10_000)
+    page.page.wait_for_function(
+        f"() => {panel}.tip.style.display === 'block' && {panel}.tipImg.complete && {panel}.tipImg.naturalWidth > 0",
+        timeout=10_000,
+    )
     text = page.js(f"() => {panel}.tipText.textContent")
     assert "memory view 0" in text and "input" in text and "160×96" in text
     assert page.js(f"() => [{panel}.tipImg.naturalWidth, {panel}.tipImg.naturalHeight]") == [160, 96]
@@ -491,8 +522,10 @@ def test_frame_time_500k_points(page, record_property):
         return { ms, covered, bytesPerPoint: bytes / 500000 };
     }""")
     record_property("frame_ms_500k", ms["ms"])
-    print(f"\n500k points: {ms['ms']:.1f} ms/frame (800x500, SwiftShader, {ms['covered']:.0%} covered); "
-          f"{ms['bytesPerPoint']} bytes/point")
+    print(
+        f"\n500k points: {ms['ms']:.1f} ms/frame (800x500, SwiftShader, {ms['covered']:.0%} covered); "
+        f"{ms['bytesPerPoint']} bytes/point"
+    )
     assert ms["bytesPerPoint"] == 9
     assert ms["covered"] > 0.1, ms  # the points were really drawn
     assert ms["ms"] < 20_000

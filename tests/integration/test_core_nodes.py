@@ -19,7 +19,9 @@ def test_depth_map_image_and_mask_from_core_nodes_lift_to_the_expected_depth(com
 
     # a disparity map as another pack writes it: near = bright (v = 0.25 .. 1.0, left to right)
     v = np.tile(np.linspace(0.25, 1.0, W, dtype=np.float32), (H, 1))
-    Image.fromarray((v * 255).round().astype(np.uint8)).convert("RGB").save(comfy_server.base_dir / "input" / "ws_disp.png")
+    Image.fromarray((v * 255).round().astype(np.uint8)).convert("RGB").save(
+        comfy_server.base_dir / "input" / "ws_disp.png"
+    )
     Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(comfy_server.base_dir / "input" / "ws_rgb.png")
     graph = {
         "1": _node("LoadImage", image="ws_disp.png"),
@@ -27,10 +29,24 @@ def test_depth_map_image_and_mask_from_core_nodes_lift_to_the_expected_depth(com
         "3": _node("WorldStereoDepthFromImage", convention="disparity", scale=2.0, image=["1", 0]),
         "4": _node("ImageToMask", image=["1", 0], channel="red"),
         "5": _node("WorldStereoDepthFromImage", convention="disparity", scale=2.0, mask=["4", 0]),
-        "6": _node("WorldStereoBuildPointCloud", image=["2", 0], depth=["3", 0], fov_degrees=60.0,
-                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
-        "7": _node("WorldStereoBuildPointCloud", image=["2", 0], depth=["5", 0], fov_degrees=60.0,
-                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "6": _node(
+            "WorldStereoBuildPointCloud",
+            image=["2", 0],
+            depth=["3", 0],
+            fov_degrees=60.0,
+            remove_depth_edges=False,
+            compress_far_depth=False,
+            max_points=0,
+        ),
+        "7": _node(
+            "WorldStereoBuildPointCloud",
+            image=["2", 0],
+            depth=["5", 0],
+            fov_degrees=60.0,
+            remove_depth_edges=False,
+            compress_far_depth=False,
+            max_points=0,
+        ),
         "8": _node("WorldStereoSavePointCloud", cloud=["6", 0], filename_prefix="ws_core/from_image"),
         "9": _node("WorldStereoSavePointCloud", cloud=["7", 0], filename_prefix="ws_core/from_mask"),
     }
@@ -50,8 +66,17 @@ def test_scene_loop_video_output_saves_with_core_save_video(comfy_server):
     """Core nodes out: the loop's frames as ComfyUI's VIDEO go straight into core Save Video."""
     graph = {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=96, height=64),
-        "2": _node("WorldStereoOracleSceneLoop", scene=["1", 3], image=["1", 0], depth=["1", 1], camera=["1", 2],
-                   trajectories="orbit", clip_depth="exact", retrieval_mode="aabb", seed=0),
+        "2": _node(
+            "WorldStereoOracleSceneLoop",
+            scene=["1", 3],
+            image=["1", 0],
+            depth=["1", 1],
+            camera=["1", 2],
+            trajectories="orbit",
+            clip_depth="exact",
+            retrieval_mode="aabb",
+            seed=0,
+        ),
         "3": _node("SaveVideo", video=["2", 7], filename_prefix="ws_core/loop_video", format="mp4", codec="h264"),
         "4": _node("GetVideoComponents", video=["2", 7]),
         "5": _node("SaveImage", images=["4", 0], filename_prefix="ws_core/loop_video_frames"),

@@ -10,8 +10,12 @@ import torch
 
 from comfy_server import PromptRejected
 
-DEPTH_NODES = ("WorldStereoLoadMoGe", "WorldStereoDepthEstimate", "WorldStereoPanoramaViews",
-               "WorldStereoPanoramaPointCloud")
+DEPTH_NODES = (
+    "WorldStereoLoadMoGe",
+    "WorldStereoDepthEstimate",
+    "WorldStereoPanoramaViews",
+    "WorldStereoPanoramaPointCloud",
+)
 TINY = "tiny/model.safetensors"
 
 
@@ -23,8 +27,10 @@ def tiny_moge(comfy_server) -> str:
     model = MoGeModel(moge_config("tiny"))
     # random weights give random point maps; this seed's fits a positive focal (checked once)
     g = torch.Generator().manual_seed(4)
-    state = {k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
+        for k, v in model.state_dict().items()
+    }
     state["mask_head.output_blocks.3.bias"] = torch.full((1,), 8.0)  # sigmoid ≈ 1: every pixel valid
     model.load_state_dict(state)
     save_moge(model, comfy_server.base_dir / "models" / "moge" / "tiny")
@@ -88,15 +94,24 @@ def test_perspective_depth_estimate(comfy_server, depth_nodes, tiny_moge):
     graph = {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=W, height=H),
         "2": _node("WorldStereoLoadMoGe", model_name=tiny_moge, variant="auto", dtype="fp32"),
-        "3": _node("WorldStereoDepthEstimate", moge=["2", 0], image=["1", 0], mode="auto", fov_x=0.0,
-                   resolution_level=0),
+        "3": _node(
+            "WorldStereoDepthEstimate", moge=["2", 0], image=["1", 0], mode="auto", fov_x=0.0, resolution_level=0
+        ),
         "4": _node("SaveImage", images=["3", 4], filename_prefix="ws_test/depth_preview"),
         "5": _node("SaveImage", images=["3", 3], filename_prefix="ws_test/normals"),
         "6": _node("MaskToImage", mask=["3", 2]),
         "7": _node("SaveImage", images=["6", 0], filename_prefix="ws_test/invalid"),
         # depth + camera feed the cache builder, which checks that depth matches the image size
-        "8": _node("WorldStereoBuildPointCloud", image=["1", 0], depth=["3", 0], camera=["3", 1],
-                   fov_degrees=60.0, remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "8": _node(
+            "WorldStereoBuildPointCloud",
+            image=["1", 0],
+            depth=["3", 0],
+            camera=["3", 1],
+            fov_degrees=60.0,
+            remove_depth_edges=False,
+            compress_far_depth=False,
+            max_points=0,
+        ),
         "9": _node("WorldStereoSavePointCloud", cloud=["8", 0], filename_prefix="ws_test/moge_cloud"),
     }
     result = comfy_server.run(graph, timeout=300)
@@ -116,16 +131,29 @@ def test_panorama_nodes(comfy_server, depth_nodes, tiny_moge):
         "2": _node("WorldStereoPanoramaViews", panorama=["1", 0]),
         "3": _node("SaveImage", images=["2", 0], filename_prefix="ws_test/pano_views"),
         "4": _node("WorldStereoLoadMoGe", model_name=tiny_moge, variant="auto", dtype="fp32"),
-        "5": _node("WorldStereoDepthEstimate", moge=["4", 0], image=["1", 0], mode="auto", fov_x=0.0,
-                   resolution_level=0),
+        "5": _node(
+            "WorldStereoDepthEstimate", moge=["4", 0], image=["1", 0], mode="auto", fov_x=0.0, resolution_level=0
+        ),
         "6": _node("SaveImage", images=["5", 4], filename_prefix="ws_test/pano_depth"),
-        "7": _node("WorldStereoPanoramaPointCloud", panorama=["1", 0], distance=["5", 0],
-                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "7": _node(
+            "WorldStereoPanoramaPointCloud",
+            panorama=["1", 0],
+            distance=["5", 0],
+            remove_depth_edges=False,
+            compress_far_depth=False,
+            max_points=0,
+        ),
         "8": _node("WorldStereoSavePointCloud", cloud=["7", 0], filename_prefix="ws_test/pano_cloud"),
         # the distance output (WS_PANO_DISTANCE) is the one to use; the depth output above is the path of
         # workflows saved before it existed, and gives the same cloud
-        "9": _node("WorldStereoPanoramaPointCloud", panorama=["1", 0], distance=["5", 5],
-                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "9": _node(
+            "WorldStereoPanoramaPointCloud",
+            panorama=["1", 0],
+            distance=["5", 5],
+            remove_depth_edges=False,
+            compress_far_depth=False,
+            max_points=0,
+        ),
         "10": _node("WorldStereoSavePointCloud", cloud=["9", 0], filename_prefix="ws_test/pano_cloud_distance"),
     }
     result = comfy_server.run(graph, timeout=300)
@@ -146,18 +174,34 @@ def test_panorama_distance_is_not_z_depth(comfy_server, depth_nodes, tiny_moge):
     graph = {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=1, width=W, height=H),
         "4": _node("WorldStereoLoadMoGe", model_name=tiny_moge, variant="auto", dtype="fp32"),
-        "5": _node("WorldStereoDepthEstimate", moge=["4", 0], image=["1", 0], mode="auto", fov_x=0.0,
-                   resolution_level=0),
-        "7": _node("WorldStereoBuildPointCloud", image=["1", 0], depth=["5", 0], fov_degrees=60.0,
-                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
+        "5": _node(
+            "WorldStereoDepthEstimate", moge=["4", 0], image=["1", 0], mode="auto", fov_x=0.0, resolution_level=0
+        ),
+        "7": _node(
+            "WorldStereoBuildPointCloud",
+            image=["1", 0],
+            depth=["5", 0],
+            fov_degrees=60.0,
+            remove_depth_edges=False,
+            compress_far_depth=False,
+            max_points=0,
+        ),
         "8": _node("WorldStereoSavePointCloud", cloud=["7", 0], filename_prefix="ws_test/never"),
     }
     result = comfy_server.run(graph, timeout=300)
     assert result.status == "error"
-    assert "ray distance" in result.error["exception_message"] and "Panorama Point Cloud" in \
-        result.error["exception_message"], result.error
-    graph["7"] = _node("WorldStereoPanoramaPointCloud", panorama=["1", 0], distance=["1", 1],
-                       remove_depth_edges=False, compress_far_depth=False, max_points=0)
+    assert (
+        "ray distance" in result.error["exception_message"]
+        and "Panorama Point Cloud" in result.error["exception_message"]
+    ), result.error
+    graph["7"] = _node(
+        "WorldStereoPanoramaPointCloud",
+        panorama=["1", 0],
+        distance=["1", 1],
+        remove_depth_edges=False,
+        compress_far_depth=False,
+        max_points=0,
+    )
     result = comfy_server.run(graph, timeout=300)
     assert result.status == "error"
     assert "z-depth, not a panorama's ray distance" in result.error["exception_message"], result.error
@@ -178,8 +222,9 @@ def test_missing_weights_say_where_to_put_them(comfy_server, depth_nodes):
     graph = {
         "1": _node("WorldStereoLoadMoGe", model_name="nope/model.safetensors", variant="auto", dtype="fp32"),
         "2": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=64, height=64),
-        "3": _node("WorldStereoDepthEstimate", moge=["1", 0], image=["2", 0], mode="auto", fov_x=0.0,
-                   resolution_level=0),
+        "3": _node(
+            "WorldStereoDepthEstimate", moge=["1", 0], image=["2", 0], mode="auto", fov_x=0.0, resolution_level=0
+        ),
         "4": _node("SaveImage", images=["3", 4], filename_prefix="ws_test/never"),
     }
     try:

@@ -22,9 +22,9 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
@@ -66,9 +66,8 @@ def _camera_json(n: int = 3, shared_k: bool = False, **extra) -> dict:
 def env(tmp_path_factory):
     require_comfyui()
     from comfy_server import ComfyServer
-
-    from worldstereo_core.memory import MemoryBank
     from tiny_models import write_tiny_models
+    from worldstereo_core.memory import MemoryBank
 
     server = ComfyServer()
     write_tiny_models(server.base_dir / "models")
@@ -102,15 +101,21 @@ def env(tmp_path_factory):
     nonrigid["extrinsic"][1][0][0] = 3.0
     (inp / "nonrigid.json").write_text(json.dumps(nonrigid))
     (inp / "list.json").write_text("[1, 2, 3]")
-    (inp / "mismatch.json").write_text(json.dumps({**_camera_json(), "intrinsic": [_camera_json()["intrinsic"][0]] * 2}))
+    (inp / "mismatch.json").write_text(
+        json.dumps({**_camera_json(), "intrinsic": [_camera_json()["intrinsic"][0]] * 2})
+    )
     (inp / "adir").mkdir()
     (inp / "link_out.json").symlink_to(outside / "cam.json")
     (inp / "linkdir").symlink_to(outside, target_is_directory=True)
     os.mkfifo(inp / "fifo.json")
     (out / "cam_in_output.json").write_text(json.dumps(_camera_json()))
     # memory banks: a good one, damaged copies, a user folder, a link out of the output folder
-    bank = MemoryBank((torch.rand(H, W, 3),), torch.eye(4)[None],
-                      torch.tensor([[[80.0, 0, W / 2], [0, 80.0, H / 2], [0, 0, 1]]]), ("input",))
+    bank = MemoryBank(
+        (torch.rand(H, W, 3),),
+        torch.eye(4)[None],
+        torch.tensor([[[80.0, 0, W / 2], [0, 80.0, H / 2], [0, 0, 1]]]),
+        ("input",),
+    )
     banks = out / "hostile"
     bank.save(banks / "good")
     for name in ("truncated", "flipped", "count_abc", "pickle", "no_manifest"):
@@ -182,42 +187,84 @@ def _unchanged(before: dict, after: dict, allowed_new: Callable[[str], bool] = l
 
 
 def _scene(seed: int = 0) -> dict:
-    return {"1": {"class_type": "WorldStereoSyntheticScene", "inputs": {"scene": "room", "seed": seed, "width": W, "height": H}}}
+    return {
+        "1": {
+            "class_type": "WorldStereoSyntheticScene",
+            "inputs": {"scene": "room", "seed": seed, "width": W, "height": H},
+        }
+    }
 
 
 def trajectory(camera_json: str = "", preset: str = "camera_json", keyframes: str = "", **controls) -> dict:
-    inputs = {"camera": ["1", 2], "preset": preset, "median_depth": 1.0, "angle": 0.0, "extent": 0.0,
-              "num_frames": 9, "camera_json": camera_json, "keyframes": keyframes}
+    inputs = {
+        "camera": ["1", 2],
+        "preset": preset,
+        "median_depth": 1.0,
+        "angle": 0.0,
+        "extent": 0.0,
+        "num_frames": 9,
+        "camera_json": camera_json,
+        "keyframes": keyframes,
+    }
     inputs.update(controls)
-    return {**_scene(), "2": {"class_type": "WorldStereoTrajectoryBuilder", "inputs": inputs},
-            "3": {"class_type": "WorldStereoSaveCameraJson", "inputs": {"trajectory": ["2", 0], "filename_prefix": "hostile/cam"}}}
+    return {
+        **_scene(),
+        "2": {"class_type": "WorldStereoTrajectoryBuilder", "inputs": inputs},
+        "3": {
+            "class_type": "WorldStereoSaveCameraJson",
+            "inputs": {"trajectory": ["2", 0], "filename_prefix": "hostile/cam"},
+        },
+    }
 
 
 def bank_load(folder: str) -> dict:
-    return {"2": {"class_type": "WorldStereoMemoryBankLoad", "inputs": {"folder": folder}},
-            "3": {"class_type": "WorldStereoMemoryBankSave", "inputs": {"bank": ["2", 0], "folder": "hostile/resaved"}}}
+    return {
+        "2": {"class_type": "WorldStereoMemoryBankLoad", "inputs": {"folder": folder}},
+        "3": {"class_type": "WorldStereoMemoryBankSave", "inputs": {"bank": ["2", 0], "folder": "hostile/resaved"}},
+    }
 
 
 def bank_save(folder: str) -> dict:
-    return {**_scene(), "2": {"class_type": "WorldStereoMemoryBankCreate",
-                              "inputs": {"images": ["1", 0], "cameras": ["1", 2], "label": "input"}},
-            "3": {"class_type": "WorldStereoMemoryBankSave", "inputs": {"bank": ["2", 0], "folder": folder}}}
+    return {
+        **_scene(),
+        "2": {
+            "class_type": "WorldStereoMemoryBankCreate",
+            "inputs": {"images": ["1", 0], "cameras": ["1", 2], "label": "input"},
+        },
+        "3": {"class_type": "WorldStereoMemoryBankSave", "inputs": {"bank": ["2", 0], "folder": folder}},
+    }
 
 
 def _cloud_nodes() -> dict:
-    return {**_scene(), "2": {"class_type": "WorldStereoBuildPointCloud",
-                              "inputs": {"image": ["1", 0], "depth": ["1", 1], "camera": ["1", 2], "fov_degrees": 60.0,
-                                         "remove_depth_edges": True, "compress_far_depth": True, "max_points": 0}}}
+    return {
+        **_scene(),
+        "2": {
+            "class_type": "WorldStereoBuildPointCloud",
+            "inputs": {
+                "image": ["1", 0],
+                "depth": ["1", 1],
+                "camera": ["1", 2],
+                "fov_degrees": 60.0,
+                "remove_depth_edges": True,
+                "compress_far_depth": True,
+                "max_points": 0,
+            },
+        },
+    }
 
 
 def save_ply(prefix: str) -> dict:
-    return {**_cloud_nodes(), "3": {"class_type": "WorldStereoSavePointCloud",
-                                    "inputs": {"cloud": ["2", 0], "filename_prefix": prefix}}}
+    return {
+        **_cloud_nodes(),
+        "3": {"class_type": "WorldStereoSavePointCloud", "inputs": {"cloud": ["2", 0], "filename_prefix": prefix}},
+    }
 
 
 def save_report(report: str, prefix: str = "hostile/report") -> dict:
-    return {"2": {"class_type": "PrimitiveString", "inputs": {"value": report}},
-            "3": {"class_type": "WorldStereoSaveReport", "inputs": {"report": ["2", 0], "filename_prefix": prefix}}}
+    return {
+        "2": {"class_type": "PrimitiveString", "inputs": {"value": report}},
+        "3": {"class_type": "WorldStereoSaveReport", "inputs": {"report": ["2", 0], "filename_prefix": prefix}},
+    }
 
 
 def export(kind: str, prefix: str = "hostile/export", frames_from: str = "1") -> dict:
@@ -233,18 +280,44 @@ def export(kind: str, prefix: str = "hostile/export", frames_from: str = "1") ->
 def load_model(wan_folder: str, vae: str = "wan_2.1_vae_tiny.safetensors") -> dict:
     return {
         **_scene(),
-        "2": {"class_type": "WorldStereoLoadModel",
-              "inputs": {"checkpoint": "worldstereo-memory-dmd", "variant": "auto",
-                         "text_encoder": "umt5_xxl_tiny.safetensors", "clip_vision": "clip_vision_h_tiny.safetensors",
-                         "vae": vae, "wan_folder": wan_folder, "dtype": "fp32", "offload": "none",
-                         "attention_backend": "default"}},
-        "3": {"class_type": "WorldStereoLoadMoGe",
-              "inputs": {"model_name": "moge-2-tiny/model.safetensors", "variant": "auto", "dtype": "fp32"}},
-        "4": {"class_type": "WorldStereoSceneLoop",
-              "inputs": {"model": ["2", 0], "image": ["1", 0], "camera": ["1", 2], "prompt": "a room",
-                         "negative_prompt": "", "trajectories": "orbit,up", "sampler": "auto", "steps": 1, "cfg": 1.0,
-                         "shift": 0.0, "seed": 0, "retrieval_mode": "aabb", "depth_resolution_level": 0,
-                         "moge": ["3", 0], "depth": ["1", 1]}},
+        "2": {
+            "class_type": "WorldStereoLoadModel",
+            "inputs": {
+                "checkpoint": "worldstereo-memory-dmd",
+                "variant": "auto",
+                "text_encoder": "umt5_xxl_tiny.safetensors",
+                "clip_vision": "clip_vision_h_tiny.safetensors",
+                "vae": vae,
+                "wan_folder": wan_folder,
+                "dtype": "fp32",
+                "offload": "none",
+                "attention_backend": "default",
+            },
+        },
+        "3": {
+            "class_type": "WorldStereoLoadMoGe",
+            "inputs": {"model_name": "moge-2-tiny/model.safetensors", "variant": "auto", "dtype": "fp32"},
+        },
+        "4": {
+            "class_type": "WorldStereoSceneLoop",
+            "inputs": {
+                "model": ["2", 0],
+                "image": ["1", 0],
+                "camera": ["1", 2],
+                "prompt": "a room",
+                "negative_prompt": "",
+                "trajectories": "orbit,up",
+                "sampler": "auto",
+                "steps": 1,
+                "cfg": 1.0,
+                "shift": 0.0,
+                "seed": 0,
+                "retrieval_mode": "aabb",
+                "depth_resolution_level": 0,
+                "moge": ["3", 0],
+                "depth": ["1", 1],
+            },
+        },
         "5": {"class_type": "WorldStereoSaveReport", "inputs": {"report": ["4", 6], "filename_prefix": "hostile/loop"}},
     }
 
@@ -267,8 +340,13 @@ NO_PROBE = ("outside-secret", "root:", "parse", "extrinsic")  # nothing read or 
 
 CASES = [
     # ---- file inputs: camera.json (defect 1) ------------------------------------------------
-    Case("cam-traversal", lambda e: trajectory("../" + os.path.relpath(e.outside, e.base) + "/cam.json"),
-         OUTSIDE_MSG, "2", NO_PROBE),
+    Case(
+        "cam-traversal",
+        lambda e: trajectory("../" + os.path.relpath(e.outside, e.base) + "/cam.json"),
+        OUTSIDE_MSG,
+        "2",
+        NO_PROBE,
+    ),
     Case("cam-absolute", lambda e: trajectory(str(e.outside / "cam.json")), OUTSIDE_MSG, "2", NO_PROBE),
     Case("cam-etc-passwd", lambda e: trajectory("/etc/passwd"), OUTSIDE_MSG, "2", NO_PROBE),
     Case("cam-missing-outside", lambda e: trajectory("/nonexistent/dir/cam.json"), OUTSIDE_MSG, "2", NO_PROBE),
@@ -295,12 +373,24 @@ CASES = [
     Case("cam-not-object", lambda e: trajectory("list.json"), ("JSON object",), "2"),
     Case("cam-count-mismatch", lambda e: trajectory("mismatch.json"), ("3 extrinsics but 2 intrinsics",), "2"),
     # ---- keyframes JSON ----------------------------------------------------------------------------
-    Case("keyframes-deep", lambda e: trajectory(preset="keyframes", keyframes="[" * 8000 + "]" * 8000),
-         ("keyframes", "nested too deeply"), "2"),
-    Case("keyframes-nan", lambda e: trajectory(preset="keyframes", keyframes='[{"position": [NaN, 0, 0], "look_at": [0, 0, 1]}]'),
-         ("keyframes", "finite"), "2"),
-    Case("keyframes-not-json", lambda e: trajectory(preset="keyframes", keyframes="{position: 1"),
-         ("keyframes", "not valid json"), "2"),
+    Case(
+        "keyframes-deep",
+        lambda e: trajectory(preset="keyframes", keyframes="[" * 8000 + "]" * 8000),
+        ("keyframes", "nested too deeply"),
+        "2",
+    ),
+    Case(
+        "keyframes-nan",
+        lambda e: trajectory(preset="keyframes", keyframes='[{"position": [NaN, 0, 0], "look_at": [0, 0, 1]}]'),
+        ("keyframes", "finite"),
+        "2",
+    ),
+    Case(
+        "keyframes-not-json",
+        lambda e: trajectory(preset="keyframes", keyframes="{position: 1"),
+        ("keyframes", "not valid json"),
+        "2",
+    ),
     Case("keyframes-wrong-type", lambda e: trajectory(preset="keyframes", keyframes='"orbit"'), ("keyframe",), "2"),
     # ---- numbers in widgets ----------------------------------------------------------------------
     Case("median-depth-nan", lambda e: trajectory(preset="orbit", median_depth=float("nan")), ("median_depth",), "2"),
@@ -309,19 +399,50 @@ CASES = [
     Case("num-frames-negative", lambda e: trajectory(preset="orbit", num_frames=-5), ("num_frames",), None),
     Case("num-frames-superscript", lambda e: trajectory(preset="orbit", num_frames="²"), ("num_frames",), None),
     Case("num-frames-5000-digits", lambda e: trajectory(preset="orbit", num_frames="9" * 5000), ("num_frames",), None),
-    Case("scene-seed-over-max", lambda e: {**save_ply("hostile/s"), "1": {**_scene()["1"], "inputs": {
-        **_scene()["1"]["inputs"], "seed": 2**31}}}, ("seed",), None),
-    Case("loop-seed-over-2-64", lambda e: {**load_model(""), "4": {**load_model("")["4"], "inputs": {
-        **load_model("")["4"]["inputs"], "seed": 2**64}}}, ("seed",), None),
-    Case("loop-unknown-trajectory", lambda e: {**load_model(""), "4": {**load_model("")["4"], "inputs": {
-        **load_model("")["4"]["inputs"], "trajectories": "orbit,sideways"}}}, ("sideways",), "4"),
+    Case(
+        "scene-seed-over-max",
+        lambda e: {
+            **save_ply("hostile/s"),
+            "1": {**_scene()["1"], "inputs": {**_scene()["1"]["inputs"], "seed": 2**31}},
+        },
+        ("seed",),
+        None,
+    ),
+    Case(
+        "loop-seed-over-2-64",
+        lambda e: {
+            **load_model(""),
+            "4": {**load_model("")["4"], "inputs": {**load_model("")["4"]["inputs"], "seed": 2**64}},
+        },
+        ("seed",),
+        None,
+    ),
+    Case(
+        "loop-unknown-trajectory",
+        lambda e: {
+            **load_model(""),
+            "4": {**load_model("")["4"], "inputs": {**load_model("")["4"]["inputs"], "trajectories": "orbit,sideways"}},
+        },
+        ("sideways",),
+        "4",
+    ),
     # ---- memory bank folders (load) ------------------------------------------------------------
     Case("bank-load-traversal", lambda e: bank_load("../input"), ("bank folder", "not inside"), "2"),
     Case("bank-load-absolute", lambda e: bank_load(str(e.outside)), ("bank folder", "not inside"), "2", NO_PROBE),
     Case("bank-load-symlink-out", lambda e: bank_load("linkout"), ("bank folder", "not inside"), "2"),
     Case("bank-load-missing", lambda e: bank_load("hostile/nope"), ("no saved",), "2"),
-    Case("bank-load-truncated", lambda e: bank_load("hostile/truncated"), ("truncated", "frames.safetensors", "re-save"), "2"),
-    Case("bank-load-flipped-byte", lambda e: bank_load("hostile/flipped"), ("flipped", "cameras.safetensors", "re-save"), "2"),
+    Case(
+        "bank-load-truncated",
+        lambda e: bank_load("hostile/truncated"),
+        ("truncated", "frames.safetensors", "re-save"),
+        "2",
+    ),
+    Case(
+        "bank-load-flipped-byte",
+        lambda e: bank_load("hostile/flipped"),
+        ("flipped", "cameras.safetensors", "re-save"),
+        "2",
+    ),
     Case("bank-load-count-abc", lambda e: bank_load("hostile/count_abc"), ("count_abc", "'count'", "re-save"), "2"),
     Case("bank-load-pickle", lambda e: bank_load("hostile/pickle"), ("pickle", "frames.safetensors", "damaged"), "2"),
     Case("bank-load-no-manifest", lambda e: bank_load("hostile/no_manifest"), ("no_manifest", "manifest.json"), "2"),
@@ -334,40 +455,123 @@ CASES = [
     Case("bank-save-over-user-folder", lambda e: bank_save("hostile/user_notes"), ("refusing to replace",), "3"),
     Case("bank-save-empty", lambda e: bank_save(""), ("bank folder",), "3"),
     # ---- damaged weights (pickles are never loaded) ------------------------------------------
-    Case("weights-truncated-checkpoint", lambda e: {**load_model(""), "2": {**load_model("")["2"], "inputs": {
-        **load_model("")["2"]["inputs"], "checkpoint": "broken-ckpt"}}}, ("model.safetensors",), "2"),
-    Case("weights-pickle-as-safetensors", lambda e: load_model("", vae="pickled_vae.safetensors"),
-         ("pickled_vae.safetensors",), "2"),
-    Case("weights-random-bytes-moge", lambda e: {**load_model(""), "3": {**load_model("")["3"], "inputs": {
-        **load_model("")["3"]["inputs"], "model_name": "garbage/model.safetensors"}}}, ("model.safetensors",), "3"),
+    Case(
+        "weights-truncated-checkpoint",
+        lambda e: {
+            **load_model(""),
+            "2": {**load_model("")["2"], "inputs": {**load_model("")["2"]["inputs"], "checkpoint": "broken-ckpt"}},
+        },
+        ("model.safetensors",),
+        "2",
+    ),
+    Case(
+        "weights-pickle-as-safetensors",
+        lambda e: load_model("", vae="pickled_vae.safetensors"),
+        ("pickled_vae.safetensors",),
+        "2",
+    ),
+    Case(
+        "weights-random-bytes-moge",
+        lambda e: {
+            **load_model(""),
+            "3": {
+                **load_model("")["3"],
+                "inputs": {**load_model("")["3"]["inputs"], "model_name": "garbage/model.safetensors"},
+            },
+        },
+        ("model.safetensors",),
+        "3",
+    ),
     # ---- model folders -------------------------------------------------------------------------
     Case("wan-absolute", lambda e: load_model("/etc"), ("wan_folder", "not inside", "model folders"), "2"),
     Case("wan-traversal", lambda e: load_model("../input"), ("wan_folder", "not inside"), "2"),
     Case("wan-symlink-out", lambda e: load_model("linkout"), ("wan_folder", "not inside"), "2"),
     Case("wan-missing", lambda e: load_model("diffusers/Wan2.1-I2V-14B-480P"), ("wan_folder", "no such folder"), "2"),
     Case("wan-not-a-wan-folder", lambda e: load_model("diffusers/not_wan", vae="from wan_folder"), ("not_wan",), "2"),
-    Case("checkpoint-not-listed", lambda e: {**load_model(""), "2": {**load_model("")["2"], "inputs": {
-        **load_model("")["2"]["inputs"], "checkpoint": "../../outside"}}}, ("checkpoint", "not inside"), "2"),
+    Case(
+        "checkpoint-not-listed",
+        lambda e: {
+            **load_model(""),
+            "2": {**load_model("")["2"], "inputs": {**load_model("")["2"]["inputs"], "checkpoint": "../../outside"}},
+        },
+        ("checkpoint", "not inside"),
+        "2",
+    ),
     # ---- choices: ComfyUI 0.3.75 does not check V3 combo values, so the nodes do -----------------
-    Case("choice-dtype", lambda e: {**load_model(""), "2": {**load_model("")["2"], "inputs": {
-        **load_model("")["2"]["inputs"], "dtype": "fp64"}}}, ("dtype", "fp64"), "2"),
-    Case("choice-offload", lambda e: {**load_model(""), "2": {**load_model("")["2"], "inputs": {
-        **load_model("")["2"]["inputs"], "offload": "disk"}}}, ("offload", "disk"), "2"),
+    Case(
+        "choice-dtype",
+        lambda e: {
+            **load_model(""),
+            "2": {**load_model("")["2"], "inputs": {**load_model("")["2"]["inputs"], "dtype": "fp64"}},
+        },
+        ("dtype", "fp64"),
+        "2",
+    ),
+    Case(
+        "choice-offload",
+        lambda e: {
+            **load_model(""),
+            "2": {**load_model("")["2"], "inputs": {**load_model("")["2"]["inputs"], "offload": "disk"}},
+        },
+        ("offload", "disk"),
+        "2",
+    ),
     Case("choice-vae-traversal", lambda e: load_model("", vae="../../../etc/passwd"), ("vae",), "2", NO_PROBE),
-    Case("choice-sampler", lambda e: {**load_model(""), "4": {**load_model("")["4"], "inputs": {
-        **load_model("")["4"]["inputs"], "sampler": "euler"}}}, ("sampler", "euler"), "4"),
-    Case("choice-retrieval-mode", lambda e: {**load_model(""), "4": {**load_model("")["4"], "inputs": {
-        **load_model("")["4"]["inputs"], "retrieval_mode": "nearest"}}}, ("retrieval mode", "nearest"), "4"),
-    Case("choice-retrieval-mode-oracle", lambda e: {**_oracle_loop(5), "2": {**_oracle_loop(5)["2"], "inputs": {
-        **_oracle_loop(5)["2"]["inputs"], "retrieval_mode": "nearest"}}}, ("retrieval mode", "nearest"), "2"),
+    Case(
+        "choice-sampler",
+        lambda e: {
+            **load_model(""),
+            "4": {**load_model("")["4"], "inputs": {**load_model("")["4"]["inputs"], "sampler": "euler"}},
+        },
+        ("sampler", "euler"),
+        "4",
+    ),
+    Case(
+        "choice-retrieval-mode",
+        lambda e: {
+            **load_model(""),
+            "4": {**load_model("")["4"], "inputs": {**load_model("")["4"]["inputs"], "retrieval_mode": "nearest"}},
+        },
+        ("retrieval mode", "nearest"),
+        "4",
+    ),
+    Case(
+        "choice-retrieval-mode-oracle",
+        lambda e: {
+            **_oracle_loop(5),
+            "2": {**_oracle_loop(5)["2"], "inputs": {**_oracle_loop(5)["2"]["inputs"], "retrieval_mode": "nearest"}},
+        },
+        ("retrieval mode", "nearest"),
+        "2",
+    ),
     Case("choice-preset", lambda e: trajectory(preset="sideways"), ("preset", "sideways"), "2"),
-    Case("choice-scene", lambda e: {**save_ply("hostile/s"), "1": {**_scene()["1"], "inputs": {
-        **_scene()["1"]["inputs"], "scene": "castle"}}}, ("scene", "castle"), "1"),
-    Case("choice-moge-traversal", lambda e: {**load_model(""), "3": {**load_model("")["3"], "inputs": {
-        **load_model("")["3"]["inputs"], "model_name": "../../../etc/passwd"}}}, ("moge",), "3", NO_PROBE),
+    Case(
+        "choice-scene",
+        lambda e: {
+            **save_ply("hostile/s"),
+            "1": {**_scene()["1"], "inputs": {**_scene()["1"]["inputs"], "scene": "castle"}},
+        },
+        ("scene", "castle"),
+        "1",
+    ),
+    Case(
+        "choice-moge-traversal",
+        lambda e: {
+            **load_model(""),
+            "3": {
+                **load_model("")["3"],
+                "inputs": {**load_model("")["3"]["inputs"], "model_name": "../../../etc/passwd"},
+            },
+        },
+        ("moge",),
+        "3",
+        NO_PROBE,
+    ),
     # ---- output prefixes -----------------------------------------------------------------------
     Case("ply-prefix-traversal", lambda e: save_ply("../../escaped/cloud"), ("filename_prefix", "output folder"), "3"),
-    Case("ply-prefix-absolute", lambda e: save_ply(str(e.outside / "cloud")), ("filename_prefix", "output folder"), "3"),
+    Case(
+        "ply-prefix-absolute", lambda e: save_ply(str(e.outside / "cloud")), ("filename_prefix", "output folder"), "3"
+    ),
     Case("ply-prefix-symlink-out", lambda e: save_ply("linkout/cloud"), ("filename_prefix", "output folder"), "3"),
     Case("ply-prefix-through-file", lambda e: save_ply("cam_in_output.json/cloud"), ("filename_prefix",), "3"),
     Case("colmap-prefix-symlink-out", lambda e: export("colmap", "linkout/colmap"), ("filename_prefix",), "3"),
@@ -394,8 +598,15 @@ def _message(env: Env, graph: dict, node: str | None) -> str:
     assert result.status == "error", (result.status, env.server.log()[-3000:])
     err = result.error
     assert err["node_id"] == node, err
-    assert err["exception_type"].rsplit(".", 1)[-1] not in ("RecursionError", "KeyError", "TypeError", "AttributeError",
-                                                            "IndexError", "SafetensorError", "RuntimeError"), err
+    assert err["exception_type"].rsplit(".", 1)[-1] not in (
+        "RecursionError",
+        "KeyError",
+        "TypeError",
+        "AttributeError",
+        "IndexError",
+        "SafetensorError",
+        "RuntimeError",
+    ), err
     return err["exception_message"]
 
 
@@ -444,10 +655,24 @@ def test_accepted_file_inputs(env):
 @pytest.fixture(scope="module")
 def tokens(env):
     """Inspector tokens of a Trajectory Builder run (cloud + planner) and of a point cloud."""
-    g = {**_cloud_nodes(), "3": {"class_type": "WorldStereoTrajectoryBuilder",
-                                 "inputs": {"camera": ["1", 2], "preset": "orbit", "median_depth": 0.0, "angle": 0.0,
-                                            "extent": 0.0, "num_frames": 9, "camera_json": "", "keyframes": "",
-                                            "depth": ["1", 1], "cache": ["2", 0]}}}
+    g = {
+        **_cloud_nodes(),
+        "3": {
+            "class_type": "WorldStereoTrajectoryBuilder",
+            "inputs": {
+                "camera": ["1", 2],
+                "preset": "orbit",
+                "median_depth": 0.0,
+                "angle": 0.0,
+                "extent": 0.0,
+                "num_frames": 9,
+                "camera_json": "",
+                "keyframes": "",
+                "depth": ["1", 1],
+                "cache": ["2", 0],
+            },
+        },
+    }
     g["1"]["inputs"]["seed"] = 7
     result = env.server.run(g, timeout=300)
     assert result.status == "success", result.error
@@ -460,7 +685,12 @@ def tokens(env):
 
 
 def _render_body(**over) -> dict:
-    body = {"w2c": torch.eye(4).flatten().tolist(), "K": [80.0, 0, W / 2, 0, 80.0, H / 2, 0, 0, 1], "height": H, "width": W}
+    body = {
+        "w2c": torch.eye(4).flatten().tolist(),
+        "K": [80.0, 0, W / 2, 0, 80.0, H / 2, 0, 0, 1],
+        "height": H,
+        "width": W,
+    }
     body.update(over)
     return body
 
@@ -493,28 +723,73 @@ ROUTE_CASES = [
     RouteCase("token-unknown-render", "POST", "/" + "f" * 32 + "/render", {"json": _render_body()}, (404,)),
     RouteCase("render-nested-8000", "POST", "/{t}/render", _raw("[" * 8000 + "]" * 8000), expect="nested"),
     RouteCase("preset-nested-8000", "POST", "/{t}/preset", _raw("[" * 8000 + "]" * 8000), expect="nested"),
-    RouteCase("render-nested-in-key", "POST", "/{t}/render", _raw('{"w2c": ' + "[" * 5000 + "]" * 5000 + "}"), expect="nested"),
+    RouteCase(
+        "render-nested-in-key", "POST", "/{t}/render", _raw('{"w2c": ' + "[" * 5000 + "]" * 5000 + "}"), expect="nested"
+    ),
     RouteCase("render-oversize", "POST", "/{t}/render", _raw(b" " * 20000 + b"{}"), (413,)),
     RouteCase("render-not-json", "POST", "/{t}/render", _raw("{w2c:"), expect="not valid JSON"),
     RouteCase("render-not-utf8", "POST", "/{t}/render", _raw(b'{"w2c": "\xff"}'), expect="UTF-8"),
     RouteCase("render-array-body", "POST", "/{t}/render", {"json": [1, 2, 3]}, expect="JSON object"),
     RouteCase("render-w2c-string", "POST", "/{t}/render", {"json": _render_body(w2c="eye")}, expect="w2c"),
     RouteCase("render-w2c-short", "POST", "/{t}/render", {"json": _render_body(w2c=[1, 2, 3])}, expect="w2c"),
-    RouteCase("render-nan", "POST", "/{t}/render", _raw(json.dumps(_render_body()).replace("1.0", "NaN", 1)), expect="finite"),
-    RouteCase("render-inf", "POST", "/{t}/render", _raw(json.dumps(_render_body()).replace("1.0", "1e999", 1)), expect="range"),
-    RouteCase("render-huge-int", "POST", "/{t}/render", _raw(json.dumps(_render_body()).replace(f'"height": {H}', '"height": ' + "9" * 5000)),
-              expect="characters"),
-    RouteCase("render-huge-size", "POST", "/{t}/render", {"json": _render_body(height=10**9, width=10**9)}, expect="out of range"),
+    RouteCase(
+        "render-nan", "POST", "/{t}/render", _raw(json.dumps(_render_body()).replace("1.0", "NaN", 1)), expect="finite"
+    ),
+    RouteCase(
+        "render-inf", "POST", "/{t}/render", _raw(json.dumps(_render_body()).replace("1.0", "1e999", 1)), expect="range"
+    ),
+    RouteCase(
+        "render-huge-int",
+        "POST",
+        "/{t}/render",
+        _raw(json.dumps(_render_body()).replace(f'"height": {H}', '"height": ' + "9" * 5000)),
+        expect="characters",
+    ),
+    RouteCase(
+        "render-huge-size",
+        "POST",
+        "/{t}/render",
+        {"json": _render_body(height=10**9, width=10**9)},
+        expect="out of range",
+    ),
     RouteCase("render-negative-size", "POST", "/{t}/render", {"json": _render_body(height=-64)}, expect="out of range"),
-    RouteCase("render-nonrigid", "POST", "/{t}/render", {"json": _render_body(w2c=[3.0] + [0.0] * 14 + [1.0])}, expect="w2c"),
+    RouteCase(
+        "render-nonrigid", "POST", "/{t}/render", {"json": _render_body(w2c=[3.0] + [0.0] * 14 + [1.0])}, expect="w2c"
+    ),
     RouteCase("render-zero-focal", "POST", "/{t}/render", {"json": _render_body(K=[0.0] * 9)}, expect="K"),
     RouteCase("render-radius-bad", "POST", "/{t}/render", {"json": _render_body(radius=-1)}, expect="radius"),
     RouteCase("preset-unknown", "POST", "/{t}/preset", {"json": {"preset": "sideways"}}, expect="unknown preset"),
-    RouteCase("preset-num-frames-bool", "POST", "/{t}/preset", {"json": {"preset": "orbit", "num_frames": True}}, expect="num_frames"),
-    RouteCase("preset-num-frames-huge", "POST", "/{t}/preset", {"json": {"preset": "orbit", "num_frames": 10**9}}, expect="num_frames"),
-    RouteCase("preset-angle-string", "POST", "/{t}/preset", {"json": {"preset": "up", "angle": "ninety"}}, expect="preset request"),
-    RouteCase("preset-angle-list", "POST", "/{t}/preset", {"json": {"preset": "up", "angle": [1]}}, expect="preset request"),
-    RouteCase("preset-negative-depth", "POST", "/{t}/preset", {"json": {"preset": "up", "median_depth": -1}}, expect="median_depth"),
+    RouteCase(
+        "preset-num-frames-bool",
+        "POST",
+        "/{t}/preset",
+        {"json": {"preset": "orbit", "num_frames": True}},
+        expect="num_frames",
+    ),
+    RouteCase(
+        "preset-num-frames-huge",
+        "POST",
+        "/{t}/preset",
+        {"json": {"preset": "orbit", "num_frames": 10**9}},
+        expect="num_frames",
+    ),
+    RouteCase(
+        "preset-angle-string",
+        "POST",
+        "/{t}/preset",
+        {"json": {"preset": "up", "angle": "ninety"}},
+        expect="preset request",
+    ),
+    RouteCase(
+        "preset-angle-list", "POST", "/{t}/preset", {"json": {"preset": "up", "angle": [1]}}, expect="preset request"
+    ),
+    RouteCase(
+        "preset-negative-depth",
+        "POST",
+        "/{t}/preset",
+        {"json": {"preset": "up", "median_depth": -1}},
+        expect="median_depth",
+    ),
     RouteCase("preset-body-null", "POST", "/{t}/preset", _raw("null"), expect="JSON object"),
 ]
 
@@ -533,6 +808,7 @@ def test_route_case(env, tokens, case):
 
 def test_route_without_content_length(env, tokens):
     """A chunked body (no Content-Length) is refused, not read without bound."""
+
     def chunks():
         yield b'{"preset": '
         yield b'"orbit"}'
@@ -581,11 +857,24 @@ def test_concurrent_prompts_and_requests_keep_every_bank_whole(env, tokens):
 
 def _oracle_loop(seed: int) -> dict:
     g = _scene()
-    g["2"] = {"class_type": "WorldStereoOracleSceneLoop",
-              "inputs": {"scene": ["1", 3], "image": ["1", 0], "depth": ["1", 1], "camera": ["1", 2],
-                         "trajectories": "orbit", "clip_depth": "exact", "retrieval_mode": "aabb", "seed": seed}}
+    g["2"] = {
+        "class_type": "WorldStereoOracleSceneLoop",
+        "inputs": {
+            "scene": ["1", 3],
+            "image": ["1", 0],
+            "depth": ["1", 1],
+            "camera": ["1", 2],
+            "trajectories": "orbit",
+            "clip_depth": "exact",
+            "retrieval_mode": "aabb",
+            "seed": seed,
+        },
+    }
     g["3"] = {"class_type": "WorldStereoMemoryBankSave", "inputs": {"bank": ["2", 2], "folder": "hostile/loop_bank"}}
-    g["4"] = {"class_type": "WorldStereoSaveReport", "inputs": {"report": ["2", 6], "filename_prefix": "hostile/loop_report"}}
+    g["4"] = {
+        "class_type": "WorldStereoSaveReport",
+        "inputs": {"report": ["2", 6], "filename_prefix": "hostile/loop_report"},
+    }
     return g
 
 
@@ -659,16 +948,47 @@ def _sampler_graph(seed: int) -> dict:
     """Scene (256×128) → cloud → preset trajectory → GGM render → WorldStereo Sampler → MP4 (tiny weights)."""
     g = {"1": _scene()["1"], "2": load_model("")["2"], "3": _cloud_nodes()["2"]}
     g["1"] = {**g["1"], "inputs": {**g["1"]["inputs"], "width": 256, "height": 128}}
-    g["4"] = {"class_type": "WorldStereoTrajectoryBuilder",
-              "inputs": {"camera": ["1", 2], "preset": "orbit", "median_depth": 0.0, "angle": 0.0, "extent": 0.0,
-                         "num_frames": 81, "camera_json": "", "keyframes": "", "depth": ["1", 1]}}
-    g["5"] = {"class_type": "WorldStereoRenderCache",
-              "inputs": {"cache": ["3", 0], "trajectory": ["4", 0], "keyframes_only": True, "radius": 0.008}}
-    g["6"] = {"class_type": "WorldStereoGGMControl", "inputs": {"render": ["5", 0], "hole_mask": ["5", 1], "trajectory": ["4", 0]}}
-    g["7"] = {"class_type": "WorldStereoSampler",
-              "inputs": {"model": ["2", 0], "image": ["1", 0], "ggm": ["6", 0], "prompt": "a room", "negative_prompt": "",
-                         "sampler": "auto", "steps": 1, "cfg": 1.0, "shift": 0.0, "seed": seed}}
-    g["8"] = {"class_type": "WorldStereoSaveVideo", "inputs": {"frames": ["7", 0], "filename_prefix": "hostile/oom", "fps": 8.0}}
+    g["4"] = {
+        "class_type": "WorldStereoTrajectoryBuilder",
+        "inputs": {
+            "camera": ["1", 2],
+            "preset": "orbit",
+            "median_depth": 0.0,
+            "angle": 0.0,
+            "extent": 0.0,
+            "num_frames": 81,
+            "camera_json": "",
+            "keyframes": "",
+            "depth": ["1", 1],
+        },
+    }
+    g["5"] = {
+        "class_type": "WorldStereoRenderCache",
+        "inputs": {"cache": ["3", 0], "trajectory": ["4", 0], "keyframes_only": True, "radius": 0.008},
+    }
+    g["6"] = {
+        "class_type": "WorldStereoGGMControl",
+        "inputs": {"render": ["5", 0], "hole_mask": ["5", 1], "trajectory": ["4", 0]},
+    }
+    g["7"] = {
+        "class_type": "WorldStereoSampler",
+        "inputs": {
+            "model": ["2", 0],
+            "image": ["1", 0],
+            "ggm": ["6", 0],
+            "prompt": "a room",
+            "negative_prompt": "",
+            "sampler": "auto",
+            "steps": 1,
+            "cfg": 1.0,
+            "shift": 0.0,
+            "seed": seed,
+        },
+    }
+    g["8"] = {
+        "class_type": "WorldStereoSaveVideo",
+        "inputs": {"frames": ["7", 0], "filename_prefix": "hostile/oom", "fps": 8.0},
+    }
     return g
 
 

@@ -103,10 +103,19 @@ def test_registry_is_bounded_lru():
 def test_preset_request_validation():
     ok = insp.parse_preset_request({"preset": "orbit", "angle": 30, "num_frames": 21})
     assert ok == insp.PresetRequest("orbit", 0.0, 30.0, 0.0, 21)
-    bad = [None, [], {"preset": "spin"}, {"preset": 3}, {"preset": "up", "angle": -1},
-           {"preset": "up", "angle": 400}, {"preset": "up", "num_frames": 1}, {"preset": "up", "num_frames": 2.5},
-           {"preset": "up", "num_frames": 5000}, {"preset": "up", "median_depth": float("nan")},
-           {"preset": "up", "extent": "far"}]
+    bad = [
+        None,
+        [],
+        {"preset": "spin"},
+        {"preset": 3},
+        {"preset": "up", "angle": -1},
+        {"preset": "up", "angle": 400},
+        {"preset": "up", "num_frames": 1},
+        {"preset": "up", "num_frames": 2.5},
+        {"preset": "up", "num_frames": 5000},
+        {"preset": "up", "median_depth": float("nan")},
+        {"preset": "up", "extent": "far"},
+    ]
     for body in bad:
         with pytest.raises(InvalidTrajectoryError):
             insp.parse_preset_request(body)
@@ -120,10 +129,12 @@ def test_plan_preset_equals_the_node_rule():
     wall = PointCloud(torch.stack([u.ravel(), v.ravel(), torch.full((u.numel(),), 1.2)], 1), torch.rand(u.numel(), 3))
     reg = insp.Registry()
     token = reg.put(codec.encode_scene(wall), planner=insp.PresetPlanner(cam, depth_median=2.0))
-    plan = insp.plan_preset(reg.get(token), insp.parse_preset_request({"preset": "forward", "extent": 0.9,
-                                                                        "num_frames": 17}))
-    expect, halvings = traj_lib.preset_from_controls("forward", cam, 2.0, extent=0.9, num_frames=17,
-                                                     cache_points=reg.get(token).scene.cloud().points)
+    plan = insp.plan_preset(
+        reg.get(token), insp.parse_preset_request({"preset": "forward", "extent": 0.9, "num_frames": 17})
+    )
+    expect, halvings = traj_lib.preset_from_controls(
+        "forward", cam, 2.0, extent=0.9, num_frames=17, cache_points=reg.get(token).scene.cloud().points
+    )
     assert plan["halvings"] == halvings >= 1 and plan["median_depth"] == 2.0
     np.testing.assert_allclose(np.array(plan["w2c"]).reshape(-1, 4, 4), expect.w2c.double().numpy(), atol=1e-9)
     # the camera never gets closer to the wall than the rule allows
@@ -138,14 +149,25 @@ def test_plan_preset_equals_the_node_rule():
 
 
 def test_render_request_validation():
-    cam, r = insp.parse_render_request({"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1],
-                                         "height": 48, "width": 64})
+    cam, r = insp.parse_render_request(
+        {"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 48, "width": 64}
+    )
     assert (cam.height, cam.width, r) == (48, 64, 0.008)
-    bad = [None, [], {"w2c": [1] * 16}, {"w2c": [1] * 15, "K": [1] * 9, "height": 48, "width": 64},
-           {"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 5000, "width": 5000},
-           {"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 48, "width": 64,
-            "radius": 1.0},
-           {"w2c": [float("nan")] * 16, "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 48, "width": 64}]
+    bad = [
+        None,
+        [],
+        {"w2c": [1] * 16},
+        {"w2c": [1] * 15, "K": [1] * 9, "height": 48, "width": 64},
+        {"w2c": np.eye(4).ravel().tolist(), "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 5000, "width": 5000},
+        {
+            "w2c": np.eye(4).ravel().tolist(),
+            "K": [50, 0, 32, 0, 50, 24, 0, 0, 1],
+            "height": 48,
+            "width": 64,
+            "radius": 1.0,
+        },
+        {"w2c": [float("nan")] * 16, "K": [50, 0, 32, 0, 50, 24, 0, 0, 1], "height": 48, "width": 64},
+    ]
     for body in bad:
         with pytest.raises(InvalidCameraError):
             insp.parse_render_request(body)
@@ -190,10 +212,14 @@ def test_handler_serves_known_tokens_only():
         out["budget"] = await (await client.get(f"{insp.ROUTE}/{token}?points=50")).read()
         for q in ("0", "-1", "abc", "1e3", str(codec.HARD_MAX_POINTS + 1), ""):
             out[f"points={q}"] = (await client.get(f"{insp.ROUTE}/{token}?points={q}")).status
-        for name, path in {"other": f"{insp.ROUTE}/{other}", "short": f"{insp.ROUTE}/abc",
-                           "upper": f"{insp.ROUTE}/{token.upper()}",
-                           "encoded_traversal": f"{insp.ROUTE}/..%2F..%2Fetc%2Fpasswd",
-                           "dotdot": f"{insp.ROUTE}/{'.' * 2}", "sub": f"{insp.ROUTE}/{token}/x"}.items():
+        for name, path in {
+            "other": f"{insp.ROUTE}/{other}",
+            "short": f"{insp.ROUTE}/abc",
+            "upper": f"{insp.ROUTE}/{token.upper()}",
+            "encoded_traversal": f"{insp.ROUTE}/..%2F..%2Fetc%2Fpasswd",
+            "dotdot": f"{insp.ROUTE}/{'.' * 2}",
+            "sub": f"{insp.ROUTE}/{token}/x",
+        }.items():
             out[name] = (await client.get(path)).status
         return out
 
@@ -216,8 +242,13 @@ def test_render_handler_png_and_refusals():
     cols = torch.tensor([[1.0, 0.0, 0.0]]).expand(len(pts), 3).clone()
     token = insp.publish(cloud=PointCloud(pts, cols), registry=reg)[insp.UI_KEY][0]["token"]
     empty = insp.publish(trajectories=[_camera()], registry=reg)[insp.UI_KEY][0]["token"]
-    body = {"w2c": np.eye(4).ravel().tolist(), "K": _camera().K[0].ravel().tolist(), "height": 48, "width": 64,
-            "radius": 0.05}
+    body = {
+        "w2c": np.eye(4).ravel().tolist(),
+        "K": _camera().K[0].ravel().tolist(),
+        "height": 48,
+        "width": 64,
+        "radius": 0.05,
+    }
 
     async def run(client):
         r = await client.post(f"{insp.ROUTE}/{token}/render", json=body)
@@ -225,7 +256,9 @@ def test_render_handler_png_and_refusals():
         bad = await client.post(f"{insp.ROUTE}/{token}/render", json={"w2c": 3})
         unknown = await client.post(f"{insp.ROUTE}/{'0' * 32}/render", json=body)
         nocloud = await client.post(f"{insp.ROUTE}/{empty}/render", json=body)
-        notjson = await client.post(f"{insp.ROUTE}/{token}/render", data=b"{", headers={"Content-Type": "application/json"})
+        notjson = await client.post(
+            f"{insp.ROUTE}/{token}/render", data=b"{", headers={"Content-Type": "application/json"}
+        )
         huge = await client.post(f"{insp.ROUTE}/{token}/render", data=b" " * 20000)
         return r.status, png, bad.status, unknown.status, nocloud.status, notjson.status, huge.status
 
@@ -246,9 +279,15 @@ def test_preset_handler_plans_only_for_trajectory_builder_outputs():
     async def run(client):
         ok = await client.post(f"{insp.ROUTE}/{planned}/preset", json={"preset": "left", "angle": 30, "num_frames": 9})
         plan = await ok.json()
-        statuses = [(await client.post(f"{insp.ROUTE}/{t}/preset", json=b)).status for t, b in (
-            (plain, {"preset": "left"}), ("0" * 32, {"preset": "left"}), (planned, {"preset": "spin"}),
-            (planned, {"preset": "left", "num_frames": 100000}))]
+        statuses = [
+            (await client.post(f"{insp.ROUTE}/{t}/preset", json=b)).status
+            for t, b in (
+                (plain, {"preset": "left"}),
+                ("0" * 32, {"preset": "left"}),
+                (planned, {"preset": "spin"}),
+                (planned, {"preset": "left", "num_frames": 100000}),
+            )
+        ]
         return ok.status, plan, statuses
 
     status, plan, statuses = _with_app(reg, run)
@@ -278,10 +317,22 @@ def server():
 
 def _preview_graph(max_points: int = 0) -> dict:
     return {
-        "1": {"class_type": "WorldStereoSyntheticScene", "inputs": {"scene": "room", "seed": 0, "width": 96, "height": 64}},
-        "2": {"class_type": "WorldStereoBuildPointCloud",
-              "inputs": {"image": ["1", 0], "depth": ["1", 1], "camera": ["1", 2], "fov_degrees": 60.0,
-                         "remove_depth_edges": True, "compress_far_depth": True, "max_points": max_points}},
+        "1": {
+            "class_type": "WorldStereoSyntheticScene",
+            "inputs": {"scene": "room", "seed": 0, "width": 96, "height": 64},
+        },
+        "2": {
+            "class_type": "WorldStereoBuildPointCloud",
+            "inputs": {
+                "image": ["1", 0],
+                "depth": ["1", 1],
+                "camera": ["1", 2],
+                "fov_degrees": 60.0,
+                "remove_depth_edges": True,
+                "compress_far_depth": True,
+                "max_points": max_points,
+            },
+        },
         "3": {"class_type": "WorldStereoSavePointCloud", "inputs": {"cloud": ["2", 0], "filename_prefix": "t/cloud"}},
     }
 
@@ -300,19 +351,29 @@ def test_route_serves_node_outputs_and_refuses_everything_else(server):
     assert h["points"]["count"] == entries[0]["points"] > 1000
     assert len(h["trajectories"]) == 1 and h["trajectories"][0]["count"] == 1
     # the blob carries the very cloud the node produced (compare with its PLY, to quantisation)
-    (ply,) = [server.base_dir / "output" / f["subfolder"] / f["filename"] for f in node_outputs(server, result, "3")["3d"]]
+    (ply,) = [
+        server.base_dir / "output" / f["subfolder"] / f["filename"] for f in node_outputs(server, result, "3")["3d"]
+    ]
     cloud = load_ply(ply)
     assert len(cloud) == h["points"]["total"]
     span = np.array(h["points"]["bbox_max"]) - np.array(h["points"]["bbox_min"])
-    np.testing.assert_allclose(np.array(h["points"]["bbox_min"]), cloud.points.min(0).values.double().numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(h["points"]["bbox_min"]), cloud.points.min(0).values.double().numpy(), atol=1e-5
+    )
     from scipy.spatial import cKDTree
 
     dist, _ = cKDTree(cloud.points.double().numpy()).query(h["points_xyz"])
     assert dist.max() <= np.linalg.norm(span) / 65535 + 1e-5
 
-    refused = [f"/worldstereo/inspector/{'0' * 32}", "/worldstereo/inspector/..%2F..%2Fcomfyui.log",
-               "/worldstereo/inspector/%2e%2e/%2e%2e/comfyui.log", "/worldstereo/inspector/" + token[:-1],
-               "/worldstereo/inspector/" + "a" * 4096, "/worldstereo/inspector/", "/worldstereo/inspector/user"]
+    refused = [
+        f"/worldstereo/inspector/{'0' * 32}",
+        "/worldstereo/inspector/..%2F..%2Fcomfyui.log",
+        "/worldstereo/inspector/%2e%2e/%2e%2e/comfyui.log",
+        "/worldstereo/inspector/" + token[:-1],
+        "/worldstereo/inspector/" + "a" * 4096,
+        "/worldstereo/inspector/",
+        "/worldstereo/inspector/user",
+    ]
     for path in refused:
         resp = server.get(path)
         assert resp.status_code in (404, 405), (path, resp.status_code)
@@ -322,10 +383,25 @@ def test_route_serves_node_outputs_and_refuses_everything_else(server):
 def test_route_respects_budget_and_renders(server):
     graph = _preview_graph()
     graph["1"]["inputs"]["seed"] = 1  # not cached from the test above: every node publishes
-    graph["4"] = {"class_type": "WorldStereoTrajectoryBuilder",
-                  "inputs": {"camera": ["1", 2], "preset": "orbit", "median_depth": 0.0, "angle": 0.0, "extent": 0.0,
-                             "num_frames": 9, "camera_json": "", "keyframes": "", "depth": ["1", 1], "cache": ["2", 0]}}
-    graph["5"] = {"class_type": "WorldStereoSaveCameraJson", "inputs": {"trajectory": ["4", 0], "filename_prefix": "t/cam"}}
+    graph["4"] = {
+        "class_type": "WorldStereoTrajectoryBuilder",
+        "inputs": {
+            "camera": ["1", 2],
+            "preset": "orbit",
+            "median_depth": 0.0,
+            "angle": 0.0,
+            "extent": 0.0,
+            "num_frames": 9,
+            "camera_json": "",
+            "keyframes": "",
+            "depth": ["1", 1],
+            "cache": ["2", 0],
+        },
+    }
+    graph["5"] = {
+        "class_type": "WorldStereoSaveCameraJson",
+        "inputs": {"trajectory": ["4", 0], "filename_prefix": "t/cam"},
+    }
     result = server.run(graph, timeout=300)
     assert result.status == "success", (result.error, server.log()[-3000:])
     entry = node_outputs(server, result, "4")[insp.UI_KEY][0]
@@ -334,7 +410,12 @@ def test_route_respects_budget_and_renders(server):
     assert h["trajectories"][0]["count"] == 9 and h["points"]["count"] > 0
     saved = traj_lib.load_camera_json(server.base_dir / "output" / node_outputs(server, result, "5")["text"][0])
     np.testing.assert_allclose(h["cameras_w2c"], saved.w2c.double().numpy(), atol=1e-5)
-    body = {"w2c": h["cameras_w2c"][4].ravel().tolist(), "K": h["cameras_K"][4].ravel().tolist(), "height": 64, "width": 96}
+    body = {
+        "w2c": h["cameras_w2c"][4].ravel().tolist(),
+        "K": h["cameras_K"][4].ravel().tolist(),
+        "height": 64,
+        "width": 96,
+    }
     r = server.post(f"/worldstereo/inspector/{entry['token']}/render", json=body)
     assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert server.post(f"/worldstereo/inspector/{'f' * 32}/render", json=body).status_code == 404

@@ -10,6 +10,7 @@ from pathlib import Path
 import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
 from testsupport import REPO_ROOT, write_room_cloud_and_camera
 
 
@@ -50,9 +51,23 @@ def _share_installed_torch(site_packages: Path, shelf: Path) -> list[str]:
 def test_pip_install_gives_the_library_without_comfyui(tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-compile",
-         "--disable-pip-version-check", "-q", "--target", str(target), str(REPO_ROOT)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "-q",
+            "--target",
+            str(target),
+            str(REPO_ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     installed = {p.name for p in target.iterdir()}
     assert "worldstereo_core" in installed
@@ -63,8 +78,14 @@ def test_pip_install_gives_the_library_without_comfyui(tmp_path):
         "worldstereo_core.recon; assert 'comfy' not in sys.modules and 'comfy_api' not in sys.modules; "
         "print(worldstereo_core.__file__, worldstereo_core.__version__)"
     )
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)},
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path, version = out.split()
     assert path.startswith(str(target))
     meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -81,8 +102,11 @@ def test_pyproject_registry_fields():
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["requires-comfyui"]
     assert "web" not in comfy, "WEB_DIRECTORY in __init__.py serves web/; [tool.comfy] web would load it twice"
     # runtime requirements for the custom_nodes install match the package's dependencies
-    req = {line.split(">=")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
-           if line.strip() and not line.startswith("#")}
+    req = {
+        line.split(">=")[0].strip()
+        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     deps = {d.split(">=")[0].strip() for d in project["dependencies"]} - {"torch"}
     assert req == deps
 
@@ -98,24 +122,44 @@ def test_clean_venv_install_with_real_dependencies_runs_the_cli(tmp_path):
     base_python = getattr(sys, "_base_executable", None) or sys.executable
     subprocess.run([base_python, "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
     py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     shared = _share_installed_torch(Path(site), tmp_path / "shared")
     # nothing of the pack's own dependencies rides along with torch
     assert not {canonicalize_name(n) for n in shared} & {
-        canonicalize_name(Requirement(d).name) for d in meta["project"]["dependencies"] if Requirement(d).name != "torch"
+        canonicalize_name(Requirement(d).name)
+        for d in meta["project"]["dependencies"]
+        if Requirement(d).name != "torch"
     }, shared
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run = subprocess.run(pip + [str(REPO_ROOT)], check=False, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "shared/torch" in subprocess.run([str(py), "-c", "import torch; print(torch.__file__)"],
-                                            check=True, capture_output=True, text=True).stdout
+    assert (
+        "shared/torch"
+        in subprocess.run(
+            [str(py), "-c", "import torch; print(torch.__file__)"], check=True, capture_output=True, text=True
+        ).stdout
+    )
 
     write_room_cloud_and_camera(tmp_path)
     cli = subprocess.run(
-        [str(venv / "bin" / "worldstereo"), "render", str(tmp_path / "c.ply"), str(tmp_path / "camera.json"),
-         str(tmp_path / "r.mp4"), "--mask-out", str(tmp_path / "m.mp4")],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            str(venv / "bin" / "worldstereo"),
+            "render",
+            str(tmp_path / "c.ply"),
+            str(tmp_path / "camera.json"),
+            str(tmp_path / "r.mp4"),
+            "--mask-out",
+            str(tmp_path / "m.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert (tmp_path / "r.mp4").stat().st_size > 0 and (tmp_path / "m.mp4").stat().st_size > 0

@@ -9,12 +9,23 @@ import numpy as np
 
 
 def _scene(width=96, height=64) -> dict:
-    return {"class_type": "WorldStereoSyntheticScene", "inputs": {"scene": "room", "seed": 0, "width": width, "height": height}}
+    return {
+        "class_type": "WorldStereoSyntheticScene",
+        "inputs": {"scene": "room", "seed": 0, "width": width, "height": height},
+    }
 
 
 def _builder(camera, preset, **kw) -> dict:
-    inputs = {"camera": camera, "preset": preset, "median_depth": 1.0, "angle": 0.0, "extent": 0.0,
-              "num_frames": 81, "camera_json": "", "keyframes": ""}
+    inputs = {
+        "camera": camera,
+        "preset": preset,
+        "median_depth": 1.0,
+        "angle": 0.0,
+        "extent": 0.0,
+        "num_frames": 81,
+        "camera_json": "",
+        "keyframes": "",
+    }
     return {"class_type": "WorldStereoTrajectoryBuilder", "inputs": {**inputs, **kw}}
 
 
@@ -27,11 +38,24 @@ def _saved_cameras(comfy_server, result, node_id):
 def test_oracle_loop_continues_from_the_last_frame_and_rejects_bad_starts(comfy_server):
     graph = {
         "1": _scene(),
-        "2": {"class_type": "WorldStereoOracleSceneLoop",
-              "inputs": {"scene": ["1", 3], "image": ["1", 0], "depth": ["1", 1], "camera": ["1", 2],
-                         "trajectories": "orbit,right", "clip_depth": "exact", "retrieval_mode": "aabb", "seed": 0,
-                         "starts": "input, continue"}},
-        "3": {"class_type": "WorldStereoSaveReport", "inputs": {"report": ["2", 6], "filename_prefix": "worldstereo/starts"}},
+        "2": {
+            "class_type": "WorldStereoOracleSceneLoop",
+            "inputs": {
+                "scene": ["1", 3],
+                "image": ["1", 0],
+                "depth": ["1", 1],
+                "camera": ["1", 2],
+                "trajectories": "orbit,right",
+                "clip_depth": "exact",
+                "retrieval_mode": "aabb",
+                "seed": 0,
+                "starts": "input, continue",
+            },
+        },
+        "3": {
+            "class_type": "WorldStereoSaveReport",
+            "inputs": {"report": ["2", 6], "filename_prefix": "worldstereo/starts"},
+        },
     }
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
@@ -55,18 +79,50 @@ def test_oracle_loop_continues_from_the_last_frame_and_rejects_bad_starts(comfy_
 def test_scene_loop_checks_prompt_count_before_loading_anything_heavy(comfy_server):
     graph = {
         "1": _scene(),
-        "2": {"class_type": "WorldStereoLoadModel",
-              "inputs": {"checkpoint": "worldstereo-memory-dmd", "variant": "auto", "text_encoder": "umt5_xxl_tiny.safetensors",
-                         "clip_vision": "clip_vision_h_tiny.safetensors", "vae": "wan_2.1_vae_tiny.safetensors",
-                         "wan_folder": "", "dtype": "fp32", "offload": "none", "attention_backend": "default"}},
-        "3": {"class_type": "WorldStereoLoadMoGe",
-              "inputs": {"model_name": "moge-2-tiny/model.safetensors", "variant": "auto", "dtype": "fp32"}},
-        "4": {"class_type": "WorldStereoSceneLoop",
-              "inputs": {"model": ["2", 0], "image": ["1", 0], "camera": ["1", 2], "depth": ["1", 1], "moge": ["3", 0],
-                         "prompt": "a room", "negative_prompt": "", "trajectories": "orbit,up", "sampler": "auto",
-                         "steps": 0, "cfg": 5.0, "shift": 0.0, "seed": 0, "retrieval_mode": "aabb",
-                         "depth_resolution_level": 0, "prompts": "a red sofa\na window\na lamp\n\n", "starts": ""}},
-        "5": {"class_type": "WorldStereoSaveReport", "inputs": {"report": ["4", 6], "filename_prefix": "worldstereo/never"}},
+        "2": {
+            "class_type": "WorldStereoLoadModel",
+            "inputs": {
+                "checkpoint": "worldstereo-memory-dmd",
+                "variant": "auto",
+                "text_encoder": "umt5_xxl_tiny.safetensors",
+                "clip_vision": "clip_vision_h_tiny.safetensors",
+                "vae": "wan_2.1_vae_tiny.safetensors",
+                "wan_folder": "",
+                "dtype": "fp32",
+                "offload": "none",
+                "attention_backend": "default",
+            },
+        },
+        "3": {
+            "class_type": "WorldStereoLoadMoGe",
+            "inputs": {"model_name": "moge-2-tiny/model.safetensors", "variant": "auto", "dtype": "fp32"},
+        },
+        "4": {
+            "class_type": "WorldStereoSceneLoop",
+            "inputs": {
+                "model": ["2", 0],
+                "image": ["1", 0],
+                "camera": ["1", 2],
+                "depth": ["1", 1],
+                "moge": ["3", 0],
+                "prompt": "a room",
+                "negative_prompt": "",
+                "trajectories": "orbit,up",
+                "sampler": "auto",
+                "steps": 0,
+                "cfg": 5.0,
+                "shift": 0.0,
+                "seed": 0,
+                "retrieval_mode": "aabb",
+                "depth_resolution_level": 0,
+                "prompts": "a red sofa\na window\na lamp\n\n",
+                "starts": "",
+            },
+        },
+        "5": {
+            "class_type": "WorldStereoSaveReport",
+            "inputs": {"report": ["4", 6], "filename_prefix": "worldstereo/never"},
+        },
     }
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "error" and result.error["node_id"] == "4"
@@ -76,14 +132,29 @@ def test_scene_loop_checks_prompt_count_before_loading_anything_heavy(comfy_serv
 def test_last_frame_and_bank_view_start_the_next_trajectory(comfy_server):
     graph = {
         "1": _scene(),
-        "2": {"class_type": "WorldStereoMemoryBankCreate", "inputs": {"images": ["1", 0], "cameras": ["1", 2], "label": "input"}},
-        "3": {"class_type": "WorldStereoMemoryBankView", "inputs": {"bank": ["2", 0], "index": 0, "width": 128, "height": 80}},
+        "2": {
+            "class_type": "WorldStereoMemoryBankCreate",
+            "inputs": {"images": ["1", 0], "cameras": ["1", 2], "label": "input"},
+        },
+        "3": {
+            "class_type": "WorldStereoMemoryBankView",
+            "inputs": {"bank": ["2", 0], "index": 0, "width": 128, "height": 80},
+        },
         "4": _builder(["3", 1], "wonder"),
-        "5": {"class_type": "WorldStereoOracleGenerate", "inputs": {"scene": ["1", 3], "trajectory": ["4", 0], "keyframes_only": True}},
+        "5": {
+            "class_type": "WorldStereoOracleGenerate",
+            "inputs": {"scene": ["1", 3], "trajectory": ["4", 0], "keyframes_only": True},
+        },
         "6": {"class_type": "WorldStereoLastFrame", "inputs": {"frames": ["5", 0], "trajectory": ["4", 0]}},
         "7": _builder(["6", 1], "up"),
-        "8": {"class_type": "WorldStereoSaveCameraJson", "inputs": {"trajectory": ["4", 0], "filename_prefix": "worldstereo/first"}},
-        "9": {"class_type": "WorldStereoSaveCameraJson", "inputs": {"trajectory": ["7", 0], "filename_prefix": "worldstereo/next"}},
+        "8": {
+            "class_type": "WorldStereoSaveCameraJson",
+            "inputs": {"trajectory": ["4", 0], "filename_prefix": "worldstereo/first"},
+        },
+        "9": {
+            "class_type": "WorldStereoSaveCameraJson",
+            "inputs": {"trajectory": ["7", 0], "filename_prefix": "worldstereo/next"},
+        },
     }
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])

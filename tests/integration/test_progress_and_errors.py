@@ -5,13 +5,27 @@ from __future__ import annotations
 
 def loop_graph(trajectories: str = "orbit,up", width: int = 208, height: int = 128) -> dict:
     return {
-        "1": {"class_type": "WorldStereoSyntheticScene",
-              "inputs": {"scene": "room", "seed": 0, "width": width, "height": height}},
-        "2": {"class_type": "WorldStereoOracleSceneLoop",
-              "inputs": {"scene": ["1", 3], "image": ["1", 0], "depth": ["1", 1], "camera": ["1", 2],
-                         "trajectories": trajectories, "clip_depth": "exact", "retrieval_mode": "aabb", "seed": 0}},
-        "3": {"class_type": "WorldStereoSaveReport",
-              "inputs": {"report": ["2", 6], "filename_prefix": "worldstereo/test_report"}},
+        "1": {
+            "class_type": "WorldStereoSyntheticScene",
+            "inputs": {"scene": "room", "seed": 0, "width": width, "height": height},
+        },
+        "2": {
+            "class_type": "WorldStereoOracleSceneLoop",
+            "inputs": {
+                "scene": ["1", 3],
+                "image": ["1", 0],
+                "depth": ["1", 1],
+                "camera": ["1", 2],
+                "trajectories": trajectories,
+                "clip_depth": "exact",
+                "retrieval_mode": "aabb",
+                "seed": 0,
+            },
+        },
+        "3": {
+            "class_type": "WorldStereoSaveReport",
+            "inputs": {"report": ["2", 6], "filename_prefix": "worldstereo/test_report"},
+        },
     }
 
 
@@ -45,13 +59,27 @@ def test_interrupt_stops_the_scene_loop(comfy_server):
 
 def test_bad_input_gives_an_actionable_error(comfy_server):
     graph = {
-        "1": {"class_type": "WorldStereoSyntheticScene",
-              "inputs": {"scene": "room", "seed": 0, "width": 128, "height": 96}},
-        "2": {"class_type": "WorldStereoTrajectoryBuilder",
-              "inputs": {"camera": ["1", 2], "preset": "camera_json", "median_depth": 1.0, "angle": 0.0,
-                         "extent": 0.0, "num_frames": 81, "camera_json": "", "keyframes": ""}},
-        "3": {"class_type": "WorldStereoSaveCameraJson",
-              "inputs": {"trajectory": ["2", 0], "filename_prefix": "worldstereo/never"}},
+        "1": {
+            "class_type": "WorldStereoSyntheticScene",
+            "inputs": {"scene": "room", "seed": 0, "width": 128, "height": 96},
+        },
+        "2": {
+            "class_type": "WorldStereoTrajectoryBuilder",
+            "inputs": {
+                "camera": ["1", 2],
+                "preset": "camera_json",
+                "median_depth": 1.0,
+                "angle": 0.0,
+                "extent": 0.0,
+                "num_frames": 81,
+                "camera_json": "",
+                "keyframes": "",
+            },
+        },
+        "3": {
+            "class_type": "WorldStereoSaveCameraJson",
+            "inputs": {"trajectory": ["2", 0], "filename_prefix": "worldstereo/never"},
+        },
     }
     result = comfy_server.run(graph, timeout=300)
     assert result.status == "error"

@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-
-RECON_NODES = ("WorldStereoLoadWorldMirror", "WorldStereoWorldMirrorRecon", "WorldStereoDepthFusion",
-               "WorldStereoSaveColmap", "WorldStereoSaveTransformsJson", "WorldStereoEvaluate")
+RECON_NODES = (
+    "WorldStereoLoadWorldMirror",
+    "WorldStereoWorldMirrorRecon",
+    "WorldStereoDepthFusion",
+    "WorldStereoSaveColmap",
+    "WorldStereoSaveTransformsJson",
+    "WorldStereoEvaluate",
+)
 TINY_WM = "tiny/model.safetensors"
 TINY_MOGE = "tiny/model.safetensors"
 H, W = 64, 96  # the synthetic scene's sizes are multiples of 16; the core resizes to multiples of 14
@@ -26,11 +31,15 @@ def tiny_weights(comfy_server) -> None:
     from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, save_worldmirror
 
     torch.manual_seed(0)
-    save_worldmirror(WorldMirror(WorldMirrorConfig.tiny()).eval(), comfy_server.base_dir / "models" / "worldmirror" / "tiny")
+    save_worldmirror(
+        WorldMirror(WorldMirrorConfig.tiny()).eval(), comfy_server.base_dir / "models" / "worldmirror" / "tiny"
+    )
     model = MoGeModel(moge_config("tiny"))
     g = torch.Generator().manual_seed(4)  # as test_depth_nodes: random weights whose focal fit is positive
-    state = {k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
+        for k, v in model.state_dict().items()
+    }
     state["mask_head.output_blocks.3.bias"] = torch.full((1,), 8.0)  # every pixel valid
     model.load_state_dict(state)
     save_moge(model, comfy_server.base_dir / "models" / "moge" / "tiny")
@@ -62,15 +71,33 @@ def _front(preset: str = "orbit") -> dict:
     """Scene (1), trajectory (2) and oracle frames (3) at H × W."""
     return {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=W, height=H),
-        "2": _node("WorldStereoTrajectoryBuilder", camera=["1", 2], preset=preset, median_depth=0.0, angle=0.0,
-                   extent=0.0, num_frames=NUM, camera_json="", keyframes="", depth=["1", 1]),
+        "2": _node(
+            "WorldStereoTrajectoryBuilder",
+            camera=["1", 2],
+            preset=preset,
+            median_depth=0.0,
+            angle=0.0,
+            extent=0.0,
+            num_frames=NUM,
+            camera_json="",
+            keyframes="",
+            depth=["1", 1],
+        ),
         "3": _node("WorldStereoOracleGenerate", scene=["1", 3], trajectory=["2", 0], keyframes_only=True),
     }
 
 
 def _recon(backend: str, **extra) -> dict:
-    inputs = dict(frames=["3", 0], trajectory=["2", 0], backend=backend, use_priors=True, target_size=98,
-                  conf_quantile=0.15, remove_depth_edges=True, camera_source="known")
+    inputs = dict(
+        frames=["3", 0],
+        trajectory=["2", 0],
+        backend=backend,
+        use_priors=True,
+        target_size=98,
+        conf_quantile=0.15,
+        remove_depth_edges=True,
+        camera_source="known",
+    )
     inputs.update(extra)
     return _node("WorldStereoWorldMirrorRecon", **inputs)
 
@@ -87,11 +114,13 @@ def _expected_w2c() -> torch.Tensor:
 
 def _quat_to_R(q) -> np.ndarray:
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def test_nodes_and_model_folder(recon_nodes):
@@ -112,16 +141,29 @@ def test_worldmirror_recon_and_exports(comfy_server, recon_nodes):
     from worldstereo_core.pointcloud import load_ply
 
     graph = _front()
-    graph.update({
-        "4": _node("WorldStereoLoadWorldMirror", model_name=TINY_WM, dtype="fp32"),
-        "5": _recon("worldmirror", worldmirror=["4", 0]),
-        "6": _node("WorldStereoSavePointCloud", cloud=["5", 1], filename_prefix="ws_test/wm_cloud"),
-        "7": _node("SaveImage", images=["5", 3], filename_prefix="ws_test/wm_depth"),
-        "8": _node("WorldStereoSaveColmap", frames=["3", 0], cameras=["5", 2], filename_prefix="ws_test/colmap",
-                   max_points=500, cloud=["5", 1]),
-        "9": _node("WorldStereoSaveTransformsJson", frames=["3", 0], cameras=["5", 2],
-                   filename_prefix="ws_test/nerfstudio", cloud=["5", 1]),
-    })
+    graph.update(
+        {
+            "4": _node("WorldStereoLoadWorldMirror", model_name=TINY_WM, dtype="fp32"),
+            "5": _recon("worldmirror", worldmirror=["4", 0]),
+            "6": _node("WorldStereoSavePointCloud", cloud=["5", 1], filename_prefix="ws_test/wm_cloud"),
+            "7": _node("SaveImage", images=["5", 3], filename_prefix="ws_test/wm_depth"),
+            "8": _node(
+                "WorldStereoSaveColmap",
+                frames=["3", 0],
+                cameras=["5", 2],
+                filename_prefix="ws_test/colmap",
+                max_points=500,
+                cloud=["5", 1],
+            ),
+            "9": _node(
+                "WorldStereoSaveTransformsJson",
+                frames=["3", 0],
+                cameras=["5", 2],
+                filename_prefix="ws_test/nerfstudio",
+                cloud=["5", 1],
+            ),
+        }
+    )
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
     outputs = _outputs(comfy_server, result)
@@ -136,7 +178,9 @@ def test_worldmirror_recon_and_exports(comfy_server, recon_nodes):
     (rel,) = outputs["8"]["text"]
     root = out_dir / rel
     assert sorted(p.name for p in (root / "images").iterdir()) == [f"frame_{i:05d}.png" for i in range(NUM)]
-    lines = [ln for ln in (root / "sparse" / "0" / "images.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    lines = [
+        ln for ln in (root / "sparse" / "0" / "images.txt").read_text().splitlines() if ln and not ln.startswith("#")
+    ]
     assert len(lines) == NUM
     want = _expected_w2c()
     for i, line in enumerate(lines):
@@ -145,7 +189,9 @@ def test_worldmirror_recon_and_exports(comfy_server, recon_nodes):
         t = np.array([float(v) for v in f[5:8]])
         assert f[9] == f"frame_{i:05d}.png"
         assert np.allclose(R, want[i, :3, :3].numpy(), atol=1e-4) and np.allclose(t, want[i, :3, 3].numpy(), atol=1e-4)
-    cam_line = [ln for ln in (root / "sparse" / "0" / "cameras.txt").read_text().splitlines() if not ln.startswith("#")][0]
+    cam_line = [
+        ln for ln in (root / "sparse" / "0" / "cameras.txt").read_text().splitlines() if not ln.startswith("#")
+    ][0]
     assert cam_line.split()[1:4] == ["PINHOLE", str(W), str(H)]
     pts = [ln for ln in (root / "sparse" / "0" / "points3D.txt").read_text().splitlines() if not ln.startswith("#")]
     assert 0 < len(pts) <= 500
@@ -167,23 +213,48 @@ def test_depth_fusion_backend(comfy_server, recon_nodes):
     from worldstereo_core.pointcloud import load_ply
 
     graph = _front()
-    graph.update({
-        "4": _node("WorldStereoBuildPointCloud", image=["1", 0], depth=["1", 1], camera=["1", 2], fov_degrees=60.0,
-                   remove_depth_edges=False, compress_far_depth=False, max_points=0),
-        "5": _node("WorldStereoLoadMoGe", model_name=TINY_MOGE, variant="auto", dtype="fp32"),
-        "6": _recon("depth_fusion", moge=["5", 0], cache=["4", 0]),
-        "7": _node("WorldStereoSavePointCloud", cloud=["6", 1], filename_prefix="ws_test/fusion_cloud"),
-        "8": _node("SaveImage", images=["6", 3], filename_prefix="ws_test/fusion_depth"),
-        # chained into the merge node: the fused depth is already aligned to the cache, so it is lifted as it
-        # is (mode "given", scale 1) instead of being fitted a second time
-        "9": _node("WorldStereoUmeyamaMerge", cache=["4", 0], frames=["3", 0], depth=["6", 0], trajectory=["2", 0],
-                   mode="depth", voxel_size_fraction=0.01, seed=0, skip_first_frame=False),
-        "10": _node("WorldStereoSaveReport", report=["9", 2], filename_prefix="ws_test/fusion_merge"),
-        # the Depth Fusion node is the same computation as the old node's depth_fusion backend
-        "11": _node("WorldStereoDepthFusion", frames=["3", 0], trajectory=["2", 0], moge=["5", 0], cache=["4", 0],
-                    remove_depth_edges=True),
-        "12": _node("WorldStereoSavePointCloud", cloud=["11", 1], filename_prefix="ws_test/fusion_node_cloud"),
-    })
+    graph.update(
+        {
+            "4": _node(
+                "WorldStereoBuildPointCloud",
+                image=["1", 0],
+                depth=["1", 1],
+                camera=["1", 2],
+                fov_degrees=60.0,
+                remove_depth_edges=False,
+                compress_far_depth=False,
+                max_points=0,
+            ),
+            "5": _node("WorldStereoLoadMoGe", model_name=TINY_MOGE, variant="auto", dtype="fp32"),
+            "6": _recon("depth_fusion", moge=["5", 0], cache=["4", 0]),
+            "7": _node("WorldStereoSavePointCloud", cloud=["6", 1], filename_prefix="ws_test/fusion_cloud"),
+            "8": _node("SaveImage", images=["6", 3], filename_prefix="ws_test/fusion_depth"),
+            # chained into the merge node: the fused depth is already aligned to the cache, so it is lifted as it
+            # is (mode "given", scale 1) instead of being fitted a second time
+            "9": _node(
+                "WorldStereoUmeyamaMerge",
+                cache=["4", 0],
+                frames=["3", 0],
+                depth=["6", 0],
+                trajectory=["2", 0],
+                mode="depth",
+                voxel_size_fraction=0.01,
+                seed=0,
+                skip_first_frame=False,
+            ),
+            "10": _node("WorldStereoSaveReport", report=["9", 2], filename_prefix="ws_test/fusion_merge"),
+            # the Depth Fusion node is the same computation as the old node's depth_fusion backend
+            "11": _node(
+                "WorldStereoDepthFusion",
+                frames=["3", 0],
+                trajectory=["2", 0],
+                moge=["5", 0],
+                cache=["4", 0],
+                remove_depth_edges=True,
+            ),
+            "12": _node("WorldStereoSavePointCloud", cloud=["11", 1], filename_prefix="ws_test/fusion_node_cloud"),
+        }
+    )
     result = comfy_server.run(graph, timeout=600)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
     outputs = _outputs(comfy_server, result)
@@ -201,18 +272,30 @@ def test_depth_fusion_backend(comfy_server, recon_nodes):
 
 def test_recon_errors_say_what_to_connect(comfy_server, recon_nodes):
     graph = _front()
-    graph.update({
-        "5": _recon("worldmirror"),
-        "6": _node("WorldStereoSavePointCloud", cloud=["5", 1], filename_prefix="ws_test/never"),
-    })
+    graph.update(
+        {
+            "5": _recon("worldmirror"),
+            "6": _node("WorldStereoSavePointCloud", cloud=["5", 1], filename_prefix="ws_test/never"),
+        }
+    )
     result = comfy_server.run(graph, timeout=300)
     assert result.status == "error"
     assert "Load WorldMirror" in result.error["exception_message"], result.error
     # frames of another trajectory length: the count does not match
     graph["2"]["inputs"]["num_frames"] = 30
     graph["3"] = _node("WorldStereoOracleGenerate", scene=["1", 3], trajectory=["2", 0], keyframes_only=False)
-    graph["4"] = _node("WorldStereoTrajectoryBuilder", camera=["1", 2], preset="up", median_depth=0.0, angle=0.0,
-                       extent=0.0, num_frames=NUM, camera_json="", keyframes="", depth=["1", 1])
+    graph["4"] = _node(
+        "WorldStereoTrajectoryBuilder",
+        camera=["1", 2],
+        preset="up",
+        median_depth=0.0,
+        angle=0.0,
+        extent=0.0,
+        num_frames=NUM,
+        camera_json="",
+        keyframes="",
+        depth=["1", 1],
+    )
     graph["7"] = _node("WorldStereoLoadWorldMirror", model_name=TINY_WM, dtype="fp32")
     graph["5"] = _recon("worldmirror", trajectory=["4", 0], worldmirror=["7", 0])
     result = comfy_server.run(graph, timeout=300)
@@ -223,9 +306,19 @@ def test_recon_errors_say_what_to_connect(comfy_server, recon_nodes):
 def test_evaluate_reports_fscore(comfy_server, recon_nodes):
     graph = {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=W, height=H),
-        "2": _node("WorldStereoEvaluate", scene=["1", 3], trajectories="eloop,up", width=84, height=56,
-                   num_keyframes=5, alignment="anchors", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0,
-                   protocol="per_trajectory"),
+        "2": _node(
+            "WorldStereoEvaluate",
+            scene=["1", 3],
+            trajectories="eloop,up",
+            width=84,
+            height=56,
+            num_keyframes=5,
+            alignment="anchors",
+            pose_noise_deg=0.0,
+            threshold_fraction=0.01,
+            seed=0,
+            protocol="per_trajectory",
+        ),
         "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/eval"),
     }
     result = comfy_server.run(graph, timeout=600)
@@ -243,8 +336,18 @@ def test_evaluate_full_model_protocol_and_scene_folder_errors(comfy_server, reco
     graph = {
         "1": _node("WorldStereoSyntheticScene", scene="room", seed=0, width=W, height=H),
         # a saved workflow's inputs, plus the paper's protocol (memory carried, depth anchor)
-        "2": _node("WorldStereoEvaluate", scene=["1", 3], trajectories="eloop,up", width=84, height=56,
-                   num_keyframes=5, alignment="depth_anchor", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0),
+        "2": _node(
+            "WorldStereoEvaluate",
+            scene=["1", 3],
+            trajectories="eloop,up",
+            width=84,
+            height=56,
+            num_keyframes=5,
+            alignment="depth_anchor",
+            pose_noise_deg=0.0,
+            threshold_fraction=0.01,
+            seed=0,
+        ),
         "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/eval_full"),
     }
     result = comfy_server.run(graph, timeout=600)
@@ -254,11 +357,21 @@ def test_evaluate_full_model_protocol_and_scene_folder_errors(comfy_server, reco
     assert report["alignment"] == "depth_anchor" and report["overall"]["fscore"] > 0.9
     assert report["trajectories"][0]["maa@30"] == 1.0 and report["memory"]["ssim"] > 0.999
     # a real scene: the folder is checked before anything runs, and must stay in ComfyUI's folders
-    evaluate = {"trajectories": "orbit", "width": 96, "height": 64, "num_keyframes": 5, "alignment": "depth_anchor",
-                "pose_noise_deg": 0.0, "threshold_fraction": 0.01, "seed": 0}
+    evaluate = {
+        "trajectories": "orbit",
+        "width": 96,
+        "height": 64,
+        "num_keyframes": 5,
+        "alignment": "depth_anchor",
+        "pose_noise_deg": 0.0,
+        "threshold_fraction": 0.01,
+        "seed": 0,
+    }
     for folder, message in (("", "scene_folder"), ("../../etc", "not inside"), ("no_such_scene", "no such folder")):
-        g = {"2": _node("WorldStereoEvaluate", scene_folder=folder, **evaluate),
-             "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/never")}
+        g = {
+            "2": _node("WorldStereoEvaluate", scene_folder=folder, **evaluate),
+            "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/never"),
+        }
         result = comfy_server.run(g, timeout=300)
         assert result.status == "error" and message in result.error["exception_message"], result.error
 
@@ -283,14 +396,34 @@ def test_evaluate_real_scene_folder_with_the_model(comfy_server, recon_nodes):
         np.save(root / "depth" / f"{i:02d}.npy", out.depth[i].numpy())
     save_camera_json(root / "camera.json", Trajectory(cams))
     graph = {
-        "1": _node("WorldStereoLoadModel", checkpoint="worldstereo-memory-dmd", variant="auto",
-                   text_encoder="umt5_xxl_tiny.safetensors", clip_vision="clip_vision_h_tiny.safetensors",
-                   vae="wan_2.1_vae_tiny.safetensors", wan_folder="", dtype="fp32", offload="none",
-                   attention_backend="default"),
+        "1": _node(
+            "WorldStereoLoadModel",
+            checkpoint="worldstereo-memory-dmd",
+            variant="auto",
+            text_encoder="umt5_xxl_tiny.safetensors",
+            clip_vision="clip_vision_h_tiny.safetensors",
+            vae="wan_2.1_vae_tiny.safetensors",
+            wan_folder="",
+            dtype="fp32",
+            offload="none",
+            attention_backend="default",
+        ),
         "7": _node("WorldStereoLoadWorldMirror", model_name=TINY_WM, dtype="fp32"),
-        "2": _node("WorldStereoEvaluate", trajectories="orbit", width=96, height=64, num_keyframes=5,
-                   alignment="depth_anchor", pose_noise_deg=0.0, threshold_fraction=0.01, seed=0,
-                   scene_folder="ws_eval_scene", model=["1", 0], worldmirror=["7", 0], prompt="a room"),
+        "2": _node(
+            "WorldStereoEvaluate",
+            trajectories="orbit",
+            width=96,
+            height=64,
+            num_keyframes=5,
+            alignment="depth_anchor",
+            pose_noise_deg=0.0,
+            threshold_fraction=0.01,
+            seed=0,
+            scene_folder="ws_eval_scene",
+            model=["1", 0],
+            worldmirror=["7", 0],
+            prompt="a room",
+        ),
         "3": _node("WorldStereoSaveReport", report=["2", 0], filename_prefix="ws_test/eval_real"),
     }
     result = comfy_server.run(graph, timeout=600)

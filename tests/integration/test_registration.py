@@ -9,8 +9,11 @@ PREFIX = "WorldStereo"
 
 def test_pack_loads_without_import_errors(comfy_server, our_nodes):
     log = comfy_server.log()
-    failures = [line for line in log.splitlines()
-                if ("IMPORT FAILED" in line or "Cannot import" in line) and "custom_nodes/worldstereo" in line]
+    failures = [
+        line
+        for line in log.splitlines()
+        if ("IMPORT FAILED" in line or "Cannot import" in line) and "custom_nodes/worldstereo" in line
+    ]
     assert not failures, log[-3000:]
 
 

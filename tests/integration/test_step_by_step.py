@@ -107,9 +107,17 @@ def test_step_by_step_graph_equals_the_oracle_scene_loop(comfy_server, object_in
     presets = [api[i]["inputs"]["preset"] for i in _ids(api, "WorldStereoTrajectoryBuilder")]
     assert presets == ["orbit", "up"]
     # the Scene Loop on the same input view, trajectories and seed
-    api["900"] = _node("WorldStereoOracleSceneLoop", scene=[scene, 3], image=[scene, 0], depth=[scene, 1],
-                       camera=[scene, 2], trajectories=",".join(presets), clip_depth="exact", retrieval_mode="aabb",
-                       seed=0)
+    api["900"] = _node(
+        "WorldStereoOracleSceneLoop",
+        scene=[scene, 3],
+        image=[scene, 0],
+        depth=[scene, 1],
+        camera=[scene, 2],
+        trajectories=",".join(presets),
+        clip_depth="exact",
+        retrieval_mode="aabb",
+        seed=0,
+    )
     _run_and_compare(comfy_server, api, _ids(api, "WorldStereoOracleGenerate"), "900", "ws_equal", tol=1e-5)
 
 
@@ -119,7 +127,6 @@ def test_real_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(comfy_s
     weights written under the real file names and the CI size (96×64)."""
     from testsupport import ci_overrides, write_tiny_weights_for
     from workflow_api import ui_to_api
-
     from worldstereo_core.interfaces import default_config
 
     workflow = json.loads((REPO_ROOT / "example_workflows" / "step_by_step.json").read_text())
@@ -138,9 +145,23 @@ def test_real_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(comfy_s
         api[rid]["inputs"]["radius"] = default_config(h, w).radius
     s0 = api[samplers[0]]["inputs"]
     api["900"] = _node(
-        "WorldStereoSceneLoop", model=[model, 0], image=[size, 0], camera=[depth, 1], depth=[depth, 0],
-        worldmirror=[wm, 0], prompt=s0["prompt"], negative_prompt=s0["negative_prompt"],
-        trajectories=",".join(presets), sampler=s0["sampler"], steps=s0["steps"], cfg=s0["cfg"], shift=s0["shift"],
-        seed=0, retrieval_mode="aabb", depth_resolution_level=0, prompts="", starts="",
+        "WorldStereoSceneLoop",
+        model=[model, 0],
+        image=[size, 0],
+        camera=[depth, 1],
+        depth=[depth, 0],
+        worldmirror=[wm, 0],
+        prompt=s0["prompt"],
+        negative_prompt=s0["negative_prompt"],
+        trajectories=",".join(presets),
+        sampler=s0["sampler"],
+        steps=s0["steps"],
+        cfg=s0["cfg"],
+        shift=s0["shift"],
+        seed=0,
+        retrieval_mode="aabb",
+        depth_resolution_level=0,
+        prompts="",
+        starts="",
     )
     _run_and_compare(comfy_server, api, samplers, "900", "ws_equal_tiny", tol=1e-4)

@@ -11,13 +11,20 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from testsupport import LOADER_FOLDERS, RELEASE_FILES, REPO_ROOT, WORKFLOWS, ci_overrides, write_tiny_weights_for
 
 
 def test_there_are_example_workflows():
     names = {p.stem for p in WORKFLOWS}
-    assert {"preview_synthetic", "preview_synthetic_step_by_step", "single_view", "panorama", "step_by_step",
-            "uni3c"} <= names
+    assert {
+        "preview_synthetic",
+        "preview_synthetic_step_by_step",
+        "single_view",
+        "panorama",
+        "step_by_step",
+        "uni3c",
+    } <= names
     assert not (REPO_ROOT / "workflows").exists(), "example workflows live in example_workflows/ (ComfyUI's name)"
     for p in WORKFLOWS:
         assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail {p.stem}.jpg beside it"
@@ -49,8 +56,12 @@ def test_workflow_is_shipped_as_users_run_it(path):
             assert "WorldStereoLoadWorldMirror" in types, "the release reconstructs with WorldMirror"
         loader = next(n for n in nodes if n["type"] == "WorldStereoLoadModel")
         offered = {m["name"] for m in loader["properties"]["models"]}
-        assert {"umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors", "wan_2.1_vae.safetensors",
-                "wan2.1_i2v_480p_14B_bf16.safetensors"} <= offered
+        assert {
+            "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+            "clip_vision_h.safetensors",
+            "wan_2.1_vae.safetensors",
+            "wan2.1_i2v_480p_14B_bf16.safetensors",
+        } <= offered
         assert all(m["url"].startswith("https://huggingface.co/") for m in loader["properties"]["models"])
         assert any(m["directory"] == "worldstereo" for m in workflow.get("models", []))
 
@@ -92,12 +103,19 @@ def test_scene_loop_paper_switches(comfy_server, object_info):
     api = ci_overrides(ui_to_api(workflow, object_info))
     write_tiny_weights_for(api, comfy_server.base_dir / "models")
     (loop,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSceneLoop"]
-    api[loop]["inputs"].update(ggm=False, ssm=False, alignment="umeyama", bank_frames_per_clip=4,
-                               trajectories="orbit,up", reference_cut="coverage")
+    api[loop]["inputs"].update(
+        ggm=False,
+        ssm=False,
+        alignment="umeyama",
+        bank_frames_per_clip=4,
+        trajectories="orbit,up",
+        reference_cut="coverage",
+    )
     result = comfy_server.run(api, timeout=900)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
     (report_node,) = [k for k, v in api.items() if v["class_type"] == "WorldStereoSaveReport"]
-    report = json.loads(comfy_server.get(f"/history/{result.prompt_id}").json()[result.prompt_id]["outputs"]
-                        [report_node]["text"][0])
+    report = json.loads(
+        comfy_server.get(f"/history/{result.prompt_id}").json()[result.prompt_id]["outputs"][report_node]["text"][0]
+    )
     assert report["memory_bank_views"] == 1 + 2 * 4
     assert [t["name"] for t in report["trajectories"]] == ["orbit", "up"]

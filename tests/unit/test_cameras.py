@@ -160,8 +160,11 @@ def test_uni3c_normalisation_takes_camera_0_out_on_the_left():
     assert np.linalg.norm(np.linalg.inv(uni[0])[:3, 3]) == pytest.approx(2.0)
     # the Plücker maps follow the convention
     K = np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
-    np.testing.assert_allclose(plucker_embedding(w2c, np.tile(K, (9, 1, 1)), 16, 16, convention="uni3c"),
-                               plucker_embedding(uni, np.tile(K, (9, 1, 1)), 16, 16, normalize=False), atol=1e-9)
+    np.testing.assert_allclose(
+        plucker_embedding(w2c, np.tile(K, (9, 1, 1)), 16, 16, convention="uni3c"),
+        plucker_embedding(uni, np.tile(K, (9, 1, 1)), 16, 16, normalize=False),
+        atol=1e-9,
+    )
     with pytest.raises(InvalidCameraError, match="uni3c"):
         normalize_cameras(w2c, convention="left")
 
@@ -303,9 +306,7 @@ def test_camera_qt_first_target_identity_and_consistent_with_joint_normalisation
     # targets normalise exactly as normalize_cameras does (references do not affect them)
     np.testing.assert_allclose(tn, normalize_cameras(w2c), atol=1e-10)
     # references keep their pose relative to the targets, up to the same scale
-    s = np.linalg.norm(centers_of(tn)[1] - centers_of(tn)[2]) / np.linalg.norm(
-        centers_of(w2c)[1] - centers_of(w2c)[2]
-    )
+    s = np.linalg.norm(centers_of(tn)[1] - centers_of(tn)[2]) / np.linalg.norm(centers_of(w2c)[1] - centers_of(w2c)[2])
     rel_in = ref[1] @ np.linalg.inv(w2c[3])
     rel_out = rn[1] @ np.linalg.inv(tn[3])
     np.testing.assert_allclose(rel_out[:3, :3], rel_in[:3, :3], atol=1e-10)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from testsupport import REPO_ROOT
 
+from testsupport import REPO_ROOT
 from worldstereo_core.checkpoint import (
     CONFIG_METADATA_KEY,
     MODEL_METADATA_KEY,
@@ -67,7 +67,9 @@ def test_pickles_are_refused_by_name_and_by_content(tmp_path: Path, name: str) -
     folder = tmp_path / "only_pickle"
     folder.mkdir()
     (folder / "model.pt").write_bytes(pickle.dumps({}))
-    with pytest.raises(UnsafeFileError, match=r"no model.safetensors in .* only the pickle checkpoint\(s\) \['model.pt'\]"):
+    with pytest.raises(
+        UnsafeFileError, match=r"no model.safetensors in .* only the pickle checkpoint\(s\) \['model.pt'\]"
+    ):
         checkpoint_files(folder, "test net", preferred="model.safetensors")
 
 
@@ -85,7 +87,9 @@ def test_config_convention_and_legacy_keys(tmp_path: Path) -> None:
     assert embedded_config([old], "worldmirror", legacy=("worldmirror_config",)) == {"embed_dim": 32}
     assert embedded_config([old], "worldmirror") is None
     # a file of another network is named, with the loader that reads it
-    with pytest.raises(CheckpointMismatchError, match=r"MoGe-2 depth model .* not a WorldMirror .* load it with load_moge"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"MoGe-2 depth model .* not a WorldMirror .* load it with load_moge"
+    ):
         embedded_config([path], "worldmirror")
     with pytest.raises(InvalidOptionError, match="unknown checkpoint kind"):
         save_checkpoint(_state(), tmp_path / "x.safetensors", "resnet")
@@ -102,7 +106,9 @@ def test_key_mismatch_names_groups_and_cause() -> None:
     assert "unexpected 1 keys under extra.* (1);" in msg and msg.endswith("is it the right file?")
     shapes = {"blocks.0.weight": (3, 4), "blocks.0.bias": (3,)}
     plan = identity_plan(list(shapes))
-    with pytest.raises(CheckpointMismatchError, match=r"blocks\.0\.weight is \[3, 4\] in the file but the model expects \[3, 3\]"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"blocks\.0\.weight is \[3, 4\] in the file but the model expects \[3, 3\]"
+    ):
         match_keys(plan, {"blocks.0.weight": (3, 3), "blocks.0.bias": (3,)}, shapes.__getitem__, "net")
     assert describe_keys(["a.0.b.weight", "a.1.b.weight", "c.weight"], depth=2) == "a.b.* (2), c.* (1)"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import torch
-from testsupport import write_room_cloud_and_camera
 
+from testsupport import write_room_cloud_and_camera
 from worldstereo_core import cli, pointcloud, render
 
 
@@ -14,8 +14,21 @@ def test_preview_writes_cloud_scene_videos_and_metrics(tmp_path, capsys):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = cli.main(["preview", "--scene", "room", "--out", str(tmp_path), "--trajectories", "orbit",
-                       "--height", "64", "--width", "96"])
+        rc = cli.main(
+            [
+                "preview",
+                "--scene",
+                "room",
+                "--out",
+                str(tmp_path),
+                "--trajectories",
+                "orbit",
+                "--height",
+                "64",
+                "--width",
+                "96",
+            ]
+        )
     finally:
         torch.set_num_threads(n)
     assert rc == 0

@@ -9,8 +9,8 @@ import torch
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.errors import InvalidDepthError, InvalidOptionError, InvalidPointCloudError
-from worldstereo_core.pointcloud import PointCloud, unproject_depths
 from worldstereo_core.merge import align_clip_depth
+from worldstereo_core.pointcloud import PointCloud, unproject_depths
 from worldstereo_core.synthetic import look_at, make_scene
 
 H, W = 48, 64
@@ -42,8 +42,9 @@ def test_scale_shift_corruption_is_undone(setup) -> None:
     corrupted = torch.where(valid, ((r.depth.double() - b[:, None, None]) / s[:, None, None]), torch.zeros(()))
     assert (corrupted[valid] > 0).all()
     steps = []
-    out = align_clip_depth(cache, r.rgb, corrupted.float(), valid, cams, edge_threshold=None,
-                              progress=lambda d, t: steps.append((d, t)))
+    out = align_clip_depth(
+        cache, r.rgb, corrupted.float(), valid, cams, edge_threshold=None, progress=lambda d, t: steps.append((d, t))
+    )
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert out.alignment.status == ("aligned",) * 4
     # exact up to the target's own error: cache_surface_depth averages the points of a pixel cell
@@ -64,7 +65,12 @@ def test_frames_without_overlap_are_skipped(setup) -> None:
     valid[2] = False  # nothing usable in frame 2
     out = align_clip_depth(cache, r.rgb, r.depth, valid, cams, edge_threshold=None)
     assert out.alignment.status == ("aligned", "aligned", "skipped", "aligned")
-    assert not out.valid[2].any() and (out.depth[2] == 0).all() and out.alignment.scale[2] == 1 and out.alignment.shift[2] == 0
+    assert (
+        not out.valid[2].any()
+        and (out.depth[2] == 0).all()
+        and out.alignment.scale[2] == 1
+        and out.alignment.shift[2] == 0
+    )
     # a cache far away from every view covers nothing: every frame skipped, empty cloud
     far = PointCloud(cache.points + 1000.0, cache.colors)
     none = align_clip_depth(far, r.rgb, r.depth, None, cams)
@@ -104,8 +110,9 @@ def test_fused_depth_is_merged_without_a_second_alignment(setup) -> None:
     _, cams, r, cache = setup
     g = torch.Generator().manual_seed(3)
     s = 0.8 + 0.4 * torch.rand(4, generator=g)
-    noisy = torch.where(r.depth > 0, r.depth * s[:, None, None] * (1 + 0.01 * torch.randn(r.depth.shape, generator=g)),
-                        torch.zeros(()))
+    noisy = torch.where(
+        r.depth > 0, r.depth * s[:, None, None] * (1 + 0.01 * torch.randn(r.depth.shape, generator=g)), torch.zeros(())
+    )
     fused = align_clip_depth(cache, r.rgb, noisy, None, cams, seed=5)
     assert isinstance(fused.depth, WorldDepth)
     # the mark survives what a node does to pass it on, and nothing else
@@ -113,8 +120,9 @@ def test_fused_depth_is_merged_without_a_second_alignment(setup) -> None:
     assert not isinstance(fused.depth * 2, WorldDepth) and not isinstance(fused.depth + 0, WorldDepth)
 
     cfg = LoopConfig(edge_threshold=None)
-    merged = merge_clip(Cache3D(cache), r.rgb, fused.depth.float(), fused.depth > 0, cams, cfg, seed=5,
-                        skip_first=False)
+    merged = merge_clip(
+        Cache3D(cache), r.rgb, fused.depth.float(), fused.depth > 0, cams, cfg, seed=5, skip_first=False
+    )
     assert merged.alignment.status == ("given",) * 4
     assert (merged.alignment.scale == 1).all() and (merged.alignment.shift == 0).all()
     lifted = unproject_depths(fused.depth.as_subclass(torch.Tensor), cams.K, cams.c2w, r.rgb, fused.valid)

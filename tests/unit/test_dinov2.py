@@ -42,9 +42,13 @@ def test_features_equal_transformers_dinov2_pooler_output(tiny):
     # the newer spelling (attention.q_proj …, as transformers ≥ 5 saves) loads to the same features
     newer = folder.parent / "newer"
     newer.mkdir()
-    state = {k.replace(".attention.attention.query.", ".attention.q_proj.").replace(".attention.output.dense.", ".attention.o_proj.")
-             .replace(".attention.attention.key.", ".attention.k_proj.").replace(".attention.attention.value.", ".attention.v_proj."): v
-             for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state = {
+        k.replace(".attention.attention.query.", ".attention.q_proj.")
+        .replace(".attention.output.dense.", ".attention.o_proj.")
+        .replace(".attention.attention.key.", ".attention.k_proj.")
+        .replace(".attention.attention.value.", ".attention.v_proj."): v
+        for k, v in load_file(str(folder / "model.safetensors")).items()
+    }
     save_file(state, str(newer / "model.safetensors"))
     (newer / "config.json").write_text((folder / "config.json").read_text())
     np.testing.assert_allclose(load_dinov2(newer)(images), feats, rtol=1e-6, atol=1e-7)
@@ -72,7 +76,9 @@ def test_loader_errors_name_the_fix(tiny, tmp_path):
 
     with pytest.raises(CheckpointMismatchError, match="wrong shape"):  # weights of another size than the config says
         load_dinov2(variant("bigger", {**cfg, "hidden_size": 64, "num_attention_heads": 4}))
-    partial = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("encoder.layer.1.")}
+    partial = {
+        k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("encoder.layer.1.")
+    }
     with pytest.raises(CheckpointMismatchError, match="missing"):
         load_dinov2(variant("partial", cfg, partial))
     with pytest.raises(CheckpointMismatchError, match="another variant"):
@@ -87,9 +93,17 @@ def test_preprocess_matches_transformers_processor_of_dinov2_base():
     from transformers import BitImageProcessor
 
     proc = BitImageProcessor(
-        do_resize=True, size={"shortest_edge": DINOV2_RESIZE}, resample=3, do_center_crop=True,
-        crop_size={"height": DINOV2_CROP, "width": DINOV2_CROP}, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), do_convert_rgb=True,
+        do_resize=True,
+        size={"shortest_edge": DINOV2_RESIZE},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": DINOV2_CROP, "width": DINOV2_CROP},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
     )
     g = torch.Generator().manual_seed(2)
     for h, w in ((480, 832), (300, 200), (224, 224), (97, 131)):  # odd crop margins too

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
+
 from testsupport import REPO_ROOT, write_room_cloud_and_camera
 from tiny_models import RELEASE_FOLDERS, write_tiny_models
-
 from worldstereo_core.distributed import DistributedContext, RankFailedError, run_ranks
 
 H, W = 32, 48
@@ -29,11 +29,33 @@ def inputs(tmp_path_factory):
     view, *_ = write_room_cloud_and_camera(root, H, W, preset="right", num_frames=3, ply_name="cache.ply")
     Image.fromarray((view.image[0].numpy() * 255).astype(np.uint8)).save(root / "image.png")
     args = [
-        "generate", "--worldstereo", str(paths[RELEASE_FOLDERS["dmd"]]),
-        "--text-encoder", str(paths["text_encoder"]), "--image-encoder", str(paths["image_encoder"]),
-        "--vae", str(paths["vae"]), "--image", str(root / "image.png"), "--camera", str(root / "camera.json"),
-        "--cloud", str(root / "cache.ply"), "--prompt", "a room", "--height", str(H), "--width", str(W),
-        "--dtype", "fp32", "--device", "cpu", "--seed", "7",
+        "generate",
+        "--worldstereo",
+        str(paths[RELEASE_FOLDERS["dmd"]]),
+        "--text-encoder",
+        str(paths["text_encoder"]),
+        "--image-encoder",
+        str(paths["image_encoder"]),
+        "--vae",
+        str(paths["vae"]),
+        "--image",
+        str(root / "image.png"),
+        "--camera",
+        str(root / "camera.json"),
+        "--cloud",
+        str(root / "cache.ply"),
+        "--prompt",
+        "a room",
+        "--height",
+        str(H),
+        "--width",
+        str(W),
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--seed",
+        "7",
     ]
     return root, args
 
@@ -43,10 +65,22 @@ def _env() -> dict:
 
 
 def _generate(args: list[str], out, nproc: int) -> np.ndarray:
-    launcher = [sys.executable, "-m", "worldstereo_core"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "worldstereo_core"]
-    run = subprocess.run(launcher + args + ["--out", str(out)], capture_output=True, text=True, timeout=900,
-                         env=_env(), cwd=REPO_ROOT)
+    launcher = (
+        [sys.executable, "-m", "worldstereo_core"]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "worldstereo_core",
+        ]
+    )
+    run = subprocess.run(
+        launcher + args + ["--out", str(out)], capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO_ROOT
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     assert f"on {nproc} process(es)" in run.stdout
     return np.load(out / "frames.npy")
@@ -65,9 +99,23 @@ def test_bad_input_fails_before_loading_on_every_rank(inputs):
     root, args = inputs
     bad = list(args)
     bad[bad.index("--camera") + 1] = str(root / "missing.json")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "worldstereo_core"]
-    run = subprocess.run(launcher + bad + ["--out", str(root / "bad")], capture_output=True, text=True, timeout=600,
-                         env=_env(), cwd=REPO_ROOT)
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "worldstereo_core",
+    ]
+    run = subprocess.run(
+        launcher + bad + ["--out", str(root / "bad")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+        cwd=REPO_ROOT,
+    )
     assert run.returncode != 0 and "missing.json" in run.stderr
     assert not (root / "bad").exists()
 

@@ -56,7 +56,7 @@ def test_old_alias_catches_what_its_name_was_raised_for():
     """Code written against an old name keeps working: e.g. ``except CheckpointError`` still
     catches a corrupt file, ``except ModelInputError`` a shape mismatch."""
     with pytest.warns(DeprecationWarning):
-        from worldstereo_core.errors import CheckpointError, ModelInputError  # noqa: PLC0415
+        from worldstereo_core.errors import CheckpointError, ModelInputError
     with pytest.raises(CheckpointError):
         raise CorruptFileError("x")
     with pytest.raises(ModelInputError):

@@ -92,7 +92,9 @@ def test_cloud_and_metrics_match_independent_computation(scene, run) -> None:
 
     for k, name in enumerate(NAMES):
         cams = trajs[name]
-        assert torch.allclose(res.reconstructions[name].cameras.c2w.double()[:, :3, 3], cams.c2w.double()[:, :3, 3], atol=1e-4)
+        assert torch.allclose(
+            res.reconstructions[name].cameras.c2w.double()[:, :3, 3], cams.c2w.double()[:, :3, 3], atol=1e-4
+        )
         # independent cloud: exact depth lifted with the requested centres and the perturbed rotations
         depth = scene.render(cams)
         Rn = rec.perturbations[k]
@@ -132,7 +134,9 @@ def test_cloud_and_metrics_match_independent_computation(scene, run) -> None:
 
     union = np.concatenate([res.clouds[n].points.double().numpy() for n in NAMES])
     p, r, fs = _prf(_nn(union, gt), _nn(gt, union), rep.threshold)
-    assert (rep.overall["precision"], rep.overall["recall"], rep.overall["fscore"]) == pytest.approx((p, r, fs), abs=2e-3)
+    assert (rep.overall["precision"], rep.overall["recall"], rep.overall["fscore"]) == pytest.approx(
+        (p, r, fs), abs=2e-3
+    )
     assert rep.overall["rot_err_deg"] == pytest.approx((NKF - 1) * NOISE, abs=1e-3)
 
 
@@ -150,7 +154,13 @@ def test_report_json_and_summary(run) -> None:
 def test_exact_oracle_scores_perfect_precision_and_icp_keeps_alignment(scene) -> None:
     progress = []
     res = evaluate_synthetic(
-        scene, height=H, width=W, names=("up",), num_keyframes=3, alignment="icp", progress=lambda s, t: progress.append((s, t))
+        scene,
+        height=H,
+        width=W,
+        names=("up",),
+        num_keyframes=3,
+        alignment="icp",
+        progress=lambda s, t: progress.append((s, t)),
     )
     s = res.report.trajectories[0]
     assert progress == [(1, 1)]

@@ -162,15 +162,9 @@ def test_memory_benchmark_compares_revisits_with_earlier_generations(run, scene)
         (11, 3),
         (12, 4),
     )  # second orbit ↔ first orbit
-    assert (
-        m["num_pairs"] == 4
-        and m["identical_pairs"] == 4
-        and m["ssim"] == pytest.approx(1.0)
-    )
+    assert m["num_pairs"] == 4 and m["identical_pairs"] == 4 and m["ssim"] == pytest.approx(1.0)
     assert m["lpips"] is None and m["lpips_status"] == LPIPS_UNAVAILABLE
-    assert (
-        "memory benchmark (4 revisited views): PSNR identical" in run.report.summary()
-    )
+    assert "memory benchmark (4 revisited views): PSNR identical" in run.report.summary()
     assert m["psnr"] is None  # JSON has no infinity: the report must stay valid JSON
     json.loads(
         run.report.to_json(),
@@ -206,25 +200,17 @@ def test_memory_benchmark_compares_revisits_with_earlier_generations(run, scene)
     want = float((10 * torch.log10(1.0 / mse)).mean())
     assert res.report.memory["psnr"] == pytest.approx(want, rel=1e-6)
     assert res.report.memory["ssim"] < 0.999
-    assert res.report.memory["lpips"] == pytest.approx(
-        float((f[later] - f[earlier]).abs().mean()), rel=1e-5
-    )
+    assert res.report.memory["lpips"] == pytest.approx(float((f[later] - f[earlier]).abs().mean()), rel=1e-5)
 
 
 def test_depth_anchor_alignment_recovers_a_known_similarity(scene):
     view = scene.default_view(H, W)
-    cams = make_preset("orbit", view.cameras, view.median_depth, 81).keyframes(
-        5
-    )  # centres span a plane
-    rec = OracleReconstructor(scene)(
-        scene.render(cams).rgb, cams
-    )  # exact, in our frame
+    cams = make_preset("orbit", view.cameras, view.median_depth, 81).keyframes(5)  # centres span a plane
+    rec = OracleReconstructor(scene)(scene.render(cams).rgb, cams)  # exact, in our frame
     T = depth_anchor_alignment(_moved(rec, S_OFF), view.depth, view.cameras)
     inv = S_OFF.inverse()
     assert T.s == pytest.approx(inv.s, rel=1e-6)
-    assert torch.allclose(T.R, inv.R, atol=1e-6) and torch.allclose(
-        T.t, inv.t, atol=1e-5
-    )
+    assert torch.allclose(T.R, inv.R, atol=1e-6) and torch.allclose(T.t, inv.t, atol=1e-5)
     with pytest.raises(AlignmentFailedError):
         depth_anchor_alignment(rec, torch.zeros(H, W), view.cameras)
     with pytest.raises(ShapeMismatchError):
@@ -236,9 +222,7 @@ def test_depth_anchor_alignment_recovers_a_known_similarity(scene):
 def test_find_revisits_by_hand():
     c2w = torch.eye(4).repeat(5, 1, 1)
     c2w[:, 0, 3] = torch.tensor([0.0, 1.0, 2.0, 1.0, 2.001])
-    c2w[4, :3, :3] = torch.tensor(
-        Rotation.from_euler("y", 0.2, degrees=True).as_matrix(), dtype=torch.float32
-    )
+    c2w[4, :3, :3] = torch.tensor(Rotation.from_euler("y", 0.2, degrees=True).as_matrix(), dtype=torch.float32)
     cams = Cameras(invert_rigid(c2w), torch.eye(3).repeat(5, 1, 1), 4, 4)
     # view 0 is the input (group −1): never matched; 3 ↔ 1 exact; 4 ↔ 2 within 0.5° and 0.01
     assert find_revisits(cams, [-1, 0, 0, 1, 1], 0.5, 0.01) == [(3, 1), (4, 2)]
@@ -273,9 +257,7 @@ def _write_scene_folder(root, scene, cams, with_depth=True, with_points=False):
     out = scene.render(cams)
     (root / "images").mkdir()
     for i in range(len(cams)):
-        Image.fromarray((out.rgb[i].numpy() * 255).round().astype(np.uint8)).save(
-            root / "images" / f"{i:03d}.png"
-        )
+        Image.fromarray((out.rgb[i].numpy() * 255).round().astype(np.uint8)).save(root / "images" / f"{i:03d}.png")
     if with_depth:
         (root / "depth").mkdir()
         for i in range(len(cams)):
@@ -291,9 +273,7 @@ def test_real_scene_folder_runs_the_memory_carried_protocol(tmp_path, scene):
     from worldstereo_core.oracle import oracle_models
 
     view = scene.default_view(H, W)
-    captured = make_preset("orbit", view.cameras, view.median_depth, 81).keyframes(
-        9
-    )  # the capture's cameras
+    captured = make_preset("orbit", view.cameras, view.median_depth, 81).keyframes(9)  # the capture's cameras
     truth = _write_scene_folder(tmp_path, scene, captured)
     real = load_scene_folder(tmp_path)
     assert real.images.shape == (9, H, W, 3) and torch.equal(real.depth, truth.depth)
@@ -324,9 +304,7 @@ def test_scene_folder_errors_say_what_to_fix(tmp_path, scene):
     _write_scene_folder(tmp_path, scene, cams, with_depth=False)
     with pytest.raises(MissingFileError, match="neither depth/ nor points.ply"):
         load_scene_folder(tmp_path)
-    (tmp_path / "images" / "003.png").write_bytes(
-        (tmp_path / "images" / "000.png").read_bytes()
-    )
+    (tmp_path / "images" / "003.png").write_bytes((tmp_path / "images" / "000.png").read_bytes())
     with pytest.raises(ShapeMismatchError, match="3 cameras for 4 images"):
         load_scene_folder(tmp_path)
 
@@ -346,7 +324,4 @@ def test_per_trajectory_protocol_also_aligns_by_the_depth_anchor(scene):
     assert res.report.trajectories[0].alignment == "depth_anchor"
     assert res.report.overall["fscore"] > 0.95
     T = res.transforms["left"].compose(S_OFF)
-    assert (
-        T.s == pytest.approx(1.0, abs=1e-5)
-        and float(T.t.norm()) < 1e-4 * res.report.extent
-    )
+    assert T.s == pytest.approx(1.0, abs=1e-5) and float(T.t.norm()) < 1e-4 * res.report.extent

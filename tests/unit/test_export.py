@@ -56,7 +56,9 @@ def _cloud(n: int = 300, normals: bool = True, seed: int = 1) -> PointCloud:
     pts = torch.randn(n, 3, generator=g, dtype=torch.float64)
     # colours on the 8-bit grid so the round trip is exact
     cols = torch.randint(0, 256, (n, 3), generator=g).double() / 255.0
-    nrm = torch.nn.functional.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1) if normals else None
+    nrm = (
+        torch.nn.functional.normalize(torch.randn(n, 3, generator=g, dtype=torch.float64), dim=-1) if normals else None
+    )
     return PointCloud(pts, cols, nrm)
 
 
@@ -152,7 +154,10 @@ def test_glb_points_and_frustums(tmp_path: Path) -> None:
     doc = _glb_json(path)
     line_meshes = {m["name"]: m for m in doc["meshes"] if m["primitives"][0]["mode"] == 1}
     assert set(line_meshes) == {"orbit", "up"}
-    mats = [doc["materials"][line_meshes[n]["primitives"][0]["material"]]["pbrMetallicRoughness"]["baseColorFactor"] for n in ("orbit", "up")]
+    mats = [
+        doc["materials"][line_meshes[n]["primitives"][0]["material"]]["pbrMetallicRoughness"]["baseColorFactor"]
+        for n in ("orbit", "up")
+    ]
     assert mats[0] != mats[1]
 
     for name, cams in (("orbit", cams_a), ("up", cams_b)):
@@ -422,13 +427,15 @@ def test_gaussian_ply_colors_every_property(tmp_path: Path) -> None:
     assert names == _GS_HEAD + _GS_TAIL  # degree 0: no f_rest
     assert all(np.dtype(t) == np.dtype("<f4") for t in dtypes.values())
     assert len(v.data) == 5
-    col = lambda k: np.asarray(v[k], dtype=np.float64)  # noqa: E731
+    col = lambda k: np.asarray(v[k], dtype=np.float64)
     np.testing.assert_allclose(np.stack([col(k) for k in "xyz"], 1), g["means"], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.stack([col(k) for k in ("nx", "ny", "nz")], 1), 0)
     dc = np.stack([col(f"f_dc_{c}") for c in range(3)], 1)
     np.testing.assert_allclose(dc, (rgb - 0.5) / 0.28209479177387814, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(0.5 + SH_C0 * dc, rgb, atol=1e-6)  # viewer's decode gives the colour back
-    np.testing.assert_allclose(np.stack([col(f"scale_{i}") for i in range(3)], 1), np.log(g["scales"]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([col(f"scale_{i}") for i in range(3)], 1), np.log(g["scales"]), rtol=1e-6, atol=1e-6
+    )
     op = col("opacity")
     o = g["opacities"]
     np.testing.assert_allclose(op[1:4], np.log(o[1:4] / (1 - o[1:4])), atol=1e-5)
@@ -441,12 +448,21 @@ def test_gaussian_ply_colors_every_property(tmp_path: Path) -> None:
 def test_gaussian_ply_sh_degree2_channel_major_and_log_inputs(tmp_path: Path) -> None:
     n, K = 3, 9
     # Distinct, decodable values: sh[i, k, c] = 100 i + 10 k + c.
-    sh = (100 * np.arange(n)[:, None, None] + 10 * np.arange(K)[None, :, None] + np.arange(3)[None, None, :]).astype(np.float64)
+    sh = (100 * np.arange(n)[:, None, None] + 10 * np.arange(K)[None, :, None] + np.arange(3)[None, None, :]).astype(
+        np.float64
+    )
     g = _gaussians(n, seed=1)
     log_s = np.log(g["scales"])
     logits = np.array([-3.0, 0.0, 20.0])
     out = save_gaussian_ply(
-        tmp_path / "gs.ply", g["means"], g["quats"], log_s, logits, sh=torch.tensor(sh), log_scales=True, opacity_logits=True
+        tmp_path / "gs.ply",
+        g["means"],
+        g["quats"],
+        log_s,
+        logits,
+        sh=torch.tensor(sh),
+        log_scales=True,
+        opacity_logits=True,
     )
     v, names, _ = _read_gs(out)
     assert names == _GS_HEAD + [f"f_rest_{i}" for i in range(3 * (K - 1))] + _GS_TAIL

@@ -28,8 +28,13 @@ from worldstereo_core import safe_json, scene_codec  # noqa: E402
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov  # noqa: E402
 from worldstereo_core.errors import WorldStereoError  # noqa: E402
 from worldstereo_core.pointcloud import PointCloud  # noqa: E402
-from worldstereo_core.trajectory import (PRESETS, from_keyframes, load_camera_json,  # noqa: E402
-                                         preset_from_controls, save_camera_json)
+from worldstereo_core.trajectory import (  # noqa: E402
+    PRESETS,
+    from_keyframes,
+    load_camera_json,
+    preset_from_controls,
+    save_camera_json,
+)
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,8 +62,9 @@ numbers = st.one_of(
 )
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=8)),
-    lambda children: st.one_of(st.lists(children, max_size=5),
-                               st.dictionaries(st.text(max_size=6), children, max_size=5)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5), st.dictionaries(st.text(max_size=6), children, max_size=5)
+    ),
     max_leaves=40,
 )
 
@@ -69,6 +75,7 @@ def _matrix(n: int):
 
 def _rigid_or_noise():
     """Mostly valid w2c matrices (random rotation and translation), sometimes garbage."""
+
     @st.composite
     def rigid(draw):
         q = np.array([draw(st.floats(-1, 1)) for _ in range(4)])
@@ -108,9 +115,13 @@ def test_any_json_document_is_a_camera_json_or_a_clear_error(tmp_path_factory, d
     _assert_cameras_ok(traj.cameras)
 
 
-@given(n=st.integers(1, 5), ext=st.data(), shared=st.booleans(),
-       size=st.one_of(st.none(), st.tuples(st.integers(-5, 4000), st.integers(-5, 4000))),
-       extra=st.dictionaries(st.sampled_from(["fps", "note", "motion_list", "0000"]), json_values, max_size=2))
+@given(
+    n=st.integers(1, 5),
+    ext=st.data(),
+    shared=st.booleans(),
+    size=st.one_of(st.none(), st.tuples(st.integers(-5, 4000), st.integers(-5, 4000))),
+    extra=st.dictionaries(st.sampled_from(["fps", "note", "motion_list", "0000"]), json_values, max_size=2),
+)
 def test_near_valid_camera_json_round_trips_or_is_refused(tmp_path_factory, n, ext, shared, size, extra):
     E = [ext.draw(_rigid_or_noise()) for _ in range(n)]
     K = [[ext.draw(st.sampled_from([500.0, 0.0, -3.0, float("nan")])), 0, 320], [0, 500, 240], [0, 0, 1]]
@@ -143,8 +154,7 @@ def test_safe_json_accepts_or_refuses_cleanly(text):
 # trajectories and keyframe edits
 
 
-@given(name=st.sampled_from(sorted(PRESETS)), m=numbers, angle=numbers, extent=numbers,
-       n=st.integers(-3, 200))
+@given(name=st.sampled_from(sorted(PRESETS)), m=numbers, angle=numbers, extent=numbers, n=st.integers(-3, 200))
 def test_presets_from_any_controls(name, m, angle, extent, n):
     try:
         traj, halvings = preset_from_controls(name, FIRST, m, angle=angle, extent=extent, num_frames=n)
@@ -178,8 +188,13 @@ def test_keyframe_edits_give_a_smooth_path_or_a_clear_error(kfs, n, interp):
 # the inspector's binary protocol and request bodies
 
 
-@given(n=st.integers(0, 300), scale=st.sampled_from([1e-6, 1.0, 1e4]), budget=st.integers(1, 400),
-       n_traj=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(0, 300),
+    scale=st.sampled_from([1e-6, 1.0, 1e4]),
+    budget=st.integers(1, 400),
+    n_traj=st.integers(0, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_inspector_blob_round_trips(n, scale, budget, n_traj, seed):
     g = torch.Generator().manual_seed(seed)
     cloud = PointCloud(torch.randn(n, 3, generator=g) * scale, torch.rand(n, 3, generator=g)) if n else None

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tiny_models import RELEASE_FOLDERS, write_tiny_models
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.distributed.workers import GenerationWorkers, WorkerPoolError
 from worldstereo_core.errors import WorldStereoError
 from worldstereo_core.models.generate import generate_keyframes, load_models
-from tiny_models import RELEASE_FOLDERS, write_tiny_models
 
 H, W, F = 16, 32, 3
 
@@ -20,8 +20,11 @@ H, W, F = 16, 32, 3
 def load_kwargs(tmp_path_factory):
     paths = write_tiny_models(tmp_path_factory.mktemp("models"), variants=("dmd",))
     return {
-        "worldstereo": str(paths[RELEASE_FOLDERS["dmd"]]), "text_encoder": str(paths["text_encoder"]),
-        "image_encoder": str(paths["image_encoder"]), "vae": str(paths["vae"]), "dtype": torch.float32,
+        "worldstereo": str(paths[RELEASE_FOLDERS["dmd"]]),
+        "text_encoder": str(paths["text_encoder"]),
+        "image_encoder": str(paths["image_encoder"]),
+        "vae": str(paths["vae"]),
+        "dtype": torch.float32,
     }
 
 
@@ -38,8 +41,11 @@ def _job(seed=0):
     w2c[:, 0, 3] = torch.linspace(0.0, 0.4, F)
     K = intrinsics_from_fov(60.0, H, W).float().expand(F, 3, 3).clone()
     return {
-        "image": torch.rand(H, W, 3, generator=g), "prompt": "a room", "keyframe_cameras": Cameras(w2c, K, H, W),
-        "render": torch.rand(F, H, W, 3, generator=g), "render_mask": (torch.rand(F, H, W, generator=g) > 0.5).float(),
+        "image": torch.rand(H, W, 3, generator=g),
+        "prompt": "a room",
+        "keyframe_cameras": Cameras(w2c, K, H, W),
+        "render": torch.rand(F, H, W, 3, generator=g),
+        "render_mask": (torch.rand(F, H, W, generator=g) > 0.5).float(),
         "seed": 5,
     }
 

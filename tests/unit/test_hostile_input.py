@@ -28,8 +28,9 @@ def _bank(n: int = 3) -> MemoryBank:
     w2c = torch.eye(4).repeat(n, 1, 1)
     w2c[:, 0, 3] = torch.arange(n, dtype=torch.float32)
     K = intrinsics_from_fov(60.0, 12, 16).float().expand(n, 3, 3)
-    return MemoryBank(tuple(torch.rand(12, 16, 3, generator=g) for _ in range(n)), w2c, K,
-                      tuple(f"v{i}" for i in range(n)))
+    return MemoryBank(
+        tuple(torch.rand(12, 16, 3, generator=g) for _ in range(n)), w2c, K, tuple(f"v{i}" for i in range(n))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,13 +56,16 @@ def test_camera_json_with_one_shared_intrinsic_is_read(tmp_path):
         load_camera_json(path)
 
 
-@pytest.mark.parametrize("body, match", [
-    ("[" * 8000 + "]" * 8000, "nested too deeply"),
-    ('{"extrinsic": [' + "9" * 5000 + "]}", "characters"),
-    ('{"extrinsic": [1e999]}', "out of the float64 range"),
-    ('{"extrinsic": [NaN]}', "finite"),
-    (b'{"extrinsic": "\xff\xfe"}', "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ("[" * 8000 + "]" * 8000, "nested too deeply"),
+        ('{"extrinsic": [' + "9" * 5000 + "]}", "characters"),
+        ('{"extrinsic": [1e999]}', "out of the float64 range"),
+        ('{"extrinsic": [NaN]}', "finite"),
+        (b'{"extrinsic": "\xff\xfe"}', "UTF-8"),
+    ],
+)
 def test_camera_json_with_hostile_shapes_is_refused(tmp_path, body, match):
     path = tmp_path / "camera.json"
     (path.write_bytes if isinstance(body, bytes) else path.write_text)(body)
@@ -115,8 +119,9 @@ def _damage(target, how):
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["truncated frames", "flipped byte in cameras", "count abc", "count too large",
-                                 "manifest not json"])
+@pytest.mark.parametrize(
+    "how", ["truncated frames", "flipped byte in cameras", "count abc", "count too large", "manifest not json"]
+)
 def test_damaged_bank_names_bank_and_file(tmp_path, how):
     target = tmp_path / "bank"
     _bank().save(target)
@@ -252,12 +257,17 @@ def test_clip_seeds_wrap_without_overflow():
 
 def test_generator_at_the_largest_seed_runs_every_clip(tmp_path):
     from tiny_models import RELEASE_FOLDERS, write_tiny_models
-
     from worldstereo_core.models.generate import WorldStereoFrameGenerator, load_models
 
     paths = write_tiny_models(tmp_path / "models")
-    m = load_models(paths[RELEASE_FOLDERS["camera"]], text_encoder=paths["text_encoder"],
-                    image_encoder=paths["image_encoder"], vae=paths["vae"], device="cpu", dtype=torch.float32)
+    m = load_models(
+        paths[RELEASE_FOLDERS["camera"]],
+        text_encoder=paths["text_encoder"],
+        image_encoder=paths["image_encoder"],
+        vae=paths["vae"],
+        device="cpu",
+        dtype=torch.float32,
+    )
     n, h, w = 3, 16, 16
     w2c = torch.eye(4).repeat(n, 1, 1)
     w2c[:, 0, 3] = torch.linspace(0.0, 0.4, n)
@@ -288,6 +298,12 @@ def test_loop_settings_are_checked_before_any_stage():
     stages = []
     config = dataclasses.replace(default_config(64, 96), retrieval_mode="nearest")
     with pytest.raises(InvalidTrajectoryError, match="retrieval mode 'nearest'"):
-        pipeline.run_oracle_loop(synthetic.make_scene("room"), ["orbit"], 64, 96, config=config,
-                                 progress=lambda step, total: stages.append(step))
+        pipeline.run_oracle_loop(
+            synthetic.make_scene("room"),
+            ["orbit"],
+            64,
+            96,
+            config=config,
+            progress=lambda step, total: stages.append(step),
+        )
     assert stages == []

@@ -50,7 +50,14 @@ class Recorder:
 
 
 def test_start_and_prompt_parsing_and_validation():
-    assert [parse_start(v) for v in ("", "input", "continue", "3", "view:12", 4)] == ["input", "input", "continue", 3, 12, 4]
+    assert [parse_start(v) for v in ("", "input", "continue", "3", "view:12", 4)] == [
+        "input",
+        "input",
+        "continue",
+        3,
+        12,
+        4,
+    ]
     for bad in ("view:x", "-1", -2, True, "next"):
         with pytest.raises(InvalidTrajectoryError):
             parse_start(bad)
@@ -105,9 +112,17 @@ def test_any_bank_view_can_start_a_clip():
     turn = make_preset("pan", view.cameras, 2.0, 3, angle=60.0).cameras.resized(60, 100)
     bank = MemoryBank.from_views(scene.render(turn).rgb, turn, labels=["v0", "v1", "v2"])
     gen = Recorder(scene)
-    loop = run_scene_loop(view.image, view.cameras, view.depth, gen, OracleDepth(scene),
-                          [TrajectorySpec("wonder", 2), TrajectorySpec("orbit", "view:1")], CFG,
-                          valid=view.valid, bank=bank)
+    loop = run_scene_loop(
+        view.image,
+        view.cameras,
+        view.depth,
+        gen,
+        OracleDepth(scene),
+        [TrajectorySpec("wonder", 2), TrajectorySpec("orbit", "view:1")],
+        CFG,
+        valid=view.valid,
+        bank=bank,
+    )
     for call, step, i in zip(gen.calls, loop.steps, (2, 1)):
         cam = Cameras(bank.w2c[i : i + 1], bank.K[i : i + 1], 60, 100).resized(H, W)
         torch.testing.assert_close(step.keyframes.w2c[0], cam.w2c[0])
@@ -125,11 +140,27 @@ def test_bad_starts_fail_before_the_first_clip():
     view = scene.default_view(H, W)
     gen = Recorder(scene)
     with pytest.raises(InvalidInputError, match=r"start view\(s\) \[3\].*1 views"):
-        run_scene_loop(view.image, view.cameras, view.depth, gen, OracleDepth(scene),
-                       [TrajectorySpec("orbit"), TrajectorySpec("up", 3)], CFG, valid=view.valid)
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            gen,
+            OracleDepth(scene),
+            [TrajectorySpec("orbit"), TrajectorySpec("up", 3)],
+            CFG,
+            valid=view.valid,
+        )
     with pytest.raises(InvalidTrajectoryError, match="cannot 'continue'"):
-        run_scene_loop(view.image, view.cameras, view.depth, gen, OracleDepth(scene),
-                       [TrajectorySpec("orbit", "continue")], CFG, valid=view.valid)
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            gen,
+            OracleDepth(scene),
+            [TrajectorySpec("orbit", "continue")],
+            CFG,
+            valid=view.valid,
+        )
     assert gen.calls == []
 
 

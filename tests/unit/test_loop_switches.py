@@ -29,8 +29,16 @@ def _run(**changes):
     scene = synthetic.make_scene("room")
     view = scene.default_view(H, W)
     gen = Recorder(scene)
-    result = run_scene_loop(view.image, view.cameras, view.depth, gen, OracleDepth(scene), ["orbit", "up"],
-                            default_config(H, W, **changes), valid=view.valid)
+    result = run_scene_loop(
+        view.image,
+        view.cameras,
+        view.depth,
+        gen,
+        OracleDepth(scene),
+        ["orbit", "up"],
+        default_config(H, W, **changes),
+        valid=view.valid,
+    )
     return view, gen, result
 
 

@@ -76,7 +76,12 @@ def test_from_views_and_sizes_and_subset():
     bank = MemoryBank.from_views(torch.rand(3, 12, 16, 3), cams, ["pano:00", "pano:01", "pano:02"])
     big = MemoryBank.from_image(np.random.rand(24, 32, 3).astype(np.float32), K=K * 2)
     assert bank.sizes.tolist() == [[12, 16]] * 3
-    mixed = MemoryBank(bank.frames + big.frames, torch.cat([bank.w2c, big.w2c.float()]), torch.cat([bank.K, big.K.float()]), bank.sources + big.sources)
+    mixed = MemoryBank(
+        bank.frames + big.frames,
+        torch.cat([bank.w2c, big.w2c.float()]),
+        torch.cat([bank.K, big.K.float()]),
+        bank.sources + big.sources,
+    )
     assert mixed.sizes.tolist() == [[12, 16]] * 3 + [[24, 32]]
     sub = mixed.subset([3, 0])
     assert sub.sources == ("input", "pano:00") and sub.frames[0].shape == (24, 32, 3)
@@ -116,7 +121,12 @@ def test_bank_validation_errors():
 
 def test_bank_save_load_round_trip_exact(tmp_path):
     bank = _bank().update(torch.rand(21, 12, 16, 3), _cams(21), "traj0")
-    mixed = MemoryBank(bank.frames + (torch.rand(6, 8, 3),), torch.cat([bank.w2c, bank.w2c[:1]]), torch.cat([bank.K, bank.K[:1] / 2]), bank.sources + ("small",))
+    mixed = MemoryBank(
+        bank.frames + (torch.rand(6, 8, 3),),
+        torch.cat([bank.w2c, bank.w2c[:1]]),
+        torch.cat([bank.K, bank.K[:1] / 2]),
+        bank.sources + ("small",),
+    )
     target = tmp_path / "bank"
     mixed.save(target)
     back = MemoryBank.load(target)

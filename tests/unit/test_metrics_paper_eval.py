@@ -35,13 +35,9 @@ def _pose(R: np.ndarray, c: list[float]) -> np.ndarray:
 I3 = np.eye(3)
 
 
-def _three(
-    pred_R2: np.ndarray = I3, pred_c1=(1.0, 0.0, 0.0)
-) -> tuple[np.ndarray, np.ndarray]:
+def _three(pred_R2: np.ndarray = I3, pred_c1=(1.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     gt = np.stack([_pose(I3, [0, 0, 0]), _pose(I3, [1, 0, 0]), _pose(I3, [0, 0, 1])])
-    pred = np.stack(
-        [_pose(I3, [0, 0, 0]), _pose(I3, list(pred_c1)), _pose(pred_R2, [0, 0, 1])]
-    )
+    pred = np.stack([_pose(I3, [0, 0, 0]), _pose(I3, list(pred_c1)), _pose(pred_R2, [0, 0, 1])])
     return pred, gt
 
 
@@ -68,9 +64,7 @@ def test_rta_hand_computed_translation_directions():
     pred, gt = _three(pred_c1=(1.0, 1.0, 0.0))
     rot, trans, _ = relative_pose_errors(pred, gt)
     np.testing.assert_allclose(rot.numpy(), 0.0, atol=1e-9)
-    np.testing.assert_allclose(
-        trans.numpy(), [45.0, 0.0, math.degrees(math.acos(2 / math.sqrt(6)))], atol=1e-9
-    )
+    np.testing.assert_allclose(trans.numpy(), [45.0, 0.0, math.degrees(math.acos(2 / math.sqrt(6)))], atol=1e-9)
     acc = pose_accuracy(pred, gt)
     assert acc["rta@30"] == pytest.approx(1 / 3)  # 0° only (35.26° and 45° are over)
     assert acc["rta@5"] == pytest.approx(1 / 3)
@@ -102,20 +96,14 @@ def test_relative_pose_errors_match_brute_force_loops():
             ang = Rotation.from_matrix(rg[:3, :3].T @ rp[:3, :3]).magnitude()
             assert float(rot[k]) == pytest.approx(math.degrees(ang), abs=1e-7)
             a, b = rg[:3, 3], rp[:3, 3]
-            t = math.degrees(
-                math.acos(
-                    np.clip(abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b), -1, 1)
-                )
-            )
+            t = math.degrees(math.acos(np.clip(abs(a @ b) / np.linalg.norm(a) / np.linalg.norm(b), -1, 1)))
             assert float(trans[k]) == pytest.approx(t, abs=1e-6)
             k += 1
 
 
 def test_pose_accuracy_ignores_a_global_similarity_of_the_prediction():
     gt = _random_traj(5, 3)
-    S = _pose(
-        Rotation.from_euler("xyz", [30, -50, 10], degrees=True).as_matrix(), [4, -2, 1]
-    )
+    S = _pose(Rotation.from_euler("xyz", [30, -50, 10], degrees=True).as_matrix(), [4, -2, 1])
     moved = S[None] @ gt
     moved[:, :3, 3] *= 3.0  # scale the world
     acc = pose_accuracy(moved, gt)
@@ -138,13 +126,9 @@ def test_pose_accuracy_pairs_without_true_baseline_are_left_out_of_rta():
 def test_psnr_against_the_formula():
     g = torch.Generator().manual_seed(0)
     a = torch.rand(3, 12, 17, 3, generator=g, dtype=torch.float64)
-    b = (a + 0.05 * torch.randn(3, 12, 17, 3, generator=g, dtype=torch.float64)).clamp(
-        0, 1
-    )
+    b = (a + 0.05 * torch.randn(3, 12, 17, 3, generator=g, dtype=torch.float64)).clamp(0, 1)
     an, bn = a.numpy(), b.numpy()
-    want = [
-        10 * math.log10(1.0 / float(((an[k] - bn[k]) ** 2).mean())) for k in range(3)
-    ]
+    want = [10 * math.log10(1.0 / float(((an[k] - bn[k]) ** 2).mean())) for k in range(3)]
     np.testing.assert_allclose(psnr(a, b).numpy(), want, rtol=1e-10)
     assert math.isinf(float(psnr(a, a)[0]))
 
@@ -156,9 +140,7 @@ def _ssim_brute(x: np.ndarray, y: np.ndarray) -> float:
     k /= k.sum()
 
     def blur(z):
-        return correlate1d(
-            correlate1d(z, k, axis=0, mode="mirror"), k, axis=1, mode="mirror"
-        )
+        return correlate1d(correlate1d(z, k, axis=0, mode="mirror"), k, axis=1, mode="mirror")
 
     C1, C2 = 0.01**2, 0.03**2
     vals = []
@@ -166,13 +148,7 @@ def _ssim_brute(x: np.ndarray, y: np.ndarray) -> float:
         a, b = x[..., c], y[..., c]
         ma, mb = blur(a), blur(b)
         va, vb, cov = blur(a * a) - ma**2, blur(b * b) - mb**2, blur(a * b) - ma * mb
-        vals.append(
-            (
-                (2 * ma * mb + C1)
-                * (2 * cov + C2)
-                / ((ma**2 + mb**2 + C1) * (va + vb + C2))
-            ).mean()
-        )
+        vals.append(((2 * ma * mb + C1) * (2 * cov + C2) / ((ma**2 + mb**2 + C1) * (va + vb + C2))).mean())
     return float(np.mean(vals))
 
 
@@ -182,18 +158,14 @@ def test_ssim_against_brute_force_and_closed_form():
     b = 0.7 * a + 0.3 * torch.rand(2, 20, 24, 3, generator=g, dtype=torch.float64)
     got = ssim(a, b).numpy()
     for k in range(2):
-        assert got[k] == pytest.approx(
-            _ssim_brute(a[k].numpy(), b[k].numpy()), abs=1e-9
-        )
+        assert got[k] == pytest.approx(_ssim_brute(a[k].numpy(), b[k].numpy()), abs=1e-9)
     # constant images: no variance, SSIM = luminance term (2 μa μb + C1) / (μa² + μb² + C1) everywhere
     c1, c2 = (
         torch.full((1, 16, 16, 3), 0.2, dtype=torch.float64),
         torch.full((1, 16, 16, 3), 0.6, dtype=torch.float64),
     )
     C1 = 0.01**2
-    assert float(ssim(c1, c2)[0]) == pytest.approx(
-        (2 * 0.2 * 0.6 + C1) / (0.04 + 0.36 + C1), abs=1e-7
-    )
+    assert float(ssim(c1, c2)[0]) == pytest.approx((2 * 0.2 * 0.6 + C1) / (0.04 + 0.36 + C1), abs=1e-7)
 
 
 def test_image_scores_lpips_plug_in_and_its_absence():
@@ -202,10 +174,7 @@ def test_image_scores_lpips_plug_in_and_its_absence():
     out = image_scores(a, b)
     assert out["lpips"] is None and out["lpips_status"] == LPIPS_UNAVAILABLE
     l1 = image_scores(a, b, lpips=lambda x, y: (x - y).abs().flatten(1).mean(1))
-    assert (
-        l1["lpips"] == pytest.approx(float((a - b).abs().mean()), rel=1e-5)
-        and l1["lpips_status"] == "computed"
-    )
+    assert l1["lpips"] == pytest.approx(float((a - b).abs().mean()), rel=1e-5) and l1["lpips_status"] == "computed"
     with pytest.raises(ShapeMismatchError):
         image_scores(a, b, lpips=lambda x, y: torch.zeros(5))
     with pytest.raises(InvalidImageError):

@@ -38,19 +38,32 @@ PUBLISHED_CONFIG = {
 }
 DMD_FIELDS = {"dmd_start_steps": 250, "dmd_end_steps": 1000, "gen_shift": 5.0, "dmd_steps": 4}
 # the sizes of the small files below (a test override, as a user never needs one)
-SMALL = {"transformer": dict(TINY_TRANSFORMER_CONFIG, patch_size=list(TINY_TRANSFORMER_CONFIG["patch_size"])),
-         "controlnet_cfg": TINY_CONTROLNET_CONFIG.to_dict()}
+SMALL = {
+    "transformer": dict(TINY_TRANSFORMER_CONFIG, patch_size=list(TINY_TRANSFORMER_CONFIG["patch_size"])),
+    "controlnet_cfg": TINY_CONTROLNET_CONFIG.to_dict(),
+}
 
 # diffusers name -> original Wan / ComfyUI name, written out here independently of the loader's table
 # (the original calls the cross-attention norm norm3 and the image-key projections k_img / v_img)
 _BLOCK_TO_ORIGINAL = {
-    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
-    "attn1.to_out.0": "self_attn.o", "attn1.norm_q": "self_attn.norm_q", "attn1.norm_k": "self_attn.norm_k",
-    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
-    "attn2.to_out.0": "cross_attn.o", "attn2.norm_q": "cross_attn.norm_q", "attn2.norm_k": "cross_attn.norm_k",
-    "attn2.add_k_proj": "cross_attn.k_img", "attn2.add_v_proj": "cross_attn.v_img",
-    "attn2.norm_added_k": "cross_attn.norm_k_img", "norm2": "norm3",
-    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+    "attn1.to_q": "self_attn.q",
+    "attn1.to_k": "self_attn.k",
+    "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o",
+    "attn1.norm_q": "self_attn.norm_q",
+    "attn1.norm_k": "self_attn.norm_k",
+    "attn2.to_q": "cross_attn.q",
+    "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o",
+    "attn2.norm_q": "cross_attn.norm_q",
+    "attn2.norm_k": "cross_attn.norm_k",
+    "attn2.add_k_proj": "cross_attn.k_img",
+    "attn2.add_v_proj": "cross_attn.v_img",
+    "attn2.norm_added_k": "cross_attn.norm_k_img",
+    "norm2": "norm3",
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
 }
 _TOP_TO_ORIGINAL = {
     "condition_embedder.time_embedder.linear_1": "time_embedding.0",
@@ -97,7 +110,9 @@ def _release_folder(root: Path, name: str, state: dict, config: dict) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    save_file({k: v.contiguous() for k, v in state.items() if not is_backbone_key(k)}, str(folder / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if not is_backbone_key(k)}, str(folder / "model.safetensors")
+    )
     return folder
 
 
@@ -107,8 +122,10 @@ def _diffusers_base(root: Path, state: dict) -> Path:
     folder.mkdir(parents=True)
     backbone = {k: v.to(torch.bfloat16).contiguous() for k, v in state.items() if is_backbone_key(k)}
     keys = sorted(backbone)
-    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, ks in shards.items():
         save_file({k: backbone[k] for k in ks}, str(folder / name))
     index = {"metadata": {}, "weight_map": {k: name for name, ks in shards.items() for k in ks}}
@@ -203,7 +220,10 @@ def test_what_the_base_cannot_fill_stays_an_error(tmp_path, models):
     comfy = tmp_path / "t2v.safetensors"
     _comfy_file(comfy, {k: v for k, v in state.items() if "image_embedder" not in k and "add_" not in k}, fp8=False)
     ckpt2 = _release_folder(tmp_path, "worldstereo-memory-2", state, {**PUBLISHED_CONFIG})
-    with pytest.raises(CheckpointMismatchError, match=r"does not have 20 of them: blocks\.\* \(12\), condition_embedder\.\* \(8\).*I2V 14B"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"does not have 20 of them: blocks\.\* \(12\), condition_embedder\.\* \(8\).*I2V 14B",
+    ):
         load_worldstereo(ckpt2, variant="memory", base_model=comfy, overrides=SMALL)
 
 
@@ -226,7 +246,9 @@ def test_comfyui_key_names_cover_the_released_backbone(fixtures_dir):
     backbone = {k for k in schema["variants"]["worldstereo-memory"] if is_backbone_key(k)}
     assert len(backbone) > 1000 and any("add_k_proj" in k for k in backbone)  # the I2V image path is there
     comfy = ["model.diffusion_model." + _to_original(k) for k in backbone]
-    comfy_fp8 = comfy + [k[: -len(".weight")] + ".scale_weight" for k in comfy if k.endswith(".weight")] + ["scaled_fp8"]
+    comfy_fp8 = (
+        comfy + [k[: -len(".weight")] + ".scale_weight" for k in comfy if k.endswith(".weight")] + ["scaled_fp8"]
+    )
     for keys, layout in ((comfy, "comfyui"), (comfy_fp8, "comfyui_scaled_fp8"), (sorted(backbone), "diffusers")):
         plan = plan_wan_transformer(keys)
         assert plan.layout == layout and set(plan.targets) == backbone

@@ -76,11 +76,23 @@ def clip() -> CLIPVisionModel:
 def spm_bytes() -> bytes:
     import sentencepiece as spm
 
-    corpus = ["a small kitchen with a wooden table", "the camera moves left around the red chair",
-              "an outdoor city street at night", "green hills under a blue sky"] * 20
+    corpus = [
+        "a small kitchen with a wooden table",
+        "the camera moves left around the red chair",
+        "an outdoor city street at night",
+        "green hills under a blue sky",
+    ] * 20
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=40,
-                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        vocab_size=40,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+    )
     return buf.getvalue()
 
 
@@ -89,6 +101,7 @@ def _sd(model, drop=()):
 
 
 # ------------------------------------------------------------------------------------------ text
+
 
 def test_text_embedding_padding_zeroed(umt5):
     enc = UMT5TextEncoder(umt5, CharTokenizer(), max_length=24)
@@ -167,7 +180,8 @@ def test_diffusers_folder_sharded_with_tokenizer_folder(umt5, spm_bytes, tmp_pat
     for name, ks in shards.items():
         save_file({k: sd[k] for k in ks}, str(te / name))
     (te / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}}))
+        json.dumps({"weight_map": {k: n for n, ks in shards.items() for k in ks}})
+    )
     (te / "config.json").write_text(json.dumps({**tiny_umt5_config(), "architectures": ["UMT5EncoderModel"]}))
     tok = root / "tokenizer"
     tok.mkdir()
@@ -198,7 +212,9 @@ def test_text_encoder_errors(umt5, tmp_path):
     del sd["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
     partial = tmp_path / "partial.safetensors"
     save_file(sd, str(partial))
-    with pytest.raises(CheckpointMismatchError, match=r"missing 1 keys under encoder\.block\.layer\.DenseReluDense\.\* \(1\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing 1 keys under encoder\.block\.layer\.DenseReluDense\.\* \(1\)"
+    ):
         load_text_encoder(partial, tokenizer=CharTokenizer(), dtype=torch.float32)
     pickle = tmp_path / "umt5.bin"
     pickle.write_bytes(b"\x80\x02junk")
@@ -207,6 +223,7 @@ def test_text_encoder_errors(umt5, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- image
+
 
 def test_clip_full_config_has_257_tokens():
     assert clip_num_tokens(CLIP_VIT_H_CONFIG) == 257
@@ -275,8 +292,13 @@ def test_clip_preprocess_matches_transformers_processor():
     g = np.random.default_rng(0)
     arr = (g.random((48, 80, 3)) * 255).astype(np.uint8)
     img = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    kwargs = dict(crop_size={"height": 32, "width": 32}, size={"shortest_edge": 32}, resample=3,
-                  image_mean=list(CLIP_IMAGE_MEAN), image_std=list(CLIP_IMAGE_STD))
+    kwargs = dict(
+        crop_size={"height": 32, "width": 32},
+        size={"shortest_edge": 32},
+        resample=3,
+        image_mean=list(CLIP_IMAGE_MEAN),
+        image_std=list(CLIP_IMAGE_STD),
+    )
     for scale, rescale, tol in (("release", False, 255 * 0.05), ("unit", True, 0.05)):
         ref = CLIPImageProcessor(do_rescale=rescale, **kwargs)(images=Image.fromarray(arr), return_tensors="pt")
         ours = clip_preprocess(img, 32, scale)  # type: ignore[arg-type]
@@ -288,10 +310,12 @@ def test_clip_preprocess_matches_transformers_processor():
 def test_clip_single_file_open_clip_layout(clip, tmp_path):
     sd = _sd(clip)
     prefix = "" if "embeddings.patch_embedding.weight" in sd else "vision_model."
-    oc = {"visual.class_embedding": sd[prefix + "embeddings.class_embedding"],
-          "visual.conv1.weight": sd[prefix + "embeddings.patch_embedding.weight"],
-          "visual.positional_embedding": sd[prefix + "embeddings.position_embedding.weight"],
-          "visual.proj": torch.zeros(32, 16)}
+    oc = {
+        "visual.class_embedding": sd[prefix + "embeddings.class_embedding"],
+        "visual.conv1.weight": sd[prefix + "embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": sd[prefix + "embeddings.position_embedding.weight"],
+        "visual.proj": torch.zeros(32, 16),
+    }
     for a, b in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
         for p in ("weight", "bias"):
             oc[f"visual.{a}.{p}"] = sd[f"{prefix}{b}.{p}"]

@@ -80,8 +80,13 @@ def test_layer_selection_keeps_norms_embeddings_and_zero_projections():
     assert "blocks.0.attn1.to_q" in names and "blocks.2.ffn.net.2" in names
     assert "controlnet.controlnet_blocks.1.self_attn.to_out.0" in names
     assert "controlnet.controlnet_blocks.0.ffn.0" in names
-    for kept in ("controlnet.proj_out.0", "controlnet.controlnet_blocks.0.norm1.linear", "proj_out",
-                 "camera_embedding.4", "condition_embedder.time_proj"):
+    for kept in (
+        "controlnet.proj_out.0",
+        "controlnet.controlnet_blocks.0.norm1.linear",
+        "proj_out",
+        "camera_embedding.4",
+        "condition_embedder.time_proj",
+    ):
         assert kept not in names
     assert not any(n.startswith(("condition_embedder", "patch_embedding", "camera_embedding")) for n in names)
     convert_to_fp8(model)
@@ -98,10 +103,15 @@ def _inputs(model, g):
 
     x = r(1, 36, F_, h, w)
     kw = dict(
-        encoder_hidden_states=r(1, 8, cfg.text_dim), encoder_hidden_states_image=r(1, 4, cfg.image_dim),
-        render_latent=r(1, 16, F_, h, w), render_mask=(torch.rand(1, 1, F_, 8 * h, 8 * w, generator=g) > 0.5).float(),
-        plucker=r(1, 6, F_, 8 * h, 8 * w), reference_latent=r(1, 36, R, h, w), ref_index=torch.tensor([0, 1]),
-        camera_qt=r(1, F_, 7), camera_qt_ref=r(1, R, 7),
+        encoder_hidden_states=r(1, 8, cfg.text_dim),
+        encoder_hidden_states_image=r(1, 4, cfg.image_dim),
+        render_latent=r(1, 16, F_, h, w),
+        render_mask=(torch.rand(1, 1, F_, 8 * h, 8 * w, generator=g) > 0.5).float(),
+        plucker=r(1, 6, F_, 8 * h, 8 * w),
+        reference_latent=r(1, 36, R, h, w),
+        ref_index=torch.tensor([0, 1]),
+        camera_qt=r(1, F_, 7),
+        camera_qt_ref=r(1, R, 7),
     )
     return x, torch.tensor([700.0]), kw
 
@@ -160,8 +170,9 @@ def test_fp8_model_saves_and_loads_back(bf16_checkpoint, tmp_path):
     again = load_worldstereo(folder, weight_format=FP8, fp8_granularity="tensor")
     for k, v in f8.state_dict().items():
         got = again.state_dict()[k]
-        assert got.dtype == v.dtype and torch.equal(got.view(torch.uint8) if got.dtype == FP8_DTYPE else got,
-                                                    v.view(torch.uint8) if v.dtype == FP8_DTYPE else v), k
+        assert got.dtype == v.dtype and torch.equal(
+            got.view(torch.uint8) if got.dtype == FP8_DTYPE else got, v.view(torch.uint8) if v.dtype == FP8_DTYPE else v
+        ), k
 
 
 def _comfy_scaled_file(checkpoint, folder, prefix="model.diffusion_model."):

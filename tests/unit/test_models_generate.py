@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from tiny_models import RELEASE_FOLDERS, write_tiny_models
 
+from tiny_models import RELEASE_FOLDERS, write_tiny_models
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.checkpoint import embedded_config
 from worldstereo_core.errors import (
@@ -41,8 +41,11 @@ def tiny_dir(tmp_path_factory):
 def _load(paths, variant):
     return load_models(
         paths[RELEASE_FOLDERS[variant]],
-        text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"], vae=paths["vae"],
-        device="cpu", dtype=torch.float32,
+        text_encoder=paths["text_encoder"],
+        image_encoder=paths["image_encoder"],
+        vae=paths["vae"],
+        device="cpu",
+        dtype=torch.float32,
     )
 
 
@@ -71,7 +74,8 @@ def _refs(n_refs=2, size=(24, 20), n_frames=F, seed=3):
     K = intrinsics_from_fov(60.0, *size).float().expand(n_refs, 3, 3).clone()
     return References(
         images=tuple(torch.rand(*size, 3, generator=g) for _ in range(n_refs)),
-        w2c=w2c, K=K,
+        w2c=w2c,
+        K=K,
         ref_index=torch.arange(n_refs) % (n_frames - 1),
         bank_indices=torch.arange(n_refs),
         sources=tuple(f"ref{i}" for i in range(n_refs)),
@@ -100,8 +104,19 @@ def test_generate_runs_for_every_variant(models, variant, sampler, steps):
     m = models[variant]
     image, cams, render, mask = _scene()
     seen = []
-    out = generate_keyframes(m, image, "a kitchen with wooden chairs", "blurry", cams, render, mask,
-                             sampler=sampler, steps=steps, seed=1, on_step=lambda i, n: seen.append((i, n)))
+    out = generate_keyframes(
+        m,
+        image,
+        "a kitchen with wooden chairs",
+        "blurry",
+        cams,
+        render,
+        mask,
+        sampler=sampler,
+        steps=steps,
+        seed=1,
+        on_step=lambda i, n: seen.append((i, n)),
+    )
     assert out.shape == (F, H, W, 3) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
     total = steps if steps is not None else m.transformer.ws_config.dmd.steps
@@ -198,13 +213,25 @@ def test_load_models_errors(tiny_dir, tmp_path):
     with pytest.raises(MissingInputError, match="no source for"):
         load_models(paths["worldstereo-memory"], device="cpu")
     with pytest.raises(InvalidOptionError, match="offload"):
-        load_models(paths["worldstereo-memory"], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
-                    vae=paths["vae"], device="cpu", offload="disk")
+        load_models(
+            paths["worldstereo-memory"],
+            text_encoder=paths["text_encoder"],
+            image_encoder=paths["image_encoder"],
+            vae=paths["vae"],
+            device="cpu",
+            offload="disk",
+        )
     pickle = tmp_path / "umt5.pt"
     pickle.write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(UnsafeFileError, match="safetensors"):
-        load_models(paths["worldstereo-memory"], text_encoder=pickle, image_encoder=paths["image_encoder"],
-                    vae=paths["vae"], device="cpu", dtype=torch.float32)
+        load_models(
+            paths["worldstereo-memory"],
+            text_encoder=pickle,
+            image_encoder=paths["image_encoder"],
+            vae=paths["vae"],
+            device="cpu",
+            dtype=torch.float32,
+        )
 
 
 def test_block_swap_keeps_outputs_and_host_weights(models):
@@ -223,18 +250,32 @@ def test_block_swap_keeps_outputs_and_host_weights(models):
     assert swap.host_bytes == sum(p.numel() * 4 for p in block.parameters())
     swap.remove()
     # on a CPU run sequential offload is a no-op
-    assert enable_sequential_offload(models["camera"].transformer, "cpu", execution_order(models["camera"].transformer)) is None
+    assert (
+        enable_sequential_offload(models["camera"].transformer, "cpu", execution_order(models["camera"].transformer))
+        is None
+    )
     order = execution_order(models["memory"].transformer)
     t = models["memory"].transformer
-    assert order == [t.blocks[0], t.controlnet.controlnet_blocks[0], t.blocks[1], t.controlnet.controlnet_blocks[1], t.blocks[2]]
+    assert order == [
+        t.blocks[0],
+        t.controlnet.controlnet_blocks[0],
+        t.blocks[1],
+        t.controlnet.controlnet_blocks[1],
+        t.blocks[2],
+    ]
 
 
 def test_blocks_to_swap_gives_the_resident_frames(tiny_dir, models):
     """The block-swap path (last 2 of 3 main blocks on the host, swapped in per forward) = the resident path."""
     _, paths = tiny_dir
     swapped = load_models(
-        paths[RELEASE_FOLDERS["dmd"]], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
-        vae=paths["vae"], device="cpu", dtype=torch.float32, blocks_to_swap=2,
+        paths[RELEASE_FOLDERS["dmd"]],
+        text_encoder=paths["text_encoder"],
+        image_encoder=paths["image_encoder"],
+        vae=paths["vae"],
+        device="cpu",
+        dtype=torch.float32,
+        blocks_to_swap=2,
     )
     swap = swapped.transformer.block_swap
     assert swap.blocks == list(swapped.transformer.blocks[1:]) and swapped.blocks_to_swap == 2
@@ -250,17 +291,36 @@ def test_blocks_to_swap_gives_the_resident_frames(tiny_dir, models):
     swapped.load_to_device()
     assert {t.data_ptr() for b in swap.blocks for t in [*b.parameters(), *b.buffers()]} == host_ptrs
     with pytest.raises(InvalidOptionError, match="blocks_to_swap"):
-        load_models(paths[RELEASE_FOLDERS["dmd"]], vae=paths["vae"], device="cpu", blocks_to_swap=-1,
-                    with_text_encoder=False, with_image_encoder=False)
+        load_models(
+            paths[RELEASE_FOLDERS["dmd"]],
+            vae=paths["vae"],
+            device="cpu",
+            blocks_to_swap=-1,
+            with_text_encoder=False,
+            with_image_encoder=False,
+        )
     with pytest.raises(InvalidOptionError, match="3 main blocks"):
-        load_models(paths[RELEASE_FOLDERS["dmd"]], vae=paths["vae"], device="cpu", blocks_to_swap=4,
-                    with_text_encoder=False, with_image_encoder=False)
+        load_models(
+            paths[RELEASE_FOLDERS["dmd"]],
+            vae=paths["vae"],
+            device="cpu",
+            blocks_to_swap=4,
+            with_text_encoder=False,
+            with_image_encoder=False,
+        )
 
 
 def test_error_inside_a_swapped_block_leaves_only_host_weights(tiny_dir, monkeypatch):
     _, paths = tiny_dir
-    m = load_models(paths[RELEASE_FOLDERS["dmd"]], text_encoder=paths["text_encoder"], image_encoder=paths["image_encoder"],
-                    vae=paths["vae"], device="cpu", dtype=torch.float32, blocks_to_swap=1)
+    m = load_models(
+        paths[RELEASE_FOLDERS["dmd"]],
+        text_encoder=paths["text_encoder"],
+        image_encoder=paths["image_encoder"],
+        vae=paths["vae"],
+        device="cpu",
+        dtype=torch.float32,
+        blocks_to_swap=1,
+    )
     swap = m.transformer.block_swap
     block = swap.blocks[0]
 
@@ -279,16 +339,23 @@ def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
     """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT path: same frames as encoding here, even with no encoders."""
     _, paths = tiny_dir
     full = models["dmd"]
-    bare = load_models(paths["worldstereo-memory-dmd"], vae=paths["vae"], device="cpu", dtype=torch.float32,
-                       with_text_encoder=False, with_image_encoder=False)
+    bare = load_models(
+        paths["worldstereo-memory-dmd"],
+        vae=paths["vae"],
+        device="cpu",
+        dtype=torch.float32,
+        with_text_encoder=False,
+        with_image_encoder=False,
+    )
     assert bare.text_encoder is None and bare.image_encoder is None
     image, cams, render, mask = _scene()
     text = full.text_encoder.encode(["a red house"])
     n = int((text[0].abs().sum(-1) > 0).sum())  # tokens of the prompt; the rest is Wan's zero padding
     clip = full.image_encoder.encode(image.permute(2, 0, 1)[None] * 2 - 1)
     want = generate_keyframes(full, image, "a red house", None, cams, render, mask, seed=3)
-    got = generate_keyframes(bare, image, "", None, cams, render, mask, seed=3,
-                             prompt_embeds=text[:, :n], image_embeds=clip)
+    got = generate_keyframes(
+        bare, image, "", None, cams, render, mask, seed=3, prompt_embeds=text[:, :n], image_embeds=clip
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(MissingInputError, match="no text encoder"):
         generate_keyframes(bare, image, "x", None, cams, render, mask, image_embeds=clip)
@@ -298,18 +365,25 @@ def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
 
 # ------------------------------------------------------------------------- Uni3C (video mode)
 
+
 def _video_scene(n=9, h=H, w=W, seed=0):
     """``n`` poses turning and moving (so the two camera normalisations differ)."""
     from scipy.spatial.transform import Rotation
 
     g = torch.Generator().manual_seed(seed)
     w2c = torch.eye(4).repeat(n, 1, 1)
-    w2c[:, :3, :3] = torch.as_tensor(Rotation.from_euler("y", torch.linspace(0, 30, n).numpy()[:, None], degrees=True).as_matrix()).float()
+    w2c[:, :3, :3] = torch.as_tensor(
+        Rotation.from_euler("y", torch.linspace(0, 30, n).numpy()[:, None], degrees=True).as_matrix()
+    ).float()
     w2c[:, 0, 3] = torch.linspace(0.0, 0.4, n)
     w2c[:, 2, 3] = 1.0
     K = intrinsics_from_fov(60.0, h, w).float().expand(n, 3, 3).clone()
-    return (torch.rand(h, w, 3, generator=g), Cameras(w2c, K, h, w), torch.rand(n, h, w, 3, generator=g),
-            (torch.rand(n, h, w, generator=g) > 0.5).float())
+    return (
+        torch.rand(h, w, 3, generator=g),
+        Cameras(w2c, K, h, w),
+        torch.rand(n, h, w, 3, generator=g),
+        (torch.rand(n, h, w, generator=g) > 0.5).float(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -332,10 +406,12 @@ def test_uni3c_video_mode_feeds_whole_videos(uni3c_models, models):
     image, cams, render, mask = _video_scene()
     seen = {}
     hook = m.transformer.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.setdefault("call", (args, kwargs)), with_kwargs=True)
+        lambda mod, args, kwargs: seen.setdefault("call", (args, kwargs)), with_kwargs=True
+    )
     try:
-        out = generate_keyframes(m, image, "a kitchen", None, cams, render, mask, sampler="unipc", steps=1,
-                                 guidance_scale=1.0, seed=0)
+        out = generate_keyframes(
+            m, image, "a kitchen", None, cams, render, mask, sampler="unipc", steps=1, guidance_scale=1.0, seed=0
+        )
     finally:
         hook.remove()
     assert out.shape == (9, H, W, 3) and torch.isfinite(out).all()  # 3 latent frames decode to 9 frames
@@ -366,8 +442,9 @@ def test_uni3c_video_mode_memory_model_and_errors(tiny_dir, models):
     # a memory model keeps its SSM path: references point at latent frames, camera_qt at poses 0, 4, 8
     mem = with_uni3c(models["memory"], load_uni3c(paths["uni3c"], dtype=torch.float32))
     image, cams, render, mask = _video_scene()
-    out = generate_keyframes(mem, image, "a room", None, cams, render, mask, _refs(n_frames=3), sampler="unipc",
-                             steps=1, guidance_scale=1.0)
+    out = generate_keyframes(
+        mem, image, "a room", None, cams, render, mask, _refs(n_frames=3), sampler="unipc", steps=1, guidance_scale=1.0
+    )
     assert out.shape == (9, H, W, 3)
     for n in (4, 8, 3):
         im, c, r, mk = _video_scene(n)
@@ -385,12 +462,14 @@ def test_frame_generator_takes_the_clips_own_prompt_and_refuses_uni3c(models, un
     gen = WorldStereoFrameGenerator(m, "a room", seed=5, **kw)
     own = gen(image[None], cams, render, mask, _refs(), prompt="a stone bridge over a calm river")
     scene = gen(image[None], cams, render, mask, _refs())
-    want_own = generate_keyframes(m, image[None], "a stone bridge over a calm river", None, cams, render, mask,
-                                  _refs(), seed=5, **kw)
+    want_own = generate_keyframes(
+        m, image[None], "a stone bridge over a calm river", None, cams, render, mask, _refs(), seed=5, **kw
+    )
     want_scene = generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(), seed=6, **kw)
     assert torch.equal(own, want_own) and torch.equal(scene, want_scene)
-    assert not torch.allclose(own, generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(),
-                                                      seed=5, **kw))
+    assert not torch.allclose(
+        own, generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(), seed=5, **kw)
+    )
     with pytest.raises(InvalidInputError, match="Uni3C"):
         WorldStereoFrameGenerator(uni3c_models, "a room")
 
@@ -404,8 +483,9 @@ def test_sampling_steps_is_the_one_default_of_both_samplers():
     from worldstereo_core.models.loading import DMDSettings
     from worldstereo_core.models.sampling import DEFAULT_UNIPC_STEPS
 
-    dmd = SimpleNamespace(default_sampler="dmd", transformer=SimpleNamespace(ws_config=SimpleNamespace(
-        dmd=DMDSettings(steps=4))))
+    dmd = SimpleNamespace(
+        default_sampler="dmd", transformer=SimpleNamespace(ws_config=SimpleNamespace(dmd=DMDSettings(steps=4)))
+    )
     unipc = SimpleNamespace(default_sampler="unipc", transformer=SimpleNamespace())
     assert DEFAULT_UNIPC_STEPS == 40
     assert sampling_steps(dmd) == 4 and sampling_steps(dmd, "unipc") == 40 and sampling_steps(dmd, None, 7) == 7

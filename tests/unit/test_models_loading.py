@@ -95,7 +95,7 @@ def test_uni3c_layout_is_recognised(saved, tmp_path):
     uni3c = {}
     for k, v in state.items():
         if k.startswith(("controlnet.controlnet_patch_embedding.", "controlnet.controlnet_mask_embedding.")):
-            uni3c[k[len("controlnet."):]] = v  # Uni3C keeps these two at the top level
+            uni3c[k[len("controlnet.") :]] = v  # Uni3C keeps these two at the top level
         elif k.startswith("controlnet."):
             uni3c[k] = v
     path = _write(tmp_path / "uni3c.safetensors", uni3c)
@@ -189,10 +189,22 @@ def test_missing_config_fields(saved, tmp_path):
 def test_release_config_json_defaults():
     """The release's config.json has model_type + controlnet_cfg but no transformer sizes: full Wan sizes."""
     cfg = config_from_dict(
-        {"model_type": "worldstereo-memory", "base_model": "Wan2.1-I2V-14B-480P-Diffusers",
-         "controlnet_cfg": {"dim": 1024, "ffn_dim": 4096, "num_heads": 16, "num_layers": 20, "conv_out_dim": 5120,
-                            "time_embed_dim": 5120, "add_channels": 7, "mid_channels": 256, "mask_downsample": 1,
-                            "main_camera_embedding": True}}
+        {
+            "model_type": "worldstereo-memory",
+            "base_model": "Wan2.1-I2V-14B-480P-Diffusers",
+            "controlnet_cfg": {
+                "dim": 1024,
+                "ffn_dim": 4096,
+                "num_heads": 16,
+                "num_layers": 20,
+                "conv_out_dim": 5120,
+                "time_embed_dim": 5120,
+                "add_channels": 7,
+                "mid_channels": 256,
+                "mask_downsample": 1,
+                "main_camera_embedding": True,
+            },
+        }
     )
     assert cfg.variant == "memory" and cfg.transformer["num_layers"] == 40 and cfg.controlnet.add_channels == 7
     with pytest.raises(CheckpointMismatchError, match="unknown variant"):

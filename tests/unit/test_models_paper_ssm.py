@@ -70,7 +70,9 @@ def test_pair_restriction_equals_the_attention_mask():
     x, t, kw = _inputs()
     with torch.no_grad():
         temb = model.condition_embedder(t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"])[0]
-        state = model._branch_state(x, temb, {"pair_latent": kw["pair_latent"], "pointmap_latent": kw["pointmap_latent"]})
+        state = model._branch_state(
+            x, temb, {"pair_latent": kw["pair_latent"], "pointmap_latent": kw["pointmap_latent"]}
+        )
     block = model.memory_branch.memory_blocks[0]
     tokens_per_pair = state.tokens.shape[1]
     n = state.frames * tokens_per_pair
@@ -105,8 +107,12 @@ def test_each_target_frame_sees_only_its_own_reference_and_pointmap():
     with torch.no_grad():
         temb = model.condition_embedder(t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"])[0]
         s0 = model._branch_state(x, temb, {"pair_latent": kw["pair_latent"], "pointmap_latent": kw["pointmap_latent"]})
-        s1 = model._branch_state(x, temb, {"pair_latent": changed_ref["pair_latent"], "pointmap_latent": kw["pointmap_latent"]})
-        s2 = model._branch_state(x, temb, {"pair_latent": kw["pair_latent"], "pointmap_latent": changed_pm["pointmap_latent"]})
+        s1 = model._branch_state(
+            x, temb, {"pair_latent": changed_ref["pair_latent"], "pointmap_latent": kw["pointmap_latent"]}
+        )
+        s2 = model._branch_state(
+            x, temb, {"pair_latent": kw["pair_latent"], "pointmap_latent": changed_pm["pointmap_latent"]}
+        )
         for s in (s0, s1, s2):
             model._branch_step(0, torch.zeros(B, F * H // 2 * W // 2, 32), s)
     per_pair = lambda a, b: (a.tokens - b.tokens).abs().amax(dim=(1, 2))
@@ -119,7 +125,9 @@ def test_init_rule_reproduces_the_camera_model_then_training_changes_it(tmp_path
     camera = _trained(build_transformer("camera", tiny=True))
     paper = init_from_camera(build_transformer("paper", tiny=True), camera.state_dict())
     sd = paper.state_dict()
-    assert torch.equal(sd["memory_branch.memory_blocks.1.ffn.0.weight"], sd["controlnet.controlnet_blocks.1.ffn.0.weight"])
+    assert torch.equal(
+        sd["memory_branch.memory_blocks.1.ffn.0.weight"], sd["controlnet.controlnet_blocks.1.ffn.0.weight"]
+    )
     assert torch.equal(sd["memory_branch.memory_patch_embedding.weight"], sd["patch_embedding.weight"])
     assert sd["memory_branch.pointmap_embedding.weight"].abs().sum() == 0
     assert all(sd[f"memory_branch.proj_out.{i}.weight"].abs().sum() == 0 for i in range(2))
@@ -135,7 +143,9 @@ def test_init_rule_reproduces_the_camera_model_then_training_changes_it(tmp_path
     # a memory checkpoint works too (its camera_embedding is dropped); a mismatched one is refused
     init_from_camera(build_transformer("paper", tiny=True), build_transformer("memory", tiny=True).state_dict())
     with pytest.raises(CheckpointMismatchError, match="lacks"):
-        init_from_camera(build_transformer("paper", tiny=True), {"patch_embedding.weight": sd["patch_embedding.weight"]})
+        init_from_camera(
+            build_transformer("paper", tiny=True), {"patch_embedding.weight": sd["patch_embedding.weight"]}
+        )
 
 
 def test_own_config_round_trips_and_release_loader_tells_variants_apart(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler
 
+from worldstereo_core.errors import InvalidOptionError
 from worldstereo_core.models import build_transformer, load_worldstereo, save_worldstereo
 from worldstereo_core.models.loading import DMDSettings
-from worldstereo_core.errors import InvalidOptionError
 from worldstereo_core.models.sampling import (
     SamplingInterrupted,
     WorldStereoDenoiser,
@@ -73,14 +73,54 @@ def test_unipc_schedule_is_the_releases():
     assert plan.timesteps.tolist() == [int(t) for t in want * 1000]
     # int(1000·σ_k) of the formula above for N = 40, shift 3 (what the release's 40-step runs see)
     assert plan.timesteps.tolist() == [
-        999, 991, 982, 973, 963, 954, 944, 933, 922, 911, 899, 887, 874, 861, 847, 832, 817, 801, 785, 767,
-        749, 730, 710, 688, 666, 642, 617, 590, 562, 531, 499, 465, 428, 388, 345, 299, 249, 195, 136, 71,
+        999,
+        991,
+        982,
+        973,
+        963,
+        954,
+        944,
+        933,
+        922,
+        911,
+        899,
+        887,
+        874,
+        861,
+        847,
+        832,
+        817,
+        801,
+        785,
+        767,
+        749,
+        730,
+        710,
+        688,
+        666,
+        642,
+        617,
+        590,
+        562,
+        531,
+        499,
+        465,
+        428,
+        388,
+        345,
+        299,
+        249,
+        195,
+        136,
+        71,
     ]
     newer = 3.0 * np.linspace(1, 0.001, 41)[:-1] / (1 + 2.0 * np.linspace(1, 0.001, 41)[:-1])
     newer[0] -= 1e-6  # diffusers >= 0.37 keeps log(1 - σ₀) finite this way
     assert sum(int(a) != int(b) for a, b in zip(want * 1000, newer * 1000)) == 30
     for steps, shift in [(7, 5.0), (1, 3.0)]:
-        np.testing.assert_allclose(unipc_plan(steps, shift).sigmas[:-1], _release_sigmas(steps, shift).astype(np.float32))
+        np.testing.assert_allclose(
+            unipc_plan(steps, shift).sigmas[:-1], _release_sigmas(steps, shift).astype(np.float32)
+        )
 
 
 def test_unipc_steps_match_diffusers_update_rule():
@@ -90,8 +130,13 @@ def test_unipc_steps_match_diffusers_update_rule():
     same as v0.36.0's apart from device handling); the schedule is fed in from :func:`_release_sigmas`.
     """
     for steps, shift in [(40, 3.0), (7, 5.0), (2, 3.0), (1, 3.0)]:
-        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0,
-                                        num_train_timesteps=1000, solver_order=2)
+        sched = UniPCMultistepScheduler(
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=1.0,
+            num_train_timesteps=1000,
+            solver_order=2,
+        )
         sched.set_timesteps(sigmas=_release_sigmas(steps, shift))  # shift 1: sigmas taken as given
         noise = initial_noise((2, 3, 2, 4, 4), seed=1)
         x, want_inputs = noise.clone(), []
@@ -101,7 +146,7 @@ def test_unipc_steps_match_diffusers_update_rule():
             x = sched.step(v_neg + 5.0 * (v_pos - v_neg), t, x, return_dict=False)[0]
         got_inputs = []
 
-        def recording(x_in, t, positive):
+        def recording(x_in, t, positive, got_inputs=got_inputs):
             if positive:
                 got_inputs.append(x_in.clone())
             return _toy_velocity(x_in, t, positive)
@@ -116,12 +161,20 @@ def test_unipc_steps_match_diffusers_update_rule():
 
 def test_no_cfg_calls_the_model_once_per_step():
     calls = []
-    sample_unipc(lambda x, t, p: calls.append(p) or _toy_velocity(x, t, p), initial_noise((1, 1, 1, 2, 2), 0),
-                 steps=5, guidance_scale=1.0)
+    sample_unipc(
+        lambda x, t, p: calls.append(p) or _toy_velocity(x, t, p),
+        initial_noise((1, 1, 1, 2, 2), 0),
+        steps=5,
+        guidance_scale=1.0,
+    )
     assert calls == [True] * 5
     calls.clear()
-    sample_unipc(lambda x, t, p: calls.append(p) or _toy_velocity(x, t, p), initial_noise((1, 1, 1, 2, 2), 0),
-                 steps=3, guidance_scale=5.0)
+    sample_unipc(
+        lambda x, t, p: calls.append(p) or _toy_velocity(x, t, p),
+        initial_noise((1, 1, 1, 2, 2), 0),
+        steps=3,
+        guidance_scale=5.0,
+    )
     assert calls == [True, False] * 3
 
 
@@ -139,8 +192,13 @@ def test_callbacks_and_interrupt():
     assert progress == [(0, 4), (1, 4), (2, 4), (3, 4)]
     progress.clear()
     with pytest.raises(SamplingInterrupted):
-        sample_unipc(_toy_velocity, initial_noise((1, 1, 1, 2, 2), 0), steps=10,
-                     on_step=lambda i, n: progress.append(i), interrupt=lambda: len(progress) >= 3)
+        sample_unipc(
+            _toy_velocity,
+            initial_noise((1, 1, 1, 2, 2), 0),
+            steps=10,
+            on_step=lambda i, n: progress.append(i),
+            interrupt=lambda: len(progress) >= 3,
+        )
     assert progress == [0, 1, 2]
 
 
@@ -158,7 +216,9 @@ def test_bad_sampler_settings():
 @pytest.mark.parametrize("variant", ["camera", "dmd"])
 def test_tiny_model_sampling_end_to_end(tmp_path, variant):
     torch.manual_seed(0)
-    model = load_worldstereo(save_worldstereo(build_transformer(variant, tiny=True), tmp_path / variant), dtype=torch.float32)
+    model = load_worldstereo(
+        save_worldstereo(build_transformer(variant, tiny=True), tmp_path / variant), dtype=torch.float32
+    )
     B, F, H, W = 1, 3, 4, 4
     g = torch.Generator().manual_seed(0)
     text = torch.randn(B, 512, TINY_TRANSFORMER_CONFIG["text_dim"], generator=g)
@@ -169,8 +229,12 @@ def test_tiny_model_sampling_end_to_end(tmp_path, variant):
         plucker=torch.randn(B, 6, F, 8 * H, 8 * W, generator=g),
     )
     if variant != "camera":
-        common.update(reference_latent=torch.randn(B, 36, 1, H, W, generator=g), ref_index=torch.tensor([0]),
-                      camera_qt=torch.randn(B, F, 7, generator=g), camera_qt_ref=torch.randn(B, 1, 7, generator=g))
+        common.update(
+            reference_latent=torch.randn(B, 36, 1, H, W, generator=g),
+            ref_index=torch.tensor([0]),
+            camera_qt=torch.randn(B, F, 7, generator=g),
+            camera_qt_ref=torch.randn(B, 1, 7, generator=g),
+        )
     pos = WorldStereoInputs(encoder_hidden_states=text, **common)
     neg = WorldStereoInputs(encoder_hidden_states=torch.zeros_like(text), **common)
     denoiser = WorldStereoDenoiser(model, torch.randn(B, 20, F, H, W, generator=g), pos, neg)

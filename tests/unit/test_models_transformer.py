@@ -32,7 +32,9 @@ def _schema(fixtures_dir):
     return json.loads((fixtures_dir / "checkpoints" / "worldstereo_state_dict_schema.json").read_text())
 
 
-@pytest.mark.parametrize("variant,name", [("camera", "worldstereo-camera"), ("memory", "worldstereo-memory"), ("dmd", "worldstereo-memory")])
+@pytest.mark.parametrize(
+    "variant,name", [("camera", "worldstereo-camera"), ("memory", "worldstereo-memory"), ("dmd", "worldstereo-memory")]
+)
 def test_full_config_matches_release_schema(fixtures_dir, variant, name):
     schema = _schema(fixtures_dir)["variants"][name]
     with torch.device("meta"):
@@ -68,7 +70,7 @@ def test_full_parameter_totals_match_published(fixtures_dir):
 
 def _inputs(variant, n_ref=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)
     kw = dict(
         encoder_hidden_states=r(B, 512, TEXT_DIM),
         encoder_hidden_states_image=r(B, 257, IMAGE_DIM),
@@ -138,7 +140,7 @@ def test_zero_init_controlnet_leaves_base_wan_unchanged(variant):
 def _upstream_style_ref_rope(rope, ref_index, f, h, w):
     """The release's way: RoPE of a latent twice as wide, references take the right half of frame idx+1."""
     cos, sin = rope(torch.zeros(1, 1, f, 2 * h, 4 * w))  # patch (1,2,2) → grid f × h × 2w
-    pick = lambda t: t.reshape(f, h, 2 * w, -1)[ref_index + 1, :, w:].reshape(1, -1, 1, t.shape[-1])  # noqa: E731
+    pick = lambda t: t.reshape(f, h, 2 * w, -1)[ref_index + 1, :, w:].reshape(1, -1, 1, t.shape[-1])
     return pick(cos), pick(sin)
 
 
@@ -210,9 +212,15 @@ def test_bad_model_inputs_raise_model_input_error():
         (model, x, {"camera_qt": kw["camera_qt"][:, :2]}),  # cameras count mismatch
         (model, x, {"ref_index": torch.tensor([0])}),  # one slot for two references
         (model, x, {"ref_index": torch.tensor([0, F - 1])}),  # slot beyond the last keyframe
-        (model, x, {"reference_latent": torch.randn(B, 36, MAX_REFERENCES + 1, H, W),
-                    "ref_index": torch.zeros(MAX_REFERENCES + 1, dtype=torch.long),
-                    "camera_qt_ref": torch.randn(B, MAX_REFERENCES + 1, 7)}),  # > 8 references
+        (
+            model,
+            x,
+            {
+                "reference_latent": torch.randn(B, 36, MAX_REFERENCES + 1, H, W),
+                "ref_index": torch.zeros(MAX_REFERENCES + 1, dtype=torch.long),
+                "camera_qt_ref": torch.randn(B, MAX_REFERENCES + 1, 7),
+            },
+        ),  # > 8 references
         (model, x, {"reference_latent": kw["reference_latent"][..., :2]}),  # reference size ≠ target size
         (camera, x, {}),  # references given to the camera variant
     ]

@@ -65,12 +65,25 @@ def _release_layout() -> dict[str, tuple[int, ...]]:
     for i in range(20):
         p = f"controlnet_blocks.{i}."
         for n in ("norm1", "norm2"):
-            out.update({p + f"{n}.linear.weight": (3 * d, t), p + f"{n}.linear.bias": (3 * d,),
-                        p + f"{n}.norm.weight": (d,), p + f"{n}.norm.bias": (d,)})
+            out.update(
+                {
+                    p + f"{n}.linear.weight": (3 * d, t),
+                    p + f"{n}.linear.bias": (3 * d,),
+                    p + f"{n}.norm.weight": (d,),
+                    p + f"{n}.norm.bias": (d,),
+                }
+            )
         for n in ("to_q", "to_k", "to_v", "to_out.0"):
             out.update({p + f"self_attn.{n}.weight": (d, d), p + f"self_attn.{n}.bias": (d,)})
         out.update({p + "self_attn.norm_q.weight": (d,), p + "self_attn.norm_k.weight": (d,)})
-        out.update({p + "ffn.0.weight": (ffn, d), p + "ffn.0.bias": (ffn,), p + "ffn.2.weight": (d, ffn), p + "ffn.2.bias": (d,)})
+        out.update(
+            {
+                p + "ffn.0.weight": (ffn, d),
+                p + "ffn.0.bias": (ffn,),
+                p + "ffn.2.weight": (d, ffn),
+                p + "ffn.2.bias": (d,),
+            }
+        )
         out.update({f"proj_out.{i}.weight": (c, d), f"proj_out.{i}.bias": (c,)})
     return out
 
@@ -100,7 +113,10 @@ def test_key_layouts_map_to_the_released_names():
     assert uni3c_model_key("controlnet.proj_out.19.weight") == "proj_out.19.weight"
     assert uni3c_model_key("controlnet_patch_embedding.weight") == "controlnet_patch_embedding.weight"
     assert uni3c_model_key("controlnet_blocks.0.self_attn.o.weight") == "controlnet_blocks.0.self_attn.to_out.0.weight"
-    assert uni3c_model_key("model.diffusion_model.controlnet_blocks.0.self_attn.q.bias") == "controlnet_blocks.0.self_attn.to_q.bias"
+    assert (
+        uni3c_model_key("model.diffusion_model.controlnet_blocks.0.self_attn.q.bias")
+        == "controlnet_blocks.0.self_attn.to_q.bias"
+    )
 
 
 def test_front_padded_mask_downsampling_hand_example():
@@ -134,13 +150,15 @@ def _randomize(module, seed=1):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.abs().sum() == p.numel() else 0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.05 + (1.0 if p.ndim == 1 and p.abs().sum() == p.numel() else 0)
+            )
     return module
 
 
 def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)
     kw = dict(
         encoder_hidden_states=r(B, 512, TEXT_DIM),
         encoder_hidden_states_image=r(B, 257, IMAGE_DIM),
@@ -162,9 +180,7 @@ def _reference_output(stock, uni3c, x, t, kw):
     control_latent = torch.cat([x[:, :20], kw["render_latent"]], dim=1)
     add_inputs = torch.cat([kw["render_mask"], kw["plucker"]], dim=1)
     states = uni3c(control_latent, add_inputs, temb)
-    handles = [
-        stock.blocks[i].register_forward_hook(lambda m, a, out, s=s: out + s) for i, s in enumerate(states)
-    ]
+    handles = [stock.blocks[i].register_forward_hook(lambda m, a, out, s=s: out + s) for i, s in enumerate(states)]
     try:
         return stock(x, t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"], return_dict=False)[0]
     finally:
@@ -205,7 +221,9 @@ def test_original_nested_layout_without_metadata_loads(tmp_path):
     state = {}
     for k, v in uni3c.state_dict().items():
         k = k.replace(".self_attn.to_q.", ".self_attn.q.").replace(".self_attn.to_out.0.", ".self_attn.o.")
-        state[("controlnet." + k) if k.startswith(("proj_in.", "proj_out.", "controlnet_blocks.")) else k] = v.contiguous()
+        state[("controlnet." + k) if k.startswith(("proj_in.", "proj_out.", "controlnet_blocks.")) else k] = (
+            v.contiguous()
+        )
     save_file(state, str(tmp_path / "controlnet.safetensors"))
     loaded = load_uni3c(tmp_path, dtype=None)  # a folder holding one safetensors file
     assert loaded.cfg == cfg
@@ -244,8 +262,12 @@ def test_attach_replaces_ggm_branch_without_touching_inputs():
     assert all(torch.equal(v, before[k]) for k, v in uni3c.state_dict().items())
 
     x, t, kw = _inputs()
-    refs = dict(reference_latent=torch.randn(B, 36, 1, H, W), ref_index=torch.tensor([0]),
-                camera_qt=torch.randn(B, F, 7), camera_qt_ref=torch.randn(B, 1, 7))
+    refs = dict(
+        reference_latent=torch.randn(B, 36, 1, H, W),
+        ref_index=torch.tensor([0]),
+        camera_qt=torch.randn(B, F, 7),
+        camera_qt_ref=torch.randn(B, 1, 7),
+    )
     with torch.no_grad():
         out = model(x, t, **kw, **refs)  # memory path kept, Uni3C-sized (9-frame) mask/Plücker
         assert out.shape == (B, 16, F, H, W) and torch.isfinite(out).all()
@@ -326,7 +348,9 @@ def test_attach_errors():
         attach_uni3c(torch.nn.Linear(2, 2), Uni3CControlNet(UNI3C_TINY_CONFIG))
     with pytest.raises(InvalidInputError, match="Uni3CControlNet"):
         attach_uni3c(build_transformer("camera", tiny=True), torch.nn.Linear(2, 2))
-    t2v = WanTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, "in_channels": 16, "image_dim": None, "added_kv_proj_dim": None})
+    t2v = WanTransformer3DModel(
+        **{**TINY_TRANSFORMER_CONFIG, "in_channels": 16, "image_dim": None, "added_kv_proj_dim": None}
+    )
     with pytest.raises(CheckpointMismatchError, match="36.*I2V"):
         attach_uni3c(t2v, Uni3CControlNet(UNI3C_TINY_CONFIG))
 

@@ -72,6 +72,7 @@ def _normalize_by_config(vae, z):
 
 # ------------------------------------------------------------------------------------ keyframes
 
+
 def test_keyframe_round_trip_shapes_and_range(kvae):
     x = _video(b=2, f=5)
     z = kvae.encode_keyframes(x)
@@ -146,6 +147,7 @@ def test_bad_tensors(kvae):
 
 # ------------------------------------------------------------------------------------ condition
 
+
 def test_i2v_mask_layout():
     m = i2v_mask(2, 5, 3, 4)
     assert m.shape == (2, 4, 5, 3, 4)
@@ -191,6 +193,7 @@ def test_encode_condition_modes(kvae, vae):
 
 # ------------------------------------------------------------------------------------- ComfyUI
 
+
 def test_images_video_round_trip():
     imgs = torch.rand(3, 16, 32, 3)
     v = images_to_video(imgs)
@@ -214,14 +217,19 @@ def test_images_bad_input():
 
 # ------------------------------------------------------------------------------------- loading
 
-_RES = {"norm1.gamma": "residual.0.gamma", "conv1": "residual.2", "norm2.gamma": "residual.3.gamma",
-        "conv2": "residual.6", "conv_shortcut": "shortcut"}
+_RES = {
+    "norm1.gamma": "residual.0.gamma",
+    "conv1": "residual.2",
+    "norm2.gamma": "residual.3.gamma",
+    "conv2": "residual.6",
+    "conv_shortcut": "shortcut",
+}
 
 
 def _res_back(tail: str) -> str:
     for new, old in _RES.items():
         if tail == new or tail.startswith(new + "."):
-            return old + tail[len(new):]
+            return old + tail[len(new) :]
     return tail
 
 
@@ -229,7 +237,7 @@ def _diffusers_to_original(key: str) -> str:
     """The test's own inverse map (diffusers → original Wan names), written from the Wan module layout."""
     for a, b in (("quant_conv.", "conv1."), ("post_quant_conv.", "conv2.")):
         if key.startswith(a):
-            return b + key[len(a):]
+            return b + key[len(a) :]
     m = re.match(r"(encoder|decoder)\.(conv_in|norm_out|conv_out)\.(.+)", key)
     if m:
         part = {"conv_in": "conv1", "norm_out": "head.0", "conv_out": "head.2"}[m.group(2)]

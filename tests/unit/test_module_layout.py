@@ -27,7 +27,7 @@ def _imports(name: str) -> set[str]:
                 base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 mod = ".".join([*base, node.module] if node.module else base)
             elif (node.module or "").startswith("worldstereo_core"):
-                mod = node.module[len("worldstereo_core") + 1:]
+                mod = node.module[len("worldstereo_core") + 1 :]
             else:
                 continue
             out.add(mod)
@@ -68,7 +68,8 @@ def test_no_module_imports_one_that_imports_it_back():
 
 def test_models_recon_and_metrics_never_reach_the_loop():
     offenders = [
-        name for name in sorted(_known())
+        name
+        for name in sorted(_known())
         if (name.startswith(("models.", "recon.")) or name in ("metrics", "evaluate")) and "pipeline" in _reach(name)
     ]
     assert not offenders, f"these modules reach the loop module: {offenders}"

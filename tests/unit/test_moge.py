@@ -47,7 +47,10 @@ def _seeded(model: MoGeModel, seed: int = 1234, std: float = 0.1) -> MoGeModel:
     """Deterministic random weights (the recipe the upstream golden file was made with)."""
     g = torch.Generator().manual_seed(seed)
     sd = model.state_dict()
-    new = {k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * std for k, v in sorted(sd.items())}
+    new = {
+        k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * std
+        for k, v in sorted(sd.items())
+    }
     model.load_state_dict(new)
     return model.eval()
 
@@ -223,7 +226,7 @@ class _OracleMoGe(MoGeModel):
         super().__init__(moge_config("tiny"))
         self.affine, self.scale = affine, scale
 
-    def forward(self, image, num_tokens):  # noqa: ARG002
+    def forward(self, image, num_tokens):
         B, H, W = image.shape[0], image.shape[2], image.shape[3]
         mask = torch.ones(B, H, W)
         mask[:, :3, :3] = 0  # a masked corner
@@ -245,7 +248,9 @@ def test_predict_depth_recovers_metric_depth_and_K(known_fov):
     assert pred.K[0, 0].item() == pytest.approx(f_px, rel=1e-3)
     assert not pred.mask[:3, :3].any() and pred.mask[3:].all()
     valid = pred.mask
-    torch.testing.assert_close(pred.depth[valid], torch.from_numpy(P[..., 2] * scale).float()[valid], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(
+        pred.depth[valid], torch.from_numpy(P[..., 2] * scale).float()[valid], rtol=1e-3, atol=1e-4
+    )
     torch.testing.assert_close(pred.points[valid], torch.from_numpy(P * scale).float()[valid], rtol=2e-3, atol=2e-3)
     assert pred.normals is None and float(pred.metric_scale) == pytest.approx(scale)
 

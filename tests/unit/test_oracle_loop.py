@@ -24,8 +24,8 @@ from worldstereo_core.interfaces import FrameGenerator, LoopConfig, References, 
 from worldstereo_core.merge import align_cloud_to_cache, lift_depth, merge_clip
 from worldstereo_core.oracle import DepthCorruption, OracleDepth, OracleGenerator
 from worldstereo_core.pipeline import DEFAULT_TRAJECTORIES, loop_report, run_oracle_loop, run_scene_loop
-from worldstereo_core.render import cache_surface_depth
 from worldstereo_core.pointcloud import PointCloud
+from worldstereo_core.render import cache_surface_depth
 from worldstereo_core.synthetic import make_scene
 
 H, W = 96, 160  # small but real: 4 trajectories × 21 keyframes per run
@@ -55,7 +55,7 @@ def runs():
                 width=W,
                 depth_corruption=DepthCorruption(scale_range=0.2, noise=0.01) if corrupt else None,
                 seed=0,
-                progress=lambda s, n: calls.append((s, n)),
+                progress=lambda s, n, calls=calls: calls.append((s, n)),
             )
             out[name, corrupt] = (res, calls)
     return out
@@ -158,8 +158,14 @@ def test_scores_can_fail_when_frames_come_from_wrong_cameras():
 
     view = scene.default_view(48, 80)
     loop = run_scene_loop(
-        view.image, view.cameras, view.depth, OracleGenerator(scene), ShiftedDepth(), ("right",),
-        LoopConfig(radius=0.08), valid=view.valid,
+        view.image,
+        view.cameras,
+        view.depth,
+        OracleGenerator(scene),
+        ShiftedDepth(),
+        ("right",),
+        LoopConfig(radius=0.08),
+        valid=view.valid,
     )
     from worldstereo_core.metrics import pointcloud_prf
 
@@ -275,8 +281,8 @@ def test_umeyama_merge_recovers_a_known_similarity():
     a shift) is brought back exactly, and the merged cache matches the truth."""
     from worldstereo_core.align import Similarity
     from worldstereo_core.cameras import invert_rigid
-    from worldstereo_core.metrics import pointcloud_prf
     from worldstereo_core.merge import point_map
+    from worldstereo_core.metrics import pointcloud_prf
     from worldstereo_core.trajectory import make_preset
 
     scene = make_scene("room")
@@ -313,8 +319,10 @@ def test_umeyama_merge_recovers_a_known_similarity():
     assert ca.num_inliers > 0.8 * ca.num_pairs
 
     # negative control: a wrong rotation of the known cameras cannot be explained away
-    wrong = T.apply(point_map(out.depth, kf)) + torch.randn(recon.shape, generator=torch.Generator().manual_seed(0),
-                                                             dtype=torch.float64) * 0.05 * med
+    wrong = (
+        T.apply(point_map(out.depth, kf))
+        + torch.randn(recon.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.05 * med
+    )
     noisy = merge_clip(cache, out.rgb, wrong, out.valid, kf, cfg, alignment="umeyama")
     assert noisy.rmse > 5 * clip.rmse
 
@@ -389,12 +397,21 @@ def test_loop_starts_from_a_given_bank_and_cache():
     med = float(view.depth[view.valid].median())
     around = Cameras.cat([make_preset(p, view.cameras, med).cameras[-1:] for p in ("left", "right", "up")])
     start_views = Cameras.cat([view.cameras, around])
-    bank = MemoryBank.from_views(scene.render(start_views).rgb, start_views, ["pano:00", "pano:01", "pano:02", "pano:03"])
+    bank = MemoryBank.from_views(
+        scene.render(start_views).rgb, start_views, ["pano:00", "pano:01", "pano:02", "pano:03"]
+    )
     cache = Cache3D(scene.surface_points(start_views))
     cfg = LoopConfig(radius=0.08)
     res = run_scene_loop(
-        view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg,
-        bank=bank, cache=cache,
+        view.image,
+        view.cameras,
+        None,
+        OracleGenerator(scene),
+        OracleDepth(scene),
+        ("orbit",),
+        cfg,
+        bank=bank,
+        cache=cache,
     )
     assert res.input_cloud is cache.cloud
     assert len(res.bank) == len(bank) + 8
@@ -409,24 +426,51 @@ def test_loop_starts_from_a_given_bank_and_cache():
     assert pointcloud_prf(res.cloud.points, gt.points, 0.01 * scene.extent)[2] >= 0.95
     # with depth too, the depth sets the median, the cache still replaces the input cloud
     res2 = run_scene_loop(
-        view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
-        LoopConfig(radius=0.08, clip_alignment="umeyama"), valid=view.valid, bank=bank, cache=cache,
+        view.image,
+        view.cameras,
+        view.depth,
+        OracleGenerator(scene),
+        OracleDepth(scene),
+        ("orbit",),
+        LoopConfig(radius=0.08, clip_alignment="umeyama"),
+        valid=view.valid,
+        bank=bank,
+        cache=cache,
     )
     assert res2.median_depth == pytest.approx(med) and res2.input_cloud is cache.cloud
     assert res2.steps[0].alignment.scale[1:].sub(1).abs().max() < 0.01
     with pytest.raises(InvalidDepthError, match="starting cache"):
         run_scene_loop(view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg)
     with pytest.raises(WorldStereoError, match="non-empty Cache3D"):
-        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
-                       cfg, cache=Cache3D.empty())
-    behind = Cache3D(PointCloud(view.cameras.centers[0] - torch.tensor([[0.0, 0.0, 1.0]]) @ view.cameras.c2w[0, :3, :3].T,
-                                torch.zeros(1, 3)))
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            OracleGenerator(scene),
+            OracleDepth(scene),
+            ("orbit",),
+            cfg,
+            cache=Cache3D.empty(),
+        )
+    behind = Cache3D(
+        PointCloud(
+            view.cameras.centers[0] - torch.tensor([[0.0, 0.0, 1.0]]) @ view.cameras.c2w[0, :3, :3].T, torch.zeros(1, 3)
+        )
+    )
     with pytest.raises(InvalidDepthError, match="in view of the input camera"):
-        run_scene_loop(view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg,
-                       cache=behind)
+        run_scene_loop(
+            view.image, view.cameras, None, OracleGenerator(scene), OracleDepth(scene), ("orbit",), cfg, cache=behind
+        )
     with pytest.raises(WorldStereoError, match="clip_alignment"):
-        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("orbit",),
-                       LoopConfig(clip_alignment="icp"))
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            OracleGenerator(scene),
+            OracleDepth(scene),
+            ("orbit",),
+            LoopConfig(clip_alignment="icp"),
+        )
 
 
 def test_loop_reference_cut_and_shortcut_settings():
@@ -442,8 +486,9 @@ def test_loop_reference_cut_and_shortcut_settings():
         return torch.stack([im.float().mean((0, 1)) for im in images]).double().numpy()
 
     cfg = LoopConfig(radius=0.1, retrieval_shortcuts=(("left", "view_first", "right"),))
-    res = run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene),
-                         ("right", "left"), cfg)
+    res = run_scene_loop(
+        view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("right", "left"), cfg
+    )
     left = res.steps[1].references
     pool = [i for i, s in enumerate(res.bank.sources) if s.startswith("traj0:right:")][3::2]
     assert len(pool) == 3
@@ -451,16 +496,44 @@ def test_loop_reference_cut_and_shortcut_settings():
         if slot in (1, 2, 3, 5, 7, 9, 13, 17):  # the release's view-shortcut slots
             assert a == pool[int(slot / 21 * len(pool))]
     # the release's DINOv2 cut runs on the features it is given when more than 2 views qualify
-    cut = run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene),
-                         ("right", "left"), LoopConfig(radius=0.1, max_references=2, reference_cut="dinov2_fps"),
-                         image_features=features)
+    cut = run_scene_loop(
+        view.image,
+        view.cameras,
+        view.depth,
+        OracleGenerator(scene),
+        OracleDepth(scene),
+        ("right", "left"),
+        LoopConfig(radius=0.1, max_references=2, reference_cut="dinov2_fps"),
+        image_features=features,
+    )
     assert calls and all(len(s.references) <= 2 for s in cut.steps)
     with pytest.raises(InvalidTrajectoryError, match="needs image_features"):
-        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("up",),
-                       LoopConfig(reference_cut="dinov2_fps"))
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            OracleGenerator(scene),
+            OracleDepth(scene),
+            ("up",),
+            LoopConfig(reference_cut="dinov2_fps"),
+        )
     with pytest.raises(InvalidTrajectoryError, match="must run before"):
-        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene),
-                       ("left", "right"), LoopConfig(retrieval_shortcuts=(("left", "view_first", "right"),)))
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            OracleGenerator(scene),
+            OracleDepth(scene),
+            ("left", "right"),
+            LoopConfig(retrieval_shortcuts=(("left", "view_first", "right"),)),
+        )
     with pytest.raises(InvalidTrajectoryError, match="unknown reference_cut"):
-        run_scene_loop(view.image, view.cameras, view.depth, OracleGenerator(scene), OracleDepth(scene), ("up",),
-                       LoopConfig(reference_cut="best"))
+        run_scene_loop(
+            view.image,
+            view.cameras,
+            view.depth,
+            OracleGenerator(scene),
+            OracleDepth(scene),
+            ("up",),
+            LoopConfig(reference_cut="best"),
+        )

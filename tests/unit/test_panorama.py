@@ -24,7 +24,9 @@ from worldstereo_core.panorama import (
 
 def _colour_of(d: torch.Tensor) -> torch.Tensor:
     """A smooth RGB function of the direction (continuous across the seam and the poles)."""
-    return 0.5 + 0.5 * torch.stack([d[..., 0], d[..., 1] * d[..., 2] * 2 - 0.2, torch.sin(2 * d[..., 2] + d[..., 0])], -1).clamp(-1, 1)
+    return 0.5 + 0.5 * torch.stack(
+        [d[..., 0], d[..., 1] * d[..., 2] * 2 - 0.2, torch.sin(2 * d[..., 2] + d[..., 0])], -1
+    ).clamp(-1, 1)
 
 
 def _pano(h: int = 256) -> torch.Tensor:
@@ -35,7 +37,9 @@ def _rot(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
     """w2c looking at azimuth yaw (world z up, 180° = −x = pano centre), elevation pitch."""
     a, e = math.radians(yaw_deg), math.radians(pitch_deg)
     fwd = torch.tensor([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)], dtype=torch.float64)
-    right = torch.nn.functional.normalize(torch.linalg.cross(fwd, torch.tensor([0, 0, 1.0], dtype=torch.float64)), dim=0)
+    right = torch.nn.functional.normalize(
+        torch.linalg.cross(fwd, torch.tensor([0, 0, 1.0], dtype=torch.float64)), dim=0
+    )
     T = torch.eye(4, dtype=torch.float64)
     T[:3, :3] = torch.stack([right, torch.linalg.cross(fwd, right), fwd])
     return T
@@ -44,7 +48,9 @@ def _rot(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
 def test_convention_centre_right_and_zenith():
     d = equirect_directions(4, 8)
     # Centre of the panorama looks along −x; a quarter turn right is +y; the top row is up.
-    x, y = directions_to_equirect(torch.tensor([[-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0], [0, 0, 1.0]], dtype=torch.float64), 4, 8)
+    x, y = directions_to_equirect(
+        torch.tensor([[-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0], [0, 0, 1.0]], dtype=torch.float64), 4, 8
+    )
     np.testing.assert_allclose(x.numpy()[:3], [4.0, 6.0, 2.0], atol=1e-12)
     assert float(y[3]) == pytest.approx(0.0)
     assert (d[0, :, 2] > 0.9).all() and (d[-1, :, 2] < -0.9).all()
@@ -65,7 +71,9 @@ def test_perspective_view_matches_analytic_function(yaw, pitch):
     T = _rot(yaw, pitch)
     view = equirect_to_perspective(pano, T, K, h, w)
     assert view.shape == (h, w, 3)
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij"
+    )
     rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(K).T
     d = torch.nn.functional.normalize(rays @ T[:3, :3], dim=-1)
     expected = _colour_of(d)
@@ -112,10 +120,17 @@ def test_fixture_bank_images_restitch_consistently(fixtures_dir):
     # panorama centre): it must match the original view where other views overlap it.
     folder = next((fixtures_dir / "upstream_examples" / "examples" / "panorama").glob("*/pano_bank"))
     cams = panorama_bank_cameras().resized(120, 208)
-    imgs = torch.stack([
-        torch.from_numpy(np.array(Image.open(folder / "images" / f"{i:04d}.png").convert("RGB").resize((208, 120), Image.BILINEAR))).float() / 255
-        for i in range(27)
-    ])
+    imgs = torch.stack(
+        [
+            torch.from_numpy(
+                np.array(
+                    Image.open(folder / "images" / f"{i:04d}.png").convert("RGB").resize((208, 120), Image.BILINEAR)
+                )
+            ).float()
+            / 255
+            for i in range(27)
+        ]
+    )
     pano, weight = perspective_to_equirect(imgs[1:], cams.w2c[1:], cams.K[1:], 256, 512)  # without view 0
     view0 = equirect_to_perspective(pano, cams.w2c[0], cams.K[0], 120, 208)
     seen = equirect_to_perspective(weight[..., None], cams.w2c[0], cams.K[0], 120, 208)[..., 0] > 0.05

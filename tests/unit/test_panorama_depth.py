@@ -151,7 +151,7 @@ def test_merge_without_scale_errors_is_exact_scale():
 
 
 def test_merge_mask_follows_view_masks():
-    ceiling = lambda world: (world / world.norm(dim=-1, keepdim=True))[..., 2] > 0.8  # noqa: E731
+    ceiling = lambda world: (world / world.norm(dim=-1, keepdim=True))[..., 2] > 0.8
     result = predict_panorama_depth(
         torch.rand(32, 64, 3), make_oracle(torch.ones(12, dtype=torch.float64), ceiling), split_resolution=48
     )
@@ -165,7 +165,9 @@ def test_merge_mask_follows_view_masks():
 
 def test_merge_resizes_to_panorama_and_warm_start():
     scales = torch.ones(12, dtype=torch.float64)
-    result = predict_panorama_depth(torch.rand(40, 80, 3), make_oracle(scales), merge_size=(20, 40), split_resolution=32)
+    result = predict_panorama_depth(
+        torch.rand(40, 80, 3), make_oracle(scales), merge_size=(20, 40), split_resolution=32
+    )
     assert result.distance.shape == (40, 80) and result.mask.shape == (40, 80)
     # the direct solve, plain lsmr and lsmr warm-started from a coarse solve agree
     cams = panorama_split_cameras(32)
@@ -198,7 +200,7 @@ def test_bad_inputs():
         predict_panorama_depth(torch.rand(32, 64), oracle)
     with pytest.raises(InvalidImageError, match="divide 8-bit"):
         predict_panorama_depth(torch.rand(32, 64, 3) * 255, oracle)
-    wrong = lambda images, cams: (torch.ones(12, 8, 8), torch.ones(12, 8, 8, dtype=torch.bool))  # noqa: E731
+    wrong = lambda images, cams: (torch.ones(12, 8, 8), torch.ones(12, 8, 8, dtype=torch.bool))
     with pytest.raises(InvalidDepthError, match="view predictor must return"):
         predict_panorama_depth(torch.rand(32, 64, 3), wrong, split_resolution=16)
     cams = panorama_split_cameras(16)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -175,7 +174,9 @@ def test_voxel_downsample_means_per_voxel():
 def test_voxel_downsample_cap_is_exact_and_deterministic():
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(5000, 3, generator=g)
-    cloud = PointCloud(pts, torch.rand(5000, 3, generator=g), torch.nn.functional.normalize(torch.randn(5000, 3, generator=g), dim=-1))
+    cloud = PointCloud(
+        pts, torch.rand(5000, 3, generator=g), torch.nn.functional.normalize(torch.randn(5000, 3, generator=g), dim=-1)
+    )
     a = voxel_downsample(cloud, 0.01, max_points=300)
     b = voxel_downsample(cloud, 0.01, max_points=300)
     assert len(a) <= 300
@@ -257,6 +258,7 @@ def test_unproject_depth_map_projects_back_to_pixel_centres():
 def test_depth_edges_scales_the_release_sharpness_with_the_resolution():
     """One step of 1 → 2 m: at 480 rows the release rule as it is; at 120 rows β is a quarter,
     so a smooth ramp whose per-pixel gradient is 4× larger is not flagged, the step still is."""
+
     def scene(h: int, w: int) -> torch.Tensor:
         x = torch.linspace(0, 1, w)[None].expand(h, w)
         d = 1.0 + 0.5 * x  # a smooth slanted plane

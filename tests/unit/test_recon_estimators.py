@@ -44,8 +44,10 @@ def scene():
 def tiny_moge(tmp_path_factory) -> MoGeModel:
     model = MoGeModel(moge_config("tiny"))
     g = torch.Generator().manual_seed(4)  # as the integration test: a seed whose fits are sane
-    state = {k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
+        for k, v in model.state_dict().items()
+    }
     state["mask_head.output_blocks.3.bias"] = torch.full((1,), 8.0)  # every pixel valid
     model.load_state_dict(state)
     folder = tmp_path_factory.mktemp("moge")
@@ -130,8 +132,9 @@ class _ExactMirror:
 def test_worldmirror_estimator_gives_depth_in_our_units(scene) -> None:
     cams = _cams()
     r = scene.render(cams)
-    depth, valid = WorldMirrorDepthEstimator(_ExactMirror(scene, cams), target_size=W, conf_quantile=None,
-                                             edge_threshold=None)(r.rgb, cams)
+    depth, valid = WorldMirrorDepthEstimator(
+        _ExactMirror(scene, cams), target_size=W, conf_quantile=None, edge_threshold=None
+    )(r.rgb, cams)
     assert torch.equal(valid, r.depth > 0)
     assert torch.allclose(depth[valid], r.depth[valid], rtol=1e-4)  # network scale 2.5 undone
 
@@ -139,7 +142,10 @@ def test_worldmirror_estimator_gives_depth_in_our_units(scene) -> None:
 def test_estimators_refuse_mismatched_cameras(tiny_moge, scene) -> None:
     cams = _cams()
     frames = scene.render(cams).rgb
-    for est in (MoGeDepthEstimator(tiny_moge, resolution_level=0), WorldMirrorDepthEstimator(_ExactMirror(scene, cams))):
+    for est in (
+        MoGeDepthEstimator(tiny_moge, resolution_level=0),
+        WorldMirrorDepthEstimator(_ExactMirror(scene, cams)),
+    ):
         with pytest.raises(InvalidCameraError, match="4 frames but 3 cameras"):
             est(frames, cams[:3])
         with pytest.raises(InvalidCameraError, match="resized"):

@@ -76,7 +76,9 @@ class FakeMirror:
         net[:, :3, :3] = self.g.R @ c2w[:, :3, :3]
         net[:, :3, 3] = self.g.s * c2w[:, :3, 3] @ self.g.R.T + self.g.t
         depth = self.render.depth.double() * (self.g.s if self.depth_scale is None else self.depth_scale)
-        conf = self.conf if self.conf is not None else 1 + torch.rand(S, h, w, generator=torch.Generator().manual_seed(1))
+        conf = (
+            self.conf if self.conf is not None else 1 + torch.rand(S, h, w, generator=torch.Generator().manual_seed(1))
+        )
         K = self.cams.K.double().clone()
         K[:, 0] *= w / self.cams.width
         K[:, 1] *= h / self.cams.height
@@ -168,7 +170,9 @@ def test_cloud_lands_on_true_surface_umeyama(scene, camera_source) -> None:
 def test_straight_path_falls_back_to_poses(scene) -> None:
     cams = _cams(LINE)
     fake = FakeMirror(scene, cams)
-    rec = reconstruct_with_worldmirror(fake, fake.render.rgb, cams, target_size=84, conf_quantile=None, edge_threshold=None)
+    rec = reconstruct_with_worldmirror(
+        fake, fake.render.rgb, cams, target_size=84, conf_quantile=None, edge_threshold=None
+    )
     assert rec.alignment == "poses"
     assert rec.sim.s == pytest.approx(1 / G.s, rel=1e-5)
     assert torch.allclose(rec.cloud.points.double(), _truth(scene, cams), atol=2e-4)
@@ -187,7 +191,9 @@ def test_single_camera_scale_from_depth_prior(scene) -> None:
     # the depth prior reached the network
     assert torch.equal(fake.calls[0][1].depth[0], true_depth)
     # without a depth prior the network's scale is kept (and said so)
-    rec2 = reconstruct_with_worldmirror(fake, fake.render.rgb, cams, target_size=84, conf_quantile=None, edge_threshold=None)
+    rec2 = reconstruct_with_worldmirror(
+        fake, fake.render.rgb, cams, target_size=84, conf_quantile=None, edge_threshold=None
+    )
     assert rec2.alignment == "poses (network scale)" and rec2.sim.s == 1.0
     # rotation / position still exact: the first camera coincides with ours
     assert torch.allclose(rec2.cameras.c2w.double(), cams.c2w.double(), atol=1e-5)
@@ -365,8 +371,15 @@ def test_reconstruct_clips_one_call_per_clip(scene) -> None:
 
     frames = torch.cat([f1.render.rgb, f2.render.rgb])
     steps = []
-    recs = reconstruct_clips(model, frames, [c1, c2], target_size=84, conf_quantile=None, edge_threshold=None,
-                             progress=lambda s, t: steps.append((s, t)))
+    recs = reconstruct_clips(
+        model,
+        frames,
+        [c1, c2],
+        target_size=84,
+        conf_quantile=None,
+        edge_threshold=None,
+        progress=lambda s, t: steps.append((s, t)),
+    )
     assert calls == [3, 3] and steps == [(i, 8) for i in range(1, 9)]
     for rec, f in zip(recs, (f1, f2)):
         truth = f.render.depth

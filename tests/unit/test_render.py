@@ -33,14 +33,18 @@ def _cams(*w2c: torch.Tensor) -> Cameras:
 
 
 def _pixel_rays() -> torch.Tensor:
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij"
+    )
     return torch.stack([(u - W / 2) / F_PX, (v - H / 2) / F_PX, torch.ones_like(u)], -1)  # z = 1
 
 
 def _plane_cloud(n_side: int = 500) -> PointCloud:
     # Plane z = 4 + 0.3 x − 0.2 y, densely sampled (≈ 4 samples per pixel footprint).
     g = torch.Generator().manual_seed(0)
-    xy = torch.rand(n_side * n_side, 2, generator=g, dtype=torch.float64) * torch.tensor([12.0, 7.0], dtype=torch.float64) - torch.tensor([6.0, 3.5], dtype=torch.float64)
+    xy = torch.rand(n_side * n_side, 2, generator=g, dtype=torch.float64) * torch.tensor(
+        [12.0, 7.0], dtype=torch.float64
+    ) - torch.tensor([6.0, 3.5], dtype=torch.float64)
     z = 4 + 0.3 * xy[:, 0] - 0.2 * xy[:, 1]
     return PointCloud(torch.cat([xy, z[:, None]], -1), torch.rand(len(z), 3, generator=g, dtype=torch.float64))
 
@@ -65,8 +69,21 @@ def test_plane_depth_matches_analytic_within_splat(mode):
         exact = _plane_depth(cams.w2c[f])
         # The nearest covering point lies within R_PX of the pixel centre: bound by the depth
         # variation over the splat disc.
-        tol = torch.stack([(_plane_depth(cams.w2c[f], o) - exact).abs() for o in
-                           [(R_PX, 0), (-R_PX, 0), (0, R_PX), (0, -R_PX), (R_PX, R_PX), (-R_PX, -R_PX), (R_PX, -R_PX), (-R_PX, R_PX)]]).amax(0)
+        tol = torch.stack(
+            [
+                (_plane_depth(cams.w2c[f], o) - exact).abs()
+                for o in [
+                    (R_PX, 0),
+                    (-R_PX, 0),
+                    (0, R_PX),
+                    (0, -R_PX),
+                    (R_PX, R_PX),
+                    (-R_PX, -R_PX),
+                    (R_PX, -R_PX),
+                    (-R_PX, R_PX),
+                ]
+            ]
+        ).amax(0)
         covered = res.mask[f] == 0
         assert covered[4:-4, 4:-4].all(), "dense plane must cover the interior"
         err = (res.depth[f] - exact).abs()
@@ -81,6 +98,7 @@ def test_sphere_front_surface_and_silhouette():
     centre = torch.tensor([0.0, 0.0, 5.0], dtype=torch.float64)
     cloud = PointCloud(centre + d, torch.ones_like(d) * torch.tensor([0.2, 0.6, 0.9], dtype=torch.float64))
     res = render_point_cloud(cloud, _cams(_yaw(0.0)), radius=RADIUS)
+
     def near_z(offset=(0.0, 0.0)):
         rays = _pixel_rays() + torch.tensor([offset[0] / F_PX, offset[1] / F_PX, 0], dtype=torch.float64)
         rays = torch.nn.functional.normalize(rays, dim=-1)
@@ -89,7 +107,19 @@ def test_sphere_front_surface_and_silhouette():
         return (b - torch.sqrt(disc.clamp(min=0))) * rays[..., 2], disc
 
     z_near, disc = near_z()
-    shifted = [near_z(o) for o in [(R_PX, 0), (-R_PX, 0), (0, R_PX), (0, -R_PX), (R_PX, R_PX), (-R_PX, -R_PX), (R_PX, -R_PX), (-R_PX, R_PX)]]
+    shifted = [
+        near_z(o)
+        for o in [
+            (R_PX, 0),
+            (-R_PX, 0),
+            (0, R_PX),
+            (0, -R_PX),
+            (R_PX, R_PX),
+            (-R_PX, -R_PX),
+            (R_PX, -R_PX),
+            (-R_PX, R_PX),
+        ]
+    ]
     tol = torch.stack([(z - z_near).abs() for z, _ in shifted]).amax(0)
     inner = torch.stack([dd > 0 for _, dd in shifted]).all(0)  # whole splat disc sees the sphere
     covered = res.mask[0] == 0
@@ -109,7 +139,9 @@ def test_single_point_disc_and_holes(mode):
     # One point projecting to (30.3, 20.6): covered pixels are exactly those with centre within r.
     u, v, z = 30.3, 20.6, 2.0
     p = torch.tensor([[(u - W / 2) * z / F_PX, (v - H / 2) * z / F_PX, z]], dtype=torch.float64)
-    res = render_point_cloud(PointCloud(p, torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)), _cams(_yaw(0.0)), radius=RADIUS, mode=mode)
+    res = render_point_cloud(
+        PointCloud(p, torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)), _cams(_yaw(0.0)), radius=RADIUS, mode=mode
+    )
     vv, uu = np.mgrid[0:H, 0:W]
     d2 = (uu + 0.5 - u) ** 2 + (vv + 0.5 - v) ** 2
     np.testing.assert_array_equal(res.mask[0].numpy() == 0, d2 < R_PX**2)
@@ -123,7 +155,9 @@ def test_single_point_disc_and_holes(mode):
 def test_point_behind_camera_never_renders(mode):
     # x/z and y/z land inside the image for z = −2, but the point is behind the camera.
     p = torch.tensor([[0.1, 0.1, -2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    res = render_point_cloud(PointCloud(p, torch.ones(2, 3, dtype=torch.float64)), _cams(_yaw(0.0)), radius=RADIUS, mode=mode)
+    res = render_point_cloud(
+        PointCloud(p, torch.ones(2, 3, dtype=torch.float64)), _cams(_yaw(0.0)), radius=RADIUS, mode=mode
+    )
     assert (res.mask == 1).all() and (res.depth == 0).all() and (res.rgb == 0).all()
 
 
@@ -156,7 +190,9 @@ def test_first_frame_replacement_and_background():
     torch.testing.assert_close(res.depth, plain.depth)
     holes = plain.mask[1] == 1
     assert holes.any()
-    torch.testing.assert_close(plain.rgb[1][holes], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).expand(int(holes.sum()), 3))
+    torch.testing.assert_close(
+        plain.rgb[1][holes], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).expand(int(holes.sum()), 3)
+    )
     u8 = (img * 255).round().to(torch.uint8)
     torch.testing.assert_close(render_point_cloud(cloud, cams, radius=RADIUS, first_frame=u8).rgb[0], u8.double() / 255)
     with pytest.raises(InvalidImageError, match="render size"):
@@ -182,7 +218,10 @@ def test_fast_agrees_with_exact_reference_on_a_surface_scene():
     plane = _plane_cloud(300)
     g = torch.Generator().manual_seed(3)
     d = torch.nn.functional.normalize(torch.randn(60_000, 3, generator=g, dtype=torch.float64), dim=-1)
-    sphere = PointCloud(torch.tensor([0.3, 0.2, 2.5], dtype=torch.float64) + 0.5 * d, torch.rand(60_000, 3, generator=g, dtype=torch.float64))
+    sphere = PointCloud(
+        torch.tensor([0.3, 0.2, 2.5], dtype=torch.float64) + 0.5 * d,
+        torch.rand(60_000, 3, generator=g, dtype=torch.float64),
+    )
     pts = torch.cat([plane.points, sphere.points])
     # Smooth colours (a function of position): blending order then hardly matters.
     cloud = PointCloud(pts, 0.5 + 0.5 * torch.sin(2.0 * pts + torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)))
@@ -195,7 +234,9 @@ def test_fast_agrees_with_exact_reference_on_a_surface_scene():
     both = (fast.mask == 0) & (exact.mask == 0)
     depth_agree = ((fast.depth - exact.depth).abs() <= 0.01 * exact.depth)[both].float().mean()
     other_surface = ((fast.depth - exact.depth).abs() > 0.1 * exact.depth)[both].float().mean()
-    print(f"fast vs exact: mask {mask_agree:.4f}, depth {depth_agree:.4f}, other {other_surface:.4f}, rgb {(fast.rgb - exact.rgb).abs().mean():.4f}")
+    print(
+        f"fast vs exact: mask {mask_agree:.4f}, depth {depth_agree:.4f}, other {other_surface:.4f}, rgb {(fast.rgb - exact.rgb).abs().mean():.4f}"
+    )
     assert mask_agree > 0.995
     assert depth_agree > 0.95
     assert other_surface < 0.02  # measured 1.2 %: silhouette pixels of a 66-points-per-pixel sphere

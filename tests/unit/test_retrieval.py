@@ -75,7 +75,14 @@ def _halfspaces(w2c, K, W, H, n=0.1, f=10.0):
     """Rows [a, b] with a·X + b ≤ 0 describing the z-depth frustum in world coordinates."""
     R, t = w2c[:3, :3], w2c[:3, 3]
     k0, k1, k2 = K
-    cam = [(-np.array([0, 0, 1.0]), n), (np.array([0, 0, 1.0]), -f), (-k0, 0.0), (k0 - W * k2, 0.0), (-k1, 0.0), (k1 - H * k2, 0.0)]
+    cam = [
+        (-np.array([0, 0, 1.0]), n),
+        (np.array([0, 0, 1.0]), -f),
+        (-k0, 0.0),
+        (k0 - W * k2, 0.0),
+        (-k1, 0.0),
+        (k1 - H * k2, 0.0),
+    ]
     return np.array([np.append(a @ R, a @ t + b) for a, b in cam])
 
 
@@ -124,7 +131,9 @@ def test_bank_sizes_per_camera(mode):
     K_half = K_WIDE.copy()
     K_half[:2] /= 2
     full = score_bank(_w2c()[None], K_WIDE[None], other[None], K_WIDE[None], 240, 416, mode=mode)
-    half = score_bank(_w2c()[None], K_WIDE[None], other[None], K_half[None], 240, 416, mode=mode, bank_sizes=[(120, 208)])
+    half = score_bank(
+        _w2c()[None], K_WIDE[None], other[None], K_half[None], 240, 416, mode=mode, bank_sizes=[(120, 208)]
+    )
     assert half[0, 0] == pytest.approx(full[0, 0], abs=1e-9)
     wrong = score_bank(_w2c()[None], K_WIDE[None], other[None], K_half[None], 240, 416, mode=mode)
     assert abs(wrong[0, 0] - full[0, 0]) > 1e-3  # without sizes it is a different frustum
@@ -154,8 +163,12 @@ def _bank(n: int, w2c: np.ndarray | None = None, K: np.ndarray | None = None, hw
     """A memory bank of ``n`` views (flat grey frames of ``hw``); identity cameras by default."""
     w = np.repeat(np.eye(4)[None], n, 0) if w2c is None else w2c
     k = np.repeat(K2[None], n, 0) if K is None else K
-    return MemoryBank(tuple(torch.full((*hw, 3), 0.5) for _ in range(n)), torch.as_tensor(w), torch.as_tensor(k),
-                      tuple(f"v{i}" for i in range(n)))
+    return MemoryBank(
+        tuple(torch.full((*hw, 3), 0.5) for _ in range(n)),
+        torch.as_tensor(w),
+        torch.as_tensor(k),
+        tuple(f"v{i}" for i in range(n)),
+    )
 
 
 def _diag_scores(T=20, N=20):
@@ -192,7 +205,7 @@ def test_select_references_reductions():
     assert len(cov) == 8 and len(set(cov.bank_indices.tolist())) == 8
     # Greedy coverage is within (1 − 1/e) of the best 8-subset (submodular maximisation),
     # so it cannot fall far below spread's subset.
-    total = lambda res: sc[np.arange(20), res.assignment.numpy()].sum()  # noqa: E731
+    total = lambda res: sc[np.arange(20), res.assignment.numpy()].sum()
     assert total(cov) >= (1 - 1 / math.e) * total(r)
     # Hand case: three views picked, one allowed. Spread keeps the first in trajectory order;
     # coverage keeps the view that serves every keyframe well (column sum 2.8).
@@ -200,7 +213,10 @@ def test_select_references_reductions():
     assert select_references(small, _bank(3), max_refs=1).assignment.tolist() == [0, 0, 0]
     one = select_references(small, _bank(3), max_refs=1, reduce="coverage")
     assert one.bank_indices.tolist() == [2] and one.assignment.tolist() == [2, 2, 2] and one.ref_index.tolist() == [0]
-    bank = _bank(20, np.stack([_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)]))
+    bank = _bank(
+        20,
+        np.stack([_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)]),
+    )
     fps = select_references(sc, bank, max_refs=8, reduce="fps")
     assert len(fps) == 8
     assert fps.bank_indices.tolist() == select_references(sc, bank, max_refs=8, reduce="fps").bank_indices.tolist()
@@ -303,7 +319,9 @@ def test_retrieval_targets_are_the_models_keyframes(num_poses):
     order = np.random.default_rng(num_poses).permutation(len(kf) - 1)
     bank_poses = kf[1:][order]  # bank view b shows trajectory pose bank_poses[b]
     w, k = traj.w2c.double(), traj.K.double()
-    r = retrieve(traj, _bank(len(bank_poses), w[bank_poses].numpy(), k[bank_poses].numpy(), hw=(48, 64)), max_refs=len(kf))
+    r = retrieve(
+        traj, _bank(len(bank_poses), w[bank_poses].numpy(), k[bank_poses].numpy(), hw=(48, 64)), max_refs=len(kf)
+    )
     assert len(r.slots) == len(traj.keyframes()) - 1  # one target row per model keyframe 1..
     assert r.slots.tolist() == list(range(1, len(kf)))
     assert r.poses.tolist() == kf[1:].tolist()
@@ -360,9 +378,13 @@ def test_farthest_point_sampling_hand_case_and_quality_bias():
 def _twenty_views(seed: int = 0) -> MemoryBank:
     """20 bank views turning about y; frames are noise of per-view strength (view 7 is flat)."""
     g = torch.Generator().manual_seed(seed)
-    w2c = np.stack([_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)])
+    w2c = np.stack(
+        [_w2c(Rotation.from_euler("y", 9 * i, degrees=True).as_matrix(), (0.1 * i, 0, 0)) for i in range(20)]
+    )
     frames = tuple(torch.full((12, 16, 3), 0.5) if i == 7 else torch.rand(12, 16, 3, generator=g) for i in range(20))
-    return MemoryBank(frames, torch.as_tensor(w2c), torch.as_tensor(np.repeat(K2[None], 20, 0)), tuple(f"v{i}" for i in range(20)))
+    return MemoryBank(
+        frames, torch.as_tensor(w2c), torch.as_tensor(np.repeat(K2[None], 20, 0)), tuple(f"v{i}" for i in range(20))
+    )
 
 
 def test_release_cut_dinov2_fps():
@@ -389,7 +411,9 @@ def test_release_cut_dinov2_fps():
     assert again.bank_indices.tolist() == kept
     # the flat view 7 loses near-ties to textured ones: with identical image features everywhere,
     # the selection is the camera FPS reweighted by quality, and 7 (quality 0) is never the start
-    flat = select_references(sc, bank, max_refs=8, reduce="dinov2_fps", image_features=lambda im: np.zeros((len(im), 4)))
+    flat = select_references(
+        sc, bank, max_refs=8, reduce="dinov2_fps", image_features=lambda im: np.zeros((len(im), 4))
+    )
     assert flat.bank_indices.tolist()[0] != 7
     with pytest.raises(InvalidTrajectoryError, match="DINOv2"):
         select_references(sc, bank, max_refs=8, reduce="dinov2_fps")
@@ -407,7 +431,7 @@ def test_release_cut_counts_every_keyframe_row():
     from worldstereo_core.retrieval import _release_cut
 
     bank = _twenty_views()
-    no_images = lambda im: np.zeros((len(im), 2))  # noqa: E731  (camera features alone decide)
+    no_images = lambda im: np.zeros((len(im), 2))
     once = _release_cut(np.arange(10), bank, 4, no_images)
     heavy = _release_cut(np.array([0] * 11 + list(range(1, 10))), bank, 4, no_images)  # view 0 by 11 keyframes
     assert len(once) == len(heavy) == 4

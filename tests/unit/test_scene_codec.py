@@ -20,10 +20,7 @@ from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import InvalidCameraError, InvalidPointCloudError, InvalidTrajectoryError, WorldStereoError
 from worldstereo_core.memory import MemoryBank
 
-
 _cloud, _camera = random_cloud, identity_camera
-
-
 
 
 def test_blob_round_trip_points_cameras_keyframes():
@@ -35,7 +32,9 @@ def test_blob_round_trip_points_cameras_keyframes():
     p = h["points"]
     assert p["count"] == p["total"] == 1000
     span = np.array(p["bbox_max"]) - np.array(p["bbox_min"])
-    np.testing.assert_allclose(span, (cloud.points.max(0).values - cloud.points.min(0).values).double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        span, (cloud.points.max(0).values - cloud.points.min(0).values).double().numpy(), rtol=1e-6
+    )
     # the points travel in the registry's random order; quantisation error at most half a step
     order = codec.subsample_order(1000, codec.HARD_MAX_POINTS)
     assert sorted(order.tolist()) == list(range(1000))
@@ -88,8 +87,12 @@ def test_memory_bank_thumbnails():
     blue = torch.zeros(300, 200, 3)
     blue[..., 2] = 1.0
     K2 = cam_lib.intrinsics_from_fov(60.0, 300, 200)[None]
-    bank = MemoryBank(frames=(red, blue), w2c=torch.eye(4).expand(2, 4, 4).clone(),
-                      K=torch.cat([cam.K, K2]).float(), sources=("input", "pano:01"))
+    bank = MemoryBank(
+        frames=(red, blue),
+        w2c=torch.eye(4).expand(2, 4, 4).clone(),
+        K=torch.cat([cam.K, K2]).float(),
+        sources=("input", "pano:01"),
+    )
     h = codec.decode(codec.encode(None, [], memory=bank))
     assert h["memory"]["labels"] == ["input", "pano:01"] and h["memory"]["sizes"] == [[48, 64], [300, 200]]
     a, b = (Image.open(io.BytesIO(t)) for t in h["thumbnails"])
@@ -107,10 +110,17 @@ def test_memory_and_retrieval_links():
     traj = traj_lib.make_preset("left", cam, 2.0)
     bank = cam_lib.Cameras.cat([cam, traj.keyframes()[10:11], traj.keyframes()[20:21]])
     picked = bank[torch.tensor([0, 2])]
-    r = ret_lib.References(images=(torch.zeros(48, 64, 3),) * 2, w2c=picked.w2c, K=picked.K,
-                           ref_index=torch.tensor([0, 11]), bank_indices=torch.tensor([0, 2]), sources=("a", "b"),
-                           scores=torch.tensor([0.9, 0.5]), assignment=torch.tensor([0] * 11 + [2] * 9),
-                           slots=torch.arange(1, 21))
+    r = ret_lib.References(
+        images=(torch.zeros(48, 64, 3),) * 2,
+        w2c=picked.w2c,
+        K=picked.K,
+        ref_index=torch.tensor([0, 11]),
+        bank_indices=torch.tensor([0, 2]),
+        sources=("a", "b"),
+        scores=torch.tensor([0.9, 0.5]),
+        assignment=torch.tensor([0] * 11 + [2] * 9),
+        slots=torch.arange(1, 21),
+    )
     h = codec.decode(codec.encode(None, [traj], memory=bank, retrieval=[r]))
     assert h["points"] is None
     m = h["memory"]
@@ -126,8 +136,10 @@ def test_memory_and_retrieval_links():
 
     refs = replace(r, scores=None, assignment=None, slots=None)
     h = codec.decode(codec.encode(None, [traj], memory=bank, retrieval=[refs]))
-    assert h["retrieval"][0]["links"] == [{"slot": 1, "pose": 4, "ref": 0, "score": None},
-                                          {"slot": 12, "pose": 48, "ref": 2, "score": None}]
+    assert h["retrieval"][0]["links"] == [
+        {"slot": 1, "pose": 4, "ref": 0, "score": None},
+        {"slot": 12, "pose": 48, "ref": 2, "score": None},
+    ]
     with pytest.raises(InvalidTrajectoryError, match="must be References"):
         codec.encode(None, [traj], memory=bank, retrieval=[object()])
 
@@ -147,9 +159,9 @@ def test_retrieval_links_point_at_the_models_keyframes(num_poses):
     h = codec.decode(codec.encode(None, [traj], memory=bank, retrieval=[r]))
     assert h["trajectories"][0]["keyframes"] == kf
     links = h["retrieval"][0]["links"]
-    assert [l["slot"] for l in links] == list(range(1, len(kf)))
-    assert [l["pose"] for l in links] == kf[1:] == r.poses.tolist()
-    assert all(kf[-1 - l["ref"]] == l["pose"] for l in links)  # each keyframe links to its own view
+    assert [link["slot"] for link in links] == list(range(1, len(kf)))
+    assert [link["pose"] for link in links] == kf[1:] == r.poses.tolist()
+    assert all(kf[-1 - link["ref"]] == link["pose"] for link in links)  # each keyframe links to its own view
 
 
 @pytest.mark.parametrize("bad", [0, -5, codec.HARD_MAX_POINTS + 1, True, 2.5, "100"])
@@ -170,9 +182,17 @@ def test_bad_inputs_raise_actionable_errors():
         codec.encode(None, [traj] * (codec.MAX_POSES // 5 + 1))
     from worldstereo_core import retrieval as ret_lib
 
-    r = ret_lib.References(images=(torch.zeros(48, 64, 3),), w2c=torch.eye(4)[None], K=_camera().K,
-                           ref_index=torch.tensor([0]), bank_indices=torch.tensor([3]), sources=("x",),
-                           scores=torch.tensor([1.0]), assignment=torch.tensor([3]), slots=torch.tensor([1]))
+    r = ret_lib.References(
+        images=(torch.zeros(48, 64, 3),),
+        w2c=torch.eye(4)[None],
+        K=_camera().K,
+        ref_index=torch.tensor([0]),
+        bank_indices=torch.tensor([3]),
+        sources=("x",),
+        scores=torch.tensor([1.0]),
+        assignment=torch.tensor([3]),
+        slots=torch.tensor([1]),
+    )
     with pytest.raises(InvalidCameraError, match="memory bank the retrieval"):
         codec.encode(None, [traj], memory=_camera(), retrieval=r)
     with pytest.raises(InvalidTrajectoryError, match="one trajectory per retrieval"):
@@ -226,8 +246,13 @@ def test_javascript_reader_decodes_python_bytes(tmp_path):
     data = codec.encode(_cloud(777, seed=5), [traj], memory=bank, retrieval=[refs], max_points=500, title="js")
     (tmp_path / "scene.bin").write_bytes(data)
     (tmp_path / "decode.mjs").write_text(_NODE_SCRIPT)
-    out = subprocess.run([node, str(tmp_path / "decode.mjs"), str(REPO_ROOT / "web/js/scene_data.js"),
-                          str(tmp_path / "scene.bin")], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [node, str(tmp_path / "decode.mjs"), str(REPO_ROOT / "web/js/scene_data.js"), str(tmp_path / "scene.bin")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     js = json.loads(out.stdout)
     py = codec.decode(data)
     assert js["bytes"] == len(data)

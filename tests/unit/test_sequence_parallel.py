@@ -21,8 +21,14 @@ BENCH = REPO_ROOT / "bench" / "sequence_parallel.py"
 
 def _run(*args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    out = subprocess.run([sys.executable, str(BENCH), "--tiny", "--device", "cpu", *args],
-                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--tiny", "--device", "cpu", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO_ROOT,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

@@ -119,14 +119,18 @@ def test_box_front_face_and_turned_box_surface():
     H, W = 25, 25
     K = intrinsics_from_fov(50, H, W).numpy()
     box = Box((0.0, 0.0, 4.0), (1.0, 1.0, 0.5), MAT)
-    out = SyntheticScene("box", (box,), ((-1, -1, 3.5), (1, 1, 4.5))).render(_cams(np.eye(4), K, H, W), dtype=torch.float64)
+    out = SyntheticScene("box", (box,), ((-1, -1, 3.5), (1, 1, 4.5))).render(
+        _cams(np.eye(4), K, H, W), dtype=torch.float64
+    )
     # Front face z = 3.5 covers every pixel whose ray at z = 3.5 is inside |x|, |y| ≤ 1.
     d = _pixel_rays(K, H, W)
     inside = (np.abs(d[..., 0] * 3.5) <= 1) & (np.abs(d[..., 1] * 3.5) <= 1)
     assert inside.any() and not inside.all()
     np.testing.assert_allclose(out.depth[0].numpy()[inside], 3.5, rtol=1e-6)
     # A yawed box: hit points lie on its surface and the face normal is a rotated axis.
-    turned = SyntheticScene("tbox", (Box((0.3, 0.2, 5.0), (0.8, 0.6, 0.4), MAT, yaw_deg=35.0),), ((-2, -2, 3), (2, 2, 7)))
+    turned = SyntheticScene(
+        "tbox", (Box((0.3, 0.2, 5.0), (0.8, 0.6, 0.4), MAT, yaw_deg=35.0),), ((-2, -2, 3), (2, 2, 7))
+    )
     o = torch.zeros(H * W, 3, dtype=torch.float64)
     dirs = torch.from_numpy(d.reshape(-1, 3))
     t, prim, n = turned.cast_rays(o, dirs)
@@ -189,7 +193,9 @@ def test_extent_is_the_bounding_box_diagonal():
     assert room.extent == pytest.approx(float(np.linalg.norm(hi - lo)))
     # Every point of a rendered view lies inside the bounds.
     view = room.default_view(20, 32)
-    pts = _unproject(view.depth[0].double().numpy(), view.cameras.K[0].double().numpy(), view.cameras.w2c[0].double().numpy())
+    pts = _unproject(
+        view.depth[0].double().numpy(), view.cameras.K[0].double().numpy(), view.cameras.w2c[0].double().numpy()
+    )
     assert (pts >= lo - 1e-4).all() and (pts <= hi + 1e-4).all()
 
 
@@ -243,7 +249,9 @@ def test_corrupt_depth_is_an_exact_affine_map_without_noise():
 
 def test_corrupt_depth_noise_level_and_holes_and_numpy():
     depth = np.full((2, 64, 64), 5.0, np.float32)
-    out = corrupt_depth(depth, scale_range=0.0, noise=0.01, hole_fraction=0.3, generator=torch.Generator().manual_seed(0))
+    out = corrupt_depth(
+        depth, scale_range=0.0, noise=0.01, hole_fraction=0.3, generator=torch.Generator().manual_seed(0)
+    )
     assert isinstance(out.depth, np.ndarray) and out.depth.shape == depth.shape and out.valid.dtype == bool
     rel = out.depth[out.valid] / 5.0 - 1
     assert 0.008 < rel.std() < 0.012 and abs(rel.mean()) < 0.002

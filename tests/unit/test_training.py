@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import write_tiny_models
 
+from tiny_models import write_tiny_models
 from worldstereo_core.errors import (
     InvalidChoiceError,
     InvalidOptionError,
@@ -58,11 +58,21 @@ def samples():
 
 
 def _settings(tmp: Path, stage: str, encoders: Path, **kw) -> TrainSettings:
-    return TrainSettings(stage=stage, out=tmp, size="tiny", steps=kw.pop("steps", 3), models_dir=encoders,
-                         num_samples=2, batch=2, progress=False, **kw)
+    return TrainSettings(
+        stage=stage,
+        out=tmp,
+        size="tiny",
+        steps=kw.pop("steps", 3),
+        models_dir=encoders,
+        num_samples=2,
+        batch=2,
+        progress=False,
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------------------ GGM masking
+
 
 def test_masking_drops_pixels_and_one_rectangle():
     depth = torch.ones(60, 80)
@@ -105,6 +115,7 @@ def test_memory_stage_cache_is_input_view_plus_reference_clip(samples):
 
 # ------------------------------------------------------------------------------ SSM pairs
 
+
 def test_samples_pair_targets_with_a_misaligned_reference_clip():
     clip = SyntheticClips(H, W, POSES).clip(0)
     for overlap in (0.3, 0.9):
@@ -144,6 +155,7 @@ def test_flow_matching_target_is_noise_minus_x0():
 
 
 # ------------------------------------------------------------------------------ stages
+
 
 def _params(folder):
     return load_worldstereo(folder, dtype=torch.float32).state_dict()
@@ -199,7 +211,9 @@ def test_dmd_rules(tmp_path, encoders, monkeypatch):
     v_c = trainer_mod.predict(t.real, x_t, sigma, inputs)
     v_u = trainer_mod.predict(t.real, x_t, sigma, inputs, inputs.uncond)
     assert (v_c - v_u).abs().max() > 0  # the prompt matters, so the test can see the guidance
-    torch.testing.assert_close(t.real_x0(x_t, sigma, inputs), x_t - sigma.view(-1, 1, 1, 1, 1) * (v_u + 5.0 * (v_c - v_u)))
+    torch.testing.assert_close(
+        t.real_x0(x_t, sigma, inputs), x_t - sigma.view(-1, 1, 1, 1, 1) * (v_u + 5.0 * (v_c - v_u))
+    )
 
     # stochastic gradient truncation: only the last step of the chain is differentiable
     calls = []
@@ -228,7 +242,9 @@ def test_dmd_rules(tmp_path, encoders, monkeypatch):
     for guidance, moves in ((1.0, False), (5.0, True)):
         import dataclasses
 
-        t2 = dmd_mod.DMDTrainer(dataclasses.replace(settings, fake_updates=0, guidance_scale=guidance), torch.device("cpu"))
+        t2 = dmd_mod.DMDTrainer(
+            dataclasses.replace(settings, fake_updates=0, guidance_scale=guidance), torch.device("cpu")
+        )
         t2.step(prepared[0], empty, cond.vae, torch.Generator().manual_seed(1))
         grads = [p.grad for p in t2.gen_params if p.grad is not None]
         assert bool(grads) and any(bool(gr.abs().sum() > 0) for gr in grads) == moves, guidance
@@ -285,8 +301,17 @@ def test_video_folder_clip_round_trip(tmp_path):
 def test_bf16_runs_frozen_weights_in_bf16_trained_in_fp32(tmp_path, encoders):
     from safetensors import safe_open
 
-    out = train(_settings(tmp_path / "bf", "camera", encoders, steps=2, dtype="bf16", gradient_checkpointing=True,
-                          init=train(_settings(tmp_path / "c", "camera", encoders, steps=1))))
+    out = train(
+        _settings(
+            tmp_path / "bf",
+            "camera",
+            encoders,
+            steps=2,
+            dtype="bf16",
+            gradient_checkpointing=True,
+            init=train(_settings(tmp_path / "c", "camera", encoders, steps=1)),
+        )
+    )
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows)
     with safe_open(str(out / "model.safetensors"), "pt") as f:

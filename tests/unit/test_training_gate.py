@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 
 import torch
-from tiny_models import TINY_FILES, write_tiny_models
 
+from tiny_models import TINY_FILES, write_tiny_models
 from worldstereo_core.cli import main
 from worldstereo_core.interfaces import LoopConfig
 from worldstereo_core.models import WorldStereoFrameGenerator, load_models
@@ -47,17 +47,26 @@ def test_each_stage_halves_its_loss_in_200_steps_and_the_checkpoint_runs_in_the_
 
     # the distilled tiny checkpoint in the Scene Loop (paper SSM: pairs + pointmaps of the live cache)
     bundle = load_models(
-        tmp_path / "dmd", text_encoder=models / "text_encoders" / TINY_FILES["text_encoders"],
-        image_encoder=models / "clip_vision" / TINY_FILES["clip_vision"], vae=models / "vae" / TINY_FILES["vae"],
-        device="cpu", dtype=torch.float32,
+        tmp_path / "dmd",
+        text_encoder=models / "text_encoders" / TINY_FILES["text_encoders"],
+        image_encoder=models / "clip_vision" / TINY_FILES["clip_vision"],
+        vae=models / "vae" / TINY_FILES["vae"],
+        device="cpu",
+        dtype=torch.float32,
     )
     assert bundle.variant == "paper-dmd" and bundle.default_sampler == "dmd"
     scene = make_scene("room", 0)
     view = scene.default_view(32, 48)
     generator = WorldStereoFrameGenerator(bundle, "a bright indoor room", seed=0)
     result = run_scene_loop(
-        view.image, view.cameras, view.depth, generator, OracleDepth(scene), ("orbit", "up"),
-        LoopConfig(num_frames=17, num_keyframes=5, radius=0.08), valid=view.valid,
+        view.image,
+        view.cameras,
+        view.depth,
+        generator,
+        OracleDepth(scene),
+        ("orbit", "up"),
+        LoopConfig(num_frames=17, num_keyframes=5, radius=0.08),
+        valid=view.valid,
     )
     assert len(result.steps) == 2 and generator.calls == 2
     assert result.steps[1].frames.shape == (5, 32, 48, 3) and torch.isfinite(result.steps[1].frames).all()

@@ -155,8 +155,8 @@ def test_aerial_rises_then_turns():
     assert rot_angle_deg(mid[:3, :3]) == pytest.approx(30.0)
     np.testing.assert_allclose(mid[:3, 3], [0, -m * 0.5, m * (1 - math.cos(math.radians(30)))], atol=1e-12)
     # the turn keeps the height and the distance to the vertical line through the centre
-    np.testing.assert_allclose(c2w[80 - n_phi:, 1, 3], -m * 0.5, atol=1e-12)
-    r = np.linalg.norm(c2w[80 - n_phi:, [0, 2], 3] - [0, m], axis=1)
+    np.testing.assert_allclose(c2w[80 - n_phi :, 1, 3], -m * 0.5, atol=1e-12)
+    r = np.linalg.norm(c2w[80 - n_phi :, [0, 2], 3] - [0, m], axis=1)
     np.testing.assert_allclose(r, r[0], atol=1e-12)
     uv, _ = project(traj.cameras, np.array([0, 0, m]))
     np.testing.assert_allclose(uv, np.tile([W / 2, H / 2], (81, 1)), atol=1e-9)

@@ -20,9 +20,20 @@ def test_both_networks_use_the_shared_backbone():
 
 def test_key_layout_is_dinov2s():
     keys = set(DinoViT(28, 14, 8, 2, 2, registers=4).state_dict())
-    assert {"patch_embed.proj.weight", "cls_token", "pos_embed", "register_tokens", "mask_token", "norm.weight",
-            "blocks.1.attn.qkv.weight", "blocks.1.attn.proj.bias", "blocks.1.ls1.gamma", "blocks.1.mlp.fc2.weight",
-            "blocks.1.norm2.bias", "blocks.1.ls2.gamma"} <= keys
+    assert {
+        "patch_embed.proj.weight",
+        "cls_token",
+        "pos_embed",
+        "register_tokens",
+        "mask_token",
+        "norm.weight",
+        "blocks.1.attn.qkv.weight",
+        "blocks.1.attn.proj.bias",
+        "blocks.1.ls1.gamma",
+        "blocks.1.mlp.fc2.weight",
+        "blocks.1.norm2.bias",
+        "blocks.1.ls2.gamma",
+    } <= keys
     assert "register_tokens" not in DinoViT(28, 14, 8, 2, 2).state_dict()
     assert not any("rope" in k or "q_norm" in k for k in keys)
 

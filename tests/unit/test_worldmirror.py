@@ -43,7 +43,9 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.05) + (1.0 if "gamma" in name else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.05) + (1.0 if "gamma" in name else 0.0)
+            )
     return model
 
 
@@ -77,7 +79,10 @@ def test_full_config_matches_release_schema(fixtures_dir: Path) -> None:
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
     n_params = sum(p.numel() for p in model.parameters())
     assert abs(n_params - schema["params_total"]) / schema["params_total"] < 1e-4
-    groups = {g: sum(p.numel() for n, p in model.named_parameters() if n.startswith(g + ".")) / 1e6 for g in schema["groups_M"]}
+    groups = {
+        g: sum(p.numel() for n, p in model.named_parameters() if n.startswith(g + ".")) / 1e6
+        for g in schema["groups_M"]
+    }
     for g, m in schema["groups_M"].items():
         assert abs(groups[g] - m) < 0.01, g
 
@@ -136,6 +141,7 @@ def test_dense_heads_do_not_depend_on_chunking(tiny: WorldMirror) -> None:
         b = tiny(images, frames_chunk_size=8)
     # compare before the exp / expm1 output activations, which amplify float noise
     assert torch.allclose(a.depth.log(), b.depth.log(), atol=1e-4)
+
     def pre(p: torch.Tensor) -> torch.Tensor:
         return torch.sign(p) * torch.log1p(p.abs())
 
@@ -230,7 +236,9 @@ def test_camera_vector_conventions() -> None:
     w2c = torch.eye(4)
     w2c[:3, :3], w2c[:3, 3] = R, t
     assert torch.allclose(c2w[0], torch.linalg.inv(w2c), atol=1e-5)
-    assert torch.isclose(K[0, 0, 0], torch.tensor(32 / math.tan(0.6))) and torch.isclose(K[0, 1, 1], torch.tensor(24 / math.tan(0.45)))
+    assert torch.isclose(K[0, 0, 0], torch.tensor(32 / math.tan(0.6))) and torch.isclose(
+        K[0, 1, 1], torch.tensor(24 / math.tan(0.45))
+    )
 
 
 def test_camera_vector_principal_point_in_our_pixel_centres() -> None:
@@ -247,7 +255,9 @@ def _upstream_lift(depth: torch.Tensor, vec: torch.Tensor, height: int, width: i
     own K (fx = W/2 / tan(fov_u/2), cx = W/2), written independently of the module under test."""
     fy = height * 0.5 / torch.tan(vec[:, 7] * 0.5)
     fx = width * 0.5 / torch.tan(vec[:, 8] * 0.5)
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     d = depth.double()
     x = (u - width * 0.5) / fx.double()[:, None, None] * d
     y = (v - height * 0.5) / fy.double()[:, None, None] * d
@@ -331,7 +341,9 @@ def test_load_rejects_wrong_files(tmp_path: Path) -> None:
         load_worldmirror(tmp_path / "w.pt")
     other = tmp_path / "other.safetensors"
     save_file({"blocks.0.attn1.to_q.weight": torch.zeros(4, 4)}, str(other))
-    with pytest.raises(CheckpointMismatchError, match=r"missing \d+ keys under .*unexpected 1 keys under blocks\.attn1\.\* \(1\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"missing \d+ keys under .*unexpected 1 keys under blocks\.attn1\.\* \(1\)"
+    ):
         load_worldmirror(other, WorldMirrorConfig.tiny())
 
 

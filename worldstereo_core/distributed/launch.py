@@ -68,7 +68,9 @@ def init_from_env(device: str | None = None, timeout_s: float = 1800.0) -> Distr
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+            "nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
         logger.info("rank %d of %d on %s", rank, world, dev)
@@ -89,7 +91,7 @@ def run_ranks(ctx: DistributedContext, fn: Callable[[], T]) -> T:
     error: BaseException | None = None
     try:
         result = fn()
-    except BaseException as exc:  # noqa: BLE001 - re-raised below after telling the other ranks
+    except BaseException as exc:
         error = exc
         failed += 1
     dist.all_reduce(failed)

@@ -74,12 +74,44 @@ def _tensor_tree(x: Any) -> Any:
     return x
 
 
+def _run_job(ctx, models, job_id: int, kwargs: dict, results, stop_event) -> None:
+    """One generation on this rank; ends with exactly one message (rank 0's carries the frames)."""
+    import torch.distributed as dist
+
+    from ..models.generate import generate_keyframes
+    from ..models.sampling import SamplingInterrupted
+    from .launch import RankFailedError, run_ranks
+
+    flag = torch.zeros(1, device=ctx.device)
+
+    def interrupt() -> bool:
+        # every rank asks at the same step; the all-reduce makes them agree
+        flag.fill_(1.0 if stop_event.is_set() else 0.0)
+        if ctx.world_size > 1:
+            dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def on_step(i: int, n: int) -> None:
+        if ctx.rank == 0:
+            results.put(("step", job_id, (i, n)))
+
+    try:
+        frames = run_ranks(ctx, lambda: generate_keyframes(models, interrupt=interrupt, on_step=on_step, **kwargs))
+        results.put(("done", job_id, frames.numpy() if ctx.rank == 0 else None))
+    except SamplingInterrupted:
+        results.put(("interrupted", job_id, ctx.rank))
+    except RankFailedError:
+        results.put(("peer_failed", job_id, ctx.rank))
+    except BaseException as exc:  # reported to the caller; the pool stays up
+        logger.error("rank %d failed: %s", ctx.rank, traceback.format_exc())
+        results.put(("error", job_id, (type(exc).__name__, str(exc))))
+
+
 def _worker(rank: int, world: int, port: int, device_type: str, load_kwargs: dict, jobs, results, stop_event) -> None:
     import torch.distributed as dist
 
-    from ..models.generate import generate_keyframes, load_models
-    from ..models.sampling import SamplingInterrupted
-    from .launch import DistributedContext, RankFailedError, run_ranks
+    from ..models.generate import load_models
+    from .launch import DistributedContext
     from .sequence_parallel import enable_sequence_parallel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -97,7 +129,7 @@ def _worker(rank: int, world: int, port: int, device_type: str, load_kwargs: dic
             if world > 1:
                 enable_sequence_parallel(models.transformer)
             results.put(("ready", rank, None))
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+        except BaseException as exc:
             results.put(("load_error", rank, f"{type(exc).__name__}: {exc}"))
             return
         while True:
@@ -105,31 +137,7 @@ def _worker(rank: int, world: int, port: int, device_type: str, load_kwargs: dic
             if job is None:
                 return
             job_id, kwargs = job
-            kwargs = _tensor_tree(kwargs)
-            flag = torch.zeros(1, device=device)
-
-            def interrupt() -> bool:
-                # every rank asks at the same step; the all-reduce makes them agree
-                flag.fill_(1.0 if stop_event.is_set() else 0.0)
-                if world > 1:
-                    dist.all_reduce(flag)
-                return bool(flag.item() > 0)
-
-            def on_step(i: int, n: int) -> None:
-                if rank == 0:
-                    results.put(("step", job_id, (i, n)))
-
-            try:
-                frames = run_ranks(ctx, lambda: generate_keyframes(models, interrupt=interrupt, on_step=on_step, **kwargs))
-                # every rank ends a job with exactly one message; rank 0's carries the frames
-                results.put(("done", job_id, frames.numpy() if rank == 0 else None))
-            except SamplingInterrupted:
-                results.put(("interrupted", job_id, rank))
-            except RankFailedError:
-                results.put(("peer_failed", job_id, rank))
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller, the pool stays up
-                logger.error("rank %d failed: %s", rank, traceback.format_exc())
-                results.put(("error", job_id, (type(exc).__name__, str(exc))))
+            _run_job(ctx, models, job_id, _tensor_tree(kwargs), results, stop_event)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -142,8 +150,13 @@ class GenerationWorkers:
     (without ``device``). ``device_type``: ``cuda`` (one GPU per rank) or ``cpu`` (gloo; tests).
     """
 
-    def __init__(self, num_workers: int, load_kwargs: Mapping[str, Any], device_type: str = "cuda",
-                 start_timeout_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        num_workers: int,
+        load_kwargs: Mapping[str, Any],
+        device_type: str = "cuda",
+        start_timeout_s: float = 3600.0,
+    ) -> None:
         if num_workers < 2:
             raise WorldStereoError(f"a worker pool needs at least 2 processes, got {num_workers}; use 1 GPU in-process")
         if device_type == "cuda" and torch.cuda.device_count() < num_workers:
@@ -160,8 +173,11 @@ class GenerationWorkers:
         self._next_job = 0
         port = _free_port()
         self._procs = [
-            ctx.Process(target=_worker, args=(r, num_workers, port, device_type, dict(load_kwargs), self._jobs[r],
-                                              self._results, self._stop), daemon=True)
+            ctx.Process(
+                target=_worker,
+                args=(r, num_workers, port, device_type, dict(load_kwargs), self._jobs[r], self._results, self._stop),
+                daemon=True,
+            )
             for r in range(num_workers)
         ]
         for p in self._procs:
@@ -200,8 +216,13 @@ class GenerationWorkers:
                 self.close()
                 raise WorkerPoolError("the generation workers did not start in time")
 
-    def generate(self, *, interrupt: Callable[[], Any] | None = None,
-                 on_step: Callable[[int, int], None] | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self,
+        *,
+        interrupt: Callable[[], Any] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """:func:`~worldstereo_core.models.generate.generate_keyframes` on every rank (without
         ``models``); returns rank 0's frames ``[F, H, W, 3]``. ``interrupt`` may return True or
         raise (ComfyUI raises its own exception); either stops every rank."""
@@ -219,7 +240,7 @@ class GenerationWorkers:
                 try:
                     if interrupt():
                         self._stop.set()
-                except BaseException as exc:  # noqa: BLE001 - the caller's interruption, re-raised below
+                except BaseException as exc:
                     caller_exc = exc
                     self._stop.set()
             try:
@@ -270,5 +291,5 @@ class GenerationWorkers:
     def __del__(self) -> None:  # a pool dropped by ComfyUI's cache must not leave processes behind
         try:
             self.close(timeout_s=5.0)
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass

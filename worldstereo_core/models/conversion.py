@@ -62,8 +62,13 @@ def _describe(keys: Collection[str], n: int = 4) -> str:
 
 # ----------------------------------------------------------------------------------------------- VAE
 
-_RESIDUAL = {"residual.0.gamma": "norm1.gamma", "residual.2": "conv1", "residual.3.gamma": "norm2.gamma",
-             "residual.6": "conv2", "shortcut": "conv_shortcut"}
+_RESIDUAL = {
+    "residual.0.gamma": "norm1.gamma",
+    "residual.2": "conv1",
+    "residual.3.gamma": "norm2.gamma",
+    "residual.6": "conv2",
+    "shortcut": "conv_shortcut",
+}
 _WAN_VAE_ANCHOR = "decoder.middle.0.residual.0.gamma"
 _DIFFUSERS_VAE_ANCHOR = "decoder.mid_block.resnets.0.norm1.gamma"
 
@@ -71,7 +76,7 @@ _DIFFUSERS_VAE_ANCHOR = "decoder.mid_block.resnets.0.norm1.gamma"
 def _residual_rename(rest: str) -> str:
     for old, new in _RESIDUAL.items():
         if rest == old or rest.startswith(old + "."):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return rest
 
 
@@ -126,11 +131,11 @@ def plan_wan_vae(keys: Collection[str], num_res_blocks: int = 2) -> ConversionPl
     own = [k for k in keys if k.startswith(prefix)]
     ignored = tuple(k for k in keys if not k.startswith(prefix))
     if anchor == _DIFFUSERS_VAE_ANCHOR:
-        return ConversionPlan("diffusers", {k[len(prefix):]: _take(k) for k in own}, ignored)
+        return ConversionPlan("diffusers", {k[len(prefix) :]: _take(k) for k in own}, ignored)
     targets: dict[str, Recipe] = {}
     for k in own:
         try:
-            targets[wan_vae_key_to_diffusers(k[len(prefix):], num_res_blocks)] = _take(k)
+            targets[wan_vae_key_to_diffusers(k[len(prefix) :], num_res_blocks)] = _take(k)
         except (KeyError, ValueError):
             raise CheckpointMismatchError(f"unexpected key {k!r} in a Wan VAE file; is this the Wan2.1 VAE?") from None
     return ConversionPlan("wan", targets, ignored)
@@ -150,8 +155,13 @@ _OPENCLIP_TOP = {
     "ln_post.weight": "vision_model.post_layernorm.weight",
     "ln_post.bias": "vision_model.post_layernorm.bias",
 }
-_OPENCLIP_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-                   "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+_OPENCLIP_BLOCK = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
 
 
 def _chunk(key: str, i: int, n: int = 3) -> Recipe:
@@ -175,10 +185,14 @@ def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
         bare = _find_prefix(keys, (_CLIP_HF_BARE_ANCHOR,))
         if bare is not None and any(k.startswith(bare[0] + "encoder.layers.") for k in keys):
             prefix = bare[0]
-            targets = {"vision_model." + k[len(prefix):]: _take(k) for k in keys
-                       if k.startswith(prefix) and not k[len(prefix):].startswith("visual_projection")}
-            return ConversionPlan("transformers", targets,
-                                  tuple(k for k in keys if "vision_model." + k[len(prefix):] not in targets))
+            targets = {
+                "vision_model." + k[len(prefix) :]: _take(k)
+                for k in keys
+                if k.startswith(prefix) and not k[len(prefix) :].startswith("visual_projection")
+            }
+            return ConversionPlan(
+                "transformers", targets, tuple(k for k in keys if "vision_model." + k[len(prefix) :] not in targets)
+            )
         raise CheckpointMismatchError(
             f"not a CLIP vision model: no CLIP vision keys found ({_describe(keys)}). Use clip_vision_h.safetensors "
             "(ComfyUI models/clip_vision) or the image_encoder/ folder of a diffusers Wan2.1-I2V checkpoint"
@@ -189,13 +203,13 @@ def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
         base = prefix + "vision_model."
         for k in keys:
             if k.startswith(base):
-                targets["vision_model." + k[len(base):]] = _take(k)
+                targets["vision_model." + k[len(base) :]] = _take(k)
         return ConversionPlan("transformers", targets, tuple(k for k in keys if not k.startswith(base)))
     block = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.(.+)$")
     for k in keys:
         if not k.startswith(prefix):
             continue
-        rest = k[len(prefix):]
+        rest = k[len(prefix) :]
         if rest in _OPENCLIP_TOP:
             targets[_OPENCLIP_TOP[rest]] = _take(k)
             continue
@@ -211,11 +225,11 @@ def plan_clip_vision(keys: Collection[str]) -> ConversionPlan:
             continue
         for old, new in _OPENCLIP_BLOCK.items():
             if tail.startswith(old + "."):
-                targets[out + new + tail[len(old):]] = _take(k)
+                targets[out + new + tail[len(old) :]] = _take(k)
                 break
     used = set()
     for k in keys:
-        rest = k[len(prefix):] if k.startswith(prefix) else None
+        rest = k[len(prefix) :] if k.startswith(prefix) else None
         if rest is not None and (rest in _OPENCLIP_TOP or block.match(k)):
             used.add(k)
     return ConversionPlan("open_clip", targets, tuple(k for k in keys if k not in used))
@@ -238,6 +252,7 @@ def _dequant(weight_key: str, scale_key: str) -> Recipe:
             f"{scale_key} holds a block-wise scale ({tuple(s.shape)}); only per-tensor or per-channel scaled fp8 "
             "files (ComfyUI's *_fp8_scaled / *_fp8_e4m3fn_scaled) are supported — use the bf16/fp16 file instead"
         )
+
     return _tag(recipe, weight_key)
 
 
@@ -253,7 +268,7 @@ def scaled_identity_plan(keys: Collection[str], prefix: str = "") -> ConversionP
         if not k.startswith(prefix):
             ignored.append(k)
             continue
-        rest = k[len(prefix):]
+        rest = k[len(prefix) :]
         if rest == "scaled_fp8" or rest.endswith((".scale_weight", ".weight_scale", *_FP8_MARKERS)):
             ignored.append(k)
             continue
@@ -288,11 +303,12 @@ def plan_umt5(keys: Collection[str]) -> ConversionPlan:
         if not k.startswith(prefix):
             (extras.__setitem__("spiece_model", k) if k.endswith("spiece_model") else ignored.append(k))
             continue
-        rest = k[len(prefix):]
+        rest = k[len(prefix) :]
         if rest == "spiece_model":
             extras["spiece_model"] = k
-        elif rest == "scaled_fp8" or rest.endswith((".scale_input", ".scale_weight", ".weight_scale",
-                                                    ".input_scale", ".comfy_quant")):
+        elif rest == "scaled_fp8" or rest.endswith(
+            (".scale_input", ".scale_weight", ".weight_scale", ".input_scale", ".comfy_quant")
+        ):
             ignored.append(k)
         elif rest.startswith("encoder.") or rest == "shared.weight":
             stem = k[: -len(".weight")] if k.endswith(".weight") else None
@@ -309,6 +325,7 @@ def plan_umt5(keys: Collection[str]) -> ConversionPlan:
 
 
 # ------------------------------------------------------------------------------ matching to a model
+
 
 def load_converted(
     model: torch.nn.Module,
@@ -334,8 +351,10 @@ def load_converted(
     aligned = ConversionPlan(plan.layout, targets, plan.ignored, plan.extras)
 
     def diagnose(missing: set[str], unexpected: set[str]) -> str:
-        return (f"the {what} file ({plan.layout} layout) is incomplete or is a different model size/variant — "
-                "use the complete file, or pass the matching config")
+        return (
+            f"the {what} file ({plan.layout} layout) is incomplete or is a different model size/variant — "
+            "use the complete file, or pass the matching config"
+        )
 
     recipes = match_keys(aligned, expected, source.shape, f"{what} file", diagnose, depth=4)
     return stream_weights(model, recipes, source, device, dtype)
@@ -375,13 +394,24 @@ _WAN_TOP = {
     "patch_embedding": "patch_embedding",
 }
 _WAN_BLOCK = {
-    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
-    "self_attn.o": "attn1.to_out.0", "self_attn.norm_q": "attn1.norm_q", "self_attn.norm_k": "attn1.norm_k",
-    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v",
-    "cross_attn.o": "attn2.to_out.0", "cross_attn.norm_q": "attn2.norm_q", "cross_attn.norm_k": "attn2.norm_k",
-    "cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj",
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "self_attn.norm_q": "attn1.norm_q",
+    "self_attn.norm_k": "attn1.norm_k",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "cross_attn.norm_q": "attn2.norm_q",
+    "cross_attn.norm_k": "attn2.norm_k",
+    "cross_attn.k_img": "attn2.add_k_proj",
+    "cross_attn.v_img": "attn2.add_v_proj",
     "cross_attn.norm_k_img": "attn2.norm_added_k",
-    "norm3": "norm2", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+    "norm3": "norm2",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
 }
 _WAN_DIFFUSERS_ANCHOR = "blocks.0.attn1.to_q.weight"
 _WAN_ORIGINAL_ANCHOR = "blocks.0.self_attn.q.weight"
@@ -428,7 +458,7 @@ def plan_wan_transformer(keys: Collection[str]) -> ConversionPlan:
     targets: dict[str, Recipe] = {}
     ignored: list[str] = []
     for k in keys:
-        rest = k[len(prefix):] if k.startswith(prefix) else None
+        rest = k[len(prefix) :] if k.startswith(prefix) else None
         if rest is None or rest == "scaled_fp8" or rest.endswith((".scale_weight", ".weight_scale", *_FP8_MARKERS)):
             ignored.append(k)
             continue

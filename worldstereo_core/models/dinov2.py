@@ -22,8 +22,9 @@ spelt ``attention.attention.query`` … ``attention.output.dense``, or ``attenti
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,9 +86,13 @@ def build_dinov2(config: Mapping[str, Any]) -> DinoViT:
         dim, depth, heads = (int(config[k]) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads"))
         img, patch = int(config.get("image_size", 518)), int(config.get("patch_size", 14))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointMismatchError(f"DINOv2 config.json lacks a size ({e}); use the hub's config.json of facebook/dinov2-base") from None
+        raise CheckpointMismatchError(
+            f"DINOv2 config.json lacks a size ({e}); use the hub's config.json of facebook/dinov2-base"
+        ) from None
     if dim % heads or img % patch:
-        raise CheckpointMismatchError(f"DINOv2 config: hidden_size {dim} / heads {heads} or image_size {img} / patch {patch} do not divide")
+        raise CheckpointMismatchError(
+            f"DINOv2 config: hidden_size {dim} / heads {heads} or image_size {img} / patch {patch} do not divide"
+        )
     return DinoViT(img, patch, dim, depth, heads, registers=0, pos_resize="exact")
 
 
@@ -111,17 +116,24 @@ def plan_dinov2(keys: Sequence[str]) -> ConversionPlan:
         "norm.weight": take(key("layernorm.weight")),
         "norm.bias": take(key("layernorm.bias")),
     }
-    layers = sorted({int(k[len(prefix):].split(".")[2]) for k in ks if k.startswith(prefix + "encoder.layer.")})
+    layers = sorted({int(k[len(prefix) :].split(".")[2]) for k in ks if k.startswith(prefix + "encoder.layer.")})
     for i in layers:
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         for w in ("weight", "bias"):
-            qkv = [key(f"{src}attention.attention.{a}.{w}", f"{src}attention.{b}_proj.{w}")
-                   for a, b in (("query", "q"), ("key", "k"), ("value", "v"))]
+            qkv = [
+                key(f"{src}attention.attention.{a}.{w}", f"{src}attention.{b}_proj.{w}")
+                for a, b in (("query", "q"), ("key", "k"), ("value", "v"))
+            ]
             recipe = tag_recipe(lambda get, q=qkv: torch.cat([get(k) for k in q]), qkv[0])
             recipe.reshapes = True  # fused: its shape is checked when loaded
             targets[f"{dst}attn.qkv.{w}"] = recipe
             targets[f"{dst}attn.proj.{w}"] = take(key(f"{src}attention.output.dense.{w}", f"{src}attention.o_proj.{w}"))
-            for ours, theirs in (("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            for ours, theirs in (
+                ("norm1", "norm1"),
+                ("norm2", "norm2"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+            ):
                 targets[f"{dst}{ours}.{w}"] = take(key(f"{src}{theirs}.{w}"))
         targets[f"{dst}ls1.gamma"] = take(key(f"{src}layer_scale1.lambda1"))
         targets[f"{dst}ls2.gamma"] = take(key(f"{src}layer_scale2.lambda1"))
@@ -175,7 +187,9 @@ def load_dinov2(
     ``models/dinov2/dinov2-base/``); raises :class:`CheckpointMismatchError` naming what is wrong."""
     folder = Path(path)
     if not folder.is_dir():
-        raise MissingFileError(f"DINOv2: {folder} is not a folder; give the folder holding config.json + model.safetensors")
+        raise MissingFileError(
+            f"DINOv2: {folder} is not a folder; give the folder holding config.json + model.safetensors"
+        )
     if not (folder / "config.json").is_file():
         raise MissingFileError(
             f"DINOv2: {folder} has no config.json; put the hub's config.json of facebook/dinov2-base beside "
@@ -187,6 +201,13 @@ def load_dinov2(
     files = checkpoint_files(folder, "DINOv2")
     with torch.device("meta"):
         vit = build_dinov2(config)
-    load_checkpoint(vit, files, plan_dinov2, "DINOv2 weights", device, dtype,
-                    diagnose="is it facebook/dinov2-base's model.safetensors, beside its own config.json?")
+    load_checkpoint(
+        vit,
+        files,
+        plan_dinov2,
+        "DINOv2 weights",
+        device,
+        dtype,
+        diagnose="is it facebook/dinov2-base's model.safetensors, beside its own config.json?",
+    )
     return DINOv2FeatureExtractor(vit)

@@ -98,14 +98,29 @@ _CLIP_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
 
 def tiny_umt5_config() -> dict[str, Any]:
     """A 2-layer UMT5 for tests (vocab 128, width 32, 4 heads)."""
-    return {**UMT5_XXL_CONFIG, "vocab_size": 128, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
-            "num_heads": 4, "relative_attention_num_buckets": 8}
+    return {
+        **UMT5_XXL_CONFIG,
+        "vocab_size": 128,
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+    }
 
 
 def tiny_clip_vision_config() -> dict[str, Any]:
     """A 3-layer CLIP vision tower for tests (28×28 input, patch 14 → 5 tokens)."""
-    return {**CLIP_VIT_H_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 3, "image_size": 28, "projection_dim": 16}
+    return {
+        **CLIP_VIT_H_CONFIG,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 3,
+        "image_size": 28,
+        "projection_dim": 16,
+    }
 
 
 def clip_num_tokens(config: Mapping[str, Any] = CLIP_VIT_H_CONFIG) -> int:
@@ -114,6 +129,7 @@ def clip_num_tokens(config: Mapping[str, Any] = CLIP_VIT_H_CONFIG) -> int:
 
 
 # ------------------------------------------------------------------------------------------- text
+
 
 def prompt_clean(text: str) -> str:
     """Wan's prompt cleaning: ``ftfy.fix_text`` (if installed), HTML-unescape twice, collapse whitespace."""
@@ -140,8 +156,15 @@ class HFTokenizer:
         self.tokenizer = tokenizer
 
     def __call__(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True,
-                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        out = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         return out.input_ids.long(), out.attention_mask.long()
 
 
@@ -230,6 +253,7 @@ class UMT5TextEncoder:
 
 # ------------------------------------------------------------------------------------------ image
 
+
 def resize_center_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.Tensor:
     """``[N, C, H, W]`` → ``[N, C, crop, crop]`` as transformers' image processors do it: shortest edge
     to ``shortest_edge`` (long edge ``int(shortest_edge · long / short)``, bicubic, antialiased),
@@ -243,7 +267,7 @@ def resize_center_crop(x: torch.Tensor, shortest_edge: int, crop: int) -> torch.
         x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False)
     top = (x.shape[-2] - crop) // 2
     left = (x.shape[-1] - crop) // 2
-    return x[..., top: top + crop, left: left + crop]
+    return x[..., top : top + crop, left : left + crop]
 
 
 def clip_preprocess(
@@ -315,6 +339,7 @@ class CLIPImageEncoder:
 
 # ---------------------------------------------------------------------------------------- loading
 
+
 def _file_config(path: Path, files: list, kind: str) -> dict[str, Any] | None:
     """The architecture a checkpoint states: ``config.json`` of its folder, else the file's embedded
     config (the checkpoint convention); ``None`` for files that state none (ComfyUI's single files)."""
@@ -348,11 +373,17 @@ def _umt5_config_from_shapes(plan: ConversionPlan, get: Any) -> dict[str, Any]:
     gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in t
     d_ff = shape("encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight")[0]
     layers = 1 + max(int(k.split(".")[2]) for k in t if k.startswith("encoder.block."))
-    return {**UMT5_XXL_CONFIG, "vocab_size": vocab, "d_model": d_model, "d_kv": inner // heads, "d_ff": d_ff,
-            "num_layers": layers, "num_heads": heads, "relative_attention_num_buckets": buckets,
-            "feed_forward_proj": "gated-gelu" if gated else "relu"}
-
-
+    return {
+        **UMT5_XXL_CONFIG,
+        "vocab_size": vocab,
+        "d_model": d_model,
+        "d_kv": inner // heads,
+        "d_ff": d_ff,
+        "num_layers": layers,
+        "num_heads": heads,
+        "relative_attention_num_buckets": buckets,
+        "feed_forward_proj": "gated-gelu" if gated else "relu",
+    }
 
 
 def _resolve_component(path: Path, sub: str) -> Path:
@@ -378,9 +409,14 @@ def load_text_encoder(
     files = checkpoint_files(weights, "UMT5 text encoder")
     with open_tensor_source(files) as (keys, get):
         plan = plan_umt5(keys)
-        cfg = dict(config) if config is not None else (
-            _file_config(weights, files, "umt5") or _umt5_config_from_shapes(plan, get))
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+        cfg = (
+            dict(config)
+            if config is not None
+            else (_file_config(weights, files, "umt5") or _umt5_config_from_shapes(plan, get))
+        )
+        cfg = {
+            k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
+        }
         with torch.device("meta"):
             model = UMT5EncoderModel(UMT5Config(**cfg))
         load_converted(model, plan, get, "UMT5 text encoder", device, dtype)
@@ -411,15 +447,24 @@ def _clip_config_from_shapes(plan: ConversionPlan, get: Any) -> dict[str, Any]:
         n_pos = shape("vision_model.embeddings.position_embedding.weight")[0]
         inter = shape("vision_model.encoder.layers.0.mlp.fc1.weight")[0]
     except KeyError as exc:
-        raise CheckpointMismatchError(f"CLIP vision file lacks {exc.args[0]!r}; is it a complete vision tower?") from None
+        raise CheckpointMismatchError(
+            f"CLIP vision file lacks {exc.args[0]!r}; is it a complete vision tower?"
+        ) from None
     if hidden not in _CLIP_HEADS:
         raise CheckpointMismatchError(
             f"CLIP vision width {hidden} has no standard head count; pass config=... (a CLIPVisionConfig dict)"
         )
     grid = round((n_pos - 1) ** 0.5)
     layers = 1 + max(int(k.split(".")[3]) for k in t if k.startswith("vision_model.encoder.layers."))
-    return {**CLIP_VIT_H_CONFIG, "hidden_size": hidden, "intermediate_size": inter, "patch_size": patch,
-            "image_size": grid * patch, "num_hidden_layers": layers, "num_attention_heads": _CLIP_HEADS[hidden]}
+    return {
+        **CLIP_VIT_H_CONFIG,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "patch_size": patch,
+        "image_size": grid * patch,
+        "num_hidden_layers": layers,
+        "num_attention_heads": _CLIP_HEADS[hidden],
+    }
 
 
 def load_image_encoder(
@@ -434,9 +479,14 @@ def load_image_encoder(
     files = checkpoint_files(weights, "CLIP image encoder")
     with open_tensor_source(files) as (keys, get):
         plan = plan_clip_vision(keys)
-        cfg = dict(config) if config is not None else (
-            _file_config(weights, files, "clip_vision") or _clip_config_from_shapes(plan, get))
-        cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+        cfg = (
+            dict(config)
+            if config is not None
+            else (_file_config(weights, files, "clip_vision") or _clip_config_from_shapes(plan, get))
+        )
+        cfg = {
+            k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
+        }
         with torch.device("meta"):
             model = CLIPVisionModel(CLIPVisionConfig(**cfg))
         load_converted(model, plan, get, "CLIP image encoder", device, dtype)

@@ -32,12 +32,11 @@ Checkpoints:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448.0
@@ -100,13 +99,13 @@ def _quantize_rows_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not _FUSED_QUANTIZE:
         try:
             _FUSED_QUANTIZE.append(torch.compile(quantize_rows, dynamic=True))
-        except Exception:  # noqa: BLE001 - no compiler toolchain: eager is correct, only slower
+        except Exception:
             _FUSED_QUANTIZE.append(None)
     fused = _FUSED_QUANTIZE[0]
     if fused is not None:
         try:
             return fused(x)
-        except Exception:  # noqa: BLE001
+        except Exception:
             _FUSED_QUANTIZE[0] = None
     return quantize_rows(x)
 
@@ -131,15 +130,21 @@ class Float8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.compute_dtype = compute_dtype
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device), requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=FP8_DTYPE, device=device), requires_grad=False
+        )
         shape = (out_features,) if granularity == "channel" else ()
         self.scale_weight = nn.Parameter(torch.ones(shape, dtype=torch.float32, device=device), requires_grad=False)
         self.bias = (
-            nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device), requires_grad=False) if bias else None
+            nn.Parameter(torch.zeros(out_features, dtype=compute_dtype, device=device), requires_grad=False)
+            if bias
+            else None
         )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, granularity: str = "channel", compute_dtype: torch.dtype | None = None) -> "Float8Linear":
+    def from_linear(
+        cls, linear: nn.Linear, granularity: str = "channel", compute_dtype: torch.dtype | None = None
+    ) -> Float8Linear:
         """Quantise an ``nn.Linear`` (on its device; ``meta`` gives an empty layer of the right shapes)."""
         w = linear.weight
         dtype = compute_dtype or (w.dtype if w.dtype.is_floating_point and w.dtype.itemsize > 1 else torch.bfloat16)
@@ -184,8 +189,10 @@ class Float8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
-               f"fp8_e4m3fn scale per {self.granularity}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"fp8_e4m3fn scale per {self.granularity}"
+        )
 
 
 def fp8_layer_names(model: nn.Module) -> list[str]:
@@ -202,7 +209,9 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def convert_to_fp8(model: nn.Module, granularity: str = "channel", compute_dtype: torch.dtype | None = None) -> list[str]:
+def convert_to_fp8(
+    model: nn.Module, granularity: str = "channel", compute_dtype: torch.dtype | None = None
+) -> list[str]:
     """Replace the block projections of ``model`` by :class:`Float8Linear` in place; returns their names.
 
     On a ``meta`` model this only changes the structure (for loading a checkpoint into it); on a real

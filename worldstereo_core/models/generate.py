@@ -32,8 +32,9 @@ import gc
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +49,8 @@ from .encoders import (
     load_image_encoder,
     load_text_encoder,
 )
-from .loading import DMDSettings, load_worldstereo
 from .fp8 import WEIGHT_FORMATS
+from .loading import DMDSettings, load_worldstereo
 from .offload import (
     OFFLOAD_MODES,
     block_swaps,
@@ -60,6 +61,7 @@ from .offload import (
     swap_last_blocks,
     swapped_module_ids,
 )
+from .paper_ssm import PointmapFrame, assign_pairs, encode_pair_inputs, pointmap_images
 from .sampling import (
     DEFAULT_FLOW_SHIFT,
     DEFAULT_GUIDANCE_SCALE,
@@ -71,15 +73,14 @@ from .sampling import (
     sample_dmd,
     sample_unipc,
 )
-from .paper_ssm import PointmapFrame, assign_pairs, encode_pair_inputs, pointmap_images
 from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldStereoTransformer
 from .transformer_worldstereo_paper import PAPER_VARIANTS, PaperInputs
 from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
 
 if TYPE_CHECKING:
     from ..interfaces import References
-    from .uni3c import Uni3CControlNet
     from ..pointcloud import PointCloud
+    from .uni3c import Uni3CControlNet
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,13 @@ def load_models(
     if swap_n < 0:
         raise InvalidOptionError(f"blocks_to_swap must be 0 or more (0 = every block resident), got {blocks_to_swap}")
     transformer = load_worldstereo(
-        worldstereo, variant, device=host if sequential else device, dtype=dtype, base_model=base_model,
-        weight_format=weight_format, blocks_on_host=swap_n,
+        worldstereo,
+        variant,
+        device=host if sequential else device,
+        dtype=dtype,
+        base_model=base_model,
+        weight_format=weight_format,
+        blocks_on_host=swap_n,
     )
     if sequential:
         enable_sequential_offload(transformer, device, execution_order(transformer))
@@ -391,7 +397,9 @@ def _check_inputs(
     return img, cameras, render, mask
 
 
-def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _reference_inputs(
+    references: References, n_frames: int, H: int, W: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(video [1, 3, R, H, W] in [-1, 1], w2c [R, 4, 4], ref_index [R] long)`` from retrieved references."""
     n = len(references)
     if n == 0:
@@ -423,8 +431,13 @@ def _reference_inputs(references: "References", n_frames: int, H: int, W: int) -
 
 
 def ggm_inputs(
-    vae: WanKeyframeVAE, image: torch.Tensor, cameras: Cameras, render: torch.Tensor, mask: torch.Tensor,
-    device: torch.device, video: bool = False,
+    vae: WanKeyframeVAE,
+    image: torch.Tensor,
+    cameras: Cameras,
+    render: torch.Tensor,
+    mask: torch.Tensor,
+    device: torch.device,
+    video: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The control branch's inputs for one clip: ``render_latent [1, 16, F, h, w]`` (frame 0 replaced by
     ``image`` as the release does), ``render_mask [1, 1, F, H, W]`` (binarised at 0.5, 1 = hole) and
@@ -439,8 +452,9 @@ def ggm_inputs(
     H, W = image.shape[:2]
     render_video = images_to_video(torch.cat([image[None], render[1:]]).clamp(0, 1))  # [1, 3, F or 81, H, W]
     render_latent = vae.encode_video(render_video) if video else vae.encode_keyframes(render_video)
-    plucker = plucker_embedding(cameras.w2c.float(), cameras.K.float(), H, W,
-                                convention="uni3c" if video else "worldstereo")  # [F or 81, 6, H, W]
+    plucker = plucker_embedding(
+        cameras.w2c.float(), cameras.K.float(), H, W, convention="uni3c" if video else "worldstereo"
+    )  # [F or 81, 6, H, W]
     return {
         "render_latent": render_latent.to(device),
         "render_mask": (mask >= 0.5).float()[None, None].to(device),
@@ -449,7 +463,11 @@ def ggm_inputs(
 
 
 def _paper_pair_inputs(
-    vae: WanKeyframeVAE, image: torch.Tensor, cameras: Cameras, references: "References | None", cache: "PointCloud",
+    vae: WanKeyframeVAE,
+    image: torch.Tensor,
+    cameras: Cameras,
+    references: References | None,
+    cache: PointCloud,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """``pair_latent`` / ``pointmap_latent`` of the paper's SSM for one clip (see :mod:`.paper_ssm`).
@@ -466,10 +484,12 @@ def _paper_pair_inputs(
     else:
         video, ref_w2c, _ = _reference_inputs(references, len(cameras), H, W)
         ref_images = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5)  # [R, H, W, 3] at the target size
-        ref_K = torch.stack([
-            torch.as_tensor(resize_K(k, tuple(im.shape[:2]), (H, W))).float()
-            for k, im in zip(torch.as_tensor(references.K).float(), references.images)
-        ])
+        ref_K = torch.stack(
+            [
+                torch.as_tensor(resize_K(k, tuple(im.shape[:2]), (H, W))).float()
+                for k, im in zip(torch.as_tensor(references.K).float(), references.images)
+            ]
+        )
         ref_cams = Cameras(ref_w2c.to(cameras.w2c.dtype), ref_K.to(cameras.K.dtype), H, W)
     pair = assign_pairs(cameras, ref_cams.w2c, ref_cams.K)
     paired = ref_cams[pair]
@@ -506,6 +526,7 @@ def _is_cpu_oom(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------------- the one call
 
+
 def sampling_steps(models: WorldStereoModels, sampler: str | None = None, steps: int | None = None) -> int:
     """The denoising steps :func:`generate_keyframes` runs: ``steps`` if given (and > 0), else the
     sampler's default — the checkpoint's DMD steps (release: 4) for ``"dmd"``,
@@ -527,7 +548,7 @@ def generate_keyframes(
     keyframe_cameras: Cameras | None = None,
     render: torch.Tensor | None = None,
     render_mask: torch.Tensor | None = None,
-    references: "References | None" = None,
+    references: References | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
@@ -538,7 +559,7 @@ def generate_keyframes(
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
-    cache: "PointCloud | None" = None,
+    cache: PointCloud | None = None,
 ) -> torch.Tensor:
     """Generate the keyframes of one trajectory.
 
@@ -576,9 +597,25 @@ def generate_keyframes(
         raise MissingInputError("keyframe_cameras, render and render_mask are required (the GGM condition)")
     try:
         return _generate(
-            models, image, prompt, negative_prompt, keyframe_cameras, render, render_mask, references,
-            sampler, steps, guidance_scale, shift, seed, on_step, interrupt,
-            prompt_embeds, negative_prompt_embeds, image_embeds, cache,
+            models,
+            image,
+            prompt,
+            negative_prompt,
+            keyframe_cameras,
+            render,
+            render_mask,
+            references,
+            sampler,
+            steps,
+            guidance_scale,
+            shift,
+            seed,
+            on_step,
+            interrupt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            image_embeds,
+            cache,
         )
     except BaseException as exc:
         # Free what the unwound frames still reference (activations, latents), so an error or an
@@ -616,7 +653,7 @@ def _generate(
     keyframe_cameras: Cameras,
     render: torch.Tensor,
     render_mask: torch.Tensor,
-    references: "References | None",
+    references: References | None,
     sampler: str | None,
     steps: int | None,
     guidance_scale: float,
@@ -627,7 +664,7 @@ def _generate(
     prompt_embeds: torch.Tensor | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
-    cache: "PointCloud | None" = None,
+    cache: PointCloud | None = None,
 ) -> torch.Tensor:
     sampler = sampler or models.default_sampler
     if sampler not in SAMPLERS:
@@ -731,11 +768,13 @@ def _generate(
         latents = sample_dmd(denoiser, noise, settings, on_step=on_step, interrupt=interrupt)
     else:
         latents = sample_unipc(
-            denoiser, noise,
+            denoiser,
+            noise,
             steps=DEFAULT_UNIPC_STEPS if steps is None else int(steps),
             guidance_scale=guidance_scale,
             flow_shift=DEFAULT_FLOW_SHIFT if shift is None else float(shift),
-            on_step=on_step, interrupt=interrupt,
+            on_step=on_step,
+            interrupt=interrupt,
         )
     del denoiser, positive, negative, kwargs, noise
 
@@ -801,10 +840,22 @@ class WorldStereoFrameGenerator:
         seed = clip_seed(self.seed, self.calls)
         self.calls += 1
         return generate_keyframes(
-            self.models, image, self.prompt if prompt is None else prompt, self.negative_prompt, cameras, render,
-            mask, refs,
-            sampler=self.sampler, steps=self.steps, guidance_scale=self.guidance_scale, shift=self.shift,
-            seed=seed, on_step=self.on_step, interrupt=self.interrupt, cache=cache,
+            self.models,
+            image,
+            self.prompt if prompt is None else prompt,
+            self.negative_prompt,
+            cameras,
+            render,
+            mask,
+            refs,
+            sampler=self.sampler,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            shift=self.shift,
+            seed=seed,
+            on_step=self.on_step,
+            interrupt=self.interrupt,
+            cache=cache,
         )
 
 

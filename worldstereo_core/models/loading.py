@@ -145,7 +145,9 @@ def build_transformer(variant: str, tiny: bool = False) -> WorldStereoTransforme
     """
     if variant in PAPER_VARIANTS:
         transformer, controlnet = transformer_configs("camera", tiny)
-        cfg = WorldStereoConfig(variant, transformer, controlnet, memory=TINY_MEMORY_CONFIG if tiny else FULL_MEMORY_CONFIG)
+        cfg = WorldStereoConfig(
+            variant, transformer, controlnet, memory=TINY_MEMORY_CONFIG if tiny else FULL_MEMORY_CONFIG
+        )
     else:
         transformer, controlnet = transformer_configs(variant, tiny)
         cfg = WorldStereoConfig(variant, transformer, controlnet)
@@ -154,7 +156,9 @@ def build_transformer(variant: str, tiny: bool = False) -> WorldStereoTransforme
     return model.eval()
 
 
-def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: str = "config.json") -> WorldStereoConfig:
+def config_from_dict(
+    cfg: Mapping[str, Any], variant: str | None = None, where: str = "config.json"
+) -> WorldStereoConfig:
     """Parse a release-style ``config.json`` mapping. ``variant`` overrides its ``model_type``."""
     if not isinstance(cfg, Mapping):
         raise CorruptFileError(f"{where} must hold a JSON object")
@@ -166,7 +170,9 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
             )
         variant = MODEL_TYPES.get(model_type, model_type)
     if variant not in ALL_VARIANTS:
-        raise CheckpointMismatchError(f"unknown variant/model_type {variant!r} in {where}; use one of {ALL_VARIANTS} / {sorted(MODEL_TYPES)}")
+        raise CheckpointMismatchError(
+            f"unknown variant/model_type {variant!r} in {where}; use one of {ALL_VARIANTS} / {sorted(MODEL_TYPES)}"
+        )
     if "controlnet_cfg" not in cfg:
         raise CheckpointMismatchError(
             f"{where} has no 'controlnet_cfg'; use the config.json that came with the WorldStereo weights"
@@ -196,11 +202,15 @@ def config_from_dict(cfg: Mapping[str, Any], variant: str | None = None, where: 
     if not isinstance(negative_prompt, str):
         raise CheckpointMismatchError(f"{where}: 'negative_prompt' must be a string")
     if latent_cond_mode not in ("full_vae", "first_frame_only"):
-        raise CheckpointMismatchError(f"{where}: 'latent_cond_mode' must be 'full_vae' or 'first_frame_only', got {latent_cond_mode!r}")
+        raise CheckpointMismatchError(
+            f"{where}: 'latent_cond_mode' must be 'full_vae' or 'first_frame_only', got {latent_cond_mode!r}"
+        )
     memory = None
     if variant in PAPER_VARIANTS:
         if "memory_cfg" not in cfg:
-            raise CheckpointMismatchError(f"{where} describes the paper-SSM variant but has no 'memory_cfg' (the memory branch sizes)")
+            raise CheckpointMismatchError(
+                f"{where} describes the paper-SSM variant but has no 'memory_cfg' (the memory branch sizes)"
+            )
         memory = MemoryBranchConfig.from_dict(cfg["memory_cfg"], where=f"{where}: memory_cfg")
     return WorldStereoConfig(variant, transformer, controlnet, dmd, negative_prompt, latent_cond_mode, memory)
 
@@ -239,7 +249,9 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
             "its own variant, or build the paper variant from it with init_from_camera(...)"
         )
     if unexpected and all(k.startswith("memory_branch.") for k in unexpected) and not missing:
-        return "the file has memory_branch.*: it is a paper-SSM checkpoint — load it with variant='paper' (or 'paper-dmd')"
+        return (
+            "the file has memory_branch.*: it is a paper-SSM checkpoint — load it with variant='paper' (or 'paper-dmd')"
+        )
     if any(k.startswith(("controlnet_patch_embedding.", "controlnet_mask_embedding.")) for k in unexpected):
         return (
             "this looks like a Uni3C ControlNet file (top-level controlnet_patch_embedding.*); WorldStereo "
@@ -247,21 +259,28 @@ def _guess_cause(missing: set[str], unexpected: set[str], variant: str) -> str:
             "load this file with load_uni3c(path) and put it on a base transformer with attach_uni3c(...)"
         )
     if missing and all(k.startswith("camera_embedding.") for k in missing) and not unexpected:
-        return "the file has no camera_embedding.*: it is a worldstereo-camera checkpoint — load it with variant='camera'"
+        return (
+            "the file has no camera_embedding.*: it is a worldstereo-camera checkpoint — load it with variant='camera'"
+        )
     if unexpected and all(k.startswith("camera_embedding.") for k in unexpected) and not missing:
         return (
             "the file has camera_embedding.*: it is a worldstereo-memory(-dmd) checkpoint — load it with "
             "variant='memory' (or 'dmd' for the distilled weights)"
         )
-    if missing and groups_missing <= {"blocks", "controlnet"} and not unexpected and (
-        any(k.startswith("blocks.") for k in missing) and any(k.startswith("controlnet.") for k in missing)
+    if (
+        missing
+        and groups_missing <= {"blocks", "controlnet"}
+        and not unexpected
+        and (any(k.startswith("blocks.") for k in missing) and any(k.startswith("controlnet.") for k in missing))
     ):
         return (
             "the file has fewer blocks than the config describes — its config.json does not belong to these "
             "weights (e.g. a test file written at other sizes: pass its sizes with overrides=...)"
         )
-    if not unexpected and any(k.startswith("controlnet.controlnet_blocks.") for k in missing) and not any(
-        k.startswith("controlnet.controlnet_patch_embedding.") for k in missing
+    if (
+        not unexpected
+        and any(k.startswith("controlnet.controlnet_blocks.") for k in missing)
+        and not any(k.startswith("controlnet.controlnet_patch_embedding.") for k in missing)
     ):
         return (
             "the file has fewer controlnet blocks than the config describes — the config (sizes) does not belong "
@@ -285,8 +304,10 @@ def _file_plan(keys: list[str], expected: Mapping[str, Any]) -> ConversionPlan:
     if set(expected) - set(plan.targets):
         for prefix in _KNOWN_PREFIXES:
             stripped = scaled_identity_plan(keys, prefix=prefix)
-            if all(k.startswith(prefix) for k in keys) and set(stripped.targets) <= set(expected) and len(stripped.targets) > len(
-                set(plan.targets) & set(expected)
+            if (
+                all(k.startswith(prefix) for k in keys)
+                and set(stripped.targets) <= set(expected)
+                and len(stripped.targets) > len(set(plan.targets) & set(expected))
             ):
                 return stripped
     return plan
@@ -445,8 +466,14 @@ def load_worldstereo(
                 )
             from_base = tuple(sorted({_group(k) for k in fill}))
         full = ConversionPlan(plan.layout, targets, plan.ignored)
-        recipes = match_keys(full, expected, source.shape, f"{files[0]} (WorldStereo {cfg.variant!r})",
-                             lambda m, u: _guess_cause(m, u, cfg.variant), _group)
+        recipes = match_keys(
+            full,
+            expected,
+            source.shape,
+            f"{files[0]} (WorldStereo {cfg.variant!r})",
+            lambda m, u: _guess_cause(m, u, cfg.variant),
+            _group,
+        )
         report = _report(recipes)
         logger.info("WorldStereo %s weights: %s", cfg.variant, report)
         num_layers = len(model.blocks)
@@ -494,7 +521,9 @@ def wan_base_files(path: str | os.PathLike) -> list[Path]:
     return checkpoint_files(path, "Wan2.1 base model", preferred="diffusion_pytorch_model.safetensors")
 
 
-def save_worldstereo(model: WorldStereoTransformer, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_worldstereo(
+    model: WorldStereoTransformer, folder: str | os.PathLike, dtype: torch.dtype | None = None
+) -> Path:
     """Write ``folder/config.json`` + ``folder/model.safetensors`` (the release's layout) and return the folder.
 
     Used for test weights and conversions; the config is also embedded in the file's metadata
@@ -510,7 +539,9 @@ def save_worldstereo(model: WorldStereoTransformer, folder: str | os.PathLike, d
     return folder
 
 
-def _uni3c_config(files: list[Path], shapes: Mapping[str, Any], path: Path) -> tuple[ControlNetConfig, int, tuple[int, int, int]]:
+def _uni3c_config(
+    files: list[Path], shapes: Mapping[str, Any], path: Path
+) -> tuple[ControlNetConfig, int, tuple[int, int, int]]:
     """The branch config of a Uni3C file: the embedded config if present, else inferred from shapes."""
     raw = embedded_config(files, "uni3c", legacy=(UNI3C_CONFIG_METADATA_KEY,))
     if raw is not None:
@@ -541,8 +572,16 @@ def load_uni3c(
     files = checkpoint_files(path, "Uni3C ControlNet")
     weights = files[0]
     with open_tensor_source(files) as (file_keys, source):
-        if any(k.split("blocks.")[0] in ("", "model.diffusion_model.", "diffusion_model.", "model.") for k in file_keys if "blocks." in k):
-            kind = "a WorldStereo checkpoint" if any("controlnet.controlnet_blocks." in k for k in file_keys) else "a Wan transformer"
+        if any(
+            k.split("blocks.")[0] in ("", "model.diffusion_model.", "diffusion_model.", "model.")
+            for k in file_keys
+            if "blocks." in k
+        ):
+            kind = (
+                "a WorldStereo checkpoint"
+                if any("controlnet.controlnet_blocks." in k for k in file_keys)
+                else "a Wan transformer"
+            )
             raise CheckpointMismatchError(
                 f"{weights} is {kind} (it has blocks.*), not a Uni3C ControlNet; load it with load_worldstereo "
                 "(WorldStereo) or as the base transformer, and pass the Uni3C file (controlnet_patch_embedding.* … "
@@ -552,7 +591,9 @@ def load_uni3c(
         for k in file_keys:
             model_key = uni3c_model_key(k)
             if model_key in targets:
-                raise CheckpointMismatchError(f"{weights} holds both {targets[model_key].source} and {k} (the same Uni3C tensor); keep one layout")
+                raise CheckpointMismatchError(
+                    f"{weights} holds both {targets[model_key].source} and {k} (the same Uni3C tensor); keep one layout"
+                )
             targets[model_key] = take(k)
         if "controlnet_patch_embedding.weight" not in targets:
             raise CheckpointMismatchError(
@@ -565,8 +606,12 @@ def load_uni3c(
             model = Uni3CControlNet(cfg, in_channels, patch)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         recipes = match_keys(
-            ConversionPlan("uni3c", targets), expected, source.shape, f"{weights} (Uni3C ControlNet)",
-            "the file is incomplete or not a Uni3C camera ControlNet — download the Uni3C controlnet again", _group,
+            ConversionPlan("uni3c", targets),
+            expected,
+            source.shape,
+            f"{weights} (Uni3C ControlNet)",
+            "the file is incomplete or not a Uni3C camera ControlNet — download the Uni3C controlnet again",
+            _group,
         )
 
         def dtype_rule(key: str, file_dtype: torch.dtype) -> torch.dtype:

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -81,7 +81,9 @@ class BlockSwap:
         device: where they compute.
     """
 
-    def __init__(self, model: nn.Module, blocks: Iterable[nn.Module], device: torch.device | str, prefetch: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, blocks: Iterable[nn.Module], device: torch.device | str, prefetch: bool = True
+    ) -> None:
         self.device = torch.device(device)
         self.blocks = list(blocks)
         cuda = self.device.type == "cuda" and torch.cuda.is_available()
@@ -209,7 +211,7 @@ def execution_order(model: nn.Module) -> list[nn.Module]:
         out.append(b)
         if i < len(control):
             out.append(control[i])
-    return out + control[len(main):]
+    return out + control[len(main) :]
 
 
 def enable_block_swap(
@@ -230,7 +232,9 @@ def enable_block_swap(
     return swap
 
 
-def swap_last_blocks(model: nn.Module, device: torch.device | str, blocks_to_swap: int, prefetch: bool = True) -> BlockSwap | None:
+def swap_last_blocks(
+    model: nn.Module, device: torch.device | str, blocks_to_swap: int, prefetch: bool = True
+) -> BlockSwap | None:
     """Swap the last ``blocks_to_swap`` main transformer blocks (``0``: none, everything resident).
 
     The main blocks are ~95 % of the weights (each ~0.8 GB in bf16, ~0.4 GB in fp8); the small GGM
@@ -244,10 +248,12 @@ def swap_last_blocks(model: nn.Module, device: torch.device | str, blocks_to_swa
         raise InvalidOptionError(f"blocks_to_swap must be between 0 and {len(main)} (the main blocks), got {n}")
     if n == 0:
         return None
-    return enable_block_swap(model, device, main[len(main) - n:], prefetch=prefetch)
+    return enable_block_swap(model, device, main[len(main) - n :], prefetch=prefetch)
 
 
-def enable_sequential_offload(model: nn.Module, device: torch.device | str, blocks: Iterable[nn.Module]) -> BlockSwap | None:
+def enable_sequential_offload(
+    model: nn.Module, device: torch.device | str, blocks: Iterable[nn.Module]
+) -> BlockSwap | None:
     """Every repeated block on the host, swapped in one at a time (prefetched); None (no-op) on the CPU."""
     device = torch.device(device)
     if device.type == "cpu":

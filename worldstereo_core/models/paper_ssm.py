@@ -52,7 +52,9 @@ class PointmapFrame:
         d = torch.as_tensor(depth).float()
         valid = d[d > 0]
         if valid.numel() == 0:
-            raise InvalidInputError("the first keyframe sees no point of the 3D cache; its pointmap cannot be normalised")
+            raise InvalidInputError(
+                "the first keyframe sees no point of the 3D cache; its pointmap cannot be normalised"
+            )
         return PointmapFrame(first.centers[0].detach().float().cpu(), POINTMAP_SCALE * float(valid.double().median()))
 
 

@@ -17,8 +17,9 @@ sigmas to the device and solves a small linear system on it every step, which do
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -62,9 +63,7 @@ def dmd_timesteps(settings: DMDSettings = DMDSettings()) -> torch.Tensor:
     release's ``FlowGeneratorScheduler``. Defaults give ``[1000, 937.5, 833.3, 625]`` for shift 5.
     """
     if settings.steps < 1 or settings.shift <= 0 or not 0 <= settings.start < settings.end:
-        raise InvalidOptionError(
-            f"DMD settings need steps >= 1, shift > 0 and 0 <= start < end, got {settings}"
-        )
+        raise InvalidOptionError(f"DMD settings need steps >= 1, shift > 0 and 0 <= start < end, got {settings}")
     t = np.linspace(settings.start, settings.end, settings.steps, dtype=np.float32)[::-1].copy()
     t = torch.from_numpy(t) / settings.end
     return shift_sigmas(t, settings.shift) * settings.end

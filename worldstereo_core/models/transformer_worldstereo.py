@@ -27,8 +27,9 @@ Keys and shapes at the full config equal the released checkpoints (see the schem
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -111,7 +112,7 @@ class ControlNetConfig:
     REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers", "conv_out_dim", "time_embed_dim")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any], where: str = "controlnet_cfg") -> "ControlNetConfig":
+    def from_dict(cls, cfg: Mapping[str, Any], where: str = "controlnet_cfg") -> ControlNetConfig:
         """Validate and convert a ``controlnet_cfg`` mapping; unknown keys are ignored."""
         if not isinstance(cfg, Mapping):
             raise CheckpointMismatchError(f"{where} must be a JSON object, got {type(cfg).__name__}")
@@ -133,7 +134,9 @@ class ControlNetConfig:
                 "setting (both false) is supported"
             )
         if out.dim % out.num_heads or out.mid_channels % 8:
-            raise CheckpointMismatchError(f"{where}: dim must be divisible by num_heads and mid_channels by 8, got {cfg}")
+            raise CheckpointMismatchError(
+                f"{where}: dim must be divisible by num_heads and mid_channels by 8, got {cfg}"
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +217,9 @@ class RefJointAttnProcessor(WanAttnProcessor):
         if ref_hidden_states is None and not self.handles_plain_self_attention:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None:
-            raise InvalidInputError("the joint reference attention is self-attention; it takes no encoder_hidden_states")
+            raise InvalidInputError(
+                "the joint reference attention is self-attention; it takes no encoder_hidden_states"
+            )
 
         ref_key = ref_value = None
         if getattr(attn, "fused_projections", False):
@@ -386,7 +391,9 @@ class ControlNetBlock(nn.Module):
             dim=cfg.dim, heads=cfg.num_heads, dim_head=cfg.dim // cfg.num_heads, eps=1e-6, processor=WanAttnProcessor()
         )
         self.norm2 = AdaLayerNormZero(cfg.time_embed_dim, cfg.dim)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
 
     def forward(
         self, hidden_states: torch.Tensor, temb: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
@@ -402,13 +409,19 @@ class ControlNetBlock(nn.Module):
 class WorldStereoControlNet(nn.Module):
     """The GGM branch; its parameters live under ``controlnet.*`` in the checkpoints."""
 
-    def __init__(self, cfg: ControlNetConfig, in_channels: int, patch_size: tuple[int, int, int], rope_max_seq_len: int):
+    def __init__(
+        self, cfg: ControlNetConfig, in_channels: int, patch_size: tuple[int, int, int], rope_max_seq_len: int
+    ):
         super().__init__()
         self.cfg = cfg
         self.proj_in = nn.Linear(cfg.conv_out_dim, cfg.dim) if cfg.conv_out_dim != cfg.dim else nn.Identity()
         self.controlnet_blocks = nn.ModuleList([ControlNetBlock(cfg) for _ in range(cfg.num_layers)])
-        self.proj_out = nn.ModuleList([zero_module(nn.Linear(cfg.dim, cfg.conv_out_dim)) for _ in range(cfg.num_layers)])
-        self.controlnet_patch_embedding = nn.Conv3d(in_channels, cfg.conv_out_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj_out = nn.ModuleList(
+            [zero_module(nn.Linear(cfg.dim, cfg.conv_out_dim)) for _ in range(cfg.num_layers)]
+        )
+        self.controlnet_patch_embedding = nn.Conv3d(
+            in_channels, cfg.conv_out_dim, kernel_size=patch_size, stride=patch_size
+        )
         self.controlnet_mask_embedding = MaskCamEmbed(cfg)
         # buffers only (non-persistent): no checkpoint keys
         self.rope = WanRotaryPosEmbed(cfg.dim // cfg.num_heads, patch_size, rope_max_seq_len)
@@ -488,8 +501,13 @@ class WorldStereoTransformer(WanTransformer3DModel):
         self.blocks = nn.ModuleList(
             [
                 WorldStereoBlock(
-                    inner_dim, cfg["ffn_dim"], cfg["num_attention_heads"], cfg["qk_norm"], cfg["cross_attn_norm"],
-                    cfg["eps"], cfg["added_kv_proj_dim"],
+                    inner_dim,
+                    cfg["ffn_dim"],
+                    cfg["num_attention_heads"],
+                    cfg["qk_norm"],
+                    cfg["cross_attn_norm"],
+                    cfg["eps"],
+                    cfg["added_kv_proj_dim"],
                 )
                 for _ in range(num_layers)
             ]
@@ -524,9 +542,13 @@ class WorldStereoTransformer(WanTransformer3DModel):
         """Recompute the (non-persistent) RoPE tables on ``device`` — needed after a ``meta`` build."""
         device = torch.device(device) if device is not None else self.proj_out.weight.device
         with torch.device(device):
-            self.rope = WanRotaryPosEmbed(self.config.attention_head_dim, self.config.patch_size, self.config.rope_max_seq_len)
+            self.rope = WanRotaryPosEmbed(
+                self.config.attention_head_dim, self.config.patch_size, self.config.rope_max_seq_len
+            )
             c = self.controlnet_config
-            self.controlnet.rope = WanRotaryPosEmbed(c.dim // c.num_heads, self.config.patch_size, self.config.rope_max_seq_len)
+            self.controlnet.rope = WanRotaryPosEmbed(
+                c.dim // c.num_heads, self.config.patch_size, self.config.rope_max_seq_len
+            )
 
     # ------------------------------------------------------------------ forward
 
@@ -725,7 +747,11 @@ class WorldStereoTransformer(WanTransformer3DModel):
             raise InvalidInputError(
                 f"the {self.variant!r} variant takes no references; load a memory or dmd checkpoint for SSM"
             )
-        if reference_latent.ndim != 5 or reference_latent.shape[0] != B or reference_latent.shape[1] != self.config.in_channels:
+        if (
+            reference_latent.ndim != 5
+            or reference_latent.shape[0] != B
+            or reference_latent.shape[1] != self.config.in_channels
+        ):
             raise ShapeMismatchError(
                 f"reference_latent must be [B={B}, {self.config.in_channels}, R, h, w] (concat[ref, ones(4), ref]), "
                 f"got {tuple(reference_latent.shape)}"
@@ -745,14 +771,18 @@ class WorldStereoTransformer(WanTransformer3DModel):
             )
         if ref_index.device.type == "cpu" and ((ref_index < 0) | (ref_index > ppf - 2)).any():
             # checked only for host tensors: a device tensor would need a sync
-            raise InvalidOptionError(f"ref_index values must be in [0, {ppf - 2}] (keyframe slot - 1), got {ref_index.tolist()}")
+            raise InvalidOptionError(
+                f"ref_index values must be in [0, {ppf - 2}] (keyframe slot - 1), got {ref_index.tolist()}"
+            )
         # reference r takes the positions of latent frame ref_index[r] + 1, one latent width to the right
         frames = ref_index.to(device=self.rope.freqs_cos.device, dtype=torch.long) + 1
         ref_rope = rope_at(self.rope, frames, pph, ppw, w_offset=ppw)
         ref_states = self.patch_embedding(reference_latent.to(self.patch_embedding.weight.dtype))
         ref_states = ref_states.flatten(2).transpose(1, 2).contiguous()
         if self.camera_embedding is not None and camera_qt_ref is not None:
-            ref_states = ref_states + self._camera_offsets(camera_qt_ref, n_ref, pph * ppw, "camera_qt_ref").to(ref_states.dtype)
+            ref_states = ref_states + self._camera_offsets(camera_qt_ref, n_ref, pph * ppw, "camera_qt_ref").to(
+                ref_states.dtype
+            )
         return ref_states, ref_rope
 
 

@@ -92,13 +92,19 @@ class MemoryBranchConfig:
     def as_controlnet_config(self) -> ControlNetConfig:
         """The GGM config type its :class:`ControlNetBlock` blocks are built from (same block code)."""
         return ControlNetConfig(
-            dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, num_layers=self.num_layers,
-            conv_out_dim=self.conv_out_dim, time_embed_dim=self.time_embed_dim,
+            dim=self.dim,
+            ffn_dim=self.ffn_dim,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            conv_out_dim=self.conv_out_dim,
+            time_embed_dim=self.time_embed_dim,
         )
 
 
 FULL_MEMORY_CONFIG = MemoryBranchConfig()
-TINY_MEMORY_CONFIG = MemoryBranchConfig(dim=16, ffn_dim=32, num_heads=2, num_layers=2, conv_out_dim=32, time_embed_dim=32)
+TINY_MEMORY_CONFIG = MemoryBranchConfig(
+    dim=16, ffn_dim=32, num_heads=2, num_layers=2, conv_out_dim=32, time_embed_dim=32
+)
 
 
 def pair_attention_mask(num_pairs: int, tokens_per_pair: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -126,17 +132,23 @@ class WorldStereoMemoryBranch(nn.Module):
     folded into the batch their self-attention is pair-restricted.
     """
 
-    def __init__(self, cfg: MemoryBranchConfig, in_channels: int, patch_size: tuple[int, int, int], rope_max_seq_len: int):
+    def __init__(
+        self, cfg: MemoryBranchConfig, in_channels: int, patch_size: tuple[int, int, int], rope_max_seq_len: int
+    ):
         super().__init__()
         self.cfg = cfg
         block_cfg = cfg.as_controlnet_config()
-        self.memory_patch_embedding = nn.Conv3d(in_channels, cfg.conv_out_dim, kernel_size=patch_size, stride=patch_size)
+        self.memory_patch_embedding = nn.Conv3d(
+            in_channels, cfg.conv_out_dim, kernel_size=patch_size, stride=patch_size
+        )
         self.pointmap_embedding = zero_module(
             nn.Conv3d(cfg.pointmap_channels, cfg.conv_out_dim, kernel_size=patch_size, stride=patch_size)
         )
         self.proj_in = nn.Linear(cfg.conv_out_dim, cfg.dim) if cfg.conv_out_dim != cfg.dim else nn.Identity()
         self.memory_blocks = nn.ModuleList([ControlNetBlock(block_cfg) for _ in range(cfg.num_layers)])
-        self.proj_out = nn.ModuleList([zero_module(nn.Linear(cfg.dim, cfg.conv_out_dim)) for _ in range(cfg.num_layers)])
+        self.proj_out = nn.ModuleList(
+            [zero_module(nn.Linear(cfg.dim, cfg.conv_out_dim)) for _ in range(cfg.num_layers)]
+        )
         self.rope = WanRotaryPosEmbed(cfg.dim // cfg.num_heads, patch_size, rope_max_seq_len)  # buffers only
 
     def embed_pairs(
@@ -151,7 +163,9 @@ class WorldStereoMemoryBranch(nn.Module):
         dtype = self.memory_patch_embedding.weight.dtype
         tar = self.memory_patch_embedding(target_input.to(dtype))  # [B, C, F, h, w]
         ref = self.memory_patch_embedding(pair_latent.to(dtype))
-        stitched = torch.cat([tar, ref], dim=-1) + self.pointmap_embedding(pointmap_latent.to(dtype))  # [B, C, F, h, 2w]
+        stitched = torch.cat([tar, ref], dim=-1) + self.pointmap_embedding(
+            pointmap_latent.to(dtype)
+        )  # [B, C, F, h, 2w]
         B, C, F_, h, w2 = stitched.shape
         tokens = stitched.permute(0, 2, 3, 4, 1).reshape(B * F_, h * w2, C)
         return self.proj_in(tokens)
@@ -236,7 +250,9 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
         device = torch.device(device) if device is not None else self.proj_out.weight.device
         c = self.memory_config
         with torch.device(device):
-            self.memory_branch.rope = WanRotaryPosEmbed(c.dim // c.num_heads, self.config.patch_size, self.config.rope_max_seq_len)
+            self.memory_branch.rope = WanRotaryPosEmbed(
+                c.dim // c.num_heads, self.config.patch_size, self.config.rope_max_seq_len
+            )
 
     def memory_branch_parameters(self) -> list[nn.Parameter]:
         return list(self.memory_branch.parameters())
@@ -246,7 +262,9 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
     def _branch_state(self, hidden_states: torch.Tensor, temb: torch.Tensor, branch_inputs: Mapping[str, Any]) -> Any:
         pair_latent = branch_inputs.get("pair_latent")
         pointmap_latent = branch_inputs.get("pointmap_latent")
-        unknown = sorted(k for k, v in branch_inputs.items() if v is not None and k not in ("pair_latent", "pointmap_latent"))
+        unknown = sorted(
+            k for k, v in branch_inputs.items() if v is not None and k not in ("pair_latent", "pointmap_latent")
+        )
         if unknown:
             raise InvalidInputError(f"the paper-SSM transformer takes no input(s) {unknown}")
         if pair_latent is None and pointmap_latent is None:
@@ -286,11 +304,15 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
         state.tokens = tokens
         # the target half of each pair, back in the main token order (frame, row, column)
         residual = self.memory_branch.proj_out[i](tokens)
-        residual = residual.reshape(state.batch, state.frames, state.height, 2 * state.width, -1)[:, :, :, : state.width]
+        residual = residual.reshape(state.batch, state.frames, state.height, 2 * state.width, -1)[
+            :, :, :, : state.width
+        ]
         return hidden + residual.reshape(state.batch, -1, residual.shape[-1]).to(hidden.dtype), state
 
 
-def init_from_camera(paper: WorldStereoPaperTransformer, camera_state: Mapping[str, torch.Tensor]) -> WorldStereoPaperTransformer:
+def init_from_camera(
+    paper: WorldStereoPaperTransformer, camera_state: Mapping[str, torch.Tensor]
+) -> WorldStereoPaperTransformer:
     """Apply the initialisation rule (module docstring) from a camera/memory checkpoint's state dict.
 
     Base and ``controlnet.*`` are copied (``camera_embedding.*`` of a memory checkpoint is ignored);
@@ -303,14 +325,20 @@ def init_from_camera(paper: WorldStereoPaperTransformer, camera_state: Mapping[s
         if key.startswith("camera_embedding."):
             continue
         if key not in own:
-            raise CheckpointMismatchError(f"{key} of the source checkpoint has no place in the paper model; use a WorldStereo checkpoint")
+            raise CheckpointMismatchError(
+                f"{key} of the source checkpoint has no place in the paper model; use a WorldStereo checkpoint"
+            )
         state[key] = value
     missing = [k for k in own if not k.startswith("memory_branch.") and k not in state]
     if missing:
         raise CheckpointMismatchError(f"the source checkpoint lacks {len(missing)} base/GGM keys, e.g. {missing[0]}")
     ggm_blocks = paper.controlnet_config.num_layers
     mem = paper.memory_config
-    if mem.num_layers > ggm_blocks or mem.dim != paper.controlnet_config.dim or mem.ffn_dim != paper.controlnet_config.ffn_dim:
+    if (
+        mem.num_layers > ggm_blocks
+        or mem.dim != paper.controlnet_config.dim
+        or mem.ffn_dim != paper.controlnet_config.ffn_dim
+    ):
         raise CheckpointMismatchError(
             f"the initialisation rule copies GGM blocks into the memory branch: memory_cfg (dim {mem.dim}, ffn "
             f"{mem.ffn_dim}, {mem.num_layers} layers) must match the GGM branch (dim {paper.controlnet_config.dim}, "
@@ -318,15 +346,15 @@ def init_from_camera(paper: WorldStereoPaperTransformer, camera_state: Mapping[s
         )
     for key in own:
         if key.startswith("memory_branch.memory_blocks."):
-            src = "controlnet.controlnet_blocks." + key[len("memory_branch.memory_blocks."):]
+            src = "controlnet.controlnet_blocks." + key[len("memory_branch.memory_blocks.") :]
             state[key] = state[src]
         elif key.startswith("memory_branch.memory_patch_embedding."):
             state[key] = state["patch_embedding." + key.rsplit(".", 1)[1]]
         elif key.startswith("memory_branch."):
             # pointmap_embedding, proj_in, proj_out: zero (proj_in only exists when widths differ; it gets
             # the GGM branch's proj_in, which reads the same 5120-wide embedding)
-            if key.startswith("memory_branch.proj_in.") and ("controlnet." + key[len("memory_branch."):]) in state:
-                state[key] = state["controlnet." + key[len("memory_branch."):]]
+            if key.startswith("memory_branch.proj_in.") and ("controlnet." + key[len("memory_branch.") :]) in state:
+                state[key] = state["controlnet." + key[len("memory_branch.") :]]
             else:
                 state[key] = torch.zeros_like(own[key], device=camera_state[next(iter(camera_state))].device)
     state = {k: v.to(own[k].dtype) if own[k].device.type != "meta" else v for k, v in state.items()}

@@ -27,10 +27,11 @@ transformer), sharing the base weights. The transformer's forward then runs it u
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,14 @@ UNI3C_FULL_CONFIG = ControlNetConfig(
 """The released Uni3C branch (ewrfcas/Uni3C ``config.json`` ``controlnet_cfg``, camera embedding on)."""
 
 UNI3C_TINY_CONFIG = dataclasses.replace(
-    UNI3C_FULL_CONFIG, dim=16, ffn_dim=48, num_heads=2, num_layers=2, conv_out_dim=32, time_embed_dim=32, mid_channels=16
+    UNI3C_FULL_CONFIG,
+    dim=16,
+    ffn_dim=48,
+    num_heads=2,
+    num_layers=2,
+    conv_out_dim=32,
+    time_embed_dim=32,
+    mid_channels=16,
 )
 """Same code at test size; its widths match the tiny WorldStereo transformer (32)."""
 
@@ -79,8 +87,12 @@ UNI3C_IN_CHANNELS = 36
 # The original controlnet.pth nests the ControlNet proper under ``controlnet.``.
 _NESTED = ("controlnet.proj_in.", "controlnet.controlnet_blocks.", "controlnet.proj_out.")
 # ComfyUI renames the attention projections at load time; accept files saved that way too.
-_ATTN_RENAMES = {".self_attn.q.": ".self_attn.to_q.", ".self_attn.k.": ".self_attn.to_k.",
-                 ".self_attn.v.": ".self_attn.to_v.", ".self_attn.o.": ".self_attn.to_out.0."}
+_ATTN_RENAMES = {
+    ".self_attn.q.": ".self_attn.to_q.",
+    ".self_attn.k.": ".self_attn.to_k.",
+    ".self_attn.v.": ".self_attn.to_v.",
+    ".self_attn.o.": ".self_attn.to_out.0.",
+}
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 
 
@@ -150,10 +162,10 @@ def uni3c_model_key(file_key: str) -> str:
     key = file_key
     for prefix in _PREFIXES:
         if key.startswith(prefix + "controlnet"):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
             break
     if key.startswith(_NESTED):
-        key = key[len("controlnet."):]
+        key = key[len("controlnet.") :]
     for old, new in _ATTN_RENAMES.items():
         if old in key:
             key = key.replace(old, new)
@@ -167,6 +179,7 @@ def uni3c_config_from_shapes(
 
     ``num_heads`` cannot be read from shapes; without it the released head width (64) is assumed.
     """
+
     def shape(key: str) -> list[int]:
         if key not in shapes:
             raise CheckpointMismatchError(
@@ -196,7 +209,9 @@ def uni3c_config_from_shapes(
     if num_heads is None:
         num_heads = max(dim // UNI3C_HEAD_DIM, 1)
     if dim % num_heads or mask[0] % 8:
-        raise CheckpointMismatchError(f"{where}: width {dim} / {num_heads} heads or mid channels {mask[0]} (must be /8) do not fit")
+        raise CheckpointMismatchError(
+            f"{where}: width {dim} / {num_heads} heads or mid channels {mask[0]} (must be /8) do not fit"
+        )
     cfg = dataclasses.replace(
         UNI3C_FULL_CONFIG,
         dim=dim,
@@ -251,14 +266,17 @@ def attach_uni3c(
     if cfg.conv_out_dim != inner or cfg.time_embed_dim != inner:
         problems.append(f"its output/time width is {cfg.conv_out_dim}/{cfg.time_embed_dim}, the transformer's {inner}")
     if in_ch != base_cfg.in_channels:
-        problems.append(f"it takes {in_ch} latent channels, the transformer {base_cfg.in_channels} (Uni3C needs the I2V model)")
+        problems.append(
+            f"it takes {in_ch} latent channels, the transformer {base_cfg.in_channels} (Uni3C needs the I2V model)"
+        )
     if patch != tuple(base_cfg.patch_size):
         problems.append(f"its patch is {patch}, the transformer's {tuple(base_cfg.patch_size)}")
     if cfg.num_layers > base_cfg.num_layers:
         problems.append(f"it has {cfg.num_layers} blocks, more than the transformer's {base_cfg.num_layers}")
     if problems:
         raise CheckpointMismatchError(
-            "this Uni3C ControlNet does not fit the transformer: " + "; ".join(problems)
+            "this Uni3C ControlNet does not fit the transformer: "
+            + "; ".join(problems)
             + " — use the Wan2.1-I2V-14B transformer with the full-size Uni3C file (or the tiny ones together)"
         )
 

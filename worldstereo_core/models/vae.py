@@ -52,10 +52,42 @@ WAN21_VAE_CONFIG: Mapping[str, Any] = {
     "attn_scales": [],
     "temperal_downsample": [False, True, True],
     "dropout": 0.0,
-    "latents_mean": [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
-    "latents_std": [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160],
+    "latents_mean": [
+        -0.7571,
+        -0.7089,
+        -0.9113,
+        0.1075,
+        -0.1745,
+        0.9653,
+        -0.1517,
+        1.5508,
+        0.4134,
+        -0.0715,
+        0.5517,
+        -0.3632,
+        -0.1922,
+        -0.9497,
+        0.2503,
+        -0.2921,
+    ],
+    "latents_std": [
+        2.8184,
+        1.4541,
+        2.3275,
+        2.6558,
+        1.2196,
+        1.7708,
+        2.6052,
+        2.0743,
+        3.2687,
+        2.1526,
+        2.8652,
+        1.5579,
+        1.6382,
+        1.1253,
+        2.8251,
+        1.9160,
+    ],
 }
 """``AutoencoderKLWan`` config of Wan2.1 (the single-file ``wan_2.1_vae.safetensors`` carries none)."""
 
@@ -78,6 +110,7 @@ def check_spatial_size(height: int, width: int, what: str = "frames") -> None:
 
 
 # ------------------------------------------------------------------------------------ ComfyUI edge
+
 
 def images_to_video(images: torch.Tensor) -> torch.Tensor:
     """ComfyUI IMAGE ``[F, H, W, 3]`` in ``[0, 1]`` → one video ``[1, 3, F, H, W]`` in ``[-1, 1]``.
@@ -109,8 +142,15 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------- I2V condition
 
-def i2v_mask(batch: int, num_latent_frames: int, height: int, width: int,
-             device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+
+def i2v_mask(
+    batch: int,
+    num_latent_frames: int,
+    height: int,
+    width: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """The I2V mask ``[B, 4, F, h, w]``: 1 on every channel of latent frame 0 (the given image), 0 elsewhere.
 
     Wan packs the 4 video frames of a latent frame into 4 channels; in keyframe mode the release sets all
@@ -161,6 +201,7 @@ def i2v_condition(
 
 
 # ------------------------------------------------------------------------------------------- VAE
+
 
 @dataclass(frozen=True)
 class LatentStats:
@@ -309,6 +350,7 @@ class WanKeyframeVAE:
 
 # ------------------------------------------------------------------------------------------ loading
 
+
 def _vae_config_for(path: Path, files: list[Path]) -> dict[str, Any]:
     """``config.json`` of a diffusers ``vae/`` folder, else the file's embedded config, else Wan2.1's."""
     beside = config_json_beside(path, files, single_file_too=False)
@@ -317,7 +359,9 @@ def _vae_config_for(path: Path, files: list[Path]) -> dict[str, Any]:
         if not isinstance(cfg, dict):
             raise CorruptFileError(f"{beside} must hold a JSON object (the AutoencoderKLWan config)")
         if cfg.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-            raise CheckpointMismatchError(f"{beside} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)")
+            raise CheckpointMismatchError(
+                f"{beside} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)"
+            )
         return cfg
     return embedded_config(files, "wan_vae") or dict(WAN21_VAE_CONFIG)
 

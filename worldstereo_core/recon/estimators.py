@@ -15,7 +15,7 @@ the cache, so a per-frame scale/shift error is tolerated.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

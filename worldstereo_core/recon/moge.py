@@ -91,7 +91,7 @@ __all__ = [
 
 CONVERT_HINT = (
     "convert the upstream MoGe checkpoint once, in a trusted Python with torch installed: "
-    "python -c \"import json, torch; from safetensors.torch import save_file; "
+    'python -c "import json, torch; from safetensors.torch import save_file; '
     "ck = torch.load('model.pt', map_location='cpu', weights_only=True); "
     "save_file({k: v.contiguous() for k, v in ck['model'].items()}, 'model.safetensors', "
     "metadata={'model': 'moge', 'config': json.dumps(ck['model_config'])}); "
@@ -139,17 +139,27 @@ class ConvStackConfig:
             raise CheckpointMismatchError("ConvStack config has no levels (dim_res_blocks is empty)")
         for name in ("dim_in", "dim_out", "num_res_blocks"):
             if len(getattr(self, name)) != n:
-                raise CheckpointMismatchError(f"ConvStack config: {name} has {len(getattr(self, name))} entries, dim_res_blocks {n}")
+                raise CheckpointMismatchError(
+                    f"ConvStack config: {name} has {len(getattr(self, name))} entries, dim_res_blocks {n}"
+                )
         if len(self.resamplers) != n - 1:
-            raise CheckpointMismatchError(f"ConvStack config: {len(self.resamplers)} resamplers for {n} levels; need {n - 1}")
+            raise CheckpointMismatchError(
+                f"ConvStack config: {len(self.resamplers)} resamplers for {n} levels; need {n - 1}"
+            )
         bad = [r for r in self.resamplers if r not in _RESAMPLERS]
         if bad:
-            raise CheckpointMismatchError(f"ConvStack config: unknown resampler(s) {bad}; supported: {list(_RESAMPLERS)}")
+            raise CheckpointMismatchError(
+                f"ConvStack config: unknown resampler(s) {bad}; supported: {list(_RESAMPLERS)}"
+            )
         for name in ("res_block_in_norm", "res_block_hidden_norm"):
             if getattr(self, name) not in _NORMS:
-                raise CheckpointMismatchError(f"ConvStack config: {name}={getattr(self, name)!r}; supported: {list(_NORMS)}")
+                raise CheckpointMismatchError(
+                    f"ConvStack config: {name}={getattr(self, name)!r}; supported: {list(_NORMS)}"
+                )
         if self.activation not in _ACTIVATIONS:
-            raise CheckpointMismatchError(f"ConvStack config: activation={self.activation!r}; supported: {list(_ACTIVATIONS)}")
+            raise CheckpointMismatchError(
+                f"ConvStack config: activation={self.activation!r}; supported: {list(_ACTIVATIONS)}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConvStackConfig:
@@ -216,12 +226,18 @@ class MoGeEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
-            raise CheckpointMismatchError(f"MoGe encoder: embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}")
+            raise CheckpointMismatchError(
+                f"MoGe encoder: embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}"
+            )
         taps = self.taps
         if not taps or any(t < 0 or t >= self.depth for t in taps):
-            raise CheckpointMismatchError(f"MoGe encoder: intermediate_layers {self.intermediate_layers} outside 0..{self.depth - 1}")
+            raise CheckpointMismatchError(
+                f"MoGe encoder: intermediate_layers {self.intermediate_layers} outside 0..{self.depth - 1}"
+            )
         if self.img_size % self.patch_size:
-            raise CheckpointMismatchError(f"MoGe encoder: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+            raise CheckpointMismatchError(
+                f"MoGe encoder: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MoGeEncoderConfig:
@@ -255,7 +271,10 @@ class MoGeEncoderConfig:
             "intermediate_layers": layers if isinstance(layers, int) else list(layers),
             "dim_out": self.dim_out,
         }
-        if self.backbone not in _DINOV2_SIZES or (self.embed_dim, self.depth, self.num_heads) != _DINOV2_SIZES[self.backbone]:
+        if (
+            self.backbone not in _DINOV2_SIZES
+            or (self.embed_dim, self.depth, self.num_heads) != _DINOV2_SIZES[self.backbone]
+        ):
             out.update(embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
         if self.img_size != 518:
             out["img_size"] = self.img_size
@@ -318,7 +337,10 @@ def moge_config_from_dict(d: Mapping[str, Any]) -> MoGeConfig:
                 f"MoGe config has no {key!r} section (keys: {sorted(d)}); is this a MoGe-2 config.json? "
                 "MoGe-1 checkpoints (moge-vitl) are not supported"
             )
-    heads = {k: ConvStackConfig.from_dict(d[k]) if d.get(k) is not None else None for k in ("points_head", "mask_head", "normal_head")}
+    heads = {
+        k: ConvStackConfig.from_dict(d[k]) if d.get(k) is not None else None
+        for k in ("points_head", "mask_head", "normal_head")
+    }
     scale = d.get("scale_head")
     return MoGeConfig(
         encoder=MoGeEncoderConfig.from_dict(d["encoder"]),
@@ -422,7 +444,9 @@ class _Encoder(nn.Module):
     def __init__(self, cfg: MoGeEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = DinoViT(cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads, pos_resize="dinov2")
+        self.backbone = DinoViT(
+            cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads, pos_resize="dinov2"
+        )
         self.output_projections = nn.ModuleList(nn.Conv2d(cfg.embed_dim, cfg.dim_out, 1) for _ in cfg.taps)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -483,7 +507,7 @@ class _ResidualConvBlock(nn.Module):
 
 
 def _resampler(kind: str, c_in: int, c_out: int, s: int = 2) -> nn.Sequential:
-    conv3 = lambda a, b: nn.Conv2d(a, b, 3, padding=1, padding_mode="replicate")  # noqa: E731
+    conv3 = lambda a, b: nn.Conv2d(a, b, 3, padding=1, padding_mode="replicate")
     if kind == "conv_transpose":
         return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, s, stride=s), conv3(c_out, c_out))
     if kind in ("nearest", "bilinear"):
@@ -504,7 +528,7 @@ class ConvStack(nn.Module):
 
     def __init__(self, cfg: ConvStackConfig) -> None:
         super().__init__()
-        io = lambda a, b: nn.Conv2d(a, b, 1) if a is not None and b is not None else nn.Identity()  # noqa: E731
+        io = lambda a, b: nn.Conv2d(a, b, 1) if a is not None and b is not None else nn.Identity()
         dims = cfg.dim_res_blocks
         self.input_blocks = nn.ModuleList(io(a, d) for a, d in zip(cfg.dim_in, dims))
         self.resamplers = nn.ModuleList(_resampler(r, a, b) for a, b, r in zip(dims[:-1], dims[1:], cfg.resamplers))
@@ -512,7 +536,11 @@ class ConvStack(nn.Module):
             nn.Sequential(
                 *(
                     _ResidualConvBlock(
-                        d, cfg.dim_times_res_block_hidden * d, cfg.activation, cfg.res_block_in_norm, cfg.res_block_hidden_norm
+                        d,
+                        cfg.dim_times_res_block_hidden * d,
+                        cfg.activation,
+                        cfg.res_block_in_norm,
+                        cfg.res_block_hidden_norm,
                     )
                     for _ in range(n)
                 )
@@ -644,7 +672,10 @@ class MoGeModel(nn.Module):
 
 
 def _read_config(
-    config: MoGeConfig | Mapping[str, Any] | str | Path | None, weights: Path, files: list[Path], folder_config: Path | None
+    config: MoGeConfig | Mapping[str, Any] | str | Path | None,
+    weights: Path,
+    files: list[Path],
+    folder_config: Path | None,
 ) -> MoGeConfig:
     if isinstance(config, MoGeConfig):
         return config
@@ -703,8 +734,10 @@ def load_moge(
     cfg = _read_config(config, weights, files, config_json_beside(path, files))
     with torch.device("meta"):
         model = MoGeModel(cfg)
-    hint = (f"is config.json the one written from this checkpoint's model_config (e.g. a -normal variant vs one "
-            f"without normals)? (config {cfg.encoder.backbone})")
+    hint = (
+        f"is config.json the one written from this checkpoint's model_config (e.g. a -normal variant vs one "
+        f"without normals)? (config {cfg.encoder.backbone})"
+    )
     load_checkpoint(model, files, None, weights.name, device, dtype, hint, _group)
     return model
 
@@ -908,7 +941,11 @@ def predict_depth(
     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
         raw = model(x, num_tokens=int(num_tokens))
     points = raw.points.float()
-    valid = raw.mask.float() > 0.5 if raw.mask is not None else torch.ones(points.shape[:3], dtype=torch.bool, device=device)
+    valid = (
+        raw.mask.float() > 0.5
+        if raw.mask is not None
+        else torch.ones(points.shape[:3], dtype=torch.bool, device=device)
+    )
     if fov_x is None:
         focal, shift = recover_focal_shift(points, valid)
     else:

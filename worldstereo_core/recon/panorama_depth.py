@@ -312,8 +312,12 @@ def moge_view_predictor(model, resolution_level: int = 9, use_fp16: bool = True,
         depths, masks = [], []
         for s in range(0, images.shape[0], batch_size):
             pred = predict_depth(
-                model, images[s : s + batch_size], fov_x=fov[s : s + batch_size],
-                resolution_level=resolution_level, apply_mask=False, use_fp16=use_fp16,
+                model,
+                images[s : s + batch_size],
+                fov_x=fov[s : s + batch_size],
+                resolution_level=resolution_level,
+                apply_mask=False,
+                use_fp16=use_fp16,
             )
             depths.append(pred.depth)
             masks.append(pred.mask)

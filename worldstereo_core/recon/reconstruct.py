@@ -48,8 +48,8 @@ the cloud from predicted depth + predicted cameras since the points head is disa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +155,9 @@ class Reconstruction:
 # ---------------------------------------------------------------------------------------------
 
 
-def worldmirror_input_size(height: int, width: int, target_size: int = RELEASE_TARGET_SIZE, patch: int = _PATCH) -> tuple[int, int]:
+def worldmirror_input_size(
+    height: int, width: int, target_size: int = RELEASE_TARGET_SIZE, patch: int = _PATCH
+) -> tuple[int, int]:
     """``(h, w)`` WorldMirror runs a ``height × width`` frame at (upstream's loader rule).
 
     Long side ``= max(2·patch, min(long, target_size) // patch · patch)``; short side
@@ -277,7 +279,9 @@ def predict_worldmirror(
         if depth_prior is not None:
             dp = as_tensor(depth_prior).to(device=device, dtype=torch.float32)
             if tuple(dp.shape) != (n, H, W):
-                raise InvalidDepthError(f"depth_prior must be [F, H, W] = {(n, H, W)} like the frames, got {tuple(dp.shape)}")
+                raise InvalidDepthError(
+                    f"depth_prior must be [F, H, W] = {(n, H, W)} like the frames, got {tuple(dp.shape)}"
+                )
             if not torch.isfinite(dp).all() or (dp < 0).any():
                 raise InvalidDepthError("depth_prior must be finite and ≥ 0 (0 = unknown)")
             dp = dp[None]
@@ -323,7 +327,9 @@ def reconstruction_masks(
     if d.ndim != 3 or c.shape != d.shape:
         raise InvalidDepthError(f"depth and conf must both be [F, H, W], got {tuple(d.shape)} and {tuple(c.shape)}")
     if conf_quantile is not None and not (0.0 <= float(conf_quantile) < 1.0):
-        raise InvalidOptionError(f"conf_quantile must be in [0, 1) (0.15 drops the 15 % least confident pixels), got {conf_quantile}")
+        raise InvalidOptionError(
+            f"conf_quantile must be in [0, 1) (0.15 drops the 15 % least confident pixels), got {conf_quantile}"
+        )
     keep = torch.isfinite(d) & (d > 0)
     d = torch.where(keep, d, torch.zeros_like(d))
     if conf_quantile:
@@ -331,7 +337,14 @@ def reconstruction_masks(
         thr = torch.quantile(flat, float(conf_quantile), dim=1)
         keep = keep & (c >= thr[:, None, None])
     if edge_threshold is not None:
-        edges = torch.stack([as_tensor(depth_edge_mask(f, edge_threshold)) if bool((f > 0).any()) else torch.zeros_like(f, dtype=torch.bool) for f in d])
+        edges = torch.stack(
+            [
+                as_tensor(depth_edge_mask(f, edge_threshold))
+                if bool((f > 0).any())
+                else torch.zeros_like(f, dtype=torch.bool)
+                for f in d
+            ]
+        )
         keep = keep & ~edges.to(keep.device)
     return keep
 
@@ -372,7 +385,9 @@ def align_prediction(
     P = as_tensor(pred_c2w).detach().double().cpu()
     Q = as_tensor(known_c2w).detach().double().cpu()
     if P.ndim != 3 or P.shape[-2:] != (4, 4) or P.shape != Q.shape or P.shape[0] == 0:
-        raise InvalidCameraError(f"pred_c2w and known_c2w must both be [F, 4, 4], got {tuple(P.shape)} and {tuple(Q.shape)}")
+        raise InvalidCameraError(
+            f"pred_c2w and known_c2w must both be [F, 4, 4], got {tuple(P.shape)} and {tuple(Q.shape)}"
+        )
     if method not in ("auto", "umeyama", "poses"):
         raise InvalidOptionError(f"unknown alignment method {method!r}; use 'auto', 'umeyama' or 'poses'")
     cp, ck = P[:, :3, 3], Q[:, :3, 3]
@@ -398,10 +413,14 @@ def align_prediction(
     elif pred_depth is not None and depth_prior is not None:
         dp, dn = as_tensor(depth_prior).double().cpu(), as_tensor(pred_depth).double().cpu()
         if dp.shape != dn.shape:
-            raise InvalidDepthError(f"depth_prior {tuple(dp.shape)} and predicted depth {tuple(dn.shape)} differ in shape")
+            raise InvalidDepthError(
+                f"depth_prior {tuple(dp.shape)} and predicted depth {tuple(dn.shape)} differ in shape"
+            )
         ok = torch.isfinite(dp) & torch.isfinite(dn) & (dp > 0) & (dn > 0)
         if not bool(ok.any()):
-            raise AlignmentFailedError("no pixel has both a positive depth prior and a positive predicted depth; cannot fix the scale")
+            raise AlignmentFailedError(
+                "no pixel has both a positive depth prior and a positive predicted depth; cannot fix the scale"
+            )
         s = float((dp[ok] / dn[ok]).median())
         how = "poses (depth scale)"
     else:
@@ -476,7 +495,13 @@ def reconstruct_with_worldmirror(
 
     tick(1)
     pred = predict_worldmirror(
-        model, x, cameras, target_size=target_size, use_priors=use_priors, depth_prior=use_depth_prior, chunk_size=chunk_size
+        model,
+        x,
+        cameras,
+        target_size=target_size,
+        use_priors=use_priors,
+        depth_prior=use_depth_prior,
+        chunk_size=chunk_size,
     )
     tick(2)
     mask = reconstruction_masks(pred.depth, pred.conf, conf_quantile, edge_threshold)
@@ -596,10 +621,11 @@ def reconstruct_clips(
     out: list[Reconstruction] = []
     start, total = 0, 4 * len(clips)
     for i, cams in enumerate(clips):
+
         def sub(step: int, _t: int, base: int = 4 * i) -> None:
             if progress is not None:
                 progress(base + step, total)
 
-        out.append(reconstruct_with_worldmirror(model, x[start:start + len(cams)], cams, progress=sub, **kwargs))
+        out.append(reconstruct_with_worldmirror(model, x[start : start + len(cams)], cams, progress=sub, **kwargs))
         start += len(cams)
     return out

@@ -198,7 +198,9 @@ class DinoViT(nn.Module):
         grid = pos[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
         if self.pos_resize == "dinov2":
             off = self.dinov2_interpolate_offset
-            grid = F.interpolate(grid, scale_factor=((rows + off) / m, (cols + off) / m), mode="bicubic", antialias=False)
+            grid = F.interpolate(
+                grid, scale_factor=((rows + off) / m, (cols + off) / m), mode="bicubic", antialias=False
+            )
         else:
             grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=self.pos_resize == "antialiased")
         grid = grid.permute(0, 2, 3, 1).flatten(1, 2)

@@ -167,15 +167,21 @@ class WorldMirrorConfig:
             raise CheckpointMismatchError(f"WorldMirror config must be a JSON object, got {type(cfg).__name__}")
         size = cfg.get("model_size", "large")
         if size not in cls._MODEL_SIZES:
-            raise CheckpointMismatchError(f"unknown WorldMirror model_size {size!r}; expected one of {sorted(cls._MODEL_SIZES)}")
+            raise CheckpointMismatchError(
+                f"unknown WorldMirror model_size {size!r}; expected one of {sorted(cls._MODEL_SIZES)}"
+            )
         pe = cfg.get("patch_embed", "dinov2_vitl14_reg")
         if pe not in cls._DINO:
             raise CheckpointMismatchError(f"unsupported WorldMirror patch_embed {pe!r}; supported: {sorted(cls._DINO)}")
         strategy = cfg.get("condition_strategy", ["token", "pow3r", "token"])
         if list(strategy) != ["token", "pow3r", "token"]:
-            raise CheckpointMismatchError(f"unsupported condition_strategy {strategy!r}; only ['token', 'pow3r', 'token'] exists")
+            raise CheckpointMismatchError(
+                f"unsupported condition_strategy {strategy!r}; only ['token', 'pow3r', 'token'] exists"
+            )
         if cfg.get("normalized_rope", True) is False:
-            raise CheckpointMismatchError("this WorldMirror config uses the un-normalised RoPE; only normalized_rope=true is supported")
+            raise CheckpointMismatchError(
+                "this WorldMirror config uses the un-normalised RoPE; only normalized_rope=true is supported"
+            )
         kw = dict(cls._MODEL_SIZES[size])
         kw["intermediate_layers"] = cls._INTERMEDIATE[size]
         kw["dino_depth"], kw["dino_heads"] = cls._DINO[pe]
@@ -184,7 +190,15 @@ class WorldMirrorConfig:
                 kw[key] = int(cfg[key])
         if "rope_base" in cfg:
             kw["rope_base"] = float(cfg["rope_base"])
-        for key in ("enable_cond", "enable_cam", "enable_pts", "enable_depth", "enable_depth_mask", "enable_norm", "enable_gs"):
+        for key in (
+            "enable_cond",
+            "enable_cam",
+            "enable_pts",
+            "enable_depth",
+            "enable_depth_mask",
+            "enable_norm",
+            "enable_gs",
+        ):
             if key in cfg:
                 kw[key] = bool(cfg[key])
         return cls(**kw)
@@ -208,7 +222,9 @@ class _DepthPatchEmbed(nn.Module):
 
     def __init__(self, patch: int, dim: int) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.PixelUnshuffle(patch), _Permute(0, 2, 3, 1), Mlp(patch * patch, 4 * dim, dim), _Permute(0, 3, 1, 2))
+        self.proj = nn.Sequential(
+            nn.PixelUnshuffle(patch), _Permute(0, 2, 3, 1), Mlp(patch * patch, 4 * dim, dim), _Permute(0, 3, 1, 2)
+        )
 
     def forward(self, depth: torch.Tensor) -> torch.Tensor:
         return self.proj(depth).flatten(2).transpose(1, 2)
@@ -349,7 +365,11 @@ class VisualGeometryTransformer(nn.Module):
         special = [self._per_view(self.cam_token, B, S), self._per_view(self.reg_token, B, S)]
         if self.cfg.enable_cond:
             zeros = patches.new_zeros(B * S, 1, C)
-            pose_tok = self.pose_embed(pose_vec.reshape(B * S, 7).to(patches.dtype))[:, None] if pose_vec is not None else zeros
+            pose_tok = (
+                self.pose_embed(pose_vec.reshape(B * S, 7).to(patches.dtype))[:, None]
+                if pose_vec is not None
+                else zeros
+            )
             ray_tok = self.ray_embed(rays.reshape(B * S, 4).to(patches.dtype))[:, None] if rays is not None else zeros
             if depth is not None:
                 patches = patches + self.depth_embed(depth.reshape(B * S, 1, H, W).to(patches.dtype))
@@ -536,7 +556,9 @@ class DPTHead(nn.Module):
     (``features // 2``) fused feature map the Gaussian head uses.
     """
 
-    def __init__(self, dim_in: int, patch: int, out_dim: int, features: int, out_channels: tuple[int, ...], gs: bool = False) -> None:
+    def __init__(
+        self, dim_in: int, patch: int, out_dim: int, features: int, out_channels: tuple[int, ...], gs: bool = False
+    ) -> None:
         super().__init__()
         self.patch = patch
         self.norm = nn.LayerNorm(dim_in)
@@ -555,7 +577,9 @@ class DPTHead(nn.Module):
             self.input_merger = nn.Sequential(nn.Conv2d(3, features // 2, 7, padding=3), nn.ReLU())
         self.gs = gs
 
-    def forward(self, levels: list[torch.Tensor], images: torch.Tensor, patch_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, levels: list[torch.Tensor], images: torch.Tensor, patch_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``levels``: 4 × ``[N, T, dim_in]`` tokens of ``N`` frames; ``images [N, 3, H, W]`` in [0, 1]."""
         N, _, H, W = images.shape
         h, w = H // self.patch, W // self.patch
@@ -592,7 +616,9 @@ class GaussianParamHead(nn.Module):
         self.n_sh = (sh_degree + 1) ** 2
         raw = 4 + 3 + 1 + 3 * self.n_sh + 1
         self.gs_head = nn.Sequential(
-            nn.Conv2d(feature_dim // 2, feature_dim, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(feature_dim, raw, 1)
+            nn.Conv2d(feature_dim // 2, feature_dim, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(feature_dim, raw, 1),
         )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
@@ -677,20 +703,34 @@ class WorldMirror(nn.Module):
         if priors is None:
             return
         if priors.c2w is not None and tuple(priors.c2w.shape) != (B, S, 4, 4):
-            raise InvalidCameraError(f"prior c2w must have shape [B, S, 4, 4] = {(B, S, 4, 4)}, got {tuple(priors.c2w.shape)}")
+            raise InvalidCameraError(
+                f"prior c2w must have shape [B, S, 4, 4] = {(B, S, 4, 4)}, got {tuple(priors.c2w.shape)}"
+            )
         if priors.c2w is not None and not torch.isfinite(priors.c2w).all():
             raise InvalidCameraError("prior c2w contains NaN or inf values")
         if priors.K is not None:
             if tuple(priors.K.shape) != (B, S, 3, 3):
-                raise InvalidCameraError(f"prior K must have shape [B, S, 3, 3] = {(B, S, 3, 3)}, got {tuple(priors.K.shape)}")
-            if not torch.isfinite(priors.K).all() or (priors.K[..., 0, 0] <= 0).any() or (priors.K[..., 1, 1] <= 0).any():
-                raise InvalidCameraError("prior K must be finite with positive focal lengths (pixels of the input images)")
+                raise InvalidCameraError(
+                    f"prior K must have shape [B, S, 3, 3] = {(B, S, 3, 3)}, got {tuple(priors.K.shape)}"
+                )
+            if (
+                not torch.isfinite(priors.K).all()
+                or (priors.K[..., 0, 0] <= 0).any()
+                or (priors.K[..., 1, 1] <= 0).any()
+            ):
+                raise InvalidCameraError(
+                    "prior K must be finite with positive focal lengths (pixels of the input images)"
+                )
         if priors.depth is not None:
             d = priors.depth
             if d.ndim != 4 or tuple(d.shape[:2]) != (B, S):
-                raise InvalidDepthError(f"prior depth must have shape [B, S, h, w] with B, S = {B}, {S}, got {tuple(d.shape)}")
+                raise InvalidDepthError(
+                    f"prior depth must have shape [B, S, h, w] with B, S = {B}, {S}, got {tuple(d.shape)}"
+                )
             if not (d > 0).any():
-                raise InvalidDepthError("prior depth has no positive value; pass depth=None instead of an all-invalid map")
+                raise InvalidDepthError(
+                    "prior depth has no positive value; pass depth=None instead of an all-invalid map"
+                )
 
     def encode_priors(self, images: torch.Tensor, priors: WorldMirrorPriors | None):
         """``(pose_vec [B,S,7] | None, rays [B,S,4] | None, depth [B,S,H,W] | None)`` for the aggregator."""
@@ -781,7 +821,9 @@ class WorldMirror(nn.Module):
                 "depth_conf": conf(raw[..., 1]),
             }
             if "c2w" in out:
-                means = unproject_depth_map(gs_depth.reshape(B * S, H, W), out["K"].reshape(B * S, 3, 3), out["c2w"].reshape(B * S, 4, 4))
+                means = unproject_depth_map(
+                    gs_depth.reshape(B * S, H, W), out["K"].reshape(B * S, 3, 3), out["c2w"].reshape(B * S, 4, 4)
+                )
                 splats["means"] = means.reshape(B, S, H, W, 3)
             out["splats"] = splats
         return WorldMirrorOutput(**out)
@@ -818,8 +860,10 @@ def load_worldmirror(
     cfg = config or WorldMirrorConfig()
     with torch.device("meta"):
         model = WorldMirror(cfg)
-    hint = ("Is this an HY-WorldMirror-2.0 model.safetensors, with its config.json beside it (heads switched off "
-            "or another model_size)?")
+    hint = (
+        "Is this an HY-WorldMirror-2.0 model.safetensors, with its config.json beside it (heads switched off "
+        "or another model_size)?"
+    )
     return load_checkpoint(model, files, None, files[0].name, device, dtype, hint, depth=2)
 
 
@@ -841,7 +885,9 @@ def config_from_dict(d: dict) -> WorldMirrorConfig:
     names = {f.name for f in fields(WorldMirrorConfig)}
     unknown = sorted(set(d) - names - {"format"})
     if unknown:
-        raise CheckpointMismatchError(f"unknown WorldMirror config keys {unknown}; was the file written by a newer version?")
+        raise CheckpointMismatchError(
+            f"unknown WorldMirror config keys {unknown}; was the file written by a newer version?"
+        )
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
     try:
         return WorldMirrorConfig(**kw)

@@ -67,7 +67,9 @@ class Clip:
                 f"{n} cameras must agree ([N, H, W, 3], [N, H, W], N)"
             )
         if (self.cameras.height, self.cameras.width) != tuple(self.frames.shape[1:3]):
-            raise ShapeMismatchError(f"clip {self.name!r}: cameras are {self.cameras.height}×{self.cameras.width}, frames {tuple(self.frames.shape[1:3])}")
+            raise ShapeMismatchError(
+                f"clip {self.name!r}: cameras are {self.cameras.height}×{self.cameras.width}, frames {tuple(self.frames.shape[1:3])}"
+            )
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,9 @@ class SyntheticClips:
         kind = self.kinds[i % len(self.kinds)]
         scene = make_scene(kind, self.seed * 1000 + i // len(self.kinds))
         view = scene.default_view(self.height, self.width)
-        traj = make_preset(self.presets[i % len(self.presets)], view.cameras, view.median_depth, num_frames=2 * self.clip_poses)
+        traj = make_preset(
+            self.presets[i % len(self.presets)], view.cameras, view.median_depth, num_frames=2 * self.clip_poses
+        )
         out = scene.render(traj.cameras)
         return Clip(out.rgb, out.depth, traj.cameras, SYNTHETIC_PROMPTS.get(kind, kind), f"{kind}-{i}")
 
@@ -227,7 +231,9 @@ def load_clip_folder(folder: str | os.PathLike) -> Clip:
         raise CorruptFileError(f"{depth_file} must hold a tensor named 'depth' [N, H, W]; it has {sorted(tensors)}")
     depth = tensors["depth"].float()
     if tuple(depth.shape) != (n, h, w) or not bool(torch.isfinite(depth).all()) or bool((depth < 0).any()):
-        raise CorruptFileError(f"{depth_file}: depth must be finite, ≥ 0 and [N={n}, H={h}, W={w}], got {tuple(depth.shape)}")
+        raise CorruptFileError(
+            f"{depth_file}: depth must be finite, ≥ 0 and [N={n}, H={h}, W={w}], got {tuple(depth.shape)}"
+        )
     prompt_file = folder / "prompt.txt"
     prompt = prompt_file.read_text(encoding="utf-8").strip() if prompt_file.is_file() else ""
     return Clip(frames, depth, traj.cameras.to(dtype=torch.float32), prompt, folder.name)
@@ -242,7 +248,9 @@ class VideoFolderClips:
             raise MissingFileError(f"dataset folder {self.root} does not exist")
         self.folders = sorted(p for p in self.root.iterdir() if p.is_dir() and (p / "camera.json").is_file())
         if not self.folders:
-            raise MissingFileError(f"{self.root} has no clip folders (sub-folders with camera.json + frames/ or video.mp4)")
+            raise MissingFileError(
+                f"{self.root} has no clip folders (sub-folders with camera.json + frames/ or video.mp4)"
+            )
 
     def __len__(self) -> int:
         return len(self.folders)

@@ -68,14 +68,19 @@ class DMDTrainer:
     """Generator, fake score and frozen real score built from one teacher checkpoint (``--init``)."""
 
     def __init__(
-        self, settings: TrainSettings, device: torch.device, teacher: torch.nn.Module | None = None,
+        self,
+        settings: TrainSettings,
+        device: torch.device,
+        teacher: torch.nn.Module | None = None,
         trainable_blocks: int | None = None,
     ) -> None:
         """``teacher``: the memory model (default: loaded from ``settings.init``). ``trainable_blocks``: distil
         only the last that many main blocks (None: the whole backbone) — lets one step fit a single GPU at
         full size for benchmarking; full-backbone DMD at 14 B needs the parameters sharded over GPUs."""
         if settings.init is None and teacher is None:
-            raise MissingInputError("the dmd stage distils a trained memory model: pass --init <the memory stage's output>")
+            raise MissingInputError(
+                "the dmd stage distils a trained memory model: pass --init <the memory stage's output>"
+            )
         self.settings = settings
         self.device = device
         frozen_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
@@ -142,7 +147,9 @@ class DMDTrainer:
             x = (x + (self.sigmas[i + 1] - self.sigmas[i]) * v).detach()
         raise AssertionError("unreachable")
 
-    def teacher_sample(self, prep: PreparedSample, inputs: StepInputs, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_sample(
+        self, prep: PreparedSample, inputs: StepInputs, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise, the teacher's 40-step UniPC + CFG sample from it) for ``prep`` — computed once, then reused."""
         key = id(prep)
         if key not in self._teacher_samples:
@@ -152,15 +159,23 @@ class DMDTrainer:
             def velocity(x, t, positive):
                 return predict(self.real, x, t / 1000.0, one, one.inputs if positive else one.uncond)
 
-            x0 = sample_unipc(velocity, noise, steps=TEACHER_STEPS, guidance_scale=self.settings.guidance_scale,
-                              flow_shift=DEFAULT_FLOW_SHIFT)
+            x0 = sample_unipc(
+                velocity,
+                noise,
+                steps=TEACHER_STEPS,
+                guidance_scale=self.settings.guidance_scale,
+                flow_shift=DEFAULT_FLOW_SHIFT,
+            )
             self._teacher_samples[key] = (noise, x0.float())
         return self._teacher_samples[key]
 
-    def step(self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator) -> dict:
+    def step(
+        self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator
+    ) -> dict:
         s = self.settings
-        inputs = step_inputs(prep, empty_text, vae, s.batch, True, generator, self.device, text_drop=0.0,
-                             mask_variants=s.mask_variants)
+        inputs = step_inputs(
+            prep, empty_text, vae, s.batch, True, generator, self.device, text_drop=0.0, mask_variants=s.mask_variants
+        )
         n_steps = len(self.sigmas) - 1
 
         # 1. fake score: fake_updates flow-matching updates, each on its own fresh generator samples (drawn
@@ -175,7 +190,9 @@ class DMDTrainer:
             x0_gen = samples[u]
             sigma = sample_sigmas(s.batch, generator).to(self.device)
             eps = torch.randn(x0_gen.shape, generator=generator).to(self.device)
-            loss_f = flow_matching_loss(predict(self.fake, noisy_latents(x0_gen, eps, sigma), sigma, inputs), x0_gen, eps)
+            loss_f = flow_matching_loss(
+                predict(self.fake, noisy_latents(x0_gen, eps, sigma), sigma, inputs), x0_gen, eps
+            )
             self.fake_opt.zero_grad(set_to_none=True)
             loss_f.backward()
             torch.nn.utils.clip_grad_norm_(self.fake_params, 1.0)
@@ -184,7 +201,9 @@ class DMDTrainer:
 
         # 2. generator: one update, gradient through a random step only
         paired_noise, teacher_x0 = self.teacher_sample(prep, inputs, generator)
-        noise = torch.cat([paired_noise, torch.randn((s.batch - 1, *paired_noise.shape[1:]), generator=generator).to(self.device)])
+        noise = torch.cat(
+            [paired_noise, torch.randn((s.batch - 1, *paired_noise.shape[1:]), generator=generator).to(self.device)]
+        )
         stop = int(torch.randint(n_steps, (), generator=generator))
         x0_gen = self.generate(noise, inputs, stop, grad=True)
         sigma = sample_sigmas(s.batch, generator).clamp(0.02, 0.98).to(self.device)
@@ -204,9 +223,14 @@ class DMDTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.gen_params, 1.0)
         self.gen_opt.step()
         return {
-            "loss": float(reg_loss.detach()), "dm_loss": float(dm_loss.detach()), "dm_gap": float(gap), "reg_loss": float(reg_loss.detach()),
-            "fake_loss": sum(fake_losses) / max(len(fake_losses), 1), "fake_updates": len(fake_losses),
-            "truncation_step": stop + 1, "grad_norm": float(grad_norm),
+            "loss": float(reg_loss.detach()),
+            "dm_loss": float(dm_loss.detach()),
+            "dm_gap": float(gap),
+            "reg_loss": float(reg_loss.detach()),
+            "fake_loss": sum(fake_losses) / max(len(fake_losses), 1),
+            "fake_updates": len(fake_losses),
+            "truncation_step": stop + 1,
+            "grad_norm": float(grad_norm),
         }
 
     def save(self, out: Path, step: int, generator: torch.Generator) -> None:
@@ -216,7 +240,9 @@ class DMDTrainer:
 
     def load(self, out: Path, generator: torch.Generator) -> int:
         for model, folder in ((self.generator, out), (self.fake, out / "fake_score")):
-            loaded = load_worldstereo(folder, variant="paper" if folder != out else "paper-dmd", device=self.device, dtype=None)
+            loaded = load_worldstereo(
+                folder, variant="paper" if folder != out else "paper-dmd", device=self.device, dtype=None
+            )
             model.load_state_dict(loaded.state_dict())
         return load_state(out, "dmd", {"gen": self.gen_opt, "fake": self.fake_opt}, generator)
 
@@ -256,10 +282,13 @@ def _repeat(step: StepInputs, times: int) -> StepInputs:
 def _first(inputs):
     import dataclasses
 
-    return dataclasses.replace(inputs, **{
-        f.name: (getattr(inputs, f.name)[:1] if getattr(inputs, f.name) is not None else None)
-        for f in dataclasses.fields(inputs)
-    })
+    return dataclasses.replace(
+        inputs,
+        **{
+            f.name: (getattr(inputs, f.name)[:1] if getattr(inputs, f.name) is not None else None)
+            for f in dataclasses.fields(inputs)
+        },
+    )
 
 
 __all__ = ["FROZEN_BRANCHES", "REGRESSION_WEIGHT", "TEACHER_STEPS", "DMDTrainer", "backbone_prefixes"]

@@ -117,11 +117,31 @@ class TrainSettings:
 
 SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
     # tiny: the test config; a 4-sample synthetic set it can fit in 200 CPU steps
-    "tiny": dict(height=32, width=48, num_keyframes=5, clip_poses=17, num_samples=4, batch=4, lr=1e-3,
-                 gradient_checkpointing=False, save_every=100, mask_variants=8),
+    "tiny": dict(
+        height=32,
+        width=48,
+        num_keyframes=5,
+        clip_poses=17,
+        num_samples=4,
+        batch=4,
+        lr=1e-3,
+        gradient_checkpointing=False,
+        save_every=100,
+        mask_variants=8,
+    ),
     # full: the release's sizes (21 keyframes of 81 poses, a released bucket); lr our choice (paper silent)
-    "full": dict(height=480, width=768, num_keyframes=21, clip_poses=81, num_samples=64, batch=1, lr=1e-5,
-                 gradient_checkpointing=True, save_every=500, mask_variants=0),
+    "full": dict(
+        height=480,
+        width=768,
+        num_keyframes=21,
+        clip_poses=81,
+        num_samples=64,
+        batch=1,
+        lr=1e-5,
+        gradient_checkpointing=True,
+        save_every=500,
+        mask_variants=0,
+    ),
 }
 
 
@@ -134,6 +154,7 @@ DMD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------------------ conditioning
+
 
 @dataclass
 class Conditioner:
@@ -198,7 +219,9 @@ class PreparedSample:
 
 
 @torch.no_grad()
-def prepare_samples(samples: Sequence[TrainingSample], cond: Conditioner, device: torch.device) -> tuple[list[PreparedSample], torch.Tensor]:
+def prepare_samples(
+    samples: Sequence[TrainingSample], cond: Conditioner, device: torch.device
+) -> tuple[list[PreparedSample], torch.Tensor]:
     """Encode every sample once; returns the prepared samples and the empty prompt's embedding ``[1, 512, D]``."""
     prompts = sorted({s.prompt for s in samples})
     embeds = cond.encode_text([*prompts, ""]).to(device)
@@ -209,16 +232,18 @@ def prepare_samples(samples: Sequence[TrainingSample], cond: Conditioner, device
         first = images_to_video(s.image[None])[:, :, 0]
         frame = PointmapFrame.from_depth(s.cameras[:1], s.depth[0])
         ref_pm = pointmap_images(s.reference_depth, s.reference_cameras, frame)
-        out.append(PreparedSample(
-            sample=s,
-            x0=vae.encode_keyframes(images_to_video(s.frames)).to(device).float(),
-            condition=vae.encode_condition(first, len(s.cameras), mode=cond.latent_cond_mode).to(device).float(),
-            text=by_prompt[s.prompt],
-            image_embeds=cond.encode_image(first.to(device)).to(device),
-            z_ref=vae.encode_keyframes(images_to_video(s.references)).to(device).float(),
-            z_ref_pointmap=vae.encode_keyframes(images_to_video(ref_pm)).to(device).float(),
-            pointmap_frame=frame,
-        ))
+        out.append(
+            PreparedSample(
+                sample=s,
+                x0=vae.encode_keyframes(images_to_video(s.frames)).to(device).float(),
+                condition=vae.encode_condition(first, len(s.cameras), mode=cond.latent_cond_mode).to(device).float(),
+                text=by_prompt[s.prompt],
+                image_embeds=cond.encode_image(first.to(device)).to(device),
+                z_ref=vae.encode_keyframes(images_to_video(s.references)).to(device).float(),
+                z_ref_pointmap=vae.encode_keyframes(images_to_video(ref_pm)).to(device).float(),
+                pointmap_frame=frame,
+            )
+        )
     return out, embeds[-1:]
 
 
@@ -233,8 +258,15 @@ class StepInputs:
 
 
 def step_inputs(
-    prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, batch: int, with_pairs: bool,
-    generator: torch.Generator, device: torch.device, text_drop: float = TEXT_DROP, mask_variants: int = 0,
+    prep: PreparedSample,
+    empty_text: torch.Tensor,
+    vae: WanKeyframeVAE,
+    batch: int,
+    with_pairs: bool,
+    generator: torch.Generator,
+    device: torch.device,
+    text_drop: float = TEXT_DROP,
+    mask_variants: int = 0,
 ) -> StepInputs:
     """Draw the random parts of one step: the cache (GGM: point-cloud masked; SSM: input view + reference
     clip) → GGM render, reference dropout, text dropout.
@@ -285,12 +317,16 @@ def _step_inputs(prep, empty_text, vae, batch, with_pairs, generator, device, te
     shared = {k: rep(v) for k, v in {**ggm, **extra}.items()}
     clip = rep(prep.image_embeds)
     return StepInputs(
-        rep(prep.x0), rep(prep.condition),
-        PaperInputs(rep(text), clip, **shared), PaperInputs(rep(empty_text), clip, **shared),
+        rep(prep.x0),
+        rep(prep.condition),
+        PaperInputs(rep(text), clip, **shared),
+        PaperInputs(rep(empty_text), clip, **shared),
     )
 
 
-def predict(model, x_t: torch.Tensor, sigma: torch.Tensor, step: StepInputs, inputs: PaperInputs | None = None) -> torch.Tensor:
+def predict(
+    model, x_t: torch.Tensor, sigma: torch.Tensor, step: StepInputs, inputs: PaperInputs | None = None
+) -> torch.Tensor:
     """The model's velocity for latents ``x_t`` at noise levels ``sigma`` ``[B]`` (timestep = 1000·σ)."""
     kwargs = {k: v for k, v in (inputs or step.inputs).as_kwargs().items() if v is not None}
     hidden = torch.cat([x_t, step.condition], dim=1)
@@ -298,6 +334,7 @@ def predict(model, x_t: torch.Tensor, sigma: torch.Tensor, step: StepInputs, inp
 
 
 # ------------------------------------------------------------------------------ state I/O
+
 
 def trainable_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> list[torch.nn.Parameter]:
     """Unfreeze the parameters whose names start with one of ``prefixes`` (freeze the rest); return them."""
@@ -308,7 +345,9 @@ def trainable_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> lis
         if on:
             params.append(p)
     if not params:
-        raise CheckpointMismatchError(f"no parameter starts with {list(prefixes)}; the model is not of the stage's variant")
+        raise CheckpointMismatchError(
+            f"no parameter starts with {list(prefixes)}; the model is not of the stage's variant"
+        )
     return params
 
 
@@ -335,7 +374,9 @@ def save_checkpoint(model, folder: Path) -> None:
     save_worldstereo(model, folder)
 
 
-def save_state(out: Path, step: int, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> None:
+def save_state(
+    out: Path, step: int, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator
+) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {"rng": generator.get_state()}
@@ -344,7 +385,9 @@ def save_state(out: Path, step: int, stage: str, optimizers: dict[str, torch.opt
         t, m = _flatten_optimizer(name, opt)
         tensors.update(t)
         meta["optimizers"][name] = m
-    atomic.write_file(out / STATE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"trainer": json.dumps(meta)}))
+    atomic.write_file(
+        out / STATE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"trainer": json.dumps(meta)})
+    )
 
 
 def load_state(out: Path, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> int:
@@ -353,7 +396,9 @@ def load_state(out: Path, stage: str, optimizers: dict[str, torch.optim.Optimize
 
     path = out / STATE_FILE
     if not path.is_file():
-        raise MissingFileError(f"--resume: {path} does not exist; start without --resume (or point --out at the run to continue)")
+        raise MissingFileError(
+            f"--resume: {path} does not exist; start without --resume (or point --out at the run to continue)"
+        )
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["trainer"])
     if meta["stage"] != stage:
@@ -369,11 +414,14 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     """Keep the metrics of steps ≤ ``last_step`` (what the resumed state has seen)."""
     if not path.is_file():
         return
-    kept = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    kept = [
+        ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step
+    ]
     atomic.write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 # ------------------------------------------------------------------------------ stages
+
 
 def _device(settings: TrainSettings) -> torch.device:
     if settings.device:
@@ -395,7 +443,9 @@ def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.M
             torch.manual_seed(settings.seed)
             model = tiny_training_model().to(device)
         else:
-            raise MissingInputError("full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera")
+            raise MissingInputError(
+                "full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera"
+            )
     elif settings.stage == "memory":
         if settings.init is not None:
             source = load_worldstereo(settings.init, device=device, dtype=torch.float32)
@@ -403,7 +453,9 @@ def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.M
             torch.manual_seed(settings.seed)
             source = tiny_training_model().to(device)
         else:
-            raise MissingInputError("the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): pass --init DIR")
+            raise MissingInputError(
+                "the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): pass --init DIR"
+            )
         cfg = paper_config_from(source.ws_config)
         with torch.device("meta"):
             paper = cfg.build()
@@ -455,10 +507,17 @@ def paper_config_from(source: WorldStereoConfig) -> WorldStereoConfig:
     """The paper-SSM config built on a camera/memory checkpoint's config: same base and GGM sizes, and a
     memory branch of the GGM branch's sizes (what the initialisation rule copies from)."""
     cn = source.controlnet
-    memory = MemoryBranchConfig(dim=cn.dim, ffn_dim=cn.ffn_dim, num_heads=cn.num_heads, num_layers=cn.num_layers,
-                                conv_out_dim=cn.conv_out_dim, time_embed_dim=cn.time_embed_dim)
-    return WorldStereoConfig("paper", dict(source.transformer), cn, source.dmd, source.negative_prompt,
-                             source.latent_cond_mode, memory)
+    memory = MemoryBranchConfig(
+        dim=cn.dim,
+        ffn_dim=cn.ffn_dim,
+        num_heads=cn.num_heads,
+        num_layers=cn.num_layers,
+        conv_out_dim=cn.conv_out_dim,
+        time_embed_dim=cn.time_embed_dim,
+    )
+    return WorldStereoConfig(
+        "paper", dict(source.transformer), cn, source.dmd, source.negative_prompt, source.latent_cond_mode, memory
+    )
 
 
 def _autocast(settings: TrainSettings, device: torch.device):
@@ -475,7 +534,9 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=f"train {stage}", unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=f"train {stage}", unit="step", file=sys.stderr, dynamic_ncols=True
+            )
 
     def update(self, loss: float) -> None:
         if self.bar is not None:
@@ -493,7 +554,11 @@ def _write_run_config(settings: TrainSettings) -> None:
 
 
 def load_samples(settings: TrainSettings) -> list[TrainingSample]:
-    source = VideoFolderClips(settings.data) if settings.data is not None else SyntheticClips(settings.height, settings.width, settings.clip_poses, seed=settings.seed)
+    source = (
+        VideoFolderClips(settings.data)
+        if settings.data is not None
+        else SyntheticClips(settings.height, settings.width, settings.clip_poses, seed=settings.seed)
+    )
     return build_samples(source, settings.num_samples, settings.num_keyframes, settings.clip_poses, seed=settings.seed)
 
 
@@ -510,10 +575,13 @@ class FlowMatchingTrainer:
         self.with_pairs = settings.stage == "memory"
         self.latent_cond_mode = self.model.ws_config.latent_cond_mode
 
-    def step(self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator) -> dict:
+    def step(
+        self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator
+    ) -> dict:
         s = self.settings
-        inputs = step_inputs(prep, empty_text, vae, s.batch, self.with_pairs, generator, self.device,
-                             mask_variants=s.mask_variants)
+        inputs = step_inputs(
+            prep, empty_text, vae, s.batch, self.with_pairs, generator, self.device, mask_variants=s.mask_variants
+        )
         sigma = sample_sigmas(s.batch, generator).to(self.device)
         noise = torch.randn(inputs.x0.shape, generator=generator).to(self.device)
         x_t = noisy_latents(inputs.x0, noise, sigma)
