@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import time
 
-from testsupport import WORKFLOWS
+from testsupport import WORKFLOWS, ci_overrides, write_tiny_weights_for
 
 
-def _single_view_api(object_info) -> tuple[dict, dict]:
+def _single_view_api(comfy_server, object_info) -> tuple[dict, dict]:
+    """The shipped single-view workflow with the CI sizes and tiny weights under its real file names."""
     from workflow_api import ui_to_api
 
     path = next(p for p in WORKFLOWS if p.stem == "single_view")
     api = ui_to_api(json.loads(path.read_text()), object_info)
+    write_tiny_weights_for(api, comfy_server.base_dir / "models")
+    api = ci_overrides(api)
     ids = {node["class_type"]: key for key, node in api.items()}
     loader = api[ids["WorldStereoLoadModel"]]["inputs"]
     loader.update(weight_dtype="fp8_e4m3fn_scaled", blocks_to_swap=1)
@@ -33,7 +36,7 @@ def _wait_for(comfy_server, text: str, start: int, timeout: float = 180.0) -> st
 
 
 def test_unload_models_offloads_the_bundle_and_the_next_run_reloads_it(comfy_server, object_info):
-    api, ids = _single_view_api(object_info)
+    api, ids = _single_view_api(comfy_server, object_info)
     start = len(comfy_server.log())
     result = comfy_server.run(api, timeout=900)
     assert result.status == "success", (result.error, comfy_server.log()[-3000:])
