@@ -32,6 +32,25 @@ __all__ = ["write_file", "write_text", "write_bytes", "write_folder", "remove_st
 PathLike = str | os.PathLike
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: 0o666 less the process umask.
+
+    ``mkstemp`` creates its file 0600; renamed into place as is, outputs would be unreadable to
+    anyone else (a web server or container serving ComfyUI's output folder). Linux reports the
+    umask without changing it; elsewhere it is read by setting and restoring it.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -73,6 +92,7 @@ def write_file(path: PathLike, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, _file_mode())
         write(tmp_path)
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)

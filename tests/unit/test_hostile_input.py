@@ -307,3 +307,17 @@ def test_loop_settings_are_checked_before_any_stage():
             progress=lambda step, total: stages.append(step),
         )
     assert stages == []
+
+
+def test_atomic_file_gets_the_mode_a_plain_open_gives(tmp_path):
+    """Outputs renamed from a mkstemp temporary must not stay 0600 (others could not read them)."""
+    from worldstereo_core.atomic import write_bytes
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"x")
+        out = write_bytes(tmp_path / "atomic.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777) == 0o644
