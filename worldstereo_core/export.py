@@ -156,6 +156,26 @@ def _subsample(n: int, max_points: int | None) -> np.ndarray | None:
 # PLY
 
 
+def _write_binary_ply(
+    path: PathLike, comment: str, count: int, properties: Sequence[tuple[str, str]], payload: bytes
+) -> Path:
+    """Write one ``vertex`` element as binary little-endian PLY, atomically; returns the path.
+
+    ``properties``: ``(name, PLY type)`` in row order (``float``, ``uchar``); ``payload``: the
+    ``count`` packed rows. The one PLY header writer, for point clouds and Gaussian splats.
+    """
+    header = ["ply", "format binary_little_endian 1.0", f"comment {comment}", f"element vertex {count}"]
+    header += [f"property {ply_type} {name}" for name, ply_type in properties]
+    header.append("end_header")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(header) + "\n").encode("ascii"))
+            f.write(payload)
+
+    return _atomic_write(path, write)
+
+
 def save_pointcloud_ply(path: PathLike, cloud: PointCloud, *, write_normals: bool = True) -> Path:
     """Write ``cloud`` as a binary little-endian PLY (x y z float32, red green blue uchar,
     and nx ny nz float32 when the cloud has normals and ``write_normals``).
@@ -177,17 +197,8 @@ def save_pointcloud_ply(path: PathLike, cloud: PointCloud, *, write_normals: boo
         data["nx"], data["ny"], data["nz"] = nrm.T
     data["red"], data["green"], data["blue"] = rgb.T
     type_names = {"<f4": "float", "u1": "uchar"}
-    header = ["ply", "format binary_little_endian 1.0", "comment written by WorldStereo for ComfyUI"]
-    header.append(f"element vertex {len(pts)}")
-    header += [f"property {type_names[t]} {name}" for name, t in fields]
-    header.append("end_header")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(data.tobytes())
-
-    return _atomic_write(path, write)
+    properties = [(name, type_names[t]) for name, t in fields]
+    return _write_binary_ply(path, "written by WorldStereo for ComfyUI", len(pts), properties, data.tobytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,17 +304,10 @@ def save_gaussian_ply(
     names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     cols = np.concatenate([m, np.zeros((n, 3)), coeffs[:, 0, :], rest, o[:, None], s, q], axis=1)
     data = np.ascontiguousarray(cols.astype("<f4"))
-    header = ["ply", "format binary_little_endian 1.0", "comment 3D Gaussian splats written by WorldStereo for ComfyUI"]
-    header.append(f"element vertex {n}")
-    header += [f"property float {name}" for name in names]
-    header.append("end_header")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(data.tobytes())
-
-    return _atomic_write(path, write)
+    properties = [(name, "float") for name in names]
+    return _write_binary_ply(
+        path, "3D Gaussian splats written by WorldStereo for ComfyUI", n, properties, data.tobytes()
+    )
 
 
 def gaussians_from_worldmirror(output, mask: ArrayLike | None = None) -> dict[str, torch.Tensor]:

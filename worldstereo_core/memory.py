@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -157,6 +158,22 @@ def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(file))
+
+
+def _save_folder(
+    target: str | os.PathLike, fmt: str, files: Mapping[str, Mapping[str, torch.Tensor]], fields: Mapping[str, Any]
+) -> Path:
+    """Save a ``fmt`` folder atomically: one safetensors file per ``files`` entry (file name →
+    tensors) and the ``manifest.json`` that :func:`_open_manifest` reads back (format, version,
+    ``fields``, the file names); returns the folder."""
+
+    def write(tmp: Path) -> None:
+        for name, tensors in files.items():
+            _save_tensors(dict(tensors), tmp / name)
+        manifest = {"format": fmt, "version": FORMAT_VERSION, **fields, "files": list(files)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    return _atomic_write_dir(target, fmt, write)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,20 +326,12 @@ class MemoryBank:
     def save(self, path: str | os.PathLike) -> Path:
         """Save atomically to the folder ``path`` (see the module doc); returns it."""
 
-        def write(tmp: Path) -> None:
-            _save_tensors({"w2c": self.w2c, "K": self.K}, tmp / "cameras.safetensors")
-            _save_tensors({f"frame_{i:05d}": f for i, f in enumerate(self.frames)}, tmp / "frames.safetensors")
-            manifest = {
-                "format": BANK_FORMAT,
-                "version": FORMAT_VERSION,
-                "count": len(self),
-                "sources": list(self.sources),
-                "sizes": [list(f.shape[:2]) for f in self.frames],
-                "files": ["cameras.safetensors", "frames.safetensors"],
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-        return _atomic_write_dir(path, BANK_FORMAT, write)
+        files = {
+            "cameras.safetensors": {"w2c": self.w2c, "K": self.K},
+            "frames.safetensors": {f"frame_{i:05d}": f for i, f in enumerate(self.frames)},
+        }
+        fields = {"count": len(self), "sources": list(self.sources), "sizes": [list(f.shape[:2]) for f in self.frames]}
+        return _save_folder(path, BANK_FORMAT, files, fields)
 
     @staticmethod
     def load(path: str | os.PathLike) -> MemoryBank:
@@ -434,22 +443,11 @@ class Cache3D:
     def save(self, path: str | os.PathLike) -> Path:
         """Save atomically to the folder ``path`` (see the module doc); returns it."""
 
-        def write(tmp: Path) -> None:
-            t = {"points": self.cloud.points, "colors": self.cloud.colors}
-            if self.cloud.normals is not None:
-                t["normals"] = self.cloud.normals
-            _save_tensors(t, tmp / "cloud.safetensors")
-            manifest = {
-                "format": CACHE_FORMAT,
-                "version": FORMAT_VERSION,
-                "num_points": len(self.cloud),
-                "voxel_size": self.voxel_size,
-                "max_points": self.max_points,
-                "files": ["cloud.safetensors"],
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-        return _atomic_write_dir(path, CACHE_FORMAT, write)
+        t = {"points": self.cloud.points, "colors": self.cloud.colors}
+        if self.cloud.normals is not None:
+            t["normals"] = self.cloud.normals
+        fields = {"num_points": len(self.cloud), "voxel_size": self.voxel_size, "max_points": self.max_points}
+        return _save_folder(path, CACHE_FORMAT, {"cloud.safetensors": t}, fields)
 
     @staticmethod
     def load(path: str | os.PathLike) -> Cache3D:
