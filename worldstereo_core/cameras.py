@@ -47,14 +47,20 @@ def invert_rigid(T: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def validate_pose_stack(poses: torch.Tensor, name: str) -> None:
+    """Raise :class:`InvalidCameraError` unless ``poses`` is a non-empty, finite ``[F, 4, 4]`` stack
+    (w2c or c2w; rigidity is :func:`validate_w2c`'s further check)."""
+    if poses.ndim != 3 or poses.shape[-2:] != (4, 4):
+        raise InvalidCameraError(f"{name} must have shape [F, 4, 4], got {tuple(poses.shape)}")
+    if poses.shape[0] == 0:
+        raise InvalidCameraError(f"{name} holds 0 cameras; give at least one pose")
+    if not torch.isfinite(poses).all():
+        raise InvalidCameraError(f"{name} contains NaN or inf values")
+
+
 def validate_w2c(w2c: torch.Tensor, name: str = "w2c", atol: float = 1e-3) -> None:
     """Raise :class:`InvalidCameraError` unless ``w2c [F, 4, 4]`` are finite rigid transforms."""
-    if w2c.ndim != 3 or w2c.shape[-2:] != (4, 4):
-        raise InvalidCameraError(f"{name} must have shape [F, 4, 4], got {tuple(w2c.shape)}")
-    if w2c.shape[0] == 0:
-        raise InvalidCameraError(f"{name} holds 0 cameras; give at least one pose")
-    if not torch.isfinite(w2c).all():
-        raise InvalidCameraError(f"{name} contains NaN or inf values")
+    validate_pose_stack(w2c, name)
     w = w2c.double()
     bottom = torch.tensor([0, 0, 0, 1], dtype=w.dtype, device=w.device)
     bad_bottom = ((w[:, 3] - bottom).abs() > atol).any(-1)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .align import _umeyama_batched
-from .cameras import ArrayLike, as_tensor
+from .cameras import ArrayLike, as_tensor, validate_pose_stack
 from .errors import (
     AlignmentFailedError,
     InvalidCameraError,
@@ -88,12 +88,7 @@ LPIPS_UNAVAILABLE = (
 
 def _poses(x: ArrayLike, name: str) -> torch.Tensor:
     p = as_tensor(x).detach().to(dtype=torch.float64).cpu()
-    if p.ndim != 3 or p.shape[-2:] != (4, 4):
-        raise InvalidCameraError(f"{name} must have shape [F, 4, 4], got {tuple(p.shape)}")
-    if p.shape[0] == 0:
-        raise InvalidCameraError(f"{name} holds 0 cameras")
-    if not torch.isfinite(p).all():
-        raise InvalidCameraError(f"{name} contains NaN or inf values")
+    validate_pose_stack(p, name)
     return p
 
 
