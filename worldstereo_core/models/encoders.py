@@ -26,7 +26,7 @@ import html
 import inspect
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -386,6 +386,40 @@ def _umt5_config_from_shapes(plan: ConversionPlan, get: Any) -> dict[str, Any]:
     }
 
 
+def _load_transformers_model(
+    weights: Path,
+    files: list,
+    make_plan: Callable[[Any], ConversionPlan],
+    kind: str,
+    config: Mapping[str, Any] | None,
+    config_from_shapes: Callable[[ConversionPlan, Any], dict[str, Any]],
+    build: Callable[[dict[str, Any]], torch.nn.Module],
+    what: str,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+) -> tuple[torch.nn.Module, ConversionPlan]:
+    """Build a transformers encoder on meta and stream ``files`` into it; returns it and its plan.
+
+    The architecture is ``config`` if given, else what the checkpoint states (:func:`_file_config`),
+    else what the weights' shapes say; transformers' bookkeeping keys (``_name_or_path``,
+    ``architectures``, ``transformers_version``) are dropped before ``build(cfg)``.
+    """
+    with open_tensor_source(files) as (keys, get):
+        plan = make_plan(keys)
+        cfg = (
+            dict(config)
+            if config is not None
+            else (_file_config(weights, files, kind) or config_from_shapes(plan, get))
+        )
+        cfg = {
+            k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
+        }
+        with torch.device("meta"):
+            model = build(cfg)
+        load_converted(model, plan, get, what, device, dtype)
+    return model, plan
+
+
 def _resolve_component(path: Path, sub: str) -> Path:
     return path / sub if path.is_dir() and (path / sub).is_dir() else path
 
@@ -407,19 +441,18 @@ def load_text_encoder(
     root = src if src.is_dir() and (src / "text_encoder").is_dir() else None
     weights = _resolve_component(src, "text_encoder")
     files = checkpoint_files(weights, "UMT5 text encoder")
-    with open_tensor_source(files) as (keys, get):
-        plan = plan_umt5(keys)
-        cfg = (
-            dict(config)
-            if config is not None
-            else (_file_config(weights, files, "umt5") or _umt5_config_from_shapes(plan, get))
-        )
-        cfg = {
-            k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
-        }
-        with torch.device("meta"):
-            model = UMT5EncoderModel(UMT5Config(**cfg))
-        load_converted(model, plan, get, "UMT5 text encoder", device, dtype)
+    model, plan = _load_transformers_model(
+        weights,
+        files,
+        plan_umt5,
+        "umt5",
+        config,
+        _umt5_config_from_shapes,
+        lambda cfg: UMT5EncoderModel(UMT5Config(**cfg)),
+        "UMT5 text encoder",
+        device,
+        dtype,
+    )
     # one embedding table, shared (the release does the same under transformers >= 5)
     model.encoder.embed_tokens = model.shared
 
@@ -477,19 +510,18 @@ def load_image_encoder(
     """CLIP vision tower from a Wan root / ``image_encoder/`` folder or a single file (``clip_vision_h``)."""
     weights = _resolve_component(Path(path), "image_encoder")
     files = checkpoint_files(weights, "CLIP image encoder")
-    with open_tensor_source(files) as (keys, get):
-        plan = plan_clip_vision(keys)
-        cfg = (
-            dict(config)
-            if config is not None
-            else (_file_config(weights, files, "clip_vision") or _clip_config_from_shapes(plan, get))
-        )
-        cfg = {
-            k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")
-        }
-        with torch.device("meta"):
-            model = CLIPVisionModel(CLIPVisionConfig(**cfg))
-        load_converted(model, plan, get, "CLIP image encoder", device, dtype)
+    model, _ = _load_transformers_model(
+        weights,
+        files,
+        plan_clip_vision,
+        "clip_vision",
+        config,
+        _clip_config_from_shapes,
+        lambda cfg: CLIPVisionModel(CLIPVisionConfig(**cfg)),
+        "CLIP image encoder",
+        device,
+        dtype,
+    )
     return CLIPImageEncoder(model, pixel_scale=pixel_scale)
 
 
