@@ -304,8 +304,28 @@ class TrajectoryScores:
     alignment: str
 
 
+def _format_score(x: float | None, width: int) -> str:
+    """One right-aligned cell of a report table: 4 decimals, or a dash for a missing value."""
+    return f"{'—':>{width}}" if x is None else f"{x:>{width}.4f}"
+
+
+class _Report:
+    """What the evaluation reports share: plain-dict and JSON forms (subclasses are dataclasses
+    with ``thresholds`` and ``overall``; they add their own nested fields to :meth:`as_dict`)."""
+
+    def as_dict(self) -> dict:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["thresholds"] = list(self.thresholds)  # type: ignore[attr-defined]
+        d["overall"] = dict(self.overall)  # type: ignore[attr-defined]
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON (plain floats; ``null`` for missing values)."""
+        return json.dumps(self.as_dict(), indent=indent)
+
+
 @dataclass(frozen=True)
-class EvaluationReport:
+class EvaluationReport(_Report):
     """The benchmark's numbers for one scene.
 
     Attributes:
@@ -329,15 +349,9 @@ class EvaluationReport:
     num_gt_points: int
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["thresholds"] = list(self.thresholds)
-        d["overall"] = dict(self.overall)
+        d = super().as_dict()
         d["trajectories"] = [asdict(t) for t in self.trajectories]
         return d
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON (plain floats, ``null`` for missing camera metrics)."""
-        return json.dumps(self.as_dict(), indent=indent)
 
     def summary(self) -> str:
         """A short human-readable table (for a node's text output)."""
@@ -347,18 +361,15 @@ class EvaluationReport:
             f"{'trajectory':<12}{'P':>8}{'R':>8}{'F':>8}{'AUC':>8}{'RotErr°':>10}{'TransErr':>10}{'ATE':>10}",
         ]
 
-        def fmt(x: float | None, w: int) -> str:
-            return f"{'—':>{w}}" if x is None else f"{x:>{w}.4f}"
-
         for t in self.trajectories:
             lines.append(
                 f"{t.name:<12}{t.precision:>8.4f}{t.recall:>8.4f}{t.fscore:>8.4f}{t.auc:>8.4f}"
-                f"{fmt(t.rot_err_deg, 10)}{fmt(t.trans_err, 10)}{fmt(t.ate, 10)}"
+                f"{_format_score(t.rot_err_deg, 10)}{_format_score(t.trans_err, 10)}{_format_score(t.ate, 10)}"
             )
         o = self.overall
         lines.append(
             f"{'overall':<12}{o['precision']:>8.4f}{o['recall']:>8.4f}{o['fscore']:>8.4f}{o['auc']:>8.4f}"
-            f"{fmt(o.get('rot_err_deg'), 10)}{fmt(o.get('trans_err'), 10)}{fmt(o.get('ate'), 10)}"
+            f"{_format_score(o.get('rot_err_deg'), 10)}{_format_score(o.get('trans_err'), 10)}{_format_score(o.get('ate'), 10)}"
         )
         return "\n".join(lines)
 
@@ -471,8 +482,7 @@ def evaluate_generation(
             covers the same pixels at this height as at 480 rows).
         progress: ``progress(step, total)`` after each trajectory; may raise to interrupt.
     """
-    if alignment not in LOOP_ALIGNMENTS:
-        raise InvalidOptionError(f"unknown alignment {alignment!r}; use one of {', '.join(LOOP_ALIGNMENTS)}")
+    _check_alignment(alignment)
     if alignment == "depth_anchor" and anchor_depth is None:
         raise MissingInputError("alignment='depth_anchor' needs anchor_depth (the input view's true depth)")
     if not trajectories:
@@ -568,12 +578,7 @@ def evaluate_generation(
             progress(i + 1, total)
 
     union = PointCloud.cat(list(clouds.values()))
-    om = metrics_report(union.points, gt, thr, ths)
-    overall: dict[str, float] = {k: om[k] for k in ("precision", "recall", "fscore", "auc")}
-    for key in ("rot_err_deg", "trans_err", "ate"):
-        vals = [getattr(s, key) for s in scores if getattr(s, key) is not None]
-        if vals:
-            overall[key] = float(np.mean(vals))
+    overall = _overall_scores(union, gt, thr, ths, [asdict(s) for s in scores], ("rot_err_deg", "trans_err", "ate"))
     report = EvaluationReport(
         scene=scene,
         threshold=thr,
@@ -627,6 +632,32 @@ def evaluate_synthetic(
 #: reconstructed and the true points of the initial frame); ``"anchors"`` keeps the
 #: reconstructor's own camera-centre Umeyama; ``"icp"`` refines a first-camera start by ICP.
 LOOP_ALIGNMENTS: tuple[str, ...] = ("depth_anchor", "anchors", "icp")
+
+
+def _overall_scores(
+    cloud: PointCloud,
+    gt: np.ndarray,
+    threshold: float,
+    thresholds: Sequence[float],
+    per_trajectory: Sequence[Mapping[str, object]],
+    camera_keys: Sequence[str],
+) -> dict[str, float]:
+    """A report's ``overall``: precision / recall / fscore / auc of ``cloud`` against ``gt``, and
+    per camera metric in ``camera_keys`` its mean over the trajectories that have it (not None)."""
+    om = metrics_report(cloud.points, gt, threshold, thresholds)
+    overall: dict[str, float] = {k: om[k] for k in ("precision", "recall", "fscore", "auc")}
+    for key in camera_keys:
+        vals = [row[key] for row in per_trajectory if row.get(key) is not None]
+        if vals:
+            overall[key] = float(np.mean(vals))
+    return overall
+
+
+def _check_alignment(alignment: str) -> None:
+    """Raise :class:`InvalidOptionError` unless ``alignment`` is one of :data:`LOOP_ALIGNMENTS`."""
+    if alignment not in LOOP_ALIGNMENTS:
+        raise InvalidOptionError(f"unknown alignment {alignment!r}; use one of {', '.join(LOOP_ALIGNMENTS)}")
+
 
 #: Revisit tolerances of the memory benchmark: a generated view revisits an earlier
 #: generation when their rotations differ by less than this many degrees and their centres by

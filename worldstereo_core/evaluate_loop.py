@@ -16,10 +16,9 @@ reconstructors, alignment) sits below it and never imports it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +29,21 @@ from .cameras import ArrayLike, Cameras, as_tensor
 from .errors import (
     InvalidImageError,
     InvalidInputError,
-    InvalidOptionError,
     MissingFileError,
     MissingInputError,
     ShapeMismatchError,
 )
 from .evaluate import (
-    LOOP_ALIGNMENTS,
     REVISIT_DISTANCE_FRACTION,
     REVISIT_ROTATION_DEG,
     OracleReconstructor,
     ProgressFn,
     Reconstructor,
+    _check_alignment,
+    _format_score,
     _icp_alignment,
+    _overall_scores,
+    _Report,
     _score_setup,
     depth_anchor_alignment,
 )
@@ -90,7 +91,7 @@ def find_revisits(
 
 
 @dataclass(frozen=True)
-class LoopEvaluationReport:
+class LoopEvaluationReport(_Report):
     """The §4.3 numbers of the full model on one scene (memory carried across trajectories).
 
     Attributes:
@@ -119,22 +120,13 @@ class LoopEvaluationReport:
     num_frames: int
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["thresholds"] = list(self.thresholds)
-        d["overall"] = dict(self.overall)
+        d = super().as_dict()
         d["trajectories"] = [dict(t) for t in self.trajectories]
         d["memory"] = None if self.memory is None else dict(self.memory)
         return d
 
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON (plain floats; ``null`` for missing values)."""
-        return json.dumps(self.as_dict(), indent=indent)
-
     def summary(self) -> str:
         """A short human-readable table (for a node's text output)."""
-
-        def fmt(x, w: int = 9) -> str:
-            return f"{'—':>{w}}" if x is None else f"{x:>{w}.4f}"
 
         o = self.overall
         lines = [
@@ -147,8 +139,8 @@ class LoopEvaluationReport:
         ]
         for t in self.trajectories:
             lines.append(
-                f"{t['name']:<12}{fmt(t.get('rot_err_deg'))}{fmt(t.get('trans_err'))}{fmt(t.get('ate'))}"
-                f"{fmt(t.get('rra@15'))}{fmt(t.get('rta@15'))}{fmt(t.get('maa@30'))}"
+                f"{t['name']:<12}{_format_score(t.get('rot_err_deg'), 9)}{_format_score(t.get('trans_err'), 9)}{_format_score(t.get('ate'), 9)}"
+                f"{_format_score(t.get('rra@15'), 9)}{_format_score(t.get('rta@15'), 9)}{_format_score(t.get('maa@30'), 9)}"
             )
         m = self.memory
         if m is None:
@@ -164,10 +156,10 @@ class LoopEvaluationReport:
 
 @dataclass(frozen=True)
 class LoopEvaluationResult:
-    """The report plus what it was computed from.
+    """A scored scene loop: the §4.3 report and the run behind it.
 
     Attributes:
-        report: the numbers.
+        report: the §4.3 numbers (:class:`LoopEvaluationReport`).
         loop: the scene loop's result (cache, memory bank, steps).
         cloud: the reconstructed cloud of all generated frames, in the ground truth's frame.
         transform: reconstructor's frame → ground truth's.
@@ -253,8 +245,7 @@ def evaluate_scene_loop(
             :data:`REVISIT_DISTANCE_FRACTION` × the input's median depth).
         progress: ``progress(step, total)``; may raise to interrupt.
     """
-    if alignment not in LOOP_ALIGNMENTS:
-        raise InvalidOptionError(f"unknown alignment {alignment!r}; use one of {', '.join(LOOP_ALIGNMENTS)}")
+    _check_alignment(alignment)
     if config is None:
         config = LoopConfig()
     if not callable(gt_cloud):
@@ -319,9 +310,6 @@ def evaluate_scene_loop(
     cloud = PointCloud(as_tensor(T.apply(rec.cloud.points.double())).float(), rec.cloud.colors)
     if voxel_size is not None:
         cloud = voxel_downsample(cloud, voxel_size)
-    om = metrics_report(cloud.points, gt, thr, ths)
-    overall: dict[str, float] = {k: om[k] for k in ("precision", "recall", "fscore", "auc")}
-
     pred_c2w, want_c2w = rec.cameras.c2w.double(), all_cams.c2w.double()
     per: list[dict] = []
     for s, idx in zip(loop.steps, per_traj_idx):
@@ -333,10 +321,7 @@ def evaluate_scene_loop(
             row.update(pose_accuracy(pred_c2w[ii], want_c2w[ii]))
         per.append(row)
     keys = ["rot_err_deg", "trans_err", "ate"] + [k for k in (per[0] if per else {}) if "@" in k]
-    for key in keys:
-        vals = [r[key] for r in per if r.get(key) is not None]
-        if vals:
-            overall[key] = float(np.mean(vals))
+    overall = _overall_scores(cloud, gt, thr, ths, per, keys)
 
     # memory benchmark: revisited views against their earlier generations
     dist = revisit_distance if revisit_distance is not None else REVISIT_DISTANCE_FRACTION * loop.median_depth
