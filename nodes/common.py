@@ -55,6 +55,84 @@ class Progress:
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+# --------------------------------------------------------------------------------------------
+# Inputs several nodes declare: one definition each, so that their names, ranges and tooltips
+# cannot drift apart (saved workflows and the help pages depend on them)
+# --------------------------------------------------------------------------------------------
+
+
+def seed_input(tooltip: str) -> io.Int.Input:
+    """A fixed ``seed`` of the core's random parts (synthetic scenes, depth corruption, robust fits), not
+    changed after a run: 0 … 2³¹−1, the range the core's seeds are kept in (the Scene Loop reduces its
+    64-bit noise seed to it)."""
+    return io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False, tooltip=tooltip)
+
+
+def noise_seed_input(tooltip: str) -> io.Int.Input:
+    """The video model's noise ``seed``: 64 bits with ComfyUI's control-after-generate widget, as the
+    core samplers' seed."""
+    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=tooltip)
+
+
+def size_inputs(
+    width: int, height: int, *, min: int, max: int, step: int, tooltips: tuple[str, str], optional: bool = False
+) -> list:
+    """The ``width`` and ``height`` inputs of a node that makes images of a chosen size (pixels)."""
+    return [
+        io.Int.Input(name, default=value, min=min, max=max, step=step, optional=optional, tooltip=tip)
+        for name, value, tip in (("width", width, tooltips[0]), ("height", height, tooltips[1]))
+    ]
+
+
+def trajectories_input(
+    default: str = "orbit,up,right,left",
+    tooltip: str = "Comma-separated presets, in order (paper: orbit,up,right,left).",
+) -> io.String.Input:
+    """The ``trajectories`` of a scene loop: preset names, in generation order (see :func:`loop_specs`)."""
+    return io.String.Input("trajectories", default=default, tooltip=tooltip)
+
+
+def retrieval_mode_input(
+    name: str = "retrieval_mode", tooltip: str = "Frustum-overlap scoring: aabb (release) or volume (paper)."
+) -> io.Combo.Input:
+    """How SSM retrieval scores a bank camera against a keyframe (``worldstereo_core.retrieval``)."""
+    from worldstereo_core.retrieval import RETRIEVAL_MODES
+
+    return io.Combo.Input(name, options=list(RETRIEVAL_MODES), default="aabb", tooltip=tooltip)
+
+
+def model_name_input(folder: str, tooltip: str) -> io.Combo.Input:
+    """A Load node's ``model_name``: the ``.safetensors`` files under ``models/<folder>/``."""
+    return io.Combo.Input("model_name", options=model_files(folder), tooltip=tooltip)
+
+
+def dtype_input(tooltip: str, options: dict = DTYPES, default: str = "fp32", name: str = "dtype") -> io.Combo.Input:
+    """A Load node's weight precision (one of ``options``' names; :func:`option` turns it into a dtype)."""
+    return io.Combo.Input(name, options=list(options), default=default, tooltip=tooltip)
+
+
+def load_model_file(load, folder: str, model_name: str, dtype: str, what: str, layout: str | None = None, **kwargs):
+    """``load(path, device=, dtype=, **kwargs)`` of a Load node's file choice: the path checked by
+    :func:`model_file_path`, ComfyUI's torch device, the ``dtype`` combo's value."""
+    import comfy.model_management
+
+    path = model_file_path(folder, model_name, what, *([layout] if layout else []))
+    device = comfy.model_management.get_torch_device()
+    return load(path, device=device, dtype=option(DTYPES, dtype, "dtype"), **kwargs)
+
+
+def filename_prefix_input(default: str, target: str = "file") -> io.String.Input:
+    """The ``filename_prefix`` of a Save node (``target``: what it writes, a file or a folder)."""
+    return io.String.Input(
+        "filename_prefix", default=default, tooltip=f"Output {target} prefix, relative to ComfyUI's output folder."
+    )
+
+
+def saved_path_output(name: str = "path", tooltip: str = "Path relative to the output folder.") -> io.String.Output:
+    """A Save node's output: where it wrote, relative to ComfyUI's output folder."""
+    return io.String.Output(display_name=name, tooltip=tooltip)
+
+
 def option(options: dict, value, what: str):
     """``options[value]`` for a combo input. ComfyUI 0.3.75 does not check V3 combo values against
     their options (any string reaches ``execute`` through the API), so a lookup says what is allowed."""
@@ -110,6 +188,19 @@ def cap_points(cloud, max_points: int):
     # start from a fine grid (1/4000 of the cloud's diagonal); the cap then grows it
     diag = float((cloud.points.amax(0) - cloud.points.amin(0)).norm())
     return voxel_downsample(cloud, voxel_size=max(diag, 1e-6) / 4000, max_points=max_points)
+
+
+def max_points_input(
+    tooltip: str = "Voxel-downsample to at most this many points (0 = keep all).",
+    default: int = 0,
+    *,
+    min: int = 0,
+    max: int = 50_000_000,
+    step: int = 10_000,
+) -> io.Int.Input:
+    """The ``max_points`` cap of a node that makes or writes a point cloud (:func:`cap_points` or the writer's
+    own deterministic subset)."""
+    return io.Int.Input("max_points", default=default, min=min, max=max, step=step, tooltip=tooltip)
 
 
 def image_to_hwc(image: torch.Tensor, index: int = 0) -> torch.Tensor:

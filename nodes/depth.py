@@ -16,20 +16,21 @@ from worldstereo_core.recon import panorama_depth as pano_depth_lib
 from .comfy_v3 import io
 from .common import (
     CATEGORY,
-    DTYPES,
     Depth,
     PanoDistance,
     PointCloud,
     Progress,
     cap_points,
+    dtype_input,
     image_to_hwc,
     inspector_ui,
     is_pano_distance,
+    load_model_file,
     mark_pano_distance,
-    model_file_path,
-    model_files,
-    option,
+    max_points_input,
+    model_name_input,
     register_model_folder,
+    size_inputs,
 )
 from .common import Cameras as CamerasSocket
 
@@ -105,10 +106,8 @@ class LoadMoGe(io.ComfyNode):
             "Upstream ships model.pt pickles, which are never loaded: convert them once to safetensors "
             "(the error message gives the one-line command).",
             inputs=[
-                io.Combo.Input(
-                    "model_name",
-                    options=model_files(MODEL_FOLDER),
-                    tooltip="Weights under models/moge/ (e.g. moge-2-vitl-normal/model.safetensors).",
+                model_name_input(
+                    MODEL_FOLDER, "Weights under models/moge/ (e.g. moge-2-vitl-normal/model.safetensors)."
                 ),
                 io.Combo.Input(
                     "variant",
@@ -117,12 +116,9 @@ class LoadMoGe(io.ComfyNode):
                     tooltip="Architecture. auto: the config.json beside the weights, else the file's "
                     'embedded config (metadata "config", or "model_config" in older files), else a variant name found in the file or folder name.',
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=list(DTYPES),
-                    default="fp32",
-                    tooltip="Weight precision. fp32 still runs in fp16 autocast on a GPU, as upstream; "
-                    "fp16/bf16 halve the memory (use fp32 on CPU).",
+                dtype_input(
+                    "Weight precision. fp32 still runs in fp16 autocast on a GPU, as upstream; "
+                    "fp16/bf16 halve the memory (use fp32 on CPU)."
                 ),
             ],
             outputs=[MoGe.Output(display_name="moge", tooltip="The loaded MoGe-2 model.")],
@@ -130,16 +126,10 @@ class LoadMoGe(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, variant, dtype) -> io.NodeOutput:
-        import comfy.model_management
-
-        path = model_file_path(MODEL_FOLDER, model_name, "MoGe")
-        model = moge_lib.load_moge(
-            path,
-            config=None if variant == "auto" else variant,
-            device=comfy.model_management.get_torch_device(),
-            dtype=option(DTYPES, dtype, "dtype"),
+        config = None if variant == "auto" else variant
+        return io.NodeOutput(
+            load_model_file(moge_lib.load_moge, MODEL_FOLDER, model_name, dtype, "MoGe", config=config)
         )
-        return io.NodeOutput(model)
 
 
 class DepthEstimate(io.ComfyNode):
@@ -301,24 +291,18 @@ class PanoramaViews(io.ComfyNode):
                 io.Image.Input(
                     "panorama", tooltip="Equirectangular panorama, exactly 2:1 (the first image of the batch)."
                 ),
-                io.Int.Input(
-                    "width",
-                    default=pano_lib.BANK_WIDTH,
+                *size_inputs(
+                    pano_lib.BANK_WIDTH,
+                    pano_lib.BANK_HEIGHT,
                     min=64,
                     max=4096,
                     step=16,
                     optional=True,
-                    tooltip="View width (multiple of 16). Release: 832. The field of view stays 120° × 90°.",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=pano_lib.BANK_HEIGHT,
-                    min=64,
-                    max=4096,
-                    step=16,
-                    optional=True,
-                    tooltip="View height (multiple of 16). Release: 480; the paper's 576p panorama "
-                    "inference: 576 (with width 1008, the same aspect).",
+                    tooltips=(
+                        "View width (multiple of 16). Release: 832. The field of view stays 120° × 90°.",
+                        "View height (multiple of 16). Release: 480; the paper's 576p panorama "
+                        "inference: 576 (with width 1008, the same aspect).",
+                    ),
                 ),
             ],
             outputs=[
@@ -365,14 +349,7 @@ class PanoramaPointCloud(io.ComfyNode):
                     tooltip="Compress distances beyond 8x the median (2m − m²/d), as the release does "
                     "for perspective depth, so the far background stays near the scene.",
                 ),
-                io.Int.Input(
-                    "max_points",
-                    default=0,
-                    min=0,
-                    max=50_000_000,
-                    step=10_000,
-                    tooltip="Voxel-downsample to at most this many points (0 = keep all).",
-                ),
+                max_points_input(),
             ],
             outputs=[PointCloud.Output(display_name="cloud", tooltip="Point cloud in the panorama frame.")],
         )

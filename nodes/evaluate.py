@@ -8,7 +8,7 @@ from worldstereo_core.errors import InvalidOptionError, MissingInputError
 from worldstereo_core.recon.estimators import MoGeDepthEstimator
 
 from .comfy_v3 import io
-from .common import CATEGORY, Progress, Scene, option
+from .common import CATEGORY, Progress, Scene, option, seed_input, size_inputs, trajectories_input
 from .depth import MoGe
 from .recon import WorldMirror
 
@@ -42,26 +42,20 @@ class Evaluate(io.ComfyNode):
                     tooltip="The synthetic scene (Synthetic Scene's scene output). Leave it unconnected "
                     "to evaluate the scene_folder.",
                 ),
-                io.String.Input(
-                    "trajectories",
-                    default=",".join(eval_lib.BENCHMARK_TRAJECTORIES),
-                    tooltip="Comma-separated presets, in generation order (benchmark: eloop,up,left,right).",
+                trajectories_input(
+                    ",".join(eval_lib.BENCHMARK_TRAJECTORIES),
+                    "Comma-separated presets, in generation order (benchmark: eloop,up,left,right).",
                 ),
-                io.Int.Input(
-                    "width",
-                    default=392,
+                *size_inputs(
+                    392,
+                    224,
                     min=28,
                     max=2048,
                     step=2,
-                    tooltip="Frame width (a multiple of 14 for the oracle reconstructor; of 16 for the real model).",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=224,
-                    min=28,
-                    max=2048,
-                    step=2,
-                    tooltip="Frame height (a multiple of 14 for the oracle reconstructor; of 16 for the real model).",
+                    tooltips=(
+                        "Frame width (a multiple of 14 for the oracle reconstructor; of 16 for the real model).",
+                        "Frame height (a multiple of 14 for the oracle reconstructor; of 16 for the real model).",
+                    ),
                 ),
                 io.Int.Input(
                     "num_keyframes",
@@ -96,14 +90,7 @@ class Evaluate(io.ComfyNode):
                     step=0.001,
                     tooltip="F-score distance as a fraction of the ground truth's bounding-box diagonal.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    control_after_generate=False,
-                    tooltip="Seed of the pose noise, the generation and the loop's robust fits.",
-                ),
+                seed_input("Seed of the pose noise, the generation and the loop's robust fits."),
                 WorldMirror.Input(
                     "worldmirror",
                     optional=True,
@@ -183,22 +170,17 @@ class Evaluate(io.ComfyNode):
             raise InvalidOptionError("no trajectories given; e.g. eloop,up,left,right")
         alignment = option({a: a for a in eval_lib.LOOP_ALIGNMENTS}, alignment, "alignment")
         protocol = option({"full_model": "full_model", "per_trajectory": "per_trajectory"}, protocol, "protocol")
-        cfg = default_config(height, width, num_keyframes=num_keyframes)
+        # what the loop protocols (synthetic and real) take alike
+        loop_kwargs = {
+            "config": default_config(height, width, num_keyframes=num_keyframes),
+            "alignment": alignment,
+            "threshold_fraction": threshold_fraction,
+            "seed": seed,
+        }
         if scene is None:
+            names = names + names[:1] * bool(revisit)
             result = _evaluate_folder(
-                scene_folder,
-                names + names[:1] * bool(revisit),
-                cfg,
-                height,
-                width,
-                alignment,
-                threshold_fraction,
-                seed,
-                worldmirror,
-                model,
-                prompt,
-                moge,
-                protocol,
+                scene_folder, names, (height, width), protocol, worldmirror, model, prompt, moge, **loop_kwargs
             )
         else:
             if worldmirror is not None:
@@ -213,12 +195,9 @@ class Evaluate(io.ComfyNode):
                     width=width,
                     trajectories=names,
                     revisit=revisit,
-                    config=cfg,
                     reconstructor=reconstructor,
-                    alignment=alignment,
-                    threshold_fraction=threshold_fraction,
-                    seed=seed,
                     progress=progress,
+                    **loop_kwargs,
                 )
             else:
                 progress = Progress(max(1, len(names)))
@@ -237,22 +216,9 @@ class Evaluate(io.ComfyNode):
         return io.NodeOutput(report.to_json(), ui={"text": [report.summary()]})
 
 
-def _evaluate_folder(
-    scene_folder,
-    names,
-    cfg,
-    height,
-    width,
-    alignment,
-    threshold_fraction,
-    seed,
-    worldmirror,
-    model,
-    prompt,
-    moge,
-    protocol,
-):
-    """The full-model protocol on a real scene folder with the real model (see Evaluate)."""
+def _evaluate_folder(scene_folder, names, size, protocol, worldmirror, model, prompt, moge, **loop_kwargs):
+    """The full-model protocol on a real scene folder with the real model (see Evaluate); ``size``:
+    ``(height, width)`` of the frames, ``loop_kwargs``: config, alignment, threshold_fraction and seed."""
     from worldstereo_core.models.generate import WorldStereoFrameGenerator
     from worldstereo_core.recon.estimators import WorldMirrorDepthEstimator
 
@@ -263,8 +229,8 @@ def _evaluate_folder(
     if protocol != "full_model":
         raise InvalidOptionError("a scene_folder is evaluated with protocol=full_model (the paper's); set it")
     folder = input_folder(scene_folder, "scene_folder")
-    real = evaluate_loop.load_scene_folder(folder, height, width)  # inputs checked before minutes of generation
-    if alignment == "depth_anchor":
+    real = evaluate_loop.load_scene_folder(folder, *size)  # inputs checked before minutes of generation
+    if loop_kwargs["alignment"] == "depth_anchor":
         real.anchor_depth()  # a folder without depth/ fails here, not after the loop
     if model is None or worldmirror is None:
         raise MissingInputError(
@@ -276,19 +242,16 @@ def _evaluate_folder(
         depth, _valid = MoGeDepthEstimator(moge)(real.images[:1], real.cameras[:1])
         input_depth = depth
     progress = Progress(1 + 5 * len(names) + 2)
-    generator = WorldStereoFrameGenerator(model, prompt, seed=seed)
+    generator = WorldStereoFrameGenerator(model, prompt, seed=loop_kwargs["seed"])
     return evaluate_loop.evaluate_real_scene(
         real,
         generator,
         WorldMirrorDepthEstimator(worldmirror),
         eval_lib.WorldMirrorReconstructor(worldmirror),
         input_depth=input_depth,
-        alignment=alignment,
         trajectories=names,
-        config=cfg,
-        threshold_fraction=threshold_fraction,
-        seed=seed,
         progress=progress,
+        **loop_kwargs,
     )
 
 

@@ -16,10 +16,13 @@ from .common import (
     CATEGORY,
     PointCloud,
     Trajectory,
+    filename_prefix_input,
+    max_points_input,
     relative_output_path,
     save_folder_path,
     save_path,
     saved,
+    saved_path_output,
     trajectories_of,
 )
 from .common import Cameras as CamerasSocket
@@ -40,6 +43,26 @@ def _write_export_folder(filename_prefix: str, write) -> str:
     return rel
 
 
+def _views_inputs() -> list:
+    """``frames`` and ``cameras``: the views an exported folder holds (COLMAP, transforms.json)."""
+    return [
+        io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
+        CamerasSocket.Input(
+            "cameras",
+            tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
+            "Fusion's cameras); K is rescaled if the frames are another size of the same aspect.",
+        ),
+    ]
+
+
+def _views(frames, cameras, cloud):
+    """``(frames [N, H, W, 3] on the CPU, their cameras at the frames' size, the cloud or None)``,
+    checked before anything is written."""
+    x = frames[..., :3].float().cpu()
+    (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
+    return x, cams, cloud.require_nonempty() if cloud is not None else None
+
+
 class SavePointCloud(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -52,13 +75,9 @@ class SavePointCloud(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 PointCloud.Input("cloud", tooltip="The point cloud to save (e.g. the merged 3D cache)."),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/cloud",
-                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
-                ),
+                filename_prefix_input("worldstereo/cloud"),
             ],
-            outputs=[io.String.Output(display_name="model_file", tooltip="Path relative to the output folder.")],
+            outputs=[saved_path_output("model_file")],
         )
 
     @classmethod
@@ -80,25 +99,20 @@ class SaveSceneGLB(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 PointCloud.Input("cloud", tooltip="Point cloud to include (downsampled to max_points)."),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/scene",
-                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
-                ),
-                io.Int.Input(
-                    "max_points",
-                    default=500_000,
+                filename_prefix_input("worldstereo/scene"),
+                max_points_input(
+                    "Keep at most this many points in the GLB (a deterministic subset).",
+                    500_000,
                     min=1_000,
                     max=20_000_000,
                     step=1_000,
-                    tooltip="Keep at most this many points in the GLB (a deterministic subset).",
                 ),
                 Trajectory.Input("trajectory_1", optional=True, tooltip="A trajectory drawn as frustums."),
                 Trajectory.Input("trajectory_2", optional=True, tooltip="A trajectory drawn as frustums."),
                 Trajectory.Input("trajectory_3", optional=True, tooltip="A trajectory drawn as frustums."),
                 Trajectory.Input("trajectory_4", optional=True, tooltip="A trajectory drawn as frustums."),
             ],
-            outputs=[io.String.Output(display_name="model_file", tooltip="Path relative to the output folder.")],
+            outputs=[saved_path_output("model_file")],
         )
 
     @classmethod
@@ -135,13 +149,9 @@ class SaveCameraJson(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The trajectory to save."),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/camera",
-                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
-                ),
+                filename_prefix_input("worldstereo/camera"),
             ],
-            outputs=[io.String.Output(display_name="path", tooltip="Path relative to the output folder.")],
+            outputs=[saved_path_output()],
         )
 
     @classmethod
@@ -166,11 +176,7 @@ class SaveVideo(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Image.Input("frames", tooltip="Frames to encode, in order."),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/video",
-                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
-                ),
+                filename_prefix_input("worldstereo/video"),
                 io.Float.Input(
                     "fps",
                     default=8.0,
@@ -180,7 +186,7 @@ class SaveVideo(io.ComfyNode):
                     tooltip="Frames per second of the video (21 keyframes at 8 fps ≈ 2.6 s).",
                 ),
             ],
-            outputs=[io.String.Output(display_name="path", tooltip="Path relative to the output folder.")],
+            outputs=[saved_path_output()],
         )
 
     @classmethod
@@ -202,11 +208,7 @@ class SaveReport(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.String.Input("report", force_input=True, tooltip="A JSON metrics report."),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/metrics",
-                    tooltip="Output file prefix, relative to ComfyUI's output folder.",
-                ),
+                filename_prefix_input("worldstereo/metrics"),
             ],
             outputs=[],
         )
@@ -232,35 +234,19 @@ class SaveColmap(io.ComfyNode):
             "tools read this layout.",
             is_output_node=True,
             inputs=[
-                io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
-                CamerasSocket.Input(
-                    "cameras",
-                    tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
-                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect.",
-                ),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/colmap",
-                    tooltip="Output folder prefix, relative to ComfyUI's output folder.",
-                ),
-                io.Int.Input(
-                    "max_points",
-                    default=1_000_000,
-                    min=0,
-                    max=50_000_000,
-                    step=10_000,
-                    tooltip="Keep at most this many points in points3D.txt (a deterministic subset; 0 = all).",
+                *_views_inputs(),
+                filename_prefix_input("worldstereo/colmap", "folder"),
+                max_points_input(
+                    "Keep at most this many points in points3D.txt (a deterministic subset; 0 = all).", 1_000_000
                 ),
                 PointCloud.Input("cloud", optional=True, tooltip="Initial points for points3D.txt."),
             ],
-            outputs=[io.String.Output(display_name="path", tooltip="The model folder, relative to the output folder.")],
+            outputs=[saved_path_output(tooltip="The model folder, relative to the output folder.")],
         )
 
     @classmethod
     def execute(cls, frames, cameras, filename_prefix, max_points, cloud=None) -> io.NodeOutput:
-        x = frames[..., :3].float().cpu()
-        (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
-        pts = cloud.require_nonempty() if cloud is not None else None  # inputs checked before anything is written
+        x, cams, pts = _views(frames, cameras, cloud)
 
         def write(full: str) -> None:
             names = export.save_images_png(os.path.join(full, "images"), x)
@@ -284,27 +270,16 @@ class SaveTransformsJson(io.ComfyNode):
             "plus sparse_pc.ply named as ply_file_path when a cloud is connected (splatfacto's initialisation).",
             is_output_node=True,
             inputs=[
-                io.Image.Input("frames", tooltip="The frames, one per camera, in order."),
-                CamerasSocket.Input(
-                    "cameras",
-                    tooltip="Their cameras (e.g. WorldMirror Reconstruct Frames' or Depth "
-                    "Fusion's cameras); K is rescaled if the frames are another size of the same aspect.",
-                ),
-                io.String.Input(
-                    "filename_prefix",
-                    default="worldstereo/nerfstudio",
-                    tooltip="Output folder prefix, relative to ComfyUI's output folder.",
-                ),
+                *_views_inputs(),
+                filename_prefix_input("worldstereo/nerfstudio", "folder"),
                 PointCloud.Input("cloud", optional=True, tooltip="Initial points, written as sparse_pc.ply."),
             ],
-            outputs=[io.String.Output(display_name="path", tooltip="transforms.json, relative to the output folder.")],
+            outputs=[saved_path_output(tooltip="transforms.json, relative to the output folder.")],
         )
 
     @classmethod
     def execute(cls, frames, cameras, filename_prefix, cloud=None) -> io.NodeOutput:
-        x = frames[..., :3].float().cpu()
-        (cams,) = rec_lib.clip_cameras([cameras], x.shape[0], x.shape[1], x.shape[2])
-        pts = cloud.require_nonempty() if cloud is not None else None  # inputs checked before anything is written
+        x, cams, pts = _views(frames, cameras, cloud)
 
         def write(full: str) -> None:
             names = export.save_images_png(os.path.join(full, "images"), x)

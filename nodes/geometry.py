@@ -24,6 +24,7 @@ from .common import (
     image_to_hwc,
     input_file,
     inspector_ui,
+    max_points_input,
     search_aliases,
     trajectories_of,
     z_depth,
@@ -85,14 +86,7 @@ class BuildPointCloud(io.ComfyNode):
                     tooltip="Compress depth beyond 8x the median (2m − m²/d), as the release does, "
                     "so the far background stays near the scene.",
                 ),
-                io.Int.Input(
-                    "max_points",
-                    default=0,
-                    min=0,
-                    max=50_000_000,
-                    step=10_000,
-                    tooltip="Voxel-downsample to at most this many points (0 = keep all).",
-                ),
+                max_points_input(),
                 io.Float.Input(
                     "voxel_size_fraction",
                     default=0.0,

@@ -21,20 +21,22 @@ from worldstereo_core.errors import (
 from .comfy_v3 import io
 from .common import (
     CATEGORY,
-    DTYPES,
     Cameras,
     Depth,
     MemoryBank,
     PointCloud,
     Retrieval,
     Trajectory,
+    dtype_input,
     inspector_ui,
-    model_file_path,
-    model_files,
-    option,
+    load_model_file,
+    model_name_input,
     output_folder,
     register_model_folder,
+    retrieval_mode_input,
     search_aliases,
+    seed_input,
+    size_inputs,
     trajectories_of,
     z_depth,
 )
@@ -209,35 +211,25 @@ class LoadDINOv2(io.ComfyNode):
             "Put the hub's config.json + model.safetensors in a subfolder of models/dinov2/ "
             "(e.g. models/dinov2/dinov2-base/); nothing is downloaded.",
             inputs=[
-                io.Combo.Input(
-                    "model_name",
-                    options=model_files(DINOV2_FOLDER),
-                    tooltip="Weights under models/dinov2/ (e.g. dinov2-base/model.safetensors), with "
+                model_name_input(
+                    DINOV2_FOLDER,
+                    "Weights under models/dinov2/ (e.g. dinov2-base/model.safetensors), with "
                     "the hub's config.json in the same folder.",
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=list(DTYPES),
-                    default="fp32",
-                    tooltip="Weight precision (fp32 as the release; fp16/bf16 halve the memory).",
-                ),
+                dtype_input("Weight precision (fp32 as the release; fp16/bf16 halve the memory)."),
             ],
             outputs=[DINOv2.Output(display_name="dinov2", tooltip="The DINOv2 image-feature extractor.")],
         )
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
-        import comfy.model_management
-
         from worldstereo_core.models.dinov2 import load_dinov2
 
-        path = model_file_path(DINOV2_FOLDER, model_name, "DINOv2", "the hub's config.json + model.safetensors")
-        extractor = load_dinov2(
-            os.path.dirname(path),
-            device=comfy.model_management.get_torch_device(),
-            dtype=option(DTYPES, dtype, "dtype"),
-        )
-        return io.NodeOutput(extractor)
+        def load(path: str, **device_dtype):
+            return load_dinov2(os.path.dirname(path), **device_dtype)  # the folder: config.json beside the weights
+
+        layout = "the hub's config.json + model.safetensors"
+        return io.NodeOutput(load_model_file(load, DINOV2_FOLDER, model_name, dtype, "DINOv2", layout))
 
 
 class Retrieve3DFOV(io.ComfyNode):
@@ -256,11 +248,9 @@ class Retrieve3DFOV(io.ComfyNode):
             inputs=[
                 Trajectory.Input("trajectory", tooltip="The target trajectory."),
                 MemoryBank.Input("bank", tooltip="The memory bank to retrieve from."),
-                io.Combo.Input(
+                retrieval_mode_input(
                     "mode",
-                    options=["aabb", "volume"],
-                    default="aabb",
-                    tooltip="aabb: the release (IoU of the frustums' bounding boxes × angle penalty); "
+                    "aabb: the release (IoU of the frustums' bounding boxes × angle penalty); "
                     "volume: the paper's true frustum-volume overlap.",
                 ),
                 io.Int.Input(
@@ -385,14 +375,7 @@ class UmeyamaMerge(io.ComfyNode):
                     tooltip="Merge voxel size as a fraction of the cache's median depth seen from the "
                     "trajectory's first camera (the loop uses 0.01).",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    control_after_generate=False,
-                    tooltip="Seed of the robust fits (same seed, same result).",
-                ),
+                seed_input("Seed of the robust fits (same seed, same result)."),
                 io.Boolean.Input(
                     "skip_first_frame",
                     default=True,
@@ -507,21 +490,16 @@ class MemoryBankView(io.ComfyNode):
             inputs=[
                 MemoryBank.Input("bank", tooltip="The memory bank (e.g. Memory Bank Create of Panorama Views)."),
                 io.Int.Input("index", default=0, min=0, max=100_000, tooltip="View number, from 0 (panorama: 0..26)."),
-                io.Int.Input(
-                    "width",
-                    default=0,
+                *size_inputs(
+                    0,
+                    0,
                     min=0,
                     max=4096,
                     step=16,
-                    tooltip="Output width (multiple of 16); 0 = the view's own size.",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=0,
-                    min=0,
-                    max=4096,
-                    step=16,
-                    tooltip="Output height (multiple of 16); 0 = the view's own size.",
+                    tooltips=(
+                        "Output width (multiple of 16); 0 = the view's own size.",
+                        "Output height (multiple of 16); 0 = the view's own size.",
+                    ),
                 ),
             ],
             outputs=[

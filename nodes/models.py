@@ -32,19 +32,24 @@ from .common import (
     Progress,
     Retrieval,
     Trajectory,
+    dtype_input,
     frames_video,
     image_to_hwc,
     loop_specs,
     model_folder,
+    noise_seed_input,
     option,
+    retrieval_mode_input,
     scene_loop_outputs,
     scene_loop_result,
     search_aliases,
     starts_input,
+    trajectories_input,
     trajectories_of,
     user_path,
     z_depth,
 )
+from .common import DTYPES as COMMON_DTYPES
 from .depth import MoGe
 from .memory import DINOv2
 from .model_manager import ensure_loaded
@@ -61,7 +66,7 @@ FROM_WAN = "from wan_folder"
 NO_BASE = "none (the checkpoint holds the whole transformer)"
 SKIP_TEXT = "none (connect CONDITIONING)"
 SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {name: COMMON_DTYPES[name] for name in ("bf16", "fp16", "fp32")}  # the release's bf16 listed first
 ATTENTION_BACKENDS = ["default", "flash", "_native_flash", "_native_cudnn", "_native_efficient", "sage", "xformers"]
 SAMPLER_CHOICES = {"auto": None, "dmd-4": "dmd", "unipc-40": "unipc"}
 WEIGHT_DTYPES = {"default": "bf16", "fp8_e4m3fn_scaled": "fp8_e4m3fn_scaled"}
@@ -89,6 +94,19 @@ COMPILE_TOOLTIP = (
     "torch.compile each transformer block (regional: the 40 main blocks share one graph); the first run pays the "
     "compile time. Its full-size speed-up is not measured yet (the benchmark has the figure's slot)."
 )
+
+
+def _prompt_inputs() -> list:
+    """prompt and negative_prompt: the same text controls on the Sampler and the Scene Loop."""
+    return [
+        io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
+        io.String.Input(
+            "negative_prompt",
+            default="",
+            multiline=True,
+            tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default.",
+        ),
+    ]
 
 
 def _sampler_inputs() -> list:
@@ -193,6 +211,14 @@ def _prefer(options: list[str], *words: str) -> str:
     return options[0]
 
 
+def _component_input(name: str, folder: str, prefer: tuple[str, ...], tooltip: str, skip: str | None = None):
+    """A Wan component's combo on the loader: the files of ``models/<folder>`` (the first whose name holds
+    one of ``prefer``'s words is the default), the wan_folder's copy, and ``skip`` (none) where the
+    component may come from another node instead."""
+    options = [*_files(folder), FROM_WAN, *([skip] if skip else [])]
+    return io.Combo.Input(name, options=options, default=_prefer(options, *prefer), tooltip=tooltip)
+
+
 def _base_default(files: list[str]) -> str:
     """The first Wan2.1 I2V 480p file of models/diffusion_models (the base the release names), else the
     wan_folder: never another model that happens to be first in the list."""
@@ -246,12 +272,7 @@ class SSMCondition:
 class WorldStereoLoadModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        te_files, cv_files, vae_files = _files("text_encoders"), _files("clip_vision"), _files("vae")
         base_files = _files("diffusion_models")
-        base_opts = [*base_files, FROM_WAN, NO_BASE]
-        te_opts = [*te_files, FROM_WAN, SKIP_TEXT]
-        cv_opts = [*cv_files, FROM_WAN, SKIP_CLIP]
-        vae_opts = [*vae_files, FROM_WAN]
         ckpts = list_checkpoints()
         return io.Schema(
             node_id="WorldStereoLoadModel",
@@ -280,25 +301,27 @@ class WorldStereoLoadModel(io.ComfyNode):
                     "paper's SSM (memory branch on stitched pairs; trained with `worldstereo train`), which the "
                     "Scene Loop runs (it needs the live 3D cache).",
                 ),
-                io.Combo.Input(
+                _component_input(
                     "text_encoder",
-                    options=te_opts,
-                    default=_prefer(te_opts, "umt5"),
-                    tooltip="UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
+                    "text_encoders",
+                    ("umt5",),
+                    "UMT5-XXL (models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors), "
                     "the diffusers wan_folder, or none to connect CONDITIONING to the sampler instead.",
+                    skip=SKIP_TEXT,
                 ),
-                io.Combo.Input(
+                _component_input(
                     "clip_vision",
-                    options=cv_opts,
-                    default=_prefer(cv_opts, "clip_vision_h", "vit-h", "clip"),
-                    tooltip="CLIP ViT-H image encoder (models/clip_vision, e.g. clip_vision_h.safetensors), "
+                    "clip_vision",
+                    ("clip_vision_h", "vit-h", "clip"),
+                    "CLIP ViT-H image encoder (models/clip_vision, e.g. clip_vision_h.safetensors), "
                     "the diffusers wan_folder, or none to connect a CLIP_VISION_OUTPUT to the sampler.",
+                    skip=SKIP_CLIP,
                 ),
-                io.Combo.Input(
+                _component_input(
                     "vae",
-                    options=vae_opts,
-                    default=_prefer(vae_opts, "wan_2.1", "wan2.1", "wan"),
-                    tooltip="Wan 2.1 VAE (models/vae, e.g. wan_2.1_vae.safetensors) or the diffusers "
+                    "vae",
+                    ("wan_2.1", "wan2.1", "wan"),
+                    "Wan 2.1 VAE (models/vae, e.g. wan_2.1_vae.safetensors) or the diffusers "
                     "wan_folder; it encodes and decodes each of the 21 keyframes independently.",
                 ),
                 io.String.Input(
@@ -309,11 +332,8 @@ class WorldStereoLoadModel(io.ComfyNode):
                     "extra_model_paths.yaml) for components set to 'from wan_folder'; its tokenizer/ is "
                     "used too.",
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=list(DTYPES),
-                    default="bf16",
-                    tooltip="Weights dtype (the release runs bf16). fp8 text encoders are dequantised.",
+                dtype_input(
+                    "Weights dtype (the release runs bf16). fp8 text encoders are dequantised.", DTYPES, "bf16"
                 ),
                 io.Combo.Input(
                     "offload",
@@ -328,7 +348,7 @@ class WorldStereoLoadModel(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "base_model",
-                    options=base_opts,
+                    options=[*base_files, FROM_WAN, NO_BASE],
                     default=_base_default(base_files),
                     optional=True,
                     tooltip="Wan2.1-I2V-14B-480P weights that fill the backbone keys a WorldStereo file "
@@ -510,22 +530,9 @@ class WorldStereoSampler(io.ComfyNode):
                     "image", tooltip="The input view (first frame); resized to the render's size if needed."
                 ),
                 GGMControl.Input("ggm", tooltip="From GGM Control (or Uni3C Control for a Uni3C model)."),
-                io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
-                io.String.Input(
-                    "negative_prompt",
-                    default="",
-                    multiline=True,
-                    tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default.",
-                ),
+                *_prompt_inputs(),
                 *_sampler_inputs(),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Noise seed; the same seed on the same device gives the same frames.",
-                ),
+                noise_seed_input("Noise seed; the same seed on the same device gives the same frames."),
                 SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory checkpoints)."),
                 io.Conditioning.Input(
                     "positive", optional=True, tooltip="ComfyUI UMT5 text conditioning; replaces the prompt text."
@@ -576,7 +583,6 @@ class WorldStereoSampler(io.ComfyNode):
         negative=None,
         clip_vision_output=None,
     ) -> io.NodeOutput:
-        import comfy.model_management as mm
 
         from worldstereo_core.models.generate import generate_keyframes, sampling_steps
 
@@ -599,10 +605,6 @@ class WorldStereoSampler(io.ComfyNode):
         total = sampling_steps(model, choice, steps)
         progress = Progress(total)
 
-        def interrupt() -> bool:
-            mm.throw_exception_if_processing_interrupted()  # raises ComfyUI's own interruption
-            return False
-
         frames = generate_keyframes(
             model,
             img,
@@ -618,13 +620,21 @@ class WorldStereoSampler(io.ComfyNode):
             shift=shift or None,
             seed=seed,
             on_step=lambda i, n: progress(i + 1, n),
-            interrupt=interrupt,
+            interrupt=_interrupt,
             prompt_embeds=_cond_tensor(positive),
             negative_prompt_embeds=_cond_tensor(negative),
             image_embeds=None if clip_vision_output is None else clip_vision_output.penultimate_hidden_states[:1],
         )
         # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
         return io.NodeOutput(frames, ggm.trajectory, frames_video(frames, 16.0 if ggm.video else KEYFRAME_FPS))
+
+
+def _interrupt() -> bool:
+    """The core's ``interrupt`` callback: raises ComfyUI's own interruption when the user cancels."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return False
 
 
 def _cond_tensor(conditioning) -> torch.Tensor | None:
@@ -664,33 +674,11 @@ class WorldStereoSceneLoop(io.ComfyNode):
                     tooltip="The input view's camera (Depth Estimate's, or a panorama "
                     "view's); it defines the world frame. K is rescaled to the image if sizes differ.",
                 ),
-                io.String.Input("prompt", default="", multiline=True, tooltip="What the scene looks like."),
-                io.String.Input(
-                    "negative_prompt",
-                    default="",
-                    multiline=True,
-                    tooltip="Used with CFG only (UniPC). Empty = the checkpoint's default.",
-                ),
-                io.String.Input(
-                    "trajectories",
-                    default="orbit,up,right,left",
-                    tooltip="Comma-separated presets, in order (paper: orbit,up,right,left).",
-                ),
+                *_prompt_inputs(),
+                trajectories_input(),
                 *_sampler_inputs(),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Noise seed of the first clip (clip i uses seed + i) and of the robust fits.",
-                ),
-                io.Combo.Input(
-                    "retrieval_mode",
-                    options=["aabb", "volume"],
-                    default="aabb",
-                    tooltip="Frustum-overlap scoring: aabb (release) or volume (paper).",
-                ),
+                noise_seed_input("Noise seed of the first clip (clip i uses seed + i) and of the robust fits."),
+                retrieval_mode_input(),
                 io.Int.Input(
                     "depth_resolution_level",
                     default=9,
@@ -814,7 +802,6 @@ class WorldStereoSceneLoop(io.ComfyNode):
         reference_cut="spread",
         dinov2=None,
     ) -> io.NodeOutput:
-        import comfy.model_management as mm
 
         depth = None if depth is None else z_depth(depth)
 
@@ -857,10 +844,6 @@ class WorldStereoSceneLoop(io.ComfyNode):
             done["samples"] = (generator.calls - 1) * per_clip + min(i + 1, per_clip)
             progress(done["stages"] + done["samples"])
 
-        def interrupt() -> bool:
-            mm.throw_exception_if_processing_interrupted()  # raises ComfyUI's own interruption
-            return False
-
         ensure_loaded(model)  # back on the GPU if ComfyUI offloaded it; other models make room
         generator = WorldStereoFrameGenerator(
             model,
@@ -872,7 +855,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
             shift=shift or None,
             seed=seed,
             on_step=on_step,
-            interrupt=interrupt,
+            interrupt=_interrupt,
         )
         if worldmirror is not None:
             estimator, depth_source = WorldMirrorDepthEstimator(worldmirror), "worldmirror"

@@ -20,15 +20,14 @@ from worldstereo_core.recon.estimators import MoGeDepthEstimator
 from .comfy_v3 import io
 from .common import (
     CATEGORY,
-    DTYPES,
     Depth,
     PointCloud,
     Progress,
     Trajectory,
+    dtype_input,
     inspector_ui,
-    model_file_path,
-    model_files,
-    option,
+    load_model_file,
+    model_name_input,
     register_model_folder,
     search_aliases,
     trajectories_of,
@@ -48,6 +47,62 @@ MODEL_FOLDER = "worldmirror"  # models/worldmirror/: model.safetensors + config.
 register_model_folder(MODEL_FOLDER)
 
 
+def _clip_inputs() -> list:
+    """``frames`` and ``trajectory``: the clips both reconstruction nodes take."""
+    return [
+        io.Image.Input("frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."),
+        Trajectory.Input(
+            "trajectory",
+            tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
+            "frames per trajectory are its keyframes, otherwise one frame per pose.",
+        ),
+    ]
+
+
+def _remove_depth_edges_input() -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "remove_depth_edges",
+        default=True,
+        tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
+        "between foreground and background.",
+    )
+
+
+def _outputs(depth: str, cameras: str) -> list:
+    """depth, cloud, cameras, depth_preview: what both reconstruction nodes give (their own tooltips for depth
+    and cameras). New objects per call: ComfyUI numbers a schema's outputs in place."""
+    return [
+        Depth.Output(display_name="depth", tooltip=depth),
+        PointCloud.Output(
+            display_name="cloud", tooltip="The frames' points in the world frame (not merged into the cache)."
+        ),
+        CamerasSocket.Output(display_name="cameras", tooltip=cameras),
+        io.Image.Output(
+            display_name="depth_preview",
+            tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black).",
+        ),
+    ]
+
+
+def _clips(frames: torch.Tensor, trajectory) -> tuple[torch.Tensor, list]:
+    """``(frames [F, H, W, 3] float on the CPU, the cameras of each trajectory's clip at the frames' size)``."""
+    if frames.ndim != 4:
+        raise ShapeMismatchError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
+    x = frames[..., :3].float().cpu()
+    return x, rec_lib.clip_cameras(trajectories_of(trajectory), *x.shape[:3])
+
+
+def _reconstruction(depth: torch.Tensor, cloud, cameras) -> io.NodeOutput:
+    """A reconstruction node's outputs (depth, cloud, cameras, depth preview) and its inspector entry."""
+    return io.NodeOutput(
+        depth,
+        cloud,
+        cameras,
+        depth_preview(depth),
+        ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cameras]),
+    )
+
+
 class LoadWorldMirror(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -60,30 +115,17 @@ class LoadWorldMirror(io.ComfyNode):
             "model.safetensors + config.json (as released), or a loose .safetensors file (default layout, or "
             "a file written by save_worldmirror with its config inside).",
             inputs=[
-                io.Combo.Input(
-                    "model_name",
-                    options=model_files(MODEL_FOLDER),
-                    tooltip="Weights under models/worldmirror/ (e.g. HY-WorldMirror-2.0/model.safetensors).",
+                model_name_input(
+                    MODEL_FOLDER, "Weights under models/worldmirror/ (e.g. HY-WorldMirror-2.0/model.safetensors)."
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=list(DTYPES),
-                    default="fp32",
-                    tooltip="Weight precision. fp16/bf16 halve the memory on a GPU; use fp32 on CPU.",
-                ),
+                dtype_input("Weight precision. fp16/bf16 halve the memory on a GPU; use fp32 on CPU."),
             ],
             outputs=[WorldMirror.Output(display_name="worldmirror", tooltip="The loaded WorldMirror model.")],
         )
 
     @classmethod
     def execute(cls, model_name, dtype) -> io.NodeOutput:
-        import comfy.model_management
-
-        path = model_file_path(MODEL_FOLDER, model_name, "WorldMirror")
-        model = wm_lib.load_worldmirror(
-            path, device=comfy.model_management.get_torch_device(), dtype=option(DTYPES, dtype, "dtype")
-        )
-        return io.NodeOutput(model)
+        return io.NodeOutput(load_model_file(wm_lib.load_worldmirror, MODEL_FOLDER, model_name, dtype, "WorldMirror"))
 
 
 def depth_fusion(x: torch.Tensor, clips: list, moge, cache, edges: float | None):
@@ -133,14 +175,7 @@ class WorldMirrorRecon(io.ComfyNode):
             "cache is the Depth Fusion node; backend depth_fusion here runs the same thing, kept so that "
             "workflows saved with it still run.",
             inputs=[
-                io.Image.Input(
-                    "frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."
-                ),
-                Trajectory.Input(
-                    "trajectory",
-                    tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
-                    "frames per trajectory are its keyframes, otherwise one frame per pose.",
-                ),
+                *_clip_inputs(),
                 io.Combo.Input(
                     "backend",
                     options=["worldmirror", "depth_fusion"],
@@ -173,12 +208,7 @@ class WorldMirrorRecon(io.ComfyNode):
                     tooltip="worldmirror: drop each frame's least confident pixels below this quantile "
                     "(release 0.15 = 15 %; 0 keeps all).",
                 ),
-                io.Boolean.Input(
-                    "remove_depth_edges",
-                    default=True,
-                    tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
-                    "between foreground and background.",
-                ),
+                _remove_depth_edges_input(),
                 io.Combo.Input(
                     "camera_source",
                     options=["known", "predicted"],
@@ -196,24 +226,11 @@ class WorldMirrorRecon(io.ComfyNode):
                     tooltip="The current 3D cache, in the trajectories' world (backend depth_fusion).",
                 ),
             ],
-            outputs=[
-                Depth.Output(
-                    display_name="depth",
-                    tooltip="Z-depth of every frame at the frames' size in world units; 0 where dropped "
-                    "(confidence, edges, not aligned).",
-                ),
-                PointCloud.Output(
-                    display_name="cloud", tooltip="The frames' points in the world frame (not merged into the cache)."
-                ),
-                CamerasSocket.Output(
-                    display_name="cameras",
-                    tooltip="The cameras the depth is expressed with, one per frame, at the frames' size.",
-                ),
-                io.Image.Output(
-                    display_name="depth_preview",
-                    tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black).",
-                ),
-            ],
+            outputs=_outputs(
+                depth="Z-depth of every frame at the frames' size in world units; 0 where dropped "
+                "(confidence, edges, not aligned).",
+                cameras="The cameras the depth is expressed with, one per frame, at the frames' size.",
+            ),
         )
 
     @classmethod
@@ -231,11 +248,7 @@ class WorldMirrorRecon(io.ComfyNode):
         moge=None,
         cache=None,
     ) -> io.NodeOutput:
-        if frames.ndim != 4:
-            raise ShapeMismatchError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
-        x = frames[..., :3].float().cpu()
-        F_, H, W = x.shape[:3]
-        clips = rec_lib.clip_cameras(trajectories_of(trajectory), F_, H, W)
+        x, clips = _clips(frames, trajectory)
         edges = RELEASE_EDGE_THRESHOLD if remove_depth_edges else None
         if backend == "worldmirror":
             if worldmirror is None:
@@ -259,13 +272,7 @@ class WorldMirrorRecon(io.ComfyNode):
             cams = Cameras.cat([r.cameras for r in recs])
         else:
             depth, cloud, cams = depth_fusion(x, clips, moge, cache, edges)
-        return io.NodeOutput(
-            depth,
-            cloud,
-            cams,
-            depth_preview(depth),
-            ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]),
-        )
+        return _reconstruction(depth, cloud, cams)
 
 
 class DepthFusion(io.ComfyNode):
@@ -281,57 +288,23 @@ class DepthFusion(io.ComfyNode):
             "cache are dropped), lifted with the known cameras. The depth comes out in the cache's units and is "
             "marked as aligned, so Align & Merge Clip merges it without fitting it again.",
             inputs=[
-                io.Image.Input(
-                    "frames", tooltip="The generated frames: the clips of the trajectories, concatenated in order."
-                ),
-                Trajectory.Input(
-                    "trajectory",
-                    tooltip="The trajectory (or the scene loop's tuple of them) the frames follow: 21 "
-                    "frames per trajectory are its keyframes, otherwise one frame per pose.",
-                ),
+                *_clip_inputs(),
                 MoGe.Input("moge", tooltip="From Load MoGe-2."),
                 PointCloud.Input("cache", tooltip="The current 3D cache, in the trajectories' world."),
-                io.Boolean.Input(
-                    "remove_depth_edges",
-                    default=True,
-                    tooltip="Drop pixels on depth discontinuities (release rule), which would smear "
-                    "between foreground and background.",
-                ),
+                _remove_depth_edges_input(),
             ],
-            outputs=[
-                Depth.Output(
-                    display_name="depth",
-                    tooltip="Z-depth of every frame at the frames' size in the cache's units; 0 where "
-                    "dropped (invalid, edges, frame not aligned).",
-                ),
-                PointCloud.Output(
-                    display_name="cloud", tooltip="The frames' points in the world frame (not merged into the cache)."
-                ),
-                CamerasSocket.Output(
-                    display_name="cameras", tooltip="The frames' known cameras, one per frame, at the frames' size."
-                ),
-                io.Image.Output(
-                    display_name="depth_preview",
-                    tooltip="Disparity in the turbo colormap (near = red, far = blue, dropped = black).",
-                ),
-            ],
+            outputs=_outputs(
+                depth="Z-depth of every frame at the frames' size in the cache's units; 0 where "
+                "dropped (invalid, edges, frame not aligned).",
+                cameras="The frames' known cameras, one per frame, at the frames' size.",
+            ),
         )
 
     @classmethod
     def execute(cls, frames, trajectory, moge, cache, remove_depth_edges) -> io.NodeOutput:
-        if frames.ndim != 4:
-            raise ShapeMismatchError(f"frames must be an IMAGE batch [F, H, W, 3], got {tuple(frames.shape)}")
-        x = frames[..., :3].float().cpu()
-        clips = rec_lib.clip_cameras(trajectories_of(trajectory), *x.shape[:3])
+        x, clips = _clips(frames, trajectory)
         edges = RELEASE_EDGE_THRESHOLD if remove_depth_edges else None
-        depth, cloud, cams = depth_fusion(x, clips, moge, cache, edges)
-        return io.NodeOutput(
-            depth,
-            cloud,
-            cams,
-            depth_preview(depth),
-            ui=inspector_ui("reconstruction", cloud=cloud, trajectories=[cams]),
-        )
+        return _reconstruction(*depth_fusion(x, clips, moge, cache, edges))
 
 
 NODES = [LoadWorldMirror, WorldMirrorRecon, DepthFusion]

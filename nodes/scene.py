@@ -15,9 +15,13 @@ from .common import (
     Scene,
     Trajectory,
     loop_specs,
+    retrieval_mode_input,
     scene_loop_outputs,
     scene_loop_result,
+    seed_input,
+    size_inputs,
     starts_input,
+    trajectories_input,
     trajectories_of,
     z_depth,
 )
@@ -43,29 +47,17 @@ class SyntheticScene(io.ComfyNode):
                     tooltip="room: a textured room with boxes and spheres; outdoor: ground, "
                     "objects and a distant dome.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    control_after_generate=False,
-                    tooltip="Jitters the objects and textures; the same seed gives the same scene.",
-                ),
-                io.Int.Input(
-                    "width",
-                    default=416,
+                seed_input("Jitters the objects and textures; the same seed gives the same scene."),
+                *size_inputs(
+                    416,
+                    240,
                     min=64,
                     max=2048,
                     step=16,
-                    tooltip="Input view width in pixels (multiple of 16).",
-                ),
-                io.Int.Input(
-                    "height",
-                    default=240,
-                    min=64,
-                    max=2048,
-                    step=16,
-                    tooltip="Input view height in pixels (multiple of 16).",
+                    tooltips=(
+                        "Input view width in pixels (multiple of 16).",
+                        "Input view height in pixels (multiple of 16).",
+                    ),
                 ),
             ],
             outputs=[
@@ -136,11 +128,7 @@ class OracleSceneLoop(io.ComfyNode):
                 io.Image.Input("image", tooltip="The input view."),
                 Depth.Input("depth", tooltip="The input view's z-depth."),
                 Cameras.Input("camera", tooltip="The input view's camera; it defines the world frame."),
-                io.String.Input(
-                    "trajectories",
-                    default="orbit,up,right,left",
-                    tooltip="Comma-separated presets, in order (paper: orbit,up,right,left).",
-                ),
+                trajectories_input(),
                 io.Combo.Input(
                     "clip_depth",
                     options=["exact", "corrupted"],
@@ -148,20 +136,8 @@ class OracleSceneLoop(io.ComfyNode):
                     tooltip="Depth of the generated frames: exact, or corrupted by a per-frame random "
                     "scale/shift (±20 %) and 1 % noise, as a real reconstruction would be.",
                 ),
-                io.Combo.Input(
-                    "retrieval_mode",
-                    options=["aabb", "volume"],
-                    default="aabb",
-                    tooltip="Frustum-overlap scoring: aabb (release) or volume (paper).",
-                ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=2**31 - 1,
-                    control_after_generate=False,
-                    tooltip="Seed of the depth corruption and the robust fits.",
-                ),
+                retrieval_mode_input(),
+                seed_input("Seed of the depth corruption and the robust fits."),
                 starts_input(),
             ],
             outputs=scene_loop_outputs("JSON metrics report."),

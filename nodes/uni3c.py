@@ -11,7 +11,7 @@ from __future__ import annotations
 from worldstereo_core.errors import InvalidInputError
 
 from .comfy_v3 import io
-from .common import CATEGORY, Trajectory, option
+from .common import CATEGORY, Trajectory, dtype_input, option
 from .models import DTYPES, GGMControl, WSModel, ggm_condition
 
 SUB = f"{CATEGORY}/model"
@@ -54,11 +54,8 @@ class WorldStereoLoadUni3C(io.ComfyNode):
                     "Wan21_Uni3C_controlnet_fp16.safetensors); released or controlnet.pth key layout, "
                     "safetensors only.",
                 ),
-                io.Combo.Input(
-                    "dtype",
-                    options=[MODEL_DTYPE, *DTYPES],
-                    default=MODEL_DTYPE,
-                    tooltip="Weights dtype of the branch; default: the transformer's.",
+                dtype_input(
+                    "Weights dtype of the branch; default: the transformer's.", [MODEL_DTYPE, *DTYPES], MODEL_DTYPE
                 ),
             ],
             outputs=[WSModel.Output(display_name="model", tooltip="The model with Uni3C as its control branch.")],
