@@ -18,18 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_server import REPO_ROOT, ComfyServer
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+from comfy_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, ComfyServer
 
 # hides the frontend's announcement banners (e.g. "Introducing Nodes 2.0") from pictures
 HIDE_BANNERS_JS = """() => {
@@ -163,6 +152,35 @@ def _saves(x: int, y: int, prefix: str, report: bool = True) -> dict:
     if report:
         out["report"] = node("WorldStereoSaveReport", [x, y + 480], {"filename_prefix": f"worldstereo/{prefix}_report"})
     return out
+
+
+def _scene_loop(pos: list[int], size: list[int], **widgets) -> dict:
+    """The Scene Loop of a real-model workflow: ``widgets`` (prompt, trajectories, …), the release's
+    sampler choice and MoGe level, and a fixed seed (the example reproduces)."""
+    settings = {"sampler": "auto", "depth_resolution_level": 9, "control_after_generate": "fixed"}
+    return node("WorldStereoSceneLoop", pos, {**widgets, **settings}, size=size)
+
+
+def _loop_links() -> list:
+    """:func:`_model_loaders`' model and WorldMirror, the generation-size view and its camera into the Scene Loop."""
+    return [
+        ("model", "model", "loop", "model"),
+        ("size", "IMAGE", "loop", "image"),
+        ("depth", "camera", "loop", "camera"),
+        ("worldmirror", "worldmirror", "loop", "worldmirror"),
+    ]
+
+
+def _save_links(loop: str = "loop") -> list:
+    """A scene loop's outputs into the :func:`_saves` nodes (and the GLB into Preview 3D)."""
+    return [
+        (loop, "cloud", "ply", "cloud"),
+        (loop, "cloud", "glb", "cloud"),
+        (loop, "trajectories", "glb", "trajectory_1"),
+        (loop, "frames", "frames", "frames"),
+        (loop, "report", "report", "report"),
+        ("glb", "model_file", "preview", "model_file"),
+    ]
 
 
 SINGLE_VIEW_NOTE = """## WorldStereo: one image → 3D scene
@@ -420,13 +438,8 @@ WORKFLOWS: dict[str, dict] = {
             ("scene", "depth", "loop", "depth"),
             ("scene", "camera", "loop", "camera"),
             ("scene", "scene", "loop", "scene"),
-            ("loop", "cloud", "ply", "cloud"),
-            ("loop", "cloud", "glb", "cloud"),
-            ("loop", "trajectories", "glb", "trajectory_1"),
             ("loop", "renders", "renders", "frames"),
-            ("loop", "frames", "frames", "frames"),
-            ("loop", "report", "report", "report"),
-            ("glb", "model_file", "preview", "model_file"),
+            *_save_links(),
         ],
     },
     "preview_synthetic_step_by_step": _step_by_step(real=False),
@@ -435,18 +448,7 @@ WORKFLOWS: dict[str, dict] = {
             **_input_view(40, 80, EXAMPLE_IMAGE),
             **_model_loaders(40, 680),
             "depth": node("WorldStereoDepthEstimate", [420, 80], {"mode": "perspective", "resolution_level": 9}),
-            "loop": node(
-                "WorldStereoSceneLoop",
-                [860, 80],
-                {
-                    "prompt": KITCHEN_PROMPT,
-                    "trajectories": PAPER_TRAJECTORIES,
-                    "sampler": "auto",
-                    "depth_resolution_level": 9,
-                    "control_after_generate": "fixed",
-                },
-                size=[420, 700],
-            ),
+            "loop": _scene_loop([860, 80], [420, 700], prompt=KITCHEN_PROMPT, trajectories=PAPER_TRAJECTORIES),
             **_saves(1340, 80, "single_view"),
             "renders": node("WorldStereoSaveVideo", [1340, 800], {"filename_prefix": "worldstereo/single_view_ggm"}),
             "note": note([420, 380], SINGLE_VIEW_NOTE, (400, 560)),
@@ -455,18 +457,10 @@ WORKFLOWS: dict[str, dict] = {
             ("load", "IMAGE", "size", "image"),
             ("size", "IMAGE", "depth", "image"),
             ("moge", "moge", "depth", "moge"),
-            ("model", "model", "loop", "model"),
-            ("size", "IMAGE", "loop", "image"),
-            ("depth", "camera", "loop", "camera"),
+            *_loop_links(),
             ("depth", "depth", "loop", "depth"),
-            ("worldmirror", "worldmirror", "loop", "worldmirror"),
-            ("loop", "cloud", "ply", "cloud"),
-            ("loop", "cloud", "glb", "cloud"),
-            ("loop", "trajectories", "glb", "trajectory_1"),
-            ("loop", "frames", "frames", "frames"),
             ("loop", "renders", "renders", "frames"),
-            ("loop", "report", "report", "report"),
-            ("glb", "model_file", "preview", "model_file"),
+            *_save_links(),
         ],
         "models": WORKFLOW_MODELS,
     },
@@ -497,18 +491,12 @@ WORKFLOWS: dict[str, dict] = {
             ),
             # an orbit from four of the bank's level views, ~90° apart (bank order: 0 = centre, 3..10 =
             # azimuths 140°, 100°, …, −140°), so the scene is generated all around the panorama's centre
-            "loop": node(
-                "WorldStereoSceneLoop",
+            "loop": _scene_loop(
                 [1180, 80],
-                {
-                    "prompt": PANORAMA_PROMPT,
-                    "trajectories": "orbit,orbit,orbit,orbit",
-                    "starts": "input,view:4,view:6,view:8",
-                    "sampler": "auto",
-                    "depth_resolution_level": 9,
-                    "control_after_generate": "fixed",
-                },
-                size=[420, 760],
+                [420, 760],
+                prompt=PANORAMA_PROMPT,
+                trajectories="orbit,orbit,orbit,orbit",
+                starts="input,view:4,view:6,view:8",
             ),
             **_saves(1640, 80, "panorama"),
             "note": note([420, 680], PANORAMA_NOTE, (560, 260)),
@@ -524,18 +512,10 @@ WORKFLOWS: dict[str, dict] = {
             ("depth", "distance", "cloud", "distance"),
             ("views", "views", "first", "image"),
             ("first", "IMAGE", "size", "image"),
-            ("model", "model", "loop", "model"),
-            ("size", "IMAGE", "loop", "image"),
-            ("depth", "camera", "loop", "camera"),
-            ("worldmirror", "worldmirror", "loop", "worldmirror"),
+            *_loop_links(),
             ("bank", "bank", "loop", "bank"),
             ("cloud", "cloud", "loop", "cache"),
-            ("loop", "cloud", "ply", "cloud"),
-            ("loop", "cloud", "glb", "cloud"),
-            ("loop", "trajectories", "glb", "trajectory_1"),
-            ("loop", "frames", "frames", "frames"),
-            ("loop", "report", "report", "report"),
-            ("glb", "model_file", "preview", "model_file"),
+            *_save_links(),
         ],
         "models": WORKFLOW_MODELS,
     },
@@ -698,7 +678,7 @@ def main() -> int:
         write_tiny_file(server.base_dir / "models", folder, name)
     with server, sync_playwright() as pw:
         server.post("/api/settings", json={"Comfy.TutorialCompleted": True})
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(server.url)
         page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)

@@ -26,6 +26,22 @@ import websocket
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "worldstereo"
 
+#: The Chromium that drives the real frontend (Debian's build, as scripts/setup_env.sh expects it), and
+#: its flags for a headless container: no sandbox, GPU, background network or /dev/shm.
+CHROMIUM = os.environ.get("WORLDSTEREO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+#: WebGL2 without a GPU (the scene inspector draws with it): SwiftShader through ANGLE
+WEBGL_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
 
 def comfyui_dir() -> Path:
     """Folder holding ComfyUI's ``main.py``."""

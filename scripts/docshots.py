@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_workflows import CHROMIUM_ARGS, HIDE_BANNERS_JS
+from build_workflows import HIDE_BANNERS_JS
 
-from comfy_server import REPO_ROOT, ComfyServer
+from comfy_server import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, WEBGL_ARGS, ComfyServer
 
 WORKFLOW = REPO_ROOT / "example_workflows" / "preview_synthetic.json"
 NODE_SHOT = REPO_ROOT / "web" / "docs" / "images" / "inspector_scene_loop.png"
@@ -49,9 +49,6 @@ NODE_SIZE = (940, 980)  # canvas px; the inspector gets what the sockets and wid
 # Looking back towards the input camera from high up shows the whole room, its objects and the
 # four trajectories' arcs (their keyframe frustums hide the memory views at the same poses).
 VIEW = (2.7, 0.8, 1.85, 1.0, 0.06)
-# build_workflows.py draws no WebGL; the inspector needs WebGL2, which headless Chromium
-# without a GPU only offers through SwiftShader (same flags as tests/browser/conftest.py)
-WEBGL_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 
 EDITOR_TYPE = "WorldStereoTrajectoryBuilder"
 EDITOR_SHOT = REPO_ROOT / "web" / "docs" / "images" / "trajectory_editor.png"
@@ -310,9 +307,9 @@ def main() -> int:
         # no tutorial nor workflow-validation dialogs over the canvas
         server.post("/api/settings", json={"Comfy.TutorialCompleted": True})
         browser = pw.chromium.launch(
-            executable_path=os.environ.get("WORLDSTEREO_CHROMIUM", "/usr/bin/chromium"),
+            executable_path=CHROMIUM,
             headless=True,
-            args=CHROMIUM_ARGS + WEBGL_ARGS,
+            args=CHROMIUM_ARGS + WEBGL_ARGS,  # the inspector needs WebGL2
         )
         try:
             page = browser.new_page(viewport=VIEWPORT)

@@ -7,21 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from comfy_server import CHROMIUM, CHROMIUM_ARGS, WEBGL_ARGS  # scripts/ is on sys.path: tests/testsupport.py
 from testsupport import require_comfyui
-
-CHROMIUM = os.environ.get("WORLDSTEREO_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-]
 
 
 def frontends() -> list[tuple[str, Path | None]]:
@@ -44,7 +31,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS + WEBGL_ARGS)
         try:
             yield b
         finally:
