@@ -67,7 +67,19 @@ NO_BASE = "none (the checkpoint holds the whole transformer)"
 SKIP_TEXT = "none (connect CONDITIONING)"
 SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
 DTYPES = {name: COMMON_DTYPES[name] for name in ("bf16", "fp16", "fp32")}  # the release's bf16 listed first
-ATTENTION_BACKENDS = ["default", "flash", "_native_flash", "_native_cudnn", "_native_efficient", "sage", "xformers"]
+ATTENTION_BACKENDS = [
+    "default",
+    "sdpa_cudnn",  # worldstereo_core.models.transformer_worldstereo.SDPA_CUDNN (not imported: it pulls in diffusers)
+    "native",
+    "flash",
+    "_native_flash",
+    "_native_cudnn",
+    "_native_efficient",
+    "sage",
+    "xformers",
+]
+"""``default`` = :data:`~worldstereo_core.models.transformer_worldstereo.DEFAULT_ATTENTION_BACKEND`; the others
+name a backend explicitly (``sdpa_cudnn`` is ours, the rest are diffusers' names)."""
 SAMPLER_CHOICES = {"auto": None, "dmd-4": "dmd", "unipc-40": "unipc"}
 WEIGHT_DTYPES = {"default": "bf16", "fp8_e4m3fn_scaled": "fp8_e4m3fn_scaled"}
 """``default``: the transformer in ``dtype``; ``fp8_e4m3fn_scaled``: its block projections in scaled fp8."""

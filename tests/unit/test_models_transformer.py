@@ -19,9 +19,11 @@ from worldstereo_core.models import (
     save_worldstereo,
 )
 from worldstereo_core.models.transformer_worldstereo import (
+    SDPA_CUDNN,
     TINY_TRANSFORMER_CONFIG,
     RefJointAttnProcessor,
     rope_at,
+    sdpa_cudnn_first,
 )
 
 B, F, H, W = 1, 3, 4, 6  # latent frames and grid of the tiny tests
@@ -241,3 +243,38 @@ def test_meta_build_allocates_nothing():
         model = build_transformer("dmd")
     assert all(p.is_meta for p in model.parameters())
     assert math.isclose(count_parameters(model) / 1e9, 17.4318, rel_tol=1e-4)
+
+
+def test_sdpa_cudnn_first_equals_softmax_attention_in_float64():
+    """The direct SDPA route: [B, L, H, D] queries over concatenated key/value parts, any kernel PyTorch picks."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 7, 3, 16, generator=g)
+    ks = [torch.randn(2, n, 3, 16, generator=g) for n in (5, 9)]
+    vs = [torch.randn(2, n, 3, 16, generator=g) for n in (5, 9)]
+    got = sdpa_cudnn_first(q, ks, vs)
+    k, v = torch.cat(ks, 1).double(), torch.cat(vs, 1).double()
+    w = torch.einsum("blhd,bmhd->bhlm", q.double(), k) / math.sqrt(16)
+    want = torch.einsum("bhlm,bmhd->blhd", w.softmax(-1), v)
+    assert got.shape == q.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["camera", "dmd"])
+def test_attention_backend_choice_keeps_the_output(variant):
+    """Default (sdpa_cudnn) = diffusers' native dispatch = back again, for joint, plain and ControlNet attention."""
+    torch.manual_seed(0)
+    model = _randomize_zero_inits(build_transformer(variant, tiny=True))
+    ours = [p for p in model.attn_processors.values() if isinstance(p, RefJointAttnProcessor)]
+    assert len(ours) == len(model.blocks) + len(model.controlnet.controlnet_blocks)
+    assert all(p.sdpa_cudnn for p in ours)  # DEFAULT_ATTENTION_BACKEND
+    x, t, kw = _inputs(variant)
+    with torch.no_grad():
+        default = model(x, t, **kw)
+        model.set_attention_backend("native")
+        assert not any(p.sdpa_cudnn for p in ours) and all(p._attention_backend == "native" for p in ours)
+        native = model(x, t, **kw)
+        model.set_attention_backend(SDPA_CUDNN)
+        assert all(p.sdpa_cudnn and p._attention_backend is None for p in ours)
+        again = model(x, t, **kw)
+    torch.testing.assert_close(default, native, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, default, rtol=0, atol=0)

@@ -153,14 +153,12 @@ def enable_sequence_parallel(model: torch.nn.Module, group: dist.ProcessGroup | 
 
 def disable_sequence_parallel(model: torch.nn.Module) -> None:
     """Back to single-process attention (the processors of a freshly built model)."""
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
     from ..models.transformer_worldstereo import RefJointAttnProcessor
 
     for block in model.blocks:
         block.attn1.set_processor(RefJointAttnProcessor())
     for block in model.controlnet.controlnet_blocks:
-        block.self_attn.set_processor(WanAttnProcessor())
+        block.self_attn.set_processor(RefJointAttnProcessor())
     model.sequence_parallel = None
 
 

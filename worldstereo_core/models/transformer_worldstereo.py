@@ -42,8 +42,45 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformer3DModel,
     WanTransformerBlock,
 )
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import CheckpointMismatchError, InvalidInputError, InvalidOptionError, ShapeMismatchError
+
+SDPA_CUDNN = "sdpa_cudnn"
+"""Attention backend name of :func:`sdpa_cudnn_first`: PyTorch SDPA called directly on head-major tensors,
+cuDNN's fused kernel first. Not a diffusers backend name; :meth:`WorldStereoTransformer.set_attention_backend`
+knows it."""
+
+DEFAULT_ATTENTION_BACKEND = SDPA_CUDNN
+"""What our self-attention uses unless a backend is set. Chosen by measurement (bench/issue13_targets.py,
+README "Performance"): on Hopper cuDNN's kernel runs the joint attention at ~1.6x the flash kernel's speed
+(591 vs 376 TFLOP/s on an H100), and calling it directly avoids the dispatch of diffusers' ``_native_cudnn``."""
+
+# cuDNN first; where it cannot run (CPU, GPUs before sm_80, a cuDNN build without fused attention, an
+# unsupported shape) PyTorch takes the next usable kernel in this order instead of raising.
+_SDPA_PRIORITY = [
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def sdpa_cudnn_first(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """Softmax attention of ``query`` ``[B, Lq, H, D]`` over the concatenation (along tokens) of ``keys`` /
+    ``values`` (each ``[B, L_i, H, D]``) → ``[B, Lq, H, D]`` (a view of a head-major result).
+
+    The operands are laid out head-major (``[B, H, L, D]``, contiguous) in one copy each — the
+    concatenation of references and targets happens in that same copy — which is the layout cuDNN's
+    fused kernel is fastest on; then SDPA runs with cuDNN first (:data:`_SDPA_PRIORITY`).
+    """
+    q = query.transpose(1, 2).contiguous()
+    k = torch.cat([t.transpose(1, 2) for t in keys], dim=2).contiguous()
+    v = torch.cat([t.transpose(1, 2) for t in values], dim=2).contiguous()
+    with sdpa_kernel(_SDPA_PRIORITY, set_priority=True):
+        out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2)
+
 
 VARIANTS: tuple[str, ...] = ("camera", "memory", "dmd")
 """``camera``: GGM only; ``memory``: GGM + SSM; ``dmd``: the memory architecture, distilled weights."""
@@ -202,7 +239,13 @@ class RefJointAttnProcessor(WanAttnProcessor):
     """
 
     handles_plain_self_attention = False
-    """False: without references, diffusers' own processor runs (bit-identical to stock Wan)."""
+    """False: without references and with a diffusers backend, diffusers' own processor runs
+    (bit-identical to stock Wan). With :data:`SDPA_CUDNN` plain self-attention takes our path too."""
+
+    def __init__(self, backend: str = DEFAULT_ATTENTION_BACKEND) -> None:
+        super().__init__()
+        self.sdpa_cudnn = backend == SDPA_CUDNN
+        """True: :func:`sdpa_cudnn_first`; False: diffusers' ``dispatch_attention_fn`` with ``_attention_backend``."""
 
     def __call__(  # type: ignore[override]
         self,
@@ -214,7 +257,7 @@ class RefJointAttnProcessor(WanAttnProcessor):
         ref_hidden_states: torch.Tensor | None = None,
         ref_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if ref_hidden_states is None and not self.handles_plain_self_attention:
+        if ref_hidden_states is None and not (self.handles_plain_self_attention or self.sdpa_cudnn):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None:
             raise InvalidInputError(
@@ -257,6 +300,10 @@ class RefJointAttnProcessor(WanAttnProcessor):
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """``[B, L, H, D]`` queries over ``concat[ref, target]`` keys/values → ``[B, L, H, D]``."""
+        if self.sdpa_cudnn and attention_mask is None:
+            keys = [key] if ref_key is None else [ref_key, key]
+            values = [value] if ref_value is None else [ref_value, value]
+            return sdpa_cudnn_first(query, keys, values)
         if ref_key is not None:
             key = torch.cat([ref_key, key], dim=1)
             value = torch.cat([ref_value, value], dim=1)
@@ -280,8 +327,8 @@ class UlyssesAttnProcessor(RefJointAttnProcessor):
 
     handles_plain_self_attention = True
 
-    def __init__(self, sequence_parallel: Any) -> None:
-        super().__init__()
+    def __init__(self, sequence_parallel: Any, backend: str = DEFAULT_ATTENTION_BACKEND) -> None:
+        super().__init__(backend)
         self.sp = sequence_parallel
 
     def _attend(self, query, key, value, ref_key, ref_value, attention_mask):  # type: ignore[override]
@@ -388,7 +435,11 @@ class ControlNetBlock(nn.Module):
         super().__init__()
         self.norm1 = AdaLayerNormZero(cfg.time_embed_dim, cfg.dim)
         self.self_attn = WanAttention(
-            dim=cfg.dim, heads=cfg.num_heads, dim_head=cfg.dim // cfg.num_heads, eps=1e-6, processor=WanAttnProcessor()
+            dim=cfg.dim,
+            heads=cfg.num_heads,
+            dim_head=cfg.dim // cfg.num_heads,
+            eps=1e-6,
+            processor=RefJointAttnProcessor(),
         )
         self.norm2 = AdaLayerNormZero(cfg.time_embed_dim, cfg.dim)
         self.ffn = nn.Sequential(
@@ -532,6 +583,19 @@ class WorldStereoTransformer(WanTransformer3DModel):
                 nn.SiLU(),
                 zero_module(nn.Linear(inner_dim, inner_dim)),
             )
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Choose the attention kernel: :data:`SDPA_CUDNN` (our self-attention through
+        :func:`sdpa_cudnn_first`; cross-attention keeps PyTorch's default SDPA), or any diffusers
+        backend name (``native``, ``flash``, ``_native_cudnn`` …), which every attention then dispatches
+        through as in stock diffusers."""
+        if backend == SDPA_CUDNN:
+            self.reset_attention_backend()
+        else:
+            super().set_attention_backend(backend)
+        for proc in self.attn_processors.values():
+            if isinstance(proc, RefJointAttnProcessor):
+                proc.sdpa_cudnn = backend == SDPA_CUDNN
 
     @property
     def uses_references(self) -> bool:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU figures of issues 13 and 14 in two device calls (each well inside a 10-minute command limit).
+#
+#   bash bench/run_device_session.sh issue13   # every issue-13 figure except the 24 GB child and the load
+#                                              # measurement: ceilings, attention kernels, step ours vs stock
+#                                              # (native / sdpa_cudnn / _native_cudnn), per-kernel-group
+#                                              # profiles, fp8, VAE, trajectories, torch.compile (fp8)
+#   bash bench/run_device_session.sh rest [RESIDENT_FP8_S]
+#                                              # the 24 GB child (fp8 + 30 blocks swapped, 22 GiB cap) and the
+#                                              # host memory while loading, then issue 14's full-size training
+#                                              # step of each stage (bench/train_step.py)
+#
+# Results go to $OUT (the device tool's folder) or /tmp/ws_device_out. diffusers 0.36.0 (the release's pin)
+# is installed from wheels in .whl/ when that folder exists (the device machines have no registry access).
+set -o pipefail
+part=${1:?usage: run_device_session.sh issue13|rest [resident fp8 trajectory seconds]}
+out=${OUT:-/tmp/ws_device_out}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
+case $part in
+issue13)
+    timeout 580 python3 bench/issue13_targets.py --out "$out/issue13.json" --profile-dir "$out" --skip small,load \
+        --compile --compile-budget 330 2>&1 | tee "$out/issue13.log"
+    ;;
+rest)
+    ref=${2:+--resident-fp8-s $2}
+    # shellcheck disable=SC2086
+    timeout 200 python3 bench/issue13_targets.py --out "$out/issue13_small_load.json" --skip attention,steps \
+        --load-layers 10 $ref 2>&1 | tee "$out/issue13_small_load.log"
+    for stage in camera memory dmd; do
+        left=$((575 - SECONDS))
+        [ "$left" -gt 30 ] || { echo "train_step $stage: no time left in this call"; continue; }
+        steps=3
+        cap=140
+        [ "$stage" = dmd ] && steps=2 && cap=$left
+        [ "$cap" -lt "$left" ] || cap=$left
+        timeout "$cap" python3 bench/train_step.py --stage "$stage" --steps "$steps" 2>&1 | tee -a "$out/train_step.log"
+    done
+    ;;
+*)
+    echo "unknown part $part" >&2
+    exit 2
+    ;;
+esac
