@@ -101,6 +101,22 @@ def retrieval_mode_input(
     return io.Combo.Input(name, options=list(RETRIEVAL_MODES), default="aabb", tooltip=tooltip)
 
 
+def reference_cut_input(tooltip: str, optional: bool = False) -> io.Combo.Input:
+    """How SSM retrieval cuts more candidate references than the model takes (``retrieval.REDUCE_RULES``)."""
+    from worldstereo_core.retrieval import REDUCE_RULES
+
+    return io.Combo.Input(
+        "reference_cut", options=list(REDUCE_RULES), default="spread", optional=optional, tooltip=tooltip
+    )
+
+
+def clip_alignment_input(name: str, tooltip: str, optional: bool = False) -> io.Combo.Input:
+    """How a clip's depth is brought onto the 3D cache (``merge.CLIP_ALIGNMENTS``; the loop's default first)."""
+    from worldstereo_core.merge import CLIP_ALIGNMENTS
+
+    return io.Combo.Input(name, options=list(CLIP_ALIGNMENTS), default="depth", optional=optional, tooltip=tooltip)
+
+
 def model_name_input(folder: str, tooltip: str) -> io.Combo.Input:
     """A Load node's ``model_name``: the ``.safetensors`` files under ``models/<folder>/``."""
     return io.Combo.Input("model_name", options=model_files(folder), tooltip=tooltip)

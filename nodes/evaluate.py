@@ -187,30 +187,21 @@ class Evaluate(io.ComfyNode):
                 reconstructor = eval_lib.WorldMirrorReconstructor(worldmirror, target_size=max(width, height))
             else:
                 reconstructor = eval_lib.OracleReconstructor(scene, pose_noise_deg=pose_noise_deg, seed=seed)
+            view = {"height": height, "width": width, "reconstructor": reconstructor}  # both synthetic protocols
             if protocol == "full_model":
                 progress = Progress(1 + 5 * (len(names) + bool(revisit)) + 2)
                 result = evaluate_loop.evaluate_synthetic_loop(
-                    scene,
-                    height=height,
-                    width=width,
-                    trajectories=names,
-                    revisit=revisit,
-                    reconstructor=reconstructor,
-                    progress=progress,
-                    **loop_kwargs,
+                    scene, trajectories=names, revisit=revisit, progress=progress, **view, **loop_kwargs
                 )
             else:
-                progress = Progress(max(1, len(names)))
                 result = eval_lib.evaluate_synthetic(
                     scene,
-                    height=height,
-                    width=width,
                     names=names,
-                    reconstructor=reconstructor,
                     num_keyframes=num_keyframes,
                     alignment=alignment,
                     threshold_fraction=threshold_fraction,
-                    progress=progress,
+                    progress=Progress(max(1, len(names))),
+                    **view,
                 )
         report = result.report
         return io.NodeOutput(report.to_json(), ui={"text": [report.summary()]})

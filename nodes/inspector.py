@@ -145,16 +145,16 @@ REGISTRY = Registry()
 
 
 def publish(
-    cloud: PointCloud | None = None,
-    trajectories: Any = (),
-    memory: Any = None,
-    retrieval: Any = None,
+    *,
     max_points: int = DEFAULT_MAX_POINTS,
-    title: str = "",
     planner: PresetPlanner | None = None,
     registry: Registry | None = None,
+    **scene: Any,
 ) -> dict:
     """Encode a scene for the inspector, register it, and return the node's UI entry.
+
+    ``scene``: what :func:`~worldstereo_core.scene_codec.encode_scene` draws (``cloud``,
+    ``trajectories``, ``memory``, ``retrieval``, ``title``), by keyword.
 
     Merge the result into the node's ``ui=``: ``io.NodeOutput(..., ui=publish(cloud=c))``
     (or ``{**other_ui, **publish(...)}``). The entry is ``{"worldstereo_inspector": [{"token",
@@ -164,19 +164,19 @@ def publish(
     """
     reg = REGISTRY if registry is None else registry
     max_points = check_budget(max_points)
-    scene = encode_scene(cloud, trajectories, memory, retrieval, title)
-    token = reg.put(scene, max_points, planner)
+    encoded = encode_scene(**scene)
+    token = reg.put(encoded, max_points, planner)
     return {
         UI_KEY: [
             {
                 "token": token,
-                "points": min(max_points, scene.stored_points),
-                "stored_points": scene.stored_points,
-                "total_points": scene.total,
-                "trajectories": len(scene.header["trajectories"]),
-                "memory": (scene.header["memory"] or {}).get("count", 0),
+                "points": min(max_points, encoded.stored_points),
+                "stored_points": encoded.stored_points,
+                "total_points": encoded.total,
+                "trajectories": len(encoded.header["trajectories"]),
+                "memory": (encoded.header["memory"] or {}).get("count", 0),
                 "planner": planner is not None,
-                "bytes": len(scene.blob(max_points)),
+                "bytes": len(encoded.blob(max_points)),
             }
         ]
     }

@@ -27,11 +27,13 @@ from .common import (
     PointCloud,
     Retrieval,
     Trajectory,
+    clip_alignment_input,
     dtype_input,
     inspector_ui,
     load_model_file,
     model_name_input,
     output_folder,
+    reference_cut_input,
     register_model_folder,
     retrieval_mode_input,
     search_aliases,
@@ -260,13 +262,10 @@ class Retrieve3DFOV(io.ComfyNode):
                     max=8,
                     tooltip="At most this many references (the released model takes up to 8).",
                 ),
-                io.Combo.Input(
-                    "reference_cut",
-                    options=list(ret_lib.REDUCE_RULES),
-                    default="spread",
-                    tooltip="How more than max_references candidates are cut. dinov2_fps: the release "
+                reference_cut_input(
+                    "How more than max_references candidates are cut. dinov2_fps: the release "
                     "(needs the dinov2 input); spread: evenly along the trajectory (needs no model); "
-                    "coverage: greedy best total overlap; fps: farthest cameras.",
+                    "coverage: greedy best total overlap; fps: farthest cameras."
                 ),
                 io.Combo.Input(
                     "shortcut",
@@ -359,11 +358,9 @@ class UmeyamaMerge(io.ComfyNode):
                 Trajectory.Input(
                     "trajectory", tooltip="The trajectory the frames were generated along (known cameras)."
                 ),
-                io.Combo.Input(
+                clip_alignment_input(
                     "mode",
-                    options=["depth", "umeyama"],
-                    default="depth",
-                    tooltip="depth: per-frame scale/shift (corrects per-frame scale drift); umeyama: one "
+                    "depth: per-frame scale/shift (corrects per-frame scale drift); umeyama: one "
                     "similarity for the whole clip (corrects a global scale/pose error).",
                 ),
                 io.Float.Input(

@@ -32,6 +32,7 @@ from .common import (
     Progress,
     Retrieval,
     Trajectory,
+    clip_alignment_input,
     dtype_input,
     frames_video,
     image_to_hwc,
@@ -39,6 +40,7 @@ from .common import (
     model_folder,
     noise_seed_input,
     option,
+    reference_cut_input,
     retrieval_mode_input,
     scene_loop_outputs,
     scene_loop_result,
@@ -753,13 +755,11 @@ class WorldStereoSceneLoop(io.ComfyNode):
                     tooltip="Spatial-Stereo Memory: retrieved memory-bank views are given as references. "
                     "Off (the paper's ablation): none (the start image is the only reference).",
                 ),
-                io.Combo.Input(
+                clip_alignment_input(
                     "alignment",
-                    options=["depth", "umeyama"],
-                    default="depth",
-                    optional=True,
-                    tooltip="How each clip's depth is brought onto the cache: depth = per-frame robust "
+                    "How each clip's depth is brought onto the cache: depth = per-frame robust "
                     "scale/shift (default); umeyama = one similarity per clip.",
+                    optional=True,
                 ),
                 io.Int.Input(
                     "bank_frames_per_clip",
@@ -769,13 +769,10 @@ class WorldStereoSceneLoop(io.ComfyNode):
                     optional=True,
                     tooltip="Keyframes of each clip added to the memory bank (release: 8).",
                 ),
-                io.Combo.Input(
-                    "reference_cut",
-                    options=list(REDUCE_RULES),
-                    default="spread",
-                    optional=True,
-                    tooltip="How more than 8 candidate references are cut: dinov2_fps = the release "
+                reference_cut_input(
+                    "How more than 8 candidate references are cut: dinov2_fps = the release "
                     "(connect dinov2); spread = evenly along the trajectory (no model); coverage, fps.",
+                    optional=True,
                 ),
                 DINOv2.Input(
                     "dinov2", optional=True, tooltip="From Load DINOv2: image features for reference_cut dinov2_fps."
@@ -820,6 +817,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
         from worldstereo_core import pipeline
         from worldstereo_core.interfaces import default_config
         from worldstereo_core.memory import Cache3D
+        from worldstereo_core.merge import CLIP_ALIGNMENTS
         from worldstereo_core.models.generate import WorldStereoFrameGenerator, sampling_steps
         from worldstereo_core.models.vae import check_spatial_size
         from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator
@@ -886,7 +884,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 retrieval_mode=retrieval_mode,
                 ggm=bool(ggm),
                 ssm=bool(ssm),
-                clip_alignment=option({a: a for a in ("depth", "umeyama")}, alignment, "alignment"),
+                clip_alignment=option({a: a for a in CLIP_ALIGNMENTS}, alignment, "alignment"),
                 bank_update=int(bank_frames_per_clip),
                 reference_cut=option({r: r for r in REDUCE_RULES}, reference_cut, "reference_cut"),
             ),

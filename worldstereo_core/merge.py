@@ -40,7 +40,13 @@ from .render import cache_surface_depth
 
 log = logging.getLogger(__name__)
 
+#: How a clip's depth is brought onto the cache (``merge_clip``'s ``alignment``, the loop's
+#: ``LoopConfig.clip_alignment``): "depth", per-frame robust scale/shift (the loop's default), or
+#: "umeyama", one similarity for the whole clip.
+CLIP_ALIGNMENTS = ("depth", "umeyama")
+
 __all__ = [
+    "CLIP_ALIGNMENTS",
     "WorldDepth",
     "ClipDepthAlignment",
     "align_clip_depth",
@@ -549,7 +555,7 @@ def merge_clip(
     Returns:
         :class:`ClipMerge`.
     """
-    if alignment not in ("depth", "umeyama"):
+    if alignment not in CLIP_ALIGNMENTS:
         raise InvalidOptionError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
     if not isinstance(cache, Cache3D):
         raise InvalidInputError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")

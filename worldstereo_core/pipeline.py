@@ -52,7 +52,7 @@ from .interfaces import (
     trajectory_specs,
 )
 from .memory import Cache3D, MemoryBank
-from .merge import FrameAlignment, first_cache, merge_clip
+from .merge import CLIP_ALIGNMENTS, FrameAlignment, first_cache, merge_clip
 from .oracle import DepthCorruption, LoopScores, SyntheticScene, SyntheticView, oracle_models, score_cloud
 from .pointcloud import PointCloud, validate_depth
 from .recon.reconstruct import resize_frames
@@ -295,7 +295,7 @@ def run_scene_loop(
             "reference_cut='dinov2_fps' (the release's cut) needs image_features (load_dinov2 of facebook/dinov2-base); "
             "pass them, or use another reference_cut"
         )
-    if config.clip_alignment not in ("depth", "umeyama"):
+    if config.clip_alignment not in CLIP_ALIGNMENTS:
         raise InvalidOptionError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
     if config.retrieval_mode not in RETRIEVAL_MODES:  # checked here, not in the first clip
         raise InvalidTrajectoryError(
