@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_server import CHROMIUM, CHROMIUM_ARGS, WEBGL_ARGS  # scripts/ is on sys.path: tests/testsupport.py
-from testsupport import require_comfyui
+from testsupport import REPO_ROOT, require_comfyui
 
 
 def frontends() -> list[tuple[str, Path | None]]:
@@ -40,11 +40,13 @@ def browser():
 
 @pytest.fixture(scope="session", params=frontends(), ids=lambda p: f"frontend-{p[0]}")
 def ui_server(request):
-    """A ComfyUI server serving one frontend version, with the pack installed."""
+    """A ComfyUI server serving one frontend version, with the pack installed: this checkout, or
+    the one WORLDSTEREO_PACK_SOURCE names (development: a scratch copy with wiring not yet in nodes/)."""
     from comfy_server import ComfyServer
 
     label, root = request.param
-    server = ComfyServer(front_end_root=root).start()
+    pack = Path(os.environ.get("WORLDSTEREO_PACK_SOURCE", REPO_ROOT))
+    server = ComfyServer(front_end_root=root, pack_source=pack).start()
     server.frontend_label = label
     r = server.post("/api/settings", json={"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True})
     assert r.ok, r.text

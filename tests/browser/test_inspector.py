@@ -4,7 +4,7 @@ Covers both frontends (1.32.9 served by ComfyUI 0.3.75 and, with WORLDSTEREO_FRO
 newest package) in canvas and Vue-nodes modes: the widget draws the cloud, a drag moves a
 keyframe and the server then builds exactly that pose, save → reload keeps the edit, no page
 errors, WebGL2-less browsers get a message, and the frame time for 500 k points is measured.
-Set WORLDSTEREO_PACK_SOURCE to test another checkout of the pack.
+Set WORLDSTEREO_PACK_SOURCE to test another checkout of the pack (tests/browser/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,33 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-if os.environ.get("WORLDSTEREO_PACK_SOURCE"):
-    # development: a scratch copy of the pack (e.g. with wiring not yet in nodes/)
-    def _frontends():
-        out = [("1.32.9", None)]
-        if os.environ.get("WORLDSTEREO_FRONTEND_NEW"):
-            out.append(("1.58.1", Path(os.environ["WORLDSTEREO_FRONTEND_NEW"])))
-        return out
-
-    @pytest.fixture(scope="session", params=_frontends(), ids=lambda p: f"frontend-{p[0]}")
-    def ui_server(request):
-        from comfy_server import ComfyServer
-
-        label, root = request.param
-        server = ComfyServer(front_end_root=root, pack_source=Path(os.environ["WORLDSTEREO_PACK_SOURCE"])).start()
-        server.frontend_label = label
-        r = server.post("/api/settings", json={"Comfy.TutorialCompleted": True, "Comfy.Validation.Workflows": True})
-        assert r.ok, r.text
-        try:
-            yield server
-        finally:
-            server.stop()
-
 
 EDITOR = "WorldStereoTrajectoryBuilder"
 KEYFRAMES = [

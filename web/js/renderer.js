@@ -13,37 +13,38 @@ export const LINK_COLOR = [1.0, 0.85, 0.2];
 export const BACKGROUND = [0.105, 0.105, 0.12];
 export const LAYERS = ["points", "trajectories", "keyframes", "memory", "retrieval"];
 
-const POINT_VS = `#version 300 es
-layout(location=0) in vec3 a_q;     // uint16 quantised position, normalised to [0, 1]
-layout(location=1) in vec3 a_col;   // uint8 colour, normalised
-uniform mat4 u_mvp;
-uniform vec3 u_min;
-uniform vec3 u_span;
-uniform float u_size;
-out vec3 v_col;
-void main() {
-  vec3 p = u_min + a_q * u_span;
-  gl_Position = u_mvp * vec4(p, 1.0);
-  gl_PointSize = u_size;
-  v_col = a_col;
-}`;
-const POINT_FS = `#version 300 es
-precision mediump float;
-in vec3 v_col;
-out vec4 o;
-void main() { o = vec4(v_col, 1.0); }`;
-const LINE_VS = `#version 300 es
-layout(location=0) in vec3 a_pos;
-layout(location=1) in vec4 a_col;
-layout(location=2) in float a_size;
+// Both programs pass a position, a point size and an RGBA colour through one camera matrix; they
+// differ only in where those come from (quantised cloud buffers, or the VertexList's floats).
+function vertexShader(declarations, position, size, colour) {
+  return `#version 300 es
+${declarations}
 uniform mat4 u_mvp;
 out vec4 v_col;
 void main() {
-  gl_Position = u_mvp * vec4(a_pos, 1.0);
-  gl_PointSize = a_size;
-  v_col = a_col;
+  gl_Position = u_mvp * vec4(${position}, 1.0);
+  gl_PointSize = ${size};
+  v_col = ${colour};
 }`;
-const LINE_FS = `#version 300 es
+}
+const POINT_VS = vertexShader(
+  `layout(location=0) in vec3 a_q;     // uint16 quantised position, normalised to [0, 1]
+layout(location=1) in vec3 a_col;   // uint8 colour, normalised
+uniform vec3 u_min;
+uniform vec3 u_span;
+uniform float u_size;`,
+  "u_min + a_q * u_span",
+  "u_size",
+  "vec4(a_col, 1.0)",
+);
+const LINE_VS = vertexShader(
+  `layout(location=0) in vec3 a_pos;
+layout(location=1) in vec4 a_col;
+layout(location=2) in float a_size;`,
+  "a_pos",
+  "a_size",
+  "a_col",
+);
+const COLOUR_FS = `#version 300 es
 precision mediump float;
 in vec4 v_col;
 out vec4 o;
@@ -150,8 +151,8 @@ export class Viewer {
     this._pending = false;
     if (!this.ok) return;
     const gl = this.gl;
-    this.pointProg = compile(gl, POINT_VS, POINT_FS);
-    this.lineProg = compile(gl, LINE_VS, LINE_FS);
+    this.pointProg = compile(gl, POINT_VS, COLOUR_FS);
+    this.lineProg = compile(gl, LINE_VS, COLOUR_FS);
     this.pointVao = gl.createVertexArray();
     this.posBuf = gl.createBuffer();
     this.colBuf = gl.createBuffer();
