@@ -26,10 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 from worldstereo_core.models import build_transformer, init_random_weights
-from worldstereo_core.models.transformer_worldstereo import (
-    FULL_TRANSFORMER_CONFIG,
-    TINY_TRANSFORMER_CONFIG,
-)
+from worldstereo_core.models.transformer_worldstereo import FULL_TRANSFORMER_CONFIG
+from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, build_tiny_transformer
 
 TEXT_TOKENS, IMAGE_TOKENS = 512, 257
 
@@ -114,7 +112,7 @@ def main() -> None:
 
     # ---- WorldStereo memory model
     with torch.device("meta"):
-        model = build_transformer("memory", tiny=args.tiny)
+        model = (build_tiny_transformer if args.tiny else build_transformer)("memory")
     init_random_weights(model, device, dtype)
     if args.attention_backend:
         model.set_attention_backend(args.attention_backend)

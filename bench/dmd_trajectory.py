@@ -26,16 +26,16 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5Enco
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.models import build_transformer, init_random_weights
-from worldstereo_core.models.encoders import (
-    CLIP_VIT_H_CONFIG,
-    UMT5_XXL_CONFIG,
-    CLIPImageEncoder,
+from worldstereo_core.models.encoders import CLIP_VIT_H_CONFIG, UMT5_XXL_CONFIG, CLIPImageEncoder
+from worldstereo_core.models.generate import WorldStereoModels, generate_keyframes
+from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE
+from worldstereo_core.retrieval import References
+from worldstereo_core.tiny_configs import (
+    build_tiny_transformer,
     tiny_clip_vision_config,
     tiny_umt5_config,
+    tiny_vae_config,
 )
-from worldstereo_core.models.generate import WorldStereoModels, generate_keyframes
-from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE, tiny_vae_config
-from worldstereo_core.retrieval import References
 from worldstereo_core.trajectory import make_preset
 
 
@@ -77,7 +77,9 @@ def main() -> int:
     H, W = (32, 48) if args.tiny else (args.height, args.width)
 
     t0 = time.perf_counter()
-    transformer = random_module(lambda: build_transformer("dmd", tiny=args.tiny), device, dtype, 0)
+    transformer = random_module(
+        lambda: (build_tiny_transformer if args.tiny else build_transformer)("dmd"), device, dtype, 0
+    )
     vae_cfg = tiny_vae_config() if args.tiny else dict(WAN21_VAE_CONFIG)
     vae = random_module(lambda: AutoencoderKLWan(**vae_cfg), device, dtype, 1)
     t5_cfg = tiny_umt5_config() if args.tiny else dict(UMT5_XXL_CONFIG)

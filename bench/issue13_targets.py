@@ -52,8 +52,14 @@ from worldstereo_core.models.fp8 import Float8Linear, fp8_layer_names, quantize_
 from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
     FULL_TRANSFORMER_CONFIG,
     SDPA_CUDNN,
-    TINY_TRANSFORMER_CONFIG,
     sdpa_cudnn_first,
+)
+from worldstereo_core.tiny_configs import (  # noqa: E402
+    TINY_TRANSFORMER_CONFIG,
+    build_tiny_transformer,
+    tiny_clip_vision_config,
+    tiny_umt5_config,
+    tiny_vae_config,
 )
 
 GiB = 2**30
@@ -299,13 +305,8 @@ def build_encoders(device, dtype, tiny):
     from diffusers import AutoencoderKLWan
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-    from worldstereo_core.models.encoders import (
-        CLIP_VIT_H_CONFIG,
-        UMT5_XXL_CONFIG,
-        tiny_clip_vision_config,
-        tiny_umt5_config,
-    )
-    from worldstereo_core.models.vae import WAN21_VAE_CONFIG, tiny_vae_config
+    from worldstereo_core.models.encoders import CLIP_VIT_H_CONFIG, UMT5_XXL_CONFIG
+    from worldstereo_core.models.vae import WAN21_VAE_CONFIG
 
     def random_module(build, seed):
         with torch.device("meta"):
@@ -429,7 +430,7 @@ def small_card_child(args) -> dict:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     H, W = (32, 48) if args.tiny else (480, 832)
     with torch.device("meta"):
-        transformer = build_transformer("dmd", tiny=args.tiny)
+        transformer = (build_tiny_transformer if args.tiny else build_transformer)("dmd")
     # built bf16 on the GPU, quantised in place, then the swapped blocks leave for pinned host memory —
     # all before the cap, which then bounds the run (a real load streams: loading.blocks_on_host)
     init_random_weights(transformer, device, dtype)
@@ -541,7 +542,7 @@ def main() -> int:
         """[3]-[7]: steps, fp8, VAE, trajectories, compile; returns the fp8 granularity used and the trajectory times."""
         print("[3] one step, bf16", flush=True)
         with torch.device("meta"):
-            model = build_transformer("dmd", tiny=args.tiny)
+            model = (build_tiny_transformer if args.tiny else build_transformer)("dmd")
         init_random_weights(model, device, dtype)
         x, t, kw = step_inputs(cfg, device, dtype, f, h, w, R)
         tokens = (f + R) * (h // 2) * (w // 2)

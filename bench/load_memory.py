@@ -67,19 +67,15 @@ def write_random_checkpoint(
 
     import torch
 
-    from worldstereo_core.models import build_transformer
-    from worldstereo_core.models.loading import WorldStereoConfig
-    from worldstereo_core.models.transformer_worldstereo import WorldStereoTransformer, transformer_configs
+    from worldstereo_core.models.loading import released_config
+    from worldstereo_core.tiny_configs import tiny_worldstereo_config
 
+    cfg = (tiny_worldstereo_config if tiny else released_config)(variant)
+    if layers is not None:
+        controlnet = dataclasses.replace(cfg.controlnet, num_layers=min(layers, cfg.controlnet.num_layers))
+        cfg = dataclasses.replace(cfg, transformer={**cfg.transformer, "num_layers": layers}, controlnet=controlnet)
     with torch.device("meta"):
-        if layers is None:
-            model = build_transformer(variant, tiny=tiny)
-        else:
-            tcfg, ccfg = transformer_configs(variant, tiny)
-            tcfg["num_layers"] = layers
-            ccfg = dataclasses.replace(ccfg, num_layers=min(layers, ccfg.num_layers))
-            model = WorldStereoTransformer(variant, ccfg, **tcfg)
-            model.ws_config = WorldStereoConfig(variant, tcfg, ccfg)
+        model = cfg.build()
     dtype = getattr(torch, dtype_name)
     itemsize = torch.empty((), dtype=dtype).element_size()
     header: dict = {}
@@ -132,10 +128,10 @@ def _measure(
         torch.zeros(1, device=dev)  # CUDA context is part of the baseline, not of loading
         torch.cuda.synchronize(dev)
     # warm the code paths (imports inside diffusers/safetensors) on a throwaway meta build
-    from worldstereo_core.models import build_transformer
+    from worldstereo_core.tiny_configs import build_tiny_transformer
 
     with torch.device("meta"):
-        build_transformer("camera", tiny=True)
+        build_tiny_transformer("camera")
     baseline = rss_bytes()
     hwm_reset = False
     try:

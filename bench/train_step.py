@@ -37,11 +37,8 @@ from diffusers import AutoencoderKLWan
 from dmd_trajectory import random_module
 
 from worldstereo_core.models import build_transformer
-from worldstereo_core.models.vae import (
-    WAN21_VAE_CONFIG,
-    WanKeyframeVAE,
-    tiny_vae_config,
-)
+from worldstereo_core.models.vae import WAN21_VAE_CONFIG, WanKeyframeVAE
+from worldstereo_core.tiny_configs import build_tiny_transformer, tiny_vae_config
 from worldstereo_core.training import trainer as T
 
 
@@ -79,7 +76,9 @@ def main() -> int:
     ).resolved()
 
     variant = "camera" if args.stage == "camera" else "paper"
-    model = random_module(lambda: build_transformer(variant, tiny=args.tiny), device, dtype, 0)
+    model = random_module(
+        lambda: (build_tiny_transformer if args.tiny else build_transformer)(variant), device, dtype, 0
+    )
     vae_cfg = tiny_vae_config() if args.tiny else dict(WAN21_VAE_CONFIG)
     vae = WanKeyframeVAE(random_module(lambda: AutoencoderKLWan(**vae_cfg), device, dtype, 1).eval())
     text_dim, image_dim = model.config.text_dim, model.config.image_dim

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.recon.reconstruct import predict_worldmirror
 from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig
+from worldstereo_core.tiny_configs import tiny_worldmirror_config
 from worldstereo_core.trajectory import make_preset
 
 
@@ -38,7 +39,7 @@ def main() -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     H, W = (56, 84) if args.tiny else (args.height, args.width)
-    cfg = WorldMirrorConfig.tiny() if args.tiny else WorldMirrorConfig()
+    cfg = tiny_worldmirror_config() if args.tiny else WorldMirrorConfig()
     torch.manual_seed(0)
     with torch.device(device):
         model = WorldMirror(cfg)

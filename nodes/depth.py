@@ -111,7 +111,7 @@ class LoadMoGe(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "variant",
-                    options=["auto", *sorted(k for k in moge_lib.MOGE_VARIANTS if k != "tiny")],
+                    options=["auto", *sorted(moge_lib.MOGE_VARIANTS)],
                     default="auto",
                     tooltip="Architecture. auto: the config.json beside the weights, else the file's "
                     'embedded config (metadata "config", or "model_config" in older files), else a variant name found in the file or folder name.',

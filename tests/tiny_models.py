@@ -34,9 +34,18 @@ import torch
 from worldstereo_core.checkpoint import save_checkpoint
 from worldstereo_core.errors import InvalidChoiceError, InvalidOptionError
 from worldstereo_core.models.loading import (
-    build_transformer,
     init_random_weights,
     save_worldstereo,
+)
+from worldstereo_core.tiny_configs import (
+    TINY_MOGE_CONFIG,
+    TINY_UNI3C_CONFIG,
+    build_tiny_transformer,
+    tiny_clip_vision_config,
+    tiny_dinov2_config,
+    tiny_umt5_config,
+    tiny_vae_config,
+    tiny_worldmirror_config,
 )
 
 RELEASE_FOLDERS: Mapping[str, str] = {
@@ -85,8 +94,6 @@ def tiny_sentencepiece(corpus: Sequence[str] = _CORPUS, vocab_size: int = 96) ->
 def write_tiny_text_encoder(path: Path, seed: int = 0) -> Path:
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from worldstereo_core.models.encoders import tiny_umt5_config
-
     cfg = tiny_umt5_config()
     torch.manual_seed(seed)
     model = UMT5EncoderModel(UMT5Config(**cfg))
@@ -99,8 +106,6 @@ def write_tiny_text_encoder(path: Path, seed: int = 0) -> Path:
 def write_tiny_image_encoder(path: Path, seed: int = 0) -> Path:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from worldstereo_core.models.encoders import tiny_clip_vision_config
-
     cfg = tiny_clip_vision_config()
     torch.manual_seed(seed + 1)
     model = CLIPVisionModel(CLIPVisionConfig(**cfg))
@@ -110,8 +115,6 @@ def write_tiny_image_encoder(path: Path, seed: int = 0) -> Path:
 
 def write_tiny_vae(path: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKLWan
-
-    from worldstereo_core.models.vae import tiny_vae_config
 
     cfg = tiny_vae_config()
     torch.manual_seed(seed + 2)
@@ -131,7 +134,7 @@ def write_tiny_worldstereo(
     """A tiny ``variant`` checkpoint folder with random weights (control/camera branches non-zero)."""
     import dataclasses
 
-    model = build_transformer(variant, tiny=True)
+    model = build_tiny_transformer(variant)
     init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 3)
     model.ws_config = dataclasses.replace(model.ws_config, latent_cond_mode=latent_cond_mode)
     return save_worldstereo(model, folder)
@@ -142,11 +145,11 @@ TINY_UNI3C_FILE = "uni3c_controlnet_tiny.safetensors"
 
 
 def write_tiny_uni3c(path: Path, seed: int = 0, std: float = 0.05) -> Path:
-    """A tiny Uni3C ControlNet (:data:`~.uni3c.UNI3C_TINY_CONFIG`, random non-zero weights, so it steers)."""
+    """A tiny Uni3C ControlNet (:data:`~.uni3c.TINY_UNI3C_CONFIG`, random non-zero weights, so it steers)."""
     from worldstereo_core.models.loading import save_uni3c
-    from worldstereo_core.models.uni3c import UNI3C_TINY_CONFIG, Uni3CControlNet
+    from worldstereo_core.models.uni3c import Uni3CControlNet
 
-    model = Uni3CControlNet(UNI3C_TINY_CONFIG)
+    model = Uni3CControlNet(TINY_UNI3C_CONFIG)
     init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 5)
     return save_uni3c(model, path)
 
@@ -162,9 +165,9 @@ def write_tiny_moge(folder: Path, seed: int = 4) -> Path:
     and the mask head's last bias makes every pixel valid (sigmoid(8) ≈ 1). Depth workflows should
     still pass a field of view, since a random model's focal means nothing.
     """
-    from worldstereo_core.recon.moge import MoGeModel, moge_config, save_moge
+    from worldstereo_core.recon.moge import MoGeModel, save_moge
 
-    model = MoGeModel(moge_config("tiny"))
+    model = MoGeModel(TINY_MOGE_CONFIG)
     g = torch.Generator().manual_seed(seed)
     state = {
         k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
@@ -196,7 +199,6 @@ def write_tiny_dinov2(folder: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     from worldstereo_core import atomic
-    from worldstereo_core.models.dinov2 import tiny_dinov2_config
 
     model = tiny_dinov2_model(seed)
     state = {}
@@ -214,8 +216,6 @@ def tiny_dinov2_model(seed: int = 0):
     """transformers' ``Dinov2Model`` at the tiny config with seeded random weights (the reference the
     tests compare the package's DINOv2 against)."""
     from transformers import Dinov2Config, Dinov2Model
-
-    from worldstereo_core.models.dinov2 import tiny_dinov2_config
 
     model = Dinov2Model(Dinov2Config(**tiny_dinov2_config())).eval()
     g = torch.Generator().manual_seed(seed)
@@ -258,10 +258,10 @@ def write_tiny_models(
 
 def write_tiny_worldmirror(folder: Path, seed: int = 0) -> Path:
     """Tiny WorldMirror 2.0 weights (``model.safetensors`` + ``config.json``), the released layout."""
-    from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, save_worldmirror
+    from worldstereo_core.recon.worldmirror import WorldMirror, save_worldmirror
 
     torch.manual_seed(seed)
-    return save_worldmirror(WorldMirror(WorldMirrorConfig.tiny()).eval(), folder)
+    return save_worldmirror(WorldMirror(tiny_worldmirror_config()).eval(), folder)
 
 
 def write_tiny_wan_base(path: Path, seed: int = 0, std: float = 0.05) -> Path:
@@ -271,7 +271,7 @@ def write_tiny_wan_base(path: Path, seed: int = 0, std: float = 0.05) -> Path:
 
     from worldstereo_core.models.loading import is_backbone_key
 
-    model = build_transformer("camera", tiny=True)
+    model = build_tiny_transformer("camera")
     init_random_weights(model, "cpu", torch.float32, std=std, seed=seed + 3)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if is_backbone_key(k)}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from comfy_server import PromptRejected
+from worldstereo_core.tiny_configs import TINY_MOGE_CONFIG
 
 DEPTH_NODES = (
     "WorldStereoLoadMoGe",
@@ -22,9 +23,9 @@ TINY = "tiny/model.safetensors"
 @pytest.fixture(scope="module")
 def tiny_moge(comfy_server) -> str:
     """Deterministic tiny MoGe-2 weights under the server's models/moge/tiny/; returns the combo value."""
-    from worldstereo_core.recon.moge import MoGeModel, moge_config, save_moge
+    from worldstereo_core.recon.moge import MoGeModel, save_moge
 
-    model = MoGeModel(moge_config("tiny"))
+    model = MoGeModel(TINY_MOGE_CONFIG)
     # random weights give random point maps; this seed's fits a positive focal (checked once)
     g = torch.Generator().manual_seed(4)
     state = {

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from worldstereo_core.tiny_configs import TINY_MOGE_CONFIG, tiny_worldmirror_config
+
 RECON_NODES = (
     "WorldStereoLoadWorldMirror",
     "WorldStereoWorldMirrorRecon",
@@ -27,14 +29,14 @@ NUM = 21  # poses = keyframes, so the trajectory's 21 keyframes are every pose
 
 @pytest.fixture(scope="module")
 def tiny_weights(comfy_server) -> None:
-    from worldstereo_core.recon.moge import MoGeModel, moge_config, save_moge
-    from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, save_worldmirror
+    from worldstereo_core.recon.moge import MoGeModel, save_moge
+    from worldstereo_core.recon.worldmirror import WorldMirror, save_worldmirror
 
     torch.manual_seed(0)
     save_worldmirror(
-        WorldMirror(WorldMirrorConfig.tiny()).eval(), comfy_server.base_dir / "models" / "worldmirror" / "tiny"
+        WorldMirror(tiny_worldmirror_config()).eval(), comfy_server.base_dir / "models" / "worldmirror" / "tiny"
     )
-    model = MoGeModel(moge_config("tiny"))
+    model = MoGeModel(TINY_MOGE_CONFIG)
     g = torch.Generator().manual_seed(4)  # as test_depth_nodes: random weights whose focal fit is positive
     state = {
         k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1

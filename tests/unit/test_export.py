@@ -28,6 +28,7 @@ from worldstereo_core.export import (
     save_video_mp4,
 )
 from worldstereo_core.pointcloud import PointCloud
+from worldstereo_core.tiny_configs import tiny_worldmirror_config
 
 
 def _rot(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -503,10 +504,10 @@ def test_gaussian_ply_errors_and_inputs_untouched(tmp_path: Path) -> None:
 
 
 def test_gaussians_from_tiny_worldmirror(tmp_path: Path) -> None:
-    from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, WorldMirrorOutput
+    from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorOutput
 
     torch.manual_seed(0)
-    cfg = WorldMirrorConfig.tiny(enable_gs=True, sh_degree=1)
+    cfg = tiny_worldmirror_config(enable_gs=True, sh_degree=1)
     model = WorldMirror(cfg).eval()
     B, S, H, W = 1, 2, 28, 28
     images = torch.rand(B, S, 3, H, W, generator=torch.Generator().manual_seed(1))

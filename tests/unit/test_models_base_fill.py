@@ -18,12 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from worldstereo_core.errors import CheckpointMismatchError
-from worldstereo_core.models.loading import build_transformer, init_random_weights, is_backbone_key, load_worldstereo
-from worldstereo_core.models.transformer_worldstereo import (
-    FULL_CONTROLNET_CONFIG,
-    TINY_CONTROLNET_CONFIG,
-    TINY_TRANSFORMER_CONFIG,
-)
+from worldstereo_core.models.loading import init_random_weights, is_backbone_key, load_worldstereo
+from worldstereo_core.models.transformer_worldstereo import FULL_CONTROLNET_CONFIG
+from worldstereo_core.tiny_configs import TINY_CONTROLNET_CONFIG, TINY_TRANSFORMER_CONFIG, build_tiny_transformer
 
 # The field set the release's loader reads from config.json (FuchengSu/WorldStereo
 # models/worldstereo_wrapper.py: base_model + controlnet_cfg required, freeze_backbone; the runners read
@@ -99,7 +96,7 @@ def models():
     """The full small models (camera and memory) the split files are cut from."""
     out = {}
     for variant in ("camera", "memory"):
-        model = build_transformer(variant, tiny=True)
+        model = build_tiny_transformer(variant)
         init_random_weights(model, "cpu", torch.float32, std=0.05, seed={"camera": 1, "memory": 2}[variant])
         out[variant] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return out
@@ -230,7 +227,7 @@ def test_what_the_base_cannot_fill_stays_an_error(tmp_path, models):
 def test_base_is_not_read_when_the_checkpoint_is_complete(tmp_path, models):
     from worldstereo_core.models import save_worldstereo
 
-    model = build_transformer("camera", tiny=True)
+    model = build_tiny_transformer("camera")
     model.load_state_dict(models["camera"])
     folder = save_worldstereo(model, tmp_path / "full")
     loaded = load_worldstereo(folder, dtype=torch.float32, base_model=tmp_path / "no_such_base")

@@ -34,9 +34,8 @@ from worldstereo_core.models.encoders import (
     load_text_encoder,
     load_tokenizer,
     prompt_clean,
-    tiny_clip_vision_config,
-    tiny_umt5_config,
 )
+from worldstereo_core.tiny_configs import tiny_clip_vision_config, tiny_umt5_config
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from worldstereo_core.errors import InvalidOptionError
-from worldstereo_core.models import build_transformer, init_random_weights, load_worldstereo, save_worldstereo
+from worldstereo_core.models import init_random_weights, load_worldstereo, save_worldstereo
 from worldstereo_core.models.fp8 import (
     FP8_DTYPE,
     FP8_MAX,
@@ -22,6 +22,7 @@ from worldstereo_core.models.fp8 import (
     quantize_rows,
     quantize_weight,
 )
+from worldstereo_core.tiny_configs import build_tiny_transformer
 
 FP8 = "fp8_e4m3fn_scaled"
 
@@ -75,7 +76,7 @@ def test_float8_linear_matches_linear_and_keeps_shape():
 
 def test_layer_selection_keeps_norms_embeddings_and_zero_projections():
     with torch.device("meta"):
-        model = build_transformer("dmd", tiny=True)
+        model = build_tiny_transformer("dmd")
     names = fp8_layer_names(model)
     assert "blocks.0.attn1.to_q" in names and "blocks.2.ffn.net.2" in names
     assert "controlnet.controlnet_blocks.1.self_attn.to_out.0" in names
@@ -120,7 +121,7 @@ def _inputs(model, g):
 def test_whole_model_velocity_cosine_gate(granularity):
     """The issue's accuracy gate (cosine ≥ 0.995 of the predicted velocity vs full precision), tiny size."""
     with torch.device("meta"):
-        model = build_transformer("dmd", tiny=True)
+        model = build_tiny_transformer("dmd")
     init_random_weights(model, "cpu", torch.float32, std=0.1, seed=3)
     g = torch.Generator().manual_seed(4)
     x, t, kw = _inputs(model, g)
@@ -136,7 +137,7 @@ def test_whole_model_velocity_cosine_gate(granularity):
 @pytest.fixture(scope="module")
 def bf16_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    model = build_transformer("memory", tiny=True)
+    model = build_tiny_transformer("memory")
     return save_worldstereo(model, tmp_path_factory.mktemp("fp8") / "memory", dtype=torch.bfloat16)
 
 
@@ -179,7 +180,7 @@ def _comfy_scaled_file(checkpoint, folder, prefix="model.diffusion_model."):
     """A ComfyUI-style scaled fp8 file: fp8 weights, per-tensor ``scale_weight``, ``scaled_fp8`` marker."""
     state = load_file(str(checkpoint / "model.safetensors"))
     with torch.device("meta"):
-        names = set(fp8_layer_names(build_transformer("memory", tiny=True)))
+        names = set(fp8_layer_names(build_tiny_transformer("memory")))
     out, expect = {}, {}
     for k, v in state.items():
         layer = k.rsplit(".", 1)[0]

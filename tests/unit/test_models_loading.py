@@ -11,13 +11,13 @@ from safetensors.torch import load_file, save_file
 
 from worldstereo_core.errors import CheckpointMismatchError, CorruptFileError, MissingFileError, UnsafeFileError
 from worldstereo_core.models import (
-    build_transformer,
     init_random_weights,
     load_worldstereo,
     read_safetensors_header,
     save_worldstereo,
 )
 from worldstereo_core.models.loading import config_from_dict
+from worldstereo_core.tiny_configs import build_tiny_transformer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def saved(tmp_path_factory):
     torch.manual_seed(0)
     out = {}
     for variant in ("camera", "memory", "dmd"):
-        out[variant] = save_worldstereo(build_transformer(variant, tiny=True), root / variant)
+        out[variant] = save_worldstereo(build_tiny_transformer(variant), root / variant)
     return out
 
 
@@ -220,7 +220,7 @@ def test_missing_path_and_empty_folder(tmp_path):
 
 def test_init_random_weights_materialises_a_meta_model():
     with torch.device("meta"):
-        model = build_transformer("memory", tiny=True)
+        model = build_tiny_transformer("memory")
     init_random_weights(model, "cpu", torch.float32, seed=3)
     assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
     assert torch.all(model.blocks[0].attn1.norm_q.weight == 1) and torch.all(model.proj_out.bias == 0)
@@ -229,7 +229,7 @@ def test_init_random_weights_materialises_a_meta_model():
 
 def test_bf16_file_roundtrip_and_dtype_policy(tmp_path):
     torch.manual_seed(0)
-    model = build_transformer("memory", tiny=True)
+    model = build_tiny_transformer("memory")
     folder = save_worldstereo(model, tmp_path / "bf16", dtype=torch.bfloat16)
     raw = load_file(str(folder / "model.safetensors"))
     assert all(v.dtype == torch.bfloat16 for v in raw.values())

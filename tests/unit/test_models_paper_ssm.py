@@ -16,12 +16,12 @@ from worldstereo_core.models import (
     load_worldstereo,
     save_worldstereo,
 )
-from worldstereo_core.models.transformer_worldstereo import TINY_TRANSFORMER_CONFIG
 from worldstereo_core.models.transformer_worldstereo_paper import (
     WorldStereoPaperTransformer,
     init_from_camera,
     pair_attention_mask,
 )
+from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, build_tiny_transformer
 
 B, F, H, W = 1, 3, 4, 6  # latent frames and grid
 TEXT_DIM, IMAGE_DIM = TINY_TRANSFORMER_CONFIG["text_dim"], TINY_TRANSFORMER_CONFIG["image_dim"]
@@ -66,7 +66,7 @@ def test_full_size_layout_is_camera_plus_memory_branch(fixtures_dir):
 def test_pair_restriction_equals_the_attention_mask():
     """Measured token dependencies of one memory block == pair_attention_mask (block diagonal over pairs)."""
     torch.manual_seed(0)
-    model = _trained(build_transformer("paper", tiny=True)).float()
+    model = _trained(build_tiny_transformer("paper")).float()
     x, t, kw = _inputs()
     with torch.no_grad():
         temb = model.condition_embedder(t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"])[0]
@@ -90,7 +90,7 @@ def test_pair_restriction_equals_the_attention_mask():
 
 def test_each_target_frame_sees_only_its_own_reference_and_pointmap():
     torch.manual_seed(0)
-    model = _trained(build_transformer("paper", tiny=True))
+    model = _trained(build_tiny_transformer("paper"))
     x, t, kw = _inputs()
     with torch.no_grad():
         out = model(x, t, **kw)
@@ -122,8 +122,8 @@ def test_each_target_frame_sees_only_its_own_reference_and_pointmap():
 
 def test_init_rule_reproduces_the_camera_model_then_training_changes_it(tmp_path):
     torch.manual_seed(0)
-    camera = _trained(build_transformer("camera", tiny=True))
-    paper = init_from_camera(build_transformer("paper", tiny=True), camera.state_dict())
+    camera = _trained(build_tiny_transformer("camera"))
+    paper = init_from_camera(build_tiny_transformer("paper"), camera.state_dict())
     sd = paper.state_dict()
     assert torch.equal(
         sd["memory_branch.memory_blocks.1.ffn.0.weight"], sd["controlnet.controlnet_blocks.1.ffn.0.weight"]
@@ -141,16 +141,14 @@ def test_init_rule_reproduces_the_camera_model_then_training_changes_it(tmp_path
             paper.memory_branch.proj_out[0].weight.normal_(0, 0.1)
         assert (paper(x, t, **kw) - want).abs().max() > 1e-3
     # a memory checkpoint works too (its camera_embedding is dropped); a mismatched one is refused
-    init_from_camera(build_transformer("paper", tiny=True), build_transformer("memory", tiny=True).state_dict())
+    init_from_camera(build_tiny_transformer("paper"), build_tiny_transformer("memory").state_dict())
     with pytest.raises(CheckpointMismatchError, match="lacks"):
-        init_from_camera(
-            build_transformer("paper", tiny=True), {"patch_embedding.weight": sd["patch_embedding.weight"]}
-        )
+        init_from_camera(build_tiny_transformer("paper"), {"patch_embedding.weight": sd["patch_embedding.weight"]})
 
 
 def test_own_config_round_trips_and_release_loader_tells_variants_apart(tmp_path):
     torch.manual_seed(0)
-    paper = _trained(build_transformer("paper", tiny=True))
+    paper = _trained(build_tiny_transformer("paper"))
     save_worldstereo(paper, tmp_path / "paper")
     cfg = json.loads((tmp_path / "paper" / "config.json").read_text())
     assert cfg["model_type"] == "worldstereo-paper-memory"
@@ -164,7 +162,7 @@ def test_own_config_round_trips_and_release_loader_tells_variants_apart(tmp_path
     with pytest.raises(CheckpointMismatchError, match="memory_branch"):
         load_worldstereo(tmp_path / "paper", variant="camera", dtype=torch.float32)
     # the release variants refuse paper inputs with a clear message
-    camera = build_transformer("camera", tiny=True)
+    camera = build_tiny_transformer("camera")
     with pytest.raises(InvalidInputError, match="paper"):
         camera(x, t, **kw)
     # bad shapes are named
@@ -176,7 +174,7 @@ def test_own_config_round_trips_and_release_loader_tells_variants_apart(tmp_path
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    model = _trained(build_transformer("paper", tiny=True)).train()
+    model = _trained(build_tiny_transformer("paper")).train()
     x, t, kw = _inputs()
     grads = []
     for ckpt in (False, True):

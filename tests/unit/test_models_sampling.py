@@ -8,7 +8,7 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 from worldstereo_core.errors import InvalidOptionError
-from worldstereo_core.models import build_transformer, load_worldstereo, save_worldstereo
+from worldstereo_core.models import load_worldstereo, save_worldstereo
 from worldstereo_core.models.loading import DMDSettings
 from worldstereo_core.models.sampling import (
     SamplingInterrupted,
@@ -19,7 +19,8 @@ from worldstereo_core.models.sampling import (
     sample_unipc,
     unipc_plan,
 )
-from worldstereo_core.models.transformer_worldstereo import TINY_TRANSFORMER_CONFIG, WorldStereoInputs
+from worldstereo_core.models.transformer_worldstereo import WorldStereoInputs
+from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, build_tiny_transformer
 
 
 def _toy_velocity(x, t, positive=True):
@@ -216,9 +217,7 @@ def test_bad_sampler_settings():
 @pytest.mark.parametrize("variant", ["camera", "dmd"])
 def test_tiny_model_sampling_end_to_end(tmp_path, variant):
     torch.manual_seed(0)
-    model = load_worldstereo(
-        save_worldstereo(build_transformer(variant, tiny=True), tmp_path / variant), dtype=torch.float32
-    )
+    model = load_worldstereo(save_worldstereo(build_tiny_transformer(variant), tmp_path / variant), dtype=torch.float32)
     B, F, H, W = 1, 3, 4, 4
     g = torch.Generator().manual_seed(0)
     text = torch.randn(B, 512, TINY_TRANSFORMER_CONFIG["text_dim"], generator=g)

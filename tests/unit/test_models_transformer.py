@@ -18,13 +18,8 @@ from worldstereo_core.models import (
     load_worldstereo,
     save_worldstereo,
 )
-from worldstereo_core.models.transformer_worldstereo import (
-    SDPA_CUDNN,
-    TINY_TRANSFORMER_CONFIG,
-    RefJointAttnProcessor,
-    rope_at,
-    sdpa_cudnn_first,
-)
+from worldstereo_core.models.transformer_worldstereo import SDPA_CUDNN, RefJointAttnProcessor, rope_at, sdpa_cudnn_first
+from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, build_tiny_transformer
 
 B, F, H, W = 1, 3, 4, 6  # latent frames and grid of the tiny tests
 TEXT_DIM, IMAGE_DIM = TINY_TRANSFORMER_CONFIG["text_dim"], TINY_TRANSFORMER_CONFIG["image_dim"]
@@ -97,7 +92,7 @@ def _randomize_zero_inits(model, seed=1):
 @pytest.mark.parametrize("variant", ["camera", "memory", "dmd"])
 def test_tiny_forward_through_safetensors_file(tmp_path, variant):
     torch.manual_seed(0)
-    model = _randomize_zero_inits(build_transformer(variant, tiny=True))
+    model = _randomize_zero_inits(build_tiny_transformer(variant))
     x, t, kw = _inputs(variant)
     with torch.no_grad():
         out = model(x, t, **kw)
@@ -123,7 +118,7 @@ def test_tiny_forward_through_safetensors_file(tmp_path, variant):
 def test_zero_init_controlnet_leaves_base_wan_unchanged(variant):
     """A fresh branch (zero-init proj_out / mask_zero_proj / camera MLP) must not change Wan's output."""
     torch.manual_seed(0)
-    model = build_transformer(variant, tiny=True)
+    model = build_tiny_transformer(variant)
     stock = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
     base_keys = stock.state_dict().keys()
     stock.load_state_dict({k: v for k, v in model.state_dict().items() if k in base_keys}, strict=True)
@@ -147,7 +142,7 @@ def _upstream_style_ref_rope(rope, ref_index, f, h, w):
 
 
 def test_reference_rope_positions_match_release_layout():
-    model = build_transformer("memory", tiny=True)
+    model = build_tiny_transformer("memory")
     ref_index = torch.tensor([4, 0, 7])
     got = rope_at(model.rope, ref_index + 1, 3, 5, w_offset=5)
     want = _upstream_style_ref_rope(model.rope, ref_index, 9, 3, 5)
@@ -161,7 +156,7 @@ def test_reference_rope_positions_match_release_layout():
 def test_joint_attention_equals_full_attention_over_concatenated_tokens():
     """Targets attending to [refs, targets] = a plain Wan self-attention over the concatenation (target rows)."""
     torch.manual_seed(0)
-    model = build_transformer("memory", tiny=True)
+    model = build_tiny_transformer("memory")
     attn = model.blocks[0].attn1
     n_t, n_r, dim = F * H * W, 2 * H * W, model.inner_dim
     tokens, refs = torch.randn(1, n_t, dim), torch.randn(1, n_r, dim)
@@ -176,7 +171,7 @@ def test_joint_attention_equals_full_attention_over_concatenated_tokens():
 
 def test_references_and_camera_embedding_change_the_output():
     torch.manual_seed(0)
-    model = build_transformer("memory", tiny=True)
+    model = build_tiny_transformer("memory")
     x, t, kw = _inputs("memory")
     no_refs = {k: v for k, v in kw.items() if k not in ("reference_latent", "ref_index", "camera_qt_ref")}
     with torch.no_grad():
@@ -193,7 +188,7 @@ def test_references_and_camera_embedding_change_the_output():
 
 
 def test_inputs_are_not_mutated():
-    model = build_transformer("memory", tiny=True)
+    model = build_tiny_transformer("memory")
     x, t, kw = _inputs("memory")
     before = {k: v.clone() for k, v in kw.items()}
     x0 = x.clone()
@@ -203,8 +198,8 @@ def test_inputs_are_not_mutated():
 
 
 def test_bad_model_inputs_raise_model_input_error():
-    model = build_transformer("memory", tiny=True)
-    camera = build_transformer("camera", tiny=True)
+    model = build_tiny_transformer("memory")
+    camera = build_tiny_transformer("camera")
     x, t, kw = _inputs("memory")
     cases = [
         (model, x[:, :20], {}),  # wrong channel count
@@ -235,7 +230,7 @@ def test_bad_model_inputs_raise_model_input_error():
 
 def test_unknown_variant_is_rejected():
     with pytest.raises(InvalidOptionError, match="variant"):
-        build_transformer("uni3c", tiny=True)
+        build_tiny_transformer("uni3c")
 
 
 def test_meta_build_allocates_nothing():
@@ -263,7 +258,7 @@ def test_sdpa_cudnn_first_equals_softmax_attention_in_float64():
 def test_attention_backend_choice_keeps_the_output(variant):
     """Default (sdpa_cudnn) = diffusers' native dispatch = back again, for joint, plain and ControlNet attention."""
     torch.manual_seed(0)
-    model = _randomize_zero_inits(build_transformer(variant, tiny=True))
+    model = _randomize_zero_inits(build_tiny_transformer(variant))
     ours = [p for p in model.attn_processors.values() if isinstance(p, RefJointAttnProcessor)]
     assert len(ours) == len(model.blocks) + len(model.controlnet.controlnet_blocks)
     assert all(p.sdpa_cudnn for p in ours)  # DEFAULT_ATTENTION_BACKEND

@@ -18,12 +18,10 @@ from worldstereo_core.errors import (
     ShapeMismatchError,
     UnsafeFileError,
 )
-from worldstereo_core.models import build_transformer, load_worldstereo, save_worldstereo
+from worldstereo_core.models import load_worldstereo, save_worldstereo
 from worldstereo_core.models.loading import load_uni3c, save_uni3c
-from worldstereo_core.models.transformer_worldstereo import TINY_TRANSFORMER_CONFIG
 from worldstereo_core.models.uni3c import (
     UNI3C_FULL_CONFIG,
-    UNI3C_TINY_CONFIG,
     Uni3CControlNet,
     attach_uni3c,
     pad_mask_frames,
@@ -32,6 +30,7 @@ from worldstereo_core.models.uni3c import (
     uni3c_parameter_count,
     uni3c_pixel_frames,
 )
+from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, TINY_UNI3C_CONFIG, build_tiny_transformer
 
 B, F, H, W = 1, 3, 4, 6  # latent frames and grid of the tiny tests
 T = uni3c_pixel_frames(F)  # 9 mask/Plücker frames for 3 latent frames
@@ -130,7 +129,7 @@ def test_front_padded_mask_downsampling_hand_example():
 
     # The module's temporal conv, set to a per-group mean: latent frame 0 ← frame 0 alone (with 3 pads),
     # latent frame k ← frames 4k-3 .. 4k.
-    cfg = dataclasses.replace(UNI3C_TINY_CONFIG, add_channels=1, mid_channels=8)
+    cfg = dataclasses.replace(TINY_UNI3C_CONFIG, add_channels=1, mid_channels=8)
     embed = Uni3CControlNet(cfg).controlnet_mask_embedding
     conv = embed.mask_proj[0]
     with torch.no_grad():
@@ -190,11 +189,11 @@ def _reference_output(stock, uni3c, x, t, kw):
 
 def test_tiny_forward_through_safetensors_file_matches_uni3c_injection(tmp_path):
     stock = _stock()
-    uni3c = _randomize(Uni3CControlNet(UNI3C_TINY_CONFIG)).eval()
+    uni3c = _randomize(Uni3CControlNet(TINY_UNI3C_CONFIG)).eval()
     path = save_uni3c(uni3c, tmp_path / "uni3c_tiny.safetensors")
     assert set(load_file(str(path))) == set(uni3c.state_dict())  # top-level released layout on disk
     loaded = load_uni3c(path, dtype=torch.float32)
-    assert loaded.cfg == UNI3C_TINY_CONFIG
+    assert loaded.cfg == TINY_UNI3C_CONFIG
     for k, v in uni3c.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
 
@@ -216,7 +215,7 @@ def test_tiny_forward_through_safetensors_file_matches_uni3c_injection(tmp_path)
 
 def test_original_nested_layout_without_metadata_loads(tmp_path):
     """controlnet.pth nesting + ComfyUI attention names, no embedded config: sizes come from the shapes."""
-    cfg = dataclasses.replace(UNI3C_TINY_CONFIG, dim=64, num_heads=1, ffn_dim=96)  # head width 64, as released
+    cfg = dataclasses.replace(TINY_UNI3C_CONFIG, dim=64, num_heads=1, ffn_dim=96)  # head width 64, as released
     uni3c = _randomize(Uni3CControlNet(cfg)).eval()
     state = {}
     for k, v in uni3c.state_dict().items():
@@ -238,7 +237,7 @@ def test_original_nested_layout_without_metadata_loads(tmp_path):
 
 def test_zero_init_uni3c_leaves_base_wan_unchanged():
     stock = _stock()
-    model = attach_uni3c(stock, Uni3CControlNet(UNI3C_TINY_CONFIG).eval())
+    model = attach_uni3c(stock, Uni3CControlNet(TINY_UNI3C_CONFIG).eval())
     x, t, kw = _inputs()
     with torch.no_grad():
         want = stock(x, t, kw["encoder_hidden_states"], kw["encoder_hidden_states_image"], return_dict=False)[0]
@@ -250,14 +249,14 @@ def test_zero_init_uni3c_leaves_base_wan_unchanged():
 
 def test_attach_replaces_ggm_branch_without_touching_inputs():
     torch.manual_seed(0)
-    ws = build_transformer("memory", tiny=True)
+    ws = build_tiny_transformer("memory")
     ggm = ws.controlnet
-    uni3c = _randomize(Uni3CControlNet(UNI3C_TINY_CONFIG)).eval()
+    uni3c = _randomize(Uni3CControlNet(TINY_UNI3C_CONFIG)).eval()
     before = {k: v.clone() for k, v in uni3c.state_dict().items()}
     model = attach_uni3c(ws, uni3c)
     assert model is not ws and ws.controlnet is ggm and model.controlnet is uni3c
     assert ws.controlnet_config.mask_downsample == 1 and model.controlnet_config.mask_downsample == 4
-    assert model.ws_config.controlnet == UNI3C_TINY_CONFIG and ws.ws_config.controlnet.mask_downsample == 1
+    assert model.ws_config.controlnet == TINY_UNI3C_CONFIG and ws.ws_config.controlnet.mask_downsample == 1
     assert model.blocks is ws.blocks and model.camera_embedding is ws.camera_embedding
     assert all(torch.equal(v, before[k]) for k, v in uni3c.state_dict().items())
 
@@ -279,7 +278,7 @@ def test_attach_replaces_ggm_branch_without_touching_inputs():
 
 
 def test_attached_worldstereo_saves_and_reloads(tmp_path):
-    model = attach_uni3c(build_transformer("camera", tiny=True), _randomize(Uni3CControlNet(UNI3C_TINY_CONFIG)).eval())
+    model = attach_uni3c(build_tiny_transformer("camera"), _randomize(Uni3CControlNet(TINY_UNI3C_CONFIG)).eval())
     save_worldstereo(model, tmp_path / "combo")
     loaded = load_worldstereo(tmp_path / "combo", dtype=torch.float32)
     x, t, kw = _inputs()
@@ -288,7 +287,7 @@ def test_attached_worldstereo_saves_and_reloads(tmp_path):
 
 
 def test_load_uni3c_errors(tmp_path):
-    uni3c = Uni3CControlNet(UNI3C_TINY_CONFIG)
+    uni3c = Uni3CControlNet(TINY_UNI3C_CONFIG)
     good = save_uni3c(uni3c, tmp_path / "good.safetensors")
     state = load_file(str(good))
 
@@ -299,7 +298,7 @@ def test_load_uni3c_errors(tmp_path):
     with pytest.raises(MissingFileError, match="does not exist"):
         load_uni3c(tmp_path / "nope.safetensors")
 
-    ws = save_worldstereo(build_transformer("camera", tiny=True), tmp_path / "ws")
+    ws = save_worldstereo(build_tiny_transformer("camera"), tmp_path / "ws")
     with pytest.raises(CheckpointMismatchError, match="WorldStereo checkpoint.*load_worldstereo"):
         load_uni3c(ws)
 
@@ -343,16 +342,16 @@ def test_attach_errors():
     with torch.device("meta"):
         full = Uni3CControlNet(UNI3C_FULL_CONFIG)
     with pytest.raises(CheckpointMismatchError, match="does not fit.*5120"):
-        attach_uni3c(build_transformer("camera", tiny=True), full)
+        attach_uni3c(build_tiny_transformer("camera"), full)
     with pytest.raises(InvalidInputError, match="WanTransformer3DModel"):
-        attach_uni3c(torch.nn.Linear(2, 2), Uni3CControlNet(UNI3C_TINY_CONFIG))
+        attach_uni3c(torch.nn.Linear(2, 2), Uni3CControlNet(TINY_UNI3C_CONFIG))
     with pytest.raises(InvalidInputError, match="Uni3CControlNet"):
-        attach_uni3c(build_transformer("camera", tiny=True), torch.nn.Linear(2, 2))
+        attach_uni3c(build_tiny_transformer("camera"), torch.nn.Linear(2, 2))
     t2v = WanTransformer3DModel(
         **{**TINY_TRANSFORMER_CONFIG, "in_channels": 16, "image_dim": None, "added_kv_proj_dim": None}
     )
     with pytest.raises(CheckpointMismatchError, match="36.*I2V"):
-        attach_uni3c(t2v, Uni3CControlNet(UNI3C_TINY_CONFIG))
+        attach_uni3c(t2v, Uni3CControlNet(TINY_UNI3C_CONFIG))
 
 
 def test_shape_inference_errors(tmp_path):

@@ -28,9 +28,9 @@ from worldstereo_core.models.vae import (
     i2v_mask,
     images_to_video,
     load_wan_vae,
-    tiny_vae_config,
     video_to_images,
 )
+from worldstereo_core.tiny_configs import tiny_vae_config
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -73,3 +73,14 @@ def test_models_recon_and_metrics_never_reach_the_loop():
         if (name.startswith(("models.", "recon.")) or name in ("metrics", "evaluate")) and "pipeline" in _reach(name)
     ]
     assert not offenders, f"these modules reach the loop module: {offenders}"
+
+
+def test_load_path_never_reaches_the_test_scale_sizes():
+    """ARCHITECTURE "Test-scale sizes": a checkpoint's sizes come from its own config or the released
+    defaults, so no loader or model module reaches ``tiny_configs``; only the training CLI imports it."""
+    importers = sorted(n for n in _known() if "tiny_configs" in _imports(n))
+    assert importers and all(n.startswith("training.") for n in importers), importers
+    load_path = [n for n in sorted(_known()) if n.startswith(("models.", "recon.")) or n == "checkpoint"]
+    assert "models.loading" in load_path and "recon.moge" in load_path
+    offenders = [n for n in load_path if "tiny_configs" in _reach(n)]
+    assert not offenders, f"these load-path modules reach tiny_configs: {offenders}"

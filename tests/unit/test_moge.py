@@ -33,6 +33,7 @@ from worldstereo_core.recon.moge import (
     recover_focal_shift,
     save_moge,
 )
+from worldstereo_core.tiny_configs import TINY_MOGE_CONFIG
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RELEASED = ("moge-2-vits-normal", "moge-2-vitb-normal", "moge-2-vitl-normal")
@@ -58,7 +59,7 @@ def _seeded(model: MoGeModel, seed: int = 1234, std: float = 0.1) -> MoGeModel:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("moge_tiny")
-    save_moge(_seeded(MoGeModel(moge_config("tiny"))), folder)
+    save_moge(_seeded(MoGeModel(TINY_MOGE_CONFIG)), folder)
     return folder
 
 
@@ -122,7 +123,7 @@ def test_bad_config_dicts():
 def test_tiny_matches_upstream_golden():
     """Outputs of upstream MoGe v2 (same tiny config, same seeded weights) recorded once."""
     gold = json.loads((DATA / "moge2_tiny_upstream_golden.json").read_text())
-    model = _seeded(MoGeModel(moge_config("tiny")), gold["weight_seed"], gold["weight_std"])
+    model = _seeded(MoGeModel(TINY_MOGE_CONFIG), gold["weight_seed"], gold["weight_std"])
     img = torch.rand(*gold["image_shape"], generator=torch.Generator().manual_seed(gold["image_seed"]))
     with torch.no_grad():
         out = model(img, num_tokens=gold["num_tokens"])
@@ -136,8 +137,8 @@ def test_tiny_matches_upstream_golden():
 
 def test_tiny_roundtrip_through_safetensors(tiny_dir):
     model = load_moge(tiny_dir)  # folder: model.safetensors + config.json
-    assert model.config == moge_config("tiny")
-    ref = _seeded(MoGeModel(moge_config("tiny")))
+    assert model.config == TINY_MOGE_CONFIG
+    ref = _seeded(MoGeModel(TINY_MOGE_CONFIG))
     img = torch.rand(2, 3, 33, 41)
     with torch.no_grad():
         a, b = model(img, num_tokens=30), ref(img, num_tokens=30)
@@ -151,7 +152,7 @@ def test_tiny_roundtrip_through_safetensors(tiny_dir):
 def test_config_from_metadata_when_no_config_json(tiny_dir, tmp_path):
     (tmp_path / "weights.safetensors").write_bytes((tiny_dir / "model.safetensors").read_bytes())
     model = load_moge(tmp_path / "weights.safetensors")
-    assert model.config == moge_config("tiny")
+    assert model.config == TINY_MOGE_CONFIG
 
 
 def test_predict_depth_outputs(tiny_dir):
@@ -223,7 +224,7 @@ class _OracleMoGe(MoGeModel):
     """A MoGe whose network 'predicts' a known affine point map (tests the inference recipe)."""
 
     def __init__(self, affine: torch.Tensor, scale: float):
-        super().__init__(moge_config("tiny"))
+        super().__init__(TINY_MOGE_CONFIG)
         self.affine, self.scale = affine, scale
 
     def forward(self, image, num_tokens):
@@ -286,7 +287,7 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     disguised = tmp_path / "model.safetensors"
     disguised.write_bytes(pt.read_bytes())
     with pytest.raises(UnsafeFileError, match="pickle"):
-        load_moge(disguised, config="tiny")
+        load_moge(disguised, config=TINY_MOGE_CONFIG)
     folder = tmp_path / "only_pt"
     folder.mkdir()
     (folder / "model.pt").write_bytes(pt.read_bytes())
@@ -302,7 +303,7 @@ def test_loader_errors(tiny_dir, tmp_path):
     lone.parent.mkdir()
     from safetensors.torch import save_file
 
-    state = {k: v.contiguous() for k, v in MoGeModel(moge_config("tiny")).state_dict().items()}
+    state = {k: v.contiguous() for k, v in MoGeModel(TINY_MOGE_CONFIG).state_dict().items()}
     save_file(state, str(lone))
     with pytest.raises(MissingFileError, match="no MoGe config"):
         load_moge(lone)
@@ -310,14 +311,14 @@ def test_loader_errors(tiny_dir, tmp_path):
     partial = tmp_path / "partial.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("normal_head")}, str(partial))
     with pytest.raises(CheckpointMismatchError, match=r"missing \d+ keys under normal_head\.\* \(\d+\)"):
-        load_moge(partial, config="tiny")
+        load_moge(partial, config=TINY_MOGE_CONFIG)
     # the wrong variant: shapes differ
     with pytest.raises(CheckpointMismatchError, match="missing|wrong shape"):
         load_moge(tiny_dir / "model.safetensors", config="moge-2-vits-normal")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(CorruptFileError, match="valid safetensors header"):
-        load_moge(garbage, config="tiny")
+        load_moge(garbage, config=TINY_MOGE_CONFIG)
 
 
 def test_predict_depth_bad_inputs(tiny_dir):

@@ -11,7 +11,7 @@ import torch
 
 from worldstereo_core.cameras import Cameras
 from worldstereo_core.errors import InvalidDepthError, InvalidImageError
-from worldstereo_core.recon.moge import MoGeModel, moge_config
+from worldstereo_core.recon.moge import MoGeModel
 from worldstereo_core.recon.panorama_depth import (
     directions_to_equirect_pixels,
     equirect_directions,
@@ -22,6 +22,7 @@ from worldstereo_core.recon.panorama_depth import (
     predict_panorama_depth,
     split_panorama,
 )
+from worldstereo_core.tiny_configs import TINY_MOGE_CONFIG
 
 # A room: box [OFF − HALF, OFF + HALF] around the panorama centre (not centred, not a cube).
 HALF = torch.tensor([2.0, 3.0, 1.5], dtype=torch.float64)
@@ -183,7 +184,7 @@ def test_merge_resizes_to_panorama_and_warm_start():
 
 def test_moge_predictor_runs_end_to_end():
     torch.manual_seed(0)
-    model = MoGeModel(moge_config("tiny")).eval()
+    model = MoGeModel(TINY_MOGE_CONFIG).eval()
     result = predict_panorama_depth(
         np.random.default_rng(0).random((16, 32, 3)).astype(np.float32), moge_view_predictor(model), split_resolution=28
     )

@@ -13,16 +13,16 @@ from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.errors import InvalidCameraError, InvalidImageError
 from worldstereo_core.interfaces import DepthEstimator
 from worldstereo_core.recon.estimators import MoGeDepthEstimator, WorldMirrorDepthEstimator, fov_x_degrees
-from worldstereo_core.recon.moge import MoGeModel, load_moge, moge_config, predict_depth, save_moge
+from worldstereo_core.recon.moge import MoGeModel, load_moge, predict_depth, save_moge
 from worldstereo_core.recon.reconstruct import reconstruct_with_worldmirror
 from worldstereo_core.recon.worldmirror import (
     WorldMirror,
-    WorldMirrorConfig,
     WorldMirrorOutput,
     load_worldmirror,
     save_worldmirror,
 )
 from worldstereo_core.synthetic import look_at, make_scene
+from worldstereo_core.tiny_configs import TINY_MOGE_CONFIG, tiny_worldmirror_config
 
 H, W = 28, 42
 EYES = [(0.0, 0.0, 0.0), (0.4, 0.0, 0.1), (0.7, -0.2, 0.3), (0.3, -0.4, 0.4)]
@@ -42,7 +42,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def tiny_moge(tmp_path_factory) -> MoGeModel:
-    model = MoGeModel(moge_config("tiny"))
+    model = MoGeModel(TINY_MOGE_CONFIG)
     g = torch.Generator().manual_seed(4)  # as the integration test: a seed whose fits are sane
     state = {
         k: v if k.endswith(("image_mean", "image_std")) else torch.randn(v.shape, generator=g) * 0.1
@@ -59,7 +59,7 @@ def tiny_moge(tmp_path_factory) -> MoGeModel:
 def tiny_mirror(tmp_path_factory) -> WorldMirror:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("worldmirror")
-    path = save_worldmirror(WorldMirror(WorldMirrorConfig.tiny()).eval(), folder)
+    path = save_worldmirror(WorldMirror(tiny_worldmirror_config()).eval(), folder)
     return load_worldmirror(path)  # config from the folder's config.json
 
 

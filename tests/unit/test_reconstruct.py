@@ -33,8 +33,9 @@ from worldstereo_core.recon.reconstruct import (
     resize_frames,
     worldmirror_input_size,
 )
-from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig, WorldMirrorOutput, load_worldmirror
+from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorOutput, load_worldmirror
 from worldstereo_core.synthetic import look_at, make_scene
+from worldstereo_core.tiny_configs import tiny_worldmirror_config
 
 H, W = 56, 84  # multiples of 14: the network runs at the frames' size with target_size=84
 
@@ -255,10 +256,10 @@ def test_tiny_worldmirror_through_safetensors(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = WorldMirror(WorldMirrorConfig.tiny()).eval()
+    model = WorldMirror(tiny_worldmirror_config()).eval()
     path = tmp_path / "model.safetensors"
     save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()}, str(path))
-    loaded = load_worldmirror(path, WorldMirrorConfig.tiny())
+    loaded = load_worldmirror(path, tiny_worldmirror_config())
     cams = _cams(ARC[:3], height=28, width=42)
     frames = torch.rand(3, 28, 42, 3, generator=torch.Generator().manual_seed(2))
     steps = []

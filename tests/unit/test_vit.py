@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worldstereo_core.recon.moge import MoGeModel, moge_config
+from worldstereo_core.recon.moge import MoGeModel
 from worldstereo_core.recon.vit import DinoViT
-from worldstereo_core.recon.worldmirror import WorldMirror, WorldMirrorConfig
+from worldstereo_core.recon.worldmirror import WorldMirror
+from worldstereo_core.tiny_configs import TINY_MOGE_CONFIG, tiny_worldmirror_config
 
 
 def test_both_networks_use_the_shared_backbone():
-    moge = MoGeModel(moge_config("tiny"))
-    wm = WorldMirror(WorldMirrorConfig.tiny())
+    moge = MoGeModel(TINY_MOGE_CONFIG)
+    wm = WorldMirror(tiny_worldmirror_config())
     assert type(moge.encoder.backbone) is DinoViT and moge.encoder.backbone.pos_resize == "dinov2"
     assert type(wm.visual_geometry_transformer.patch_embed) is DinoViT
     assert wm.visual_geometry_transformer.patch_embed.pos_resize == "antialiased"

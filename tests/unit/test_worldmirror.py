@@ -30,6 +30,7 @@ from worldstereo_core.recon.worldmirror import (
     normalize_prior_depth,
     normalize_prior_poses,
 )
+from worldstereo_core.tiny_configs import tiny_worldmirror_config
 
 
 def _rot(axis, angle: float) -> torch.Tensor:
@@ -52,7 +53,7 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def tiny() -> WorldMirror:
     torch.manual_seed(0)
-    return _randomize(WorldMirror(WorldMirrorConfig.tiny())).eval()
+    return _randomize(WorldMirror(tiny_worldmirror_config())).eval()
 
 
 def _priors(B: int, S: int, H: int, W: int) -> WorldMirrorPriors:
@@ -99,7 +100,7 @@ def test_upstream_config_mapping() -> None:
     with pytest.raises(CheckpointMismatchError, match="patch_embed"):
         WorldMirrorConfig.from_upstream({"patch_embed": "conv"})
     with pytest.raises(CheckpointMismatchError, match="intermediate_layers"):
-        WorldMirrorConfig.tiny(intermediate_layers=(0, 1, 1, 1))
+        tiny_worldmirror_config(intermediate_layers=(0, 1, 1, 1))
 
 
 # ---------------------------------------------------------------------------------------- forward
@@ -317,7 +318,7 @@ def test_load_round_trip_through_safetensors(tmp_path: Path, tiny: WorldMirror) 
     path = tmp_path / "model.safetensors"
     # clone: the shared RoPE buffer appears under every block, safetensors refuses shared storage
     save_file({k: v.clone().contiguous() for k, v in tiny.state_dict().items()}, str(path))
-    loaded = load_worldmirror(path, WorldMirrorConfig.tiny())
+    loaded = load_worldmirror(path, tiny_worldmirror_config())
     images = torch.rand(1, 2, 3, 28, 42, generator=torch.Generator().manual_seed(6))
     pri = _priors(1, 2, 28, 42)
     with torch.no_grad():
@@ -328,7 +329,7 @@ def test_load_round_trip_through_safetensors(tmp_path: Path, tiny: WorldMirror) 
     (tmp_path / "config.json").write_text(json.dumps({"model_size": "large"}))
     with pytest.raises(CheckpointMismatchError, match="does not match the model.*HY-WorldMirror-2.0"):
         load_worldmirror(path)
-    assert config_to_dict(WorldMirrorConfig.tiny())["embed_dim"] == 32
+    assert config_to_dict(tiny_worldmirror_config())["embed_dim"] == 32
 
 
 def test_load_rejects_wrong_files(tmp_path: Path) -> None:
@@ -344,7 +345,7 @@ def test_load_rejects_wrong_files(tmp_path: Path) -> None:
     with pytest.raises(
         CheckpointMismatchError, match=r"missing \d+ keys under .*unexpected 1 keys under blocks\.attn1\.\* \(1\)"
     ):
-        load_worldmirror(other, WorldMirrorConfig.tiny())
+        load_worldmirror(other, tiny_worldmirror_config())
 
 
 def test_save_worldmirror_round_trip_needs_no_config(tmp_path: Path, tiny: WorldMirror) -> None:

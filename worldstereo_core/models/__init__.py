@@ -2,7 +2,7 @@
 
 Public API::
 
-    build_transformer(variant, tiny=False)          # fresh network on the default device
+    build_transformer(variant)                      # fresh network, released sizes, default device
     load_worldstereo(path, variant=None, device=..., dtype=...)   # released folder / file
     save_worldstereo(model, folder)                 # config.json + model.safetensors
     sample_unipc(...), sample_dmd(...)              # samplers (see sampling.py)

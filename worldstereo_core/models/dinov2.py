@@ -43,7 +43,6 @@ __all__ = [
     "dinov2_preprocess",
     "load_dinov2",
     "plan_dinov2",
-    "tiny_dinov2_config",
 ]
 
 #: ``facebook/dinov2-base`` ``config.json`` (the release's ``AutoModel.from_pretrained("facebook/dinov2-base")``).
@@ -66,11 +65,6 @@ DINOV2_CROP = 224
 
 # Every DINOv2-base value the shared ViT hard-wires; a config.json that differs is another model.
 _FIXED = {"mlp_ratio": 4, "layer_norm_eps": 1e-6, "qkv_bias": True, "use_swiglu_ffn": False, "hidden_act": "gelu"}
-
-
-def tiny_dinov2_config() -> dict[str, Any]:
-    """A DINOv2 of the same code with tiny widths (tests, CI): 2 layers, width 32, 28-px position grid."""
-    return {**DINOV2_BASE_CONFIG, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28}
 
 
 def build_dinov2(config: Mapping[str, Any]) -> DinoViT:

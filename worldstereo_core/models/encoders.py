@@ -96,33 +96,6 @@ CLIP_VIT_H_CONFIG: Mapping[str, Any] = {
 _CLIP_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
 
 
-def tiny_umt5_config() -> dict[str, Any]:
-    """A 2-layer UMT5 for tests (vocab 128, width 32, 4 heads)."""
-    return {
-        **UMT5_XXL_CONFIG,
-        "vocab_size": 128,
-        "d_model": 32,
-        "d_kv": 8,
-        "d_ff": 64,
-        "num_layers": 2,
-        "num_heads": 4,
-        "relative_attention_num_buckets": 8,
-    }
-
-
-def tiny_clip_vision_config() -> dict[str, Any]:
-    """A 3-layer CLIP vision tower for tests (28×28 input, patch 14 → 5 tokens)."""
-    return {
-        **CLIP_VIT_H_CONFIG,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 3,
-        "image_size": 28,
-        "projection_dim": 16,
-    }
-
-
 def clip_num_tokens(config: Mapping[str, Any] = CLIP_VIT_H_CONFIG) -> int:
     """Tokens of the image embedding: ``(image_size / patch_size)² + 1`` (class token); 257 for ViT-H/14."""
     return (int(config["image_size"]) // int(config["patch_size"])) ** 2 + 1
@@ -543,6 +516,4 @@ __all__ = [
     "load_tokenizer",
     "prompt_clean",
     "resize_center_crop",
-    "tiny_clip_vision_config",
-    "tiny_umt5_config",
 ]

@@ -51,7 +51,6 @@ from .transformer_worldstereo import (
 from .transformer_worldstereo_paper import (
     FULL_MEMORY_CONFIG,
     PAPER_VARIANTS,
-    TINY_MEMORY_CONFIG,
     MemoryBranchConfig,
     WorldStereoPaperTransformer,
 )
@@ -131,29 +130,33 @@ class WorldStereoConfig:
         }
 
     def build(self) -> WorldStereoTransformer:
-        """The network this config describes, on the current default device (``meta`` for a lazy build)."""
+        """The network this config describes, on the current default device (``meta`` for a lazy build),
+        with fresh weights; its ``ws_config`` is this config (what :func:`save_worldstereo` writes)."""
         if self.variant in PAPER_VARIANTS:
-            return WorldStereoPaperTransformer(self.variant, self.controlnet, self.memory, **self.transformer)
-        return WorldStereoTransformer(self.variant, self.controlnet, **self.transformer)
+            model = WorldStereoPaperTransformer(self.variant, self.controlnet, self.memory, **self.transformer)
+        else:
+            model = WorldStereoTransformer(self.variant, self.controlnet, **self.transformer)
+        model.ws_config = self
+        return model
 
 
-def build_transformer(variant: str, tiny: bool = False) -> WorldStereoTransformer:
-    """The network of ``variant`` (``camera``, ``memory`` or ``dmd``) with fresh weights.
+def released_config(variant: str) -> WorldStereoConfig:
+    """The released sizes of ``variant`` (``camera``, ``memory``, ``dmd``, ``paper``, ``paper-dmd``)."""
+    if variant not in ALL_VARIANTS:
+        raise InvalidOptionError(f"unknown variant {variant!r}; use one of {ALL_VARIANTS}")
+    paper = variant in PAPER_VARIANTS
+    transformer, controlnet = transformer_configs("camera" if paper else variant)
+    return WorldStereoConfig(variant, transformer, controlnet, memory=FULL_MEMORY_CONFIG if paper else None)
+
+
+def build_transformer(variant: str) -> WorldStereoTransformer:
+    """The network of ``variant`` at the released sizes with fresh weights (eval mode).
 
     Built on the current default device and dtype, so ``with torch.device("meta"):`` builds the
-    17 B-parameter model without allocating. ``tiny`` gives the small test config.
+    17 B-parameter model without allocating. Other sizes: ``WorldStereoConfig(...).build()`` (test
+    sizes: :func:`worldstereo_core.tiny_configs.build_tiny_transformer`).
     """
-    if variant in PAPER_VARIANTS:
-        transformer, controlnet = transformer_configs("camera", tiny)
-        cfg = WorldStereoConfig(
-            variant, transformer, controlnet, memory=TINY_MEMORY_CONFIG if tiny else FULL_MEMORY_CONFIG
-        )
-    else:
-        transformer, controlnet = transformer_configs(variant, tiny)
-        cfg = WorldStereoConfig(variant, transformer, controlnet)
-    model = cfg.build()
-    model.ws_config = cfg
-    return model.eval()
+    return released_config(variant).build().eval()
 
 
 def config_from_dict(
@@ -366,13 +369,10 @@ def _resolve_config(
                 variant = "paper"
             else:
                 variant = "memory" if any(k.startswith("camera_embedding.") for k in keys) else "camera"
-        if variant not in ALL_VARIANTS:
-            raise InvalidOptionError(f"unknown variant {variant!r}; use one of {ALL_VARIANTS}")
-        base = "camera" if variant in PAPER_VARIANTS else variant
-        transformer, controlnet = transformer_configs(base)
-        raw = {"controlnet_cfg": controlnet.to_dict(), "transformer": transformer}
-        if variant in PAPER_VARIANTS:
-            raw["memory_cfg"] = FULL_MEMORY_CONFIG.to_dict()
+        released = released_config(variant)
+        raw = {"controlnet_cfg": released.controlnet.to_dict(), "transformer": dict(released.transformer)}
+        if released.memory is not None:
+            raw["memory_cfg"] = released.memory.to_dict()
         where = "released defaults"
     if overrides:
         raw = dict(raw)

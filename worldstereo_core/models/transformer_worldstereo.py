@@ -107,19 +107,6 @@ FULL_TRANSFORMER_CONFIG: Mapping[str, Any] = {
     "rope_max_seq_len": 1024,
 }
 
-# Same code, a few hundred parameters per layer: runs a forward pass on CPU in milliseconds.
-TINY_TRANSFORMER_CONFIG: Mapping[str, Any] = {
-    **FULL_TRANSFORMER_CONFIG,
-    "num_attention_heads": 2,
-    "attention_head_dim": 16,
-    "text_dim": 32,
-    "freq_dim": 32,
-    "ffn_dim": 64,
-    "num_layers": 3,
-    "image_dim": 32,
-    "added_kv_proj_dim": 32,
-}
-
 
 @dataclass(frozen=True)
 class ControlNetConfig:
@@ -181,9 +168,6 @@ class ControlNetConfig:
 
 
 FULL_CONTROLNET_CONFIG = ControlNetConfig()
-TINY_CONTROLNET_CONFIG = ControlNetConfig(
-    dim=16, ffn_dim=32, num_heads=2, num_layers=2, conv_out_dim=32, time_embed_dim=32, mid_channels=16
-)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -850,12 +834,10 @@ class WorldStereoTransformer(WanTransformer3DModel):
         return ref_states, ref_rope
 
 
-def transformer_configs(variant: str, tiny: bool = False) -> tuple[dict[str, Any], ControlNetConfig]:
-    """The (transformer, controlnet) configs of a variant: released sizes, or the tiny test sizes."""
+def transformer_configs(variant: str) -> tuple[dict[str, Any], ControlNetConfig]:
+    """The released (transformer, controlnet) configs of a variant (test sizes: :mod:`worldstereo_core.tiny_configs`)."""
     if variant not in VARIANTS:
         raise InvalidOptionError(f"unknown WorldStereo variant {variant!r}; use one of {VARIANTS}")
-    if tiny:
-        return dict(TINY_TRANSFORMER_CONFIG), TINY_CONTROLNET_CONFIG
     return dict(FULL_TRANSFORMER_CONFIG), FULL_CONTROLNET_CONFIG
 
 

@@ -102,9 +102,6 @@ class MemoryBranchConfig:
 
 
 FULL_MEMORY_CONFIG = MemoryBranchConfig()
-TINY_MEMORY_CONFIG = MemoryBranchConfig(
-    dim=16, ffn_dim=32, num_heads=2, num_layers=2, conv_out_dim=32, time_embed_dim=32
-)
 
 
 def pair_attention_mask(num_pairs: int, tokens_per_pair: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -367,7 +364,6 @@ __all__ = [
     "FULL_MEMORY_CONFIG",
     "PAPER_VARIANTS",
     "POINTMAP_LATENT_CHANNELS",
-    "TINY_MEMORY_CONFIG",
     "MemoryBranchConfig",
     "PaperInputs",
     "WorldStereoMemoryBranch",

@@ -69,18 +69,6 @@ UNI3C_FULL_CONFIG = ControlNetConfig(
 )
 """The released Uni3C branch (ewrfcas/Uni3C ``config.json`` ``controlnet_cfg``, camera embedding on)."""
 
-UNI3C_TINY_CONFIG = dataclasses.replace(
-    UNI3C_FULL_CONFIG,
-    dim=16,
-    ffn_dim=48,
-    num_heads=2,
-    num_layers=2,
-    conv_out_dim=32,
-    time_embed_dim=32,
-    mid_channels=16,
-)
-"""Same code at test size; its widths match the tiny WorldStereo transformer (32)."""
-
 UNI3C_IN_CHANNELS = 36
 """``concat[hidden[:, :20], render_latent (16)]`` — the I2V hidden input's width."""
 
@@ -99,8 +87,7 @@ _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 class Uni3CControlNet(WorldStereoControlNet):
     """The Uni3C branch with Uni3C's exact top-level key layout (``state_dict()`` loads a released file strict).
 
-    Build with :data:`UNI3C_FULL_CONFIG` (under ``torch.device("meta")`` for free) or
-    :data:`UNI3C_TINY_CONFIG`; load a file with :func:`worldstereo_core.models.loading.load_uni3c`.
+    Build with :data:`UNI3C_FULL_CONFIG` (under ``torch.device("meta")`` for free); load a file with :func:`worldstereo_core.models.loading.load_uni3c`.
     """
 
     def __init__(

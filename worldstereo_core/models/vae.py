@@ -92,11 +92,6 @@ WAN21_VAE_CONFIG: Mapping[str, Any] = {
 """``AutoencoderKLWan`` config of Wan2.1 (the single-file ``wan_2.1_vae.safetensors`` carries none)."""
 
 
-def tiny_vae_config() -> dict[str, Any]:
-    """The Wan2.1 VAE structure (same levels and blocks, so the key conversions apply) at width 8."""
-    return {**WAN21_VAE_CONFIG, "base_dim": 8}
-
-
 def check_spatial_size(height: int, width: int, what: str = "frames") -> None:
     """Raise :class:`ShapeMismatchError` unless both sizes are positive multiples of 16."""
     if height <= 0 or width <= 0 or height % SPATIAL_MULTIPLE or width % SPATIAL_MULTIPLE:
@@ -411,6 +406,5 @@ __all__ = [
     "i2v_mask",
     "images_to_video",
     "load_wan_vae",
-    "tiny_vae_config",
     "video_to_images",
 ]

@@ -25,9 +25,10 @@ as MoGe's inference does; :func:`predict_depth` turns them into z-depth, intrins
 point map (OpenCV camera frame, metric when the scale head exists).
 
 Variants (``moge_config(name)``): ``moge-2-vitl-normal`` (331 M params), ``moge-2-vitl``
-(no normal head), ``moge-2-vitb-normal`` (104 M), ``moge-2-vits-normal`` (35 M), ``tiny``
-(CPU tests). The ViT-S/B variants tap blocks 5 and 11 and run one residual block per neck
-level (ViT-L: blocks 5/11/17/23, two per level); the totals match the published sizes. A
+(no normal head), ``moge-2-vitb-normal`` (104 M), ``moge-2-vits-normal`` (35 M); the test size is
+:data:`worldstereo_core.tiny_configs.TINY_MOGE_CONFIG`. The ViT-S/B variants tap blocks 5 and 11 and
+run one residual block per neck level (ViT-L: blocks 5/11/17/23, two per level); the totals match
+the published sizes. A
 ``config.json`` written from a checkpoint's own ``model_config`` always wins over a preset.
 
 Weights: safetensors only. Upstream ships ``model.pt`` pickles; convert them once with the
@@ -78,6 +79,7 @@ __all__ = [
     "MoGeModel",
     "DepthPrediction",
     "moge_config",
+    "moge_head_config",
     "moge_config_from_dict",
     "load_moge",
     "save_moge",
@@ -352,7 +354,9 @@ def moge_config_from_dict(d: Mapping[str, Any]) -> MoGeConfig:
     )
 
 
-def _head(width: int, out: int, res_blocks: int = 1, dims: Sequence[int] = (256, 128, 64, 32)) -> ConvStackConfig:
+def moge_head_config(
+    width: int, out: int, res_blocks: int = 1, dims: Sequence[int] = (256, 128, 64, 32)
+) -> ConvStackConfig:
     """A MoGe-2 head: reads the 5 neck levels, outputs ``out`` channels at the last level."""
     levels = (width, *dims)
     return ConvStackConfig(
@@ -381,38 +385,12 @@ def _moge2(backbone: str, taps: tuple[int, ...], neck_blocks: int, normals: bool
     return MoGeConfig(
         encoder=MoGeEncoderConfig(backbone, taps, embed, embed, depth, heads),
         neck=neck,
-        points_head=_head(embed, 3),
-        mask_head=_head(embed, 1),
-        normal_head=_head(embed, 3) if normals else None,
+        points_head=moge_head_config(embed, 3),
+        mask_head=moge_head_config(embed, 1),
+        normal_head=moge_head_config(embed, 3) if normals else None,
         scale_head=(embed, embed, embed, 1),
         remap_output="exp",
         num_tokens_range=(1200, 3600),
-    )
-
-
-def _tiny() -> MoGeConfig:
-    """Same code at toy sizes: ViT 32-wide × 2 blocks, 4×4 pos-embed grid, 4-level decoders."""
-    embed = 32
-    dims = (16, 8, 8)
-    levels = (embed, *dims)
-    neck = ConvStackConfig(
-        dim_in=(embed + 2, 2, 2, 2),
-        dim_res_blocks=levels,
-        dim_out=(None,) * 4,
-        resamplers=("conv_transpose", "conv_transpose", "bilinear"),
-        num_res_blocks=(0, 1, 1, 0),
-        res_block_in_norm="none",
-        res_block_hidden_norm="none",
-    )
-    return MoGeConfig(
-        encoder=MoGeEncoderConfig("custom", (0, 1), embed, embed, 2, 2, img_size=56),
-        neck=neck,
-        points_head=_head(embed, 3, dims=dims),
-        mask_head=_head(embed, 1, dims=dims),
-        normal_head=_head(embed, 3, dims=dims),
-        scale_head=(embed, embed, 1),
-        remap_output="exp",
-        num_tokens_range=(16, 48),
     )
 
 
@@ -421,7 +399,6 @@ MOGE_VARIANTS: dict[str, MoGeConfig] = {
     "moge-2-vitl": _moge2("dinov2_vitl14", (5, 11, 17, 23), 2, False),
     "moge-2-vitb-normal": _moge2("dinov2_vitb14", (5, 11), 1, True),
     "moge-2-vits-normal": _moge2("dinov2_vits14", (5, 11), 1, True),
-    "tiny": _tiny(),
 }
 
 
@@ -692,7 +669,7 @@ def _read_config(
         return moge_config_from_dict(embedded)
     stem = weights.parent.name.lower() if weights.stem == "model" else weights.stem.lower()
     for name in sorted(MOGE_VARIANTS, key=len, reverse=True):
-        if name != "tiny" and name in stem:
+        if name in stem:
             return MOGE_VARIANTS[name]
     raise MissingFileError(
         f"no MoGe config for {weights}: put the checkpoint's config.json beside it, or pass config= "

@@ -26,8 +26,8 @@ frame (e.g. Umeyama on camera centres) before merging.
 
 The default :class:`WorldMirrorConfig` reproduces the upstream constructor defaults; its
 state dict equals ``fixtures/checkpoints/worldmirror2_state_dict_schema.json`` key for key, so
-the released ``model.safetensors`` loads with ``strict=True``. ``WorldMirrorConfig.tiny()`` is
-the same code at toy sizes for CPU tests.
+the released ``model.safetensors`` loads with ``strict=True``. The same code at toy sizes for CPU
+tests is :func:`worldstereo_core.tiny_configs.tiny_worldmirror_config`.
 """
 
 from __future__ import annotations
@@ -126,26 +126,6 @@ class WorldMirrorConfig:
             )
         if len(self.dpt_out_channels) != 4:
             raise CheckpointMismatchError(f"dpt_out_channels must have 4 entries, got {self.dpt_out_channels}")
-
-    @classmethod
-    def tiny(cls, **overrides) -> WorldMirrorConfig:
-        """Toy sizes (same code) for CPU tests: width 32, 4 block pairs, 1 DINO block."""
-        base = dict(
-            img_size=28,
-            embed_dim=32,
-            depth=4,
-            num_heads=2,
-            dino_depth=1,
-            dino_heads=2,
-            intermediate_layers=(0, 1, 2, 3),
-            cam_trunk_depth=1,
-            cam_heads=2,
-            dpt_features=16,
-            dpt_out_channels=(8, 16, 32, 32),
-            gs_dim=16,
-        )
-        base.update(overrides)
-        return cls(**base)
 
     # Upstream sizes selected by ``model_size`` (they override the explicit numbers there too).
     _MODEL_SIZES = {

@@ -43,13 +43,13 @@ from ..errors import (
 from ..models.generate import ggm_inputs
 from ..models.loading import WorldStereoConfig, load_worldstereo, save_worldstereo
 from ..models.paper_ssm import PointmapFrame, pointmap_images, stitch_pair_latents
-from ..models.transformer_worldstereo import transformer_configs
 from ..models.transformer_worldstereo_paper import (
     MemoryBranchConfig,
     PaperInputs,
     init_from_camera,
 )
 from ..models.vae import WanKeyframeVAE, images_to_video
+from ..tiny_configs import TINY_LATENT_COND_MODE, tiny_worldstereo_config
 from .data import SyntheticClips, TrainingSample, VideoFolderClips, build_samples
 from .recipes import (
     TEXT_DROP,
@@ -481,26 +481,19 @@ def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.M
     return model, prefixes
 
 
-TINY_COND_MODE = "first_frame_only"
-"""I2V condition of the tiny size (as the tiny test checkpoints): the release's ``full_vae`` runs the causal
-VAE over 4·(F−1)+1 frames, which dominates a tiny CPU step."""
-
-
 def tiny_training_model() -> torch.nn.Module:
-    """The tiny camera model training starts from: the test config (:func:`build_transformer` ``tiny``) at
-    width 64 instead of 32, and I2V condition ``first_frame_only`` (as every tiny checkpoint).
+    """The tiny camera model training starts from: the test config (:mod:`worldstereo_core.tiny_configs`) at
+    width 64 instead of 32, and I2V condition :data:`~worldstereo_core.tiny_configs.TINY_LATENT_COND_MODE`
+    (as every tiny checkpoint).
 
     Why wider: the GGM branch can only steer the frozen base through its output projection, which maps
     the hidden width to 16 channels × 2 × 2 patch = 64 values per token; at width 32 half of the target
     velocity is out of reach (the loss stalls at ~55 % of its start), at 64 the branch can fit it.
     """
-    transformer, controlnet = transformer_configs("camera", tiny=True)
-    transformer.update(num_attention_heads=4, added_kv_proj_dim=64)  # 4 × 16 = 64 wide
-    controlnet = dataclasses.replace(controlnet, conv_out_dim=64, time_embed_dim=64)
-    cfg = WorldStereoConfig("camera", transformer, controlnet, latent_cond_mode=TINY_COND_MODE)
-    model = cfg.build()
-    model.ws_config = cfg
-    return model
+    tiny = tiny_worldstereo_config("camera", latent_cond_mode=TINY_LATENT_COND_MODE)
+    transformer = {**tiny.transformer, "num_attention_heads": 4, "added_kv_proj_dim": 64}  # 4 × 16 = 64 wide
+    controlnet = dataclasses.replace(tiny.controlnet, conv_out_dim=64, time_embed_dim=64)
+    return dataclasses.replace(tiny, transformer=transformer, controlnet=controlnet).build()
 
 
 def paper_config_from(source: WorldStereoConfig) -> WorldStereoConfig:
