@@ -447,6 +447,29 @@ def trajectories_of(value) -> list:
     return [value]
 
 
+def render_trajectories(trajectory, keyframes_only: bool, render) -> tuple[list, list]:
+    """``render(cameras)`` along each trajectory on a WS_TRAJECTORY socket, at its keyframes or every pose,
+    with the progress bar and cancel between trajectories: ``(trajectories, renders)``."""
+    trajs = trajectories_of(trajectory)
+    progress = Progress(len(trajs))
+    renders = []
+    for i, traj in enumerate(trajs):
+        renders.append(render(traj.keyframes() if keyframes_only else traj.cameras))
+        progress(i + 1)
+    return trajs, renders
+
+
+def one_trajectory(value, why: str):
+    """The one Trajectory on a WS_TRAJECTORY socket of a node that works on one clip; the scene loop's
+    tuple of several is refused, saying ``why`` one is needed."""
+    from worldstereo_core.errors import InvalidTrajectoryError
+
+    trajs = trajectories_of(value)
+    if len(trajs) != 1:
+        raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}); {why}")
+    return trajs[0]
+
+
 def inspector_ui(title: str = "", **scene) -> dict:
     """The scene inspector's UI entry for a node's output (see nodes/inspector.py), or ``{}``
     when the scene cannot be shown — the preview is optional and never fails a finished run."""

@@ -18,6 +18,7 @@ from .common import (
     Trajectory,
     filename_prefix_input,
     max_points_input,
+    one_trajectory,
     relative_output_path,
     save_folder_path,
     save_path,
@@ -156,11 +157,9 @@ class SaveCameraJson(io.ComfyNode):
 
     @classmethod
     def execute(cls, trajectory, filename_prefix) -> io.NodeOutput:
+        traj = one_trajectory(trajectory, "camera.json holds one")  # checked before the output name is taken
         info = save_path(filename_prefix, "json")
-        trajs = trajectories_of(trajectory)
-        if len(trajs) != 1:
-            raise ValueError(f"camera.json holds one trajectory; got {len(trajs)} — pick one first")
-        traj_lib.save_camera_json(info[0], trajs[0])
+        traj_lib.save_camera_json(info[0], traj)
         return io.NodeOutput(relative_output_path(info), ui={"text": [relative_output_path(info)]})
 
 

@@ -18,15 +18,14 @@ from .common import (
     Cameras,
     Depth,
     PointCloud,
-    Progress,
     Trajectory,
     cap_points,
     image_to_hwc,
     input_file,
     inspector_ui,
     max_points_input,
+    render_trajectories,
     search_aliases,
-    trajectories_of,
     z_depth,
 )
 from .inspector import PresetPlanner
@@ -351,30 +350,23 @@ class RenderCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, cache, trajectory, keyframes_only, radius, first_frame=None) -> io.NodeOutput:
-        trajs = trajectories_of(trajectory)
-        progress = Progress(len(trajs))
-        rgb, mask, depth = [], [], []
-        for i, traj in enumerate(trajs):
-            cams = traj.keyframes() if keyframes_only else traj.cameras
-            first = None
-            if first_frame is not None:
-                first = image_to_hwc(first_frame)
-                if first.shape[:2] != (cams.height, cams.width):
-                    raise InvalidCameraError(
-                        f"first_frame is {first.shape[0]}×{first.shape[1]} but the trajectory renders "
-                        f"{cams.height}×{cams.width}; resize the image or the trajectory"
-                    )
-            out = render_lib.render_point_cloud(
+        first = None if first_frame is None else image_to_hwc(first_frame)
+
+        def render(cams):
+            if first is not None and first.shape[:2] != (cams.height, cams.width):
+                raise InvalidCameraError(
+                    f"first_frame is {first.shape[0]}×{first.shape[1]} but the trajectory renders "
+                    f"{cams.height}×{cams.width}; resize the image or the trajectory"
+                )
+            return render_lib.render_point_cloud(
                 cache.require_nonempty("3D cache"), cams, radius=radius, first_frame=first
             )
-            rgb.append(out.rgb)
-            mask.append(out.mask)
-            depth.append(out.depth)
-            progress(i + 1)
+
+        trajs, renders = render_trajectories(trajectory, keyframes_only, render)
         return io.NodeOutput(
-            torch.cat(rgb).float(),
-            torch.cat(mask).float(),
-            torch.cat(depth).float(),
+            torch.cat([r.rgb for r in renders]).float(),
+            torch.cat([r.mask for r in renders]).float(),
+            torch.cat([r.depth for r in renders]).float(),
             ui=inspector_ui("GGM render", cloud=cache, trajectories=trajs),
         )
 

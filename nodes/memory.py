@@ -32,6 +32,7 @@ from .common import (
     inspector_ui,
     load_model_file,
     model_name_input,
+    one_trajectory,
     output_folder,
     reference_cut_input,
     register_model_folder,
@@ -39,7 +40,6 @@ from .common import (
     search_aliases,
     seed_input,
     size_inputs,
-    trajectories_of,
     z_depth,
 )
 
@@ -53,10 +53,7 @@ register_model_folder(DINOV2_FOLDER)
 def _frames_cameras(frames: torch.Tensor, trajectory):
     """The cameras of a batch of generated frames: the trajectory's keyframes when the batch
     holds 21 frames of an 81-pose trajectory, else its poses one to one."""
-    trajs = trajectories_of(trajectory)
-    if len(trajs) != 1:
-        raise InvalidInputError(f"connect one trajectory (got {len(trajs)}); each clip updates the bank on its own")
-    traj = trajs[0]
+    traj = one_trajectory(trajectory, "each clip updates the bank on its own")
     if frames.shape[0] == len(traj):
         cams = traj.cameras
     elif frames.shape[0] == len(traj.keyframe_indices()):
@@ -304,10 +301,7 @@ class Retrieve3DFOV(io.ComfyNode):
         shortcut_source="",
         dinov2=None,
     ) -> io.NodeOutput:
-        trajs = trajectories_of(trajectory)
-        if len(trajs) != 1:
-            raise InvalidInputError(f"retrieval works on one trajectory at a time (got {len(trajs)})")
-        traj = trajs[0]
+        traj = one_trajectory(trajectory, "retrieval works on one trajectory at a time")
         cams = traj.cameras
         if reference_cut == "dinov2_fps" and dinov2 is None:
             raise MissingInputError(

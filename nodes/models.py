@@ -14,7 +14,6 @@ import torch
 
 from worldstereo_core.errors import (
     InvalidInputError,
-    InvalidTrajectoryError,
     MissingFileError,
     MissingInputError,
     ShapeMismatchError,
@@ -39,6 +38,7 @@ from .common import (
     loop_specs,
     model_folder,
     noise_seed_input,
+    one_trajectory,
     option,
     reference_cut_input,
     retrieval_mode_input,
@@ -47,7 +47,6 @@ from .common import (
     search_aliases,
     starts_input,
     trajectories_input,
-    trajectories_of,
     user_path,
     z_depth,
 )
@@ -473,10 +472,7 @@ def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, vid
     """
     from worldstereo_core.models.generate import video_latent_frames
 
-    trajs = trajectories_of(trajectory)
-    if len(trajs) != 1:
-        raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}); each clip is sampled on its own")
-    traj = trajs[0]
+    traj = one_trajectory(trajectory, "each clip is sampled on its own")
     mask = hole_mask if hole_mask.ndim == 3 else hole_mask[None]
     if video:
         video_latent_frames(len(traj))  # 1 + 4k poses, checked before any sampling
@@ -968,10 +964,7 @@ class WorldStereoLastFrame(io.ComfyNode):
 
     @classmethod
     def execute(cls, frames, trajectory) -> io.NodeOutput:
-        trajs = trajectories_of(trajectory)
-        if len(trajs) != 1:
-            raise InvalidTrajectoryError(f"connect one trajectory (got {len(trajs)}): the one the frames follow")
-        traj = trajs[0]
+        traj = one_trajectory(trajectory, "the one the frames follow")
         counts = {len(traj.keyframe_indices()), len(traj)}  # keyframes (GGM) or every pose (Uni3C)
         if frames.ndim != 4 or frames.shape[0] not in counts:
             raise ShapeMismatchError(

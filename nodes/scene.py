@@ -15,6 +15,7 @@ from .common import (
     Scene,
     Trajectory,
     loop_specs,
+    render_trajectories,
     retrieval_mode_input,
     scene_loop_outputs,
     scene_loop_result,
@@ -22,7 +23,6 @@ from .common import (
     size_inputs,
     starts_input,
     trajectories_input,
-    trajectories_of,
     z_depth,
 )
 
@@ -101,15 +101,8 @@ class OracleGenerate(io.ComfyNode):
 
     @classmethod
     def execute(cls, scene, trajectory, keyframes_only) -> io.NodeOutput:
-        trajs = trajectories_of(trajectory)
-        progress = Progress(len(trajs))
-        frames, depth = [], []
-        for i, traj in enumerate(trajs):
-            out = scene.render(traj.keyframes() if keyframes_only else traj.cameras)
-            frames.append(out.rgb)
-            depth.append(out.depth)
-            progress(i + 1)
-        return io.NodeOutput(torch.cat(frames).float(), torch.cat(depth).float())
+        _, renders = render_trajectories(trajectory, keyframes_only, scene.render)
+        return io.NodeOutput(torch.cat([r.rgb for r in renders]).float(), torch.cat([r.depth for r in renders]).float())
 
 
 class OracleSceneLoop(io.ComfyNode):
