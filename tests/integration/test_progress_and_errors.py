@@ -87,3 +87,18 @@ def test_bad_input_gives_an_actionable_error(comfy_server):
     assert err["node_id"] == "2"
     assert "camera_json" in err["exception_message"] and "path" in err["exception_message"]
     assert not list((comfy_server.base_dir / "output").rglob("never*")), "a failed run left a file behind"
+
+
+def test_one_clip_nodes_refuse_the_loops_trajectories_and_write_nothing(comfy_server):
+    """Save camera.json holds one trajectory: given the scene loop's two it names the problem (a
+    WorldStereoError, not a bare ValueError) before taking an output name."""
+    graph = loop_graph()  # the same loop as above: ComfyUI's cache runs it once
+    graph["3"] = {
+        "class_type": "WorldStereoSaveCameraJson",
+        "inputs": {"trajectory": ["2", 1], "filename_prefix": "worldstereo/never_two"},
+    }
+    result = comfy_server.run(graph, timeout=600)
+    assert result.status == "error" and result.error["node_id"] == "3", (result.error, comfy_server.log()[-3000:])
+    assert "connect one trajectory (got 2)" in result.error["exception_message"]
+    assert result.error["exception_type"].rsplit(".", 1)[-1] == "InvalidTrajectoryError"
+    assert not list((comfy_server.base_dir / "output").rglob("never_two*")), "a refused save left a file behind"
