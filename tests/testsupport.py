@@ -145,3 +145,23 @@ def write_room_cloud_and_camera(
     camera = Path(folder) / "camera.json"
     trajectory.save_camera_json(camera, traj)
     return view, cloud, traj, ply, camera
+
+
+def run_worldstereo(args: list[str], nproc: int = 1, timeout: float = 900):
+    """``python -m worldstereo_core ARGS`` in a subprocess, or under ``torchrun --standalone
+    --nproc-per-node NPROC`` (real processes, gloo on the CPU); one OpenMP thread each."""
+    import subprocess
+
+    launcher = [sys.executable, "-m", "worldstereo_core"]
+    if nproc > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "worldstereo_core",
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(launcher + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)

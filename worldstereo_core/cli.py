@@ -6,6 +6,7 @@ worldstereo generate --worldstereo DIR --wan DIR --image IMG --camera CAMERA.jso
                      --prompt TEXT --out OUT  one trajectory with the real model
                      (under torchrun --nproc-per-node N: sequence parallel over N processes)
 worldstereo train --stage {camera,memory,dmd} --size {tiny,full} --steps N --out DIR [--resume]
+                     (under torchrun --nproc-per-node N: data parallel, or --sequence-parallel; --shard-weights)
 worldstereo version
 """
 
@@ -160,7 +161,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """One training stage; several processes under torchrun train together (``training/parallel.py``)."""
+    from .distributed import init_from_env, run_ranks, shutdown
     from .training import TrainSettings, train
+    from .training.parallel import TrainParallel
 
     optional = {
         k: getattr(args, k) for k in ("height", "width", "num_keyframes", "num_samples", "batch", "lr", "save_every")
@@ -182,9 +186,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=True if args.gradient_checkpointing else None,
         **{k: v for k, v in optional.items() if v is not None},
     )
-    out = train(settings)
-    print(f"checkpoint (config.json + model.safetensors) and metrics.jsonl in {out}")
-    return 0
+    ctx = init_from_env(args.device)
+    try:
+        parallel = TrainParallel(ctx, sequence_parallel=args.sequence_parallel, shard_weights=args.shard_weights)
+        out = run_ranks(ctx, lambda: train(settings, parallel=parallel))
+        if ctx.is_main:
+            print(
+                f"checkpoint (config.json + model.safetensors) and metrics.jsonl in {out} "
+                f"({ctx.world_size} process(es))"
+            )
+        return 0
+    finally:
+        shutdown(ctx)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gradient-checkpointing", action="store_true", help="(on by default at full size)")
     t.add_argument("--device", help="cuda / cpu (default: cuda if available)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="under torchrun: every process runs the whole batch on a slice of the tokens (Ulysses); "
+        "default: data parallel, --batch (the global batch) split over the processes",
+    )
+    t.add_argument(
+        "--shard-weights", action="store_true", help="under torchrun: FSDP2, each process holds 1/N of the weights"
+    )
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 

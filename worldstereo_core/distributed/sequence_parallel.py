@@ -129,15 +129,20 @@ class SequenceParallel:
         return out.reshape(n, b, ls, hn, d).permute(1, 2, 0, 3, 4).reshape(b, ls, n * hn, d)
 
 
-def enable_sequence_parallel(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> SequenceParallel:
+def enable_sequence_parallel(
+    model: torch.nn.Module, group: dist.ProcessGroup | None = None, sp: SequenceParallel | None = None
+) -> SequenceParallel:
     """Run ``model`` (a :class:`~worldstereo_core.models.transformer_worldstereo.WorldStereoTransformer`)
     sequence-parallel over ``group`` (default: the whole world). Every rank must call the model
-    with the same inputs; every rank gets the whole output. Returns the :class:`SequenceParallel`."""
+    with the same inputs; every rank gets the whole output. Returns the :class:`SequenceParallel`.
+
+    ``sp``: reuse another model's split (models that share blocks, as DMD's three networks do, must
+    share it, since a shared block's attention reads the lengths of the call being run)."""
     from ..models.transformer_worldstereo import UlyssesAttnProcessor
 
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised; start with torchrun or init_process_group first")
-    sp = SequenceParallel(group)
+    sp = sp or SequenceParallel(group)
     heads = {model.config.num_attention_heads, model.controlnet_config.num_heads}
     bad = [h for h in heads if h % sp.world_size]
     if bad:
@@ -163,7 +168,7 @@ def disable_sequence_parallel(model: torch.nn.Module) -> None:
 
 
 def shard_weights(model: torch.nn.Module, mesh=None, reshard_after_forward: bool = True) -> torch.nn.Module:
-    """FSDP2: shard every main and ControlNet block, then the rest, over ``mesh`` (default: all
+    """FSDP2: shard every main, ControlNet and (paper SSM) memory block, then the rest, over ``mesh`` (default: all
     ranks on this process's device type). Each rank then holds ``1/N`` of the parameters; a
     block's weights are gathered just before it runs and freed after."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -175,6 +180,9 @@ def shard_weights(model: torch.nn.Module, mesh=None, reshard_after_forward: bool
     for block in model.blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     for block in model.controlnet.controlnet_blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    memory_branch = getattr(model, "memory_branch", None)  # the paper's SSM branch
+    for block in getattr(memory_branch, "memory_blocks", ()):
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model

@@ -522,19 +522,24 @@ def wan_base_files(path: str | os.PathLike) -> list[Path]:
 
 
 def save_worldstereo(
-    model: WorldStereoTransformer, folder: str | os.PathLike, dtype: torch.dtype | None = None
+    model: WorldStereoTransformer,
+    folder: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``folder/config.json`` + ``folder/model.safetensors`` (the release's layout) and return the folder.
 
-    Used for test weights and conversions; the config is also embedded in the file's metadata
-    (:mod:`worldstereo_core.checkpoint`'s convention).
+    Used for test weights, conversions and training; the config is also embedded in the file's metadata
+    (:mod:`worldstereo_core.checkpoint`'s convention). ``state_dict``: the whole tensors to write instead
+    of ``model.state_dict()`` (a model sharded over processes holds only its shards).
     """
     folder = Path(folder)
     cfg: WorldStereoConfig = getattr(model, "ws_config", None) or WorldStereoConfig(
         model.variant, dict(model.config), model.controlnet_config, memory=getattr(model, "memory_config", None)
     )
     cfg_json = cfg.to_json_dict()
-    save_checkpoint(model.state_dict(), folder / "model.safetensors", "worldstereo", cfg_json, dtype=dtype)
+    state = model.state_dict() if state_dict is None else state_dict
+    save_checkpoint(state, folder / "model.safetensors", "worldstereo", cfg_json, dtype=dtype)
     write_config_json(folder, cfg_json)
     return folder
 

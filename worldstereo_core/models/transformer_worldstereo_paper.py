@@ -304,7 +304,12 @@ class WorldStereoPaperTransformer(WorldStereoTransformer):
         residual = residual.reshape(state.batch, state.frames, state.height, 2 * state.width, -1)[
             :, :, :, : state.width
         ]
-        return hidden + residual.reshape(state.batch, -1, residual.shape[-1]).to(hidden.dtype), state
+        residual = residual.reshape(state.batch, -1, residual.shape[-1])
+        if self.sequence_parallel is not None:
+            # sequence parallel: every rank runs the (small, per-pair) memory branch whole and adds the
+            # residual of its own slice of the target tokens
+            residual = self.sequence_parallel.shard(residual, "target")
+        return hidden + residual.to(hidden.dtype), state
 
 
 def init_from_camera(

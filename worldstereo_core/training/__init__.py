@@ -1,7 +1,8 @@
 """Training the WorldStereo branches as the paper does: GGM (camera), the paper's SSM (memory), DMD.
 
 Entry point: :func:`train` (``python -m worldstereo_core train``); data: :mod:`.data`; recipes:
-:mod:`.recipes` (masking, reference dropout, flow matching) and :mod:`.dmd` (distillation).
+:mod:`.recipes` (masking, reference dropout, flow matching) and :mod:`.dmd` (distillation); several
+processes (``torchrun``): :mod:`.parallel`.
 """
 
 from .data import (

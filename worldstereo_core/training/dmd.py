@@ -34,10 +34,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointMismatchError, MissingInputError
+from ..distributed.sequence_parallel import enable_sequence_parallel
+from ..errors import CheckpointMismatchError, InvalidOptionError, MissingInputError
 from ..models.loading import DMDSettings, load_worldstereo
 from ..models.sampling import DEFAULT_FLOW_SHIFT, dmd_timesteps, sample_unipc
 from ..models.vae import WanKeyframeVAE
+from .parallel import TrainParallel, select_rows
 from .recipes import flow_matching_loss, noisy_latents, sample_sigmas
 from .trainer import (
     PreparedSample,
@@ -73,6 +75,7 @@ class DMDTrainer:
         device: torch.device,
         teacher: torch.nn.Module | None = None,
         trainable_blocks: int | None = None,
+        parallel: TrainParallel | None = None,
     ) -> None:
         """``teacher``: the memory model (default: loaded from ``settings.init``). ``trainable_blocks``: distil
         only the last that many main blocks (None: the whole backbone) — lets one step fit a single GPU at
@@ -80,6 +83,13 @@ class DMDTrainer:
         if settings.init is None and teacher is None:
             raise MissingInputError(
                 "the dmd stage distils a trained memory model: pass --init <the memory stage's output>"
+            )
+        self.parallel = parallel = parallel or TrainParallel()
+        if parallel.shard_weights:
+            raise InvalidOptionError(
+                "--shard-weights is not available for the dmd stage: its generator, fake score and real score share "
+                "their frozen modules, which FSDP2 cannot shard for three models at once; run it data parallel "
+                "(replicated weights, the default under torchrun) or with --sequence-parallel"
             )
         self.settings = settings
         self.device = device
@@ -111,6 +121,11 @@ class DMDTrainer:
         if settings.gradient_checkpointing:
             self.generator.enable_gradient_checkpointing()
             self.fake.enable_gradient_checkpointing()
+        if parallel.sequence_parallel:
+            # one SequenceParallel for the three networks: they share their frozen blocks (and processors)
+            sp = enable_sequence_parallel(self.real)
+            enable_sequence_parallel(self.generator, sp=sp)
+            enable_sequence_parallel(self.fake, sp=sp)
         self.gen_params = trainable_parameters(self.generator, prefixes)
         self.fake_params = trainable_parameters(self.fake, prefixes)
         self.gen_opt = torch.optim.AdamW(self.gen_params, lr=settings.lr, weight_decay=0.0)
@@ -172,42 +187,47 @@ class DMDTrainer:
     def step(
         self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator
     ) -> dict:
-        s = self.settings
-        inputs = step_inputs(
+        s, par = self.settings, self.parallel
+        # every rank draws the whole global batch (same generator state everywhere) and keeps its rows
+        rows = par.rows(s.batch)
+        full = step_inputs(
             prep, empty_text, vae, s.batch, True, generator, self.device, text_drop=0.0, mask_variants=s.mask_variants
         )
+        inputs = select_rows(full, rows)
+        shape = full.x0.shape[1:]
         n_steps = len(self.sigmas) - 1
 
         # 1. fake score: fake_updates flow-matching updates, each on its own fresh generator samples (drawn
         #    together in one batched no-grad chain: the same samples as one chain per update, fewer calls)
         fake_losses = []
         if s.fake_updates > 0:
-            noise = torch.randn((s.fake_updates * s.batch, *inputs.x0.shape[1:]), generator=generator).to(self.device)
+            noise = torch.randn((s.fake_updates, s.batch, *shape), generator=generator)[:, rows].flatten(0, 1)
             stop = int(torch.randint(n_steps, (), generator=generator))
             with torch.no_grad():
-                samples = self.generate(noise, _repeat(inputs, s.fake_updates), stop, grad=False).split(s.batch)
+                samples = self.generate(noise.to(self.device), _repeat(inputs, s.fake_updates), stop, grad=False)
+            samples = samples.split(inputs.x0.shape[0])
         for u in range(s.fake_updates):
             x0_gen = samples[u]
-            sigma = sample_sigmas(s.batch, generator).to(self.device)
-            eps = torch.randn(x0_gen.shape, generator=generator).to(self.device)
+            sigma = sample_sigmas(s.batch, generator)[rows].to(self.device)
+            eps = torch.randn((s.batch, *shape), generator=generator)[rows].to(self.device)
             loss_f = flow_matching_loss(
                 predict(self.fake, noisy_latents(x0_gen, eps, sigma), sigma, inputs), x0_gen, eps
             )
             self.fake_opt.zero_grad(set_to_none=True)
             loss_f.backward()
+            par.sync_gradients(self.fake_params)
             torch.nn.utils.clip_grad_norm_(self.fake_params, 1.0)
             self.fake_opt.step()
-            fake_losses.append(float(loss_f.detach()))
+            fake_losses.append(par.mean(float(loss_f.detach())))
 
-        # 2. generator: one update, gradient through a random step only
-        paired_noise, teacher_x0 = self.teacher_sample(prep, inputs, generator)
-        noise = torch.cat(
-            [paired_noise, torch.randn((s.batch - 1, *paired_noise.shape[1:]), generator=generator).to(self.device)]
-        )
+        # 2. generator: one update, gradient through a random step only. Global row 0 starts from the clip's
+        #    paired noise and carries the regression term: only the rank holding that row computes it.
+        paired_noise, teacher_x0 = self.teacher_sample(prep, full, generator)
+        noise = torch.cat([paired_noise.cpu(), torch.randn((s.batch - 1, *shape), generator=generator)])[rows]
         stop = int(torch.randint(n_steps, (), generator=generator))
-        x0_gen = self.generate(noise, inputs, stop, grad=True)
-        sigma = sample_sigmas(s.batch, generator).clamp(0.02, 0.98).to(self.device)
-        eps = torch.randn(x0_gen.shape, generator=generator).to(self.device)
+        x0_gen = self.generate(noise.to(self.device), inputs, stop, grad=True)
+        sigma = sample_sigmas(s.batch, generator).clamp(0.02, 0.98)[rows].to(self.device)
+        eps = torch.randn((s.batch, *shape), generator=generator)[rows].to(self.device)
         x_t = noisy_latents(x0_gen.detach(), eps, sigma)
         with torch.no_grad():
             x0_real = self.real_x0(x_t, sigma, inputs)
@@ -216,17 +236,22 @@ class DMDTrainer:
             grad = (x0_fake - x0_real) / norm
             gap = 0.5 * (x0_fake - x0_real).square().mean()
         dm_loss = 0.5 * (x0_gen - (x0_gen - grad).detach()).square().mean()
-        reg_loss = (x0_gen[:1] - teacher_x0).square().mean()
-        objective = dm_loss + REGRESSION_WEIGHT * reg_loss
+        holds_row0 = rows.start == 0
+        # data parallel averages the ranks' gradients: the one holder scales its term by N to keep its weight
+        reg_scale = par.world_size if par.data_parallel else 1
+        reg_loss = (x0_gen[:1] - teacher_x0).square().mean() if holds_row0 else x0_gen.new_zeros(())
+        objective = dm_loss + REGRESSION_WEIGHT * reg_scale * reg_loss
         self.gen_opt.zero_grad(set_to_none=True)
         objective.backward()
+        par.sync_gradients(self.gen_params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.gen_params, 1.0)
         self.gen_opt.step()
+        reg_value = par.mean(float(reg_loss.detach())) * reg_scale
         return {
-            "loss": float(reg_loss.detach()),
-            "dm_loss": float(dm_loss.detach()),
-            "dm_gap": float(gap),
-            "reg_loss": float(reg_loss.detach()),
+            "loss": reg_value,
+            "dm_loss": par.mean(float(dm_loss.detach())),
+            "dm_gap": par.mean(float(gap)),
+            "reg_loss": reg_value,
             "fake_loss": sum(fake_losses) / max(len(fake_losses), 1),
             "fake_updates": len(fake_losses),
             "truncation_step": stop + 1,
@@ -234,9 +259,10 @@ class DMDTrainer:
         }
 
     def save(self, out: Path, step: int, generator: torch.Generator) -> None:
-        save_checkpoint(self.generator, out)
-        save_checkpoint(self.fake, out / "fake_score")
-        save_state(out, step, "dmd", {"gen": self.gen_opt, "fake": self.fake_opt}, generator)
+        write = self.parallel.writes
+        save_checkpoint(self.generator, out, write)
+        save_checkpoint(self.fake, out / "fake_score", write)
+        save_state(out, step, "dmd", {"gen": self.gen_opt, "fake": self.fake_opt}, generator, write)
 
     def load(self, out: Path, generator: torch.Generator) -> int:
         for model, folder in ((self.generator, out), (self.fake, out / "fake_score")):

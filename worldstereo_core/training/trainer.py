@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .. import atomic
+from ..distributed.data_parallel import full_tensor, load_whole_state, placed_like, whole_state_dict
 from ..errors import (
     CheckpointMismatchError,
     InvalidChoiceError,
@@ -51,6 +52,7 @@ from ..models.transformer_worldstereo_paper import (
 from ..models.vae import WanKeyframeVAE, images_to_video
 from ..tiny_configs import TINY_LATENT_COND_MODE, tiny_worldstereo_config
 from .data import SyntheticClips, TrainingSample, VideoFolderClips, build_samples
+from .parallel import TrainParallel, select_rows
 from .recipes import (
     TEXT_DROP,
     flow_matching_loss,
@@ -351,32 +353,52 @@ def trainable_parameters(model: torch.nn.Module, prefixes: Sequence[str]) -> lis
     return params
 
 
+def _optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's parameters in its state dict's index order."""
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as whole tensors (moments of FSDP2-sharded parameters are gathered: a collective)."""
     sd = opt.state_dict()
     tensors = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"{prefix}.{idx}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    for idx, st in sorted(sd["state"].items()):
+        for k, v in sorted(st.items()):
+            tensors[f"{prefix}.{idx}.{k}"] = full_tensor(torch.as_tensor(v)).detach().cpu().contiguous()
     return tensors, {"param_groups": sd["param_groups"]}
 
 
 def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict, opt: torch.optim.Optimizer) -> None:
+    params = _optimizer_params(opt)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):
             _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
+            p = params[int(idx)]
+            # moments have the parameter's shape: cut them like the (possibly sharded) parameter
+            state.setdefault(int(idx), {})[name] = placed_like(v, p) if v.shape == p.shape else v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(model, folder: Path) -> None:
-    """``folder/config.json`` + ``folder/model.safetensors`` (release layout; each file written atomically)."""
-    save_worldstereo(model, folder)
+def save_checkpoint(model, folder: Path, write: bool = True) -> None:
+    """``folder/config.json`` + ``folder/model.safetensors`` (release layout; each file written atomically).
+
+    Under several processes every rank calls it (sharded weights are gathered); only ``write`` ranks write."""
+    state = whole_state_dict(model, keep=write)
+    if write:
+        save_worldstereo(model, folder, state_dict=state)
 
 
 def save_state(
-    out: Path, step: int, stage: str, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator
+    out: Path,
+    step: int,
+    stage: str,
+    optimizers: dict[str, torch.optim.Optimizer],
+    generator: torch.Generator,
+    write: bool = True,
 ) -> None:
+    """``out/trainer_state.safetensors``: optimizer moments (whole tensors), step, RNG state. Every rank calls
+    it under several processes (sharded moments are gathered); only ``write`` ranks write."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {"rng": generator.get_state()}
@@ -385,6 +407,8 @@ def save_state(
         t, m = _flatten_optimizer(name, opt)
         tensors.update(t)
         meta["optimizers"][name] = m
+    if not write:
+        return
     atomic.write_file(
         out / STATE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"trainer": json.dumps(meta)})
     )
@@ -541,8 +565,12 @@ class _Progress:
             self.bar.close()
 
 
-def _write_run_config(settings: TrainSettings) -> None:
+def _write_run_config(settings: TrainSettings, parallel: TrainParallel | None = None) -> None:
     info = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
+    if parallel is not None:
+        info["processes"] = parallel.world_size
+        info["layout"] = "sequence" if parallel.sequence_parallel else "data"
+        info["shard_weights"] = parallel.shard_weights
     atomic.write_text(settings.out / "training.json", json.dumps(info, indent=2) + "\n")
 
 
@@ -558,11 +586,20 @@ def load_samples(settings: TrainSettings) -> list[TrainingSample]:
 class FlowMatchingTrainer:
     """Stages ``camera`` and ``memory``: flow matching on the trainable branch (AdamW, grad-norm clip 1.0)."""
 
-    def __init__(self, settings: TrainSettings, device: torch.device, model: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        settings: TrainSettings,
+        device: torch.device,
+        model: torch.nn.Module | None = None,
+        parallel: TrainParallel | None = None,
+    ) -> None:
         self.settings = settings
         self.device = device
+        self.parallel = parallel or TrainParallel()
         self.model, prefixes = _init_model(settings, device, model)
-        self.params = trainable_parameters(self.model, prefixes)
+        trainable_parameters(self.model, prefixes)
+        self.parallel.prepare(self.model)  # sequence parallel / FSDP2 shards (keeps requires_grad)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         # AdamW, no weight decay, betas (0.9, 0.999): our choice (the paper gives no optimizer settings)
         self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=0.0)
         self.with_pairs = settings.stage == "memory"
@@ -572,26 +609,34 @@ class FlowMatchingTrainer:
         self, prep: PreparedSample, empty_text: torch.Tensor, vae: WanKeyframeVAE, generator: torch.Generator
     ) -> dict:
         s = self.settings
+        # every rank draws the whole global batch (same generator state everywhere) and keeps its rows
+        rows = self.parallel.rows(s.batch)
         inputs = step_inputs(
             prep, empty_text, vae, s.batch, self.with_pairs, generator, self.device, mask_variants=s.mask_variants
         )
-        sigma = sample_sigmas(s.batch, generator).to(self.device)
-        noise = torch.randn(inputs.x0.shape, generator=generator).to(self.device)
+        sigma = sample_sigmas(s.batch, generator)
+        noise = torch.randn(inputs.x0.shape, generator=generator)
+        inputs, sigma, noise = select_rows(inputs, rows), sigma[rows].to(self.device), noise[rows].to(self.device)
         x_t = noisy_latents(inputs.x0, noise, sigma)
         loss = flow_matching_loss(predict(self.model, x_t, sigma, inputs), inputs.x0, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.parallel.sync_gradients(self.params)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, 1.0))
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), "sigma_mean": float(sigma.mean())}
+        return {
+            "loss": self.parallel.mean(float(loss.detach())),
+            "grad_norm": float(grad_norm),
+            "sigma_mean": self.parallel.mean(float(sigma.mean())),
+        }
 
     def save(self, out: Path, step: int, generator: torch.Generator) -> None:
-        save_checkpoint(self.model, out)
-        save_state(out, step, self.settings.stage, {"opt": self.optimizer}, generator)
+        write = self.parallel.writes
+        save_checkpoint(self.model, out, write)
+        save_state(out, step, self.settings.stage, {"opt": self.optimizer}, generator, write)
 
     def load(self, out: Path, generator: torch.Generator) -> int:
-        loaded = load_worldstereo(out, device=self.device, dtype=None)
-        self.model.load_state_dict({k: v.to(self.model.state_dict()[k].dtype) for k, v in loaded.state_dict().items()})
+        load_whole_state(self.model, load_worldstereo(out, device="cpu", dtype=None).state_dict())
         return load_state(out, self.settings.stage, {"opt": self.optimizer}, generator)
 
 
