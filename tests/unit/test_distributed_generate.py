@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from testsupport import REPO_ROOT, write_room_cloud_and_camera
+from testsupport import run_worldstereo, write_room_cloud_and_camera
 from tiny_models import RELEASE_FOLDERS, write_tiny_models
 from worldstereo_core.distributed import DistributedContext, RankFailedError, run_ranks
 
@@ -60,27 +58,8 @@ def inputs(tmp_path_factory):
     return root, args
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-
-
 def _generate(args: list[str], out, nproc: int) -> np.ndarray:
-    launcher = (
-        [sys.executable, "-m", "worldstereo_core"]
-        if nproc == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "worldstereo_core",
-        ]
-    )
-    run = subprocess.run(
-        launcher + args + ["--out", str(out)], capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO_ROOT
-    )
+    run = run_worldstereo(args + ["--out", str(out)], nproc=nproc)
     assert run.returncode == 0, run.stderr[-4000:]
     assert f"on {nproc} process(es)" in run.stdout
     return np.load(out / "frames.npy")
@@ -99,23 +78,7 @@ def test_bad_input_fails_before_loading_on_every_rank(inputs):
     root, args = inputs
     bad = list(args)
     bad[bad.index("--camera") + 1] = str(root / "missing.json")
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "worldstereo_core",
-    ]
-    run = subprocess.run(
-        launcher + bad + ["--out", str(root / "bad")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-        cwd=REPO_ROOT,
-    )
+    run = run_worldstereo(bad + ["--out", str(root / "bad")], nproc=2, timeout=600)
     assert run.returncode != 0 and "missing.json" in run.stderr
     assert not (root / "bad").exists()
 
