@@ -42,5 +42,10 @@ ui = getattr(_api, "ui", None)
 # core VIDEO values (what CreateVideo makes and Save Video takes): frames + frame rate
 InputImpl = getattr(_api, "InputImpl", None)
 Types = getattr(_api, "Types", None)
+# 3D files as values (ComfyUI builds newer than 0.3.75): io.File3DAny / io.File3DGLB sockets carrying a
+# Types.File3D (a path or bytes plus its format), what core Preview 3D and the 3D nodes take. None where
+# the build lacks them; the save nodes then output only the path string.
+File3D = getattr(Types, "File3D", None)
+HAS_FILE3D = File3D is not None and all(hasattr(io, name) for name in ("File3DAny", "File3DGLB"))
 
-__all__ = ["API_MODULE", "ComfyExtension", "InputImpl", "Types", "io", "ui"]
+__all__ = ["API_MODULE", "ComfyExtension", "File3D", "HAS_FILE3D", "InputImpl", "Types", "io", "ui"]

@@ -11,6 +11,7 @@ from worldstereo_core import trajectory as traj_lib
 from worldstereo_core.errors import OutputPathError
 from worldstereo_core.recon import reconstruct as rec_lib
 
+from . import comfy_v3
 from .comfy_v3 import io
 from .common import (
     CATEGORY,
@@ -64,6 +65,29 @@ def _views(frames, cameras, cloud):
     return x, cams, cloud.require_nonempty() if cloud is not None else None
 
 
+def file3d_outputs(socket: str, what: str) -> list:
+    """``model_3d``: the saved file as ComfyUI's File3D value (``io.<socket>``, e.g. File3DGLB), appended
+    after ``model_file`` on builds that have File3D types (:data:`.comfy_v3.HAS_FILE3D`); none on others."""
+    if not comfy_v3.HAS_FILE3D:
+        return []
+    return [
+        getattr(io, socket).Output(
+            display_name="model_3d",
+            tooltip=f"The saved {what} as ComfyUI's 3D file (for core Preview 3D and 3D nodes; "
+            "ComfyUI builds with File3D types).",
+        )
+    ]
+
+
+def saved_3d_file_output(info) -> io.NodeOutput:
+    """A 3D save node's outputs: the path relative to the output folder, then (where the build has File3D
+    types) the file itself as a File3D; the file is shown in the node's 3D preview."""
+    rel, ui = relative_output_path(info), {"3d": [saved(info)]}
+    if comfy_v3.HAS_FILE3D:
+        return io.NodeOutput(rel, comfy_v3.File3D(str(info[0])), ui=ui)
+    return io.NodeOutput(rel, ui=ui)
+
+
 class SavePointCloud(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -78,14 +102,17 @@ class SavePointCloud(io.ComfyNode):
                 PointCloud.Input("cloud", tooltip="The point cloud to save (e.g. the merged 3D cache)."),
                 filename_prefix_input("worldstereo/cloud"),
             ],
-            outputs=[saved_path_output("model_file")],
+            outputs=[
+                saved_path_output("model_file"),
+                *file3d_outputs("File3DAny", "PLY point cloud"),
+            ],
         )
 
     @classmethod
     def execute(cls, cloud, filename_prefix) -> io.NodeOutput:
         info = save_path(filename_prefix, "ply")
         export.save_pointcloud_ply(info[0], cloud.require_nonempty())
-        return io.NodeOutput(relative_output_path(info), ui={"3d": [saved(info)]})
+        return saved_3d_file_output(info)
 
 
 class SaveSceneGLB(io.ComfyNode):
@@ -113,7 +140,10 @@ class SaveSceneGLB(io.ComfyNode):
                 Trajectory.Input("trajectory_3", optional=True, tooltip="A trajectory drawn as frustums."),
                 Trajectory.Input("trajectory_4", optional=True, tooltip="A trajectory drawn as frustums."),
             ],
-            outputs=[saved_path_output("model_file")],
+            outputs=[
+                saved_path_output("model_file"),
+                *file3d_outputs("File3DGLB", "GLB scene"),
+            ],
         )
 
     @classmethod
@@ -135,7 +165,7 @@ class SaveSceneGLB(io.ComfyNode):
                 trajs.append((tr.name or f"trajectory_{i + 1}_{j}", tr.cameras))
         info = save_path(filename_prefix, "glb")
         export.save_cameras_glb(info[0], cloud.require_nonempty(), trajs, max_points=max_points)
-        return io.NodeOutput(relative_output_path(info), ui={"3d": [saved(info)]})
+        return saved_3d_file_output(info)
 
 
 class SaveCameraJson(io.ComfyNode):

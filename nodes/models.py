@@ -122,6 +122,67 @@ def _prompt_inputs() -> list:
     ]
 
 
+CLIP_SCALING_NOTE = (
+    "Note: ComfyUI's CLIP Vision Encode uses standard CLIP scaling (pixels in 0-1), the release fed CLIP pixels "
+    "in 0-255 with the same mean/std, and the weights were trained on that; the built-in encode (clip_vision on "
+    "the loader) reproduces the release."
+)
+
+
+def _conditioning_inputs(text_scope: str, image_scope: str) -> list:
+    """positive, negative, clip_vision_output: ComfyUI's own encoders (CLIPLoader type wan + CLIP Text Encode,
+    CLIP Vision Loader + CLIP Vision Encode) in place of the loader's, on the Sampler and the Scene Loop."""
+    return [
+        io.Conditioning.Input(
+            "positive", optional=True, tooltip=f"ComfyUI UMT5 text conditioning; replaces the prompt text{text_scope}."
+        ),
+        io.Conditioning.Input(
+            "negative",
+            optional=True,
+            tooltip=f"ComfyUI UMT5 negative conditioning; replaces negative_prompt{text_scope}.",
+        ),
+        io.ClipVisionOutput.Input(
+            "clip_vision_output",
+            optional=True,
+            tooltip=f"ComfyUI CLIP vision output of the image (clip_vision_h); replaces the built-in CLIP encode"
+            f"{image_scope}. {CLIP_SCALING_NOTE}",
+        ),
+    ]
+
+
+def comfy_embeddings(positive, negative, clip_vision_output) -> dict:
+    """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT as :func:`generate_keyframes`' precomputed embeddings.
+
+    CONDITIONING is ComfyUI's list of ``[tensor [B, L, 4096], options]``: the first entry's first row is
+    the prompt's UMT5 embedding, cut to Wan's 512 tokens. CLIP_VISION_OUTPUT's
+    ``penultimate_hidden_states`` ``[B, 257, 1280]`` are the tokens Wan's I2V reads (first image).
+    Returns ``prompt_embeds``, ``negative_prompt_embeds`` and ``image_embeds`` (None where not given).
+    """
+    image = None
+    if clip_vision_output is not None:
+        image = getattr(clip_vision_output, "penultimate_hidden_states", None)
+        if not torch.is_tensor(image):
+            raise MissingInputError(
+                "clip_vision_output has no penultimate_hidden_states; connect a CLIP Vision Encode output "
+                "(CLIP Vision Loader with clip_vision_h)"
+            )
+        image = image[:1].float()
+    return {
+        "prompt_embeds": _cond_tensor(positive),
+        "negative_prompt_embeds": _cond_tensor(negative),
+        "image_embeds": image,
+    }
+
+
+def _cond_tensor(conditioning) -> torch.Tensor | None:
+    """The UMT5 embedding ``[1, L ≤ 512, 4096]`` of a ComfyUI CONDITIONING (first entry), as Wan truncates."""
+    if conditioning is None:
+        return None
+    if not conditioning or not torch.is_tensor(conditioning[0][0]):
+        raise MissingInputError("CONDITIONING input is empty; connect a CLIP Text Encode (UMT5) output")
+    return conditioning[0][0][:1, :512].float()
+
+
 def _sampler_inputs() -> list:
     """sampler, steps, cfg, shift: the same controls on the Sampler and the Scene Loop."""
     return [
@@ -544,21 +605,7 @@ class WorldStereoSampler(io.ComfyNode):
                 *_sampler_inputs(),
                 noise_seed_input("Noise seed; the same seed on the same device gives the same frames."),
                 SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory checkpoints)."),
-                io.Conditioning.Input(
-                    "positive", optional=True, tooltip="ComfyUI UMT5 text conditioning; replaces the prompt text."
-                ),
-                io.Conditioning.Input(
-                    "negative", optional=True, tooltip="ComfyUI UMT5 negative conditioning; replaces negative_prompt."
-                ),
-                io.ClipVisionOutput.Input(
-                    "clip_vision_output",
-                    optional=True,
-                    tooltip="ComfyUI CLIP vision output of the image (clip_vision_h); "
-                    "replaces the built-in CLIP encode. Note: ComfyUI's CLIP Vision Encode "
-                    "uses standard CLIP scaling (pixels in 0-1), the release fed CLIP pixels "
-                    "in 0-255 with the same mean/std, and the weights were trained on that; "
-                    "the built-in encode (clip_vision on the loader) reproduces the release.",
-                ),
+                *_conditioning_inputs("", ""),
             ],
             outputs=[
                 io.Image.Output(
@@ -631,9 +678,7 @@ class WorldStereoSampler(io.ComfyNode):
             seed=seed,
             on_step=lambda i, n: progress(i + 1, n),
             interrupt=_interrupt,
-            prompt_embeds=_cond_tensor(positive),
-            negative_prompt_embeds=_cond_tensor(negative),
-            image_embeds=None if clip_vision_output is None else clip_vision_output.penultimate_hidden_states[:1],
+            **comfy_embeddings(positive, negative, clip_vision_output),
         )
         # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
         return io.NodeOutput(frames, ggm.trajectory, frames_video(frames, 16.0 if ggm.video else KEYFRAME_FPS))
@@ -645,15 +690,6 @@ def _interrupt() -> bool:
 
     comfy.model_management.throw_exception_if_processing_interrupted()
     return False
-
-
-def _cond_tensor(conditioning) -> torch.Tensor | None:
-    """The UMT5 embedding ``[1, L ≤ 512, 4096]`` of a ComfyUI CONDITIONING (first entry), as Wan truncates."""
-    if conditioning is None:
-        return None
-    if not conditioning or not torch.is_tensor(conditioning[0][0]):
-        raise MissingInputError("CONDITIONING input is empty; connect a CLIP Text Encode (UMT5) output")
-    return conditioning[0][0][:1, :512].float()
 
 
 class WorldStereoSceneLoop(io.ComfyNode):
@@ -773,6 +809,12 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 DINOv2.Input(
                     "dinov2", optional=True, tooltip="From Load DINOv2: image features for reference_cut dinov2_fps."
                 ),
+                # ComfyUI's encoders (appended: saved graphs keep their slots)
+                *_conditioning_inputs(
+                    " of every trajectory (leave prompts empty: both at once is an error)",
+                    " for the clips that open with this image (the input view); a clip that starts elsewhere "
+                    "(continue, a bank view) is encoded by the loader's clip_vision",
+                ),
             ],
             outputs=scene_loop_outputs("JSON report of what the loop did."),
         )
@@ -806,7 +848,12 @@ class WorldStereoSceneLoop(io.ComfyNode):
         bank_frames_per_clip=8,
         reference_cut="spread",
         dinov2=None,
+        positive=None,
+        negative=None,
+        clip_vision_output=None,
     ) -> io.NodeOutput:
+
+        from worldstereo_core.interfaces import START_INPUT
 
         depth = None if depth is None else z_depth(depth)
 
@@ -829,6 +876,20 @@ class WorldStereoSceneLoop(io.ComfyNode):
                 "needs the depth of the generated frames"
             )
         names = loop_specs(trajectories, starts, prompts)  # counts and names checked before any clip runs
+        embeds = comfy_embeddings(positive, negative, clip_vision_output)
+        if positive is not None and any(spec.prompt is not None for spec in names):
+            raise InvalidInputError(
+                "both per-trajectory prompts and a positive CONDITIONING are given: the CONDITIONING replaces the "
+                "text of every trajectory. Empty 'prompts', or disconnect 'positive' (and let the loader's text "
+                "encoder read the prompts)"
+            )
+        elsewhere = [str(spec.start) for spec in names if spec.start != START_INPUT]
+        if clip_vision_output is not None and elsewhere and model.image_encoder is None:
+            raise MissingInputError(
+                f"clip_vision_output encodes the input view, but trajectories start from {', '.join(elsewhere)}: "
+                "their start images need the loader's clip_vision (set it on Load Wan2.1 WorldStereo Model), or "
+                "start every trajectory from the input"
+            )
         img = image_to_hwc(image)[None]
         H, W = img.shape[1:3]
         check_spatial_size(H, W, "the input image's sides")  # before minutes of work, not inside the first clip
@@ -862,6 +923,10 @@ class WorldStereoSceneLoop(io.ComfyNode):
             seed=seed,
             on_step=on_step,
             interrupt=_interrupt,
+            prompt_embeds=embeds["prompt_embeds"],
+            negative_prompt_embeds=embeds["negative_prompt_embeds"],
+            image_embeds=embeds["image_embeds"],
+            image_embeds_of=None if clip_vision_output is None else img,
         )
         if worldmirror is not None:
             estimator, depth_source = WorldMirrorDepthEstimator(worldmirror), "worldmirror"
@@ -893,6 +958,12 @@ class WorldStereoSceneLoop(io.ComfyNode):
         report = _loop_report(
             result, model, kind, per_clip, cfg, seed, depth_source, bank is not None, cache is not None
         )
+        report["conditioning"] = {  # where the text and image embeddings came from
+            "text": "CONDITIONING" if positive is not None else "prompt (loader's text encoder)",
+            "image": "CLIP_VISION_OUTPUT (clips that open with the input view)"
+            if clip_vision_output is not None
+            else "loader's clip_vision",
+        }
         return scene_loop_result(
             result,
             report,

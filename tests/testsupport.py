@@ -84,6 +84,9 @@ LOADER_FOLDERS = {
     "WorldStereoLoadMoGe": {"model_name": "moge"},
     "WorldStereoLoadWorldMirror": {"model_name": "worldmirror"},
     "WorldStereoLoadUni3C": {"uni3c_name": "controlnet"},
+    # ComfyUI's own encoders (tiny files load there through tests/comfy_plugins/ws_tiny_core_encoders)
+    "CLIPLoader": {"clip_name": "text_encoders"},
+    "CLIPVisionLoader": {"clip_name": "clip_vision"},
 }
 RELEASE_FILES = {
     "umt5_xxl_fp8_e4m3fn_scaled.safetensors",

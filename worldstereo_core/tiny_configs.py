@@ -98,7 +98,8 @@ TINY_UNI3C_CONFIG = dataclasses.replace(
 
 
 def tiny_umt5_config() -> dict[str, Any]:
-    """A 2-layer UMT5 (vocab 128, width 32, 4 heads)."""
+    """A 2-layer UMT5 (vocab 128, width 32, 4 heads; the release's 32 position buckets, which ComfyUI's
+    T5 fixes, so core CLIPLoader reads the tiny file too)."""
     return {
         **UMT5_XXL_CONFIG,
         "vocab_size": 128,
@@ -107,7 +108,6 @@ def tiny_umt5_config() -> dict[str, Any]:
         "d_ff": 64,
         "num_layers": 2,
         "num_heads": 4,
-        "relative_attention_num_buckets": 8,
     }
 
 

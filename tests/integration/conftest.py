@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from testsupport import require_comfyui
+from testsupport import REPO_ROOT, require_comfyui
+
+# test support beside the pack: ComfyUI's CLIPLoader / CLIP Vision Loader read the tiny encoder files
+CORE_ENCODER_PLUGIN = REPO_ROOT / "tests" / "comfy_plugins" / "ws_tiny_core_encoders"
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +20,9 @@ def comfy_server():
     server = ComfyServer()
     # tiny random weights in the real file layouts, where users put the real ones
     write_tiny_models(server.base_dir / "models")
+    plugins = server.base_dir / "custom_nodes"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / CORE_ENCODER_PLUGIN.name).symlink_to(CORE_ENCODER_PLUGIN, target_is_directory=True)
     server.start()
     try:
         yield server

@@ -335,11 +335,11 @@ def test_error_inside_a_swapped_block_leaves_only_host_weights(tiny_dir, monkeyp
     assert {t.data_ptr() for t in [*block.parameters(), *block.buffers()]} == host
 
 
-def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
-    """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT path: same frames as encoding here, even with no encoders."""
+@pytest.fixture(scope="module")
+def bare(tiny_dir):
+    """The memory-dmd bundle without text and image encoders (embeddings come from ComfyUI's nodes)."""
     _, paths = tiny_dir
-    full = models["dmd"]
-    bare = load_models(
+    return load_models(
         paths["worldstereo-memory-dmd"],
         vae=paths["vae"],
         device="cpu",
@@ -347,6 +347,11 @@ def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
         with_text_encoder=False,
         with_image_encoder=False,
     )
+
+
+def test_precomputed_embeddings_replace_the_encoders(bare, models):
+    """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT path: same frames as encoding here, even with no encoders."""
+    full = models["dmd"]
     assert bare.text_encoder is None and bare.image_encoder is None
     image, cams, render, mask = _scene()
     text = full.text_encoder.encode(["a red house"])
@@ -361,6 +366,39 @@ def test_precomputed_embeddings_replace_the_encoders(tiny_dir, models):
         generate_keyframes(bare, image, "x", None, cams, render, mask, image_embeds=clip)
     with pytest.raises(ShapeMismatchError, match="prompt_embeds must be"):
         generate_keyframes(bare, image, "x", None, cams, render, mask, prompt_embeds=text[..., :5], image_embeds=clip)
+
+
+def test_loop_generator_uses_the_image_embedding_only_for_its_image(bare, models):
+    """The Scene Loop's CONDITIONING / CLIP_VISION_OUTPUT path: the text embedding serves every clip; the
+    CLIP embedding of the input view serves clips that open with it, while a clip opening with another
+    image (continue, a bank view) is encoded by the bundle's own CLIP encoder — and fails clearly without one."""
+    full = models["dmd"]
+    image, cams, render, mask = _scene()
+    other = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(9))
+    text = full.text_encoder.encode(["a red house"])
+    n = int((text[0].abs().sum(-1) > 0).sum())
+    clip = full.image_encoder.encode(image.permute(2, 0, 1)[None] * 2 - 1)
+    embeds = dict(prompt_embeds=text[:, :n], image_embeds=clip, image_embeds_of=image[None])
+
+    # clip 0 opens with the encoded image: the bundle without encoders gives the built-in result
+    got = WorldStereoFrameGenerator(bare, "", seed=3, **embeds)(image[None], cams, render, mask, None)
+    want = generate_keyframes(full, image, "a red house", None, cams, render, mask, seed=3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+    # clip 1 opens with another image: CLIP-encoded by the bundle, text still from the embedding
+    gen = WorldStereoFrameGenerator(full, "ignored", seed=3, **embeds)
+    gen(image[None], cams, render, mask, None)
+    got = gen(other[None], cams, render, mask, None)
+    want = generate_keyframes(full, other, "a red house", None, cams, render, mask, seed=3 + 1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(MissingInputError, match="no image encoder"):
+        WorldStereoFrameGenerator(bare, "", **embeds)(other[None], cams, render, mask, None)
+
+    # one source of text per run, and an embedding always names its image
+    with pytest.raises(InvalidInputError, match="per-clip prompt"):
+        WorldStereoFrameGenerator(full, "", **embeds)(image[None], cams, render, mask, None, prompt="a barn")
+    with pytest.raises(InvalidInputError, match="image_embeds_of"):
+        WorldStereoFrameGenerator(full, "", image_embeds=clip)
 
 
 # ------------------------------------------------------------------------- Uni3C (video mode)

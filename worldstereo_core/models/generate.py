@@ -783,6 +783,12 @@ def _generate(
     return video_to_images(frames).cpu()
 
 
+def _one_image(image: torch.Tensor) -> torch.Tensor:
+    """``[H, W, C]`` of an ``[H, W, C]`` or ``[1, H, W, C]`` image."""
+    image = torch.as_tensor(image)
+    return image[0] if image.ndim == 4 else image
+
+
 class WorldStereoFrameGenerator:
     """The real video model as a :class:`worldstereo_core.interfaces.FrameGenerator`.
 
@@ -791,6 +797,13 @@ class WorldStereoFrameGenerator:
     noise (the release draws every clip's noise from one generator). Settings are checked here, so
     a bad one fails before the first clip, not after minutes of generation.
     The camera variant ignores the loop's references (it has no memory branch).
+
+    Precomputed conditioning (ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT; see
+    :func:`generate_keyframes`): ``prompt_embeds`` / ``negative_prompt_embeds`` replace the text
+    prompts for every clip, so a per-clip prompt is refused while they are set (one source of text
+    per run). ``image_embeds`` encode one image, ``image_embeds_of`` (``[1, H, W, 3]`` or
+    ``[H, W, 3]``): a clip that opens with that image uses them; any other start image (a continued
+    clip's last frame, a memory-bank view) is encoded by the bundle's own CLIP encoder.
     """
 
     def __init__(
@@ -805,10 +818,20 @@ class WorldStereoFrameGenerator:
         seed: int = 0,
         on_step: Callable[[int, int], None] | None = None,
         interrupt: Callable[[], bool] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_embeds_of: torch.Tensor | None = None,
     ) -> None:
         self.models = models
         self.prompt = prompt
         self.negative_prompt = negative_prompt
+        if (image_embeds is None) != (image_embeds_of is None):
+            raise InvalidInputError("image_embeds and image_embeds_of (the image they encode) go together")
+        self.prompt_embeds = prompt_embeds
+        self.negative_prompt_embeds = negative_prompt_embeds
+        self.image_embeds = image_embeds
+        self.image_embeds_of = None if image_embeds_of is None else _one_image(image_embeds_of)
         self.sampler = sampler
         self.steps = steps
         self.guidance_scale = guidance_scale
@@ -837,6 +860,15 @@ class WorldStereoFrameGenerator:
         ``cache`` (paper-SSM variants) is the loop's current 3D cache."""
         wants_refs = self.models.uses_references or self.models.uses_pairs
         refs = references if wants_refs and references is not None and len(references) else None
+        if prompt is not None and self.prompt_embeds is not None:
+            raise InvalidInputError(
+                "a per-clip prompt was given while prompt_embeds (CONDITIONING) replace the text of every clip; "
+                "give one or the other"
+            )
+        encoded = self.image_embeds_of
+        opens_with_encoded = encoded is not None and torch.equal(
+            _one_image(image).to(encoded.device, encoded.dtype), encoded
+        )
         seed = clip_seed(self.seed, self.calls)
         self.calls += 1
         return generate_keyframes(
@@ -855,6 +887,9 @@ class WorldStereoFrameGenerator:
             seed=seed,
             on_step=self.on_step,
             interrupt=self.interrupt,
+            prompt_embeds=self.prompt_embeds,
+            negative_prompt_embeds=self.negative_prompt_embeds,
+            image_embeds=self.image_embeds if opens_with_encoded else None,
             cache=cache,
         )
 

