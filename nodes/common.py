@@ -295,9 +295,9 @@ def user_path(value: str, what: str, *, roots: list[str], base: str, kind: str, 
     return real
 
 
-def input_file(value: str, what: str) -> str:
-    """A file input (camera.json, …): a file in ComfyUI's input folder, or with ``" [output]"``
-    appended one in the output folder (e.g. what Save camera.json wrote)."""
+def _input_path(value: str, what: str, kind: str) -> str:
+    """An existing file or folder (``kind``) in ComfyUI's input folder, or with ``" [output]"`` appended
+    one in the output folder."""
     import folder_paths
 
     return user_path(
@@ -305,24 +305,21 @@ def input_file(value: str, what: str) -> str:
         what,
         roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
         base=folder_paths.get_input_directory(),
-        kind="file",
+        kind=kind,
         where="ComfyUI's input folder (or its output folder, with ' [output]' appended)",
     )
+
+
+def input_file(value: str, what: str) -> str:
+    """A file input (camera.json, …): a file in ComfyUI's input folder, or with ``" [output]"``
+    appended one in the output folder (e.g. what Save camera.json wrote)."""
+    return _input_path(value, what, "file")
 
 
 def input_folder(value: str, what: str) -> str:
     """An existing folder input (a scene to evaluate, …) in ComfyUI's input folder, or with
     ``" [output]"`` appended one in the output folder."""
-    import folder_paths
-
-    return user_path(
-        value,
-        what,
-        roots=[folder_paths.get_input_directory(), folder_paths.get_output_directory()],
-        base=folder_paths.get_input_directory(),
-        kind="folder",
-        where="ComfyUI's input folder (or its output folder, with ' [output]' appended)",
-    )
+    return _input_path(value, what, "folder")
 
 
 def output_folder(value: str, what: str) -> str:
