@@ -173,10 +173,14 @@ def register_model_folder(name: str) -> None:
 
 
 def model_files(name: str) -> list[str]:
-    """The ``.safetensors`` files under a registered model folder (relative names)."""
+    """The ``.safetensors`` files under a ComfyUI model folder (relative names; none for a folder
+    ComfyUI does not know)."""
     import folder_paths
 
-    return folder_paths.get_filename_list(name)
+    try:
+        return [f for f in folder_paths.get_filename_list(name) if f.endswith(".safetensors")]
+    except KeyError:
+        return []
 
 
 def model_file_path(folder: str, name: str, what: str, layout: str = "model.safetensors (+ config.json)") -> str:

@@ -36,6 +36,7 @@ from .common import (
     frames_video,
     image_to_hwc,
     loop_specs,
+    model_files,
     model_folder,
     noise_seed_input,
     one_trajectory,
@@ -268,15 +269,6 @@ def _checkpoint_path(name: str) -> str:
     )
 
 
-def _files(folder: str) -> list[str]:
-    import folder_paths
-
-    try:
-        return [f for f in folder_paths.get_filename_list(folder) if f.endswith(".safetensors")]
-    except KeyError:
-        return []
-
-
 def _prefer(options: list[str], *words: str) -> str:
     for w in words:
         for o in options:
@@ -289,7 +281,7 @@ def _component_input(name: str, folder: str, prefer: tuple[str, ...], tooltip: s
     """A Wan component's combo on the loader: the files of ``models/<folder>`` (the first whose name holds
     one of ``prefer``'s words is the default), the wan_folder's copy, and ``skip`` (none) where the
     component may come from another node instead."""
-    options = [*_files(folder), FROM_WAN, *([skip] if skip else [])]
+    options = [*model_files(folder), FROM_WAN, *([skip] if skip else [])]
     return io.Combo.Input(name, options=options, default=_prefer(options, *prefer), tooltip=tooltip)
 
 
@@ -346,7 +338,7 @@ class SSMCondition:
 class WorldStereoLoadModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        base_files = _files("diffusion_models")
+        base_files = model_files("diffusion_models")
         ckpts = list_checkpoints()
         return io.Schema(
             node_id="WorldStereoLoadModel",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from worldstereo_core.errors import InvalidInputError
 
 from .comfy_v3 import io
-from .common import CATEGORY, Trajectory, dtype_input, option
+from .common import CATEGORY, Trajectory, dtype_input, model_files, option
 from .models import DTYPES, GGMControl, WSModel, ggm_condition
 
 SUB = f"{CATEGORY}/model"
@@ -19,19 +19,10 @@ FOLDER = "controlnet"  # ComfyUI's own folder; kijai's Wan21_Uni3C_controlnet_*.
 MODEL_DTYPE = "same as model"
 
 
-def _uni3c_files() -> list[str]:
-    import folder_paths
-
-    try:
-        return [f for f in folder_paths.get_filename_list(FOLDER) if f.endswith(".safetensors")]
-    except KeyError:
-        return []
-
-
 class WorldStereoLoadUni3C(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        files = _uni3c_files()
+        files = model_files(FOLDER)
         default = next((f for f in files if "uni3c" in f.lower()), files[0] if files else None)
         return io.Schema(
             node_id="WorldStereoLoadUni3C",
