@@ -68,17 +68,16 @@ _SDPA_PRIORITY = [
 
 def sdpa_cudnn_first(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
     """Softmax attention of ``query`` ``[B, Lq, H, D]`` over the concatenation (along tokens) of ``keys`` /
-    ``values`` (each ``[B, L_i, H, D]``) → ``[B, Lq, H, D]`` (a view of a head-major result).
+    ``values`` (each ``[B, L_i, H, D]``) → ``[B, Lq, H, D]``.
 
-    The operands are laid out head-major (``[B, H, L, D]``, contiguous) in one copy each — the
-    concatenation of references and targets happens in that same copy — which is the layout cuDNN's
-    fused kernel is fastest on; then SDPA runs with cuDNN first (:data:`_SDPA_PRIORITY`).
+    SDPA runs with cuDNN's fused kernel first (:data:`_SDPA_PRIORITY`) on head-major *views* of the
+    token-major tensors: cuDNN reads those strides directly, and making them contiguous first cost ~3 % of
+    a step on an H100 (the layout copies; bench/issue13_targets.py, 2026-12-05).
     """
-    q = query.transpose(1, 2).contiguous()
-    k = torch.cat([t.transpose(1, 2) for t in keys], dim=2).contiguous()
-    v = torch.cat([t.transpose(1, 2) for t in values], dim=2).contiguous()
+    key = keys[0] if len(keys) == 1 else torch.cat(keys, dim=1)
+    value = values[0] if len(values) == 1 else torch.cat(values, dim=1)
     with sdpa_kernel(_SDPA_PRIORITY, set_priority=True):
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
     return out.transpose(1, 2)
 
 
