@@ -101,24 +101,29 @@ def note(pos, text: str, size=(420, 260)) -> dict:
     return node("MarkdownNote", pos, {"text": text}, size=list(size))
 
 
+def _load_model(pos: list[int], checkpoint: str = CHECKPOINT) -> dict:
+    """Load Wan2.1 WorldStereo Model with a released checkpoint and the Wan files under their real names."""
+    widgets = {
+        "checkpoint": checkpoint,
+        "variant": "auto",
+        "text_encoder": TEXT_ENCODER,
+        "clip_vision": CLIP_VISION,
+        "vae": VAE,
+        "dtype": "bf16",
+        "base_model": BASE_MODEL,
+    }
+    return node("WorldStereoLoadModel", pos, widgets, models=WAN_MODELS)
+
+
+def _load_moge(pos: list[int]) -> dict:
+    return node("WorldStereoLoadMoGe", pos, {"model_name": MOGE, "variant": "auto", "dtype": "fp32"})
+
+
 def _model_loaders(x: int, y: int) -> dict:
     """The three loaders every real workflow uses, with the real file names."""
     return {
-        "model": node(
-            "WorldStereoLoadModel",
-            [x, y],
-            {
-                "checkpoint": CHECKPOINT,
-                "variant": "auto",
-                "text_encoder": TEXT_ENCODER,
-                "clip_vision": CLIP_VISION,
-                "vae": VAE,
-                "dtype": "bf16",
-                "base_model": BASE_MODEL,
-            },
-            models=WAN_MODELS,
-        ),
-        "moge": node("WorldStereoLoadMoGe", [x, y + 380], {"model_name": MOGE, "variant": "auto", "dtype": "fp32"}),
+        "model": _load_model([x, y]),
+        "moge": _load_moge([x, y + 380]),
         "worldmirror": node(
             "WorldStereoLoadWorldMirror",
             [x, y + 560],
@@ -139,6 +144,15 @@ def _input_view(x: int, y: int, image: str) -> dict:
             title="Generation size (480×832, centre crop)",
         ),
     }
+
+
+def _view_depth_links() -> list:
+    """:func:`_input_view`'s image, at the generation size, into Depth Estimate with the MoGe loader's model."""
+    return [
+        ("load", "IMAGE", "size", "image"),
+        ("size", "IMAGE", "depth", "image"),
+        ("moge", "moge", "depth", "moge"),
+    ]
 
 
 def _saves(x: int, y: int, prefix: str, report: bool = True) -> dict:
@@ -345,11 +359,7 @@ def _step_by_step(real: bool) -> dict:
             "note": note([1700, 40], STEP_NOTE, (700, 460)),
         }
         image, depth, camera = ("size", "IMAGE"), ("depth", "depth"), ("depth", "camera")
-        links = [
-            ("load", "IMAGE", "size", "image"),
-            ("size", "IMAGE", "depth", "image"),
-            ("moge", "moge", "depth", "moge"),
-        ]
+        links = _view_depth_links()
         x_cloud, top = 820, 680
     else:
         nodes = {
@@ -454,9 +464,7 @@ WORKFLOWS: dict[str, dict] = {
             "note": note([420, 380], SINGLE_VIEW_NOTE, (400, 560)),
         },
         "links": [
-            ("load", "IMAGE", "size", "image"),
-            ("size", "IMAGE", "depth", "image"),
-            ("moge", "moge", "depth", "moge"),
+            *_view_depth_links(),
             *_loop_links(),
             ("depth", "depth", "loop", "depth"),
             ("loop", "renders", "renders", "frames"),
@@ -522,7 +530,7 @@ WORKFLOWS: dict[str, dict] = {
     "uni3c": {
         "nodes": {
             **_input_view(40, 80, EXAMPLE_IMAGE),
-            "moge": node("WorldStereoLoadMoGe", [40, 680], {"model_name": MOGE, "variant": "auto", "dtype": "fp32"}),
+            "moge": _load_moge([40, 680]),
             "depth": node("WorldStereoDepthEstimate", [420, 80], {"mode": "perspective", "resolution_level": 9}),
             "cloud": node("WorldStereoBuildPointCloud", [420, 320], {}),
             "traj": node("WorldStereoTrajectoryBuilder", [820, 80], {"preset": "orbit", "num_frames": 81}),
@@ -533,20 +541,7 @@ WORKFLOWS: dict[str, dict] = {
                 title="GGM Render Cache (every pose: Uni3C takes all 81)",
             ),
             "control": node("WorldStereoUni3CControl", [1300, 300]),
-            "model": node(
-                "WorldStereoLoadModel",
-                [820, 760],
-                {
-                    "checkpoint": "worldstereo-camera",
-                    "variant": "auto",
-                    "text_encoder": TEXT_ENCODER,
-                    "clip_vision": CLIP_VISION,
-                    "vae": VAE,
-                    "dtype": "bf16",
-                    "base_model": BASE_MODEL,
-                },
-                models=WAN_MODELS,
-            ),
+            "model": _load_model([820, 760], "worldstereo-camera"),
             "uni3c": node("WorldStereoLoadUni3C", [1300, 760], {"uni3c_name": UNI3C}, models=UNI3C_MODELS),
             "sampler": node(
                 "WorldStereoSampler",
@@ -558,9 +553,7 @@ WORKFLOWS: dict[str, dict] = {
             "renders": node("WorldStereoSaveVideo", [2160, 260], {"filename_prefix": "worldstereo/uni3c_render"}),
         },
         "links": [
-            ("load", "IMAGE", "size", "image"),
-            ("size", "IMAGE", "depth", "image"),
-            ("moge", "moge", "depth", "moge"),
+            *_view_depth_links(),
             ("size", "IMAGE", "cloud", "image"),
             ("depth", "depth", "cloud", "depth"),
             ("depth", "camera", "cloud", "camera"),
