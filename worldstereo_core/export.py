@@ -142,14 +142,19 @@ def _check_names(names: Sequence[str], count: int, what: str) -> list[str]:
     return names
 
 
-def _subsample(n: int, max_points: int | None) -> np.ndarray | None:
-    """Deterministic subset of ``max_points`` indices out of ``n`` (sorted), or None for all."""
+def _subsampled_points(cloud: PointCloud, max_points: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``cloud``'s points ``[M, 3]`` (float64) and uint8 colours ``[M, 3]``, at most ``max_points``
+    of them: a deterministic subset (fixed seed, original order kept), or all."""
+    pts = _np64(cloud.points)
+    rgb = _colors_u8(_np64(cloud.colors))
+    n = len(pts)
     if max_points is None or n <= max_points:
-        return None
+        return pts, rgb
     if max_points < 1:
         raise InvalidOptionError(f"max_points must be at least 1, got {max_points}")
     rng = np.random.default_rng(0)
-    return np.sort(rng.choice(n, size=max_points, replace=False))
+    keep = np.sort(rng.choice(n, size=max_points, replace=False))
+    return pts[keep], rgb[keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,11 +518,7 @@ def save_cameras_glb(
     b = _GlbBuilder()
     cloud_pts = None
     if cloud is not None:
-        cloud_pts = _np64(cloud.points)
-        rgb = _colors_u8(_np64(cloud.colors))
-        keep = _subsample(len(cloud_pts), max_points)
-        if keep is not None:
-            cloud_pts, rgb = cloud_pts[keep], rgb[keep]
+        cloud_pts, rgb = _subsampled_points(cloud, max_points)
         pos = (cloud_pts @ S.T).astype(np.float32)
         # RGBA uint8 keeps every vertex attribute 4-byte aligned, as glTF requires.
         rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
@@ -616,11 +617,7 @@ def save_colmap_text(
     body = ""
     n_pts = 0
     if cloud is not None:
-        pts = _np64(cloud.points)
-        rgb = _colors_u8(_np64(cloud.colors))
-        keep = _subsample(len(pts), max_points)
-        if keep is not None:
-            pts, rgb = pts[keep], rgb[keep]
+        pts, rgb = _subsampled_points(cloud, max_points)
         n_pts = len(pts)
         ids = np.arange(1, n_pts + 1)
         # Formatting row by row is slow in Python; build the columns with numpy's char ops.
