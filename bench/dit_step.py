@@ -13,23 +13,16 @@ Prints both times, the ratio, achieved TFLOP/s (analytic matmul FLOPs) and peak 
 
 from __future__ import annotations
 
-import argparse
 import gc
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from _common import IMAGE_TOKENS, TEXT_TOKENS, bench_parser, step_inputs, sync
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 from worldstereo_core.models import build_transformer, init_random_weights
 from worldstereo_core.models.transformer_worldstereo import FULL_TRANSFORMER_CONFIG
 from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, build_tiny_transformer
-
-TEXT_TOKENS, IMAGE_TOKENS = 512, 257
 
 
 def matmul_flops(
@@ -63,29 +56,23 @@ def matmul_flops(
 def time_call(fn, device: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return (time.perf_counter() - start) / iters
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
+    p = bench_parser(__doc__)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
     p.add_argument("--frames", type=int, default=21, help="latent frames (keyframes)")
     p.add_argument("--refs", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--attention-backend", default=None, help="diffusers attention backend, e.g. flash, _native_cudnn")
     p.add_argument("--skip-stock", action="store_true")
-    p.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke test)")
     args = p.parse_args()
 
     device = torch.device(args.device)
@@ -104,11 +91,8 @@ def main() -> None:
         f"tokens: targets {n_t} + refs {n_r} = {n_t + n_r}"
     )
 
-    def rand(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype)
-
-    text, image = rand(1, TEXT_TOKENS, base_cfg["text_dim"]), rand(1, IMAGE_TOKENS, base_cfg["image_dim"])
-    t = torch.full((1,), 900.0, device=device)
+    x, t, inputs = step_inputs(base_cfg, device, dtype, f, h, w, r)
+    text, image = inputs["encoder_hidden_states"], inputs["encoder_hidden_states_image"]
 
     # ---- WorldStereo memory model
     with torch.device("meta"):
@@ -117,18 +101,6 @@ def main() -> None:
     if args.attention_backend:
         model.set_attention_backend(args.attention_backend)
     cn = model.controlnet_config
-    inputs = dict(
-        encoder_hidden_states=text,
-        encoder_hidden_states_image=image,
-        render_latent=rand(1, 16, f, h, w),
-        render_mask=(torch.rand(1, 1, f, 8 * h, 8 * w, device=device) > 0.5).to(dtype),
-        plucker=rand(1, 6, f, 8 * h, 8 * w),
-        reference_latent=rand(1, 36, r, h, w),
-        ref_index=torch.arange(r, device=device) % max(f - 1, 1),
-        camera_qt=rand(1, f, 7),
-        camera_qt_ref=rand(1, r, 7),
-    )
-    x = rand(1, 36, f, h, w)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
@@ -157,7 +129,7 @@ def main() -> None:
         )
     if args.attention_backend:
         stock.set_attention_backend(args.attention_backend)
-    xs = rand(1, 36, f + r, h, w)
+    xs = torch.randn(1, 36, f + r, h, w, device=device, dtype=dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():

@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dit_step import IMAGE_TOKENS, TEXT_TOKENS, matmul_flops  # noqa: E402
+from _common import TrajectoryRunner, bench_parser, build_encoders, step_inputs, sync  # noqa: E402
+from dit_step import matmul_flops  # noqa: E402
 
 from worldstereo_core.models import build_transformer, init_random_weights  # noqa: E402
 from worldstereo_core.models.fp8 import Float8Linear, fp8_layer_names, quantize_rows  # noqa: E402
@@ -57,9 +58,6 @@ from worldstereo_core.models.transformer_worldstereo import (  # noqa: E402
 from worldstereo_core.tiny_configs import (  # noqa: E402
     TINY_TRANSFORMER_CONFIG,
     build_tiny_transformer,
-    tiny_clip_vision_config,
-    tiny_umt5_config,
-    tiny_vae_config,
 )
 
 GiB = 2**30
@@ -89,11 +87,6 @@ def guarded(what: str, fn) -> None:
 
         traceback.print_exc()
         record(what, "FAILED", note=repr(exc)[:160])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def median_time(fn, device: torch.device, warmup: int = 1, iters: int = 3) -> float:
@@ -264,24 +257,6 @@ def profile_step(fn, device: torch.device, path: Path, backend: str) -> None:
     RESULTS[f"profile {path.stem}"] = {"value": lines, "unit": "", "target": "", "met": None, "note": ""}
 
 
-def step_inputs(cfg: dict, device, dtype, f, h, w, r):
-    def rand(*shape):
-        return torch.randn(*shape, device=device, dtype=dtype)
-
-    kw = dict(
-        encoder_hidden_states=rand(1, TEXT_TOKENS, cfg["text_dim"]),
-        encoder_hidden_states_image=rand(1, IMAGE_TOKENS, cfg["image_dim"]),
-        render_latent=rand(1, 16, f, h, w),
-        render_mask=(torch.rand(1, 1, f, 8 * h, 8 * w, device=device) > 0.5).to(dtype),
-        plucker=rand(1, 6, f, 8 * h, 8 * w),
-        reference_latent=rand(1, 36, r, h, w),
-        ref_index=torch.arange(r, device=device) % max(f - 1, 1),
-        camera_qt=rand(1, f, 7),
-        camera_qt_ref=rand(1, r, 7),
-    )
-    return rand(1, 36, f, h, w), torch.full((1,), 900.0, device=device), kw
-
-
 def swap_in_fp8(model, granularity: str) -> dict[str, torch.nn.Module]:
     """Replace the block projections by fp8 layers; returns the replaced bf16 layers (to restore)."""
     saved = {}
@@ -300,34 +275,6 @@ def restore(model, saved: dict[str, torch.nn.Module]) -> None:
 
 
 # ----------------------------------------------------------------------------- 5-6. VAE and trajectory
-
-
-def build_encoders(device, dtype, tiny):
-    from diffusers import AutoencoderKLWan
-    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-
-    from worldstereo_core.models.encoders import CLIP_VIT_H_CONFIG, UMT5_XXL_CONFIG
-    from worldstereo_core.models.vae import WAN21_VAE_CONFIG
-
-    def random_module(build, seed):
-        with torch.device("meta"):
-            module = build()
-        module = init_random_weights(module, device, dtype, seed=seed).eval()
-        # non-persistent buffers (not in the state dict) are still on meta: make them real
-        for sub in module.modules():
-            for key, b in list(sub._buffers.items()):
-                if b is not None and b.is_meta:
-                    real = torch.arange(b.shape[-1], device=device).expand(b.shape) if "position_ids" in key else None
-                    sub._buffers[key] = (real if real is not None else torch.zeros(b.shape, device=device)).to(b.dtype)
-        return module
-
-    vae_cfg = tiny_vae_config() if tiny else dict(WAN21_VAE_CONFIG)
-    t5_cfg = tiny_umt5_config() if tiny else dict(UMT5_XXL_CONFIG)
-    clip_cfg = tiny_clip_vision_config() if tiny else dict(CLIP_VIT_H_CONFIG)
-    vae = random_module(lambda: AutoencoderKLWan(**vae_cfg), 1)
-    t5 = random_module(lambda: UMT5EncoderModel(UMT5Config(**t5_cfg)), 2)
-    clip = random_module(lambda: CLIPVisionModel(CLIPVisionConfig(**clip_cfg)), 3)
-    return vae, t5, clip, t5_cfg
 
 
 def vae_figures(vae, device, dtype, n, H, W) -> None:
@@ -372,42 +319,6 @@ def vae_figures(vae, device, dtype, n, H, W) -> None:
     free(device)
 
 
-def trajectory_runner(models, t5, t5_cfg, device, H, W, R, t5_offloaded: bool = False):
-    """A callable running one whole DMD trajectory (UMT5 + generate_keyframes); returns seconds."""
-    from dmd_trajectory import trajectory_inputs
-
-    from worldstereo_core.models.generate import generate_keyframes
-    from worldstereo_core.models.offload import on_device
-
-    g = torch.Generator().manual_seed(0)
-    kf, image, render, mask, refs = trajectory_inputs(H, W, R, g)
-    ids = torch.randint(0, t5_cfg["vocab_size"], (1, 512), generator=g)
-
-    def run() -> float:
-        sync(device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            with on_device(t5, device, enabled=t5_offloaded):
-                prompt_embeds = t5(ids.to(device)).last_hidden_state
-            frames = generate_keyframes(
-                models,
-                image,
-                "",
-                keyframe_cameras=kf,
-                render=render,
-                render_mask=mask,
-                references=refs,
-                sampler="dmd",
-                seed=0,
-                prompt_embeds=prompt_embeds,
-            )
-        sync(device)
-        assert tuple(frames.shape) == (len(kf), H, W, 3)
-        return time.perf_counter() - start
-
-    return run
-
-
 # ----------------------------------------------------------------------------- 8. 24 GB child
 
 
@@ -450,7 +361,7 @@ def small_card_child(args) -> dict:
         total = torch.cuda.get_device_properties(device).total_memory
         # the fraction applies per device index (a bare 'cuda' device is refused)
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), torch.cuda.current_device())
-    run = trajectory_runner(models, t5, t5_cfg, device, H, W, args.refs, t5_offloaded=True)
+    run = TrajectoryRunner(models, t5, t5_cfg, device, H, W, args.refs, t5_offloaded=True)
     run()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -471,9 +382,7 @@ def small_card_child(args) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--tiny", action="store_true")
+    p = bench_parser(__doc__, size=False)
     p.add_argument("--refs", type=int, default=8)
     p.add_argument("--swap", type=int, default=30, help="blocks swapped in the 24 GB mode")
     p.add_argument(
@@ -679,7 +588,7 @@ def main() -> int:
                 models = WorldStereoModels(
                     model, WanKeyframeVAE(vae), None, None, CLIPImageEncoder(clip), "dmd", device, "none", fmt
                 )
-                run = trajectory_runner(models, t5, t5_cfg, device, H, W, R)
+                run = TrajectoryRunner(models, t5, t5_cfg, device, H, W, R)
                 run()
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)

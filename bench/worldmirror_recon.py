@@ -10,14 +10,11 @@ with camera and intrinsics priors, as WorldStereo calls it after each generated 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import bench_parser, default_dtype, sync
 
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.recon.reconstruct import predict_worldmirror
@@ -27,17 +24,13 @@ from worldstereo_core.trajectory import make_preset
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
+    p = bench_parser(__doc__)
     p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
     p.add_argument("--target-size", type=int, default=832)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--tiny", action="store_true")
     args = p.parse_args()
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = default_dtype(device)
     H, W = (56, 84) if args.tiny else (args.height, args.width)
     cfg = tiny_worldmirror_config() if args.tiny else WorldMirrorConfig()
     torch.manual_seed(0)
@@ -51,13 +44,11 @@ def main() -> int:
     frames = torch.rand(args.frames, H, W, 3, generator=torch.Generator().manual_seed(1))
 
     def run() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         with torch.no_grad():
             pred = predict_worldmirror(model, frames, traj.cameras, target_size=args.target_size, use_priors=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         assert pred.depth.shape[-2:] == (H, W)
         return time.perf_counter() - start
 
