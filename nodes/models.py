@@ -326,6 +326,9 @@ class GGMCondition:
     cameras: object  # worldstereo_core.cameras.Cameras of the F keyframes (video: of all poses)
     trajectory: object  # worldstereo_core.trajectory.Trajectory
     video: bool = False
+    # the 3D cache the render was made from (worldstereo_core.pointcloud.PointCloud), when connected: the
+    # paper-SSM checkpoints read their pointmaps (target keyframes and paired references) from it
+    cache: object = None
 
 
 @dataclass(frozen=True)
@@ -364,8 +367,9 @@ class WorldStereoLoadModel(io.ComfyNode):
                     default="auto",
                     tooltip="auto: read it from the checkpoint's config.json (model_type), else from its folder name "
                     "(worldstereo-camera / -memory / -memory-dmd), as the release does. paper / paper-dmd: the "
-                    "paper's SSM (memory branch on stitched pairs; trained with `worldstereo train`), which the "
-                    "Scene Loop runs (it needs the live 3D cache).",
+                    "paper's SSM (memory branch on stitched pairs; trained with `worldstereo train`); it reads the "
+                    "3D cache's pointmaps: the Scene Loop passes its live cache, the DMDSampler the cache connected "
+                    "to GGM Control.",
                 ),
                 _component_input(
                     "text_encoder",
@@ -508,20 +512,28 @@ class WorldStereoGGMControl(io.ComfyNode):
                 ),
                 io.Mask.Input("hole_mask", tooltip="1 where the render has a hole, 0 where the cache covers it."),
                 Trajectory.Input("trajectory", tooltip="The trajectory the render was made along."),
+                PointCloud.Input(
+                    "cache",
+                    optional=True,
+                    tooltip="The 3D cache the render was made from (the cache input of GGM Render Cache). Needed "
+                    "by the paper-SSM checkpoints (variant paper / paper-dmd): their memory branch reads the "
+                    "cache's pointmaps at the keyframes and at the references. Other checkpoints ignore it.",
+                ),
             ],
             outputs=[GGMControl.Output(display_name="ggm", tooltip="The GGM condition for the sampler.")],
         )
 
     @classmethod
-    def execute(cls, render, hole_mask, trajectory) -> io.NodeOutput:
-        return io.NodeOutput(ggm_condition(render, hole_mask, trajectory, video=False))
+    def execute(cls, render, hole_mask, trajectory, cache=None) -> io.NodeOutput:
+        return io.NodeOutput(ggm_condition(render, hole_mask, trajectory, video=False, cache=cache))
 
 
-def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, video: bool) -> GGMCondition:
+def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, video: bool, cache=None) -> GGMCondition:
     """The GGM Control / Uni3C Control value: one trajectory's renders, masks and cameras, checked.
 
     Keyframe mode takes the 21 keyframes (or one render per pose, then keeps the keyframes); video
-    mode (Uni3C) takes one render per pose, ``1 + 4k`` poses, and all their cameras.
+    mode (Uni3C) takes one render per pose, ``1 + 4k`` poses, and all their cameras. ``cache``: the
+    3D cache's cloud, carried for the paper-SSM checkpoints (checked non-empty).
     """
     from worldstereo_core.models.generate import video_latent_frames
 
@@ -550,7 +562,9 @@ def ggm_condition(render: torch.Tensor, hole_mask: torch.Tensor, trajectory, vid
     cams = traj.cameras if video else traj.keyframes()
     if (cams.height, cams.width) != (H, W):
         cams = cams.resized(H, W)
-    return GGMCondition(render[..., :3].float(), mask.float(), cams, traj, video=video)
+    if cache is not None:
+        cache = cache.require_nonempty("3D cache")
+    return GGMCondition(render[..., :3].float(), mask.float(), cams, traj, video=video, cache=cache)
 
 
 class WorldStereoSSMControl(io.ComfyNode):
@@ -596,7 +610,7 @@ class WorldStereoSampler(io.ComfyNode):
                 *_prompt_inputs(),
                 *_sampler_inputs(),
                 noise_seed_input("Noise seed; the same seed on the same device gives the same frames."),
-                SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory checkpoints)."),
+                SSMControl.Input("ssm", optional=True, tooltip="From SSM Control (memory and paper-SSM checkpoints)."),
                 *_conditioning_inputs("", ""),
             ],
             outputs=[
@@ -643,6 +657,11 @@ class WorldStereoSampler(io.ComfyNode):
                 else "this condition is for the Uni3C branch (81 frames): put Load Uni3C ControlNet after the model "
                 "loader, or use GGM Control (21 keyframes)"
             )
+        if model.uses_pairs and ggm.cache is None:
+            raise MissingInputError(
+                f"the {model.variant!r} checkpoint (the paper's SSM) reads pointmaps from the 3D cache: connect the "
+                "cache that GGM Render Cache rendered to GGM Control's cache input"
+            )
         img = image_to_hwc(image)
         H, W = ggm.render.shape[1:3]
         if tuple(img.shape[:2]) != (H, W):
@@ -671,6 +690,7 @@ class WorldStereoSampler(io.ComfyNode):
             on_step=lambda i, n: progress(i + 1, n),
             interrupt=_interrupt,
             **comfy_embeddings(positive, negative, clip_vision_output),
+            cache=ggm.cache if model.uses_pairs else None,
         )
         # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
         return io.NodeOutput(frames, ggm.trajectory, frames_video(frames, 16.0 if ggm.video else KEYFRAME_FPS))

@@ -226,3 +226,28 @@ def test_core_encoders_reach_the_scene_loop_as_they_reach_the_sampler(comfy_serv
     for a, b in ((own, core), (core, own)):
         dist, _ = cKDTree(b).query(a)
         assert (dist < 1e-3).mean() >= 0.98, f"{(dist >= 1e-3).sum()} of {len(a)} points have no match"
+
+
+def test_paper_ssm_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(comfy_server, object_info):
+    """The paper-SSM variant from the separate nodes: a tiny ``paper-dmd`` checkpoint (random weights, memory
+    branch non-zero so the pointmaps matter) in the same graph, each GGM Control given the cache its GGM
+    Render Cache rendered; the DMDSampler then pairs references and reads pointmaps as the loop does."""
+    from tiny_models import write_tiny_worldstereo
+
+    api, samplers = _tiny_step_by_step(comfy_server, object_info)
+    name = "worldstereo-paper-dmd-tiny"
+    write_tiny_worldstereo(comfy_server.base_dir / "models" / "worldstereo" / name, "paper-dmd")
+    (model,) = _ids(api, "WorldStereoLoadModel")
+    api[model]["inputs"]["checkpoint"] = name
+    api[model]["inputs"]["variant"] = "auto"  # read from config.json: worldstereo-paper-memory-dmd
+    for gid in _ids(api, "WorldStereoGGMControl"):
+        render_id = api[gid]["inputs"]["render"][0]
+        api[gid]["inputs"]["cache"] = api[render_id]["inputs"]["cache"]  # the cache that was rendered
+    _run_and_compare(comfy_server, api, samplers, "900", "ws_equal_paper", tol=1e-4)
+
+    # without the cache the sampler says what to connect (and the loop is not needed for that)
+    for gid in _ids(api, "WorldStereoGGMControl"):
+        del api[gid]["inputs"]["cache"]
+    del api["900"]
+    result = comfy_server.run({k: v for k, v in api.items() if not k.startswith(("80", "90"))}, timeout=600)
+    assert result.status == "error" and "GGM Control's cache input" in str(result.error)
