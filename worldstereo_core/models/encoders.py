@@ -190,13 +190,10 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PromptTokenizer:
     return HFTokenizer(tok)
 
 
-class UMT5TextEncoder:
-    """UMT5 encoder + tokenizer producing Wan's text conditioning ``[B, 512, d_model]``."""
+class _WrappedEncoder:
+    """What the encoder wrappers share: the device and dtype of their transformers ``model``."""
 
-    def __init__(self, model: UMT5EncoderModel, tokenizer: PromptTokenizer, max_length: int = TEXT_MAX_LENGTH) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = int(max_length)
+    model: torch.nn.Module
 
     @property
     def device(self) -> torch.device:
@@ -205,6 +202,15 @@ class UMT5TextEncoder:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+
+class UMT5TextEncoder(_WrappedEncoder):
+    """UMT5 encoder + tokenizer producing Wan's text conditioning ``[B, 512, d_model]``."""
+
+    def __init__(self, model: UMT5EncoderModel, tokenizer: PromptTokenizer, max_length: int = TEXT_MAX_LENGTH) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
 
     def tokenize(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cleaned, tokenised prompts: ``(ids [B, 512], mask [B, 512])``."""
@@ -269,7 +275,7 @@ def clip_preprocess(
     return (x - m) / s
 
 
-class CLIPImageEncoder:
+class CLIPImageEncoder(_WrappedEncoder):
     """CLIP vision tower returning the penultimate layer's hidden states ``[N, 257, 1280]``."""
 
     def __init__(self, model: CLIPVisionModel, pixel_scale: PixelScale = "release") -> None:
@@ -282,14 +288,6 @@ class CLIPImageEncoder:
         self._core = core
         params = inspect.signature(type(core.encoder.layers[0]).forward).parameters
         self._legacy_layer_call = "causal_attention_mask" in params
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def num_tokens(self) -> int:
