@@ -93,3 +93,16 @@ def app_page(browser, ui_server):
         yield AppPage(page, ui_server).open()
     finally:
         context.close()
+
+
+@pytest.fixture()
+def offline_app_page(browser, ui_server):
+    """The app page with clipboard access, whose requests off this machine are aborted (the
+    frontend asks model hosts for file sizes; a test never reaches the network)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=ui_server.url)
+    context.route(lambda url: not url.startswith(ui_server.url), lambda route: route.abort())
+    try:
+        yield AppPage(context.new_page(), ui_server).open()
+    finally:
+        context.close()
