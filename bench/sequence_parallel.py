@@ -18,6 +18,7 @@ On GPUs (``--device cuda``, one process per GPU) it also times the pass at the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import sys
@@ -35,25 +36,16 @@ from worldstereo_core.models.loading import init_random_weights
 from worldstereo_core.models.transformer_worldstereo import (
     FULL_CONTROLNET_CONFIG,
     FULL_TRANSFORMER_CONFIG,
-    ControlNetConfig,
     WorldStereoTransformer,
 )
+from worldstereo_core.tiny_configs import TINY_CONTROLNET_CONFIG, TINY_TRANSFORMER_CONFIG
 
-# Small enough for a CPU, shaped like the release: 8 main heads and 8 ControlNet heads divide
+# The tiny sizes widened to 8 heads, still small enough for a CPU and shaped like the release: 8 main heads and 8 ControlNet heads divide
 # over 1, 2, 4 and 8 ranks; the latent grid gives 45 target and 30 reference tokens.
-SMALL_TRANSFORMER = {
-    **FULL_TRANSFORMER_CONFIG,
-    "num_attention_heads": 8,
-    "attention_head_dim": 12,
-    "text_dim": 32,
-    "freq_dim": 32,
-    "ffn_dim": 128,
-    "num_layers": 3,
-    "image_dim": 32,
-    "added_kv_proj_dim": 96,
-}
-SMALL_CONTROLNET = ControlNetConfig(
-    dim=48, ffn_dim=96, num_heads=8, num_layers=2, conv_out_dim=96, time_embed_dim=96, mid_channels=16
+SMALL_TRANSFORMER = dict(TINY_TRANSFORMER_CONFIG, num_attention_heads=8, attention_head_dim=12)
+SMALL_TRANSFORMER.update(ffn_dim=128, added_kv_proj_dim=96)  # widths that follow 8 heads × 12 = 96
+SMALL_CONTROLNET = dataclasses.replace(
+    TINY_CONTROLNET_CONFIG, dim=48, ffn_dim=96, num_heads=8, conv_out_dim=96, time_embed_dim=96
 )
 SMALL_SHAPE = {"frames": 3, "h": 6, "w": 10, "refs": 2, "text": 16}
 # The release's memory-DMD workload: 21 keyframes at 480×832 (latent 60×104), 8 references.

@@ -32,9 +32,9 @@ import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -46,6 +46,7 @@ from .errors import (
     InvalidOptionError,
     MissingFileError,
     UnsafeFileError,
+    WorldStereoError,
 )
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -250,6 +251,45 @@ def read_json(path: str | os.PathLike, what: str = "config") -> Any:
         ) from None
 
 
+_Config = TypeVar("_Config")
+
+
+def config_dataclass(
+    cls: type[_Config],
+    raw: Any,
+    where: str,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    ignore_unknown: bool = False,
+    convert: Callable[[str, Any], Any] | None = None,
+) -> _Config:
+    """The dataclass config ``cls`` that a stored config (a JSON object) describes: the one parser of the
+    loaders' dataclass configs (GGM / Uni3C branch, paper memory branch, WorldMirror).
+
+    Fields come from ``raw`` over ``defaults``. A key that is no field of ``cls`` raises, unless
+    ``ignore_unknown`` (upstream files carry keys we do not model). ``convert(name, value)`` normalises
+    each value (JSON lists to tuples, numbers to int). A value of the wrong type, or one ``cls`` refuses,
+    raises :class:`CheckpointMismatchError` naming ``where``.
+    """
+    if not isinstance(raw, Mapping):
+        raise CheckpointMismatchError(f"{where} must be a JSON object, got {type(raw).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown and not ignore_unknown:
+        raise CheckpointMismatchError(
+            f"unknown {where} keys {unknown} (known: {sorted(names)}); was the file written by a newer version?"
+        )
+    values = {**(defaults or {}), **{k: v for k, v in raw.items() if k in names}}
+    try:
+        if convert is not None:
+            values = {k: convert(k, v) for k, v in values.items()}
+        return cls(**values)
+    except WorldStereoError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CheckpointMismatchError(f"{where}: {exc} (got {dict(raw)})") from None
+
+
 def config_json_beside(path: str | os.PathLike, files: list[Path], single_file_too: bool = True) -> Path | None:
     """The ``config.json`` of a checkpoint folder (``path`` a folder), or beside a single file
     (``single_file_too``; off for files in shared folders such as ComfyUI's ``models/vae``)."""
@@ -261,6 +301,24 @@ def config_json_beside(path: str | os.PathLike, files: list[Path], single_file_t
     else:
         return None
     return cand if cand.is_file() else None
+
+
+def stored_config(
+    path: str | os.PathLike,
+    files: list[Path],
+    kind: str,
+    legacy: Collection[str] = (),
+    single_file_too: bool = True,
+) -> tuple[Any, str]:
+    """The architecture a checkpoint states, and where it says so: the ``config.json`` of its folder
+    (or beside a single file, ``single_file_too``; parsed JSON, which the loader's parser checks), else
+    the config embedded in its metadata (:func:`embedded_config`), else ``(None, "")`` — the loader then
+    uses the released defaults."""
+    beside = config_json_beside(path, files, single_file_too)
+    if beside is not None:
+        return read_json(beside, f"{MODEL_KINDS[kind][0]} config.json"), str(beside)
+    embedded = embedded_config(files, kind, legacy)
+    return (embedded, f"{Path(files[0]).name} metadata") if embedded is not None else (None, "")
 
 
 # ------------------------------------------------------------------------------------------- plan
@@ -583,6 +641,21 @@ def write_config_json(folder: str | os.PathLike, config: Mapping[str, Any]) -> P
     return atomic.write_text(Path(folder) / "config.json", json.dumps(dict(config), indent=2))
 
 
+def save_model_folder(
+    state: Mapping[str, torch.Tensor],
+    folder: str | os.PathLike,
+    kind: str,
+    config: Mapping[str, Any],
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """The release's folder layout: ``folder/model.safetensors`` (config in its metadata,
+    :func:`save_checkpoint`) and ``folder/config.json``, which :func:`stored_config` reads back. Returns
+    the weights' path."""
+    path = save_checkpoint(state, Path(folder) / "model.safetensors", kind, config, dtype)
+    write_config_json(folder, config)
+    return path
+
+
 __all__ = [
     "CONFIG_METADATA_KEY",
     "LEGACY_CONFIG_KEYS",
@@ -595,6 +668,7 @@ __all__ = [
     "TensorSource",
     "bind_recipe",
     "checkpoint_files",
+    "config_dataclass",
     "config_json_beside",
     "describe_keys",
     "embedded_config",
@@ -609,6 +683,8 @@ __all__ = [
     "read_safetensors_header",
     "refuse_pickle",
     "save_checkpoint",
+    "save_model_folder",
+    "stored_config",
     "stream_weights",
     "tag_recipe",
     "take",

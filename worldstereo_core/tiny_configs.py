@@ -56,9 +56,7 @@ TINY_CONTROLNET_CONFIG = ControlNetConfig(
 )
 """The GGM branch at width 16, writing into the tiny transformer's width 32."""
 
-TINY_MEMORY_CONFIG = MemoryBranchConfig(
-    dim=16, ffn_dim=32, num_heads=2, num_layers=2, conv_out_dim=32, time_embed_dim=32
-)
+TINY_MEMORY_CONFIG = MemoryBranchConfig.like(TINY_CONTROLNET_CONFIG)
 """The paper-SSM memory branch at the tiny GGM branch's sizes (the initialisation rule copies its blocks)."""
 
 TINY_LATENT_COND_MODE = "first_frame_only"
@@ -83,16 +81,10 @@ def build_tiny_transformer(variant: str) -> WorldStereoTransformer:
 
 
 TINY_UNI3C_CONFIG = dataclasses.replace(
-    UNI3C_FULL_CONFIG,
-    dim=16,
-    ffn_dim=48,
-    num_heads=2,
-    num_layers=2,
-    conv_out_dim=32,
-    time_embed_dim=32,
-    mid_channels=16,
+    UNI3C_FULL_CONFIG, **{**TINY_CONTROLNET_CONFIG.branch_sizes(), "ffn_dim": 48}, mid_channels=16
 )
-"""The Uni3C branch at test size; it writes into the tiny transformer's width (32)."""
+"""The Uni3C branch at the tiny GGM branch's sizes (its FFN wider, as the released Uni3C's is), writing
+into the tiny transformer's width (32)."""
 
 # ------------------------------------------------------------------------------ Wan encoders and VAE
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -16,12 +17,15 @@ from worldstereo_core.checkpoint import (
     CONFIG_METADATA_KEY,
     MODEL_METADATA_KEY,
     checkpoint_files,
+    config_dataclass,
     describe_keys,
     embedded_config,
     identity_plan,
     load_checkpoint,
     match_keys,
     save_checkpoint,
+    save_model_folder,
+    stored_config,
 )
 from worldstereo_core.errors import CheckpointMismatchError, CorruptFileError, InvalidOptionError, UnsafeFileError
 
@@ -94,6 +98,59 @@ def test_config_convention_and_legacy_keys(tmp_path: Path) -> None:
     with pytest.raises(InvalidOptionError, match="unknown checkpoint kind"):
         save_checkpoint(_state(), tmp_path / "x.safetensors", "resnet")
     assert not (tmp_path / "x.safetensors").exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_model_folder_round_trip_and_where_a_config_is_read_from(tmp_path: Path) -> None:
+    """The folder layout: config.json beside the weights wins, else the embedded config (current key, then
+    legacy ones), else nothing; a shared folder's config.json never describes a single file."""
+    weights = save_model_folder(_state(), tmp_path / "m", "moge", {"width": 3})
+    assert weights == tmp_path / "m" / "model.safetensors"
+    assert json.loads((tmp_path / "m" / "config.json").read_text()) == {"width": 3}
+    assert stored_config(tmp_path / "m", [weights], "moge") == ({"width": 3}, str(tmp_path / "m" / "config.json"))
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"width": 4}))  # the folder's config.json wins
+    assert stored_config(tmp_path / "m", [weights], "moge")[0] == {"width": 4}
+    (tmp_path / "m" / "config.json").unlink()
+    assert stored_config(tmp_path / "m", [weights], "moge") == ({"width": 3}, "model.safetensors metadata")
+    with pytest.raises(CheckpointMismatchError, match="load_moge"):
+        stored_config(tmp_path / "m", [weights], "worldmirror")
+
+    old = tmp_path / "old.safetensors"
+    save_file(_state(), str(old), metadata={"model_config": json.dumps({"width": 5})})
+    assert stored_config(old, [old], "moge", legacy=("model_config",))[0] == {"width": 5}
+    assert stored_config(old, [old], "moge") == (None, "")
+    (tmp_path / "config.json").write_text(json.dumps({"width": 6}))
+    assert stored_config(old, [old], "moge")[0] == {"width": 6}
+    assert stored_config(old, [old], "moge", single_file_too=False) == (None, "")
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        stored_config(old, [old], "moge")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    width: int = 8
+    layers: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError("width must be positive")
+
+
+def test_config_dataclass_parses_checks_and_names_the_config() -> None:
+    as_tuple = lambda _, v: tuple(v) if isinstance(v, list) else v
+    assert config_dataclass(_Sizes, {"layers": [3]}, "sizes", convert=as_tuple) == _Sizes(8, (3,))
+    assert config_dataclass(_Sizes, {}, "sizes", defaults={"width": 2}) == _Sizes(2)
+    assert config_dataclass(_Sizes, {"width": 4, "extra": 1}, "sizes", ignore_unknown=True) == _Sizes(4)
+    with pytest.raises(CheckpointMismatchError, match=r"unknown sizes keys \['extra'\]"):
+        config_dataclass(_Sizes, {"width": 4, "extra": 1}, "sizes")
+    with pytest.raises(CheckpointMismatchError, match="sizes must be a JSON object, got list"):
+        config_dataclass(_Sizes, [1], "sizes")
+    with pytest.raises(CheckpointMismatchError, match="sizes: width must be positive"):
+        config_dataclass(_Sizes, {"width": 0}, "sizes")
+    with pytest.raises(CheckpointMismatchError, match="sizes: invalid literal"):
+        config_dataclass(
+            _Sizes, {"width": "wide"}, "sizes", convert=lambda _, v: int(v) if not isinstance(v, tuple) else v
+        )
 
 
 def test_key_mismatch_names_groups_and_cause() -> None:

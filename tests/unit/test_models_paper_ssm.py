@@ -184,3 +184,32 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(x, t, **kw).square().mean().backward()
         grads.append(model.memory_branch.proj_out[0].weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_branch_config_shares_the_ggm_branch_sizes():
+    """MemoryBranchConfig is the GGM branch's sizes plus the pointmap width: built from a ControlNetConfig it
+    keeps them (the init rule copies GGM blocks), and memory_cfg is parsed strictly (integers, known keys)."""
+    from worldstereo_core.models.transformer_worldstereo import FULL_CONTROLNET_CONFIG, ControlNetConfig
+    from worldstereo_core.models.transformer_worldstereo_paper import FULL_MEMORY_CONFIG, MemoryBranchConfig
+    from worldstereo_core.tiny_configs import TINY_CONTROLNET_CONFIG
+
+    memory = MemoryBranchConfig.like(TINY_CONTROLNET_CONFIG)
+    assert memory.branch_sizes() == TINY_CONTROLNET_CONFIG.branch_sizes() and memory.pointmap_channels == 16
+    assert memory.as_controlnet_config() == ControlNetConfig(**TINY_CONTROLNET_CONFIG.branch_sizes())
+    assert MemoryBranchConfig.like(FULL_CONTROLNET_CONFIG) == FULL_MEMORY_CONFIG
+    # the keys a paper checkpoint has always written
+    assert set(FULL_MEMORY_CONFIG.to_dict()) == {
+        "dim", "ffn_dim", "num_heads", "num_layers", "conv_out_dim", "time_embed_dim", "pointmap_channels"
+    }  # fmt: skip
+    assert MemoryBranchConfig.from_dict({**memory.to_dict(), "dim": "16"}) == memory
+    with pytest.raises(CheckpointMismatchError, match=r"unknown memory_cfg keys \['wings'\]"):
+        MemoryBranchConfig.from_dict({**memory.to_dict(), "wings": 2})
+    with pytest.raises(CheckpointMismatchError, match="positive multiple of num_heads"):
+        MemoryBranchConfig.from_dict({**memory.to_dict(), "num_heads": 3})
+    with pytest.raises(CheckpointMismatchError, match="memory_cfg: invalid literal"):
+        MemoryBranchConfig.from_dict({**memory.to_dict(), "dim": "wide"})
+    # controlnet_cfg stays lenient: keys of the release's training code are ignored, upstream defaults apply
+    cfg = ControlNetConfig.from_dict({**TINY_CONTROLNET_CONFIG.branch_sizes(), "lr_scale": 1})
+    assert (cfg.add_channels, cfg.mid_channels, cfg.mask_downsample, cfg.main_camera_embedding) == (1, 64, 4, False)
+    with pytest.raises(CheckpointMismatchError, match="positive multiple of num_heads"):
+        ControlNetConfig.from_dict({**TINY_CONTROLNET_CONFIG.to_dict(), "num_heads": 3})

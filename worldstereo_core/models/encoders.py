@@ -36,11 +36,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5Enco
 
 from ..checkpoint import (
     checkpoint_files,
-    config_json_beside,
-    embedded_config,
     open_tensor_source,
     read_extra_bytes,
-    read_json,
+    stored_config,
 )
 from ..errors import (
     CheckpointMismatchError,
@@ -314,8 +312,7 @@ class CLIPImageEncoder(_WrappedEncoder):
 def _file_config(path: Path, files: list, kind: str) -> dict[str, Any] | None:
     """The architecture a checkpoint states: ``config.json`` of its folder, else the file's embedded
     config (the checkpoint convention); ``None`` for files that state none (ComfyUI's single files)."""
-    beside = config_json_beside(path, files, single_file_too=False)
-    return read_json(beside) if beside is not None else embedded_config(files, kind)
+    return stored_config(path, files, kind, single_file_too=False)[0]
 
 
 def _shape_reader(plan: ConversionPlan, get: Any) -> Any:

@@ -32,12 +32,12 @@ from ..checkpoint import (
     embedded_config,
     match_keys,
     open_tensor_source,
-    read_json,
     read_safetensors_header,
     save_checkpoint,
+    save_model_folder,
+    stored_config,
     stream_weights,
     take,
-    write_config_json,
 )
 from ..errors import CheckpointMismatchError, CorruptFileError, InvalidOptionError
 from .conversion import plan_wan_transformer, scaled_identity_plan
@@ -341,7 +341,6 @@ class LoadReport:
 
 def _resolve_config(
     files: list[Path],
-    config_path: Path | None,
     path: Path,
     variant: str | None,
     overrides: Mapping[str, Any] | None,
@@ -349,14 +348,7 @@ def _resolve_config(
 ) -> WorldStereoConfig:
     """The checkpoint's config: ``config.json`` (the release), else the embedded one, else released
     defaults; ``overrides`` (a partial config, e.g. test sizes) merged over it."""
-    raw: dict[str, Any] | None = None
-    where = "config"
-    if config_path is not None:
-        raw, where = _read_config_json(config_path), str(config_path)
-    else:
-        embedded = embedded_config(files, "worldstereo", legacy=("worldstereo_config",))
-        if embedded is not None:
-            raw, where = embedded, f"{files[0].name} metadata"
+    raw, where = stored_config(path, files, "worldstereo", legacy=("worldstereo_config",))
     if raw is not None and variant is None and "model_type" not in raw and "variant" not in raw:
         # the release names the variant by the folder (its loader's model_type = subfolder)
         folder = (path if path.is_dir() else files[0].parent).name
@@ -383,10 +375,6 @@ def _resolve_config(
                 raw[k] = v
         where += " + overrides"
     return config_from_dict(raw, variant, where=where)
-
-
-def _read_config_json(path: Path) -> Any:
-    return read_json(path, "config.json")
 
 
 def load_worldstereo(
@@ -439,10 +427,10 @@ def load_worldstereo(
     if weight_format not in WEIGHT_FORMATS:
         raise InvalidOptionError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
     path = Path(path)
-    files, config_path = resolve_checkpoint(path)
+    files = checkpoint_files(path, "WorldStereo checkpoint", preferred="model.safetensors")
     with ExitStack() as stack:
         source = SafetensorsSource(files, stack)
-        cfg = _resolve_config(files, config_path, path, variant, overrides, source.keys)
+        cfg = _resolve_config(files, path, variant, overrides, source.keys)
         with torch.device("meta"):
             model = cfg.build()
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -537,10 +525,8 @@ def save_worldstereo(
     cfg: WorldStereoConfig = getattr(model, "ws_config", None) or WorldStereoConfig(
         model.variant, dict(model.config), model.controlnet_config, memory=getattr(model, "memory_config", None)
     )
-    cfg_json = cfg.to_json_dict()
     state = model.state_dict() if state_dict is None else state_dict
-    save_checkpoint(state, folder / "model.safetensors", "worldstereo", cfg_json, dtype=dtype)
-    write_config_json(folder, cfg_json)
+    save_model_folder(state, folder, "worldstereo", cfg.to_json_dict(), dtype=dtype)
     return folder
 
 

@@ -44,6 +44,7 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..checkpoint import config_dataclass
 from ..errors import CheckpointMismatchError, InvalidInputError, InvalidOptionError, ShapeMismatchError
 
 SDPA_CUDNN = "sdpa_cudnn"
@@ -108,13 +109,12 @@ FULL_TRANSFORMER_CONFIG: Mapping[str, Any] = {
 
 
 @dataclass(frozen=True)
-class ControlNetConfig:
-    """The GGM branch's config (the ``controlnet_cfg`` of the release's ``config.json``).
-
-    ``conv_out_dim`` and ``time_embed_dim`` are the main model's width (5120); ``add_channels`` is
-    render mask (1) + Plücker (6); ``mask_downsample`` > 1 folds that many frames into one latent
-    frame (Uni3C on 81-frame videos); the released keyframe models use 1.
-    """
+class BranchSizes:
+    """The sizes every control branch beside the main transformer has (the GGM ControlNet, Uni3C, the
+    paper's memory branch): ``num_layers`` blocks of width ``dim`` with ``num_heads`` heads and an FFN of
+    ``ffn_dim``; ``conv_out_dim`` / ``time_embed_dim`` are the main model's width (5120), which its
+    zero-initialised output projections write into and whose time embedding modulates its blocks.
+    Defaults: the release's GGM branch (``controlnet_cfg``)."""
 
     dim: int = 1024
     ffn_dim: int = 4096
@@ -122,6 +122,27 @@ class ControlNetConfig:
     num_layers: int = 20
     conv_out_dim: int = 5120
     time_embed_dim: int = 5120
+
+    def branch_sizes(self) -> dict[str, int]:
+        """Just the :class:`BranchSizes` fields (to build another branch type of the same sizes)."""
+        return {f.name: getattr(self, f.name) for f in fields(BranchSizes)}
+
+    def check_sizes(self, where: str) -> None:
+        """Raise :class:`CheckpointMismatchError` unless the sizes can build a branch."""
+        if min(self.dim, self.num_heads, self.num_layers, self.ffn_dim) < 1 or self.dim % self.num_heads:
+            raise CheckpointMismatchError(
+                f"{where}: dim must be a positive multiple of num_heads, got {self.branch_sizes()}"
+            )
+
+
+@dataclass(frozen=True)
+class ControlNetConfig(BranchSizes):
+    """The GGM branch's config (the ``controlnet_cfg`` of the release's ``config.json``).
+
+    ``add_channels`` is render mask (1) + Plücker (6); ``mask_downsample`` > 1 folds that many
+    frames into one latent frame (Uni3C on 81-frame videos); the released keyframe models use 1.
+    """
+
     add_channels: int = 7
     mid_channels: int = 256
     mask_downsample: int = 1
@@ -133,33 +154,29 @@ class ControlNetConfig:
 
     # Keys without a safe default: a config.json lacking them cannot describe the branch.
     REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers", "conv_out_dim", "time_embed_dim")
+    # The upstream MaskCamEmbed defaults (used when the key is absent) differ from ours.
+    UPSTREAM_DEFAULTS = {"add_channels": 1, "mid_channels": 64, "mask_downsample": 4, "main_camera_embedding": False}
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], where: str = "controlnet_cfg") -> ControlNetConfig:
-        """Validate and convert a ``controlnet_cfg`` mapping; unknown keys are ignored."""
-        if not isinstance(cfg, Mapping):
-            raise CheckpointMismatchError(f"{where} must be a JSON object, got {type(cfg).__name__}")
-        missing = [k for k in cls.REQUIRED if k not in cfg]
+        """Validate and convert a ``controlnet_cfg`` mapping; unknown keys are ignored (the release's
+        config carries keys of its training code)."""
+        missing = [k for k in cls.REQUIRED if isinstance(cfg, Mapping) and k not in cfg]
         if missing:
             raise CheckpointMismatchError(
                 f"{where} is missing the field(s) {missing}; the released config.json has them all "
                 f"(e.g. dim=1024, ffn_dim=4096, num_heads=16, num_layers=20, conv_out_dim=5120, "
                 f"time_embed_dim=5120) — copy the config.json that came with the weights"
             )
-        names = {f.name for f in fields(cls)}
-        # The upstream MaskCamEmbed defaults (used when the key is absent) differ from ours.
-        values = {"add_channels": 1, "mid_channels": 64, "mask_downsample": 4, "main_camera_embedding": False}
-        values.update({k: v for k, v in cfg.items() if k in names})
-        out = cls(**values)
+        out = config_dataclass(cls, cfg, where, defaults=cls.UPSTREAM_DEFAULTS, ignore_unknown=True)
         if out.update_ref or out.ref_embedding:
             raise CheckpointMismatchError(
                 f"{where} sets update_ref={out.update_ref}, ref_embedding={out.ref_embedding}; only the released "
                 "setting (both false) is supported"
             )
-        if out.dim % out.num_heads or out.mid_channels % 8:
-            raise CheckpointMismatchError(
-                f"{where}: dim must be divisible by num_heads and mid_channels by 8, got {cfg}"
-            )
+        out.check_sizes(where)
+        if out.mid_channels % 8:
+            raise CheckpointMismatchError(f"{where}: mid_channels must be divisible by 8, got {out.mid_channels}")
         return out
 
     def to_dict(self) -> dict[str, Any]:

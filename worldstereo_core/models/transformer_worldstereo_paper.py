@@ -29,15 +29,17 @@ computes, whatever the references and pointmaps, and training starts from the GG
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
+from ..checkpoint import config_dataclass
 from ..errors import CheckpointMismatchError, InvalidInputError, ShapeMismatchError
 from .transformer_worldstereo import (
+    BranchSizes,
     ControlNetBlock,
     ControlNetConfig,
     WorldStereoInputs,
@@ -54,51 +56,33 @@ POINTMAP_LATENT_CHANNELS = 16
 
 
 @dataclass(frozen=True)
-class MemoryBranchConfig:
+class MemoryBranchConfig(BranchSizes):
     """The paper-SSM memory branch's sizes (``memory_cfg`` in the checkpoint's ``config.json``).
 
     The paper gives no sizes for its memory branch. Our default mirrors the GGM branch of the release
-    (20 blocks, width 1024, 16 heads, FFN 4096) so that the initialisation rule can copy the GGM
-    blocks; ``conv_out_dim`` / ``time_embed_dim`` are the main model's width.
+    (:class:`BranchSizes`: 20 blocks, width 1024, 16 heads, FFN 4096) so that the initialisation rule can
+    copy the GGM blocks; ``conv_out_dim`` / ``time_embed_dim`` are the main model's width.
     """
 
-    dim: int = 1024
-    ffn_dim: int = 4096
-    num_heads: int = 16
-    num_layers: int = 20
-    conv_out_dim: int = 5120
-    time_embed_dim: int = 5120
     pointmap_channels: int = POINTMAP_LATENT_CHANNELS
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any], where: str = "memory_cfg") -> MemoryBranchConfig:
-        if not isinstance(cfg, Mapping):
-            raise CheckpointMismatchError(f"{where} must be a JSON object, got {type(cfg).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise CheckpointMismatchError(f"{where} has unknown field(s) {unknown}; known: {sorted(names)}")
-        try:
-            out = cls(**{k: int(v) for k, v in cfg.items()})
-        except (TypeError, ValueError):
-            raise CheckpointMismatchError(f"{where}: every field must be an integer, got {dict(cfg)}") from None
-        if out.dim % out.num_heads or min(out.dim, out.num_heads, out.num_layers, out.ffn_dim) < 1:
-            raise CheckpointMismatchError(f"{where}: dim must be a positive multiple of num_heads, got {dict(cfg)}")
+        out = config_dataclass(cls, cfg, where, convert=lambda _, v: int(v))
+        out.check_sizes(where)
         return out
+
+    @classmethod
+    def like(cls, branch: BranchSizes) -> MemoryBranchConfig:
+        """A memory branch of ``branch``'s sizes (the GGM branch whose blocks the initialisation rule copies)."""
+        return cls(**branch.branch_sizes())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def as_controlnet_config(self) -> ControlNetConfig:
         """The GGM config type its :class:`ControlNetBlock` blocks are built from (same block code)."""
-        return ControlNetConfig(
-            dim=self.dim,
-            ffn_dim=self.ffn_dim,
-            num_heads=self.num_heads,
-            num_layers=self.num_layers,
-            conv_out_dim=self.conv_out_dim,
-            time_embed_dim=self.time_embed_dim,
-        )
+        return ControlNetConfig(**self.branch_sizes())
 
 
 FULL_MEMORY_CONFIG = MemoryBranchConfig()

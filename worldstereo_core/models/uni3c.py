@@ -39,6 +39,7 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed, Wan
 
 from ..errors import CheckpointMismatchError, InvalidInputError
 from .transformer_worldstereo import (
+    FULL_CONTROLNET_CONFIG,
     FULL_TRANSFORMER_CONFIG,
     ControlNetConfig,
     WorldStereoControlNet,
@@ -54,20 +55,13 @@ UNI3C_HEAD_DIM = 64
 UNI3C_CONFIG_METADATA_KEY = "uni3c_config"
 """safetensors metadata key under which :func:`~.loading.save_uni3c` records the branch config."""
 
-UNI3C_FULL_CONFIG = ControlNetConfig(
-    dim=1024,
-    ffn_dim=8192,
-    num_heads=16,
-    num_layers=20,
-    conv_out_dim=5120,
-    time_embed_dim=5120,
-    add_channels=7,
-    mid_channels=256,
-    mask_downsample=UNI3C_MASK_DOWNSAMPLE,
-    main_camera_embedding=False,
-    nframe=81,
+UNI3C_FULL_CONFIG = dataclasses.replace(
+    FULL_CONTROLNET_CONFIG, ffn_dim=8192, mask_downsample=UNI3C_MASK_DOWNSAMPLE, main_camera_embedding=False, nframe=81
 )
-"""The released Uni3C branch (ewrfcas/Uni3C ``config.json`` ``controlnet_cfg``, camera embedding on)."""
+"""The released Uni3C branch (ewrfcas/Uni3C ``config.json`` ``controlnet_cfg``, camera embedding on): the
+GGM branch's sizes and embedding widths (dim 1024, 16 heads, 20 layers, 5120 out, add_channels 7,
+mid_channels 256) with an FFN of 8192, the mask/Plücker embedding folding 4 frames into one latent frame,
+no ``camera_embedding`` on the main model, and 81-frame videos."""
 
 UNI3C_IN_CHANNELS = 36
 """``concat[hidden[:, :20], render_latent (16)]`` — the I2V hidden input's width."""

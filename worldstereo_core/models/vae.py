@@ -23,10 +23,8 @@ from diffusers import AutoencoderKLWan
 
 from ..checkpoint import (
     checkpoint_files,
-    config_json_beside,
-    embedded_config,
     open_tensor_source,
-    read_json,
+    stored_config,
 )
 from ..errors import (
     CheckpointMismatchError,
@@ -348,17 +346,14 @@ class WanKeyframeVAE:
 
 def _vae_config_for(path: Path, files: list[Path]) -> dict[str, Any]:
     """``config.json`` of a diffusers ``vae/`` folder, else the file's embedded config, else Wan2.1's."""
-    beside = config_json_beside(path, files, single_file_too=False)
-    if beside is not None:
-        cfg = read_json(beside, "VAE config")
-        if not isinstance(cfg, dict):
-            raise CorruptFileError(f"{beside} must hold a JSON object (the AutoencoderKLWan config)")
-        if cfg.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-            raise CheckpointMismatchError(
-                f"{beside} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)"
-            )
-        return cfg
-    return embedded_config(files, "wan_vae") or dict(WAN21_VAE_CONFIG)
+    cfg, where = stored_config(path, files, "wan_vae", single_file_too=False)
+    if cfg is None:
+        return dict(WAN21_VAE_CONFIG)
+    if not isinstance(cfg, dict):
+        raise CorruptFileError(f"{where} must hold a JSON object (the AutoencoderKLWan config)")
+    if cfg.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
+        raise CheckpointMismatchError(f"{where} describes a {cfg['_class_name']}, not the Wan VAE (AutoencoderKLWan)")
+    return cfg
 
 
 def load_wan_vae(

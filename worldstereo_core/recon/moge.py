@@ -51,12 +51,10 @@ from torch import nn
 from ..cameras import ArrayLike, as_tensor, like_input
 from ..checkpoint import (
     checkpoint_files,
-    config_json_beside,
-    embedded_config,
     load_checkpoint,
     read_json,
-    save_checkpoint,
-    write_config_json,
+    save_model_folder,
+    stored_config,
 )
 from ..errors import (
     CheckpointMismatchError,
@@ -652,7 +650,7 @@ def _read_config(
     config: MoGeConfig | Mapping[str, Any] | str | Path | None,
     weights: Path,
     files: list[Path],
-    folder_config: Path | None,
+    path: Path,
 ) -> MoGeConfig:
     if isinstance(config, MoGeConfig):
         return config
@@ -662,11 +660,9 @@ def _read_config(
         return moge_config_from_dict(read_json(config, "MoGe config"))
     if isinstance(config, str):
         return moge_config(config)
-    if folder_config is not None:
-        return moge_config_from_dict(read_json(folder_config, "MoGe config"))
-    embedded = embedded_config(files, "moge", legacy=("model_config",))
-    if embedded is not None:
-        return moge_config_from_dict(embedded)
+    stored, _ = stored_config(path, files, "moge", legacy=("model_config",))
+    if stored is not None:
+        return moge_config_from_dict(stored)
     stem = weights.parent.name.lower() if weights.stem == "model" else weights.stem.lower()
     for name in sorted(MOGE_VARIANTS, key=len, reverse=True):
         if name in stem:
@@ -708,7 +704,7 @@ def load_moge(
     except UnsafeFileError as e:
         raise UnsafeFileError(f"{e} ({CONVERT_HINT})") from None
     weights = files[0]
-    cfg = _read_config(config, weights, files, config_json_beside(path, files))
+    cfg = _read_config(config, weights, files, path)
     with torch.device("meta"):
         model = MoGeModel(cfg)
     hint = (
@@ -721,11 +717,7 @@ def load_moge(
 
 def save_moge(model: MoGeModel, folder: str | Path) -> Path:
     """Write ``model.safetensors`` (config in its metadata) and ``config.json``; returns the weights' path."""
-    folder = Path(folder)
-    cfg = model.config.to_dict()
-    path = save_checkpoint(model.state_dict(), folder / "model.safetensors", "moge", cfg)
-    write_config_json(folder, cfg)
-    return path
+    return save_model_folder(model.state_dict(), folder, "moge", model.config.to_dict())
 
 
 # =============================================================================================

@@ -43,12 +43,11 @@ from torch import nn
 from ..cameras import matrix_to_quaternion, quaternion_to_matrix
 from ..checkpoint import (
     checkpoint_files,
-    config_json_beside,
-    embedded_config,
+    config_dataclass,
     load_checkpoint,
     read_json,
-    save_checkpoint,
-    write_config_json,
+    save_model_folder,
+    stored_config,
 )
 from ..errors import CheckpointMismatchError, InvalidCameraError, InvalidDepthError, InvalidImageError
 from ..pointcloud import unproject_depth_map
@@ -832,7 +831,7 @@ def load_worldmirror(
     path = Path(weights)
     files = checkpoint_files(path, "WorldMirror", preferred="model.safetensors")
     if config is None:
-        config = config_json_beside(path, files) or embedded_config(files, "worldmirror", legacy=(CONFIG_METADATA_KEY,))
+        config, _ = stored_config(path, files, "worldmirror", legacy=(CONFIG_METADATA_KEY,))
     if isinstance(config, (str, Path)):
         config = read_json(config, "WorldMirror config")
     if isinstance(config, dict):
@@ -862,25 +861,14 @@ def config_from_dict(d: dict) -> WorldMirrorConfig:
         raise CheckpointMismatchError(f"WorldMirror config must be a JSON object, got {type(d).__name__}")
     if d.get("format") != CONFIG_FORMAT:
         return WorldMirrorConfig.from_upstream(d)
-    names = {f.name for f in fields(WorldMirrorConfig)}
-    unknown = sorted(set(d) - names - {"format"})
-    if unknown:
-        raise CheckpointMismatchError(
-            f"unknown WorldMirror config keys {unknown}; was the file written by a newer version?"
-        )
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-    try:
-        return WorldMirrorConfig(**kw)
-    except TypeError as e:
-        raise CheckpointMismatchError(f"bad WorldMirror config: {e}") from e
+    ours = {k: v for k, v in d.items() if k != "format"}
+    return config_dataclass(
+        WorldMirrorConfig, ours, "WorldMirror config", convert=lambda _, v: tuple(v) if isinstance(v, list) else v
+    )
 
 
 def save_worldmirror(model: WorldMirror, folder: str | Path) -> Path:
     """Write ``folder/model.safetensors`` (config in its metadata) and ``folder/config.json``
     (:func:`config_to_dict`), which :func:`load_worldmirror` reads back with no other argument.
     Returns the weights' path."""
-    folder = Path(folder)
-    cfg = config_to_dict(model.config)
-    path = save_checkpoint(model.state_dict(), folder / "model.safetensors", "worldmirror", cfg)
-    write_config_json(folder, cfg)
-    return path
+    return save_model_folder(model.state_dict(), folder, "worldmirror", config_to_dict(model.config))

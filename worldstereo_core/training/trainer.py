@@ -117,42 +117,34 @@ class TrainSettings:
         return out
 
 
+# Each size's defaults, side by side: (tiny, full). tiny is the test config, a 4-sample synthetic set it
+# can fit in 200 CPU steps; full is the release's sizes (21 keyframes of 81 poses, a released bucket), lr
+# our choice (the paper is silent).
+_SIZE_TABLE: dict[str, tuple[Any, Any]] = {
+    "height": (32, 480),
+    "width": (48, 768),
+    "num_keyframes": (5, 21),
+    "clip_poses": (17, 81),
+    "num_samples": (4, 64),
+    "batch": (4, 1),
+    "lr": (1e-3, 1e-5),
+    "gradient_checkpointing": (False, True),
+    "save_every": (100, 500),
+    "mask_variants": (8, 0),
+}
+# The dmd stage's overrides: distillation moves a pretrained generator, so a smaller step (tiny: 1e-3 made
+# the first updates diverge from the teacher; full: the order DMD2 uses for its generators). Our choices,
+# the paper is silent.
+_DMD_TABLE: dict[str, tuple[Any, Any]] = {"lr": (3e-4, 2e-6), "batch": (2, 1)}
+
 SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # tiny: the test config; a 4-sample synthetic set it can fit in 200 CPU steps
-    "tiny": dict(
-        height=32,
-        width=48,
-        num_keyframes=5,
-        clip_poses=17,
-        num_samples=4,
-        batch=4,
-        lr=1e-3,
-        gradient_checkpointing=False,
-        save_every=100,
-        mask_variants=8,
-    ),
-    # full: the release's sizes (21 keyframes of 81 poses, a released bucket); lr our choice (paper silent)
-    "full": dict(
-        height=480,
-        width=768,
-        num_keyframes=21,
-        clip_poses=81,
-        num_samples=64,
-        batch=1,
-        lr=1e-5,
-        gradient_checkpointing=True,
-        save_every=500,
-        mask_variants=0,
-    ),
+    size: {k: v[i] for k, v in _SIZE_TABLE.items()} for i, size in enumerate(SIZES)
 }
-
-
+"""``{size: {setting: default}}`` of :class:`TrainSettings` fields left ``None``."""
 DMD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # distillation moves a pretrained generator: a smaller step (tiny: 1e-3 made the first updates diverge
-    # from the teacher; full: the order DMD2 uses for its generators). Our choices, the paper is silent.
-    "tiny": dict(lr=3e-4, batch=2),
-    "full": dict(lr=2e-6, batch=1),
+    size: {k: v[i] for k, v in _DMD_TABLE.items()} for i, size in enumerate(SIZES)
 }
+"""The dmd stage's overrides of :data:`SIZE_DEFAULTS`."""
 
 
 # ------------------------------------------------------------------------------ conditioning
@@ -458,36 +450,34 @@ def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.M
     or ``model`` as given (benchmarks); set up for training: trainable branch fp32, the rest in ``dtype``."""
     tiny = settings.size == "tiny"
     frozen_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
-    if model is not None:
+    given = model is not None
+    if given:
         pass
+    elif settings.stage not in ("camera", "memory"):
+        raise InvalidChoiceError(f"stage {settings.stage!r} has no single model (see dmd.py)")
+    elif settings.init is not None:
+        # the camera stage trains the camera variant of whatever it is given; memory keeps its variant
+        variant = "camera" if settings.stage == "camera" else None
+        model = load_worldstereo(settings.init, variant=variant, device=device, dtype=torch.float32)
+    elif tiny:
+        torch.manual_seed(settings.seed)
+        model = tiny_training_model().to(device)
     elif settings.stage == "camera":
-        if settings.init is not None:
-            model = load_worldstereo(settings.init, variant="camera", device=device, dtype=torch.float32)
-        elif tiny:
-            torch.manual_seed(settings.seed)
-            model = tiny_training_model().to(device)
-        else:
-            raise MissingInputError(
-                "full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera"
-            )
-    elif settings.stage == "memory":
-        if settings.init is not None:
-            source = load_worldstereo(settings.init, device=device, dtype=torch.float32)
-        elif tiny:
-            torch.manual_seed(settings.seed)
-            source = tiny_training_model().to(device)
-        else:
-            raise MissingInputError(
-                "the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): pass --init DIR"
-            )
-        cfg = paper_config_from(source.ws_config)
+        raise MissingInputError(
+            "full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera"
+        )
+    else:
+        raise MissingInputError(
+            "the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): "
+            "pass --init DIR"
+        )
+    if settings.stage == "memory" and not given:
+        # the paper variant on the camera/memory model: same base and GGM, a fresh memory branch (init rule)
+        cfg = paper_config_from(model.ws_config)
         with torch.device("meta"):
             paper = cfg.build()
-        model = init_from_camera(paper, source.state_dict())
+        model = init_from_camera(paper, model.state_dict())
         model.ws_config = cfg
-        del source
-    else:
-        raise InvalidChoiceError(f"stage {settings.stage!r} has no single model (see dmd.py)")
     model.train()
     if settings.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -523,18 +513,8 @@ def tiny_training_model() -> torch.nn.Module:
 def paper_config_from(source: WorldStereoConfig) -> WorldStereoConfig:
     """The paper-SSM config built on a camera/memory checkpoint's config: same base and GGM sizes, and a
     memory branch of the GGM branch's sizes (what the initialisation rule copies from)."""
-    cn = source.controlnet
-    memory = MemoryBranchConfig(
-        dim=cn.dim,
-        ffn_dim=cn.ffn_dim,
-        num_heads=cn.num_heads,
-        num_layers=cn.num_layers,
-        conv_out_dim=cn.conv_out_dim,
-        time_embed_dim=cn.time_embed_dim,
-    )
-    return WorldStereoConfig(
-        "paper", dict(source.transformer), cn, source.dmd, source.negative_prompt, source.latent_cond_mode, memory
-    )
+    memory = MemoryBranchConfig.like(source.controlnet)
+    return dataclasses.replace(source, variant="paper", transformer=dict(source.transformer), memory=memory)
 
 
 def _autocast(settings: TrainSettings, device: torch.device):
