@@ -258,7 +258,7 @@ def attach_uni3c(
         raise CheckpointMismatchError(
             "this Uni3C ControlNet does not fit the transformer: "
             + "; ".join(problems)
-            + " — use the Wan2.1-I2V-14B transformer with the full-size Uni3C file (or the tiny ones together)"
+            + " — use the Wan2.1-I2V-14B transformer with the released Uni3C file (or two files written at the same sizes)"
         )
 
     if isinstance(transformer, WorldStereoTransformer):
