@@ -215,10 +215,16 @@ def attention_backends(device: torch.device, tiny: bool, ceiling: float) -> str 
 # ----------------------------------------------------------------------------- 3-4. one step
 
 
-KERNEL_GROUPS = (  # substrings of CUDA kernel names → the part of a step they belong to
+def short(fmt: str) -> str:
+    """``bf16`` / ``fp8``: a weight format's name in --skip names and file names."""
+    return "bf16" if fmt == "bf16" else "fp8"
+
+
+KERNEL_GROUPS = (  # substrings of CUDA kernel names → the part of a step they belong to (first match wins)
+    # first: inductor names its fused kernels after every op they hold, attention and _scaled_mm included
+    ("fused by torch.compile (triton)", ("triton",)),
     ("attention", ("fmha", "flash", "attention", "cudnn", "sdpa")),
     ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "wgmma")),
-    ("fused by torch.compile (triton)", ("triton",)),
 )
 
 
@@ -394,8 +400,9 @@ def main() -> int:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of sections to skip: attention, steps (and everything needing the model), stock, "
-        "stock_cudnn, fp8_tensor, vae, trajectory, trajectory_bf16, trajectory_fp8, small, load",
+        help="comma list of sections to skip: attention, steps (and everything needing the model), ours_cudnn, "
+        "stock, stock_cudnn, fp8, fp8_tensor, vae, trajectory, trajectory_bf16, trajectory_fp8, compile_bf16, "
+        "compile_fp8, small, load",
     )
     p.add_argument("--load-layers", type=int, default=None, help="blocks in the load-memory checkpoint (default: full)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -404,6 +411,9 @@ def main() -> int:
         type=float,
         default=400.0,
         help="run the compile section only if fewer seconds than this have passed",
+    )
+    p.add_argument(
+        "--attention", default=None, help="attention backend for everything after the step timings (default: fastest)"
     )
     p.add_argument(
         "--resident-fp8-s",
@@ -463,7 +473,8 @@ def main() -> int:
         steps: dict[str, float] = {}
         # PyTorch's default SDPA through diffusers, our direct cuDNN route, and diffusers' cuDNN backend
         cudnn = ["_native_cudnn"] if device.type == "cuda" else []  # diffusers' cuDNN backend has no CPU fallback
-        ours_backends = list(dict.fromkeys(["native", SDPA_CUDNN, *cudnn] + ([best_backend] if best_backend else [])))
+        ours_backends = ["native", SDPA_CUDNN, *([] if "ours_cudnn" in skip else cudnn)]
+        ours_backends = list(dict.fromkeys(ours_backends + ([best_backend] if best_backend else [])))
         with torch.inference_mode():
             for backend in ours_backends:
                 model.set_attention_backend(backend)
@@ -474,7 +485,7 @@ def main() -> int:
                     "ms",
                     note=f"{tokens} tokens, {flops / steps[backend] / 1e12:.0f} TFLOP/s (matmul+attention FLOPs)",
                 )
-            best = min(steps, key=steps.get)
+            best = args.attention or min(steps, key=steps.get)
             model.set_attention_backend(best)
             v_ref = model(x, t, **kw).float()
             if args.profile_dir:
@@ -523,6 +534,7 @@ def main() -> int:
                 note=f"ours [{best}] vs stock [native]; vs stock with the same (cuDNN) kernel: {steps[best] / same:.3f}",
             )
 
+        fp8 = {}
         print("[4] fp8 step and accuracy", flush=True)
         lin = torch.nn.Linear(cfg["ffn_dim"], model.inner_dim, device=device, dtype=dtype)
         for rows in (257, f * (h // 2) * (w // 2)):  # CLIP tokens (padded to 16) and the target tokens
@@ -541,9 +553,8 @@ def main() -> int:
                     note="vs float64 of the bf16 layer (e4m3: ~2^-4 per element)",
                 )
         del lin, xin
-        fp8 = {}
         with torch.inference_mode():
-            for gran in ("channel",) if "fp8_tensor" in skip else ("channel", "tensor"):
+            for gran in () if "fp8" in skip else ("channel",) if "fp8_tensor" in skip else ("channel", "tensor"):
                 saved = swap_in_fp8(model, gran)
                 fp8[gran] = median_time(lambda: model(x, t, **kw), device, 1, 3)
                 v = model(x, t, **kw).float()
@@ -566,8 +577,9 @@ def main() -> int:
                 restore(model, saved)
                 del saved, v
                 free(device)
-        gran = max(fp8, key=lambda g: -fp8[g])  # the faster; both pass or fail the gate together on these weights
-        if stock_t:
+        # the faster; both pass or fail the gate together on these weights
+        gran = max(fp8, key=lambda g: -fp8[g]) if fp8 else args.granularity
+        if stock_t and fp8:
             r = fp8[gran] / stock_t["native"]
             record("step fp8 / stock", r, "", "<= 0.5", r <= 0.5, note=f"{gran} scales, [{best}]")
 
@@ -638,7 +650,7 @@ def main() -> int:
                     profile_step(
                         lambda: model(x, t, **kw),
                         device,
-                        Path(args.profile_dir) / f"profile_step_{fmt[:4]}_compiled.txt",
+                        Path(args.profile_dir) / f"profile_step_{short(fmt)}_compiled.txt",
                         best,
                     )
                 if "trajectory" not in skip:
@@ -652,10 +664,12 @@ def main() -> int:
                 guarded("VAE", lambda: vae_figures(vae, device, dtype, f, H, W))
             # [6] eager trajectories and [7] compiled step + trajectory, bf16 first (fp8 replaces its layers)
             for fmt in ("bf16", "fp8_e4m3fn_scaled"):
-                if "trajectory" not in skip and f"trajectory_{fmt[:4]}" not in skip:
+                if "trajectory" not in skip and f"trajectory_{short(fmt)}" not in skip:
                     print(f"[6] whole trajectory, {fmt}", flush=True)
                     guarded(f"trajectory {fmt}", lambda fmt=fmt: trajectory_figures(fmt))
-                if args.compile and time.perf_counter() - T0 < args.compile_budget:
+                if args.compile and f"compile_{short(fmt)}" in skip:
+                    pass
+                elif args.compile and time.perf_counter() - T0 < args.compile_budget:
                     print(f"[7] torch.compile, {fmt}", flush=True)
                     guarded(f"compile {fmt}", lambda fmt=fmt: compile_figures(fmt))
                 elif args.compile:

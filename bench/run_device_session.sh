@@ -6,6 +6,7 @@
 #                                              # (native / sdpa_cudnn / _native_cudnn), per-kernel-group
 #                                              # profiles, fp8, fp8 trajectory, torch.compile (bf16 and fp8:
 #                                              # step and trajectory)
+#   bash bench/run_device_session.sh verify    # sdpa_cudnn eager and compiled (bf16, profiled) + the VAE figures
 #   bash bench/run_device_session.sh rest [RESIDENT_FP8_S]
 #                                              # the 24 GB child (fp8 + 30 blocks swapped, 22 GiB cap) and the
 #                                              # host memory while loading, then issue 14's full-size training
@@ -14,7 +15,7 @@
 # Results go to $OUT (the device tool's folder) or /tmp/ws_device_out. diffusers 0.36.0 (the release's pin)
 # is installed from wheels in .whl/ when that folder exists (the device machines have no registry access).
 set -o pipefail
-part=${1:?usage: run_device_session.sh issue13|rest [resident fp8 trajectory seconds]}
+part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]}
 out=${OUT:-/tmp/ws_device_out}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -47,6 +48,12 @@ rest)
         [ "$cap" -lt "$left" ] || cap=$left
         timeout "$cap" python3 bench/train_step.py --stage "$stage" --steps "$steps" 2>&1 | tee -a "$out/train_step.log"
     done
+    ;;
+verify)
+    # the default attention route (sdpa_cudnn) eager and under torch.compile, profiled; the VAE figures
+    timeout 400 python3 bench/issue13_targets.py --out "$out/issue13_verify.json" --profile-dir "$out" \
+        --skip attention,ours_cudnn,stock,fp8,trajectory,compile_fp8,small,load --compile --attention sdpa_cudnn \
+        2>&1 | tee "$out/issue13_verify.log"
     ;;
 *)
     echo "unknown part $part" >&2
