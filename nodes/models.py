@@ -8,10 +8,12 @@ Weights come from ComfyUI's model folders: WorldStereo checkpoints from ``models
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 
 import torch
 
+from worldstereo_core.checkpoint import INDEX_SUFFIX, folder_entry_file
 from worldstereo_core.errors import (
     InvalidInputError,
     MissingFileError,
@@ -229,8 +231,27 @@ def register_model_folder() -> None:
 register_model_folder()
 
 
+# The release's layout (hanshanxue/WorldStereo): one subfolder per checkpoint holding config.json and
+# model.safetensors, the two files its loader fetches (FuchengSu/WorldStereo models/worldstereo_wrapper.py,
+# WorldStereo.from_pretrained); the weights are one file, not shards.
+CHECKPOINT_FILE = "model.safetensors"
+RELEASE_PAGE = "https://huggingface.co/hanshanxue/WorldStereo/tree/main"
+
+
+def checkpoint_entry(files: list[str]) -> str | None:
+    """The file a checkpoint folder is listed by, given the names of the files in it: the one the loader reads
+    it through (:func:`~worldstereo_core.checkpoint.folder_entry_file`: the release's ``model.safetensors``, a
+    sharded set's index, or the only ``.safetensors`` file); None without a config.json or such a file."""
+    return folder_entry_file(files, CHECKPOINT_FILE) if "config.json" in files else None
+
+
 def list_checkpoints() -> list[str]:
-    """Sub-folders of the ``worldstereo`` model folders that hold a ``config.json`` (relative names)."""
+    """The ``checkpoint`` combo: ``<folder>/<file>`` for each checkpoint folder under the ``worldstereo``
+    model folders (e.g. ``worldstereo-memory-dmd/model.safetensors``; :func:`checkpoint_entry`).
+
+    The entry names a file, not the folder, because the frontend's missing-model check only looks at
+    widget values that end in a model file extension and are absent from the options (frontend 1.58.1's
+    missing-model scan); a folder name would never be offered for download."""
     import folder_paths
 
     found: set[str] = set()
@@ -239,19 +260,32 @@ def list_checkpoints() -> list[str]:
             continue
         for root, dirs, files in os.walk(base, followlinks=True):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            if "config.json" in files and any(f.endswith(".safetensors") for f in files):
-                found.add(os.path.relpath(root, base).replace(os.sep, "/"))
+            entry = checkpoint_entry(files)
+            if entry is not None:
+                found.add(posixpath.normpath(posixpath.join(os.path.relpath(root, base).replace(os.sep, "/"), entry)))
     return sorted(found)
 
 
+def _checkpoint_folder_name(name: str) -> str:
+    """The folder part of a ``checkpoint`` value: ``worldstereo-memory-dmd/model.safetensors`` (a listed
+    entry, or any weights / index file) → ``worldstereo-memory-dmd``; a bare folder name, as workflows saved
+    before the entries named the file, is kept."""
+    if name.endswith(".safetensors") or name.endswith(INDEX_SUFFIX):
+        return posixpath.dirname(name.replace(os.sep, "/"))
+    return name
+
+
 def _checkpoint_path(name: str) -> str:
-    """The checkpoint folder of a ``checkpoint`` choice. ComfyUI 0.3.75 does not check V3 combo
-    values against their options, so a name that is not one of :func:`list_checkpoints` (which
-    may follow links the admin made) must lie inside the model folders after resolving symlinks."""
+    """The checkpoint folder of a ``checkpoint`` value (a :func:`list_checkpoints` entry, or the bare folder
+    name older workflows saved). ComfyUI 0.3.75 does not check V3 combo values against their options, so a
+    value that is neither a listed entry nor its folder (the listing may follow links the admin made) must
+    lie inside the model folders after resolving symlinks."""
     import folder_paths
 
     bases = folder_paths.get_folder_paths(FOLDER)
-    if name not in list_checkpoints():
+    listed = list_checkpoints()
+    folder = _checkpoint_folder_name(name)
+    if name not in listed and folder not in {_checkpoint_folder_name(c) for c in listed}:
         user_path(
             name,
             "checkpoint",
@@ -261,13 +295,20 @@ def _checkpoint_path(name: str) -> str:
             where="ComfyUI's worldstereo model folders (models/worldstereo/)",
         )
     for base in bases:
-        path = os.path.join(base, name)
+        path = os.path.join(base, folder)
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
+    for base in bases:  # the weights are there (e.g. downloaded from the frontend's dialog), the config not
+        if os.path.isfile(os.path.join(base, folder, CHECKPOINT_FILE)):
+            raise MissingFileError(
+                f"WorldStereo checkpoint {name!r}: {os.path.join(base, folder)} has {CHECKPOINT_FILE} but no "
+                f"config.json; download config.json from the same subfolder of {RELEASE_PAGE} into that folder "
+                "(the release's own loader needs both files too)"
+            )
     raise MissingFileError(
-        f"WorldStereo checkpoint {name!r} not found in {folder_paths.get_folder_paths(FOLDER)}; put the released "
-        "worldstereo-camera / worldstereo-memory / worldstereo-memory-dmd folders (config.json + model.safetensors) "
-        "into ComfyUI/models/worldstereo/"
+        f"WorldStereo checkpoint {name!r} not found in {bases}; put the released "
+        "worldstereo-camera / worldstereo-memory / worldstereo-memory-dmd folders (config.json + model.safetensors, "
+        f"from {RELEASE_PAGE}) into ComfyUI/models/worldstereo/"
     )
 
 
@@ -360,8 +401,10 @@ class WorldStereoLoadModel(io.ComfyNode):
                     "checkpoint",
                     options=ckpts,
                     default=_prefer(ckpts, "dmd", "memory") if ckpts else None,
-                    tooltip="A folder in ComfyUI/models/worldstereo/ with config.json + model.safetensors "
-                    "(worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd).",
+                    tooltip="A checkpoint folder in ComfyUI/models/worldstereo/ (config.json + model.safetensors, "
+                    "as released: worldstereo-camera, worldstereo-memory or worldstereo-memory-dmd), listed by its "
+                    "weights file, e.g. worldstereo-memory-dmd/model.safetensors. The bare folder name that older "
+                    "workflows saved still loads.",
                 ),
                 io.Combo.Input(
                     "variant",
@@ -442,6 +485,14 @@ class WorldStereoLoadModel(io.ComfyNode):
             ],
             outputs=[WSModel.Output(display_name="model", tooltip="The loaded WorldStereo model bundle.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint) -> bool:
+        """Take ``checkpoint`` values that are not among the listed entries: naming the input here makes
+        ComfyUI skip its combo check for it, so workflows saved with the bare folder name
+        (``worldstereo-memory-dmd``, before the entries named the file) still queue on ComfyUI builds that
+        check V3 combos. ``execute`` resolves the value and says what is wrong (:func:`_checkpoint_path`)."""
+        return True
 
     @classmethod
     def execute(

@@ -39,7 +39,9 @@ TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
 VAE = "wan_2.1_vae.safetensors"
 BASE_MODEL = "wan2.1_i2v_480p_14B_bf16.safetensors"  # fills the backbone keys the released files lack
-CHECKPOINT = "worldstereo-memory-dmd"  # models/worldstereo/<name>/{config.json, model.safetensors}
+# models/worldstereo/<folder>/{config.json, model.safetensors}; the loader lists each folder by its weights file
+CHECKPOINT = "worldstereo-memory-dmd/model.safetensors"
+CAMERA_CHECKPOINT = "worldstereo-camera/model.safetensors"  # what Uni3C drives (camera control only)
 MOGE = "moge-2-vitl-normal/model.safetensors"  # converted from Ruicheng/moge-2-vitl-normal's model.pt
 WORLDMIRROR = "HY-WorldMirror-2.0/model.safetensors"  # tencent/HY-World-2.0, subfolder HY-WorldMirror-2.0
 
@@ -60,15 +62,6 @@ UNI3C_MODELS = [
     }
 ]
 WORLDMIRROR_MODELS = [{"name": WORLDMIRROR, "url": f"{WORLDMIRROR_HF}/{WORLDMIRROR}", "directory": "worldmirror"}]
-# a checkpoint folder is no widget file name: listed at the workflow's top level (also checked)
-WORKFLOW_MODELS = [
-    {
-        "name": f"{CHECKPOINT}/model.safetensors",
-        "url": f"{WORLDSTEREO_HF}/{CHECKPOINT}/model.safetensors",
-        "directory": "worldstereo",
-    }
-]
-
 EXAMPLE_IMAGE = "worldstereo_kitchen.png"  # example_inputs/, copied into ComfyUI's input folder on load
 EXAMPLE_PANORAMA = "worldstereo_panorama.jpg"
 # prompt.json ("long caption") of the release's example photorealistic-indoor-dining_spaces-030
@@ -112,7 +105,9 @@ def _load_model(pos: list[int], checkpoint: str = CHECKPOINT) -> dict:
         "dtype": "bf16",
         "base_model": BASE_MODEL,
     }
-    return node("WorldStereoLoadModel", pos, widgets, models=WAN_MODELS)
+    # the checkpoint's entry too: the frontend offers the weights file (its config.json is on the same page)
+    checkpoint_model = {"name": checkpoint, "url": f"{WORLDSTEREO_HF}/{checkpoint}", "directory": "worldstereo"}
+    return node("WorldStereoLoadModel", pos, widgets, models=[checkpoint_model, *WAN_MODELS])
 
 
 def _load_moge(pos: list[int]) -> dict:
@@ -427,10 +422,10 @@ def _step_by_step(real: bool) -> dict:
         ("traj2_traj", "trajectory", "glb", "trajectory_2"),
         ("glb", "model_file", "preview", "model_file"),
     ]
-    return {"nodes": nodes, "links": links, "groups": groups, "models": WORKFLOW_MODELS if real else None}
+    return {"nodes": nodes, "links": links, "groups": groups}
 
 
-# name -> {"nodes": {key: node(...)}, "links": [(src, out, dst, in)], "groups": [...], "models": [...]}
+# name -> {"nodes": {key: node(...)}, "links": [(src, out, dst, in)], "groups": [...]}
 WORKFLOWS: dict[str, dict] = {
     "preview_synthetic": {
         "nodes": {
@@ -470,7 +465,6 @@ WORKFLOWS: dict[str, dict] = {
             ("loop", "renders", "renders", "frames"),
             *_save_links(),
         ],
-        "models": WORKFLOW_MODELS,
     },
     "panorama": {
         "nodes": {
@@ -525,7 +519,6 @@ WORKFLOWS: dict[str, dict] = {
             ("cloud", "cloud", "loop", "cache"),
             *_save_links(),
         ],
-        "models": WORKFLOW_MODELS,
     },
     "uni3c": {
         "nodes": {
@@ -541,7 +534,7 @@ WORKFLOWS: dict[str, dict] = {
                 title="GGM Render Cache (every pose: Uni3C takes all 81)",
             ),
             "control": node("WorldStereoUni3CControl", [1300, 300]),
-            "model": _load_model([820, 760], "worldstereo-camera"),
+            "model": _load_model([820, 760], CAMERA_CHECKPOINT),
             "uni3c": node("WorldStereoLoadUni3C", [1300, 760], {"uni3c_name": UNI3C}, models=UNI3C_MODELS),
             "sampler": node(
                 "WorldStereoSampler",
@@ -571,13 +564,6 @@ WORKFLOWS: dict[str, dict] = {
             ("control", "ggm", "sampler", "ggm"),
             ("sampler", "keyframes", "video", "frames"),
             ("render", "render", "renders", "frames"),
-        ],
-        "models": [
-            {
-                "name": "worldstereo-camera/model.safetensors",
-                "url": f"{WORLDSTEREO_HF}/worldstereo-camera/model.safetensors",
-                "directory": "worldstereo",
-            }
         ],
     },
     "step_by_step": _step_by_step(real=True),
@@ -627,9 +613,7 @@ async (spec) => {
     app.graph.add(group);
   });
   app.graph.setDirtyCanvas(true, true);
-  const graph = JSON.parse(JSON.stringify(app.graph.serialize()));
-  if (spec.models) graph.models = spec.models;
-  return graph;
+  return JSON.parse(JSON.stringify(app.graph.serialize()));
 }
 """
 

@@ -285,8 +285,9 @@ def write_tiny_file(models_dir: str | os.PathLike, folder: str, name: str, seed:
     ``folder`` is the ComfyUI model folder a loader reads: ``text_encoders``, ``clip_vision``,
     ``vae``, ``controlnet``, ``diffusion_models`` (single files, e.g.
     ``umt5_xxl_fp8_e4m3fn_scaled.safetensors``; the Uni3C branch for ``controlnet``, the Wan base
-    transformer for ``diffusion_models``), ``worldstereo`` (a
-    checkpoint folder; the variant is read from the release's folder name, else ``dmd``), ``moge``
+    transformer for ``diffusion_models``), ``worldstereo`` (a checkpoint folder, named as such or by
+    its ``<folder>/model.safetensors``; the variant is read from the release's folder name, else
+    ``dmd``), ``moge``
     and ``worldmirror`` (``<subfolder>/model.safetensors``: the weights and ``config.json`` go in
     the subfolder). Tests run the shipped example workflows unchanged this way.
     """
@@ -297,8 +298,10 @@ def write_tiny_file(models_dir: str | os.PathLike, folder: str, name: str, seed:
         return write_tiny_image_encoder(path, seed)
     if folder == "vae":
         return write_tiny_vae(path, seed)
-    if folder == "worldstereo":
-        variant = next((v for v, f in RELEASE_FOLDERS.items() if f == Path(name).name), "dmd")
+    if folder == "worldstereo":  # the folder, or its weights file as the loader's combo lists it
+        if path.suffix == ".safetensors":
+            path = path.parent
+        variant = next((v for v, f in RELEASE_FOLDERS.items() if f == path.name), "dmd")
         return write_tiny_worldstereo(path, variant, seed)
     if folder == "moge":
         return write_tiny_moge(path.parent)

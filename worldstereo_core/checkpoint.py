@@ -144,6 +144,26 @@ def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
+INDEX_SUFFIX = ".safetensors.index.json"
+"""How a sharded set's index is named (``model.safetensors.index.json``, diffusers'
+``diffusion_pytorch_model.safetensors.index.json``)."""
+
+
+def folder_entry_file(names: Iterable[str], preferred: str | None = None) -> str | None:
+    """Which of a checkpoint folder's file ``names`` the checkpoint is read through: a sharded set's
+    ``*.safetensors.index.json``, else ``preferred`` (e.g. ``model.safetensors``), else its only
+    ``.safetensors`` file; None when it has none or several (no index). No I/O: :func:`checkpoint_files`
+    reads the folder this way, and ComfyUI's checkpoint list names each folder by this file."""
+    names = sorted(names)
+    index = [n for n in names if n.endswith(INDEX_SUFFIX)]
+    if index:
+        return index[0]
+    if preferred is not None and preferred in names:
+        return preferred
+    weights = [n for n in names if n.endswith(".safetensors")]
+    return weights[0] if len(weights) == 1 else None
+
+
 def checkpoint_files(path: str | os.PathLike, what: str, preferred: str | None = None) -> list[Path]:
     """The safetensors file(s) of ``path``, validated (framing) and pickle-free.
 
@@ -157,14 +177,14 @@ def checkpoint_files(path: str | os.PathLike, what: str, preferred: str | None =
     if path.is_file():
         files = [path]
     else:
-        index = sorted(path.glob("*.safetensors.index.json"))
-        if index:
-            files = [path / name for name in _index_shards(index[0], what)]
+        entry = folder_entry_file([p.name for p in path.iterdir() if p.is_file()], preferred)
+        if entry is not None and entry.endswith(INDEX_SUFFIX):
+            files = [path / name for name in _index_shards(path / entry, what)]
             absent = [f.name for f in files if not f.exists()]
             if absent:
-                raise CorruptFileError(f"{what}: shard(s) {absent} listed in {index[0].name} are missing from {path}")
-        elif preferred and (path / preferred).is_file():
-            files = [path / preferred]
+                raise CorruptFileError(f"{what}: shard(s) {absent} listed in {entry} are missing from {path}")
+        elif entry is not None:
+            files = [path / entry]
         else:
             files = sorted(path.glob("*.safetensors"))
             if not files:

@@ -2,17 +2,17 @@
 the workflow declares, with its folder and official download URL.
 
 What a workflow declares: a loader's ``properties.models`` entries whose name is one of its widget
-values, and the workflow's top-level ``models``. The two frontends show them differently:
+values. The two frontends show them differently:
 
 * 1.32.9 (served by ComfyUI 0.3.75): the missing-models dialog, shown only while the setting
   ``Comfy.Workflow.ShowMissingModelsWarning`` is on (the test turns it on). Each row reads
-  ``<directory> / <name>`` and its download button carries the URL. It lists the node entries and
-  the top-level list.
+  ``<directory> / <name>`` and its download button carries the URL.
 * 1.58.1: an "N issues found" toast whose *View details* opens the Issues panel. It scans the loader
-  widgets whose value is a model file name (a file extension) that the server lacks, and takes the
-  folder and URL from the node's ``properties.models``; each row reads the name and the folder, and
-  *Copy URL* copies the model's page (the URL with ``/resolve/`` → ``/blob/``). The top-level entry
-  (the WorldStereo checkpoint, whose widget value is a folder name) is not scanned there.
+  widgets whose value is a model file name (a file extension) absent from the combo's options, and
+  takes the folder and URL from the node's ``properties.models``; each row reads the name and the
+  folder, and *Copy URL* copies the model's page (the URL with ``/resolve/`` → ``/blob/``). The
+  WorldStereo checkpoint is offered there too because its combo lists each checkpoint folder by its
+  weights file (``worldstereo-memory-dmd/model.safetensors``), not by the folder name.
 
 The browser never reaches the network: requests leaving the machine are aborted.
 """
@@ -46,18 +46,15 @@ ISSUE_ROW_JS = """([name, click]) => {
 }"""
 
 
-def declared_models(workflow: dict) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]:
-    """``({(directory, name): url}`` of the loaders' selected ``properties.models``, ``{…}`` of the
-    workflow's top-level ``models``)``."""
-    nodes, top = {}, {}
+def declared_models(workflow: dict) -> dict[tuple[str, str], str]:
+    """``{(directory, name): url}`` of the loaders' ``properties.models`` entries their widgets select."""
+    declared = {}
     for node in workflow["nodes"]:
         values = {v for v in node.get("widgets_values") or [] if isinstance(v, str)}
         for m in node.get("properties", {}).get("models", []):
             if m["name"] in values:
-                nodes[(m["directory"], m["name"])] = m["url"]
-    for m in workflow.get("models", []):
-        top[(m["directory"], m["name"])] = m["url"]
-    return nodes, top
+                declared[(m["directory"], m["name"])] = m["url"]
+    return declared
 
 
 @pytest.mark.parametrize("name", ["single_view", "uni3c"])
@@ -65,29 +62,30 @@ def test_missing_models_are_offered_with_folder_and_download_url(offline_app_pag
     app = offline_app_page
     ui_server = app.server
     workflow = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
-    on_nodes, top_level = declared_models(workflow)
-    assert len(on_nodes) >= 4 and top_level  # Wan encoders, VAE, base model; the WorldStereo checkpoint
-    for directory, file in [*on_nodes, *top_level]:  # the server has none of them
+    declared = declared_models(workflow)
+    assert "models" not in workflow  # every entry sits on the loader whose widget names it
+    # the WorldStereo checkpoint, the Wan encoders, VAE and base model
+    assert len(declared) >= 5 and any(directory == "worldstereo" for directory, _ in declared), declared
+    for directory, file in declared:  # the server has none of them
         assert not (ui_server.base_dir / "models" / directory / file).exists()
     r = ui_server.post("/api/settings", json={"Comfy.Workflow.ShowMissingModelsWarning": True})
     assert r.ok, r.text
     try:
         app.open()  # the page reads its settings when it loads
         app.load_workflow(workflow)
-        _check_offered(app.page, ui_server.frontend_label, on_nodes, top_level)
+        _check_offered(app.page, ui_server.frontend_label, declared)
     finally:  # the server is shared: later tests load workflows without the dialog
         ui_server.post("/api/settings", json={"Comfy.Workflow.ShowMissingModelsWarning": False})
     assert app.errors == []
 
 
-def _check_offered(page, frontend: str, on_nodes: dict, top_level: dict) -> None:
+def _check_offered(page, frontend: str, declared: dict) -> None:
     """Each declared model is offered with its folder and URL, in the frontend's own way (module doc)."""
     if frontend == "1.32.9":
         page.wait_for_selector(".comfy-missing-models [role=option]", timeout=30_000)
         rows = page.evaluate(DIALOG_ROWS_JS)
-        want = {**on_nodes, **top_level}
-        assert len(rows) == len(want), [r["text"] for r in rows]
-        for (directory, file), url in want.items():
+        assert len(rows) == len(declared), [r["text"] for r in rows]
+        for (directory, file), url in declared.items():
             label = f"{directory} / {file}"
             found = [r for r in rows if label in r["text"]]
             assert found, f"{label} is not in the dialog: {[r['text'] for r in rows]}"
@@ -97,7 +95,7 @@ def _check_offered(page, frontend: str, on_nodes: dict, top_level: dict) -> None
     else:
         page.get_by_text("View details").click(timeout=30_000)
         page.get_by_text("Missing Models").wait_for(timeout=30_000)
-        for (directory, file), url in on_nodes.items():
+        for (directory, file), url in declared.items():
             row = page.evaluate(ISSUE_ROW_JS, [file, True])
             assert row is not None, f"{file} is not in the Issues panel"
             assert row["copy"], f"{file} has no download URL in the Issues panel"

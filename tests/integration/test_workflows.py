@@ -55,15 +55,22 @@ def test_workflow_is_shipped_as_users_run_it(path):
         if "WorldStereoLoadUni3C" not in types:  # Uni3C makes one video, no scene
             assert "WorldStereoLoadWorldMirror" in types, "the release reconstructs with WorldMirror"
         loader = next(n for n in nodes if n["type"] == "WorldStereoLoadModel")
-        offered = {m["name"] for m in loader["properties"]["models"]}
+        offered = {m["name"]: m for m in loader["properties"]["models"]}
         assert {
             "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
             "clip_vision_h.safetensors",
             "wan_2.1_vae.safetensors",
             "wan2.1_i2v_480p_14B_bf16.safetensors",
-        } <= offered
+        } <= set(offered)
         assert all(m["url"].startswith("https://huggingface.co/") for m in loader["properties"]["models"])
-        assert any(m["directory"] == "worldstereo" for m in workflow.get("models", []))
+        # the checkpoint widget names the released weights file, which the loader node offers for download
+        checkpoint = loader["widgets_values"][0]
+        assert checkpoint in {"worldstereo-memory-dmd/model.safetensors", "worldstereo-camera/model.safetensors"}
+        assert offered[checkpoint] == {
+            "name": checkpoint,
+            "url": f"https://huggingface.co/hanshanxue/WorldStereo/resolve/main/{checkpoint}",
+            "directory": "worldstereo",
+        }
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

@@ -20,6 +20,7 @@ from worldstereo_core.checkpoint import (
     config_dataclass,
     describe_keys,
     embedded_config,
+    folder_entry_file,
     identity_plan,
     load_checkpoint,
     match_keys,
@@ -60,6 +61,23 @@ def test_sharded_folder_loads_from_its_index(tmp_path: Path) -> None:
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CorruptFileError, match=r"shard\(s\) \['model-00002-of-00002.safetensors'\] .* missing"):
         checkpoint_files(tmp_path, "test net")
+
+
+def test_the_file_a_folder_is_read_through(tmp_path: Path) -> None:
+    """One rule names the file a checkpoint folder is read through (the loader reads it; ComfyUI's
+    checkpoint list names the folder by it): the index of a sharded set, else the preferred name, else
+    the only .safetensors file; none when that is ambiguous or absent."""
+    release = ["config.json", "model.safetensors"]
+    assert folder_entry_file(release, "model.safetensors") == "model.safetensors"
+    sharded = ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert folder_entry_file([*sharded, "model.safetensors.index.json"]) == "model.safetensors.index.json"
+    assert folder_entry_file(sharded) is None  # several files, no index
+    assert folder_entry_file(["config.json", "weights.safetensors"], "model.safetensors") == "weights.safetensors"
+    assert folder_entry_file(["config.json", "model.pt"], "model.safetensors") is None
+    # checkpoint_files reads a folder by the same rule
+    save_file(_state(), str(tmp_path / "weights.safetensors"))
+    save_file(_state(1), str(tmp_path / "model.safetensors"))
+    assert [f.name for f in checkpoint_files(tmp_path, "test net", "model.safetensors")] == ["model.safetensors"]
 
 
 @pytest.mark.parametrize("name", ["w.pt", "w.bin", "w.ckpt", "w.safetensors"])
