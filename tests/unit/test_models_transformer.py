@@ -240,8 +240,13 @@ def test_meta_build_allocates_nothing():
     assert math.isclose(count_parameters(model) / 1e9, 17.4318, rel_tol=1e-4)
 
 
-def test_sdpa_cudnn_first_equals_softmax_attention_in_float64():
-    """The direct SDPA route: [B, L, H, D] queries over concatenated key/value parts, any kernel PyTorch picks."""
+@pytest.mark.parametrize("can_set_priority", [True, False])
+def test_sdpa_cudnn_first_equals_softmax_attention_in_float64(monkeypatch, can_set_priority):
+    """The direct SDPA route: [B, L, H, D] queries over concatenated key/value parts, any kernel PyTorch picks;
+    also on a torch without ``sdpa_kernel(set_priority=...)`` (before 2.6), where torch's own order runs."""
+    import worldstereo_core.models.transformer_worldstereo as tw
+
+    monkeypatch.setattr(tw, "_SDPA_CAN_SET_PRIORITY", can_set_priority)
     g = torch.Generator().manual_seed(3)
     q = torch.randn(2, 7, 3, 16, generator=g)
     ks = [torch.randn(2, n, 3, 16, generator=g) for n in (5, 9)]

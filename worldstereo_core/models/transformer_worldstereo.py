@@ -26,6 +26,8 @@ Keys and shapes at the full config equal the released checkpoints (see the schem
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -48,14 +50,17 @@ from ..checkpoint import config_dataclass
 from ..errors import CheckpointMismatchError, InvalidInputError, InvalidOptionError, ShapeMismatchError
 
 SDPA_CUDNN = "sdpa_cudnn"
-"""Attention backend name of :func:`sdpa_cudnn_first`: PyTorch SDPA called directly on head-major tensors,
+"""Attention backend name of :func:`sdpa_cudnn_first`: PyTorch SDPA called directly on head-major views,
 cuDNN's fused kernel first. Not a diffusers backend name; :meth:`WorldStereoTransformer.set_attention_backend`
 knows it."""
 
 DEFAULT_ATTENTION_BACKEND = SDPA_CUDNN
 """What our self-attention uses unless a backend is set. Chosen by measurement (bench/issue13_targets.py,
-README "Performance"): on Hopper cuDNN's kernel runs the joint attention at ~1.6x the flash kernel's speed
-(591 vs 376 TFLOP/s on an H100), and calling it directly avoids the dispatch of diffusers' ``_native_cudnn``."""
+README "Performance", 2026-12-05): on Hopper cuDNN's fused kernel runs a main block's joint attention at
+564 TFLOP/s on an H200, the flash kernel at 362. PyTorch 2.11's own SDPA order already picks cuDNN there, so
+``native`` measures the same (one step 4 391 vs 4 400 ms on the H200, 4 519 vs 4 546 ms on an H100: within
+1 %); this route keeps cuDNN first whatever the installed torch's order is, and unlike diffusers'
+``_native_cudnn`` (4 523 ms) it copies nothing. Verified under torch.compile on an H100 too (3 805 ms)."""
 
 # cuDNN first; where it cannot run (CPU, GPUs before sm_80, a cuDNN build without fused attention, an
 # unsupported shape) PyTorch takes the next usable kernel in this order instead of raising.
@@ -65,6 +70,8 @@ _SDPA_PRIORITY = [
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.MATH,
 ]
+# ``set_priority`` came with torch 2.6; on older torch (we accept >= 2.4) the call runs under torch's own order.
+_SDPA_CAN_SET_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters
 
 
 def sdpa_cudnn_first(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
@@ -77,7 +84,8 @@ def sdpa_cudnn_first(query: torch.Tensor, keys: list[torch.Tensor], values: list
     """
     key = keys[0] if len(keys) == 1 else torch.cat(keys, dim=1)
     value = values[0] if len(values) == 1 else torch.cat(values, dim=1)
-    with sdpa_kernel(_SDPA_PRIORITY, set_priority=True):
+    order = sdpa_kernel(_SDPA_PRIORITY, set_priority=True) if _SDPA_CAN_SET_PRIORITY else contextlib.nullcontext()
+    with order:
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
     return out.transpose(1, 2)
 
