@@ -183,6 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        baseline_loss=args.baseline_loss,
         gradient_checkpointing=True if args.gradient_checkpointing else None,
         **{k: v for k, v in optional.items() if v is not None},
     )
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--shard-weights", action="store_true", help="under torchrun: FSDP2, each process holds 1/N of the weights"
+    )
+    t.add_argument(
+        "--baseline-loss",
+        action="store_true",
+        help="memory stage: also log baseline_loss, the same batch's loss with the memory branch off (the frozen "
+        "camera model); loss / baseline_loss is the branch's own gain",
     )
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)

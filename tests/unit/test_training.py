@@ -270,6 +270,8 @@ def test_settings_errors(tmp_path, encoders):
         train(TrainSettings(stage="nope", out=tmp_path))
     with pytest.raises(MissingInputError, match="--init"):
         train(_settings(tmp_path / "d", "dmd", encoders))
+    with pytest.raises(InvalidOptionError, match="memory branch"):
+        train(TrainSettings(stage="camera", out=tmp_path / "b", baseline_loss=True))
     with pytest.raises(MissingInputError, match="--models-dir"):
         train(TrainSettings(stage="camera", out=tmp_path / "f", size="full", init=tmp_path))
 

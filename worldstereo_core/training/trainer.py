@@ -99,6 +99,10 @@ class TrainSettings:
     mask_variants: int | None = None
     guidance_scale: float = 5.0
     progress: bool = True
+    baseline_loss: bool = False
+    """memory stage: also log ``baseline_loss``, the loss of the same batch with the memory branch off (from a
+    checkpoint: the frozen camera model): ``loss / baseline_loss`` is the memory branch's own gain, free of the
+    noise-level lottery that dominates a single step's loss (one more forward pass per step, without gradient)."""
 
     def resolved(self) -> TrainSettings:
         if self.stage not in STAGES:
@@ -109,6 +113,11 @@ class TrainSettings:
             raise InvalidChoiceError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
         if int(self.steps) < 1:
             raise InvalidOptionError(f"steps must be ≥ 1, got {self.steps}")
+        if self.baseline_loss and self.stage != "memory":
+            raise InvalidOptionError(
+                f"--baseline-loss compares the memory stage with its memory branch switched off; the {self.stage} "
+                "stage has no such branch"
+            )
         defaults = {**SIZE_DEFAULTS[self.size], **(DMD_DEFAULTS[self.size] if self.stage == "dmd" else {})}
         values = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         out = dataclasses.replace(self, out=Path(self.out), **values)
@@ -599,6 +608,14 @@ class FlowMatchingTrainer:
         inputs, sigma, noise = select_rows(inputs, rows), sigma[rows].to(self.device), noise[rows].to(self.device)
         x_t = noisy_latents(inputs.x0, noise, sigma)
         loss = flow_matching_loss(predict(self.model, x_t, sigma, inputs), inputs.x0, noise)
+        record = {}
+        if s.baseline_loss:  # the same batch through the model with its memory branch off, before this update
+            with torch.no_grad():
+                off = dataclasses.replace(
+                    inputs, inputs=dataclasses.replace(inputs.inputs, pair_latent=None, pointmap_latent=None)
+                )
+                baseline = flow_matching_loss(predict(self.model, x_t, sigma, off), inputs.x0, noise)
+            record["baseline_loss"] = self.parallel.mean(float(baseline))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.parallel.sync_gradients(self.params)
@@ -606,6 +623,7 @@ class FlowMatchingTrainer:
         self.optimizer.step()
         return {
             "loss": self.parallel.mean(float(loss.detach())),
+            **record,
             "grad_norm": float(grad_norm),
             "sigma_mean": self.parallel.mean(float(sigma.mean())),
         }
