@@ -238,7 +238,7 @@ def test_paper_ssm_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(co
     name = "worldstereo-paper-dmd-tiny"
     write_tiny_worldstereo(comfy_server.base_dir / "models" / "worldstereo" / name, "paper-dmd")
     (model,) = _ids(api, "WorldStereoLoadModel")
-    api[model]["inputs"]["checkpoint"] = name
+    api[model]["inputs"]["checkpoint"] = f"{name}/model.safetensors"  # the listed form (folder/weights file)
     api[model]["inputs"]["variant"] = "auto"  # read from config.json: worldstereo-paper-memory-dmd
     for gid in _ids(api, "WorldStereoGGMControl"):
         render_id = api[gid]["inputs"]["render"][0]
