@@ -1,10 +1,12 @@
 """Training over several processes (``torchrun -m worldstereo_core train``) is the single-process run of
 the same global batch: CPU proof with the gloo backend and 2 real processes, tiny size, a few steps.
 
-* data parallel + FSDP2 (camera stage): each rank a half of the global batch, gradients averaged;
+* data parallel, replicated weights (camera stage): each rank a half of the global batch, gradients
+  averaged by an all-reduce;
 * sequence parallel + FSDP2 (memory stage, resumed from a single-process run's checkpoint): every rank
   the whole batch on half of the tokens, the paper's memory branch included;
-* data parallel (dmd stage): the regression term lives on the rank holding the global batch's first row.
+* data parallel + FSDP2 (dmd stage: generator, fake and real score each sharded): the regression term
+  lives on the rank holding the global batch's first row.
 
 Each compares the logged loss of every step and the final weights with a single-process run. Without
 gradient averaging the ranks would step on half-batch gradients and the comparison fails (measured, see
@@ -70,7 +72,7 @@ def _assert_same_run(one, two, steps, start):
     assert json.loads((two / "config.json").read_text()) == json.loads((one / "config.json").read_text())
 
 
-def test_data_parallel_fsdp_camera_stage_equals_one_process(tmp_path, models):
+def test_data_parallel_camera_stage_equals_one_process(tmp_path, models):
     cam = _single(tmp_path / "cam", "camera", models, steps=1, batch=2)  # from a checkpoint: base frozen
     one = _single(tmp_path / "one", "camera", models, steps=4, batch=4, save_every=2, init=cam)
     two = tmp_path / "two"
@@ -90,7 +92,6 @@ def test_data_parallel_fsdp_camera_stage_equals_one_process(tmp_path, models):
             str(models),
             "--init",
             str(cam),
-            "--shard-weights",
         ]
     )
     _assert_same_run(one, two, 4, start=cam)
@@ -127,11 +128,12 @@ def test_sequence_parallel_memory_stage_resumes_a_single_process_run(tmp_path, m
     _assert_same_run(one, tmp_path / "two", 4, start=half)  # steps 3–4 ran under torchrun
 
 
-def test_data_parallel_dmd_stage_equals_one_process(tmp_path, models):
+def test_data_parallel_fsdp_dmd_stage_equals_one_process(tmp_path, models):
     mem = _single(tmp_path / "mem", "memory", models, steps=1, batch=2)
     one = _single(tmp_path / "one", "dmd", models, steps=2, init=mem)
     two = tmp_path / "two"
-    _torchrun(["--stage", "dmd", "--steps", "2", "--out", str(two), "--models-dir", str(models), "--init", str(mem)])
+    args = ["--stage", "dmd", "--steps", "2", "--out", str(two), "--models-dir", str(models), "--init", str(mem)]
+    _torchrun([*args, "--shard-weights"])
     _assert_same_run(one, two, 2, start=mem)
 
 

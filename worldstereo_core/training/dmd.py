@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from ..distributed.sequence_parallel import enable_sequence_parallel
-from ..errors import CheckpointMismatchError, InvalidOptionError, MissingInputError
+from ..distributed.data_parallel import full_tensor, load_whole_state
+from ..distributed.sequence_parallel import enable_sequence_parallel, shard_weights
+from ..errors import CheckpointMismatchError, MissingInputError
 from ..models.loading import DMDSettings, load_worldstereo
 from ..models.sampling import DEFAULT_FLOW_SHIFT, dmd_timesteps, sample_unipc
 from ..models.vae import WanKeyframeVAE
@@ -85,12 +86,6 @@ class DMDTrainer:
                 "the dmd stage distils a trained memory model: pass --init <the memory stage's output>"
             )
         self.parallel = parallel = parallel or TrainParallel()
-        if parallel.shard_weights:
-            raise InvalidOptionError(
-                "--shard-weights is not available for the dmd stage: its generator, fake score and real score share "
-                "their frozen modules, which FSDP2 cannot shard for three models at once; run it data parallel "
-                "(replicated weights, the default under torchrun) or with --sequence-parallel"
-            )
         self.settings = settings
         self.device = device
         frozen_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
@@ -106,10 +101,16 @@ class DMDTrainer:
             n = len(teacher.blocks)
             prefixes = [f"blocks.{i}." for i in range(max(0, n - int(trainable_blocks)), n)]
         teacher.requires_grad_(False)
-        # generator and fake score: copies of the teacher's trained part, sharing every frozen module with
-        # the real score (one resident copy of the frozen weights instead of three)
-        self.generator = _student(teacher, prefixes).train()
-        self.fake = _student(teacher, prefixes).train()
+        if parallel.shard_weights:
+            # sharded (FSDP2): three whole networks, each sharded on its own over the ranks (FSDP2 shards a
+            # module for one model only, so the frozen modules are not shared), 1/N of each per rank
+            self.generator = _whole_copy(teacher, prefixes, frozen_dtype).train()
+            self.fake = _whole_copy(teacher, prefixes, frozen_dtype).train()
+        else:
+            # generator and fake score: copies of the teacher's trained part, sharing every frozen module with
+            # the real score (one resident copy of the frozen weights instead of three)
+            self.generator = _student(teacher, prefixes).train()
+            self.fake = _student(teacher, prefixes).train()
         for p in teacher.parameters():  # after the copies: those start from the fp32 teacher
             if p.is_floating_point():
                 p.data = p.data.to(frozen_dtype)
@@ -128,6 +129,11 @@ class DMDTrainer:
             enable_sequence_parallel(self.fake, sp=sp)
         self.gen_params = trainable_parameters(self.generator, prefixes)
         self.fake_params = trainable_parameters(self.fake, prefixes)
+        if parallel.shard_weights:
+            for model in (self.generator, self.fake, self.real):
+                shard_weights(model)
+            self.gen_params = [p for p in self.generator.parameters() if p.requires_grad]
+            self.fake_params = [p for p in self.fake.parameters() if p.requires_grad]
         self.gen_opt = torch.optim.AdamW(self.gen_params, lr=settings.lr, weight_decay=0.0)
         self.fake_opt = torch.optim.AdamW(self.fake_params, lr=settings.lr, weight_decay=0.0)
         self.dmd = self.generator.ws_config.dmd if self.generator.ws_config is not None else DMDSettings()
@@ -244,7 +250,7 @@ class DMDTrainer:
         self.gen_opt.zero_grad(set_to_none=True)
         objective.backward()
         par.sync_gradients(self.gen_params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.gen_params, 1.0)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.gen_params, 1.0))
         self.gen_opt.step()
         reg_value = par.mean(float(reg_loss.detach())) * reg_scale
         return {
@@ -269,8 +275,17 @@ class DMDTrainer:
             loaded = load_worldstereo(
                 folder, variant="paper" if folder != out else "paper-dmd", device=self.device, dtype=None
             )
-            model.load_state_dict(loaded.state_dict())
+            load_whole_state(model, loaded.state_dict())
         return load_state(out, "dmd", {"gen": self.gen_opt, "fake": self.fake_opt}, generator)
+
+
+def _whole_copy(teacher: torch.nn.Module, prefixes: list[str], frozen_dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of the (fp32) teacher: parameters under ``prefixes`` stay fp32, the rest in ``frozen_dtype``."""
+    model = copy.deepcopy(teacher)
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not name.startswith(tuple(prefixes)):
+            p.data = p.data.to(frozen_dtype)
+    return model
 
 
 def _student(teacher: torch.nn.Module, prefixes: list[str]) -> torch.nn.Module:

@@ -13,7 +13,8 @@ The layout, chosen per run (:class:`TrainParallel`):
   differentiable). For an item too long for one GPU. Gradients are averaged too (see
   :mod:`worldstereo_core.distributed.data_parallel` for why that is the single-process gradient).
 * ``--shard-weights`` (either layout): FSDP2, each rank keeps ``1/N`` of the weights, gradients and
-  optimizer moments; without it the weights are replicated and the gradients all-reduced.
+  optimizer moments (dmd: of each of its three networks, which then hold their frozen modules each);
+  without it the weights are replicated and the gradients all-reduced.
 
 Rank 0 alone writes ``metrics.jsonl``, ``config.json`` + ``model.safetensors`` (whole tensors, the
 release layout: the same checkpoint as a single-process run) and the trainer state; every rank
