@@ -11,7 +11,11 @@ because steps 191–200 drew low noise levels — the frozen camera model's own 
 is 0.0077 against 0.170 on steps 1–10. Paired on the same batches (``--baseline-loss``: the memory
 branch off), the branch's own gain is loss / camera-model loss = 0.80 over steps 1–20, 0.68 over steps
 181–200, 0.69 over the last 50 (lr 3e-3: 0.66; 1e-2: 0.81, unstable): it removes about a third of the
-camera model's loss in 200 steps, not half. So the gate cannot hold honestly from the camera checkpoint;
+camera model's loss in 200 steps, not half. Why so little: on the 4-clip tiny set the camera model has
+memorised the clips and hardly reads the render's content (one batch, σ 0.2–0.95: loss 0.15238 with the
+memory stage's cache, 0.15236 with the input view alone, 0.348 without the GGM branch — it uses the
+branch for the cameras and mask), so references and pointmaps add little beyond capacity. So the gate
+cannot hold honestly from the camera checkpoint;
 the paired check below keeps that recipe honest (the memory branch must learn beyond the frozen camera
 model), `test_training.py` checks its frozen parameters. The dmd stage distils the memory stage's output.
 """
