@@ -43,10 +43,11 @@ from ..errors import CheckpointMismatchError, CorruptFileError, InvalidOptionErr
 from .conversion import plan_wan_transformer, scaled_identity_plan
 from .fp8 import WEIGHT_FORMATS, convert_to_fp8, quantize_entry
 from .transformer_worldstereo import (
+    FULL_CONTROLNET_CONFIG,
+    FULL_TRANSFORMER_CONFIG,
     VARIANTS,
     ControlNetConfig,
     WorldStereoTransformer,
-    transformer_configs,
 )
 from .transformer_worldstereo_paper import (
     FULL_MEMORY_CONFIG,
@@ -144,9 +145,9 @@ def released_config(variant: str) -> WorldStereoConfig:
     """The released sizes of ``variant`` (``camera``, ``memory``, ``dmd``, ``paper``, ``paper-dmd``)."""
     if variant not in ALL_VARIANTS:
         raise InvalidOptionError(f"unknown variant {variant!r}; use one of {ALL_VARIANTS}")
-    paper = variant in PAPER_VARIANTS
-    transformer, controlnet = transformer_configs("camera" if paper else variant)
-    return WorldStereoConfig(variant, transformer, controlnet, memory=FULL_MEMORY_CONFIG if paper else None)
+    # every variant shares the base and GGM sizes; the paper variants add the memory branch
+    memory = FULL_MEMORY_CONFIG if variant in PAPER_VARIANTS else None
+    return WorldStereoConfig(variant, dict(FULL_TRANSFORMER_CONFIG), FULL_CONTROLNET_CONFIG, memory=memory)
 
 
 def build_transformer(variant: str) -> WorldStereoTransformer:
@@ -181,7 +182,7 @@ def config_from_dict(
             f"{where} has no 'controlnet_cfg'; use the config.json that came with the WorldStereo weights"
         )
     controlnet = ControlNetConfig.from_dict(cfg["controlnet_cfg"], where=f"{where}: controlnet_cfg")
-    transformer, _ = transformer_configs("camera" if variant in PAPER_VARIANTS else variant)
+    transformer = dict(FULL_TRANSFORMER_CONFIG)  # the release's sizes, the same for every variant
     extra = cfg.get("transformer", {})
     if not isinstance(extra, Mapping):
         raise CheckpointMismatchError(f"{where}: 'transformer' must be a JSON object of WanTransformer3DModel sizes")

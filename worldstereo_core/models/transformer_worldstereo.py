@@ -858,13 +858,6 @@ class WorldStereoTransformer(WanTransformer3DModel):
         return ref_states, ref_rope
 
 
-def transformer_configs(variant: str) -> tuple[dict[str, Any], ControlNetConfig]:
-    """The released (transformer, controlnet) configs of a variant (test sizes: :mod:`worldstereo_core.tiny_configs`)."""
-    if variant not in VARIANTS:
-        raise InvalidOptionError(f"unknown WorldStereo variant {variant!r}; use one of {VARIANTS}")
-    return dict(FULL_TRANSFORMER_CONFIG), FULL_CONTROLNET_CONFIG
-
-
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (works on ``meta``)."""
     return sum(math.prod(p.shape) for p in module.parameters())
