@@ -11,11 +11,18 @@
 #                                              # the 24 GB child (fp8 + 30 blocks swapped, 22 GiB cap) and the
 #                                              # host memory while loading, then issue 14's full-size training
 #                                              # step of each stage (bench/train_step.py)
+#   bash bench/run_device_session.sh fp8backends
+#                                              # issue 13's fp8 matmul choice: bf16 vs our torch._scaled_mm
+#                                              # (row-wise, per-tensor, fast accumulation) vs torchao vs
+#                                              # comfy-kitchen at the model's projection shapes (~2 minutes)
 #
 # Results go to $OUT (the device tool's folder) or /tmp/ws_device_out. diffusers 0.36.0 (the release's pin)
 # is installed from wheels in .whl/ when that folder exists (the device machines have no registry access).
+# fp8backends also wants torchao 0.18.0 (cp310-abi3 manylinux wheel) and comfy-kitchen 0.2.40 there. comfy-kitchen's
+# py3-none-any wheel (eager + triton kernels): its CUDA wheel (67.8 MB) is over the device tool's 64 MiB carry limit.
+# Its fp8 GEMM is torch's scaled_mm in both; only its activation quantisation kernel differs.
 set -o pipefail
-part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]}
+part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]|fp8backends}
 out=${OUT:-/tmp/ws_device_out}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -54,6 +61,10 @@ verify)
     timeout 400 python3 bench/issue13_targets.py --out "$out/issue13_verify.json" --profile-dir "$out" \
         --skip attention,ours_cudnn,stock,fp8,trajectory,compile_fp8,small,load --compile --attention sdpa_cudnn \
         2>&1 | tee "$out/issue13_verify.log"
+    ;;
+fp8backends)
+    # a backend whose wheel is missing or that cannot run here prints "not available: <why>"; the others still run
+    timeout 400 python3 bench/fp8_matmul_backends.py --out "$out/fp8_backends.json" 2>&1 | tee "$out/fp8_backends.log"
     ;;
 *)
     echo "unknown part $part" >&2
