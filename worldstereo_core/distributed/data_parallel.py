@@ -82,16 +82,21 @@ def placed_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def whole_state_dict(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
-    """``model``'s state dict with whole tensors on the host (a collective when sharded: every rank calls it;
-    only ranks with ``keep`` get the tensors, one gathered at a time)."""
+def whole_tensors(named: Iterable[tuple[str, torch.Tensor]], keep: bool = True) -> dict[str, torch.Tensor]:
+    """``named`` tensors as whole, contiguous host tensors (a collective when sharded: every rank calls it;
+    only ranks with ``keep`` get the tensors, one gathered at a time; the others copy nothing)."""
     out = {}
-    for key, value in model.state_dict().items():
+    for key, value in named:
         if _is_dtensor(value) or keep:
             whole = full_tensor(value)
             if keep:
-                out[key] = whole.detach().cpu()
+                out[key] = whole.detach().cpu().contiguous()
     return out
+
+
+def whole_state_dict(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as :func:`whole_tensors` (what rank 0 writes as the release's layout)."""
+    return whole_tensors(model.state_dict().items(), keep)
 
 
 @torch.no_grad()
@@ -116,4 +121,5 @@ __all__ = [
     "mean_over_ranks",
     "placed_like",
     "whole_state_dict",
+    "whole_tensors",
 ]

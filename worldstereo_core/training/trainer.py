@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .. import atomic
-from ..distributed.data_parallel import full_tensor, load_whole_state, placed_like, whole_state_dict
+from ..distributed.data_parallel import full_tensor, load_whole_state, placed_like, whole_state_dict, whole_tensors
 from ..errors import (
     CheckpointMismatchError,
     InvalidChoiceError,
@@ -359,14 +359,18 @@ def _optimizer_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in opt.param_groups for p in group["params"]]
 
 
-def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """The optimizer's state as whole tensors (moments of FSDP2-sharded parameters are gathered: a collective)."""
+def _flatten_optimizer(
+    prefix: str, opt: torch.optim.Optimizer, keep: bool = True
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as whole host tensors (:func:`whole_tensors`: moments of FSDP2-sharded parameters
+    are gathered, a collective, so every rank calls it; only ``keep`` ranks copy them to the host)."""
     sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sorted(sd["state"].items()):
-        for k, v in sorted(st.items()):
-            tensors[f"{prefix}.{idx}.{k}"] = full_tensor(torch.as_tensor(v)).detach().cpu().contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
+    named = (
+        (f"{prefix}.{idx}.{k}", torch.as_tensor(v))
+        for idx, st in sorted(sd["state"].items())
+        for k, v in sorted(st.items())
+    )
+    return whole_tensors(named, keep), {"param_groups": sd["param_groups"]}
 
 
 def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict, opt: torch.optim.Optimizer) -> None:
@@ -405,7 +409,7 @@ def save_state(
     tensors: dict[str, torch.Tensor] = {"rng": generator.get_state()}
     meta: dict[str, Any] = {"step": step, "stage": stage, "optimizers": {}}
     for name, opt in optimizers.items():
-        t, m = _flatten_optimizer(name, opt)
+        t, m = _flatten_optimizer(name, opt, keep=write)
         tensors.update(t)
         meta["optimizers"][name] = m
     if not write:
