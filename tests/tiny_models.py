@@ -145,7 +145,7 @@ TINY_UNI3C_FILE = "uni3c_controlnet_tiny.safetensors"
 
 
 def write_tiny_uni3c(path: Path, seed: int = 0, std: float = 0.05) -> Path:
-    """A tiny Uni3C ControlNet (:data:`~.uni3c.TINY_UNI3C_CONFIG`, random non-zero weights, so it steers)."""
+    """A tiny Uni3C ControlNet (:data:`worldstereo_core.tiny_configs.TINY_UNI3C_CONFIG`, random non-zero weights, so it steers)."""
     from worldstereo_core.models.loading import save_uni3c
     from worldstereo_core.models.uni3c import Uni3CControlNet
 
