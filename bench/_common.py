@@ -160,7 +160,7 @@ class TrajectoryRunner:
         self.frames: torch.Tensor | None = None
 
     def __call__(self) -> float:
-        from worldstereo_core.models.generate import generate_keyframes
+        from worldstereo_core.models.generate import PrecomputedConditioning, SamplingSettings, generate_keyframes
         from worldstereo_core.models.offload import on_device
 
         kf, image, render, mask, refs = self.inputs
@@ -177,9 +177,8 @@ class TrajectoryRunner:
                 render=render,
                 render_mask=mask,
                 references=refs,
-                sampler="dmd",
-                seed=0,
-                prompt_embeds=prompt_embeds,
+                sampling=SamplingSettings(sampler="dmd", seed=0),
+                conditioning=PrecomputedConditioning(prompt_embeds=prompt_embeds),
             )
         sync(self.device)
         if tuple(frames.shape) != self.shape:

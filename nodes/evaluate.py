@@ -210,7 +210,7 @@ class Evaluate(io.ComfyNode):
 def _evaluate_folder(scene_folder, names, size, protocol, worldmirror, model, prompt, moge, **loop_kwargs):
     """The full-model protocol on a real scene folder with the real model (see Evaluate); ``size``:
     ``(height, width)`` of the frames, ``loop_kwargs``: config, alignment, threshold_fraction and seed."""
-    from worldstereo_core.models.generate import WorldStereoFrameGenerator
+    from worldstereo_core.models.generate import SamplingSettings, WorldStereoFrameGenerator
     from worldstereo_core.recon.estimators import WorldMirrorDepthEstimator
 
     from .common import input_folder
@@ -233,7 +233,7 @@ def _evaluate_folder(scene_folder, names, size, protocol, worldmirror, model, pr
         depth, _valid = MoGeDepthEstimator(moge)(real.images[:1], real.cameras[:1])
         input_depth = depth
     progress = Progress(1 + 5 * len(names) + 2)
-    generator = WorldStereoFrameGenerator(model, prompt, seed=loop_kwargs["seed"])
+    generator = WorldStereoFrameGenerator(model, prompt, sampling=SamplingSettings(seed=loop_kwargs["seed"]))
     return evaluate_loop.evaluate_real_scene(
         real,
         generator,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -58,6 +59,9 @@ from .depth import MoGe
 from .memory import DINOv2
 from .model_manager import ensure_loaded
 from .recon import WorldMirror
+
+if TYPE_CHECKING:  # generate.py pulls in transformers; the nodes import it when they run
+    from worldstereo_core.models.generate import PrecomputedConditioning, SamplingSettings
 
 SUB = f"{CATEGORY}/model"
 FOLDER = "worldstereo"
@@ -155,14 +159,16 @@ def _conditioning_inputs(text_scope: str, image_scope: str) -> list:
     ]
 
 
-def comfy_embeddings(positive, negative, clip_vision_output) -> dict:
+def comfy_embeddings(positive, negative, clip_vision_output) -> PrecomputedConditioning:
     """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT as :func:`generate_keyframes`' precomputed embeddings.
 
     CONDITIONING is ComfyUI's list of ``[tensor [B, L, 4096], options]``: the first entry's first row is
     the prompt's UMT5 embedding, cut to Wan's 512 tokens. CLIP_VISION_OUTPUT's
     ``penultimate_hidden_states`` ``[B, 257, 1280]`` are the tokens Wan's I2V reads (first image).
-    Returns ``prompt_embeds``, ``negative_prompt_embeds`` and ``image_embeds`` (None where not given).
+    Returns a :class:`~worldstereo_core.models.generate.PrecomputedConditioning` (None where not given).
     """
+    from worldstereo_core.models.generate import PrecomputedConditioning
+
     image = None
     if clip_vision_output is not None:
         image = getattr(clip_vision_output, "penultimate_hidden_states", None)
@@ -172,11 +178,7 @@ def comfy_embeddings(positive, negative, clip_vision_output) -> dict:
                 "(CLIP Vision Loader with clip_vision_h)"
             )
         image = image[:1].float()
-    return {
-        "prompt_embeds": _cond_tensor(positive),
-        "negative_prompt_embeds": _cond_tensor(negative),
-        "image_embeds": image,
-    }
+    return PrecomputedConditioning(_cond_tensor(positive), _cond_tensor(negative), image)
 
 
 def _cond_tensor(conditioning) -> torch.Tensor | None:
@@ -215,6 +217,15 @@ def _sampler_inputs() -> list:
             tooltip="Timestep shift; 0 = default (DMD: the checkpoint's gen_shift, 5; UniPC: 3).",
         ),
     ]
+
+
+def sampling_settings(sampler: str | None, steps: int, cfg: float, shift: float, seed: int) -> SamplingSettings:
+    """The controls of :func:`_sampler_inputs` and the seed as the core's
+    :class:`~worldstereo_core.models.generate.SamplingSettings` (``sampler`` already mapped from
+    its choice; 0 steps or shift = the sampler's default)."""
+    from worldstereo_core.models.generate import SamplingSettings
+
+    return SamplingSettings(sampler=sampler, steps=steps or None, guidance_scale=cfg, shift=shift or None, seed=seed)
 
 
 def register_model_folder() -> None:
@@ -735,14 +746,10 @@ class WorldStereoSampler(io.ComfyNode):
             ggm.render,
             ggm.mask,
             ssm.references if ssm is not None else None,  # the camera variant raises: it has no SSM
-            sampler=choice,
-            steps=steps or None,
-            guidance_scale=cfg,
-            shift=shift or None,
-            seed=seed,
+            sampling=sampling_settings(choice, steps, cfg, shift, seed),
+            conditioning=comfy_embeddings(positive, negative, clip_vision_output),
             on_step=lambda i, n: progress(i + 1, n),
             interrupt=_interrupt,
-            **comfy_embeddings(positive, negative, clip_vision_output),
             cache=ggm.cache if model.uses_pairs else None,
         )
         # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
@@ -981,16 +988,10 @@ class WorldStereoSceneLoop(io.ComfyNode):
             model,
             prompt,
             negative_prompt or None,
-            sampler=choice,
-            steps=steps or None,
-            guidance_scale=cfg,
-            shift=shift or None,
-            seed=seed,
+            sampling=sampling_settings(choice, steps, cfg, shift, seed),
+            conditioning=embeds,
             on_step=on_step,
             interrupt=_interrupt,
-            prompt_embeds=embeds["prompt_embeds"],
-            negative_prompt_embeds=embeds["negative_prompt_embeds"],
-            image_embeds=embeds["image_embeds"],
             image_embeds_of=None if clip_vision_output is None else img,
         )
         if worldmirror is not None:

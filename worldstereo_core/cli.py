@@ -93,7 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .distributed import enable_sequence_parallel, init_from_env, run_ranks, shard_weights, shutdown
     from .errors import InvalidImageError
     from .memory import MemoryBank
-    from .models.generate import generate_keyframes, load_models
+    from .models.generate import SamplingSettings, generate_keyframes, load_models
     from .retrieval import retrieve
 
     ctx = init_from_env(args.device)
@@ -141,9 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 ggm.rgb,
                 ggm.mask,
                 refs,
-                sampler=args.sampler,
-                steps=args.steps,
-                seed=args.seed,
+                sampling=SamplingSettings(sampler=args.sampler, steps=args.steps, seed=args.seed),
                 on_step=progress,
             ),
         )

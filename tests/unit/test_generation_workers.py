@@ -11,7 +11,7 @@ from tiny_models import RELEASE_FOLDERS, write_tiny_models
 from worldstereo_core.cameras import Cameras, intrinsics_from_fov
 from worldstereo_core.distributed.workers import GenerationWorkers, WorkerPoolError
 from worldstereo_core.errors import WorldStereoError
-from worldstereo_core.models.generate import generate_keyframes, load_models
+from worldstereo_core.models.generate import SamplingSettings, generate_keyframes, load_models
 
 H, W, F = 16, 32, 3
 
@@ -46,7 +46,7 @@ def _job(seed=0):
         "keyframe_cameras": Cameras(w2c, K, H, W),
         "render": torch.rand(F, H, W, 3, generator=g),
         "render_mask": (torch.rand(F, H, W, generator=g) > 0.5).float(),
-        "seed": 5,
+        "sampling": SamplingSettings(seed=5),
     }
 
 

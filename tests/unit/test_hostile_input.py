@@ -257,7 +257,7 @@ def test_clip_seeds_wrap_without_overflow():
 
 def test_generator_at_the_largest_seed_runs_every_clip(tmp_path):
     from tiny_models import RELEASE_FOLDERS, write_tiny_models
-    from worldstereo_core.models.generate import WorldStereoFrameGenerator, load_models
+    from worldstereo_core.models.generate import SamplingSettings, WorldStereoFrameGenerator, load_models
 
     paths = write_tiny_models(tmp_path / "models")
     m = load_models(
@@ -275,16 +275,16 @@ def test_generator_at_the_largest_seed_runs_every_clip(tmp_path):
     g = torch.Generator().manual_seed(0)
     image, render = torch.rand(1, h, w, 3, generator=g), torch.rand(n, h, w, 3, generator=g)
     mask = torch.zeros(n, h, w)
-    gen = WorldStereoFrameGenerator(m, "a room", steps=1, guidance_scale=1.0, seed=2**64 - 1)
+    gen = WorldStereoFrameGenerator(m, "a room", sampling=SamplingSettings(steps=1, guidance_scale=1.0, seed=2**64 - 1))
     gen(image, cams, render, mask, None)
     second = gen(image, cams, render, mask, None)  # clip 2 overflowed to 2^64 before the fix
-    zero = WorldStereoFrameGenerator(m, "a room", steps=1, guidance_scale=1.0, seed=0)
+    zero = WorldStereoFrameGenerator(m, "a room", sampling=SamplingSettings(steps=1, guidance_scale=1.0, seed=0))
     assert torch.equal(second, zero(image, cams, render, mask, None))
     # bad settings fail when the generator is made, before any clip
     with pytest.raises(InvalidOptionError):
-        WorldStereoFrameGenerator(m, "a room", seed=2**64)
+        WorldStereoFrameGenerator(m, "a room", sampling=SamplingSettings(seed=2**64))
     with pytest.raises(Exception, match="sampler"):
-        WorldStereoFrameGenerator(m, "a room", sampler="euler")
+        WorldStereoFrameGenerator(m, "a room", sampling=SamplingSettings(sampler="euler"))
 
 
 def test_loop_settings_are_checked_before_any_stage():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,6 +22,8 @@ from worldstereo_core.errors import (
 )
 from worldstereo_core.interfaces import FrameGenerator, References
 from worldstereo_core.models.generate import (
+    PrecomputedConditioning,
+    SamplingSettings,
     WorldStereoFrameGenerator,
     generate_keyframes,
     load_models,
@@ -112,9 +115,7 @@ def test_generate_runs_for_every_variant(models, variant, sampler, steps):
         cams,
         render,
         mask,
-        sampler=sampler,
-        steps=steps,
-        seed=1,
+        sampling=SamplingSettings(sampler=sampler, steps=steps, seed=1),
         on_step=lambda i, n: seen.append((i, n)),
     )
     assert out.shape == (F, H, W, 3) and out.dtype == torch.float32
@@ -128,9 +129,9 @@ def test_generate_is_deterministic_for_a_seed(models):
     m = models["dmd"]
     image, cams, render, mask = _scene()
     refs = _refs()
-    a = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, seed=7)
-    b = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, seed=7)
-    c = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, seed=8)
+    a = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, sampling=SamplingSettings(seed=7))
+    b = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, sampling=SamplingSettings(seed=7))
+    c = generate_keyframes(m, image, "a bridge", None, cams, render, mask, refs, sampling=SamplingSettings(seed=8))
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
 
@@ -138,11 +139,11 @@ def test_generate_is_deterministic_for_a_seed(models):
 def test_references_and_prompt_reach_the_model(models):
     m = models["memory"]
     image, cams, render, mask = _scene()
-    kw = dict(sampler="unipc", steps=1, guidance_scale=1.0, seed=2)
-    base = generate_keyframes(m, image, "a river", None, cams, render, mask, _refs(seed=3), **kw)
-    other_refs = generate_keyframes(m, image, "a river", None, cams, render, mask, _refs(seed=4), **kw)
-    other_prompt = generate_keyframes(m, image, "a dog", None, cams, render, mask, _refs(seed=3), **kw)
-    single_view = generate_keyframes(m, image, "a river", None, cams, render, mask, None, **kw)
+    kw = SamplingSettings(sampler="unipc", steps=1, guidance_scale=1.0, seed=2)
+    base = generate_keyframes(m, image, "a river", None, cams, render, mask, _refs(seed=3), sampling=kw)
+    other_refs = generate_keyframes(m, image, "a river", None, cams, render, mask, _refs(seed=4), sampling=kw)
+    other_prompt = generate_keyframes(m, image, "a dog", None, cams, render, mask, _refs(seed=3), sampling=kw)
+    single_view = generate_keyframes(m, image, "a river", None, cams, render, mask, None, sampling=kw)
     assert not torch.allclose(base, other_refs)
     assert not torch.allclose(base, other_prompt)
     assert not torch.allclose(base, single_view)
@@ -150,7 +151,9 @@ def test_references_and_prompt_reach_the_model(models):
 
 def test_frame_generator_adapter(models):
     m = models["memory"]
-    gen = WorldStereoFrameGenerator(m, "a room", sampler="unipc", steps=1, guidance_scale=1.0, seed=5)
+    gen = WorldStereoFrameGenerator(
+        m, "a room", sampling=SamplingSettings(sampler="unipc", steps=1, guidance_scale=1.0, seed=5)
+    )
     assert isinstance(gen, FrameGenerator)
     image, cams, render, mask = _scene()
     first = gen(image[None], cams, render, mask, _refs())
@@ -158,7 +161,9 @@ def test_frame_generator_adapter(models):
     assert first.shape == (F, H, W, 3)
     assert not torch.allclose(first, second)  # call i uses seed + i
     # the camera variant has no memory branch: the loop's references are dropped, not an error
-    cam_gen = WorldStereoFrameGenerator(models["camera"], "a room", steps=1, guidance_scale=1.0)
+    cam_gen = WorldStereoFrameGenerator(
+        models["camera"], "a room", sampling=SamplingSettings(steps=1, guidance_scale=1.0)
+    )
     assert cam_gen(image[None], cams, render, mask, _refs()).shape == (F, H, W, 3)
 
 
@@ -181,7 +186,14 @@ def test_bad_inputs_raise_actionable_errors(models):
     with pytest.raises(InvalidInputError, match="no memory branch"):
         generate_keyframes(models["camera"], image, "x", None, cams, render, mask, _refs())
     with pytest.raises(InvalidOptionError, match="sampler"):
-        generate_keyframes(m, image, "x", None, cams, render, mask, sampler="euler")
+        generate_keyframes(m, image, "x", None, cams, render, mask, sampling=SamplingSettings(sampler="euler"))
+    for bad_steps in (0, -1, True):  # settings are checked when made, before any model work
+        with pytest.raises(InvalidOptionError, match="steps"):
+            SamplingSettings(steps=bad_steps)
+    with pytest.raises(InvalidOptionError, match="seed"):
+        SamplingSettings(seed=-1)
+    with pytest.raises(InvalidOptionError, match="SamplingSettings"):
+        generate_keyframes(m, image, "x", None, cams, render, mask, sampling={"seed": 1})
     with pytest.raises(MissingInputError, match="required"):
         generate_keyframes(m, image, "x")
 
@@ -280,8 +292,10 @@ def test_blocks_to_swap_gives_the_resident_frames(tiny_dir, models):
     swap = swapped.transformer.block_swap
     assert swap.blocks == list(swapped.transformer.blocks[1:]) and swapped.blocks_to_swap == 2
     image, cams, render, mask = _scene()
-    want = generate_keyframes(models["dmd"], image, "a red house", None, cams, render, mask, seed=3)
-    got = generate_keyframes(swapped, image, "a red house", None, cams, render, mask, seed=3)
+    want = generate_keyframes(
+        models["dmd"], image, "a red house", None, cams, render, mask, sampling=SamplingSettings(seed=3)
+    )
+    got = generate_keyframes(swapped, image, "a red house", None, cams, render, mask, sampling=SamplingSettings(seed=3))
     assert torch.equal(got, want)
     # the memory manager reserves only the resident weights; moving the bundle keeps swapped blocks on the host
     full = models["dmd"].device_weight_bytes()
@@ -357,15 +371,20 @@ def test_precomputed_embeddings_replace_the_encoders(bare, models):
     text = full.text_encoder.encode(["a red house"])
     n = int((text[0].abs().sum(-1) > 0).sum())  # tokens of the prompt; the rest is Wan's zero padding
     clip = full.image_encoder.encode(image.permute(2, 0, 1)[None] * 2 - 1)
-    want = generate_keyframes(full, image, "a red house", None, cams, render, mask, seed=3)
+    want = generate_keyframes(full, image, "a red house", None, cams, render, mask, sampling=SamplingSettings(seed=3))
+    embeds = PrecomputedConditioning(prompt_embeds=text[:, :n], image_embeds=clip)
     got = generate_keyframes(
-        bare, image, "", None, cams, render, mask, seed=3, prompt_embeds=text[:, :n], image_embeds=clip
+        bare, image, "", None, cams, render, mask, sampling=SamplingSettings(seed=3), conditioning=embeds
     )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(MissingInputError, match="no text encoder"):
-        generate_keyframes(bare, image, "x", None, cams, render, mask, image_embeds=clip)
+        generate_keyframes(
+            bare, image, "x", None, cams, render, mask, conditioning=PrecomputedConditioning(image_embeds=clip)
+        )
     with pytest.raises(ShapeMismatchError, match="prompt_embeds must be"):
-        generate_keyframes(bare, image, "x", None, cams, render, mask, prompt_embeds=text[..., :5], image_embeds=clip)
+        generate_keyframes(
+            bare, image, "x", None, cams, render, mask, conditioning=PrecomputedConditioning(text[..., :5], None, clip)
+        )
 
 
 def test_loop_generator_uses_the_image_embedding_only_for_its_image(bare, models):
@@ -378,18 +397,23 @@ def test_loop_generator_uses_the_image_embedding_only_for_its_image(bare, models
     text = full.text_encoder.encode(["a red house"])
     n = int((text[0].abs().sum(-1) > 0).sum())
     clip = full.image_encoder.encode(image.permute(2, 0, 1)[None] * 2 - 1)
-    embeds = dict(prompt_embeds=text[:, :n], image_embeds=clip, image_embeds_of=image[None])
+    embeds = dict(
+        conditioning=PrecomputedConditioning(prompt_embeds=text[:, :n], image_embeds=clip), image_embeds_of=image[None]
+    )
+    seed3 = SamplingSettings(seed=3)
 
     # clip 0 opens with the encoded image: the bundle without encoders gives the built-in result
-    got = WorldStereoFrameGenerator(bare, "", seed=3, **embeds)(image[None], cams, render, mask, None)
-    want = generate_keyframes(full, image, "a red house", None, cams, render, mask, seed=3)
+    got = WorldStereoFrameGenerator(bare, "", sampling=seed3, **embeds)(image[None], cams, render, mask, None)
+    want = generate_keyframes(full, image, "a red house", None, cams, render, mask, sampling=seed3)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
     # clip 1 opens with another image: CLIP-encoded by the bundle, text still from the embedding
-    gen = WorldStereoFrameGenerator(full, "ignored", seed=3, **embeds)
+    gen = WorldStereoFrameGenerator(full, "ignored", sampling=seed3, **embeds)
     gen(image[None], cams, render, mask, None)
     got = gen(other[None], cams, render, mask, None)
-    want = generate_keyframes(full, other, "a red house", None, cams, render, mask, seed=3 + 1)
+    want = generate_keyframes(
+        full, other, "a red house", None, cams, render, mask, sampling=SamplingSettings(seed=3 + 1)
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(MissingInputError, match="no image encoder"):
         WorldStereoFrameGenerator(bare, "", **embeds)(other[None], cams, render, mask, None)
@@ -398,7 +422,7 @@ def test_loop_generator_uses_the_image_embedding_only_for_its_image(bare, models
     with pytest.raises(InvalidInputError, match="per-clip prompt"):
         WorldStereoFrameGenerator(full, "", **embeds)(image[None], cams, render, mask, None, prompt="a barn")
     with pytest.raises(InvalidInputError, match="image_embeds_of"):
-        WorldStereoFrameGenerator(full, "", image_embeds=clip)
+        WorldStereoFrameGenerator(full, "", conditioning=PrecomputedConditioning(image_embeds=clip))
 
 
 # ------------------------------------------------------------------------- Uni3C (video mode)
@@ -448,7 +472,7 @@ def test_uni3c_video_mode_feeds_whole_videos(uni3c_models, models):
     )
     try:
         out = generate_keyframes(
-            m, image, "a kitchen", None, cams, render, mask, sampler="unipc", steps=1, guidance_scale=1.0, seed=0
+            m, image, "a kitchen", None, cams, render, mask, sampling=SamplingSettings("unipc", 1, guidance_scale=1.0)
         )
     finally:
         hook.remove()
@@ -481,32 +505,42 @@ def test_uni3c_video_mode_memory_model_and_errors(tiny_dir, models):
     mem = with_uni3c(models["memory"], load_uni3c(paths["uni3c"], dtype=torch.float32))
     image, cams, render, mask = _video_scene()
     out = generate_keyframes(
-        mem, image, "a room", None, cams, render, mask, _refs(n_frames=3), sampler="unipc", steps=1, guidance_scale=1.0
+        mem,
+        image,
+        "a room",
+        None,
+        cams,
+        render,
+        mask,
+        _refs(n_frames=3),
+        sampling=SamplingSettings("unipc", 1, guidance_scale=1.0),
     )
     assert out.shape == (9, H, W, 3)
     for n in (4, 8, 3):
         im, c, r, mk = _video_scene(n)
         with pytest.raises(ShapeMismatchError, match=r"1 \+ 4k"):
-            generate_keyframes(mem, im, "x", None, c, r, mk, steps=1)
+            generate_keyframes(mem, im, "x", None, c, r, mk, sampling=SamplingSettings(steps=1))
     with pytest.raises(ShapeMismatchError, match="render frames"):
-        generate_keyframes(mem, image, "x", None, cams, render[:5], mask, steps=1)
+        generate_keyframes(mem, image, "x", None, cams, render[:5], mask, sampling=SamplingSettings(steps=1))
 
 
 def test_frame_generator_takes_the_clips_own_prompt_and_refuses_uni3c(models, uni3c_models):
     """The loop's per-trajectory prompt replaces the scene prompt for that clip only."""
     m = models["memory"]
     image, cams, render, mask = _scene()
-    kw = dict(sampler="unipc", steps=1, guidance_scale=1.0)
-    gen = WorldStereoFrameGenerator(m, "a room", seed=5, **kw)
+    kw = SamplingSettings(sampler="unipc", steps=1, guidance_scale=1.0, seed=5)
+    gen = WorldStereoFrameGenerator(m, "a room", sampling=kw)
     own = gen(image[None], cams, render, mask, _refs(), prompt="a stone bridge over a calm river")
     scene = gen(image[None], cams, render, mask, _refs())
     want_own = generate_keyframes(
-        m, image[None], "a stone bridge over a calm river", None, cams, render, mask, _refs(), seed=5, **kw
+        m, image[None], "a stone bridge over a calm river", None, cams, render, mask, _refs(), sampling=kw
     )
-    want_scene = generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(), seed=6, **kw)
+    want_scene = generate_keyframes(
+        m, image[None], "a room", None, cams, render, mask, _refs(), sampling=dataclasses.replace(kw, seed=6)
+    )
     assert torch.equal(own, want_own) and torch.equal(scene, want_scene)
     assert not torch.allclose(
-        own, generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(), seed=5, **kw)
+        own, generate_keyframes(m, image[None], "a room", None, cams, render, mask, _refs(), sampling=kw)
     )
     with pytest.raises(InvalidInputError, match="Uni3C"):
         WorldStereoFrameGenerator(uni3c_models, "a room")

@@ -30,7 +30,7 @@ import torch
 from tiny_models import TINY_FILES, write_tiny_models
 from worldstereo_core.cli import main
 from worldstereo_core.interfaces import LoopConfig
-from worldstereo_core.models import WorldStereoFrameGenerator, load_models
+from worldstereo_core.models import SamplingSettings, WorldStereoFrameGenerator, load_models
 from worldstereo_core.oracle import OracleDepth
 from worldstereo_core.pipeline import run_scene_loop
 from worldstereo_core.synthetic import make_scene
@@ -84,7 +84,7 @@ def test_each_stage_halves_its_loss_in_200_steps_and_the_checkpoint_runs_in_the_
     assert bundle.variant == "paper-dmd" and bundle.default_sampler == "dmd"
     scene = make_scene("room", 0)
     view = scene.default_view(32, 48)
-    generator = WorldStereoFrameGenerator(bundle, "a bright indoor room", seed=0)
+    generator = WorldStereoFrameGenerator(bundle, "a bright indoor room", sampling=SamplingSettings(seed=0))
     result = run_scene_loop(
         view.image,
         view.cameras,

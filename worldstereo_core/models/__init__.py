@@ -41,6 +41,8 @@ from .transformer_worldstereo import (
 # generate.py pulls in transformers (UMT5, CLIP); import them only when asked for.
 _LAZY = {
     "ModelOutOfMemoryError": "generate",
+    "PrecomputedConditioning": "generate",
+    "SamplingSettings": "generate",
     "WorldStereoFrameGenerator": "generate",
     "WorldStereoModels": "generate",
     "generate_keyframes": "generate",

@@ -89,6 +89,52 @@ SAMPLERS = ("dmd", "unipc")
 
 
 @dataclass(frozen=True)
+class SamplingSettings:
+    """How the video model samples a clip: the sampler's controls and the noise seed.
+
+    Checked when made, so a bad setting fails before any model work (and before the first clip of
+    a scene loop).
+
+    Attributes:
+        sampler: ``dmd`` or ``unipc`` (None: the checkpoint's own, :attr:`WorldStereoModels.default_sampler`).
+        steps: sampler steps, ≥ 1 (None: the checkpoint's DMD steps, or 40 for UniPC; :func:`sampling_steps`).
+        guidance_scale: CFG scale for UniPC (≤ 1 disables CFG); ignored by DMD.
+        shift: timestep shift (None: the checkpoint's ``gen_shift`` for DMD, 3.0 for UniPC).
+        seed: noise seed in ``[0, 2^64)`` (same seed + device → same frames).
+    """
+
+    sampler: str | None = None
+    steps: int | None = None
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    shift: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise InvalidOptionError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or int(self.steps) < 1):
+            raise InvalidOptionError(f"steps must be a positive integer or None, got {self.steps!r}")
+        object.__setattr__(self, "seed", check_seed(self.seed))
+
+
+@dataclass(frozen=True)
+class PrecomputedConditioning:
+    """Text and image conditioning encoded outside the bundle (e.g. ComfyUI's CONDITIONING and
+    CLIP_VISION_OUTPUT); each given one replaces the bundle's own encoder for that input.
+
+    Attributes:
+        prompt_embeds / negative_prompt_embeds: ``[1, L ≤ 512, text_dim]`` UMT5 hidden states; they replace
+            the prompt / negative prompt text and are zero-padded to 512 tokens, as Wan pads.
+        image_embeds: ``[1, 257, image_dim]`` CLIP ViT-H penultimate tokens of the first frame
+            (``CLIP_VISION_OUTPUT.penultimate_hidden_states``); replaces the CLIP encode.
+    """
+
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class WorldStereoModels:
     """Everything :func:`generate_keyframes` needs, loaded and placed.
 
@@ -549,16 +595,11 @@ def generate_keyframes(
     render: torch.Tensor | None = None,
     render_mask: torch.Tensor | None = None,
     references: References | None = None,
-    sampler: str | None = None,
-    steps: int | None = None,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-    shift: float | None = None,
-    seed: int = 0,
+    *,
+    sampling: SamplingSettings = SamplingSettings(),
+    conditioning: PrecomputedConditioning | None = None,
     on_step: Callable[[int, int], None] | None = None,
     interrupt: Callable[[], bool] | None = None,
-    prompt_embeds: torch.Tensor | None = None,
-    negative_prompt_embeds: torch.Tensor | None = None,
-    image_embeds: torch.Tensor | None = None,
     cache: PointCloud | None = None,
 ) -> torch.Tensor:
     """Generate the keyframes of one trajectory.
@@ -575,18 +616,12 @@ def generate_keyframes(
         render_mask: ``[F, H, W]``, 1 = hole.
         references: retrieved memory views (memory/dmd variants; ``None``: the input image is the single
             reference, as the release's single-view mode). The camera variant takes none.
-        sampler: ``dmd`` or ``unipc`` (default: ``dmd`` for the dmd variant, else ``unipc``).
-        steps: sampler steps (default: the checkpoint's DMD steps, or 40 for UniPC).
-        guidance_scale: CFG scale for UniPC (≤ 1 disables CFG); ignored by DMD.
-        shift: timestep shift (default: the checkpoint's ``gen_shift`` for DMD, 3.0 for UniPC).
-        seed: noise seed (same seed + device → same frames).
+        sampling: sampler, steps, CFG scale, shift and seed (:class:`SamplingSettings`; default: the
+            checkpoint's sampler with its defaults, seed 0).
+        conditioning: precomputed text / image embeddings (:class:`PrecomputedConditioning`, e.g. ComfyUI's
+            CONDITIONING); each given one replaces the bundle's encoder for it.
         on_step: ``on_step(i, total)`` after each sampler step; interrupt: returns True to stop
             (:class:`~.sampling.SamplingInterrupted`) — or raises its own exception.
-        prompt_embeds / negative_prompt_embeds: ``[1, L ≤ 512, text_dim]`` precomputed UMT5 embeddings
-            (e.g. ComfyUI's CONDITIONING); they replace ``prompt`` / ``negative_prompt`` and are zero-padded
-            to 512 tokens, as Wan pads.
-        image_embeds: ``[1, 257, image_dim]`` precomputed CLIP penultimate tokens (ComfyUI's
-            ``CLIP_VISION_OUTPUT.penultimate_hidden_states``); replaces the CLIP encode.
         cache: the 3D cache's cloud (paper-SSM variants only, required there): its pointmaps at the
             keyframes and at their paired references are the memory branch's geometry.
     Returns:
@@ -605,16 +640,10 @@ def generate_keyframes(
             render,
             render_mask,
             references,
-            sampler,
-            steps,
-            guidance_scale,
-            shift,
-            seed,
+            sampling,
+            conditioning or PrecomputedConditioning(),
             on_step,
             interrupt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            image_embeds,
             cache,
         )
     except BaseException as exc:
@@ -654,21 +683,16 @@ def _generate(
     render: torch.Tensor,
     render_mask: torch.Tensor,
     references: References | None,
-    sampler: str | None,
-    steps: int | None,
-    guidance_scale: float,
-    shift: float | None,
-    seed: int,
+    sampling: SamplingSettings,
+    conditioning: PrecomputedConditioning,
     on_step: Callable[[int, int], None] | None,
     interrupt: Callable[[], bool] | None,
-    prompt_embeds: torch.Tensor | None = None,
-    negative_prompt_embeds: torch.Tensor | None = None,
-    image_embeds: torch.Tensor | None = None,
-    cache: PointCloud | None = None,
+    cache: PointCloud | None,
 ) -> torch.Tensor:
-    sampler = sampler or models.default_sampler
-    if sampler not in SAMPLERS:
-        raise InvalidOptionError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not isinstance(sampling, SamplingSettings):
+        raise InvalidOptionError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
+    sampler = sampling.sampler or models.default_sampler
+    steps, guidance_scale, shift = sampling.steps, sampling.guidance_scale, sampling.shift
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}")
     img, cams, rend, mask = _check_inputs(image, keyframe_cameras, render, render_mask)
@@ -696,8 +720,10 @@ def _generate(
 
     # 1-2. text and image conditioning
     text_dim = models.transformer.config.text_dim
-    pos = _text_embeds(prompt_embeds, "prompt_embeds", text_dim, dev)
-    neg = _text_embeds(negative_prompt_embeds, "negative_prompt_embeds", text_dim, dev) if use_cfg else None
+    pos = _text_embeds(conditioning.prompt_embeds, "prompt_embeds", text_dim, dev)
+    neg = (
+        _text_embeds(conditioning.negative_prompt_embeds, "negative_prompt_embeds", text_dim, dev) if use_cfg else None
+    )
     todo = ([prompt] if pos is None else []) + ([negative_prompt] if use_cfg and neg is None else [])
     if todo:
         if models.text_encoder is None:
@@ -713,8 +739,8 @@ def _generate(
             neg = encoded[:1]
     text = torch.cat([pos, neg]) if use_cfg else pos
     first = images_to_video(img[None])[:, :, 0]  # [1, 3, H, W] in [-1, 1]
-    if image_embeds is not None:
-        clip = torch.as_tensor(image_embeds).to(dev)
+    if conditioning.image_embeds is not None:
+        clip = torch.as_tensor(conditioning.image_embeds).to(dev)
         if clip.ndim == 2:
             clip = clip[None]
         if clip.ndim != 3 or clip.shape[0] != 1 or clip.shape[2] != models.transformer.config.image_dim:
@@ -757,7 +783,7 @@ def _generate(
     denoiser = WorldStereoDenoiser(models.transformer, condition, positive, negative)
 
     # 5. sampling
-    noise = initial_noise((1, vae.z_dim, n, H // 8, W // 8), seed, device=dev)
+    noise = initial_noise((1, vae.z_dim, n, H // 8, W // 8), sampling.seed, device=dev)
     if sampler == "dmd":
         cfg = getattr(models.transformer, "ws_config", None)
         settings = cfg.dmd if cfg is not None else DMDSettings()
@@ -792,18 +818,19 @@ def _one_image(image: torch.Tensor) -> torch.Tensor:
 class WorldStereoFrameGenerator:
     """The real video model as a :class:`worldstereo_core.interfaces.FrameGenerator`.
 
-    Call ``i`` (one per trajectory, in the loop's order) uses seed ``seed + i`` (wrapped into torch's
-    64-bit range, :func:`~.sampling.clip_seed`), so a run is reproducible while clips get different
-    noise (the release draws every clip's noise from one generator). Settings are checked here, so
-    a bad one fails before the first clip, not after minutes of generation.
+    Call ``i`` (one per trajectory, in the loop's order) uses seed ``sampling.seed + i`` (wrapped into
+    torch's 64-bit range, :func:`~.sampling.clip_seed`), so a run is reproducible while clips get
+    different noise (the release draws every clip's noise from one generator). Settings are checked
+    here (:class:`SamplingSettings` checks its own when made), so a bad one fails before the first
+    clip, not after minutes of generation.
     The camera variant ignores the loop's references (it has no memory branch).
 
-    Precomputed conditioning (ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT; see
-    :func:`generate_keyframes`): ``prompt_embeds`` / ``negative_prompt_embeds`` replace the text
-    prompts for every clip, so a per-clip prompt is refused while they are set (one source of text
-    per run). ``image_embeds`` encode one image, ``image_embeds_of`` (``[1, H, W, 3]`` or
-    ``[H, W, 3]``): a clip that opens with that image uses them; any other start image (a continued
-    clip's last frame, a memory-bank view) is encoded by the bundle's own CLIP encoder.
+    Precomputed conditioning (:class:`PrecomputedConditioning`, e.g. ComfyUI's CONDITIONING /
+    CLIP_VISION_OUTPUT): its ``prompt_embeds`` / ``negative_prompt_embeds`` replace the text prompts
+    for every clip, so a per-clip prompt is refused while they are set (one source of text per run).
+    Its ``image_embeds`` encode one image, ``image_embeds_of`` (``[1, H, W, 3]`` or ``[H, W, 3]``): a
+    clip that opens with that image uses them; any other start image (a continued clip's last frame,
+    a memory-bank view) is encoded by the bundle's own CLIP encoder.
     """
 
     def __init__(
@@ -811,41 +838,28 @@ class WorldStereoFrameGenerator:
         models: WorldStereoModels,
         prompt: str,
         negative_prompt: str | None = None,
-        sampler: str | None = None,
-        steps: int | None = None,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-        shift: float | None = None,
-        seed: int = 0,
+        sampling: SamplingSettings = SamplingSettings(),
+        conditioning: PrecomputedConditioning | None = None,
         on_step: Callable[[int, int], None] | None = None,
         interrupt: Callable[[], bool] | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        image_embeds: torch.Tensor | None = None,
         image_embeds_of: torch.Tensor | None = None,
     ) -> None:
-        self.models = models
-        self.prompt = prompt
-        self.negative_prompt = negative_prompt
-        if (image_embeds is None) != (image_embeds_of is None):
+        if not isinstance(sampling, SamplingSettings):
+            raise InvalidOptionError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
+        conditioning = conditioning or PrecomputedConditioning()
+        if (conditioning.image_embeds is None) != (image_embeds_of is None):
             raise InvalidInputError("image_embeds and image_embeds_of (the image they encode) go together")
-        self.prompt_embeds = prompt_embeds
-        self.negative_prompt_embeds = negative_prompt_embeds
-        self.image_embeds = image_embeds
-        self.image_embeds_of = None if image_embeds_of is None else _one_image(image_embeds_of)
-        self.sampler = sampler
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.shift = shift
-        if sampler is not None and sampler not in SAMPLERS:
-            raise InvalidOptionError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if steps is not None and (isinstance(steps, bool) or int(steps) < 1):
-            raise InvalidOptionError(f"steps must be a positive integer or None, got {steps!r}")
         if models.video_mode:
             raise InvalidInputError(
                 "the scene loop generates keyframes (GGM, 21 per clip); a model with the Uni3C branch samples whole "
                 "81-frame videos — call generate_keyframes with every pose instead"
             )
-        self.seed = check_seed(seed)
+        self.models = models
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.sampling = sampling
+        self.conditioning = conditioning
+        self.image_embeds_of = None if image_embeds_of is None else _one_image(image_embeds_of)
         self.on_step = on_step
         self.interrupt = interrupt
         self.calls = 0
@@ -860,7 +874,7 @@ class WorldStereoFrameGenerator:
         ``cache`` (paper-SSM variants) is the loop's current 3D cache."""
         wants_refs = self.models.uses_references or self.models.uses_pairs
         refs = references if wants_refs and references is not None and len(references) else None
-        if prompt is not None and self.prompt_embeds is not None:
+        if prompt is not None and self.conditioning.prompt_embeds is not None:
             raise InvalidInputError(
                 "a per-clip prompt was given while prompt_embeds (CONDITIONING) replace the text of every clip; "
                 "give one or the other"
@@ -869,7 +883,7 @@ class WorldStereoFrameGenerator:
         opens_with_encoded = encoded is not None and torch.equal(
             _one_image(image).to(encoded.device, encoded.dtype), encoded
         )
-        seed = clip_seed(self.seed, self.calls)
+        sampling = dataclasses.replace(self.sampling, seed=clip_seed(self.sampling.seed, self.calls))
         self.calls += 1
         return generate_keyframes(
             self.models,
@@ -880,16 +894,12 @@ class WorldStereoFrameGenerator:
             render,
             mask,
             refs,
-            sampler=self.sampler,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            shift=self.shift,
-            seed=seed,
+            sampling=sampling,
+            conditioning=self.conditioning
+            if opens_with_encoded
+            else dataclasses.replace(self.conditioning, image_embeds=None),
             on_step=self.on_step,
             interrupt=self.interrupt,
-            prompt_embeds=self.prompt_embeds,
-            negative_prompt_embeds=self.negative_prompt_embeds,
-            image_embeds=self.image_embeds if opens_with_encoded else None,
             cache=cache,
         )
 
@@ -899,6 +909,8 @@ __all__ = [
     "SAMPLERS",
     "ggm_inputs",
     "ModelOutOfMemoryError",
+    "PrecomputedConditioning",
+    "SamplingSettings",
     "WorldStereoFrameGenerator",
     "WorldStereoModels",
     "default_device",
