@@ -25,10 +25,18 @@ set -o pipefail
 part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]|fp8backends}
 out=${OUT:-/tmp/ws_device_out}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || exit 1
+# torchao and comfy-kitchen only for fp8backends: diffusers imports torchao whenever it is installed, which
+# must not change what the other parts measure
+pip_wheels() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
+mapfile -t base_wheels < <(compgen -G ".whl/*.whl" | grep -v -e '^\.whl/torchao-' -e '^\.whl/comfy_kitchen-')
+mapfile -t fp8_wheels < <(compgen -G ".whl/torchao-*.whl"; compgen -G ".whl/comfy_kitchen-*.whl")
+if [ "${#base_wheels[@]}" -gt 0 ]; then
+    pip_wheels /tmp/site "${base_wheels[@]}" || exit 1
     export PYTHONPATH=/tmp/site
+fi
+if [ "$part" = fp8backends ] && [ "${#fp8_wheels[@]}" -gt 0 ]; then
+    pip_wheels /tmp/site_fp8 "${fp8_wheels[@]}" || exit 1
+    export PYTHONPATH=/tmp/site_fp8${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
