@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from .comfy_v3 import io
@@ -122,9 +124,10 @@ def model_name_input(folder: str, tooltip: str) -> io.Combo.Input:
     return io.Combo.Input("model_name", options=model_files(folder), tooltip=tooltip)
 
 
-def dtype_input(tooltip: str, options: dict = DTYPES, default: str = "fp32", name: str = "dtype") -> io.Combo.Input:
-    """A Load node's weight precision (one of ``options``' names; :func:`option` turns it into a dtype)."""
-    return io.Combo.Input(name, options=list(options), default=default, tooltip=tooltip)
+def dtype_input(tooltip: str, options: Iterable[str] = DTYPES, default: str = "fp32") -> io.Combo.Input:
+    """A Load node's ``dtype``: one of ``options``' names (a dict such as :data:`DTYPES` gives its keys;
+    :func:`option` turns the value into a dtype)."""
+    return io.Combo.Input("dtype", options=list(options), default=default, tooltip=tooltip)
 
 
 def load_model_file(load, folder: str, model_name: str, dtype: str, what: str, layout: str | None = None, **kwargs):
