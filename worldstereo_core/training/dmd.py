@@ -30,6 +30,7 @@ batched no-grad chain (one random truncation step for the five).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -115,8 +116,6 @@ class DMDTrainer:
             if p.is_floating_point():
                 p.data = p.data.to(frozen_dtype)
         self.real = teacher.eval()
-        import dataclasses
-
         self.generator.variant = "paper-dmd"
         self.generator.ws_config = dataclasses.replace(teacher.ws_config, variant="paper-dmd")
         if settings.gradient_checkpointing:
