@@ -278,3 +278,31 @@ def test_attention_backend_choice_keeps_the_output(variant):
         again = model(x, t, **kw)
     torch.testing.assert_close(default, native, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, default, rtol=0, atol=0)
+
+
+def test_sequence_parallel_keeps_the_chosen_attention_kernel(tmp_path):
+    """enable/disable_sequence_parallel swap every self-attention processor: the kernel chosen with
+    set_attention_backend (here diffusers' ``native``) must survive both swaps, not fall back to the default."""
+    import torch.distributed as dist
+
+    from worldstereo_core.distributed import disable_sequence_parallel, enable_sequence_parallel
+    from worldstereo_core.models.transformer_worldstereo import UlyssesAttnProcessor
+
+    model = build_tiny_transformer("memory")
+    model.set_attention_backend("native")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        enable_sequence_parallel(model)
+        procs = [b.attn1.processor for b in model.blocks] + [
+            b.self_attn.processor for b in model.controlnet.controlnet_blocks
+        ]
+        assert all(isinstance(p, UlyssesAttnProcessor) for p in procs)
+        assert all(not p.sdpa_cudnn and p._attention_backend == "native" for p in procs)
+        disable_sequence_parallel(model)
+        procs = [b.attn1.processor for b in model.blocks] + [
+            b.self_attn.processor for b in model.controlnet.controlnet_blocks
+        ]
+        assert not any(isinstance(p, UlyssesAttnProcessor) for p in procs)
+        assert all(not p.sdpa_cudnn and p._attention_backend == "native" for p in procs)
+    finally:
+        dist.destroy_process_group()

@@ -148,23 +148,32 @@ def enable_sequence_parallel(
     if bad:
         raise InvalidOptionError(f"attention heads {sorted(heads)} cannot be split over {sp.world_size} ranks")
     for block in model.blocks:
-        block.attn1.set_processor(UlyssesAttnProcessor(sp))
+        block.attn1.set_processor(_same_kernel(UlyssesAttnProcessor(sp), block.attn1.processor))
     for block in model.controlnet.controlnet_blocks:
-        block.self_attn.set_processor(UlyssesAttnProcessor(sp))
+        block.self_attn.set_processor(_same_kernel(UlyssesAttnProcessor(sp), block.self_attn.processor))
     model.sequence_parallel = sp
     logger.info("sequence parallel over %d ranks (Ulysses)", sp.world_size)
     return sp
 
 
 def disable_sequence_parallel(model: torch.nn.Module) -> None:
-    """Back to single-process attention (the processors of a freshly built model)."""
+    """Back to single-process attention, on the same attention kernel."""
     from ..models.transformer_worldstereo import RefJointAttnProcessor
 
     for block in model.blocks:
-        block.attn1.set_processor(RefJointAttnProcessor())
+        block.attn1.set_processor(_same_kernel(RefJointAttnProcessor(), block.attn1.processor))
     for block in model.controlnet.controlnet_blocks:
-        block.self_attn.set_processor(RefJointAttnProcessor())
+        block.self_attn.set_processor(_same_kernel(RefJointAttnProcessor(), block.self_attn.processor))
     model.sequence_parallel = None
+
+
+def _same_kernel(new, old):
+    """``new`` (a fresh attention processor) set to the kernel ``old`` ran: the choice of
+    ``WorldStereoTransformer.set_attention_backend`` (``sdpa_cudnn``, or a diffusers backend), which
+    swapping the processors must not silently undo."""
+    new.sdpa_cudnn = getattr(old, "sdpa_cudnn", new.sdpa_cudnn)
+    new._attention_backend = getattr(old, "_attention_backend", None)
+    return new
 
 
 def shard_weights(model: torch.nn.Module, mesh=None, reshard_after_forward: bool = True) -> torch.nn.Module:
