@@ -32,6 +32,15 @@ Scene = io.Custom("WS_SCENE")
 Cameras = io.Custom("WS_CAMERAS")
 
 
+def raise_if_interrupted() -> bool:
+    """Raise ComfyUI's own interruption if the user pressed cancel, else ``False``: the core's
+    ``interrupt`` callback (the check :class:`Progress` makes on every update)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return False
+
+
 class Progress:
     """Progress bar on ComfyUI's ``/ws`` plus interruption checks, as a core callback.
 
@@ -46,9 +55,7 @@ class Progress:
         self.total = max(1, int(total))
 
     def __call__(self, done: int, total: int | None = None) -> None:
-        import comfy.model_management
-
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        raise_if_interrupted()
         if total is not None and total != self.total:
             self.total = max(1, int(total))
         self._bar.update_absolute(int(done), self.total)

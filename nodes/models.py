@@ -44,6 +44,7 @@ from .common import (
     noise_seed_input,
     one_trajectory,
     option,
+    raise_if_interrupted,
     reference_cut_input,
     retrieval_mode_input,
     scene_loop_outputs,
@@ -749,19 +750,11 @@ class WorldStereoSampler(io.ComfyNode):
             sampling=sampling_settings(choice, steps, cfg, shift, seed),
             conditioning=comfy_embeddings(positive, negative, clip_vision_output),
             on_step=lambda i, n: progress(i + 1, n),
-            interrupt=_interrupt,
+            interrupt=raise_if_interrupted,
             cache=ggm.cache if model.uses_pairs else None,
         )
         # Wan's 16 fps for a whole 81-frame video (Uni3C); keyframes at the pack's keyframe rate
         return io.NodeOutput(frames, ggm.trajectory, frames_video(frames, 16.0 if ggm.video else KEYFRAME_FPS))
-
-
-def _interrupt() -> bool:
-    """The core's ``interrupt`` callback: raises ComfyUI's own interruption when the user cancels."""
-    import comfy.model_management
-
-    comfy.model_management.throw_exception_if_processing_interrupted()
-    return False
 
 
 class WorldStereoSceneLoop(io.ComfyNode):
@@ -991,7 +984,7 @@ class WorldStereoSceneLoop(io.ComfyNode):
             sampling=sampling_settings(choice, steps, cfg, shift, seed),
             conditioning=embeds,
             on_step=on_step,
-            interrupt=_interrupt,
+            interrupt=raise_if_interrupted,
             image_embeds_of=None if clip_vision_output is None else img,
         )
         if worldmirror is not None:
