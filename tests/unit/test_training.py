@@ -41,6 +41,7 @@ from worldstereo_core.training.recipes import (
     render_cache,
     training_cache,
 )
+from worldstereo_core.training.trainer import FlowMatchingTrainer
 
 H, W, KF, POSES = 32, 48, 5, 17
 
@@ -180,6 +181,11 @@ def test_stages_train_only_their_branch_from_a_checkpoint(tmp_path, encoders):
     assert cfg["model_type"] == "worldstereo-paper-memory"
     assert _changed({k: torch.zeros_like(v) for k, v in m.items()}, m, "memory_branch.proj_out.")  # left zero init
     assert not _changed(after, m, "controlnet.") and not _changed(after, m, "blocks.")
+    # a memory run started from a paper checkpoint continues its memory branch (no re-initialisation)
+    again = FlowMatchingTrainer(
+        _settings(tmp_path / "mem2", "memory", encoders, init=mem).resolved(), torch.device("cpu")
+    )
+    assert not _changed(m, again.model.state_dict(), "memory_branch.")
 
     dmd = train(_settings(tmp_path / "dmd", "dmd", encoders, steps=2, init=mem))
     d = _params(dmd)

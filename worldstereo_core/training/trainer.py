@@ -45,6 +45,7 @@ from ..models.generate import ggm_inputs
 from ..models.loading import WorldStereoConfig, load_worldstereo, save_worldstereo
 from ..models.paper_ssm import PointmapFrame, pointmap_images, stitch_pair_latents
 from ..models.transformer_worldstereo_paper import (
+    PAPER_VARIANTS,
     MemoryBranchConfig,
     PaperInputs,
     init_from_camera,
@@ -459,7 +460,8 @@ def _device(settings: TrainSettings) -> torch.device:
 
 
 def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.Module | None = None):
-    """The model a stage starts from (camera: ``--init`` or fresh; memory: paper variant from ``--init``),
+    """The model a stage starts from (camera: ``--init`` or fresh; memory: paper variant from ``--init``, or
+    the ``--init`` paper checkpoint itself),
     or ``model`` as given (benchmarks); set up for training: trainable branch fp32, the rest in ``dtype``."""
     tiny = settings.size == "tiny"
     frozen_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
@@ -484,8 +486,9 @@ def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.M
             "the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): "
             "pass --init DIR"
         )
-    if settings.stage == "memory" and not given:
-        # the paper variant on the camera/memory model: same base and GGM, a fresh memory branch (init rule)
+    if settings.stage == "memory" and not given and model.variant not in PAPER_VARIANTS:
+        # the paper variant on the camera/memory model: same base and GGM, a fresh memory branch (init rule).
+        # A paper checkpoint (an earlier memory run) keeps its trained memory branch and continues from it.
         cfg = paper_config_from(model.ws_config)
         with torch.device("meta"):
             paper = cfg.build()
