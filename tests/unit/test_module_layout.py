@@ -84,3 +84,28 @@ def test_load_path_never_reaches_the_test_scale_sizes():
     assert "models.loading" in load_path and "recon.moge" in load_path
     offenders = [n for n in load_path if "tiny_configs" in _reach(n)]
     assert not offenders, f"these load-path modules reach tiny_configs: {offenders}"
+
+
+def test_nodes_never_reach_the_test_scale_sizes():
+    """The nodes are the other side of the promise ``tiny_configs`` makes: no node module imports it, nor
+    any core module that reaches it (lazy imports included)."""
+    known = _known()
+    offenders, scanned = {}, 0
+    for path in sorted((ROOT.parent / "nodes").glob("*.py")):
+        named = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("worldstereo_core."):
+                mod = node.module[len("worldstereo_core.") :]
+                named |= {mod, *(f"{mod}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                named |= {
+                    a.name[len("worldstereo_core.") :] for a in node.names if a.name.startswith("worldstereo_core.")
+                }
+        # a package import means its __init__, as in _imports
+        core = {m if m in known else f"{m}.__init__" for m in named if m in known or f"{m}.__init__" in known}
+        scanned += bool(core)
+        reached = core | {r for m in core for r in _reach(m)}
+        if "tiny_configs" in reached:
+            offenders[path.name] = sorted(core)
+    assert scanned >= 8, scanned  # the scan sees the node modules' core imports
+    assert not offenders, f"node modules reaching tiny_configs: {offenders}"
