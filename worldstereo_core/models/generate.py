@@ -73,7 +73,12 @@ from .sampling import (
     sample_dmd,
     sample_unipc,
 )
-from .transformer_worldstereo import MAX_REFERENCES, WorldStereoInputs, WorldStereoTransformer
+from .transformer_worldstereo import (
+    DEFAULT_ATTENTION_BACKEND,
+    MAX_REFERENCES,
+    WorldStereoInputs,
+    WorldStereoTransformer,
+)
 from .transformer_worldstereo_paper import PAPER_VARIANTS, PaperInputs
 from .vae import WanKeyframeVAE, check_spatial_size, images_to_video, load_wan_vae, video_to_images
 
@@ -289,7 +294,9 @@ def load_models(
         device: execution device (default: CUDA if available).
         dtype: transformer and VAE dtype; ``encoder_dtype`` (default ``dtype``) for UMT5 and CLIP.
         offload: ``none``, ``encoders`` or ``sequential``.
-        attention_backend: a diffusers attention backend name (``flash``, ``_native_cudnn`` …).
+        attention_backend: ``sdpa_cudnn`` or a diffusers attention backend name (``native``, ``flash``,
+            ``_native_cudnn`` …); empty keeps :data:`~.transformer_worldstereo.DEFAULT_ATTENTION_BACKEND`
+            (``sdpa_cudnn``: PyTorch SDPA, cuDNN's fused kernel first).
         with_text_encoder / with_image_encoder: False skips that encoder (the caller will pass
             precomputed embeddings to :func:`generate_keyframes`, e.g. from ComfyUI's own encoders).
         base_model: the Wan2.1-I2V-14B-480P transformer that fills backbone keys a checkpoint lacks, as
@@ -349,7 +356,8 @@ def load_models(
             transformer.set_attention_backend(attention_backend)
         except (ValueError, RuntimeError, ImportError) as exc:
             raise InvalidOptionError(
-                f"attention backend {attention_backend!r} is not usable here ({exc}); leave it empty for PyTorch SDPA"
+                f"attention backend {attention_backend!r} is not usable here ({exc}); leave it empty for the default "
+                f"({DEFAULT_ATTENTION_BACKEND!r}: PyTorch SDPA, cuDNN's fused kernel first)"
             ) from None
     # each loader reads the architecture a file states (worldstereo_core.checkpoint), else the release's
     te = ie = None
