@@ -556,7 +556,7 @@ def merge_clip(
         :class:`ClipMerge`.
     """
     if alignment not in CLIP_ALIGNMENTS:
-        raise InvalidOptionError(f"alignment must be 'depth' or 'umeyama', got {alignment!r}")
+        raise InvalidOptionError(f"alignment must be one of {CLIP_ALIGNMENTS}, got {alignment!r}")
     if not isinstance(cache, Cache3D):
         raise InvalidInputError(f"merge_clip needs a Cache3D, got {type(cache).__name__}")
     F = len(cameras) if isinstance(cameras, Cameras) else 0

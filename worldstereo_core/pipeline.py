@@ -296,7 +296,9 @@ def run_scene_loop(
             "pass them, or use another reference_cut"
         )
     if config.clip_alignment not in CLIP_ALIGNMENTS:
-        raise InvalidOptionError(f"config.clip_alignment must be 'depth' or 'umeyama', got {config.clip_alignment!r}")
+        raise InvalidOptionError(
+            f"config.clip_alignment must be one of {CLIP_ALIGNMENTS}, got {config.clip_alignment!r}"
+        )
     if config.retrieval_mode not in RETRIEVAL_MODES:  # checked here, not in the first clip
         raise InvalidTrajectoryError(
             f"unknown retrieval mode {config.retrieval_mode!r}; use 'aabb' (release) or 'volume' (paper)"
