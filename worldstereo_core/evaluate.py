@@ -106,6 +106,12 @@ __all__ = [
     "REVISIT_ROTATION_DEG",
     "REVISIT_DISTANCE_FRACTION",
     "depth_anchor_alignment",
+    "Report",
+    "format_score",
+    "overall_scores",
+    "check_alignment",
+    "score_setup",
+    "icp_alignment",
 ]
 
 #: The release's reconstruction-benchmark trajectories (``renders/traj_<name>/camera.json``).
@@ -304,12 +310,12 @@ class TrajectoryScores:
     alignment: str
 
 
-def _format_score(x: float | None, width: int) -> str:
+def format_score(x: float | None, width: int) -> str:
     """One right-aligned cell of a report table: 4 decimals, or a dash for a missing value."""
     return f"{'—':>{width}}" if x is None else f"{x:>{width}.4f}"
 
 
-class _Report:
+class Report:
     """What the evaluation reports share: plain-dict and JSON forms (subclasses are dataclasses
     with ``thresholds`` and ``overall``; they add their own nested fields to :meth:`as_dict`)."""
 
@@ -325,7 +331,7 @@ class _Report:
 
 
 @dataclass(frozen=True)
-class EvaluationReport(_Report):
+class EvaluationReport(Report):
     """The benchmark's numbers for one scene.
 
     Attributes:
@@ -364,12 +370,12 @@ class EvaluationReport(_Report):
         for t in self.trajectories:
             lines.append(
                 f"{t.name:<12}{t.precision:>8.4f}{t.recall:>8.4f}{t.fscore:>8.4f}{t.auc:>8.4f}"
-                f"{_format_score(t.rot_err_deg, 10)}{_format_score(t.trans_err, 10)}{_format_score(t.ate, 10)}"
+                f"{format_score(t.rot_err_deg, 10)}{format_score(t.trans_err, 10)}{format_score(t.ate, 10)}"
             )
         o = self.overall
         lines.append(
             f"{'overall':<12}{o['precision']:>8.4f}{o['recall']:>8.4f}{o['fscore']:>8.4f}{o['auc']:>8.4f}"
-            f"{_format_score(o.get('rot_err_deg'), 10)}{_format_score(o.get('trans_err'), 10)}{_format_score(o.get('ate'), 10)}"
+            f"{format_score(o.get('rot_err_deg'), 10)}{format_score(o.get('trans_err'), 10)}{format_score(o.get('ate'), 10)}"
         )
         return "\n".join(lines)
 
@@ -399,7 +405,7 @@ class EvaluationResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _icp_alignment(
+def icp_alignment(
     rec: Reconstruction, requested: Cameras, gt: np.ndarray, max_distance: float, iterations: int
 ) -> Similarity:
     """First-camera alignment + scaled ICP, as a map from ``rec``'s frame to the ground truth's."""
@@ -482,7 +488,7 @@ def evaluate_generation(
             covers the same pixels at this height as at 480 rows).
         progress: ``progress(step, total)`` after each trajectory; may raise to interrupt.
     """
-    _check_alignment(alignment)
+    check_alignment(alignment)
     if alignment == "depth_anchor" and anchor_depth is None:
         raise MissingInputError("alignment='depth_anchor' needs anchor_depth (the input view's true depth)")
     if not trajectories:
@@ -493,7 +499,7 @@ def evaluate_generation(
     if img.ndim != 4 or img.shape[0] != 1 or img.shape[-1] != 3:
         raise InvalidImageError(f"image must be one IMAGE [1, H, W, 3], got {tuple(as_tensor(image).shape)}")
     H, W = int(img.shape[1]), int(img.shape[2])
-    gt, extent, thr, ths = _score_setup(gt_cloud, threshold, thresholds, threshold_fraction)
+    gt, extent, thr, ths = score_setup(gt_cloud, threshold, thresholds, threshold_fraction)
     gate = float(icp_distance) if icp_distance is not None else 5.0 * thr
 
     cams_by_name: dict[str, Cameras] = {}
@@ -547,7 +553,7 @@ def evaluate_generation(
                 f"the reconstructor returned {len(rec.cameras)} cameras for {F} frames of {name!r}"
             )
         if alignment == "icp":
-            T = _icp_alignment(rec, cams, gt, gate, icp_iterations)
+            T = icp_alignment(rec, cams, gt, gate, icp_iterations)
         elif alignment == "depth_anchor":  # frame 0 of every trajectory is the input view
             T = depth_anchor_alignment(rec, anchor_depth, cams[:1])
         else:
@@ -578,7 +584,7 @@ def evaluate_generation(
             progress(i + 1, total)
 
     union = PointCloud.cat(list(clouds.values()))
-    overall = _overall_scores(union, gt, thr, ths, [asdict(s) for s in scores], ("rot_err_deg", "trans_err", "ate"))
+    overall = overall_scores(union, gt, thr, ths, [asdict(s) for s in scores], ("rot_err_deg", "trans_err", "ate"))
     report = EvaluationReport(
         scene=scene,
         threshold=thr,
@@ -634,7 +640,7 @@ def evaluate_synthetic(
 LOOP_ALIGNMENTS: tuple[str, ...] = ("depth_anchor", "anchors", "icp")
 
 
-def _overall_scores(
+def overall_scores(
     cloud: PointCloud,
     gt: np.ndarray,
     threshold: float,
@@ -653,7 +659,7 @@ def _overall_scores(
     return overall
 
 
-def _check_alignment(alignment: str) -> None:
+def check_alignment(alignment: str) -> None:
     """Raise :class:`InvalidOptionError` unless ``alignment`` is one of :data:`LOOP_ALIGNMENTS`."""
     if alignment not in LOOP_ALIGNMENTS:
         raise InvalidOptionError(f"unknown alignment {alignment!r}; use one of {', '.join(LOOP_ALIGNMENTS)}")
@@ -725,7 +731,7 @@ def depth_anchor_alignment(
     return Similarity(s, R, t)
 
 
-def _score_setup(
+def score_setup(
     gt_pts: PointCloud | ArrayLike,
     threshold: float | None,
     thresholds: Sequence[float] | None,

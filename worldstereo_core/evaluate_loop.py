@@ -39,13 +39,13 @@ from .evaluate import (
     OracleReconstructor,
     ProgressFn,
     Reconstructor,
-    _check_alignment,
-    _format_score,
-    _icp_alignment,
-    _overall_scores,
-    _Report,
-    _score_setup,
+    Report,
+    check_alignment,
     depth_anchor_alignment,
+    format_score,
+    icp_alignment,
+    overall_scores,
+    score_setup,
 )
 from .interfaces import FrameGenerator, LoopConfig, default_config
 from .metrics import image_scores, metrics_report, pose_accuracy, rotation_angles
@@ -90,8 +90,19 @@ def find_revisits(
     return out
 
 
+#: The summary table's camera columns: (title, key of a per-trajectory row).
+_CAMERA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("RotErr°", "rot_err_deg"),
+    ("TransErr", "trans_err"),
+    ("ATE", "ate"),
+    ("RRA@15", "rra@15"),
+    ("RTA@15", "rta@15"),
+    ("mAA@30", "maa@30"),
+)
+
+
 @dataclass(frozen=True)
-class LoopEvaluationReport(_Report):
+class LoopEvaluationReport(Report):
     """The §4.3 numbers of the full model on one scene (memory carried across trajectories).
 
     Attributes:
@@ -135,13 +146,10 @@ class LoopEvaluationReport(_Report):
                 f"{self.alignment} alignment, threshold {self.threshold:.4g}, {self.num_gt_points} ground-truth points"
             ),
             f"cloud: P {o['precision']:.4f}  R {o['recall']:.4f}  F {o['fscore']:.4f}  AUC {o['auc']:.4f}",
-            f"{'trajectory':<12}{'RotErr°':>9}{'TransErr':>9}{'ATE':>9}{'RRA@15':>9}{'RTA@15':>9}{'mAA@30':>9}",
+            f"{'trajectory':<12}" + "".join(f"{title:>9}" for title, _ in _CAMERA_COLUMNS),
         ]
         for t in self.trajectories:
-            lines.append(
-                f"{t['name']:<12}{_format_score(t.get('rot_err_deg'), 9)}{_format_score(t.get('trans_err'), 9)}{_format_score(t.get('ate'), 9)}"
-                f"{_format_score(t.get('rra@15'), 9)}{_format_score(t.get('rta@15'), 9)}{_format_score(t.get('maa@30'), 9)}"
-            )
+            lines.append(f"{t['name']:<12}" + "".join(format_score(t.get(key), 9) for _, key in _CAMERA_COLUMNS))
         m = self.memory
         if m is None:
             lines.append("memory benchmark: no generated view revisits an earlier generation")
@@ -245,11 +253,11 @@ def evaluate_scene_loop(
             :data:`REVISIT_DISTANCE_FRACTION` × the input's median depth).
         progress: ``progress(step, total)``; may raise to interrupt.
     """
-    _check_alignment(alignment)
+    check_alignment(alignment)
     if config is None:
         config = LoopConfig()
     if not callable(gt_cloud):
-        gt, extent, thr, ths = _score_setup(gt_cloud, threshold, thresholds, threshold_fraction)
+        gt, extent, thr, ths = score_setup(gt_cloud, threshold, thresholds, threshold_fraction)
     total = 1 + 5 * len(trajectories) + 2
 
     def tick(step: int) -> None:
@@ -291,7 +299,7 @@ def evaluate_scene_loop(
     all_frames = torch.cat(frames)
     all_cams = Cameras.cat(cams)
     if callable(gt_cloud):
-        gt, extent, thr, ths = _score_setup(gt_cloud(all_cams), threshold, thresholds, threshold_fraction)
+        gt, extent, thr, ths = score_setup(gt_cloud(all_cams), threshold, thresholds, threshold_fraction)
     rec = reconstructor(all_frames, all_cams)
     if not isinstance(rec, Reconstruction):
         raise InvalidInputError(f"the reconstructor must return a Reconstruction, got {type(rec).__name__}")
@@ -304,7 +312,7 @@ def evaluate_scene_loop(
         T = depth_anchor_alignment(rec, anchor, cameras)
     elif alignment == "icp":
         gate = float(icp_distance) if icp_distance is not None else 5.0 * thr
-        T = _icp_alignment(rec, all_cams, gt, gate, icp_iterations)
+        T = icp_alignment(rec, all_cams, gt, gate, icp_iterations)
     else:
         T = Similarity.identity()
     cloud = PointCloud(as_tensor(T.apply(rec.cloud.points.double())).float(), rec.cloud.colors)
@@ -321,7 +329,7 @@ def evaluate_scene_loop(
             row.update(pose_accuracy(pred_c2w[ii], want_c2w[ii]))
         per.append(row)
     keys = ["rot_err_deg", "trans_err", "ate"] + [k for k in (per[0] if per else {}) if "@" in k]
-    overall = _overall_scores(cloud, gt, thr, ths, per, keys)
+    overall = overall_scores(cloud, gt, thr, ths, per, keys)
 
     # memory benchmark: revisited views against their earlier generations
     dist = revisit_distance if revisit_distance is not None else REVISIT_DISTANCE_FRACTION * loop.median_depth

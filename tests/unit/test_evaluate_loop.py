@@ -22,7 +22,7 @@ from worldstereo_core.errors import (
     ShapeMismatchError,
 )
 from worldstereo_core.evaluate import OracleReconstructor, depth_anchor_alignment
-from worldstereo_core.evaluate_loop import evaluate_synthetic_loop, find_revisits
+from worldstereo_core.evaluate_loop import LoopEvaluationReport, evaluate_synthetic_loop, find_revisits
 from worldstereo_core.interfaces import default_config
 from worldstereo_core.metrics import LPIPS_UNAVAILABLE
 from worldstereo_core.oracle import OracleGenerator
@@ -325,3 +325,30 @@ def test_per_trajectory_protocol_also_aligns_by_the_depth_anchor(scene):
     assert res.report.overall["fscore"] > 0.95
     T = res.transforms["left"].compose(S_OFF)
     assert T.s == pytest.approx(1.0, abs=1e-5) and float(T.t.norm()) < 1e-4 * res.report.extent
+
+
+def test_loop_summary_table_layout():
+    """The summary's camera table, cell by cell: 9-wide columns, 4 decimals, a dash for a metric a
+    trajectory lacks (e.g. TransErr with too few cameras), in the header's column order."""
+    report = LoopEvaluationReport(
+        scene="s",
+        alignment="icp",
+        threshold=0.01,
+        thresholds=(0.01, 0.02),
+        extent=1.0,
+        overall={"precision": 0.5, "recall": 0.4, "fscore": 0.3, "auc": 0.2},
+        trajectories=(
+            {"name": "orbit", "rot_err_deg": 1.23456, "trans_err": None, "ate": 0.1, "rra@15": 1.0, "rta@15": 0.5},
+            {"name": "left", "trans_err": 2.0, "rta@15": 0.25, "maa@30": 0.75},
+        ),
+        memory=None,
+        num_gt_points=100,
+        num_frames=8,
+    )
+    assert report.summary().splitlines()[1:] == [
+        "cloud: P 0.5000  R 0.4000  F 0.3000  AUC 0.2000",
+        "trajectory    RotErr° TransErr      ATE   RRA@15   RTA@15   mAA@30",
+        "orbit          1.2346        —   0.1000   1.0000   0.5000        —",
+        "left                —   2.0000        —        —   0.2500   0.7500",
+        "memory benchmark: no generated view revisits an earlier generation",
+    ]
