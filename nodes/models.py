@@ -163,13 +163,18 @@ def _conditioning_inputs(text_scope: str, image_scope: str) -> list:
 def comfy_embeddings(positive, negative, clip_vision_output) -> PrecomputedConditioning:
     """ComfyUI's CONDITIONING / CLIP_VISION_OUTPUT as :func:`generate_keyframes`' precomputed embeddings.
 
-    CONDITIONING is ComfyUI's list of ``[tensor [B, L, 4096], options]``: the first entry's first row is
-    the prompt's UMT5 embedding, cut to Wan's 512 tokens. CLIP_VISION_OUTPUT's
+    CONDITIONING is ComfyUI's list of ``[tensor [B, L, 4096], options]``: one entry of batch 1 holds the
+    prompt's UMT5 embedding, cut to Wan's 512 tokens (:func:`_cond_tensor`). CLIP_VISION_OUTPUT's
     ``penultimate_hidden_states`` ``[B, 257, 1280]`` are the tokens Wan's I2V reads (first image).
     Returns a :class:`~worldstereo_core.models.generate.PrecomputedConditioning` (None where not given).
+
+    Raises:
+        MissingInputError: an empty CONDITIONING, or a CLIP_VISION_OUTPUT without its hidden states.
+        InvalidInputError: a CONDITIONING of several entries or prompts (:func:`_cond_tensor`).
     """
     from worldstereo_core.models.generate import PrecomputedConditioning
 
+    text, negative_text = _cond_tensor(positive, "positive"), _cond_tensor(negative, "negative")
     image = None
     if clip_vision_output is not None:
         image = getattr(clip_vision_output, "penultimate_hidden_states", None)
@@ -179,16 +184,38 @@ def comfy_embeddings(positive, negative, clip_vision_output) -> PrecomputedCondi
                 "(CLIP Vision Loader with clip_vision_h)"
             )
         image = image[:1].float()
-    return PrecomputedConditioning(_cond_tensor(positive), _cond_tensor(negative), image)
+    return PrecomputedConditioning(text, negative_text, image)
 
 
-def _cond_tensor(conditioning) -> torch.Tensor | None:
-    """The UMT5 embedding ``[1, L ≤ 512, 4096]`` of a ComfyUI CONDITIONING (first entry), as Wan truncates."""
+def _cond_tensor(conditioning, what: str) -> torch.Tensor | None:
+    """The UMT5 embedding ``[1, L ≤ 512, 4096]`` of a ComfyUI CONDITIONING input ``what``, as Wan truncates.
+
+    Wan's text cross-attention reads one prompt's tokens, and the sampler draws one scene: several entries
+    (Conditioning Combine, which ComfyUI's own samplers run as separate conditions and mix) or a batch of
+    prompts have no single meaning here, so they are refused rather than cut to the first.
+    """
     if conditioning is None:
         return None
     if not conditioning or not torch.is_tensor(conditioning[0][0]):
-        raise MissingInputError("CONDITIONING input is empty; connect a CLIP Text Encode (UMT5) output")
-    return conditioning[0][0][:1, :512].float()
+        raise MissingInputError(f"{what} CONDITIONING is empty; connect a CLIP Text Encode (UMT5) output")
+    if len(conditioning) != 1:
+        raise InvalidInputError(
+            f"{what} CONDITIONING holds {len(conditioning)} entries (e.g. from Conditioning Combine); WorldStereo "
+            "reads one prompt embedding: connect a single CLIP Text Encode (UMT5) output, or put the prompts into "
+            "one text"
+        )
+    tokens = conditioning[0][0]
+    if tokens.ndim != 3:
+        raise ShapeMismatchError(
+            f"{what} CONDITIONING has shape {tuple(tokens.shape)}, expected [1, tokens, 4096]; connect a CLIP Text "
+            "Encode (UMT5) output"
+        )
+    if tokens.shape[0] != 1:
+        raise InvalidInputError(
+            f"{what} CONDITIONING holds a batch of {tokens.shape[0]} prompts; WorldStereo samples one scene from "
+            "one prompt: encode a single prompt (batch 1)"
+        )
+    return tokens[:, :512].float()
 
 
 def _sampler_inputs() -> list:
@@ -732,6 +759,7 @@ class WorldStereoSampler(io.ComfyNode):
 
         from worldstereo_core.models.generate import generate_keyframes, sampling_steps
 
+        conditioning = comfy_embeddings(positive, negative, clip_vision_output)  # checked before any work
         ensure_loaded(model)  # back on the GPU if ComfyUI offloaded it; other models make room
         if ggm.video != model.video_mode:
             raise MissingInputError(
@@ -766,7 +794,7 @@ class WorldStereoSampler(io.ComfyNode):
             ggm.mask,
             ssm.references if ssm is not None else None,  # the camera variant raises: it has no SSM
             sampling=sampling_settings(choice, steps, cfg, shift, seed),
-            conditioning=comfy_embeddings(positive, negative, clip_vision_output),
+            conditioning=conditioning,
             on_step=lambda i, n: progress(i + 1, n),
             interrupt=raise_if_interrupted,
             cache=ggm.cache if model.uses_pairs else None,

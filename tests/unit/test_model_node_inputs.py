@@ -5,6 +5,10 @@
   may lead out of the second through ``..`` or a hidden symlink. Links the admin put into a model folder
   (the ones the listing follows) keep working.
 
+* ``positive`` / ``negative`` CONDITIONING: WorldStereo reads one prompt embedding; several entries
+  (Conditioning Combine) or a batch of prompts are refused with what to connect instead, before the
+  sampler does any work, instead of silently using the first.
+
 All cases run in one fresh interpreter (the pack loaded by path, as ComfyUI loads it); the test
 functions check its answers.
 """
@@ -82,6 +86,33 @@ result["checkpoint"] = {
 os.path.isfile = real_isfile
 result["root"] = root
 result["probed"] = probed
+
+# ---- CONDITIONING: one entry, batch 1 --------------------------------------------------------
+import torch
+
+
+def cond(*batches, tokens=7):
+    return [[torch.randn(b, tokens, 16), {"pooled_output": None}] for b in batches]
+
+
+def embeddings(positive, negative=None):
+    got = models.comfy_embeddings(positive, negative, None)
+    return [list(t.shape) if t is not None else None for t in (got.prompt_embeds, got.negative_prompt_embeds)]
+
+
+result["conditioning"] = {
+    "one": outcome(lambda: embeddings(cond(1, tokens=600), cond(1))),
+    "combined": outcome(lambda: embeddings(cond(1, 1))),
+    "batch": outcome(lambda: embeddings(cond(2))),
+    "negative_batch": outcome(lambda: embeddings(cond(1), cond(3))),
+}
+sampler = next(n for n in node_list if n.GET_SCHEMA().node_id == "WorldStereoSampler")
+result["sampler_combined"] = outcome(  # refused before the model is touched (no model here at all)
+    lambda: sampler.execute(
+        model=None, image=None, ggm=None, prompt="", negative_prompt="", sampler="auto", steps=0, cfg=5.0,
+        shift=0.0, seed=0, positive=cond(1, 1),
+    ) and None
+)
 print("RESULT " + json.dumps(result))
 """
 )
@@ -115,3 +146,27 @@ def test_checkpoints_in_every_model_folder_still_load(answers):
     }
     assert answers["checkpoint"]["ckpt-b"] == {"ok": os.path.join(root, "m2", "extra", "ckpt-b")}
     assert answers["checkpoint"]["linked/model.safetensors"] == {"ok": os.path.join(root, "m2", "extra", "linked")}
+
+
+def test_one_conditioning_entry_of_batch_1_is_the_prompt_cut_to_512_tokens(answers):
+    assert answers["conditioning"]["one"] == {"ok": [[1, 512, 16], [1, 7, 16]]}
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("combined", ("positive", "2 entries", "single CLIP Text Encode")),
+        ("batch", ("positive", "batch of 2", "batch 1")),
+        ("negative_batch", ("negative", "batch of 3", "batch 1")),
+    ],
+)
+def test_several_conditioning_entries_or_prompts_are_refused(answers, case, words):
+    """Conditioning Combine's entries or a batch of prompts would be cut to the first without a word."""
+    got = answers["conditioning"][case]
+    assert got.get("error") == "InvalidInputError", got
+    assert all(w in got["message"] for w in words), got["message"]
+
+
+def test_sampler_refuses_combined_conditioning_before_touching_the_model(answers):
+    got = answers["sampler_combined"]
+    assert got.get("error") == "InvalidInputError" and "2 entries" in got["message"], got
