@@ -282,6 +282,39 @@ def test_settings_errors(tmp_path, encoders):
         train(TrainSettings(stage="camera", out=tmp_path / "f", size="full", init=tmp_path))
 
 
+def test_size_defaults_by_name(tmp_path):
+    """Each size resolves to its own numbers (keyed by name, so reordering SIZES cannot swap them): full is
+    the release's 21 keyframes of 81 poses at a 480×768 bucket; dmd overrides lr and batch only."""
+    from worldstereo_core.training.trainer import DMD_DEFAULTS, SIZE_DEFAULTS, SIZES
+
+    assert set(SIZE_DEFAULTS) == set(DMD_DEFAULTS) == set(SIZES)
+    assert len({frozenset(d) for d in SIZE_DEFAULTS.values()}) == 1  # every size sets the same fields
+    full = TrainSettings(stage="camera", out=tmp_path, size="full").resolved()
+    assert (full.height, full.width, full.num_keyframes, full.clip_poses) == (480, 768, 21, 81)
+    assert (full.lr, full.batch, full.gradient_checkpointing) == (1e-5, 1, True)
+    tiny = TrainSettings(stage="camera", out=tmp_path, size="tiny").resolved()
+    assert (tiny.height, tiny.width, tiny.num_keyframes, tiny.clip_poses, tiny.batch) == (32, 48, 5, 17, 4)
+    dmd = TrainSettings(stage="dmd", out=tmp_path, size="tiny").resolved()
+    assert (dmd.lr, dmd.batch, dmd.height) == (3e-4, 2, 32)
+    assert TrainSettings(stage="dmd", out=tmp_path, size="full").resolved().lr == 2e-6
+
+
+def test_start_model_needs_init_at_full_size(tmp_path):
+    """Without --init only the tiny size starts a fresh model; full size says which checkpoint to pass,
+    and the dmd stage has no single model to start."""
+    from worldstereo_core.training.trainer import _init_model
+
+    cpu = torch.device("cpu")
+    with pytest.raises(MissingInputError, match="--init worldstereo-camera"):
+        _init_model(TrainSettings(stage="camera", out=tmp_path, size="full").resolved(), cpu)
+    with pytest.raises(MissingInputError, match="--init DIR"):
+        _init_model(TrainSettings(stage="memory", out=tmp_path, size="full").resolved(), cpu)
+    with pytest.raises(InvalidChoiceError, match="dmd.py"):
+        _init_model(TrainSettings(stage="dmd", out=tmp_path, size="tiny").resolved(), cpu)
+    model, prefixes = _init_model(TrainSettings(stage="camera", out=tmp_path, size="tiny").resolved(), cpu)
+    assert prefixes == ("",) and model.variant == "camera"
+
+
 def test_video_folder_clip_round_trip(tmp_path):
     from PIL import Image
     from safetensors.torch import save_file

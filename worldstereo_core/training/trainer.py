@@ -127,32 +127,41 @@ class TrainSettings:
         return out
 
 
-# Each size's defaults, side by side: (tiny, full). tiny is the test config, a 4-sample synthetic set it
-# can fit in 200 CPU steps; full is the release's sizes (21 keyframes of 81 poses, a released bucket), lr
-# our choice (the paper is silent).
-_SIZE_TABLE: dict[str, tuple[Any, Any]] = {
-    "height": (32, 480),
-    "width": (48, 768),
-    "num_keyframes": (5, 21),
-    "clip_poses": (17, 81),
-    "num_samples": (4, 64),
-    "batch": (4, 1),
-    "lr": (1e-3, 1e-5),
-    "gradient_checkpointing": (False, True),
-    "save_every": (100, 500),
-    "mask_variants": (8, 0),
-}
-# The dmd stage's overrides: distillation moves a pretrained generator, so a smaller step (tiny: 1e-3 made
-# the first updates diverge from the teacher; full: the order DMD2 uses for its generators). Our choices,
-# the paper is silent.
-_DMD_TABLE: dict[str, tuple[Any, Any]] = {"lr": (3e-4, 2e-6), "batch": (2, 1)}
-
 SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
-    size: {k: v[i] for k, v in _SIZE_TABLE.items()} for i, size in enumerate(SIZES)
+    # the test config: a 4-sample synthetic set it can fit in 200 CPU steps
+    "tiny": {
+        "height": 32,
+        "width": 48,
+        "num_keyframes": 5,
+        "clip_poses": 17,
+        "num_samples": 4,
+        "batch": 4,
+        "lr": 1e-3,
+        "gradient_checkpointing": False,
+        "save_every": 100,
+        "mask_variants": 8,
+    },
+    # the release's sizes (21 keyframes of 81 poses, a released 480×768 bucket); lr our choice (the paper
+    # is silent)
+    "full": {
+        "height": 480,
+        "width": 768,
+        "num_keyframes": 21,
+        "clip_poses": 81,
+        "num_samples": 64,
+        "batch": 1,
+        "lr": 1e-5,
+        "gradient_checkpointing": True,
+        "save_every": 500,
+        "mask_variants": 0,
+    },
 }
-"""``{size: {setting: default}}`` of :class:`TrainSettings` fields left ``None``."""
+"""``{size: {setting: default}}`` of :class:`TrainSettings` fields left ``None``; one entry per :data:`SIZES`."""
+# Distillation moves a pretrained generator, so a smaller step (tiny: 1e-3 made the first updates diverge
+# from the teacher; full: the order DMD2 uses for its generators). Our choices, the paper is silent.
 DMD_DEFAULTS: dict[str, dict[str, Any]] = {
-    size: {k: v[i] for k, v in _DMD_TABLE.items()} for i, size in enumerate(SIZES)
+    "tiny": {"lr": 3e-4, "batch": 2},
+    "full": {"lr": 2e-6, "batch": 1},
 }
 """The dmd stage's overrides of :data:`SIZE_DEFAULTS`."""
 
@@ -459,6 +468,28 @@ def _device(settings: TrainSettings) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _start_model(settings: TrainSettings, device: torch.device) -> torch.nn.Module:
+    """The model a camera / memory stage starts from when none is given: ``--init`` loaded in fp32, or
+    (tiny size only) a fresh :func:`tiny_training_model`."""
+    if settings.stage not in ("camera", "memory"):
+        raise InvalidChoiceError(f"stage {settings.stage!r} has no single model (see dmd.py)")
+    if settings.init is not None:
+        # the camera stage trains the camera variant of whatever it is given; memory keeps its variant
+        variant = "camera" if settings.stage == "camera" else None
+        return load_worldstereo(settings.init, variant=variant, device=device, dtype=torch.float32)
+    if settings.size == "tiny":
+        torch.manual_seed(settings.seed)
+        return tiny_training_model().to(device)
+    if settings.stage == "camera":
+        raise MissingInputError(
+            "full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera"
+        )
+    raise MissingInputError(
+        "the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): "
+        "pass --init DIR"
+    )
+
+
 def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.Module | None = None):
     """The model a stage starts from (camera: ``--init`` or fresh; memory: paper variant from ``--init``, or
     the ``--init`` paper checkpoint itself),
@@ -466,26 +497,8 @@ def _init_model(settings: TrainSettings, device: torch.device, model: torch.nn.M
     tiny = settings.size == "tiny"
     frozen_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
     given = model is not None
-    if given:
-        pass
-    elif settings.stage not in ("camera", "memory"):
-        raise InvalidChoiceError(f"stage {settings.stage!r} has no single model (see dmd.py)")
-    elif settings.init is not None:
-        # the camera stage trains the camera variant of whatever it is given; memory keeps its variant
-        variant = "camera" if settings.stage == "camera" else None
-        model = load_worldstereo(settings.init, variant=variant, device=device, dtype=torch.float32)
-    elif tiny:
-        torch.manual_seed(settings.seed)
-        model = tiny_training_model().to(device)
-    elif settings.stage == "camera":
-        raise MissingInputError(
-            "full-size camera training starts from a WorldStereo checkpoint: pass --init worldstereo-camera"
-        )
-    else:
-        raise MissingInputError(
-            "the memory stage starts from the camera stage's output (or a released camera/memory checkpoint): "
-            "pass --init DIR"
-        )
+    if not given:
+        model = _start_model(settings, device)
     if settings.stage == "memory" and not given and model.variant not in PAPER_VARIANTS:
         # the paper variant on the camera/memory model: same base and GGM, a fresh memory branch (init rule).
         # A paper checkpoint (an earlier memory run) keeps its trained memory branch and continues from it.
