@@ -76,9 +76,11 @@ NO_BASE = "none (the checkpoint holds the whole transformer)"
 SKIP_TEXT = "none (connect CONDITIONING)"
 SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
 DTYPES = {name: COMMON_DTYPES[name] for name in ("bf16", "fp16", "fp32")}  # the release's bf16 listed first
+# "default", then worldstereo_core.models.transformer_worldstereo.ATTENTION_BACKENDS, copied so that importing the
+# nodes does not import diffusers; tests/unit/test_model_node_inputs.py holds the two lists equal.
 ATTENTION_BACKENDS = [
     "default",
-    "sdpa_cudnn",  # worldstereo_core.models.transformer_worldstereo.SDPA_CUDNN (not imported: it pulls in diffusers)
+    "sdpa_cudnn",
     "native",
     "flash",
     "_native_flash",

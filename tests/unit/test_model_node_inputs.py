@@ -9,6 +9,9 @@
   (Conditioning Combine) or a batch of prompts are refused with what to connect instead, before the
   sampler does any work, instead of silently using the first.
 
+* ``attention_backend``: the loader's combo is a copy of the core's list (importing the nodes must not
+  import diffusers); the test holds the two equal.
+
 All cases run in one fresh interpreter (the pack loaded by path, as ComfyUI loads it); the test
 functions check its answers.
 """
@@ -29,7 +32,7 @@ import folder_paths
     + LOAD_PACK
     + r"""
 models = sys.modules["worldstereo_pack.nodes.models"]
-result = {}
+result = {"diffusers_imported": "diffusers" in sys.modules}  # by loading the pack (the cases below do)
 
 
 def outcome(call):
@@ -106,6 +109,7 @@ result["conditioning"] = {
     "batch": outcome(lambda: embeddings(cond(2))),
     "negative_batch": outcome(lambda: embeddings(cond(1), cond(3))),
 }
+result["attention_backends"] = models.ATTENTION_BACKENDS
 sampler = next(n for n in node_list if n.GET_SCHEMA().node_id == "WorldStereoSampler")
 result["sampler_combined"] = outcome(  # refused before the model is touched (no model here at all)
     lambda: sampler.execute(
@@ -170,3 +174,10 @@ def test_several_conditioning_entries_or_prompts_are_refused(answers, case, word
 def test_sampler_refuses_combined_conditioning_before_touching_the_model(answers):
     got = answers["sampler_combined"]
     assert got.get("error") == "InvalidInputError" and "2 entries" in got["message"], got
+
+
+def test_loader_attention_backends_are_default_and_the_cores_list(answers):
+    from worldstereo_core.models.transformer_worldstereo import ATTENTION_BACKENDS
+
+    assert answers["attention_backends"] == ["default", *ATTENTION_BACKENDS]
+    assert not answers["diffusers_imported"]  # the reason for the copy: loading the pack leaves diffusers out

@@ -18,7 +18,13 @@ from worldstereo_core.models import (
     load_worldstereo,
     save_worldstereo,
 )
-from worldstereo_core.models.transformer_worldstereo import SDPA_CUDNN, RefJointAttnProcessor, rope_at, sdpa_cudnn_first
+from worldstereo_core.models.transformer_worldstereo import (
+    ATTENTION_BACKENDS,
+    SDPA_CUDNN,
+    RefJointAttnProcessor,
+    rope_at,
+    sdpa_cudnn_first,
+)
 from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG, build_tiny_transformer
 
 B, F, H, W = 1, 3, 4, 6  # latent frames and grid of the tiny tests
@@ -306,3 +312,12 @@ def test_sequence_parallel_keeps_the_chosen_attention_kernel(tmp_path):
         assert all(not p.sdpa_cudnn and p._attention_backend == "native" for p in procs)
     finally:
         dist.destroy_process_group()
+
+
+def test_offered_attention_backends_are_ours_or_diffusers_names():
+    """Every backend the loader offers besides ours is one diffusers' set_attention_backend knows."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    assert ATTENTION_BACKENDS[0] == SDPA_CUDNN
+    assert len(set(ATTENTION_BACKENDS)) == len(ATTENTION_BACKENDS)
+    assert set(ATTENTION_BACKENDS[1:]) <= {name.value for name in AttentionBackendName}

@@ -54,6 +54,21 @@ SDPA_CUDNN = "sdpa_cudnn"
 cuDNN's fused kernel first. Not a diffusers backend name; :meth:`WorldStereoTransformer.set_attention_backend`
 knows it."""
 
+ATTENTION_BACKENDS = (
+    SDPA_CUDNN,
+    "native",
+    "flash",
+    "_native_flash",
+    "_native_cudnn",
+    "_native_efficient",
+    "sage",
+    "xformers",
+)
+"""The backends offered by name (the loader node's ``attention_backend`` combo, after its ``default``): ours, then
+diffusers' ``AttentionBackendName`` values that run on PyTorch alone (``native``, ``_native_*``) or with their
+package (``flash``, ``sage``, ``xformers``). :meth:`WorldStereoTransformer.set_attention_backend` takes any
+diffusers name besides these."""
+
 DEFAULT_ATTENTION_BACKEND = SDPA_CUDNN
 """What our self-attention uses unless a backend is set. Chosen by measurement (bench/issue13_targets.py,
 README "Performance", 2026-12-05): on Hopper cuDNN's fused kernel runs a main block's joint attention at
