@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from worldstereo_core import attention_backends
 from worldstereo_core.checkpoint import INDEX_SUFFIX, folder_entry_file
 from worldstereo_core.errors import (
     InvalidInputError,
@@ -76,20 +77,8 @@ NO_BASE = "none (the checkpoint holds the whole transformer)"
 SKIP_TEXT = "none (connect CONDITIONING)"
 SKIP_CLIP = "none (connect CLIP_VISION_OUTPUT)"
 DTYPES = {name: COMMON_DTYPES[name] for name in ("bf16", "fp16", "fp32")}  # the release's bf16 listed first
-# "default", then worldstereo_core.models.transformer_worldstereo.ATTENTION_BACKENDS, copied so that importing the
-# nodes does not import diffusers; tests/unit/test_model_node_inputs.py holds the two lists equal.
-ATTENTION_BACKENDS = [
-    "default",
-    "sdpa_cudnn",
-    "native",
-    "flash",
-    "_native_flash",
-    "_native_cudnn",
-    "_native_efficient",
-    "sage",
-    "xformers",
-]
-"""``default`` = :data:`~worldstereo_core.models.transformer_worldstereo.DEFAULT_ATTENTION_BACKEND`; the others
+ATTENTION_BACKENDS = ["default", *attention_backends.ATTENTION_BACKENDS]
+"""``default`` = :data:`~worldstereo_core.attention_backends.DEFAULT_ATTENTION_BACKEND`; the others
 name a backend explicitly (``sdpa_cudnn`` is ours, the rest are diffusers' names)."""
 SAMPLER_CHOICES = {"auto": None, "dmd-4": "dmd", "unipc-40": "unipc"}
 WEIGHT_DTYPES = {"default": "bf16", "fp8_e4m3fn_scaled": "fp8_e4m3fn_scaled"}

@@ -180,4 +180,5 @@ def test_loader_attention_backends_are_default_and_the_cores_list(answers):
     from worldstereo_core.models.transformer_worldstereo import ATTENTION_BACKENDS
 
     assert answers["attention_backends"] == ["default", *ATTENTION_BACKENDS]
-    assert not answers["diffusers_imported"]  # the reason for the copy: loading the pack leaves diffusers out
+    # why the names live in worldstereo_core.attention_backends: loading the pack leaves diffusers out
+    assert not answers["diffusers_imported"]
