@@ -156,12 +156,13 @@ def comfy_embeddings(positive, negative, clip_vision_output) -> PrecomputedCondi
 
     CONDITIONING is ComfyUI's list of ``[tensor [B, L, 4096], options]``: one entry of batch 1 holds the
     prompt's UMT5 embedding, cut to Wan's 512 tokens (:func:`_cond_tensor`). CLIP_VISION_OUTPUT's
-    ``penultimate_hidden_states`` ``[B, 257, 1280]`` are the tokens Wan's I2V reads (first image).
+    ``penultimate_hidden_states`` ``[1, 257, 1280]`` are the tokens Wan's I2V reads (one image).
     Returns a :class:`~worldstereo_core.models.generate.PrecomputedConditioning` (None where not given).
 
     Raises:
         MissingInputError: an empty CONDITIONING, or a CLIP_VISION_OUTPUT without its hidden states.
-        InvalidInputError: a CONDITIONING of several entries or prompts (:func:`_cond_tensor`).
+        InvalidInputError: a CONDITIONING of several entries or prompts (:func:`_cond_tensor`), or a
+            CLIP_VISION_OUTPUT of several images (which one the clip starts from would be a guess).
     """
     from worldstereo_core.models.generate import PrecomputedConditioning
 
@@ -174,7 +175,17 @@ def comfy_embeddings(positive, negative, clip_vision_output) -> PrecomputedCondi
                 "clip_vision_output has no penultimate_hidden_states; connect a CLIP Vision Encode output "
                 "(CLIP Vision Loader with clip_vision_h)"
             )
-        image = image[:1].float()
+        if image.ndim != 3:
+            raise ShapeMismatchError(
+                f"clip_vision_output hidden states have shape {tuple(image.shape)}, expected [1, 257, 1280]; "
+                "connect a CLIP Vision Encode output"
+            )
+        if image.shape[0] != 1:
+            raise InvalidInputError(
+                f"clip_vision_output holds a batch of {image.shape[0]} image encodings; WorldStereo conditions a "
+                "clip on one start image: connect CLIP Vision Encode of a single image (batch 1)"
+            )
+        image = image.float()
     return PrecomputedConditioning(text, negative_text, image)
 
 

@@ -109,6 +109,18 @@ result["conditioning"] = {
     "batch": outcome(lambda: embeddings(cond(2))),
     "negative_batch": outcome(lambda: embeddings(cond(1), cond(3))),
 }
+
+
+class VisionOutput:  # what CLIP Vision Encode returns, reduced to the field the conversion reads
+    def __init__(self, batch):
+        self.penultimate_hidden_states = torch.randn(batch, 257, 8)
+
+
+def image_embeds(batch):
+    return list(models.comfy_embeddings(None, None, VisionOutput(batch)).image_embeds.shape)
+
+
+result["clip_vision"] = {"one": outcome(lambda: image_embeds(1)), "batch": outcome(lambda: image_embeds(2))}
 result["attention_backends"] = models.ATTENTION_BACKENDS
 sampler = next(n for n in node_list if n.GET_SCHEMA().node_id == "WorldStereoSampler")
 result["sampler_combined"] = outcome(  # refused before the model is touched (no model here at all)
@@ -169,6 +181,14 @@ def test_several_conditioning_entries_or_prompts_are_refused(answers, case, word
     got = answers["conditioning"][case]
     assert got.get("error") == "InvalidInputError", got
     assert all(w in got["message"] for w in words), got["message"]
+
+
+def test_clip_vision_output_of_one_image_is_used_and_a_batch_is_refused(answers):
+    """A batch of image encodings was cut to its first image without a word."""
+    assert answers["clip_vision"]["one"] == {"ok": [1, 257, 8]}
+    got = answers["clip_vision"]["batch"]
+    assert got.get("error") == "InvalidInputError", got
+    assert "batch of 2" in got["message"] and "single image" in got["message"], got["message"]
 
 
 def test_sampler_refuses_combined_conditioning_before_touching_the_model(answers):
