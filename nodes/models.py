@@ -175,17 +175,13 @@ def comfy_embeddings(positive, negative, clip_vision_output) -> PrecomputedCondi
                 "clip_vision_output has no penultimate_hidden_states; connect a CLIP Vision Encode output "
                 "(CLIP Vision Loader with clip_vision_h)"
             )
-        if image.ndim != 3:
-            raise ShapeMismatchError(
-                f"clip_vision_output hidden states have shape {tuple(image.shape)}, expected [1, 257, 1280]; "
-                "connect a CLIP Vision Encode output"
-            )
-        if image.shape[0] != 1:
-            raise InvalidInputError(
-                f"clip_vision_output holds a batch of {image.shape[0]} image encodings; WorldStereo conditions a "
-                "clip on one start image: connect CLIP Vision Encode of a single image (batch 1)"
-            )
-        image = image.float()
+        image = _one_embedding(
+            image,
+            "clip_vision_output",
+            "[1, 257, 1280]; connect a CLIP Vision Encode output",
+            "image encodings; WorldStereo conditions a clip on one start image: connect CLIP Vision Encode of a "
+            "single image (batch 1)",
+        )
     return PrecomputedConditioning(text, negative_text, image)
 
 
@@ -206,18 +202,23 @@ def _cond_tensor(conditioning, what: str) -> torch.Tensor | None:
             "reads one prompt embedding: connect a single CLIP Text Encode (UMT5) output, or put the prompts into "
             "one text"
         )
-    tokens = conditioning[0][0]
+    tokens = _one_embedding(
+        conditioning[0][0],
+        f"{what} CONDITIONING",
+        "[1, tokens, 4096]; connect a CLIP Text Encode (UMT5) output",
+        "prompts; WorldStereo samples one scene from one prompt: encode a single prompt (batch 1)",
+    )
+    return tokens[:, :512]
+
+
+def _one_embedding(tokens: torch.Tensor, name: str, expected: str, batch_fix: str) -> torch.Tensor:
+    """``tokens`` ``[1, L, C]`` as float32, else an error naming input ``name``: the shape ``expected`` (with
+    what to connect), or, for a batch, ``batch_fix`` (what the rows are and why one is needed)."""
     if tokens.ndim != 3:
-        raise ShapeMismatchError(
-            f"{what} CONDITIONING has shape {tuple(tokens.shape)}, expected [1, tokens, 4096]; connect a CLIP Text "
-            "Encode (UMT5) output"
-        )
+        raise ShapeMismatchError(f"{name} has shape {tuple(tokens.shape)}, expected {expected}")
     if tokens.shape[0] != 1:
-        raise InvalidInputError(
-            f"{what} CONDITIONING holds a batch of {tokens.shape[0]} prompts; WorldStereo samples one scene from "
-            "one prompt: encode a single prompt (batch 1)"
-        )
-    return tokens[:, :512].float()
+        raise InvalidInputError(f"{name} holds a batch of {tokens.shape[0]} {batch_fix}")
+    return tokens.float()
 
 
 def _sampler_inputs() -> list:
