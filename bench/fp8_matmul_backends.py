@@ -389,7 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", default=None, help="write the figures here as JSON")
+    p.add_argument(
+        "--site",
+        default=None,
+        help="a folder of separately installed packages (torchao, comfy-kitchen) put on sys.path only now, after "
+        "diffusers was imported: diffusers 0.36.0 fails to import while torchao 0.18 is importable",
+    )
     args = p.parse_args(argv)
+    if args.site:
+        sys.path.insert(0, args.site)
     names = [n for n in args.backends.split(",") if n]
     unknown = sorted(set(names) - set(BACKENDS))
     if unknown:

@@ -11,6 +11,9 @@
 #                                              # the 24 GB child (fp8 + 30 blocks swapped, 22 GiB cap) and the
 #                                              # host memory while loading, then issue 14's full-size training
 #                                              # step of each stage (bench/train_step.py)
+#   bash bench/run_device_session.sh fp8attn  # cuDNN's fp8 attention: kernel, step, cosine, compiled fp8 trajectory
+#                                              # (wants the nvidia-cudnn-frontend wheel in .whl/)
+#   bash bench/run_device_session.sh vaetraj  # VAE rows (+ cudnn.benchmark) and the eager bf16 trajectory
 #   bash bench/run_device_session.sh fp8backends
 #                                              # issue 13's fp8 matmul choice: bf16 vs our torch._scaled_mm
 #                                              # (row-wise, per-tensor, fast accumulation) vs torchao vs
@@ -22,7 +25,7 @@
 # py3-none-any wheel (eager + triton kernels): its CUDA wheel (67.8 MB) is over the device tool's 64 MiB carry limit.
 # Its fp8 GEMM is torch's scaled_mm in both; only its activation quantisation kernel differs.
 set -o pipefail
-part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]|fp8backends}
+part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]|fp8attn|vaetraj|fp8backends}
 out=${OUT:-/tmp/ws_device_out}
 mkdir -p "$out"
 # torchao and comfy-kitchen only for fp8backends: diffusers imports torchao whenever it is installed, which
@@ -35,8 +38,9 @@ if [ "${#base_wheels[@]}" -gt 0 ]; then
     export PYTHONPATH=/tmp/site
 fi
 if [ "$part" = fp8backends ] && [ "${#fp8_wheels[@]}" -gt 0 ]; then
+    # not on PYTHONPATH: diffusers 0.36.0 fails to import while torchao 0.18 is importable ("name 'logger' is
+    # not defined"); the benchmark adds the folder (--site) after its diffusers import
     pip_wheels /tmp/site_fp8 "${fp8_wheels[@]}" || exit 1
-    export PYTHONPATH=/tmp/site_fp8${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
@@ -70,9 +74,22 @@ verify)
         --skip attention,ours_cudnn,stock,fp8,trajectory,compile_fp8,small,load --compile --attention sdpa_cudnn \
         2>&1 | tee "$out/issue13_verify.log"
     ;;
+fp8attn)
+    # cuDNN's fp8 attention (sdpa_fp8_cudnn): kernel TFLOP/s and accuracy, then the step (bf16 and fp8 weights),
+    # the velocity cosine vs the exact bf16 step, torch.compile and the compiled fp8 trajectory with it
+    timeout 580 python3 bench/issue13_targets.py --out "$out/issue13_fp8attn.json" --attention sdpa_fp8_cudnn \
+        --skip ours_cudnn,stock_cudnn,fp8_tensor,vae,trajectory_bf16,trajectory_fp8,small,load,compile_bf16 --compile \
+        --compile-budget 420 2>&1 | tee "$out/issue13_fp8attn.log"
+    ;;
+vaetraj)
+    # the VAE rows (stock frame by frame, ours batched, with cudnn.benchmark) and the eager bf16 trajectory
+    timeout 580 python3 bench/issue13_targets.py --out "$out/issue13_vaetraj.json" \
+        --skip attention,ours_cudnn,stock,stock_cudnn,fp8,fp8_tensor,trajectory_fp8,small,load 2>&1 |
+        tee "$out/issue13_vaetraj.log"
+    ;;
 fp8backends)
     # a backend whose wheel is missing or that cannot run here prints "not available: <why>"; the others still run
-    timeout 400 python3 bench/fp8_matmul_backends.py --out "$out/fp8_backends.json" 2>&1 | tee "$out/fp8_backends.log"
+    timeout 400 python3 bench/fp8_matmul_backends.py --site /tmp/site_fp8 --out "$out/fp8_backends.json" 2>&1 | tee "$out/fp8_backends.log"
     ;;
 *)
     echo "unknown part $part" >&2

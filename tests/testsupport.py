@@ -210,3 +210,33 @@ def run_worldstereo(args: list[str], nproc: int = 1, timeout: float = 900):
         ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(launcher + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def tiny_transformer_inputs(variant: str, n_ref: int = 2, seed: int = 0):
+    """``(x, t, kwargs)`` of one forward of ``build_tiny_transformer(variant)``: 1 batch, 3 latent frames of
+    4 × 6 latents, the GGM render / hole mask / Plücker rays and (memory variants) ``n_ref`` references."""
+    import torch
+
+    from worldstereo_core.tiny_configs import TINY_TRANSFORMER_CONFIG
+
+    B, F, H, W = 1, 3, 4, 6
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=g)
+
+    kw = dict(
+        encoder_hidden_states=r(B, 512, TINY_TRANSFORMER_CONFIG["text_dim"]),
+        encoder_hidden_states_image=r(B, 257, TINY_TRANSFORMER_CONFIG["image_dim"]),
+        render_latent=r(B, 16, F, H, W),
+        render_mask=(torch.rand(B, 1, F, 8 * H, 8 * W, generator=g) > 0.5).float(),
+        plucker=r(B, 6, F, 8 * H, 8 * W),
+    )
+    if variant != "camera":
+        kw.update(
+            reference_latent=r(B, 36, n_ref, H, W),
+            ref_index=torch.arange(n_ref) % (F - 1),
+            camera_qt=r(B, F, 7),
+            camera_qt_ref=r(B, n_ref, 7),
+        )
+    return r(B, 36, F, H, W), torch.tensor([700.0]), kw

@@ -10,8 +10,14 @@ SDPA_CUDNN = "sdpa_cudnn"
 """Attention backend name of :func:`~worldstereo_core.models.transformer_worldstereo.sdpa_cudnn_first`:
 PyTorch SDPA called directly on head-major views, cuDNN's fused kernel first. Not a diffusers backend name."""
 
+SDPA_FP8_CUDNN = "sdpa_fp8_cudnn"
+"""Attention backend name of :func:`~worldstereo_core.models.fp8_attention.fp8_attention`: the self-attention
+on cuDNN's fp8 (e4m3) kernel, Hopper GPUs with the ``nvidia-cudnn-frontend`` package. Changes the numbers
+(each of Q, K, V, P, O rounded to e4m3), so it is opt-in. Not a diffusers backend name."""
+
 ATTENTION_BACKENDS = (
     SDPA_CUDNN,
+    SDPA_FP8_CUDNN,
     "native",
     "flash",
     "_native_flash",
@@ -20,7 +26,7 @@ ATTENTION_BACKENDS = (
     "sage",
     "xformers",
 )
-"""The backends offered by name (the loader node's ``attention_backend`` combo, after its ``default``): ours, then
+"""The backends offered by name (the loader node's ``attention_backend`` combo, after its ``default``): ours (exact, then fp8), then
 diffusers' ``AttentionBackendName`` values that run on PyTorch alone (``native``, ``_native_*``) or with their
 package (``flash``, ``sage``, ``xformers``)."""
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanTransformer3DModel
 
-from testsupport import randomize_zero_inits
+from testsupport import randomize_zero_inits, tiny_transformer_inputs
 from worldstereo_core.errors import InvalidInputError, InvalidOptionError, ShapeMismatchError
 from worldstereo_core.models import (
     MAX_REFERENCES,
@@ -21,6 +21,7 @@ from worldstereo_core.models import (
 from worldstereo_core.models.transformer_worldstereo import (
     ATTENTION_BACKENDS,
     SDPA_CUDNN,
+    SDPA_FP8_CUDNN,
     RefJointAttnProcessor,
     rope_at,
     sdpa_cudnn_first,
@@ -72,23 +73,7 @@ def test_full_parameter_totals_match_published(fixtures_dir):
 
 
 def _inputs(variant, n_ref=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)
-    kw = dict(
-        encoder_hidden_states=r(B, 512, TEXT_DIM),
-        encoder_hidden_states_image=r(B, 257, IMAGE_DIM),
-        render_latent=r(B, 16, F, H, W),
-        render_mask=(torch.rand(B, 1, F, 8 * H, 8 * W, generator=g) > 0.5).float(),
-        plucker=r(B, 6, F, 8 * H, 8 * W),
-    )
-    if variant != "camera":
-        kw.update(
-            reference_latent=r(B, 36, n_ref, H, W),
-            ref_index=torch.arange(n_ref) % (F - 1),
-            camera_qt=r(B, F, 7),
-            camera_qt_ref=r(B, n_ref, 7),
-        )
-    return r(B, 36, F, H, W), torch.tensor([700.0]), kw
+    return tiny_transformer_inputs(variant, n_ref, seed)
 
 
 def _randomize_zero_inits(model, seed=1):
@@ -320,4 +305,5 @@ def test_offered_attention_backends_are_ours_or_diffusers_names():
 
     assert ATTENTION_BACKENDS[0] == SDPA_CUDNN
     assert len(set(ATTENTION_BACKENDS)) == len(ATTENTION_BACKENDS)
-    assert set(ATTENTION_BACKENDS[1:]) <= {name.value for name in AttentionBackendName}
+    assert ATTENTION_BACKENDS[1] == SDPA_FP8_CUDNN
+    assert set(ATTENTION_BACKENDS[2:]) <= {name.value for name in AttentionBackendName}

@@ -169,9 +169,10 @@ def disable_sequence_parallel(model: torch.nn.Module) -> None:
 
 def _same_kernel(new, old):
     """``new`` (a fresh attention processor) set to the kernel ``old`` ran: the choice of
-    ``WorldStereoTransformer.set_attention_backend`` (``sdpa_cudnn``, or a diffusers backend), which
+    ``WorldStereoTransformer.set_attention_backend`` (``sdpa_cudnn``, ``sdpa_fp8_cudnn``, or a diffusers backend), which
     swapping the processors must not silently undo."""
     new.sdpa_cudnn = getattr(old, "sdpa_cudnn", new.sdpa_cudnn)
+    new.fp8_attention = getattr(old, "fp8_attention", False)
     new._attention_backend = getattr(old, "_attention_backend", None)
     return new
 

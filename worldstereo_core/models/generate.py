@@ -50,6 +50,7 @@ from .encoders import (
     load_text_encoder,
 )
 from .fp8 import WEIGHT_FORMATS
+from .fp8_attention import fp8_attention_unavailable
 from .loading import DMDSettings, load_worldstereo
 from .offload import (
     OFFLOAD_MODES,
@@ -76,6 +77,7 @@ from .sampling import (
 from .transformer_worldstereo import (
     DEFAULT_ATTENTION_BACKEND,
     MAX_REFERENCES,
+    SDPA_FP8_CUDNN,
     WorldStereoInputs,
     WorldStereoTransformer,
 )
@@ -294,9 +296,11 @@ def load_models(
         device: execution device (default: CUDA if available).
         dtype: transformer and VAE dtype; ``encoder_dtype`` (default ``dtype``) for UMT5 and CLIP.
         offload: ``none``, ``encoders`` or ``sequential``.
-        attention_backend: ``sdpa_cudnn`` or a diffusers attention backend name (``native``, ``flash``,
-            ``_native_cudnn`` …); empty keeps :data:`~.transformer_worldstereo.DEFAULT_ATTENTION_BACKEND`
-            (``sdpa_cudnn``: PyTorch SDPA, cuDNN's fused kernel first).
+        attention_backend: ``sdpa_cudnn``, ``sdpa_fp8_cudnn`` (self-attention on cuDNN's fp8 kernel, Hopper
+            + ``nvidia-cudnn-frontend``; changes the numbers, see :mod:`.fp8_attention`) or a diffusers
+            attention backend name (``native``, ``flash``, ``_native_cudnn`` …); empty keeps
+            :data:`~.transformer_worldstereo.DEFAULT_ATTENTION_BACKEND` (``sdpa_cudnn``: PyTorch SDPA, cuDNN's
+            fused kernel first).
         with_text_encoder / with_image_encoder: False skips that encoder (the caller will pass
             precomputed embeddings to :func:`generate_keyframes`, e.g. from ComfyUI's own encoders).
         base_model: the Wan2.1-I2V-14B-480P transformer that fills backbone keys a checkpoint lacks, as
@@ -314,6 +318,12 @@ def load_models(
     if weight_format not in WEIGHT_FORMATS:
         raise InvalidOptionError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
     device = default_device() if device is None else torch.device(device)
+    if attention_backend == SDPA_FP8_CUDNN:  # refused before minutes of loading, with what to change
+        reason = fp8_attention_unavailable(device)
+        if reason is not None:
+            raise InvalidOptionError(
+                f"attention backend {SDPA_FP8_CUDNN!r} cannot run here: {reason}; choose 'default' ({DEFAULT_ATTENTION_BACKEND!r})"
+            )
     encoder_dtype = dtype if encoder_dtype is None else encoder_dtype
     text_encoder = text_encoder if text_encoder is not None else wan
     image_encoder = image_encoder if image_encoder is not None else wan

@@ -46,9 +46,15 @@ from diffusers.models.transformers.transformer_wan import (
 )
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..attention_backends import ATTENTION_BACKENDS, DEFAULT_ATTENTION_BACKEND, SDPA_CUDNN  # noqa: F401 (re-exported)
+from ..attention_backends import (  # noqa: F401 (re-exported)
+    ATTENTION_BACKENDS,
+    DEFAULT_ATTENTION_BACKEND,
+    SDPA_CUDNN,
+    SDPA_FP8_CUDNN,
+)
 from ..checkpoint import config_dataclass
 from ..errors import CheckpointMismatchError, InvalidInputError, InvalidOptionError, ShapeMismatchError
+from .fp8_attention import fp8_attention
 
 # cuDNN first; where it cannot run (CPU, GPUs before sm_80, a cuDNN build without fused attention, an
 # unsupported shape) PyTorch takes the next usable kernel in this order instead of raising.
@@ -242,6 +248,8 @@ class RefJointAttnProcessor(WanAttnProcessor):
         super().__init__()
         self.sdpa_cudnn = backend == SDPA_CUDNN
         """True: :func:`sdpa_cudnn_first`; False: diffusers' ``dispatch_attention_fn`` with ``_attention_backend``."""
+        self.fp8_attention = backend == SDPA_FP8_CUDNN
+        """True: :func:`~.fp8_attention.fp8_attention` (:data:`SDPA_FP8_CUDNN`, cuDNN's fp8 kernel)."""
 
     def __call__(  # type: ignore[override]
         self,
@@ -253,7 +261,9 @@ class RefJointAttnProcessor(WanAttnProcessor):
         ref_hidden_states: torch.Tensor | None = None,
         ref_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if ref_hidden_states is None and not (self.handles_plain_self_attention or self.sdpa_cudnn):
+        if ref_hidden_states is None and not (
+            self.handles_plain_self_attention or self.sdpa_cudnn or self.fp8_attention
+        ):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None:
             raise InvalidInputError(
@@ -296,9 +306,11 @@ class RefJointAttnProcessor(WanAttnProcessor):
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """``[B, L, H, D]`` queries over ``concat[ref, target]`` keys/values → ``[B, L, H, D]``."""
-        if self.sdpa_cudnn and attention_mask is None:
+        if (self.sdpa_cudnn or self.fp8_attention) and attention_mask is None:
             keys = [key] if ref_key is None else [ref_key, key]
             values = [value] if ref_value is None else [ref_value, value]
+            if self.fp8_attention:
+                return fp8_attention(query, keys, values)
             return sdpa_cudnn_first(query, keys, values)
         if ref_key is not None:
             key = torch.cat([ref_key, key], dim=1)
@@ -582,16 +594,18 @@ class WorldStereoTransformer(WanTransformer3DModel):
 
     def set_attention_backend(self, backend: str) -> None:
         """Choose the attention kernel: :data:`SDPA_CUDNN` (our self-attention through
-        :func:`sdpa_cudnn_first`; cross-attention keeps PyTorch's default SDPA), or any diffusers
-        backend name (``native``, ``flash``, ``_native_cudnn`` …), which every attention then dispatches
-        through as in stock diffusers."""
-        if backend == SDPA_CUDNN:
+        :func:`sdpa_cudnn_first`; cross-attention keeps PyTorch's default SDPA), :data:`SDPA_FP8_CUDNN`
+        (our self-attention on cuDNN's fp8 kernel, :mod:`.fp8_attention`; cross-attention as with
+        ``sdpa_cudnn``), or any diffusers backend name (``native``, ``flash``, ``_native_cudnn`` …), which
+        every attention then dispatches through as in stock diffusers."""
+        if backend in (SDPA_CUDNN, SDPA_FP8_CUDNN):
             self.reset_attention_backend()
         else:
             super().set_attention_backend(backend)
         for proc in self.attn_processors.values():
             if isinstance(proc, RefJointAttnProcessor):
                 proc.sdpa_cudnn = backend == SDPA_CUDNN
+                proc.fp8_attention = backend == SDPA_FP8_CUDNN
 
     @property
     def uses_references(self) -> bool:
