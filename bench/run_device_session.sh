@@ -14,6 +14,8 @@
 #   bash bench/run_device_session.sh fp8attn  # cuDNN's fp8 attention: kernel, step, cosine, compiled fp8 trajectory
 #                                              # (wants the nvidia-cudnn-frontend wheel in .whl/)
 #   bash bench/run_device_session.sh vaetraj  # VAE rows (+ cudnn.benchmark) and the eager bf16 trajectory
+#   bash bench/run_device_session.sh phases   # the compiled bf16 trajectory phase by phase; VAE variants
+#   bash bench/run_device_session.sh vaevariants   # the VAE phases alone, shipped vs variants
 #   bash bench/run_device_session.sh fp8backends
 #                                              # issue 13's fp8 matmul choice: bf16 vs our torch._scaled_mm
 #                                              # (row-wise, per-tensor, fast accumulation) vs torchao vs
@@ -25,7 +27,7 @@
 # py3-none-any wheel (eager + triton kernels): its CUDA wheel (67.8 MB) is over the device tool's 64 MiB carry limit.
 # Its fp8 GEMM is torch's scaled_mm in both; only its activation quantisation kernel differs.
 set -o pipefail
-part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]|fp8attn|vaetraj|fp8backends}
+part=${1:?usage: run_device_session.sh issue13|verify|rest [resident fp8 trajectory seconds]|fp8attn|vaetraj|phases|vaevariants|fp8backends}
 out=${OUT:-/tmp/ws_device_out}
 mkdir -p "$out"
 # torchao and comfy-kitchen only for fp8backends: diffusers imports torchao whenever it is installed, which
@@ -86,6 +88,17 @@ vaetraj)
     timeout 580 python3 bench/issue13_targets.py --out "$out/issue13_vaetraj.json" \
         --skip attention,ours_cudnn,stock,stock_cudnn,fp8,fp8_tensor,trajectory_fp8,small,load 2>&1 |
         tee "$out/issue13_vaetraj.log"
+    ;;
+phases)
+    # where the compiled bf16 trajectory's time goes, the VAE variants (channels-last 3-D weights, cuDNN
+    # autotuning) alone and the trajectory again with the channels-last VAE
+    timeout 580 python3 bench/trajectory_phases.py --compile --vae-variants --out "$out/trajectory_phases.json" 2>&1 |
+        tee "$out/trajectory_phases.log"
+    ;;
+vaevariants)
+    # the VAE phases alone (I2V condition, keyframe encode, keyframe decode): shipped vs its variants (~1 minute)
+    timeout 300 python3 bench/trajectory_phases.py --vae-variants --vae-only --out "$out/vae_variants.json" 2>&1 |
+        tee "$out/vae_variants.log"
     ;;
 fp8backends)
     # a backend whose wheel is missing or that cannot run here prints "not available: <why>"; the others still run

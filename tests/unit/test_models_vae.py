@@ -329,3 +329,85 @@ def test_vae_file_errors(vae, tmp_path):
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(bad_cfg / "m.safetensors"))
     with pytest.raises(CheckpointMismatchError, match="AutoencoderKLWan"):
         load_wan_vae(bad_cfg)
+
+
+# ------------------------------------------------------------------------------------ speed paths
+
+
+@pytest.fixture(scope="module")
+def vae64() -> AutoencoderKLWan:
+    torch.manual_seed(3)
+    model = AutoencoderKLWan(**tiny_vae_config()).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)  # every weight non-zero, biases included
+    return model
+
+
+def test_speed_paths_compute_diffusers_sums_in_float64(vae64, monkeypatch):
+    """First-frame 2-D convolutions and channels-last weights: every entry point equals diffusers' own
+    3-D path on the same VAE to float64 rounding, and the 2-D path really ran."""
+    import worldstereo_core.models.vae as vae_module
+
+    with torch.no_grad():
+        x = _video(f=3).double()
+        clip = _video(f=9, seed=2).double()
+        z = torch.randn(1, 16, 3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        first = x[:, :, 0]
+        # diffusers as it is (contiguous weights, 3-D convolutions everywhere), before ours touches the VAE
+        want_enc = torch.cat([vae64.encode(x[:, :, i : i + 1]).latent_dist.mode() for i in range(3)], dim=2)
+        want_dec = torch.cat([vae64.decode(z[:, :, i : i + 1]).sample for i in range(3)], dim=2).clamp(-1, 1)
+        want_video = vae64.encode(clip).latent_dist.mode()
+        want_cond = vae64.encode(torch.cat([first[:, :, None], torch.zeros_like(clip[:, :, :8])], 2)).latent_dist.mode()
+        want_vdec = vae64.decode(z).sample.clamp(-1, 1)
+
+        calls = []
+        real = vae_module._first_frame_conv
+        monkeypatch.setattr(vae_module, "_first_frame_conv", lambda conv, x: calls.append(1) or real(conv, x))
+        ours = WanKeyframeVAE(vae64, keyframes_per_batch=2)
+        got = {
+            "keyframe encode": (ours.denormalize(ours.encode_keyframes(x)), want_enc),
+            "keyframe decode": (ours.decode_keyframes(ours.normalize(z)), want_dec),
+            "causal video encode": (ours.denormalize(ours.encode_video(clip)), want_video),
+            "I2V condition": (ours.denormalize(ours.encode_condition(first, 3, mode="full_vae")[:, 4:]), want_cond),
+            "causal video decode": (ours.decode_video(ours.normalize(z)), want_vdec),
+        }
+    assert calls, "the first-frame 2-D convolutions never ran"
+    for name, (a, b) in got.items():
+        assert a.shape == b.shape, name
+        assert float((a - b).abs().max()) < 1e-12, name
+
+
+def test_speed_paths_patch_only_this_vae_and_only_during_a_call(vae64, monkeypatch):
+    """Another VAE (e.g. a ComfyUI node's diffusers Wan VAE) and diffusers' class never change; ours is
+    back to diffusers' forward after a call, also after one that raised; the weights keep their values."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    class_forward = WanCausalConv3d.forward
+    other = AutoencoderKLWan(**tiny_vae_config()).double().eval()
+    before = {k: v.clone() for k, v in vae64.state_dict().items()}
+    ours = WanKeyframeVAE(vae64)
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in vae64.parameters() if p.ndim == 5)
+    for k, v in vae64.state_dict().items():
+        assert torch.equal(v, before[k]), k  # layout only
+    seen = []
+
+    def spy(video):  # runs inside our call: our convs are patched, the other VAE's and the class are not
+        seen.append(
+            (
+                all(
+                    "forward" in m.__dict__
+                    for m in vae64.modules()
+                    if isinstance(m, WanCausalConv3d) and m._padding[4] == m.kernel_size[0] - 1
+                ),
+                any("forward" in m.__dict__ for m in other.modules()),
+                WanCausalConv3d.forward is class_forward,
+            )
+        )
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(vae64, "encode", spy)
+    with pytest.raises(RuntimeError, match="boom"):
+        ours.encode_keyframes(_video(f=1).double())
+    assert seen == [(True, False, True)]
+    assert not any("forward" in m.__dict__ for m in vae64.modules())  # restored although the call raised
