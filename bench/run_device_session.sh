@@ -90,8 +90,8 @@ vaetraj)
         tee "$out/issue13_vaetraj.log"
     ;;
 phases)
-    # where the compiled bf16 trajectory's time goes, the VAE variants (channels-last 3-D weights, cuDNN
-    # autotuning) alone and the trajectory again with the channels-last VAE
+    # where the compiled bf16 trajectory's time goes, and the VAE phases alone: shipped vs diffusers' path,
+    # contiguous weights, cuDNN autotuning
     timeout 580 python3 bench/trajectory_phases.py --compile --vae-variants --out "$out/trajectory_phases.json" 2>&1 |
         tee "$out/trajectory_phases.log"
     ;;

@@ -10,11 +10,10 @@ after every timed call, so the phases add up to the run:
   steps) · VAE keyframe decode (21) · the rest (input checks, Plücker rays, masks, noise, copies to
   the host: the time not inside a timed call).
 
-``--vae-variants`` also times the three VAE phases alone, as shipped and with three variants, each
-checked against the shipped output: ``3-D convolutions throughout`` (without the first-frame 2-D
-convolutions of ``vae._FirstFrameConvs``: diffusers' path as it is), ``channels_last_3d`` (the VAE's 5-D
-weights in channels-last, so cuDNN's 3-D convolutions need no layout transposes) and ``cudnn.benchmark``
-(cuDNN's autotuner).
+``--vae-variants`` also times the three VAE phases alone, as shipped (one-frame causal convolutions as
+2-D convolutions, ``vae._FirstFrameConvs``; 3-D weights channels-last) and with three variants, each
+checked against the shipped output: diffusers' path (3-D convolutions throughout, contiguous weights),
+contiguous weights only, and ``cudnn.benchmark`` (cuDNN's autotuner).
 
     python bench/trajectory_phases.py --out phases.json            # H100/H200, ~3 minutes
     python bench/trajectory_phases.py --tiny --device cpu          # smoke test
@@ -38,7 +37,7 @@ from worldstereo_core.models import build_transformer
 from worldstereo_core.models import vae as vae_module
 from worldstereo_core.models.encoders import CLIPImageEncoder
 from worldstereo_core.models.generate import WorldStereoModels, compile_blocks
-from worldstereo_core.models.vae import WanKeyframeVAE
+from worldstereo_core.models.vae import WanKeyframeVAE, conv_weights_memory_format
 from worldstereo_core.tiny_configs import build_tiny_transformer
 
 
@@ -92,14 +91,6 @@ def timed_phases(run: TrajectoryRunner, timer: PhaseTimer) -> Iterator[None]:
             obj.__dict__.pop(attr, None)
 
 
-def conv_weights_memory_format(module: torch.nn.Module, memory_format: torch.memory_format) -> None:
-    """Re-lay the 5-D (3-D convolution) weights of ``module`` in ``memory_format``, in place (``Module.to``
-    refuses a 5-D format when the module also holds lower-rank parameters)."""
-    for param in module.parameters():
-        if param.ndim == 5:
-            param.data = param.data.contiguous(memory_format=memory_format)
-
-
 def vae_variants(vae, device: torch.device, H: int, W: int, F: int, R: int) -> dict[str, dict[str, float]]:
     """The three VAE phases alone (ms), shipped and per variant, with each variant's largest difference."""
     g = torch.Generator(device=device).manual_seed(7)
@@ -125,27 +116,31 @@ def vae_variants(vae, device: torch.device, H: int, W: int, F: int, R: int) -> d
         return out
 
     results: dict[str, dict[str, float]] = {}
+    stock_convs = mock.patch.object(vae_module._FirstFrameConvs, "__enter__", lambda self: self)
     with torch.no_grad():
-        base = phases()
+        base = phases()  # as shipped: first-frame 2-D convolutions, channels-last 3-D weights
         results["shipped"] = {k: t * 1e3 for k, (t, _) in base.items()}
-        for variant in ("3-D convolutions throughout", "channels_last_3d", "cudnn.benchmark"):
+        for variant in (
+            "diffusers' path (3-D convolutions, contiguous weights)",
+            "contiguous weights",
+            "cudnn.benchmark",
+        ):
             before = torch.backends.cudnn.benchmark
             try:
-                if variant == "channels_last_3d":
-                    conv_weights_memory_format(vae, torch.channels_last_3d)
-                elif variant == "cudnn.benchmark":
-                    torch.backends.cudnn.benchmark = True
-                if variant == "3-D convolutions throughout":  # as before the first-frame 2-D convolutions
-                    with mock.patch.object(vae_module._FirstFrameConvs, "__enter__", lambda self: self):
-                        got = phases()
-                else:
+                with contextlib.ExitStack() as stack:
+                    if variant.startswith("diffusers"):
+                        stack.enter_context(stock_convs)
+                    if variant.startswith(("diffusers", "contiguous")):
+                        conv_weights_memory_format(vae, torch.contiguous_format)
+                    if variant == "cudnn.benchmark":
+                        torch.backends.cudnn.benchmark = True
                     got = phases()
             except Exception as exc:  # a variant that cannot run here is reported, not fatal
                 results[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
                 continue
             finally:
                 torch.backends.cudnn.benchmark = before
-                conv_weights_memory_format(vae, torch.contiguous_format)
+                conv_weights_memory_format(vae, torch.channels_last_3d)
             row = {k: t * 1e3 for k, (t, _) in got.items()}
             row["max |diff| vs shipped"] = max(
                 float((got[k][1].float() - base[k][1].float()).abs().max()) for k in base
@@ -206,19 +201,6 @@ def main() -> int:
     )
     for name, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
         print(f"  {name:40s} {seconds:8.3f} s  {100 * seconds / total:5.1f} %  ({timer.calls.get(name, '-')} calls)")
-    if args.vae_variants:  # the whole trajectory again with the VAE's convolution weights channels-last
-        conv_weights_memory_format(vae, torch.channels_last_3d)
-        run()
-        timer = PhaseTimer(device)
-        with timed_phases(run, timer):
-            total_cl = run()
-        report["channels_last_3d_vae"] = {
-            "trajectory_s": round(total_cl, 4),
-            "phases_s": {k: round(v, 4) for k, v in timer.seconds.items()},
-        }
-        print(f"with the VAE channels-last: trajectory {total_cl:.2f} s (was {total:.2f} s)")
-        for name, seconds in sorted(timer.seconds.items(), key=lambda kv: -kv[1]):
-            print(f"  {name:40s} {seconds:8.3f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0

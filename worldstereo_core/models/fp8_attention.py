@@ -9,7 +9,8 @@ version we measured). This module is the one owner of that path:
 * :func:`quantize_per_tensor` — ``x`` → (``float8_e4m3fn``, float32 descale ``[1, 1, 1, 1]``) with one
   scale for the whole tensor (the kernel takes scalar descales), ``descale = amax / 448``; keys and
   values of the joint attention (references, then targets) are quantised into one buffer with one
-  scale, so no concatenated bf16 copy is made. No host sync: the scales stay on the GPU.
+  scale (under torch.compile the concatenation and the rounding fuse into one kernel). No host sync:
+  the scales stay on the GPU.
 * :func:`fp8_attention` — ``[B, Lq, H, D]`` queries over the concatenated keys / values → ``[B, Lq, H, D]``
   in the query dtype. Q, K, V in e4m3; scores and softmax in fp32; the softmax probabilities ``P``
   (``∈ [0, 1]``) enter the second matmul as e4m3 scaled by 448; on Hopper cuDNN writes ``O`` in e4m3

@@ -211,13 +211,15 @@ class LatentStats:
         return mean, inv_std
 
 
-def channels_last_conv_weights(module: torch.nn.Module) -> None:
-    """Lay every 5-D (3-D convolution) weight of ``module`` out channels-last (``channels_last_3d``), in
-    place; values and shapes stay. ``Module.to(memory_format=…)`` refuses a module that also holds
+def conv_weights_memory_format(
+    module: torch.nn.Module, memory_format: torch.memory_format = torch.channels_last_3d
+) -> None:
+    """Lay every 5-D (3-D convolution) weight of ``module`` out in ``memory_format`` (default channels-last),
+    in place; values and shapes stay. ``Module.to(memory_format=…)`` refuses a module that also holds
     lower-rank parameters, hence one parameter at a time."""
     for param in module.parameters():
-        if param.ndim == 5 and not param.is_contiguous(memory_format=torch.channels_last_3d):
-            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+        if param.ndim == 5 and not param.is_contiguous(memory_format=memory_format):
+            param.data = param.data.contiguous(memory_format=memory_format)
 
 
 def _first_frame_conv(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +294,7 @@ class WanKeyframeVAE:
         if keyframes_per_batch < 1:
             raise InvalidOptionError(f"keyframes_per_batch must be ≥ 1; got {keyframes_per_batch}")
         self.vae = vae
-        channels_last_conv_weights(vae)
+        conv_weights_memory_format(vae, torch.channels_last_3d)
         self.keyframes_per_batch = int(keyframes_per_batch)
         cfg = vae.config
         self.stats = LatentStats(tuple(float(x) for x in cfg.latents_mean), tuple(float(x) for x in cfg.latents_std))
