@@ -90,7 +90,8 @@ ATTENTION_TOOLTIP = (
     "efficient / math where cuDNN cannot run): 564 TFLOP/s at a block's shape on an H200 vs 362 for the flash "
     "kernel; one step 4.40 s. native = PyTorch's own choice (torch 2.11 also picks cuDNN on Hopper: 4.39 s). "
     "_native_cudnn (diffusers, with copies): 4.52 s. sdpa_fp8_cudnn: self-attention on cuDNN's fp8 kernel "
-    "(Hopper GPUs; pip install nvidia-cudnn-frontend==1.32.0): 833 vs 588 TFLOP/s on an H100; one eager bf16 step "
+    "(Hopper GPUs; pip install --no-deps nvidia-cudnn-frontend==1.32.0): 676 TFLOP/s with its quantisation (kernel "
+    "alone 833) vs 588 for bf16 cuDNN on an H100; one eager bf16 step "
     "4.24 vs 4.54 s, fp8 weights + compile 2.86 s; changes the numbers (predicted velocity within cosine 0.998 of "
     "bf16 on random weights), so not the default. flash / sage / xformers need their package."
 )

@@ -94,6 +94,33 @@ def test_reference_with_given_scales_checks_a_slice_of_a_larger_problem():
     assert not torch.allclose(own, whole[:, rows, heads], rtol=0, atol=1e-6)
 
 
+def test_fp8_attention_runs_its_glue_around_the_kernel_eager_and_compiled(monkeypatch):
+    """``fp8_attention`` itself (quantise → the custom op → dequantise at V's scale) with the kernel replaced
+    by its plain-PyTorch statement: equal to :func:`fp8_attention_reference`, eager and under
+    ``torch.compile(fullgraph=True)``, and the op passes torch's custom-op checks (fake tensor, AOT
+    dispatch)."""
+    monkeypatch.setattr(fa, "_SDPA", fa._reference_sdpa_e4m3)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 24, 2, 16, generator=g)
+    ks = [torch.randn(1, n, 2, 16, generator=g) * 2 for n in (8, 24)]
+    vs = [torch.randn(1, n, 2, 16, generator=g) * 0.5 for n in (8, 24)]
+    want = fa.fp8_attention_reference(q, ks, vs)
+    torch.testing.assert_close(fa.fp8_attention(q, ks, vs), want, rtol=0, atol=0)
+    torch._dynamo.reset()
+    compiled = torch.compile(fa.fp8_attention, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, ks, vs), want, rtol=0, atol=0)
+    (q8, dq), (k8, dk), (v8, dv) = (fa.quantize_per_tensor(x) for x in ([q], ks, vs))
+    # test_schema compares e4m3 outputs with arithmetic the CPU has no e4m3 kernel for; the others run
+    checks = ("test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.worldstereo.cudnn_fp8_sdpa.default, (q8, k8, v8, dq, dk, dv), test_utils=checks)
+
+
+def test_fp8_attention_refuses_to_be_trained_through():
+    q = torch.randn(1, 4, 2, 16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fa.fp8_attention(q, [q.detach()], [q.detach()])
+
+
 def test_unavailable_without_a_gpu_says_what_to_change():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -104,8 +131,8 @@ def test_unavailable_without_a_gpu_says_what_to_change():
         fa.fp8_attention(q, [q], [q])
 
 
-def test_custom_op_traces_with_fake_tensors_keeping_query_strides():
-    """torch.compile sees the kernel through its fake implementation: shape, dtype and Q's strides."""
+def test_custom_op_fake_implementation_keeps_query_strides():
+    """What torch.compile sees of the kernel (its fake implementation): shape, dtype and Q's strides."""
     with FakeTensorMode():
         q8 = torch.empty(1, 2, 6, 16, dtype=torch.float8_e4m3fn).transpose(1, 2)  # head-major storage
         k8 = torch.empty(1, 9, 2, 16, dtype=torch.float8_e4m3fn)

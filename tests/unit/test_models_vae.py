@@ -334,8 +334,8 @@ def test_vae_file_errors(vae, tmp_path):
 # ------------------------------------------------------------------------------------ speed paths
 
 
-@pytest.fixture(scope="module")
-def vae64() -> AutoencoderKLWan:
+@pytest.fixture()
+def vae64() -> AutoencoderKLWan:  # a fresh one per test: WanKeyframeVAE re-lays its weights out
     torch.manual_seed(3)
     model = AutoencoderKLWan(**tiny_vae_config()).double().eval()
     with torch.no_grad():
@@ -411,3 +411,23 @@ def test_speed_paths_patch_only_this_vae_and_only_during_a_call(vae64, monkeypat
         ours.encode_keyframes(_video(f=1).double())
     assert seen == [(True, False, True)]
     assert not any("forward" in m.__dict__ for m in vae64.modules())  # restored although the call raised
+
+
+def test_speed_paths_keep_a_forward_someone_set_on_a_convolution(vae64):
+    """A forward already set on a convolution instance (a hook, a compiled forward) still serves the calls
+    the 2-D path does not take, and is back in place afterwards."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    conv = vae64.encoder.conv_in
+    calls = []
+
+    def own(x, cache_x=None):
+        calls.append(x.shape[2])
+        return WanCausalConv3d.forward(conv, x, cache_x)
+
+    conv.forward = own
+    ours = WanKeyframeVAE(vae64)
+    with torch.no_grad():
+        ours.encode_video(_video(f=5).double())  # chunk 0: one frame (2-D path); chunk 1: four frames (own)
+    assert calls == [4]
+    assert conv.__dict__["forward"] is own

@@ -3,8 +3,9 @@
 The attention of a WorldStereo step is ~70 % of its GPU time once the projections run in fp8
 (bench/issue13_targets.py, H200: 2.5 s of a 3.4 s compiled fp8 step) and PyTorch's SDPA has no fp8
 kernel. cuDNN has one (its "fp8 flash attention" forward, sm_90+), reached from Python through NVIDIA's
-``cudnn`` frontend package (``pip install nvidia-cudnn-frontend``; :data:`CUDNN_FRONTEND_PIN` is the
-version we measured). This module is the one owner of that path:
+``cudnn`` frontend package (``pip install --no-deps nvidia-cudnn-frontend==1.32.0``: :data:`CUDNN_FRONTEND_PIN`
+is the version we measured; its declared CUDA 13 dependencies, ``nvidia-cutlass-dsl`` and ``apache-tvm-ffi``,
+serve other parts of the package). This module is the one owner of that path:
 
 * :func:`quantize_per_tensor` — ``x`` → (``float8_e4m3fn``, float32 descale ``[1, 1, 1, 1]``) with one
   scale for the whole tensor (the kernel takes scalar descales), ``descale = amax / 448``; keys and
@@ -14,8 +15,9 @@ version we measured). This module is the one owner of that path:
 * :func:`fp8_attention` — ``[B, Lq, H, D]`` queries over the concatenated keys / values → ``[B, Lq, H, D]``
   in the query dtype. Q, K, V in e4m3; scores and softmax in fp32; the softmax probabilities ``P``
   (``∈ [0, 1]``) enter the second matmul as e4m3 scaled by 448; on Hopper cuDNN writes ``O`` in e4m3
-  too (bf16 output is Blackwell-only), so ``O`` is scaled with V's scale — exact bound, since every
-  row of ``O`` is a convex combination of rows of ``V`` (``|O| ≤ amax(V)``) — and dequantised here.
+  too (bf16 output is Blackwell-only), so ``O`` is scaled with V's scale — every row of ``O`` is a
+  convex combination of rows of ``V``, so ``|O| ≤ amax(V)`` up to P's rounding (≤ 2⁻⁴; beyond it the
+  conversion saturates) — and dequantised here.
 * :func:`fp8_attention_reference` — the same arithmetic in plain PyTorch (float32, whole rows at once
   instead of cuDNN's running-max tiles), on any device: what the tests and the benchmark check the
   kernel and its accuracy against.
@@ -47,7 +49,9 @@ def fp8_attention_unavailable(device: torch.device | str | None = None) -> str |
     """Why :func:`fp8_attention` cannot run on ``device`` (default: the current CUDA device), or None.
 
     The reason says what to change (a GPU, a package), so the loader can refuse the backend up front
-    instead of failing in the first sampling step."""
+    instead of failing in the first sampling step. Beyond the GPU and the import, a small fp8 SDPA graph
+    is built and checked once per device (``import cudnn`` succeeds even where no usable cuDNN library
+    loads, and an old cuDNN lacks the fp8 engine)."""
     if not torch.cuda.is_available():
         return "it needs an NVIDIA GPU (CUDA); this machine has none"
     device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
@@ -62,8 +66,10 @@ def fp8_attention_unavailable(device: torch.device | str | None = None) -> str |
     try:
         import cudnn  # noqa: F401
     except Exception as exc:  # ImportError, or a cuDNN library the package cannot load
-        return f"the cuDNN frontend is not importable ({exc}); install it with: pip install {CUDNN_FRONTEND_PIN}"
-    return None
+        return (
+            f"the cuDNN frontend is not importable ({exc}); install it with: pip install --no-deps {CUDNN_FRONTEND_PIN}"
+        )
+    return _SDPA.probe(device)
 
 
 # ----------------------------------------------------------------------------- quantisation
@@ -114,6 +120,7 @@ class _CudnnFp8Sdpa:
         self._graphs: dict[_GraphKey, tuple] = {}
         self._handles: dict[int, object] = {}
         self._constants: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._probed: dict[int, str | None] = {}
 
     def _handle(self, index: int):
         import cudnn
@@ -167,6 +174,28 @@ class _CudnnFp8Sdpa:
         graph.build_plans()
         return graph, (q, k, v, *scalars, o, amax_s, amax_o)
 
+    def probe(self, device: torch.device) -> str | None:
+        """Build and check a small graph (1 × 128 queries × 128 keys, one head of 128) on ``device``, once;
+        returns why it failed, or None."""
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with self._lock:
+            if index not in self._probed:
+                reason = None
+                try:
+                    strides = (128 * 128, 128, 128, 1)
+                    with torch.cuda.device(index):
+                        self._build(_GraphKey(index, 1, 1, 128, 128, 128, strides, strides))
+                except Exception as exc:
+                    import cudnn
+
+                    version = getattr(cudnn, "backend_version", lambda: "unknown")()
+                    reason = (
+                        f"cuDNN (backend version {version}) cannot build its fp8 attention here "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                    )
+                self._probed[index] = reason
+            return self._probed[index]
+
     def __call__(
         self,
         q8: torch.Tensor,
@@ -183,11 +212,11 @@ class _CudnnFp8Sdpa:
         if k8.stride() != v8.stride() or q8.stride(-1) != 1 or k8.stride(-1) != 1:
             raise ValueError("fp8 SDPA: K and V need the same strides and every head dimension contiguous")
         key = _GraphKey(index, B, H, Lq, k8.shape[1], D, tuple(q8.stride()), tuple(k8.stride()))
+        if index not in self._handles:
+            reason = fp8_attention_unavailable(q8.device)
+            if reason is not None:
+                raise RuntimeError(f"fp8 attention (sdpa_fp8_cudnn) cannot run: {reason}")
         with self._lock:
-            if index not in self._handles:
-                reason = fp8_attention_unavailable(q8.device)
-                if reason is not None:
-                    raise RuntimeError(f"fp8 attention (sdpa_fp8_cudnn) cannot run: {reason}")
             if key not in self._graphs:
                 self._graphs[key] = self._build(key)
             graph, tensors = self._graphs[key]
@@ -203,29 +232,31 @@ class _CudnnFp8Sdpa:
 
         out = torch.empty_strided(q8.shape, q8.stride(), dtype=q8.dtype, device=q8.device)
         amax = torch.empty(2, 1, 1, 1, dtype=torch.float32, device=q8.device)
-        # O is written with V's scale: |O| ≤ amax(V), so it cannot overflow
+        # O is written with V's scale: |O| ≤ amax(V) up to P's e4m3 rounding (≤ 2^-4), and the kernel's
+        # conversion saturates at 448 rather than overflowing
         scale_o = torch.reciprocal(descale_v.float())
         workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=q8.device)
-        cudnn.set_stream(handle, torch.cuda.current_stream(q8.device).cuda_stream)
         q, k, v, dq, dk, dv, ds, ss, so, o, amax_s, amax_o = tensors
-        graph.execute(
-            {
-                q: q8,
-                k: k8,
-                v: v8,
-                dq: descale_q,
-                dk: descale_k,
-                dv: descale_v,
-                ds: descale_s,
-                ss: scale_s,
-                so: scale_o,
-                o: out,
-                amax_s: amax[0:1],
-                amax_o: amax[1:2],
-            },
-            workspace,
-            handle=handle,
-        )
+        with torch.cuda.device(q8.device):  # the launch goes to the tensors' device, whatever is current
+            cudnn.set_stream(handle, torch.cuda.current_stream(q8.device).cuda_stream)
+            graph.execute(
+                {
+                    q: q8,
+                    k: k8,
+                    v: v8,
+                    dq: descale_q,
+                    dk: descale_k,
+                    dv: descale_v,
+                    ds: descale_s,
+                    ss: scale_s,
+                    so: scale_o,
+                    o: out,
+                    amax_s: amax[0:1],
+                    amax_o: amax[1:2],
+                },
+                workspace,
+                handle=handle,
+            )
         return out
 
 
@@ -259,6 +290,10 @@ def fp8_attention(query: torch.Tensor, keys: list[torch.Tensor], values: list[to
 
     Same contract as :func:`~.transformer_worldstereo.sdpa_cudnn_first`; the first call on a device raises
     ``RuntimeError`` with the reason (:func:`fp8_attention_unavailable`) where the kernel cannot run."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, *keys, *values)):
+        raise RuntimeError(
+            "fp8 attention (sdpa_fp8_cudnn) is inference-only (no gradient flows through it); train with 'sdpa_cudnn'"
+        )
     q8, descale_q = quantize_per_tensor([query])
     k8, descale_k = quantize_per_tensor(keys)
     v8, descale_v = quantize_per_tensor(values)
@@ -287,16 +322,28 @@ def fp8_attention_reference(
     else:
         dq, dk, dv = (d.float().reshape(1, 1, 1, 1).to(query.device) for d in descales)
     q8, k8, v8 = (_to_e4m3(torch.cat(list(x), dim=1), d) for x, d in (([query], dq), (keys, dk), (values, dv)))
-    q = (q8.float() * dq).transpose(1, 2)  # [B, H, Lq, D]
-    k = (k8.float() * dk).transpose(1, 2)
-    v = (v8.float() * dv).transpose(1, 2)
+    return (_reference_sdpa_e4m3(q8, k8, v8, dq, dk, dv).float() * dv).to(query.dtype)
+
+
+def _reference_sdpa_e4m3(
+    q8: torch.Tensor,
+    k8: torch.Tensor,
+    v8: torch.Tensor,
+    descale_q: torch.Tensor,
+    descale_k: torch.Tensor,
+    descale_v: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`cudnn_fp8_sdpa`'s contract in plain PyTorch (float32, whole rows): e4m3 operands and their
+    descales → e4m3 ``O`` at V's scale."""
+    q = (q8.float() * descale_q.float()).transpose(1, 2)  # [B, H, Lq, D]
+    k = (k8.float() * descale_k.float()).transpose(1, 2)
+    v = (v8.float() * descale_v.float()).transpose(1, 2)
     s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     p = torch.exp(s - s.amax(dim=-1, keepdim=True))
     row_sum = p.sum(dim=-1, keepdim=True)
     p8 = (p * FP8_MAX).to(FP8_DTYPE).float() / FP8_MAX
     o = (p8 @ v) / row_sum
-    o8 = _to_e4m3(o, dv).float() * dv
-    return o8.transpose(1, 2).to(query.dtype)
+    return _to_e4m3(o, descale_v.float()).transpose(1, 2).contiguous()
 
 
 __all__ = [

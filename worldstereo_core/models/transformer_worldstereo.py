@@ -234,20 +234,24 @@ def rope_at(
 class RefJointAttnProcessor(WanAttnProcessor):
     """Wan self-attention whose keys/values also include reference tokens.
 
-    Without ``ref_hidden_states`` it is exactly diffusers' :class:`WanAttnProcessor`. With them, the
-    targets' queries attend over ``concat[ref_keys, target_keys]`` — the release's joint attention,
-    restricted to the outputs that survive (targets), since references are not updated.
+    Without ``ref_hidden_states`` it computes what diffusers' :class:`WanAttnProcessor` computes (with a
+    diffusers backend it *is* that processor; with :data:`SDPA_CUDNN` the same attention on our route;
+    with :data:`SDPA_FP8_CUDNN` the fp8 approximation of it). With them, the targets' queries attend over
+    ``concat[ref_keys, target_keys]`` — the release's joint attention, restricted to the outputs that
+    survive (targets), since references are not updated.
     Subclasses change only :meth:`_attend` (e.g. sequence parallel around the kernel).
     """
 
     handles_plain_self_attention = False
     """False: without references and with a diffusers backend, diffusers' own processor runs
-    (bit-identical to stock Wan). With :data:`SDPA_CUDNN` plain self-attention takes our path too."""
+    (bit-identical to stock Wan). With :data:`SDPA_CUDNN` or :data:`SDPA_FP8_CUDNN` plain self-attention
+    takes our path too."""
 
     def __init__(self, backend: str = DEFAULT_ATTENTION_BACKEND) -> None:
         super().__init__()
         self.sdpa_cudnn = backend == SDPA_CUDNN
-        """True: :func:`sdpa_cudnn_first`; False: diffusers' ``dispatch_attention_fn`` with ``_attention_backend``."""
+        """True: :func:`sdpa_cudnn_first`. With this and :attr:`fp8_attention` both False: diffusers'
+        ``dispatch_attention_fn`` with ``_attention_backend``."""
         self.fp8_attention = backend == SDPA_FP8_CUDNN
         """True: :func:`~.fp8_attention.fp8_attention` (:data:`SDPA_FP8_CUDNN`, cuDNN's fp8 kernel)."""
 
