@@ -131,6 +131,39 @@ def test_unavailable_without_a_gpu_says_what_to_change():
         fa.fp8_attention(q, [q], [q])
 
 
+@pytest.mark.parametrize("builds", [True, False])
+def test_availability_probes_a_small_graph_once_per_device(monkeypatch, builds):
+    """Past the GPU and the import, the answer is whether cuDNN builds an fp8 SDPA graph there (an
+    importable package can still lack a usable cuDNN): probed once per device, the reason names the
+    cuDNN version. The GPU and the package are stood in for; the graph build is what is under test."""
+    import contextlib
+    import sys
+    import types
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setitem(sys.modules, "cudnn", types.SimpleNamespace(backend_version=lambda: 91300))
+    sdpa = fa._CudnnFp8Sdpa()
+    built = []
+
+    def build(key):
+        built.append(key)
+        if not builds:
+            raise RuntimeError("no fp8 engine for this graph")
+
+    monkeypatch.setattr(sdpa, "_build", build)
+    monkeypatch.setattr(fa, "_SDPA", sdpa)
+    for _ in range(2):
+        reason = fa.fp8_attention_unavailable("cuda:0")
+        if builds:
+            assert reason is None
+        else:
+            assert "cannot build its fp8 attention" in reason and "91300" in reason and "no fp8 engine" in reason
+    assert len(built) == 1 and built[0].head_dim == 128  # once per device
+
+
 def test_custom_op_fake_implementation_keeps_query_strides():
     """What torch.compile sees of the kernel (its fake implementation): shape, dtype and Q's strides."""
     with FakeTensorMode():

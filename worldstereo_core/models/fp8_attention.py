@@ -175,16 +175,16 @@ class _CudnnFp8Sdpa:
         return graph, (q, k, v, *scalars, o, amax_s, amax_o)
 
     def probe(self, device: torch.device) -> str | None:
-        """Build and check a small graph (1 × 128 queries × 128 keys, one head of 128) on ``device``, once;
+        """Build and check a small graph (2 heads of 128, 256 queries × 256 keys) on ``device``, once;
         returns why it failed, or None."""
         index = device.index if device.index is not None else torch.cuda.current_device()
         with self._lock:
             if index not in self._probed:
                 reason = None
                 try:
-                    strides = (128 * 128, 128, 128, 1)
+                    strides = (256 * 2 * 128, 2 * 128, 128, 1)  # [1, 256, 2, 128] contiguous
                     with torch.cuda.device(index):
-                        self._build(_GraphKey(index, 1, 1, 128, 128, 128, strides, strides))
+                        self._build(_GraphKey(index, 1, 2, 256, 256, 128, strides, strides))
                 except Exception as exc:
                     import cudnn
 
@@ -212,10 +212,10 @@ class _CudnnFp8Sdpa:
         if k8.stride() != v8.stride() or q8.stride(-1) != 1 or k8.stride(-1) != 1:
             raise ValueError("fp8 SDPA: K and V need the same strides and every head dimension contiguous")
         key = _GraphKey(index, B, H, Lq, k8.shape[1], D, tuple(q8.stride()), tuple(k8.stride()))
-        if index not in self._handles:
-            reason = fp8_attention_unavailable(q8.device)
-            if reason is not None:
-                raise RuntimeError(f"fp8 attention (sdpa_fp8_cudnn) cannot run: {reason}")
+        # the device's probe result (fp8_attention_unavailable probes on the first call): one dict lookup
+        reason = self._probed[index] if index in self._probed else fp8_attention_unavailable(q8.device)
+        if reason is not None:
+            raise RuntimeError(f"fp8 attention (sdpa_fp8_cudnn) cannot run: {reason}")
         with self._lock:
             if key not in self._graphs:
                 self._graphs[key] = self._build(key)
