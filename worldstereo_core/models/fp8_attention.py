@@ -22,6 +22,9 @@ serve other parts of the package). This module is the one owner of that path:
   instead of cuDNN's running-max tiles), on any device: what the tests and the benchmark check the
   kernel and its accuracy against.
 
+Under sequence parallel each rank quantises the heads it holds, so the scales (and the last bits of the
+result) depend on the number of ranks.
+
 The numbers differ from the release's bf16 attention (each of Q, K, V, P, O is rounded to 3 mantissa
 bits); the accuracy gate is the one of the fp8 weights: cosine of the predicted velocity against the
 bf16 model ≥ 0.995 (bench/issue13_targets.py). It is therefore never the default: the loader's
@@ -43,6 +46,7 @@ CUDNN_FRONTEND_PIN = "nvidia-cudnn-frontend==1.32.0"
 node takes Q, K, V and the six scalar (de)scales by position."""
 
 _MIN_CAPABILITY = (9, 0)  # cuDNN's fp8 SDPA forward: Hopper and newer
+_MAX_GRAPHS = 16  # built graphs kept (a step uses two or three shapes)
 
 
 def fp8_attention_unavailable(device: torch.device | str | None = None) -> str | None:
@@ -218,6 +222,8 @@ class _CudnnFp8Sdpa:
             raise RuntimeError(f"fp8 attention (sdpa_fp8_cudnn) cannot run: {reason}")
         with self._lock:
             if key not in self._graphs:
+                if len(self._graphs) >= _MAX_GRAPHS:  # e.g. many resolutions in one session: drop the oldest
+                    self._graphs.pop(next(iter(self._graphs)))
                 self._graphs[key] = self._build(key)
             graph, tensors = self._graphs[key]
             if index not in self._constants:
