@@ -199,6 +199,28 @@ def test_stages_train_only_their_branch_from_a_checkpoint(tmp_path, encoders):
     assert (dmd / "fake_score" / "model.safetensors").is_file()
 
 
+def test_dmd_teacher_sample_skipped_where_not_needed_keeps_the_generator_in_step():
+    """A data-parallel rank without the global batch's first row draws the paired noise like every rank
+    (the ranks' generators stay in step) but runs none of the teacher's 80 forwards."""
+    from types import SimpleNamespace
+
+    from worldstereo_core.training import dmd as dmd_mod
+
+    class Untouchable(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise AssertionError("the teacher ran")
+
+    trainer = SimpleNamespace(_teacher_samples={}, device=torch.device("cpu"), real=Untouchable())
+    inputs = SimpleNamespace(x0=torch.zeros(2, 16, 3, 4, 6))
+    prep = object()
+    g, same = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    noise, x0 = dmd_mod.DMDTrainer.teacher_sample(trainer, prep, inputs, g, needed=False)
+    assert x0 is None
+    torch.testing.assert_close(noise, torch.randn(1, 16, 3, 4, 6, generator=same), rtol=0, atol=0)
+    torch.testing.assert_close(torch.rand(3, generator=g), torch.rand(3, generator=same), rtol=0, atol=0)
+    assert dmd_mod.DMDTrainer.teacher_sample(trainer, prep, inputs, g, needed=False)[0] is noise  # cached
+
+
 def test_dmd_rules(tmp_path, encoders, monkeypatch):
     from worldstereo_core.training import dmd as dmd_mod
     from worldstereo_core.training import trainer as trainer_mod

@@ -5,8 +5,8 @@ the same global batch: CPU proof with the gloo backend and 2 real processes, tin
   averaged by an all-reduce;
 * sequence parallel + FSDP2 (memory stage, resumed from a single-process run's checkpoint): every rank
   the whole batch on half of the tokens, the paper's memory branch included;
-* data parallel + FSDP2 (dmd stage: generator, fake and real score each sharded): the regression term
-  lives on the rank holding the global batch's first row.
+* data parallel, with FSDP2 (dmd stage: generator, fake and real score each sharded) and without: the
+  regression term lives on the rank holding the global batch's first row.
 
 Each compares the logged loss of every step and the final weights with a single-process run. Without
 gradient averaging the ranks would step on half-batch gradients and the comparison fails (measured, see
@@ -128,13 +128,16 @@ def test_sequence_parallel_memory_stage_resumes_a_single_process_run(tmp_path, m
     _assert_same_run(one, tmp_path / "two", 4, start=half)  # steps 3–4 ran under torchrun
 
 
-def test_data_parallel_fsdp_dmd_stage_equals_one_process(tmp_path, models):
+def test_data_parallel_dmd_stage_equals_one_process_sharded_or_not(tmp_path, models):
+    """With FSDP2 every rank computes the teacher's paired sample (its forwards are collective); with
+    replicated weights only the rank holding the global batch's first row does — the same run either way."""
     mem = _single(tmp_path / "mem", "memory", models, steps=1, batch=2)
     one = _single(tmp_path / "one", "dmd", models, steps=2, init=mem)
-    two = tmp_path / "two"
-    args = ["--stage", "dmd", "--steps", "2", "--out", str(two), "--models-dir", str(models), "--init", str(mem)]
-    _torchrun([*args, "--shard-weights"])
-    _assert_same_run(one, two, 2, start=mem)
+    for name, extra in (("sharded", ["--shard-weights"]), ("replicated", [])):
+        two = tmp_path / name
+        args = ["--stage", "dmd", "--steps", "2", "--out", str(two), "--models-dir", str(models), "--init", str(mem)]
+        _torchrun([*args, *extra])
+        _assert_same_run(one, two, 2, start=mem)
 
 
 def test_layouts_that_cannot_work_fail_clearly(tmp_path):

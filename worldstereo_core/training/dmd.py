@@ -138,7 +138,7 @@ class DMDTrainer:
         self.dmd = self.generator.ws_config.dmd if self.generator.ws_config is not None else DMDSettings()
         self.sigmas = (dmd_timesteps(self.dmd) / self.dmd.end).tolist() + [0.0]
         self.latent_cond_mode = teacher.ws_config.latent_cond_mode
-        self._teacher_samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._teacher_samples: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # -- the pieces, public for the tests
     def real_x0(self, x_t: torch.Tensor, sigma: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
@@ -168,12 +168,20 @@ class DMDTrainer:
         raise AssertionError("unreachable")
 
     def teacher_sample(
-        self, prep: PreparedSample, inputs: StepInputs, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noise, the teacher's 40-step UniPC + CFG sample from it) for ``prep`` — computed once, then reused."""
+        self, prep: PreparedSample, inputs: StepInputs, generator: torch.Generator, needed: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(noise, the teacher's 40-step UniPC + CFG sample from it) for ``prep`` — computed once, then reused.
+
+        ``needed=False`` (a data-parallel rank that does not hold the global batch's first row, with
+        replicated weights): the noise is drawn as everywhere (the ranks' generators stay in step) but the
+        80 teacher forwards are skipped and the sample is None. Sharded or sequence-parallel forwards are
+        collective, so there every rank computes it."""
         key = id(prep)
         if key not in self._teacher_samples:
             noise = torch.randn(inputs.x0[:1].shape, generator=generator).to(self.device)
+            if not needed:
+                self._teacher_samples[key] = (noise, None)
+                return self._teacher_samples[key]
             one = StepInputs(inputs.x0[:1], inputs.condition[:1], _first(inputs.inputs), _first(inputs.uncond))
 
             def velocity(x, t, positive):
@@ -227,7 +235,8 @@ class DMDTrainer:
 
         # 2. generator: one update, gradient through a random step only. Global row 0 starts from the clip's
         #    paired noise and carries the regression term: only the rank holding that row computes it.
-        paired_noise, teacher_x0 = self.teacher_sample(prep, full, generator)
+        holds_row0 = rows.start == 0
+        paired_noise, teacher_x0 = self.teacher_sample(prep, full, generator, needed=holds_row0 or par.shard_weights)
         noise = torch.cat([paired_noise.cpu(), torch.randn((s.batch - 1, *shape), generator=generator)])[rows]
         stop = int(torch.randint(n_steps, (), generator=generator))
         x0_gen = self.generate(noise.to(self.device), inputs, stop, grad=True)
@@ -241,7 +250,6 @@ class DMDTrainer:
             grad = (x0_fake - x0_real) / norm
             gap = 0.5 * (x0_fake - x0_real).square().mean()
         dm_loss = 0.5 * (x0_gen - (x0_gen - grad).detach()).square().mean()
-        holds_row0 = rows.start == 0
         # data parallel averages the ranks' gradients: the one holder scales its term by N to keep its weight
         reg_scale = par.world_size if par.data_parallel else 1
         reg_loss = (x0_gen[:1] - teacher_x0).square().mean() if holds_row0 else x0_gen.new_zeros(())
