@@ -763,7 +763,9 @@ class WorldStereoTransformer(WanTransformer3DModel):
         if sp is not None:
             hidden = sp.gather(hidden, "target")
         hidden = hidden.reshape(B, ppf, pph, ppw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        output = hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        # one reshape (a copy: the channels move in front) rather than flattens, which returned a view of
+        # that copy; FSDP2 warns about a module returning a view (an in-place op on it skips its hooks)
+        output = hidden.reshape(B, hidden.shape[1], ppf * p_t, pph * p_h, ppw * p_w)
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
