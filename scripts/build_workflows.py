@@ -222,8 +222,9 @@ Merge) into the cache → **Memory Bank Update**. Same result as the Scene Loop 
 
 **Add a trajectory:** select the last group (click its title), copy (Ctrl+C) and paste it with
 links (Ctrl+Shift+V) below; connect the *cache* output of the last Align & Merge Clip and the *bank*
-output of the last Memory Bank Update to the copy's Align & Merge Clip / GGM Render / Retrieve inputs,
-and pick the next preset (paper order: orbit, up, right, left).
+output of the last Memory Bank Update to the copy's Align & Merge Clip / GGM Render / GGM Control /
+Retrieve inputs, and pick the next preset (paper order: orbit, up, right, left). GGM Control's *cache*
+is read only by the paper-SSM checkpoints (`worldstereo-paper-*`); the release's ignore it.
 """
 
 SYNTHETIC_STEP_NOTE = """## The WorldStereo loop, node by node (no weights)
@@ -300,6 +301,7 @@ def _step_group(
             (k("render"), "render", k("ggm"), "render"),
             (k("render"), "hole_mask", k("ggm"), "hole_mask"),
             (k("traj"), "trajectory", k("ggm"), "trajectory"),
+            (*cache, k("ggm"), "cache"),  # read by the paper-SSM checkpoints only; the release's ignore it
             (k("retrieve"), "retrieval", k("ssm"), "retrieval"),
             ("model", "model", k("sample"), "model"),
             (*first, k("sample"), "image"),

@@ -230,7 +230,7 @@ def test_core_encoders_reach_the_scene_loop_as_they_reach_the_sampler(comfy_serv
 
 def test_paper_ssm_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(comfy_server, object_info):
     """The paper-SSM variant from the separate nodes: a tiny ``paper-dmd`` checkpoint (random weights, memory
-    branch non-zero so the pointmaps matter) in the same graph, each GGM Control given the cache its GGM
+    branch non-zero so the pointmaps matter) in the shipped graph, whose GGM Controls get the cache their GGM
     Render Cache rendered; the DMDSampler then pairs references and reads pointmaps as the loop does."""
     from tiny_models import write_tiny_worldstereo
 
@@ -240,9 +240,9 @@ def test_paper_ssm_step_by_step_graph_equals_the_scene_loop_with_tiny_weights(co
     (model,) = _ids(api, "WorldStereoLoadModel")
     api[model]["inputs"]["checkpoint"] = f"{name}/model.safetensors"  # the listed form (folder/weights file)
     api[model]["inputs"]["variant"] = "auto"  # read from config.json: worldstereo-paper-memory-dmd
-    for gid in _ids(api, "WorldStereoGGMControl"):
+    for gid in _ids(api, "WorldStereoGGMControl"):  # the shipped graph wires it: a paper checkpoint just runs
         render_id = api[gid]["inputs"]["render"][0]
-        api[gid]["inputs"]["cache"] = api[render_id]["inputs"]["cache"]  # the cache that was rendered
+        assert api[gid]["inputs"]["cache"] == api[render_id]["inputs"]["cache"]  # the cache that was rendered
     _run_and_compare(comfy_server, api, samplers, "900", "ws_equal_paper", tol=1e-4)
 
     # without the cache the sampler says what to connect (and the loop is not needed for that)
